@@ -1,0 +1,550 @@
+//! Configuration: one YAML file, one struct.
+//!
+//! Every key has a doc comment, a serde default where one makes sense, and unknown keys are
+//! rejected (`deny_unknown_fields`) so a typo fails at start-up instead of being ignored.
+//! Environment variables override the file: `WHARF_<KEY>` with `__` between nesting levels,
+//! e.g. `WHARF_UPSTREAM__REGISTRY=http://127.0.0.1:5000` or `WHARF_LOG__FORMAT=json`. Values are
+//! read as YAML scalars, so `WHARF_TLS__CERT=/x` or `WHARF_SHUTDOWN_GRACE=10s` both work.
+//! `WHARF_CONFIG` names the file and is not an override.
+//!
+//! [`Config::load`] reads, overrides, deserializes and validates; every error names the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Errors while loading or validating the configuration. Each names the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml_ng::Error,
+    },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration of one wharf process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the proxy, the API and the health endpoints listen on (one port).
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Public base URL of wharf (`https://registry.example.com`). Its host is used in the
+    /// resource URLs of events. Default: `http://<listen>`.
+    #[serde(default)]
+    pub external_url: Option<String>,
+    /// The services wharf sits in front of.
+    pub upstream: UpstreamConfig,
+    /// Directory of the embedded database (created if missing).
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// Password of the system administrator, user `admin`.
+    pub admin_password: Secret,
+    /// Serve HTTPS with these PEM files instead of plain HTTP.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// On SIGTERM/SIGINT: stop accepting, then wait at most this long for in-flight requests.
+    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Trust `X-Forwarded-For/Proto/Host` sent by the client (set it when wharf itself sits
+    /// behind a load balancer that sets them); otherwise wharf replaces them.
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
+    /// Per-project settings, keyed by project name (the first segment of a repository name).
+    #[serde(default)]
+    pub projects: BTreeMap<String, ProjectConfig>,
+}
+
+/// Where requests go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL of the OCI/Distribution registry; every `/v2/…` request goes there.
+    pub registry: String,
+    /// Base URL of ChartMuseum (run with `--depth=1`), for `/chartrepo/…` and `/api/chartrepo/…`.
+    #[serde(default)]
+    pub chartmuseum: Option<String>,
+    /// Time allowed to open a TCP connection to an upstream; past it the client gets 502.
+    #[serde(default = "defaults::connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream's response headers once the request body has been sent
+    /// completely; past it the client gets 504. Uploads themselves are not limited by it.
+    #[serde(default = "defaults::response_timeout", with = "duration")]
+    pub response_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream.
+    #[serde(default = "defaults::pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// How long an idle pooled connection is kept.
+    #[serde(default = "defaults::pool_idle_timeout", with = "duration")]
+    pub pool_idle_timeout: Duration,
+}
+
+/// HTTPS for the listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human readable) or `json` (one object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Filter in `tracing` syntax, e.g. `info` or `wharf=debug,info`. `RUST_LOG` wins when set.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: defaults::log_level(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Settings of one project.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Public projects are reported as `repo_type: public` / `project_type: Public`.
+    #[serde(default)]
+    pub public: bool,
+}
+
+/// A secret string: never printed, never logged. Serializes as `***` (for `check-config`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is used, never to print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("/var/lib/wharf")
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn pool_max_idle() -> usize {
+        64
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+}
+
+/// Durations written as `30s`, `2m`, `1h 30m` or a bare number of seconds.
+pub mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Float(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
+            Raw::Float(f) => Err(serde::de::Error::custom(format!("{f} is not a duration"))),
+            Raw::Text(t) => humantime::parse_duration(t.trim()).map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a duration ({e}); write e.g. 30s, 2m or a number of seconds"
+                ))
+            }),
+        }
+    }
+}
+
+/// Env var that names the config file; never treated as an override.
+pub const CONFIG_ENV: &str = "WHARF_CONFIG";
+const ENV_PREFIX: &str = "WHARF_";
+
+impl Config {
+    /// Read `path`, apply `WHARF_…` overrides from the process environment, validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_with_env(&text, path, std::env::vars())
+    }
+
+    /// Parse `text` (named `origin` in messages), apply overrides from `env`, validate.
+    pub fn from_yaml_with_env(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml {
+                path: origin.to_path_buf(),
+                source,
+            })?;
+        if value.is_null() {
+            value = serde_yaml_ng::Value::Mapping(Default::default());
+        }
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_ENV)
+            .collect();
+        overrides.sort();
+        for (var, raw) in overrides {
+            apply_override(&mut value, &var, &raw)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "config".to_string()
+            } else {
+                key
+            };
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that serde cannot express. Every message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.admin_password.is_empty() {
+            return Err(invalid("admin_password", "must not be empty"));
+        }
+        if let Some(url) = &self.external_url {
+            check_base_url("external_url", url)?;
+        }
+        check_base_url("upstream.registry", &self.upstream.registry)?;
+        if let Some(url) = &self.upstream.chartmuseum {
+            check_base_url("upstream.chartmuseum", url)?;
+        }
+        if self.upstream.connect_timeout.is_zero() {
+            return Err(invalid(
+                "upstream.connect_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.upstream.response_timeout.is_zero() {
+            return Err(invalid(
+                "upstream.response_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(invalid(
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
+        for name in self.projects.keys() {
+            if !crate::route::is_name_component(name) {
+                return Err(invalid(
+                    &format!("projects.{name}"),
+                    "a project name is one repository-name component: lowercase letters, digits and . _ - separators",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `external_url` without a trailing slash, or `http://<listen>` when unset.
+    pub fn external_base(&self) -> String {
+        match &self.external_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// Host (and port) part of the external URL, as used in event resource URLs.
+    pub fn external_host(&self) -> String {
+        let base = self.external_base();
+        let rest = base.split_once("://").map(|(_, r)| r).unwrap_or(&base);
+        rest.split('/').next().unwrap_or(rest).to_string()
+    }
+
+    /// The project's settings, or the defaults for a project not named in the config.
+    pub fn project(&self, name: &str) -> ProjectConfig {
+        self.projects.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The effective configuration as YAML, secrets masked (for `wharf check-config`).
+    pub fn to_masked_yaml(&self) -> String {
+        let mut effective = self.clone();
+        effective.external_url = Some(self.external_base());
+        serde_yaml_ng::to_string(&effective).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(invalid(
+                key,
+                format!("{url:?} must start with http:// or https://"),
+            ));
+        }
+    }
+    if uri.authority().is_none() {
+        return Err(invalid(key, format!("{url:?} has no host")));
+    }
+    if uri.query().is_some() {
+        return Err(invalid(key, format!("{url:?} must not have a query")));
+    }
+    Ok(())
+}
+
+/// Apply one `WHARF_A__B_C=value` override: the key path is `a.b_c`.
+fn apply_override(
+    root: &mut serde_yaml_ng::Value,
+    var: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    use serde_yaml_ng::Value;
+    let env_err = |reason: String| ConfigError::Env {
+        var: var.to_string(),
+        reason,
+    };
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(env_err("empty key segment".into()));
+    }
+    let parsed: Value = if raw.is_empty() {
+        Value::String(String::new())
+    } else {
+        serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+    };
+    let mut node = root;
+    for (i, seg) in path.iter().enumerate() {
+        let map = match node {
+            Value::Mapping(m) => m,
+            Value::Null => {
+                *node = Value::Mapping(Default::default());
+                match node {
+                    Value::Mapping(m) => m,
+                    _ => unreachable!("just assigned a mapping"),
+                }
+            }
+            _ => {
+                return Err(env_err(format!("{} is not a section", path[..i].join("."))));
+            }
+        };
+        let key = Value::String(seg.clone());
+        if i + 1 == path.len() {
+            map.insert(key, parsed);
+            return Ok(());
+        }
+        node = map.entry(key).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "upstream: {registry: \"http://127.0.0.1:5000\"}\nadmin_password: pw\n";
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_yaml_with_env(
+            text,
+            Path::new("test.yaml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(MIN, &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.external_base(), "http://127.0.0.1:8080");
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let err = load(&format!("{MIN}upstream2: x\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream2"), "{err}");
+        let err = load(
+            "upstream: {registry: \"http://x\", regsitry: 1}\nadmin_password: pw\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("upstream"), "{err}");
+        assert!(err.contains("regsitry"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_scalars() {
+        let c = load(
+            MIN,
+            &[
+                ("WHARF_UPSTREAM__REGISTRY", "http://10.0.0.1:5000"),
+                ("WHARF_SHUTDOWN_GRACE", "5s"),
+                ("WHARF_LOG__FORMAT", "json"),
+                ("WHARF_PROJECTS__PRJ__PUBLIC", "true"),
+                ("WHARF_CONFIG", "/ignored.yaml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.registry, "http://10.0.0.1:5000");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.project("prj").public);
+    }
+
+    #[test]
+    fn env_override_with_unknown_key_names_it() {
+        let err = load(MIN, &[("WHARF_NOPE", "1")]).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err = load(
+            "upstream: {registry: \"ftp://x\"}\nadmin_password: pw\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("upstream.registry:"), "{err}");
+        let err = load(
+            "upstream: {registry: \"http://x\"}\nadmin_password: \"\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("admin_password:"), "{err}");
+        let err = load(&format!("{MIN}shutdown_grace: soon\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("shutdown_grace:"), "{err}");
+        let err = load("admin_password: pw\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("upstream"), "{err}");
+        let err = load(&format!("{MIN}tls: {{cert: /nonexistent, key: /x}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("tls.cert:"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = load(MIN, &[]).unwrap();
+        let printed = c.to_masked_yaml();
+        assert!(printed.contains("admin_password: '***'"), "{printed}");
+        assert!(!format!("{c:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/wharf.example.yaml");
+        let c = load(text, &[]).unwrap();
+        assert_eq!(c.external_host(), "registry.example.com");
+    }
+}

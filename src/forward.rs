@@ -1,0 +1,617 @@
+//! Forward: send one request to an upstream and hand its response back, streaming both ways.
+//!
+//! Invariants:
+//! - bodies are never buffered here: request and response bodies are passed frame by frame with
+//!   hyper's backpressure (the caller may collect a manifest *before* calling, with a cap);
+//! - method, path, query and end-to-end headers pass unchanged, repeated headers included;
+//!   hop-by-hop headers (RFC 9110 §7.6.1, plus those named in `Connection`) are dropped both ways;
+//! - the client's `Host` goes upstream as is, with `X-Forwarded-Host/Proto/For`, so a registry
+//!   builds absolute `Location` headers that point back at wharf; a `Location` that still names
+//!   the upstream itself is rewritten to the client-facing origin;
+//! - `Expect: 100-continue` is answered by wharf's own HTTP server (when the body is first read),
+//!   so it is not forwarded;
+//! - failures become OCI error JSON: unreachable → 502, no response headers within
+//!   `upstream.response_timeout` after the request body was sent → 504.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+
+use crate::config::UpstreamConfig;
+
+/// The one body type of requests and responses inside wharf.
+pub type Body = axum::body::Body;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Header carrying the request id, taken from the client or generated.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{upstream} unreachable: {detail}")]
+    Unreachable {
+        upstream: &'static str,
+        detail: String,
+    },
+    #[error("{upstream} sent no response within {timeout:?} after the request")]
+    Timeout {
+        upstream: &'static str,
+        timeout: Duration,
+    },
+    #[error("{upstream} connection failed: {detail}")]
+    Failed {
+        upstream: &'static str,
+        detail: String,
+    },
+}
+
+impl ForwardError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ForwardError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A short, stable kind for logs, metrics and error details.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::Unreachable { .. } => "unreachable",
+            ForwardError::Timeout { .. } => "timeout",
+            ForwardError::Failed { .. } => "failed",
+        }
+    }
+
+    /// The OCI error response for a registry path (internal addresses are not included).
+    pub fn to_response(&self, request_id: &str) -> Response<Body> {
+        let (upstream, message) = match self {
+            ForwardError::Unreachable { upstream, .. } => (*upstream, "upstream is unreachable"),
+            ForwardError::Timeout { upstream, .. } => {
+                (*upstream, "upstream did not answer in time")
+            }
+            ForwardError::Failed { upstream, .. } => (*upstream, "upstream connection failed"),
+        };
+        oci_error(
+            self.status(),
+            "UNAVAILABLE",
+            &format!("{upstream} {message}"),
+            serde_json::json!({"upstream": upstream, "reason": self.kind(), "request_id": request_id}),
+        )
+    }
+}
+
+/// An OCI distribution error response: `{"errors":[{code,message,detail}]}`.
+pub fn oci_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    detail: serde_json::Value,
+) -> Response<Body> {
+    let body =
+        serde_json::json!({"errors": [{"code": code, "message": message, "detail": detail}]});
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+/// How the client reached wharf: needed for `X-Forwarded-*`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientConn {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// One upstream service (the registry, or ChartMuseum) and a pooled keep-alive client for it.
+#[derive(Clone)]
+pub struct Upstream {
+    name: &'static str,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    client: Client<Connector, Body>,
+    response_timeout: Duration,
+    trust_forwarded: bool,
+}
+
+impl Upstream {
+    /// Build the client for `url` (already validated by the config).
+    pub fn new(
+        name: &'static str,
+        url: &str,
+        cfg: &UpstreamConfig,
+        trust_forwarded: bool,
+    ) -> Result<Self, ForwardError> {
+        let bad = |detail: String| ForwardError::Failed {
+            upstream: name,
+            detail,
+        };
+        let uri: Uri = url.parse().map_err(|e| bad(format!("bad URL: {e}")))?;
+        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| bad("URL has no host".into()))?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS set-up: {e}")))?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .http1_max_buf_size(1 << 20)
+            .build(connector);
+        Ok(Self {
+            name,
+            scheme,
+            authority,
+            base_path,
+            client,
+            response_timeout: cfg.response_timeout,
+            trust_forwarded,
+        })
+    }
+
+    /// `registry` or `chartmuseum`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Send `req` upstream at `path_and_query` (relative to the upstream's base path) and return
+    /// the response with hop-by-hop headers removed and `Location` pointing back at wharf.
+    pub async fn forward(
+        &self,
+        req: Request<Body>,
+        path_and_query: &str,
+        conn: &ClientConn,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        let client_host = client_host(&parts.uri, &parts.headers);
+        prepare_request_headers(
+            &mut parts.headers,
+            client_host.as_ref(),
+            conn,
+            request_id,
+            self.trust_forwarded,
+        );
+        parts.uri = self.uri_for(path_and_query)?;
+        parts.version = Version::HTTP_11;
+        let (tx, body_sent) = oneshot::channel();
+        let sent_already = body.is_end_stream();
+        let body = Body::new(SignalEnd {
+            inner: body,
+            tx: Some(tx),
+        });
+        let mut resp = self
+            .send(Request::from_parts(parts, body), body_sent, sent_already)
+            .await?;
+        let origin = client_origin(client_host.as_ref(), conn);
+        prepare_response_headers(resp.headers_mut(), request_id);
+        if let Some(origin) = origin {
+            self.rewrite_location(resp.headers_mut(), &origin);
+        }
+        Ok(resp)
+    }
+
+    async fn send(
+        &self,
+        req: Request<Body>,
+        body_sent: oneshot::Receiver<()>,
+        sent_already: bool,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let timeout = self.response_timeout;
+        let deadline = async move {
+            if !sent_already {
+                // Err: the body was dropped (the upstream answered early); the response is near.
+                let _ = body_sent.await;
+            }
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            res = self.client.request(req) => res.map_err(|e| self.classify_error(e)),
+            _ = deadline => Err(ForwardError::Timeout { upstream: self.name, timeout }),
+        }
+    }
+
+    fn classify_error(&self, e: hyper_util::client::legacy::Error) -> ForwardError {
+        let detail = error_chain(&e);
+        if e.is_connect() {
+            ForwardError::Unreachable {
+                upstream: self.name,
+                detail,
+            }
+        } else {
+            ForwardError::Failed {
+                upstream: self.name,
+                detail,
+            }
+        }
+    }
+
+    /// A side request of wharf's own (e.g. reading a manifest or config blob), fully collected
+    /// up to `limit` bytes. Carries the client's credentials when given.
+    pub async fn fetch(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        limit: usize,
+    ) -> Result<(http::response::Parts, Bytes), ForwardError> {
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = self.uri_for(path_and_query)?;
+        *req.headers_mut() = headers;
+        let (_tx, rx) = oneshot::channel();
+        let resp = self.send(req, rx, true).await?;
+        let (parts, body) = resp.into_parts();
+        let limited = http_body_util::Limited::new(body, limit);
+        let collected = tokio::time::timeout(self.response_timeout, limited.collect())
+            .await
+            .map_err(|_| ForwardError::Timeout {
+                upstream: self.name,
+                timeout: self.response_timeout,
+            })?
+            .map_err(|e| ForwardError::Failed {
+                upstream: self.name,
+                detail: format!("reading response: {e}"),
+            })?;
+        Ok((parts, collected.to_bytes()))
+    }
+
+    /// Is the upstream answering HTTP at all? (Any status counts: 401 means it is up.)
+    pub async fn probe(&self, probe_path: &str) -> Result<StatusCode, ForwardError> {
+        let (parts, _) = tokio::time::timeout(
+            Duration::from_secs(3),
+            self.fetch(http::Method::GET, probe_path, HeaderMap::new(), 64 * 1024),
+        )
+        .await
+        .map_err(|_| ForwardError::Timeout {
+            upstream: self.name,
+            timeout: Duration::from_secs(3),
+        })??;
+        Ok(parts.status)
+    }
+
+    fn uri_for(&self, path_and_query: &str) -> Result<Uri, ForwardError> {
+        let pq: PathAndQuery = format!("{}{}", self.base_path, path_and_query)
+            .parse()
+            .map_err(|e| ForwardError::Failed {
+                upstream: self.name,
+                detail: format!("bad path: {e}"),
+            })?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ForwardError::Failed {
+                upstream: self.name,
+                detail: format!("bad URI: {e}"),
+            })
+    }
+
+    /// Rewrite an absolute `Location` that names the upstream itself (a registry configured with
+    /// its own `http.host`) to the origin the client used.
+    fn rewrite_location(&self, headers: &mut HeaderMap, origin: &str) {
+        let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let Ok(uri) = loc.parse::<Uri>() else { return };
+        if uri.authority() != Some(&self.authority) {
+            return;
+        }
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = path.strip_prefix(&self.base_path).unwrap_or(path);
+        if let Ok(v) = HeaderValue::from_str(&format!("{origin}{path}")) {
+            headers.insert(header::LOCATION, v);
+        }
+    }
+}
+
+/// The client's host: the `Host` header, or the URI authority (HTTP/2).
+fn client_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+fn client_origin(host: Option<&HeaderValue>, conn: &ClientConn) -> Option<String> {
+    let host = host?.to_str().ok()?;
+    let scheme = if conn.tls { "https" } else { "http" };
+    Some(format!("{scheme}://{host}"))
+}
+
+/// Remove hop-by-hop headers: the fixed list and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        &header::CONNECTION,
+        &PROXY_CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+}
+
+/// Headers of a request going upstream.
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    client_host: Option<&HeaderValue>,
+    conn: &ClientConn,
+    request_id: &HeaderValue,
+    trust_forwarded: bool,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+    if let Some(host) = client_host {
+        headers.insert(header::HOST, host.clone());
+    }
+    let ip = conn.addr.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if trust_forwarded => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    let keep = |h: &HeaderName, headers: &HeaderMap| trust_forwarded && headers.contains_key(h);
+    if !keep(&X_FORWARDED_PROTO, headers) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if !keep(&X_FORWARDED_HOST, headers) {
+        match client_host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Headers of a response going back to the client.
+pub fn prepare_response_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    strip_hop_by_hop(headers);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that says when it has been sent completely (for the response timeout).
+    struct SignalEnd<B> {
+        #[pin]
+        inner: B,
+        tx: Option<oneshot::Sender<()>>,
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for SignalEnd<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let res = this.inner.as_mut().poll_frame(cx);
+        let ended = match &res {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended && let Some(tx) = this.tx.take() {
+            let _ = tx.send(());
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ClientConn {
+        ClientConn {
+            addr: "127.0.0.9:4242".parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_repeated_headers_kept() {
+        let mut h = HeaderMap::new();
+        for a in ["a/1", "b/2", "c/3", "d/4", "e/5", "f/6"] {
+            h.append(header::ACCEPT, HeaderValue::from_static(a));
+        }
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        let host = HeaderValue::from_static("wharf.local:8080");
+        prepare_request_headers(
+            &mut h,
+            Some(&host),
+            &conn(),
+            &HeaderValue::from_static("rid"),
+            false,
+        );
+        assert_eq!(h.get_all(header::ACCEPT).iter().count(), 6);
+        for gone in [
+            "connection",
+            "x-private",
+            "transfer-encoding",
+            "expect",
+            "keep-alive",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(h["authorization"], "Basic eDp5");
+        assert_eq!(h["host"], "wharf.local:8080");
+        assert_eq!(h["x-forwarded-host"], "wharf.local:8080");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn forwarded_headers_from_clients_are_replaced_unless_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let host = HeaderValue::from_static("w");
+        let mut untrusted = h.clone();
+        prepare_request_headers(
+            &mut untrusted,
+            Some(&host),
+            &conn(),
+            &HeaderValue::from_static("r"),
+            false,
+        );
+        assert_eq!(untrusted["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        let mut trusted = h.clone();
+        prepare_request_headers(
+            &mut trusted,
+            Some(&host),
+            &conn(),
+            &HeaderValue::from_static("r"),
+            true,
+        );
+        assert_eq!(trusted["x-forwarded-for"], "6.6.6.6, 127.0.0.9");
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+    }
+
+    #[tokio::test]
+    async fn location_naming_the_upstream_is_rewritten() {
+        let cfg: UpstreamConfig =
+            serde_yaml_ng::from_str("registry: http://127.0.0.1:5000").unwrap();
+        let up = Upstream::new("registry", "http://127.0.0.1:5000", &cfg, false).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://127.0.0.1:5000/v2/p/r/blobs/uploads/u?_state=x"),
+        );
+        up.rewrite_location(&mut h, "https://wharf:8443");
+        assert_eq!(
+            h["location"],
+            "https://wharf:8443/v2/p/r/blobs/uploads/u?_state=x"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("/v2/p/r/blobs/sha256:x"),
+        );
+        up.rewrite_location(&mut h, "https://wharf:8443");
+        assert_eq!(h["location"], "/v2/p/r/blobs/sha256:x");
+    }
+
+    #[test]
+    fn oci_errors_have_the_distribution_shape() {
+        let e = ForwardError::Unreachable {
+            upstream: "registry",
+            detail: "connection refused".into(),
+        };
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        let t = ForwardError::Timeout {
+            upstream: "registry",
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(t.status(), StatusCode::GATEWAY_TIMEOUT);
+        let resp = e.to_response("rid");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/json; charset=utf-8"
+        );
+    }
+}

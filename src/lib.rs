@@ -1,0 +1,95 @@
+//! wharf: a sidecar reverse proxy in front of an OCI/Distribution registry and a Helm chart
+//! repository that turns the traffic it forwards into Harbor-style webhook events.
+//!
+//! # Layout
+//! The modules follow the data path of a request:
+//!
+//! - [`route`]: classify a request once into a typed operation (registry, chart, health, API).
+//! - [`forward`]: stream a request to its upstream and the response back, header hygiene, OCI
+//!   error responses.
+//! - [`observe`]: per-operation flows around `forward`: watch bodies, collect manifests (capped).
+//! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
+//! - [`api`]: wharf's own HTTP API.
+//! - [`app`]: the state of one process, built from [`config`].
+//! - [`config`]: the YAML configuration, env overrides, validation.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod forward;
+pub mod observe;
+pub mod route;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Errors starting a wharf instance.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    App(#[from] app::AppError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+}
+
+/// A wharf instance running on the current tokio runtime (used by `main` and by tests).
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its state.
+    pub app: Arc<app::App>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), server::ServerError>>,
+}
+
+impl Running {
+    /// Start serving `config` on `listener` (its address wins over `config.listen`).
+    pub async fn start(
+        config: config::Config,
+        listener: tokio::net::TcpListener,
+    ) -> Result<Running, StartError> {
+        let addr = listener.local_addr().map_err(server::ServerError::Io)?;
+        let tls = match &config.tls {
+            Some(t) => Some(server::tls_acceptor(&t.cert, &t.key)?),
+            None => None,
+        };
+        let grace = config.shutdown_grace;
+        let app = app::App::build(config)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(
+            app.clone(),
+            listener,
+            tls,
+            async move {
+                let _ = stopped.await;
+            },
+            grace,
+        ));
+        Ok(Running {
+            addr,
+            app,
+            stop,
+            task,
+        })
+    }
+
+    /// Resolves when the server stopped on its own (it only does on a listener error).
+    pub async fn wait(&mut self) -> Result<(), server::ServerError> {
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(server::ServerError::Io(std::io::Error::other(e))),
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, drain in-flight requests (up to `shutdown_grace`).
+    pub async fn shutdown(self) -> Result<(), server::ServerError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(server::ServerError::Io(std::io::Error::other(e))),
+        }
+    }
+}

@@ -1,0 +1,840 @@
+//! Route: classify every request once, into a typed operation.
+//!
+//! Registry paths are parsed from the right (`…/manifests/<ref>`, `…/blobs/<digest>`,
+//! `…/blobs/uploads/[<id>]`, `…/tags/list`, `…/referrers/<digest>`), so repository names may
+//! have any number of segments. A path that does not parse is [`RegistryOp::Other`]: it is still
+//! forwarded unchanged and the registry answers it; wharf only never derives an event from it.
+//! Classification is pure and never panics (it is fuzzed: `fuzz/fuzz_targets/classify.rs`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::Method;
+
+/// What a request is, decided from method and path alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2` and everything below it: the registry API.
+    Registry(RegistryOp),
+    /// `/chartrepo/…` and `/api/chartrepo/…`: classic Helm chart repositories (ChartMuseum).
+    Chart(ChartOp),
+    /// `/healthz`: the process is alive.
+    Health,
+    /// `/readyz`: the upstream registry answers.
+    Ready,
+    /// Anything else: wharf's own API (and its 404s).
+    Api,
+}
+
+/// A registry (`/v2`) operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryOp {
+    /// `/v2/` version check.
+    Base,
+    /// `GET /v2/_catalog`.
+    Catalog,
+    /// `GET /v2/<name>/tags/list`.
+    TagsList { repo: Repository },
+    /// `GET|HEAD|PUT|DELETE /v2/<name>/manifests/<reference>`.
+    Manifest {
+        repo: Repository,
+        reference: Reference,
+        action: ManifestAction,
+    },
+    /// `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`.
+    Blob {
+        repo: Repository,
+        digest: Digest,
+        action: BlobAction,
+    },
+    /// `POST /v2/<name>/blobs/uploads/` (with `mount` and `from` it is a cross-repo mount).
+    UploadStart {
+        repo: Repository,
+        mount: Option<Mount>,
+    },
+    /// `PATCH|PUT|GET|DELETE /v2/<name>/blobs/uploads/<id>`.
+    Upload {
+        repo: Repository,
+        action: UploadAction,
+    },
+    /// `GET /v2/<name>/referrers/<digest>`.
+    Referrers { repo: Repository, digest: Digest },
+    /// A `/v2` path or method wharf does not recognise; forwarded as is.
+    Other,
+}
+
+/// What is done to a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestAction {
+    Get,
+    Head,
+    Put,
+    Delete,
+}
+
+/// What is done to a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobAction {
+    Get,
+    Head,
+    Delete,
+}
+
+/// What is done to an upload session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadAction {
+    /// PATCH: a chunk.
+    Chunk,
+    /// PUT `?digest=`: the end of the upload (may carry the last chunk).
+    Complete,
+    /// GET: progress.
+    Status,
+    /// DELETE: cancel.
+    Cancel,
+}
+
+/// A cross-repository blob mount request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub digest: Digest,
+    pub from: Option<Repository>,
+}
+
+/// A ChartMuseum operation under Harbor's chartrepo paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChartOp {
+    /// `GET /chartrepo/<project>/index.yaml`.
+    Index { project: String },
+    /// `GET /chartrepo/<project>/charts/<file>` (a `.tgz` or `.prov`).
+    Download { project: String, file: String },
+    /// `POST /api/chartrepo/<project>/charts` (also `/prov`).
+    Upload { project: String, prov_only: bool },
+    /// `DELETE /api/chartrepo/<project>/charts/<name>/<version>`.
+    Delete {
+        project: String,
+        name: String,
+        version: String,
+    },
+    /// `GET /api/chartrepo/<project>/charts[/<name>[/<version>]]`.
+    List { project: String },
+    /// A chartrepo path wharf does not recognise.
+    Other,
+}
+
+/// A validated repository name, e.g. `prj/team/app`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Repository(String);
+
+impl Repository {
+    /// Validate `name`: one or more `/`-separated components of the distribution grammar.
+    pub fn parse(name: &str) -> Option<Repository> {
+        if name.is_empty() || name.len() > 255 {
+            return None;
+        }
+        if name.split('/').all(is_name_component) {
+            Some(Repository(name.to_string()))
+        } else {
+            None
+        }
+    }
+    /// The whole name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The project: the first name segment (`prj/repo1` → `prj`).
+    pub fn project(&self) -> &str {
+        self.0.split('/').next().unwrap_or(&self.0)
+    }
+    /// The name without its project (`prj/team/app` → `team/app`; a one-segment name is itself).
+    pub fn short_name(&self) -> &str {
+        self.0
+            .split_once('/')
+            .map(|(_, rest)| rest)
+            .unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Debug for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One component of a repository name: `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`.
+pub fn is_name_component(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // a separator run: ".", "_", "__" or one or more "-"
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &s[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// A manifest reference: a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(String),
+    Digest(Digest),
+}
+
+impl Reference {
+    /// A tag (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`) or a valid digest; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Reference> {
+        if s.contains(':') {
+            Digest::parse(s).map(Reference::Digest)
+        } else if is_tag(s) {
+            Some(Reference::Tag(s.to_string()))
+        } else {
+            None
+        }
+    }
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        }
+    }
+    pub fn digest(&self) -> Option<&Digest> {
+        match self {
+            Reference::Digest(d) => Some(d),
+            Reference::Tag(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => f.write_str(t),
+            Reference::Digest(d) => fmt::Display::fmt(d, f),
+        }
+    }
+}
+
+/// Tag grammar of the distribution spec.
+pub fn is_tag(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b[1..]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
+}
+
+/// A content digest, validated: `sha256:` + 64 lowercase hex, `sha512:` + 128 lowercase hex,
+/// or another algorithm of the OCI grammar with a non-empty encoded part.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn parse(s: &str) -> Option<Digest> {
+        let (alg, enc) = s.split_once(':')?;
+        let lower_hex = |e: &str, n: usize| {
+            e.len() == n
+                && e.bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        };
+        let ok = match alg {
+            "sha256" => lower_hex(enc, 64),
+            "sha512" => lower_hex(enc, 128),
+            _ => {
+                is_digest_algorithm(alg)
+                    && !enc.is_empty()
+                    && enc
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'=' | b'_' | b'-'))
+            }
+        };
+        ok.then(|| Digest(s.to_string()))
+    }
+    /// The sha256 digest of `data`.
+    pub fn sha256_of(data: &[u8]) -> Digest {
+        use sha2::Digest as _;
+        Digest(format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(data))
+        ))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The encoded part (the hex of a sha256 digest).
+    pub fn encoded(&self) -> &str {
+        self.0.split_once(':').map(|(_, e)| e).unwrap_or(&self.0)
+    }
+}
+
+fn is_digest_algorithm(alg: &str) -> bool {
+    // [a-z0-9]+([+._-][a-z0-9]+)*
+    !alg.is_empty()
+        && alg.split(['+', '.', '_', '-']).all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        })
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Classify a request by method, path and query.
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Route {
+    if path == "/v2" || path.starts_with("/v2/") {
+        return Route::Registry(classify_registry(method, path, query));
+    }
+    if path.starts_with("/chartrepo/") || path.starts_with("/api/chartrepo/") {
+        return Route::Chart(classify_chart(method, path));
+    }
+    match path {
+        "/healthz" => Route::Health,
+        "/readyz" => Route::Ready,
+        _ => Route::Api,
+    }
+}
+
+fn decode(s: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .unwrap_or(Cow::Borrowed(s))
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<Cow<'a, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k) == key).then(|| decode(v))
+    })
+}
+
+/// Classify a `/v2…` path.
+pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> RegistryOp {
+    let rest = path.strip_prefix("/v2").unwrap_or(path);
+    if rest.is_empty() || rest == "/" {
+        return RegistryOp::Base;
+    }
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    if rest == "_catalog" {
+        return if method == Method::GET {
+            RegistryOp::Catalog
+        } else {
+            RegistryOp::Other
+        };
+    }
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let repo_of = |upto: usize| -> Option<Repository> {
+        if upto == 0 {
+            return None;
+        }
+        Repository::parse(&segs[..upto].join("/"))
+    };
+    // …/blobs/uploads/ and …/blobs/uploads/<id>
+    if n >= 3 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
+        let Some(repo) = repo_of(n - 3) else {
+            return RegistryOp::Other;
+        };
+        let id = segs[n - 1];
+        if id.is_empty() {
+            return upload_start(method, repo, query);
+        }
+        let action = match *method {
+            Method::PATCH => UploadAction::Chunk,
+            Method::PUT => UploadAction::Complete,
+            Method::GET => UploadAction::Status,
+            Method::DELETE => UploadAction::Cancel,
+            _ => return RegistryOp::Other,
+        };
+        return RegistryOp::Upload { repo, action };
+    }
+    // …/blobs/uploads without the trailing slash: distribution accepts it for POST too.
+    if n >= 2
+        && segs[n - 2] == "blobs"
+        && segs[n - 1] == "uploads"
+        && let Some(repo) = repo_of(n - 2)
+    {
+        return upload_start(method, repo, query);
+    }
+    if n < 3 {
+        return RegistryOp::Other;
+    }
+    let (kind, last) = (segs[n - 2], segs[n - 1]);
+    match kind {
+        "tags" if last == "list" && method == Method::GET => match repo_of(n - 2) {
+            Some(repo) => RegistryOp::TagsList { repo },
+            None => RegistryOp::Other,
+        },
+        "manifests" => {
+            let action = match *method {
+                Method::GET => ManifestAction::Get,
+                Method::HEAD => ManifestAction::Head,
+                Method::PUT => ManifestAction::Put,
+                Method::DELETE => ManifestAction::Delete,
+                _ => return RegistryOp::Other,
+            };
+            match (repo_of(n - 2), Reference::parse(&decode(last))) {
+                (Some(repo), Some(reference)) => RegistryOp::Manifest {
+                    repo,
+                    reference,
+                    action,
+                },
+                _ => RegistryOp::Other,
+            }
+        }
+        "blobs" => {
+            let action = match *method {
+                Method::GET => BlobAction::Get,
+                Method::HEAD => BlobAction::Head,
+                Method::DELETE => BlobAction::Delete,
+                _ => return RegistryOp::Other,
+            };
+            match (repo_of(n - 2), Digest::parse(&decode(last))) {
+                (Some(repo), Some(digest)) => RegistryOp::Blob {
+                    repo,
+                    digest,
+                    action,
+                },
+                _ => RegistryOp::Other,
+            }
+        }
+        "referrers" if method == Method::GET => {
+            match (repo_of(n - 2), Digest::parse(&decode(last))) {
+                (Some(repo), Some(digest)) => RegistryOp::Referrers { repo, digest },
+                _ => RegistryOp::Other,
+            }
+        }
+        _ => RegistryOp::Other,
+    }
+}
+
+fn upload_start(method: &Method, repo: Repository, query: Option<&str>) -> RegistryOp {
+    if method != Method::POST {
+        return RegistryOp::Other;
+    }
+    let mount = query_param(query, "mount")
+        .and_then(|d| Digest::parse(&d))
+        .map(|digest| Mount {
+            digest,
+            from: query_param(query, "from").and_then(|f| Repository::parse(&f)),
+        });
+    RegistryOp::UploadStart { repo, mount }
+}
+
+/// Classify a `/chartrepo/…` or `/api/chartrepo/…` path.
+pub fn classify_chart(method: &Method, path: &str) -> ChartOp {
+    let valid_project = |p: &str| is_name_component(p);
+    if let Some(rest) = path.strip_prefix("/chartrepo/") {
+        let segs: Vec<&str> = rest.split('/').collect();
+        return match (method, segs.as_slice()) {
+            (&Method::GET | &Method::HEAD, [p, "index.yaml"]) if valid_project(p) => {
+                ChartOp::Index {
+                    project: p.to_string(),
+                }
+            }
+            (&Method::GET | &Method::HEAD, [p, "charts", file])
+                if valid_project(p) && !file.is_empty() =>
+            {
+                ChartOp::Download {
+                    project: p.to_string(),
+                    file: decode(file).into_owned(),
+                }
+            }
+            _ => ChartOp::Other,
+        };
+    }
+    if let Some(rest) = path.strip_prefix("/api/chartrepo/") {
+        let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        return match (method, segs.as_slice()) {
+            (&Method::POST, [p, "charts"]) if valid_project(p) => ChartOp::Upload {
+                project: p.to_string(),
+                prov_only: false,
+            },
+            (&Method::POST, [p, "prov"]) if valid_project(p) => ChartOp::Upload {
+                project: p.to_string(),
+                prov_only: true,
+            },
+            (&Method::DELETE, [p, "charts", name, version])
+                if valid_project(p) && !name.is_empty() && !version.is_empty() =>
+            {
+                ChartOp::Delete {
+                    project: p.to_string(),
+                    name: decode(name).into_owned(),
+                    version: decode(version).into_owned(),
+                }
+            }
+            (&Method::GET | &Method::HEAD, [p, "charts", ..]) if valid_project(p) => {
+                ChartOp::List {
+                    project: p.to_string(),
+                }
+            }
+            _ => ChartOp::Other,
+        };
+    }
+    ChartOp::Other
+}
+
+impl RegistryOp {
+    /// A short, stable name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RegistryOp::Base => "base",
+            RegistryOp::Catalog => "catalog",
+            RegistryOp::TagsList { .. } => "tags_list",
+            RegistryOp::Manifest { action, .. } => match action {
+                ManifestAction::Get => "manifest_get",
+                ManifestAction::Head => "manifest_head",
+                ManifestAction::Put => "manifest_put",
+                ManifestAction::Delete => "manifest_delete",
+            },
+            RegistryOp::Blob { action, .. } => match action {
+                BlobAction::Get => "blob_get",
+                BlobAction::Head => "blob_head",
+                BlobAction::Delete => "blob_delete",
+            },
+            RegistryOp::UploadStart { mount: Some(_), .. } => "blob_mount",
+            RegistryOp::UploadStart { mount: None, .. } => "upload_start",
+            RegistryOp::Upload { action, .. } => match action {
+                UploadAction::Chunk => "upload_chunk",
+                UploadAction::Complete => "upload_complete",
+                UploadAction::Status => "upload_status",
+                UploadAction::Cancel => "upload_cancel",
+            },
+            RegistryOp::Referrers { .. } => "referrers",
+            RegistryOp::Other => "registry_other",
+        }
+    }
+
+    /// The repository the operation is about, if any.
+    pub fn repository(&self) -> Option<&Repository> {
+        match self {
+            RegistryOp::TagsList { repo }
+            | RegistryOp::Manifest { repo, .. }
+            | RegistryOp::Blob { repo, .. }
+            | RegistryOp::UploadStart { repo, .. }
+            | RegistryOp::Upload { repo, .. }
+            | RegistryOp::Referrers { repo, .. } => Some(repo),
+            _ => None,
+        }
+    }
+}
+
+impl ChartOp {
+    /// A short, stable name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChartOp::Index { .. } => "chart_index",
+            ChartOp::Download { .. } => "chart_download",
+            ChartOp::Upload { .. } => "chart_upload",
+            ChartOp::Delete { .. } => "chart_delete",
+            ChartOp::List { .. } => "chart_list",
+            ChartOp::Other => "chart_other",
+        }
+    }
+}
+
+impl Route {
+    /// A short, stable name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Registry(op) => op.name(),
+            Route::Chart(op) => op.name(),
+            Route::Health => "healthz",
+            Route::Ready => "readyz",
+            Route::Api => "api",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:9e2c9d5f44efbb6ee83aecd17a120c513047d289d142ec5738c9f02f9b24ad07";
+
+    fn reg(m: Method, p: &str) -> RegistryOp {
+        let (path, query) = p.split_once('?').map_or((p, None), |(a, b)| (a, Some(b)));
+        match classify(&m, path, query) {
+            Route::Registry(op) => op,
+            other => panic!("{p} classified as {other:?}"),
+        }
+    }
+
+    fn repo(s: &str) -> Repository {
+        Repository::parse(s).unwrap()
+    }
+
+    #[test]
+    fn base_and_catalog() {
+        assert_eq!(reg(Method::GET, "/v2/"), RegistryOp::Base);
+        assert_eq!(reg(Method::GET, "/v2"), RegistryOp::Base);
+        assert_eq!(reg(Method::GET, "/v2/_catalog"), RegistryOp::Catalog);
+    }
+
+    #[test]
+    fn manifests_with_many_segments_parse_from_the_right() {
+        let op = reg(Method::GET, "/v2/prj/team/app/sub/x/y/z/w/manifests/latest");
+        assert_eq!(
+            op,
+            RegistryOp::Manifest {
+                repo: repo("prj/team/app/sub/x/y/z/w"),
+                reference: Reference::Tag("latest".into()),
+                action: ManifestAction::Get
+            }
+        );
+        assert_eq!(op.repository().unwrap().project(), "prj");
+        // a repository may itself contain a "manifests" segment
+        let op = reg(Method::PUT, &format!("/v2/a/manifests/b/manifests/{D}"));
+        assert_eq!(
+            op,
+            RegistryOp::Manifest {
+                repo: repo("a/manifests/b"),
+                reference: Reference::Digest(Digest::parse(D).unwrap()),
+                action: ManifestAction::Put
+            }
+        );
+        // percent-encoded colon in a digest reference
+        let op = reg(
+            Method::HEAD,
+            &format!("/v2/p/r/manifests/{}", D.replace(':', "%3A")),
+        );
+        assert!(matches!(
+            op,
+            RegistryOp::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn references_are_validated() {
+        assert_eq!(
+            reg(Method::GET, "/v2/p/r/manifests/-bad"),
+            RegistryOp::Other
+        );
+        assert_eq!(
+            reg(Method::GET, "/v2/p/r/manifests/sha256:abc"),
+            RegistryOp::Other
+        );
+        assert_eq!(
+            reg(
+                Method::GET,
+                &format!("/v2/p/r/manifests/{}", "a".repeat(129))
+            ),
+            RegistryOp::Other
+        );
+        assert!(matches!(
+            reg(
+                Method::GET,
+                &format!("/v2/p/r/manifests/{}", "a".repeat(128))
+            ),
+            RegistryOp::Manifest { .. }
+        ));
+        assert_eq!(reg(Method::GET, "/v2/P/r/manifests/x"), RegistryOp::Other);
+        assert_eq!(reg(Method::POST, "/v2/p/r/manifests/x"), RegistryOp::Other);
+        assert!(Digest::parse(&D.to_uppercase()).is_none());
+        assert!(Digest::parse(&format!("sha512:{}", "0".repeat(128))).is_some());
+        assert!(
+            Digest::parse("multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8")
+                .is_some()
+        );
+        assert!(Digest::parse("sha256").is_none());
+        assert!(Digest::parse(":abc").is_none());
+    }
+
+    #[test]
+    fn blobs_uploads_and_mounts() {
+        assert_eq!(
+            reg(Method::HEAD, &format!("/v2/p/r/blobs/{D}")),
+            RegistryOp::Blob {
+                repo: repo("p/r"),
+                digest: Digest::parse(D).unwrap(),
+                action: BlobAction::Head
+            }
+        );
+        assert_eq!(
+            reg(Method::POST, "/v2/p/r/blobs/uploads/"),
+            RegistryOp::UploadStart {
+                repo: repo("p/r"),
+                mount: None
+            }
+        );
+        assert_eq!(
+            reg(
+                Method::POST,
+                &format!(
+                    "/v2/p/new/blobs/uploads/?mount={}&from=p%2Fold",
+                    D.replace(':', "%3A")
+                )
+            ),
+            RegistryOp::UploadStart {
+                repo: repo("p/new"),
+                mount: Some(Mount {
+                    digest: Digest::parse(D).unwrap(),
+                    from: Some(repo("p/old"))
+                })
+            }
+        );
+        assert_eq!(
+            reg(Method::PATCH, "/v2/p/r/blobs/uploads/3c1f-uuid"),
+            RegistryOp::Upload {
+                repo: repo("p/r"),
+                action: UploadAction::Chunk
+            }
+        );
+        assert_eq!(
+            reg(
+                Method::PUT,
+                "/v2/p/r/blobs/uploads/3c1f-uuid?_state=x&digest=sha256%3Aab"
+            ),
+            RegistryOp::Upload {
+                repo: repo("p/r"),
+                action: UploadAction::Complete
+            }
+        );
+        assert_eq!(
+            reg(Method::GET, "/v2/p/r/tags/list"),
+            RegistryOp::TagsList { repo: repo("p/r") }
+        );
+        assert_eq!(
+            reg(Method::GET, &format!("/v2/p/r/referrers/{D}")),
+            RegistryOp::Referrers {
+                repo: repo("p/r"),
+                digest: Digest::parse(D).unwrap()
+            }
+        );
+        assert_eq!(reg(Method::GET, "/v2/p"), RegistryOp::Other);
+        assert_eq!(reg(Method::GET, "/v2//manifests/x"), RegistryOp::Other);
+    }
+
+    #[test]
+    fn name_components() {
+        for ok in ["a", "a.b", "a_b", "a__b", "a---b", "0x", "prj"] {
+            assert!(is_name_component(ok), "{ok}");
+        }
+        for bad in [
+            "", "A", "a.", ".a", "a..b", "a___b", "a-", "a._b", "a b", "ä",
+        ] {
+            assert!(!is_name_component(bad), "{bad}");
+        }
+        assert_eq!(repo("prj/team/app").short_name(), "team/app");
+        assert_eq!(repo("solo").short_name(), "solo");
+    }
+
+    #[test]
+    fn non_registry_paths() {
+        assert_eq!(classify(&Method::GET, "/healthz", None), Route::Health);
+        assert_eq!(classify(&Method::GET, "/readyz", None), Route::Ready);
+        assert_eq!(classify(&Method::GET, "/v2healthz", None), Route::Api);
+        assert_eq!(
+            classify(&Method::GET, "/api/v2.0/projects", None),
+            Route::Api
+        );
+        // a repository called healthz is still a registry path
+        assert!(matches!(
+            classify(&Method::GET, "/v2/healthz/manifests/latest", None),
+            Route::Registry(RegistryOp::Manifest { .. })
+        ));
+    }
+
+    #[test]
+    fn chart_paths() {
+        let c = |m: Method, p: &str| match classify(&m, p, None) {
+            Route::Chart(op) => op,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            c(Method::GET, "/chartrepo/prj/index.yaml"),
+            ChartOp::Index {
+                project: "prj".into()
+            }
+        );
+        assert_eq!(
+            c(Method::GET, "/chartrepo/prj/charts/nginx-1.2.3.tgz"),
+            ChartOp::Download {
+                project: "prj".into(),
+                file: "nginx-1.2.3.tgz".into()
+            }
+        );
+        assert_eq!(
+            c(Method::POST, "/api/chartrepo/prj/charts"),
+            ChartOp::Upload {
+                project: "prj".into(),
+                prov_only: false
+            }
+        );
+        assert_eq!(
+            c(Method::DELETE, "/api/chartrepo/prj/charts/nginx/1.2.3"),
+            ChartOp::Delete {
+                project: "prj".into(),
+                name: "nginx".into(),
+                version: "1.2.3".into()
+            }
+        );
+        assert_eq!(
+            c(Method::GET, "/api/chartrepo/prj/charts/nginx"),
+            ChartOp::List {
+                project: "prj".into()
+            }
+        );
+        assert_eq!(c(Method::GET, "/chartrepo/PRJ/index.yaml"), ChartOp::Other);
+    }
+
+    #[test]
+    fn classify_never_panics_on_odd_input() {
+        for p in [
+            "/v2/",
+            "/v2//",
+            "/v2///blobs/uploads/",
+            "/v2/a/blobs/uploads",
+            "/v2/%ff/manifests/%",
+            "/v2/a/manifests/",
+            "/v2/a/blobs/",
+            "/chartrepo/",
+            "/api/chartrepo//charts//",
+        ] {
+            for m in [
+                Method::GET,
+                Method::PUT,
+                Method::POST,
+                Method::DELETE,
+                Method::PATCH,
+                Method::HEAD,
+                Method::OPTIONS,
+            ] {
+                let _ = classify(&m, p, Some("mount=%zz&from"));
+            }
+        }
+    }
+}
