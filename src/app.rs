@@ -1,15 +1,24 @@
 //! App: everything a running wharf holds, built once from the config.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
+use crate::events::operator::TokenVerifier;
+use crate::events::sink::Sink;
 use crate::forward::{ForwardError, Upstream};
+use crate::observe::recent::Recent;
+use crate::store::{Store, StoreError};
 
 /// Errors building the app from a validated config.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("upstream: {0}")]
     Upstream(#[from] ForwardError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("events.token_cert_bundle: {0}")]
+    TokenCerts(String),
 }
 
 /// Shared state of one wharf process.
@@ -19,38 +28,57 @@ pub struct App {
     pub registry: Upstream,
     /// ChartMuseum, when configured.
     pub chartmuseum: Option<Upstream>,
+    /// The embedded database.
+    pub store: Store,
+    /// Where events go.
+    pub events: Sink,
+    /// Per-client memory for tag attribution and pull de-duplication.
+    pub recent: Recent,
+    /// Verifies Bearer tokens when `events.token_cert_bundle` is set.
+    pub token_verifier: Option<TokenVerifier>,
     /// wharf's own API (axum).
     pub api: axum::Router,
 }
 
 impl App {
-    /// Build the app: upstream clients and the API router.
+    /// Build the app: upstream clients, database, API router.
     pub fn build(config: Config) -> Result<Arc<App>, AppError> {
         let config = Arc::new(config);
+        let trust = config.trust_forwarded_headers;
         let registry = Upstream::new(
             "registry",
             &config.upstream.registry,
             &config.upstream,
-            config.trust_forwarded_headers,
+            trust,
         )?;
         let chartmuseum = config
             .upstream
             .chartmuseum
             .as_deref()
-            .map(|url| {
-                Upstream::new(
-                    "chartmuseum",
-                    url,
-                    &config.upstream,
-                    config.trust_forwarded_headers,
-                )
-            })
+            .map(|url| Upstream::new("chartmuseum", url, &config.upstream, trust))
             .transpose()?;
+        let token_verifier = config
+            .events
+            .token_cert_bundle
+            .as_deref()
+            .map(TokenVerifier::from_pem_file)
+            .transpose()
+            .map_err(AppError::TokenCerts)?;
+        let store = Store::open(&config.data_dir, config.store.synchronous)?;
+        let events = Sink::new(store.clone());
+        let recent = Recent::new(
+            config.events.attribution_window.max(Duration::from_secs(1)),
+            50_000,
+        );
         Ok(Arc::new_cyclic(|weak| App {
             api: crate::api::router(weak.clone()),
             config,
             registry,
             chartmuseum,
+            store,
+            events,
+            recent,
+            token_verifier,
         }))
     }
 }

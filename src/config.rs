@@ -77,6 +77,88 @@ pub struct Config {
     /// Per-project settings, keyed by project name (the first segment of a repository name).
     #[serde(default)]
     pub projects: BTreeMap<String, ProjectConfig>,
+    /// How registry traffic becomes events.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// The embedded database.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// Events from registry traffic.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Turn events off entirely: wharf is then a plain proxy (used to measure the cost of events).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// A manifest pushed by digest alone (a platform manifest of `skopeo copy --all`) waits this
+    /// long for an index that lists it; then it becomes an event of its own. An index that
+    /// arrives in time absorbs it (one event per multi-platform push).
+    #[serde(default = "defaults::index_window", with = "duration")]
+    pub index_window: Duration,
+    /// How long wharf remembers that a client resolved a tag (HEAD/GET by tag) or pulled an
+    /// index, to report the tag on a following pull by digest and to not count the platform
+    /// manifest of an index pull as a second pull.
+    #[serde(default = "defaults::attribution_window", with = "duration")]
+    pub attribution_window: Duration,
+    /// PEM certificates that sign the registry's Bearer tokens (distribution's
+    /// `auth.token.rootcertbundle`). When set, the `sub` of a token is trusted only if its
+    /// signature verifies (RS256 or ES256); otherwise the operator is `anonymous`. When unset,
+    /// `sub` is read without verification (the registry already accepted the token).
+    #[serde(default)]
+    pub token_cert_bundle: Option<PathBuf>,
+    /// Pulls by these users or user agents are not events, in every project.
+    #[serde(default)]
+    pub ignore_pulls: PullFilter,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            index_window: defaults::index_window(),
+            attribution_window: defaults::attribution_window(),
+            token_cert_bundle: None,
+            ignore_pulls: PullFilter::default(),
+        }
+    }
+}
+
+/// Whose pulls are not events: glob patterns (`*`, `?`, `[…]`, `{a,b}`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullFilter {
+    /// Operators (user names), e.g. `replicator`.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Whole `User-Agent` values, e.g. `Trivy/*` or `harbor-registry-client*`.
+    #[serde(default)]
+    pub user_agents: Vec<String>,
+}
+
+impl PullFilter {
+    /// Does the filter match this operator or user agent?
+    pub fn matches(&self, operator: &str, user_agent: Option<&str>) -> bool {
+        self.users
+            .iter()
+            .any(|p| glob_match::glob_match(p, operator))
+            || user_agent.is_some_and(|ua| {
+                self.user_agents
+                    .iter()
+                    .any(|p| glob_match::glob_match(p, ua))
+            })
+    }
+}
+
+/// The embedded database.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `normal` (survives a killed process; an OS crash may lose the last commits, like the
+    /// registry's own filesystem storage) or `full` (fsync on every group commit).
+    #[serde(default)]
+    pub synchronous: crate::store::Synchronous,
 }
 
 /// Where requests go.
@@ -150,6 +232,9 @@ pub struct ProjectConfig {
     /// Public projects are reported as `repo_type: public` / `project_type: Public`.
     #[serde(default)]
     pub public: bool,
+    /// Pulls by these users or user agents are not events in this project.
+    #[serde(default)]
+    pub ignore_pulls: PullFilter,
 }
 
 /// A secret string: never printed, never logged. Serializes as `***` (for `check-config`).
@@ -212,6 +297,15 @@ mod defaults {
     }
     pub fn log_level() -> String {
         "info".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn index_window() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn attribution_window() -> Duration {
+        Duration::from_secs(60)
     }
 }
 
@@ -330,6 +424,11 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
+        if let Some(p) = &self.events.token_cert_bundle {
+            crate::events::operator::TokenVerifier::from_pem_file(p).map_err(|e| {
+                invalid("events.token_cert_bundle", format!("{}: {e}", p.display()))
+            })?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
         for name in self.projects.keys() {
@@ -361,6 +460,20 @@ impl Config {
     /// The project's settings, or the defaults for a project not named in the config.
     pub fn project(&self, name: &str) -> ProjectConfig {
         self.projects.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Is the project public?
+    pub fn is_public(&self, project: &str) -> bool {
+        self.projects.get(project).is_some_and(|p| p.public)
+    }
+
+    /// Are pulls by this operator / user agent in this project not events?
+    pub fn pull_ignored(&self, project: &str, operator: &str, user_agent: Option<&str>) -> bool {
+        self.events.ignore_pulls.matches(operator, user_agent)
+            || self
+                .projects
+                .get(project)
+                .is_some_and(|p| p.ignore_pulls.matches(operator, user_agent))
     }
 
     /// The effective configuration as YAML, secrets masked (for `wharf check-config`).

@@ -7,7 +7,10 @@
 //! - [`route`]: classify a request once into a typed operation (registry, chart, health, API).
 //! - [`forward`]: stream a request to its upstream and the response back, header hygiene, OCI
 //!   error responses.
-//! - [`observe`]: per-operation flows around `forward`: watch bodies, collect manifests (capped).
+//! - [`observe`]: per-operation flows around `forward`: watch bodies, collect manifests
+//!   (capped), attribute tags, de-duplicate, build events.
+//! - [`events`]: the event model, its payload formats, and the sink that records events.
+//! - [`store`]: the embedded SQLite database: event log, outbox, knowledge; group commit.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
 //! - [`api`]: wharf's own HTTP API.
 //! - [`app`]: the state of one process, built from [`config`].
@@ -18,10 +21,12 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod events;
 pub mod forward;
 pub mod observe;
 pub mod route;
 pub mod server;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +48,7 @@ pub struct Running {
     pub app: Arc<app::App>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), server::ServerError>>,
+    background: tokio_util::sync::CancellationToken,
 }
 
 impl Running {
@@ -58,6 +64,8 @@ impl Running {
         };
         let grace = config.shutdown_grace;
         let app = app::App::build(config)?;
+        let background = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(app.events.clone().run_releaser(background.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             app.clone(),
@@ -73,6 +81,7 @@ impl Running {
             app,
             stop,
             task,
+            background,
         })
     }
 
@@ -84,12 +93,16 @@ impl Running {
         }
     }
 
-    /// Graceful shutdown: stop accepting, drain in-flight requests (up to `shutdown_grace`).
+    /// Graceful shutdown: stop accepting, drain in-flight requests (up to `shutdown_grace`),
+    /// stop background work, commit what is queued for the database.
     pub async fn shutdown(self) -> Result<(), server::ServerError> {
         let _ = self.stop.send(());
-        match self.task.await {
+        let served = match self.task.await {
             Ok(r) => r,
             Err(e) => Err(server::ServerError::Io(std::io::Error::other(e))),
-        }
+        };
+        self.background.cancel();
+        self.app.store.close().await;
+        served
     }
 }

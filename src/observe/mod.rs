@@ -1,49 +1,733 @@
-//! Observe: forward each registry or chart request and watch what happened.
+//! Observe: forward each registry or chart request and watch what happened, turning successful
+//! manifest and chart operations into events.
+//!
+//! Per operation:
+//! - manifest PUT: the body is collected (≤ 4 MiB; larger bodies are streamed through untouched
+//!   and never make an event), parsed, forwarded; on 201 the event and what wharf learned are
+//!   committed *before* the client gets the 201. A non-index manifest pushed by digest alone is
+//!   held for `events.index_window`: an index that lists it absorbs it.
+//! - manifest GET: streamed back while a copy (≤ 4 MiB) is kept; when the client has received
+//!   the whole body of a 200, a pull event is recorded (in the background). A GET of a manifest
+//!   that the same client's index pull just listed is not a second event. The tag of a pull by
+//!   digest comes from the same client's HEAD/GET by tag just before.
+//! - manifest HEAD: no event; remembers which tag the client resolved.
+//! - manifest DELETE by digest: before forwarding, wharf looks up size, kind and the tags that
+//!   point at the digest (its knowledge, else the registry with the client's credentials); on
+//!   202 the event is committed before the client gets the 202.
+//! - anything else: streamed through untouched.
 
 pub mod body;
+pub mod manifest;
+pub mod recent;
 
-use http::{Request, Response};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
-use crate::forward::{Body, Upstream};
-use crate::route::{ChartOp, RegistryOp};
+use crate::events::{ChartInfo, Event, EventKind, sink::With};
+use crate::forward::{Body, Upstream, oci_error};
+use crate::route::{ChartOp, Digest, ManifestAction, Reference, RegistryOp, Repository};
 use crate::server::RequestCtx;
+use crate::store::{self, knowledge};
+use body::Observed;
+use manifest::{Facts, Kind, MAX_MANIFEST_BYTES};
+
+static DOCKER_CONTENT_DIGEST: header::HeaderName =
+    header::HeaderName::from_static("docker-content-digest");
 
 /// Handle one `/v2` request.
 pub async fn registry(
-    app: &App,
+    app: &Arc<App>,
     op: RegistryOp,
     req: Request<Body>,
     ctx: &RequestCtx,
 ) -> Response<Body> {
-    let _ = op;
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    pass(&app.registry, req, &pq, ctx).await
+    let pq = path_and_query(&req);
+    if !app.config.events.enabled {
+        return pass(&app.registry, req, &pq, ctx).await;
+    }
+    match op {
+        RegistryOp::Manifest {
+            repo,
+            reference,
+            action,
+        } => {
+            let who = Who::of(app, req.headers(), ctx);
+            match action {
+                ManifestAction::Put => manifest_put(app, repo, reference, who, req, &pq, ctx).await,
+                ManifestAction::Get => manifest_get(app, repo, reference, who, req, &pq, ctx).await,
+                ManifestAction::Head => {
+                    manifest_head(app, repo, reference, who, req, &pq, ctx).await
+                }
+                ManifestAction::Delete => {
+                    manifest_delete(app, repo, reference, who, req, &pq, ctx).await
+                }
+            }
+        }
+        _ => pass(&app.registry, req, &pq, ctx).await,
+    }
 }
 
 /// Handle one chartrepo request.
-pub async fn chart(app: &App, op: ChartOp, req: Request<Body>, ctx: &RequestCtx) -> Response<Body> {
-    let _ = (op, req);
-    let _ = app;
-    crate::forward::oci_error(
-        http::StatusCode::NOT_FOUND,
+pub async fn chart(
+    app: &Arc<App>,
+    op: ChartOp,
+    req: Request<Body>,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    let _ = (op, req, app);
+    oci_error(
+        StatusCode::NOT_FOUND,
         "NOT_FOUND",
         "chart repositories are not configured",
         serde_json::json!({"request_id": ctx.request_id_str()}),
     )
 }
 
+fn path_and_query<B>(req: &Request<B>) -> String {
+    req.uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into())
+}
+
 /// Forward as is and stream the answer back.
-async fn pass(up: &Upstream, req: Request<Body>, pq: &str, ctx: &RequestCtx) -> Response<Body> {
+pub async fn pass(up: &Upstream, req: Request<Body>, pq: &str, ctx: &RequestCtx) -> Response<Body> {
     match up.forward(req, pq, &ctx.conn, &ctx.request_id).await {
         Ok(resp) => resp.map(Body::new),
-        Err(e) => {
-            tracing::warn!(request_id = ctx.request_id_str(), upstream = up.name(), error = %e, "forward failed");
-            e.to_response(ctx.request_id_str())
+        Err(e) => forward_failed(up, e, ctx),
+    }
+}
+
+fn forward_failed(
+    up: &Upstream,
+    e: crate::forward::ForwardError,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    tracing::warn!(request_id = ctx.request_id_str(), upstream = up.name(), error = %e, "forward failed");
+    e.to_response(ctx.request_id_str())
+}
+
+/// Who made the request, as events report it.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub operator: String,
+    pub ip: IpAddr,
+    pub user_agent: Option<String>,
+    /// The client's credentials, reused for wharf's own reads of that client's artifacts.
+    pub authorization: Option<HeaderValue>,
+    pub request_id: String,
+}
+
+impl Who {
+    pub fn of(app: &App, headers: &HeaderMap, ctx: &RequestCtx) -> Who {
+        Who {
+            operator: crate::events::operator::from_headers(headers, app.token_verifier.as_ref()),
+            ip: ctx.conn.addr.ip(),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            authorization: headers.get(header::AUTHORIZATION).cloned(),
+            request_id: ctx.request_id_str().to_string(),
         }
     }
+
+    /// A new event of `kind` in `repo`, stamped with this request.
+    fn event(&self, app: &App, kind: EventKind, repo: &Repository) -> Event {
+        let mut e = Event::new(kind, repo, &self.operator);
+        e.public = app.config.is_public(repo.project());
+        e.request_id = Some(self.request_id.clone());
+        e.client_addr = Some(self.ip.to_string());
+        e.user_agent = self.user_agent.clone();
+        e
+    }
+
+    /// Headers for wharf's own read of the registry on this client's behalf.
+    fn headers(&self, accept: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = &self.authorization {
+            h.insert(header::AUTHORIZATION, a.clone());
+        }
+        h.insert(header::ACCEPT, HeaderValue::from_static(accept));
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("wharf/", env!("CARGO_PKG_VERSION"))),
+        );
+        h
+    }
+}
+
+/// A request body read up to a cap.
+enum Collected {
+    Full(Bytes),
+    /// Over the cap: the body to forward instead (what was read, then the rest, unchanged).
+    TooLarge(Body),
+    Failed(String),
+}
+
+async fn collect_capped(body: Body, limit: usize, declared: Option<u64>) -> Collected {
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Collected::TooLarge(body);
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(data) => {
+                if buf.len() + data.len() > limit {
+                    let head = futures_util::stream::iter([Ok(buf.freeze()), Ok(data)]);
+                    return Collected::TooLarge(Body::from_stream(head.chain(stream)));
+                }
+                buf.extend_from_slice(&data);
+            }
+            Err(e) => return Collected::Failed(e.to_string()),
+        }
+    }
+    Collected::Full(buf.freeze())
+}
+
+fn header_str<'a>(h: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    header_str(h, &header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+}
+
+fn resource_url(app: &App, repo: &Repository, tag: Option<&str>, digest: Option<&str>) -> String {
+    Event::oci_resource_url(&app.config.external_host(), repo.as_str(), tag, digest)
+}
+
+/// Read a Helm chart's config blob (small) with the client's credentials.
+async fn fetch_chart_config(
+    app: &App,
+    repo: &Repository,
+    config_digest: &str,
+    who: &Who,
+) -> Option<Bytes> {
+    let path = format!("/v2/{}/blobs/{}", repo, config_digest);
+    match app
+        .registry
+        .fetch(Method::GET, &path, who.headers("*/*"), 1 << 20)
+        .await
+    {
+        Ok((parts, body)) if parts.status.is_success() => Some(body),
+        Ok((parts, _)) => {
+            tracing::debug!(status = parts.status.as_u16(), %path, "chart config not readable");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, %path, "chart config not readable");
+            None
+        }
+    }
+}
+
+/// The knowledge row for a manifest.
+fn artifact_row(
+    repo: &Repository,
+    digest: &str,
+    facts: &Facts,
+    chart: Option<&ChartInfo>,
+) -> knowledge::Artifact {
+    knowledge::Artifact {
+        repository: repo.to_string(),
+        digest: digest.to_string(),
+        kind: facts.kind.as_str().to_string(),
+        media_type: facts.media_type.clone(),
+        size: (facts.kind != Kind::Index).then_some(facts.size),
+        config_digest: facts.config_digest.clone(),
+        chart: chart.cloned(),
+        platforms: facts.platforms(),
+        children: facts.child_digests(),
+        blobs: facts.blobs.clone(),
+    }
+}
+
+/// An index's size is the sum of its children that wharf knows; computed in the transaction.
+fn index_size_and_absorb(repo: String, children: Vec<String>) -> With {
+    Box::new(move |c, e: &mut Event| {
+        let (sum, known) = knowledge::known_size(c, &repo, &children)?;
+        if known > 0 {
+            e.size = Some(sum);
+        }
+        let absorbed = store::events::cancel_held(c, &repo, &children)?;
+        if absorbed > 0 {
+            tracing::debug!(repository = %repo, absorbed, "platform manifest events absorbed by their index");
+        }
+        Ok(())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn manifest_put(
+    app: &Arc<App>,
+    repo: Repository,
+    reference: Reference,
+    who: Who,
+    req: Request<Body>,
+    pq: &str,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let content_type = header_str(&parts.headers, &header::CONTENT_TYPE).map(str::to_string);
+    let body = match collect_capped(body, MAX_MANIFEST_BYTES, content_length(&parts.headers)).await
+    {
+        Collected::Full(b) => b,
+        Collected::TooLarge(body) => {
+            return pass(&app.registry, Request::from_parts(parts, body), pq, ctx).await;
+        }
+        Collected::Failed(reason) => {
+            return oci_error(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                "the manifest could not be read from the request",
+                serde_json::json!({"reason": reason, "request_id": ctx.request_id_str()}),
+            );
+        }
+    };
+    let facts = manifest::parse(&body, content_type.as_deref()).ok();
+    let req = Request::from_parts(parts, Body::from(body.clone()));
+    let chart_config = async {
+        match facts.as_ref() {
+            Some(f) if f.kind == Kind::Chart => match &f.config_digest {
+                Some(d) => fetch_chart_config(app, &repo, d, &who).await,
+                None => None,
+            },
+            _ => None,
+        }
+    };
+    let (forwarded, chart_config) = tokio::join!(
+        app.registry.forward(req, pq, &ctx.conn, &ctx.request_id),
+        chart_config
+    );
+    let resp = match forwarded {
+        Ok(r) => r,
+        Err(e) => return forward_failed(&app.registry, e, ctx),
+    };
+    let Some(facts) = facts.filter(|_| resp.status() == StatusCode::CREATED) else {
+        return resp.map(Body::new);
+    };
+    let digest = header_str(resp.headers(), &DOCKER_CONTENT_DIGEST)
+        .and_then(Digest::parse)
+        .unwrap_or_else(|| Digest::sha256_of(&body))
+        .to_string();
+    let tag = reference.tag().map(str::to_string);
+    let chart = (facts.kind == Kind::Chart)
+        .then(|| manifest::chart_info(chart_config.as_deref(), &facts, tag.as_deref()));
+    let kind = if chart.is_some() {
+        EventKind::UploadChart
+    } else {
+        EventKind::PushArtifact
+    };
+    let mut e = who.event(app, kind, &repo);
+    e.tags = tag.iter().cloned().collect();
+    e.digest = Some(digest.clone());
+    e.media_type = facts.media_type.clone();
+    e.size = match facts.kind {
+        Kind::Index => None,
+        Kind::Chart => chart.as_ref().and_then(|c| c.size).or(Some(facts.size)),
+        Kind::Image => Some(facts.size),
+    };
+    e.resource_url = resource_url(app, &repo, tag.as_deref(), Some(&digest));
+    e.platforms = facts.platforms();
+    e.chart = chart.clone();
+    // a platform manifest pushed by digest alone may be part of a multi-platform push
+    let hold_until = (facts.kind == Kind::Image && tag.is_none())
+        .then(|| store::now_ms() + app.config.events.index_window.as_millis() as i64);
+    let row = artifact_row(&repo, &digest, &facts, chart.as_ref());
+    let index_part = (facts.kind == Kind::Index)
+        .then(|| index_size_and_absorb(repo.to_string(), facts.child_digests()));
+    let with: With = Box::new(move |c, e: &mut Event| {
+        if let Some(f) = index_part {
+            f(c, e)?;
+        }
+        let mut row = row;
+        if row.size.is_none() {
+            row.size = e.size;
+        }
+        knowledge::upsert_artifact(c, &row)?;
+        if let Some(t) = &tag {
+            knowledge::set_tag(c, &row.repository, t, &row.digest)?;
+        }
+        Ok(())
+    });
+    app.events.durable(e, hold_until, Some(with)).await;
+    resp.map(Body::new)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn manifest_head(
+    app: &Arc<App>,
+    repo: Repository,
+    reference: Reference,
+    who: Who,
+    req: Request<Body>,
+    pq: &str,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    let resp = pass(&app.registry, req, pq, ctx).await;
+    if resp.status() == StatusCode::OK
+        && let (Some(tag), Some(digest)) = (
+            reference.tag(),
+            header_str(resp.headers(), &DOCKER_CONTENT_DIGEST),
+        )
+    {
+        app.recent
+            .remember_tag(who.ip, &who.operator, repo.as_str(), digest, tag);
+    }
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn manifest_get(
+    app: &Arc<App>,
+    repo: Repository,
+    reference: Reference,
+    who: Who,
+    req: Request<Body>,
+    pq: &str,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    let resp = pass(&app.registry, req, pq, ctx).await;
+    if resp.status() != StatusCode::OK
+        || app
+            .config
+            .pull_ignored(repo.project(), &who.operator, who.user_agent.as_deref())
+    {
+        return resp;
+    }
+    let digest = header_str(resp.headers(), &DOCKER_CONTENT_DIGEST)
+        .and_then(Digest::parse)
+        .or_else(|| reference.digest().cloned());
+    let content_type = header_str(resp.headers(), &header::CONTENT_TYPE).map(str::to_string);
+    let expected = content_length(resp.headers());
+    let app = app.clone();
+    resp.map(move |b| {
+        let observed = Observed::new(b, move |outcome| {
+            if !outcome.complete {
+                return;
+            }
+            let pull = Pull {
+                repo,
+                reference,
+                who,
+                digest,
+                content_type,
+                body: outcome.captured,
+            };
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(pull.record(app));
+            }
+        })
+        .capturing(MAX_MANIFEST_BYTES, expected);
+        Body::new(observed)
+    })
+}
+
+/// A manifest GET whose response reached the client completely.
+struct Pull {
+    repo: Repository,
+    reference: Reference,
+    who: Who,
+    digest: Option<Digest>,
+    content_type: Option<String>,
+    body: Option<Bytes>,
+}
+
+impl Pull {
+    async fn record(self, app: Arc<App>) {
+        let Pull {
+            repo,
+            reference,
+            who,
+            digest,
+            content_type,
+            body,
+        } = self;
+        let digest = match (digest, &body) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(b)) => Digest::sha256_of(b).to_string(),
+            (None, None) => return,
+        };
+        let facts = body
+            .as_deref()
+            .and_then(|b| manifest::parse(b, content_type.as_deref()).ok());
+        let r = repo.as_str();
+        if reference.digest().is_some()
+            && app
+                .recent
+                .parent_index(who.ip, &who.operator, r, &digest)
+                .is_some()
+        {
+            return; // the platform manifest of an index this client just pulled
+        }
+        let tag = match reference.tag() {
+            Some(t) => {
+                app.recent
+                    .remember_tag(who.ip, &who.operator, r, &digest, t);
+                Some(t.to_string())
+            }
+            None => app.recent.tag_for(who.ip, &who.operator, r, &digest),
+        };
+        if let Some(f) = facts.as_ref().filter(|f| f.kind == Kind::Index) {
+            app.recent
+                .remember_children(who.ip, &who.operator, r, &digest, &f.child_digests());
+        }
+        let is_chart = facts.as_ref().is_some_and(|f| f.kind == Kind::Chart);
+        let mut e = who.event(
+            &app,
+            if is_chart {
+                EventKind::DownloadChart
+            } else {
+                EventKind::PullArtifact
+            },
+            &repo,
+        );
+        e.tags = tag.iter().cloned().collect();
+        e.digest = Some(digest.clone());
+        e.media_type = facts
+            .as_ref()
+            .and_then(|f| f.media_type.clone())
+            .or(content_type);
+        e.resource_url = resource_url(&app, &repo, tag.as_deref(), Some(&digest));
+        if let Some(f) = &facts {
+            e.platforms = f.platforms();
+            e.size = (f.kind != Kind::Index).then_some(f.size);
+        }
+        if let Some(f) = facts.as_ref().filter(|_| is_chart) {
+            let known = {
+                let (r2, d2) = (r.to_string(), digest.clone());
+                app.store
+                    .read(move |c| knowledge::artifact(c, &r2, &d2))
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|a| a.chart)
+            };
+            let chart = match known {
+                Some(c) => c,
+                None => {
+                    let cfg = match &f.config_digest {
+                        Some(d) => fetch_chart_config(&app, &repo, d, &who).await,
+                        None => None,
+                    };
+                    manifest::chart_info(cfg.as_deref(), f, tag.as_deref())
+                }
+            };
+            e.size = chart.size.or(e.size);
+            e.chart = Some(chart);
+        }
+        let with: Option<With> = facts.as_ref().filter(|f| f.kind == Kind::Index).map(|f| {
+            let (r2, children) = (r.to_string(), f.child_digests());
+            Box::new(move |c: &rusqlite::Connection, e: &mut Event| {
+                let (sum, known) = knowledge::known_size(c, &r2, &children)?;
+                if known > 0 {
+                    e.size = Some(sum);
+                }
+                Ok(())
+            }) as With
+        });
+        app.events.detached(e, with);
+    }
+}
+
+/// What wharf knows about a manifest about to be deleted.
+struct Doomed {
+    kind: Kind,
+    media_type: Option<String>,
+    size: Option<u64>,
+    chart: Option<ChartInfo>,
+    tags: Vec<String>,
+}
+
+/// Most tags wharf checks against the registry when looking for those of a deleted digest.
+const MAX_TAGS_CHECKED: usize = 256;
+
+async fn lookup_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> Doomed {
+    let (r, d) = (repo.to_string(), digest.to_string());
+    let known = app
+        .store
+        .read(move |c| {
+            Ok((
+                knowledge::artifact(c, &r, &d)?,
+                knowledge::tags_of(c, &r, &d)?,
+            ))
+        })
+        .await
+        .ok();
+    let (artifact, mut tags) = known.unwrap_or((None, Vec::new()));
+    let mut doomed = match artifact {
+        Some(a) => Doomed {
+            kind: match a.kind.as_str() {
+                "chart" => Kind::Chart,
+                "index" => Kind::Index,
+                _ => Kind::Image,
+            },
+            media_type: a.media_type,
+            size: a.size,
+            chart: a.chart,
+            tags: Vec::new(),
+        },
+        None => fetch_doomed(app, repo, digest, who).await,
+    };
+    tags.extend(registry_tags_of(app, repo, digest, who).await);
+    tags.sort();
+    tags.dedup();
+    if let Some(c) = doomed.chart.as_mut()
+        && c.version.is_empty()
+        && let Some(t) = tags.first()
+    {
+        c.version = t.clone();
+    }
+    doomed.tags = tags;
+    doomed
+}
+
+/// Ask the registry about a manifest wharf has not seen (pushed before wharf was there).
+async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> Doomed {
+    let path = format!("/v2/{repo}/manifests/{digest}");
+    let fetched = app
+        .registry
+        .fetch(
+            Method::GET,
+            &path,
+            who.headers(manifest::ACCEPT_ALL),
+            MAX_MANIFEST_BYTES,
+        )
+        .await;
+    let facts = match fetched {
+        Ok((parts, body)) if parts.status == StatusCode::OK => {
+            manifest::parse(&body, header_str(&parts.headers, &header::CONTENT_TYPE)).ok()
+        }
+        _ => None,
+    };
+    let Some(facts) = facts else {
+        return Doomed {
+            kind: Kind::Image,
+            media_type: None,
+            size: None,
+            chart: None,
+            tags: Vec::new(),
+        };
+    };
+    let mut size = (facts.kind != Kind::Index).then_some(facts.size);
+    if facts.kind == Kind::Index {
+        let (r, children) = (repo.to_string(), facts.child_digests());
+        if let Ok((sum, known)) = app
+            .store
+            .read(move |c| knowledge::known_size(c, &r, &children))
+            .await
+            && known > 0
+        {
+            size = Some(sum);
+        }
+    }
+    let chart = if facts.kind == Kind::Chart {
+        let cfg = match &facts.config_digest {
+            Some(d) => fetch_chart_config(app, repo, d, who).await,
+            None => None,
+        };
+        let c = manifest::chart_info(cfg.as_deref(), &facts, None);
+        size = c.size.or(size);
+        Some(c)
+    } else {
+        None
+    };
+    Doomed {
+        kind: facts.kind,
+        media_type: facts.media_type,
+        size,
+        chart,
+        tags: Vec::new(),
+    }
+}
+
+/// Tags the registry says point at `digest` (tags list, then HEAD of each, bounded).
+async fn registry_tags_of(app: &App, repo: &Repository, digest: &str, who: &Who) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct TagList {
+        tags: Option<Vec<String>>,
+    }
+    let list = app
+        .registry
+        .fetch(
+            Method::GET,
+            &format!("/v2/{repo}/tags/list"),
+            who.headers("application/json"),
+            4 << 20,
+        )
+        .await;
+    let tags = match list {
+        Ok((parts, body)) if parts.status == StatusCode::OK => {
+            serde_json::from_slice::<TagList>(&body)
+                .ok()
+                .and_then(|l| l.tags)
+                .unwrap_or_default()
+        }
+        _ => return Vec::new(),
+    };
+    futures_util::stream::iter(tags.into_iter().take(MAX_TAGS_CHECKED))
+        .map(|tag| async move {
+            let path = format!("/v2/{repo}/manifests/{tag}");
+            match app
+                .registry
+                .fetch(Method::HEAD, &path, who.headers(manifest::ACCEPT_ALL), 0)
+                .await
+            {
+                Ok((parts, _))
+                    if header_str(&parts.headers, &DOCKER_CONTENT_DIGEST) == Some(digest) =>
+                {
+                    Some(tag)
+                }
+                _ => None,
+            }
+        })
+        .buffer_unordered(8)
+        .filter_map(|t| async move { t })
+        .collect()
+        .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn manifest_delete(
+    app: &Arc<App>,
+    repo: Repository,
+    reference: Reference,
+    who: Who,
+    req: Request<Body>,
+    pq: &str,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    let Some(digest) = reference.digest().map(|d| d.to_string()) else {
+        // distribution refuses deletes by tag; whatever the registry says, no artifact is gone
+        return pass(&app.registry, req, pq, ctx).await;
+    };
+    let doomed = lookup_doomed(app, &repo, &digest, &who).await;
+    let resp = pass(&app.registry, req, pq, ctx).await;
+    if resp.status() != StatusCode::ACCEPTED {
+        return resp;
+    }
+    let kind = if doomed.kind == Kind::Chart {
+        EventKind::DeleteChart
+    } else {
+        EventKind::DeleteArtifact
+    };
+    let mut e = who.event(app, kind, &repo);
+    e.tags = doomed.tags;
+    e.digest = Some(digest.clone());
+    e.media_type = doomed.media_type;
+    e.size = doomed.chart.as_ref().and_then(|c| c.size).or(doomed.size);
+    e.resource_url = resource_url(app, &repo, None, Some(&digest));
+    e.chart = doomed.chart;
+    let (r, d) = (repo.to_string(), digest);
+    let with: With = Box::new(move |c, _| knowledge::forget(c, &r, &d));
+    app.events.durable(e, None, Some(with)).await;
+    resp
 }

@@ -1,0 +1,520 @@
+//! Events: the one model of "something happened", and its payload formats.
+//!
+//! An [`Event`] is built by `observe` (registry and chart traffic) or by the side endpoint (scan,
+//! quota) only after the upstream answered success. Its `id` is a UUIDv7 fixed at creation; every
+//! delivery attempt of every target carries the same id. Payload shapes live in [`format`], as
+//! pure functions `(event, context) → bytes + content type`.
+
+pub mod format;
+pub mod sink;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The kinds of events, named as Harbor 2.x names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventKind {
+    /// IMAGE PUSH: a manifest PUT answered 201.
+    PushArtifact,
+    /// IMAGE PULL: a manifest GET answered 200 and the body was sent completely.
+    PullArtifact,
+    /// IMAGE DELETE: a manifest DELETE answered 202.
+    DeleteArtifact,
+    /// CHART PUSH: a Helm chart uploaded (OCI or ChartMuseum).
+    UploadChart,
+    /// CHART PULL: a Helm chart downloaded (OCI or ChartMuseum).
+    DownloadChart,
+    /// CHART DELETE: a Helm chart deleted (OCI or ChartMuseum).
+    DeleteChart,
+    /// IMAGE SCAN COMPLETED, reported on the side endpoint.
+    ScanningCompleted,
+    /// IMAGE SCAN FAILED, reported on the side endpoint.
+    ScanningFailed,
+    /// PROJECT QUOTA EXCEED: a push refused by wharf's quota, or reported on the side endpoint.
+    QuotaExceed,
+    /// A project's usage crossed the warning threshold.
+    QuotaWarning,
+}
+
+impl EventKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [EventKind; 10] = [
+        EventKind::PushArtifact,
+        EventKind::PullArtifact,
+        EventKind::DeleteArtifact,
+        EventKind::UploadChart,
+        EventKind::DownloadChart,
+        EventKind::DeleteChart,
+        EventKind::ScanningCompleted,
+        EventKind::ScanningFailed,
+        EventKind::QuotaExceed,
+        EventKind::QuotaWarning,
+    ];
+
+    /// Harbor 2.x `type` (the Default payload, the API's `event_types`).
+    pub fn harbor_type(self) -> &'static str {
+        match self {
+            EventKind::PushArtifact => "PUSH_ARTIFACT",
+            EventKind::PullArtifact => "PULL_ARTIFACT",
+            EventKind::DeleteArtifact => "DELETE_ARTIFACT",
+            EventKind::UploadChart => "UPLOAD_CHART",
+            EventKind::DownloadChart => "DOWNLOAD_CHART",
+            EventKind::DeleteChart => "DELETE_CHART",
+            EventKind::ScanningCompleted => "SCANNING_COMPLETED",
+            EventKind::ScanningFailed => "SCANNING_FAILED",
+            EventKind::QuotaExceed => "QUOTA_EXCEED",
+            EventKind::QuotaWarning => "QUOTA_WARNING",
+        }
+    }
+
+    /// CloudEvents `type`, as Harbor 2.8 names them (chart names are wharf's choice).
+    pub fn cloudevents_type(self) -> &'static str {
+        match self {
+            EventKind::PushArtifact => "harbor.artifact.pushed",
+            EventKind::PullArtifact => "harbor.artifact.pulled",
+            EventKind::DeleteArtifact => "harbor.artifact.deleted",
+            EventKind::UploadChart => "harbor.chart.uploaded",
+            EventKind::DownloadChart => "harbor.chart.downloaded",
+            EventKind::DeleteChart => "harbor.chart.deleted",
+            EventKind::ScanningCompleted => "harbor.scan.completed",
+            EventKind::ScanningFailed => "harbor.scan.failed",
+            EventKind::QuotaExceed => "harbor.quota.exceeded",
+            EventKind::QuotaWarning => "harbor.quota.warning",
+        }
+    }
+
+    /// The seed's (Harbor 1.10 documentation) `event_type`.
+    pub fn legacy_type(self) -> &'static str {
+        match self {
+            EventKind::PushArtifact => "pushImage",
+            EventKind::PullArtifact => "pullImage",
+            EventKind::DeleteArtifact => "deleteImage",
+            EventKind::UploadChart => "uploadChart",
+            EventKind::DownloadChart => "downloadChart",
+            EventKind::DeleteChart => "deleteChart",
+            EventKind::ScanningCompleted => "scanningCompleted",
+            EventKind::ScanningFailed => "scanningFailed",
+            EventKind::QuotaExceed => "projectQuota",
+            EventKind::QuotaWarning => "projectQuotaWarning",
+        }
+    }
+
+    /// Parse a Harbor 2.x type name.
+    pub fn from_harbor(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.harbor_type() == s)
+    }
+
+    /// Is this a chart event?
+    pub fn is_chart(self) -> bool {
+        matches!(
+            self,
+            EventKind::UploadChart | EventKind::DownloadChart | EventKind::DeleteChart
+        )
+    }
+
+    /// Must the event be committed before the client gets its success response?
+    /// (Pulls are committed in batches; see `store`.)
+    pub fn is_durable_before_response(self) -> bool {
+        !matches!(self, EventKind::PullArtifact | EventKind::DownloadChart)
+    }
+}
+
+/// Facts about a Helm chart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChartInfo {
+    /// Chart name (`Chart.yaml` name).
+    pub name: String,
+    /// Chart version (`Chart.yaml` version; the tag of an OCI chart).
+    pub version: String,
+    /// `application` or `library`.
+    #[serde(rename = "type")]
+    pub chart_type: String,
+    /// `Chart.yaml` appVersion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+    /// Size of the chart archive (.tgz) in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// Counts of vulnerabilities by severity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeverityCounts {
+    pub critical: u64,
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+    pub unknown: u64,
+    /// All vulnerabilities.
+    pub total: u64,
+    /// Those with a fixed version.
+    pub fixable: u64,
+}
+
+/// One vulnerability of a scan report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vulnerability {
+    /// CVE (or other) identifier.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The version that fixes it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix_version: Option<String>,
+    /// Critical, High, Medium, Low or Unknown.
+    pub severity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Link to the CVE (first of `links`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// URL for the fix (an advisory or release note), if the report has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix_link: Option<String>,
+}
+
+/// The scanner that produced a report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scanner {
+    pub name: String,
+    pub vendor: String,
+    pub version: String,
+}
+
+/// Scan facts of SCANNING_COMPLETED / SCANNING_FAILED.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScanInfo {
+    /// `Success` or `Error`.
+    pub status: String,
+    /// Highest severity found (`None` when nothing was found).
+    pub severity: String,
+    pub counts: SeverityCounts,
+    /// When the scan completed.
+    pub completed_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanner: Option<Scanner>,
+    /// The vulnerabilities, at most `side.max_vulnerabilities` of them (counts are complete).
+    #[serde(default)]
+    pub vulnerabilities: Vec<Vulnerability>,
+    /// True when `vulnerabilities` was cut to the configured limit.
+    #[serde(default)]
+    pub vulnerabilities_truncated: bool,
+    /// The error of a failed scan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Id of the report (stable for one report).
+    pub report_id: String,
+}
+
+/// Quota facts of QUOTA_EXCEED / QUOTA_WARNING.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    /// Harbor-style sentence: how much would be added to what usage against which limit.
+    pub details: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adding: Option<u64>,
+}
+
+/// One event. Serialized as is into the event log; payload formats are derived from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Stable id (UUIDv7): the `webhook-id` of every delivery attempt.
+    pub id: Uuid,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// When it happened (the response time).
+    pub occurred_at: DateTime<Utc>,
+    /// Who did it: Basic user, the JWT `sub` of a Bearer token, or `anonymous`.
+    pub operator: String,
+    /// Project (repository namespace): the first segment of the repository name.
+    pub project: String,
+    /// Full repository name, e.g. `prj/team/app` (for classic charts: `<project>/<chart>`).
+    pub repository: String,
+    /// Whether the project is public (`projects.<name>.public`).
+    pub public: bool,
+    /// Tags that point (or pointed) at the artifact; for pulls, the tag the client asked for.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Manifest media type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// Artifact size in bytes (config + layers; an index: the sum over its known children).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// `<external host>/<repository>:<tag>` or `…@<digest>`; chart archives: their chartrepo URL.
+    pub resource_url: String,
+    /// Platforms of a multi-platform image (`linux/amd64`, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+    /// The request that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Chart facts (chart events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartInfo>,
+    /// Scan facts (scan events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanInfo>,
+    /// Quota facts (quota events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaInfo>,
+}
+
+impl Event {
+    /// A new event of `kind` about `repository`, happening now, with a fresh id.
+    pub fn new(kind: EventKind, repository: &crate::route::Repository, operator: &str) -> Event {
+        Event {
+            id: Uuid::now_v7(),
+            kind,
+            occurred_at: Utc::now(),
+            operator: operator.to_string(),
+            project: repository.project().to_string(),
+            repository: repository.as_str().to_string(),
+            public: false,
+            tags: Vec::new(),
+            digest: None,
+            media_type: None,
+            size: None,
+            resource_url: String::new(),
+            platforms: Vec::new(),
+            request_id: None,
+            client_addr: None,
+            user_agent: None,
+            chart: None,
+            scan: None,
+            quota: None,
+        }
+    }
+
+    /// The repository without its project (`prj/team/app` → `team/app`).
+    pub fn short_name(&self) -> &str {
+        self.repository
+            .split_once('/')
+            .map(|(_, r)| r)
+            .unwrap_or(&self.repository)
+    }
+
+    /// The first tag, if any.
+    pub fn tag(&self) -> Option<&str> {
+        self.tags.first().map(String::as_str)
+    }
+
+    /// Image name as people write it: `prj/repo:tag`, else `prj/repo@digest`, else `prj/repo`.
+    pub fn image_name(&self) -> String {
+        match (self.tag(), &self.digest) {
+            (Some(t), _) => format!("{}:{t}", self.repository),
+            (None, Some(d)) => format!("{}@{d}", self.repository),
+            (None, None) => self.repository.clone(),
+        }
+    }
+
+    /// Resource URL for an OCI reference: `<host>/<repo>:<tag>` or `<host>/<repo>@<digest>`.
+    pub fn oci_resource_url(
+        host: &str,
+        repository: &str,
+        tag: Option<&str>,
+        digest: Option<&str>,
+    ) -> String {
+        match (tag, digest) {
+            (Some(t), _) => format!("{host}/{repository}:{t}"),
+            (None, Some(d)) => format!("{host}/{repository}@{d}"),
+            (None, None) => format!("{host}/{repository}"),
+        }
+    }
+}
+
+/// Who made a request, from its `Authorization` header: the Basic user, the `sub` claim of a
+/// Bearer JWT (verified when a certificate bundle is configured), or `anonymous`.
+pub mod operator {
+    use base64::Engine as _;
+    use http::HeaderMap;
+
+    /// The name used when nobody is identified.
+    pub const ANONYMOUS: &str = "anonymous";
+
+    /// Verifies Bearer tokens against certificates (like distribution's `rootcertbundle`).
+    pub struct TokenVerifier {
+        certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    }
+
+    impl TokenVerifier {
+        /// Load PEM certificates from `path`.
+        pub fn from_pem_file(path: &std::path::Path) -> Result<TokenVerifier, String> {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| e.to_string())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            if certs.is_empty() {
+                return Err("no certificate in the file".into());
+            }
+            for c in &certs {
+                webpki::EndEntityCert::try_from(c)
+                    .map_err(|e| format!("unusable certificate: {e:?}"))?;
+            }
+            Ok(TokenVerifier { certs })
+        }
+
+        /// Does one of the certificates verify `token`'s signature (RS256 or ES256), and is it
+        /// not expired?
+        pub fn verify(&self, token: &str) -> bool {
+            let mut parts = token.rsplitn(2, '.');
+            let (Some(sig_b64), Some(signed)) = (parts.next(), parts.next()) else {
+                return false;
+            };
+            let Ok(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig_b64) else {
+                return false;
+            };
+            let Some(header) = signed.split('.').next().and_then(decode_json) else {
+                return false;
+            };
+            let (alg, sig): (
+                &dyn rustls_pki_types::SignatureVerificationAlgorithm,
+                Vec<u8>,
+            ) = match header.get("alg").and_then(|a| a.as_str()) {
+                Some("RS256") => (webpki::ring::RSA_PKCS1_2048_8192_SHA256, sig),
+                Some("ES256") => match ecdsa_fixed_to_der(&sig) {
+                    Some(der) => (webpki::ring::ECDSA_P256_SHA256, der),
+                    None => return false,
+                },
+                _ => return false,
+            };
+            let signature_ok = self.certs.iter().any(|c| {
+                webpki::EndEntityCert::try_from(c)
+                    .map(|ee| ee.verify_signature(alg, signed.as_bytes(), &sig).is_ok())
+                    .unwrap_or(false)
+            });
+            if !signature_ok {
+                return false;
+            }
+            let claims = signed.split('.').nth(1).and_then(decode_json);
+            let exp = claims
+                .as_ref()
+                .and_then(|c| c.get("exp"))
+                .and_then(|e| e.as_i64());
+            exp.is_none_or(|exp| exp >= chrono::Utc::now().timestamp())
+        }
+    }
+
+    /// JWT ES256 signatures are r||s (64 bytes); webpki wants ASN.1 DER.
+    fn ecdsa_fixed_to_der(sig: &[u8]) -> Option<Vec<u8>> {
+        if sig.len() != 64 {
+            return None;
+        }
+        fn int(x: &[u8]) -> Vec<u8> {
+            let x = match x.iter().position(|&b| b != 0) {
+                Some(i) => &x[i..],
+                None => &[0u8][..],
+            };
+            let mut out = vec![0x02];
+            if x[0] & 0x80 != 0 {
+                out.push((x.len() + 1) as u8);
+                out.push(0);
+            } else {
+                out.push(x.len() as u8);
+            }
+            out.extend_from_slice(x);
+            out
+        }
+        let (r, s) = (int(&sig[..32]), int(&sig[32..]));
+        let mut der = vec![0x30, (r.len() + s.len()) as u8];
+        der.extend(r);
+        der.extend(s);
+        Some(der)
+    }
+
+    fn decode_json(b64: &str) -> Option<serde_json::Value> {
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .ok()?;
+        serde_json::from_slice(&raw).ok()
+    }
+
+    /// The operator of a request.
+    pub fn from_headers(headers: &HeaderMap, verifier: Option<&TokenVerifier>) -> String {
+        let Some(auth) = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return ANONYMOUS.into();
+        };
+        let (scheme, value) = auth.trim().split_once(' ').unwrap_or((auth, ""));
+        let value = value.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            return base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .and_then(|s| s.split_once(':').map(|(u, _)| u.to_string()))
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| ANONYMOUS.into());
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            if let Some(v) = verifier
+                && !v.verify(value)
+            {
+                return ANONYMOUS.into();
+            }
+            return value
+                .split('.')
+                .nth(1)
+                .and_then(decode_json)
+                .and_then(|c| c.get("sub").and_then(|s| s.as_str()).map(str::to_string))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| ANONYMOUS.into());
+        }
+        ANONYMOUS.into()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use http::HeaderValue;
+
+        fn h(v: &str) -> HeaderMap {
+            let mut m = HeaderMap::new();
+            m.insert(
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(v).unwrap(),
+            );
+            m
+        }
+
+        #[test]
+        fn basic_bearer_and_anonymous() {
+            let b = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:with:colons");
+            assert_eq!(from_headers(&h(&format!("Basic {b}")), None), "alice");
+            let payload =
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"sub":"bob","exp":1}"#);
+            assert_eq!(
+                from_headers(
+                    &h(&format!("Bearer eyJhbGciOiJSUzI1NiJ9.{payload}.sig")),
+                    None
+                ),
+                "bob"
+            );
+            assert_eq!(from_headers(&HeaderMap::new(), None), "anonymous");
+            assert_eq!(from_headers(&h("Basic !!!"), None), "anonymous");
+            assert_eq!(from_headers(&h("Bearer notajwt"), None), "anonymous");
+            assert_eq!(from_headers(&h("Digest x"), None), "anonymous");
+        }
+    }
+}

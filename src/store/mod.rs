@@ -1,0 +1,362 @@
+//! Store: the embedded SQLite database under `data_dir` — event log, outbox, knowledge.
+//!
+//! One writer thread owns the write connection and commits in groups: every job queued while
+//! the previous transaction ran goes into the next one, each inside its own savepoint (a failing
+//! job rolls back alone). A caller that awaits [`Store::write`] gets its answer only after the
+//! COMMIT, so "the event is committed before the client sees success" is a plain `.await`.
+//! [`Store::write_detached`] queues without waiting (pull events): what sits in the queue when
+//! the process is killed is lost; the queue is drained on graceful shutdown.
+//!
+//! Durability: WAL journal. `store.synchronous: normal` (default) survives a killed process
+//! (`kill -9`) but not an OS crash — the same as the registry's own filesystem storage, which
+//! does not fsync either; `full` fsyncs every group commit (≈4 ms on this machine's disk).
+//! Reads use a small pool of read-only connections and see only committed data.
+
+pub mod events;
+pub mod knowledge;
+pub mod outbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// Store failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(String),
+    #[error("database is closed")]
+    Closed,
+    #[error("cannot create data_dir {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.to_string())
+    }
+}
+
+/// `PRAGMA synchronous` of the write connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Survives a killed process; an OS crash may lose the last commits.
+    #[default]
+    Normal,
+    /// fsync on every commit.
+    Full,
+}
+
+/// A queued write: `run` executes inside its own savepoint and says whether it succeeded (else
+/// the savepoint is rolled back); `done` gets the outcome of the COMMIT (or the reason the job
+/// never ran) and answers the caller.
+struct Job {
+    run: Box<dyn FnOnce(&Connection) -> bool + Send>,
+    done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+impl Job {
+    fn new<T: Send + 'static>(
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) -> Job {
+        let slot: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        Job {
+            run: Box::new(move |conn| {
+                let r = f(conn);
+                let ok = r.is_ok();
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(r);
+                }
+                ok
+            }),
+            done: Box::new(move |commit| {
+                let r = out.lock().ok().and_then(|mut s| s.take());
+                answer(match (commit, r) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Some(r)) => r,
+                    (Ok(()), None) => Err(StoreError::Closed),
+                });
+            }),
+        }
+    }
+}
+
+/// Counters of the store (exported as metrics).
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Group commits done.
+    pub commits: AtomicU64,
+    /// Jobs committed.
+    pub jobs: AtomicU64,
+    /// Jobs that failed (their writes rolled back).
+    pub failed_jobs: AtomicU64,
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    stats: Arc<StoreStats>,
+}
+
+const MAX_BATCH: usize = 512;
+const MAX_IDLE_READERS: usize = 4;
+
+impl Store {
+    /// Open (creating if needed) `<data_dir>/wharf.db`, migrate, start the writer thread.
+    pub fn open(data_dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let path = data_dir.join("wharf.db");
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Synchronous::Normal => "NORMAL",
+                Synchronous::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let stats = Arc::new(StoreStats::default());
+        let thread_stats = stats.clone();
+        let writer = std::thread::Builder::new()
+            .name("wharf-db-writer".into())
+            .spawn(move || writer_loop(conn, rx, thread_stats))
+            .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                tx: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+                stats,
+            }),
+        })
+    }
+
+    /// The store's counters.
+    pub fn stats(&self) -> Arc<StoreStats> {
+        self.inner.stats.clone()
+    }
+
+    fn submit(&self, job: Job) -> Result<(), Job> {
+        let guard = match self.inner.tx.lock() {
+            Ok(g) => g,
+            Err(_) => return Err(job),
+        };
+        match guard.as_ref() {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Run `f` in the next group commit; resolves after COMMIT with `f`'s result.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::new(f, move |r| {
+            let _ = tx.send(r);
+        });
+        if let Err(job) = self.submit(job) {
+            (job.done)(Err(StoreError::Closed));
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queue `f` for the next group commit without waiting; `on_error` sees a failure.
+    pub fn write_detached<F>(&self, f: F, on_error: impl FnOnce(StoreError) + Send + 'static)
+    where
+        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    {
+        let job = Job::new(f, move |r| {
+            if let Err(e) = r {
+                on_error(e);
+            }
+        });
+        if let Err(job) = self.submit(job) {
+            (job.done)(Err(StoreError::Closed));
+        }
+    }
+
+    /// Run a read-only query on a pooled connection (off the async threads).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    c.busy_timeout(Duration::from_secs(5))?;
+                    c
+                }
+            };
+            let out = f(&conn);
+            if let Ok(mut v) = inner.readers.lock()
+                && v.len() < MAX_IDLE_READERS
+            {
+                v.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Sql(format!("read task failed: {e}")))?
+    }
+
+    /// Stop taking writes, commit everything queued, stop the writer thread.
+    pub async fn close(&self) {
+        if let Ok(mut tx) = self.inner.tx.lock() {
+            tx.take();
+        }
+        let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<StoreStats>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = StoreError::from(e);
+            tracing::error!(error = %err, jobs = n, "database: cannot begin a transaction");
+            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+            for job in batch {
+                (job.done)(Err(err.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let mut dones = Vec::with_capacity(n);
+        let mut failed = 0u64;
+        for job in batch {
+            let savepoint = conn.execute_batch("SAVEPOINT job").is_ok();
+            let ok = (job.run)(&conn);
+            if savepoint {
+                let _ = if ok {
+                    conn.execute_batch("RELEASE job")
+                } else {
+                    conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                };
+            }
+            failed += u64::from(!ok);
+            dones.push(job.done);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, jobs = n, "database: commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
+            stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
+        }
+        for done in dones {
+            done(commit.clone());
+        }
+    }
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+/// Schema migrations, by `PRAGMA user_version`.
+const MIGRATIONS: &[&str] = &[
+    // 1: event log and knowledge
+    r#"
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        project TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT,
+        occurred_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        release_at INTEGER,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_by_project ON events(project, seq);
+    CREATE INDEX events_held ON events(release_at) WHERE state = 'held';
+    CREATE INDEX events_held_digest ON events(repository, digest) WHERE state = 'held';
+    CREATE TABLE artifacts (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        media_type TEXT,
+        size INTEGER,
+        config_digest TEXT,
+        chart TEXT,
+        platforms TEXT,
+        children TEXT,
+        blobs TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE TABLE tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (repository, tag)
+    );
+    CREATE INDEX tags_by_digest ON tags(repository, digest);
+    "#,
+];
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let target = i as i64 + 1;
+        if version < target {
+            conn.execute_batch(&format!(
+                "BEGIN; {sql}; PRAGMA user_version = {target}; COMMIT;"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch, the time unit of every timestamp column.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
