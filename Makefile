@@ -1,0 +1,41 @@
+# wharf: the project's commands.
+#
+#   make test    THE command that runs every test: installs what is missing (scripts/deps.sh),
+#                then rustfmt check, clippy (warnings are errors) and all cargo tests.
+#   make demo    THE command that runs the main job end to end: docker-registry behind wharf,
+#                an image pushed and pulled with skopeo (scripts/demo.sh).
+#   make bench   the benchmarks (bench/run.sh).
+#   make build   release build: target/release/wharf.
+#   make deps    only install what is missing (Debian 12; idempotent, ~1 s when all is there).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# rustup installs cargo into ~/.cargo/bin, which a fresh shell may not have on PATH yet.
+# Appended, so a cargo already on PATH wins.
+export PATH := $(PATH):$(or $(CARGO_HOME),$(HOME)/.cargo)/bin
+# helm (installed by scripts/deps.sh) for the tests that drive a real helm client.
+TOOLS_BIN := $(CURDIR)/.tools/bin
+
+.PHONY: help deps test demo bench build
+
+help:
+	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
+
+deps:
+	bash scripts/deps.sh
+
+test: deps
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	PATH="$(TOOLS_BIN):$$PATH" cargo test --all-targets
+
+demo: deps
+	bash scripts/demo.sh
+
+bench: deps
+	bash bench/run.sh
+
+build:
+	cargo build --release

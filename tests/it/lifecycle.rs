@@ -1,0 +1,168 @@
+//! Health, readiness, graceful shutdown of the real binary, and memory under a big blob.
+
+use std::time::{Duration, Instant};
+
+use crate::common::http::{RawConn, download_to_file};
+use crate::common::oci;
+use crate::common::{Registry, RegistryClient, Wharf, WharfBuilder, client};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_readyz_follow_the_registry() {
+    let mut registry = Registry::start().await;
+    let wharf = Wharf::start(&registry.url()).await;
+    let c = client();
+
+    let resp = c
+        .get(format!("{}/healthz", wharf.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["status"],
+        "ok"
+    );
+
+    let resp = c
+        .get(format!("{}/readyz", wharf.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["upstreams"]["registry"]["reachable"], true, "{body}");
+
+    registry.stop();
+    let resp = c
+        .get(format!("{}/readyz", wharf.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["upstreams"]["registry"]["reachable"], false, "{body}");
+
+    let resp = c
+        .get(format!("{}/healthz", wharf.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "liveness does not depend on the registry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_in_flight_upload_finish_then_exits_0() {
+    let registry = Registry::start().await;
+    let mut wharf = WharfBuilder::new(&registry.url()).spawn().await;
+    let rc = RegistryClient::new(&wharf.url());
+    let loc = rc.start_upload("prj/slow").await;
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let digest = crate::common::http::sha256_digest(&data);
+    let target = RegistryClient::with_digest(&loc, &digest);
+    let path = target.strip_prefix(&wharf.url()).unwrap().to_string();
+
+    let mut conn = RawConn::connect(wharf.addr()).await;
+    conn.send(
+        format!(
+            "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {}\r\n\r\n",
+            wharf.host(),
+            data.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (first, rest) = data.split_at(data.len() / 2);
+    conn.send(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    wharf.sigterm();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(wharf.is_running(), "wharf exited with a request in flight");
+    // No new connections once shutdown started.
+    assert!(
+        tokio::net::TcpStream::connect(wharf.addr()).await.is_err(),
+        "wharf still accepts connections after SIGTERM"
+    );
+
+    // Trickle the rest in.
+    for piece in rest.chunks(rest.len() / 4 + 1) {
+        conn.send(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), conn.read_response(false))
+        .await
+        .expect("no response to the in-flight upload")
+        .unwrap();
+    assert_eq!(resp.status, 201, "{}", resp.text());
+    assert_eq!(resp.header("docker-content-digest"), Some(digest.as_str()));
+
+    let status = wharf.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "exit status; log:\n{}", wharf.log());
+    let log = wharf.log();
+    assert!(log.contains("SIGTERM"), "{log}");
+
+    let resp = client()
+        .head(format!("{}/v2/prj/slow/blobs/{digest}", registry.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the upload landed in the registry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_blob_streams_through_the_binary_with_bounded_memory() {
+    const SIZE: u64 = 256 << 20;
+    const LIMIT_KIB: u64 = 64 * 1024;
+    let registry = Registry::start().await;
+    let wharf = WharfBuilder::new(&registry.url()).spawn().await;
+    let work = tempfile::Builder::new()
+        .prefix("wharf-it-big-")
+        .tempdir()
+        .unwrap();
+    let src = work.path().join("big.bin");
+    let t = Instant::now();
+    let blob = {
+        let src = src.clone();
+        tokio::task::spawn_blocking(move || oci::write_random_blob(&src, SIZE))
+            .await
+            .unwrap()
+    };
+    eprintln!("wrote {} MiB in {:?}", SIZE >> 20, t.elapsed());
+
+    let rc = RegistryClient::new(&wharf.url());
+    let t = Instant::now();
+    rc.upload_blob_file("prj/big", &src, &blob).await;
+    eprintln!("upload through wharf: {:?}", t.elapsed());
+    std::fs::remove_file(&src).unwrap();
+
+    let dst = work.path().join("back.bin");
+    let t = Instant::now();
+    let (status, digest, n) = download_to_file(
+        &rc.client,
+        &format!("{}/v2/prj/big/blobs/{}", wharf.url(), blob.digest),
+        &dst,
+    )
+    .await;
+    eprintln!("download through wharf: {:?}", t.elapsed());
+    assert_eq!(status, 200);
+    assert_eq!(n, SIZE);
+    assert_eq!(digest, blob.digest);
+
+    let mem = wharf.memory();
+    eprintln!(
+        "wharf VmHWM {} KiB, VmRSS {} KiB",
+        mem.vm_hwm_kib, mem.vm_rss_kib
+    );
+    assert!(
+        mem.vm_hwm_kib < LIMIT_KIB,
+        "wharf peaked at {:.1} MiB resident while streaming {} MiB (limit 64 MiB)",
+        mem.peak_mib(),
+        SIZE >> 20
+    );
+}
