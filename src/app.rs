@@ -1,12 +1,17 @@
 //! App: everything a running wharf holds, built once from the config.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::api::auth::Users;
 use crate::config::Config;
+use crate::dispatch::client::{ClientError, Sender};
+use crate::dispatch::guard::Guard;
 use crate::events::operator::TokenVerifier;
 use crate::events::sink::Sink;
 use crate::forward::{ForwardError, Upstream};
+use crate::metrics::Metrics;
 use crate::observe::recent::Recent;
 use crate::store::{Store, StoreError};
 
@@ -19,6 +24,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("events.token_cert_bundle: {0}")]
     TokenCerts(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
 }
 
 /// Shared state of one wharf process.
@@ -38,6 +45,14 @@ pub struct App {
     pub token_verifier: Option<TokenVerifier>,
     /// wharf's own API (axum).
     pub api: axum::Router,
+    /// Every metric.
+    pub metrics: Arc<Metrics>,
+    /// API users from `users.htpasswd`.
+    pub users: Arc<Users>,
+    /// The webhook HTTP client (also used by the test endpoint).
+    pub sender: Arc<Sender>,
+    /// The system switch `notification_enable`, cached (the database holds it).
+    pub notifications_enabled: Arc<AtomicBool>,
 }
 
 impl App {
@@ -65,7 +80,18 @@ impl App {
             .transpose()
             .map_err(AppError::TokenCerts)?;
         let store = Store::open(&config.data_dir, config.store.synchronous)?;
-        let events = Sink::new(store.clone());
+        let metrics = Arc::new(Metrics::new());
+        let events = Sink::new(store.clone(), metrics.clone());
+        let guard = Arc::new(Guard::new(
+            config.notification.allowed_target_networks.clone(),
+        ));
+        let sender = Arc::new(Sender::new(
+            guard,
+            Duration::from_secs(config.notification.webhook_job_http_client_timeout),
+            config.notification.ca_bundle.as_deref(),
+        )?);
+        let users = Arc::new(Users::new(config.users.htpasswd.clone()));
+        let notifications_enabled = Arc::new(AtomicBool::new(true));
         let recent = Recent::new(
             config.events.attribution_window.max(Duration::from_secs(1)),
             50_000,
@@ -79,6 +105,10 @@ impl App {
             events,
             recent,
             token_verifier,
+            metrics,
+            users,
+            sender,
+            notifications_enabled,
         }))
     }
 }

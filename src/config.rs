@@ -83,8 +83,71 @@ pub struct Config {
     /// The embedded database.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Webhook delivery (names of Harbor's `harbor.yml` where they exist).
+    #[serde(default)]
+    pub notification: NotificationConfig,
+    /// API users besides `admin`.
+    #[serde(default)]
+    pub users: UsersConfig,
 }
 
+/// API users.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersConfig {
+    /// An htpasswd file with bcrypt entries (`htpasswd -B`), the format the registry uses.
+    /// Users listed in `projects.<name>.admins` are that project's administrators.
+    #[serde(default)]
+    pub htpasswd: Option<PathBuf>,
+}
+
+/// Webhook delivery.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    /// Retries after the first attempt; then the delivery is dead (visible, redeliverable).
+    #[serde(default = "defaults::max_retry")]
+    pub webhook_job_max_retry: u32,
+    /// Seconds one delivery attempt may take.
+    #[serde(default = "defaults::http_timeout")]
+    pub webhook_job_http_client_timeout: u64,
+    /// Time between attempts.
+    #[serde(default)]
+    pub backoff: crate::dispatch::retry::Backoff,
+    /// A `Retry-After` from the target is honoured up to this long.
+    #[serde(default = "defaults::retry_after_max", with = "duration")]
+    pub retry_after_max: Duration,
+    /// Networks (CIDR) webhook targets may resolve to although they are loopback, private,
+    /// link-local, CGNAT, multicast or unspecified — e.g. `["10.1.2.0/24"]`. Empty: none.
+    #[serde(default)]
+    pub allowed_target_networks: Vec<ipnet::IpNet>,
+    /// Extra CA certificates (PEM) trusted for HTTPS targets, besides the system roots.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Deliveries in flight at once, over all targets.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// Deliveries in flight at once to one target address.
+    #[serde(default = "defaults::per_target_concurrency")]
+    pub per_target_concurrency: usize,
+    /// After this many consecutive failures a target's circuit opens: its deliveries wait
+    /// `breaker_cooldown` (doubling up to `breaker_max_cooldown`) without attempts.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "defaults::breaker_cooldown", with = "duration")]
+    pub breaker_cooldown: Duration,
+    #[serde(default = "defaults::breaker_max_cooldown", with = "duration")]
+    pub breaker_max_cooldown: Duration,
+    /// Least time between two messages to one Slack target (Slack's rate limit).
+    #[serde(default = "defaults::slack_interval", with = "duration")]
+    pub slack_interval: Duration,
+}
+
+impl Default for NotificationConfig {
+    fn default() -> Self {
+        serde_yaml_ng::from_str("{}").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
 /// Events from registry traffic.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -235,6 +298,9 @@ pub struct ProjectConfig {
     /// Pulls by these users or user agents are not events in this project.
     #[serde(default)]
     pub ignore_pulls: PullFilter,
+    /// Users (from `users.htpasswd`) who administer this project's webhooks.
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 /// A secret string: never printed, never logged. Serializes as `***` (for `check-config`).
@@ -306,6 +372,33 @@ mod defaults {
     }
     pub fn attribution_window() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn max_retry() -> u32 {
+        3
+    }
+    pub fn http_timeout() -> u64 {
+        3
+    }
+    pub fn retry_after_max() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn max_in_flight() -> usize {
+        256
+    }
+    pub fn per_target_concurrency() -> usize {
+        16
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_cooldown() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn breaker_max_cooldown() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn slack_interval() -> Duration {
+        Duration::from_secs(1)
     }
 }
 
@@ -428,6 +521,47 @@ impl Config {
             crate::events::operator::TokenVerifier::from_pem_file(p).map_err(|e| {
                 invalid("events.token_cert_bundle", format!("{}: {e}", p.display()))
             })?;
+        }
+        let n = &self.notification;
+        if n.webhook_job_http_client_timeout == 0 {
+            return Err(invalid(
+                "notification.webhook_job_http_client_timeout",
+                "must be at least 1 (seconds)",
+            ));
+        }
+        if n.max_in_flight == 0 {
+            return Err(invalid("notification.max_in_flight", "must be at least 1"));
+        }
+        if n.per_target_concurrency == 0 {
+            return Err(invalid(
+                "notification.per_target_concurrency",
+                "must be at least 1",
+            ));
+        }
+        if n.breaker_failures == 0 {
+            return Err(invalid(
+                "notification.breaker_failures",
+                "must be at least 1",
+            ));
+        }
+        n.backoff
+            .validate()
+            .map_err(|(field, reason)| invalid(&format!("notification.backoff.{field}"), reason))?;
+        if let Some(p) = &n.ca_bundle
+            && !p.is_file()
+        {
+            return Err(invalid(
+                "notification.ca_bundle",
+                format!("{} is not a readable file", p.display()),
+            ));
+        }
+        if let Some(p) = &self.users.htpasswd
+            && !p.is_file()
+        {
+            return Err(invalid(
+                "users.htpasswd",
+                format!("{} is not a readable file", p.display()),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;

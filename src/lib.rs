@@ -11,8 +11,11 @@
 //!   (capped), attribute tags, de-duplicate, build events.
 //! - [`events`]: the event model, its payload formats, and the sink that records events.
 //! - [`store`]: the embedded SQLite database: event log, outbox, knowledge; group commit.
+//! - [`dispatch`]: deliver the outbox to webhook targets: retries, signatures, SSRF guard,
+//!   circuit breaker.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
 //! - [`api`]: wharf's own HTTP API.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: the state of one process, built from [`config`].
 //! - [`config`]: the YAML configuration, env overrides, validation.
 
@@ -21,8 +24,10 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod dispatch;
 pub mod events;
 pub mod forward;
+pub mod metrics;
 pub mod observe;
 pub mod route;
 pub mod server;
@@ -65,7 +70,24 @@ impl Running {
         let grace = config.shutdown_grace;
         let app = app::App::build(config)?;
         let background = tokio_util::sync::CancellationToken::new();
+        let enabled = {
+            let store = app.store.clone();
+            store
+                .read(store::policies::notification_enabled)
+                .await
+                .unwrap_or(true)
+        };
+        app.notifications_enabled
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(app.events.clone().run_releaser(background.clone()));
+        let dispatcher = std::sync::Arc::new(dispatch::Dispatcher::new(
+            app.store.clone(),
+            app.sender.clone(),
+            app.config.notification.clone(),
+            app.metrics.clone(),
+            app.notifications_enabled.clone(),
+        ));
+        tokio::spawn(dispatcher.run(background.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             app.clone(),

@@ -202,8 +202,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ClientConn) -> 
         .or_insert(rid.clone());
     let status = resp.status();
     let rid_log = rid.to_str().unwrap_or("").to_string();
+    let metrics = app.metrics.clone();
     resp.map(move |b| {
         Body::new(Observed::new(b, move |o| {
+            metrics.request(op, status.as_u16(), started.elapsed().as_secs_f64());
             tracing::info!(
                 target: "wharf::access",
                 request_id = %rid_log,

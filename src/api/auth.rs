@@ -1,7 +1,19 @@
-//! Who is calling the API: HTTP Basic, checked against `admin_password` (user `admin`).
+//! Who is calling the API, and what they may do.
+//!
+//! HTTP Basic only. `admin` with `admin_password` is the system administrator: everything.
+//! Other users come from `users.htpasswd` (bcrypt, the registry's format; re-read when the file
+//! changes); a user listed in `projects.<name>.admins` administers that project's webhooks and
+//! gets 403 on every other project and on system settings. bcrypt checks are slow by design, so
+//! a successful check is remembered (as a SHA-256 of the credentials) for five minutes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use http::HeaderMap;
+use sha2::Digest as _;
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
@@ -15,6 +27,17 @@ pub const ADMIN: &str = "admin";
 pub enum Caller {
     /// `admin`: everything.
     Admin,
+    /// A user from the htpasswd file.
+    User(String),
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Admin => ADMIN,
+            Caller::User(u) => u,
+        }
+    }
 }
 
 /// User and password of a Basic `Authorization` header.
@@ -32,19 +55,136 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_string(), pass.to_string()))
 }
 
-/// Authenticate the request: 401 without valid credentials.
-pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let (user, pass) = basic_credentials(headers).ok_or_else(ApiError::unauthorized)?;
-    let expected = app.config.admin_password.expose().as_bytes();
-    if user == ADMIN && bool::from(pass.as_bytes().ct_eq(expected)) {
-        return Ok(Caller::Admin);
+const REMEMBER: Duration = Duration::from_secs(300);
+
+/// The htpasswd users.
+#[derive(Default)]
+pub struct Users {
+    path: Option<PathBuf>,
+    state: Mutex<UsersState>,
+}
+
+#[derive(Default)]
+struct UsersState {
+    loaded: Option<SystemTime>,
+    hashes: HashMap<String, String>,
+    /// user → (sha256 of "user:password", when verified)
+    verified: HashMap<String, ([u8; 32], Instant)>,
+}
+
+impl Users {
+    pub fn new(path: Option<PathBuf>) -> Users {
+        Users {
+            path,
+            state: Mutex::new(UsersState::default()),
+        }
     }
-    Err(ApiError::unauthorized())
+
+    fn reload_if_changed(&self, st: &mut UsersState) {
+        let Some(path) = &self.path else { return };
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if mtime.is_some() && mtime == st.loaded {
+            return;
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                st.hashes = text
+                    .lines()
+                    .filter_map(|l| l.trim().split_once(':'))
+                    .map(|(u, h)| (u.to_string(), h.trim().to_string()))
+                    .collect();
+                st.verified.clear();
+                st.loaded = mtime;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot read users.htpasswd")
+            }
+        }
+    }
+
+    /// Is `password` right for `user`?
+    pub fn check(&self, user: &str, password: &str) -> bool {
+        let fingerprint: [u8; 32] = sha2::Sha256::digest(format!("{user}:{password}")).into();
+        let hash = {
+            let Ok(mut st) = self.state.lock() else {
+                return false;
+            };
+            self.reload_if_changed(&mut st);
+            if let Some((fp, at)) = st.verified.get(user)
+                && at.elapsed() < REMEMBER
+                && bool::from(fp.ct_eq(&fingerprint))
+            {
+                return true;
+            }
+            match st.hashes.get(user) {
+                Some(h) => h.clone(),
+                None => return false,
+            }
+        };
+        let ok = bcrypt::verify(password, &hash).unwrap_or(false);
+        if ok && let Ok(mut st) = self.state.lock() {
+            st.verified
+                .insert(user.to_string(), (fingerprint, Instant::now()));
+        }
+        ok
+    }
+}
+
+/// Authenticate the request: 401 without valid credentials.
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let (user, pass) = basic_credentials(headers).ok_or_else(ApiError::unauthorized)?;
+    if user == ADMIN {
+        let expected = app.config.admin_password.expose().as_bytes();
+        return if bool::from(pass.as_bytes().ct_eq(expected)) {
+            Ok(Caller::Admin)
+        } else {
+            Err(ApiError::unauthorized())
+        };
+    }
+    let users = app.users.clone();
+    let u = user.clone();
+    let ok = tokio::task::spawn_blocking(move || users.check(&u, &pass))
+        .await
+        .unwrap_or(false);
+    if ok {
+        Ok(Caller::User(user))
+    } else {
+        Err(ApiError::unauthorized())
+    }
 }
 
 /// Only the system administrator.
-pub fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    match authenticate(app, headers)? {
-        Caller::Admin => Ok(()),
+pub async fn require_admin(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    match authenticate(app, headers).await? {
+        Caller::Admin => Ok(Caller::Admin),
+        Caller::User(_) => Err(ApiError::forbidden(
+            "only the system administrator may do this",
+        )),
+    }
+}
+
+/// The system administrator, or an administrator of `project`.
+pub async fn require_project_admin(
+    app: &App,
+    headers: &HeaderMap,
+    project: &str,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate(app, headers).await?;
+    match &caller {
+        Caller::Admin => Ok(caller),
+        Caller::User(u) => {
+            let allowed = app
+                .config
+                .projects
+                .get(project)
+                .is_some_and(|p| p.admins.iter().any(|a| a == u));
+            if allowed {
+                Ok(caller)
+            } else {
+                Err(ApiError::forbidden(format!(
+                    "{u} is not an administrator of project {project}"
+                )))
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<StoredEvent>>, ApiError> {
     let app = state.app()?;
-    auth::require_admin(&app, &headers)?;
+    auth::require_admin(&app, &headers).await?;
     let kind = match q.kind.as_deref() {
         None | Some("") => None,
         Some(t) => Some(EventKind::from_harbor(t).ok_or_else(|| {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod webhooks;
 
 use std::sync::{Arc, Weak};
 
@@ -88,10 +89,80 @@ impl ApiState {
     }
 }
 
+/// `GET /metrics`: Prometheus text format (queue depths read at scrape time).
+async fn metrics(
+    axum::extract::State(s): axum::extract::State<ApiState>,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    if let Ok(counts) = app.store.read(crate::store::outbox::counts).await {
+        for state in ["pending", "running", "succeeded", "dead"] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            app.metrics
+                .outbox
+                .get_or_create(&crate::metrics::StateLabels {
+                    state: state.to_string(),
+                })
+                .set(n as i64);
+        }
+    }
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response())
+}
+
 /// The API router. Holds the app weakly: the app owns the router.
 pub fn router(app: Weak<App>) -> Router {
+    use axum::routing::{get, post};
+    const P: &str = "/api/v2.0/projects/{project}/webhook";
     Router::new()
-        .route("/api/v1/events", axum::routing::get(events::list))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/events", get(events::list))
+        .route(
+            &format!("{P}/policies"),
+            get(webhooks::list_policies).post(webhooks::create_policy),
+        )
+        .route(&format!("{P}/policies/test"), post(webhooks::test_policy))
+        .route(
+            &format!("{P}/policies/{{id}}"),
+            get(webhooks::get_policy)
+                .put(webhooks::update_policy)
+                .delete(webhooks::delete_policy),
+        )
+        .route(
+            &format!("{P}/policies/{{id}}/executions"),
+            get(webhooks::executions),
+        )
+        .route(
+            &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks"),
+            get(webhooks::tasks),
+        )
+        .route(
+            &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks/{{tid}}/log"),
+            get(webhooks::task_log),
+        )
+        .route(
+            &format!("{P}/policies/{{id}}/executions/{{eid}}/redeliver"),
+            post(webhooks::redeliver_one),
+        )
+        .route(
+            &format!("{P}/policies/{{id}}/redeliver"),
+            post(webhooks::redeliver_dead),
+        )
+        .route(&format!("{P}/lasttrigger"), get(webhooks::last_trigger))
+        .route(&format!("{P}/events"), get(webhooks::supported_events))
+        .route(
+            "/api/v2.0/configurations",
+            get(webhooks::get_configurations).put(webhooks::put_configurations),
+        )
         .fallback(|| async { ApiError::not_found("no such API path") })
         .with_state(ApiState(app))
 }

@@ -160,6 +160,9 @@ pub fn event_data(e: &Event) -> Value {
     };
     let mut custom = Map::new();
     custom.insert("event_id".into(), json!(e.id.to_string()));
+    if e.test {
+        custom.insert("test".into(), json!("true"));
+    }
     put(&mut custom, "request_id", e.request_id.as_ref());
     put(&mut custom, "client_addr", e.client_addr.as_ref());
     put(&mut custom, "user_agent", e.user_agent.as_ref());
@@ -294,6 +297,9 @@ fn legacy(e: &Event) -> Value {
             );
             // additions: every seed field of every event kind has a place here too
             m.insert("event_id".into(), json!(e.id.to_string()));
+            if e.test {
+                m.insert("test".into(), json!(true));
+            }
             m.insert("operator".into(), json!(e.operator));
             put(&mut m, "digest", e.digest.as_ref());
             let image_name = match tag {

@@ -276,6 +276,9 @@ pub struct Event {
     /// Quota facts (quota events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaInfo>,
+    /// A test notification (`…/webhook/policies/test`), not something that happened.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 impl Event {
@@ -301,6 +304,7 @@ impl Event {
             chart: None,
             scan: None,
             quota: None,
+            test: false,
         }
     }
 

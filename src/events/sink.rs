@@ -9,32 +9,14 @@
 //! A database failure never fails the registry request: it is logged and counted
 //! (`events_lost`).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
 
 use super::{Event, EventKind};
+use crate::metrics::Metrics;
 use crate::store::{self, Store, StoreError};
-
-/// Counters of events.
-#[derive(Debug, Default)]
-pub struct EventStats {
-    /// Events recorded, by Harbor type.
-    pub recorded: Mutex<BTreeMap<&'static str, u64>>,
-    /// Events that could not be recorded (database failure).
-    pub lost: AtomicU64,
-}
-
-impl EventStats {
-    fn count(&self, kind: EventKind) {
-        if let Ok(mut m) = self.recorded.lock() {
-            *m.entry(kind.harbor_type()).or_default() += 1;
-        }
-    }
-}
 
 /// Extra writes in the event's transaction (knowledge updates); may adjust the event.
 pub type With = Box<dyn FnOnce(&Connection, &mut Event) -> Result<(), StoreError> + Send>;
@@ -43,19 +25,12 @@ pub type With = Box<dyn FnOnce(&Connection, &mut Event) -> Result<(), StoreError
 #[derive(Clone)]
 pub struct Sink {
     store: Store,
-    stats: Arc<EventStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sink {
-    pub fn new(store: Store) -> Self {
-        Self {
-            store,
-            stats: Arc::new(EventStats::default()),
-        }
-    }
-
-    pub fn stats(&self) -> Arc<EventStats> {
-        self.stats.clone()
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
     }
 
     /// Record `event` and wait for the commit. With `hold_until` (unix ms) the event waits,
@@ -80,8 +55,8 @@ impl Sink {
     pub fn detached(&self, event: Event, with: Option<With>) {
         let kind = event.kind;
         let id = event.id;
-        let stats = self.stats.clone();
-        stats.count(kind);
+        let metrics = self.metrics.clone();
+        metrics.event(kind.harbor_type());
         self.store.write_detached(
             move |c| {
                 let mut event = event;
@@ -91,7 +66,7 @@ impl Sink {
                 store::events::insert(c, &event, None)
             },
             move |e| {
-                stats.lost.fetch_add(1, Ordering::Relaxed);
+                metrics.events_lost.inc();
                 tracing::error!(event_id = %id, kind = kind.harbor_type(), error = %e, "event lost: database write failed");
             },
         );
@@ -100,11 +75,11 @@ impl Sink {
     fn account(&self, kind: EventKind, id: uuid::Uuid, result: Result<(), StoreError>) -> bool {
         match result {
             Ok(()) => {
-                self.stats.count(kind);
+                self.metrics.event(kind.harbor_type());
                 true
             }
             Err(e) => {
-                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                self.metrics.events_lost.inc();
                 tracing::error!(event_id = %id, kind = kind.harbor_type(), error = %e, "event lost: database write failed");
                 false
             }

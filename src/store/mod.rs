@@ -15,6 +15,7 @@
 pub mod events;
 pub mod knowledge;
 pub mod outbox;
+pub mod policies;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,6 +113,7 @@ struct Inner {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
     stats: Arc<StoreStats>,
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 const MAX_BATCH: usize = 512;
@@ -141,9 +143,11 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(StoreStats::default());
         let thread_stats = stats.clone();
+        let outbox = Arc::new(tokio::sync::Notify::new());
+        let thread_outbox = outbox.clone();
         let writer = std::thread::Builder::new()
             .name("wharf-db-writer".into())
-            .spawn(move || writer_loop(conn, rx, thread_stats))
+            .spawn(move || writer_loop(conn, rx, thread_stats, thread_outbox))
             .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
@@ -152,8 +156,14 @@ impl Store {
                 writer: Mutex::new(Some(writer)),
                 readers: Mutex::new(Vec::new()),
                 stats,
+                outbox,
             }),
         })
+    }
+
+    /// Notified after every commit that created deliveries (wakes the dispatcher).
+    pub fn outbox_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.outbox.clone()
     }
 
     /// The store's counters.
@@ -247,7 +257,12 @@ impl Store {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<StoreStats>) {
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    stats: Arc<StoreStats>,
+    outbox_notify: Arc<tokio::sync::Notify>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -287,7 +302,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, stats: Arc<StoreStats>
             tracing::error!(error = %e, jobs = n, "database: commit failed");
             let _ = conn.execute_batch("ROLLBACK");
             stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+            outbox::take_created();
         } else {
+            if outbox::take_created() {
+                outbox_notify.notify_one();
+            }
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
             stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
@@ -340,6 +359,69 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (repository, tag)
     );
     CREATE INDEX tags_by_digest ON tags(repository, digest);
+    "#,
+    // 2: projects, webhook policies, the outbox (deliveries and their attempts), settings
+    r#"
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE policies (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        event_types TEXT NOT NULL,
+        targets TEXT NOT NULL,
+        filters TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (project, name)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        policy_id INTEGER NOT NULL,
+        project TEXT NOT NULL,
+        target_index INTEGER NOT NULL,
+        target_address TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries(not_before) WHERE state = 'pending';
+    CREATE INDEX deliveries_by_policy ON deliveries(policy_id, id);
+    CREATE INDEX deliveries_by_state ON deliveries(state);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        status_code INTEGER,
+        error_kind TEXT,
+        error TEXT,
+        response_excerpt TEXT
+    );
+    CREATE INDEX attempts_by_delivery ON attempts(delivery_id, id);
+    CREATE TABLE last_triggers (
+        policy_id INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (policy_id, event_type)
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
     "#,
 ];
 

@@ -1,12 +1,418 @@
-//! Outbox: deliveries created for a published event, in the same transaction.
+//! Outbox: deliveries (event × matching enabled target) and their attempts.
+//!
+//! A published event's deliveries are created in the transaction that publishes it, so an
+//! event in the log is never without its deliveries. Delivery states:
+//! `pending` (due at `not_before`) → `running` (claimed by the dispatcher) → `succeeded`, back
+//! to `pending` (a retry), or `dead` (retries exhausted, target gone; redeliverable). `running`
+//! rows left by a killed process are put back to `pending` at start-up.
 
-use rusqlite::Connection;
+use std::cell::Cell;
 
-use super::StoreError;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::{StoreError, now_ms, policies};
+use crate::dispatch::policy::Target;
 use crate::events::Event;
 
-/// Create the deliveries of `event` (one per matching enabled target). Webhook policies come
-/// with the dispatcher; until then nothing matches.
-pub fn fanout(_conn: &Connection, _event: &Event) -> Result<(), StoreError> {
+thread_local! {
+    /// Set when this thread's transaction created deliveries (read after COMMIT).
+    static CREATED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Did the transaction just finished on this thread create deliveries? (Resets the flag.)
+pub fn take_created() -> bool {
+    CREATED.with(|c| c.replace(false))
+}
+
+fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Sql(e.to_string()))
+}
+
+/// Create the deliveries of `event`: one per enabled target of every enabled policy of its
+/// project that wants it. Nothing is created while notifications are switched off globally.
+pub fn fanout(conn: &Connection, event: &Event) -> Result<usize, StoreError> {
+    if !policies::notification_enabled(conn)? {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut created = 0;
+    for p in policies::list(conn, &event.project)? {
+        if !p.wants(event) {
+            continue;
+        }
+        for (i, t) in p.targets.iter().enumerate() {
+            if t.disabled {
+                continue;
+            }
+            conn.execute(
+                "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, state, not_before, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?8)",
+                params![event.id.to_string(), event.kind.harbor_type(), p.id, event.project, i as i64, t.address, json(t)?, now],
+            )?;
+            created += 1;
+        }
+        conn.execute(
+            "INSERT INTO last_triggers (policy_id, event_type, at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (policy_id, event_type) DO UPDATE SET at = excluded.at",
+            params![p.id, event.kind.harbor_type(), now],
+        )?;
+    }
+    if created > 0 {
+        CREATED.with(|c| c.set(true));
+    }
+    Ok(created)
+}
+
+/// A delivery claimed for an attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub event: Event,
+    pub policy_id: i64,
+    pub project_id: i64,
+    pub target: Target,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// Claim up to `limit` due deliveries, at most `per_target` per target address, skipping the
+/// addresses in `skip` (busy, or circuit open). They become `running`.
+pub fn claim(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+    per_target: usize,
+    skip: &[String],
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, target_address FROM (
+           SELECT id, target_address, not_before,
+                  ROW_NUMBER() OVER (PARTITION BY target_address ORDER BY not_before, id) AS rn
+           FROM deliveries WHERE state = 'pending' AND not_before <= ?1)
+         WHERE rn <= ?2 ORDER BY not_before, id LIMIT ?3",
+    )?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map(
+            params![
+                now,
+                per_target as i64,
+                (limit + skip.len() * per_target) as i64
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    let mut load = conn.prepare_cached(
+        "SELECT d.event_id, d.policy_id, d.target, d.attempts, e.body, COALESCE(p.id, 0)
+         FROM deliveries d JOIN events e ON e.id = d.event_id
+         LEFT JOIN projects p ON p.name = d.project
+         WHERE d.id = ?1",
+    )?;
+    let mut mark = conn.prepare_cached(
+        "UPDATE deliveries SET state = 'running', updated_at = ?2 WHERE id = ?1 AND state = 'pending'",
+    )?;
+    for (id, address) in rows {
+        if out.len() >= limit {
+            break;
+        }
+        if skip.contains(&address) {
+            continue;
+        }
+        let row = load
+            .query_row([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .optional()?;
+        let Some((_, policy_id, target, attempts, body, project_id)) = row else {
+            continue;
+        };
+        let (Ok(target), Ok(event)) = (
+            serde_json::from_str::<Target>(&target),
+            serde_json::from_str::<Event>(&body),
+        ) else {
+            conn.execute(
+                "UPDATE deliveries SET state = 'dead', last_error = 'unreadable delivery', updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            continue;
+        };
+        if mark.execute(params![id, now])? == 1 {
+            out.push(Claimed {
+                id,
+                event,
+                policy_id,
+                project_id,
+                target,
+                attempts: attempts.max(0) as u32,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One attempt, as recorded.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Attempt {
+    pub id: i64,
+    pub delivery_id: i64,
+    /// unix ms
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    /// `timeout`, `connect`, `refused_target`, `tls`, `http`, `gone`, …
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// What becomes of a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    /// Try again at (unix ms).
+    RetryAt(i64),
+    Dead,
+}
+
+/// Record an attempt and move the delivery on.
+pub fn record(conn: &Connection, a: &Attempt, next: Next) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![a.delivery_id, a.started_at, a.duration_ms, a.status_code, a.error_kind, a.error, a.response_excerpt])?;
+    let now = now_ms();
+    let (state, not_before) = match next {
+        Next::Succeeded => ("succeeded", None),
+        Next::RetryAt(t) => ("pending", Some(t)),
+        Next::Dead => ("dead", None),
+    };
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, attempts = attempts + 1, not_before = COALESCE(?3, not_before),
+           last_status = ?4, last_error = ?5, updated_at = ?6 WHERE id = ?1",
+    )?
+    .execute(params![a.delivery_id, state, not_before, a.status_code, a.error.as_deref().or(a.error_kind.as_deref()), now])?;
     Ok(())
+}
+
+/// Put a claimed delivery back without an attempt (its target's circuit is open).
+pub fn defer(conn: &Connection, delivery_id: i64, until: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deliveries SET state = 'pending', not_before = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+        params![delivery_id, until, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// The target answered 410 Gone: mark it disabled in its policy and end its open deliveries.
+pub fn disable_target(
+    conn: &Connection,
+    policy_id: i64,
+    target_index: usize,
+    address: &str,
+    reason: &str,
+) -> Result<(), StoreError> {
+    if let Some(mut p) = policies::get_by_id(conn, policy_id)?
+        && let Some(t) = p.targets.get_mut(target_index)
+        && t.address == address
+    {
+        t.disabled = true;
+        policies::update_targets(conn, policy_id, &p.targets)?;
+    }
+    conn.execute(
+        "UPDATE deliveries SET state = 'dead', last_error = ?3, updated_at = ?4
+         WHERE policy_id = ?1 AND target_address = ?2 AND state IN ('pending', 'running')",
+        params![policy_id, address, reason, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// The target index of a delivery.
+pub fn target_index(conn: &Connection, delivery_id: i64) -> Result<Option<usize>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT target_index FROM deliveries WHERE id = ?1",
+            [delivery_id],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|i| i.max(0) as usize))
+}
+
+/// At start-up: deliveries a killed process left `running` go back to `pending`.
+pub fn recover(conn: &Connection) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE deliveries SET state = 'pending', updated_at = ?1 WHERE state = 'running'",
+        [now_ms()],
+    )?)
+}
+
+/// When the next pending delivery is due (unix ms).
+pub fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(conn.query_row(
+        "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending'",
+        [],
+        |r| r.get::<_, Option<i64>>(0),
+    )?)
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub policy_id: i64,
+    pub target_address: String,
+    pub state: String,
+    pub attempts: u32,
+    /// unix ms
+    pub not_before: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryView> {
+    Ok(DeliveryView {
+        id: r.get(0)?,
+        event_id: r.get(1)?,
+        event_type: r.get(2)?,
+        policy_id: r.get(3)?,
+        target_address: r.get(4)?,
+        state: r.get(5)?,
+        attempts: r.get::<_, i64>(6)?.max(0) as u32,
+        not_before: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+        last_status: r
+            .get::<_, Option<i64>>(10)?
+            .and_then(|s| u16::try_from(s).ok()),
+        last_error: r.get(11)?,
+    })
+}
+
+const VIEW_COLUMNS: &str = "id, event_id, event_type, policy_id, target_address, state, attempts, not_before, created_at, updated_at, last_status, last_error";
+
+/// Deliveries of a policy, newest first.
+pub fn list_for_policy(
+    conn: &Connection,
+    policy_id: i64,
+    state: Option<&str>,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<DeliveryView>, usize), StoreError> {
+    let total: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM deliveries WHERE policy_id = ?1 AND (?2 IS NULL OR state = ?2)",
+        params![policy_id, state],
+        |r| r.get(0),
+    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {VIEW_COLUMNS} FROM deliveries WHERE policy_id = ?1 AND (?2 IS NULL OR state = ?2)
+         ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+    ))?;
+    let rows = stmt
+        .query_map(params![policy_id, state, limit as i64, offset as i64], view)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((rows, total.max(0) as usize))
+}
+
+/// One delivery of a policy.
+pub fn get(
+    conn: &Connection,
+    policy_id: i64,
+    delivery_id: i64,
+) -> Result<Option<DeliveryView>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {VIEW_COLUMNS} FROM deliveries WHERE policy_id = ?1 AND id = ?2"),
+            params![policy_id, delivery_id],
+            view,
+        )
+        .optional()?)
+}
+
+/// Attempts of a delivery, oldest first.
+pub fn attempts(conn: &Connection, delivery_id: i64) -> Result<Vec<Attempt>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
+         FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt
+        .query_map([delivery_id], |r| {
+            Ok(Attempt {
+                id: r.get(0)?,
+                delivery_id: r.get(1)?,
+                started_at: r.get(2)?,
+                duration_ms: r.get(3)?,
+                status_code: r
+                    .get::<_, Option<i64>>(4)?
+                    .and_then(|s| u16::try_from(s).ok()),
+                error_kind: r.get(5)?,
+                error: r.get(6)?,
+                response_excerpt: r.get(7)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Send one delivery again (any state but running): fresh attempts, due now, with the
+/// policy's current target at the same position when it still exists.
+pub fn redeliver(conn: &Connection, policy_id: i64, delivery_id: i64) -> Result<bool, StoreError> {
+    let idx = conn
+        .query_row(
+            "SELECT target_index FROM deliveries WHERE id = ?1 AND policy_id = ?2 AND state != 'running'",
+            params![delivery_id, policy_id],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?;
+    let Some(idx) = idx else { return Ok(false) };
+    let current = policies::get_by_id(conn, policy_id)?
+        .and_then(|p| p.targets.get(idx.max(0) as usize).cloned());
+    let now = now_ms();
+    match current {
+        Some(t) => conn.execute(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2, target = ?3, target_address = ?4 WHERE id = ?1",
+            params![delivery_id, now, json(&t)?, t.address],
+        )?,
+        None => conn.execute(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2 WHERE id = ?1",
+            params![delivery_id, now],
+        )?,
+    };
+    CREATED.with(|c| c.set(true));
+    Ok(true)
+}
+
+/// Redeliver every dead delivery of a policy; returns how many.
+pub fn redeliver_dead(conn: &Connection, policy_id: i64) -> Result<usize, StoreError> {
+    let ids: Vec<i64> = conn
+        .prepare("SELECT id FROM deliveries WHERE policy_id = ?1 AND state = 'dead'")?
+        .query_map([policy_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        redeliver(conn, policy_id, *id)?;
+    }
+    Ok(ids.len())
+}
+
+/// Counts by state (queue depth, dead) for metrics.
+pub fn counts(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM deliveries GROUP BY state")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }

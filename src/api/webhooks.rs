@@ -1,0 +1,869 @@
+//! Harbor-compatible webhook API under `/api/v2.0/projects/{project}/webhook/…` and the system
+//! switch under `/api/v2.0/configurations`.
+//!
+//! `{project}` is a project name, or a numeric project id (send `X-Is-Resource-Name: true` to
+//! force a numeric name). A policy id is only found inside its own project (no IDOR). Secrets
+//! (`auth_header`, `secret`) are never returned: they read `***`, and a `***` sent back in a PUT
+//! keeps the stored value.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{self, Caller};
+use super::{ApiError, ApiState};
+use crate::app::App;
+use crate::dispatch::policy::{Filters, Policy, Target, TargetKind};
+use crate::events::format::{self, PayloadFormat, RenderCtx};
+use crate::events::{Event, EventKind};
+use crate::route::{Repository, is_name_component};
+use crate::store::{outbox, policies};
+
+/// What a masked secret reads as.
+pub const MASK: &str = "***";
+
+fn rfc3339_ms(ms: i64) -> Value {
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(t) => json!(t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+        None => Value::Null,
+    }
+}
+
+fn db_error(e: crate::store::StoreError) -> ApiError {
+    ApiError::internal("database error", e)
+}
+
+/// Resolve `{project}` (name or id) and authorize the caller for it.
+async fn project_for(
+    app: &App,
+    headers: &HeaderMap,
+    raw: &str,
+) -> Result<(String, Caller), ApiError> {
+    let by_name = headers
+        .get("x-is-resource-name")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let name = if !by_name && !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        let id: i64 = raw
+            .parse()
+            .map_err(|_| ApiError::not_found("project not found"))?;
+        // authenticate first: unknown ids and forbidden ones must look alike to strangers
+        auth::authenticate(app, headers).await?;
+        app.store
+            .read(move |c| policies::project_name(c, id))
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| ApiError::not_found(format!("project {id} not found")))?
+    } else {
+        if !is_name_component(raw) {
+            return Err(ApiError::bad_request(format!(
+                "project: {raw:?} is not a project name (lowercase letters, digits, . _ -)"
+            )));
+        }
+        raw.to_string()
+    };
+    let caller = auth::require_project_admin(app, headers, &name).await?;
+    Ok((name, caller))
+}
+
+/// A target as the API shows it: secrets masked.
+fn target_view(t: &Target) -> Value {
+    let mask = |s: &Option<String>| {
+        if s.as_deref().is_some_and(|v| !v.is_empty()) {
+            MASK
+        } else {
+            ""
+        }
+    };
+    json!({
+        "type": t.kind,
+        "address": t.address,
+        "auth_header": mask(&t.auth_header),
+        "skip_cert_verify": t.skip_cert_verify,
+        "payload_format": t.format().name(),
+        "secret": mask(&t.secret),
+        "disabled": t.disabled,
+    })
+}
+
+/// A policy as Harbor's API shows it (plus `filters`).
+pub fn policy_view(p: &Policy) -> Value {
+    json!({
+        "id": p.id,
+        "name": p.name,
+        "description": p.description,
+        "project_id": p.project_id,
+        "targets": p.targets.iter().map(target_view).collect::<Vec<_>>(),
+        "event_types": p.event_types.iter().map(|k| k.harbor_type()).collect::<Vec<_>>(),
+        "creator": p.creator,
+        "creation_time": rfc3339_ms(p.created_at),
+        "update_time": rfc3339_ms(p.updated_at),
+        "enabled": p.enabled,
+        "filters": p.filters,
+    })
+}
+
+/// A target as sent by a client.
+#[derive(Debug, Deserialize)]
+pub struct TargetInput {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    auth_header: Option<String>,
+    #[serde(default)]
+    skip_cert_verify: bool,
+    #[serde(default)]
+    payload_format: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// A policy as sent by a client (Harbor's shape; read-only fields are ignored).
+#[derive(Debug, Deserialize)]
+pub struct PolicyInput {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+    #[serde(default)]
+    targets: Option<Vec<TargetInput>>,
+    #[serde(default)]
+    filters: Option<Filters>,
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+/// Validate targets (shape, format, SSRF guard). `old` supplies secrets sent back as `***`.
+async fn validate_targets(
+    app: &App,
+    input: Vec<TargetInput>,
+    old: &[Target],
+) -> Result<Vec<Target>, ApiError> {
+    if input.is_empty() {
+        return Err(ApiError::bad_request(
+            "targets: at least one target is required",
+        ));
+    }
+    if input.len() > 16 {
+        return Err(ApiError::bad_request(
+            "targets: at most 16 targets per policy",
+        ));
+    }
+    let mut out = Vec::with_capacity(input.len());
+    for (i, t) in input.into_iter().enumerate() {
+        let field = |f: &str| format!("targets[{i}].{f}");
+        let kind = match t.kind.as_deref().unwrap_or("http") {
+            "http" => TargetKind::Http,
+            "slack" => TargetKind::Slack,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "{}: {other:?} is not http or slack",
+                    field("type")
+                )));
+            }
+        };
+        let address = t.address.unwrap_or_default().trim().to_string();
+        if address.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "{}: required",
+                field("address")
+            )));
+        }
+        app.sender
+            .guard()
+            .check_url(&address)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("{}: {e}", field("address"))))?;
+        let payload_format = match (kind, t.payload_format.as_deref().filter(|f| !f.is_empty())) {
+            (_, None) => None,
+            (TargetKind::Slack, Some("Slack")) => None,
+            (TargetKind::Http, Some(f)) => match PayloadFormat::parse(f) {
+                Some(PayloadFormat::Slack) | None => {
+                    return Err(ApiError::bad_request(format!(
+                        "{}: {f:?} is not one of Default, CloudEvents, Legacy",
+                        field("payload_format")
+                    )));
+                }
+                Some(p) => Some(p),
+            },
+            (TargetKind::Slack, Some(f)) => {
+                return Err(ApiError::bad_request(format!(
+                    "{}: slack targets take Slack, not {f:?}",
+                    field("payload_format")
+                )));
+            }
+        };
+        let previous = old
+            .iter()
+            .find(|o| o.address == address)
+            .or_else(|| old.get(i));
+        let keep = |new: Option<String>, prev: Option<&Option<String>>| match new {
+            Some(v) if v == MASK => prev.cloned().flatten(),
+            Some(v) if v.is_empty() => None,
+            other => other,
+        };
+        out.push(Target {
+            kind,
+            auth_header: keep(t.auth_header, previous.map(|p| &p.auth_header)),
+            secret: keep(t.secret, previous.map(|p| &p.secret)),
+            skip_cert_verify: t.skip_cert_verify,
+            payload_format,
+            disabled: t.disabled,
+            address,
+        });
+    }
+    Ok(out)
+}
+
+async fn validate_policy(
+    app: &App,
+    input: PolicyInput,
+    project: &str,
+    old: Option<&Policy>,
+) -> Result<Policy, ApiError> {
+    let name = input.name.unwrap_or_default().trim().to_string();
+    if name.is_empty() || name.len() > 256 {
+        return Err(ApiError::bad_request(
+            "name: required, at most 256 characters",
+        ));
+    }
+    let types = input.event_types.unwrap_or_default();
+    if types.is_empty() {
+        return Err(ApiError::bad_request(
+            "event_types: at least one event type is required",
+        ));
+    }
+    let mut event_types = Vec::new();
+    for (i, t) in types.iter().enumerate() {
+        let k = EventKind::from_harbor(t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "event_types[{i}]: unknown event type {t:?}; one of {}",
+                EventKind::ALL.map(|k| k.harbor_type()).join(", ")
+            ))
+        })?;
+        if !event_types.contains(&k) {
+            event_types.push(k);
+        }
+    }
+    let filters = input.filters.unwrap_or_default();
+    for (i, p) in filters.repositories.iter().enumerate() {
+        if p.trim().is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "filters.repositories[{i}]: empty pattern"
+            )));
+        }
+    }
+    for (i, p) in filters.tags.iter().enumerate() {
+        if p.trim().is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "filters.tags[{i}]: empty pattern"
+            )));
+        }
+    }
+    let old_targets = old.map(|p| p.targets.as_slice()).unwrap_or(&[]);
+    let targets = validate_targets(app, input.targets.unwrap_or_default(), old_targets).await?;
+    Ok(Policy {
+        id: old.map(|p| p.id).unwrap_or(0),
+        project: project.to_string(),
+        project_id: old.map(|p| p.project_id).unwrap_or(0),
+        name,
+        description: input.description.unwrap_or_default(),
+        enabled: input.enabled.unwrap_or(true),
+        event_types,
+        targets,
+        filters,
+        creator: old.map(|p| p.creator.clone()).unwrap_or_default(),
+        created_at: old.map(|p| p.created_at).unwrap_or(0),
+        updated_at: 0,
+    })
+}
+
+fn policy_path(project: &str, id: i64) -> String {
+    format!("/api/v2.0/projects/{project}/webhook/policies/{id}")
+}
+
+/// `GET …/webhook/policies`
+pub async fn list_policies(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    let list = app
+        .store
+        .read(move |c| policies::list(c, &project))
+        .await
+        .map_err(db_error)?;
+    let mut resp = Json(list.iter().map(policy_view).collect::<Vec<_>>()).into_response();
+    if let Ok(v) = HeaderValue::from_str(&list.len().to_string()) {
+        resp.headers_mut().insert("x-total-count", v);
+    }
+    Ok(resp)
+}
+
+/// `POST …/webhook/policies` → 201 with `Location` and the policy.
+pub async fn create_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let (project, caller) = project_for(&app, &headers, &project).await?;
+    let input: PolicyInput = json_body(&body)?;
+    let mut policy = validate_policy(&app, input, &project, None).await?;
+    policy.creator = caller.name().to_string();
+    let created = app
+        .store
+        .write(move |c| {
+            if policies::name_taken(c, &policy.project, &policy.name, None)? {
+                return Ok(None);
+            }
+            let id = policies::insert(c, &policy)?;
+            policies::get_by_id(c, id)
+        })
+        .await
+        .map_err(db_error)?;
+    let Some(p) = created else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            "name: a policy with this name exists in the project",
+        ));
+    };
+    tracing::info!(project = %p.project, policy = p.id, by = %caller.name(), "webhook policy created");
+    let mut resp = (StatusCode::CREATED, Json(policy_view(&p))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&policy_path(&p.project, p.id)) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn load_policy(app: &App, project: &str, id: i64) -> Result<Policy, ApiError> {
+    let p = project.to_string();
+    app.store
+        .read(move |c| policies::get(c, &p, id))
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::not_found(format!("policy {id} not found in project {project}")))
+}
+
+/// `GET …/webhook/policies/{id}`
+pub async fn get_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    Ok(Json(policy_view(&load_policy(&app, &project, id).await?)))
+}
+
+/// `PUT …/webhook/policies/{id}`
+pub async fn update_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, i64)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let (project, caller) = project_for(&app, &headers, &project).await?;
+    let old = load_policy(&app, &project, id).await?;
+    let input: PolicyInput = json_body(&body)?;
+    let policy = validate_policy(&app, input, &project, Some(&old)).await?;
+    let updated = app
+        .store
+        .write(move |c| {
+            if policies::name_taken(c, &policy.project, &policy.name, Some(policy.id))? {
+                return Ok(Err(()));
+            }
+            policies::update(c, &policy)?;
+            Ok(Ok(policies::get_by_id(c, policy.id)?))
+        })
+        .await
+        .map_err(db_error)?;
+    match updated {
+        Err(()) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            "name: a policy with this name exists in the project",
+        )),
+        Ok(None) => Err(ApiError::not_found(format!("policy {id} not found"))),
+        Ok(Some(p)) => {
+            tracing::info!(project = %p.project, policy = p.id, by = %caller.name(), "webhook policy updated");
+            Ok(Json(policy_view(&p)))
+        }
+    }
+}
+
+/// `DELETE …/webhook/policies/{id}`
+pub async fn delete_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    let app = s.app()?;
+    let (project, caller) = project_for(&app, &headers, &project).await?;
+    let p = project.clone();
+    let deleted = app
+        .store
+        .write(move |c| policies::delete(c, &p, id))
+        .await
+        .map_err(db_error)?;
+    if !deleted {
+        return Err(ApiError::not_found(format!(
+            "policy {id} not found in project {project}"
+        )));
+    }
+    tracing::info!(project = %project, policy = id, by = %caller.name(), "webhook policy deleted");
+    Ok(StatusCode::OK)
+}
+
+/// `GET …/webhook/lasttrigger`
+pub async fn last_trigger(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    let (list, triggers) = app
+        .store
+        .read(move |c| {
+            Ok((
+                policies::list(c, &project)?,
+                policies::last_triggers(c, &project)?,
+            ))
+        })
+        .await
+        .map_err(db_error)?;
+    let mut out = Vec::new();
+    for p in &list {
+        for k in &p.event_types {
+            let last = triggers
+                .iter()
+                .find(|(pid, t, _)| *pid == p.id && t == k.harbor_type())
+                .map(|(_, _, at)| rfc3339_ms(*at))
+                .unwrap_or(Value::Null);
+            out.push(json!({
+                "policy_name": p.name,
+                "policy_id": p.id,
+                "event_type": k.harbor_type(),
+                "enabled": p.enabled,
+                "creation_time": rfc3339_ms(p.created_at),
+                "last_trigger_time": last,
+            }));
+        }
+    }
+    Ok(Json(out))
+}
+
+/// `GET …/webhook/events`: supported event types and payload formats.
+pub async fn supported_events(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    project_for(&app, &headers, &project).await?;
+    Ok(Json(json!({
+        "event_type": EventKind::ALL.map(|k| k.harbor_type()),
+        "notify_type": ["http", "slack"],
+        "payload_formats": [
+            {"notify_type": "http", "formats": PayloadFormat::HTTP.map(|f| f.name())},
+            {"notify_type": "slack", "formats": ["Slack"]},
+        ],
+    })))
+}
+
+/// `POST …/webhook/policies/test` with `{targets:[…]}`: send a test notification to each
+/// target; 200 when every one answered 2xx, else 400 saying why.
+pub async fn test_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let (project, caller) = project_for(&app, &headers, &project).await?;
+    let input: PolicyInput = json_body(&body)?;
+    let project_id = {
+        let p = project.clone();
+        app.store
+            .read(move |c| policies::project_id(c, &p))
+            .await
+            .map_err(db_error)?
+            .unwrap_or(0)
+    };
+    let targets = validate_targets(&app, input.targets.unwrap_or_default(), &[]).await?;
+    let repo = Repository::parse(&format!("{project}/webhook-test"))
+        .ok_or_else(|| ApiError::bad_request("project: not a valid name"))?;
+    let mut event = Event::new(EventKind::PushArtifact, &repo, caller.name());
+    event.test = true;
+    event.public = app.config.is_public(&project);
+    event.tags = vec!["test".into()];
+    event.resource_url = Event::oci_resource_url(
+        &app.config.external_host(),
+        repo.as_str(),
+        Some("test"),
+        None,
+    );
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let payload = format::render(
+            &event,
+            t.format(),
+            &RenderCtx {
+                project_id,
+                policy_id: 0,
+            },
+        );
+        let sent = app.sender.send(t, &payload, &event.id.to_string()).await;
+        if sent.ok() {
+            results.push(json!({"address": t.address, "status": sent.status, "duration_ms": sent.duration.as_millis() as u64}));
+        } else {
+            let reason = match (sent.error_kind, sent.status) {
+                (Some("refused_target"), _) => {
+                    format!("blocked address: {}", sent.error.unwrap_or_default())
+                }
+                (Some("timeout"), _) => format!("timeout: {}", sent.error.unwrap_or_default()),
+                (Some("connect"), _) => format!("refused: {}", sent.error.unwrap_or_default()),
+                (_, Some(status)) => format!("status {status}"),
+                (kind, None) => format!(
+                    "{}: {}",
+                    kind.unwrap_or("error"),
+                    sent.error.unwrap_or_default()
+                ),
+            };
+            failures.push(format!("targets[{i}] {}: {reason}", t.address));
+        }
+    }
+    if !failures.is_empty() {
+        return Err(ApiError::bad_request(failures.join("; ")));
+    }
+    Ok(Json(json!({"results": results})))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    #[serde(default)]
+    page: Option<usize>,
+    #[serde(default)]
+    page_size: Option<usize>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+fn execution_status(state: &str, attempts: u32) -> (&'static str, bool) {
+    match state {
+        "succeeded" => ("Success", true),
+        "dead" => ("Error", true),
+        "running" => ("Running", false),
+        _ if attempts > 0 => ("Pending", false),
+        _ => ("Pending", false),
+    }
+}
+
+fn execution_view(d: &outbox::DeliveryView, max_retry: u32) -> Value {
+    let (status, done) = execution_status(&d.state, d.attempts);
+    let message = match d.state.as_str() {
+        "pending" if d.attempts > 0 => format!(
+            "retry {} of {max_retry} due at {}; last error: {}",
+            d.attempts,
+            rfc3339_ms(d.not_before).as_str().unwrap_or(""),
+            d.last_error.as_deref().unwrap_or("")
+        ),
+        "dead" => d.last_error.clone().unwrap_or_default(),
+        _ => String::new(),
+    };
+    json!({
+        "id": d.id,
+        "vendor_type": "WEBHOOK",
+        "vendor_id": d.policy_id,
+        "status": status,
+        "status_message": message,
+        "trigger": "EVENT",
+        "extra_attrs": {
+            "event_type": d.event_type,
+            "event_id": d.event_id,
+            "target_address": d.target_address,
+            "state": d.state,
+            "attempts": d.attempts,
+            "last_status_code": d.last_status,
+            "next_attempt_time": if d.state == "pending" { rfc3339_ms(d.not_before) } else { Value::Null },
+        },
+        "start_time": rfc3339_ms(d.created_at),
+        "end_time": if done { rfc3339_ms(d.updated_at) } else { Value::Null },
+    })
+}
+
+/// `GET …/policies/{id}/executions`: deliveries of the policy, newest first (Harbor's
+/// executions; `?status=` takes Harbor statuses or wharf states).
+pub async fn executions(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, i64)>,
+    Query(q): Query<Page>,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    load_policy(&app, &project, id).await?;
+    let state = match q.status.as_deref() {
+        None | Some("") => None,
+        Some("Success") | Some("succeeded") => Some("succeeded"),
+        Some("Error") | Some("dead") => Some("dead"),
+        Some("Pending") | Some("pending") => Some("pending"),
+        Some("Running") | Some("running") => Some("running"),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "status: unknown status {other:?}"
+            )));
+        }
+    };
+    let size = q.page_size.unwrap_or(10).clamp(1, 100);
+    let page = q.page.unwrap_or(1).max(1);
+    let (rows, total) = app
+        .store
+        .read(move |c| outbox::list_for_policy(c, id, state, (page - 1) * size, size))
+        .await
+        .map_err(db_error)?;
+    let max_retry = app.config.notification.webhook_job_max_retry;
+    let mut resp = Json(
+        rows.iter()
+            .map(|d| execution_view(d, max_retry))
+            .collect::<Vec<_>>(),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
+        resp.headers_mut().insert("x-total-count", v);
+    }
+    Ok(resp)
+}
+
+async fn load_delivery(
+    app: &Arc<App>,
+    project: &str,
+    policy: i64,
+    eid: i64,
+) -> Result<outbox::DeliveryView, ApiError> {
+    load_policy(app, project, policy).await?;
+    app.store
+        .read(move |c| outbox::get(c, policy, eid))
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::not_found(format!("execution {eid} not found")))
+}
+
+fn task_view(a: &outbox::Attempt, n: usize) -> Value {
+    let ok = a.error_kind.is_none();
+    json!({
+        "id": a.id,
+        "execution_id": a.delivery_id,
+        "status": if ok { "Success" } else { "Error" },
+        "status_message": a.error.clone().unwrap_or_default(),
+        "run_count": n,
+        "extra_attrs": {
+            "status_code": a.status_code,
+            "duration_ms": a.duration_ms,
+            "error_kind": a.error_kind,
+            "response_excerpt": a.response_excerpt,
+        },
+        "creation_time": rfc3339_ms(a.started_at),
+        "start_time": rfc3339_ms(a.started_at),
+        "update_time": rfc3339_ms(a.started_at + a.duration_ms),
+        "end_time": rfc3339_ms(a.started_at + a.duration_ms),
+    })
+}
+
+/// `GET …/executions/{eid}/tasks`: the attempts of a delivery.
+pub async fn tasks(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id, eid)): Path<(String, i64, i64)>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    load_delivery(&app, &project, id, eid).await?;
+    let attempts = app
+        .store
+        .read(move |c| outbox::attempts(c, eid))
+        .await
+        .map_err(db_error)?;
+    Ok(Json(
+        attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| task_view(a, i + 1))
+            .collect(),
+    ))
+}
+
+/// `GET …/executions/{eid}/tasks/{tid}/log`: one attempt as text.
+pub async fn task_log(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id, eid, tid)): Path<(String, i64, i64, i64)>,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    let d = load_delivery(&app, &project, id, eid).await?;
+    let attempts = app
+        .store
+        .read(move |c| outbox::attempts(c, eid))
+        .await
+        .map_err(db_error)?;
+    let a = attempts
+        .iter()
+        .find(|a| a.id == tid)
+        .ok_or_else(|| ApiError::not_found(format!("task {tid} not found")))?;
+    let when = rfc3339_ms(a.started_at);
+    let mut text = format!(
+        "{} POST {} event {} ({})\n",
+        when.as_str().unwrap_or(""),
+        d.target_address,
+        d.event_id,
+        d.event_type
+    );
+    match a.status_code {
+        Some(code) => text.push_str(&format!("status {code} in {} ms\n", a.duration_ms)),
+        None => text.push_str(&format!("no response after {} ms\n", a.duration_ms)),
+    }
+    if let Some(k) = &a.error_kind {
+        text.push_str(&format!(
+            "error ({k}): {}\n",
+            a.error.as_deref().unwrap_or("")
+        ));
+    }
+    if let Some(x) = &a.response_excerpt {
+        text.push_str("response excerpt:\n");
+        text.push_str(x);
+        text.push('\n');
+    }
+    Ok((
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}
+
+/// `POST …/executions/{eid}/redeliver`: send one delivery again.
+pub async fn redeliver_one(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id, eid)): Path<(String, i64, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let (project, caller) = project_for(&app, &headers, &project).await?;
+    load_delivery(&app, &project, id, eid).await?;
+    let ok = app
+        .store
+        .write(move |c| outbox::redeliver(c, id, eid))
+        .await
+        .map_err(db_error)?;
+    if !ok {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            "the delivery is being attempted right now",
+        ));
+    }
+    tracing::info!(policy = id, delivery = eid, by = %caller.name(), "redelivery requested");
+    Ok(Json(json!({"redelivered": 1})))
+}
+
+/// `POST …/policies/{id}/redeliver`: send every dead delivery of the policy again.
+pub async fn redeliver_dead(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, i64)>,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let (project, caller) = project_for(&app, &headers, &project).await?;
+    load_policy(&app, &project, id).await?;
+    let n = app
+        .store
+        .write(move |c| outbox::redeliver_dead(c, id))
+        .await
+        .map_err(db_error)?;
+    tracing::info!(policy = id, deliveries = n, by = %caller.name(), "redelivery of dead deliveries requested");
+    Ok(Json(json!({"redelivered": n})))
+}
+
+/// `GET /api/v2.0/configurations` (system administrator).
+pub async fn get_configurations(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    auth::require_admin(&app, &headers).await?;
+    let on = app.notifications_enabled.load(Ordering::Relaxed);
+    Ok(Json(
+        json!({"notification_enable": {"value": on, "editable": true}}),
+    ))
+}
+
+/// `PUT /api/v2.0/configurations` with `{"notification_enable": bool}` (system administrator).
+pub async fn put_configurations(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let caller = auth::require_admin(&app, &headers).await?;
+    let v: serde_json::Map<String, Value> = json_body(&body)?;
+    let mut switch = None;
+    for (k, v) in v {
+        match (k.as_str(), v) {
+            ("notification_enable", Value::Bool(b)) => switch = Some(b),
+            ("notification_enable", other) => {
+                return Err(ApiError::bad_request(format!(
+                    "notification_enable: {other} is not true or false"
+                )));
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "{other}: not a configuration wharf has"
+                )));
+            }
+        }
+    }
+    if let Some(on) = switch {
+        app.store
+            .write(move |c| policies::set_notification_enabled(c, on))
+            .await
+            .map_err(db_error)?;
+        app.notifications_enabled.store(on, Ordering::Relaxed);
+        app.store.outbox_notify().notify_one();
+        tracing::info!(notification_enable = on, by = %caller.name(), "system notification switch changed");
+    }
+    let on = app.notifications_enabled.load(Ordering::Relaxed);
+    Ok(Json(
+        json!({"notification_enable": {"value": on, "editable": true}}),
+    ))
+}
+
+/// Timestamps in API answers (kept for callers that need a parsed time).
+pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}

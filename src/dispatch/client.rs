@@ -1,0 +1,322 @@
+//! The webhook HTTP client: one POST per attempt, its outcome as data (never an `Err`).
+//!
+//! Every request carries the format's Content-Type, `Authorization: <auth_header>` when set,
+//! the Standard Webhooks headers `webhook-id` (the event id: the same on every attempt),
+//! `webhook-timestamp` and, with a secret, `webhook-signature`, and `User-Agent: wharf/<v>`.
+//! HTTPS targets are verified against the system roots plus `notification.ca_bundle`, unless
+//! the target says `skip_cert_verify`. Redirects are not followed (3xx is a failure); the
+//! connection only goes to addresses the SSRF guard allows; no proxy from the environment.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::CertificateDer;
+
+use super::guard::{Blocked, Guard, GuardedResolver};
+use super::policy::Target;
+use super::sign;
+use crate::events::format::Payload;
+
+/// How much of a response body is kept with the attempt.
+pub const EXCERPT_BYTES: usize = 512;
+
+/// Errors building the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("notification.ca_bundle {path}: {reason}")]
+    CaBundle { path: String, reason: String },
+    #[error("webhook client: {0}")]
+    Build(String),
+}
+
+/// The outcome of one attempt.
+#[derive(Debug, Clone, Default)]
+pub struct Sent {
+    pub status: Option<u16>,
+    pub duration: Duration,
+    /// `None` on success; else `timeout`, `connect`, `refused_target`, `tls`, `http`, `gone`,
+    /// `transport`.
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub excerpt: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+impl Sent {
+    pub fn ok(&self) -> bool {
+        self.error_kind.is_none()
+    }
+}
+
+/// Sends webhook requests.
+pub struct Sender {
+    verify: reqwest::Client,
+    insecure: reqwest::Client,
+    guard: Arc<Guard>,
+    timeout: Duration,
+}
+
+/// Accepts any server certificate (for targets with `skip_cert_verify`).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn roots(ca_bundle: Option<&std::path::Path>) -> Result<rustls::RootCertStore, ClientError> {
+    let mut store = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = store.add(cert);
+    }
+    if store.is_empty() {
+        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(path) = ca_bundle {
+        use rustls_pki_types::pem::PemObject;
+        let bad = |reason: String| ClientError::CaBundle {
+            path: path.display().to_string(),
+            reason,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate found".into()));
+        }
+        for c in certs {
+            store.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    Ok(store)
+}
+
+impl Sender {
+    pub fn new(
+        guard: Arc<Guard>,
+        timeout: Duration,
+        ca_bundle: Option<&std::path::Path>,
+    ) -> Result<Sender, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = |verify: bool| -> Result<rustls::ClientConfig, ClientError> {
+            let b = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ClientError::Build(e.to_string()))?;
+            let mut cfg = if verify {
+                b.with_root_certificates(roots(ca_bundle)?)
+                    .with_no_client_auth()
+            } else {
+                b.dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone())))
+                    .with_no_client_auth()
+            };
+            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok(cfg)
+        };
+        let build = |cfg: rustls::ClientConfig| {
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(cfg)
+                .dns_resolver(Arc::new(GuardedResolver::new(guard.clone())))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .pool_max_idle_per_host(64)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tcp_nodelay(true)
+                .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| ClientError::Build(e.to_string()))
+        };
+        Ok(Sender {
+            verify: build(tls(true)?)?,
+            insecure: build(tls(false)?)?,
+            guard,
+            timeout,
+        })
+    }
+
+    /// The guard this client enforces.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// POST `payload` to `target` as message `id`.
+    pub async fn send(&self, target: &Target, payload: &Payload, id: &str) -> Sent {
+        let started = Instant::now();
+        let done = |mut s: Sent| {
+            s.duration = started.elapsed();
+            s
+        };
+        if let Err(b) = self.check_literal(&target.address) {
+            return done(Sent {
+                error_kind: Some("refused_target"),
+                error: Some(b.to_string()),
+                ..Sent::default()
+            });
+        }
+        let ts = chrono::Utc::now().timestamp();
+        let client = if target.skip_cert_verify {
+            &self.insecure
+        } else {
+            &self.verify
+        };
+        let mut req = client
+            .post(&target.address)
+            .header(http::header::CONTENT_TYPE, payload.content_type)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .body(payload.body.clone());
+        if let Some(auth) = target.auth_header.as_deref().filter(|a| !a.is_empty()) {
+            req = req.header(http::header::AUTHORIZATION, auth);
+        }
+        if let Some(secret) = target.secret.as_deref().filter(|s| !s.is_empty()) {
+            req = req.header(
+                "webhook-signature",
+                sign::sign(secret, id, ts, &payload.body),
+            );
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return done(transport_failure(&e, self.timeout)),
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let excerpt = read_excerpt(resp).await;
+        let error_kind = if status.is_success() {
+            None
+        } else if status == http::StatusCode::GONE {
+            Some("gone")
+        } else {
+            Some("http")
+        };
+        done(Sent {
+            status: Some(status.as_u16()),
+            error_kind,
+            error: error_kind.map(|_| format!("HTTP {status}")),
+            excerpt,
+            retry_after,
+            ..Sent::default()
+        })
+    }
+
+    /// An IP-literal host never goes through the resolver: check it here.
+    fn check_literal(&self, url: &str) -> Result<(), Blocked> {
+        let Ok(u) = reqwest::Url::parse(url) else {
+            return Ok(());
+        };
+        let ip = match u.host() {
+            Some(url::Host::Ipv4(v4)) => std::net::IpAddr::V4(v4),
+            Some(url::Host::Ipv6(v6)) => std::net::IpAddr::V6(v6),
+            _ => return Ok(()),
+        };
+        self.guard.check(ip)
+    }
+}
+
+async fn read_excerpt(mut resp: reqwest::Response) -> Option<String> {
+    let mut buf = Vec::new();
+    while buf.len() < EXCERPT_BYTES {
+        match resp.chunk().await {
+            Ok(Some(c)) => buf.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    if buf.is_empty() {
+        return None;
+    }
+    buf.truncate(EXCERPT_BYTES);
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn transport_failure(e: &reqwest::Error, timeout: Duration) -> Sent {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut blocked = None;
+    let mut tls = false;
+    while let Some(s) = src {
+        if let Some(b) = s.downcast_ref::<Blocked>() {
+            blocked = Some(b.to_string());
+        }
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        src = s.source();
+    }
+    let (kind, error) = if let Some(b) = blocked {
+        ("refused_target", b)
+    } else if e.is_timeout() {
+        (
+            "timeout",
+            format!("no answer within {}s", timeout.as_secs()),
+        )
+    } else if tls {
+        ("tls", chain(e))
+    } else if e.is_connect() {
+        ("connect", chain(e))
+    } else {
+        ("transport", chain(e))
+    };
+    Sent {
+        error_kind: Some(kind),
+        error: Some(error),
+        ..Sent::default()
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,164 @@
+//! Webhook policies: which events of a project go to which targets, in which format.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::format::PayloadFormat;
+use crate::events::{Event, EventKind};
+
+/// How a target is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Http,
+    Slack,
+}
+
+/// One endpoint of a policy (secrets included: this is the stored form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    #[serde(rename = "type")]
+    pub kind: TargetKind,
+    pub address: String,
+    /// Sent as the `Authorization` header.
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    #[serde(default)]
+    pub skip_cert_verify: bool,
+    /// Payload format of an http target (Slack targets always get Slack messages).
+    #[serde(default)]
+    pub payload_format: Option<PayloadFormat>,
+    /// Standard Webhooks signing secret (`whsec_<base64>` or any string).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Set when the target answered 410 Gone: no more deliveries until re-enabled.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl Target {
+    /// The format this target receives.
+    pub fn format(&self) -> PayloadFormat {
+        match self.kind {
+            TargetKind::Slack => PayloadFormat::Slack,
+            TargetKind::Http => self.payload_format.unwrap_or(PayloadFormat::Default),
+        }
+    }
+}
+
+/// Repository and tag globs (`*`, `**`, `?`, `[…]`, `{a,b}`); empty = everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filters {
+    /// Matched against the repository name without the project (`team/app`) and with it
+    /// (`prj/team/app`); one match is enough.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Matched against each tag of the event (a chart's version is its tag); an event without
+    /// tags does not pass a tag filter.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl Filters {
+    pub fn matches(&self, e: &Event) -> bool {
+        let repo_ok = self.repositories.is_empty()
+            || self.repositories.iter().any(|p| {
+                glob_match::glob_match(p, e.short_name())
+                    || glob_match::glob_match(p, &e.repository)
+            });
+        let tag_ok = self.tags.is_empty()
+            || e.tags
+                .iter()
+                .any(|t| self.tags.iter().any(|p| glob_match::glob_match(p, t)));
+        repo_ok && tag_ok
+    }
+}
+
+/// A stored policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub id: i64,
+    pub project: String,
+    pub project_id: i64,
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub event_types: Vec<EventKind>,
+    pub targets: Vec<Target>,
+    pub filters: Filters,
+    pub creator: String,
+    /// unix ms
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Policy {
+    /// Does this policy want `e`?
+    pub fn wants(&self, e: &Event) -> bool {
+        self.enabled
+            && self.project == e.project
+            && self.event_types.contains(&e.kind)
+            && self.filters.matches(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(repo: &str, tags: &[&str]) -> Event {
+        let mut e = Event::new(
+            EventKind::PushArtifact,
+            &crate::route::Repository::parse(repo).unwrap(),
+            "u",
+        );
+        e.tags = tags.iter().map(|t| t.to_string()).collect();
+        e
+    }
+
+    #[test]
+    fn filters_match_short_or_full_names_and_any_tag() {
+        let f = Filters {
+            repositories: vec!["team/*".into()],
+            tags: vec!["v*".into()],
+        };
+        assert!(f.matches(&event("prj/team/app", &["v1"])));
+        assert!(!f.matches(&event("prj/other/app", &["v1"])));
+        assert!(!f.matches(&event("prj/team/app", &["latest"])));
+        assert!(!f.matches(&event("prj/team/app", &[])));
+        let full = Filters {
+            repositories: vec!["prj/**".into()],
+            tags: vec![],
+        };
+        assert!(full.matches(&event("prj/a/b/c", &[])));
+        assert!(Filters::default().matches(&event("prj/x", &[])));
+    }
+
+    #[test]
+    fn policy_wants_its_project_types_and_filters() {
+        let p = Policy {
+            id: 1,
+            project: "prj".into(),
+            project_id: 1,
+            name: "n".into(),
+            description: String::new(),
+            enabled: true,
+            event_types: vec![EventKind::PushArtifact],
+            targets: vec![],
+            filters: Filters::default(),
+            creator: "admin".into(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        assert!(p.wants(&event("prj/app", &["1"])));
+        assert!(!p.wants(&event("other/app", &["1"])));
+        let mut pull = event("prj/app", &["1"]);
+        pull.kind = EventKind::PullArtifact;
+        assert!(!p.wants(&pull));
+        let off = Policy {
+            enabled: false,
+            ..p
+        };
+        assert!(!off.wants(&event("prj/app", &["1"])));
+    }
+}

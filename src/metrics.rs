@@ -1,0 +1,158 @@
+//! Metrics: one registry, exported at `/metrics` in the Prometheus text format.
+//!
+//! Each metric is updated at the one place the thing it counts happens (the access-log line,
+//! the event sink, the dispatcher), so logs and metrics never disagree. Queue depths are read
+//! from the database at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub op: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~65 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    /// Proxied and API requests by operation and status.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency by operation (until the response body was sent).
+    pub request_seconds: HistogramFamily<OpLabels>,
+    /// Events recorded, by Harbor type.
+    pub events: Family<TypeLabels, Counter>,
+    /// Events that could not be recorded (database failure).
+    pub events_lost: Counter,
+    /// Delivery attempts by outcome: success, retry, dead, gone, deferred.
+    pub deliveries: Family<OutcomeLabels, Counter>,
+    /// Duration of one delivery attempt.
+    pub attempt_seconds: Histogram,
+    /// Deliveries by state (pending is the queue depth; dead are the failed ones).
+    pub outbox: Family<StateLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wharf");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by operation and status",
+            requests.clone(),
+        );
+        let request_seconds: HistogramFamily<OpLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Request latency by operation, until the response body was sent",
+            request_seconds.clone(),
+        );
+        let events = Family::<TypeLabels, Counter>::default();
+        registry.register("events", "Events recorded, by type", events.clone());
+        let events_lost = Counter::default();
+        registry.register(
+            "events_lost",
+            "Events that could not be recorded because the database failed",
+            events_lost.clone(),
+        );
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Webhook delivery attempts by outcome (success, retry, dead, gone, deferred)",
+            deliveries.clone(),
+        );
+        let attempt_seconds = latency_histogram();
+        registry.register(
+            "delivery_attempt_duration_seconds",
+            "Duration of one webhook delivery attempt",
+            attempt_seconds.clone(),
+        );
+        let outbox = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "deliveries",
+            "Webhook deliveries by state (pending = queue depth, dead = failed)",
+            outbox.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            events,
+            events_lost,
+            deliveries,
+            attempt_seconds,
+            outbox,
+        }
+    }
+
+    /// Count one finished request.
+    pub fn request(&self, op: &'static str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels { op, status })
+            .inc();
+        self.request_seconds
+            .get_or_create(&OpLabels { op })
+            .observe(seconds);
+    }
+
+    /// Count one recorded event.
+    pub fn event(&self, kind: &'static str) {
+        self.events
+            .get_or_create(&TypeLabels { r#type: kind })
+            .inc();
+    }
+
+    /// Count one delivery attempt outcome.
+    pub fn delivery(&self, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
