@@ -34,7 +34,8 @@ test: deps
 demo: deps
 	bash scripts/demo.sh
 
-bench: deps
+bench:
+	bash scripts/deps.sh --bench
 	bash bench/run.sh
 
 build:

