@@ -6,6 +6,7 @@
 //! pure functions `(event, context) → bytes + content type`.
 
 pub mod format;
+pub mod scan;
 pub mod sink;
 
 use chrono::{DateTime, Utc};

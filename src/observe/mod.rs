@@ -17,9 +17,11 @@
 //! - anything else: streamed through untouched.
 
 pub mod body;
+pub mod chart;
 pub mod manifest;
 pub mod recent;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -73,20 +75,14 @@ pub async fn registry(
     }
 }
 
-/// Handle one chartrepo request.
+/// Handle one chartrepo request (see [`chart`]).
 pub async fn chart(
     app: &Arc<App>,
     op: ChartOp,
     req: Request<Body>,
     ctx: &RequestCtx,
 ) -> Response<Body> {
-    let _ = (op, req, app);
-    oci_error(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        "chart repositories are not configured",
-        serde_json::json!({"request_id": ctx.request_id_str()}),
-    )
+    chart::handle(app, op, req, ctx).await
 }
 
 fn path_and_query<B>(req: &Request<B>) -> String {
@@ -544,6 +540,8 @@ struct Doomed {
     media_type: Option<String>,
     size: Option<u64>,
     chart: Option<ChartInfo>,
+    /// Platforms of an index.
+    platforms: Vec<String>,
     tags: Vec<String>,
 }
 
@@ -573,11 +571,18 @@ async fn lookup_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) ->
             media_type: a.media_type,
             size: a.size,
             chart: a.chart,
+            platforms: a.platforms,
             tags: Vec::new(),
         },
         None => fetch_doomed(app, repo, digest, who).await,
     };
-    tags.extend(registry_tags_of(app, repo, digest, who).await);
+    if let Some(reg) = registry_tags_of(app, repo, digest, who).await {
+        // The registry is the truth about every tag it answered for: a tag wharf remembers may
+        // have been moved or deleted behind its back (and distribution deletes the tags of a
+        // deleted manifest, so reporting such a tag would be wrong).
+        tags.retain(|t| !reg.is_settled(t));
+        tags.extend(reg.pointing);
+    }
     tags.sort();
     tags.dedup();
     if let Some(c) = doomed.chart.as_mut()
@@ -614,6 +619,7 @@ async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> 
             media_type: None,
             size: None,
             chart: None,
+            platforms: Vec::new(),
             tags: Vec::new(),
         };
     };
@@ -642,6 +648,7 @@ async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> 
     };
     Doomed {
         kind: facts.kind,
+        platforms: facts.platforms(),
         media_type: facts.media_type,
         size,
         chart,
@@ -649,8 +656,33 @@ async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> 
     }
 }
 
-/// Tags the registry says point at `digest` (tags list, then HEAD of each, bounded).
-async fn registry_tags_of(app: &App, repo: &Repository, digest: &str, who: &Who) -> Vec<String> {
+/// What the registry said about the tags of a digest.
+#[derive(Debug, Default)]
+struct RegistryTags {
+    /// Tags that point at the digest.
+    pointing: Vec<String>,
+    /// Tags whose HEAD the registry answered (200 or 404), pointing at the digest or not.
+    answered: HashSet<String>,
+    /// Every tag of the repository, when the list came in one piece (no `Link` to a next page):
+    /// a tag not in it does not exist.
+    listed: Option<HashSet<String>>,
+}
+
+impl RegistryTags {
+    /// Does the registry's answer decide about `tag` (so what wharf remembers does not count)?
+    fn is_settled(&self, tag: &str) -> bool {
+        self.answered.contains(tag) || self.listed.as_ref().is_some_and(|l| !l.contains(tag))
+    }
+}
+
+/// What the registry says about the tags pointing at `digest` (tags list, then HEAD of each,
+/// bounded); `None` when the tags list could not be read.
+async fn registry_tags_of(
+    app: &App,
+    repo: &Repository,
+    digest: &str,
+    who: &Who,
+) -> Option<RegistryTags> {
     #[derive(serde::Deserialize)]
     struct TagList {
         tags: Option<Vec<String>>,
@@ -664,35 +696,53 @@ async fn registry_tags_of(app: &App, repo: &Repository, digest: &str, who: &Who)
             4 << 20,
         )
         .await;
-    let tags = match list {
+    let (tags, complete) = match list {
         Ok((parts, body)) if parts.status == StatusCode::OK => {
-            serde_json::from_slice::<TagList>(&body)
-                .ok()
-                .and_then(|l| l.tags)
-                .unwrap_or_default()
+            let tags = serde_json::from_slice::<TagList>(&body)
+                .ok()?
+                .tags
+                .unwrap_or_default();
+            (tags, !parts.headers.contains_key(header::LINK))
         }
-        _ => return Vec::new(),
+        _ => return None,
     };
-    futures_util::stream::iter(tags.into_iter().take(MAX_TAGS_CHECKED))
-        .map(|tag| async move {
-            let path = format!("/v2/{repo}/manifests/{tag}");
-            match app
-                .registry
-                .fetch(Method::HEAD, &path, who.headers(manifest::ACCEPT_ALL), 0)
-                .await
-            {
-                Ok((parts, _))
-                    if header_str(&parts.headers, &DOCKER_CONTENT_DIGEST) == Some(digest) =>
+    let mut out = RegistryTags {
+        listed: complete.then(|| tags.iter().cloned().collect()),
+        ..RegistryTags::default()
+    };
+    let answers: Vec<(String, Option<bool>)> =
+        futures_util::stream::iter(tags.into_iter().take(MAX_TAGS_CHECKED))
+            .map(|tag| async move {
+                let path = format!("/v2/{repo}/manifests/{tag}");
+                let answer = match app
+                    .registry
+                    .fetch(Method::HEAD, &path, who.headers(manifest::ACCEPT_ALL), 0)
+                    .await
                 {
-                    Some(tag)
-                }
-                _ => None,
+                    Ok((parts, _)) if parts.status == StatusCode::OK => {
+                        Some(header_str(&parts.headers, &DOCKER_CONTENT_DIGEST) == Some(digest))
+                    }
+                    Ok((parts, _)) if parts.status == StatusCode::NOT_FOUND => Some(false),
+                    _ => None,
+                };
+                (tag, answer)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+    for (tag, answer) in answers {
+        match answer {
+            Some(true) => {
+                out.answered.insert(tag.clone());
+                out.pointing.push(tag);
             }
-        })
-        .buffer_unordered(8)
-        .filter_map(|t| async move { t })
-        .collect()
-        .await
+            Some(false) => {
+                out.answered.insert(tag);
+            }
+            None => {}
+        }
+    }
+    Some(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -725,9 +775,47 @@ async fn manifest_delete(
     e.media_type = doomed.media_type;
     e.size = doomed.chart.as_ref().and_then(|c| c.size).or(doomed.size);
     e.resource_url = resource_url(app, &repo, None, Some(&digest));
+    e.platforms = doomed.platforms;
     e.chart = doomed.chart;
     let (r, d) = (repo.to_string(), digest);
-    let with: With = Box::new(move |c, _| knowledge::forget(c, &r, &d));
+    let with: With = Box::new(move |c, _| {
+        // A push of this digest still waiting for an index is published now, before its delete.
+        store::events::publish_held(c, &r, &d)?;
+        knowledge::forget(c, &r, &d)
+    });
     app.events.durable(e, None, Some(with)).await;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(tags: &[&str]) -> HashSet<String> {
+        tags.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn the_registry_settles_the_tags_it_answered_or_listed_completely() {
+        let reg = RegistryTags {
+            pointing: vec!["a".into()],
+            answered: set(&["a", "moved"]),
+            listed: Some(set(&["a", "moved", "unchecked"])),
+        };
+        assert!(reg.is_settled("a"));
+        assert!(reg.is_settled("moved"), "answered: another digest");
+        assert!(reg.is_settled("gone"), "not in a complete list: deleted");
+        assert!(
+            !reg.is_settled("unchecked"),
+            "listed but not checked: wharf's knowledge stands"
+        );
+        let paged = RegistryTags {
+            listed: None,
+            ..reg
+        };
+        assert!(
+            !paged.is_settled("gone"),
+            "a paginated list proves nothing about a missing tag"
+        );
+    }
 }

@@ -39,6 +39,26 @@ pub fn publish_due(conn: &Connection, now: i64) -> Result<Vec<Event>, StoreError
     let rows: Vec<(i64, String)> = stmt
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
+    publish_rows(conn, rows)
+}
+
+/// Publish now, whatever their release time, the held events of `repository` about `digest`
+/// (it is being deleted: its push must not be published after its delete); returns them.
+pub fn publish_held(
+    conn: &Connection,
+    repository: &str,
+    digest: &str,
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, body FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq",
+    )?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map(params![repository, digest], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    publish_rows(conn, rows)
+}
+
+fn publish_rows(conn: &Connection, rows: Vec<(i64, String)>) -> Result<Vec<Event>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
     for (seq, body) in rows {
         conn.execute(
@@ -150,4 +170,75 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Event>, StoreError> {
 /// The current time in the unit of `release_at`.
 pub fn now() -> i64 {
     now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Repository;
+    use crate::store::Store;
+
+    fn push(repo: &str, digest: &str) -> Event {
+        let mut e = Event::new(
+            EventKind::PushArtifact,
+            &Repository::parse(repo).unwrap(),
+            "alice",
+        );
+        e.digest = Some(digest.to_string());
+        e
+    }
+
+    fn states(c: &Connection) -> Vec<(String, String, String)> {
+        let f = EventFilter {
+            all_states: true,
+            limit: 100,
+            ..EventFilter::default()
+        };
+        let mut v: Vec<_> = list(c, &f)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.event.repository, s.event.digest.unwrap(), s.state))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn publish_held_publishes_only_that_digest_of_that_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let far = now() + 3_600_000;
+        let got = store
+            .write(move |c| {
+                insert(c, &push("prj/a", "sha256:1"), Some(far))?;
+                insert(c, &push("prj/a", "sha256:2"), Some(far))?;
+                insert(c, &push("prj/b", "sha256:1"), Some(far))?;
+                let published = publish_held(c, "prj/a", "sha256:1")?;
+                Ok((published.len(), states(c)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.0, 1);
+        let s = |r: &str, d: &str, st: &str| (r.to_string(), d.to_string(), st.to_string());
+        assert_eq!(
+            got.1,
+            vec![
+                s("prj/a", "sha256:1", "published"),
+                s("prj/a", "sha256:2", "held"),
+                s("prj/b", "sha256:1", "held"),
+            ]
+        );
+        // nothing left to publish for it; the releaser still has the others
+        let again = store
+            .write(|c| {
+                Ok((
+                    publish_held(c, "prj/a", "sha256:1")?.len(),
+                    next_release(c)?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(again, (0, Some(far)));
+        store.close().await;
+    }
 }

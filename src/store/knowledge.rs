@@ -152,3 +152,18 @@ pub fn forget(conn: &Connection, repository: &str, digest: &str) -> Result<(), S
     )?;
     Ok(())
 }
+
+/// The digest `tag` of `repository` points at, as far as wharf knows.
+pub fn digest_of_tag(
+    conn: &Connection,
+    repository: &str,
+    tag: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT digest FROM tags WHERE repository = ?1 AND tag = ?2",
+            params![repository, tag],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
