@@ -57,6 +57,9 @@ pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 const REMEMBER: Duration = Duration::from_secs(300);
 
+/// A bcrypt hash (cost 10) of a password nobody has, checked for unknown users.
+const UNKNOWN_USER_HASH: &str = "$2y$10$svXzvtsIB/wPGLSilrMTCOSmPafhQngozYoaejAoWHla1zOyvFG5O";
+
 /// The htpasswd users.
 #[derive(Default)]
 pub struct Users {
@@ -116,10 +119,13 @@ impl Users {
             {
                 return true;
             }
-            match st.hashes.get(user) {
-                Some(h) => h.clone(),
-                None => return false,
-            }
+            st.hashes.get(user).cloned()
+        };
+        // an unknown user costs the same bcrypt check as a known one: no user enumeration
+        // by timing
+        let Some(hash) = hash else {
+            let _ = bcrypt::verify(password, UNKNOWN_USER_HASH);
+            return false;
         };
         let ok = bcrypt::verify(password, &hash).unwrap_or(false);
         if ok && let Ok(mut st) = self.state.lock() {

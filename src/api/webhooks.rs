@@ -4,7 +4,7 @@
 //! `{project}` is a project name, or a numeric project id (send `X-Is-Resource-Name: true` to
 //! force a numeric name). A policy id is only found inside its own project (no IDOR). Secrets
 //! (`auth_header`, `secret`) are never returned: they read `***`, and a `***` sent back in a PUT
-//! keeps the stored value.
+//! keeps the stored value (an `auth_header` only for an unchanged target address).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -210,18 +210,26 @@ async fn validate_targets(
                 )));
             }
         };
-        let previous = old
-            .iter()
-            .find(|o| o.address == address)
-            .or_else(|| old.get(i));
+        let same_address = old.iter().find(|o| o.address == address);
+        let previous = same_address.or_else(|| old.get(i));
         let keep = |new: Option<String>, prev: Option<&Option<String>>| match new {
             Some(v) if v == MASK => prev.cloned().flatten(),
             Some(v) if v.is_empty() => None,
             other => other,
         };
+        // The auth header is sent as it is: a masked one is kept only for the address it was
+        // given for, else a caller who may not read it could send it to a server of theirs.
+        // (The signing secret never leaves wharf, only signatures do: it follows the target
+        // by position too.)
+        if t.auth_header.as_deref() == Some(MASK) && same_address.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "{}: \"{MASK}\" keeps the stored value only for an unchanged address; send the header again for the new address",
+                field("auth_header")
+            )));
+        }
         out.push(Target {
             kind,
-            auth_header: keep(t.auth_header, previous.map(|p| &p.auth_header)),
+            auth_header: keep(t.auth_header, same_address.map(|p| &p.auth_header)),
             secret: keep(t.secret, previous.map(|p| &p.secret)),
             skip_cert_verify: t.skip_cert_verify,
             payload_format,
@@ -774,17 +782,30 @@ pub async fn redeliver_one(
     let app = s.app()?;
     let (project, caller) = project_for(&app, &headers, &project).await?;
     load_delivery(&app, &project, id, eid).await?;
-    let ok = app
+    let outcome = app
         .store
         .write(move |c| outbox::redeliver(c, id, eid))
         .await
         .map_err(db_error)?;
-    if !ok {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "CONFLICT",
-            "the delivery is being attempted right now",
-        ));
+    match outcome {
+        outbox::Redelivery::Queued => {}
+        outbox::Redelivery::Running => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                "the delivery is being attempted right now",
+            ));
+        }
+        outbox::Redelivery::TargetDisabled => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                "the target of this delivery is disabled (it answered 410 Gone); re-enable it (PUT the policy with \"disabled\": false) first",
+            ));
+        }
+        outbox::Redelivery::NotFound => {
+            return Err(ApiError::not_found(format!("execution {eid} not found")));
+        }
     }
     tracing::info!(policy = id, delivery = eid, by = %caller.name(), "redelivery requested");
     Ok(Json(json!({"redelivered": 1})))

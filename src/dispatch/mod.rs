@@ -78,19 +78,39 @@ impl Dispatcher {
         }
     }
 
-    /// Targets not to claim for now: at their concurrency limit, or with an open circuit.
-    fn skipped_targets(&self) -> Vec<String> {
+    /// What limits the next claim: attempts in flight per target (they count against
+    /// `per_target_concurrency`), and targets not to claim at all for now: at their
+    /// concurrency limit, or with an open circuit.
+    fn claim_limits(&self) -> (HashMap<String, usize>, Vec<String>) {
         let now = Instant::now();
         let Ok(map) = self.targets.lock() else {
-            return Vec::new();
+            return (HashMap::new(), Vec::new());
         };
-        map.iter()
+        let in_flight = map
+            .iter()
+            .filter(|(_, s)| s.in_flight > 0)
+            .map(|(a, s)| (a.clone(), s.in_flight))
+            .collect();
+        let skip = map
+            .iter()
             .filter(|(_, s)| {
                 s.in_flight >= self.cfg.per_target_concurrency
                     || s.open_until.is_some_and(|t| t > now)
             })
             .map(|(a, _)| a.clone())
-            .collect()
+            .collect();
+        (in_flight, skip)
+    }
+
+    /// How long until the first open circuit may be probed again, if one is open.
+    fn next_reopen(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let map = self.targets.lock().ok()?;
+        map.values()
+            .filter_map(|s| s.open_until)
+            .filter(|t| *t > now)
+            .min()
+            .map(|t| t - now)
     }
 
     /// Run until `shutdown`: claim, deliver, record.
@@ -111,12 +131,20 @@ impl Dispatcher {
             let mut idle = Duration::from_secs(1);
             let free = self.slots.available_permits();
             if self.enabled.load(Ordering::Relaxed) && free > 0 {
-                let skip = self.skipped_targets();
+                let (in_flight, skip) = self.claim_limits();
+                let unclaimable = skip.clone();
                 let per_target = self.cfg.per_target_concurrency;
                 let claimed = self
                     .store
                     .write(move |c| {
-                        outbox::claim(c, store::now_ms(), free.min(512), per_target, &skip)
+                        outbox::claim(
+                            c,
+                            store::now_ms(),
+                            free.min(512),
+                            per_target,
+                            &in_flight,
+                            &skip,
+                        )
                     })
                     .await;
                 match claimed {
@@ -134,11 +162,22 @@ impl Dispatcher {
                         continue;
                     }
                     Ok(_) => {
-                        if let Ok(Some(due)) = self.store.read(outbox::next_due).await {
-                            idle = Duration::from_millis(
-                                (due - store::now_ms()).clamp(1, 1000) as u64
-                            );
+                        // Sleep until a claimable delivery is due, or a circuit closes. Busy
+                        // targets wake us by finishing an attempt; their due deliveries must
+                        // not (they would make this loop spin while the target is busy).
+                        let due = self
+                            .store
+                            .read(move |c| outbox::next_due(c, &unclaimable))
+                            .await;
+                        let now = store::now_ms();
+                        let mut wait = match due {
+                            Ok(Some(due)) => due - now,
+                            _ => 1000,
+                        };
+                        if let Some(reopen) = self.next_reopen() {
+                            wait = wait.min(reopen.as_millis() as i64 + 1);
                         }
+                        idle = Duration::from_millis(wait.clamp(1, 1000) as u64);
                     }
                     Err(StoreError::Closed) => return,
                     Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
@@ -181,16 +220,20 @@ impl Dispatcher {
         });
     }
 
-    /// Wait for the target's circuit or Slack pacing; `Err(until)` defers the delivery.
-    async fn gate(&self, d: &Claimed) -> Result<(), Instant> {
+    /// Wait for the target's circuit or Slack pacing. `Ok(probe)`: go — as the one attempt
+    /// probing a circuit whose cool-down has passed when `probe`; `Err(until)` defers the
+    /// delivery.
+    async fn gate(&self, d: &Claimed) -> Result<bool, Instant> {
+        let mut probe = false;
         loop {
             let wait = {
                 let Ok(mut m) = self.targets.lock() else {
-                    return Ok(());
+                    return Ok(probe);
                 };
                 let s = m.entry(d.target.address.clone()).or_default();
                 let now = Instant::now();
-                if let Some(t) = s.open_until {
+                // (once this attempt is the probe, waiting for Slack pacing keeps it so)
+                if !probe && let Some(t) = s.open_until {
                     if t > now {
                         return Err(t);
                     }
@@ -199,15 +242,16 @@ impl Dispatcher {
                         return Err(now + Duration::from_secs(1));
                     }
                     s.probing = true;
+                    probe = true;
                 }
                 if d.target.kind != TargetKind::Slack {
-                    return Ok(());
+                    return Ok(probe);
                 }
                 match s.slack_next {
                     Some(t) if t > now => t - now,
                     _ => {
                         s.slack_next = Some(now + self.cfg.slack_interval);
-                        return Ok(());
+                        return Ok(probe);
                     }
                 }
             };
@@ -215,12 +259,17 @@ impl Dispatcher {
         }
     }
 
-    fn note_outcome(&self, address: &str, ok: bool) {
+    /// Count an attempt's outcome for the target's circuit. A failure opens the circuit after
+    /// `breaker_failures` in a row; a failed probe opens it again for twice as long. Attempts
+    /// that started before the circuit opened and fail while it is open do not extend it.
+    fn note_outcome(&self, address: &str, ok: bool, probe: bool) {
         let Ok(mut m) = self.targets.lock() else {
             return;
         };
         let s = m.entry(address.to_string()).or_default();
-        s.probing = false;
+        if probe {
+            s.probing = false;
+        }
         if ok {
             s.consecutive_failures = 0;
             s.open_until = None;
@@ -228,28 +277,35 @@ impl Dispatcher {
             return;
         }
         s.consecutive_failures += 1;
-        if s.consecutive_failures >= self.cfg.breaker_failures {
+        let now = Instant::now();
+        if !probe && s.open_until.is_some_and(|t| t > now) {
+            return;
+        }
+        if probe || s.consecutive_failures >= self.cfg.breaker_failures {
             s.cooldown = if s.cooldown.is_zero() {
                 self.cfg.breaker_cooldown
             } else {
                 (s.cooldown * 2).min(self.cfg.breaker_max_cooldown)
             };
-            s.open_until = Some(Instant::now() + s.cooldown);
+            s.open_until = Some(now + s.cooldown);
             tracing::warn!(target_address = %address, failures = s.consecutive_failures, cooldown = ?s.cooldown, "circuit open: deliveries to this target wait");
         }
     }
 
     async fn deliver(&self, d: Claimed) {
-        if let Err(until) = self.gate(&d).await {
-            let at = store::now_ms()
-                + until.saturating_duration_since(Instant::now()).as_millis() as i64;
-            let id = d.id;
-            self.metrics.delivery("deferred");
-            if let Err(e) = self.store.write(move |c| outbox::defer(c, id, at)).await {
-                tracing::error!(delivery = id, error = %e, "deferring a delivery failed");
+        let probe = match self.gate(&d).await {
+            Ok(probe) => probe,
+            Err(until) => {
+                let at = store::now_ms()
+                    + until.saturating_duration_since(Instant::now()).as_millis() as i64;
+                let id = d.id;
+                self.metrics.delivery("deferred");
+                if let Err(e) = self.store.write(move |c| outbox::defer(c, id, at)).await {
+                    tracing::error!(delivery = id, error = %e, "deferring a delivery failed");
+                }
+                return;
             }
-            return;
-        }
+        };
         let ctx = RenderCtx {
             project_id: d.project_id,
             policy_id: d.policy_id,
@@ -263,7 +319,7 @@ impl Dispatcher {
         self.metrics
             .attempt_seconds
             .observe(sent.duration.as_secs_f64());
-        self.note_outcome(&d.target.address, sent.ok());
+        self.note_outcome(&d.target.address, sent.ok(), probe);
         let retry_no = d.attempts + 1; // this attempt's number; retries used = retry_no - 1
         let gone = sent.error_kind == Some("gone");
         let next = if sent.ok() {
@@ -336,5 +392,123 @@ fn log_attempt(d: &Claimed, sent: &Sent, next: Next) {
         _ => {
             tracing::warn!(delivery = d.id, event_id = %d.event.id, target = %address, status = sent.status, kind = sent.error_kind, error = sent.error.as_deref(), next = ?next, "delivery attempt failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::guard::Guard;
+    use crate::dispatch::policy::Target;
+    use crate::events::{Event, EventKind};
+
+    fn dispatcher(cfg: NotificationConfig, dir: &std::path::Path) -> Dispatcher {
+        let store = Store::open(dir, store::Synchronous::Normal).unwrap();
+        let sender = Sender::new(Arc::new(Guard::default()), Duration::from_secs(1), None).unwrap();
+        Dispatcher::new(
+            store,
+            Arc::new(sender),
+            cfg,
+            Arc::new(Metrics::new()),
+            Arc::new(AtomicBool::new(true)),
+        )
+    }
+
+    fn cfg() -> NotificationConfig {
+        NotificationConfig {
+            breaker_failures: 2,
+            breaker_cooldown: Duration::from_secs(10),
+            breaker_max_cooldown: Duration::from_secs(600),
+            slack_interval: Duration::from_millis(50),
+            ..NotificationConfig::default()
+        }
+    }
+
+    fn claimed(address: &str, kind: TargetKind) -> Claimed {
+        let repo = crate::route::Repository::parse("prj/app").unwrap();
+        Claimed {
+            id: 1,
+            event: Event::new(EventKind::PushArtifact, &repo, "u"),
+            policy_id: 1,
+            project_id: 1,
+            target: Target {
+                kind,
+                address: address.into(),
+                auth_header: None,
+                skip_cert_verify: false,
+                payload_format: None,
+                secret: None,
+                disabled: false,
+            },
+            attempts: 0,
+        }
+    }
+
+    /// (cool-down, open, probing) of a target.
+    fn circuit(d: &Dispatcher, address: &str) -> (Duration, bool, bool) {
+        let m = d.targets.lock().unwrap();
+        let s = &m[address];
+        (
+            s.cooldown,
+            s.open_until.is_some_and(|t| t > Instant::now()),
+            s.probing,
+        )
+    }
+
+    /// Let the cool-down of an open circuit pass.
+    fn expire(d: &Dispatcher, address: &str) {
+        let mut m = d.targets.lock().unwrap();
+        m.get_mut(address).unwrap().open_until = Some(Instant::now() - Duration::from_millis(1));
+    }
+
+    #[test]
+    fn attempts_in_flight_when_the_circuit_opens_do_not_extend_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(cfg(), dir.path());
+        // 16 attempts were in flight to a blackholed target; they all time out
+        for _ in 0..16 {
+            d.note_outcome("http://a/", false, false);
+        }
+        assert_eq!(
+            circuit(&d, "http://a/"),
+            (Duration::from_secs(10), true, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn one_probe_at_a_time_and_a_failed_probe_doubles_the_cooldown() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(cfg(), dir.path());
+        let a = "http://a/";
+        d.note_outcome(a, false, false);
+        d.note_outcome(a, false, false);
+        assert!(d.gate(&claimed(a, TargetKind::Http)).await.is_err());
+        expire(&d, a);
+        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
+        assert!(d.gate(&claimed(a, TargetKind::Http)).await.is_err());
+        d.note_outcome(a, false, true);
+        assert_eq!(circuit(&d, a), (Duration::from_secs(20), true, false));
+        expire(&d, a);
+        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
+        d.note_outcome(a, true, true);
+        assert_eq!(circuit(&d, a), (Duration::ZERO, false, false));
+        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(false));
+    }
+
+    #[tokio::test]
+    async fn a_slack_probe_waiting_for_its_pace_stays_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(cfg(), dir.path());
+        let s = "https://hooks.slack.invalid/x";
+        // one message just went out; then the circuit opened and its cool-down passed
+        assert_eq!(d.gate(&claimed(s, TargetKind::Slack)).await, Ok(false));
+        d.note_outcome(s, false, false);
+        d.note_outcome(s, false, false);
+        expire(&d, s);
+        let started = Instant::now();
+        assert_eq!(d.gate(&claimed(s, TargetKind::Slack)).await, Ok(true));
+        assert!(started.elapsed() >= Duration::from_millis(40), "paced");
+        d.note_outcome(s, true, true);
+        assert_eq!(circuit(&d, s), (Duration::ZERO, false, false));
     }
 }

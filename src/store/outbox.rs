@@ -7,6 +7,7 @@
 //! rows left by a killed process are put back to `pending` at start-up.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -76,13 +77,15 @@ pub struct Claimed {
     pub attempts: u32,
 }
 
-/// Claim up to `limit` due deliveries, at most `per_target` per target address, skipping the
-/// addresses in `skip` (busy, or circuit open). They become `running`.
+/// Claim up to `limit` due deliveries, skipping the addresses in `skip` (circuit open), so that
+/// no target address has more than `per_target` in flight: `in_flight` counts the attempts
+/// already running per address (absent = none). They become `running`.
 pub fn claim(
     conn: &Connection,
     now: i64,
     limit: usize,
     per_target: usize,
+    in_flight: &HashMap<String, usize>,
     skip: &[String],
 ) -> Result<Vec<Claimed>, StoreError> {
     let mut stmt = conn.prepare_cached(
@@ -92,21 +95,21 @@ pub fn claim(
            FROM deliveries WHERE state = 'pending' AND not_before <= ?1)
          WHERE rn <= ?2 ORDER BY not_before, id LIMIT ?3",
     )?;
+    // rows of skipped or partly busy addresses may be passed over: read that many more
+    let passed_over = (skip.len() + in_flight.len()) * per_target;
     let rows: Vec<(i64, String)> = stmt
         .query_map(
-            params![
-                now,
-                per_target as i64,
-                (limit + skip.len() * per_target) as i64
-            ],
+            params![now, per_target as i64, (limit + passed_over) as i64],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?
         .collect::<Result<_, _>>()?;
+    let mut claimed_per_target: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     let mut load = conn.prepare_cached(
-        "SELECT d.event_id, d.policy_id, d.target, d.attempts, e.body, COALESCE(p.id, 0)
+        "SELECT d.event_id, d.policy_id, d.target, d.attempts, e.body, COALESCE(p.id, 0), pol.enabled
          FROM deliveries d JOIN events e ON e.id = d.event_id
          LEFT JOIN projects p ON p.name = d.project
+         LEFT JOIN policies pol ON pol.id = d.policy_id
          WHERE d.id = ?1",
     )?;
     let mut mark = conn.prepare_cached(
@@ -119,6 +122,11 @@ pub fn claim(
         if skip.contains(&address) {
             continue;
         }
+        let busy = in_flight.get(&address).copied().unwrap_or(0)
+            + claimed_per_target.get(&address).copied().unwrap_or(0);
+        if busy >= per_target {
+            continue;
+        }
         let row = load
             .query_row([id], |r| {
                 Ok((
@@ -128,12 +136,27 @@ pub fn claim(
                     r.get::<_, i64>(3)?,
                     r.get::<_, String>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
                 ))
             })
             .optional()?;
-        let Some((_, policy_id, target, attempts, body, project_id)) = row else {
+        let Some((_, policy_id, target, attempts, body, project_id, enabled)) = row else {
             continue;
         };
+        // a retry of a policy switched off (or deleted) since the event ends here; it can be
+        // redelivered once the policy is on again
+        if enabled != Some(1) {
+            let why = if enabled.is_none() {
+                "policy deleted"
+            } else {
+                "policy disabled"
+            };
+            conn.execute(
+                "UPDATE deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
+                params![id, now, why],
+            )?;
+            continue;
+        }
         let (Ok(target), Ok(event)) = (
             serde_json::from_str::<Target>(&target),
             serde_json::from_str::<Event>(&body),
@@ -145,6 +168,7 @@ pub fn claim(
             continue;
         };
         if mark.execute(params![id, now])? == 1 {
+            *claimed_per_target.entry(address).or_default() += 1;
             out.push(Claimed {
                 id,
                 event,
@@ -182,7 +206,9 @@ pub enum Next {
     Dead,
 }
 
-/// Record an attempt and move the delivery on.
+/// Record an attempt and move the delivery on. A delivery ended while its attempt ran (its
+/// policy was deleted, its target disabled) stays ended unless the attempt succeeded: it is
+/// not put back to `pending` for a retry.
 pub fn record(conn: &Connection, a: &Attempt, next: Next) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
@@ -195,11 +221,25 @@ pub fn record(conn: &Connection, a: &Attempt, next: Next) -> Result<(), StoreErr
         Next::RetryAt(t) => ("pending", Some(t)),
         Next::Dead => ("dead", None),
     };
+    // every right-hand side sees the row as it was before this UPDATE
     conn.prepare_cached(
-        "UPDATE deliveries SET state = ?2, attempts = attempts + 1, not_before = COALESCE(?3, not_before),
-           last_status = ?4, last_error = ?5, updated_at = ?6 WHERE id = ?1",
+        "UPDATE deliveries SET
+           state = CASE WHEN state = 'running' OR ?2 = 'succeeded' THEN ?2 ELSE state END,
+           attempts = attempts + 1,
+           not_before = COALESCE(?3, not_before),
+           last_status = ?4,
+           last_error = CASE WHEN state = 'running' OR ?2 = 'succeeded' THEN ?5 ELSE last_error END,
+           updated_at = ?6
+         WHERE id = ?1",
     )?
-    .execute(params![a.delivery_id, state, not_before, a.status_code, a.error.as_deref().or(a.error_kind.as_deref()), now])?;
+    .execute(params![
+        a.delivery_id,
+        state,
+        not_before,
+        a.status_code,
+        a.error.as_deref().or(a.error_kind.as_deref()),
+        now
+    ])?;
     Ok(())
 }
 
@@ -255,13 +295,28 @@ pub fn recover(conn: &Connection) -> Result<usize, StoreError> {
     )?)
 }
 
-/// When the next pending delivery is due (unix ms).
-pub fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(conn.query_row(
-        "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending'",
-        [],
-        |r| r.get::<_, Option<i64>>(0),
-    )?)
+/// When the next pending delivery is due (unix ms), not counting those to the addresses in
+/// `skip` (targets that cannot be claimed now: waiting for them would spin).
+pub fn next_due(conn: &Connection, skip: &[String]) -> Result<Option<i64>, StoreError> {
+    if skip.is_empty() {
+        return Ok(conn.query_row(
+            "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending'",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )?);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT target_address, MIN(not_before) FROM deliveries WHERE state = 'pending'
+         GROUP BY target_address",
+    )?;
+    let mut due: Option<i64> = None;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (address, at) = row?;
+        if !skip.contains(&address) {
+            due = Some(due.map_or(at, |d| d.min(at)));
+        }
+    }
+    Ok(due)
 }
 
 /// A delivery as the API shows it.
@@ -366,19 +421,44 @@ pub fn attempts(conn: &Connection, delivery_id: i64) -> Result<Vec<Attempt>, Sto
     Ok(rows)
 }
 
+/// What became of a request to send a delivery again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redelivery {
+    /// Pending again, due now.
+    Queued,
+    /// Being attempted right now: left alone.
+    Running,
+    /// Its target is disabled (it answered 410 Gone): nothing is sent until it is re-enabled.
+    TargetDisabled,
+    /// The policy has no such delivery.
+    NotFound,
+}
+
 /// Send one delivery again (any state but running): fresh attempts, due now, with the
-/// policy's current target at the same position when it still exists.
-pub fn redeliver(conn: &Connection, policy_id: i64, delivery_id: i64) -> Result<bool, StoreError> {
-    let idx = conn
+/// policy's current target at the same position when it still exists — unless that target is
+/// disabled.
+pub fn redeliver(
+    conn: &Connection,
+    policy_id: i64,
+    delivery_id: i64,
+) -> Result<Redelivery, StoreError> {
+    let row = conn
         .query_row(
-            "SELECT target_index FROM deliveries WHERE id = ?1 AND policy_id = ?2 AND state != 'running'",
+            "SELECT target_index, state FROM deliveries WHERE id = ?1 AND policy_id = ?2",
             params![delivery_id, policy_id],
-            |r| r.get::<_, i64>(0),
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
         )
         .optional()?;
-    let Some(idx) = idx else { return Ok(false) };
+    let idx = match row {
+        None => return Ok(Redelivery::NotFound),
+        Some((_, state)) if state == "running" => return Ok(Redelivery::Running),
+        Some((idx, _)) => idx,
+    };
     let current = policies::get_by_id(conn, policy_id)?
         .and_then(|p| p.targets.get(idx.max(0) as usize).cloned());
+    if current.as_ref().is_some_and(|t| t.disabled) {
+        return Ok(Redelivery::TargetDisabled);
+    }
     let now = now_ms();
     match current {
         Some(t) => conn.execute(
@@ -391,19 +471,23 @@ pub fn redeliver(conn: &Connection, policy_id: i64, delivery_id: i64) -> Result<
         )?,
     };
     CREATED.with(|c| c.set(true));
-    Ok(true)
+    Ok(Redelivery::Queued)
 }
 
-/// Redeliver every dead delivery of a policy; returns how many.
+/// Redeliver every dead delivery of a policy (not those of a disabled target); returns how
+/// many.
 pub fn redeliver_dead(conn: &Connection, policy_id: i64) -> Result<usize, StoreError> {
     let ids: Vec<i64> = conn
         .prepare("SELECT id FROM deliveries WHERE policy_id = ?1 AND state = 'dead'")?
         .query_map([policy_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    let mut n = 0;
     for id in &ids {
-        redeliver(conn, policy_id, *id)?;
+        if redeliver(conn, policy_id, *id)? == Redelivery::Queued {
+            n += 1;
+        }
     }
-    Ok(ids.len())
+    Ok(n)
 }
 
 /// Counts by state (queue depth, dead) for metrics.
@@ -415,4 +499,161 @@ pub fn counts(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::policy::{Filters, Policy, TargetKind};
+    use crate::events::EventKind;
+
+    fn db_with_deliveries(n: usize, address: &str) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::store::migrate(&conn).unwrap();
+        let policy = Policy {
+            id: 0,
+            project: "prj".into(),
+            project_id: 0,
+            name: "p".into(),
+            description: String::new(),
+            enabled: true,
+            event_types: vec![EventKind::PushArtifact],
+            targets: vec![Target {
+                kind: TargetKind::Http,
+                address: address.into(),
+                auth_header: None,
+                skip_cert_verify: false,
+                payload_format: None,
+                secret: None,
+                disabled: false,
+            }],
+            filters: Filters::default(),
+            creator: "admin".into(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        policies::insert(&conn, &policy).unwrap();
+        let repo = crate::route::Repository::parse("prj/app").unwrap();
+        for _ in 0..n {
+            let e = Event::new(EventKind::PushArtifact, &repo, "u");
+            crate::store::events::insert(&conn, &e, None).unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn retries_of_a_policy_switched_off_end_as_dead() {
+        let a = "http://a.example/";
+        let conn = db_with_deliveries(2, a);
+        conn.execute("UPDATE policies SET enabled = 0", []).unwrap();
+        let now = now_ms() + 1;
+        assert!(
+            claim(&conn, now, 100, 16, &HashMap::new(), &[])
+                .unwrap()
+                .is_empty()
+        );
+        let dead: Vec<String> = conn
+            .prepare("SELECT last_error FROM deliveries WHERE state = 'dead'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(dead, vec!["policy disabled", "policy disabled"]);
+    }
+
+    #[test]
+    fn claims_count_attempts_already_in_flight_per_target() {
+        let a = "http://a.example/";
+        let conn = db_with_deliveries(5, a);
+        let now = now_ms() + 1;
+        // one attempt to `a` is running: room for one more of two
+        let busy = HashMap::from([(a.to_string(), 1)]);
+        let got = claim(&conn, now, 100, 2, &busy, &[]).unwrap();
+        assert_eq!(got.len(), 1);
+        // nothing running: two
+        let got = claim(&conn, now, 100, 2, &HashMap::new(), &[]).unwrap();
+        assert_eq!(got.len(), 2);
+        // at the limit, or skipped: none
+        let full = HashMap::from([(a.to_string(), 2)]);
+        assert!(claim(&conn, now, 100, 2, &full, &[]).unwrap().is_empty());
+        assert!(
+            claim(&conn, now, 100, 2, &HashMap::new(), &[a.to_string()])
+                .unwrap()
+                .is_empty()
+        );
+        let left: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(left, 2);
+    }
+
+    fn state(conn: &Connection, id: i64) -> String {
+        conn.query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_delivery_ended_while_attempted_is_not_retried() {
+        let conn = db_with_deliveries(2, "http://a.example/");
+        let got = claim(&conn, now_ms() + 1, 2, 2, &HashMap::new(), &[]).unwrap();
+        let (a, b) = (got[0].id, got[1].id);
+        // the policy is deleted while both attempts run
+        assert!(policies::delete(&conn, "prj", got[0].policy_id).unwrap());
+        let attempt = |id| Attempt {
+            delivery_id: id,
+            error_kind: Some("timeout".into()),
+            ..Attempt::default()
+        };
+        record(&conn, &attempt(a), Next::RetryAt(now_ms())).unwrap();
+        assert_eq!(state(&conn, a), "dead");
+        let ok = Attempt {
+            delivery_id: b,
+            status_code: Some(200),
+            ..Attempt::default()
+        };
+        record(&conn, &ok, Next::Succeeded).unwrap();
+        assert_eq!(state(&conn, b), "succeeded");
+        assert_eq!(attempts(&conn, a).unwrap().len(), 1, "the attempt is kept");
+        let last: Option<String> = conn
+            .query_row(
+                "SELECT last_error FROM deliveries WHERE id = ?1",
+                [a],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(last.as_deref(), Some("policy deleted"));
+    }
+
+    #[test]
+    fn redelivery_skips_running_deliveries_and_disabled_targets() {
+        let conn = db_with_deliveries(1, "http://a.example/");
+        let got = claim(&conn, now_ms() + 1, 1, 1, &HashMap::new(), &[]).unwrap();
+        let (pid, id) = (got[0].policy_id, got[0].id);
+        assert_eq!(redeliver(&conn, pid, id).unwrap(), Redelivery::Running);
+        assert_eq!(redeliver(&conn, pid + 1, id).unwrap(), Redelivery::NotFound);
+        record(
+            &conn,
+            &Attempt {
+                delivery_id: id,
+                status_code: Some(410),
+                ..Attempt::default()
+            },
+            Next::Dead,
+        )
+        .unwrap();
+        disable_target(&conn, pid, 0, "http://a.example/", "gone").unwrap();
+        assert_eq!(
+            redeliver(&conn, pid, id).unwrap(),
+            Redelivery::TargetDisabled
+        );
+        assert_eq!(redeliver_dead(&conn, pid).unwrap(), 0);
+        assert_eq!(state(&conn, id), "dead");
+    }
 }

@@ -166,9 +166,15 @@ pub struct Receiver {
 impl Receiver {
     /// Start on `127.0.0.1:<free port>` on the current runtime.
     pub async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Start on `addr` (a fixed port, e.g. one a webhook target already points at while
+    /// nothing listened there) on the current runtime.
+    pub async fn start_on(addr: SocketAddr) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("binding the receiver");
+            .unwrap_or_else(|e| panic!("binding the receiver to {addr}: {e}"));
         let addr = listener.local_addr().expect("receiver addr");
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
