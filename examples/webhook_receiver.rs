@@ -37,7 +37,9 @@ fn uuid7_ms(id: &str) -> Option<i64> {
         return None;
     }
     let b = u.as_bytes();
-    Some(i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]))
+    Some(i64::from_be_bytes([
+        0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
+    ]))
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
@@ -48,7 +50,11 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn handle(req: Request<Incoming>, stats: Arc<Mutex<Stats>>, print: bool) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    stats: Arc<Mutex<Stats>>,
+    print: bool,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == hyper::Method::GET && req.uri().path() == "/stats" {
         let s = stats.lock().map(|s| {
             let mut l = s.latencies.clone();
@@ -76,9 +82,17 @@ async fn handle(req: Request<Incoming>, stats: Arc<Mutex<Stats>>, print: bool) -
         .map(str::to_string);
     let mut head = format!("{} {}", req.method(), req.uri());
     for (name, value) in req.headers() {
-        head.push_str(&format!("\n{name}: {}", String::from_utf8_lossy(value.as_bytes())));
+        head.push_str(&format!(
+            "\n{name}: {}",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
     }
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     if let Ok(mut s) = stats.lock() {
         s.count += 1;
         s.first_ms.get_or_insert(arrived);
@@ -104,10 +118,9 @@ async fn main() -> std::io::Result<()> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => {
-                listen = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| std::io::Error::other("--listen takes an address like 127.0.0.1:9000"))?;
+                listen = args.next().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                    std::io::Error::other("--listen takes an address like 127.0.0.1:9000")
+                })?;
             }
             "--print" => print = true,
             other => return Err(std::io::Error::other(format!("unknown argument {other}"))),

@@ -89,6 +89,76 @@ pub struct Config {
     /// API users besides `admin`.
     #[serde(default)]
     pub users: UsersConfig,
+    /// Classic Helm chart repositories (ChartMuseum behind `/chartrepo/…`).
+    #[serde(default)]
+    pub chartrepo: ChartRepoConfig,
+    /// Bearer token of the side endpoint (`/api/v1/events/scan`, `/api/v1/events/quota`) for
+    /// scanners and quota tools. The system administrator's Basic credentials work too.
+    #[serde(default)]
+    pub side_api_token: Option<Secret>,
+    /// Limits of the side endpoint.
+    #[serde(default)]
+    pub side: SideConfig,
+    /// Project quotas wharf enforces (`projects.<name>.storage_limit`).
+    #[serde(default)]
+    pub quota: QuotaConfig,
+}
+
+/// The side endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideConfig {
+    /// Largest request body accepted (a scan report); larger ones get 413.
+    #[serde(default = "defaults::side_max_body", with = "bytesize")]
+    pub max_body: u64,
+    /// Most vulnerabilities listed in a scan event (the counts are always complete).
+    #[serde(default = "defaults::max_vulnerabilities")]
+    pub max_vulnerabilities: usize,
+}
+
+impl Default for SideConfig {
+    fn default() -> Self {
+        Self {
+            max_body: defaults::side_max_body(),
+            max_vulnerabilities: defaults::max_vulnerabilities(),
+        }
+    }
+}
+
+/// Quotas.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Percentage of a project's limit whose crossing emits one QUOTA_WARNING.
+    #[serde(default = "defaults::warning_threshold")]
+    pub warning_threshold: u8,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            warning_threshold: defaults::warning_threshold(),
+        }
+    }
+}
+
+/// Classic chart repositories.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartRepoConfig {
+    /// Largest chart upload wharf reads to learn the chart's name, version and type
+    /// (ChartMuseum's own default limit is 20 MiB). A larger upload is streamed through
+    /// untouched and makes no event.
+    #[serde(default = "defaults::chart_max_upload", with = "bytesize")]
+    pub max_upload_size: u64,
+}
+
+impl Default for ChartRepoConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_size: defaults::chart_max_upload(),
+        }
+    }
 }
 
 /// API users.
@@ -301,6 +371,14 @@ pub struct ProjectConfig {
     /// Users (from `users.htpasswd`) who administer this project's webhooks.
     #[serde(default)]
     pub admins: Vec<String>,
+    /// Storage the project's images may use (unique blobs referenced by its manifests), e.g.
+    /// `10GiB`. A push past it is refused with 403 DENIED and a QUOTA_EXCEED event.
+    #[serde(
+        default,
+        with = "bytesize::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub storage_limit: Option<u64>,
 }
 
 /// A secret string: never printed, never logged. Serializes as `***` (for `check-config`).
@@ -400,6 +478,18 @@ mod defaults {
     pub fn slack_interval() -> Duration {
         Duration::from_secs(1)
     }
+    pub fn chart_max_upload() -> u64 {
+        20 << 20
+    }
+    pub fn side_max_body() -> u64 {
+        16 << 20
+    }
+    pub fn max_vulnerabilities() -> usize {
+        100
+    }
+    pub fn warning_threshold() -> u8 {
+        85
+    }
 }
 
 /// Durations written as `30s`, `2m`, `1h 30m` or a bare number of seconds.
@@ -427,6 +517,112 @@ pub mod duration {
                     "{t:?} is not a duration ({e}); write e.g. 30s, 2m or a number of seconds"
                 ))
             }),
+        }
+    }
+}
+
+/// Byte sizes written as `20MiB`, `10GiB`, `500MB`, `1.5GiB` or a bare number of bytes.
+pub mod bytesize {
+    use super::*;
+
+    /// Parse a size: a number with an optional unit (B, KB, MB, GB, TB: powers of 1000;
+    /// KiB, MiB, GiB, TiB: powers of 1024; case-insensitive, space allowed).
+    pub fn parse(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| {
+            format!("{text:?} is not a size; write e.g. 20MiB, 10GiB or a number of bytes")
+        })?;
+        let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "m" | "mb" => 1e6,
+            "g" | "gb" => 1e9,
+            "t" | "tb" => 1e12,
+            "ki" | "kib" => 1024.0,
+            "mi" | "mib" => 1024f64.powi(2),
+            "gi" | "gib" => 1024f64.powi(3),
+            "ti" | "tib" => 1024f64.powi(4),
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+                ));
+            }
+        };
+        let v = n * mult;
+        if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+            return Err(format!("{text:?} is out of range"));
+        }
+        Ok(v.round() as u64)
+    }
+
+    /// Format bytes the way Harbor does in quota messages (`2.1 MiB`).
+    pub fn human(bytes: u64) -> String {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = bytes as f64;
+        let mut i = 0;
+        while v >= 1024.0 && i < UNITS.len() - 1 {
+            v /= 1024.0;
+            i += 1;
+        }
+        if i == 0 {
+            format!("{bytes} B")
+        } else {
+            format!("{v:.1} {}", UNITS[i])
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(n),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// For `Option<u64>` fields.
+    pub mod option {
+        use super::*;
+        pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(n) => s.serialize_some(n),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            #[derive(Deserialize)]
+            struct Wrap(#[serde(with = "super")] u64);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        #[test]
+        fn sizes() {
+            assert_eq!(parse("20MiB").unwrap(), 20 << 20);
+            assert_eq!(parse("10 GiB").unwrap(), 10 << 30);
+            assert_eq!(parse("500MB").unwrap(), 500_000_000);
+            assert_eq!(parse("1.5GiB").unwrap(), 3 << 29);
+            assert_eq!(parse("1024").unwrap(), 1024);
+            assert!(parse("ten").is_err());
+            assert!(parse("10 parsecs").is_err());
+            assert_eq!(human(2_202_009), "2.1 MiB");
+            assert_eq!(human(10 << 20), "10.0 MiB");
+            assert_eq!(human(12), "12 B");
         }
     }
 }
@@ -521,6 +717,19 @@ impl Config {
             crate::events::operator::TokenVerifier::from_pem_file(p).map_err(|e| {
                 invalid("events.token_cert_bundle", format!("{}: {e}", p.display()))
             })?;
+        }
+        if self
+            .side_api_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(invalid("side_api_token", "must be at least 16 characters"));
+        }
+        if !(1..=100).contains(&self.quota.warning_threshold) {
+            return Err(invalid(
+                "quota.warning_threshold",
+                "must be a percentage from 1 to 100",
+            ));
         }
         let n = &self.notification;
         if n.webhook_job_http_client_timeout == 0 {

@@ -7,14 +7,16 @@
 //! - [`route`]: classify a request once into a typed operation (registry, chart, health, API).
 //! - [`forward`]: stream a request to its upstream and the response back, header hygiene, OCI
 //!   error responses.
-//! - [`observe`]: per-operation flows around `forward`: watch bodies, collect manifests
-//!   (capped), attribute tags, de-duplicate, build events.
+//! - [`observe`]: per-operation flows around `forward`: watch bodies, collect manifests and
+//!   chart uploads (capped), attribute tags, de-duplicate, build events; `observe::chart` maps
+//!   Harbor's chartrepo paths onto ChartMuseum.
 //! - [`events`]: the event model, its payload formats, and the sink that records events.
 //! - [`store`]: the embedded SQLite database: event log, outbox, knowledge; group commit.
 //! - [`dispatch`]: deliver the outbox to webhook targets: retries, signatures, SSRF guard,
 //!   circuit breaker.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
 //! - [`api`]: wharf's own HTTP API.
+//! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: the state of one process, built from [`config`].
 //! - [`config`]: the YAML configuration, env overrides, validation.
@@ -29,6 +31,7 @@ pub mod events;
 pub mod forward;
 pub mod metrics;
 pub mod observe;
+pub mod quota;
 pub mod route;
 pub mod server;
 pub mod store;

@@ -34,6 +34,28 @@ enum Command {
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
     },
+    /// Project quotas.
+    Quota {
+        #[command(subcommand)]
+        command: QuotaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuotaCommand {
+    /// Learn the usage of content already in the registry: walk the catalog (every tag of every
+    /// repository) and record each manifest's blobs. Safe to run while wharf serves.
+    Rescan {
+        /// The YAML config file (the same one `serve` uses).
+        #[arg(long, env = CONFIG_ENV)]
+        config: PathBuf,
+        /// Registry user, when the registry needs credentials to list and read.
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the registry password from standard input (with --username).
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +63,14 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::Quota {
+            command:
+                QuotaCommand::Rescan {
+                    config,
+                    username,
+                    password_stdin,
+                },
+        } => quota_rescan(config, username, password_stdin),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -56,6 +86,60 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     print!("{}", config.to_masked_yaml());
     eprintln!("config {} is valid", path.display());
     Ok(())
+}
+
+fn quota_rescan(
+    path: PathBuf,
+    username: Option<String>,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let config = Config::load(&path)?;
+    init_logging(&config);
+    let authorization = match username {
+        Some(user) => {
+            let mut password = String::new();
+            if password_stdin {
+                std::io::stdin()
+                    .read_line(&mut password)
+                    .context("reading the password from standard input")?;
+            }
+            let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{user}:{}",
+                password.trim_end_matches(['\r', '\n'])
+            ));
+            Some(http::HeaderValue::from_str(&format!("Basic {token}"))?)
+        }
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let app = wharf::app::App::build(config)?;
+        let report = wharf::quota::rescan(&app, authorization).await;
+        app.store.close().await;
+        let report = report?;
+        println!(
+            "scanned {} repositories, {} manifests ({} new to wharf)",
+            report.repositories, report.manifests, report.newly_counted
+        );
+        for (project, usage) in &report.usage {
+            let limit = app
+                .config
+                .projects
+                .get(project)
+                .and_then(|p| p.storage_limit)
+                .map(|l| format!(" of {}", wharf::config::bytesize::human(l)))
+                .unwrap_or_default();
+            println!(
+                "  {project}: {}{limit}",
+                wharf::config::bytesize::human(*usage)
+            );
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn init_logging(config: &Config) {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -171,16 +171,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ClientConn) -> 
     let rid = request_id(&req);
     let route = route::classify(req.method(), req.uri().path(), req.uri().query());
     let op = route.name();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-
+    // what the access-log line needs, gathered only when that line is written at all
+    let log = tracing::enabled!(target: "wharf::access", tracing::Level::INFO)
+        .then(|| AccessLog::new(&req, &rid, conn.addr));
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let counter = bytes_in.clone();
-    let req = req.map(move |b| {
-        Body::new(Observed::new(b, move |o| {
-            counter.store(o.bytes, Ordering::Relaxed)
-        }))
-    });
+    let req = if req.body().is_end_stream() {
+        req.map(Body::new)
+    } else {
+        let counter = bytes_in.clone();
+        req.map(move |b| {
+            Body::new(Observed::new(b, move |o| {
+                counter.store(o.bytes, Ordering::Relaxed)
+            }))
+        })
+    };
     let ctx = RequestCtx {
         request_id: rid.clone(),
         conn,
@@ -199,28 +203,60 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ClientConn) -> 
     };
     resp.headers_mut()
         .entry(X_REQUEST_ID.clone())
-        .or_insert(rid.clone());
-    let status = resp.status();
-    let rid_log = rid.to_str().unwrap_or("").to_string();
+        .or_insert(rid);
+    let status = resp.status().as_u16();
     let metrics = app.metrics.clone();
     resp.map(move |b| {
         Body::new(Observed::new(b, move |o| {
-            metrics.request(op, status.as_u16(), started.elapsed().as_secs_f64());
-            tracing::info!(
-                target: "wharf::access",
-                request_id = %rid_log,
-                op,
-                method = %method,
-                path = %path,
-                status = status.as_u16(),
-                bytes_in = bytes_in.load(Ordering::Relaxed),
-                bytes_out = o.bytes,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                client = %conn.addr,
-                complete = o.complete,
-            );
+            let elapsed = started.elapsed().as_secs_f64();
+            metrics.request(op, status, elapsed);
+            if let Some(l) = log {
+                l.write(op, status, bytes_in.load(Ordering::Relaxed), &o, elapsed);
+            }
         }))
     })
+}
+
+/// The fields of one access-log line known when the request arrives.
+struct AccessLog {
+    request_id: String,
+    method: http::Method,
+    path: String,
+    client: SocketAddr,
+}
+
+impl AccessLog {
+    fn new<B>(req: &Request<B>, rid: &HeaderValue, client: SocketAddr) -> Self {
+        AccessLog {
+            request_id: rid.to_str().unwrap_or("").to_string(),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            client,
+        }
+    }
+
+    fn write(
+        &self,
+        op: &'static str,
+        status: u16,
+        bytes_in: u64,
+        o: &crate::observe::body::BodyOutcome,
+        seconds: f64,
+    ) {
+        tracing::info!(
+            target: "wharf::access",
+            request_id = %self.request_id,
+            op,
+            method = %self.method,
+            path = %self.path,
+            status,
+            bytes_in,
+            bytes_out = o.bytes,
+            duration_ms = seconds * 1000.0,
+            client = %self.client,
+            complete = o.complete,
+        );
+    }
 }
 
 /// Per-request facts every handler needs.

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod side;
 pub mod webhooks;
 
 use std::sync::{Arc, Weak};
@@ -126,6 +127,9 @@ pub fn router(app: Weak<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/events", get(events::list))
+        .route("/api/v1/events/scan", post(side::scan_report))
+        .route("/api/v1/events/quota", post(side::quota_report))
+        .route("/api/v1/projects/{project}/quota", get(side::project_quota))
         .route(
             &format!("{P}/policies"),
             get(webhooks::list_policies).post(webhooks::create_policy),

@@ -12,10 +12,12 @@
 //! does not fsync either; `full` fsyncs every group commit (≈4 ms on this machine's disk).
 //! Reads use a small pool of read-only connections and see only committed data.
 
+pub mod charts;
 pub mod events;
 pub mod knowledge;
 pub mod outbox;
 pub mod policies;
+pub mod quota;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,6 +141,7 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(StoreStats::default());
@@ -272,7 +275,7 @@ fn writer_loop(
             }
         }
         let n = batch.len();
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
             let err = StoreError::from(e);
             tracing::error!(error = %err, jobs = n, "database: cannot begin a transaction");
             stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
@@ -285,19 +288,22 @@ fn writer_loop(
         let mut dones = Vec::with_capacity(n);
         let mut failed = 0u64;
         for job in batch {
-            let savepoint = conn.execute_batch("SAVEPOINT job").is_ok();
+            let savepoint = exec_cached(&conn, "SAVEPOINT job").is_ok();
             let ok = (job.run)(&conn);
             if savepoint {
                 let _ = if ok {
-                    conn.execute_batch("RELEASE job")
+                    exec_cached(&conn, "RELEASE job")
                 } else {
-                    conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                    exec_cached(&conn, "ROLLBACK TO job")
+                        .and_then(|_| exec_cached(&conn, "RELEASE job"))
                 };
             }
             failed += u64::from(!ok);
             dones.push(job.done);
         }
-        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let commit = exec_cached(&conn, "COMMIT")
+            .map(|_| ())
+            .map_err(StoreError::from);
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = n, "database: commit failed");
             let _ = conn.execute_batch("ROLLBACK");
@@ -316,6 +322,11 @@ fn writer_loop(
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+/// Run a statement without parameters through the statement cache (no re-parse per batch).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
 }
 
 /// Schema migrations, by `PRAGMA user_version`.
@@ -421,6 +432,33 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE settings (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
+    );
+    "#,
+    // 3: classic (ChartMuseum) chart versions seen uploaded: type, appVersion, size
+    r#"
+    CREATE TABLE charts (
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        type TEXT NOT NULL,
+        app_version TEXT,
+        size INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project, name, version)
+    );
+    "#,
+    // 4: quota usage: the blobs each project's manifests reference, and warning state
+    r#"
+    CREATE TABLE project_blobs (
+        project TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL,
+        PRIMARY KEY (project, digest)
+    );
+    CREATE TABLE quota_state (
+        project TEXT PRIMARY KEY,
+        warned INTEGER NOT NULL
     );
     "#,
 ];

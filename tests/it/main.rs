@@ -11,7 +11,10 @@
 
 mod common;
 
+mod chartrepo;
+mod events;
 mod harness;
 mod lifecycle;
 mod proxy;
 mod proxy_http;
+mod webhooks;

@@ -12,6 +12,8 @@
 //! - [`skopeo`]: [`Skopeo`], skopeo with an isolated blob-info cache.
 //! - [`helm`]: [`Helm`], helm with isolated config/cache/data/registry-config homes, chart
 //!   packaging.
+//! - [`chartmuseum`]: [`ChartMuseum`], an in-process FAKE of ChartMuseum's HTTP API
+//!   (`--depth=1`), since no ChartMuseum build is installable here.
 //! - [`receiver`]: [`Receiver`], an in-process HTTP server that records every request and
 //!   answers from a programmable queue (webhook endpoint, or a recording upstream).
 //! - [`http`]: a plain-HTTP `reqwest` client, a raw TCP HTTP/1.1 client for exact bytes on the
@@ -25,6 +27,7 @@
 
 #![allow(dead_code)] // Not every test module uses every helper.
 
+pub mod chartmuseum;
 pub mod cmd;
 pub mod helm;
 pub mod http;
@@ -40,6 +43,8 @@ use std::sync::Once;
 use std::time::Duration;
 
 // Re-exports for test modules; not every module uses every one.
+#[allow(unused_imports)]
+pub use chartmuseum::ChartMuseum;
 #[allow(unused_imports)]
 pub use cmd::CmdOutput;
 #[allow(unused_imports)]

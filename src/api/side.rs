@@ -1,0 +1,365 @@
+//! The side endpoint: what registry traffic cannot show, reported by scanners and quota tools.
+//!
+//! - `POST /api/v1/events/scan` → SCANNING_COMPLETED (status `Success`, with a Trivy or
+//!   scanner-adapter `report`) or SCANNING_FAILED (status `Error`, with `error`);
+//! - `POST /api/v1/events/quota` → QUOTA_EXCEED (for registries or tools with quotas of their own).
+//!
+//! Authentication: `Authorization: Bearer <side_api_token>`, or the system administrator's
+//! Basic credentials. Bodies over `side.max_body` get 413; invalid input a 400 naming the field.
+//! Validation happens before anything is written; the event is committed before the answer.
+
+use axum::Json;
+use axum::extract::State;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::auth;
+use super::{ApiError, ApiState};
+use crate::app::App;
+use crate::events::{Event, EventKind, QuotaInfo, ScanInfo, scan};
+use crate::observe::manifest::ACCEPT_ALL;
+use crate::route::{Digest, Repository, is_tag};
+use crate::store::knowledge;
+
+/// Who may post to the side endpoint.
+async fn authorize(app: &App, headers: &HeaderMap) -> Result<String, ApiError> {
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        });
+    if let Some(token) = bearer {
+        let ok = app
+            .config
+            .side_api_token
+            .as_ref()
+            .is_some_and(|t| bool::from(token.as_bytes().ct_eq(t.expose().as_bytes())));
+        return if ok {
+            Ok("side-api".into())
+        } else {
+            Err(ApiError::unauthorized())
+        };
+    }
+    auth::require_admin(app, headers)
+        .await
+        .map(|c| c.name().to_string())
+}
+
+async fn read_limited(body: axum::body::Body, limit: u64) -> Result<bytes::Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                format!("body: larger than side.max_body ({limit} bytes)"),
+            ))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "body: could not be read: {e}"
+        ))),
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::bad_request(format!("{field}: {}", e.into_inner()))
+    })
+}
+
+/// The artifact a report is about, as given and as completed by wharf.
+struct Subject {
+    repo: Repository,
+    tags: Vec<String>,
+    digest: Option<String>,
+}
+
+fn subject_fields(
+    repository: &str,
+    tag: Option<String>,
+    digest: Option<String>,
+) -> Result<(Repository, Option<String>, Option<Digest>), ApiError> {
+    let repo = Repository::parse(repository).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "repository: {repository:?} is not a repository name"
+        ))
+    })?;
+    let tag = tag.filter(|t| !t.is_empty());
+    if let Some(t) = &tag
+        && !is_tag(t)
+    {
+        return Err(ApiError::bad_request(format!(
+            "tag: {t:?} is not a valid tag"
+        )));
+    }
+    let digest = match digest.filter(|d| !d.is_empty()) {
+        Some(d) => Some(
+            Digest::parse(&d)
+                .ok_or_else(|| ApiError::bad_request(format!("digest: {d:?} is not a digest")))?,
+        ),
+        None => None,
+    };
+    if tag.is_none() && digest.is_none() {
+        return Err(ApiError::bad_request(
+            "tag, digest: give at least one of them",
+        ));
+    }
+    Ok((repo, tag, digest))
+}
+
+/// Fill in the digest of a tag or the tags of a digest: from wharf's knowledge, else from the
+/// registry. What cannot be found stays empty.
+async fn complete(
+    app: &App,
+    repo: Repository,
+    tag: Option<String>,
+    digest: Option<Digest>,
+) -> Subject {
+    let mut digest = digest.map(|d| d.to_string());
+    let mut tags: Vec<String> = tag.iter().cloned().collect();
+    if digest.is_none()
+        && let Some(t) = &tag
+    {
+        let (r, t2) = (repo.to_string(), t.clone());
+        digest = app
+            .store
+            .read(move |c| knowledge::digest_of_tag(c, &r, &t2))
+            .await
+            .ok()
+            .flatten();
+        if digest.is_none() {
+            let path = format!("/v2/{repo}/manifests/{t}");
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(ACCEPT_ALL) {
+                h.insert(http::header::ACCEPT, v);
+            }
+            if let Ok((parts, _)) = app.registry.fetch(Method::HEAD, &path, h, 0).await
+                && parts.status.is_success()
+            {
+                digest = parts
+                    .headers
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(Digest::parse)
+                    .map(|d| d.to_string());
+            }
+        }
+    }
+    if tags.is_empty()
+        && let Some(d) = &digest
+    {
+        let (r, d2) = (repo.to_string(), d.clone());
+        tags = app
+            .store
+            .read(move |c| knowledge::tags_of(c, &r, &d2))
+            .await
+            .unwrap_or_default();
+    }
+    Subject { repo, tags, digest }
+}
+
+/// The event shell for a side report.
+async fn event_for(app: &App, kind: EventKind, s: &Subject, operator: &str) -> Event {
+    let mut e = Event::new(kind, &s.repo, operator);
+    e.public = app.config.is_public(s.repo.project());
+    e.tags = s.tags.clone();
+    e.digest = s.digest.clone();
+    e.resource_url = Event::oci_resource_url(
+        &app.config.external_host(),
+        s.repo.as_str(),
+        e.tags.first().map(String::as_str),
+        s.digest.as_deref(),
+    );
+    if let Some(d) = &s.digest {
+        let (r, d2) = (s.repo.to_string(), d.clone());
+        if let Ok(Some(a)) = app
+            .store
+            .read(move |c| knowledge::artifact(c, &r, &d2))
+            .await
+        {
+            e.media_type = a.media_type;
+            e.size = a.size;
+        }
+    }
+    e
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScanInput {
+    repository: String,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    status: String,
+    #[serde(default)]
+    operator: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    report: Option<Value>,
+}
+
+fn created(e: &Event) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "event_id": e.id.to_string(),
+            "type": e.kind.harbor_type(),
+            "repository": e.repository,
+            "tags": e.tags,
+            "digest": e.digest,
+        })),
+    )
+}
+
+async fn record(app: &App, e: Event) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let answer = created(&e);
+    if !app.events.durable(e, None, None).await {
+        return Err(ApiError::internal(
+            "recording the event failed",
+            "database write failed",
+        ));
+    }
+    Ok(answer)
+}
+
+/// `POST /api/v1/events/scan`
+pub async fn scan_report(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let app = s.app()?;
+    let caller = authorize(&app, &headers).await?;
+    let raw = read_limited(body, app.config.side.max_body).await?;
+    let input: ScanInput = parse_json(&raw)?;
+    let (repo, tag, digest) = subject_fields(&input.repository, input.tag, input.digest)?;
+    let (kind, info) = match input.status.as_str() {
+        "Success" => {
+            let report = input
+                .report
+                .as_ref()
+                .ok_or_else(|| ApiError::bad_request("report: required when status is Success"))?;
+            let info = scan::summarize(report, app.config.side.max_vulnerabilities)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            (EventKind::ScanningCompleted, info)
+        }
+        "Error" => {
+            let error = input
+                .error
+                .filter(|e| !e.trim().is_empty())
+                .ok_or_else(|| ApiError::bad_request("error: required when status is Error"))?;
+            let scanner = input
+                .report
+                .as_ref()
+                .and_then(|r| r.get("scanner").cloned())
+                .and_then(|s| serde_json::from_value(s).ok());
+            (
+                EventKind::ScanningFailed,
+                ScanInfo {
+                    status: "Error".into(),
+                    severity: "None".into(),
+                    completed_at: chrono::Utc::now(),
+                    scanner,
+                    error: Some(error),
+                    report_id: uuid::Uuid::now_v7().to_string(),
+                    ..ScanInfo::default()
+                },
+            )
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "status: {other:?} is not Success or Error"
+            )));
+        }
+    };
+    let subject = complete(&app, repo, tag, digest).await;
+    let operator = input
+        .operator
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| "auto".into());
+    let mut e = event_for(&app, kind, &subject, &operator).await;
+    e.scan = Some(info);
+    tracing::info!(repository = %e.repository, kind = kind.harbor_type(), by = %caller, "scan report received");
+    record(&app, e).await
+}
+
+/// `GET /api/v1/projects/{project}/quota`: limit and usage (system or project administrator).
+pub async fn project_quota(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::Path(project): axum::extract::Path<String>,
+) -> Result<Json<crate::quota::ProjectQuota>, ApiError> {
+    let app = s.app()?;
+    if !crate::route::is_name_component(&project) {
+        return Err(ApiError::bad_request(format!(
+            "project: {project:?} is not a project name"
+        )));
+    }
+    auth::require_project_admin(&app, &headers, &project).await?;
+    let q = crate::quota::project_quota(&app, &project)
+        .await
+        .map_err(|e| ApiError::internal("reading the quota failed", e))?;
+    Ok(Json(q))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaInput {
+    repository: String,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    operator: Option<String>,
+    details: String,
+}
+
+/// `POST /api/v1/events/quota`
+pub async fn quota_report(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let app = s.app()?;
+    let caller = authorize(&app, &headers).await?;
+    let raw = read_limited(body, app.config.side.max_body).await?;
+    let input: QuotaInput = parse_json(&raw)?;
+    if input.details.trim().is_empty() {
+        return Err(ApiError::bad_request("details: must not be empty"));
+    }
+    let (repo, tag, digest) = subject_fields(&input.repository, input.tag, input.digest)?;
+    let subject = complete(&app, repo, tag, digest).await;
+    let operator = input
+        .operator
+        .filter(|o| !o.is_empty())
+        .unwrap_or_else(|| caller.clone());
+    let mut e = event_for(&app, EventKind::QuotaExceed, &subject, &operator).await;
+    e.quota = Some(QuotaInfo {
+        details: input.details,
+        ..QuotaInfo::default()
+    });
+    tracing::info!(repository = %e.repository, by = %caller, "quota report received");
+    record(&app, e).await
+}

@@ -1,0 +1,327 @@
+//! Scan reports: a Trivy JSON report or a Harbor pluggable-scanner adapter report
+//! (`application/vnd.security.vulnerability.report; version=1.1`), detected by shape, reduced
+//! to [`ScanInfo`].
+//!
+//! Severities map onto Harbor's five: Trivy's UPPERCASE names directly; the adapter's
+//! `Negligible` counts as Low. The seed's "critical / major / minor" are Critical, High, and
+//! Medium + Low. A vulnerability is fixable when it names a fixed version. Counts are always
+//! complete; the list keeps the `max` most severe (then by id).
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+use super::{ScanInfo, Scanner, SeverityCounts, Vulnerability};
+
+/// Why a report was not understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(
+        "report: neither a Trivy JSON report (Results) nor a scanner-adapter report (vulnerabilities): {0}"
+    )]
+    Shape(String),
+}
+
+/// Severity rank, highest first in sorting.
+fn rank(sev: &str) -> u8 {
+    match sev {
+        "Critical" => 5,
+        "High" => 4,
+        "Medium" => 3,
+        "Low" => 2,
+        _ => 1,
+    }
+}
+
+/// Normalise a severity name to Harbor's Title case.
+pub fn normalize_severity(s: &str) -> &'static str {
+    match s.to_ascii_lowercase().as_str() {
+        "critical" => "Critical",
+        "high" => "High",
+        "medium" => "Medium",
+        "low" | "negligible" => "Low",
+        _ => "Unknown",
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TrivyReport {
+    #[serde(default)]
+    created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    results: Option<Vec<TrivyResult>>,
+    #[serde(default)]
+    trivy: Option<TrivyMeta>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TrivyMeta {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TrivyResult {
+    #[serde(default)]
+    vulnerabilities: Option<Vec<TrivyVuln>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TrivyVuln {
+    #[serde(rename = "VulnerabilityID")]
+    vulnerability_id: String,
+    #[serde(default)]
+    pkg_name: Option<String>,
+    #[serde(default)]
+    installed_version: Option<String>,
+    #[serde(default)]
+    fixed_version: Option<String>,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(rename = "PrimaryURL", default)]
+    primary_url: Option<String>,
+    #[serde(default)]
+    references: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct AdapterReport {
+    #[serde(default)]
+    generated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    scanner: Option<Scanner>,
+    vulnerabilities: Vec<AdapterVuln>,
+}
+
+#[derive(Deserialize)]
+struct AdapterVuln {
+    id: String,
+    #[serde(default)]
+    package: Option<String>,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    fix_version: Option<String>,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    links: Option<Vec<String>>,
+}
+
+/// A reference that looks like where the fix is (an advisory, a release, a commit).
+fn fix_link(refs: &[String], primary: Option<&str>) -> Option<String> {
+    const HINTS: [&str; 6] = ["secadv", "advisor", "release", "commit", "fix", "security"];
+    refs.iter()
+        .filter(|r| Some(r.as_str()) != primary)
+        .find(|r| {
+            let l = r.to_ascii_lowercase();
+            HINTS.iter().any(|h| l.contains(h))
+        })
+        .cloned()
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|v| !v.trim().is_empty())
+}
+
+/// Reduce a parsed report to scan facts (status Success).
+pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, ReportError> {
+    let (vulns, scanner, at) = if report.get("Results").is_some()
+        || report.get("SchemaVersion").is_some()
+    {
+        let t: TrivyReport = serde_json::from_value(report.clone())
+            .map_err(|e| ReportError::Shape(e.to_string()))?;
+        let scanner = Scanner {
+            name: "Trivy".into(),
+            vendor: "Aqua Security".into(),
+            version: t.trivy.and_then(|m| m.version).unwrap_or_default(),
+        };
+        let vulns: Vec<Vulnerability> = t
+            .results
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|r| r.vulnerabilities.unwrap_or_default())
+            .map(|v| {
+                let refs = v.references.unwrap_or_default();
+                let link = non_empty(v.primary_url).or_else(|| refs.first().cloned());
+                Vulnerability {
+                    fix_link: fix_link(&refs, link.as_deref()),
+                    link,
+                    id: v.vulnerability_id,
+                    package: non_empty(v.pkg_name),
+                    version: non_empty(v.installed_version),
+                    fix_version: non_empty(v.fixed_version),
+                    severity: normalize_severity(v.severity.as_deref().unwrap_or("")).to_string(),
+                    description: non_empty(v.description).or(non_empty(v.title)),
+                }
+            })
+            .collect();
+        (vulns, Some(scanner), t.created_at)
+    } else if report.get("vulnerabilities").is_some() {
+        let a: AdapterReport = serde_json::from_value(report.clone())
+            .map_err(|e| ReportError::Shape(e.to_string()))?;
+        let vulns = a
+            .vulnerabilities
+            .into_iter()
+            .map(|v| {
+                let links = v.links.unwrap_or_default();
+                let link = links.first().cloned();
+                Vulnerability {
+                    fix_link: fix_link(&links, link.as_deref()),
+                    link,
+                    id: v.id,
+                    package: non_empty(v.package),
+                    version: non_empty(v.version),
+                    fix_version: non_empty(v.fix_version),
+                    severity: normalize_severity(v.severity.as_deref().unwrap_or("")).to_string(),
+                    description: non_empty(v.description),
+                }
+            })
+            .collect();
+        (vulns, a.scanner, a.generated_at)
+    } else {
+        return Err(ReportError::Shape(
+            "no Results or vulnerabilities field".into(),
+        ));
+    };
+    let mut counts = SeverityCounts::default();
+    for v in &vulns {
+        match v.severity.as_str() {
+            "Critical" => counts.critical += 1,
+            "High" => counts.high += 1,
+            "Medium" => counts.medium += 1,
+            "Low" => counts.low += 1,
+            _ => counts.unknown += 1,
+        }
+        counts.total += 1;
+        if v.fix_version.is_some() {
+            counts.fixable += 1;
+        }
+    }
+    let severity = vulns
+        .iter()
+        .map(|v| v.severity.as_str())
+        .max_by_key(|s| rank(s))
+        .unwrap_or("None")
+        .to_string();
+    let mut sorted = vulns;
+    sorted.sort_by(|a, b| {
+        rank(&b.severity)
+            .cmp(&rank(&a.severity))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let truncated = sorted.len() > max;
+    sorted.truncate(max);
+    Ok(ScanInfo {
+        status: "Success".into(),
+        severity,
+        counts,
+        completed_at: at.unwrap_or_else(Utc::now),
+        started_at: None,
+        scanner,
+        vulnerabilities: sorted,
+        vulnerabilities_truncated: truncated,
+        error: None,
+        report_id: uuid::Uuid::now_v7().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/scan")
+            .join(name);
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn trivy_report_counts_every_severity_and_fix() {
+        let s = summarize(&fixture("trivy-alpine.json"), 100).unwrap();
+        assert_eq!(
+            s.counts,
+            SeverityCounts {
+                critical: 1,
+                high: 2,
+                medium: 2,
+                low: 1,
+                unknown: 1,
+                total: 7,
+                fixable: 5
+            }
+        );
+        assert_eq!(s.severity, "Critical");
+        assert_eq!(s.vulnerabilities[0].id, "CVE-2023-5363");
+        assert_eq!(
+            s.completed_at.to_rfc3339(),
+            "2026-11-20T10:15:42.123456789+00:00"
+        );
+        let v = s
+            .vulnerabilities
+            .iter()
+            .find(|v| v.id == "CVE-2023-0286")
+            .unwrap();
+        assert_eq!(
+            v.link.as_deref(),
+            Some("https://avd.aquasec.com/nvd/cve-2023-0286")
+        );
+        assert_eq!(
+            v.fix_link.as_deref(),
+            Some("https://access.redhat.com/security/cve/CVE-2023-0286")
+        );
+        assert_eq!(v.fix_version.as_deref(), Some("3.0.8-r0"));
+        assert_eq!(s.scanner.as_ref().unwrap().name, "Trivy");
+    }
+
+    #[test]
+    fn adapter_report_maps_negligible_to_low() {
+        let s = summarize(&fixture("adapter-report.json"), 100).unwrap();
+        assert_eq!(
+            s.counts,
+            SeverityCounts {
+                critical: 1,
+                high: 1,
+                medium: 1,
+                low: 2,
+                unknown: 1,
+                total: 6,
+                fixable: 3
+            }
+        );
+        assert_eq!(s.scanner.unwrap().version, "v0.50.1");
+        let crit = &s.vulnerabilities[0];
+        assert_eq!(
+            crit.fix_link.as_deref(),
+            Some("https://www.openssl.org/news/secadv/20231024.txt")
+        );
+    }
+
+    #[test]
+    fn clean_report_and_truncation() {
+        let s = summarize(&fixture("trivy-clean.json"), 100).unwrap();
+        assert_eq!(s.counts.total, 0);
+        assert_eq!(s.severity, "None");
+        let s = summarize(&fixture("trivy-alpine.json"), 2).unwrap();
+        assert_eq!(s.vulnerabilities.len(), 2);
+        assert!(s.vulnerabilities_truncated);
+        assert_eq!(s.counts.total, 7, "counts stay complete");
+    }
+
+    #[test]
+    fn unknown_shapes_are_errors() {
+        assert!(summarize(&serde_json::json!({"foo": 1}), 10).is_err());
+        assert!(summarize(&serde_json::json!({"Results": "nope"}), 10).is_err());
+        assert!(summarize(&serde_json::json!({"vulnerabilities": [{"nope": 1}]}), 10).is_err());
+    }
+}
