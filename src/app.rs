@@ -41,6 +41,8 @@ pub struct App {
     pub events: Sink,
     /// Per-client memory for tag attribution and pull de-duplication.
     pub recent: Recent,
+    /// Parsed manifests by digest.
+    pub facts: crate::observe::manifest::FactsCache,
     /// Verifies Bearer tokens when `events.token_cert_bundle` is set.
     pub token_verifier: Option<TokenVerifier>,
     /// wharf's own API (axum).
@@ -104,6 +106,7 @@ impl App {
             store,
             events,
             recent,
+            facts: crate::observe::manifest::FactsCache::new(4096),
             token_verifier,
             metrics,
             users,

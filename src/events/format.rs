@@ -122,18 +122,15 @@ pub fn event_data(e: &Event) -> Value {
             .next()
             .unwrap_or_default()
             .to_string();
-        for (i, tag) in tags.into_iter().enumerate() {
+        for tag in tags {
             let mut r = Map::new();
             put(&mut r, "digest", e.digest.as_ref());
             r.insert(
                 "tag".into(),
                 json!(tag.or(e.digest.as_deref()).unwrap_or_default()),
             );
-            let url = if i == 0 {
-                e.resource_url.clone()
-            } else {
-                Event::oci_resource_url(&host, &e.repository, tag, e.digest.as_deref())
-            };
+            // each resource names its own tag (or the digest when it has none)
+            let url = Event::oci_resource_url(&host, &e.repository, tag, e.digest.as_deref());
             r.insert("resource_url".into(), json!(url));
             let image_name = match tag {
                 Some(t) => format!("{}:{t}", e.repository),
@@ -308,7 +305,13 @@ fn legacy(e: &Event) -> Value {
             };
             m.insert("image_name".into(), json!(image_name));
             m.insert("tags".into(), json!(e.tags));
-            m.insert("resource_url".into(), json!(e.resource_url));
+            let url = if e.kind.is_chart() {
+                e.resource_url.clone()
+            } else {
+                let host = e.resource_url.split('/').next().unwrap_or_default();
+                Event::oci_resource_url(host, &e.repository, tag, e.digest.as_deref())
+            };
+            m.insert("resource_url".into(), json!(url));
             put(&mut m, "media_type", e.media_type.as_ref());
             put(&mut m, "size", e.size);
             if !e.platforms.is_empty() {

@@ -127,8 +127,8 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestE
     let is_index = media_type.as_deref().is_some_and(is_index_type)
         || (media_type.is_none() && probe.manifests.is_some());
     if is_index {
-        let index =
-            ImageIndex::from_reader(body).map_err(|e| ManifestError::Shape(e.to_string()))?;
+        let index = serde_json::from_slice::<ImageIndex>(body)
+            .map_err(|e| ManifestError::Shape(e.to_string()))?;
         let children = index
             .manifests()
             .iter()
@@ -149,7 +149,8 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestE
             chart_layer_size: None,
         });
     }
-    let m = ImageManifest::from_reader(body).map_err(|e| ManifestError::Shape(e.to_string()))?;
+    let m = serde_json::from_slice::<ImageManifest>(body)
+        .map_err(|e| ManifestError::Shape(e.to_string()))?;
     let config = m.config();
     let mut blobs = vec![(config.digest().to_string(), config.size())];
     blobs.extend(
@@ -217,6 +218,43 @@ pub fn chart_info(
         },
         app_version: cfg.app_version.filter(|s| !s.is_empty()),
         size: facts.chart_layer_size,
+    }
+}
+
+/// Parsed manifests by digest. Content-addressed, so an entry never goes stale; bounded (all
+/// entries are dropped when it is full). Saves re-parsing the manifests pulled again and again.
+pub struct FactsCache {
+    map: std::sync::Mutex<HashMap<String, std::sync::Arc<Facts>>>,
+    max: usize,
+}
+
+impl FactsCache {
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: std::sync::Mutex::new(HashMap::new()),
+            max: max.max(1),
+        }
+    }
+
+    /// The facts of the manifest `body` whose digest is `digest` (the registry's
+    /// `Docker-Content-Digest` for exactly this body).
+    pub fn get_or_parse(
+        &self,
+        digest: &str,
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> Option<std::sync::Arc<Facts>> {
+        if let Some(f) = self.map.lock().ok().and_then(|m| m.get(digest).cloned()) {
+            return Some(f);
+        }
+        let facts = std::sync::Arc::new(parse(body, content_type).ok()?);
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= self.max {
+                m.clear();
+            }
+            m.insert(digest.to_string(), facts.clone());
+        }
+        Some(facts)
     }
 }
 

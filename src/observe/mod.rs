@@ -33,6 +33,7 @@ use http::{Method, Request, Response, StatusCode};
 use crate::app::App;
 use crate::events::{ChartInfo, Event, EventKind, sink::With};
 use crate::forward::{Body, Upstream, oci_error};
+use crate::quota;
 use crate::route::{ChartOp, Digest, ManifestAction, Reference, RegistryOp, Repository};
 use crate::server::RequestCtx;
 use crate::store::{self, knowledge};
@@ -289,6 +290,25 @@ async fn manifest_put(
         }
     };
     let facts = manifest::parse(&body, content_type.as_deref()).ok();
+    if let Some(f) = &facts
+        && let quota::Check::Exceeded {
+            adding,
+            usage,
+            limit,
+        } = quota::check_push(app, repo.project(), f).await
+    {
+        return refuse_over_quota(
+            app,
+            &repo,
+            &reference,
+            &who,
+            &body,
+            f,
+            (adding, usage, limit),
+            ctx,
+        )
+        .await;
+    }
     let req = Request::from_parts(parts, Body::from(body.clone()));
     let chart_config = async {
         match facts.as_ref() {
@@ -340,22 +360,118 @@ async fn manifest_put(
     let row = artifact_row(&repo, &digest, &facts, chart.as_ref());
     let index_part = (facts.kind == Kind::Index)
         .then(|| index_size_and_absorb(repo.to_string(), facts.child_digests()));
+    let limit = app
+        .config
+        .projects
+        .get(repo.project())
+        .and_then(|p| p.storage_limit);
+    let threshold = app.config.quota.warning_threshold;
     let with: With = Box::new(move |c, e: &mut Event| {
         if let Some(f) = index_part {
             f(c, e)?;
+        }
+        if let Some(until) = hold_until {
+            store::events::extend_held(c, &row.repository, until)?;
         }
         let mut row = row;
         if row.size.is_none() {
             row.size = e.size;
         }
+        let new = knowledge::artifact(c, &row.repository, &row.digest)?.is_none();
         knowledge::upsert_artifact(c, &row)?;
         if let Some(t) = &tag {
             knowledge::set_tag(c, &row.repository, t, &row.digest)?;
+        }
+        if new {
+            let before = store::quota::usage(c, &e.project)?;
+            store::quota::add_refs(c, &e.project, &row.blobs)?;
+            if let Some(limit) = limit {
+                let after = store::quota::usage(c, &e.project)?;
+                warn_on_crossing(c, e, before, after, limit, threshold)?;
+            }
         }
         Ok(())
     });
     app.events.durable(e, hold_until, Some(with)).await;
     resp.map(Body::new)
+}
+
+/// Refuse a push that would take its project past its storage limit: 403 DENIED with
+/// Harbor's message, and a QUOTA_EXCEED event (committed first). The registry never sees it.
+#[allow(clippy::too_many_arguments)]
+async fn refuse_over_quota(
+    app: &Arc<App>,
+    repo: &Repository,
+    reference: &Reference,
+    who: &Who,
+    body: &Bytes,
+    facts: &Facts,
+    (adding, usage, limit): (u64, u64, u64),
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    let details = quota::exceed_message(adding, usage, limit);
+    let digest = Digest::sha256_of(body).to_string();
+    let tag = reference.tag();
+    let mut e = who.event(app, EventKind::QuotaExceed, repo);
+    e.tags = tag.iter().map(|t| t.to_string()).collect();
+    e.digest = Some(digest.clone());
+    e.media_type = facts.media_type.clone();
+    e.size = Some(facts.size);
+    e.resource_url = resource_url(app, repo, tag, Some(&digest));
+    e.quota = Some(crate::events::QuotaInfo {
+        details: details.clone(),
+        limit: Some(limit),
+        usage: Some(usage),
+        adding: Some(adding),
+    });
+    tracing::warn!(request_id = ctx.request_id_str(), repository = %repo, %details, "push refused: project quota");
+    app.events.durable(e, None, None).await;
+    oci_error(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        &details,
+        serde_json::json!({
+            "project": repo.project(),
+            "limit": limit,
+            "usage": usage,
+            "adding": adding,
+            "request_id": ctx.request_id_str(),
+        }),
+    )
+}
+
+/// After usage moved from `before` to `after`: one QUOTA_WARNING when it crossed the warning
+/// threshold upwards; re-armed when it is below the threshold again.
+fn warn_on_crossing(
+    c: &rusqlite::Connection,
+    e: &Event,
+    before: u64,
+    after: u64,
+    limit: u64,
+    threshold: u8,
+) -> Result<(), crate::store::StoreError> {
+    let line = (limit as u128 * threshold as u128 / 100) as u64;
+    let warned = store::quota::warned(c, &e.project)?;
+    if after < line {
+        if warned {
+            store::quota::set_warned(c, &e.project, false)?;
+        }
+        return Ok(());
+    }
+    if before < line && !warned {
+        let mut w = e.clone();
+        w.id = uuid::Uuid::now_v7();
+        w.kind = EventKind::QuotaWarning;
+        w.quota = Some(crate::events::QuotaInfo {
+            details: quota::warning_message(after, limit, threshold),
+            limit: Some(limit),
+            usage: Some(after),
+            adding: Some(after.saturating_sub(before)),
+        });
+        store::events::insert(c, &w, None)?;
+        store::quota::set_warned(c, &e.project, true)?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -407,19 +523,16 @@ async fn manifest_get(
     let app = app.clone();
     resp.map(move |b| {
         let observed = Observed::new(b, move |outcome| {
-            if !outcome.complete {
-                return;
-            }
-            let pull = Pull {
-                repo,
-                reference,
-                who,
-                digest,
-                content_type,
-                body: outcome.captured,
-            };
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(pull.record(app));
+            if outcome.complete {
+                pull_completed(
+                    app,
+                    repo,
+                    reference,
+                    who,
+                    digest,
+                    content_type,
+                    outcome.captured,
+                );
             }
         })
         .capturing(MAX_MANIFEST_BYTES, expected);
@@ -427,111 +540,120 @@ async fn manifest_get(
     })
 }
 
-/// A manifest GET whose response reached the client completely.
-struct Pull {
+/// A manifest GET whose response reached the client completely. Runs when the body ended, so
+/// what the client resolved (tag, index children) is remembered before its next request; the
+/// event is queued without waiting (charts first look up their facts in a task).
+fn pull_completed(
+    app: Arc<App>,
     repo: Repository,
     reference: Reference,
     who: Who,
     digest: Option<Digest>,
     content_type: Option<String>,
     body: Option<Bytes>,
-}
-
-impl Pull {
-    async fn record(self, app: Arc<App>) {
-        let Pull {
-            repo,
-            reference,
-            who,
-            digest,
-            content_type,
-            body,
-        } = self;
-        let digest = match (digest, &body) {
-            (Some(d), _) => d.to_string(),
-            (None, Some(b)) => Digest::sha256_of(b).to_string(),
-            (None, None) => return,
-        };
-        let facts = body
-            .as_deref()
-            .and_then(|b| manifest::parse(b, content_type.as_deref()).ok());
-        let r = repo.as_str();
-        if reference.digest().is_some()
-            && app
-                .recent
-                .parent_index(who.ip, &who.operator, r, &digest)
-                .is_some()
-        {
-            return; // the platform manifest of an index this client just pulled
-        }
-        let tag = match reference.tag() {
-            Some(t) => {
-                app.recent
-                    .remember_tag(who.ip, &who.operator, r, &digest, t);
-                Some(t.to_string())
-            }
-            None => app.recent.tag_for(who.ip, &who.operator, r, &digest),
-        };
-        if let Some(f) = facts.as_ref().filter(|f| f.kind == Kind::Index) {
+) {
+    let digest = match (digest, &body) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(b)) => Digest::sha256_of(b).to_string(),
+        (None, None) => return,
+    };
+    let facts = body
+        .as_deref()
+        .and_then(|b| app.facts.get_or_parse(&digest, b, content_type.as_deref()));
+    let r = repo.as_str();
+    if reference.digest().is_some()
+        && app
+            .recent
+            .parent_index(who.ip, &who.operator, r, &digest)
+            .is_some()
+    {
+        return; // the platform manifest of an index this client just pulled
+    }
+    let tag = match reference.tag() {
+        Some(t) => {
             app.recent
-                .remember_children(who.ip, &who.operator, r, &digest, &f.child_digests());
+                .remember_tag(who.ip, &who.operator, r, &digest, t);
+            Some(t.to_string())
         }
-        let is_chart = facts.as_ref().is_some_and(|f| f.kind == Kind::Chart);
-        let mut e = who.event(
-            &app,
-            if is_chart {
-                EventKind::DownloadChart
-            } else {
-                EventKind::PullArtifact
-            },
-            &repo,
-        );
-        e.tags = tag.iter().cloned().collect();
-        e.digest = Some(digest.clone());
-        e.media_type = facts
-            .as_ref()
-            .and_then(|f| f.media_type.clone())
-            .or(content_type);
-        e.resource_url = resource_url(&app, &repo, tag.as_deref(), Some(&digest));
-        if let Some(f) = &facts {
-            e.platforms = f.platforms();
-            e.size = (f.kind != Kind::Index).then_some(f.size);
+        None => app.recent.tag_for(who.ip, &who.operator, r, &digest),
+    };
+    if let Some(f) = facts.as_ref().filter(|f| f.kind == Kind::Index) {
+        app.recent
+            .remember_children(who.ip, &who.operator, r, &digest, &f.child_digests());
+    }
+    let is_chart = facts.as_ref().is_some_and(|f| f.kind == Kind::Chart);
+    let mut e = who.event(
+        &app,
+        if is_chart {
+            EventKind::DownloadChart
+        } else {
+            EventKind::PullArtifact
+        },
+        &repo,
+    );
+    e.tags = tag.iter().cloned().collect();
+    e.digest = Some(digest.clone());
+    e.media_type = facts
+        .as_ref()
+        .and_then(|f| f.media_type.clone())
+        .or(content_type);
+    e.resource_url = resource_url(&app, &repo, tag.as_deref(), Some(&digest));
+    if let Some(f) = &facts {
+        e.platforms = f.platforms();
+        e.size = (f.kind != Kind::Index).then_some(f.size);
+    }
+    match facts {
+        Some(f) if f.kind == Kind::Chart => {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(record_chart_pull(app, repo, who, f, tag, e));
+            }
         }
-        if let Some(f) = facts.as_ref().filter(|_| is_chart) {
-            let known = {
-                let (r2, d2) = (r.to_string(), digest.clone());
-                app.store
-                    .read(move |c| knowledge::artifact(c, &r2, &d2))
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|a| a.chart)
-            };
-            let chart = match known {
-                Some(c) => c,
-                None => {
-                    let cfg = match &f.config_digest {
-                        Some(d) => fetch_chart_config(&app, &repo, d, &who).await,
-                        None => None,
-                    };
-                    manifest::chart_info(cfg.as_deref(), f, tag.as_deref())
-                }
-            };
-            e.size = chart.size.or(e.size);
-            e.chart = Some(chart);
-        }
-        let with: Option<With> = facts.as_ref().filter(|f| f.kind == Kind::Index).map(|f| {
+        Some(f) if f.kind == Kind::Index => {
             let (r2, children) = (r.to_string(), f.child_digests());
-            Box::new(move |c: &rusqlite::Connection, e: &mut Event| {
+            let with: With = Box::new(move |c: &rusqlite::Connection, e: &mut Event| {
                 let (sum, known) = knowledge::known_size(c, &r2, &children)?;
                 if known > 0 {
                     e.size = Some(sum);
                 }
                 Ok(())
-            }) as With
-        });
-        app.events.detached(e, with);
+            });
+            app.events.detached(e, Some(with));
+        }
+        _ => app.events.detached(e, None),
     }
+}
+
+/// A chart pull: its facts come from wharf's knowledge, else from its config blob.
+async fn record_chart_pull(
+    app: Arc<App>,
+    repo: Repository,
+    who: Who,
+    facts: Arc<Facts>,
+    tag: Option<String>,
+    mut e: Event,
+) {
+    let known = {
+        let (r, d) = (repo.to_string(), e.digest.clone().unwrap_or_default());
+        app.store
+            .read(move |c| knowledge::artifact(c, &r, &d))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|a| a.chart)
+    };
+    let chart = match known {
+        Some(c) => c,
+        None => {
+            let cfg = match &facts.config_digest {
+                Some(d) => fetch_chart_config(&app, &repo, d, &who).await,
+                None => None,
+            };
+            manifest::chart_info(cfg.as_deref(), &facts, tag.as_deref())
+        }
+    };
+    e.size = chart.size.or(e.size);
+    e.chart = Some(chart);
+    app.events.detached(e, None);
 }
 
 /// What wharf knows about a manifest about to be deleted.
@@ -656,6 +778,24 @@ async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> 
     }
 }
 
+/// The tags the registry says point at `digest`, asked without credentials (for reports that
+/// come from the side endpoint rather than from a client's request); sorted.
+pub async fn registry_tags_pointing_at(app: &App, repo: &Repository, digest: &str) -> Vec<String> {
+    let who = Who {
+        operator: crate::events::operator::ANONYMOUS.into(),
+        ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        user_agent: None,
+        authorization: None,
+        request_id: String::new(),
+    };
+    let mut tags = registry_tags_of(app, repo, digest, &who)
+        .await
+        .map(|r| r.pointing)
+        .unwrap_or_default();
+    tags.sort();
+    tags
+}
+
 /// What the registry said about the tags of a digest.
 #[derive(Debug, Default)]
 struct RegistryTags {
@@ -778,9 +918,24 @@ async fn manifest_delete(
     e.platforms = doomed.platforms;
     e.chart = doomed.chart;
     let (r, d) = (repo.to_string(), digest);
-    let with: With = Box::new(move |c, _| {
+    let limit = app
+        .config
+        .projects
+        .get(repo.project())
+        .and_then(|p| p.storage_limit);
+    let threshold = app.config.quota.warning_threshold;
+    let with: With = Box::new(move |c, e: &mut Event| {
         // A push of this digest still waiting for an index is published now, before its delete.
         store::events::publish_held(c, &r, &d)?;
+        // the space its blobs took comes back (blobs other manifests use stay counted)
+        if let Some(gone) = knowledge::artifact(c, &r, &d)? {
+            let before = store::quota::usage(c, &e.project)?;
+            store::quota::remove_refs(c, &e.project, &gone.blobs)?;
+            if let Some(limit) = limit {
+                let after = store::quota::usage(c, &e.project)?;
+                warn_on_crossing(c, e, before, after, limit, threshold)?;
+            }
+        }
         knowledge::forget(c, &r, &d)
     });
     app.events.durable(e, None, Some(with)).await;

@@ -10,10 +10,11 @@ use crate::events::{Event, EventKind};
 /// [`cancel_held`]; otherwise it is published now.
 pub fn insert(conn: &Connection, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
     let body = serde_json::to_string(event).map_err(|e| StoreError::Sql(e.to_string()))?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+    )?
+    .execute(params![
             event.id.to_string(),
             event.kind.harbor_type(),
             event.project,
@@ -23,12 +24,22 @@ pub fn insert(conn: &Connection, event: &Event, hold_until: Option<i64>) -> Resu
             if hold_until.is_some() { "held" } else { "published" },
             hold_until,
             body,
-        ],
-    )?;
+        ])?;
     if hold_until.is_none() {
         super::outbox::fanout(conn, event)?;
     }
     Ok(())
+}
+
+/// Push back the release of every held event of `repository` to `until` (unix ms): platform
+/// manifests of one multi-platform push arrive one after the other, each after its own layers,
+/// so the window runs from the last of them.
+pub fn extend_held(conn: &Connection, repository: &str, until: i64) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE events SET release_at = ?2 WHERE state = 'held' AND repository = ?1 AND release_at < ?2",
+        )?
+        .execute(params![repository, until])?)
 }
 
 /// Publish held events whose time has come; returns them.
