@@ -11,9 +11,12 @@
 //!
 //! Usage is learned from traffic. For a registry that already has content, run
 //! `wharf quota rescan` once: it walks the catalog (every tag of every repository, and the
-//! platform manifests of indexes) and records what it finds. Manifests reachable by no tag are
-//! not counted. Two pushes racing into the last free bytes can both pass the check: the limit
-//! is enforced per push, not transactionally against concurrent pushes.
+//! platform manifests of indexes; a repository without tags is skipped) and records what it
+//! finds, then recounts every project's usage from all the manifests wharf knows (so those a
+//! wharf without quotas learned earlier count too). Manifests reachable by no tag and never
+//! pushed through wharf are not counted. Two pushes racing into the last free bytes can both
+//! pass the check: the limit is enforced per push, not transactionally against concurrent
+//! pushes.
 
 use std::collections::BTreeMap;
 
@@ -149,16 +152,20 @@ fn next_link(h: &HeaderMap) -> Option<String> {
         .then(|| v[start..end].to_string())
 }
 
+/// GET a JSON document and the `Link` to its next page; `None` on 404.
 async fn get_json(
     app: &App,
     path: &str,
     headers: &HeaderMap,
-) -> Result<(serde_json::Value, Option<String>), RescanError> {
+) -> Result<Option<(serde_json::Value, Option<String>)>, RescanError> {
     let (parts, body) = app
         .registry
         .fetch(Method::GET, path, headers.clone(), 64 << 20)
         .await
         .map_err(|e| RescanError::Registry(e.to_string()))?;
+    if parts.status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
     if parts.status != StatusCode::OK {
         return Err(RescanError::Registry(format!(
             "GET {path}: HTTP {}",
@@ -167,7 +174,7 @@ async fn get_json(
     }
     let v = serde_json::from_slice(&body)
         .map_err(|e| RescanError::Registry(format!("GET {path}: {e}")))?;
-    Ok((v, next_link(&parts.headers)))
+    Ok(Some((v, next_link(&parts.headers))))
 }
 
 /// Record one manifest: knowledge, and quota references when it is new to wharf.
@@ -223,7 +230,11 @@ pub async fn rescan(
     let mut repos = Vec::new();
     let mut next = Some("/v2/_catalog?n=1000".to_string());
     while let Some(path) = next.take() {
-        let (v, link) = get_json(app, &path, &headers).await?;
+        let Some((v, link)) = get_json(app, &path, &headers).await? else {
+            return Err(RescanError::Registry(format!(
+                "GET {path}: HTTP 404 (does the registry serve the catalog API?)"
+            )));
+        };
         repos.extend(
             v.get("repositories")
                 .and_then(|r| r.as_array())
@@ -238,7 +249,11 @@ pub async fn rescan(
         let mut tags = Vec::new();
         let mut next = Some(format!("/v2/{repo}/tags/list?n=1000"));
         while let Some(path) = next.take() {
-            let (v, link) = get_json(app, &path, &headers).await?;
+            // a repository without any tag (only untagged manifests, or all deleted) is 404
+            let Some((v, link)) = get_json(app, &path, &headers).await? else {
+                tracing::debug!(%path, "rescan: no tags, skipped");
+                break;
+            };
             tags.extend(
                 v.get("tags")
                     .and_then(|t| t.as_array())
@@ -309,6 +324,8 @@ pub async fn rescan(
             }
         }
     }
+    // usage follows every manifest wharf knows, also those it learned before it counted usage
+    app.store.write(quota::recount).await?;
     report.usage = app
         .store
         .read(quota::all_usage)

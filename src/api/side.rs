@@ -73,10 +73,16 @@ async fn read_limited(body: axum::body::Body, limit: u64) -> Result<bytes::Bytes
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    // First the text, then the shape: a syntax error has a position, not a field; and serde
+    // would take a JSON array for a struct, field by field.
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body: not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("body: must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." {
+        let field = if path == "." || path.contains('?') {
             "body".to_string()
         } else {
             path
@@ -172,6 +178,10 @@ async fn complete(
             .read(move |c| knowledge::tags_of(c, &r, &d2))
             .await
             .unwrap_or_default();
+        if tags.is_empty() {
+            // pushed behind wharf's back (or before it was there): the registry knows
+            tags = crate::observe::registry_tags_pointing_at(app, &repo, d).await;
+        }
     }
     Subject { repo, tags, digest }
 }

@@ -16,9 +16,30 @@ use super::{ScanInfo, Scanner, SeverityCounts, Vulnerability};
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error(
-        "report: neither a Trivy JSON report (Results) nor a scanner-adapter report (vulnerabilities): {0}"
+        "report: neither a Trivy JSON report (Results) nor a scanner-adapter report (vulnerabilities)"
     )]
-    Shape(String),
+    Shape,
+    /// A Trivy report (by its shape) with a field that does not fit.
+    #[error("{field}: {reason} (read as a Trivy JSON report)")]
+    Trivy { field: String, reason: String },
+    /// A scanner-adapter report (by its shape) with a field that does not fit.
+    #[error("{field}: {reason} (read as a scanner-adapter report)")]
+    Adapter { field: String, reason: String },
+}
+
+/// Deserialize `report`, naming the field that does not fit (`report.Results[0]...`).
+fn read_as<T: for<'de> Deserialize<'de>>(
+    report: &serde_json::Value,
+) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(report).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "report".to_string()
+        } else {
+            format!("report.{path}")
+        };
+        (field, e.into_inner().to_string())
+    })
 }
 
 /// Severity rank, highest first in sorting.
@@ -138,8 +159,8 @@ pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, Rep
     let (vulns, scanner, at) = if report.get("Results").is_some()
         || report.get("SchemaVersion").is_some()
     {
-        let t: TrivyReport = serde_json::from_value(report.clone())
-            .map_err(|e| ReportError::Shape(e.to_string()))?;
+        let t: TrivyReport =
+            read_as(report).map_err(|(field, reason)| ReportError::Trivy { field, reason })?;
         let scanner = Scanner {
             name: "Trivy".into(),
             vendor: "Aqua Security".into(),
@@ -167,8 +188,8 @@ pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, Rep
             .collect();
         (vulns, Some(scanner), t.created_at)
     } else if report.get("vulnerabilities").is_some() {
-        let a: AdapterReport = serde_json::from_value(report.clone())
-            .map_err(|e| ReportError::Shape(e.to_string()))?;
+        let a: AdapterReport =
+            read_as(report).map_err(|(field, reason)| ReportError::Adapter { field, reason })?;
         let vulns = a
             .vulnerabilities
             .into_iter()
@@ -189,9 +210,7 @@ pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, Rep
             .collect();
         (vulns, a.scanner, a.generated_at)
     } else {
-        return Err(ReportError::Shape(
-            "no Results or vulnerabilities field".into(),
-        ));
+        return Err(ReportError::Shape);
     };
     let mut counts = SeverityCounts::default();
     for v in &vulns {
@@ -320,8 +339,25 @@ mod tests {
 
     #[test]
     fn unknown_shapes_are_errors() {
-        assert!(summarize(&serde_json::json!({"foo": 1}), 10).is_err());
-        assert!(summarize(&serde_json::json!({"Results": "nope"}), 10).is_err());
-        assert!(summarize(&serde_json::json!({"vulnerabilities": [{"nope": 1}]}), 10).is_err());
+        let err = |v: serde_json::Value| summarize(&v, 10).unwrap_err().to_string();
+        assert!(err(serde_json::json!({"foo": 1})).starts_with("report: neither"));
+        assert!(err(serde_json::json!([1])).starts_with("report: neither"));
+        let e = err(serde_json::json!({"Results": "nope"}));
+        assert!(
+            e.starts_with("report.Results: invalid type") && e.contains("Trivy"),
+            "{e}"
+        );
+        let e = err(
+            serde_json::json!({"SchemaVersion": 2, "Results": [{"Vulnerabilities": [{"Severity": "HIGH"}]}]}),
+        );
+        assert!(
+            e.starts_with("report.Results[0].Vulnerabilities[0]: missing field `VulnerabilityID`"),
+            "{e}"
+        );
+        let e = err(serde_json::json!({"vulnerabilities": [{"nope": 1}]}));
+        assert!(
+            e.starts_with("report.vulnerabilities[0]: missing field `id`") && e.contains("adapter"),
+            "{e}"
+        );
     }
 }

@@ -77,6 +77,27 @@ pub fn remove_refs(
     Ok(())
 }
 
+/// Recount every project's usage from the manifests wharf knows: each known manifest
+/// references its blobs once. Makes usage agree with the knowledge whatever happened before,
+/// e.g. manifests learned by a wharf that did not count usage yet (before quotas existed).
+pub fn recount(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM project_blobs", [])?;
+    let mut stmt = conn.prepare("SELECT repository, blobs FROM artifacts")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (repository, blobs) in rows {
+        let blobs: Vec<(String, u64)> = blobs
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default();
+        let project = repository.split('/').next().unwrap_or(&repository);
+        add_refs(conn, project, &blobs)?;
+    }
+    Ok(())
+}
+
 /// Was the warning for the current crossing already sent?
 pub fn warned(conn: &Connection, project: &str) -> Result<bool, StoreError> {
     let w: Option<i64> = conn
@@ -117,7 +138,8 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(
             "CREATE TABLE project_blobs (project TEXT, digest TEXT, size INTEGER, refs INTEGER, PRIMARY KEY (project, digest));
-             CREATE TABLE quota_state (project TEXT PRIMARY KEY, warned INTEGER NOT NULL);",
+             CREATE TABLE quota_state (project TEXT PRIMARY KEY, warned INTEGER NOT NULL);
+             CREATE TABLE artifacts (repository TEXT, digest TEXT, blobs TEXT, PRIMARY KEY (repository, digest));",
         )
         .unwrap();
         c
@@ -146,5 +168,33 @@ mod tests {
         assert!(!warned(&c, "p").unwrap());
         set_warned(&c, "p", true).unwrap();
         assert!(warned(&c, "p").unwrap());
+    }
+
+    #[test]
+    fn recount_follows_the_known_manifests() {
+        let c = db();
+        let blobs = |v: &[(&str, u64)]| {
+            serde_json::to_string(
+                &v.iter()
+                    .map(|(d, s)| (d.to_string(), *s))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap()
+        };
+        c.execute(
+            "INSERT INTO artifacts VALUES ('p/a', 'm1', ?1), ('p/b', 'm2', ?2), ('q/a', 'm1', ?1), ('p/i', 'idx', NULL)",
+            params![blobs(&[("c1", 10), ("l1", 100)]), blobs(&[("c2", 20), ("l1", 100)])],
+        )
+        .unwrap();
+        // stale counts of a blob nobody references any more
+        add_refs(&c, "p", &[("gone".to_string(), 5000)]).unwrap();
+        recount(&c).unwrap();
+        assert_eq!(usage(&c, "p").unwrap(), 130);
+        assert_eq!(usage(&c, "q").unwrap(), 110);
+        // l1 is referenced twice in p: deleting one manifest keeps it
+        remove_refs(&c, "p", &[("c1".to_string(), 10), ("l1".to_string(), 100)]).unwrap();
+        assert_eq!(usage(&c, "p").unwrap(), 120);
+        recount(&c).unwrap();
+        assert_eq!(usage(&c, "p").unwrap(), 130, "idempotent");
     }
 }

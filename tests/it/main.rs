@@ -17,4 +17,5 @@ mod harness;
 mod lifecycle;
 mod proxy;
 mod proxy_http;
+mod side;
 mod webhooks;
