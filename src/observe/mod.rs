@@ -440,8 +440,10 @@ async fn refuse_over_quota(
     )
 }
 
-/// After usage moved from `before` to `after`: one QUOTA_WARNING when it crossed the warning
-/// threshold upwards; re-armed when it is below the threshold again.
+/// After usage moved from `before` to `after`: one QUOTA_WARNING when it grew to or past the
+/// warning threshold and nobody was warned of this crossing yet; re-armed when it is below the
+/// threshold again. (Not `before < line`: usage may be past the line without any push having
+/// crossed it, after a rescan or a lowered limit, and the next growth must still warn.)
 fn warn_on_crossing(
     c: &rusqlite::Connection,
     e: &Event,
@@ -458,7 +460,7 @@ fn warn_on_crossing(
         }
         return Ok(());
     }
-    if before < line && !warned {
+    if after > before && !warned {
         let mut w = e.clone();
         w.id = uuid::Uuid::now_v7();
         w.kind = EventKind::QuotaWarning;

@@ -4,8 +4,9 @@
 //! the previous transaction ran goes into the next one, each inside its own savepoint (a failing
 //! job rolls back alone). A caller that awaits [`Store::write`] gets its answer only after the
 //! COMMIT, so "the event is committed before the client sees success" is a plain `.await`.
-//! [`Store::write_detached`] queues without waiting (pull events): what sits in the queue when
-//! the process is killed is lost; the queue is drained on graceful shutdown.
+//! [`Store::write_detached`] queues without waiting (pull events), and such background writes
+//! wait up to [`BACKGROUND_WINDOW`] (10 ms) to share a commit: what sits in the queue when the
+//! process is killed is lost; the queue is drained on graceful shutdown.
 //!
 //! Durability: WAL journal. `store.synchronous: normal` (default) survives a killed process
 //! (`kill -9`) but not an OS crash — the same as the registry's own filesystem storage, which
@@ -62,10 +63,14 @@ pub enum Synchronous {
 struct Job {
     run: Box<dyn FnOnce(&Connection) -> bool + Send>,
     done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    /// Someone waits for this commit ([`Store::write`]); background jobs
+    /// ([`Store::write_detached`]) may wait up to [`BACKGROUND_WINDOW`] for company.
+    urgent: bool,
 }
 
 impl Job {
     fn new<T: Send + 'static>(
+        urgent: bool,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
     ) -> Job {
@@ -88,6 +93,7 @@ impl Job {
                     (Ok(()), None) => Err(StoreError::Closed),
                 });
             }),
+            urgent,
         }
     }
 }
@@ -119,6 +125,9 @@ struct Inner {
 }
 
 const MAX_BATCH: usize = 512;
+/// How long background writes (pull events) may wait to be committed together with others:
+/// the window a killed process can lose them in.
+pub const BACKGROUND_WINDOW: Duration = Duration::from_millis(10);
 const MAX_IDLE_READERS: usize = 4;
 
 impl Store {
@@ -192,7 +201,7 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job = Job::new(f, move |r| {
+        let job = Job::new(true, f, move |r| {
             let _ = tx.send(r);
         });
         if let Err(job) = self.submit(job) {
@@ -206,7 +215,7 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
     {
-        let job = Job::new(f, move |r| {
+        let job = Job::new(false, f, move |r| {
             if let Err(e) = r {
                 on_error(e);
             }
@@ -268,10 +277,24 @@ fn writer_loop(
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
+        let mut deadline: Option<std::time::Instant> = None;
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => batch.push(j),
-                Err(_) => break,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    // someone waits: commit now; only background jobs: gather a few more
+                    if batch.iter().any(|j| j.urgent) {
+                        break;
+                    }
+                    let until = *deadline
+                        .get_or_insert_with(|| std::time::Instant::now() + BACKGROUND_WINDOW);
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
             }
         }
         let n = batch.len();

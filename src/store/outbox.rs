@@ -33,12 +33,12 @@ fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
 /// Create the deliveries of `event`: one per enabled target of every enabled policy of its
 /// project that wants it. Nothing is created while notifications are switched off globally.
 pub fn fanout(conn: &Connection, event: &Event) -> Result<usize, StoreError> {
-    if !policies::notification_enabled(conn)? {
+    if !policies::notification_enabled_cached(conn)? {
         return Ok(0);
     }
     let now = now_ms();
     let mut created = 0;
-    for p in policies::list(conn, &event.project)? {
+    for p in policies::for_fanout(conn, &event.project)?.iter() {
         if !p.wants(event) {
             continue;
         }
@@ -46,18 +46,18 @@ pub fn fanout(conn: &Connection, event: &Event) -> Result<usize, StoreError> {
             if t.disabled {
                 continue;
             }
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, state, not_before, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8, ?8)",
-                params![event.id.to_string(), event.kind.harbor_type(), p.id, event.project, i as i64, t.address, json(t)?, now],
-            )?;
+            )?
+            .execute(params![event.id.to_string(), event.kind.harbor_type(), p.id, event.project, i as i64, t.address, json(t)?, now])?;
             created += 1;
         }
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO last_triggers (policy_id, event_type, at) VALUES (?1, ?2, ?3)
              ON CONFLICT (policy_id, event_type) DO UPDATE SET at = excluded.at",
-            params![p.id, event.kind.harbor_type(), now],
-        )?;
+        )?
+        .execute(params![p.id, event.kind.harbor_type(), now])?;
     }
     if created > 0 {
         CREATED.with(|c| c.set(true));

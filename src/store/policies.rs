@@ -67,6 +67,52 @@ pub fn project_name(conn: &Connection, id: i64) -> Result<Option<String>, StoreE
         .optional()?)
 }
 
+thread_local! {
+    /// What fan-out reads for every event, cached on the thread that writes (the database
+    /// writer thread does all policy writes too, and each of them clears this cache; a job that
+    /// rolls back only costs a reload).
+    static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache::default());
+}
+
+#[derive(Default)]
+struct Cache {
+    notification_enabled: Option<bool>,
+    by_project: std::collections::HashMap<String, std::rc::Rc<Vec<Policy>>>,
+}
+
+fn invalidate_cache() {
+    CACHE.with(|c| *c.borrow_mut() = Cache::default());
+}
+
+/// The policies of `project` for fan-out (cached, see [`CACHE`]).
+pub fn for_fanout(
+    conn: &Connection,
+    project: &str,
+) -> Result<std::rc::Rc<Vec<Policy>>, StoreError> {
+    if let Some(hit) = CACHE.with(|c| c.borrow().by_project.get(project).cloned()) {
+        return Ok(hit);
+    }
+    let list = std::rc::Rc::new(list(conn, project)?);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.by_project.len() > 10_000 {
+            c.by_project.clear();
+        }
+        c.by_project.insert(project.to_string(), list.clone());
+    });
+    Ok(list)
+}
+
+/// `notification_enable` for fan-out (cached, see [`CACHE`]).
+pub fn notification_enabled_cached(conn: &Connection) -> Result<bool, StoreError> {
+    if let Some(v) = CACHE.with(|c| c.borrow().notification_enabled) {
+        return Ok(v);
+    }
+    let v = notification_enabled(conn)?;
+    CACHE.with(|c| c.borrow_mut().notification_enabled = Some(v));
+    Ok(v)
+}
+
 /// Policies of a project, by id.
 pub fn list(conn: &Connection, project: &str) -> Result<Vec<Policy>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -111,6 +157,7 @@ pub fn name_taken(
 
 /// Insert a new policy; returns its id.
 pub fn insert(conn: &Connection, p: &Policy) -> Result<i64, StoreError> {
+    invalidate_cache();
     ensure_project(conn, &p.project)?;
     let now = now_ms();
     let types: Vec<&str> = p.event_types.iter().map(|k| k.harbor_type()).collect();
@@ -124,6 +171,7 @@ pub fn insert(conn: &Connection, p: &Policy) -> Result<i64, StoreError> {
 
 /// Replace a policy's editable fields.
 pub fn update(conn: &Connection, p: &Policy) -> Result<bool, StoreError> {
+    invalidate_cache();
     let types: Vec<&str> = p.event_types.iter().map(|k| k.harbor_type()).collect();
     let n = conn.execute(
         "UPDATE policies SET name = ?2, description = ?3, enabled = ?4, event_types = ?5, targets = ?6, filters = ?7, updated_at = ?8
@@ -135,6 +183,7 @@ pub fn update(conn: &Connection, p: &Policy) -> Result<bool, StoreError> {
 
 /// Replace a policy's targets only (e.g. one disabled after 410 Gone).
 pub fn update_targets(conn: &Connection, id: i64, targets: &[Target]) -> Result<(), StoreError> {
+    invalidate_cache();
     conn.execute(
         "UPDATE policies SET targets = ?2, updated_at = ?3 WHERE id = ?1",
         params![id, json(&targets)?, now_ms()],
@@ -144,6 +193,7 @@ pub fn update_targets(conn: &Connection, id: i64, targets: &[Target]) -> Result<
 
 /// Delete a policy; its open deliveries end (dead, "policy deleted").
 pub fn delete(conn: &Connection, project: &str, id: i64) -> Result<bool, StoreError> {
+    invalidate_cache();
     let n = conn.execute(
         "DELETE FROM policies WHERE id = ?1 AND project = ?2",
         params![id, project],
@@ -186,6 +236,7 @@ pub fn notification_enabled(conn: &Connection) -> Result<bool, StoreError> {
 
 /// Switch notifications on or off for every project.
 pub fn set_notification_enabled(conn: &Connection, on: bool) -> Result<(), StoreError> {
+    invalidate_cache();
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         params![NOTIFICATION_ENABLE, if on { "true" } else { "false" }],
