@@ -171,6 +171,15 @@ pub struct UsersConfig {
     pub htpasswd: Option<PathBuf>,
 }
 
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: crate::store::Synchronous::default(),
+            retention: defaults::retention(),
+        }
+    }
+}
+
 /// Webhook delivery.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -285,13 +294,17 @@ impl PullFilter {
 }
 
 /// The embedded database.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `normal` (survives a killed process; an OS crash may lose the last commits, like the
     /// registry's own filesystem storage) or `full` (fsync on every group commit).
     #[serde(default)]
     pub synchronous: crate::store::Synchronous,
+    /// Events older than this are removed from the event log, with their finished deliveries
+    /// and attempts (deliveries still pending keep their event). `0s` keeps everything.
+    #[serde(default = "defaults::retention", with = "duration")]
+    pub retention: Duration,
 }
 
 /// Where requests go.
@@ -489,6 +502,9 @@ mod defaults {
     }
     pub fn warning_threshold() -> u8 {
         85
+    }
+    pub fn retention() -> Duration {
+        Duration::from_secs(30 * 24 * 3600)
     }
 }
 
@@ -724,6 +740,17 @@ impl Config {
             .is_some_and(|t| t.expose().len() < 16)
         {
             return Err(invalid("side_api_token", "must be at least 16 characters"));
+        }
+        if !self.events.enabled
+            && let Some((name, _)) = self
+                .projects
+                .iter()
+                .find(|(_, p)| p.storage_limit.is_some())
+        {
+            return Err(invalid(
+                &format!("projects.{name}.storage_limit"),
+                "quotas need events.enabled: true (wharf learns usage from the manifests it observes)",
+            ));
         }
         if !(1..=100).contains(&self.quota.warning_threshold) {
             return Err(invalid(
@@ -987,6 +1014,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("tls.cert:"), "{err}");
+    }
+
+    #[test]
+    fn quotas_need_events() {
+        let err = load(
+            &format!(
+                "{MIN}events: {{enabled: false}}\nprojects: {{prj: {{storage_limit: 10GiB}}}}\n"
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("projects.prj.storage_limit:"), "{err}");
+        let c = load(
+            &format!("{MIN}projects: {{prj: {{storage_limit: 10GiB}}}}\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.project("prj").storage_limit, Some(10 << 30));
+        assert_eq!(c.store.retention, Duration::from_secs(30 * 86400));
     }
 
     #[test]

@@ -83,6 +83,11 @@ impl Running {
         app.notifications_enabled
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(app.events.clone().run_releaser(background.clone()));
+        tokio::spawn(
+            app.events
+                .clone()
+                .run_pruner(app.config.store.retention, background.clone()),
+        );
         let dispatcher = std::sync::Arc::new(dispatch::Dispatcher::new(
             app.store.clone(),
             app.sender.clone(),

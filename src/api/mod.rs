@@ -120,6 +120,45 @@ async fn metrics(
         .into_response())
 }
 
+/// Errors axum produces itself (a bad path parameter or query string, a wrong method, a body
+/// that is not JSON) come as text; turn them into the API's JSON error shape.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let allow = resp.headers().get(http::header::ALLOW).cloned();
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::BAD_REQUEST => "BAD_REQUEST",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+        StatusCode::UNPROCESSABLE_ENTITY => "UNPROCESSABLE_ENTITY",
+        s if s.is_server_error() => "INTERNAL_SERVER_ERROR",
+        _ => "ERROR",
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    if let Some(a) = allow {
+        out.headers_mut().insert(http::header::ALLOW, a);
+    }
+    out
+}
+
 /// The API router. Holds the app weakly: the app owns the router.
 pub fn router(app: Weak<App>) -> Router {
     use axum::routing::{get, post};
@@ -168,5 +207,6 @@ pub fn router(app: Weak<App>) -> Router {
             get(webhooks::get_configurations).put(webhooks::put_configurations),
         )
         .fallback(|| async { ApiError::not_found("no such API path") })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(ApiState(app))
 }

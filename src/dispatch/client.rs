@@ -218,7 +218,8 @@ impl Sender {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return done(transport_failure(&e, self.timeout)),
+            // without the URL: its path may be a secret (Slack)
+            Err(e) => return done(transport_failure(&e.without_url(), self.timeout)),
         };
         let status = resp.status();
         let retry_after = resp

@@ -288,7 +288,7 @@ impl Dispatcher {
                 (s.cooldown * 2).min(self.cfg.breaker_max_cooldown)
             };
             s.open_until = Some(now + s.cooldown);
-            tracing::warn!(target_address = %address, failures = s.consecutive_failures, cooldown = ?s.cooldown, "circuit open: deliveries to this target wait");
+            tracing::warn!(target_address = %loggable_address(address), failures = s.consecutive_failures, cooldown = ?s.cooldown, "circuit open: deliveries to this target wait");
         }
     }
 
@@ -380,17 +380,25 @@ impl Dispatcher {
     }
 }
 
+/// A target address as logs may show it: a target URL may carry a secret in its path or query
+/// (Slack's do), so only scheme, host and port.
+pub fn loggable_address(address: &str) -> String {
+    reqwest::Url::parse(address)
+        .map(|u| match u.port() {
+            Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("")),
+            None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")),
+        })
+        .unwrap_or_else(|_| "(unparsable address)".into())
+}
+
 fn log_attempt(d: &Claimed, sent: &Sent, next: Next) {
-    // a target URL may carry a secret in its path or query (Slack's do): log scheme and host only
-    let address = reqwest::Url::parse(&d.target.address)
-        .map(|u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")))
-        .unwrap_or_default();
+    let address = loggable_address(&d.target.address);
     match next {
         Next::Succeeded => {
-            tracing::debug!(delivery = d.id, event_id = %d.event.id, target = %address, status = sent.status, ms = sent.duration.as_millis() as u64, "delivered")
+            tracing::debug!(delivery = d.id, event_id = %d.event.id, target_address = %address, status = sent.status, ms = sent.duration.as_millis() as u64, "delivered")
         }
         _ => {
-            tracing::warn!(delivery = d.id, event_id = %d.event.id, target = %address, status = sent.status, kind = sent.error_kind, error = sent.error.as_deref(), next = ?next, "delivery attempt failed")
+            tracing::warn!(delivery = d.id, event_id = %d.event.id, target_address = %address, status = sent.status, kind = sent.error_kind, error = sent.error.as_deref(), next = ?next, "delivery attempt failed")
         }
     }
 }

@@ -261,12 +261,11 @@ fn legacy(e: &Event) -> Value {
         .map(|tag| {
             let mut m = Map::new();
             m.insert("project".into(), json!(e.project));
-            let (repo_name, full_name) = match &e.chart {
-                Some(c) if e.kind.is_chart() && !c.name.is_empty() => {
-                    (c.name.clone(), format!("{}/{}", e.project, c.name))
-                }
-                _ => (e.short_name().to_string(), e.repository.clone()),
+            let repo_name = match &e.chart {
+                Some(c) if e.kind.is_chart() && !c.name.is_empty() => c.name.clone(),
+                _ => e.short_name().to_string(),
             };
+            let full_name = e.repository.clone();
             m.insert("repo_name".into(), json!(repo_name));
             let tag_text = tag
                 .map(str::to_string)
@@ -611,6 +610,28 @@ mod tests {
             "golden payloads (WHARF_BLESS=1 to rewrite):\n{}",
             failures.join("\n")
         );
+    }
+
+    /// docs/events.md shows every golden payload as it is (regenerate its examples section from
+    /// fixtures/payloads when this fails).
+    #[test]
+    fn docs_show_the_golden_payloads() {
+        let doc = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/events.md"),
+        )
+        .unwrap();
+        for (name, _) in samples() {
+            for f in PayloadFormat::ALL {
+                let file =
+                    fixtures().join(format!("{name}.{}.json", f.name().to_ascii_lowercase()));
+                let golden = std::fs::read_to_string(&file).unwrap();
+                assert!(
+                    doc.contains(golden.trim()),
+                    "docs/events.md lacks {}",
+                    file.display()
+                );
+            }
+        }
     }
 
     /// Every seed field of every kind appears in every format.

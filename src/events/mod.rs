@@ -114,12 +114,6 @@ impl EventKind {
             EventKind::UploadChart | EventKind::DownloadChart | EventKind::DeleteChart
         )
     }
-
-    /// Must the event be committed before the client gets its success response?
-    /// (Pulls are committed in batches; see `store`.)
-    pub fn is_durable_before_response(self) -> bool {
-        !matches!(self, EventKind::PullArtifact | EventKind::DownloadChart)
-    }
 }
 
 /// Facts about a Helm chart.

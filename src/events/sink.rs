@@ -45,43 +45,94 @@ impl Sink {
                 if let Some(w) = with {
                     w(c, &mut event)?;
                 }
-                store::events::insert(c, &event, hold_until)
+                store::events::insert(c, &event, hold_until)?;
+                Ok(store::events::take_published())
             })
             .await;
         self.account(kind, id, result)
     }
 
-    /// Record `event` in the next group commit without waiting.
+    /// Record `event` in a group commit without waiting.
     pub fn detached(&self, event: Event, with: Option<With>) {
         let kind = event.kind;
         let id = event.id;
-        let metrics = self.metrics.clone();
-        metrics.event(kind.harbor_type());
+        let sink = self.clone();
         self.store.write_detached(
             move |c| {
                 let mut event = event;
                 if let Some(w) = with {
                     w(c, &mut event)?;
                 }
-                store::events::insert(c, &event, None)
+                store::events::insert(c, &event, None)?;
+                Ok(store::events::take_published())
             },
-            move |e| {
-                metrics.events_lost.inc();
-                tracing::error!(event_id = %id, kind = kind.harbor_type(), error = %e, "event lost: database write failed");
+            move |result| {
+                sink.account(kind, id, result);
             },
         );
     }
 
-    fn account(&self, kind: EventKind, id: uuid::Uuid, result: Result<(), StoreError>) -> bool {
+    /// Count what a transaction published (every event it published, also those a `with`
+    /// added, like a quota warning), or the loss.
+    fn account(
+        &self,
+        kind: EventKind,
+        id: uuid::Uuid,
+        result: Result<Vec<EventKind>, StoreError>,
+    ) -> bool {
         match result {
-            Ok(()) => {
-                self.metrics.event(kind.harbor_type());
+            Ok(published) => {
+                for k in published {
+                    self.metrics.event(k.harbor_type());
+                }
                 true
             }
             Err(e) => {
                 self.metrics.events_lost.inc();
                 tracing::error!(event_id = %id, kind = kind.harbor_type(), error = %e, "event lost: database write failed");
                 false
+            }
+        }
+    }
+
+    /// Remove events older than `retention` (see `store.retention`), hourly, in small
+    /// transactions. Runs until `shutdown`.
+    pub async fn run_pruner(
+        self,
+        retention: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        if retention.is_zero() {
+            return;
+        }
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            wait = Duration::from_secs(3600);
+            let before = store::now_ms() - retention.as_millis() as i64;
+            let mut total = 0;
+            loop {
+                match self
+                    .store
+                    .write(move |c| store::events::prune(c, before, 500))
+                    .await
+                {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(e) => {
+                        tracing::error!(error = %e, "pruning the event log failed");
+                        break;
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+            if total > 0 {
+                tracing::info!(events = total, retention = ?retention, "old events removed from the event log");
             }
         }
     }
@@ -93,9 +144,18 @@ impl Sink {
                 .store
                 .write(|c| {
                     store::events::publish_due(c, store::now_ms())?;
-                    store::events::next_release(c)
+                    Ok((
+                        store::events::take_published(),
+                        store::events::next_release(c)?,
+                    ))
                 })
-                .await;
+                .await
+                .map(|(published, next)| {
+                    for k in published {
+                        self.metrics.event(k.harbor_type());
+                    }
+                    next
+                });
             let wait = match next {
                 Ok(Some(at)) => {
                     Duration::from_millis((at - store::now_ms()).clamp(10, 1000) as u64)

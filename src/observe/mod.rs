@@ -110,6 +110,21 @@ fn forward_failed(
     e.to_response(ctx.request_id_str())
 }
 
+/// The client's address: the TCP peer, or with `trust_forwarded_headers` the first address of
+/// `X-Forwarded-For` (the one the load balancer in front of wharf saw).
+fn client_ip(app: &App, headers: &HeaderMap, ctx: &RequestCtx) -> IpAddr {
+    if app.config.trust_forwarded_headers
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    {
+        return ip;
+    }
+    ctx.conn.addr.ip()
+}
+
 /// Who made the request, as events report it.
 #[derive(Debug, Clone)]
 pub struct Who {
@@ -125,7 +140,7 @@ impl Who {
     pub fn of(app: &App, headers: &HeaderMap, ctx: &RequestCtx) -> Who {
         Who {
             operator: crate::events::operator::from_headers(headers, app.token_verifier.as_ref()),
-            ip: ctx.conn.addr.ip(),
+            ip: client_ip(app, headers, ctx),
             user_agent: headers
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())

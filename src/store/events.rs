@@ -6,6 +6,22 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{StoreError, now_ms};
 use crate::events::{Event, EventKind};
 
+thread_local! {
+    /// Kinds of the events published by the transaction job running on this thread (drained
+    /// by [`take_published`]; the writer clears it before every job).
+    static PUBLISHED: std::cell::RefCell<Vec<EventKind>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The kinds of events published on this thread since the last call (for metrics: an event
+/// counts when it is published, not when it is held or absorbed).
+pub fn take_published() -> Vec<EventKind> {
+    PUBLISHED.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
+fn note_published(kind: EventKind) {
+    PUBLISHED.with(|p| p.borrow_mut().push(kind));
+}
+
 /// Record `event`. With `hold_until` (unix ms) it waits, durably, for [`publish_due`] or
 /// [`cancel_held`]; otherwise it is published now.
 pub fn insert(conn: &Connection, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
@@ -27,6 +43,7 @@ pub fn insert(conn: &Connection, event: &Event, hold_until: Option<i64>) -> Resu
         ])?;
     if hold_until.is_none() {
         super::outbox::fanout(conn, event)?;
+        note_published(event.kind);
     }
     Ok(())
 }
@@ -72,13 +89,12 @@ pub fn publish_held(
 fn publish_rows(conn: &Connection, rows: Vec<(i64, String)>) -> Result<Vec<Event>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
     for (seq, body) in rows {
-        conn.execute(
-            "UPDATE events SET state = 'published' WHERE seq = ?1",
-            [seq],
-        )?;
+        conn.prepare_cached("UPDATE events SET state = 'published' WHERE seq = ?1")?
+            .execute([seq])?;
         match serde_json::from_str::<Event>(&body) {
             Ok(e) => {
                 super::outbox::fanout(conn, &e)?;
+                note_published(e.kind);
                 out.push(e);
             }
             Err(err) => tracing::error!(seq, error = %err, "unreadable held event skipped"),
@@ -113,6 +129,31 @@ pub fn next_release(conn: &Connection) -> Result<Option<i64>, StoreError> {
         )
         .optional()?
         .flatten())
+}
+
+/// Remove up to `batch` events that occurred before `before` (unix ms) and are done with:
+/// published or cancelled, every delivery finished. Their deliveries and attempts go too.
+/// Returns how many events were removed.
+pub fn prune(conn: &Connection, before: i64, batch: usize) -> Result<usize, StoreError> {
+    let seqs: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT seq, id FROM events e WHERE occurred_at < ?1 AND state IN ('published', 'cancelled')
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state IN ('pending', 'running'))
+             ORDER BY seq LIMIT ?2",
+        )?
+        .query_map(params![before, batch as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut del_attempts = conn.prepare_cached(
+        "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",
+    )?;
+    let mut del_deliveries = conn.prepare_cached("DELETE FROM deliveries WHERE event_id = ?1")?;
+    let mut del_event = conn.prepare_cached("DELETE FROM events WHERE seq = ?1")?;
+    for (seq, id) in &seqs {
+        del_attempts.execute([id])?;
+        del_deliveries.execute([id])?;
+        del_event.execute([seq])?;
+    }
+    Ok(seqs.len())
 }
 
 /// What to list.
@@ -212,6 +253,47 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn prune_removes_old_finished_events_with_their_deliveries_only() {
+        let c = Connection::open_in_memory().unwrap();
+        crate::store::migrate(&c).unwrap();
+        let day = 86_400_000;
+        let mut old = push("prj/a", "sha256:old");
+        old.occurred_at = chrono::Utc::now() - chrono::Duration::days(40);
+        let mut waiting = push("prj/a", "sha256:waiting");
+        waiting.occurred_at = old.occurred_at;
+        let fresh = push("prj/a", "sha256:fresh");
+        for e in [&old, &waiting, &fresh] {
+            insert(&c, e, None).unwrap();
+        }
+        for (e, state) in [(&old, "dead"), (&waiting, "pending")] {
+            c.execute(
+                "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, state, not_before, created_at, updated_at)
+                 VALUES (?1, 'PUSH_ARTIFACT', 1, 'prj', 0, 'http://x/', '{}', ?2, 0, 0, 0)",
+                params![e.id.to_string(), state],
+            )
+            .unwrap();
+        }
+        c.execute("INSERT INTO attempts (delivery_id, started_at, duration_ms) SELECT id, 0, 1 FROM deliveries", [])
+            .unwrap();
+        let before = now_ms() - 30 * day;
+        assert_eq!(prune(&c, before, 100).unwrap(), 1);
+        assert_eq!(prune(&c, before, 100).unwrap(), 0);
+        let left: Vec<String> = states(&c).into_iter().map(|(_, d, _)| d).collect();
+        assert_eq!(left, vec!["sha256:fresh", "sha256:waiting"]);
+        let deliveries: i64 = c
+            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        let attempts: i64 = c
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            (deliveries, attempts),
+            (1, 1),
+            "the pending delivery and its attempt stay"
+        );
     }
 
     #[tokio::test]

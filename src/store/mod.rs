@@ -210,16 +210,17 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Queue `f` for the next group commit without waiting; `on_error` sees a failure.
-    pub fn write_detached<F>(&self, f: F, on_error: impl FnOnce(StoreError) + Send + 'static)
-    where
-        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    /// Queue `f` for a group commit without waiting (see [`BACKGROUND_WINDOW`]); `answer` gets
+    /// its result once committed (or the failure), on the writer thread: keep it short.
+    pub fn write_detached<T, F>(
+        &self,
+        f: F,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let job = Job::new(false, f, move |r| {
-            if let Err(e) = r {
-                on_error(e);
-            }
-        });
+        let job = Job::new(false, f, answer);
         if let Err(job) = self.submit(job) {
             (job.done)(Err(StoreError::Closed));
         }
@@ -311,6 +312,7 @@ fn writer_loop(
         let mut dones = Vec::with_capacity(n);
         let mut failed = 0u64;
         for job in batch {
+            events::take_published();
             let savepoint = exec_cached(&conn, "SAVEPOINT job").is_ok();
             let ok = (job.run)(&conn);
             if savepoint {

@@ -2028,3 +2028,70 @@ async fn a_circuit_is_probed_after_its_cooldown_although_many_attempts_failed_at
         "the circuit stayed open: everything was delivered only after {took:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// API error shape and client addresses
+
+/// Errors axum answers by itself (bad path parameter, bad query, wrong method) come in the
+/// API's JSON error shape too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_rejections_are_json_errors() {
+    let env = env("").await;
+    let r = env
+        .api
+        .get("/api/v2.0/projects/prj/webhook/policies/not-a-number")
+        .await
+        .expect(400);
+    assert!(!r.error_message().is_empty());
+    let r = env.api.get("/api/v1/events?limit=lots").await.expect(400);
+    assert!(!r.error_message().is_empty());
+    let r = env
+        .api
+        .call(reqwest::Method::DELETE, "/api/v1/events", None)
+        .await
+        .expect(405);
+    assert_eq!(r.json()["errors"][0]["code"], "METHOD_NOT_ALLOWED");
+    assert!(
+        r.header("allow").is_some_and(|a| a.contains("GET")),
+        "{:?}",
+        r.headers
+    );
+    let r = env
+        .api
+        .call(
+            reqwest::Method::POST,
+            "/api/v2.0/projects/prj/webhook/policies",
+            None,
+        )
+        .await;
+    assert!(r.status >= 400 && r.status < 500);
+    r.json();
+}
+
+/// With `trust_forwarded_headers`, an event's client address is the first `X-Forwarded-For`
+/// address; without it, the TCP peer (a client cannot pretend to be someone else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_follows_trust_forwarded_headers() {
+    for (trusted, expected) in [(true, "203.0.113.7"), (false, "127.0.0.1")] {
+        let env = env(&format!("trust_forwarded_headers: {trusted}")).await;
+        env.pusher.push("prj/addr", "v1").await;
+        let r = client()
+            .get(format!("{}/v2/prj/addr/manifests/v1", env.wharf.url()))
+            .header("accept", oci::MANIFEST_V1)
+            .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+        let pulls = wait_until("the pull event", SOON, || {
+            let api = env.api.clone();
+            async move {
+                let v = api.get("/api/v1/events?type=PULL_ARTIFACT").await.json();
+                (!v.as_array()?.is_empty()).then_some(v)
+            }
+        })
+        .await;
+        assert_eq!(pulls[0]["client_addr"], expected, "trusted: {trusted}");
+    }
+}
