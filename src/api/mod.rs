@@ -208,5 +208,10 @@ pub fn router(app: Weak<App>) -> Router {
         )
         .fallback(|| async { ApiError::not_found("no such API path") })
         .layer(axum::middleware::map_response(json_errors))
+        // a bug in a handler answers 500 (JSON, through json_errors) instead of dropping the
+        // connection
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::internal("an API handler failed", "panic").into_response()
+        }))
         .with_state(ApiState(app))
 }
