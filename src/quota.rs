@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::app::App;
 use crate::config::bytesize::human;
-use crate::observe::manifest::{self, ACCEPT_ALL, Facts, Kind};
+use crate::observe::manifest::{self, ACCEPT_ALL, Facts};
 use crate::store::{StoreError, knowledge, quota};
 
 /// Harbor's wording of a refused push.
@@ -177,6 +177,32 @@ async fn get_json(
     Ok(Some((v, next_link(&parts.headers))))
 }
 
+/// Every string of array `field` over all pages of a paginated list (`Link: <…>; rel="next"`);
+/// `None` when the first page is 404.
+async fn list_all(
+    app: &App,
+    first: &str,
+    field: &str,
+    headers: &HeaderMap,
+) -> Result<Option<Vec<String>>, RescanError> {
+    let mut out = Vec::new();
+    let mut next = Some(first.to_string());
+    while let Some(path) = next.take() {
+        let Some((v, link)) = get_json(app, &path, headers).await? else {
+            return Ok(if out.is_empty() { None } else { Some(out) });
+        };
+        out.extend(
+            v.get(field)
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str().map(str::to_string)),
+        );
+        next = link;
+    }
+    Ok(Some(out))
+}
+
 /// Record one manifest: knowledge, and quota references when it is new to wharf.
 async fn record_manifest(
     app: &App,
@@ -186,18 +212,7 @@ async fn record_manifest(
     facts: &Facts,
 ) -> Result<bool, StoreError> {
     let project = repo.split('/').next().unwrap_or(repo).to_string();
-    let row = knowledge::Artifact {
-        repository: repo.to_string(),
-        digest: digest.to_string(),
-        kind: facts.kind.as_str().to_string(),
-        media_type: facts.media_type.clone(),
-        size: (facts.kind != Kind::Index).then_some(facts.size),
-        config_digest: facts.config_digest.clone(),
-        chart: None,
-        platforms: facts.platforms(),
-        children: facts.child_digests(),
-        blobs: facts.blobs.clone(),
-    };
+    let row = facts.artifact(repo, digest, None);
     let tag = tag.map(str::to_string);
     app.store
         .write(move |c| {
@@ -227,42 +242,19 @@ pub async fn rescan(
     let mut manifest_headers = headers.clone();
     manifest_headers.insert(http::header::ACCEPT, HeaderValue::from_static(ACCEPT_ALL));
     let mut report = RescanReport::default();
-    let mut repos = Vec::new();
-    let mut next = Some("/v2/_catalog?n=1000".to_string());
-    while let Some(path) = next.take() {
-        let Some((v, link)) = get_json(app, &path, &headers).await? else {
-            return Err(RescanError::Registry(format!(
-                "GET {path}: HTTP 404 (does the registry serve the catalog API?)"
-            )));
-        };
-        repos.extend(
-            v.get("repositories")
-                .and_then(|r| r.as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|r| r.as_str().map(str::to_string)),
-        );
-        next = link;
-    }
+    let Some(repos) = list_all(app, "/v2/_catalog?n=1000", "repositories", &headers).await? else {
+        return Err(RescanError::Registry(
+            "GET /v2/_catalog: HTTP 404 (does the registry serve the catalog API?)".into(),
+        ));
+    };
     for repo in repos {
         report.repositories += 1;
-        let mut tags = Vec::new();
-        let mut next = Some(format!("/v2/{repo}/tags/list?n=1000"));
-        while let Some(path) = next.take() {
-            // a repository without any tag (only untagged manifests, or all deleted) is 404
-            let Some((v, link)) = get_json(app, &path, &headers).await? else {
-                tracing::debug!(%path, "rescan: no tags, skipped");
-                break;
-            };
-            tags.extend(
-                v.get("tags")
-                    .and_then(|t| t.as_array())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.as_str().map(str::to_string)),
-            );
-            next = link;
-        }
+        // a repository without any tag (only untagged manifests, or all deleted) is 404
+        let first = format!("/v2/{repo}/tags/list?n=1000");
+        let Some(tags) = list_all(app, &first, "tags", &headers).await? else {
+            tracing::debug!(%repo, "rescan: no tags, skipped");
+            continue;
+        };
         for tag in tags {
             let path = format!("/v2/{repo}/manifests/{tag}");
             let (parts, body) = app

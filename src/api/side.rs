@@ -253,16 +253,27 @@ async fn record(app: &App, e: Event) -> Result<(StatusCode, Json<Value>), ApiErr
     Ok(answer)
 }
 
+/// What every side request starts with: the caller is authorized (before the body is read),
+/// the body read within `side.max_body` and parsed.
+async fn side_input<T: for<'de> Deserialize<'de>>(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<(std::sync::Arc<App>, String, T), ApiError> {
+    let app = s.app()?;
+    let caller = authorize(&app, headers).await?;
+    let raw = read_limited(body, app.config.side.max_body).await?;
+    let input = parse_json(&raw)?;
+    Ok((app, caller, input))
+}
+
 /// `POST /api/v1/events/scan`
 pub async fn scan_report(
     State(s): State<ApiState>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let app = s.app()?;
-    let caller = authorize(&app, &headers).await?;
-    let raw = read_limited(body, app.config.side.max_body).await?;
-    let input: ScanInput = parse_json(&raw)?;
+    let (app, caller, input) = side_input::<ScanInput>(&s, &headers, body).await?;
     let (repo, tag, digest) = subject_fields(&input.repository, input.tag, input.digest)?;
     let (kind, info) = match input.status.as_str() {
         "Success" => {
@@ -352,10 +363,7 @@ pub async fn quota_report(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let app = s.app()?;
-    let caller = authorize(&app, &headers).await?;
-    let raw = read_limited(body, app.config.side.max_body).await?;
-    let input: QuotaInput = parse_json(&raw)?;
+    let (app, caller, input) = side_input::<QuotaInput>(&s, &headers, body).await?;
     if input.details.trim().is_empty() {
         return Err(ApiError::bad_request("details: must not be empty"));
     }

@@ -441,12 +441,7 @@ mod tests {
             project_id: 1,
             target: Target {
                 kind,
-                address: address.into(),
-                auth_header: None,
-                skip_cert_verify: false,
-                payload_format: None,
-                secret: None,
-                disabled: false,
+                ..Target::http(address)
             },
             attempts: 0,
         }

@@ -36,6 +36,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// An enabled http target with the Default format and no secrets.
+    pub fn http(address: impl Into<String>) -> Target {
+        Target {
+            kind: TargetKind::Http,
+            address: address.into(),
+            auth_header: None,
+            skip_cert_verify: false,
+            payload_format: None,
+            secret: None,
+            disabled: false,
+        }
+    }
+
     /// The format this target receives.
     pub fn format(&self) -> PayloadFormat {
         match self.kind {

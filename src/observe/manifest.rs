@@ -82,6 +82,27 @@ impl Facts {
     pub fn child_digests(&self) -> Vec<String> {
         self.children.iter().map(|c| c.digest.clone()).collect()
     }
+
+    /// What wharf remembers of this manifest (an index's size is left to its children).
+    pub fn artifact(
+        &self,
+        repository: &str,
+        digest: &str,
+        chart: Option<&crate::events::ChartInfo>,
+    ) -> crate::store::knowledge::Artifact {
+        crate::store::knowledge::Artifact {
+            repository: repository.to_string(),
+            digest: digest.to_string(),
+            kind: self.kind.as_str().to_string(),
+            media_type: self.media_type.clone(),
+            size: (self.kind != Kind::Index).then_some(self.size),
+            config_digest: self.config_digest.clone(),
+            chart: chart.cloned(),
+            platforms: self.platforms(),
+            children: self.child_digests(),
+            blobs: self.blobs.clone(),
+        }
+    }
 }
 
 /// Why a manifest could not be read.

@@ -60,20 +60,36 @@ pub async fn registry(
             reference,
             action,
         } => {
-            let who = Who::of(app, req.headers(), ctx);
+            let call = ManifestCall {
+                app,
+                who: Who::of(app, req.headers(), ctx),
+                repo,
+                reference,
+                req,
+                pq: &pq,
+                ctx,
+            };
             match action {
-                ManifestAction::Put => manifest_put(app, repo, reference, who, req, &pq, ctx).await,
-                ManifestAction::Get => manifest_get(app, repo, reference, who, req, &pq, ctx).await,
-                ManifestAction::Head => {
-                    manifest_head(app, repo, reference, who, req, &pq, ctx).await
-                }
-                ManifestAction::Delete => {
-                    manifest_delete(app, repo, reference, who, req, &pq, ctx).await
-                }
+                ManifestAction::Put => manifest_put(call).await,
+                ManifestAction::Get => manifest_get(call).await,
+                ManifestAction::Head => manifest_head(call).await,
+                ManifestAction::Delete => manifest_delete(call).await,
             }
         }
         _ => pass(&app.registry, req, &pq, ctx).await,
     }
+}
+
+/// One manifest request: what every manifest flow starts from.
+struct ManifestCall<'a> {
+    app: &'a Arc<App>,
+    repo: Repository,
+    reference: Reference,
+    who: Who,
+    req: Request<Body>,
+    /// Path and query, forwarded as they came.
+    pq: &'a str,
+    ctx: &'a RequestCtx,
 }
 
 /// Handle one chartrepo request (see [`chart`]).
@@ -241,27 +257,6 @@ async fn fetch_chart_config(
     }
 }
 
-/// The knowledge row for a manifest.
-fn artifact_row(
-    repo: &Repository,
-    digest: &str,
-    facts: &Facts,
-    chart: Option<&ChartInfo>,
-) -> knowledge::Artifact {
-    knowledge::Artifact {
-        repository: repo.to_string(),
-        digest: digest.to_string(),
-        kind: facts.kind.as_str().to_string(),
-        media_type: facts.media_type.clone(),
-        size: (facts.kind != Kind::Index).then_some(facts.size),
-        config_digest: facts.config_digest.clone(),
-        chart: chart.cloned(),
-        platforms: facts.platforms(),
-        children: facts.child_digests(),
-        blobs: facts.blobs.clone(),
-    }
-}
-
 /// An index's size is the sum of its children that wharf knows; computed in the transaction.
 fn index_size_and_absorb(repo: String, children: Vec<String>) -> With {
     Box::new(move |c, e: &mut Event| {
@@ -277,16 +272,16 @@ fn index_size_and_absorb(repo: String, children: Vec<String>) -> With {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn manifest_put(
-    app: &Arc<App>,
-    repo: Repository,
-    reference: Reference,
-    who: Who,
-    req: Request<Body>,
-    pq: &str,
-    ctx: &RequestCtx,
-) -> Response<Body> {
+async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
+    let ManifestCall {
+        app,
+        repo,
+        reference,
+        who,
+        req,
+        pq,
+        ctx,
+    } = call;
     let (parts, body) = req.into_parts();
     let content_type = header_str(&parts.headers, &header::CONTENT_TYPE).map(str::to_string);
     let body = match collect_capped(body, MAX_MANIFEST_BYTES, content_length(&parts.headers)).await
@@ -372,7 +367,7 @@ async fn manifest_put(
     // a platform manifest pushed by digest alone may be part of a multi-platform push
     let hold_until = (facts.kind == Kind::Image && tag.is_none())
         .then(|| store::now_ms() + app.config.events.index_window.as_millis() as i64);
-    let row = artifact_row(&repo, &digest, &facts, chart.as_ref());
+    let row = facts.artifact(repo.as_str(), &digest, chart.as_ref());
     let index_part = (facts.kind == Kind::Index)
         .then(|| index_size_and_absorb(repo.to_string(), facts.child_digests()));
     let limit = app
@@ -491,16 +486,16 @@ fn warn_on_crossing(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn manifest_head(
-    app: &Arc<App>,
-    repo: Repository,
-    reference: Reference,
-    who: Who,
-    req: Request<Body>,
-    pq: &str,
-    ctx: &RequestCtx,
-) -> Response<Body> {
+async fn manifest_head(call: ManifestCall<'_>) -> Response<Body> {
+    let ManifestCall {
+        app,
+        repo,
+        reference,
+        who,
+        req,
+        pq,
+        ctx,
+    } = call;
     let resp = pass(&app.registry, req, pq, ctx).await;
     if resp.status() == StatusCode::OK
         && let (Some(tag), Some(digest)) = (
@@ -514,16 +509,16 @@ async fn manifest_head(
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn manifest_get(
-    app: &Arc<App>,
-    repo: Repository,
-    reference: Reference,
-    who: Who,
-    req: Request<Body>,
-    pq: &str,
-    ctx: &RequestCtx,
-) -> Response<Body> {
+async fn manifest_get(call: ManifestCall<'_>) -> Response<Body> {
+    let ManifestCall {
+        app,
+        repo,
+        reference,
+        who,
+        req,
+        pq,
+        ctx,
+    } = call;
     let resp = pass(&app.registry, req, pq, ctx).await;
     if resp.status() != StatusCode::OK
         || app
@@ -902,16 +897,16 @@ async fn registry_tags_of(
     Some(out)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn manifest_delete(
-    app: &Arc<App>,
-    repo: Repository,
-    reference: Reference,
-    who: Who,
-    req: Request<Body>,
-    pq: &str,
-    ctx: &RequestCtx,
-) -> Response<Body> {
+async fn manifest_delete(call: ManifestCall<'_>) -> Response<Body> {
+    let ManifestCall {
+        app,
+        repo,
+        reference,
+        who,
+        req,
+        pq,
+        ctx,
+    } = call;
     let Some(digest) = reference.digest().map(|d| d.to_string()) else {
         // distribution refuses deletes by tag; whatever the registry says, no artifact is gone
         return pass(&app.registry, req, pq, ctx).await;

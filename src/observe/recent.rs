@@ -108,10 +108,7 @@ impl Recent {
         repository: &str,
         digest: &str,
     ) -> Option<String> {
-        self.tags
-            .lock()
-            .ok()?
-            .get(&Self::key(ip, operator, repository, digest), self.ttl)
+        self.recall(&self.tags, ip, operator, repository, digest)
     }
 
     /// The client pulled index `index`, whose children are `children`.
@@ -143,8 +140,18 @@ impl Recent {
         repository: &str,
         digest: &str,
     ) -> Option<String> {
-        self.children
-            .lock()
+        self.recall(&self.children, ip, operator, repository, digest)
+    }
+
+    fn recall(
+        &self,
+        map: &Mutex<Map<String>>,
+        ip: IpAddr,
+        operator: &str,
+        repository: &str,
+        digest: &str,
+    ) -> Option<String> {
+        map.lock()
             .ok()?
             .get(&Self::key(ip, operator, repository, digest), self.ttl)
     }

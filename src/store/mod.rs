@@ -349,6 +349,17 @@ fn writer_loop(
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
 }
 
+/// `(text, count)` rows of a grouping query such as `SELECT state, COUNT(*) … GROUP BY state`.
+pub fn grouped_counts(conn: &Connection, sql: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// Run a statement without parameters through the statement cache (no re-parse per batch).
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute([])

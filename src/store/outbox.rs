@@ -492,19 +492,16 @@ pub fn redeliver_dead(conn: &Connection, policy_id: i64) -> Result<usize, StoreE
 
 /// Counts by state (queue depth, dead) for metrics.
 pub fn counts(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM deliveries GROUP BY state")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    super::grouped_counts(
+        conn,
+        "SELECT state, COUNT(*) FROM deliveries GROUP BY state",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::policy::{Filters, Policy, TargetKind};
+    use crate::dispatch::policy::{Filters, Policy};
     use crate::events::EventKind;
 
     fn db_with_deliveries(n: usize, address: &str) -> Connection {
@@ -518,15 +515,7 @@ mod tests {
             description: String::new(),
             enabled: true,
             event_types: vec![EventKind::PushArtifact],
-            targets: vec![Target {
-                kind: TargetKind::Http,
-                address: address.into(),
-                auth_header: None,
-                skip_cert_verify: false,
-                payload_format: None,
-                secret: None,
-                disabled: false,
-            }],
+            targets: vec![Target::http(address)],
             filters: Filters::default(),
             creator: "admin".into(),
             created_at: 0,

@@ -119,15 +119,10 @@ pub fn set_warned(conn: &Connection, project: &str, warned: bool) -> Result<(), 
 
 /// Every project with usage, and its usage.
 pub fn all_usage(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut stmt = conn.prepare(
+    super::grouped_counts(
+        conn,
         "SELECT project, SUM(size) FROM project_blobs WHERE refs > 0 GROUP BY project ORDER BY project",
-    )?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    )
 }
 
 #[cfg(test)]
