@@ -203,6 +203,43 @@ async fn list_all(
     Ok(Some(out))
 }
 
+/// GET a manifest and parse it; `None` (logged) when it is not readable or not a manifest.
+async fn read_manifest(
+    app: &App,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Option<(Facts, String)>, RescanError> {
+    let (parts, body) = app
+        .registry
+        .fetch(
+            Method::GET,
+            path,
+            headers.clone(),
+            manifest::MAX_MANIFEST_BYTES,
+        )
+        .await
+        .map_err(|e| RescanError::Registry(e.to_string()))?;
+    if parts.status != StatusCode::OK {
+        tracing::warn!(%path, status = parts.status.as_u16(), "rescan: manifest not readable, skipped");
+        return Ok(None);
+    }
+    let ctype = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let Ok(facts) = manifest::parse(&body, ctype) else {
+        tracing::warn!(%path, "rescan: not an image manifest or index, skipped");
+        return Ok(None);
+    };
+    let digest = parts
+        .headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| crate::route::Digest::sha256_of(&body).to_string());
+    Ok(Some((facts, digest)))
+}
+
 /// Record one manifest: knowledge, and quota references when it is new to wharf.
 async fn record_manifest(
     app: &App,
@@ -257,58 +294,15 @@ pub async fn rescan(
         };
         for tag in tags {
             let path = format!("/v2/{repo}/manifests/{tag}");
-            let (parts, body) = app
-                .registry
-                .fetch(
-                    Method::GET,
-                    &path,
-                    manifest_headers.clone(),
-                    manifest::MAX_MANIFEST_BYTES,
-                )
-                .await
-                .map_err(|e| RescanError::Registry(e.to_string()))?;
-            if parts.status != StatusCode::OK {
-                tracing::warn!(%path, status = parts.status.as_u16(), "rescan: manifest not readable, skipped");
-                continue;
-            }
-            let ctype = parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            let Ok(facts) = manifest::parse(&body, ctype) else {
-                tracing::warn!(%path, "rescan: not an image manifest or index, skipped");
+            let Some((facts, digest)) = read_manifest(app, &path, &manifest_headers).await? else {
                 continue;
             };
-            let digest = parts
-                .headers
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-                .unwrap_or_else(|| crate::route::Digest::sha256_of(&body).to_string());
             report.manifests += 1;
             report.newly_counted +=
                 usize::from(record_manifest(app, &repo, &digest, Some(&tag), &facts).await?);
             for child in facts.child_digests() {
                 let path = format!("/v2/{repo}/manifests/{child}");
-                let Ok((parts, body)) = app
-                    .registry
-                    .fetch(
-                        Method::GET,
-                        &path,
-                        manifest_headers.clone(),
-                        manifest::MAX_MANIFEST_BYTES,
-                    )
-                    .await
-                else {
-                    continue;
-                };
-                let ctype = parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok());
-                if parts.status == StatusCode::OK
-                    && let Ok(f) = manifest::parse(&body, ctype)
-                {
+                if let Ok(Some((f, _))) = read_manifest(app, &path, &manifest_headers).await {
                     report.manifests += 1;
                     report.newly_counted +=
                         usize::from(record_manifest(app, &repo, &child, None, &f).await?);
@@ -316,7 +310,6 @@ pub async fn rescan(
             }
         }
     }
-    // usage follows every manifest wharf knows, also those it learned before it counted usage
     app.store.write(quota::recount).await?;
     report.usage = app
         .store
