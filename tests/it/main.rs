@@ -12,6 +12,7 @@
 mod common;
 
 mod chartrepo;
+mod cli;
 mod events;
 mod harness;
 mod lifecycle;
