@@ -19,4 +19,5 @@ mod lifecycle;
 mod proxy;
 mod proxy_http;
 mod side;
+mod tls;
 mod webhooks;
