@@ -124,6 +124,7 @@ impl Dispatcher {
             Err(e) => tracing::error!(error = %e, "cannot recover interrupted deliveries"),
         }
         let wake = self.store.outbox_notify();
+        let mut rotate = 0usize;
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -131,6 +132,7 @@ impl Dispatcher {
             let mut idle = Duration::from_secs(1);
             let free = self.slots.available_permits();
             if self.enabled.load(Ordering::Relaxed) && free > 0 {
+                rotate = rotate.wrapping_add(1);
                 let (in_flight, skip) = self.claim_limits();
                 let unclaimable = skip.clone();
                 let per_target = self.cfg.per_target_concurrency;
@@ -144,6 +146,7 @@ impl Dispatcher {
                             per_target,
                             &in_flight,
                             &skip,
+                            rotate,
                         )
                     })
                     .await;
@@ -154,9 +157,16 @@ impl Dispatcher {
                             self.start(d);
                         }
                         if full {
-                            tokio::select! {
-                                () = self.finished.notified() => {}
-                                () = shutdown.cancelled() => return,
+                            // Claim again once a good share of the slots is free (or a little
+                            // time passed): one claim per batch of attempts, not one per attempt.
+                            let refill = (self.cfg.max_in_flight / 2).max(1);
+                            let until = tokio::time::Instant::now() + Duration::from_millis(50);
+                            while self.slots.available_permits() < refill {
+                                tokio::select! {
+                                    () = self.finished.notified() => {}
+                                    () = tokio::time::sleep_until(until) => break,
+                                    () = shutdown.cancelled() => return,
+                                }
                             }
                         }
                         continue;

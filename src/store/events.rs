@@ -62,7 +62,7 @@ pub fn extend_held(conn: &Connection, repository: &str, until: i64) -> Result<us
 /// Publish held events whose time has come; returns them.
 pub fn publish_due(conn: &Connection, now: i64) -> Result<Vec<Event>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT seq, body FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY seq LIMIT 1000",
+        "SELECT seq, body FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000",
     )?;
     let rows: Vec<(i64, String)> = stmt
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -497,6 +497,15 @@ const MIGRATIONS: &[&str] = &[
         warned INTEGER NOT NULL
     );
     "#,
+    // 5: the dispatcher claims per target address (cost independent of queue length); the
+    // index on state alone misled the planner into scanning every pending delivery; pruning
+    // finds an event's deliveries by event id
+    r#"
+    CREATE INDEX deliveries_pending_by_target ON deliveries(target_address, not_before, id)
+        WHERE state = 'pending';
+    DROP INDEX deliveries_by_state;
+    CREATE INDEX deliveries_by_event ON deliveries(event_id);
+    "#,
 ];
 
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -515,4 +524,73 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
 /// Milliseconds since the epoch, the time unit of every timestamp column.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan's details, one line per step.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows.join(" | ")
+    }
+
+    /// The queries that run per event, per claim or every second must use an index, never walk
+    /// a whole table: their cost must not grow with the event log or the delivery backlog (a
+    /// table scan here once made draining 20,000 deliveries 14 times slower than 3,000).
+    #[test]
+    fn hot_queries_use_their_indexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        for (sql, index) in [
+            (
+                "SELECT seq, body FROM events WHERE state = 'held' AND release_at <= 5 ORDER BY release_at, seq LIMIT 1000",
+                "events_held",
+            ),
+            (
+                "SELECT MIN(release_at) FROM events WHERE state = 'held'",
+                "events_held",
+            ),
+            (
+                "UPDATE events SET release_at = 2 WHERE state = 'held' AND repository = 'a' AND release_at < 2",
+                "events_held_digest",
+            ),
+            (
+                "SELECT MIN(target_address) FROM deliveries WHERE state = 'pending' AND target_address > 'x'",
+                "deliveries_pending_by_target",
+            ),
+            (
+                "SELECT id FROM deliveries WHERE state = 'pending' AND target_address = 'x' AND not_before <= 5 ORDER BY not_before, id LIMIT 3",
+                "deliveries_pending_by_target",
+            ),
+            (
+                "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending' AND target_address = 'x'",
+                "deliveries_pending_by_target",
+            ),
+            (
+                "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending'",
+                "deliveries_due",
+            ),
+            (
+                "DELETE FROM deliveries WHERE event_id = 'x'",
+                "deliveries_by_event",
+            ),
+            (
+                "SELECT COALESCE(SUM(size), 0) FROM project_blobs WHERE project = 'p' AND refs > 0",
+                "sqlite_autoindex_project_blobs_1",
+            ),
+        ] {
+            let p = plan(&conn, sql);
+            assert!(
+                p.contains(index) && !p.starts_with("SCAN"),
+                "{sql}\n  plan: {p}"
+            );
+        }
+    }
 }

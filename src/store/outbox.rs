@@ -77,9 +77,26 @@ pub struct Claimed {
     pub attempts: u32,
 }
 
-/// Claim up to `limit` due deliveries, skipping the addresses in `skip` (circuit open), so that
-/// no target address has more than `per_target` in flight: `in_flight` counts the attempts
-/// already running per address (absent = none). They become `running`.
+/// Target addresses that have pending deliveries, in address order: a loose scan of the index
+/// `deliveries_pending_by_target`, one index lookup per address, however long the queues are.
+pub fn pending_targets(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT MIN(target_address) FROM deliveries WHERE state = 'pending' AND target_address > ?1",
+    )?;
+    let mut out: Vec<String> = Vec::new();
+    let mut last = String::new();
+    while let Some(next) = stmt.query_row([&last], |r| r.get::<_, Option<String>>(0))? {
+        last.clone_from(&next);
+        out.push(next);
+    }
+    Ok(out)
+}
+
+/// Claim up to `limit` due deliveries: per target address at most `per_target` minus what
+/// `in_flight` says is already running there, skipping the addresses in `skip` (at their limit,
+/// or circuit open). Targets are visited from position `rotate` on, so a big claim does not
+/// always favour the same ones. Claimed deliveries become `running`. The cost is one index
+/// lookup per target plus the rows claimed, not the length of the queue.
 pub fn claim(
     conn: &Connection,
     now: i64,
@@ -87,22 +104,35 @@ pub fn claim(
     per_target: usize,
     in_flight: &HashMap<String, usize>,
     skip: &[String],
+    rotate: usize,
 ) -> Result<Vec<Claimed>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, target_address FROM (
-           SELECT id, target_address, not_before,
-                  ROW_NUMBER() OVER (PARTITION BY target_address ORDER BY not_before, id) AS rn
-           FROM deliveries WHERE state = 'pending' AND not_before <= ?1)
-         WHERE rn <= ?2 ORDER BY not_before, id LIMIT ?3",
+    let mut targets = pending_targets(conn)?;
+    targets.retain(|t| !skip.contains(t));
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let start = rotate % targets.len();
+    targets.rotate_left(start);
+    let mut due = conn.prepare_cached(
+        "SELECT id FROM deliveries WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
+         ORDER BY not_before, id LIMIT ?3",
     )?;
-    // rows of skipped or partly busy addresses may be passed over: read that many more
-    let passed_over = (skip.len() + in_flight.len()) * per_target;
-    let rows: Vec<(i64, String)> = stmt
-        .query_map(
-            params![now, per_target as i64, (limit + passed_over) as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?
-        .collect::<Result<_, _>>()?;
+    let mut rows: Vec<(i64, String)> = Vec::new();
+    for t in targets {
+        if rows.len() >= limit {
+            break;
+        }
+        let room = per_target
+            .saturating_sub(in_flight.get(&t).copied().unwrap_or(0))
+            .min(limit - rows.len());
+        if room == 0 {
+            continue;
+        }
+        let ids = due
+            .query_map(params![t, now, room as i64], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.extend(ids.into_iter().map(|id| (id, t.clone())));
+    }
     let mut claimed_per_target: HashMap<String, usize> = HashMap::new();
     let mut out = Vec::new();
     let mut load = conn.prepare_cached(
@@ -296,23 +326,23 @@ pub fn recover(conn: &Connection) -> Result<usize, StoreError> {
 }
 
 /// When the next pending delivery is due (unix ms), not counting those to the addresses in
-/// `skip` (targets that cannot be claimed now: waiting for them would spin).
+/// When the next claimable pending delivery is due (unix ms): addresses in `skip` (busy, or
+/// circuit open) do not count; they wake the dispatcher by finishing an attempt or reopening.
 pub fn next_due(conn: &Connection, skip: &[String]) -> Result<Option<i64>, StoreError> {
     if skip.is_empty() {
-        return Ok(conn.query_row(
-            "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending'",
-            [],
-            |r| r.get::<_, Option<i64>>(0),
-        )?);
+        return Ok(conn
+            .prepare_cached("SELECT MIN(not_before) FROM deliveries WHERE state = 'pending'")?
+            .query_row([], |r| r.get::<_, Option<i64>>(0))?);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT target_address, MIN(not_before) FROM deliveries WHERE state = 'pending'
-         GROUP BY target_address",
+        "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending' AND target_address = ?1",
     )?;
     let mut due: Option<i64> = None;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
-        let (address, at) = row?;
-        if !skip.contains(&address) {
+    for t in pending_targets(conn)? {
+        if skip.contains(&t) {
+            continue;
+        }
+        if let Some(at) = stmt.query_row([&t], |r| r.get::<_, Option<i64>>(0))? {
             due = Some(due.map_or(at, |d| d.min(at)));
         }
     }
@@ -537,7 +567,7 @@ mod tests {
         conn.execute("UPDATE policies SET enabled = 0", []).unwrap();
         let now = now_ms() + 1;
         assert!(
-            claim(&conn, now, 100, 16, &HashMap::new(), &[])
+            claim(&conn, now, 100, 16, &HashMap::new(), &[], 0)
                 .unwrap()
                 .is_empty()
         );
@@ -558,16 +588,16 @@ mod tests {
         let now = now_ms() + 1;
         // one attempt to `a` is running: room for one more of two
         let busy = HashMap::from([(a.to_string(), 1)]);
-        let got = claim(&conn, now, 100, 2, &busy, &[]).unwrap();
+        let got = claim(&conn, now, 100, 2, &busy, &[], 0).unwrap();
         assert_eq!(got.len(), 1);
         // nothing running: two
-        let got = claim(&conn, now, 100, 2, &HashMap::new(), &[]).unwrap();
+        let got = claim(&conn, now, 100, 2, &HashMap::new(), &[], 0).unwrap();
         assert_eq!(got.len(), 2);
         // at the limit, or skipped: none
         let full = HashMap::from([(a.to_string(), 2)]);
-        assert!(claim(&conn, now, 100, 2, &full, &[]).unwrap().is_empty());
+        assert!(claim(&conn, now, 100, 2, &full, &[], 0).unwrap().is_empty());
         assert!(
-            claim(&conn, now, 100, 2, &HashMap::new(), &[a.to_string()])
+            claim(&conn, now, 100, 2, &HashMap::new(), &[a.to_string()], 0)
                 .unwrap()
                 .is_empty()
         );
@@ -591,7 +621,7 @@ mod tests {
     #[test]
     fn a_delivery_ended_while_attempted_is_not_retried() {
         let conn = db_with_deliveries(2, "http://a.example/");
-        let got = claim(&conn, now_ms() + 1, 2, 2, &HashMap::new(), &[]).unwrap();
+        let got = claim(&conn, now_ms() + 1, 2, 2, &HashMap::new(), &[], 0).unwrap();
         let (a, b) = (got[0].id, got[1].id);
         // the policy is deleted while both attempts run
         assert!(policies::delete(&conn, "prj", got[0].policy_id).unwrap());
@@ -623,7 +653,7 @@ mod tests {
     #[test]
     fn redelivery_skips_running_deliveries_and_disabled_targets() {
         let conn = db_with_deliveries(1, "http://a.example/");
-        let got = claim(&conn, now_ms() + 1, 1, 1, &HashMap::new(), &[]).unwrap();
+        let got = claim(&conn, now_ms() + 1, 1, 1, &HashMap::new(), &[], 0).unwrap();
         let (pid, id) = (got[0].policy_id, got[0].id);
         assert_eq!(redeliver(&conn, pid, id).unwrap(), Redelivery::Running);
         assert_eq!(redeliver(&conn, pid + 1, id).unwrap(), Redelivery::NotFound);
