@@ -10,6 +10,10 @@ RESULTS_MD and to stdout. Exit status 3 when STRICT=1 and a check failed.
 To add a figure: record it from run.sh with `record SCENARIO METRIC TARGET RUN VALUE`, and add the
 metric to METRICS below (and a line to CHECKS if it has a target). Any target whose name starts
 with "wharf" (e.g. "wharf-events") is compared with "direct" and "nginx" and checked.
+
+The event scenarios (push_latency, deliveries, delivery_latency, manifest_events, target_down)
+measure wharf instances of their own: their metrics are listed in EVENT_TABLES (one table per
+scenario, with its own columns) and their targets in EVENT_CHECKS.
 """
 
 import collections
@@ -31,8 +35,92 @@ METRICS = collections.OrderedDict(
         ("push_cpu", ("proxy CPU per GiB pushed", "ms", False, 0)),
         ("pull_cpu", ("proxy CPU per GiB pulled", "ms", False, 0)),
         ("manifest_cpu", ("proxy CPU per manifest GET", "µs", False, 1)),
+        ("manifest_registry_cpu", ("registry CPU per manifest GET", "µs", False, 1)),
+        ("manifest_client_cpu", ("client (wrk) CPU per manifest GET", "µs", False, 1)),
     ]
 )
+
+# The event scenarios (run.sh: push_latency deliveries delivery_latency manifest_events
+# target_down) measure wharf instances of their own; each gets a table of its own:
+# (scenario, title, targets, [(metric, label, unit, higher_is_better, decimals)], ratio columns
+# (numerator, denominator), difference columns (minuend, subtrahend)).
+EVENT_TABLES = [
+    ("push_latency", "Manifest PUT latency: events on vs off (a new tag per PUT, small image)",
+     ["direct", "wharf-noevents", "wharf"],
+     [(f"put_{w}_c{c}", f"PUT {w} wrk -c{c}", u, hb, d)
+      for c in (1, 4) for (w, u, hb, d) in (("p50", "ms", False, 3), ("p99", "ms", False, 3), ("rps", "req/s", True, 0))],
+     [("wharf", "wharf-noevents"), ("wharf", "direct")], [("wharf", "wharf-noevents")]),
+    ("deliveries", "Outbox drain: dead deliveries redelivered at once to a fast loopback receiver",
+     ["wharf-deliv"],
+     [("deliv_n", "deliveries per run", "", True, 0),
+      ("deliv_rate", "deliveries/s, redeliver call → receiver has all (wall)", "/s", True, 0),
+      ("deliv_rate_recv", "deliveries/s at the receiver (first → last arrival)", "/s", True, 0),
+      ("deliv_redeliver_ms", "of which the redeliver API call", "ms", False, 0),
+      ("deliv_cpu_pct", "wharf CPU during the drain", "% of one core", False, 0),
+      ("deliv_cpu_us", "wharf CPU per delivery", "µs", False, 1),
+      ("deliv_recv_cpu_pct", "receiver CPU during the drain", "% of one core", False, 0),
+      ("deliv_fail_rate", "first attempts/s to the closed port (while the GETs ran)", "/s", True, 0),
+      ("deliv_fail_cpu", "wharf CPU per pull event + failed attempt", "µs", False, 1)],
+     [], []),
+    ("delivery_latency", "Event-to-delivery latency, receivers up, paced load",
+     ["wharf-hook"],
+     [("dl_push_rate", "pushes/s achieved", "/s", True, 0),
+      ("dl_pull_rate", "pulls/s achieved", "/s", True, 0),
+      ("dl_push_p50", "push event → delivery p50", "ms", False, 0),
+      ("dl_push_p99", "push event → delivery p99", "ms", False, 0),
+      ("dl_push_max", "push event → delivery max", "ms", False, 0),
+      ("dl_pull_p50", "pull event → delivery p50", "ms", False, 0),
+      ("dl_pull_p99", "pull event → delivery p99", "ms", False, 0),
+      ("dl_pull_max", "pull event → delivery max", "ms", False, 0),
+      ("dl_put_p50", "manifest PUT latency p50 (client)", "ms", False, 3),
+      ("dl_get_p50", "manifest GET latency p50 (client)", "ms", False, 3),
+      ("dl_cpu_pct", "wharf CPU", "% of one core", False, 1)],
+     [], []),
+    ("manifest_events", "Manifest GET with pull events delivered to a receiver (wrk -c{wrk_connections} -t{wrk_threads} -d{wrk_duration})",
+     ["direct", "wharf", "wharf-hook"],
+     [("mev_rps", "manifest GET", "req/s", True, 0),
+      ("mev_p99", "manifest GET p99", "ms", False, 2),
+      ("mev_cpu", "proxy CPU per GET (wharf-hook: incl. its deliveries)", "µs", False, 1),
+      ("mev_recv_cpu", "receiver CPU per GET", "µs", False, 1),
+      ("mev_registry_cpu", "registry CPU per GET", "µs", False, 1),
+      ("mev_client_cpu", "client (wrk) CPU per GET", "µs", False, 1),
+      ("mev_backlog", "deliveries still open when wrk ended", "", False, 0),
+      ("mev_drain_s", "time to deliver them", "s", False, 2)],
+     [("wharf-hook", "direct"), ("wharf", "direct"), ("wharf-hook", "wharf")], []),
+    ("target_down", "Registry latency while the webhook target is up / down / blackholed (wrk -c{td_connections})",
+     ["wharf-up", "wharf-down", "wharf-blackhole"],
+     [("td_get_p50", "manifest GET p50", "ms", False, 3),
+      ("td_get_p99", "manifest GET p99", "ms", False, 3),
+      ("td_get_rps", "manifest GET", "req/s", True, 0),
+      ("td_put_p50", "manifest PUT p50", "ms", False, 3),
+      ("td_put_p99", "manifest PUT p99", "ms", False, 3),
+      ("td_put_rps", "manifest PUT", "req/s", True, 0),
+      ("td_cpu", "wharf CPU per request (incl. delivery work)", "µs", False, 1),
+      ("td_backlog_start", "open deliveries when the instance started", "", False, 0),
+      ("td_backlog_end", "open deliveries at the end of its run", "", False, 0)],
+     [("wharf-down", "wharf-up"), ("wharf-blackhole", "wharf-up")], []),
+]
+EVENT_METRICS = {m[0] for table in EVENT_TABLES for m in table[3]}
+EVENT_DECIMALS = {m[0]: m[4] for table in EVENT_TABLES for m in table[3]}
+
+# Targets of the event scenarios: (label, kind, args, limit). kinds:
+#   diff_max: med(metric, a) - med(metric, b) < limit          args = (metric, a, b)
+#   min / max: med(metric, a) >= / <= limit                     args = (metric, a)
+#   ratio_min / ratio_max: med(metric, a) / med(metric, b) >= / <= limit   args = (metric, a, b)
+EVENT_CHECKS = [
+    ("PUT p50 -c1: wharf (events on) − wharf (events off)", "diff_max", ("put_p50_c1", "wharf", "wharf-noevents"), 1.0),
+    ("PUT p50 -c4: wharf (events on) − wharf (events off)", "diff_max", ("put_p50_c4", "wharf", "wharf-noevents"), 1.0),
+    ("deliveries/s (wall, redeliver → all received)", "min", ("deliv_rate", "wharf-deliv"), 5000),
+    ("push event → delivery p50 (ms)", "max", ("dl_push_p50", "wharf-hook"), 10),
+    ("pull event → delivery p50 (ms)", "max", ("dl_pull_p50", "wharf-hook"), 10),
+    ("manifest GET req/s with events + delivery / direct", "ratio_min", ("mev_rps", "wharf-hook", "direct"), 0.97),
+    ("GET p50, target down / up", "ratio_max", ("td_get_p50", "wharf-down", "wharf-up"), 1.05),
+    ("GET p99, target down / up", "ratio_max", ("td_get_p99", "wharf-down", "wharf-up"), 1.05),
+    ("PUT p50, target down / up", "ratio_max", ("td_put_p50", "wharf-down", "wharf-up"), 1.05),
+    ("GET p50, target blackholed / up", "ratio_max", ("td_get_p50", "wharf-blackhole", "wharf-up"), 1.05),
+    ("GET p99, target blackholed / up", "ratio_max", ("td_get_p99", "wharf-blackhole", "wharf-up"), 1.05),
+    ("PUT p50, target blackholed / up", "ratio_max", ("td_put_p50", "wharf-blackhole", "wharf-up"), 1.05),
+]
 
 # (metric, baseline, minimum ratio wharf/baseline)
 CHECKS = [
@@ -104,6 +192,10 @@ def main():
 
     label_args = {k: facts.get(k, "?") for k in
                   ("blob_mib", "image_mib", "wrk_connections", "wrk_threads", "wrk_duration")}
+    label_args["td_connections"] = "?"
+    for kv in facts.get("events_params", "").split():
+        k, _, v = kv.partition("=")
+        label_args[k.lower()] = v
 
     lines = []
     smoke = facts.get("smoke_reasons", "")
@@ -122,7 +214,8 @@ def main():
         ("cpu_busy_before", "CPU busy before measuring (1 s sample)"),
         ("cpu_foreign", "CPU used by others while measuring"), ("fast_storage", "registry storage"),
         ("wharf_data_dir", "wharf data_dir"),
-        ("wharf_rev", "wharf"), ("rustc", "rustc"), ("nginx", "nginx"), ("registry", "registry"),
+        ("wharf_rev", "wharf"), ("wharf_sha256", "wharf binary sha256 (first 16)"), ("scenarios", "scenarios"),
+        ("events_params", "event scenario parameters"), ("rustc", "rustc"), ("nginx", "nginx"), ("registry", "registry"),
         ("skopeo", "skopeo"), ("wrk", "wrk"), ("curl", "curl"),
     ]:
         if key in facts:
@@ -148,7 +241,8 @@ def main():
     checked = 0
     known = list(METRICS)
     # Figures recorded by run.sh that METRICS does not know yet still get a row.
-    extra = sorted({m for (m, _t) in values if m not in METRICS and not m.startswith(("rss", "errors_"))})
+    extra = sorted({m for (m, _t) in values
+                    if m not in METRICS and m not in EVENT_METRICS and not m.startswith(("rss", "errors_"))})
     for metric in known + extra:
         if not any((metric, t) in values for t in targets):
             continue
@@ -213,6 +307,75 @@ def main():
         row += [f"wharf ≤ {RSS_LIMIT_MIB:.0f} MiB", " ".join(ok_txt)]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+
+    # The event scenarios: one table each, then their targets.
+    event_targets = set()
+    for scenario, title, ets, metrics, ratios, diffs in EVENT_TABLES:
+        if not any((m[0], t) in values for m in metrics for t in ets):
+            continue
+        event_targets.update(ets)
+        head = ["what"] + ets + [f"{a}/{b}" for a, b in ratios] + [f"{a} − {b}" for a, b in diffs]
+        lines.append(f"### {scenario}: {title.format(**label_args)}")
+        lines.append("")
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for metric, label, unit, _higher, dec in metrics:
+            if not any((metric, t) in values for t in ets):
+                continue
+            row = [f"{label} ({unit})" if unit else label]
+            row += [fmt(med(metric, t), dec) for t in ets]
+            for a, b in ratios:
+                av, bv = med(metric, a), med(metric, b)
+                row.append(f"{av / bv:.3f}" if av is not None and bv else "—")
+            for a, b in diffs:
+                av, bv = med(metric, a), med(metric, b)
+                row.append(f"{av - bv:+.{dec}f}" if av is not None and bv is not None else "—")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+
+    ev_rows = []
+    for label, kind, args, limit in EVENT_CHECKS:
+        metric, a = args[0], args[1]
+        av = med(metric, a)
+        bv = med(metric, args[2]) if len(args) > 2 else None
+        if av is None or (len(args) > 2 and bv is None):
+            continue
+        if kind == "diff_max":
+            v, ok, tgt, shown = av - bv, av - bv < limit, f"< {limit:g} ms", f"{av - bv:+.3f} ms ({av:.3f} vs {bv:.3f})"
+        elif kind == "min":
+            v, ok, tgt, shown = av, av >= limit, f"≥ {limit:,g}", f"{av:,.0f}"
+        elif kind == "max":
+            v, ok, tgt, shown = av, av <= limit, f"≤ {limit:g}", f"{av:g}"
+        elif kind == "ratio_min":
+            v = av / bv if bv else 0
+            ok, tgt, shown = v >= limit, f"≥ {limit:.2f}", f"{v:.3f} ({av:,.2f} / {bv:,.2f})"
+        else:  # ratio_max
+            v = av / bv if bv else float("inf")
+            ok, tgt, shown = v <= limit, f"≤ {limit:.2f}", f"{v:.3f} ({av:,.3f} / {bv:,.3f})"
+        checked += 1
+        if not ok:
+            failed.append(f"{label}: {shown}, target {tgt}")
+        ev_rows.append(f"| {label} | {shown} | {tgt} | {'yes' if ok else '**NO**'} |")
+    # peak RSS of every wharf instance the event scenarios started
+    for t in sorted(event_targets):
+        if not t.startswith("wharf") or t in wharfs:
+            continue
+        wv = peak_rss(t)
+        if wv is None:
+            continue
+        checked += 1
+        ok = wv <= RSS_LIMIT_MIB
+        if not ok:
+            failed.append(f"peak RSS of {t}: {wv:.1f} MiB > {RSS_LIMIT_MIB:.0f} MiB")
+        ev_rows.append(f"| peak RSS of {t} (VmHWM) | {wv:.1f} MiB | ≤ {RSS_LIMIT_MIB:.0f} MiB | {'yes' if ok else '**NO**'} |")
+    if ev_rows:
+        lines.append("### Targets of the event scenarios (medians)")
+        lines.append("")
+        lines.append("| figure | measured | target | ok |")
+        lines.append("|---|---|---|---|")
+        lines.extend(ev_rows)
+        lines.append("")
+
     if failed:
         lines.append(f"**{len(failed)} of {checked} checks missed:**")
         lines.extend(f"- {f}" for f in failed)
@@ -226,7 +389,7 @@ def main():
     lines.append("| metric | target | runs | min | max | spread |")
     lines.append("|---|---|---|---|---|---|")
     for (metric, target), vs in sorted(values.items()):
-        dec = METRICS.get(metric, (None, None, None, 2))[3]
+        dec = METRICS.get(metric, (None, None, None, EVENT_DECIMALS.get(metric, 2)))[3]
         spread = (max(vs) - min(vs)) / statistics.median(vs) * 100 if len(vs) > 1 and statistics.median(vs) else 0
         lines.append(
             f"| {metric} | {target} | {', '.join(fmt(v, dec) for v in vs)} | {fmt(min(vs), dec)} | "

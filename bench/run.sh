@@ -19,7 +19,14 @@
 #                        checked like "wharf" (e.g. events on vs off)
 #   ACCESS_LOGS=1        wharf at log level info (one access-log line per request) and nginx with an
 #                        access log; default: wharf at warn, nginx access_log off
-#   SCENARIOS="blob skopeo manifest"   which scenario_* functions run, in order
+#   SCENARIOS="blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down"
+#                        which scenario_* functions run, in order (the last five: events and delivery,
+#                        see docs/benchmarks.md; they start wharf instances and receivers of their own)
+#   PUSH_CONNECTIONS="1 4"   push_latency: wrk connections of the manifest PUT runs
+#   DELIVERIES_N=20000   deliveries: events made (and delivered) per run
+#   DL_PUSH_RATE=100 DL_PULL_RATE=200 DL_DURATION=10s   delivery_latency: paced event rates
+#   TD_CONNECTIONS=4     target_down: wrk connections of the GET and PUT runs
+#   RECEIVER_BIN=...     webhook receiver (default target/release/examples/webhook_receiver)
 #   TARGETS="direct nginx wharf"       which endpoints are measured
 #   DATA_ON_TMPFS=1      wharf's data_dir (its SQLite database) on the tmpfs too; default: on disk,
 #                        under the work dir, as in production
@@ -51,7 +58,14 @@ WHARF_EXTRA_YAML=${WHARF_EXTRA_YAML:-}
 EXTRA_WHARFS=${EXTRA_WHARFS:-}
 ACCESS_LOGS=${ACCESS_LOGS:-0}
 DATA_ON_TMPFS=${DATA_ON_TMPFS:-0}
-SCENARIOS=${SCENARIOS:-blob skopeo manifest}
+SCENARIOS=${SCENARIOS:-blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down}
+PUSH_CONNECTIONS=${PUSH_CONNECTIONS:-1 4}
+DELIVERIES_N=${DELIVERIES_N:-20000}
+DL_PUSH_RATE=${DL_PUSH_RATE:-100}
+DL_PULL_RATE=${DL_PULL_RATE:-200}
+DL_DURATION=${DL_DURATION:-10s}
+TD_CONNECTIONS=${TD_CONNECTIONS:-4}
+RECEIVER_BIN=${RECEIVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/webhook_receiver}
 TARGETS=${TARGETS:-direct nginx wharf}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
 RESULTS_FILE=${RESULTS_FILE:-$BENCH/results-$(date +%Y%m%d-%H%M%S).md}
@@ -106,10 +120,21 @@ cpu_ms() {
 	for p in "${pids[@]}"; do cat "/proc/$p/stat" 2>/dev/null; done |
 		awk -v hz="$CLK_TCK" '{ t += $14 + $15 } END { printf "%.0f", t * 1000 / hz }'
 }
-# record_cpu SCENARIO METRIC TARGET RUN CPU_MS_BEFORE PER: proxy CPU per unit (PER units of work).
+# children_ms: CPU time (user+system) of this script's reaped children (wrk, curl, skopeo, and
+# stopped services), in ms.
+children_ms() {
+	awk -v hz="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.0f", ($14 + $15) * 1000 / hz }' "/proc/$$/stat"
+}
+# record_cpu SCENARIO METRIC TARGET RUN CPU_MS_BEFORE PER [WHOSE]: CPU per unit (PER units of
+# work) of the proxy of TARGET, or of WHOSE (a service name, or "children" for children_ms).
 record_cpu() {
 	[ -n "$5" ] || return 0
-	record "$1" "$2" "$3" "$4" "$(calc "($(cpu_ms "$3") - $5) / $6")"
+	local c1
+	case "${7:-$3}" in
+	children) c1=$(children_ms) ;;
+	*) c1=$(cpu_ms "${7:-$3}") ;;
+	esac
+	record "$1" "$2" "$3" "$4" "$(calc "($c1 - $5) / $6")"
 }
 
 vm_hwm_mib() { # PID -> peak RSS in MiB
@@ -162,8 +187,16 @@ build_wharf() {
 	else
 		log "building wharf (cargo build --release)"
 		(cd "$ROOT" && cargo build --release) >&2 || die "cargo build --release failed (output above)"
+		if event_scenarios; then
+			log "building the webhook receiver (cargo build --release --example webhook_receiver)"
+			(cd "$ROOT" && cargo build --release --example webhook_receiver) >&2 ||
+				die "cargo build --release --example webhook_receiver failed (output above)"
+		fi
 	fi
 	[ -x "$WHARF_BIN" ] || die "no wharf binary at $WHARF_BIN (run without SKIP_BUILD=1, or set WHARF_BIN)"
+	if event_scenarios; then
+		[ -x "$RECEIVER_BIN" ] || die "no webhook receiver at $RECEIVER_BIN (run without SKIP_BUILD=1, or set RECEIVER_BIN)"
+	fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +405,10 @@ prepare_blob() {
 	[ -n "$loc" ] || die "registry gave no upload Location"
 	case "$loc" in /*) loc=$(url direct "$loc") ;; esac
 	case "$loc" in *\?*) loc="$loc&digest=$BLOB_DIGEST" ;; *) loc="$loc?digest=$BLOB_DIGEST" ;; esac
-	code=$(curl -sS --max-time "$CURL_MAX_TIME" -o /dev/null -w '%{http_code}' -X PUT \
-		-H 'Content-Type: application/octet-stream' --data-binary @"$f" "$loc")
+	# -T streams the file (a PUT); --data-binary @file would read it into memory first, and curl
+	# refuses files of 1 GiB and more that way ("out of memory")
+	code=$(curl -sS --max-time "$CURL_MAX_TIME" -o /dev/null -w '%{http_code}' \
+		-H 'Content-Type: application/octet-stream' -T "$f" "$loc")
 	[ "$code" = 201 ] || die "blob upload answered $code, not 201"
 	rm -f "$f"
 	BLOB_PATH=/v2/bench/blob/blobs/$BLOB_DIGEST
@@ -504,9 +539,13 @@ wrk_run() {
 		"$(url "$2" "$MANIFEST_PATH")" >"$1" 2>&1 || die "wrk against $2 failed: $(tail -5 "$1")"
 }
 measure_manifest() {
-	local t=$1 run=$2 out=$WORK/wrk-$1-$2.txt rps p99 bad c0 n
+	local t=$1 run=$2 out=$WORK/wrk-$1-$2.txt rps p99 bad c0 n r0 k0
 	c0=$(cpu_ms "$t")
+	r0=$(cpu_ms registry)
+	k0=$(children_ms)
 	wrk_run "$out" "$t" "$WRK_DURATION"
+	record_cpu manifest manifest_client_cpu "$t" "$run" "$k0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" children
+	record_cpu manifest manifest_registry_cpu "$t" "$run" "$r0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" registry
 	n=$(awk '/ requests in / { print $1 }' "$out")
 	rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
 	# "99%  28.90ms" -> milliseconds
@@ -529,6 +568,462 @@ scenario_manifest() {
 		for t in $TARGETS; do wrk_run "$WORK/wrk-warmup-$t.txt" "$t" "$WRK_WARMUP"; done
 	fi
 	for_each_run_target measure_manifest
+}
+
+# ---------------------------------------------------------------------------------------------
+# events and delivery: wharf instances of their own, webhook receivers, targets that are down
+
+EVENT_SCENARIOS="push_latency deliveries delivery_latency manifest_events target_down"
+event_scenarios() { # is any event scenario selected?
+	local s
+	for s in $SCENARIOS; do
+		case " $EVENT_SCENARIOS " in *" $s "*) return 0 ;; esac
+	done
+	return 1
+}
+
+declare -A POLICY=() # "instance/policy name" -> policy id
+EVENT_INSTANCES=""   # every wharf instance an event scenario started (for RSS and log checks)
+
+# stop_service NAME: SIGTERM, wait for the exit (bash reaps it, so its CPU time joins the
+# script's own), forget it.
+stop_service() {
+	local name=$1 pid=${PID[$1]:-} i p keep=()
+	[ -n "$pid" ] || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 100); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	unset "PID[$name]"
+	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+
+# wait_line NAME PID FILE: until FILE has a line starting with "listening on".
+wait_listening() {
+	local name=$1 pid=$2 f=$3 i
+	for i in $(seq 200); do
+		grep -q '^listening on' "$f" 2>/dev/null && return 0
+		kill -0 "$pid" 2>/dev/null || die "$name exited during start-up: $(tail -3 "$f")"
+		sleep 0.05
+	done
+	die "$name did not say 'listening on' within 10 s"
+}
+
+# start_receiver NAME PORT: examples/webhook_receiver (fresh statistics) on 127.0.0.1:PORT.
+start_receiver() {
+	local name=$1 port=$2
+	: >"$WORK/$name.log"
+	"$RECEIVER_BIN" --listen "127.0.0.1:$port" >>"$WORK/$name.log" 2>&1 &
+	PIDS+=($!)
+	PID[$name]=$!
+	RPORT[$name]=$port
+	wait_listening "$name" "${PID[$name]}" "$WORK/$name.log"
+}
+declare -A RPORT=() # receiver -> port
+
+# start_blackhole NAME PORT: accepts connections, never answers (bench/blackhole.py).
+start_blackhole() {
+	local name=$1 port=$2
+	: >"$WORK/$name.log"
+	python3 -u "$BENCH/blackhole.py" "$port" >>"$WORK/$name.log" 2>&1 &
+	PIDS+=($!)
+	PID[$name]=$!
+	wait_listening "$name" "${PID[$name]}" "$WORK/$name.log"
+}
+
+# receiver_stat NAME FIELD: a number from the receiver's /stats (count, per_second, p50, p99,
+# max; the last three are its event-to-delivery latencies in ms). Parsed without python: it is
+# polled while the deliveries are being timed, and every CPU-millisecond counts on 2 cores.
+receiver_stat() {
+	curl -sS --max-time 10 "http://127.0.0.1:${RPORT[$1]}/stats" | grep -o "\"$2\":[-0-9.e+]*" | head -1 | cut -d: -f2
+}
+
+# metric TARGET NAME{labels}: a value from wharf's /metrics (0 when absent).
+metric() {
+	curl -sS --max-time 10 "$(url "$1" /metrics)" | awk -v k="$2" '$1 == k { v = $2; f = 1 } END { print f ? v : 0 }'
+}
+deliveries_open() { # TARGET -> pending + running deliveries
+	echo $(($(metric "$1" 'wharf_deliveries{state="pending"}') + $(metric "$1" 'wharf_deliveries{state="running"}')))
+}
+# wait_drained TARGET TIMEOUT_S: until no delivery is pending or running; prints the seconds it
+# took (or dies).
+wait_drained() {
+	local t=$1 limit=$2 t0 open
+	t0=$(now)
+	while :; do
+		open=$(deliveries_open "$t")
+		[ "$open" = 0 ] && break
+		if awk -v a="$(now)" -v b="$t0" -v l="$limit" 'BEGIN { exit !(a - b > l) }'; then
+			die "$t: $open deliveries still open after ${limit}s"
+		fi
+		sleep 0.1
+	done
+	calc "$(now) - $t0"
+}
+
+# start_event_wharf NAME YAML_TEXT: a wharf with this extra config (data dir kept across restarts).
+start_event_wharf() {
+	local name=$1 yaml=$2
+	printf '%s\n' "$yaml" >"$WORK/$name.extra.yaml"
+	start_wharf "$name" "$WORK/$name.extra.yaml"
+	case " $EVENT_INSTANCES " in *" $name "*) ;; *) EVENT_INSTANCES="$EVENT_INSTANCES $name" ;; esac
+}
+# stop_event_wharf NAME: note its peak RSS, stop it.
+stop_event_wharf() {
+	[ -n "${PID[$1]:-}" ] || return 0
+	record rss rss "$1" 0 "$(vm_hwm_mib "${PID[$1]}")"
+	stop_service "$1"
+}
+
+# ensure_policy INSTANCE NAME EVENT_TYPES_JSON ADDRESS: create the policy once (project bench).
+ensure_policy() {
+	local t=$1 name=$2 types=$3 address=$4 out code
+	[ -n "${POLICY[$t/$name]:-}" ] && return 0
+	out=$(curl -sS --max-time 10 -u admin:x -H 'Content-Type: application/json' -w '\n%{http_code}' \
+		"$(url "$t" /api/v2.0/projects/bench/webhook/policies)" \
+		-d "{\"name\":\"$name\",\"event_types\":$types,\"targets\":[{\"type\":\"http\",\"address\":\"$address\"}]}")
+	code=$(tail -1 <<<"$out")
+	[ "$code" = 201 ] || die "creating policy $name on $t answered $code: $(head -1 <<<"$out")"
+	POLICY[$t/$name]=$(head -1 <<<"$out" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+	log "$t: policy $name (${POLICY[$t/$name]}) $types -> $address"
+}
+
+# A small image (one 1 MiB layer) whose blobs are uploaded once to every repository that gets
+# manifest PUTs; the PUTs then send only its manifest, under a new tag each time.
+prepare_small_image() {
+	local out
+	out=$(python3 "$BENCH/mkimage.py" "$FAST/small" small 1 1)
+	SMALL_MANIFEST=$FAST/small/blobs/sha256/${out#sha256:}
+	SMALL_MANIFEST=${SMALL_MANIFEST% *}
+	[ -s "$SMALL_MANIFEST" ] || die "no small manifest at $SMALL_MANIFEST"
+	log "small image ${out% *} ($(wc -c <"$SMALL_MANIFEST") byte manifest) for the PUT scenarios"
+}
+declare -A SEEDED=()
+seed_repo() { # REPO: upload the small image's blobs (and manifest, as :seed) straight to the registry
+	[ -n "${SEEDED[$1]:-}" ] && return 0
+	skopeo_copy "$WORK/skopeo-seed-${1//\//_}.log" "oci:$FAST/small:small" \
+		"docker://127.0.0.1:${PORT[direct]}/$1:seed" || die "seeding $1 failed: $(tail -5 "$WORK/skopeo-seed-${1//\//_}.log")"
+	SEEDED[$1]=1
+}
+
+# wrk_ev OUTFILE URL THREADS CONNECTIONS DURATION [VAR=VALUE ...]: wrk with bench/wrk-events.lua.
+wrk_ev() {
+	local out=$1 u=$2 th=$3 c=$4 d=$5
+	shift 5
+	env BENCH_CONTENT_TYPE="$OCI_MANIFEST" "$@" \
+		wrk -t"$th" -c"$c" -d"$d" --latency -s "$BENCH/wrk-events.lua" "$u" >"$out" 2>&1 ||
+		die "wrk $u failed: $(tail -5 "$out")"
+}
+# wrk_put OUTFILE TARGET REPO TAG_PREFIX THREADS CONNECTIONS DURATION [VAR=VALUE ...]
+wrk_put() {
+	local out=$1 t=$2 repo=$3 prefix=$4 th=$5 c=$6 d=$7
+	shift 7
+	wrk_ev "$out" "$(url "$t" /v2/)" "$th" "$c" "$d" BENCH_MODE=put BENCH_BODY_FILE="$SMALL_MANIFEST" \
+		BENCH_REPO="$repo" BENCH_TAG_PREFIX="$prefix" "$@"
+}
+# wrk_pct FILE PCT: a latency percentile of wrk --latency output (50, 75, 90, 99), in ms.
+wrk_pct() {
+	awk -v p="$2%" '$1 == p {
+		v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+		m = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : 1
+		printf "%.3f", v * m }' "$1"
+}
+wrk_rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+wrk_n() { awk '/ requests in / { print $1 }' "$1"; }
+# wrk_status FILE CODE: responses with that status (bench-status lines of wrk-events.lua).
+wrk_status() { awk -v c="$2" '$1 == "bench-status" && $2 == c { n += $3 } END { print n + 0 }' "$1"; }
+# wrk_check FILE WHAT OK_STATUS: note non-OK responses and socket errors.
+wrk_check() {
+	local bad
+	bad=$(awk -v ok="$3" '$1 == "bench-status" && $2 != ok { n += $3 }
+		/Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$1")
+	[ "$bad" = 0 ] || note "$2: $bad responses other than $3, or socket errors ($(grep -E 'bench-status|Socket errors' "$1" | tr '\n' ' '))"
+}
+
+# for_each_run_in "T1 T2 …" FUNC [ARGS]: FUNC TARGET RUN ARGS for every run and target, the
+# target order rotating from run to run.
+for_each_run_in() {
+	local list=$1 fn=$2 run i n t
+	shift 2
+	local -a ts
+	read -r -a ts <<<"$list"
+	n=${#ts[@]}
+	for ((run = 1; run <= RUNS; run++)); do
+		for ((i = 0; i < n; i++)); do
+			t=${ts[$(((i + run - 1) % n))]}
+			"$fn" "$t" "$run" "$@"
+		done
+	done
+}
+
+HOOK_YAML='notification: {allowed_target_networks: ["127.0.0.0/8"]}'
+
+# --- push_latency: manifest PUT latency, events on vs events off vs direct --------------------
+
+measure_put_latency() {
+	local t=$1 run=$2 c=$3 out=$WORK/wrk-put-$1-c$3-r$2.txt th ok n
+	th=$((c < WRK_THREADS ? c : WRK_THREADS))
+	wrk_put "$out" "$t" "bench/pl-$t" "r$run-c$c" "$th" "$c" "$WRK_DURATION"
+	ok=$(wrk_status "$out" 201)
+	n=$(wrk_n "$out")
+	wrk_check "$out" "manifest PUT through $t (-c$c, run $run)" 201
+	[ "$ok" -gt 0 ] || die "no manifest PUT through $t answered 201: $(tail -5 "$out")"
+	record push_latency "put_p50_c$c" "$t" "$run" "$(wrk_pct "$out" 50)"
+	record push_latency "put_p99_c$c" "$t" "$run" "$(wrk_pct "$out" 99)"
+	record push_latency "put_rps_c$c" "$t" "$run" "$(wrk_rps "$out")"
+	log "  ($ok of $n PUTs answered 201)"
+}
+scenario_push_latency() {
+	local targets="direct wharf wharf-noevents" t c
+	log "scenario push_latency: manifest PUT, a new tag per request, wrk -c$PUSH_CONNECTIONS -d$WRK_DURATION; $targets"
+	start_event_wharf wharf-noevents "$(cat "$BENCH/wharf-events-off.yaml")"
+	[ -n "${PID[wharf]:-}" ] || start_wharf wharf "$WHARF_EXTRA_YAML"
+	for t in $targets; do seed_repo "bench/pl-$t"; done
+	if [ "$WRK_WARMUP" != 0 ]; then
+		for t in $targets; do wrk_put "$WORK/wrk-put-warmup-$t.txt" "$t" "bench/pl-$t" warmup 1 1 "$WRK_WARMUP"; done
+	fi
+	for c in $PUSH_CONNECTIONS; do
+		for_each_run_in "$targets" measure_put_latency "$c"
+	done
+	stop_event_wharf wharf-noevents
+}
+
+# --- deliveries: how fast the dispatcher drains the outbox to a fast receiver -----------------
+
+measure_deliveries() {
+	local t=wharf-deliv run=$2 out=$WORK/wrk-deliv-gen-r$2.txt wpid dead0 dead n e0 e1 t0 t1 ta c0 c1 r0 r1 got tf redelivered cf0 secs
+	dead0=$(metric "$t" 'wharf_deliveries{state="dead"}')
+	e0=$(metric "$t" 'wharf_events_total{type="PULL_ARTIFACT"}')
+	cf0=$(cpu_ms "$t")
+	# 1. N pull events, as fast as wharf takes them; each delivery's one attempt fails (closed port)
+	tf=$(now)
+	env BENCH_CONTENT_TYPE="$OCI_MANIFEST" BENCH_MODE=get BENCH_STOP_AFTER=$((DELIVERIES_N / WRK_THREADS)) \
+		wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d600s --latency -s "$BENCH/wrk-events.lua" \
+		"$(url "$t" "$MANIFEST_PATH")" >"$out" 2>&1 &
+	wpid=$!
+	local last=-1 same=0
+	while kill -0 "$wpid" 2>/dev/null; do
+		e1=$(metric "$t" 'wharf_events_total{type="PULL_ARTIFACT"}')
+		[ $((e1 - e0)) -ge "$DELIVERIES_N" ] && break
+		# every wrk thread has stopped (and a few pulls were cut short): no more events come
+		if [ "$e1" = "$last" ]; then same=$((same + 1)); else same=0; fi
+		[ "$same" -ge 5 ] && [ $((e1 - e0)) -gt 0 ] && break
+		last=$e1
+		sleep 0.2
+	done
+	kill -INT "$wpid" 2>/dev/null || true
+	wait "$wpid" || true
+	wrk_check "$out" "deliveries: manifest GETs through $t (run $run)" 200
+	secs=$(wait_drained "$t" 600)
+	dead=$(metric "$t" 'wharf_deliveries{state="dead"}')
+	n=$((dead - dead0))
+	[ "$n" -gt 0 ] || die "deliveries: no dead deliveries on $t after the GETs"
+	record deliveries deliv_n "$t" "$run" "$n"
+	record deliveries deliv_fail_rate "$t" "$run" "$(calc "$n / ($(now) - $tf)")"
+	record deliveries deliv_fail_cpu "$t" "$run" "$(calc "($(cpu_ms "$t") - $cf0) * 1000 / $n")"
+	log "  $n deliveries dead (target closed); all attempted ${secs}s after the last GET"
+	# 2. the receiver comes up on that port; redeliver them all; time until it has them all
+	start_receiver recv-deliv "$DELIV_PORT"
+	sleep 0.5
+	c0=$(cpu_ms "$t")
+	r0=$(cpu_ms recv-deliv)
+	t0=$(now)
+	redelivered=$(curl -sS --max-time 600 -u admin:x -X POST \
+		"$(url "$t" "/api/v2.0/projects/bench/webhook/policies/${POLICY[$t/drain]}/redeliver")" |
+		grep -o '"redelivered":[0-9]*' | cut -d: -f2) || die "deliveries: redeliver call failed"
+	[ -n "$redelivered" ] || die "deliveries: the redeliver call did not say how many"
+	ta=$(now)
+	while :; do
+		got=$(receiver_stat recv-deliv count)
+		[ "${got:-0}" -ge "$redelivered" ] && break
+		if awk -v a="$(now)" -v b="$t0" 'BEGIN { exit !(a - b > 600) }'; then
+			die "deliveries: the receiver got $got of $redelivered in 600 s"
+		fi
+		sleep 0.1
+	done
+	t1=$(now)
+	c1=$(cpu_ms "$t")
+	r1=$(cpu_ms recv-deliv)
+	[ "$redelivered" = "$n" ] || note "deliveries run $run: $n dead deliveries but $redelivered redelivered"
+	record deliveries deliv_rate "$t" "$run" "$(calc "$redelivered / ($t1 - $t0)")"
+	record deliveries deliv_rate_recv "$t" "$run" "$(receiver_stat recv-deliv per_second)"
+	record deliveries deliv_redeliver_ms "$t" "$run" "$(calc "($ta - $t0) * 1000")"
+	record deliveries deliv_cpu_pct "$t" "$run" "$(calc "($c1 - $c0) / ($t1 - $t0) / 10")"
+	record deliveries deliv_cpu_us "$t" "$run" "$(calc "($c1 - $c0) * 1000 / $redelivered")"
+	record deliveries deliv_recv_cpu_pct "$t" "$run" "$(calc "($r1 - $r0) / ($t1 - $t0) / 10")"
+	wait_drained "$t" 120 >/dev/null
+	got=$(receiver_stat recv-deliv count)
+	[ "$got" = "$redelivered" ] || note "deliveries run $run: the receiver got $got deliveries for $redelivered redelivered"
+	stop_service recv-deliv
+}
+scenario_deliveries() {
+	log "scenario deliveries: $DELIVERIES_N pull events to a closed port (dead), then the receiver on that port and one redeliver"
+	DELIV_PORT=$(free_port)
+	start_event_wharf wharf-deliv 'notification: {webhook_job_max_retry: 0, breaker_failures: 100000000, allowed_target_networks: ["127.0.0.0/8"]}'
+	ensure_policy wharf-deliv drain '["PUSH_ARTIFACT","PULL_ARTIFACT"]' "http://127.0.0.1:$DELIV_PORT/"
+	local run
+	for ((run = 1; run <= RUNS; run++)); do measure_deliveries wharf-deliv "$run"; done
+	stop_event_wharf wharf-deliv
+}
+
+# --- delivery_latency: event-to-delivery latency at a moderate rate, receiver up --------------
+
+start_hook() { # wharf-hook, its two receivers and policies (pushes and pulls go to separate receivers)
+	[ -n "${HOOK_PUSH_PORT:-}" ] || HOOK_PUSH_PORT=$(free_port)
+	[ -n "${HOOK_PULL_PORT:-}" ] || HOOK_PULL_PORT=$(free_port)
+	[ -n "${PID[recv-push]:-}" ] || start_receiver recv-push "$HOOK_PUSH_PORT"
+	[ -n "${PID[recv-pull]:-}" ] || start_receiver recv-pull "$HOOK_PULL_PORT"
+	[ -n "${PID[wharf-hook]:-}" ] || start_event_wharf wharf-hook "$HOOK_YAML"
+	ensure_policy wharf-hook pushes '["PUSH_ARTIFACT"]' "http://127.0.0.1:$HOOK_PUSH_PORT/"
+	ensure_policy wharf-hook pulls '["PULL_ARTIFACT"]' "http://127.0.0.1:$HOOK_PULL_PORT/"
+}
+stop_hook() {
+	stop_event_wharf wharf-hook
+	stop_service recv-push
+	stop_service recv-pull
+}
+
+measure_delivery_latency() {
+	local t=wharf-hook run=$2 po=$WORK/wrk-dl-push-r$2.txt pu=$WORK/wrk-dl-pull-r$2.txt p1 p2 c0 t0 t1 secs pushes pulls got d
+	# fresh receivers: their statistics cover this run only
+	stop_service recv-push
+	stop_service recv-pull
+	start_receiver recv-push "$HOOK_PUSH_PORT"
+	start_receiver recv-pull "$HOOK_PULL_PORT"
+	c0=$(cpu_ms "$t")
+	t0=$(now)
+	wrk_put "$po" "$t" bench/pl-wharf-hook "dl-r$run" 1 1 "$DL_DURATION" BENCH_RATE="$DL_PUSH_RATE" &
+	p1=$!
+	wrk_ev "$pu" "$(url "$t" "$MANIFEST_PATH")" 2 2 "$DL_DURATION" BENCH_MODE=get BENCH_RATE="$(calc "$DL_PULL_RATE / 2")" &
+	p2=$!
+	wait "$p1" || die "delivery_latency: push wrk failed: $(tail -3 "$po")"
+	wait "$p2" || die "delivery_latency: pull wrk failed: $(tail -3 "$pu")"
+	t1=$(now)
+	secs=$(wait_drained "$t" 120)
+	wrk_check "$po" "delivery_latency: PUTs (run $run)" 201
+	wrk_check "$pu" "delivery_latency: GETs (run $run)" 200
+	pushes=$(wrk_status "$po" 201)
+	pulls=$(wrk_status "$pu" 200)
+	d=$(awk -v d="$DL_DURATION" 'BEGIN { sub(/s$/, "", d); print d }')
+	record delivery_latency dl_push_rate "$t" "$run" "$(calc "$pushes / $d")"
+	record delivery_latency dl_pull_rate "$t" "$run" "$(calc "$pulls / $d")"
+	# (up to one more per connection is fine: a request wharf had completed, so an event, but whose
+	# response wrk had not read yet when its time was up)
+	got=$(receiver_stat recv-push count)
+	if [ "$got" -lt "$pushes" ] || [ "$got" -gt $((pushes + 1)) ]; then
+		note "delivery_latency run $run: $pushes pushes answered 201, the receiver got $got push deliveries"
+	fi
+	got=$(receiver_stat recv-pull count)
+	if [ "$got" -lt "$pulls" ] || [ "$got" -gt $((pulls + 2)) ]; then
+		note "delivery_latency run $run: $pulls pulls answered 200, the receiver got $got pull deliveries"
+	fi
+	record delivery_latency dl_push_p50 "$t" "$run" "$(receiver_stat recv-push p50)"
+	record delivery_latency dl_push_p99 "$t" "$run" "$(receiver_stat recv-push p99)"
+	record delivery_latency dl_push_max "$t" "$run" "$(receiver_stat recv-push max)"
+	record delivery_latency dl_pull_p50 "$t" "$run" "$(receiver_stat recv-pull p50)"
+	record delivery_latency dl_pull_p99 "$t" "$run" "$(receiver_stat recv-pull p99)"
+	record delivery_latency dl_pull_max "$t" "$run" "$(receiver_stat recv-pull max)"
+	record delivery_latency dl_put_p50 "$t" "$run" "$(wrk_pct "$po" 50)"
+	record delivery_latency dl_get_p50 "$t" "$run" "$(wrk_pct "$pu" 50)"
+	record delivery_latency dl_cpu_pct "$t" "$run" "$(calc "($(cpu_ms "$t") - $c0) / ($t1 - $t0) / 10")"
+	log "  outbox drained ${secs}s after the load ended"
+}
+scenario_delivery_latency() {
+	log "scenario delivery_latency: $DL_PUSH_RATE pushes/s and $DL_PULL_RATE pulls/s for $DL_DURATION through wharf-hook, receivers up"
+	start_hook
+	seed_repo bench/pl-wharf-hook
+	local run
+	for ((run = 1; run <= RUNS; run++)); do measure_delivery_latency wharf-hook "$run"; done
+	stop_hook
+}
+
+# --- manifest_events: manifest GET throughput with pull events delivered to a receiver --------
+
+measure_manifest_events() {
+	local t=$1 run=$2 out=$WORK/wrk-mev-$1-$2.txt c0 r0 k0 q0 n backlog secs=0 per
+	c0=$(cpu_ms "$t")
+	r0=$(cpu_ms registry)
+	k0=$(children_ms)
+	[ "$t" = wharf-hook ] && q0=$(cpu_ms recv-pull)
+	wrk_run "$out" "$t" "$WRK_DURATION"
+	n=$(wrk_n "$out")
+	per=$(calc "$n / 1000")
+	if [ "$t" = wharf-hook ]; then
+		backlog=$(deliveries_open "$t")
+		secs=$(wait_drained "$t" 300)
+		record manifest_events mev_backlog "$t" "$run" "$backlog"
+		record manifest_events mev_drain_s "$t" "$run" "$secs"
+		record_cpu manifest_events mev_recv_cpu "$t" "$run" "$q0" "$per" recv-pull
+	fi
+	wrk_check "$out" "manifest_events: GETs through $t (run $run)" 200
+	record manifest_events mev_rps "$t" "$run" "$(wrk_rps "$out")"
+	record manifest_events mev_p99 "$t" "$run" "$(wrk_pct "$out" 99)"
+	# CPU per GET; for wharf-hook including the deliveries still sent after wrk ended
+	record_cpu manifest_events mev_cpu "$t" "$run" "$c0" "$per"
+	record_cpu manifest_events mev_registry_cpu "$t" "$run" "$r0" "$per" registry
+	record_cpu manifest_events mev_client_cpu "$t" "$run" "$k0" "$per" children
+}
+scenario_manifest_events() {
+	local targets="direct wharf wharf-hook" t
+	log "scenario manifest_events: wrk -c$WRK_CONNECTIONS -t$WRK_THREADS -d$WRK_DURATION on $MANIFEST_PATH; $targets (wharf-hook delivers every pull to a receiver)"
+	start_hook
+	[ -n "${PID[wharf]:-}" ] || start_wharf wharf "$WHARF_EXTRA_YAML"
+	if [ "$WRK_WARMUP" != 0 ]; then
+		for t in $targets; do wrk_run "$WORK/wrk-mev-warmup-$t.txt" "$t" "$WRK_WARMUP"; done
+		wait_drained wharf-hook 300 >/dev/null
+	fi
+	for_each_run_in "$targets" measure_manifest_events
+	stop_hook
+}
+
+# --- target_down: registry latency through wharf while its webhook target is up/down/blackholed
+
+measure_target_down() {
+	local t=$1 run=$2 go=$WORK/wrk-td-get-$1-r$2.txt po=$WORK/wrk-td-put-$1-r$2.txt c0 n port
+	case "$t" in
+	wharf-up) port=$TD_UP_PORT ;;
+	wharf-down) port=$TD_DOWN_PORT ;;
+	wharf-blackhole) port=$TD_BH_PORT ;;
+	esac
+	# default notification settings (3 s timeout, 3 retries, breaker on); loopback allowed
+	start_event_wharf "$t" "$HOOK_YAML"
+	ensure_policy "$t" td '["PUSH_ARTIFACT","PULL_ARTIFACT"]' "http://127.0.0.1:$port/"
+	record target_down td_backlog_start "$t" "$run" "$(deliveries_open "$t")"
+	[ "$WRK_WARMUP" != 0 ] && wrk_run "$WORK/wrk-td-warmup-$t-r$run.txt" "$t" "$WRK_WARMUP"
+	c0=$(cpu_ms "$t")
+	wrk_ev "$go" "$(url "$t" "$MANIFEST_PATH")" 2 "$TD_CONNECTIONS" "$WRK_DURATION" BENCH_MODE=get
+	wrk_put "$po" "$t" bench/pl-wharf-td "td-$t-r$run" 2 "$TD_CONNECTIONS" "$WRK_DURATION"
+	n=$(($(wrk_n "$go") + $(wrk_n "$po")))
+	wrk_check "$go" "target_down: GETs through $t (run $run)" 200
+	wrk_check "$po" "target_down: PUTs through $t (run $run)" 201
+	record target_down td_get_p50 "$t" "$run" "$(wrk_pct "$go" 50)"
+	record target_down td_get_p99 "$t" "$run" "$(wrk_pct "$go" 99)"
+	record target_down td_get_rps "$t" "$run" "$(wrk_rps "$go")"
+	record target_down td_put_p50 "$t" "$run" "$(wrk_pct "$po" 50)"
+	record target_down td_put_p99 "$t" "$run" "$(wrk_pct "$po" 99)"
+	record target_down td_put_rps "$t" "$run" "$(wrk_rps "$po")"
+	record_cpu target_down td_cpu "$t" "$run" "$c0" "$(calc "$n / 1000")"
+	record target_down td_backlog_end "$t" "$run" "$(deliveries_open "$t")"
+	stop_event_wharf "$t"
+}
+scenario_target_down() {
+	local targets="wharf-up wharf-down wharf-blackhole"
+	log "scenario target_down: manifest GET and PUT (wrk -c$TD_CONNECTIONS -d$WRK_DURATION each) through wharf whose webhook target is up / down (closed port) / blackholed"
+	TD_UP_PORT=$(free_port)
+	TD_DOWN_PORT=$(free_port)
+	TD_BH_PORT=$(free_port)
+	start_receiver recv-td "$TD_UP_PORT"
+	start_blackhole blackhole "$TD_BH_PORT"
+	seed_repo bench/pl-wharf-td
+	# every instance lives only while it is measured (no background work during the others'
+	# runs); its database, and so its backlog of deliveries, carries over to its next run
+	for_each_run_in "$targets" measure_target_down
+	stop_service recv-td
+	stop_service blackhole
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -644,6 +1139,10 @@ machine_facts() {
 	fact nginx_workers "$NGINX_WORKERS"
 	fact wharf_extra_yaml "${WHARF_EXTRA_YAML}${EXTRA_WHARFS:+ $EXTRA_WHARFS}"
 	fact targets "$TARGETS"
+	fact scenarios "$SCENARIOS"
+	if event_scenarios; then
+		fact events_params "PUSH_CONNECTIONS=$PUSH_CONNECTIONS DELIVERIES_N=$DELIVERIES_N DL_PUSH_RATE=$DL_PUSH_RATE DL_PULL_RATE=$DL_PULL_RATE DL_DURATION=$DL_DURATION TD_CONNECTIONS=$TD_CONNECTIONS"
+	fi
 }
 
 # Just before measuring: is the machine quiet? A busy machine makes the figures meaningless.
@@ -693,6 +1192,17 @@ scan_logs() {
 		case "$t" in direct) continue ;; nginx) n=${PID[nginx]} ;; *) n=${PID[$t]} ;; esac
 		kill -0 "$n" 2>/dev/null || note "$t (pid $n) is no longer running at the end of the run"
 	done
+	# The event scenarios' own instances: failed deliveries (closed or blackholed target) are
+	# expected there; anything else is not.
+	for t in $EVENT_INSTANCES; do
+		f=$WORK/$t.log
+		[ -f "$f" ] || continue
+		n=$(grep -ciE 'delivery attempt failed|circuit open' "$f" || true)
+		[ "$n" = 0 ] || log "$t: $n expected warning lines (failed delivery attempts, circuits opening)"
+		bad=$(grep -iE 'warn|error|panic' "$f" | grep -viE 'delivery attempt failed|circuit open' || true)
+		[ -n "$bad" ] || continue
+		note "$t: $(printf '%s\n' "$bad" | wc -l) unexpected warning/error lines in $t.log, first: $(printf '%s\n' "$bad" | head -2 | cut -c1-300 | tr '\n' ' ')"
+	done
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -703,9 +1213,18 @@ main() {
 	build_wharf
 	setup_dirs
 	machine_facts
+	# Run private copies: the target dir may be shared, and instances are started until the end.
+	cp "$WHARF_BIN" "$WORK/wharf-bin"
+	WHARF_BIN=$WORK/wharf-bin
+	fact wharf_sha256 "$(sha256sum "$WHARF_BIN" | cut -c1-16)"
+	if event_scenarios; then
+		cp "$RECEIVER_BIN" "$WORK/webhook_receiver-bin"
+		RECEIVER_BIN=$WORK/webhook_receiver-bin
+	fi
 	start_services
 	prepare_blob
 	prepare_image
+	event_scenarios && prepare_small_image
 	verify_targets
 	snapshot_rss _idle
 	quiet_check
