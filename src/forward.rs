@@ -179,7 +179,7 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
-            .http1_max_buf_size(1 << 20)
+            .http1_max_buf_size(256 << 10)
             .build(connector);
         Ok(Self {
             name,

@@ -507,15 +507,33 @@ pub fn redeliver(
 /// Redeliver every dead delivery of a policy (not those of a disabled target); returns how
 /// many.
 pub fn redeliver_dead(conn: &Connection, policy_id: i64) -> Result<usize, StoreError> {
-    let ids: Vec<i64> = conn
-        .prepare("SELECT id FROM deliveries WHERE policy_id = ?1 AND state = 'dead'")?
-        .query_map([policy_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    // set-based: one statement per target position of the policy, not one per delivery
+    let targets = policies::get_by_id(conn, policy_id)?
+        .map(|p| p.targets)
+        .unwrap_or_default();
+    let now = now_ms();
     let mut n = 0;
-    for id in &ids {
-        if redeliver(conn, policy_id, *id)? == Redelivery::Queued {
-            n += 1;
+    for (idx, t) in targets.iter().enumerate() {
+        if t.disabled {
+            continue;
         }
+        n += conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?3, updated_at = ?3,
+                   target = ?4, target_address = ?5
+                 WHERE policy_id = ?1 AND target_index = ?2 AND state = 'dead'",
+            )?
+            .execute(params![policy_id, idx as i64, now, json(t)?, t.address])?;
+    }
+    // deliveries whose target position is gone from the policy keep their own target
+    n += conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?3, updated_at = ?3
+             WHERE policy_id = ?1 AND target_index >= ?2 AND state = 'dead'",
+        )?
+        .execute(params![policy_id, targets.len() as i64, now])?;
+    if n > 0 {
+        CREATED.with(|c| c.set(true));
     }
     Ok(n)
 }
