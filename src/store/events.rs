@@ -61,8 +61,7 @@ pub fn extend_held(conn: &Connection, repository: &str, until: i64) -> Result<us
 
 /// Publish held events whose time has come; returns them.
 pub fn publish_due(conn: &Connection, now: i64) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, body FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000",
+    let mut stmt = conn.prepare_cached("SELECT seq, body FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000",
     )?;
     let rows: Vec<(i64, String)> = stmt
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -77,8 +76,7 @@ pub fn publish_held(
     repository: &str,
     digest: &str,
 ) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, body FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq",
+    let mut stmt = conn.prepare_cached("SELECT seq, body FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq",
     )?;
     let rows: Vec<(i64, String)> = stmt
         .query_map(params![repository, digest], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -110,8 +108,7 @@ pub fn cancel_held(
     digests: &[String],
 ) -> Result<usize, StoreError> {
     let mut n = 0;
-    let mut stmt = conn.prepare(
-        "UPDATE events SET state = 'cancelled' WHERE state = 'held' AND repository = ?1 AND digest = ?2",
+    let mut stmt = conn.prepare_cached("UPDATE events SET state = 'cancelled' WHERE state = 'held' AND repository = ?1 AND digest = ?2",
     )?;
     for d in digests {
         n += stmt.execute(params![repository, d])?;
@@ -122,11 +119,8 @@ pub fn cancel_held(
 /// When the next held event is due (unix ms), if any.
 pub fn next_release(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn
-        .query_row(
-            "SELECT MIN(release_at) FROM events WHERE state = 'held'",
-            [],
-            |r| r.get::<_, Option<i64>>(0),
-        )
+        .prepare_cached("SELECT MIN(release_at) FROM events WHERE state = 'held'")?
+        .query_row([], |r| r.get::<_, Option<i64>>(0))
         .optional()?
         .flatten())
 }
@@ -214,7 +208,8 @@ pub fn list(conn: &Connection, f: &EventFilter) -> Result<Vec<StoredEvent>, Stor
 /// One event by id.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Event>, StoreError> {
     let body: Option<String> = conn
-        .query_row("SELECT body FROM events WHERE id = ?1", [id], |r| r.get(0))
+        .prepare_cached("SELECT body FROM events WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()?;
     Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
 }

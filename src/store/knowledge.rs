@@ -36,12 +36,11 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(s: Option<String>) -> T {
 
 /// Insert or replace an artifact.
 pub fn upsert_artifact(conn: &Connection, a: &Artifact) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
+    conn.prepare_cached("INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (repository, digest) DO UPDATE SET kind = excluded.kind, media_type = excluded.media_type,
            size = excluded.size, config_digest = excluded.config_digest, chart = excluded.chart,
-           platforms = excluded.platforms, children = excluded.children, blobs = excluded.blobs",
+           platforms = excluded.platforms, children = excluded.children, blobs = excluded.blobs")?.execute(
         params![
             a.repository,
             a.digest,
@@ -66,27 +65,26 @@ pub fn artifact(
     digest: &str,
 ) -> Result<Option<Artifact>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT kind, media_type, size, config_digest, chart, platforms, children, blobs
              FROM artifacts WHERE repository = ?1 AND digest = ?2",
-            params![repository, digest],
-            |r| {
-                Ok(Artifact {
-                    repository: repository.to_string(),
-                    digest: digest.to_string(),
-                    kind: r.get(0)?,
-                    media_type: r.get(1)?,
-                    size: r.get::<_, Option<i64>>(2)?.map(|s| s.max(0) as u64),
-                    config_digest: r.get(3)?,
-                    chart: r
-                        .get::<_, Option<String>>(4)?
-                        .and_then(|s| serde_json::from_str(&s).ok()),
-                    platforms: parse(r.get(5)?),
-                    children: parse(r.get(6)?),
-                    blobs: parse(r.get(7)?),
-                })
-            },
-        )
+        )?
+        .query_row(params![repository, digest], |r| {
+            Ok(Artifact {
+                repository: repository.to_string(),
+                digest: digest.to_string(),
+                kind: r.get(0)?,
+                media_type: r.get(1)?,
+                size: r.get::<_, Option<i64>>(2)?.map(|s| s.max(0) as u64),
+                config_digest: r.get(3)?,
+                chart: r
+                    .get::<_, Option<String>>(4)?
+                    .and_then(|s| serde_json::from_str(&s).ok()),
+                platforms: parse(r.get(5)?),
+                children: parse(r.get(6)?),
+                blobs: parse(r.get(7)?),
+            })
+        })
         .optional()?)
 }
 
@@ -97,7 +95,7 @@ pub fn known_size(
     digests: &[String],
 ) -> Result<(u64, usize), StoreError> {
     let mut stmt =
-        conn.prepare("SELECT size FROM artifacts WHERE repository = ?1 AND digest = ?2")?;
+        conn.prepare_cached("SELECT size FROM artifacts WHERE repository = ?1 AND digest = ?2")?;
     let (mut sum, mut known) = (0u64, 0usize);
     for d in digests {
         let size: Option<Option<i64>> = stmt
@@ -118,9 +116,8 @@ pub fn set_tag(
     tag: &str,
     digest: &str,
 ) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO tags (repository, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+    conn.prepare_cached("INSERT INTO tags (repository, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at")?.execute(
         params![repository, tag, digest, now_ms()],
     )?;
     Ok(())
@@ -132,8 +129,9 @@ pub fn tags_of(
     repository: &str,
     digest: &str,
 ) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT tag FROM tags WHERE repository = ?1 AND digest = ?2 ORDER BY tag")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT tag FROM tags WHERE repository = ?1 AND digest = ?2 ORDER BY tag",
+    )?;
     let tags = stmt
         .query_map(params![repository, digest], |r| r.get(0))?
         .collect::<Result<Vec<String>, _>>()?;
@@ -142,14 +140,10 @@ pub fn tags_of(
 
 /// Forget an artifact and the tags that pointed at it (it was deleted).
 pub fn forget(conn: &Connection, repository: &str, digest: &str) -> Result<(), StoreError> {
-    conn.execute(
-        "DELETE FROM tags WHERE repository = ?1 AND digest = ?2",
-        params![repository, digest],
-    )?;
-    conn.execute(
-        "DELETE FROM artifacts WHERE repository = ?1 AND digest = ?2",
-        params![repository, digest],
-    )?;
+    conn.prepare_cached("DELETE FROM tags WHERE repository = ?1 AND digest = ?2")?
+        .execute(params![repository, digest])?;
+    conn.prepare_cached("DELETE FROM artifacts WHERE repository = ?1 AND digest = ?2")?
+        .execute(params![repository, digest])?;
     Ok(())
 }
 
@@ -160,10 +154,7 @@ pub fn digest_of_tag(
     tag: &str,
 ) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row(
-            "SELECT digest FROM tags WHERE repository = ?1 AND tag = ?2",
-            params![repository, tag],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT digest FROM tags WHERE repository = ?1 AND tag = ?2")?
+        .query_row(params![repository, tag], |r| r.get(0))
         .optional()?)
 }

@@ -181,8 +181,7 @@ pub fn claim(
             } else {
                 "policy disabled"
             };
-            conn.execute(
-                "UPDATE deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
+            conn.prepare_cached("UPDATE deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1")?.execute(
                 params![id, now, why],
             )?;
             continue;
@@ -191,8 +190,7 @@ pub fn claim(
             serde_json::from_str::<Target>(&target),
             serde_json::from_str::<Event>(&body),
         ) else {
-            conn.execute(
-                "UPDATE deliveries SET state = 'dead', last_error = 'unreadable delivery', updated_at = ?2 WHERE id = ?1",
+            conn.prepare_cached("UPDATE deliveries SET state = 'dead', last_error = 'unreadable delivery', updated_at = ?2 WHERE id = ?1")?.execute(
                 params![id, now],
             )?;
             continue;
@@ -275,8 +273,7 @@ pub fn record(conn: &Connection, a: &Attempt, next: Next) -> Result<(), StoreErr
 
 /// Put a claimed delivery back without an attempt (its target's circuit is open).
 pub fn defer(conn: &Connection, delivery_id: i64, until: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE deliveries SET state = 'pending', not_before = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+    conn.prepare_cached("UPDATE deliveries SET state = 'pending', not_before = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'")?.execute(
         params![delivery_id, until, now_ms()],
     )?;
     Ok(())
@@ -297,32 +294,30 @@ pub fn disable_target(
         t.disabled = true;
         policies::update_targets(conn, policy_id, &p.targets)?;
     }
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE deliveries SET state = 'dead', last_error = ?3, updated_at = ?4
          WHERE policy_id = ?1 AND target_address = ?2 AND state IN ('pending', 'running')",
-        params![policy_id, address, reason, now_ms()],
-    )?;
+    )?
+    .execute(params![policy_id, address, reason, now_ms()])?;
     Ok(())
 }
 
 /// The target index of a delivery.
 pub fn target_index(conn: &Connection, delivery_id: i64) -> Result<Option<usize>, StoreError> {
     Ok(conn
-        .query_row(
-            "SELECT target_index FROM deliveries WHERE id = ?1",
-            [delivery_id],
-            |r| r.get::<_, i64>(0),
-        )
+        .prepare_cached("SELECT target_index FROM deliveries WHERE id = ?1")?
+        .query_row([delivery_id], |r| r.get::<_, i64>(0))
         .optional()?
         .map(|i| i.max(0) as usize))
 }
 
 /// At start-up: deliveries a killed process left `running` go back to `pending`.
 pub fn recover(conn: &Connection) -> Result<usize, StoreError> {
-    Ok(conn.execute(
-        "UPDATE deliveries SET state = 'pending', updated_at = ?1 WHERE state = 'running'",
-        [now_ms()],
-    )?)
+    Ok(conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = 'pending', updated_at = ?1 WHERE state = 'running'",
+        )?
+        .execute([now_ms()])?)
 }
 
 /// When the next pending delivery is due (unix ms), not counting those to the addresses in
@@ -396,11 +391,11 @@ pub fn list_for_policy(
     offset: usize,
     limit: usize,
 ) -> Result<(Vec<DeliveryView>, usize), StoreError> {
-    let total: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM deliveries WHERE policy_id = ?1 AND (?2 IS NULL OR state = ?2)",
-        params![policy_id, state],
-        |r| r.get(0),
-    )?;
+    let total: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM deliveries WHERE policy_id = ?1 AND (?2 IS NULL OR state = ?2)",
+        )?
+        .query_row(params![policy_id, state], |r| r.get(0))?;
     let mut stmt = conn.prepare(&format!(
         "SELECT {VIEW_COLUMNS} FROM deliveries WHERE policy_id = ?1 AND (?2 IS NULL OR state = ?2)
          ORDER BY id DESC LIMIT ?3 OFFSET ?4"
@@ -428,8 +423,7 @@ pub fn get(
 
 /// Attempts of a delivery, oldest first.
 pub fn attempts(conn: &Connection, delivery_id: i64) -> Result<Vec<Attempt>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
+    let mut stmt = conn.prepare_cached("SELECT id, delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
          FROM attempts WHERE delivery_id = ?1 ORDER BY id",
     )?;
     let rows = stmt
@@ -473,11 +467,12 @@ pub fn redeliver(
     delivery_id: i64,
 ) -> Result<Redelivery, StoreError> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT target_index, state FROM deliveries WHERE id = ?1 AND policy_id = ?2",
-            params![delivery_id, policy_id],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-        )
+        )?
+        .query_row(params![delivery_id, policy_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })
         .optional()?;
     let idx = match row {
         None => return Ok(Redelivery::NotFound),
@@ -491,12 +486,10 @@ pub fn redeliver(
     }
     let now = now_ms();
     match current {
-        Some(t) => conn.execute(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2, target = ?3, target_address = ?4 WHERE id = ?1",
+        Some(t) => conn.prepare_cached("UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2, target = ?3, target_address = ?4 WHERE id = ?1")?.execute(
             params![delivery_id, now, json(&t)?, t.address],
         )?,
-        None => conn.execute(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2 WHERE id = ?1",
+        None => conn.prepare_cached("UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2 WHERE id = ?1")?.execute(
             params![delivery_id, now],
         )?,
     };

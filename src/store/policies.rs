@@ -38,32 +38,28 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Policy> {
 
 /// The id of project `name`, creating it when new.
 pub fn ensure_project(conn: &Connection, name: &str) -> Result<i64, StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO projects (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-        params![name, now_ms()],
-    )?;
-    Ok(
-        conn.query_row("SELECT id FROM projects WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })?,
-    )
+    )?
+    .execute(params![name, now_ms()])?;
+    Ok(conn
+        .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?)
 }
 
 /// The id of project `name`, if it has one.
 pub fn project_id(conn: &Connection, name: &str) -> Result<Option<i64>, StoreError> {
     Ok(conn
-        .query_row("SELECT id FROM projects WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
         .optional()?)
 }
 
 /// The name of project `id`.
 pub fn project_name(conn: &Connection, id: i64) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row("SELECT name FROM projects WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT name FROM projects WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
         .optional()?)
 }
 
@@ -147,11 +143,11 @@ pub fn name_taken(
     name: &str,
     except: Option<i64>,
 ) -> Result<bool, StoreError> {
-    let n: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM policies WHERE project = ?1 AND name = ?2 AND id != ?3",
-        params![project, name, except.unwrap_or(-1)],
-        |r| r.get(0),
-    )?;
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM policies WHERE project = ?1 AND name = ?2 AND id != ?3",
+        )?
+        .query_row(params![project, name, except.unwrap_or(-1)], |r| r.get(0))?;
     Ok(n > 0)
 }
 
@@ -161,9 +157,8 @@ pub fn insert(conn: &Connection, p: &Policy) -> Result<i64, StoreError> {
     ensure_project(conn, &p.project)?;
     let now = now_ms();
     let types: Vec<&str> = p.event_types.iter().map(|k| k.harbor_type()).collect();
-    conn.execute(
-        "INSERT INTO policies (project, name, description, enabled, event_types, targets, filters, creator, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+    conn.prepare_cached("INSERT INTO policies (project, name, description, enabled, event_types, targets, filters, creator, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)")?.execute(
         params![p.project, p.name, p.description, p.enabled as i64, json(&types)?, json(&p.targets)?, json(&p.filters)?, p.creator, now],
     )?;
     Ok(conn.last_insert_rowid())
@@ -173,9 +168,8 @@ pub fn insert(conn: &Connection, p: &Policy) -> Result<i64, StoreError> {
 pub fn update(conn: &Connection, p: &Policy) -> Result<bool, StoreError> {
     invalidate_cache();
     let types: Vec<&str> = p.event_types.iter().map(|k| k.harbor_type()).collect();
-    let n = conn.execute(
-        "UPDATE policies SET name = ?2, description = ?3, enabled = ?4, event_types = ?5, targets = ?6, filters = ?7, updated_at = ?8
-         WHERE id = ?1 AND project = ?9",
+    let n = conn.prepare_cached("UPDATE policies SET name = ?2, description = ?3, enabled = ?4, event_types = ?5, targets = ?6, filters = ?7, updated_at = ?8
+         WHERE id = ?1 AND project = ?9")?.execute(
         params![p.id, p.name, p.description, p.enabled as i64, json(&types)?, json(&p.targets)?, json(&p.filters)?, now_ms(), p.project],
     )?;
     Ok(n == 1)
@@ -184,27 +178,25 @@ pub fn update(conn: &Connection, p: &Policy) -> Result<bool, StoreError> {
 /// Replace a policy's targets only (e.g. one disabled after 410 Gone).
 pub fn update_targets(conn: &Connection, id: i64, targets: &[Target]) -> Result<(), StoreError> {
     invalidate_cache();
-    conn.execute(
-        "UPDATE policies SET targets = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, json(&targets)?, now_ms()],
-    )?;
+    conn.prepare_cached("UPDATE policies SET targets = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id, json(&targets)?, now_ms()])?;
     Ok(())
 }
 
 /// Delete a policy; its open deliveries end (dead, "policy deleted").
 pub fn delete(conn: &Connection, project: &str, id: i64) -> Result<bool, StoreError> {
     invalidate_cache();
-    let n = conn.execute(
-        "DELETE FROM policies WHERE id = ?1 AND project = ?2",
-        params![id, project],
-    )?;
+    let n = conn
+        .prepare_cached("DELETE FROM policies WHERE id = ?1 AND project = ?2")?
+        .execute(params![id, project])?;
     if n == 1 {
-        conn.execute(
+        conn.prepare_cached(
             "UPDATE deliveries SET state = 'dead', last_error = 'policy deleted', updated_at = ?2
              WHERE policy_id = ?1 AND state IN ('pending', 'running')",
-            params![id, now_ms()],
-        )?;
-        conn.execute("DELETE FROM last_triggers WHERE policy_id = ?1", [id])?;
+        )?
+        .execute(params![id, now_ms()])?;
+        conn.prepare_cached("DELETE FROM last_triggers WHERE policy_id = ?1")?
+            .execute([id])?;
     }
     Ok(n == 1)
 }
@@ -214,8 +206,7 @@ pub fn last_triggers(
     conn: &Connection,
     project: &str,
 ) -> Result<Vec<(i64, String, i64)>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT t.policy_id, t.event_type, t.at FROM last_triggers t JOIN policies p ON p.id = t.policy_id WHERE p.project = ?1",
+    let mut stmt = conn.prepare_cached("SELECT t.policy_id, t.event_type, t.at FROM last_triggers t JOIN policies p ON p.id = t.policy_id WHERE p.project = ?1",
     )?;
     let rows = stmt
         .query_map([project], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -237,8 +228,7 @@ pub fn notification_enabled(conn: &Connection) -> Result<bool, StoreError> {
 /// Switch notifications on or off for every project.
 pub fn set_notification_enabled(conn: &Connection, on: bool) -> Result<(), StoreError> {
     invalidate_cache();
-    conn.execute(
-        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    conn.prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?.execute(
         params![NOTIFICATION_ENABLE, if on { "true" } else { "false" }],
     )?;
     Ok(())

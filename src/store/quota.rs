@@ -81,8 +81,9 @@ pub fn remove_refs(
 /// references its blobs once. Makes usage agree with the knowledge whatever happened before,
 /// e.g. manifests learned by a wharf that did not count usage yet (before quotas existed).
 pub fn recount(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute("DELETE FROM project_blobs", [])?;
-    let mut stmt = conn.prepare("SELECT repository, blobs FROM artifacts")?;
+    conn.prepare_cached("DELETE FROM project_blobs")?
+        .execute([])?;
+    let mut stmt = conn.prepare_cached("SELECT repository, blobs FROM artifacts")?;
     let rows = stmt
         .query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
