@@ -636,6 +636,60 @@ async fn delete_by_digest_reports_size_and_every_tag() {
     assert_eq!(events(&wharf, "all=true").await.len(), 7);
 }
 
+/// Real skopeo by digest: `skopeo copy docker://…@sha256:…` is one pull with the digest and no
+/// tag; `skopeo delete docker://…@sha256:…` is one delete with the size and every tag (and,
+/// because skopeo reads the manifest first, one more pull).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pull_and_delete_by_digest() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::start(&registry.url()).await;
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("src"), "a", &[4096, 300]);
+    let skopeo = Skopeo::new();
+    for tag in ["a", "b"] {
+        skopeo
+            .copy_ok(
+                &image.oci_ref(),
+                &format!("docker://{}/prj/sk:{tag}", wharf.host()),
+                &[],
+            )
+            .await;
+    }
+    expect_events(&wharf, "type=PUSH_ARTIFACT", 2).await;
+    let by_digest = format!("docker://{}/prj/sk@{}", wharf.host(), image.digest);
+
+    let out = work.path().join("out");
+    skopeo
+        .copy_ok(&by_digest, &format!("oci:{}:x", out.display()), &[])
+        .await;
+    let e = expect_last(&wharf, "type=PULL_ARTIFACT", 1).await;
+    assert_eq!(e["digest"], image.digest.as_str());
+    assert!(tags(&e).is_empty(), "{e}");
+    assert_eq!(e["size"], image_size(image.manifest()));
+    assert_user_agent(&e, "skopeo/");
+
+    skopeo
+        .run_ok(&["delete", "--tls-verify=false", &by_digest])
+        .await;
+    let e = expect_last(&wharf, "type=DELETE_ARTIFACT", 1).await;
+    assert_eq!(e["digest"], image.digest.as_str());
+    assert_eq!(tags(&e), ["a", "b"], "{e}");
+    assert_eq!(e["size"], image_size(image.manifest()));
+    assert_user_agent(&e, "skopeo/");
+    let status = client()
+        .get(format!("{}/v2/prj/sk/manifests/a", registry.url()))
+        .header("accept", oci::MANIFEST_V1)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "gone from the registry");
+    // skopeo delete GETs the manifest before it deletes it: that GET is a pull like any other
+    let pulls = expect_events(&wharf, "type=PULL_ARTIFACT", 2).await;
+    assert_eq!(pulls[1]["digest"], image.digest.as_str());
+    assert_eq!(events(&wharf, "all=true").await.len(), 5);
+}
+
 // 7 ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -914,6 +968,54 @@ async fn ignored_pulls_and_public_projects() {
     );
 }
 
+/// `events.ignore_pulls.users` applies in every project (glob patterns, by operator); and a
+/// conditional GET the registry answers `304 Not Modified` is not a pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_users_everywhere_and_304_is_not_a_pull() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("events: {ignore_pulls: {users: [\"replicat*\"]}}\n")
+        .start()
+        .await;
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("src"), "v1", &[1024]);
+    let rc = RegistryClient::new(&wharf.url());
+    let digest = rc.push_image("prj/app", "v1", &image).await;
+    rc.push_image("other/app", "v1", &image).await;
+    expect_events(&wharf, "type=PUSH_ARTIFACT", 2).await;
+
+    // the plain registry ignores Basic credentials; wharf takes the operator from them
+    let pull = |repo: &'static str, user: &'static str, if_none_match: Option<String>| {
+        let url = format!("{}/v2/{repo}/manifests/v1", wharf.url());
+        async move {
+            let mut req = client()
+                .get(url)
+                .header("accept", oci::MANIFEST_V1)
+                .basic_auth(user, Some("secret"));
+            if let Some(etag) = if_none_match {
+                req = req.header("if-none-match", etag);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            resp.bytes().await.unwrap();
+            status
+        }
+    };
+    assert_eq!(pull("prj/app", "replicator", None).await, 200);
+    assert_eq!(pull("other/app", "replicat-2", None).await, 200);
+    expect_events(&wharf, "type=PULL_ARTIFACT", 0).await;
+
+    // the registry answers 304 to a GET whose If-None-Match is the manifest's digest
+    let etag = format!("\"{digest}\"");
+    assert_eq!(pull("prj/app", "alice", Some(etag)).await, 304);
+    expect_events(&wharf, "type=PULL_ARTIFACT", 0).await;
+
+    assert_eq!(pull("prj/app", "alice", None).await, 200);
+    let e = expect_last(&wharf, "type=PULL_ARTIFACT", 1).await;
+    assert_eq!(e["operator"], "alice");
+    assert_eq!(e["repository"], "prj/app");
+}
+
 // 11 -----------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -997,4 +1099,105 @@ async fn chart_pushed_straight_to_the_registry_is_still_a_chart() {
     assert_eq!(tags(&e), ["0.3.0"]);
     assert_eq!(e["size"], size);
     assert_eq!(events(&wharf, "all=true").await.len(), 2);
+}
+
+// 13 -----------------------------------------------------------------------------------------
+
+/// The database fails under a running wharf (here: its `events` table vanishes): pushes and
+/// pulls still succeed for the client, each lost event is logged and counted in
+/// `wharf_events_lost_total`; once the table is back, events are recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_failure_loses_events_but_not_traffic() {
+    let registry = Registry::start().await;
+    let mut wharf = Wharf::builder(&registry.url()).spawn().await;
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("src"), "v1", &[1024]);
+    let rc = RegistryClient::new(&wharf.url());
+    let admin = |path: &str| {
+        client()
+            .get(format!("{}{path}", wharf.url()))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+    };
+    let lost = || async {
+        let text = admin("/metrics")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("wharf_events_lost_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no wharf_events_lost_total in:\n{text}"))
+    };
+    let db = rusqlite::Connection::open(wharf.data_dir().join("wharf.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+
+    rc.push_image("prj/app", "v1", &image).await;
+    let count = |v: Value| v.as_array().map_or(0, Vec::len);
+    let logged = || async {
+        let r = admin("/api/v1/events?all=true").send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    wait_events(&logged, 1, count).await;
+    assert_eq!(lost().await, 0.0);
+
+    db.execute_batch("ALTER TABLE events RENAME TO events_away")
+        .unwrap();
+    // a push (committed before the answer) and a pull (written in the background)
+    rc.push_image("prj/app", "v2", &image).await;
+    let resp = client()
+        .get(format!("{}/v2/prj/app/manifests/v2", wharf.url()))
+        .header("accept", oci::MANIFEST_V1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while lost().await < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lost events not counted; log:\n{}",
+            wharf.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = wharf.log();
+    assert_eq!(
+        log.matches("event lost: database write failed").count(),
+        2,
+        "{log}"
+    );
+
+    db.execute_batch("ALTER TABLE events_away RENAME TO events")
+        .unwrap();
+    rc.push_image("prj/app", "v3", &image).await;
+    wait_events(&logged, 2, count).await;
+    assert_eq!(lost().await, 2.0);
+    wharf.sigterm();
+    assert_eq!(
+        wharf.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+}
+
+/// Poll `fetch` until `count` of its answer reaches `n`.
+async fn wait_events<F, Fut>(fetch: &F, n: usize, count: impl Fn(Value) -> usize)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if count(fetch().await) >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {n} events"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

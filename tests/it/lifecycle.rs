@@ -166,3 +166,85 @@ async fn big_blob_streams_through_the_binary_with_bounded_memory() {
         SIZE >> 20
     );
 }
+
+/// `log: {format: json, level: info}`: one access-log line per request (target `wharf::access`)
+/// with the client's `X-Request-Id`, the operation, status, bytes in and out and duration; and
+/// SIGINT shuts down like SIGTERM (exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_log_has_a_line_per_request_and_sigint_exits_0() {
+    let registry = Registry::start().await;
+    let mut wharf = WharfBuilder::new(&registry.url())
+        .yaml("log: {level: info, format: json}")
+        .spawn()
+        .await;
+    let c = client();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = crate::common::http::sha256_digest(&data);
+
+    let rc = RegistryClient::new(&wharf.url());
+    let loc = rc.start_upload("prj/logged").await;
+    let r = c
+        .put(RegistryClient::with_digest(&loc, &digest))
+        .header("x-request-id", "it-access-put")
+        .header("content-type", "application/octet-stream")
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.bytes().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/prj/logged/blobs/{digest}", wharf.url()))
+        .header("x-request-id", "it-access-get")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "it-access-get");
+    assert_eq!(r.bytes().await.unwrap().len(), data.len());
+    let r = c
+        .get(format!("{}/v2/prj/logged/manifests/nope", wharf.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    r.bytes().await.unwrap();
+
+    wharf.signal("INT");
+    let status = wharf.wait_exit(Duration::from_secs(15)).await;
+    let log = wharf.log();
+    assert_eq!(status.code(), Some(0), "exit status; log:\n{log}");
+    assert!(log.contains("SIGINT received"), "{log}");
+
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "wharf::access")
+        .collect();
+    let line = |rid: &str| {
+        let found: Vec<&serde_json::Value> =
+            access.iter().filter(|v| v["request_id"] == rid).collect();
+        assert_eq!(found.len(), 1, "one access line for {rid}; log:\n{log}");
+        found[0].clone()
+    };
+    let put = line("it-access-put");
+    assert_eq!(put["op"], "upload_complete");
+    assert_eq!(put["method"], "PUT");
+    assert_eq!(put["status"], 201);
+    assert_eq!(put["bytes_in"], data.len() as u64);
+    assert!(
+        put["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "{put}"
+    );
+    let get = line("it-access-get");
+    assert_eq!(get["op"], "blob_get");
+    assert_eq!(get["status"], 200);
+    assert_eq!(get["bytes_out"], data.len() as u64);
+    assert_eq!(get["complete"], true);
+    assert_eq!(get["path"], format!("/v2/prj/logged/blobs/{digest}"));
+    let miss = line(&generated);
+    assert_eq!(miss["op"], "manifest_get");
+    assert_eq!(miss["status"], 404);
+    assert_eq!(miss["level"], "INFO");
+}

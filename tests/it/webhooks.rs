@@ -1311,6 +1311,53 @@ async fn ssrf_guard_refuses_special_addresses_without_allow_list() {
     }
 }
 
+/// The guard is enforced again when a delivery is sent, after DNS resolution: targets saved
+/// while loopback was allowed are refused once the allow-list no longer covers them, both an IP
+/// literal and a host name that resolves to loopback (`localhost`); nothing reaches them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_guard_is_enforced_again_at_delivery_time() {
+    let registry = Registry::start().await;
+    let rx = Receiver::start().await;
+    let by_name = format!("http://localhost:{}/", rx.addr().port());
+    let mut first = WharfBuilder::new(&registry.url()).yaml(FAST).spawn().await;
+    let pid = Api::admin(&first.url())
+        .create_policy(
+            "prj",
+            &policy("rebind", vec![target(&rx.url()), target(&by_name)]),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    first.sigterm();
+    assert_eq!(
+        first.wait_exit(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+
+    // the same database, without the allow-list
+    let second = WharfBuilder::new(&registry.url())
+        .yaml("notification: {webhook_job_max_retry: 0}\n")
+        .yaml(&format!("data_dir: {}\n", first.data_dir().display()))
+        .spawn()
+        .await;
+    Pusher::new(&second.url()).push("prj/app", "v1").await;
+    let api = Api::admin(&second.url());
+    let ex = api.wait_executions_done("prj", pid, 2).await;
+    for x in &ex {
+        assert_eq!(x["status"], "Error", "{x}");
+        let tasks = api.tasks("prj", pid, x["id"].as_i64().unwrap()).await;
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        assert_eq!(
+            tasks[0]["extra_attrs"]["error_kind"],
+            "refused_target",
+            "{tasks:?}\nlog:\n{}",
+            second.log()
+        );
+        assert!(tasks[0]["extra_attrs"]["status_code"].is_null());
+    }
+    rx.expect_no_more_than(0, QUIET).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_endpoint_reports_success_and_why_it_failed() {
     let e = env("").await;
