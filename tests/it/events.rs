@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::common::http::{RawConn, sha256_digest};
 use crate::common::oci::{self, OciImage};
 use crate::common::wharf::ADMIN_PASSWORD;
-use crate::common::{ChartKind, Helm, Registry, RegistryClient, Skopeo, Wharf, client};
+use crate::common::{ChartKind, Helm, Registry, RegistryClient, Skopeo, Wharf, client, wait_until};
 use wharf::events::format::{PayloadFormat, RenderCtx, render};
 
 /// How long the expected events may take to appear.
@@ -1119,28 +1119,25 @@ async fn database_failure_loses_events_but_not_traffic() {
             .basic_auth("admin", Some(ADMIN_PASSWORD))
     };
     let lost = || async {
-        let text = admin("/metrics")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = admin("/metrics").send().await.unwrap().text().await;
+        let text = text.unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix("wharf_events_lost_total "))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no wharf_events_lost_total in:\n{text}"))
     };
+    // the number of events in the log, once it is at least `n`
+    let logged = |n: usize| async move {
+        let r = admin("/api/v1/events?all=true").send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        let have = v.as_array().map_or(0, Vec::len);
+        (have >= n).then_some(have)
+    };
     let db = rusqlite::Connection::open(wharf.data_dir().join("wharf.db")).unwrap();
     db.busy_timeout(Duration::from_secs(5)).unwrap();
 
     rc.push_image("prj/app", "v1", &image).await;
-    let count = |v: Value| v.as_array().map_or(0, Vec::len);
-    let logged = || async {
-        let r = admin("/api/v1/events?all=true").send().await.unwrap();
-        r.json::<Value>().await.unwrap()
-    };
-    wait_events(&logged, 1, count).await;
+    assert_eq!(wait_until("the first event", WAIT, || logged(1)).await, 1);
     assert_eq!(lost().await, 0.0);
 
     db.execute_batch("ALTER TABLE events RENAME TO events_away")
@@ -1155,15 +1152,10 @@ async fn database_failure_loses_events_but_not_traffic() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     resp.bytes().await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while lost().await < 2.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "lost events not counted; log:\n{}",
-            wharf.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("two lost events counted", WAIT, || async {
+        (lost().await >= 2.0).then_some(())
+    })
+    .await;
     let log = wharf.log();
     assert_eq!(
         log.matches("event lost: database write failed").count(),
@@ -1174,30 +1166,11 @@ async fn database_failure_loses_events_but_not_traffic() {
     db.execute_batch("ALTER TABLE events_away RENAME TO events")
         .unwrap();
     rc.push_image("prj/app", "v3", &image).await;
-    wait_events(&logged, 2, count).await;
+    assert_eq!(wait_until("the third push", WAIT, || logged(2)).await, 2);
     assert_eq!(lost().await, 2.0);
     wharf.sigterm();
     assert_eq!(
         wharf.wait_exit(Duration::from_secs(15)).await.code(),
         Some(0)
     );
-}
-
-/// Poll `fetch` until `count` of its answer reaches `n`.
-async fn wait_events<F, Fut>(fetch: &F, n: usize, count: impl Fn(Value) -> usize)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Value>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if count(fetch().await) >= n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fewer than {n} events"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
