@@ -487,8 +487,9 @@ for_each_run_target() {
 }
 
 measure_blob_get() {
-	local t=$1 run=$2 out code size speed c0
+	local t=$1 run=$2 out code size speed c0 r0
 	c0=$(cpu_ms "$t")
+	r0=$(cpu_ms registry)
 	out=$(curl -sS --max-time "$CURL_MAX_TIME" -o /dev/null -w '%{http_code} %{size_download} %{speed_download}' \
 		"$(url "$t" "$BLOB_PATH")") || die "blob GET through $t failed"
 	read -r code size speed <<<"$out"
@@ -496,6 +497,7 @@ measure_blob_get() {
 	[ "$size" = "$BLOB_BYTES" ] || die "blob GET through $t returned $size bytes, not $BLOB_BYTES"
 	record blob blob_get "$t" "$run" "$(calc "$speed / 1048576")"
 	record_cpu blob blob_cpu "$t" "$run" "$c0" "$(calc "$BLOB_BYTES / 1073741824")"
+	record_cpu blob blob_registry_cpu "$t" "$run" "$r0" "$(calc "$BLOB_BYTES / 1073741824")" registry
 }
 scenario_blob() {
 	log "scenario blob: GET $BLOB_MIB MiB with curl"
@@ -503,8 +505,10 @@ scenario_blob() {
 }
 
 measure_push() {
-	local t=$1 run=$2 t0 t1 repo=bench/push-$1-r$2 c0
+	local t=$1 run=$2 t0 t1 repo=bench/push-$1-r$2 c0 r0 k0
 	c0=$(cpu_ms "$t")
+	r0=$(cpu_ms registry)
+	k0=$(children_ms)
 	t0=$(now)
 	skopeo_copy "$WORK/skopeo-push-$t-$run.log" "oci:$FAST/image:$IMAGE_TAG" \
 		"docker://127.0.0.1:${PORT[$t]}/$repo:$IMAGE_TAG" ||
@@ -512,10 +516,14 @@ measure_push() {
 	t1=$(now)
 	record skopeo push "$t" "$run" "$(calc "$IMAGE_BYTES / 1048576 / ($t1 - $t0)")"
 	record_cpu skopeo push_cpu "$t" "$run" "$c0" "$(calc "$IMAGE_BYTES / 1073741824")"
+	record_cpu skopeo push_registry_cpu "$t" "$run" "$r0" "$(calc "$IMAGE_BYTES / 1073741824")" registry
+	record_cpu skopeo push_client_cpu "$t" "$run" "$k0" "$(calc "$IMAGE_BYTES / 1073741824")" children
 }
 measure_pull() {
-	local t=$1 run=$2 t0 t1 dir=$FAST/pulls/$1-r$2 got c0
+	local t=$1 run=$2 t0 t1 dir=$FAST/pulls/$1-r$2 got c0 r0 k0
 	c0=$(cpu_ms "$t")
+	r0=$(cpu_ms registry)
+	k0=$(children_ms)
 	t0=$(now)
 	skopeo_copy "$WORK/skopeo-pull-$t-$run.log" "docker://127.0.0.1:${PORT[$t]}/bench/img:$IMAGE_TAG" \
 		"oci:$dir:$IMAGE_TAG" ||
@@ -526,6 +534,8 @@ measure_pull() {
 	rm -rf "$dir"
 	record skopeo pull "$t" "$run" "$(calc "$IMAGE_BYTES / 1048576 / ($t1 - $t0)")"
 	record_cpu skopeo pull_cpu "$t" "$run" "$c0" "$(calc "$IMAGE_BYTES / 1073741824")"
+	record_cpu skopeo pull_registry_cpu "$t" "$run" "$r0" "$(calc "$IMAGE_BYTES / 1073741824")" registry
+	record_cpu skopeo pull_client_cpu "$t" "$run" "$k0" "$(calc "$IMAGE_BYTES / 1073741824")" children
 }
 scenario_skopeo() {
 	log "scenario skopeo: push and pull a $IMAGE_MIB MiB image (fresh repository / fresh oci dir each time)"
