@@ -150,7 +150,7 @@ impl Store {
             },
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.set_prepared_statement_cache_capacity(128);
+        tune(&conn)?;
         migrate(&conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(StoreStats::default());
@@ -243,6 +243,7 @@ impl Store {
                         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                     )?;
                     c.busy_timeout(Duration::from_secs(5))?;
+                    tune(&c)?;
                     c
                 }
             };
@@ -361,6 +362,21 @@ pub fn grouped_counts(conn: &Connection, sql: &str) -> Result<Vec<(String, u64)>
 }
 
 /// Run a statement without parameters through the statement cache (no re-parse per batch).
+/// Settings every connection gets: a statement cache big enough for every static statement,
+/// and the query planner stability guarantee. Without QPSG, SQLite lets a bound value steer
+/// the plan (a `LIMIT ?`, an `= ?` it propagates into a join or an `ORDER BY`) and then
+/// recompiles the statement whenever its bindings change — which, for a cached statement, is
+/// every use (rusqlite clears the bindings when it returns a statement to the cache). The hot
+/// statements are written for their indexes, not for particular values.
+pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute([])
 }
@@ -588,7 +604,7 @@ mod tests {
         ] {
             let p = plan(&conn, sql);
             assert!(
-                p.contains(index) && !p.starts_with("SCAN"),
+                p.contains(index) && !p.starts_with("SCAN") && !p.contains("TEMP B-TREE"),
                 "{sql}\n  plan: {p}"
             );
         }
