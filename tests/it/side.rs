@@ -18,6 +18,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::common::api::ApiResp as Resp;
 use crate::common::oci::{self, OciImage};
 use crate::common::wharf::ADMIN_PASSWORD;
 use crate::common::{
@@ -76,38 +77,6 @@ enum Auth<'a> {
 const ADMIN: Auth<'static> = Auth::Basic("admin", ADMIN_PASSWORD);
 const SIDE: Auth<'static> = Auth::Bearer(TOKEN);
 
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
-    }
-
-    /// `errors[0]` of a Harbor / OCI error body.
-    fn error(&self) -> (String, String) {
-        let v = self.json();
-        let e = &v["errors"][0];
-        (
-            e["code"].as_str().unwrap_or_default().to_string(),
-            e["message"]
-                .as_str()
-                .unwrap_or_else(|| panic!("not an error body: {}", self.text))
-                .to_string(),
-        )
-    }
-
-    #[track_caller]
-    fn expect(self, status: u16) -> Resp {
-        assert_eq!(self.status, status, "unexpected answer: {}", self.text);
-        self
-    }
-}
-
 async fn call(method: reqwest::Method, url: &str, auth: Auth<'_>, body: Option<Vec<u8>>) -> Resp {
     let mut rb = client()
         .request(method.clone(), url)
@@ -125,11 +94,7 @@ async fn call(method: reqwest::Method, url: &str, auth: Auth<'_>, body: Option<V
         .send()
         .await
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    Resp {
-        status: r.status().as_u16(),
-        headers: r.headers().clone(),
-        text: r.text().await.unwrap_or_default(),
-    }
+    Resp::read(r).await
 }
 
 /// POST raw bytes to `path` of `base`.
@@ -272,11 +237,7 @@ async fn try_push(base: &str, repo: &str, tag: &str, image: &OciImage) -> Resp {
         .send()
         .await
         .unwrap();
-    Resp {
-        status: r.status().as_u16(),
-        headers: r.headers().clone(),
-        text: r.text().await.unwrap_or_default(),
-    }
+    Resp::read(r).await
 }
 
 /// `DELETE /v2/<repo>/manifests/<digest>` through `base`; asserts 202.

@@ -8,6 +8,8 @@
 //! [`FAST`]: tiny backoff, a 1 s attempt timeout, loopback targets allowed.
 
 use std::collections::{BTreeSet, HashSet};
+
+use crate::common::api::ApiResp as Resp;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -42,43 +44,6 @@ const SOON: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-/// One API response.
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| {
-            panic!(
-                "API answer is not JSON ({e}): {} {}",
-                self.status, self.text
-            )
-        })
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The message of a Harbor error body `{"errors":[{"code","message"}]}`.
-    fn error_message(&self) -> String {
-        let v = self.json();
-        v["errors"][0]["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error body: {}", self.text))
-            .to_string()
-    }
-
-    #[track_caller]
-    fn expect(self, status: u16) -> Resp {
-        assert_eq!(self.status, status, "unexpected API answer: {}", self.text);
-        self
-    }
-}
 
 /// wharf's API as one user.
 #[derive(Clone)]
@@ -120,14 +85,7 @@ impl Api {
             .send()
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = r.status().as_u16();
-        let headers = r.headers().clone();
-        let text = r.text().await.unwrap_or_default();
-        Resp {
-            status,
-            headers,
-            text,
-        }
+        Resp::read(r).await
     }
 
     async fn get(&self, path: &str) -> Resp {

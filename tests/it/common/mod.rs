@@ -27,6 +27,7 @@
 
 #![allow(dead_code)] // Not every test module uses every helper.
 
+pub mod api;
 pub mod chartmuseum;
 pub mod cmd;
 pub mod helm;
