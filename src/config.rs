@@ -64,6 +64,9 @@ pub struct Config {
     /// Serve HTTPS with these PEM files instead of plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Client connections: timeouts and limits of the listener.
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -102,6 +105,41 @@ pub struct Config {
     /// Project quotas wharf enforces (`projects.<name>.storage_limit`).
     #[serde(default)]
     pub quota: QuotaConfig,
+}
+
+/// Client connections.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// A new connection must have sent a complete request head (HTTP/1) or opened a request
+    /// stream (HTTP/2) within this time of being accepted, else it is closed; also the time
+    /// allowed for a TLS handshake and for each later request head once its first byte came.
+    #[serde(default = "defaults::header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    /// A connection with no request in progress is closed after this long (keep-alive idle
+    /// time, as nginx's `keepalive_timeout`).
+    #[serde(default = "defaults::idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; at the limit wharf stops accepting until one
+    /// closes (new connections wait in the kernel's backlog). Lowered at start to what the
+    /// open-files limit allows (two descriptors per connection: client and upstream).
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2: a PING is sent after this long without frames from the client; a connection
+    /// that does not answer within the same time is closed.
+    #[serde(default = "defaults::http2_keep_alive", with = "duration")]
+    pub http2_keep_alive: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout: defaults::header_timeout(),
+            idle_timeout: defaults::idle_timeout(),
+            max_connections: defaults::max_connections(),
+            http2_keep_alive: defaults::http2_keep_alive(),
+        }
+    }
 }
 
 /// The side endpoint.
@@ -440,6 +478,18 @@ mod defaults {
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(75)
+    }
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn http2_keep_alive() -> Duration {
+        Duration::from_secs(30)
+    }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)
     }
@@ -709,6 +759,18 @@ impl Config {
                 "upstream.connect_timeout",
                 "must be greater than 0",
             ));
+        }
+        for (key, d) in [
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("server.http2_keep_alive", self.server.http2_keep_alive),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
         }
         if self.upstream.response_timeout.is_zero() {
             return Err(invalid(

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub attempt_seconds: Histogram,
     /// Deliveries by state (pending is the queue depth; dead are the failed ones).
     pub outbox: Family<StateLabels, Gauge>,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Times the listener stopped accepting because `server.max_connections` were open.
+    pub connection_limit_reached: Counter,
+    /// Failed `accept()` calls (e.g. out of file descriptors).
+    pub accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -111,8 +117,29 @@ impl Metrics {
             "Webhook deliveries by state (pending = queue depth, dead = failed)",
             outbox.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connection_limit_reached = Counter::default();
+        registry.register(
+            "connection_limit_reached",
+            "Times the listener waited because server.max_connections connections were open",
+            connection_limit_reached.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Failed accept() calls (e.g. out of file descriptors)",
+            accept_errors.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connection_limit_reached,
+            accept_errors,
             requests,
             request_seconds,
             events,

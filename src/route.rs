@@ -5,6 +5,14 @@
 //! have any number of segments. A path that does not parse is [`RegistryOp::Other`]: it is still
 //! forwarded unchanged and the registry answers it; wharf only never derives an event from it.
 //! Classification is pure and never panics (it is fuzzed: `fuzz/fuzz_targets/classify.rs`).
+//!
+//! Percent-encoding: the registry (distribution) and ChartMuseum decode a request path once
+//! before they route it, so `/v2/pr%6Aa/big%2Fmanifests%2Fv8` is a manifest PUT of `prja/big`
+//! to them. wharf therefore classifies exactly that decoded path ([`classify_request`]), and a
+//! registry or chart request whose path carries percent-encoding is forwarded with its
+//! *canonical* path — decoded once, each segment re-encoded only where RFC 3986 requires — so
+//! what the upstream acts on is byte for byte what wharf classified (the fuzz target checks
+//! this oracle). Nothing is decoded twice: `%252F` stays a literal `%2F` to both.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -310,8 +318,96 @@ impl fmt::Display for Digest {
     }
 }
 
-/// Classify a request by method, path and query.
+/// Classify a request by method, raw (as received) path and query; see [`classify_request`].
 pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Route {
+    classify_request(method, path, query).route
+}
+
+/// A classified request: its route, and the path to forward when that differs from the raw one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub route: Route,
+    /// For a registry or chart request whose raw path has percent-encoding: the canonical path
+    /// (decoded once, minimally re-encoded) that must be forwarded instead of the raw one, so
+    /// that the upstream's decoding yields exactly the path wharf classified.
+    pub canonical_path: Option<String>,
+}
+
+/// Characters escaped when a decoded path segment is written back: those RFC 3986 does not
+/// allow in a segment, and `%` itself (non-ASCII bytes are always escaped).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+/// The canonical form of a raw path: decoded once, split at `/`, each segment re-encoded with
+/// [`SEGMENT`]. Decoding the result gives the same bytes as decoding `raw`, and the canonical
+/// form of a canonical path is itself.
+pub fn canonical_path(raw: &str) -> String {
+    let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+    let mut out = String::with_capacity(raw.len());
+    for (i, seg) in bytes.split(|&b| b == b'/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.extend(percent_encoding::percent_encode(seg, SEGMENT));
+    }
+    out
+}
+
+/// Classify a request on the path its upstream will act on (see the module documentation).
+pub fn classify_request(method: &Method, path: &str, query: Option<&str>) -> Classified {
+    if !path.contains('%') {
+        return Classified {
+            route: classify_decoded(method, path, query),
+            canonical_path: None,
+        };
+    }
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8();
+    let upstream_bound = |p: &str| {
+        p == "/v2"
+            || p.starts_with("/v2/")
+            || p.starts_with("/chartrepo/")
+            || p.starts_with("/api/chartrepo/")
+    };
+    match decoded {
+        Ok(d) if upstream_bound(&d) => Classified {
+            route: classify_decoded(method, &d, query),
+            canonical_path: Some(canonical_path(path)),
+        },
+        // not valid UTF-8: no name, tag or chart file can match; still the upstream's path
+        Err(_) if upstream_bound(&canonical_path(path)) => {
+            let canonical = canonical_path(path);
+            Classified {
+                route: match classify_decoded(method, &canonical, query) {
+                    Route::Registry(_) => Route::Registry(RegistryOp::Other),
+                    _ => Route::Chart(ChartOp::Other),
+                },
+                canonical_path: Some(canonical),
+            }
+        }
+        // wharf's own endpoints: routed on the raw path, as the API router does
+        _ => Classified {
+            route: classify_decoded(method, path, query),
+            canonical_path: None,
+        },
+    }
+}
+
+/// Classify an already decoded path.
+fn classify_decoded(method: &Method, path: &str, query: Option<&str>) -> Route {
     if path == "/v2" || path.starts_with("/v2/") {
         return Route::Registry(classify_registry(method, path, query));
     }
@@ -338,7 +434,7 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<Cow<'a, str>> {
     })
 }
 
-/// Classify a `/v2…` path.
+/// Classify a decoded `/v2…` path.
 pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> RegistryOp {
     let rest = path.strip_prefix("/v2").unwrap_or(path);
     if rest.is_empty() || rest == "/" {
@@ -403,7 +499,7 @@ pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> Re
                 Method::DELETE => ManifestAction::Delete,
                 _ => return RegistryOp::Other,
             };
-            match (repo_of(n - 2), Reference::parse(&decode(last))) {
+            match (repo_of(n - 2), Reference::parse(last)) {
                 (Some(repo), Some(reference)) => RegistryOp::Manifest {
                     repo,
                     reference,
@@ -419,7 +515,7 @@ pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> Re
                 Method::DELETE => BlobAction::Delete,
                 _ => return RegistryOp::Other,
             };
-            match (repo_of(n - 2), Digest::parse(&decode(last))) {
+            match (repo_of(n - 2), Digest::parse(last)) {
                 (Some(repo), Some(digest)) => RegistryOp::Blob {
                     repo,
                     digest,
@@ -428,12 +524,10 @@ pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> Re
                 _ => RegistryOp::Other,
             }
         }
-        "referrers" if method == Method::GET => {
-            match (repo_of(n - 2), Digest::parse(&decode(last))) {
-                (Some(repo), Some(digest)) => RegistryOp::Referrers { repo, digest },
-                _ => RegistryOp::Other,
-            }
-        }
+        "referrers" if method == Method::GET => match (repo_of(n - 2), Digest::parse(last)) {
+            (Some(repo), Some(digest)) => RegistryOp::Referrers { repo, digest },
+            _ => RegistryOp::Other,
+        },
         _ => RegistryOp::Other,
     }
 }
@@ -451,7 +545,7 @@ fn upload_start(method: &Method, repo: Repository, query: Option<&str>) -> Regis
     RegistryOp::UploadStart { repo, mount }
 }
 
-/// Classify a `/chartrepo/…` or `/api/chartrepo/…` path.
+/// Classify a decoded `/chartrepo/…` or `/api/chartrepo/…` path.
 pub fn classify_chart(method: &Method, path: &str) -> ChartOp {
     let valid_project = |p: &str| is_name_component(p);
     if let Some(rest) = path.strip_prefix("/chartrepo/") {
@@ -467,7 +561,7 @@ pub fn classify_chart(method: &Method, path: &str) -> ChartOp {
             {
                 ChartOp::Download {
                     project: p.to_string(),
-                    file: decode(file).into_owned(),
+                    file: file.to_string(),
                 }
             }
             _ => ChartOp::Other,
@@ -489,8 +583,8 @@ pub fn classify_chart(method: &Method, path: &str) -> ChartOp {
             {
                 ChartOp::Delete {
                     project: p.to_string(),
-                    name: decode(name).into_owned(),
-                    version: decode(version).into_owned(),
+                    name: name.to_string(),
+                    version: version.to_string(),
                 }
             }
             (&Method::GET | &Method::HEAD, [p, "charts", ..]) if valid_project(p) => {
@@ -809,6 +903,132 @@ mod tests {
             }
         );
         assert_eq!(c(Method::GET, "/chartrepo/PRJ/index.yaml"), ChartOp::Other);
+    }
+
+    /// The paths of the percent-encoding finding: each is what the registry decodes it to.
+    #[test]
+    fn percent_encoded_paths_classify_as_the_registry_decodes_them() {
+        let put = |p: &str| classify_request(&Method::PUT, p, None);
+        for (raw, repo, tag, canonical) in [
+            (
+                "/v2/pr%6Aa/big/manifests/v2",
+                "prja/big",
+                "v2",
+                "/v2/prja/big/manifests/v2",
+            ),
+            (
+                "/v2/prja%2Fbig/manifests/v3",
+                "prja/big",
+                "v3",
+                "/v2/prja/big/manifests/v3",
+            ),
+            (
+                "/v2/%70rja/big/manifests/v4",
+                "prja/big",
+                "v4",
+                "/v2/prja/big/manifests/v4",
+            ),
+            (
+                "/v2/prja/bi%67/manifests/v5",
+                "prja/big",
+                "v5",
+                "/v2/prja/big/manifests/v5",
+            ),
+            (
+                "/v2/prja/big%2Fmanifests%2Fv8",
+                "prja/big",
+                "v8",
+                "/v2/prja/big/manifests/v8",
+            ),
+            (
+                "/v%32/prja/big/manifests/v9",
+                "prja/big",
+                "v9",
+                "/v2/prja/big/manifests/v9",
+            ),
+        ] {
+            let c = put(raw);
+            assert_eq!(
+                c.route,
+                Route::Registry(RegistryOp::Manifest {
+                    repo: repo_of(repo),
+                    reference: Reference::Tag(tag.into()),
+                    action: ManifestAction::Put,
+                }),
+                "{raw}"
+            );
+            assert_eq!(c.canonical_path.as_deref(), Some(canonical), "{raw}");
+        }
+        // a digest with an encoded colon
+        let c = classify_request(
+            &Method::DELETE,
+            &format!("/v2/prja/bi%67/manifests/{}", D.replace(':', "%3a")),
+            None,
+        );
+        assert!(matches!(
+            c.route,
+            Route::Registry(RegistryOp::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            c.canonical_path.unwrap(),
+            format!("/v2/prja/big/manifests/{D}")
+        );
+        // decoded once only: `%252F` is a literal `%2F` to the registry, not a separator
+        let c = put("/v2/prja%252Fbig/manifests/v1");
+        assert_eq!(c.route, Route::Registry(RegistryOp::Other));
+        assert_eq!(
+            c.canonical_path.as_deref(),
+            Some("/v2/prja%252Fbig/manifests/v1")
+        );
+        // invalid UTF-8 after decoding never names anything
+        let c = put("/v2/pr%ffa/big/manifests/v1");
+        assert_eq!(c.route, Route::Registry(RegistryOp::Other));
+        // chart paths too
+        let c = classify_request(
+            &Method::DELETE,
+            "/api/chartrepo/pr%6A/charts/web/1.0.0",
+            None,
+        );
+        assert_eq!(
+            c.route,
+            Route::Chart(ChartOp::Delete {
+                project: "prj".into(),
+                name: "web".into(),
+                version: "1.0.0".into()
+            })
+        );
+        assert_eq!(
+            c.canonical_path.as_deref(),
+            Some("/api/chartrepo/prj/charts/web/1.0.0")
+        );
+        // wharf's own paths are left to the API router
+        let c = classify_request(&Method::GET, "/api/v2.0/projects/pr%6A", None);
+        assert_eq!((c.route, c.canonical_path), (Route::Api, None));
+        // no percent-encoding: nothing to rewrite
+        assert_eq!(put("/v2/prja/big/manifests/v1").canonical_path, None);
+    }
+
+    #[test]
+    fn canonical_paths_decode_to_the_same_bytes_and_are_fixed_points() {
+        for raw in [
+            "/v2/a%2Fb/manifests/v1",
+            "/v2/a%252F/x",
+            "/v2/%ff%00%20/x",
+            "/v2/a b/%3f%23",
+            "/chartrepo/p/charts/a%2E%2E",
+        ] {
+            let c = canonical_path(raw);
+            let bytes = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+            assert_eq!(bytes(&c), bytes(raw), "{raw} -> {c}");
+            assert_eq!(canonical_path(&c), c, "{raw}");
+        }
+    }
+
+    fn repo_of(s: &str) -> Repository {
+        Repository::parse(s).unwrap()
     }
 
     #[test]

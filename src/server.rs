@@ -69,7 +69,36 @@ pub fn tls_acceptor(
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Most connections `configured` allows within the open-files limit: two descriptors per
+/// client connection (its socket and an upstream connection), 64 kept for the store, webhook
+/// deliveries and the listener.
+pub fn connection_cap(configured: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match soft {
+        Some(n) => {
+            let fit = (usize::try_from(n).unwrap_or(usize::MAX).saturating_sub(64) / 2).max(1);
+            if fit < configured {
+                tracing::warn!(
+                    configured,
+                    using = fit,
+                    open_files_limit = n,
+                    "server.max_connections lowered to fit the open-files limit (ulimit -n)"
+                );
+            }
+            configured.min(fit)
+        }
+        None => configured,
+    }
+}
+
 /// Accept connections on `listener` until `shutdown` resolves; then drain for at most `grace`.
+///
+/// Every connection is watched from the moment it is accepted: one that has no request in
+/// progress is closed when it has not delivered a complete request head within
+/// `server.header_timeout` of being accepted, or later stays idle for `server.idle_timeout`
+/// (silent sockets, an HTTP/2 preface alone, a head cut short). At most
+/// `server.max_connections` are open at once; at the limit the listener waits for one to
+/// close.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
@@ -77,24 +106,51 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Result<(), ServerError> {
+    let limits = app.config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(256 << 10)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.http2_keep_alive))
+        .keep_alive_timeout(limits.http2_keep_alive);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(connection_cap(
+        limits.max_connections,
+    )));
+    let mut accept_warnings = RateLimitedWarning::new(Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                app.metrics.connection_limit_reached.inc();
+                tracing::debug!(
+                    "server.max_connections reached: waiting for a connection to close"
+                );
+                tokio::select! {
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning, and say so once in a
+                    // while rather than on every attempt
+                    app.metrics.accept_errors.inc();
+                    accept_warnings.warn(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -106,40 +162,63 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let limits = limits.clone();
+        app.metrics.connections_open.inc();
         tokio::spawn(async move {
+            let _slot = slot;
+            let open = OpenConnection(app.metrics.clone());
             let conn = ClientConn {
                 addr,
                 tls: tls.is_some(),
             };
+            let activity = Arc::new(ConnActivity::new());
+            let watched = activity.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(app, req, conn).await) }
+                let busy = watched.begin();
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(app, req, conn, Some(busy)).await)
+                }
             });
+            let idle = activity.expired(limits.header_timeout, limits.idle_timeout);
             let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(s), svc).into_owned())
-                            .await
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => {
+                            let served = watcher
+                                .watch(builder.serve_connection(TokioIo::new(s), svc).into_owned());
+                            tokio::select! {
+                                r = served => r,
+                                () = idle => Ok(()),
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %addr, "TLS handshake timed out");
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
+                }
                 None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .into_owned(),
-                        )
-                        .await
+                    let served = watcher.watch(
+                        builder
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .into_owned(),
+                    );
+                    tokio::select! {
+                        r = served => r,
+                        () = idle => Ok(()),
+                    }
                 }
             };
             if let Err(e) = result {
                 tracing::debug!(client = %addr, error = %e, "connection ended with an error");
             }
+            drop(open);
         });
     }
     drop(listener);
@@ -149,6 +228,131 @@ pub async fn serve(
         () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace expired with connections still open"),
     }
     Ok(())
+}
+
+/// Counts a connection in `wharf_connections_open` while it lives.
+struct OpenConnection(Arc<crate::metrics::Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
+    }
+}
+
+/// A warning logged at most once per `every`, saying how many were suppressed since.
+struct RateLimitedWarning {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarning {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, e: &std::io::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(error = %e, suppressed = self.suppressed, "accept failed");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// What one client connection is doing, for its idle watchdog.
+struct ConnActivity {
+    state: std::sync::Mutex<Activity>,
+    idle: tokio::sync::Notify,
+}
+
+struct Activity {
+    /// Requests whose head arrived and whose response body is not finished.
+    in_flight: usize,
+    /// When the connection last became idle (accepted, or its last response finished).
+    idle_since: tokio::time::Instant,
+    /// A request has been seen.
+    served: bool,
+}
+
+/// A request in progress on a connection; the connection is idle again when every guard is
+/// dropped (the response body finished or was abandoned).
+pub struct RequestGuard(Arc<ConnActivity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let now_idle = match self.0.state.lock() {
+            Ok(mut s) => {
+                s.in_flight = s.in_flight.saturating_sub(1);
+                if s.in_flight == 0 {
+                    s.idle_since = tokio::time::Instant::now();
+                }
+                s.in_flight == 0
+            }
+            Err(_) => false,
+        };
+        if now_idle {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl ConnActivity {
+    fn new() -> Self {
+        ConnActivity {
+            state: std::sync::Mutex::new(Activity {
+                in_flight: 0,
+                idle_since: tokio::time::Instant::now(),
+                served: false,
+            }),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> RequestGuard {
+        if let Ok(mut s) = self.state.lock() {
+            s.in_flight += 1;
+            s.served = true;
+        }
+        RequestGuard(self.clone())
+    }
+
+    /// Resolves when the connection has been idle too long: `first` after being accepted
+    /// without a request, `idle` after its last response.
+    async fn expired(&self, first: Duration, idle: Duration) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let deadline = match self.state.lock() {
+                Ok(s) if s.in_flight == 0 => {
+                    Some(s.idle_since + if s.served { idle } else { first })
+                }
+                Ok(_) => None,
+                Err(_) => return,
+            };
+            match deadline {
+                None => notified.await,
+                Some(d) if d <= tokio::time::Instant::now() => return,
+                Some(d) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(d) => {}
+                        () = notified => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn request_id(req: &Request<Incoming>) -> HeaderValue {
@@ -166,10 +370,17 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
 }
 
 /// The top-level service: one request in, one response out. Never fails, never panics on input.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ClientConn) -> Response<Body> {
+/// `busy` (the connection's request guard) is released when the response body is finished.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    conn: ClientConn,
+    busy: Option<RequestGuard>,
+) -> Response<Body> {
     let started = Instant::now();
     let rid = request_id(&req);
-    let route = route::classify(req.method(), req.uri().path(), req.uri().query());
+    let classified = route::classify_request(req.method(), req.uri().path(), req.uri().query());
+    let route = classified.route;
     let op = route.name();
     // what the access-log line needs, gathered only when that line is written at all
     let log = tracing::enabled!(target: "wharf::access", tracing::Level::INFO)
@@ -190,16 +401,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ClientConn) -> 
         conn,
         started,
     };
+    // the upstream must act on exactly the path that was classified
+    let req = match classified.canonical_path {
+        Some(path) => with_path(req, &path),
+        None => Ok(req),
+    };
 
-    let mut resp = match route {
-        Route::Registry(op) => crate::observe::registry(&app, op, req, &ctx).await,
-        Route::Chart(op) => crate::observe::chart(&app, op, req, &ctx).await,
-        Route::Health => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
-        Route::Ready => ready(&app).await,
-        Route::Api => match app.api.clone().oneshot(req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        },
+    let mut resp = match (route, req) {
+        (_, Err(())) => crate::forward::oci_error(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            "the request path cannot be forwarded",
+            serde_json::json!({"request_id": ctx.request_id_str()}),
+        ),
+        (route, Ok(req)) => route_request(&app, route, req, &ctx).await,
     };
     resp.headers_mut()
         .entry(X_REQUEST_ID.clone())
@@ -208,6 +423,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ClientConn) -> 
     let metrics = app.metrics.clone();
     resp.map(move |b| {
         Body::new(Observed::new(b, move |o| {
+            drop(busy);
             let elapsed = started.elapsed().as_secs_f64();
             metrics.request(op, status, elapsed);
             if let Some(l) = log {
@@ -215,6 +431,38 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ClientConn) -> 
             }
         }))
     })
+}
+
+/// Hand a classified request to its handler.
+async fn route_request(
+    app: &Arc<App>,
+    route: Route,
+    req: Request<Body>,
+    ctx: &RequestCtx,
+) -> Response<Body> {
+    match route {
+        Route::Registry(op) => crate::observe::registry(app, op, req, ctx).await,
+        Route::Chart(op) => crate::observe::chart(app, op, req, ctx).await,
+        Route::Health => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        Route::Ready => ready(app).await,
+        Route::Api => match app.api.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
+    }
+}
+
+/// `req` with its path replaced by `path` (query kept).
+fn with_path<B>(req: Request<B>, path: &str) -> Result<Request<B>, ()> {
+    let (mut parts, body) = req.into_parts();
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).map_err(|_| ())?);
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| ())?;
+    Ok(Request::from_parts(parts, body))
 }
 
 /// The fields of one access-log line known when the request arrives.

@@ -1,5 +1,8 @@
-//! Fuzz `wharf::route::classify`: any method, path and query must classify without a panic,
-//! and the same input must always classify the same way.
+//! Fuzz `wharf::route::classify_request`: any method, path and query must classify without a
+//! panic, the same input must always classify the same way, and — the oracle of the
+//! percent-encoding finding — the path wharf forwards decodes to exactly the bytes the raw path
+//! decodes to (what the registry acts on), and classifying that forwarded path gives the same
+//! route again.
 //!
 //! Input layout: byte 0 picks the method (a standard one, or an extension method made of the
 //! following bytes); the rest is split at the first `?` into path and query. Paths are prefixed
@@ -11,7 +14,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wharf::route::{Route, classify};
+use wharf::route::{Route, canonical_path, classify, classify_request};
 
 const METHODS: [&str; 9] = [
     "GET", "HEAD", "PUT", "POST", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
@@ -35,8 +38,21 @@ fuzz_target!(|data: &[u8]| {
         Some((p, q)) => (format!("{prefix}{p}"), Some(q)),
         None => (format!("{prefix}{rest}"), None),
     };
-    let route = classify(&method, &path, query);
+    let classified = classify_request(&method, &path, query);
+    let route = classified.route.clone();
     assert_eq!(route, classify(&method, &path, query));
+    if matches!(route, Route::Registry(_) | Route::Chart(_)) {
+        let forwarded = classified.canonical_path.clone().unwrap_or_else(|| path.clone());
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+        assert_eq!(decode(&forwarded), decode(&path), "{path:?} -> {forwarded:?}");
+        assert_eq!(canonical_path(&forwarded), canonical_path(&path), "{path:?}");
+        let again = classify_request(&method, &forwarded, query);
+        assert_eq!(again.route, route, "{path:?} -> {forwarded:?}");
+        // the forwarded path is its own canonical form: nothing left to decode differently
+        if let Some(c) = again.canonical_path {
+            assert_eq!(c, forwarded, "{path:?}");
+        }
+    }
     // The names used in metrics and logs never panic either.
     let _ = route.name();
     if let Route::Registry(op) = &route {

@@ -14,6 +14,7 @@ mod common;
 mod chartrepo;
 mod cli;
 mod events;
+mod hardening;
 mod harness;
 mod lifecycle;
 mod proxy;

@@ -104,6 +104,13 @@ impl RawConn {
         self.stream.get_mut().flush().await
     }
 
+    /// Read until the server closes the connection (EOF, or an error such as a reset).
+    pub async fn read_to_end(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut all = Vec::new();
+        self.stream.read_to_end(&mut all).await?;
+        Ok(all)
+    }
+
     /// Read a status line and headers (e.g. a `100 Continue`, or a final response's head).
     pub async fn read_head(&mut self) -> std::io::Result<RawResponse> {
         let mut line = String::new();

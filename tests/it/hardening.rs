@@ -1,0 +1,290 @@
+//! Regression tests for what an attacker tried against a live wharf (the hardening findings):
+//! each test here failed on the code before its fix.
+//!
+//! - Percent-encoded registry paths are classified as the registry decodes them: quota, events
+//!   and deletes cannot be bypassed by encoding a repository name or reference.
+//! - Connections that send no complete request head are closed; the number of open connections
+//!   is capped.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::api::ApiResp as Resp;
+use crate::common::http::RawConn;
+use crate::common::oci::{self, OciImage};
+use crate::common::wharf::ADMIN_PASSWORD;
+use crate::common::{Registry, RegistryClient, Wharf, client, wait_until};
+
+fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wharf-it-hardening-")
+        .tempdir()
+        .unwrap()
+}
+
+/// Sum of the config and layer blobs of `image`.
+fn blob_size(image: &OciImage) -> u64 {
+    image.layer_and_config_blobs().iter().map(|b| b.size).sum()
+}
+
+async fn admin_get(base: &str, path: &str) -> Value {
+    let r = client()
+        .get(format!("{base}{path}"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    Resp::read(r).await.expect(200).json()
+}
+
+async fn usage(base: &str, project: &str) -> u64 {
+    admin_get(base, &format!("/api/v1/projects/{project}/quota")).await["usage"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Events of `type` in the event log.
+async fn events_of(base: &str, kind: &str) -> Vec<Value> {
+    admin_get(
+        base,
+        &format!("/api/v1/events?limit=1000&all=true&type={kind}"),
+    )
+    .await
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+/// A request with a raw (already encoded) path: reqwest keeps percent-encoding as given.
+async fn raw_path(method: reqwest::Method, base: &str, path: &str, body: Option<Vec<u8>>) -> Resp {
+    let mut rb = client()
+        .request(method, format!("{base}{path}"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json");
+    if let Some(b) = body {
+        rb = rb
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(b);
+    }
+    Resp::read(rb.send().await.unwrap()).await
+}
+
+// 1 ------------------------------------------------------------------------------------------
+// percent-encoded paths
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoded_paths_get_quota_events_and_deletes_like_plain_ones() {
+    let work = work_dir();
+    let a = oci::build_image(&work.path().join("a"), "v1", &[24 * 1024]);
+    let b = oci::build_image(&work.path().join("b"), "v1", &[48 * 1024]);
+    let limit = blob_size(&a) + blob_size(&b) / 2;
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml(&format!("projects: {{prja: {{storage_limit: {limit}}}}}\n"))
+        .start()
+        .await;
+    let base = wharf.url();
+    let rc = RegistryClient::new(&base);
+    for image in [&a, &b] {
+        for blob in image.layer_and_config_blobs() {
+            rc.upload_blob(
+                "prja/big",
+                std::fs::read(image.blob_path(&blob.digest)).unwrap(),
+            )
+            .await;
+        }
+    }
+    let manifest = |i: &OciImage| std::fs::read(i.blob_path(&i.digest)).unwrap();
+
+    // a push through an encoded name counts and makes its event
+    let r = raw_path(
+        reqwest::Method::PUT,
+        &base,
+        "/v2/pr%6Aa/big/manifests/v1",
+        Some(manifest(&a)),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(usage(&base, "prja").await, blob_size(&a));
+    let pushes = events_of(&base, "PUSH_ARTIFACT").await;
+    assert_eq!(pushes.len(), 1, "{pushes:#?}");
+    assert_eq!(pushes[0]["repository"], "prja/big");
+    assert_eq!(pushes[0]["tags"], serde_json::json!(["v1"]));
+
+    // every encoding of a push over the limit is refused before the registry sees it
+    for path in [
+        "/v2/pr%6Aa/big/manifests/v2",
+        "/v2/prja%2Fbig/manifests/v3",
+        "/v2/%70rja/big/manifests/v4",
+        "/v2/prja/bi%67/manifests/v5",
+        "/v2/prja/big%2Fmanifests%2Fv8",
+        "/v%32/prja/big/manifests/v9",
+    ] {
+        let r = raw_path(reqwest::Method::PUT, &base, path, Some(manifest(&b))).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.text);
+        assert_eq!(r.error().0, "DENIED", "{path}");
+    }
+    assert_eq!(
+        events_of(&base, "QUOTA_EXCEED").await.len(),
+        6,
+        "one QUOTA_EXCEED per refused push"
+    );
+    let direct = RegistryClient::new(&registry.url());
+    let r = direct
+        .request(reqwest::Method::GET, "/v2/prja/big/tags/list")
+        .send()
+        .await
+        .unwrap();
+    let tags = Resp::read(r).await.expect(200).json();
+    assert_eq!(
+        tags["tags"],
+        serde_json::json!(["v1"]),
+        "the registry got none"
+    );
+
+    // a pull through an encoded path is a pull event
+    let r = raw_path(
+        reqwest::Method::GET,
+        &base,
+        "/v2/prja%2Fbig/manifests/v1",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let pulls = wait_until("the pull event", Duration::from_secs(10), || {
+        let base = base.clone();
+        async move {
+            let p = events_of(&base, "PULL_ARTIFACT").await;
+            (!p.is_empty()).then_some(p)
+        }
+    })
+    .await;
+    assert_eq!(pulls[0]["repository"], "prja/big");
+
+    // a delete through an encoded name and digest is a delete event and gives the space back
+    let path = format!("/v2/prja/bi%67/manifests/{}", a.digest.replace(':', "%3A"));
+    let r = raw_path(reqwest::Method::DELETE, &base, &path, None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let deletes = events_of(&base, "DELETE_ARTIFACT").await;
+    assert_eq!(deletes.len(), 1, "{deletes:#?}");
+    assert_eq!(deletes[0]["digest"], a.digest.as_str());
+    assert_eq!(usage(&base, "prja").await, 0);
+
+    // double encoding is not decoded twice: to the registry it is a name with a `%` in it
+    let r = raw_path(
+        reqwest::Method::PUT,
+        &base,
+        "/v2/prja%252Fbig/manifests/v10",
+        Some(manifest(&b)),
+    )
+    .await;
+    assert_ne!(r.status, 201, "{}", r.text);
+}
+
+// 2 ------------------------------------------------------------------------------------------
+// silent connections
+
+/// Is the connection closed by the server within `within`? (EOF or reset on read.)
+async fn closed_within(conn: &mut RawConn, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, conn.read_to_end()).await,
+        Ok(Ok(_)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_complete_request_head_are_closed() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("server: {header_timeout: 1s, idle_timeout: 2s}\n")
+        .start()
+        .await;
+    let addr = wharf.addr();
+    // nothing at all; the HTTP/2 preface alone; an HTTP/2 HEADERS frame cut short; half a head
+    let mut silent = RawConn::connect(addr).await;
+    let mut preface = RawConn::connect(addr).await;
+    preface
+        .send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut mid_h2 = RawConn::connect(addr).await;
+    mid_h2
+        .send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x20\x01\x04\x00\x00\x00\x01\x82")
+        .await
+        .unwrap();
+    let mut half = RawConn::connect(addr).await;
+    half.send(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    for (name, conn) in [
+        ("silent", &mut silent),
+        ("h2 preface only", &mut preface),
+        ("h2 mid-headers", &mut mid_h2),
+        ("half an HTTP/1 head", &mut half),
+    ] {
+        assert!(
+            closed_within(conn, Duration::from_secs(5)).await,
+            "{name}: still open"
+        );
+    }
+
+    // an idle keep-alive connection is closed after idle_timeout, a busy one is served
+    let mut keep = RawConn::connect(addr).await;
+    keep.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = keep.read_response(false).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        closed_within(&mut keep, Duration::from_secs(6)).await,
+        "idle keep-alive connection still open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_capped_and_counted() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("server: {header_timeout: 2s, max_connections: 4}\n")
+        .start()
+        .await;
+    let addr = wharf.addr();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(RawConn::connect(addr).await);
+    }
+    // a fifth connection waits in the backlog: its request is not answered while four are open
+    let base = wharf.url();
+    let waiting = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let r = client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), started.elapsed())
+    });
+    // the silent four are closed after header_timeout, then the fifth is served
+    let (status, waited) = waiting.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "served at once ({waited:?}) although 4 of 4 connections were open"
+    );
+    drop(held);
+    let metrics = client()
+        .get(format!("{}/metrics", wharf.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wharf_connection_limit_reached_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wharf_connections_open"), "{metrics}");
+}
