@@ -209,15 +209,6 @@ pub struct UsersConfig {
     pub htpasswd: Option<PathBuf>,
 }
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            synchronous: crate::store::Synchronous::default(),
-            retention: defaults::retention(),
-        }
-    }
-}
-
 /// Webhook delivery.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -331,18 +322,222 @@ impl PullFilter {
     }
 }
 
-/// The embedded database.
+/// The store: embedded SQLite under `data_dir` (default), or a PostgreSQL database shared by
+/// every replica (`url`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `normal` (survives a killed process; an OS crash may lose the last commits, like the
-    /// registry's own filesystem storage) or `full` (fsync on every group commit).
+    /// `postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=…]`: keep all state in this PostgreSQL
+    /// database, shared by any number of wharf replicas. Absent: the embedded SQLite database
+    /// `<data_dir>/wharf.db`. Query parameters: `sslmode` (`disable`, `prefer` — the default —,
+    /// `require`, `verify-ca`, `verify-full`), `sslrootcert` (PEM file of the CA to trust),
+    /// `application_name`, `connect_timeout` (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<DatabaseUrl>,
+    /// File holding the PostgreSQL password (a mounted secret; one trailing newline is
+    /// ignored). Wins over a password in `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Most PostgreSQL connections this process opens (writers, readers and the listener for
+    /// change notifications).
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// Time allowed to connect to PostgreSQL, and to wait for a free pooled connection.
+    #[serde(default = "defaults::store_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// A webhook delivery claimed by a replica is its own for this long; if the replica dies
+    /// mid-attempt, another takes the delivery over when the lease has expired. Must be longer
+    /// than one attempt (`notification.webhook_job_http_client_timeout`).
+    #[serde(default = "defaults::claim_lease", with = "duration")]
+    pub claim_lease: Duration,
+    /// SQLite only: `normal` (survives a killed process; an OS crash may lose the last
+    /// commits, like the registry's own filesystem storage) or `full` (fsync on every group
+    /// commit). PostgreSQL commits are as durable as the server's `synchronous_commit`.
     #[serde(default)]
     pub synchronous: crate::store::Synchronous,
     /// Events older than this are removed from the event log, with their finished deliveries
     /// and attempts (deliveries still pending keep their event). `0s` keeps everything.
     #[serde(default = "defaults::retention", with = "duration")]
     pub retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            password_file: None,
+            pool_size: defaults::pool_size(),
+            connect_timeout: defaults::store_connect_timeout(),
+            claim_lease: defaults::claim_lease(),
+            synchronous: Default::default(),
+            retention: defaults::retention(),
+        }
+    }
+}
+
+/// TLS to PostgreSQL (`sslmode` of `store.url`, libpq's names and meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when the server offers it, certificate not checked (libpq's default).
+    Prefer,
+    /// TLS required, certificate not checked.
+    Require,
+    /// TLS required, certificate chain checked against `sslrootcert` (or the system roots).
+    VerifyCa,
+    /// As `verify-ca`, and the host name must match the certificate.
+    VerifyFull,
+}
+
+/// A parsed `store.url`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    pub user: String,
+    pub password: Option<Secret>,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub sslmode: SslMode,
+    pub sslrootcert: Option<PathBuf>,
+    pub application_name: Option<String>,
+    pub connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("sslmode", &self.sslmode)
+            .finish()
+    }
+}
+
+/// A database URL (`store.url`). It may hold a password: never printed as is — `Debug` and
+/// serialization (`wharf check-config`) show it with the password as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The URL itself; call only where it is used, never to print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password (if any) replaced by `***`.
+    pub fn masked(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "***".to_string(),
+        }
+    }
+
+    /// Parse and check the URL; the message of an error names what is wrong, never the
+    /// password.
+    pub fn parse(&self) -> Result<PgTarget, String> {
+        let u =
+            url::Url::parse(&self.0).map_err(|e| format!("not a URL ({e}): {}", self.masked()))?;
+        if !matches!(u.scheme(), "postgres" | "postgresql") {
+            return Err(format!(
+                "must start with postgres:// or postgresql:// (got {}://)",
+                u.scheme()
+            ));
+        }
+        let host = match u.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            _ => return Err("has no host (postgres://USER@HOST[:PORT]/DB)".into()),
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let user = decode(u.username());
+        if user.is_empty() {
+            return Err("has no user (postgres://USER@HOST[:PORT]/DB)".into());
+        }
+        let password = u.password().map(|p| Secret::new(decode(p)));
+        let dbname = decode(u.path().trim_start_matches('/'));
+        if dbname.is_empty() || dbname.contains('/') {
+            return Err("must name one database (postgres://USER@HOST[:PORT]/DB)".into());
+        }
+        let mut t = PgTarget {
+            user,
+            password,
+            host,
+            port: u.port().unwrap_or(5432),
+            dbname,
+            sslmode: SslMode::Prefer,
+            sslrootcert: None,
+            application_name: None,
+            connect_timeout: None,
+        };
+        for (k, v) in u.query_pairs() {
+            match k.as_ref() {
+                "sslmode" => {
+                    t.sslmode = match v.as_ref() {
+                        "disable" => SslMode::Disable,
+                        "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        other => {
+                            return Err(format!(
+                                "sslmode={other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                            ));
+                        }
+                    }
+                }
+                "sslrootcert" => t.sslrootcert = Some(PathBuf::from(v.as_ref())),
+                "application_name" => t.application_name = Some(v.into_owned()),
+                "connect_timeout" => {
+                    let secs: u64 = v
+                        .parse()
+                        .map_err(|_| format!("connect_timeout={v:?} is not a number of seconds"))?;
+                    t.connect_timeout = Some(Duration::from_secs(secs));
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?} (known: sslmode, sslrootcert, application_name, connect_timeout)"
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.masked(), f)
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(DatabaseUrl)
+    }
 }
 
 /// Where requests go.
@@ -552,6 +747,15 @@ mod defaults {
     }
     pub fn warning_threshold() -> u8 {
         85
+    }
+    pub fn pool_size() -> usize {
+        16
+    }
+    pub fn store_connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn claim_lease() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn retention() -> Duration {
         Duration::from_secs(30 * 24 * 3600)
@@ -788,6 +992,49 @@ impl Config {
                 }
             }
         }
+        if let Some(url) = &self.store.url {
+            let target = url.parse().map_err(|reason| invalid("store.url", reason))?;
+            if let Some(ca) = &target.sslrootcert
+                && !ca.is_file()
+            {
+                return Err(invalid(
+                    "store.url",
+                    format!("sslrootcert {} is not a readable file", ca.display()),
+                ));
+            }
+        } else if self.store.password_file.is_some() {
+            return Err(invalid(
+                "store.password_file",
+                "is only used with store.url (PostgreSQL)",
+            ));
+        }
+        if let Some(p) = &self.store.password_file
+            && !p.is_file()
+        {
+            return Err(invalid(
+                "store.password_file",
+                format!("{} is not a readable file", p.display()),
+            ));
+        }
+        if self.store.pool_size < 4 {
+            return Err(invalid(
+                "store.pool_size",
+                "must be at least 4 (a writer, a reader, the dispatcher and the change listener)",
+            ));
+        }
+        if self.store.connect_timeout.is_zero() {
+            return Err(invalid("store.connect_timeout", "must be greater than 0"));
+        }
+        let attempt = Duration::from_secs(self.notification.webhook_job_http_client_timeout);
+        if self.store.claim_lease < attempt + Duration::from_secs(5) {
+            return Err(invalid(
+                "store.claim_lease",
+                format!(
+                    "must be at least notification.webhook_job_http_client_timeout + 5s ({})",
+                    humantime::format_duration(attempt + Duration::from_secs(5))
+                ),
+            ));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -1007,6 +1254,61 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(30));
         assert_eq!(c.external_base(), "http://127.0.0.1:8080");
         assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn store_url_is_checked_and_its_password_masked() {
+        let c = load(
+            MIN,
+            &[(
+                "WHARF_STORE__URL",
+                "postgres://wharf:s3cr%40t@db.internal:6432/wharf?sslmode=require&application_name=w1",
+            )],
+        )
+        .unwrap();
+        let t = c.store.url.as_ref().unwrap().parse().unwrap();
+        assert_eq!(
+            (t.user.as_str(), t.host.as_str(), t.port, t.dbname.as_str()),
+            ("wharf", "db.internal", 6432, "wharf")
+        );
+        assert_eq!(t.password.as_ref().map(Secret::expose), Some("s3cr@t"));
+        assert_eq!(t.sslmode, SslMode::Require);
+        assert_eq!(t.application_name.as_deref(), Some("w1"));
+        let shown = c.to_masked_yaml();
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(
+            shown.contains("postgres://wharf:***@db.internal:6432/wharf"),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("s3cr"));
+        for (url, why) in [
+            ("mysql://u@h/db", "postgres://"),
+            ("postgres://h/db", "no user"),
+            ("postgres://u@/db", "host"),
+            ("postgres://u@h", "one database"),
+            ("postgres://u@h/db?sslmode=maybe", "sslmode"),
+            ("postgres://u@h/db?pool=3", "unknown parameter"),
+            ("postgres://u:hunter2@h:99999/db", "not a URL"),
+            ("not a url", "not a URL"),
+        ] {
+            let err = load(&format!("{MIN}store: {{url: \"{url}\"}}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("store.url: "), "{url}: {err}");
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let err = load(
+            &format!("{MIN}store: {{password_file: /nonexistent}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("store.password_file"), "{err}");
+        let err = load(&format!("{MIN}store: {{claim_lease: 2s}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("store.claim_lease"), "{err}");
     }
 
     #[test]
