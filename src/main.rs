@@ -28,11 +28,15 @@ enum Command {
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
     },
-    /// Validate the config and print the effective configuration (secrets masked).
+    /// Validate the config and print the effective configuration (secrets masked). With
+    /// `store.url` it also connects to PostgreSQL (unless `--no-connect`).
     CheckConfig {
         /// The YAML config file.
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
+        /// Check the file only: do not try to reach the store's database.
+        #[arg(long)]
+        no_connect: bool,
     },
     /// Project quotas.
     Quota {
@@ -62,7 +66,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
-        Command::CheckConfig { config } => check_config(config),
+        Command::CheckConfig { config, no_connect } => check_config(config, !no_connect),
         Command::Quota {
             command:
                 QuotaCommand::Rescan {
@@ -81,7 +85,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn check_config(path: PathBuf) -> anyhow::Result<()> {
+fn check_config(path: PathBuf, _connect: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     print!("{}", config.to_masked_yaml());
     eprintln!("config {} is valid", path.display());
