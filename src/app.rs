@@ -20,8 +20,13 @@ use crate::store::{Store, StoreError};
 pub enum AppError {
     #[error("upstream: {0}")]
     Upstream(#[from] ForwardError),
-    #[error("store: {0}")]
-    Store(#[from] StoreError),
+    #[error("{key}: {source}")]
+    Store {
+        /// The config key that names the store (`store.url`, or `data_dir`).
+        key: String,
+        #[source]
+        source: StoreError,
+    },
     #[error("events.token_cert_bundle: {0}")]
     TokenCerts(String),
     #[error(transparent)]
@@ -35,7 +40,7 @@ pub struct App {
     pub registry: Upstream,
     /// ChartMuseum, when configured.
     pub chartmuseum: Option<Upstream>,
-    /// The embedded database.
+    /// The store (embedded SQLite, or PostgreSQL shared by replicas).
     pub store: Store,
     /// Where events go.
     pub events: Sink,
@@ -43,6 +48,8 @@ pub struct App {
     pub recent: Recent,
     /// Parsed manifests by digest.
     pub facts: crate::observe::manifest::FactsCache,
+    /// Blob sizes the registry reported, by digest (quota).
+    pub blob_sizes: crate::quota::BlobSizes,
     /// Verifies Bearer tokens when `events.token_cert_bundle` is set.
     pub token_verifier: Option<TokenVerifier>,
     /// wharf's own API (axum).
@@ -59,7 +66,7 @@ pub struct App {
 
 impl App {
     /// Build the app: upstream clients, database, API router.
-    pub fn build(config: Config) -> Result<Arc<App>, AppError> {
+    pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
         let config = Arc::new(config);
         let trust = config.trust_forwarded_headers;
         let registry = Upstream::new(
@@ -81,7 +88,15 @@ impl App {
             .map(TokenVerifier::from_pem_file)
             .transpose()
             .map_err(AppError::TokenCerts)?;
-        let store = Store::open(&config.data_dir, config.store.synchronous)?;
+        let store = Store::open(&config.store, &config.data_dir)
+            .await
+            .map_err(|source| AppError::Store {
+                key: match &config.store.url {
+                    Some(url) => format!("store.url ({})", url.masked()),
+                    None => format!("data_dir ({})", config.data_dir.display()),
+                },
+                source,
+            })?;
         let metrics = Arc::new(Metrics::new());
         let events = Sink::new(store.clone(), metrics.clone());
         let guard = Arc::new(Guard::new(
@@ -97,6 +112,9 @@ impl App {
         let recent = Recent::new(
             config.events.attribution_window.max(Duration::from_secs(1)),
             50_000,
+        )
+        .shared_through(
+            (store.backend() == crate::store::Backend::Postgres).then(|| store.clone()),
         );
         Ok(Arc::new_cyclic(|weak| App {
             api: crate::api::router(weak.clone()),
@@ -107,6 +125,7 @@ impl App {
             events,
             recent,
             facts: crate::observe::manifest::FactsCache::new(4096),
+            blob_sizes: crate::quota::BlobSizes::new(65_536),
             token_verifier,
             metrics,
             users,

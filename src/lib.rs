@@ -11,7 +11,9 @@
 //!   chart uploads (capped), attribute tags, de-duplicate, build events; `observe::chart` maps
 //!   Harbor's chartrepo paths onto ChartMuseum.
 //! - [`events`]: the event model, its payload formats, and the sink that records events.
-//! - [`store`]: the embedded SQLite database: event log, outbox, knowledge; group commit.
+//! - [`store`]: all state, behind one interface with two backends — embedded SQLite (one
+//!   instance, group commit) or PostgreSQL (shared by replicas): event log, outbox, policies,
+//!   knowledge, quota usage; schema migrations; `store copy`.
 //! - [`dispatch`]: deliver the outbox to webhook targets: retries, signatures, SSRF guard,
 //!   circuit breaker.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
@@ -48,6 +50,40 @@ pub enum StartError {
     Server(#[from] server::ServerError),
 }
 
+/// How often a replica checks whether another one changed policies or the notification switch.
+pub const POLICY_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every [`POLICY_WATCH`]: when the policy version moved on (a change on any replica), drop
+/// this process's cached policies and re-read the notification switch. Runs until `shutdown`.
+async fn watch_policies(
+    store: store::Store,
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut seen = store.policy_version().await.ok();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(POLICY_WATCH) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Ok(now) = store.policy_version().await else {
+            continue;
+        };
+        if seen == Some(now) {
+            continue;
+        }
+        seen = Some(now);
+        store.policy_cache().invalidate();
+        if let Ok(on) = store.read(store::policies::notification_enabled).await {
+            let was = enabled.swap(on, std::sync::atomic::Ordering::Relaxed);
+            if on && !was {
+                // deliveries that waited for the switch may go now
+                store.outbox_notify().notify_one();
+            }
+        }
+    }
+}
+
 /// A wharf instance running on the current tokio runtime (used by `main` and by tests).
 pub struct Running {
     /// The address it listens on.
@@ -71,7 +107,7 @@ impl Running {
             None => None,
         };
         let grace = config.shutdown_grace;
-        let app = app::App::build(config)?;
+        let app = app::App::build(config).await?;
         let background = tokio_util::sync::CancellationToken::new();
         let enabled = {
             let store = app.store.clone();
@@ -83,6 +119,16 @@ impl Running {
         app.notifications_enabled
             .store(enabled, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(app.events.clone().run_releaser(background.clone()));
+        tokio::spawn(watch_policies(
+            app.store.clone(),
+            app.notifications_enabled.clone(),
+            background.clone(),
+        ));
+        tokio::spawn(store::run_housekeeping(
+            app.store.clone(),
+            app.config.events.attribution_window,
+            background.clone(),
+        ));
         tokio::spawn(
             app.events
                 .clone()
@@ -94,6 +140,7 @@ impl Running {
             app.config.notification.clone(),
             app.metrics.clone(),
             app.notifications_enabled.clone(),
+            app.config.store.claim_lease,
         ));
         tokio::spawn(dispatcher.run(background.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

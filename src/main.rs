@@ -1,4 +1,5 @@
-//! The `wharf` command: `serve`, `check-config`, `--version`.
+//! The `wharf` command: `serve`, `check-config`, `migrate`, `store copy`, `quota rescan`,
+//! `--version`.
 
 #![forbid(unsafe_code)]
 
@@ -43,6 +44,36 @@ enum Command {
         #[command(subcommand)]
         command: QuotaCommand,
     },
+    /// Bring the store's schema to this version and exit (also done at every start).
+    Migrate {
+        /// The YAML config file.
+        #[arg(long, env = CONFIG_ENV)]
+        config: PathBuf,
+    },
+    /// The store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the embedded store (SQLite in data_dir) into a PostgreSQL database: policies,
+    /// settings, knowledge, quota usage, the event log and the undelivered outbox. Stop wharf
+    /// first. Then set store.url to the target.
+    Copy {
+        /// The YAML config file (the one the embedded store runs with).
+        #[arg(long, env = CONFIG_ENV)]
+        config: PathBuf,
+        /// The target: postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=…]. The password may also
+        /// come from store.password_file or WHARF_STORE__PASSWORD_FILE.
+        #[arg(long)]
+        to: String,
+        /// Empty a target that already holds data instead of refusing it.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -75,6 +106,15 @@ fn main() -> std::process::ExitCode {
                     password_stdin,
                 },
         } => quota_rescan(config, username, password_stdin),
+        Command::Migrate { config } => migrate(config),
+        Command::Store {
+            command:
+                StoreCommand::Copy {
+                    config,
+                    to,
+                    replace,
+                },
+        } => store_copy(config, to, replace),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -85,11 +125,88 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn check_config(path: PathBuf, _connect: bool) -> anyhow::Result<()> {
+fn check_config(path: PathBuf, connect: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     print!("{}", config.to_masked_yaml());
+    if connect && let Some(url) = &config.store.url {
+        let probed = runtime()?.block_on(wharf::store::Store::probe(&config.store));
+        match probed {
+            Ok(Some(v)) => eprintln!(
+                "store.url: connected to {}, schema version {v} (this wharf writes {})",
+                url.masked(),
+                wharf::store::schema::latest()
+            ),
+            Ok(None) => eprintln!(
+                "store.url: connected to {}, empty database (wharf creates its schema at start)",
+                url.masked()
+            ),
+            Err(e) => anyhow::bail!("store.url ({}): {e}", url.masked()),
+        }
+    }
     eprintln!("config {} is valid", path.display());
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+fn migrate(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    init_logging(&config);
+    runtime()?.block_on(async move {
+        let key = match &config.store.url {
+            Some(url) => format!("store.url ({})", url.masked()),
+            None => format!("data_dir ({})", config.data_dir.display()),
+        };
+        let store = wharf::store::Store::open(&config.store, &config.data_dir)
+            .await
+            .with_context(|| key.clone())?;
+        let version = store.schema_version().await.with_context(|| key.clone())?;
+        store.close().await;
+        println!(
+            "{}: schema version {version} ({})",
+            store.location(),
+            store.backend().name()
+        );
+        anyhow::Ok(())
+    })
+}
+
+fn store_copy(path: PathBuf, to: String, replace: bool) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    init_logging(&config);
+    if config.store.url.is_some() {
+        anyhow::bail!(
+            "store.url is set in {}: the source of a copy is the embedded store (remove store.url, or use a config without it)",
+            path.display()
+        );
+    }
+    let mut target = config.store.clone();
+    let url = wharf::config::DatabaseUrl::new(to);
+    url.parse()
+        .map_err(|reason| anyhow::anyhow!("--to: {reason}"))?;
+    target.url = Some(url.clone());
+    runtime()?.block_on(async move {
+        let from = wharf::store::Store::open(&config.store, &config.data_dir)
+            .await
+            .with_context(|| format!("data_dir ({})", config.data_dir.display()))?;
+        let into = wharf::store::Store::open(&target, &config.data_dir)
+            .await
+            .with_context(|| format!("--to ({})", url.masked()))?;
+        let report = wharf::store::copy::copy(&from, &into, replace).await;
+        from.close().await;
+        into.close().await;
+        let report = report?;
+        println!("copied {} into {}:", from.location(), url.masked());
+        for (table, n) in report {
+            println!("  {table}: {n}");
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn quota_rescan(
@@ -116,12 +233,8 @@ fn quota_rescan(
         }
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let app = wharf::app::App::build(config)?;
+    runtime()?.block_on(async move {
+        let app = wharf::app::App::build(config).await?;
         let report = wharf::quota::rescan(&app, authorization).await;
         app.store.close().await;
         let report = report?;
@@ -163,11 +276,7 @@ fn init_logging(config: &Config) {
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;

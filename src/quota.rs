@@ -14,9 +14,19 @@
 //! platform manifests of indexes; a repository without tags is skipped) and records what it
 //! finds, then recounts every project's usage from all the manifests wharf knows (so those a
 //! wharf without quotas learned earlier count too). Manifests reachable by no tag and never
-//! pushed through wharf are not counted. Two pushes racing into the last free bytes can both
-//! pass the check: the limit is enforced per push, not transactionally against concurrent
-//! pushes.
+//! pushed through wharf are not counted.
+//!
+//! Sizes: for a project with a limit, and in a rescan, a blob counts with the size the registry
+//! reports for it (`HEAD /v2/<repo>/blobs/<digest>`, cached by digest — content-addressed, so
+//! it never changes), not the size the manifest declares; a manifest whose declared size of a
+//! blob disagrees with the registry's is refused (400 `MANIFEST_INVALID`), as distribution
+//! refuses such a manifest on pull. Sizes are added with saturation, never wrapping.
+//!
+//! Atomicity: a push to a project with a limit reserves the space it adds before the registry
+//! sees the manifest, under the project's row lock ([`crate::store::quota::reserve`]), against
+//! the usage plus the space other pushes in progress hold; the reservation becomes usage when
+//! the push is committed, and is released when the registry refuses it. Two pushes released at
+//! the same instant — through one replica or several — cannot take a project past its limit.
 
 use std::collections::BTreeMap;
 
@@ -24,8 +34,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::app::App;
 use crate::config::bytesize::human;
+use crate::events::{Event, EventKind};
 use crate::observe::manifest::{self, ACCEPT_ALL, Facts};
-use crate::store::{StoreError, knowledge, quota};
+use crate::store::{Db, StoreError, knowledge, quota};
 
 /// Harbor's wording of a refused push.
 pub fn exceed_message(adding: u64, usage: u64, limit: u64) -> String {
@@ -46,45 +57,247 @@ pub fn warning_message(usage: u64, limit: u64, threshold: u8) -> String {
     )
 }
 
-/// The outcome of checking a push against its project's limit.
+/// What may happen to a manifest about to be pushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
-    /// No limit, or within it.
-    Allowed,
+pub enum Admission {
+    /// Push it; count `blobs` (digest, size) once it is committed, and release `reservation`.
+    Allowed {
+        blobs: Vec<(String, u64)>,
+        reservation: Option<i64>,
+    },
     /// Over the limit.
     Exceeded { adding: u64, usage: u64, limit: u64 },
+    /// The manifest declares a blob's size other than the registry's.
+    SizeMismatch {
+        digest: String,
+        declared: u64,
+        actual: u64,
+    },
 }
 
-/// Check a manifest about to be pushed to `project`.
-pub async fn check_push(app: &App, project: &str, facts: &Facts) -> Check {
+/// Sizes of blobs as the registry reports them, by digest (content-addressed: never stale).
+pub struct BlobSizes {
+    map: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    max: usize,
+}
+
+impl BlobSizes {
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+            max: max.max(1),
+        }
+    }
+
+    fn get(&self, digest: &str) -> Option<u64> {
+        self.map.lock().ok()?.get(digest).copied()
+    }
+
+    fn put(&self, digest: &str, size: u64) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= self.max {
+                m.clear();
+            }
+            m.insert(digest.to_string(), size);
+        }
+    }
+}
+
+/// The registry's size of blob `digest` of `repo` (HEAD with `headers`, cached); `None` when
+/// the registry does not say.
+async fn blob_size(app: &App, repo: &str, digest: &str, headers: &HeaderMap) -> Option<u64> {
+    if let Some(s) = app.blob_sizes.get(digest) {
+        return Some(s);
+    }
+    let path = format!("/v2/{repo}/blobs/{digest}");
+    let (parts, _) = app
+        .registry
+        .fetch(Method::HEAD, &path, headers.clone(), 0)
+        .await
+        .ok()?;
+    if parts.status != StatusCode::OK {
+        return None;
+    }
+    let size = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    app.blob_sizes.put(digest, size);
+    Some(size)
+}
+
+/// The blobs of `declared` with the sizes the registry reports (blobs it does not know keep
+/// their declared size: the registry refuses the manifest then), or the first blob whose
+/// declared size is not the registry's. At most 8 HEADs at a time.
+pub async fn real_sizes(
+    app: &App,
+    repo: &str,
+    declared: &[(String, u64)],
+    headers: &HeaderMap,
+) -> Result<Vec<(String, u64)>, (String, u64, u64)> {
+    use futures_util::StreamExt;
+    let answers: Vec<(String, u64, Option<u64>)> =
+        futures_util::stream::iter(declared.iter().cloned())
+            .map(|(d, size)| async move {
+                let actual = blob_size(app, repo, &d, headers).await;
+                (d, size, actual)
+            })
+            .buffered(8)
+            .collect()
+            .await;
+    answers
+        .into_iter()
+        .map(|(d, declared, actual)| match actual {
+            Some(a) if a != declared => Err((d, declared, a)),
+            Some(a) => Ok((d, a)),
+            None => Ok((d, declared)),
+        })
+        .collect()
+}
+
+/// Decide about a manifest about to be pushed to `repo` (see the module doc). `headers`
+/// carry the client's credentials for the size checks.
+pub async fn admit(app: &App, repo: &str, facts: &Facts, headers: &HeaderMap) -> Admission {
+    let project = repo.split('/').next().unwrap_or(repo).to_string();
     let Some(limit) = app
         .config
         .projects
-        .get(project)
+        .get(&project)
         .and_then(|p| p.storage_limit)
     else {
-        return Check::Allowed;
+        return Admission::Allowed {
+            blobs: facts.blobs.clone(),
+            reservation: None,
+        };
     };
-    let (p, blobs) = (project.to_string(), facts.blobs.clone());
-    let measured = app
+    // only blobs the project does not count yet need the registry's word
+    let (p, all) = (project.clone(), facts.blobs.clone());
+    let new: Vec<(String, u64)> = match app
         .store
-        .read(move |c| Ok((quota::usage(c, &p)?, quota::adding(c, &p, &blobs)?)))
-        .await;
-    match measured {
-        Ok((usage, adding)) if usage.saturating_add(adding) > limit && adding > 0 => {
-            Check::Exceeded {
-                adding,
-                usage,
-                limit,
+        .read(move |c| {
+            let mut new = Vec::new();
+            for b in all {
+                if quota::adding(c, &p, std::slice::from_ref(&b))? > 0 {
+                    new.push(b);
+                }
             }
-        }
-        Ok(_) => Check::Allowed,
+            Ok(new)
+        })
+        .await
+    {
+        Ok(n) => n,
         Err(e) => {
             // the registry keeps working when the database does not
             tracing::error!(project, error = %e, "quota check failed; the push is allowed");
-            Check::Allowed
+            return Admission::Allowed {
+                blobs: facts.blobs.clone(),
+                reservation: None,
+            };
+        }
+    };
+    let measured = match real_sizes(app, repo, &new, headers).await {
+        Ok(m) => m,
+        Err((digest, declared, actual)) => {
+            return Admission::SizeMismatch {
+                digest,
+                declared,
+                actual,
+            };
+        }
+    };
+    let mut blobs = facts.blobs.clone();
+    for b in blobs.iter_mut() {
+        if let Some((_, size)) = measured.iter().find(|(d, _)| *d == b.0) {
+            b.1 = *size;
         }
     }
+    let now = crate::store::now_ms();
+    // held while the registry takes the manifest; lapses if this process dies meanwhile
+    let lapse = app.config.upstream.response_timeout + std::time::Duration::from_secs(60);
+    let expires = now + lapse.as_millis() as i64;
+    let (p, wanted) = (project.clone(), blobs.clone());
+    match app
+        .store
+        .write(move |c| quota::reserve(c, &p, &wanted, limit, now, expires))
+        .await
+    {
+        Ok(quota::Reservation::Reserved { id }) => Admission::Allowed {
+            blobs,
+            reservation: Some(id),
+        },
+        Ok(quota::Reservation::NothingNew) => Admission::Allowed {
+            blobs,
+            reservation: None,
+        },
+        Ok(quota::Reservation::Exceeded {
+            adding,
+            usage,
+            limit,
+        }) => Admission::Exceeded {
+            adding,
+            usage,
+            limit,
+        },
+        Err(e) => {
+            tracing::error!(project, error = %e, "quota reservation failed; the push is allowed");
+            Admission::Allowed {
+                blobs,
+                reservation: None,
+            }
+        }
+    }
+}
+
+/// Give a reservation back (the push did not happen), in the background.
+pub fn release(app: &App, reservation: Option<i64>) {
+    if let Some(id) = reservation {
+        app.store.write_detached(
+            move |c| quota::release(c, id),
+            |r| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "releasing a quota reservation failed; it lapses by itself");
+                }
+            },
+        );
+    }
+}
+
+/// After usage moved from `before` to `after`: one QUOTA_WARNING when it grew to or past the
+/// warning threshold and nobody was warned of this crossing yet; re-armed when it is below the
+/// threshold again. (Not `before < line`: usage may be past the line without any push having
+/// crossed it, after a rescan or a lowered limit, and the next growth must still warn.)
+pub fn warn_on_crossing(
+    c: &Db<'_>,
+    e: &Event,
+    (before, after): (u64, u64),
+    limit: u64,
+    threshold: u8,
+) -> Result<(), StoreError> {
+    let line = (limit as u128 * threshold as u128 / 100) as u64;
+    let warned = quota::warned(c, &e.project)?;
+    if after < line {
+        if warned {
+            quota::set_warned(c, &e.project, false)?;
+        }
+        return Ok(());
+    }
+    if after > before && !warned {
+        let mut w = e.clone();
+        w.id = uuid::Uuid::now_v7();
+        w.kind = EventKind::QuotaWarning;
+        w.quota = Some(crate::events::QuotaInfo {
+            details: warning_message(after, limit, threshold),
+            limit: Some(limit),
+            usage: Some(after),
+            adding: Some(after.saturating_sub(before)),
+        });
+        crate::store::events::insert(c, &w, None)?;
+        quota::set_warned(c, &e.project, true)?;
+    }
+    Ok(())
 }
 
 /// Usage and limit of a project.
@@ -240,25 +453,37 @@ async fn read_manifest(
     Ok(Some((facts, digest)))
 }
 
-/// Record one manifest: knowledge, and quota references when it is new to wharf.
+/// Record one manifest: knowledge, and quota references (with the registry's blob sizes)
+/// when it is new to wharf.
 async fn record_manifest(
     app: &App,
     repo: &str,
     digest: &str,
     tag: Option<&str>,
     facts: &Facts,
+    headers: &HeaderMap,
 ) -> Result<bool, StoreError> {
-    let project = repo.split('/').next().unwrap_or(repo).to_string();
-    let row = facts.artifact(repo, digest, None);
+    let mut row = facts.artifact(repo, digest, None);
+    row.blobs = match real_sizes(app, repo, &row.blobs, headers).await {
+        Ok(b) => b,
+        Err((blob, declared, actual)) => {
+            tracing::warn!(repository = repo, %digest, %blob, declared, actual, "rescan: a blob's declared size is not the registry's; counted with the registry's");
+            let mut fixed = row.blobs.clone();
+            for b in fixed.iter_mut() {
+                if let Some(s) = blob_size(app, repo, &b.0, headers).await {
+                    b.1 = s;
+                }
+            }
+            fixed
+        }
+    };
     let tag = tag.map(str::to_string);
     app.store
         .write(move |c| {
             let new = knowledge::artifact(c, &row.repository, &row.digest)?.is_none();
             if new {
-                knowledge::upsert_artifact(c, &row)?;
-                quota::add_refs(c, &project, &row.blobs)?;
-            }
-            if let Some(t) = &tag {
+                knowledge::learn_manifest(c, &row, tag.as_deref())?;
+            } else if let Some(t) = &tag {
                 knowledge::set_tag(c, &row.repository, t, &row.digest)?;
             }
             Ok(new)
@@ -298,14 +523,15 @@ pub async fn rescan(
                 continue;
             };
             report.manifests += 1;
-            report.newly_counted +=
-                usize::from(record_manifest(app, &repo, &digest, Some(&tag), &facts).await?);
+            report.newly_counted += usize::from(
+                record_manifest(app, &repo, &digest, Some(&tag), &facts, &headers).await?,
+            );
             for child in facts.child_digests() {
                 let path = format!("/v2/{repo}/manifests/{child}");
                 if let Ok(Some((f, _))) = read_manifest(app, &path, &manifest_headers).await {
                     report.manifests += 1;
                     report.newly_counted +=
-                        usize::from(record_manifest(app, &repo, &child, None, &f).await?);
+                        usize::from(record_manifest(app, &repo, &child, None, &f, &headers).await?);
                 }
             }
         }

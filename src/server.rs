@@ -550,6 +550,19 @@ async fn ready(app: &App) -> Response<Body> {
         };
         checks.insert(up.name().to_string(), state);
     }
+    // the store: a replica that cannot record events must not take traffic from a balancer
+    let store = match tokio::time::timeout(Duration::from_secs(5), app.store.check()).await {
+        Ok(Ok(())) => serde_json::json!({"reachable": true, "backend": app.store.backend().name()}),
+        Ok(Err(e)) => {
+            ok = false;
+            tracing::warn!(error = %e, "readyz: the store is not reachable");
+            serde_json::json!({"reachable": false, "backend": app.store.backend().name(), "reason": "unreachable"})
+        }
+        Err(_) => {
+            ok = false;
+            serde_json::json!({"reachable": false, "backend": app.store.backend().name(), "reason": "timeout"})
+        }
+    };
     let status = if ok {
         StatusCode::OK
     } else {
@@ -557,6 +570,6 @@ async fn ready(app: &App) -> Response<Body> {
     };
     json(
         status,
-        serde_json::json!({"status": if ok {"ready"} else {"unavailable"}, "upstreams": checks}),
+        serde_json::json!({"status": if ok {"ready"} else {"unavailable"}, "upstreams": checks, "store": store}),
     )
 }

@@ -803,6 +803,13 @@ pub async fn redeliver_one(
                 "the target of this delivery is disabled (it answered 410 Gone); re-enable it (PUT the policy with \"disabled\": false) first",
             ));
         }
+        outbox::Redelivery::TargetGone => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                "the target of this delivery is no longer part of the policy, and its stored version is gone",
+            ));
+        }
         outbox::Redelivery::NotFound => {
             return Err(ApiError::not_found(format!("execution {eid} not found")));
         }

@@ -58,7 +58,7 @@ pub struct Sender {
 
 /// Accepts any server certificate (for targets with `skip_cert_verify`).
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NoVerify(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for NoVerify {
     fn verify_server_cert(

@@ -9,6 +9,14 @@
 //! `breaker_failures` consecutive failures its circuit opens, deferring its deliveries (no
 //! attempt, no retry used) until a cool-down has passed. Slack targets get at most one message
 //! per `slack_interval`. While `notification_enable` is off nothing is sent; deliveries wait.
+//!
+//! Several replicas (PostgreSQL): each claims with `FOR UPDATE SKIP LOCKED`, so a delivery is
+//! claimed by one replica at a time, under a lease (`store.claim_lease`) and a random token;
+//! only the token's holder records the outcome. A replica that dies mid-attempt leaves its
+//! deliveries `running` until the lease expires; then any replica puts them back to `pending`
+//! and delivers them (same event id: at least once per target). Per-target concurrency, the
+//! circuit breaker and Slack pacing are per replica: with N replicas a target may see up to N ×
+//! `per_target_concurrency` attempts at once, and each replica opens its own circuit.
 
 pub mod client;
 pub mod guard;
@@ -31,6 +39,9 @@ use crate::store::outbox::{self, Attempt, Claimed, Next};
 use crate::store::{self, Store, StoreError};
 use client::{Sender, Sent};
 use policy::TargetKind;
+
+/// How often leases that expired are looked for.
+const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Per-target memory: in-flight count, circuit breaker, Slack pacing.
 #[derive(Debug, Default)]
@@ -55,6 +66,8 @@ pub struct Dispatcher {
     finished: Notify,
     /// Cached `notification_enable` (the API updates it together with the database).
     pub enabled: Arc<AtomicBool>,
+    /// How long a claim holds (`store.claim_lease`).
+    lease: Duration,
 }
 
 impl Dispatcher {
@@ -64,6 +77,7 @@ impl Dispatcher {
         cfg: NotificationConfig,
         metrics: Arc<Metrics>,
         enabled: Arc<AtomicBool>,
+        lease: Duration,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_in_flight));
         Dispatcher {
@@ -75,6 +89,32 @@ impl Dispatcher {
             slots,
             finished: Notify::new(),
             enabled,
+            lease,
+        }
+    }
+
+    /// Deliveries left `running` by a process that is gone go back to `pending`: on SQLite
+    /// (one instance) all of them at start; on PostgreSQL those whose lease expired (another
+    /// replica may be attempting the others right now), at start and every few seconds.
+    async fn reclaim(&self, at_start: bool) {
+        let sqlite = self.store.backend() == store::Backend::Sqlite;
+        let result = self
+            .store
+            .write(move |c| {
+                if at_start && sqlite {
+                    outbox::recover(c)
+                } else {
+                    outbox::reclaim_expired(c, store::now_ms())
+                }
+            })
+            .await;
+        match result {
+            Ok(n) if n > 0 => tracing::info!(
+                deliveries = n,
+                "resuming deliveries interrupted by a restart or a replica that went away"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot recover interrupted deliveries"),
         }
     }
 
@@ -115,19 +155,17 @@ impl Dispatcher {
 
     /// Run until `shutdown`: claim, deliver, record.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        match self.store.write(outbox::recover).await {
-            Ok(n) if n > 0 => tracing::info!(
-                deliveries = n,
-                "resuming deliveries interrupted by a restart"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "cannot recover interrupted deliveries"),
-        }
+        self.reclaim(true).await;
+        let mut last_reclaim = Instant::now();
         let wake = self.store.outbox_notify();
         let mut rotate = 0usize;
         loop {
             if shutdown.is_cancelled() {
                 return;
+            }
+            if last_reclaim.elapsed() >= RECLAIM_EVERY {
+                last_reclaim = Instant::now();
+                self.reclaim(false).await;
             }
             let mut idle = Duration::from_secs(1);
             let free = self.slots.available_permits();
@@ -135,19 +173,23 @@ impl Dispatcher {
                 rotate = rotate.wrapping_add(1);
                 let (in_flight, skip) = self.claim_limits();
                 let unclaimable = skip.clone();
-                let per_target = self.cfg.per_target_concurrency;
+                let limits = outbox::ClaimLimits {
+                    limit: free.min(512),
+                    per_target: self.cfg.per_target_concurrency,
+                    in_flight,
+                    skip,
+                    rotate,
+                };
+                let lease_ms = self.lease.as_millis() as i64;
                 let claimed = self
                     .store
                     .write(move |c| {
-                        outbox::claim(
-                            c,
-                            store::now_ms(),
-                            free.min(512),
-                            per_target,
-                            &in_flight,
-                            &skip,
-                            rotate,
-                        )
+                        let now = store::now_ms();
+                        let lease = outbox::Lease {
+                            token: rand::random::<i64>(),
+                            until: now + lease_ms,
+                        };
+                        outbox::claim(c, now, &limits, lease)
                     })
                     .await;
                 match claimed {
@@ -208,7 +250,7 @@ impl Dispatcher {
             let store = self.store.clone();
             tokio::spawn(async move {
                 let _ = store
-                    .write(move |c| outbox::defer(c, d.id, store::now_ms()))
+                    .write(move |c| outbox::defer(c, d.id, store::now_ms(), d.token))
                     .await;
             });
             return;
@@ -308,9 +350,13 @@ impl Dispatcher {
             Err(until) => {
                 let at = store::now_ms()
                     + until.saturating_duration_since(Instant::now()).as_millis() as i64;
-                let id = d.id;
+                let (id, token) = (d.id, d.token);
                 self.metrics.delivery("deferred");
-                if let Err(e) = self.store.write(move |c| outbox::defer(c, id, at)).await {
+                if let Err(e) = self
+                    .store
+                    .write(move |c| outbox::defer(c, id, at, token))
+                    .await
+                {
                     tracing::error!(delivery = id, error = %e, "deferring a delivery failed");
                 }
                 return;
@@ -367,11 +413,12 @@ impl Dispatcher {
             error: sent.error.clone(),
             response_excerpt: sent.excerpt.clone(),
         };
-        let (policy_id, address, id) = (d.policy_id, d.target.address.clone(), d.id);
+        let (policy_id, address, id, token) =
+            (d.policy_id, d.target.address.clone(), d.id, d.token);
         let result = self
             .store
             .write(move |c| {
-                outbox::record(c, &attempt, next)?;
+                outbox::record(c, &attempt, next, token)?;
                 if gone && let Some(idx) = outbox::target_index(c, id)? {
                     outbox::disable_target(
                         c,
@@ -421,7 +468,7 @@ mod tests {
     use crate::events::{Event, EventKind};
 
     fn dispatcher(cfg: NotificationConfig, dir: &std::path::Path) -> Dispatcher {
-        let store = Store::open(dir, store::Synchronous::Normal).unwrap();
+        let store = Store::open_sqlite(dir, store::Synchronous::Normal).unwrap();
         let sender = Sender::new(Arc::new(Guard::default()), Duration::from_secs(1), None).unwrap();
         Dispatcher::new(
             store,
@@ -429,6 +476,7 @@ mod tests {
             cfg,
             Arc::new(Metrics::new()),
             Arc::new(AtomicBool::new(true)),
+            Duration::from_secs(60),
         )
     }
 
@@ -454,6 +502,7 @@ mod tests {
                 ..Target::http(address)
             },
             attempts: 0,
+            token: 1,
         }
     }
 

@@ -12,14 +12,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::Connection;
-
 use super::{Event, EventKind};
 use crate::metrics::Metrics;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Db, Store, StoreError};
 
-/// Extra writes in the event's transaction (knowledge updates); may adjust the event.
-pub type With = Box<dyn FnOnce(&Connection, &mut Event) -> Result<(), StoreError> + Send>;
+/// Extra writes in the event's transaction (knowledge updates); may adjust the event, and
+/// returns whether the event is still to be recorded (`false`: it turned out to be part of
+/// another, e.g. the platform manifest of an index the client just pulled through another
+/// replica).
+pub type With = Box<dyn FnOnce(&Db<'_>, &mut Event) -> Result<bool, StoreError> + Send>;
 
 /// See the module doc.
 #[derive(Clone)]
@@ -42,11 +43,13 @@ impl Sink {
             .store
             .write(move |c| {
                 let mut event = event;
-                if let Some(w) = with {
-                    w(c, &mut event)?;
+                if let Some(w) = with
+                    && !w(c, &mut event)?
+                {
+                    return Ok(c.take_published());
                 }
                 store::events::insert(c, &event, hold_until)?;
-                Ok(store::events::take_published())
+                Ok(c.take_published())
             })
             .await;
         self.account(kind, id, result)
@@ -60,11 +63,13 @@ impl Sink {
         self.store.write_detached(
             move |c| {
                 let mut event = event;
-                if let Some(w) = with {
-                    w(c, &mut event)?;
+                if let Some(w) = with
+                    && !w(c, &mut event)?
+                {
+                    return Ok(c.take_published());
                 }
                 store::events::insert(c, &event, None)?;
-                Ok(store::events::take_published())
+                Ok(c.take_published())
             },
             move |result| {
                 sink.account(kind, id, result);
@@ -144,10 +149,7 @@ impl Sink {
                 .store
                 .write(|c| {
                     store::events::publish_due(c, store::now_ms())?;
-                    Ok((
-                        store::events::take_published(),
-                        store::events::next_release(c)?,
-                    ))
+                    Ok((c.take_published(), store::events::next_release(c)?))
                 })
                 .await
                 .map(|(published, next)| {

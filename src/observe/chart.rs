@@ -322,7 +322,7 @@ async fn upload(
         size: Some(uploaded.size),
     };
     if let Some(e) = chart_event(app, &who, EventKind::UploadChart, &facts) {
-        let with: With = Box::new(move |c, _| charts::remember(c, &facts));
+        let with: With = Box::new(move |c, _| charts::remember(c, &facts).map(|()| true));
         app.events.durable(e, None, Some(with)).await;
     }
     resp.map(Body::new)
@@ -753,8 +753,9 @@ async fn delete(
         return resp;
     }
     if let Some(e) = chart_event(app, &who, EventKind::DeleteChart, &facts) {
-        let with: With =
-            Box::new(move |c, _| charts::forget(c, &facts.project, &facts.name, &facts.version));
+        let with: With = Box::new(move |c, _| {
+            charts::forget(c, &facts.project, &facts.name, &facts.version).map(|()| true)
+        });
         app.events.durable(e, None, Some(with)).await;
     }
     resp

@@ -8,6 +8,13 @@
 //!   and is not a second event.
 //!
 //! Entries expire after `ttl`; the maps are bounded (oldest half dropped when full).
+//!
+//! With several replicas (the PostgreSQL store), what a client resolved is also written to the
+//! store in the background ([`crate::store::recent`]), and the event job of a pull that this
+//! process cannot attribute looks there: a client whose HEAD went to replica A and whose GET
+//! went to replica B still gets its tag. The limit that remains: the background write of A
+//! must have committed before B's pull event is written (a few milliseconds; a client that
+//! pulls faster than that may see a pull reported without its tag).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,6 +63,13 @@ pub struct Recent {
     max: usize,
     tags: Mutex<Map<String>>,
     children: Mutex<Map<String>>,
+    /// The store other replicas see (PostgreSQL only).
+    shared: Option<crate::store::Store>,
+}
+
+/// The client part of a shared row's key.
+pub fn client_key(ip: IpAddr, operator: &str) -> String {
+    format!("{ip} {operator}")
 }
 
 impl Recent {
@@ -69,7 +83,55 @@ impl Recent {
             children: Mutex::new(Map {
                 entries: HashMap::new(),
             }),
+            shared: None,
         }
+    }
+
+    /// Also write what clients resolve to `store` (several replicas), when given.
+    pub fn shared_through(mut self, store: Option<crate::store::Store>) -> Self {
+        self.shared = store;
+        self
+    }
+
+    /// Is what this process remembers shared with other replicas?
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// How far back a shared row counts (unix ms).
+    pub fn since(&self) -> i64 {
+        crate::store::now_ms() - self.ttl.as_millis() as i64
+    }
+
+    fn share(
+        &self,
+        rows: Vec<(
+            String,
+            String,
+            String,
+            crate::store::recent::RecentKind,
+            String,
+        )>,
+    ) {
+        let Some(store) = &self.shared else {
+            return;
+        };
+        let now = crate::store::now_ms();
+        store.write_detached(
+            move |c| {
+                for (client, repository, digest, kind, value) in &rows {
+                    crate::store::recent::remember(
+                        c, client, repository, digest, *kind, value, now,
+                    )?;
+                }
+                Ok(())
+            },
+            |r| {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "sharing what a client resolved failed");
+                }
+            },
+        );
     }
 
     fn key(ip: IpAddr, operator: &str, repository: &str, digest: &str) -> Key {
@@ -97,6 +159,15 @@ impl Recent {
                 self.max,
                 self.ttl,
             );
+        }
+        if self.shared.is_some() {
+            self.share(vec![(
+                client_key(ip, operator),
+                repository.to_string(),
+                digest.to_string(),
+                crate::store::recent::RecentKind::Tag,
+                tag.to_string(),
+            )]);
         }
     }
 
@@ -129,6 +200,23 @@ impl Recent {
                     self.ttl,
                 );
             }
+        }
+        if self.shared.is_some() {
+            let client = client_key(ip, operator);
+            self.share(
+                children
+                    .iter()
+                    .map(|c| {
+                        (
+                            client.clone(),
+                            repository.to_string(),
+                            c.clone(),
+                            crate::store::recent::RecentKind::ParentIndex,
+                            index.to_string(),
+                        )
+                    })
+                    .collect(),
+            );
         }
     }
 

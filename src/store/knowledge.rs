@@ -1,12 +1,9 @@
-//! Knowledge: what wharf learned from traffic about artifacts (manifests) and tags, so events
-//! can carry sizes, tags and chart facts that a single request does not show.
-
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::db::{Db, json};
 use super::{StoreError, now_ms};
+use crate::args;
 use crate::events::ChartInfo;
-
 /// One manifest wharf has seen.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -25,84 +22,83 @@ pub struct Artifact {
     pub blobs: Vec<(String, u64)>,
 }
 
-fn json<T: Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Sql(e.to_string()))
-}
-
 fn parse<T: for<'de> Deserialize<'de> + Default>(s: Option<String>) -> T {
     s.and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default()
 }
 
 /// Insert or replace an artifact.
-pub fn upsert_artifact(conn: &Connection, a: &Artifact) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
+pub fn upsert_artifact(db: &Db<'_>, a: &Artifact) -> Result<(), StoreError> {
+    let chart = a.chart.as_ref().map(json).transpose()?;
+    let (platforms, children, blobs) = (json(&a.platforms)?, json(&a.children)?, json(&a.blobs)?);
+    db.exec(
+        "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (repository, digest) DO UPDATE SET kind = excluded.kind, media_type = excluded.media_type,
            size = excluded.size, config_digest = excluded.config_digest, chart = excluded.chart,
-           platforms = excluded.platforms, children = excluded.children, blobs = excluded.blobs")?.execute(
-        params![
-            a.repository,
-            a.digest,
-            a.kind,
-            a.media_type,
-            a.size.map(|s| s as i64),
-            a.config_digest,
-            a.chart.as_ref().map(json).transpose()?,
-            json(&a.platforms)?,
-            json(&a.children)?,
-            json(&a.blobs)?,
+           platforms = excluded.platforms, children = excluded.children, blobs = excluded.blobs",
+        args![
+            &a.repository,
+            &a.digest,
+            &a.kind,
+            a.media_type.as_deref(),
+            a.size.map(clamp_size),
+            a.config_digest.as_deref(),
+            chart.as_deref(),
+            &platforms,
+            &children,
+            &blobs,
             now_ms(),
         ],
     )?;
     Ok(())
 }
 
+/// A size as stored (a BIGINT column): at most `i64::MAX`.
+pub fn clamp_size(size: u64) -> i64 {
+    i64::try_from(size).unwrap_or(i64::MAX)
+}
+
 /// The artifact `digest` of `repository`, if known.
 pub fn artifact(
-    conn: &Connection,
+    db: &Db<'_>,
     repository: &str,
     digest: &str,
 ) -> Result<Option<Artifact>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT kind, media_type, size, config_digest, chart, platforms, children, blobs
-             FROM artifacts WHERE repository = ?1 AND digest = ?2",
-        )?
-        .query_row(params![repository, digest], |r| {
+    db.row(
+        "SELECT kind, media_type, size, config_digest, chart, platforms, children, blobs
+         FROM artifacts WHERE repository = ?1 AND digest = ?2",
+        args![repository, digest],
+        |r| {
             Ok(Artifact {
                 repository: repository.to_string(),
                 digest: digest.to_string(),
-                kind: r.get(0)?,
-                media_type: r.get(1)?,
-                size: r.get::<_, Option<i64>>(2)?.map(|s| s.max(0) as u64),
-                config_digest: r.get(3)?,
-                chart: r
-                    .get::<_, Option<String>>(4)?
-                    .and_then(|s| serde_json::from_str(&s).ok()),
-                platforms: parse(r.get(5)?),
-                children: parse(r.get(6)?),
-                blobs: parse(r.get(7)?),
+                kind: r.text(0)?,
+                media_type: r.opt_text(1)?,
+                size: r.opt_u64(2)?,
+                config_digest: r.opt_text(3)?,
+                chart: r.opt_text(4)?.and_then(|s| serde_json::from_str(&s).ok()),
+                platforms: parse(r.opt_text(5)?),
+                children: parse(r.opt_text(6)?),
+                blobs: parse(r.opt_text(7)?),
             })
-        })
-        .optional()?)
+        },
+    )
 }
 
-/// Sum of the known sizes of `digests` in `repository`, and how many were known.
+/// Sum of the known sizes of `digests` in `repository` (saturating), and how many were known.
 pub fn known_size(
-    conn: &Connection,
+    db: &Db<'_>,
     repository: &str,
     digests: &[String],
 ) -> Result<(u64, usize), StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT size FROM artifacts WHERE repository = ?1 AND digest = ?2")?;
     let (mut sum, mut known) = (0u64, 0usize);
     for d in digests {
-        let size: Option<Option<i64>> = stmt
-            .query_row(params![repository, d], |r| r.get(0))
-            .optional()?;
-        if let Some(Some(s)) = size {
-            sum += s.max(0) as u64;
+        if let Some(s) = db.int(
+            "SELECT size FROM artifacts WHERE repository = ?1 AND digest = ?2",
+            args![repository, d],
+        )? {
+            sum = sum.saturating_add(s.max(0) as u64);
             known += 1;
         }
     }
@@ -110,51 +106,90 @@ pub fn known_size(
 }
 
 /// Point `tag` of `repository` at `digest`.
-pub fn set_tag(
-    conn: &Connection,
-    repository: &str,
-    tag: &str,
-    digest: &str,
-) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO tags (repository, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at")?.execute(
-        params![repository, tag, digest, now_ms()],
+pub fn set_tag(db: &Db<'_>, repository: &str, tag: &str, digest: &str) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO tags (repository, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+        args![repository, tag, digest, now_ms()],
     )?;
     Ok(())
 }
 
 /// Tags of `repository` known to point at `digest`, sorted.
-pub fn tags_of(
-    conn: &Connection,
-    repository: &str,
-    digest: &str,
-) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn tags_of(db: &Db<'_>, repository: &str, digest: &str) -> Result<Vec<String>, StoreError> {
+    db.rows(
         "SELECT tag FROM tags WHERE repository = ?1 AND digest = ?2 ORDER BY tag",
-    )?;
-    let tags = stmt
-        .query_map(params![repository, digest], |r| r.get(0))?
-        .collect::<Result<Vec<String>, _>>()?;
-    Ok(tags)
+        args![repository, digest],
+        |r| r.text(0),
+    )
 }
 
 /// Forget an artifact and the tags that pointed at it (it was deleted).
-pub fn forget(conn: &Connection, repository: &str, digest: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM tags WHERE repository = ?1 AND digest = ?2")?
-        .execute(params![repository, digest])?;
-    conn.prepare_cached("DELETE FROM artifacts WHERE repository = ?1 AND digest = ?2")?
-        .execute(params![repository, digest])?;
+pub fn forget(db: &Db<'_>, repository: &str, digest: &str) -> Result<(), StoreError> {
+    db.exec(
+        "DELETE FROM tags WHERE repository = ?1 AND digest = ?2",
+        args![repository, digest],
+    )?;
+    db.exec(
+        "DELETE FROM artifacts WHERE repository = ?1 AND digest = ?2",
+        args![repository, digest],
+    )?;
     Ok(())
 }
 
 /// The digest `tag` of `repository` points at, as far as wharf knows.
 pub fn digest_of_tag(
-    conn: &Connection,
+    db: &Db<'_>,
     repository: &str,
     tag: &str,
 ) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT digest FROM tags WHERE repository = ?1 AND tag = ?2")?
-        .query_row(params![repository, tag], |r| r.get(0))
-        .optional()?)
+    db.text(
+        "SELECT digest FROM tags WHERE repository = ?1 AND tag = ?2",
+        args![repository, tag],
+    )
+}
+
+/// What learning a manifest changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learned {
+    /// wharf did not know the manifest before.
+    pub new: bool,
+    /// The project's usage before and after, when the manifest was new.
+    pub usage: Option<(u64, u64)>,
+}
+
+/// Learn a manifest seen pushed (or found by `wharf quota rescan`): remember it and its tag,
+/// and when it is new to wharf count the blobs it references in its project's usage.
+pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Learned, StoreError> {
+    let new = artifact(db, &a.repository, &a.digest)?.is_none();
+    upsert_artifact(db, a)?;
+    if let Some(t) = tag {
+        set_tag(db, &a.repository, t, &a.digest)?;
+    }
+    let usage = if new {
+        let project = a.repository.split('/').next().unwrap_or(&a.repository);
+        Some(super::quota::add_refs(db, project, &a.blobs)?)
+    } else {
+        None
+    };
+    Ok(Learned { new, usage })
+}
+
+/// Forget a deleted manifest: its tags, and the space its blobs took (blobs other manifests
+/// of the project use stay counted). Returns the project's usage before and after, when wharf
+/// knew the manifest.
+pub fn forget_manifest(
+    db: &Db<'_>,
+    repository: &str,
+    digest: &str,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let usage = match artifact(db, repository, digest)? {
+        Some(gone) => {
+            let project = repository.split('/').next().unwrap_or(repository);
+            Some(super::quota::remove_refs(db, project, &gone.blobs)?)
+        }
+        None => None,
+    };
+    forget(db, repository, digest)?;
+    Ok(usage)
 }

@@ -1,52 +1,130 @@
-//! Store: the embedded SQLite database under `data_dir` — event log, outbox, knowledge.
+//! Store: every piece of wharf's state — event log, outbox (deliveries and attempts), policies
+//! and settings, knowledge, quota usage, chart facts — behind one interface with two backends:
 //!
-//! One writer thread owns the write connection and commits in groups: every job queued while
-//! the previous transaction ran goes into the next one, each inside its own savepoint (a failing
-//! job rolls back alone). A caller that awaits [`Store::write`] gets its answer only after the
-//! COMMIT, so "the event is committed before the client sees success" is a plain `.await`.
-//! [`Store::write_detached`] queues without waiting (pull events), and such background writes
-//! wait up to [`BACKGROUND_WINDOW`] (10 ms) to share a commit: what sits in the queue when the
-//! process is killed is lost; the queue is drained on graceful shutdown.
+//! - the embedded SQLite database `<data_dir>/wharf.db` (the default; one instance), see
+//!   [`sqlite`]: one writer thread, group commit;
+//! - a PostgreSQL database shared by any number of replicas (`store.url`), see [`pg`]: a
+//!   bounded pool, each write job in its own transaction.
 //!
-//! Durability: WAL journal. `store.synchronous: normal` (default) survives a killed process
-//! (`kill -9`) but not an OS crash — the same as the registry's own filesystem storage, which
-//! does not fsync either; `full` fsyncs every group commit (≈4 ms on this machine's disk).
-//! Reads use a small pool of read-only connections and see only committed data.
+//! Store functions are written once, against [`db::Db`], in a dialect both backends speak.
+//! A caller that awaits [`Store::write`] gets its answer only after the COMMIT, so "the event
+//! is committed before the client sees success" is a plain `.await`. [`Store::write_detached`]
+//! queues without waiting (pull events). What a job did that matters after COMMIT (events
+//! published, deliveries created, policies changed) travels on the job's [`db::Db`], not on a
+//! side channel.
+//!
+//! Policies are cached per process ([`PolicyCache`]); a policy write drops this process's
+//! cache after its COMMIT and moves the policy version on, which every replica checks once a
+//! second ([`Store::policy_version`]): a replica acts on a changed policy at most about one
+//! second late.
 
 pub mod charts;
+pub mod copy;
+pub mod db;
 pub mod events;
 pub mod knowledge;
 pub mod outbox;
+pub mod pg;
 pub mod policies;
 pub mod quota;
+pub mod recent;
+pub mod schema;
+pub mod sqlite;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-/// Store failures.
+pub use db::{Backend, Db};
+pub use sqlite::BACKGROUND_WINDOW;
+
+use crate::args;
+use crate::config::StoreConfig;
+
+/// Store failures. The database's own error is kept as the source.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
-    Sql(String),
+    Sqlite(#[source] Arc<rusqlite::Error>),
+    #[error("database: {}", pg_message(.0))]
+    Postgres(#[source] Arc<tokio_postgres::Error>),
+    #[error("database: cannot encode a value: {0}")]
+    Encode(#[source] Arc<serde_json::Error>),
+    #[error("database: {0}")]
+    Io(#[source] Arc<std::io::Error>),
     #[error("database is closed")]
     Closed,
-    #[error("cannot create data_dir {path}: {reason}")]
-    DataDir { path: PathBuf, reason: String },
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("database: no connection within {0:?} (store.pool_size, store.connect_timeout)")]
+    PoolTimeout(Duration),
+    #[error(
+        "database schema version {found} is newer than this wharf knows ({known}): run a wharf at least as new as the one that migrated it"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error(transparent)]
+    Setup(Arc<pg::PgSetupError>),
+    #[error("database task failed: {0}")]
+    Task(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sql(e.to_string())
+        StoreError::Sqlite(Arc::new(e))
     }
 }
 
-/// `PRAGMA synchronous` of the write connection.
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::Postgres(Arc::new(e))
+    }
+}
+
+/// PostgreSQL's own message (with its SQLSTATE) where there is one; the driver's otherwise.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+impl StoreError {
+    /// A uniqueness constraint refused the write (a duplicate name, say).
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => matches!(
+                e.as_ref(),
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
+            StoreError::Postgres(e) => {
+                e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `PRAGMA synchronous` of the SQLite write connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
@@ -57,51 +135,10 @@ pub enum Synchronous {
     Full,
 }
 
-/// A queued write: `run` executes inside its own savepoint and says whether it succeeded (else
-/// the savepoint is rolled back); `done` gets the outcome of the COMMIT (or the reason the job
-/// never ran) and answers the caller.
-struct Job {
-    run: Box<dyn FnOnce(&Connection) -> bool + Send>,
-    done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
-    /// Someone waits for this commit ([`Store::write`]); background jobs
-    /// ([`Store::write_detached`]) may wait up to [`BACKGROUND_WINDOW`] for company.
-    urgent: bool,
-}
-
-impl Job {
-    fn new<T: Send + 'static>(
-        urgent: bool,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
-    ) -> Job {
-        let slot: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        Job {
-            run: Box::new(move |conn| {
-                let r = f(conn);
-                let ok = r.is_ok();
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some(r);
-                }
-                ok
-            }),
-            done: Box::new(move |commit| {
-                let r = out.lock().ok().and_then(|mut s| s.take());
-                answer(match (commit, r) {
-                    (Err(e), _) => Err(e),
-                    (Ok(()), Some(r)) => r,
-                    (Ok(()), None) => Err(StoreError::Closed),
-                });
-            }),
-            urgent,
-        }
-    }
-}
-
 /// Counters of the store (exported as metrics).
 #[derive(Debug, Default)]
 pub struct StoreStats {
-    /// Group commits done.
+    /// Commits done (SQLite: group commits; PostgreSQL: write transactions).
     pub commits: AtomicU64,
     /// Jobs committed.
     pub jobs: AtomicU64,
@@ -109,68 +146,194 @@ pub struct StoreStats {
     pub failed_jobs: AtomicU64,
 }
 
-/// Handle to the database. Cheap to clone.
+/// What fan-out reads for every event, cached per process (see the module doc).
+#[derive(Default)]
+pub struct PolicyCache {
+    state: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    /// Moves on with every invalidation: a value loaded under an older generation is stale.
+    generation: u64,
+    notification_enabled: Option<bool>,
+    by_project: HashMap<String, Arc<Vec<policies::Fanout>>>,
+}
+
+impl PolicyCache {
+    /// Forget everything cached.
+    pub fn invalidate(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.generation += 1;
+            s.notification_enabled = None;
+            s.by_project.clear();
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.state.lock().map(|s| s.generation).unwrap_or(0)
+    }
+
+    /// The cached policies of `project`.
+    pub fn policies(&self, project: &str) -> Option<Arc<Vec<policies::Fanout>>> {
+        self.state.lock().ok()?.by_project.get(project).cloned()
+    }
+
+    /// Cache `list`, loaded while the cache was at `generation` (dropped if it moved on since:
+    /// the list may predate a policy change).
+    pub fn put_policies(&self, generation: u64, project: &str, list: Arc<Vec<policies::Fanout>>) {
+        if let Ok(mut s) = self.state.lock()
+            && s.generation == generation
+        {
+            if s.by_project.len() > 10_000 {
+                s.by_project.clear();
+            }
+            s.by_project.insert(project.to_string(), list);
+        }
+    }
+
+    pub fn notification_enabled(&self) -> Option<bool> {
+        self.state.lock().ok()?.notification_enabled
+    }
+
+    pub fn put_notification_enabled(&self, generation: u64, on: bool) {
+        if let Ok(mut s) = self.state.lock()
+            && s.generation == generation
+        {
+            s.notification_enabled = Some(on);
+        }
+    }
+
+    /// The generation to pass to `put_*` for a value about to be loaded.
+    pub fn loading(&self) -> u64 {
+        self.generation()
+    }
+}
+
+enum BackendImpl {
+    Sqlite(sqlite::Sqlite),
+    Postgres(Arc<pg::Pg>),
+}
+
+/// Handle to the store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    path: PathBuf,
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    readers: Mutex<Vec<Connection>>,
+    backend: BackendImpl,
     stats: Arc<StoreStats>,
     outbox: Arc<tokio::sync::Notify>,
+    cache: Arc<PolicyCache>,
+    /// Detached PostgreSQL writes still running (awaited by [`Store::close`]).
+    detached: tokio_util::task::TaskTracker,
 }
 
-const MAX_BATCH: usize = 512;
-/// How long background writes (pull events) may wait to be committed together with others:
-/// the window a killed process can lose them in.
-pub const BACKGROUND_WINDOW: Duration = Duration::from_millis(10);
-const MAX_IDLE_READERS: usize = 4;
+/// Wakes the dispatcher and drops cached policies after a commit.
+fn after_commit(outbox: &tokio::sync::Notify, cache: &PolicyCache, effects: &db::Effects) {
+    if effects.policies {
+        cache.invalidate();
+    }
+    if effects.deliveries {
+        outbox.notify_one();
+    }
+}
 
 impl Store {
-    /// Open (creating if needed) `<data_dir>/wharf.db`, migrate, start the writer thread.
-    pub fn open(data_dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
-            path: data_dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let path = data_dir.join("wharf.db");
-        let conn = Connection::open(&path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match sync {
-                Synchronous::Normal => "NORMAL",
-                Synchronous::Full => "FULL",
-            },
-        )?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        tune(&conn)?;
-        migrate(&conn)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+    /// Open the store `config` names: PostgreSQL at `store.url`, else SQLite in `data_dir`.
+    /// Migrates the schema (see [`schema`]).
+    pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        if config.url.is_none() {
+            return Store::open_sqlite(data_dir, config.synchronous);
+        }
+        let settings =
+            pg::PgSettings::from_config(config).map_err(|e| StoreError::Setup(Arc::new(e)))?;
+        // one connection of the pool size is the policy-version watch's
+        let pool = pg::Pg::new(
+            settings,
+            config.pool_size.saturating_sub(1).max(2),
+            config.connect_timeout,
+        );
+        migrate_pg(&pool).await?;
+        Ok(Store::with_backend(BackendImpl::Postgres(pool)))
+    }
+
+    /// Connect to the PostgreSQL database `config` names without changing anything; its
+    /// schema version (`None`: not initialized yet). A schema newer than this binary knows is
+    /// an error. (For `wharf check-config`.)
+    pub async fn probe(config: &StoreConfig) -> Result<Option<i64>, StoreError> {
+        let settings =
+            pg::PgSettings::from_config(config).map_err(|e| StoreError::Setup(Arc::new(e)))?;
+        let client = tokio::time::timeout(config.connect_timeout, settings.connect())
+            .await
+            .map_err(|_| StoreError::PoolTimeout(config.connect_timeout))??;
+        let exists = client
+            .query_one("SELECT to_regclass('wharf_schema') IS NOT NULL", &[])
+            .await?
+            .try_get::<_, bool>(0)?;
+        if !exists {
+            return Ok(None);
+        }
+        let v: Option<i64> = client
+            .query_one("SELECT MAX(version) FROM wharf_schema", &[])
+            .await?
+            .try_get(0)?;
+        let v = v.unwrap_or(0);
+        schema::refuse_newer(v)?;
+        Ok(Some(v))
+    }
+
+    /// Open (creating if needed) the SQLite database `<data_dir>/wharf.db` and migrate it.
+    pub fn open_sqlite(data_dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
-        let thread_stats = stats.clone();
+        let cache = Arc::new(PolicyCache::default());
         let outbox = Arc::new(tokio::sync::Notify::new());
-        let thread_outbox = outbox.clone();
-        let writer = std::thread::Builder::new()
-            .name("wharf-db-writer".into())
-            .spawn(move || writer_loop(conn, rx, thread_stats, thread_outbox))
-            .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
+        let (o, c) = (outbox.clone(), cache.clone());
+        let lite = sqlite::Sqlite::open(
+            data_dir,
+            sync,
+            stats.clone(),
+            cache.clone(),
+            Box::new(move |e| after_commit(&o, &c, e)),
+        )?;
         Ok(Store {
             inner: Arc::new(Inner {
-                path,
-                tx: Mutex::new(Some(tx)),
-                writer: Mutex::new(Some(writer)),
-                readers: Mutex::new(Vec::new()),
+                backend: BackendImpl::Sqlite(lite),
                 stats,
                 outbox,
+                cache,
+                detached: tokio_util::task::TaskTracker::new(),
             }),
         })
+    }
+
+    fn with_backend(backend: BackendImpl) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                backend,
+                stats: Arc::new(StoreStats::default()),
+                outbox: Arc::new(tokio::sync::Notify::new()),
+                cache: Arc::new(PolicyCache::default()),
+                detached: tokio_util::task::TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// Which backend this store uses.
+    pub fn backend(&self) -> Backend {
+        match self.inner.backend {
+            BackendImpl::Sqlite(_) => Backend::Sqlite,
+            BackendImpl::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Where the data lives, for messages (a file, or `host:port/db`; never a password).
+    pub fn location(&self) -> String {
+        match &self.inner.backend {
+            BackendImpl::Sqlite(s) => s.path().display().to_string(),
+            BackendImpl::Postgres(p) => format!("postgres://{}", p.settings().display),
+        }
     }
 
     /// Notified after every commit that created deliveries (wakes the dispatcher).
@@ -183,358 +346,267 @@ impl Store {
         self.inner.stats.clone()
     }
 
-    fn submit(&self, job: Job) -> Result<(), Job> {
-        let guard = match self.inner.tx.lock() {
-            Ok(g) => g,
-            Err(_) => return Err(job),
-        };
-        match guard.as_ref() {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
-        }
+    /// This process's policy cache.
+    pub fn policy_cache(&self) -> Arc<PolicyCache> {
+        self.inner.cache.clone()
     }
 
-    /// Run `f` in the next group commit; resolves after COMMIT with `f`'s result.
+    /// Run `f` in a write transaction; resolves after COMMIT with `f`'s result (an error rolls
+    /// `f`'s writes back).
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job = Job::new(true, f, move |r| {
-            let _ = tx.send(r);
-        });
-        if let Err(job) = self.submit(job) {
-            (job.done)(Err(StoreError::Closed));
+        match &self.inner.backend {
+            BackendImpl::Sqlite(lite) => {
+                let (tx, rx) = oneshot::channel();
+                let job = sqlite::Job::new(true, f, move |r| {
+                    let _ = tx.send(r);
+                });
+                if let Err(job) = lite.submit(job) {
+                    job.refuse();
+                }
+                rx.await.map_err(|_| StoreError::Closed)?
+            }
+            BackendImpl::Postgres(pool) => self.write_pg(pool.clone(), f).await,
         }
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Queue `f` for a group commit without waiting (see [`BACKGROUND_WINDOW`]); `answer` gets
-    /// its result once committed (or the failure), on the writer thread: keep it short.
+    async fn write_pg<T, F>(&self, pool: Arc<pg::Pg>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = pool.acquire().await?;
+        let cache = self.inner.cache.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let db = Db::postgres(&conn).with_cache(&cache);
+            conn.batch("BEGIN")?;
+            match f(&db) {
+                Ok(v) => {
+                    conn.batch("COMMIT")?;
+                    Ok((v, db.take_effects()))
+                }
+                Err(e) => {
+                    let _ = conn.batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        let stats = &self.inner.stats;
+        match done {
+            Ok((v, effects)) => {
+                after_commit(&self.inner.outbox, &self.inner.cache, &effects);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.jobs.fetch_add(1, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) => {
+                stats.failed_jobs.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Queue `f` for a write without waiting (SQLite: the next group commit, see
+    /// [`BACKGROUND_WINDOW`]); `answer` gets its result once committed (or the failure): keep
+    /// it short.
     pub fn write_detached<T, F>(
         &self,
         f: F,
         answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
     ) where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let job = Job::new(false, f, answer);
-        if let Err(job) = self.submit(job) {
-            (job.done)(Err(StoreError::Closed));
+        match &self.inner.backend {
+            BackendImpl::Sqlite(lite) => {
+                let job = sqlite::Job::new(false, f, answer);
+                if let Err(job) = lite.submit(job) {
+                    job.refuse();
+                }
+            }
+            BackendImpl::Postgres(pool) => {
+                if self.inner.detached.is_closed() {
+                    answer(Err(StoreError::Closed));
+                    return;
+                }
+                let (me, pool) = (self.clone(), pool.clone());
+                let run = async move { answer(me.write_pg(pool, f).await) };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(self.inner.detached.track_future(run));
+                    }
+                    Err(_) => tracing::error!("a background write outside the runtime was dropped"),
+                }
+            }
         }
     }
 
-    /// Run a read-only query on a pooled connection (off the async threads).
+    /// Run a read-only query (off the async threads). It sees committed data only.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().ok().and_then(|mut v| v.pop());
-            let conn = match pooled {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open_with_flags(
-                        &inner.path,
-                        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    c.busy_timeout(Duration::from_secs(5))?;
-                    tune(&c)?;
-                    c
-                }
-            };
-            let out = f(&conn);
-            if let Ok(mut v) = inner.readers.lock()
-                && v.len() < MAX_IDLE_READERS
-            {
-                v.push(conn);
+        match &self.inner.backend {
+            BackendImpl::Sqlite(_) => tokio::task::spawn_blocking(move || match &inner.backend {
+                BackendImpl::Sqlite(lite) => lite.read(&inner.cache, f),
+                BackendImpl::Postgres(_) => Err(StoreError::Closed),
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?,
+            BackendImpl::Postgres(pool) => {
+                let conn = pool.acquire().await?;
+                tokio::task::spawn_blocking(
+                    move || f(&Db::postgres(&conn).with_cache(&inner.cache)),
+                )
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
             }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Sql(format!("read task failed: {e}")))?
+        }
     }
 
-    /// Stop taking writes, commit everything queued, stop the writer thread.
-    pub async fn close(&self) {
-        if let Ok(mut tx) = self.inner.tx.lock() {
-            tx.take();
+    /// Is the database reachable? (For `/readyz`.)
+    pub async fn check(&self) -> Result<(), StoreError> {
+        self.read(|db| db.int("SELECT 1", &[]).map(|_| ())).await
+    }
+
+    /// The policy version (moves on with every policy or notification-switch change, on any
+    /// replica).
+    pub async fn policy_version(&self) -> Result<i64, StoreError> {
+        self.read(|db| {
+            Ok(db
+                .int("SELECT n FROM meta WHERE key = 'policy_version'", &[])?
+                .unwrap_or(0))
+        })
+        .await
+    }
+
+    /// The schema version of the database.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        match &self.inner.backend {
+            BackendImpl::Sqlite(_) => {
+                self.read(|db| match db.as_sqlite() {
+                    Some(c) => sqlite::version(c),
+                    None => Err(StoreError::Closed),
+                })
+                .await
+            }
+            BackendImpl::Postgres(_) => {
+                self.read(|db| {
+                    Ok(db
+                        .int("SELECT MAX(version) FROM wharf_schema", &[])?
+                        .unwrap_or(0))
+                })
+                .await
+            }
         }
-        let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
+
+    /// Stop taking writes, commit everything queued, close connections.
+    pub async fn close(&self) {
+        match &self.inner.backend {
+            BackendImpl::Sqlite(lite) => lite.close().await,
+            BackendImpl::Postgres(pool) => {
+                self.inner.detached.close();
+                self.inner.detached.wait().await;
+                pool.close();
+            }
         }
     }
 }
 
-fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    stats: Arc<StoreStats>,
-    outbox_notify: Arc<tokio::sync::Notify>,
+/// Once a minute: forget what clients resolved longer ago than `attribution_window`, lapsed
+/// quota reservations, and target versions no delivery needs any more. Runs until `shutdown`.
+pub async fn run_housekeeping(
+    store: Store,
+    attribution_window: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        let mut deadline: Option<std::time::Instant> = None;
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(mpsc::TryRecvError::Disconnected) => break,
-                Err(mpsc::TryRecvError::Empty) => {
-                    // someone waits: commit now; only background jobs: gather a few more
-                    if batch.iter().any(|j| j.urgent) {
-                        break;
-                    }
-                    let until = *deadline
-                        .get_or_insert_with(|| std::time::Instant::now() + BACKGROUND_WINDOW);
-                    let left = until.saturating_duration_since(std::time::Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(j) => batch.push(j),
-                        Err(_) => break,
-                    }
-                }
-            }
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = shutdown.cancelled() => return,
         }
-        let n = batch.len();
-        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
-            let err = StoreError::from(e);
-            tracing::error!(error = %err, jobs = n, "database: cannot begin a transaction");
-            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-            for job in batch {
-                (job.done)(Err(err.clone()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        let mut dones = Vec::with_capacity(n);
-        let mut failed = 0u64;
-        for job in batch {
-            events::take_published();
-            let savepoint = exec_cached(&conn, "SAVEPOINT job").is_ok();
-            let ok = (job.run)(&conn);
-            if savepoint {
-                let _ = if ok {
-                    exec_cached(&conn, "RELEASE job")
-                } else {
-                    exec_cached(&conn, "ROLLBACK TO job")
-                        .and_then(|_| exec_cached(&conn, "RELEASE job"))
-                };
-            }
-            failed += u64::from(!ok);
-            dones.push(job.done);
-        }
-        let commit = exec_cached(&conn, "COMMIT")
-            .map(|_| ())
-            .map_err(StoreError::from);
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = n, "database: commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-            outbox::take_created();
-        } else {
-            if outbox::take_created() {
-                outbox_notify.notify_one();
-            }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
-            stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
-        }
-        for done in dones {
-            done(commit.clone());
+        let before = now_ms() - attribution_window.as_millis() as i64;
+        let result = store
+            .write(move |c| {
+                recent::prune(c, before)?;
+                quota::prune_reservations(c, now_ms())?;
+                policies::drop_unused_targets(c, None)
+            })
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(StoreError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "store housekeeping failed"),
         }
     }
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+/// Bring a PostgreSQL schema to the latest version, under the advisory lock (see [`schema`]).
+async fn migrate_pg(pool: &Arc<pg::Pg>) -> Result<i64, StoreError> {
+    let conn = pool.acquire().await?;
+    tokio::task::spawn_blocking(move || {
+        conn.batch(&format!(
+            "SELECT pg_advisory_lock({});
+             CREATE TABLE IF NOT EXISTS wharf_schema (version BIGINT NOT NULL, migrated_at BIGINT NOT NULL)",
+            schema::PG_MIGRATION_LOCK
+        ))?;
+        let result = (|| {
+            let db = Db::postgres(&conn);
+            let found = db
+                .int("SELECT MAX(version) FROM wharf_schema", &[])?
+                .unwrap_or(0);
+            schema::refuse_newer(found)?;
+            for (i, m) in schema::MIGRATIONS.iter().enumerate() {
+                let target = i as i64 + 1;
+                if found >= target {
+                    continue;
+                }
+                conn.batch("BEGIN")?;
+                let step = (|| {
+                    if !m.postgres.is_empty() {
+                        conn.batch(m.postgres)?;
+                    }
+                    if let Some(then) = m.then {
+                        then(&db)?;
+                    }
+                    db.exec(
+                        "INSERT INTO wharf_schema (version, migrated_at) VALUES (?1, ?2)",
+                        args![target, now_ms()],
+                    )?;
+                    Ok::<(), StoreError>(())
+                })();
+                match step {
+                    Ok(()) => conn.batch("COMMIT")?,
+                    Err(e) => {
+                        let _ = conn.batch("ROLLBACK");
+                        return Err(e);
+                    }
+                }
+                tracing::info!(version = target, "database schema migrated");
+            }
+            Ok(schema::latest())
+        })();
+        let _ = conn.batch(&format!(
+            "SELECT pg_advisory_unlock({})",
+            schema::PG_MIGRATION_LOCK
+        ));
+        result
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 /// `(text, count)` rows of a grouping query such as `SELECT state, COUNT(*) … GROUP BY state`.
-pub fn grouped_counts(conn: &Connection, sql: &str) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
-}
-
-/// Run a statement without parameters through the statement cache (no re-parse per batch).
-/// Settings every connection gets: a statement cache big enough for every static statement,
-/// and the query planner stability guarantee. Without QPSG, SQLite lets a bound value steer
-/// the plan (a `LIMIT ?`, an `= ?` it propagates into a join or an `ORDER BY`) and then
-/// recompiles the statement whenever its bindings change — which, for a cached statement, is
-/// every use (rusqlite clears the bindings when it returns a statement to the cache). The hot
-/// statements are written for their indexes, not for particular values.
-pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
-    conn.set_prepared_statement_cache_capacity(128);
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-        true,
-    )?;
-    Ok(())
-}
-
-fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute([])
-}
-
-/// Schema migrations, by `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[
-    // 1: event log and knowledge
-    r#"
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
-        type TEXT NOT NULL,
-        project TEXT NOT NULL,
-        repository TEXT NOT NULL,
-        digest TEXT,
-        occurred_at INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        release_at INTEGER,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX events_by_project ON events(project, seq);
-    CREATE INDEX events_held ON events(release_at) WHERE state = 'held';
-    CREATE INDEX events_held_digest ON events(repository, digest) WHERE state = 'held';
-    CREATE TABLE artifacts (
-        repository TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        media_type TEXT,
-        size INTEGER,
-        config_digest TEXT,
-        chart TEXT,
-        platforms TEXT,
-        children TEXT,
-        blobs TEXT,
-        created_at INTEGER NOT NULL,
-        PRIMARY KEY (repository, digest)
-    );
-    CREATE TABLE tags (
-        repository TEXT NOT NULL,
-        tag TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        updated_at INTEGER NOT NULL,
-        PRIMARY KEY (repository, tag)
-    );
-    CREATE INDEX tags_by_digest ON tags(repository, digest);
-    "#,
-    // 2: projects, webhook policies, the outbox (deliveries and their attempts), settings
-    r#"
-    CREATE TABLE projects (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        name TEXT NOT NULL UNIQUE,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE policies (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        project TEXT NOT NULL,
-        name TEXT NOT NULL,
-        description TEXT NOT NULL,
-        enabled INTEGER NOT NULL,
-        event_types TEXT NOT NULL,
-        targets TEXT NOT NULL,
-        filters TEXT NOT NULL,
-        creator TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        UNIQUE (project, name)
-    );
-    CREATE TABLE deliveries (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id TEXT NOT NULL,
-        event_type TEXT NOT NULL,
-        policy_id INTEGER NOT NULL,
-        project TEXT NOT NULL,
-        target_index INTEGER NOT NULL,
-        target_address TEXT NOT NULL,
-        target TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        not_before INTEGER NOT NULL,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        last_status INTEGER,
-        last_error TEXT
-    );
-    CREATE INDEX deliveries_due ON deliveries(not_before) WHERE state = 'pending';
-    CREATE INDEX deliveries_by_policy ON deliveries(policy_id, id);
-    CREATE INDEX deliveries_by_state ON deliveries(state);
-    CREATE TABLE attempts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        delivery_id INTEGER NOT NULL,
-        started_at INTEGER NOT NULL,
-        duration_ms INTEGER NOT NULL,
-        status_code INTEGER,
-        error_kind TEXT,
-        error TEXT,
-        response_excerpt TEXT
-    );
-    CREATE INDEX attempts_by_delivery ON attempts(delivery_id, id);
-    CREATE TABLE last_triggers (
-        policy_id INTEGER NOT NULL,
-        event_type TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        PRIMARY KEY (policy_id, event_type)
-    );
-    CREATE TABLE settings (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    "#,
-    // 3: classic (ChartMuseum) chart versions seen uploaded: type, appVersion, size
-    r#"
-    CREATE TABLE charts (
-        project TEXT NOT NULL,
-        name TEXT NOT NULL,
-        version TEXT NOT NULL,
-        type TEXT NOT NULL,
-        app_version TEXT,
-        size INTEGER,
-        updated_at INTEGER NOT NULL,
-        PRIMARY KEY (project, name, version)
-    );
-    "#,
-    // 4: quota usage: the blobs each project's manifests reference, and warning state
-    r#"
-    CREATE TABLE project_blobs (
-        project TEXT NOT NULL,
-        digest TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        refs INTEGER NOT NULL,
-        PRIMARY KEY (project, digest)
-    );
-    CREATE TABLE quota_state (
-        project TEXT PRIMARY KEY,
-        warned INTEGER NOT NULL
-    );
-    "#,
-    // 5: the dispatcher claims per target address (cost independent of queue length); the
-    // index on state alone misled the planner into scanning every pending delivery; pruning
-    // finds an event's deliveries by event id
-    r#"
-    CREATE INDEX deliveries_pending_by_target ON deliveries(target_address, not_before, id)
-        WHERE state = 'pending';
-    DROP INDEX deliveries_by_state;
-    CREATE INDEX deliveries_by_event ON deliveries(event_id);
-    "#,
-];
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
-        let target = i as i64 + 1;
-        if version < target {
-            conn.execute_batch(&format!(
-                "BEGIN; {sql}; PRAGMA user_version = {target}; COMMIT;"
-            ))?;
-        }
-    }
-    Ok(())
+pub fn grouped_counts(db: &Db<'_>, sql: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    db.rows(sql, &[], |r| Ok((r.text(0)?, r.u64(1)?)))
 }
 
 /// Milliseconds since the epoch, the time unit of every timestamp column.
@@ -545,6 +617,7 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     /// The query plan's details, one line per step.
     fn plan(conn: &Connection, sql: &str) -> String {
@@ -563,7 +636,7 @@ mod tests {
     #[test]
     fn hot_queries_use_their_indexes() {
         let conn = Connection::open_in_memory().unwrap();
-        migrate(&conn).unwrap();
+        sqlite::migrate(&conn).unwrap();
         for (sql, index) in [
             (
                 "SELECT seq, body FROM events WHERE state = 'held' AND release_at <= 5 ORDER BY release_at, seq LIMIT 1000",
@@ -598,8 +671,12 @@ mod tests {
                 "deliveries_by_event",
             ),
             (
-                "SELECT COALESCE(SUM(size), 0) FROM project_blobs WHERE project = 'p' AND refs > 0",
-                "sqlite_autoindex_project_blobs_1",
+                "SELECT id FROM deliveries WHERE state = 'running' AND lease_until < 5 LIMIT 100",
+                "deliveries_lease",
+            ),
+            (
+                "SELECT usage FROM quota_projects WHERE project = 'p'",
+                "sqlite_autoindex_quota_projects_1",
             ),
         ] {
             let p = plan(&conn, sql);

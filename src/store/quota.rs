@@ -3,9 +3,12 @@
 //! or repositories reference it; a manifest's blobs are counted when wharf first learns the
 //! manifest (a push through wharf, or `wharf quota rescan`) and given back when it is deleted.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::StoreError;
+use super::db::{Backend, Db, json};
+use super::knowledge::clamp_size;
+use crate::args;
 
 fn unique(blobs: &[(String, u64)]) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = blobs.to_vec();
@@ -14,183 +17,262 @@ fn unique(blobs: &[(String, u64)]) -> Vec<(String, u64)> {
     v
 }
 
-/// Bytes the project uses now.
-pub fn usage(conn: &Connection, project: &str) -> Result<u64, StoreError> {
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT COALESCE(SUM(size), 0) FROM project_blobs WHERE project = ?1 AND refs > 0",
+/// Bytes the project uses now (one row: constant time, whatever the project holds).
+pub fn usage(db: &Db<'_>, project: &str) -> Result<u64, StoreError> {
+    Ok(db
+        .int(
+            "SELECT usage FROM quota_projects WHERE project = ?1",
+            args![project],
         )?
-        .query_row([project], |r| r.get(0))?;
-    Ok(n.max(0) as u64)
+        .unwrap_or(0)
+        .max(0) as u64)
+}
+
+/// The project's usage row, locked for the rest of the transaction (PostgreSQL: a row lock,
+/// so concurrent pushes to one project take turns; SQLite: the single writer already
+/// serializes them). Created when missing. Returns (usage, warned).
+fn lock_project(db: &Db<'_>, project: &str) -> Result<(u64, bool), StoreError> {
+    db.exec(
+        "INSERT INTO quota_projects (project, usage, warned) VALUES (?1, 0, 0) ON CONFLICT (project) DO NOTHING",
+        args![project],
+    )?;
+    let sql = match db.backend() {
+        Backend::Sqlite => "SELECT usage, warned FROM quota_projects WHERE project = ?1",
+        Backend::Postgres => {
+            "SELECT usage, warned FROM quota_projects WHERE project = ?1 FOR UPDATE"
+        }
+    };
+    Ok(db
+        .row(sql, args![project], |r| Ok((r.u64(0)?, r.i64(1)? != 0)))?
+        .unwrap_or((0, false)))
+}
+
+fn set_usage(db: &Db<'_>, project: &str, usage: u64) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE quota_projects SET usage = ?2 WHERE project = ?1",
+        args![project, clamp_size(usage)],
+    )?;
+    Ok(())
 }
 
 /// Bytes that referencing `blobs` would add to the project (those it does not reference yet).
-pub fn adding(
-    conn: &Connection,
-    project: &str,
-    blobs: &[(String, u64)],
-) -> Result<u64, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT refs FROM project_blobs WHERE project = ?1 AND digest = ?2")?;
+pub fn adding(db: &Db<'_>, project: &str, blobs: &[(String, u64)]) -> Result<u64, StoreError> {
     let mut sum = 0u64;
     for (d, size) in unique(blobs) {
-        let refs: Option<i64> = stmt
-            .query_row(params![project, d], |r| r.get(0))
-            .optional()?;
+        let refs = db.int(
+            "SELECT refs FROM project_blobs WHERE project = ?1 AND digest = ?2",
+            args![project, &d],
+        )?;
         if refs.unwrap_or(0) <= 0 {
-            sum += size;
+            sum = sum.saturating_add(size);
         }
     }
     Ok(sum)
 }
 
-/// A new manifest of the project references `blobs`.
-pub fn add_refs(
-    conn: &Connection,
+/// The outcome of [`reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Space held for this push until it is committed ([`add_refs`] with the id) or released.
+    Reserved { id: i64 },
+    /// Nothing new to count: no reservation needed.
+    NothingNew,
+    /// Over the limit. `usage` includes the space other pushes in progress hold.
+    Exceeded { adding: u64, usage: u64, limit: u64 },
+}
+
+/// Reserve the space a push of a manifest referencing `blobs` would add to `project`, before
+/// the registry sees the manifest: under the project's row lock, against the usage plus what
+/// other pushes in progress have reserved, so racing pushes — through one replica or several
+/// — can never take the project past `limit` together. A reservation lapses at `expires_at`
+/// (unix ms) if its push never comes back (the process died).
+pub fn reserve(
+    db: &Db<'_>,
     project: &str,
     blobs: &[(String, u64)],
-) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO project_blobs (project, digest, size, refs) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT (project, digest) DO UPDATE SET refs = refs + 1",
-    )?;
-    for (d, size) in unique(blobs) {
-        stmt.execute(params![project, d, size as i64])?;
+    limit: u64,
+    now: i64,
+    expires_at: i64,
+) -> Result<Reservation, StoreError> {
+    let (usage, _) = lock_project(db, project)?;
+    let mut reserved = 0u64;
+    let mut reserved_blobs = BTreeSet::new();
+    for (bytes, list) in db.rows(
+        "SELECT bytes, blobs FROM quota_reservations WHERE project = ?1 AND expires_at > ?2",
+        args![project, now],
+        |r| Ok((r.u64(0)?, r.text(1)?)),
+    )? {
+        reserved = reserved.saturating_add(bytes);
+        reserved_blobs.extend(serde_json::from_str::<Vec<String>>(&list).unwrap_or_default());
     }
+    let mut new_blobs = Vec::new();
+    let mut adding = 0u64;
+    for (d, size) in unique(blobs) {
+        let refs = db.int(
+            "SELECT refs FROM project_blobs WHERE project = ?1 AND digest = ?2",
+            args![project, &d],
+        )?;
+        if refs.unwrap_or(0) <= 0 && !reserved_blobs.contains(&d) {
+            adding = adding.saturating_add(size);
+            new_blobs.push(d);
+        }
+    }
+    if adding == 0 {
+        return Ok(Reservation::NothingNew);
+    }
+    let counted = usage.saturating_add(reserved);
+    if counted.saturating_add(adding) > limit {
+        return Ok(Reservation::Exceeded {
+            adding,
+            usage: counted,
+            limit,
+        });
+    }
+    let id = db
+        .int(
+            "INSERT INTO quota_reservations (project, bytes, blobs, expires_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+            args![project, clamp_size(adding), &json(&new_blobs)?, expires_at],
+        )?
+        .ok_or(StoreError::Closed)?;
+    Ok(Reservation::Reserved { id })
+}
+
+/// Give back a reservation (its push failed, or was committed).
+pub fn release(db: &Db<'_>, id: i64) -> Result<(), StoreError> {
+    db.exec("DELETE FROM quota_reservations WHERE id = ?1", args![id])?;
     Ok(())
 }
 
-/// A manifest of the project that referenced `blobs` was deleted.
-pub fn remove_refs(
-    conn: &Connection,
+/// Remove lapsed reservations.
+pub fn prune_reservations(db: &Db<'_>, now: i64) -> Result<u64, StoreError> {
+    db.exec(
+        "DELETE FROM quota_reservations WHERE expires_at <= ?1",
+        args![now],
+    )
+}
+
+/// A new manifest of the project references `blobs`: count the ones it did not reference yet.
+/// Returns the usage before and after (sizes added with saturation, never wrapping).
+pub fn add_refs(
+    db: &Db<'_>,
     project: &str,
     blobs: &[(String, u64)],
-) -> Result<(), StoreError> {
-    let mut dec = conn.prepare_cached(
-        "UPDATE project_blobs SET refs = refs - 1 WHERE project = ?1 AND digest = ?2",
-    )?;
-    for (d, _) in unique(blobs) {
-        dec.execute(params![project, d])?;
+) -> Result<(u64, u64), StoreError> {
+    let (before, _) = lock_project(db, project)?;
+    let mut after = before;
+    for (d, size) in unique(blobs) {
+        let refs = db.int(
+            "INSERT INTO project_blobs (project, digest, size, refs) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT (project, digest) DO UPDATE SET refs = project_blobs.refs + 1
+             RETURNING refs",
+            args![project, &d, clamp_size(size)],
+        )?;
+        if refs == Some(1) {
+            after = after.saturating_add(size);
+        }
     }
-    conn.prepare_cached("DELETE FROM project_blobs WHERE project = ?1 AND refs <= 0")?
-        .execute([project])?;
-    Ok(())
+    if after != before {
+        set_usage(db, project, after)?;
+    }
+    Ok((before, after))
+}
+
+/// A manifest of the project that referenced `blobs` was deleted: blobs no other manifest
+/// references are given back. Returns the usage before and after.
+pub fn remove_refs(
+    db: &Db<'_>,
+    project: &str,
+    blobs: &[(String, u64)],
+) -> Result<(u64, u64), StoreError> {
+    let (before, _) = lock_project(db, project)?;
+    let mut after = before;
+    for (d, _) in unique(blobs) {
+        let left = db.row(
+            "UPDATE project_blobs SET refs = refs - 1 WHERE project = ?1 AND digest = ?2 RETURNING refs, size",
+            args![project, &d],
+            |r| Ok((r.i64(0)?, r.u64(1)?)),
+        )?;
+        if let Some((refs, size)) = left
+            && refs <= 0
+        {
+            after = after.saturating_sub(size);
+        }
+    }
+    db.exec(
+        "DELETE FROM project_blobs WHERE project = ?1 AND refs <= 0",
+        args![project],
+    )?;
+    if after != before {
+        set_usage(db, project, after)?;
+    }
+    Ok((before, after))
 }
 
 /// Recount every project's usage from the manifests wharf knows: each known manifest
 /// references its blobs once. Makes usage agree with the knowledge whatever happened before,
 /// e.g. manifests learned by a wharf that did not count usage yet (before quotas existed).
-pub fn recount(conn: &Connection) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM project_blobs")?
-        .execute([])?;
-    let mut stmt = conn.prepare_cached("SELECT repository, blobs FROM artifacts")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+pub fn recount(db: &Db<'_>) -> Result<(), StoreError> {
+    db.exec("DELETE FROM project_blobs", &[])?;
+    let rows = db.rows("SELECT repository, blobs FROM artifacts", &[], |r| {
+        Ok((r.text(0)?, r.opt_text(1)?))
+    })?;
+    let mut refs: BTreeMap<(String, String), (u64, i64)> = BTreeMap::new();
     for (repository, blobs) in rows {
         let blobs: Vec<(String, u64)> = blobs
             .and_then(|b| serde_json::from_str(&b).ok())
             .unwrap_or_default();
-        let project = repository.split('/').next().unwrap_or(&repository);
-        add_refs(conn, project, &blobs)?;
+        let project = repository
+            .split('/')
+            .next()
+            .unwrap_or(&repository)
+            .to_string();
+        for (d, size) in unique(&blobs) {
+            let e = refs.entry((project.clone(), d)).or_insert((size, 0));
+            e.1 += 1;
+        }
+    }
+    let mut usage: BTreeMap<String, u64> = BTreeMap::new();
+    for ((project, digest), (size, n)) in &refs {
+        db.exec(
+            "INSERT INTO project_blobs (project, digest, size, refs) VALUES (?1, ?2, ?3, ?4)",
+            args![project, digest, clamp_size(*size), *n],
+        )?;
+        let u = usage.entry(project.clone()).or_default();
+        *u = u.saturating_add(*size);
+    }
+    db.exec("UPDATE quota_projects SET usage = 0", &[])?;
+    for (project, u) in usage {
+        lock_project(db, &project)?;
+        set_usage(db, &project, u)?;
     }
     Ok(())
 }
 
 /// Was the warning for the current crossing already sent?
-pub fn warned(conn: &Connection, project: &str) -> Result<bool, StoreError> {
-    let w: Option<i64> = conn
-        .prepare_cached("SELECT warned FROM quota_state WHERE project = ?1")?
-        .query_row([project], |r| r.get(0))
-        .optional()?;
-    Ok(w.unwrap_or(0) != 0)
+pub fn warned(db: &Db<'_>, project: &str) -> Result<bool, StoreError> {
+    Ok(db
+        .int(
+            "SELECT warned FROM quota_projects WHERE project = ?1",
+            args![project],
+        )?
+        .unwrap_or(0)
+        != 0)
 }
 
 /// Remember whether the warning for the current crossing was sent.
-pub fn set_warned(conn: &Connection, project: &str, warned: bool) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO quota_state (project, warned) VALUES (?1, ?2)
+pub fn set_warned(db: &Db<'_>, project: &str, warned: bool) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO quota_projects (project, usage, warned) VALUES (?1, 0, ?2)
          ON CONFLICT (project) DO UPDATE SET warned = excluded.warned",
-    )?
-    .execute(params![project, warned as i64])?;
+        args![project, warned],
+    )?;
     Ok(())
 }
 
 /// Every project with usage, and its usage.
-pub fn all_usage(conn: &Connection) -> Result<Vec<(String, u64)>, StoreError> {
+pub fn all_usage(db: &Db<'_>) -> Result<Vec<(String, u64)>, StoreError> {
     super::grouped_counts(
-        conn,
-        "SELECT project, SUM(size) FROM project_blobs WHERE refs > 0 GROUP BY project ORDER BY project",
+        db,
+        "SELECT project, usage FROM quota_projects WHERE usage > 0 ORDER BY project",
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn db() -> Connection {
-        let c = Connection::open_in_memory().unwrap();
-        c.execute_batch(
-            "CREATE TABLE project_blobs (project TEXT, digest TEXT, size INTEGER, refs INTEGER, PRIMARY KEY (project, digest));
-             CREATE TABLE quota_state (project TEXT PRIMARY KEY, warned INTEGER NOT NULL);
-             CREATE TABLE artifacts (repository TEXT, digest TEXT, blobs TEXT, PRIMARY KEY (repository, digest));",
-        )
-        .unwrap();
-        c
-    }
-
-    #[test]
-    fn shared_blobs_count_once_and_come_back_on_delete() {
-        let c = db();
-        let a = vec![
-            ("c1".to_string(), 10),
-            ("l1".to_string(), 100),
-            ("l2".to_string(), 200),
-        ];
-        let b = vec![("c2".to_string(), 20), ("l1".to_string(), 100)];
-        assert_eq!(adding(&c, "p", &a).unwrap(), 310);
-        add_refs(&c, "p", &a).unwrap();
-        assert_eq!(usage(&c, "p").unwrap(), 310);
-        assert_eq!(adding(&c, "p", &b).unwrap(), 20, "l1 is already counted");
-        add_refs(&c, "p", &b).unwrap();
-        assert_eq!(usage(&c, "p").unwrap(), 330);
-        assert_eq!(usage(&c, "other").unwrap(), 0);
-        remove_refs(&c, "p", &a).unwrap();
-        assert_eq!(usage(&c, "p").unwrap(), 120, "l1 still referenced by b");
-        remove_refs(&c, "p", &b).unwrap();
-        assert_eq!(usage(&c, "p").unwrap(), 0);
-        assert!(!warned(&c, "p").unwrap());
-        set_warned(&c, "p", true).unwrap();
-        assert!(warned(&c, "p").unwrap());
-    }
-
-    #[test]
-    fn recount_follows_the_known_manifests() {
-        let c = db();
-        let blobs = |v: &[(&str, u64)]| {
-            serde_json::to_string(
-                &v.iter()
-                    .map(|(d, s)| (d.to_string(), *s))
-                    .collect::<Vec<_>>(),
-            )
-            .unwrap()
-        };
-        c.execute(
-            "INSERT INTO artifacts VALUES ('p/a', 'm1', ?1), ('p/b', 'm2', ?2), ('q/a', 'm1', ?1), ('p/i', 'idx', NULL)",
-            params![blobs(&[("c1", 10), ("l1", 100)]), blobs(&[("c2", 20), ("l1", 100)])],
-        )
-        .unwrap();
-        // stale counts of a blob nobody references any more
-        add_refs(&c, "p", &[("gone".to_string(), 5000)]).unwrap();
-        recount(&c).unwrap();
-        assert_eq!(usage(&c, "p").unwrap(), 130);
-        assert_eq!(usage(&c, "q").unwrap(), 110);
-        // l1 is referenced twice in p: deleting one manifest keeps it
-        remove_refs(&c, "p", &[("c1".to_string(), 10), ("l1".to_string(), 100)]).unwrap();
-        assert_eq!(usage(&c, "p").unwrap(), 120);
-        recount(&c).unwrap();
-        assert_eq!(usage(&c, "p").unwrap(), 130, "idempotent");
-    }
 }

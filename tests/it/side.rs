@@ -1555,7 +1555,7 @@ async fn rescan_counts_what_wharf_knew_before_it_kept_quotas() {
     wharf.shutdown().await;
     {
         let db = rusqlite::Connection::open(data_dir.join("wharf.db")).unwrap();
-        db.execute_batch("DELETE FROM project_blobs; DELETE FROM quota_state;")
+        db.execute_batch("DELETE FROM project_blobs; DELETE FROM quota_projects;")
             .unwrap();
     }
     // and one image pushed straight to the registry

@@ -1,0 +1,176 @@
+//! `wharf store copy`: move an embedded (SQLite) store into PostgreSQL, so a single instance
+//! can grow into several replicas without losing anything: policies and their target
+//! versions, projects (ids kept), settings, the event log, the outbox (deliveries, attempts,
+//! last triggers), knowledge, chart facts and quota usage. Reservations of pushes in progress
+//! and the short-lived attribution memory are not copied (they lapse within minutes anyway).
+//!
+//! Rows keep their ids; PostgreSQL's identity sequences are moved past them. The copy is one
+//! transaction: it lands whole or not at all. A target that already holds data is refused
+//! unless `replace` is set, which first empties every table of the target.
+
+use super::db::{Db, Value};
+use super::{Store, StoreError};
+
+/// Tables copied, in an order that respects what refers to what; with their identity column.
+pub const TABLES: &[(&str, Option<&str>)] = &[
+    ("projects", Some("id")),
+    ("policies", Some("id")),
+    ("delivery_targets", Some("id")),
+    ("settings", None),
+    ("meta", None),
+    ("events", Some("seq")),
+    ("deliveries", Some("id")),
+    ("attempts", Some("id")),
+    ("last_triggers", None),
+    ("artifacts", None),
+    ("tags", None),
+    ("charts", None),
+    ("project_blobs", None),
+    ("quota_projects", None),
+];
+
+/// Errors of a copy.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error(
+        "the target database already holds data ({0}); copy into an empty database, or pass --replace to empty it first"
+    )]
+    NotEmpty(String),
+    #[error("the source must be the embedded store (no store.url in the config)")]
+    SourceNotSqlite,
+    #[error("the target must be a PostgreSQL store")]
+    TargetNotPostgres,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Rows copied per table.
+pub type CopyReport = Vec<(&'static str, u64)>;
+
+/// An owned column value (read from SQLite, written to PostgreSQL).
+#[derive(Debug, Clone)]
+enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Cell {
+    fn value(&self) -> Value<'_> {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Int(i) => Value::Int(*i),
+            Cell::Text(s) => Value::Text(s),
+        }
+    }
+}
+
+type Table = (Vec<String>, Vec<Vec<Cell>>);
+
+fn read_table(conn: &rusqlite::Connection, table: &str) -> Result<Table, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT * FROM {table}"))?;
+    let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+    let n = columns.len();
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut row = Vec::with_capacity(n);
+        for i in 0..n {
+            use rusqlite::types::ValueRef;
+            row.push(match r.get_ref(i)? {
+                ValueRef::Null => Cell::Null,
+                ValueRef::Integer(v) => Cell::Int(v),
+                ValueRef::Real(v) => Cell::Int(v as i64),
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    Cell::Text(String::from_utf8_lossy(t).into_owned())
+                }
+            });
+        }
+        out.push(row);
+    }
+    Ok((columns, out))
+}
+
+/// Copy everything from `from` (SQLite) into `to` (PostgreSQL); see the module doc.
+pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport, CopyError> {
+    if from.backend() != super::Backend::Sqlite {
+        return Err(CopyError::SourceNotSqlite);
+    }
+    if to.backend() != super::Backend::Postgres {
+        return Err(CopyError::TargetNotPostgres);
+    }
+    let data: Vec<(&'static str, Option<&'static str>, Table)> = from
+        .read(|db| {
+            let conn = db.as_sqlite().ok_or(StoreError::Closed)?;
+            TABLES
+                .iter()
+                .map(|(t, id)| Ok((*t, *id, read_table(conn, t)?)))
+                .collect()
+        })
+        .await?;
+    let holding: Vec<String> = to
+        .read(|db| {
+            let mut holding = Vec::new();
+            for (t, _) in TABLES {
+                if db
+                    .int(&format!("SELECT COUNT(*) FROM {t}"), &[])?
+                    .unwrap_or(0)
+                    > 0
+                {
+                    holding.push(t.to_string());
+                }
+            }
+            Ok(holding)
+        })
+        .await?;
+    if !holding.is_empty() && !replace {
+        return Err(CopyError::NotEmpty(holding.join(", ")));
+    }
+    let report = to
+        .write(move |db| {
+            if replace {
+                for (t, _) in TABLES.iter().rev() {
+                    db.exec(&format!("DELETE FROM {t}"), &[])?;
+                }
+            }
+            let mut report = Vec::new();
+            for (table, id, (columns, rows)) in &data {
+                insert_rows(db, table, columns, rows)?;
+                if let Some(id) = id {
+                    db.exec(
+                        &format!(
+                            "SELECT setval(pg_get_serial_sequence('{table}', '{id}'), COALESCE((SELECT MAX({id}) FROM {table}), 0) + 1, false)"
+                        ),
+                        &[],
+                    )?;
+                }
+                report.push((*table, rows.len() as u64));
+            }
+            db.note_policies()?;
+            Ok(report)
+        })
+        .await?;
+    Ok(report)
+}
+
+fn insert_rows(
+    db: &Db<'_>,
+    table: &str,
+    columns: &[String],
+    rows: &[Vec<Cell>],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        columns.join(", "),
+        placeholders.join(", ")
+    );
+    for row in rows {
+        let args: Vec<Value<'_>> = row.iter().map(Cell::value).collect();
+        db.exec(&sql, &args)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! Db: the one interface every store function works through, whatever the backend.
+//!
+//! A store function gets a [`Db`] — the connection of the job it runs in (a transaction for
+//! writes) — and speaks a common dialect of SQL: `?1`-style numbered parameters (rewritten to
+//! `$1` for PostgreSQL), integers as 64-bit (`BIGINT`), booleans as `0`/`1`, `RETURNING` for
+//! generated ids, `ON CONFLICT … DO UPDATE` upserts, and `CAST(… AS BIGINT)` around `SUM`.
+//! Where the dialects differ (row locks, `SKIP LOCKED`), a function asks [`Db::backend`].
+//!
+//! The job's side effects that matter after COMMIT — events published, deliveries created,
+//! policies changed — are recorded on the [`Db`] itself ([`Effects`]) and handed to the store
+//! once the transaction is committed: no thread-local side channel.
+
+use std::cell::RefCell;
+
+use super::pg::PgConn;
+use super::{PolicyCache, StoreError};
+use crate::events::EventKind;
+
+/// Which database a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// A parameter value. Integers are `BIGINT`, text is `TEXT`; [`Value::Null`] binds as SQL NULL
+/// whatever the column's type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+}
+
+impl From<i64> for Value<'_> {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+
+impl From<bool> for Value<'_> {
+    fn from(v: bool) -> Self {
+        Value::Int(i64::from(v))
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value::Text(v)
+    }
+}
+
+impl<'a> From<&'a String> for Value<'a> {
+    fn from(v: &'a String) -> Self {
+        Value::Text(v)
+    }
+}
+
+impl<'a, T: Into<Value<'a>>> From<Option<T>> for Value<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// Numbered parameters: `args![a, b, c]` binds `?1`, `?2`, `?3`.
+#[macro_export]
+macro_rules! args {
+    () => { &[] as &[$crate::store::db::Value<'_>] };
+    ($($v:expr),+ $(,)?) => { &[$($crate::store::db::Value::from($v)),+] as &[$crate::store::db::Value<'_>] };
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        })
+    }
+}
+
+impl tokio_postgres::types::ToSql for Value<'_> {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use tokio_postgres::types::{IsNull, Type};
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(i) if *ty == Type::INT8 => i.to_sql(ty, out),
+            Value::Int(i) if *ty == Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+            Value::Int(i) if *ty == Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+            Value::Text(s) if *ty != Type::INT8 && *ty != Type::INT4 && *ty != Type::INT2 => {
+                s.to_sql(ty, out)
+            }
+            other => Err(format!("a {other:?} cannot be bound to a {ty} parameter").into()),
+        }
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        use tokio_postgres::types::Type;
+        [
+            Type::INT8,
+            Type::INT4,
+            Type::INT2,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::BPCHAR,
+            Type::NAME,
+            Type::UNKNOWN,
+        ]
+        .contains(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// One result row.
+pub enum Row<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Postgres(&'r tokio_postgres::Row),
+}
+
+impl Row<'_> {
+    pub fn i64(&self, i: usize) -> Result<i64, StoreError> {
+        match self {
+            Row::Sqlite(r) => Ok(r.get(i)?),
+            Row::Postgres(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    pub fn opt_i64(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self {
+            Row::Sqlite(r) => Ok(r.get(i)?),
+            Row::Postgres(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    pub fn text(&self, i: usize) -> Result<String, StoreError> {
+        match self {
+            Row::Sqlite(r) => Ok(r.get(i)?),
+            Row::Postgres(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self {
+            Row::Sqlite(r) => Ok(r.get(i)?),
+            Row::Postgres(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    /// A non-negative size or count column as `u64` (negative values read as 0).
+    pub fn u64(&self, i: usize) -> Result<u64, StoreError> {
+        Ok(self.i64(i)?.max(0) as u64)
+    }
+
+    pub fn opt_u64(&self, i: usize) -> Result<Option<u64>, StoreError> {
+        Ok(self.opt_i64(i)?.map(|v| v.max(0) as u64))
+    }
+}
+
+/// What a write job did that the store acts on after COMMIT.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Effects {
+    /// Kinds of the events published (metrics count an event when it is published).
+    pub published: Vec<EventKind>,
+    /// Deliveries were created or made due again: wake the dispatcher.
+    pub deliveries: bool,
+    /// Policies or the notification switch changed: drop cached policies (every replica).
+    pub policies: bool,
+}
+
+enum Conn<'a> {
+    Sqlite(&'a rusqlite::Connection),
+    Postgres(&'a PgConn),
+}
+
+/// The connection of one store job; see the module doc.
+pub struct Db<'a> {
+    conn: Conn<'a>,
+    effects: RefCell<Effects>,
+    cache: Option<&'a PolicyCache>,
+}
+
+impl<'a> Db<'a> {
+    pub fn sqlite(conn: &'a rusqlite::Connection) -> Db<'a> {
+        Db {
+            conn: Conn::Sqlite(conn),
+            effects: RefCell::default(),
+            cache: None,
+        }
+    }
+
+    pub fn postgres(conn: &'a PgConn) -> Db<'a> {
+        Db {
+            conn: Conn::Postgres(conn),
+            effects: RefCell::default(),
+            cache: None,
+        }
+    }
+
+    /// With the process's policy cache (fan-out reads policies through it).
+    pub fn with_cache(mut self, cache: &'a PolicyCache) -> Db<'a> {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The process's policy cache, if this job has one.
+    pub fn cache(&self) -> Option<&'a PolicyCache> {
+        self.cache
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.conn {
+            Conn::Sqlite(_) => Backend::Sqlite,
+            Conn::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The SQLite connection, for SQLite-only work (pragmas, plans).
+    pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
+        match self.conn {
+            Conn::Sqlite(c) => Some(c),
+            Conn::Postgres(_) => None,
+        }
+    }
+
+    /// Run a statement; the number of rows it changed.
+    pub fn exec(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, StoreError> {
+        match self.conn {
+            Conn::Sqlite(c) => {
+                Ok(c.prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(args.iter()))? as u64)
+            }
+            Conn::Postgres(c) => c.execute(sql, args),
+        }
+    }
+
+    /// Every row of a query, mapped by `f`.
+    pub fn rows<T>(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        match self.conn {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(f(&Row::Sqlite(r))?);
+                }
+                Ok(out)
+            }
+            Conn::Postgres(c) => c
+                .query(sql, args)?
+                .iter()
+                .map(|r| f(&Row::Postgres(r)))
+                .collect(),
+        }
+    }
+
+    /// The first row of a query, if any, mapped by `f`.
+    pub fn row<T>(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.conn {
+            Conn::Sqlite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+                match rows.next()? {
+                    Some(r) => Ok(Some(f(&Row::Sqlite(r))?)),
+                    None => Ok(None),
+                }
+            }
+            Conn::Postgres(c) => match c.query(sql, args)?.first() {
+                Some(r) => Ok(Some(f(&Row::Postgres(r))?)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// The integer in the first column of the first row (`None`: no row, or NULL).
+    pub fn int(&self, sql: &str, args: &[Value<'_>]) -> Result<Option<i64>, StoreError> {
+        Ok(self.row(sql, args, |r| r.opt_i64(0))?.flatten())
+    }
+
+    /// The text in the first column of the first row (`None`: no row, or NULL).
+    pub fn text(&self, sql: &str, args: &[Value<'_>]) -> Result<Option<String>, StoreError> {
+        Ok(self.row(sql, args, |r| r.opt_text(0))?.flatten())
+    }
+
+    /// Record that this job published an event of `kind`.
+    pub fn note_published(&self, kind: EventKind) {
+        self.effects.borrow_mut().published.push(kind);
+    }
+
+    /// The kinds published so far in this job (and forget them).
+    pub fn take_published(&self) -> Vec<EventKind> {
+        std::mem::take(&mut self.effects.borrow_mut().published)
+    }
+
+    /// Record that this job created deliveries (or made some due again).
+    pub fn note_deliveries(&self) {
+        self.effects.borrow_mut().deliveries = true;
+    }
+
+    /// Record that this job changed policies or the notification switch: this process drops
+    /// its cached policies after COMMIT, and the policy version every replica watches moves on.
+    pub fn note_policies(&self) -> Result<(), StoreError> {
+        self.effects.borrow_mut().policies = true;
+        self.exec(
+            "INSERT INTO meta (key, n) VALUES ('policy_version', 1)
+             ON CONFLICT (key) DO UPDATE SET n = meta.n + 1",
+            &[],
+        )?;
+        Ok(())
+    }
+
+    /// The effects recorded so far (and forget them).
+    pub fn take_effects(&self) -> Effects {
+        std::mem::take(&mut *self.effects.borrow_mut())
+    }
+}
+
+/// `sql` with `?N` parameters written as PostgreSQL's `$N`.
+pub fn to_postgres(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => out.push('$'),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Serialize `v` to JSON text for a column.
+pub fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Encode(std::sync::Arc::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_become_dollars_outside_quotes() {
+        assert_eq!(
+            to_postgres("SELECT a FROM t WHERE b = ?1 AND c = '?2' AND d IN (?2, ?10)"),
+            "SELECT a FROM t WHERE b = $1 AND c = '?2' AND d IN ($2, $10)"
+        );
+        assert_eq!(to_postgres("SELECT ?"), "SELECT ?");
+    }
+}

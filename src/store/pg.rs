@@ -1,0 +1,416 @@
+//! PostgreSQL: the shared store of several replicas.
+//!
+//! Client: `tokio-postgres` (the maintained async driver; connections run as tasks on wharf's
+//! one tokio runtime) with TLS by rustls (`tokio-postgres-rustls`), as the rest of wharf.
+//! Store functions are synchronous (they are shared with the embedded SQLite backend), so a
+//! job runs on a blocking thread and waits for each statement on the runtime
+//! ([`tokio::runtime::Handle::block_on`]); statements are prepared once per connection and
+//! cached.
+//!
+//! The pool is bounded (`store.pool_size`, one connection kept for the schema-version watch)
+//! and waits at most `store.connect_timeout` for a free connection or a new one. A connection
+//! that failed is dropped, never reused: when the server comes back, the next job simply
+//! connects again.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::StoreError;
+use super::db::{Value, to_postgres};
+use crate::config::{PgTarget, SslMode, StoreConfig};
+
+/// Errors preparing the connection settings.
+#[derive(Debug, thiserror::Error)]
+pub enum PgSetupError {
+    #[error("store.password_file {path}: {source}")]
+    PasswordFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store.url: sslrootcert {path}: {reason}")]
+    RootCert { path: String, reason: String },
+    #[error("store.url: TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("store.url: {0}")]
+    Url(String),
+}
+
+/// How to reach the database (from `store.url` and `store.password_file`).
+#[derive(Clone)]
+pub struct PgSettings {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// `host:port/db` for messages (never the password).
+    pub display: String,
+}
+
+impl PgSettings {
+    pub fn from_config(store: &StoreConfig) -> Result<PgSettings, PgSetupError> {
+        let url = store
+            .url
+            .as_ref()
+            .ok_or_else(|| PgSetupError::Url("not set".into()))?;
+        let target = url.parse().map_err(PgSetupError::Url)?;
+        let password = match &store.password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|source| PgSetupError::PasswordFile {
+                        path: p.display().to_string(),
+                        source,
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            None => target.password.as_ref().map(|s| s.expose().to_string()),
+        };
+        Self::new(&target, password, store.connect_timeout)
+    }
+
+    fn new(
+        t: &PgTarget,
+        password: Option<String>,
+        connect_timeout: Duration,
+    ) -> Result<PgSettings, PgSetupError> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .user(&t.user)
+            .host(&t.host)
+            .port(t.port)
+            .dbname(&t.dbname)
+            .application_name(t.application_name.as_deref().unwrap_or("wharf"))
+            .connect_timeout(t.connect_timeout.unwrap_or(connect_timeout))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        if let Some(p) = password {
+            config.password(p);
+        }
+        config.ssl_mode(match t.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let tls = match t.sslmode {
+            SslMode::Disable => None,
+            mode => Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
+                mode,
+                t.sslrootcert.as_deref(),
+            )?)),
+        };
+        Ok(PgSettings {
+            config,
+            tls,
+            display: format!("{}:{}/{}", t.host, t.port, t.dbname),
+        })
+    }
+
+    /// Open one connection; its I/O runs as a task on the current runtime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let connected = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(drive(connection));
+                client
+            }
+            None => {
+                let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
+        Ok(connected)
+    }
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "postgres connection ended");
+    }
+}
+
+/// rustls settings for `sslmode`: `prefer`/`require` encrypt without checking the
+/// certificate (libpq's meaning), `verify-ca` checks the chain against `sslrootcert` (else the
+/// system roots), `verify-full` also the host name.
+fn tls_config(
+    mode: SslMode,
+    root_cert: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, PgSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(PgSetupError::Tls)?;
+    let roots = || -> Result<Arc<rustls::RootCertStore>, PgSetupError> {
+        let mut store = rustls::RootCertStore::empty();
+        match root_cert {
+            Some(path) => {
+                use rustls_pki_types::pem::PemObject;
+                let bad = |reason: String| PgSetupError::RootCert {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| bad(e.to_string()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad(e.to_string()))?;
+                if certs.is_empty() {
+                    return Err(bad("no certificate found".into()));
+                }
+                for c in certs {
+                    store.add(c).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            None => {
+                for c in rustls_native_certs::load_native_certs().certs {
+                    let _ = store.add(c);
+                }
+            }
+        }
+        Ok(Arc::new(store))
+    };
+    Ok(match mode {
+        SslMode::VerifyFull => builder
+            .with_root_certificates(roots()?)
+            .with_no_client_auth(),
+        SslMode::VerifyCa => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots()?,
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| PgSetupError::Tls(rustls::Error::General(e.to_string())))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_no_client_auth()
+        }
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::dispatch::client::NoVerify(provider)))
+            .with_no_client_auth(),
+    })
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name in the certificate is not
+/// checked (libpq's meaning).
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// One connection, used synchronously from a blocking thread (see the module doc).
+pub struct PgConn {
+    client: tokio_postgres::Client,
+    handle: tokio::runtime::Handle,
+    statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
+    broken: std::cell::Cell<bool>,
+}
+
+/// Most statements kept prepared per connection.
+const MAX_STATEMENTS: usize = 256;
+
+impl PgConn {
+    fn new(client: tokio_postgres::Client, handle: tokio::runtime::Handle) -> PgConn {
+        PgConn {
+            client,
+            handle,
+            statements: RefCell::new(HashMap::new()),
+            broken: std::cell::Cell::new(false),
+        }
+    }
+
+    fn check<T>(&self, r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
+        if let Err(e) = &r
+            && (e.is_closed() || e.code().is_none())
+        {
+            // the connection (not the statement) failed: never hand it out again
+            self.broken.set(true);
+        }
+        Ok(r?)
+    }
+
+    fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.handle.block_on(self.client.prepare(&to_postgres(sql)));
+        let st = self.check(prepared)?;
+        let mut cache = self.statements.borrow_mut();
+        if cache.len() >= MAX_STATEMENTS {
+            cache.clear();
+        }
+        cache.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    fn params<'v>(args: &'v [Value<'v>]) -> Vec<&'v (dyn tokio_postgres::types::ToSql + Sync)> {
+        args.iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect()
+    }
+
+    pub fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, StoreError> {
+        let st = self.statement(sql)?;
+        let r = self
+            .handle
+            .block_on(self.client.execute(&st, &Self::params(args)));
+        self.check(r)
+    }
+
+    pub fn query(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let st = self.statement(sql)?;
+        let r = self
+            .handle
+            .block_on(self.client.query(&st, &Self::params(args)));
+        self.check(r)
+    }
+
+    /// Statements without parameters, in one round trip (transaction control, DDL).
+    pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        let r = self.handle.block_on(self.client.batch_execute(sql));
+        self.check(r)
+    }
+
+    fn usable(&self) -> bool {
+        !self.broken.get() && !self.client.is_closed()
+    }
+}
+
+/// The connection pool.
+pub struct Pg {
+    settings: PgSettings,
+    idle: Mutex<Vec<PgConn>>,
+    permits: Arc<Semaphore>,
+    wait: Duration,
+    handle: tokio::runtime::Handle,
+}
+
+/// A connection taken from the pool; back into it when dropped (unless it failed).
+pub struct Pooled {
+    conn: Option<PgConn>,
+    pool: Arc<Pg>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        match &self.conn {
+            Some(c) => c,
+            None => unreachable!("a pooled connection is only taken out when dropped"),
+        }
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take()
+            && c.usable()
+            && let Ok(mut idle) = self.pool.idle.lock()
+        {
+            idle.push(c);
+        }
+    }
+}
+
+impl Pg {
+    /// A pool of at most `size` connections (none opened yet).
+    pub fn new(settings: PgSettings, size: usize, wait: Duration) -> Arc<Pg> {
+        Arc::new(Pg {
+            settings,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+            wait,
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn settings(&self) -> &PgSettings {
+        &self.settings
+    }
+
+    /// A connection: an idle one, or a new one; waits at most `store.connect_timeout`.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Pooled, StoreError> {
+        let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| StoreError::PoolTimeout(self.wait))?
+            .map_err(|_| StoreError::Closed)?;
+        let idle = loop {
+            let next = self.idle.lock().ok().and_then(|mut v| v.pop());
+            match next {
+                Some(c) if c.usable() => break Some(c),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let client = tokio::time::timeout(self.wait, self.settings.connect())
+                    .await
+                    .map_err(|_| StoreError::PoolTimeout(self.wait))??;
+                PgConn::new(client, self.handle.clone())
+            }
+        };
+        Ok(Pooled {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
+    }
+
+    /// Close idle connections and refuse new ones.
+    pub fn close(&self) {
+        self.permits.close();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}

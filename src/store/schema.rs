@@ -1,0 +1,432 @@
+//! Schema migrations, versioned, one list for both backends.
+//!
+//! Version N means the same tables and meaning on SQLite and PostgreSQL. SQLite keeps its
+//! version in `PRAGMA user_version`, PostgreSQL in the table `wharf_schema`. PostgreSQL support
+//! starts at version 6: its first migration creates the whole schema of that version, and the
+//! earlier versions are no-ops there. Migrations run at start under a lock (SQLite: the write
+//! transaction; PostgreSQL: an advisory lock, so any replica may start first and the others
+//! wait), or alone with `wharf migrate`. A database whose version is newer than this binary
+//! knows is refused: an older binary must not write to a schema it does not understand.
+
+use super::StoreError;
+use super::db::Db;
+
+/// A migration step written in Rust (both backends).
+pub type Step = fn(&Db<'_>) -> Result<(), StoreError>;
+
+/// One migration: the SQL for each backend, then an optional step in Rust.
+pub struct Migration {
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+    pub then: Option<Step>,
+}
+
+/// The version this binary writes.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Key of PostgreSQL's advisory lock held while migrating.
+pub const PG_MIGRATION_LOCK: i64 = 0x7768_6172_665f_6d67; // "wharf_mg"
+
+pub static MIGRATIONS: &[Migration] = &[
+    // 1: event log and knowledge
+    Migration {
+        sqlite: r#"
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        project TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT,
+        occurred_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        release_at INTEGER,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_by_project ON events(project, seq);
+    CREATE INDEX events_held ON events(release_at) WHERE state = 'held';
+    CREATE INDEX events_held_digest ON events(repository, digest) WHERE state = 'held';
+    CREATE TABLE artifacts (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        media_type TEXT,
+        size INTEGER,
+        config_digest TEXT,
+        chart TEXT,
+        platforms TEXT,
+        children TEXT,
+        blobs TEXT,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE TABLE tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (repository, tag)
+    );
+    CREATE INDEX tags_by_digest ON tags(repository, digest);
+    "#,
+        postgres: "",
+        then: None,
+    },
+    // 2: projects, webhook policies, the outbox (deliveries and their attempts), settings
+    Migration {
+        sqlite: r#"
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE policies (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        event_types TEXT NOT NULL,
+        targets TEXT NOT NULL,
+        filters TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (project, name)
+    );
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        policy_id INTEGER NOT NULL,
+        project TEXT NOT NULL,
+        target_index INTEGER NOT NULL,
+        target_address TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_status INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries(not_before) WHERE state = 'pending';
+    CREATE INDEX deliveries_by_policy ON deliveries(policy_id, id);
+    CREATE INDEX deliveries_by_state ON deliveries(state);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        status_code INTEGER,
+        error_kind TEXT,
+        error TEXT,
+        response_excerpt TEXT
+    );
+    CREATE INDEX attempts_by_delivery ON attempts(delivery_id, id);
+    CREATE TABLE last_triggers (
+        policy_id INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (policy_id, event_type)
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+        postgres: "",
+        then: None,
+    },
+    // 3: classic (ChartMuseum) chart versions seen uploaded: type, appVersion, size
+    Migration {
+        sqlite: r#"
+    CREATE TABLE charts (
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        type TEXT NOT NULL,
+        app_version TEXT,
+        size INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (project, name, version)
+    );
+    "#,
+        postgres: "",
+        then: None,
+    },
+    // 4: quota usage: the blobs each project's manifests reference, and warning state
+    Migration {
+        sqlite: r#"
+    CREATE TABLE project_blobs (
+        project TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL,
+        PRIMARY KEY (project, digest)
+    );
+    CREATE TABLE quota_state (
+        project TEXT PRIMARY KEY,
+        warned INTEGER NOT NULL
+    );
+    "#,
+        postgres: "",
+        then: None,
+    },
+    // 5: the dispatcher claims per target address (cost independent of queue length); the
+    // index on state alone misled the planner into scanning every pending delivery; pruning
+    // finds an event's deliveries by event id
+    Migration {
+        sqlite: r#"
+    CREATE INDEX deliveries_pending_by_target ON deliveries(target_address, not_before, id)
+        WHERE state = 'pending';
+    DROP INDEX deliveries_by_state;
+    CREATE INDEX deliveries_by_event ON deliveries(event_id);
+    "#,
+        postgres: "",
+        then: None,
+    },
+    // 6: several replicas. Claims carry a token and a lease (a replica that dies mid-attempt
+    // loses its deliveries to another when the lease expires); each target version is stored
+    // once (no copy of auth headers and secrets per delivery); a project's quota usage is one
+    // row, locked by pushes that reserve space before the registry sees them; the short-lived
+    // memory of what a client just resolved is shared (tag attribution across replicas);
+    // `meta` holds the policy version every replica watches. PostgreSQL starts here.
+    Migration {
+        sqlite: r#"
+    ALTER TABLE deliveries ADD COLUMN claim_token INTEGER;
+    ALTER TABLE deliveries ADD COLUMN lease_until INTEGER;
+    ALTER TABLE deliveries ADD COLUMN target_id INTEGER;
+    CREATE INDEX deliveries_lease ON deliveries(lease_until) WHERE state = 'running';
+    CREATE TABLE delivery_targets (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        policy_id INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        body TEXT NOT NULL,
+        current INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX delivery_targets_by_policy ON delivery_targets(policy_id, position);
+    INSERT INTO delivery_targets (policy_id, position, address, body, current, created_at)
+        SELECT DISTINCT policy_id, target_index, target_address, target, 0, 0 FROM deliveries
+        WHERE state IN ('pending', 'running', 'dead') AND target != '';
+    UPDATE deliveries SET target_id = (SELECT t.id FROM delivery_targets t
+        WHERE t.policy_id = deliveries.policy_id AND t.position = deliveries.target_index
+          AND t.body = deliveries.target)
+        WHERE target != '';
+    UPDATE deliveries SET target = '';
+    CREATE INDEX deliveries_by_target ON deliveries(target_id) WHERE state IN ('pending', 'running');
+    CREATE TABLE quota_projects (
+        project TEXT PRIMARY KEY,
+        usage INTEGER NOT NULL DEFAULT 0,
+        warned INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO quota_projects (project, usage, warned)
+        SELECT project, CAST(MIN(TOTAL(size), 9.0e18) AS INTEGER), 0 FROM project_blobs
+        WHERE refs > 0 GROUP BY project;
+    INSERT INTO quota_projects (project, usage, warned)
+        SELECT project, 0, 0 FROM quota_state WHERE project NOT IN (SELECT project FROM quota_projects);
+    UPDATE quota_projects SET warned = COALESCE(
+        (SELECT s.warned FROM quota_state s WHERE s.project = quota_projects.project), 0);
+    DROP TABLE quota_state;
+    CREATE TABLE quota_reservations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        blobs TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX quota_reservations_by_project ON quota_reservations(project, expires_at);
+    CREATE TABLE recent (
+        client TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (client, repository, digest, kind)
+    );
+    CREATE INDEX recent_by_time ON recent(at);
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        n INTEGER NOT NULL
+    );
+    "#,
+        postgres: r#"
+    CREATE TABLE events (
+        seq BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        project TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT,
+        occurred_at BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        release_at BIGINT,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_by_project ON events(project, seq);
+    CREATE INDEX events_held ON events(release_at) WHERE state = 'held';
+    CREATE INDEX events_held_digest ON events(repository, digest) WHERE state = 'held';
+    CREATE TABLE artifacts (
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        media_type TEXT,
+        size BIGINT,
+        config_digest TEXT,
+        chart TEXT,
+        platforms TEXT,
+        children TEXT,
+        blobs TEXT,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (repository, digest)
+    );
+    CREATE TABLE tags (
+        repository TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (repository, tag)
+    );
+    CREATE INDEX tags_by_digest ON tags(repository, digest);
+    CREATE TABLE projects (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE policies (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        enabled BIGINT NOT NULL,
+        event_types TEXT NOT NULL,
+        targets TEXT NOT NULL,
+        filters TEXT NOT NULL,
+        creator TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        UNIQUE (project, name)
+    );
+    CREATE TABLE deliveries (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        policy_id BIGINT NOT NULL,
+        project TEXT NOT NULL,
+        target_index BIGINT NOT NULL,
+        target_address TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        not_before BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        last_status BIGINT,
+        last_error TEXT,
+        claim_token BIGINT,
+        lease_until BIGINT,
+        target_id BIGINT
+    );
+    CREATE INDEX deliveries_due ON deliveries(not_before) WHERE state = 'pending';
+    CREATE INDEX deliveries_by_policy ON deliveries(policy_id, id);
+    CREATE INDEX deliveries_pending_by_target ON deliveries(target_address, not_before, id)
+        WHERE state = 'pending';
+    CREATE INDEX deliveries_by_event ON deliveries(event_id);
+    CREATE INDEX deliveries_lease ON deliveries(lease_until) WHERE state = 'running';
+    CREATE INDEX deliveries_by_target ON deliveries(target_id) WHERE state IN ('pending', 'running');
+    CREATE TABLE attempts (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        delivery_id BIGINT NOT NULL,
+        started_at BIGINT NOT NULL,
+        duration_ms BIGINT NOT NULL,
+        status_code BIGINT,
+        error_kind TEXT,
+        error TEXT,
+        response_excerpt TEXT
+    );
+    CREATE INDEX attempts_by_delivery ON attempts(delivery_id, id);
+    CREATE TABLE last_triggers (
+        policy_id BIGINT NOT NULL,
+        event_type TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (policy_id, event_type)
+    );
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE charts (
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        type TEXT NOT NULL,
+        app_version TEXT,
+        size BIGINT,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (project, name, version)
+    );
+    CREATE TABLE project_blobs (
+        project TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        refs BIGINT NOT NULL,
+        PRIMARY KEY (project, digest)
+    );
+    CREATE TABLE delivery_targets (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        policy_id BIGINT NOT NULL,
+        position BIGINT NOT NULL,
+        address TEXT NOT NULL,
+        body TEXT NOT NULL,
+        current BIGINT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX delivery_targets_by_policy ON delivery_targets(policy_id, position);
+    CREATE TABLE quota_projects (
+        project TEXT PRIMARY KEY,
+        usage BIGINT NOT NULL DEFAULT 0,
+        warned BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE quota_reservations (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        project TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        blobs TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX quota_reservations_by_project ON quota_reservations(project, expires_at);
+    CREATE TABLE recent (
+        client TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (client, repository, digest, kind)
+    );
+    CREATE INDEX recent_by_time ON recent(at);
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        n BIGINT NOT NULL
+    );
+    "#,
+        then: Some(super::policies::create_target_versions),
+    },
+];
+
+/// A database newer than this binary, or one the migration cannot handle.
+pub fn refuse_newer(found: i64) -> Result<(), StoreError> {
+    if found > latest() {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: latest(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! SQLite: the embedded store of a single instance, `<data_dir>/wharf.db`.
+//!
+//! One writer thread owns the write connection and commits in groups: every job queued while
+//! the previous transaction ran goes into the next one, each inside its own savepoint (a failing
+//! job rolls back alone, with its effects). A caller that awaits a write gets its answer only
+//! after the COMMIT. Background writes (pull events) wait up to [`BACKGROUND_WINDOW`] (10 ms)
+//! to share a commit: what sits in the queue when the process is killed is lost; the queue is
+//! drained on graceful shutdown.
+//!
+//! Durability: WAL journal. `store.synchronous: normal` (default) survives a killed process
+//! (`kill -9`) but not an OS crash — the same as the registry's own filesystem storage, which
+//! does not fsync either; `full` fsyncs every group commit (≈4 ms on this machine's disk).
+//! Reads use a small pool of read-only connections and see only committed data.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::db::{Db, Effects};
+use super::{PolicyCache, StoreError, StoreStats, Synchronous, schema};
+
+/// Runs a job in its savepoint: its effects if it succeeded.
+type RunJob = Box<dyn FnOnce(&Connection, &PolicyCache) -> Option<Effects> + Send>;
+
+/// A queued write: `run` executes inside its own savepoint and says whether it succeeded (else
+/// the savepoint is rolled back) with the effects to apply after COMMIT; `done` gets the outcome
+/// of the COMMIT (or the reason the job never ran) and answers the caller.
+pub(super) struct Job {
+    run: RunJob,
+    done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    /// Someone waits for this commit; background jobs may wait up to [`BACKGROUND_WINDOW`]
+    /// for company.
+    urgent: bool,
+}
+
+impl Job {
+    pub(super) fn new<T: Send + 'static>(
+        urgent: bool,
+        f: impl FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) -> Job {
+        let slot: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        Job {
+            run: Box::new(move |conn, cache| {
+                let db = Db::sqlite(conn).with_cache(cache);
+                let r = f(&db);
+                let effects = r.is_ok().then(|| db.take_effects());
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(r);
+                }
+                effects
+            }),
+            done: Box::new(move |commit| {
+                let r = out.lock().ok().and_then(|mut s| s.take());
+                answer(match (commit, r) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Some(r)) => r,
+                    (Ok(()), None) => Err(StoreError::Closed),
+                });
+            }),
+            urgent,
+        }
+    }
+
+    /// Answer without running (the store is closed).
+    pub(super) fn refuse(self) {
+        (self.done)(Err(StoreError::Closed));
+    }
+}
+
+const MAX_BATCH: usize = 512;
+/// How long background writes (pull events) may wait to be committed together with others:
+/// the window a killed process can lose them in.
+pub const BACKGROUND_WINDOW: Duration = Duration::from_millis(10);
+const MAX_IDLE_READERS: usize = 4;
+
+/// The SQLite backend: the writer thread's queue and the readers.
+pub(super) struct Sqlite {
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// What the writer thread does after each commit.
+pub(super) type AfterCommit = Box<dyn Fn(&Effects) + Send>;
+
+impl Sqlite {
+    /// Open (creating if needed) `<data_dir>/wharf.db`, migrate, start the writer thread.
+    pub(super) fn open(
+        data_dir: &Path,
+        sync: Synchronous,
+        stats: Arc<StoreStats>,
+        cache: Arc<PolicyCache>,
+        after_commit: AfterCommit,
+    ) -> Result<Sqlite, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source: Arc::new(e),
+        })?;
+        let path = data_dir.join("wharf.db");
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Synchronous::Normal => "NORMAL",
+                Synchronous::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        tune(&conn)?;
+        migrate(&conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer = std::thread::Builder::new()
+            .name("wharf-db-writer".into())
+            .spawn(move || writer_loop(conn, rx, stats, cache, after_commit))
+            .map_err(|e| StoreError::Io(Arc::new(e)))?;
+        Ok(Sqlite {
+            path,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn submit(&self, job: Job) -> Result<(), Job> {
+        let guard = match self.tx.lock() {
+            Ok(g) => g,
+            Err(_) => return Err(job),
+        };
+        match guard.as_ref() {
+            Some(tx) => tx.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Run `f` on a pooled read-only connection (call from a blocking thread).
+    pub(super) fn read<T>(
+        &self,
+        cache: &PolicyCache,
+        f: impl FnOnce(&Db<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut v| v.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                c.busy_timeout(Duration::from_secs(5))?;
+                tune(&c)?;
+                c
+            }
+        };
+        let out = f(&Db::sqlite(&conn).with_cache(cache));
+        if let Ok(mut v) = self.readers.lock()
+            && v.len() < MAX_IDLE_READERS
+        {
+            v.push(conn);
+        }
+        out
+    }
+
+    /// Stop taking writes, commit everything queued, stop the writer thread.
+    pub(super) async fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    stats: Arc<StoreStats>,
+    cache: Arc<PolicyCache>,
+    after_commit: AfterCommit,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let mut deadline: Option<std::time::Instant> = None;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    // someone waits: commit now; only background jobs: gather a few more
+                    if batch.iter().any(|j| j.urgent) {
+                        break;
+                    }
+                    let until = *deadline
+                        .get_or_insert_with(|| std::time::Instant::now() + BACKGROUND_WINDOW);
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(j) => batch.push(j),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        let n = batch.len();
+        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
+            let err = StoreError::from(e);
+            tracing::error!(error = %err, jobs = n, "database: cannot begin a transaction");
+            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+            for job in batch {
+                (job.done)(Err(err.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let mut dones = Vec::with_capacity(n);
+        let mut failed = 0u64;
+        let mut effects = Effects::default();
+        for job in batch {
+            let savepoint = exec_cached(&conn, "SAVEPOINT job").is_ok();
+            let done = (job.run)(&conn, &cache);
+            if savepoint {
+                let _ = if done.is_some() {
+                    exec_cached(&conn, "RELEASE job")
+                } else {
+                    exec_cached(&conn, "ROLLBACK TO job")
+                        .and_then(|_| exec_cached(&conn, "RELEASE job"))
+                };
+            }
+            match done {
+                Some(e) => {
+                    effects.deliveries |= e.deliveries;
+                    effects.policies |= e.policies;
+                }
+                None => failed += 1,
+            }
+            dones.push(job.done);
+        }
+        let commit = exec_cached(&conn, "COMMIT")
+            .map(|_| ())
+            .map_err(StoreError::from);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, jobs = n, "database: commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            after_commit(&effects);
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
+            stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
+        }
+        for done in dones {
+            done(commit.clone());
+        }
+    }
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+}
+
+/// Settings every connection gets: a statement cache big enough for every static statement,
+/// and the query planner stability guarantee. Without QPSG, SQLite lets a bound value steer
+/// the plan (a `LIMIT ?`, an `= ?` it propagates into a join or an `ORDER BY`) and then
+/// recompiles the statement whenever its bindings change — which, for a cached statement, is
+/// every use (rusqlite clears the bindings when it returns a statement to the cache). The hot
+/// statements are written for their indexes, not for particular values.
+pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
+/// Run a statement without parameters through the statement cache (no re-parse per batch).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute([])
+}
+
+/// The schema version of the database.
+pub(crate) fn version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+/// Bring the schema to the latest version (see [`schema`]); refuse a newer one.
+pub(crate) fn migrate(conn: &Connection) -> Result<i64, StoreError> {
+    let found = version(conn)?;
+    schema::refuse_newer(found)?;
+    for (i, m) in schema::MIGRATIONS.iter().enumerate() {
+        let target = i as i64 + 1;
+        if found < target {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let step = (|| {
+                conn.execute_batch(m.sqlite)?;
+                if let Some(then) = m.then {
+                    then(&Db::sqlite(conn))?;
+                }
+                conn.pragma_update(None, "user_version", target)?;
+                Ok::<(), StoreError>(())
+            })();
+            match step {
+                Ok(()) => conn.execute_batch("COMMIT")?,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+        }
+    }
+    version(conn)
+}
