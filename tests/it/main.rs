@@ -21,4 +21,5 @@ mod proxy;
 mod proxy_http;
 mod side;
 mod tls;
+mod upstream_tls;
 mod webhooks;
