@@ -13,6 +13,7 @@ mod common;
 
 mod chartrepo;
 mod cli;
+mod deploy;
 mod events;
 mod hardening;
 mod harness;
