@@ -708,3 +708,163 @@ async fn plain_manifests_are_in_sync_with_the_chart() {
         .await
         .assert_success();
 }
+
+/// A child process killed (and reaped) on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `cmd` with output to `log`, and wait until it listens on a port (found in /proc).
+async fn spawn_listening(mut cmd: std::process::Command, log: &Path) -> (Proc, u16) {
+    let out = std::fs::File::create(log).unwrap();
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    let what = cmd::describe(&cmd);
+    let mut child = Proc(
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}")),
+    );
+    let pid = child.0.id();
+    let port = crate::common::wait_until(
+        &format!("{what} listening"),
+        crate::common::STARTUP_TIMEOUT,
+        || {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!(
+                    "{what} exited ({status}):\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            let port = crate::common::procfs::listening_ports(pid)
+                .ok()
+                .and_then(|p| p.first().copied());
+            async move { port }
+        },
+    )
+    .await;
+    (child, port)
+}
+
+/// The sidecar pod as the chart renders it, its two containers run here as processes: the real
+/// docker-registry with the rendered config.yml and the container's environment, wharf with the
+/// rendered wharf.yaml and its container's environment. Only what a laptop cannot have is moved:
+/// ports (free ones instead of 5000 and 8080) and directories (temp dirs instead of the volumes).
+/// skopeo pushes and pulls through wharf and the push is an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_pod_from_the_chart_serves_skopeo_with_the_real_registry() {
+    let helm = Helm::new();
+    let out = helm
+        .run_ok(&[
+            "template",
+            "wharf",
+            chart_str(),
+            "--set",
+            "adminPassword=s3cret-admin",
+        ])
+        .await;
+    let objs = objects(&out.stdout);
+    let secrets = find(&objs, "Secret");
+    let text_of = |key: &str| {
+        secrets
+            .iter()
+            .find_map(|s| s["stringData"][key].as_str())
+            .unwrap_or_else(|| panic!("no Secret with {key}"))
+            .to_string()
+    };
+    let pod = &one(&objs, "Deployment")["spec"]["template"]["spec"];
+    let container_env = |name: &str| -> Vec<(String, String)> {
+        pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no container {name}"))["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().expect("literal env").to_string(),
+                )
+            })
+            .collect()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("wharf-it-pod-")
+        .tempdir()
+        .unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("config.yml"), text_of("config.yml")).unwrap();
+    std::fs::write(d.join("wharf.yaml"), text_of("wharf.yaml")).unwrap();
+
+    let mut registry = std::process::Command::new(tools::docker_registry());
+    registry.arg("serve").arg(d.join("config.yml"));
+    for (k, v) in container_env("registry") {
+        registry.env(k, v);
+    }
+    registry.env("REGISTRY_HTTP_ADDR", "127.0.0.1:0").env(
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+        d.join("storage"),
+    );
+    let (_registry, registry_port) = spawn_listening(registry, &d.join("registry.log")).await;
+
+    let mut wharf = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WHARF_") {
+            wharf.env_remove(k);
+        }
+    }
+    for (k, v) in container_env("wharf") {
+        wharf.env(k, v);
+    }
+    wharf
+        .arg("serve")
+        .env("WHARF_CONFIG", d.join("wharf.yaml"))
+        .env("WHARF_LISTEN", "127.0.0.1:0")
+        .env("WHARF_DATA_DIR", d.join("data"))
+        .env(
+            "WHARF_UPSTREAM__REGISTRY",
+            format!("http://127.0.0.1:{registry_port}"),
+        );
+    let (_wharf, port) = spawn_listening(wharf, &d.join("wharf.log")).await;
+    let base = format!("http://127.0.0.1:{port}");
+    crate::common::wait_until("/readyz 200", crate::common::STARTUP_TIMEOUT, || async {
+        let r = crate::common::client()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+
+    let image = crate::common::oci::build_image(&d.join("src"), "v1", &[32 * 1024]);
+    let skopeo = crate::common::Skopeo::new();
+    let remote = format!("docker://127.0.0.1:{port}/prj/pod:v1");
+    skopeo.copy_ok(&image.oci_ref(), &remote, &[]).await;
+    let pulled = d.join("out");
+    skopeo
+        .copy_ok(&remote, &format!("oci:{}:v1", pulled.display()), &[])
+        .await;
+    assert_eq!(
+        crate::common::oci::layout_digest(&pulled, "v1"),
+        Some(image.digest.clone())
+    );
+    let events: Value = crate::common::client()
+        .get(format!("{base}/api/v1/events?type=PUSH_ARTIFACT"))
+        .basic_auth("admin", Some("s3cret-admin"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
+}
