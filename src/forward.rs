@@ -869,6 +869,40 @@ mod tests {
     }
 
     #[test]
+    fn tls_errors_are_found_inside_io_errors_and_named_without_addresses() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connecting")]
+        struct Connecting(#[source] std::io::Error);
+        let name = rustls_pki_types::ServerName::try_from("registry.internal")
+            .unwrap()
+            .to_owned();
+        let cert =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                expected: name,
+                presented: vec!["DnsName(\"other.internal\")".into()],
+            });
+        // tokio-rustls wraps the rustls error in an io::Error, whose source() skips it
+        let e = Connecting(std::io::Error::new(std::io::ErrorKind::InvalidData, cert));
+        let found = find_tls_error(&e).expect("the rustls error is found");
+        let problem = tls_problem(found);
+        assert_eq!(
+            problem,
+            "certificate is not valid for the upstream's host name"
+        );
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        assert!(tls_problem(&alert).contains("client certificate"));
+        let none = Connecting(std::io::Error::other("connection refused"));
+        assert!(find_tls_error(&none).is_none());
+        let err = ForwardError::Tls {
+            upstream: "registry",
+            problem,
+            detail: "…registry.internal…".into(),
+        };
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(err.kind(), "tls");
+    }
+
+    #[test]
     fn oci_errors_have_the_distribution_shape() {
         let e = ForwardError::Unreachable {
             upstream: "registry",
