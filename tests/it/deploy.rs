@@ -7,7 +7,9 @@
 //! PDB, ServiceMonitor, the registry on localhost only), and the wharf config the chart renders
 //! passed through `wharf check-config --no-connect` with the environment the container gets
 //! (files it mounts replaced by local stand-ins of the same kind). Values the chart must refuse
-//! fail `helm template` with a message naming the value. The plain manifests are what
+//! fail `helm template` with a message naming the value. The sidecar pod's two containers run
+//! as processes from what the chart renders, and skopeo pushes and pulls through them.
+//! `NOTES.txt` says how to reach the registry, the API and the UI. The plain manifests are what
 //! `scripts/render-manifests.sh` renders from the chart today.
 
 use std::path::{Path, PathBuf};
@@ -867,4 +869,88 @@ async fn sidecar_pod_from_the_chart_serves_skopeo_with_the_real_registry() {
         .await
         .unwrap();
     assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
+}
+
+/// Copy the chart into `dir` with one more template that renders NOTES.txt into a ConfigMap, so
+/// `helm template` (which skips NOTES.txt, shown only by a real install) shows it.
+fn chart_with_rendered_notes(dir: &Path) -> String {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).unwrap();
+            }
+        }
+    }
+    let root = dir.join("wharf");
+    copy(&repo().join("deploy/helm/wharf"), &root);
+    let notes = std::fs::read_to_string(root.join("templates/NOTES.txt")).unwrap();
+    std::fs::write(
+        root.join("templates/notes-for-test.yaml"),
+        format!(
+            "{{{{- define \"test.notes\" }}}}\n{notes}\n{{{{- end }}}}\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{{{ include \"test.notes\" . | toJson }}}}\n"
+        ),
+    )
+    .unwrap();
+    root.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_say_how_to_reach_the_registry_the_api_and_the_ui() {
+    let helm = Helm::new();
+    let dir = tempfile::tempdir().unwrap();
+    let chart = chart_with_rendered_notes(dir.path());
+    for (args, mode_line, password) in [
+        (
+            vec!["--set", "adminPassword=pw"],
+            "the registry runs in the same pod on 127.0.0.1:5000",
+            "the value of adminPassword",
+        ),
+        (
+            vec![
+                "--set",
+                "mode=standalone",
+                "--set",
+                "upstream.registry=http://registry.registry.svc:5000",
+                "--set",
+                "existingSecret=wharf-credentials",
+            ],
+            "wharf forwards to the registry at http://registry.registry.svc:5000",
+            "get secret wharf-credentials",
+        ),
+    ] {
+        let mut a = vec![
+            "template",
+            "wharf",
+            chart.as_str(),
+            "--namespace",
+            "registry",
+            "--show-only",
+            "templates/notes-for-test.yaml",
+        ];
+        a.extend(args);
+        let out = helm.run_ok(&a).await;
+        let objs = objects(&out.stdout);
+        let notes = one(&objs, "ConfigMap")["data"]["notes"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for want in [
+            mode_line,
+            "http://wharf.registry.svc:8080",
+            "port-forward service/wharf 8080:8080",
+            "/v2/",
+            "/api/v2.0/projects/PROJECT/webhook/policies",
+            "/ui/",
+            "/healthz",
+            "/readyz",
+            password,
+        ] {
+            assert!(notes.contains(want), "{want:?} not in NOTES:\n{notes}");
+        }
+    }
 }
