@@ -1,11 +1,14 @@
 # wharf: the project's commands.
 #
 #   make test    THE command that runs every test: installs what is missing (scripts/deps.sh),
-#                then rustfmt check, clippy (warnings are errors) and all cargo tests.
+#                then rustfmt check, clippy (warnings are errors) and all cargo tests (among
+#                them helm lint --strict / helm template of deploy/helm/wharf, every rendered
+#                object validated against the Kubernetes JSON schemas by .tools/venv).
 #   make demo    THE command that runs the main job end to end: docker-registry behind wharf,
 #                an image pushed and pulled with skopeo (scripts/demo.sh).
 #   make bench   the benchmarks (bench/run.sh).
 #   make build   release build: target/release/wharf.
+#   make manifests  re-render deploy/kubernetes/ from the Helm chart (after changing it).
 #   make deps    only install what is missing (Debian 12; idempotent, ~1 s when all is there).
 
 SHELL := bash
@@ -18,7 +21,7 @@ export PATH := $(PATH):$(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 # helm (installed by scripts/deps.sh) for the tests that drive a real helm client.
 TOOLS_BIN := $(CURDIR)/.tools/bin
 
-.PHONY: help deps test demo bench build
+.PHONY: help deps test demo bench build manifests
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -40,3 +43,6 @@ bench:
 
 build:
 	cargo build --release
+
+manifests: deps
+	bash scripts/render-manifests.sh

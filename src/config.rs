@@ -34,6 +34,9 @@ pub enum ConfigError {
     Env { var: String, reason: String },
     #[error("{key}: {reason}")]
     Invalid { key: String, reason: String },
+    /// `upstream.ca_bundle`, `client_cert` or `client_key` cannot be used (names the key).
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::forward::TlsError),
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -562,6 +565,17 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection is kept.
     #[serde(default = "defaults::pool_idle_timeout", with = "duration")]
     pub pool_idle_timeout: Duration,
+    /// PEM file with one or more CA certificates trusted for `https://` upstreams (the registry
+    /// and ChartMuseum) in addition to the system's trust store, e.g. the company's own CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// PEM file with the client certificate chain (leaf first) wharf presents when an
+    /// `https://` upstream asks for one (mutual TLS). Needs `client_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<PathBuf>,
+    /// PEM file with the private key of `client_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// HTTPS for the listener.
@@ -982,6 +996,7 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        crate::forward::check_tls_files(&self.upstream)?;
         if let Some(tls) = &self.tls {
             for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
                 if !path.is_file() {
@@ -1406,6 +1421,86 @@ mod tests {
         let printed = c.to_masked_yaml();
         assert!(printed.contains("admin_password: '***'"), "{printed}");
         assert!(!format!("{c:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn upstream_tls_files_are_checked_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let ca = write("ca.pem", &format!("{}{}", cert.pem(), cert.pem()));
+        let key_pem = write("key.pem", &key.serialize_pem());
+        let other_pem = write("other.pem", &other.serialize_pem());
+        let junk = write("junk.pem", "not a certificate\n");
+        let up = |extra: &str| {
+            format!(
+                "upstream: {{registry: \"https://127.0.0.1:5000\", {extra}}}\nadmin_password: pw\n"
+            )
+        };
+        let c = load(
+            &up(&format!(
+                "ca_bundle: \"{ca}\", client_cert: \"{ca}\", client_key: \"{key_pem}\""
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.ca_bundle.as_deref(), Some(Path::new(&ca)));
+        assert!(c.to_masked_yaml().contains("ca_bundle:"));
+        let min = load(MIN, &[]).unwrap();
+        assert!(
+            !min.to_masked_yaml().contains("client_cert"),
+            "unset keys not printed"
+        );
+        for (extra, key, why) in [
+            (
+                "ca_bundle: /nonexistent/ca.pem",
+                "upstream.ca_bundle",
+                "/nonexistent/ca.pem",
+            ),
+            (
+                &format!("ca_bundle: \"{junk}\""),
+                "upstream.ca_bundle",
+                "no certificate",
+            ),
+            (
+                &format!("client_cert: \"{ca}\""),
+                "upstream.client_key",
+                "client_cert",
+            ),
+            (
+                &format!("client_key: \"{key_pem}\""),
+                "upstream.client_cert",
+                "client_key",
+            ),
+            (
+                &format!("client_cert: \"{ca}\", client_key: \"{ca}\""),
+                "upstream.client_key",
+                "no private key",
+            ),
+            (
+                &format!("client_cert: \"{ca}\", client_key: \"{other_pem}\""),
+                "upstream.client_key",
+                "",
+            ),
+            (
+                &format!("client_cert: \"{junk}\", client_key: \"{key_pem}\""),
+                "upstream.client_cert",
+                "no certificate",
+            ),
+        ] {
+            let err = load(&up(extra), &[]).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{key}: ")), "{extra}: {err}");
+            assert!(err.contains(why), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -10,11 +10,18 @@
 //!   the upstream itself is rewritten to the client-facing origin;
 //! - `Expect: 100-continue` is answered by wharf's own HTTP server (when the body is first read),
 //!   so it is not forwarded;
-//! - failures become OCI error JSON: unreachable → 502, no response headers within
-//!   `upstream.response_timeout` after the request body was sent → 504.
+//! - failures become OCI error JSON: unreachable (no TCP connection and TLS handshake within
+//!   `upstream.connect_timeout`) → 502, a TLS or certificate problem → 502 naming it, no response
+//!   headers within `upstream.response_timeout` after the request body was sent → 504;
+//! - `https://` upstreams are verified against the system's trust store plus
+//!   `upstream.ca_bundle`, and get `upstream.client_cert`/`client_key` when the server asks for a
+//!   client certificate.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +34,8 @@ use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::oneshot;
 
 use crate::config::UpstreamConfig;
@@ -34,7 +43,8 @@ use crate::config::UpstreamConfig;
 /// The one body type of requests and responses inside wharf.
 pub type Body = axum::body::Body;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = TimeoutConnector<hyper_rustls::HttpsConnector<HttpConnector>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Header carrying the request id, taken from the client or generated.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -62,6 +72,21 @@ pub enum ForwardError {
         upstream: &'static str,
         detail: String,
     },
+    /// The TLS handshake or the upstream's certificate failed. `problem` is safe to show the
+    /// client (no addresses); `detail` is the whole error chain, for the log.
+    #[error("{upstream} TLS failed: {problem} ({detail})")]
+    Tls {
+        upstream: &'static str,
+        problem: String,
+        detail: String,
+    },
+    /// The client for an upstream could not be built (only at start-up).
+    #[error("{upstream}: {source}")]
+    Setup {
+        upstream: &'static str,
+        #[source]
+        source: TlsError,
+    },
 }
 
 impl ForwardError {
@@ -79,17 +104,26 @@ impl ForwardError {
             ForwardError::Unreachable { .. } => "unreachable",
             ForwardError::Timeout { .. } => "timeout",
             ForwardError::Failed { .. } => "failed",
+            ForwardError::Tls { .. } => "tls",
+            ForwardError::Setup { .. } => "setup",
         }
     }
 
     /// The OCI error response for a registry path (internal addresses are not included).
     pub fn to_response(&self, request_id: &str) -> Response<Body> {
         let (upstream, message) = match self {
-            ForwardError::Unreachable { upstream, .. } => (*upstream, "upstream is unreachable"),
-            ForwardError::Timeout { upstream, .. } => {
-                (*upstream, "upstream did not answer in time")
+            ForwardError::Unreachable { upstream, .. } => {
+                (*upstream, "upstream is unreachable".to_string())
             }
-            ForwardError::Failed { upstream, .. } => (*upstream, "upstream connection failed"),
+            ForwardError::Timeout { upstream, .. } => {
+                (*upstream, "upstream did not answer in time".to_string())
+            }
+            ForwardError::Failed { upstream, .. } | ForwardError::Setup { upstream, .. } => {
+                (*upstream, "upstream connection failed".to_string())
+            }
+            ForwardError::Tls {
+                upstream, problem, ..
+            } => (*upstream, format!("upstream TLS failed: {problem}")),
         };
         oci_error(
             self.status(),
@@ -116,6 +150,240 @@ pub fn oci_error(
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     resp
+}
+
+/// Why the TLS client of the upstreams could not be set up. Each message starts with the
+/// config key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{key}: {}: {source}", path.display())]
+    Pem {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{key}: {} holds no {what} in PEM form", path.display())]
+    Empty {
+        key: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
+    #[error("{key}: {}: {source}", path.display())]
+    Rejected {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{key}: must be set together with {other}")]
+    Unpaired {
+        key: &'static str,
+        other: &'static str,
+    },
+    #[error("upstream TLS set-up: {0}")]
+    Build(#[source] rustls::Error),
+}
+
+/// The TLS client configuration of the upstreams: the system's trust store (the bundled Mozilla
+/// roots when it is empty) plus `upstream.ca_bundle`, and the client certificate of
+/// `upstream.client_cert`/`client_key` when set.
+pub fn client_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot use is skipped, as the webhook client does.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    build_tls(cfg, roots)
+}
+
+/// Read and check the files of `upstream.ca_bundle`, `client_cert` and `client_key` (for the
+/// config's validation: the system's trust store is not read).
+pub fn check_tls_files(cfg: &UpstreamConfig) -> Result<(), TlsError> {
+    build_tls(cfg, rustls::RootCertStore::empty()).map(drop)
+}
+
+fn build_tls(
+    cfg: &UpstreamConfig,
+    mut roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, TlsError> {
+    if let Some(path) = &cfg.ca_bundle {
+        let key = "upstream.ca_bundle";
+        for cert in read_certs(key, path)? {
+            roots.add(cert).map_err(|source| TlsError::Rejected {
+                key,
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(TlsError::Build)?
+    .with_root_certificates(roots);
+    match (&cfg.client_cert, &cfg.client_key) {
+        (None, None) => Ok(builder.with_no_client_auth()),
+        (Some(_), None) => Err(TlsError::Unpaired {
+            key: "upstream.client_key",
+            other: "upstream.client_cert",
+        }),
+        (None, Some(_)) => Err(TlsError::Unpaired {
+            key: "upstream.client_cert",
+            other: "upstream.client_key",
+        }),
+        (Some(cert), Some(key_path)) => {
+            let chain = read_certs("upstream.client_cert", cert)?;
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| match source {
+                rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+                    key: "upstream.client_key",
+                    path: key_path.clone(),
+                    what: "private key",
+                },
+                source => TlsError::Pem {
+                    key: "upstream.client_key",
+                    path: key_path.clone(),
+                    source,
+                },
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|source| TlsError::Rejected {
+                    key: "upstream.client_key",
+                    path: key_path.clone(),
+                    source,
+                })
+        }
+    }
+}
+
+/// Every certificate of a PEM file; none is an error.
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |source| TlsError::Pem {
+        key,
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(pem)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem)?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            key,
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// What a client may be told about a TLS failure: the certificate problem, without names or
+/// addresses.
+fn tls_problem(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => {
+                "certificate signed by an unknown authority (add its CA to upstream.ca_bundle)"
+                    .into()
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "certificate is not valid for the upstream's host name".into()
+            }
+            C::Expired | C::ExpiredContext { .. } => "certificate has expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => "certificate is not valid yet".into(),
+            C::Revoked => "certificate has been revoked".into(),
+            C::BadSignature => "certificate has a bad signature".into(),
+            C::BadEncoding => "certificate is malformed".into(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "certificate is not meant for a TLS server".into()
+            }
+            other => format!("certificate rejected ({other:?})"),
+        },
+        E::AlertReceived(
+            a @ (A::CertificateRequired
+            | A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied),
+        ) => format!(
+            "the upstream refused wharf's client certificate (alert {a:?}; see upstream.client_cert)"
+        ),
+        E::AlertReceived(a) => format!("the upstream ended the handshake (alert {a:?})"),
+        E::InvalidMessage(_) => {
+            "the upstream does not speak TLS (should the URL be http://?)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The first rustls error in `e`'s chain (looking inside `io::Error`s, whose `source` skips the
+/// error they wrap).
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+                return Some(t);
+            }
+            cur = Some(inner);
+            continue;
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// A connect that did not finish (TCP connection and TLS handshake) within its time.
+#[derive(Debug, thiserror::Error)]
+#[error("no connection within {0:?} (TCP connect and TLS handshake)")]
+struct ConnectTimedOut(Duration);
+
+/// Bounds the whole connect, TLS handshake included (hyper's own timeout covers TCP only), so
+/// a server that accepts and never answers the handshake is a 502 after `connect_timeout`.
+#[derive(Clone)]
+struct TimeoutConnector<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower::Service<Uri> for TimeoutConnector<C>
+where
+    C: tower::Service<Uri>,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(res) => res.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as BoxError),
+            }
+        })
+    }
 }
 
 /// How the client reached wharf: needed for `X-Forwarded-*`.
@@ -162,20 +430,18 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(format!("TLS set-up: {e}")))?
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let tls = client_tls(cfg).map_err(|source| ForwardError::Setup {
+            upstream: name,
+            source,
+        })?;
+        let connector = TimeoutConnector {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http),
+            timeout: cfg.connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
@@ -256,7 +522,13 @@ impl Upstream {
 
     fn classify_error(&self, e: hyper_util::client::legacy::Error) -> ForwardError {
         let detail = error_chain(&e);
-        if e.is_connect() {
+        if let Some(tls) = find_tls_error(&e) {
+            ForwardError::Tls {
+                upstream: self.name,
+                problem: tls_problem(tls),
+                detail,
+            }
+        } else if e.is_connect() {
             ForwardError::Unreachable {
                 upstream: self.name,
                 detail,
@@ -594,6 +866,40 @@ mod tests {
         );
         up.rewrite_location(&mut h, "https://wharf:8443");
         assert_eq!(h["location"], "/v2/p/r/blobs/sha256:x");
+    }
+
+    #[test]
+    fn tls_errors_are_found_inside_io_errors_and_named_without_addresses() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("connecting")]
+        struct Connecting(#[source] std::io::Error);
+        let name = rustls_pki_types::ServerName::try_from("registry.internal")
+            .unwrap()
+            .to_owned();
+        let cert =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+                expected: name,
+                presented: vec!["DnsName(\"other.internal\")".into()],
+            });
+        // tokio-rustls wraps the rustls error in an io::Error, whose source() skips it
+        let e = Connecting(std::io::Error::new(std::io::ErrorKind::InvalidData, cert));
+        let found = find_tls_error(&e).expect("the rustls error is found");
+        let problem = tls_problem(found);
+        assert_eq!(
+            problem,
+            "certificate is not valid for the upstream's host name"
+        );
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        assert!(tls_problem(&alert).contains("client certificate"));
+        let none = Connecting(std::io::Error::other("connection refused"));
+        assert!(find_tls_error(&none).is_none());
+        let err = ForwardError::Tls {
+            upstream: "registry",
+            problem,
+            detail: "…registry.internal…".into(),
+        };
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(err.kind(), "tls");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod common;
 
 mod chartrepo;
 mod cli;
+mod deploy;
 mod events;
 mod hardening;
 mod harness;
@@ -21,4 +22,5 @@ mod proxy;
 mod proxy_http;
 mod side;
 mod tls;
+mod upstream_tls;
 mod webhooks;

