@@ -133,18 +133,30 @@ pub enum Row<'r> {
     Postgres(&'r tokio_postgres::Row),
 }
 
+/// An integer column of a PostgreSQL row, whatever its width (a literal or a `CASE` is
+/// `integer`, a column `bigint`).
+fn pg_int(r: &tokio_postgres::Row, i: usize) -> Result<Option<i64>, StoreError> {
+    use tokio_postgres::types::Type;
+    let ty = r.columns().get(i).map(|c| c.type_().clone());
+    Ok(match ty {
+        Some(t) if t == Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(i64::from),
+        Some(t) if t == Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(i64::from),
+        _ => r.try_get::<_, Option<i64>>(i)?,
+    })
+}
+
 impl Row<'_> {
     pub fn i64(&self, i: usize) -> Result<i64, StoreError> {
         match self {
             Row::Sqlite(r) => Ok(r.get(i)?),
-            Row::Postgres(r) => Ok(r.try_get(i)?),
+            Row::Postgres(r) => pg_int(r, i)?.ok_or(StoreError::Null(i)),
         }
     }
 
     pub fn opt_i64(&self, i: usize) -> Result<Option<i64>, StoreError> {
         match self {
             Row::Sqlite(r) => Ok(r.get(i)?),
-            Row::Postgres(r) => Ok(r.try_get(i)?),
+            Row::Postgres(r) => pg_int(r, i),
         }
     }
 

@@ -75,6 +75,8 @@ pub enum StoreError {
     Setup(Arc<pg::PgSetupError>),
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("database: column {0} is NULL where a value was expected")]
+    Null(usize),
 }
 
 impl From<rusqlite::Error> for StoreError {

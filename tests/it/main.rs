@@ -21,6 +21,7 @@ mod lifecycle;
 mod proxy;
 mod proxy_http;
 mod side;
+mod store;
 mod tls;
 mod upstream_tls;
 mod webhooks;

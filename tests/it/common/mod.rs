@@ -18,6 +18,7 @@
 //!   answers from a programmable queue (webhook endpoint, or a recording upstream).
 //! - [`http`]: a plain-HTTP `reqwest` client, a raw TCP HTTP/1.1 client for exact bytes on the
 //!   wire, streaming upload/download of files, [`RegistryClient`] for the `/v2` API.
+//! - [`postgres`]: a private PostgreSQL cluster for the test run, a database per test.
 //! - [`procfs`]: listening ports and memory of a process, from `/proc`.
 //! - [`cmd`]: running a command with a timeout, [`CmdOutput`].
 //!
@@ -33,6 +34,7 @@ pub mod cmd;
 pub mod helm;
 pub mod http;
 pub mod oci;
+pub mod postgres;
 pub mod procfs;
 pub mod receiver;
 pub mod registry;

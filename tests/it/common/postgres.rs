@@ -102,7 +102,12 @@ fn start() -> Cluster {
     let out = as_db_user(&bin.join("initdb"))
         .arg("-D")
         .arg(&data)
-        .args(["-U", USER, "--auth-local=trust", "--auth-host=scram-sha-256"])
+        .args([
+            "-U",
+            USER,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+        ])
         .arg(format!("--pwfile={}", pwfile.display()))
         .args(["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
         .output()
@@ -180,14 +185,23 @@ pub fn cluster() -> &'static Cluster {
 impl Cluster {
     /// `postgres://wharf:…@127.0.0.1:<port>/<db>` (no TLS).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable", self.port)
+        format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
     }
 
     /// Run SQL as the superuser on database `db`.
     pub async fn execute(&self, db: &str, sql: &str) {
-        let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}", self.port), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to the test cluster: {e}"));
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}",
+                self.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test cluster: {e}"));
         let task = tokio::spawn(conn);
         client
             .batch_execute(sql)
@@ -203,8 +217,13 @@ pub async fn database() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let c = cluster();
-    let name = format!("t{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-    c.execute("postgres", &format!("CREATE DATABASE {name}")).await;
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    c.execute("postgres", &format!("CREATE DATABASE {name}"))
+        .await;
     c.url(&name)
 }
 

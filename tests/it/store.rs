@@ -1,0 +1,1015 @@
+//! The store's conformance suite: every case runs against both backends — the embedded SQLite
+//! store and PostgreSQL (a private cluster started by the tests, a database per test) — through
+//! the same public interface ([`wharf::store::Store`] and the store functions).
+//!
+//! Cases that need two processes sharing one database (two replicas racing for the same rows)
+//! run on PostgreSQL only: the embedded store has one writer by design.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use wharf::config::{DatabaseUrl, StoreConfig};
+use wharf::dispatch::policy::{Filters, Policy, Target};
+use wharf::events::{Event, EventKind};
+use wharf::route::Repository;
+use wharf::store::knowledge::{self, Artifact};
+use wharf::store::outbox::{self, Attempt, ClaimLimits, Lease, Next, Redelivery};
+use wharf::store::{self, Store, StoreError, events, policies, quota};
+
+use crate::common::postgres as pgc;
+
+/// A store of one backend, and what keeps its files.
+struct Opened {
+    store: Store,
+    _dir: tempfile::TempDir,
+    /// The PostgreSQL URL (to open a second handle: another "replica").
+    url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+async fn open(kind: Kind) -> Opened {
+    let dir = tempfile::Builder::new()
+        .prefix("wharf-it-store-")
+        .tempdir()
+        .unwrap();
+    match kind {
+        Kind::Sqlite => Opened {
+            store: Store::open_sqlite(dir.path(), Default::default()).unwrap(),
+            _dir: dir,
+            url: None,
+        },
+        Kind::Postgres => {
+            let url = pgc::database().await;
+            let store = Store::open(&pg_config(&url), dir.path()).await.unwrap();
+            Opened {
+                store,
+                _dir: dir,
+                url: Some(url),
+            }
+        }
+    }
+}
+
+fn pg_config(url: &str) -> StoreConfig {
+    StoreConfig {
+        url: Some(DatabaseUrl::new(url)),
+        ..StoreConfig::default()
+    }
+}
+
+/// Run each case on both backends: `conformance!(name);` expects `async fn name(kind: Kind)`.
+macro_rules! conformance {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    events_are_published_with_deliveries_and_pruned_when_done,
+    held_events_are_published_absorbed_or_released_once,
+    chart_facts_are_remembered_and_forgotten,
+    knowledge_counts_shared_blobs_once_and_gives_them_back,
+    recount_follows_the_known_manifests,
+    claims_respect_per_target_limits_and_skips,
+    retries_of_a_policy_switched_off_end_as_dead,
+    a_delivery_ended_while_attempted_is_not_retried,
+    redelivery_skips_running_deliveries_and_disabled_targets,
+    an_expired_lease_lets_another_claimer_take_over,
+    old_target_secrets_leave_the_database,
+    quota_reservations_never_exceed_the_limit,
+    policy_changes_move_the_version_and_the_cache_follows,
+    events_list_filters,
+    a_newer_schema_is_refused,
+);
+
+fn repo(s: &str) -> Repository {
+    Repository::parse(s).unwrap()
+}
+
+fn push(r: &str, digest: &str) -> Event {
+    let mut e = Event::new(EventKind::PushArtifact, &repo(r), "alice");
+    e.digest = Some(digest.to_string());
+    e
+}
+
+fn policy(project: &str, targets: Vec<Target>) -> Policy {
+    Policy {
+        id: 0,
+        project: project.into(),
+        project_id: 0,
+        name: format!("p-{}", targets.len()),
+        description: String::new(),
+        enabled: true,
+        event_types: vec![EventKind::PushArtifact, EventKind::PullArtifact],
+        targets,
+        filters: Filters::default(),
+        creator: "admin".into(),
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+async fn add_policy(s: &Store, p: Policy) -> i64 {
+    s.write(move |c| policies::insert(c, &p)).await.unwrap()
+}
+
+/// Publish `n` push events of `prj/app`.
+async fn publish(s: &Store, n: usize) {
+    s.write(move |c| {
+        for i in 0..n {
+            events::insert(c, &push("prj/app", &format!("sha256:{i}")), None)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Rows of a table (the copy of a value in it, for checks on what is stored).
+async fn count(s: &Store, sql: &'static str) -> i64 {
+    s.read(move |c| Ok(c.int(sql, &[])?.unwrap_or(0)))
+        .await
+        .unwrap()
+}
+
+fn limits(limit: usize, per_target: usize) -> ClaimLimits {
+    ClaimLimits {
+        limit,
+        per_target,
+        ..ClaimLimits::default()
+    }
+}
+
+fn lease(token: i64) -> Lease {
+    Lease {
+        token,
+        until: store::now_ms() + 60_000,
+    }
+}
+
+async fn claim(s: &Store, l: ClaimLimits, lease: Lease) -> Vec<outbox::Claimed> {
+    s.write(move |c| outbox::claim(c, store::now_ms() + 1, &l, lease))
+        .await
+        .unwrap()
+}
+
+async fn state(s: &Store, id: i64) -> String {
+    s.read(move |c| {
+        Ok(c.text(
+            "SELECT state FROM deliveries WHERE id = ?1",
+            &[store::db::Value::Int(id)],
+        )?
+        .unwrap_or_default())
+    })
+    .await
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn events_are_published_with_deliveries_and_pruned_when_done(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    let published = s
+        .write(|c| {
+            let mut old = push("prj/a", "sha256:old");
+            old.occurred_at = chrono::Utc::now() - chrono::Duration::days(40);
+            let mut waiting = push("prj/a", "sha256:waiting");
+            waiting.occurred_at = old.occurred_at;
+            for e in [&old, &waiting, &push("prj/a", "sha256:fresh")] {
+                events::insert(c, e, None)?;
+            }
+            Ok(c.take_published())
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        published.len(),
+        3,
+        "the job's effects name what it published"
+    );
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 3);
+    // the old one's delivery is done, the waiting one's is not
+    s.write(|c| {
+        c.exec(
+            "UPDATE deliveries SET state = 'dead' WHERE event_id IN (SELECT id FROM events WHERE digest = 'sha256:old')",
+            &[],
+        )?;
+        c.exec(
+            "INSERT INTO attempts (delivery_id, started_at, duration_ms) SELECT id, 0, 1 FROM deliveries",
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let before = store::now_ms() - 30 * 86_400_000;
+    assert_eq!(
+        s.write(move |c| events::prune(c, before, 100))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.write(move |c| events::prune(c, before, 100))
+            .await
+            .unwrap(),
+        0
+    );
+    let left = s
+        .read(|c| {
+            events::list(
+                c,
+                &events::EventFilter {
+                    all_states: true,
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    let mut digests: Vec<String> = left.into_iter().filter_map(|e| e.event.digest).collect();
+    digests.sort();
+    assert_eq!(digests, ["sha256:fresh", "sha256:waiting"]);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 2);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM attempts").await, 2);
+    s.close().await;
+}
+
+async fn held_events_are_published_absorbed_or_released_once(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let far = store::now_ms() + 3_600_000;
+    let published = s
+        .write(move |c| {
+            events::insert(c, &push("prj/a", "sha256:1"), Some(far))?;
+            events::insert(c, &push("prj/a", "sha256:2"), Some(far))?;
+            events::insert(c, &push("prj/b", "sha256:1"), Some(far))?;
+            events::insert(c, &push("prj/c", "sha256:9"), Some(far))?;
+            Ok(events::publish_held(c, "prj/a", "sha256:1")?.len())
+        })
+        .await
+        .unwrap();
+    assert_eq!(published, 1);
+    // published once only
+    let again = s
+        .write(|c| Ok(events::publish_held(c, "prj/a", "sha256:1")?.len()))
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    // an index absorbs a held platform manifest
+    let absorbed = s
+        .write(|c| events::cancel_held(c, "prj/b", &["sha256:1".to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(absorbed, 1);
+    // the rest is released when due
+    let due = s
+        .write(move |c| {
+            Ok((
+                events::next_release(c)?,
+                events::publish_due(c, far + 1)?.len(),
+                events::next_release(c)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(due, (Some(far), 2, None));
+    s.close().await;
+}
+
+async fn chart_facts_are_remembered_and_forgotten(kind: Kind) {
+    use wharf::store::charts::{self, ChartFacts};
+    let o = open(kind).await;
+    let s = &o.store;
+    let f = ChartFacts {
+        project: "prj".into(),
+        name: "web".into(),
+        version: "1.0.0".into(),
+        chart_type: "application".into(),
+        app_version: Some("2.4".into()),
+        size: Some(1234),
+    };
+    let got = {
+        let f = f.clone();
+        s.write(move |c| {
+            charts::remember(c, &f)?;
+            Ok((
+                charts::get(c, "prj", "web", "1.0.0")?,
+                charts::get(c, "other", "web", "1.0.0")?,
+            ))
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(got, (Some(f.clone()), None));
+    let mut g = f.clone();
+    g.chart_type = "library".into();
+    g.app_version = None;
+    g.size = None;
+    let again = {
+        let g = g.clone();
+        s.write(move |c| {
+            charts::remember(c, &g)?;
+            charts::get(c, "prj", "web", "1.0.0")
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(again, Some(g));
+    let gone = s
+        .write(|c| {
+            charts::forget(c, "prj", "web", "1.0.0")?;
+            charts::forget(c, "prj", "web", "1.0.0")?;
+            charts::get(c, "prj", "web", "1.0.0")
+        })
+        .await
+        .unwrap();
+    assert_eq!(gone, None);
+    s.close().await;
+}
+
+fn artifact(r: &str, digest: &str, blobs: &[(&str, u64)]) -> Artifact {
+    Artifact {
+        repository: r.into(),
+        digest: digest.into(),
+        kind: "image".into(),
+        blobs: blobs.iter().map(|(d, n)| (d.to_string(), *n)).collect(),
+        ..Artifact::default()
+    }
+}
+
+async fn knowledge_counts_shared_blobs_once_and_gives_them_back(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let a = artifact("p/a", "m1", &[("c1", 10), ("l1", 100), ("l2", 200)]);
+    let b = artifact("p/b", "m2", &[("c2", 20), ("l1", 100)]);
+    let steps = s
+        .write(move |c| {
+            let first = knowledge::learn_manifest(c, &a, Some("v1"))?;
+            let again = knowledge::learn_manifest(c, &a, Some("v2"))?;
+            let adding_b = quota::adding(c, "p", &b.blobs)?;
+            let second = knowledge::learn_manifest(c, &b, None)?;
+            Ok((
+                first,
+                again,
+                adding_b,
+                second,
+                knowledge::tags_of(c, "p/a", "m1")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(steps.0.usage, Some((0, 310)));
+    assert!(
+        !steps.1.new && steps.1.usage.is_none(),
+        "a manifest counts once"
+    );
+    assert_eq!(steps.2, 20, "l1 is already counted");
+    assert_eq!(steps.3.usage, Some((310, 330)));
+    assert_eq!(steps.4, ["v1", "v2"]);
+    let usage = |p: &'static str| s.read(move |c| quota::usage(c, p));
+    assert_eq!(usage("other").await.unwrap(), 0);
+    let gone = s
+        .write(|c| knowledge::forget_manifest(c, "p/a", "m1"))
+        .await
+        .unwrap();
+    assert_eq!(gone, Some((330, 120)), "l1 is still referenced by b");
+    assert_eq!(
+        s.write(|c| knowledge::forget_manifest(c, "p/a", "m1"))
+            .await
+            .unwrap(),
+        None
+    );
+    s.write(|c| knowledge::forget_manifest(c, "p/b", "m2"))
+        .await
+        .unwrap();
+    assert_eq!(usage("p").await.unwrap(), 0);
+    // sizes never wrap: four blobs of 2^62 bytes saturate
+    let huge = artifact(
+        "q/h",
+        "m3",
+        &[
+            ("h1", 1 << 62),
+            ("h2", 1 << 62),
+            ("h3", 1 << 62),
+            ("h4", 1 << 62),
+        ],
+    );
+    let learned = s
+        .write(move |c| knowledge::learn_manifest(c, &huge, None))
+        .await
+        .unwrap();
+    assert_eq!(learned.usage, Some((0, u64::MAX)));
+    assert_eq!(usage("q").await.unwrap(), i64::MAX as u64, "stored clamped");
+    s.close().await;
+}
+
+async fn recount_follows_the_known_manifests(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    s.write(|c| {
+        knowledge::upsert_artifact(c, &artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]))?;
+        knowledge::upsert_artifact(c, &artifact("p/b", "m2", &[("c2", 20), ("l1", 100)]))?;
+        knowledge::upsert_artifact(c, &artifact("q/a", "m1", &[("c1", 10), ("l1", 100)]))?;
+        knowledge::upsert_artifact(c, &artifact("p/i", "idx", &[]))?;
+        // stale counts of a blob nobody references any more
+        quota::add_refs(c, "p", &[("gone".to_string(), 5000)])?;
+        quota::recount(c)
+    })
+    .await
+    .unwrap();
+    let usage = |p: &'static str| s.read(move |c| quota::usage(c, p));
+    assert_eq!(usage("p").await.unwrap(), 130);
+    assert_eq!(usage("q").await.unwrap(), 110);
+    // l1 is referenced twice in p: deleting one manifest keeps it
+    s.write(|c| quota::remove_refs(c, "p", &[("c1".into(), 10), ("l1".into(), 100)]))
+        .await
+        .unwrap();
+    assert_eq!(usage("p").await.unwrap(), 120);
+    s.write(quota::recount).await.unwrap();
+    assert_eq!(usage("p").await.unwrap(), 130, "idempotent");
+    let all = s.read(quota::all_usage).await.unwrap();
+    assert_eq!(all, [("p".to_string(), 130), ("q".to_string(), 110)]);
+    s.close().await;
+}
+
+async fn claims_respect_per_target_limits_and_skips(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let a = "http://a.example/";
+    add_policy(s, policy("prj", vec![Target::http(a)])).await;
+    publish(s, 5).await;
+    // one attempt to `a` is running: room for one more of two
+    let busy = ClaimLimits {
+        in_flight: HashMap::from([(a.to_string(), 1)]),
+        ..limits(100, 2)
+    };
+    assert_eq!(claim(s, busy, lease(1)).await.len(), 1);
+    assert_eq!(claim(s, limits(100, 2), lease(2)).await.len(), 2);
+    let full = ClaimLimits {
+        in_flight: HashMap::from([(a.to_string(), 2)]),
+        ..limits(100, 2)
+    };
+    assert!(claim(s, full, lease(3)).await.is_empty());
+    let skipped = ClaimLimits {
+        skip: vec![a.to_string()],
+        ..limits(100, 2)
+    };
+    assert!(claim(s, skipped, lease(4)).await.is_empty());
+    assert_eq!(
+        count(s, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").await,
+        2
+    );
+    let due = s.read(|c| outbox::next_due(c, &[])).await.unwrap();
+    assert!(due.is_some());
+    let counts = s.read(outbox::counts).await.unwrap();
+    assert!(counts.contains(&("running".to_string(), 3)), "{counts:?}");
+    s.close().await;
+}
+
+async fn retries_of_a_policy_switched_off_end_as_dead(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    publish(s, 2).await;
+    s.write(|c| c.exec("UPDATE policies SET enabled = 0", &[]))
+        .await
+        .unwrap();
+    assert!(claim(s, limits(100, 16), lease(1)).await.is_empty());
+    let dead: Vec<String> = s
+        .read(|c| {
+            c.rows(
+                "SELECT last_error FROM deliveries WHERE state = 'dead'",
+                &[],
+                |r| r.text(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead, vec!["policy disabled", "policy disabled"]);
+    s.close().await;
+}
+
+async fn a_delivery_ended_while_attempted_is_not_retried(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    publish(s, 2).await;
+    let got = claim(s, limits(2, 2), lease(7)).await;
+    let (a, b) = (got[0].id, got[1].id);
+    // the policy is deleted while both attempts run
+    assert!(
+        s.write(move |c| policies::delete(c, "prj", pid))
+            .await
+            .unwrap()
+    );
+    let timeout = Attempt {
+        delivery_id: a,
+        error_kind: Some("timeout".into()),
+        ..Attempt::default()
+    };
+    s.write(move |c| outbox::record(c, &timeout, Next::RetryAt(store::now_ms()), 7))
+        .await
+        .unwrap();
+    assert_eq!(state(s, a).await, "dead");
+    let ok = Attempt {
+        delivery_id: b,
+        status_code: Some(200),
+        ..Attempt::default()
+    };
+    s.write(move |c| outbox::record(c, &ok, Next::Succeeded, 7))
+        .await
+        .unwrap();
+    assert_eq!(state(s, b).await, "succeeded");
+    let attempts = s.read(move |c| outbox::attempts(c, a)).await.unwrap();
+    assert_eq!(attempts.len(), 1, "the attempt is kept");
+    s.close().await;
+}
+
+async fn redelivery_skips_running_deliveries_and_disabled_targets(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    publish(s, 1).await;
+    let got = claim(s, limits(1, 1), lease(3)).await;
+    let id = got[0].id;
+    let r = |p, d| s.write(move |c| outbox::redeliver(c, p, d));
+    assert_eq!(r(pid, id).await.unwrap(), Redelivery::Running);
+    assert_eq!(r(pid + 1, id).await.unwrap(), Redelivery::NotFound);
+    let gone = Attempt {
+        delivery_id: id,
+        status_code: Some(410),
+        ..Attempt::default()
+    };
+    s.write(move |c| {
+        outbox::record(c, &gone, Next::Dead, 3)?;
+        outbox::disable_target(c, pid, 0, "http://a.example/", "gone")
+    })
+    .await
+    .unwrap();
+    assert_eq!(r(pid, id).await.unwrap(), Redelivery::TargetDisabled);
+    assert_eq!(
+        s.write(move |c| outbox::redeliver_dead(c, pid))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(state(s, id).await, "dead");
+    // re-enabled: redelivered, due now, with the current target version
+    s.write(move |c| {
+        let mut p = policies::get_by_id(c, pid)?.unwrap();
+        p.targets[0].disabled = false;
+        policies::update(c, &p).map(|_| ())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.write(move |c| outbox::redeliver_dead(c, pid))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(state(s, id).await, "pending");
+    s.close().await;
+}
+
+async fn an_expired_lease_lets_another_claimer_take_over(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    publish(s, 1).await;
+    let short = Lease {
+        token: 11,
+        until: store::now_ms() + 50,
+    };
+    let first = claim(s, limits(10, 10), short).await;
+    assert_eq!(first.len(), 1);
+    let id = first[0].id;
+    // not before the lease expires
+    assert_eq!(
+        s.write(|c| outbox::reclaim_expired(c, store::now_ms()))
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(
+        s.write(|c| outbox::reclaim_expired(c, store::now_ms()))
+            .await
+            .unwrap(),
+        1
+    );
+    let second = claim(s, limits(10, 10), lease(22)).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, id);
+    assert_eq!(
+        second[0].event.id, first[0].event.id,
+        "same event id on every attempt"
+    );
+    // the first claimer comes back late: its failure does not move the delivery
+    let late = Attempt {
+        delivery_id: id,
+        error_kind: Some("timeout".into()),
+        ..Attempt::default()
+    };
+    s.write(move |c| outbox::record(c, &late, Next::RetryAt(0), 11))
+        .await
+        .unwrap();
+    assert_eq!(state(s, id).await, "running");
+    s.write(move |c| outbox::defer(c, id, 0, 11)).await.unwrap();
+    assert_eq!(state(s, id).await, "running", "only the holder defers");
+    let ok = Attempt {
+        delivery_id: id,
+        status_code: Some(200),
+        ..Attempt::default()
+    };
+    s.write(move |c| outbox::record(c, &ok, Next::Succeeded, 22))
+        .await
+        .unwrap();
+    assert_eq!(state(s, id).await, "succeeded");
+    s.close().await;
+}
+
+async fn old_target_secrets_leave_the_database(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let with_header = |h: &str| Target {
+        auth_header: Some(h.to_string()),
+        secret: Some(format!("whsec-{h}")),
+        ..Target::http("http://a.example/")
+    };
+    let pid = add_policy(s, policy("prj", vec![with_header("Bearer old-1")])).await;
+    publish(s, 2).await;
+    // one delivery done, one still pending when the header is rotated
+    let got = claim(s, limits(1, 1), lease(5)).await;
+    let ok = Attempt {
+        delivery_id: got[0].id,
+        status_code: Some(200),
+        ..Attempt::default()
+    };
+    s.write(move |c| outbox::record(c, &ok, Next::Succeeded, 5))
+        .await
+        .unwrap();
+    s.write(move |c| {
+        let mut p = policies::get_by_id(c, pid)?.unwrap();
+        p.targets = vec![with_header("Bearer new-2")];
+        policies::update(c, &p).map(|_| ())
+    })
+    .await
+    .unwrap();
+    let stored = || async {
+        s.read(|c| {
+            let mut all = c.rows("SELECT body FROM delivery_targets", &[], |r| r.text(0))?;
+            all.extend(c.rows("SELECT target FROM deliveries", &[], |r| r.text(0))?);
+            Ok(all.join("\n"))
+        })
+        .await
+        .unwrap()
+    };
+    let now = stored().await;
+    assert!(
+        now.contains("old-1"),
+        "the pending delivery still needs the old version"
+    );
+    // a new event goes to the new version; the pending one finishes
+    publish(s, 1).await;
+    let got = claim(s, limits(10, 10), lease(6)).await;
+    assert_eq!(got.len(), 2);
+    let headers: Vec<Option<String>> = got.iter().map(|d| d.target.auth_header.clone()).collect();
+    assert!(
+        headers.contains(&Some("Bearer old-1".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&Some("Bearer new-2".into())),
+        "{headers:?}"
+    );
+    for d in &got {
+        let ok = Attempt {
+            delivery_id: d.id,
+            status_code: Some(200),
+            ..Attempt::default()
+        };
+        s.write(move |c| outbox::record(c, &ok, Next::Succeeded, 6))
+            .await
+            .unwrap();
+    }
+    s.write(|c| policies::drop_unused_targets(c, None))
+        .await
+        .unwrap();
+    let now = stored().await;
+    assert!(!now.contains("old-1"), "old header still stored:\n{now}");
+    assert!(now.contains("new-2"));
+    // deleting the policy drops the rest
+    s.write(move |c| policies::delete(c, "prj", pid))
+        .await
+        .unwrap();
+    let now = stored().await;
+    assert!(!now.contains("new-2"), "header of a deleted policy:\n{now}");
+    assert!(!now.contains("whsec"), "{now}");
+    s.close().await;
+}
+
+async fn quota_reservations_never_exceed_the_limit(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let blobs = |d: &str, n: u64| vec![(d.to_string(), n)];
+    let reserve = |b: Vec<(String, u64)>, expires: i64| {
+        s.write(move |c| quota::reserve(c, "p", &b, 1000, store::now_ms(), expires))
+    };
+    let later = store::now_ms() + 60_000;
+    let a = reserve(blobs("a", 600), later).await.unwrap();
+    let quota::Reservation::Reserved { id: a_id } = a else {
+        panic!("{a:?}")
+    };
+    // a second push of new content while the first is in flight does not fit
+    let b = reserve(blobs("b", 600), later).await.unwrap();
+    assert_eq!(
+        b,
+        quota::Reservation::Exceeded {
+            adding: 600,
+            usage: 600,
+            limit: 1000
+        }
+    );
+    // the same blob again adds nothing
+    assert_eq!(
+        reserve(blobs("a", 600), later).await.unwrap(),
+        quota::Reservation::NothingNew
+    );
+    // the first push failed: its space comes back
+    s.write(move |c| quota::release(c, a_id)).await.unwrap();
+    let b = reserve(blobs("b", 600), later).await.unwrap();
+    assert!(matches!(b, quota::Reservation::Reserved { .. }), "{b:?}");
+    // a reservation whose push never came back lapses
+    let lapsed = reserve(blobs("c", 300), store::now_ms() - 1).await.unwrap();
+    assert!(matches!(lapsed, quota::Reservation::Reserved { .. }));
+    let d = reserve(blobs("d", 300), later).await.unwrap();
+    assert!(matches!(d, quota::Reservation::Reserved { .. }), "{d:?}");
+    assert!(
+        s.write(|c| quota::prune_reservations(c, store::now_ms()))
+            .await
+            .unwrap()
+            >= 1
+    );
+    s.close().await;
+}
+
+async fn policy_changes_move_the_version_and_the_cache_follows(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let v0 = s.policy_version().await.unwrap();
+    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    let v1 = s.policy_version().await.unwrap();
+    assert!(v1 > v0);
+    // fan-out caches the project's policies; a change drops the cache after its commit
+    publish(s, 1).await;
+    assert!(s.policy_cache().policies("prj").is_some());
+    s.write(|c| policies::set_notification_enabled(c, false))
+        .await
+        .unwrap();
+    assert!(s.policy_cache().policies("prj").is_none());
+    assert!(s.policy_version().await.unwrap() > v1);
+    // switched off: no deliveries
+    publish(s, 1).await;
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 1);
+    s.write(|c| policies::set_notification_enabled(c, true))
+        .await
+        .unwrap();
+    publish(s, 1).await;
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 2);
+    // last trigger, names
+    let triggers = s.read(|c| policies::last_triggers(c, "prj")).await.unwrap();
+    assert_eq!(triggers.len(), 1);
+    assert_eq!(triggers[0].0, pid);
+    let taken = s
+        .read(|c| policies::name_taken(c, "prj", "p-1", None))
+        .await
+        .unwrap();
+    assert!(taken);
+    // a duplicate name is a unique violation the API can tell apart
+    let dup = s
+        .write(|c| policies::insert(c, &policy("prj", vec![Target::http("http://b/")])))
+        .await
+        .unwrap_err();
+    assert!(dup.is_unique_violation(), "{dup}");
+    // project ids are assigned once
+    let ids = s
+        .write(|c| {
+            Ok((
+                policies::ensure_project(c, "prj")?,
+                policies::ensure_project(c, "other")?,
+                policies::ensure_project(c, "prj")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids.0, ids.2);
+    assert_ne!(ids.0, ids.1);
+    s.close().await;
+}
+
+async fn events_list_filters(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    s.write(|c| {
+        events::insert(c, &push("prj/a", "sha256:1"), None)?;
+        events::insert(c, &push("prj/b", "sha256:2"), None)?;
+        events::insert(c, &push("other/a", "sha256:3"), None)?;
+        events::insert(
+            c,
+            &push("prj/a", "sha256:4"),
+            Some(store::now_ms() + 60_000),
+        )
+    })
+    .await
+    .unwrap();
+    let list = |f: events::EventFilter| s.read(move |c| events::list(c, &f));
+    let f = |project: Option<&str>, repository: Option<&str>, all: bool| events::EventFilter {
+        project: project.map(str::to_string),
+        repository: repository.map(str::to_string),
+        kind: Some(EventKind::PushArtifact),
+        all_states: all,
+        limit: 10,
+    };
+    assert_eq!(list(f(Some("prj"), None, false)).await.unwrap().len(), 2);
+    assert_eq!(list(f(Some("prj"), None, true)).await.unwrap().len(), 3);
+    let a = list(f(None, Some("prj/a"), true)).await.unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0].state, "held", "newest first");
+    let id = a[1].event.id.to_string();
+    let one = s.read(move |c| events::get(c, &id)).await.unwrap();
+    assert_eq!(one.unwrap().digest.as_deref(), Some("sha256:1"));
+    s.close().await;
+}
+
+async fn a_newer_schema_is_refused(kind: Kind) {
+    let o = open(kind).await;
+    let latest = store::schema::latest();
+    assert_eq!(o.store.schema_version().await.unwrap(), latest);
+    match kind {
+        Kind::Sqlite => {
+            o.store.close().await;
+            let conn = rusqlite::Connection::open(o._dir.path().join("wharf.db")).unwrap();
+            conn.pragma_update(None, "user_version", latest + 1)
+                .unwrap();
+            drop(conn);
+            let err = Store::open_sqlite(o._dir.path(), Default::default())
+                .err()
+                .unwrap();
+            assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+        }
+        Kind::Postgres => {
+            let url = o.url.clone().unwrap();
+            o.store
+                .write(move |c| {
+                    c.exec(
+                        "INSERT INTO wharf_schema (version, migrated_at) VALUES (?1, 0)",
+                        &[store::db::Value::Int(latest + 1)],
+                    )
+                })
+                .await
+                .unwrap();
+            o.store.close().await;
+            let err = Store::open(&pg_config(&url), o._dir.path())
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
+            assert!(
+                err.to_string().contains("newer than this wharf knows"),
+                "{err}"
+            );
+            let probed = Store::probe(&pg_config(&url)).await.err().unwrap();
+            assert!(matches!(probed, StoreError::SchemaTooNew { .. }));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only: several processes on one database
+
+/// Two "replicas" claim at the same instant: every delivery is claimed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_claim_each_delivery_once() {
+    let o = open(Kind::Postgres).await;
+    let url = o.url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(&url), dir.path()).await.unwrap();
+    add_policy(
+        &o.store,
+        policy("prj", vec![Target::http("http://a.example/")]),
+    )
+    .await;
+    publish(&o.store, 200).await;
+    let mut tasks = Vec::new();
+    for (i, s) in [
+        o.store.clone(),
+        other.clone(),
+        o.store.clone(),
+        other.clone(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let got = claim(&s, limits(7, 1000), lease(100 + i as i64)).await;
+                if got.is_empty() {
+                    break;
+                }
+                ids.extend(got.into_iter().map(|d| d.id));
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n, 200, "every delivery claimed");
+    assert_eq!(all.len(), 200, "none claimed twice");
+    other.close().await;
+    o.store.close().await;
+}
+
+/// Pushes into the last free bytes through two "replicas" at the same instant: at most the
+/// limit is reserved, whatever the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_racing_reservations_never_exceed_the_limit() {
+    let o = open(Kind::Postgres).await;
+    let url = o.url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(&url), dir.path()).await.unwrap();
+    let later = store::now_ms() + 60_000;
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let s = if i % 2 == 0 {
+            o.store.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let b = vec![(format!("blob-{i}"), 300)];
+            s.write(move |c| quota::reserve(c, "p", &b, 1000, store::now_ms(), later))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut reserved = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), quota::Reservation::Reserved { .. }) {
+            reserved += 1;
+        }
+    }
+    assert_eq!(reserved, 3, "3 × 300 fit in 1000, a fourth does not");
+    other.close().await;
+    o.store.close().await;
+}
+
+/// Several replicas migrate the same empty database at once: one migrates, the others wait
+/// for the advisory lock and find it done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_starting_together_migrate_once() {
+    let url = pgc::database().await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(&pg_config(&url), dir.path()).await.unwrap();
+            let v = s.schema_version().await.unwrap();
+            s.close().await;
+            v
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), store::schema::latest());
+    }
+}
