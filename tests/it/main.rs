@@ -20,6 +20,7 @@ mod harness;
 mod lifecycle;
 mod proxy;
 mod proxy_http;
+mod replicas;
 mod side;
 mod store;
 mod tls;

@@ -1,0 +1,747 @@
+//! Several wharf replicas on one PostgreSQL store behave as one wharf: a real registry, real
+//! skopeo, a real receiver, three replicas (in-process, or the real binary where one must be
+//! killed with SIGKILL), and the private PostgreSQL cluster of the test run.
+//!
+//! - a policy created through A is used by B and C; a push through B and a pull through C make
+//!   one event each; every replica shows the same event log and executions;
+//! - the notification switch flipped through A is obeyed by C;
+//! - SIGKILL of two replicas during a burst of pushes, with the receiver down, loses nothing:
+//!   the third delivers every event once the receiver is up (leases taken over);
+//! - two pushes released at the same instant through two replicas cannot exceed a quota, and
+//!   usage is the same seen from every replica;
+//! - a multi-platform push whose platform manifests and index go through different replicas is
+//!   one event; tag attribution and index-pull de-duplication hold across replicas;
+//! - bad `store.url`s: a clear error naming the key, never the password.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::api::ApiResp as Resp;
+use crate::common::oci::{self, OciImage};
+use crate::common::postgres as pgc;
+use crate::common::wharf::ADMIN_PASSWORD;
+use crate::common::{
+    Receiver, Registry, RegistryClient, Reply, Skopeo, Wharf, WharfBuilder, client, wait_until,
+};
+
+/// Loopback targets, fast retries, and a short claim lease (a killed replica's deliveries are
+/// taken over quickly).
+const FAST: &str = r#"
+notification:
+  allowed_target_networks: ["127.0.0.0/8"]
+  webhook_job_http_client_timeout: 1
+  webhook_job_max_retry: 1000
+  backoff: {initial: 100ms, multiplier: 2.0, max: 300ms, jitter: 0.1}
+  breaker_failures: 1000
+store:
+  claim_lease: 6s
+"#;
+
+const SOON: Duration = Duration::from_secs(20);
+const QUIET: Duration = Duration::from_millis(1500);
+
+fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("wharf-it-replicas-")
+        .tempdir()
+        .unwrap()
+}
+
+/// A builder for one replica of the store at `url`.
+fn replica(registry: &Registry, url: &str) -> WharfBuilder {
+    Wharf::builder(&registry.url())
+        .yaml(FAST)
+        .yaml(&format!("store: {{url: \"{url}\"}}\n"))
+}
+
+async fn api(method: reqwest::Method, base: &str, path: &str, body: Option<&Value>) -> Resp {
+    let mut rb = client()
+        .request(method, format!("{base}{path}"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD));
+    if let Some(b) = body {
+        rb = rb.json(b);
+    }
+    Resp::read(rb.send().await.unwrap()).await
+}
+
+const POLICIES: &str = "/api/v2.0/projects/prj/webhook/policies";
+
+async fn create_policy(base: &str, rx: &Receiver, types: &[&str]) -> i64 {
+    let body = json!({
+        "name": "replicas",
+        "enabled": true,
+        "event_types": types,
+        "targets": [{"type": "http", "address": format!("{}/hook", rx.url())}],
+    });
+    api(reqwest::Method::POST, base, POLICIES, Some(&body))
+        .await
+        .expect(201)
+        .json()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// The event log (published events) as one replica shows it.
+async fn events(base: &str, query: &str) -> Vec<Value> {
+    api(
+        reqwest::Method::GET,
+        base,
+        &format!("/api/v1/events?limit=1000&{query}"),
+        None,
+    )
+    .await
+    .expect(200)
+    .json()
+    .as_array()
+    .unwrap()
+    .clone()
+}
+
+fn types(got: &[crate::common::Recorded]) -> Vec<String> {
+    let mut v: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+// 1 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_policies_events_and_the_switch() {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let a = replica(&registry, &url).start().await;
+    let b = replica(&registry, &url).start().await;
+    let c = replica(&registry, &url).start().await;
+    let rx = Receiver::start().await;
+    let pid = create_policy(&a.url(), &rx, &["PUSH_ARTIFACT", "PULL_ARTIFACT"]).await;
+    // the policy exists on every replica
+    for r in [&b, &c] {
+        let list = api(reqwest::Method::GET, &r.url(), POLICIES, None)
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(list[0]["id"], pid, "{list}");
+    }
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("img"), "v1", &[4096]);
+    let skopeo = Skopeo::new();
+    skopeo
+        .copy_ok(
+            &image.oci_ref(),
+            &format!("docker://{}/prj/app:v1", b.host()),
+            &[],
+        )
+        .await;
+    let out = work.path().join("pulled");
+    skopeo
+        .copy_ok(
+            &format!("docker://{}/prj/app:v1", c.host()),
+            &format!("oci:{}:v1", out.display()),
+            &[],
+        )
+        .await;
+    let got = rx.wait_for(2, SOON).await;
+    rx.expect_no_more_than(2, QUIET).await;
+    assert_eq!(types(&got), ["PULL_ARTIFACT", "PUSH_ARTIFACT"]);
+    let ids: HashSet<&str> = got.iter().filter_map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 2);
+    // every replica shows the same event log and the same executions
+    for r in [&a, &b, &c] {
+        let log = events(&r.url(), "").await;
+        assert_eq!(log.len(), 2, "{}: {log:#?}", r.url());
+        let ex = api(
+            reqwest::Method::GET,
+            &r.url(),
+            &format!("{POLICIES}/{pid}/executions"),
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+        assert_eq!(ex.as_array().unwrap().len(), 2, "{ex}");
+    }
+
+    // notifications switched off through A: C obeys within the policy watch
+    api(
+        reqwest::Method::PUT,
+        &a.url(),
+        "/api/v2.0/configurations",
+        Some(&json!({"notification_enable": false})),
+    )
+    .await
+    .expect(200);
+    tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
+    let conf = api(
+        reqwest::Method::GET,
+        &c.url(),
+        "/api/v2.0/configurations",
+        None,
+    )
+    .await
+    .expect(200)
+    .json();
+    assert_eq!(conf["notification_enable"]["value"], false, "{conf}");
+    skopeo
+        .copy_ok(
+            &image.oci_ref(),
+            &format!("docker://{}/prj/app:v2", c.host()),
+            &[],
+        )
+        .await;
+    rx.expect_no_more_than(2, QUIET).await;
+    // on again through B: C delivers the next push
+    api(
+        reqwest::Method::PUT,
+        &b.url(),
+        "/api/v2.0/configurations",
+        Some(&json!({"notification_enable": true})),
+    )
+    .await
+    .expect(200);
+    tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
+    skopeo
+        .copy_ok(
+            &image.oci_ref(),
+            &format!("docker://{}/prj/app:v3", c.host()),
+            &[],
+        )
+        .await;
+    let got = rx.wait_for(3, SOON).await;
+    assert_eq!(
+        got[2].json()["event_data"]["resources"][0]["tag"],
+        "v3",
+        "{:?}",
+        got[2].json()
+    );
+    // a policy deleted through C is gone for A's next event
+    api(
+        reqwest::Method::DELETE,
+        &c.url(),
+        &format!("{POLICIES}/{pid}"),
+        None,
+    )
+    .await
+    .expect(200);
+    tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
+    skopeo
+        .copy_ok(
+            &image.oci_ref(),
+            &format!("docker://{}/prj/app:v4", a.host()),
+            &[],
+        )
+        .await;
+    rx.expect_no_more_than(3, QUIET).await;
+    for r in [a, b, c] {
+        r.shutdown().await;
+    }
+}
+
+// 2 ------------------------------------------------------------------------------------------
+
+/// Push `manifest` of `image` (blobs uploaded first) as `repo:tag` through `base`; the status.
+async fn put(base: &str, repo: &str, tag: &str, image: &OciImage) -> u16 {
+    let manifest = std::fs::read(image.blob_path(&image.digest)).unwrap();
+    let r = RegistryClient::new(base)
+        .request(reqwest::Method::PUT, &format!("/v2/{repo}/manifests/{tag}"))
+        .header("content-type", image.media_type)
+        .body(manifest)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    r.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+async fn upload_blobs(base: &str, repo: &str, image: &OciImage) {
+    let rc = RegistryClient::new(base);
+    for b in image.layer_and_config_blobs() {
+        rc.upload_blob(repo, std::fs::read(image.blob_path(&b.digest)).unwrap())
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_two_replicas_during_a_burst_loses_no_event() {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let mut a = replica(&registry, &url).spawn().await;
+    let mut b = replica(&registry, &url).spawn().await;
+    let c = replica(&registry, &url).spawn().await;
+    // the receiver is down: nothing listens on its port yet
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let body = json!({
+        "name": "durable",
+        "enabled": true,
+        "event_types": ["PUSH_ARTIFACT"],
+        "targets": [{"type": "http", "address": format!("http://127.0.0.1:{port}/hook")}],
+    });
+    api(reqwest::Method::POST, &c.url(), POLICIES, Some(&body))
+        .await
+        .expect(201);
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("img"), "src", &[2048]);
+    upload_blobs(&c.url(), "prj/app", &image).await;
+    // a burst through A and B; both are killed while it runs
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let base = if i % 2 == 0 { a.url() } else { b.url() };
+        let (image, done) = (image.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20 * i as u64)).await;
+            let tag = format!("t{i:02}");
+            let status = put(&base, "prj/app", &tag, &image).await;
+            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (tag, status)
+        }));
+    }
+    wait_until("half the burst answered", SOON, || {
+        let n = done.load(std::sync::atomic::Ordering::SeqCst);
+        async move { (n >= 15).then_some(()) }
+    })
+    .await;
+    a.kill9();
+    b.kill9();
+    let mut acknowledged = HashSet::new();
+    for t in tasks {
+        let (tag, status) = t.await.unwrap();
+        if status == 201 {
+            acknowledged.insert(tag);
+        }
+    }
+    assert!(
+        acknowledged.len() >= 5,
+        "some pushes succeeded before the kill: {acknowledged:?}"
+    );
+    // the receiver comes up; C delivers every acknowledged push, including those A and B had
+    // claimed (after their leases expire)
+    let rx = Receiver::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let delivered = wait_until(
+        "every acknowledged push delivered",
+        Duration::from_secs(40),
+        || {
+            let got = rx.requests();
+            let acknowledged = acknowledged.clone();
+            async move {
+                let tags: HashSet<String> = got
+                    .iter()
+                    .map(|r| {
+                        r.json()["event_data"]["resources"][0]["tag"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string()
+                    })
+                    .collect();
+                acknowledged.is_subset(&tags).then_some(got)
+            }
+        },
+    )
+    .await;
+    // at least once, and with one event id per push
+    let ids: HashSet<&str> = delivered
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert!(ids.len() >= acknowledged.len());
+    let _ = rx.set_default(Reply::status(200));
+    drop(c);
+}
+
+// 3 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_pushes_through_two_replicas_cannot_exceed_the_quota() {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let work = work_dir();
+    let x = oci::build_image(&work.path().join("x"), "v1", &[64 * 1024]);
+    let y = oci::build_image(&work.path().join("y"), "v1", &[64 * 1024]);
+    let size = |i: &OciImage| -> u64 { i.layer_and_config_blobs().iter().map(|b| b.size).sum() };
+    let limit = size(&x) + size(&y) / 2;
+    let quota = format!("projects: {{prj: {{storage_limit: {limit}}}}}\n");
+    let a = replica(&registry, &url).yaml(&quota).start().await;
+    let b = replica(&registry, &url).yaml(&quota).start().await;
+    let c = replica(&registry, &url).yaml(&quota).start().await;
+    upload_blobs(&a.url(), "prj/x", &x).await;
+    upload_blobs(&b.url(), "prj/y", &y).await;
+    for round in 0..3 {
+        let (ua, ub, tag) = (a.url(), b.url(), format!("r{round}"));
+        let (ra, rb) = tokio::join!(put(&ua, "prj/x", &tag, &x), put(&ub, "prj/y", &tag, &y));
+        let mut statuses = [ra, rb];
+        statuses.sort();
+        if round == 0 {
+            assert_eq!(statuses, [201, 403], "exactly one fits");
+        } else {
+            // the winner's content is counted: re-pushing it is free, the other still does not fit
+            assert!(statuses.contains(&403), "{statuses:?}");
+        }
+    }
+    // usage is the same seen from every replica, and within the limit
+    let mut seen = Vec::new();
+    for r in [&a, &b, &c] {
+        let q = api(
+            reqwest::Method::GET,
+            &r.url(),
+            "/api/v1/projects/prj/quota",
+            None,
+        )
+        .await
+        .expect(200)
+        .json();
+        seen.push(q["usage"].as_u64().unwrap());
+    }
+    assert!(seen.iter().all(|u| *u == seen[0]), "{seen:?}");
+    assert!(seen[0] <= limit);
+    assert!(seen[0] == size(&x) || seen[0] == size(&y), "{seen:?}");
+    for r in [a, b, c] {
+        r.shutdown().await;
+    }
+}
+
+// 4 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_per_operation_whichever_replica_saw_it() {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let a = replica(&registry, &url)
+        .yaml("events: {index_window: 5s}\n")
+        .start()
+        .await;
+    let b = replica(&registry, &url)
+        .yaml("events: {index_window: 5s}\n")
+        .start()
+        .await;
+    let c = replica(&registry, &url)
+        .yaml("events: {index_window: 5s}\n")
+        .start()
+        .await;
+    let rx = Receiver::start().await;
+    create_policy(&a.url(), &rx, &["PUSH_ARTIFACT", "PULL_ARTIFACT"]).await;
+    let work = work_dir();
+    let index = oci::build_index(&work.path().join("multi"), "v1", &[1024]);
+    // platform manifests through A and B (by digest), the index through C by tag
+    let platforms = index.platform_manifests_if_index();
+    assert_eq!(platforms.len(), 2);
+    for (i, m) in platforms.iter().enumerate() {
+        let through = if i == 0 { a.url() } else { b.url() };
+        let rc = RegistryClient::new(&through);
+        let pm = m.digest.clone();
+        // the platform manifest's own blobs
+        let body = std::fs::read(index.blob_path(&pm)).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let mut blobs = vec![v["config"]["digest"].as_str().unwrap().to_string()];
+        for l in v["layers"].as_array().unwrap() {
+            blobs.push(l["digest"].as_str().unwrap().to_string());
+        }
+        for d in blobs {
+            rc.upload_blob("prj/multi", std::fs::read(index.blob_path(&d)).unwrap())
+                .await;
+        }
+        rc.put_manifest("prj/multi", &pm, oci::MANIFEST_V1, body)
+            .await;
+    }
+    let top = std::fs::read(index.blob_path(&index.digest)).unwrap();
+    RegistryClient::new(&c.url())
+        .put_manifest("prj/multi", "v1", index.media_type, top)
+        .await;
+    let got = rx.wait_for(1, SOON).await;
+    // the held platform events are absorbed by the index, whichever replica holds them
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    rx.expect_no_more_than(1, Duration::from_millis(500)).await;
+    assert_eq!(got[0].json()["type"], "PUSH_ARTIFACT");
+    assert_eq!(got[0].json()["event_data"]["resources"][0]["tag"], "v1");
+
+    // a pull spread over replicas: HEAD by tag through A, GET by digest through B — one event,
+    // with the tag A saw
+    let image = oci::build_image(&work.path().join("single"), "s1", &[512]);
+    RegistryClient::new(&a.url())
+        .push_image("prj/single", "s1", &image)
+        .await;
+    let _ = rx.wait_for(2, SOON).await;
+    let head = client()
+        .head(format!("{}/v2/prj/single/manifests/s1", a.url()))
+        .header("accept", oci::MANIFEST_V1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let get = client()
+        .get(format!(
+            "{}/v2/prj/single/manifests/{}",
+            b.url(),
+            image.digest
+        ))
+        .header("accept", oci::MANIFEST_V1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let _ = get.bytes().await.unwrap();
+    let got = rx.wait_for(3, SOON).await;
+    let pull = got[2].json();
+    assert_eq!(pull["type"], "PULL_ARTIFACT");
+    assert_eq!(pull["event_data"]["resources"][0]["tag"], "s1", "{pull}");
+
+    // an index pulled through A, its platform manifest through C: one pull event
+    let accept = "application/vnd.oci.image.index.v1+json";
+    let idx = client()
+        .get(format!("{}/v2/prj/multi/manifests/v1", a.url()))
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(idx.status(), 200);
+    let _ = idx.bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let child = client()
+        .get(format!(
+            "{}/v2/prj/multi/manifests/{}",
+            c.url(),
+            platforms[0].digest
+        ))
+        .header("accept", oci::MANIFEST_V1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(child.status(), 200);
+    let _ = child.bytes().await.unwrap();
+    let got = rx.wait_for(4, SOON).await;
+    rx.expect_no_more_than(4, QUIET).await;
+    assert_eq!(got[3].json()["type"], "PULL_ARTIFACT");
+    assert_eq!(got[3].json()["event_data"]["resources"][0]["tag"], "v1");
+    for r in [a, b, c] {
+        r.shutdown().await;
+    }
+}
+
+// 5 ------------------------------------------------------------------------------------------
+// bad store.url: clear errors naming the key, secrets never shown
+
+async fn wharf_cmd(args: &[&str]) -> crate::common::CmdOutput {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+    cmd.args(args)
+        .env_remove("WHARF_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    crate::common::cmd::run(cmd, Duration::from_secs(60)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_store_urls_are_clear_errors_naming_the_key() {
+    let registry = Registry::start().await;
+    let work = work_dir();
+    let good = pgc::database().await;
+    let cluster = pgc::cluster();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let wrong_password = good.replace(pgc::PASSWORD, "not-the-Secret-42");
+    let unreachable = good.replace(&format!(":{}/", cluster.port), &format!(":{closed}/"));
+    for (name, url, expect) in [
+        ("malformed", "postgres//nohost".to_string(), "store.url"),
+        (
+            "no database",
+            format!("postgres://wharf@127.0.0.1:{}", cluster.port),
+            "one database",
+        ),
+        (
+            "wrong password",
+            wrong_password,
+            "password authentication failed",
+        ),
+        ("unreachable", unreachable, "store.url"),
+    ] {
+        let config = work.path().join(format!("{}.yaml", name.replace(' ', "-")));
+        std::fs::write(
+            &config,
+            format!(
+                "upstream: {{registry: \"{}\"}}\nadmin_password: {ADMIN_PASSWORD}\ndata_dir: {}\nstore: {{url: \"{url}\", connect_timeout: 3s}}\nlisten: 127.0.0.1:0\n",
+                registry.url(),
+                work.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let path = config.to_str().unwrap();
+        for args in [
+            vec!["check-config", "--config", path],
+            vec!["serve", "--config", path],
+        ] {
+            let out = wharf_cmd(&args).await;
+            assert!(!out.success(), "{name} {args:?} must fail:\n{out}");
+            assert!(
+                out.stderr.contains("store.url"),
+                "{name} {args:?}: the key is named:\n{out}"
+            );
+            assert!(
+                out.stderr.contains(expect),
+                "{name} {args:?}: {expect:?}:\n{out}"
+            );
+            for secret in [pgc::PASSWORD, "not-the-Secret-42"] {
+                assert!(
+                    !out.stderr.contains(secret) && !out.stdout.contains(secret),
+                    "{name} {args:?}: a password was printed:\n{out}"
+                );
+            }
+            assert!(!out.stderr.contains("panicked"), "{out}");
+        }
+    }
+    // the good one: check-config connects, prints the URL masked, and says the schema state
+    let config = work.path().join("good.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: {{registry: \"{}\"}}\nadmin_password: {ADMIN_PASSWORD}\nstore: {{url: \"{good}\"}}\n",
+            registry.url()
+        ),
+    )
+    .unwrap();
+    let out = wharf_cmd(&["check-config", "--config", config.to_str().unwrap()]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("postgres://wharf:***@"), "{out}");
+    assert!(!out.stdout.contains(pgc::PASSWORD), "{out}");
+    assert!(out.stderr.contains("empty database"), "{out}");
+    // migrate alone, then check-config sees the version
+    let out = wharf_cmd(&["migrate", "--config", config.to_str().unwrap()]).await;
+    assert!(out.success(), "{out}");
+    assert!(
+        out.stdout.contains(&format!(
+            "schema version {}",
+            wharf::store::schema::latest()
+        )),
+        "{out}"
+    );
+    let out = wharf_cmd(&["check-config", "--config", config.to_str().unwrap()]).await;
+    assert!(out.stderr.contains("schema version"), "{out}");
+    // the password from a file instead of the URL
+    let pw = pgc::write_file(work.path(), "pw", &format!("{}\n", pgc::PASSWORD));
+    let no_pw = good.replace(&format!(":{}@", pgc::PASSWORD), "@");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: {{registry: \"{}\"}}\nadmin_password: {ADMIN_PASSWORD}\nstore: {{url: \"{no_pw}\", password_file: {}}}\n",
+            registry.url(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let out = wharf_cmd(&["check-config", "--config", config.to_str().unwrap()]).await;
+    assert!(out.success(), "{out}");
+}
+
+// 6 ------------------------------------------------------------------------------------------
+
+/// `wharf store copy`: an embedded store with a policy, an undelivered event and knowledge
+/// moves into PostgreSQL; a wharf on PostgreSQL then delivers the event and knows the usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_an_embedded_store_into_postgres() {
+    let registry = Registry::start().await;
+    let work = work_dir();
+    let data = work.path().join("data");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let single = Wharf::builder(&registry.url())
+        .yaml(FAST)
+        .yaml(&format!("data_dir: {}\n", data.display()))
+        .yaml("projects: {prj: {storage_limit: 10MiB}}\n")
+        .start()
+        .await;
+    let body = json!({
+        "name": "moved",
+        "enabled": true,
+        "event_types": ["PUSH_ARTIFACT"],
+        "targets": [{"type": "http", "address": format!("http://127.0.0.1:{port}/hook"), "auth_header": "Bearer kept"}],
+    });
+    let pid = api(reqwest::Method::POST, &single.url(), POLICIES, Some(&body))
+        .await
+        .expect(201)
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let image = oci::build_image(&work.path().join("img"), "v1", &[2048]);
+    RegistryClient::new(&single.url())
+        .push_image("prj/app", "v1", &image)
+        .await;
+    let usage_before = api(
+        reqwest::Method::GET,
+        &single.url(),
+        "/api/v1/projects/prj/quota",
+        None,
+    )
+    .await
+    .expect(200)
+    .json()["usage"]
+        .clone();
+    single.shutdown().await;
+
+    let url = pgc::database().await;
+    let config = work.path().join("wharf.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream: {{registry: \"{}\"}}\nadmin_password: {ADMIN_PASSWORD}\ndata_dir: {}\n",
+            registry.url(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+    let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url]).await;
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("deliveries: 1"), "{out}");
+    assert!(!out.stdout.contains(pgc::PASSWORD), "{out}");
+    // a second copy into the now non-empty target is refused, unless told
+    let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url]).await;
+    assert!(!out.success());
+    assert!(out.stderr.contains("--replace"), "{out}");
+    let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url, "--replace"]).await;
+    assert!(out.success(), "{out}");
+
+    // a replica on PostgreSQL: same policy id, same usage, and the undelivered event goes out
+    let pg = replica(&registry, &url)
+        .yaml("projects: {prj: {storage_limit: 10MiB}}\n")
+        .start()
+        .await;
+    let list = api(reqwest::Method::GET, &pg.url(), POLICIES, None)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(list[0]["id"], pid);
+    let usage = api(
+        reqwest::Method::GET,
+        &pg.url(),
+        "/api/v1/projects/prj/quota",
+        None,
+    )
+    .await
+    .expect(200)
+    .json()["usage"]
+        .clone();
+    assert_eq!(usage, usage_before);
+    let rx = Receiver::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let got = rx.wait_for(1, SOON).await;
+    assert_eq!(got[0].json()["type"], "PUSH_ARTIFACT");
+    assert_eq!(got[0].header("authorization"), Some("Bearer kept"));
+    // new ids continue after the copied ones
+    let body = json!({"name": "second", "enabled": true, "event_types": ["PUSH_ARTIFACT"],
+        "targets": [{"type": "http", "address": format!("http://127.0.0.1:{port}/hook2")}]});
+    let second = api(reqwest::Method::POST, &pg.url(), POLICIES, Some(&body))
+        .await
+        .expect(201)
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    assert!(second > pid);
+    pg.shutdown().await;
+}
