@@ -744,3 +744,212 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
     assert!(second > pid);
     pg.shutdown().await;
 }
+
+// 7 ------------------------------------------------------------------------------------------
+// TLS to PostgreSQL
+
+/// The database name of a test database URL.
+fn db_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .and_then(|s| s.split('?').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_as_sslmode_asks() {
+    use wharf::config::{DatabaseUrl, StoreConfig};
+    let cluster = pgc::cluster();
+    let db = db_name(&pgc::database().await);
+    let ca = cluster.ca_file.display().to_string();
+    let other = cluster.other_ca_file.display().to_string();
+    let open = |url: String| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            url: Some(DatabaseUrl::new(url)),
+            connect_timeout: Duration::from_secs(5),
+            ..StoreConfig::default()
+        };
+        let s = wharf::store::Store::open(&cfg, dir.path()).await?;
+        let ssl = s
+            .read(|c| {
+                c.int(
+                    "SELECT CASE WHEN ssl THEN 1 ELSE 0 END FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+            })
+            .await;
+        s.close().await;
+        ssl.map(|v| v == Some(1))
+    };
+    // encrypted, certificate not checked
+    assert!(
+        open(cluster.url_with("127.0.0.1", &db, "sslmode=require"))
+            .await
+            .unwrap()
+    );
+    // chain checked against the private CA, and the name (localhost)
+    assert!(
+        open(cluster.url_with(
+            "localhost",
+            &db,
+            &format!("sslmode=verify-full&sslrootcert={ca}")
+        ))
+        .await
+        .unwrap()
+    );
+    // verify-ca: the chain only (the certificate does not name 127.0.0.1)
+    assert!(
+        open(cluster.url_with(
+            "127.0.0.1",
+            &db,
+            &format!("sslmode=verify-ca&sslrootcert={ca}")
+        ))
+        .await
+        .unwrap()
+    );
+    // verify-full: a name mismatch and an unknown CA are refused
+    for (host, root) in [("127.0.0.1", &ca), ("localhost", &other)] {
+        let err = open(cluster.url_with(
+            host,
+            &db,
+            &format!("sslmode=verify-full&sslrootcert={root}"),
+        ))
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("certificate") || msg.contains("Certificate"),
+            "{host} {root}: {msg}"
+        );
+    }
+    // disable: plain TCP
+    assert!(
+        !open(cluster.url_with("127.0.0.1", &db, "sslmode=disable"))
+            .await
+            .unwrap()
+    );
+}
+
+// 8 ------------------------------------------------------------------------------------------
+// PostgreSQL down for a while
+
+/// A TCP proxy in front of the test cluster that can be cut (every connection dropped, new
+/// ones refused) and restored.
+struct Cuttable {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Cuttable {
+    async fn start(target: u16) -> Cuttable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (u, c) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = c.notified() => {}
+                    }
+                });
+            }
+        });
+        Cuttable { port, up, cut }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_a_while_traffic_flows_and_wharf_reconnects() {
+    let registry = Registry::start().await;
+    let cluster = pgc::cluster();
+    let db = db_name(&pgc::database().await);
+    let proxy = Cuttable::start(cluster.port).await;
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
+        pgc::USER,
+        pgc::PASSWORD,
+        proxy.port
+    );
+    let w = replica(&registry, &url)
+        .yaml("store: {connect_timeout: 2s}\n")
+        .start()
+        .await;
+    let rx = Receiver::start().await;
+    create_policy(&w.url(), &rx, &["PUSH_ARTIFACT"]).await;
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("img"), "v1", &[1024]);
+    let rc = RegistryClient::new(&w.url());
+    rc.push_image("prj/app", "v1", &image).await;
+    rx.wait_for(1, SOON).await;
+    let ready = |base: String| async move {
+        let r = client().get(format!("{base}/readyz")).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ready(w.url()).await.0, 200);
+
+    proxy.down();
+    // registry traffic still flows: a push is accepted, its event is logged and counted lost
+    let started = std::time::Instant::now();
+    rc.push_image("prj/app", "v2", &image).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "a push waited {:?} for the database",
+        started.elapsed()
+    );
+    let (status, body) = ready(w.url()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["store"]["reachable"], false, "{body}");
+    let metrics = client()
+        .get(format!("{}/metrics", w.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wharf_events_lost_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // back: wharf reconnects by itself
+    proxy.restore();
+    wait_until("ready again", SOON, || {
+        let base = w.url();
+        async move { (ready(base).await.0 == 200).then_some(()) }
+    })
+    .await;
+    rc.push_image("prj/app", "v3", &image).await;
+    let got = rx.wait_for(2, SOON).await;
+    assert_eq!(got[1].json()["event_data"]["resources"][0]["tag"], "v3");
+    w.shutdown().await;
+}

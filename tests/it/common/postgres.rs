@@ -3,8 +3,9 @@
 //! Started once per test binary, on first use: `initdb` into a temp dir (as the `postgres`
 //! user when the tests run as root — PostgreSQL refuses to run as root), then `postgres`
 //! listening on 127.0.0.1 at a free port and on a unix socket in that temp dir, with password
-//! authentication over TCP. Never a system-wide service. Each test gets its own database
-//! ([`database`]), so tests run in parallel without seeing each other.
+//! authentication over TCP, and TLS offered (a server certificate for `localhost` from a
+//! private CA made at start: [`Cluster::ca_file`]). Never a system-wide service. Each test
+//! gets its own database ([`database`]), so tests run in parallel without seeing each other.
 //!
 //! Stopping: the server runs under a small shell that waits on a pipe from this process; when
 //! the test binary exits (however it exits) the pipe closes, the shell stops the server
@@ -30,6 +31,9 @@ const INSTALL_HINT: &str =
 pub struct Cluster {
     pub port: u16,
     pub dir: PathBuf,
+    /// The CA that signed the server certificate (PEM), and another CA; readable by anyone.
+    pub ca_file: PathBuf,
+    pub other_ca_file: PathBuf,
     /// Kept open while the test binary runs; closing it stops the server.
     _stdin: Mutex<ChildStdin>,
     _child: Mutex<Child>,
@@ -81,6 +85,35 @@ fn free_port() -> u16 {
         .expect("a free port for postgres")
 }
 
+/// A CA, and a server certificate for `localhost` it signed: (ca, server cert, server key,
+/// another CA), PEM.
+fn certificates() -> (String, String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    let ca = |cn: &str| {
+        let key = KeyPair::generate().expect("CA key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&key).expect("CA certificate");
+        (cert.pem(), Issuer::new(p, key))
+    };
+    let (ca_pem, issuer) = ca("wharf test PostgreSQL CA");
+    let key = KeyPair::generate().expect("server key");
+    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    p.distinguished_name.push(DnType::CommonName, "localhost");
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer).expect("server certificate");
+    let (other, _) = ca("another CA");
+    (ca_pem, cert.pem(), key.serialize_pem(), other)
+}
+
 fn start() -> Cluster {
     let bin = bin_dir();
     let dir = tempfile::Builder::new()
@@ -91,6 +124,23 @@ fn start() -> Cluster {
     let data = dir.join("data");
     let pwfile = dir.join("pw");
     std::fs::write(&pwfile, PASSWORD).expect("password file");
+    let (ca, server_cert, server_key, other_ca) = certificates();
+    let (ca_file, other_ca_file) = (dir.join("ca.pem"), dir.join("other-ca.pem"));
+    std::fs::write(&ca_file, ca).expect("ca.pem");
+    std::fs::write(&other_ca_file, other_ca).expect("other-ca.pem");
+    std::fs::write(dir.join("server.pem"), server_cert).expect("server.pem");
+    std::fs::write(dir.join("server.key"), server_key).expect("server.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("server.key mode");
+        // the temp dir itself: readable by the test process when postgres owns it
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("temp dir mode");
+    }
     if tools::is_root() {
         let status = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -123,10 +173,12 @@ fn start() -> Cluster {
         let log = dir.join("postgres.log");
         let postgres = format!(
             "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=400 \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=64MB",
+             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=64MB \
+             -c ssl=on -c ssl_cert_file={d}/server.pem -c ssl_key_file={d}/server.key",
             bin.join("postgres").display(),
             data.display(),
-            dir.display()
+            dir.display(),
+            d = dir.display()
         );
         let runner = if tools::is_root() {
             format!(
@@ -157,6 +209,8 @@ fn start() -> Cluster {
                 return Cluster {
                     port,
                     dir,
+                    ca_file,
+                    other_ca_file,
                     _stdin: Mutex::new(stdin),
                     _child: Mutex::new(child),
                 };
@@ -187,6 +241,14 @@ impl Cluster {
     pub fn url(&self, db: &str) -> String {
         format!(
             "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// The URL of `db` at `host` with the given query (e.g. `sslmode=verify-full&sslrootcert=…`).
+    pub fn url_with(&self, host: &str, db: &str, query: &str) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@{host}:{}/{db}?{query}",
             self.port
         )
     }
