@@ -105,6 +105,21 @@ EVENT_TABLES = [
       ("td_backlog_end", "open deliveries at the end of its run", "", False, 0)],
      [("wharf-down", "wharf-up"), ("wharf-blackhole", "wharf-up")], []),
 ]
+EVENT_TABLES.append(
+    ("store", "The store: embedded SQLite vs PostgreSQL with 1, 2 and 3 replicas on one database",
+     ["st-sqlite", "st-pg1", "st-pg2", "st-pg3"],
+     [("st_drain_n", "deliveries drained per run", "", True, 0),
+      ("st_drain_rate", "outbox drain, redeliver → receiver has all (wall)", "/s", True, 0),
+      ("st_drain_cpu", "wharf CPU per delivery (all replicas)", "µs", False, 1),
+      ("st_drain_pg_cpu", "PostgreSQL CPU per delivery", "µs", False, 1),
+      ("st_put_p50_c1", "manifest PUT p50, events on, wrk -c1", "ms", False, 3),
+      ("st_put_p99_c1", "manifest PUT p99, events on, wrk -c1", "ms", False, 3),
+      ("st_put_p50_c4", "manifest PUT p50, events on, wrk -c4", "ms", False, 3),
+      ("st_put_p99_c4", "manifest PUT p99, events on, wrk -c4", "ms", False, 3),
+      ("st_dl_p50", "push event → delivery p50", "ms", False, 0),
+      ("st_dl_p99", "push event → delivery p99", "ms", False, 0)],
+     [("st-pg1", "st-sqlite"), ("st-pg2", "st-pg1"), ("st-pg3", "st-pg1")],
+     [("st-pg1", "st-sqlite")]))
 EVENT_METRICS = {m[0] for table in EVENT_TABLES for m in table[3]}
 EVENT_DECIMALS = {m[0]: m[4] for table in EVENT_TABLES for m in table[3]}
 
@@ -116,6 +131,12 @@ EVENT_CHECKS = [
     ("PUT p50 -c1: wharf (events on) − wharf (events off)", "diff_max", ("put_p50_c1", "wharf", "wharf-noevents"), 1.0),
     ("PUT p50 -c4: wharf (events on) − wharf (events off)", "diff_max", ("put_p50_c4", "wharf", "wharf-noevents"), 1.0),
     ("deliveries/s (wall, redeliver → all received)", "min", ("deliv_rate", "wharf-deliv"), 5000),
+    ("PostgreSQL × 1: deliveries/s", "min", ("st_drain_rate", "st-pg1"), 5000),
+    ("PostgreSQL × 2 drains faster than × 1", "ratio_min", ("st_drain_rate", "st-pg2", "st-pg1"), 1.0),
+    ("PostgreSQL × 3 drains faster than × 1", "ratio_min", ("st_drain_rate", "st-pg3", "st-pg1"), 1.0),
+    ("PUT p50 -c1: PostgreSQL − SQLite (ms)", "diff_max", ("st_put_p50_c1", "st-pg1", "st-sqlite"), 1.0),
+    ("PUT p50 -c4: PostgreSQL − SQLite (ms)", "diff_max", ("st_put_p50_c4", "st-pg1", "st-sqlite"), 1.0),
+    ("PostgreSQL: push event → delivery p50 (ms)", "max", ("st_dl_p50", "st-pg1"), 10),
     ("push event → delivery p50 (ms)", "max", ("dl_push_p50", "wharf-hook"), 10),
     ("pull event → delivery p50 (ms)", "max", ("dl_pull_p50", "wharf-hook"), 10),
     ("manifest GET req/s with events + delivery / direct", "ratio_min", ("mev_rps", "wharf-hook", "direct"), 0.97),

@@ -19,13 +19,16 @@
 #                        checked like "wharf" (e.g. events on vs off)
 #   ACCESS_LOGS=1        wharf at log level info (one access-log line per request) and nginx with an
 #                        access log; default: wharf at warn, nginx access_log off
-#   SCENARIOS="blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down"
+#   SCENARIOS="blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down store"
 #                        which scenario_* functions run, in order (the last five: events and delivery,
 #                        see docs/benchmarks.md; they start wharf instances and receivers of their own)
 #   PUSH_CONNECTIONS="1 4"   push_latency: wrk connections of the manifest PUT runs
 #   DELIVERIES_N=20000   deliveries: events made (and delivered) per run
 #   DL_PUSH_RATE=100 DL_PULL_RATE=200 DL_DURATION=10s   delivery_latency: paced event rates
 #   TD_CONNECTIONS=4     target_down: wrk connections of the GET and PUT runs
+#   STORE_BACKENDS="sqlite pg1 pg2 pg3"  store: the embedded store, and PostgreSQL with 1, 2, 3
+#                        replicas on one database (a private cluster the bench starts)
+#   STORE_N=10000        store: deliveries drained per run; PG_SYNC=on its synchronous_commit
 #   RECEIVER_BIN=...     webhook receiver (default target/release/examples/webhook_receiver)
 #   TARGETS="direct nginx wharf"       which endpoints are measured
 #   DATA_ON_TMPFS=1      wharf's data_dir (its SQLite database) on the tmpfs too; default: on disk,
@@ -58,13 +61,16 @@ WHARF_EXTRA_YAML=${WHARF_EXTRA_YAML:-}
 EXTRA_WHARFS=${EXTRA_WHARFS:-}
 ACCESS_LOGS=${ACCESS_LOGS:-0}
 DATA_ON_TMPFS=${DATA_ON_TMPFS:-0}
-SCENARIOS=${SCENARIOS:-blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down}
+SCENARIOS=${SCENARIOS:-blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down store}
 PUSH_CONNECTIONS=${PUSH_CONNECTIONS:-1 4}
 DELIVERIES_N=${DELIVERIES_N:-20000}
 DL_PUSH_RATE=${DL_PUSH_RATE:-100}
 DL_PULL_RATE=${DL_PULL_RATE:-200}
 DL_DURATION=${DL_DURATION:-10s}
 TD_CONNECTIONS=${TD_CONNECTIONS:-4}
+STORE_BACKENDS=${STORE_BACKENDS:-sqlite pg1 pg2 pg3}
+STORE_N=${STORE_N:-10000}
+PG_SYNC=${PG_SYNC:-on}
 RECEIVER_BIN=${RECEIVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/webhook_receiver}
 TARGETS=${TARGETS:-direct nginx wharf}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
@@ -583,7 +589,7 @@ scenario_manifest() {
 # ---------------------------------------------------------------------------------------------
 # events and delivery: wharf instances of their own, webhook receivers, targets that are down
 
-EVENT_SCENARIOS="push_latency deliveries delivery_latency manifest_events target_down"
+EVENT_SCENARIOS="push_latency deliveries delivery_latency manifest_events target_down store"
 event_scenarios() { # is any event scenario selected?
 	local s
 	for s in $SCENARIOS; do
@@ -1034,6 +1040,151 @@ scenario_target_down() {
 	for_each_run_in "$targets" measure_target_down
 	stop_service recv-td
 	stop_service blackhole
+}
+
+# --- store: SQLite vs PostgreSQL × 1, 2, 3 replicas ---------------------------------------------
+
+# start_postgres: a private cluster in $WORK/pg (initdb; as the postgres user when root), on a
+# free port, durability as shipped (fsync on, synchronous_commit=$PG_SYNC). Never a system
+# service: it is stopped with the run.
+start_postgres() {
+	[ -n "${PID[postgres]:-}" ] && return 0
+	local bin dir=$WORK/pg port as=() i
+	bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+	[ -x "$bin/postgres" ] || die "PostgreSQL not found in /usr/lib/postgresql/*/bin: bash scripts/deps.sh installs it"
+	mkdir -p "$dir"
+	if [ "$IS_ROOT" = 1 ]; then
+		chown postgres:postgres "$dir"
+		as=(setpriv --reuid=postgres --regid=postgres --init-groups --reset-env)
+	fi
+	"${as[@]}" "$bin/initdb" -D "$dir/data" -U bench --auth=trust -E UTF8 --locale=C.UTF-8 >"$WORK/pg-initdb.log" 2>&1 ||
+		die "initdb failed: $(tail -3 "$WORK/pg-initdb.log")"
+	port=$(free_port)
+	"${as[@]}" "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
+		-c max_connections=300 -c shared_buffers=128MB -c synchronous_commit="$PG_SYNC" >"$WORK/postgres.log" 2>&1 &
+	PIDS+=($!)
+	PID[postgres]=$!
+	PG_PORT=$port
+	PG_BIN=$bin
+	for i in $(seq 200); do
+		"$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break
+		sleep 0.05
+	done
+	"$bin/pg_isready" -q -h 127.0.0.1 -p "$port" || die "postgres did not start: $(tail -3 "$WORK/postgres.log")"
+	fact postgres "$("$bin/postgres" --version) synchronous_commit=$PG_SYNC fsync=on"
+	log "postgres on 127.0.0.1:$port (pid ${PID[postgres]}, synchronous_commit=$PG_SYNC)"
+}
+# pg_cpu_ms: CPU of the postmaster and all its backends, in ms.
+pg_cpu_ms() {
+	local p pids=("${PID[postgres]}")
+	for p in /proc/[0-9]*; do
+		[ "$(awk '{ print $4 }' "$p/stat" 2>/dev/null)" = "${PID[postgres]}" ] && pids+=("${p#/proc/}")
+	done
+	for p in "${pids[@]}"; do cat "/proc/$p/stat" 2>/dev/null; done |
+		awk -v hz="$CLK_TCK" '{ t += $14 + $15 } END { printf "%.0f", t * 1000 / hz }'
+}
+# new_pg_db NAME: a fresh database; its store.url.
+new_pg_db() {
+	"$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" >/dev/null ||
+		die "creating database $1 failed"
+	echo "postgres://bench@127.0.0.1:$PG_PORT/$1?sslmode=disable"
+}
+
+# st_start BACKEND: the instances of one backend (sqlite: st-sqlite; pgK: st-pgK-1 … st-pgK-K on
+# one fresh database). Prints the instance names.
+st_start() {
+	local b=$1 k i url yaml=$HOOK_YAML$'\n'"notification: {webhook_job_max_retry: 0, breaker_failures: 100000000}"
+	case "$b" in
+	sqlite)
+		start_event_wharf st-sqlite "$yaml" >&2
+		echo st-sqlite
+		;;
+	pg*)
+		k=${b#pg}
+		url=$(new_pg_db "bench_$b")
+		for ((i = 1; i <= k; i++)); do
+			start_event_wharf "st-$b-$i" "$yaml"$'\n'"store: {url: \"$url\"}" >&2
+			echo "st-$b-$i"
+		done
+		;;
+	*) die "unknown store backend $b" ;;
+	esac
+}
+st_cpu_ms() { # instances -> their CPU sum
+	local t sum=0
+	for t in "$@"; do sum=$((sum + $(cpu_ms "$t"))); done
+	echo "$sum"
+}
+
+measure_store() {
+	local b=$1 run=$2 inst first out c0 p0 t0 t1 n got redelivered port rport
+	read -r -a inst <<<"$(st_start "$b" | tr '\n' ' ')"
+	first=${inst[0]}
+	port=$(free_port)
+	ensure_policy "$first" "drain-r$run" '["PUSH_ARTIFACT","PULL_ARTIFACT"]' "http://127.0.0.1:$port/"
+	sleep 1.2 # every replica's policy watch has seen it
+	# 1. drain: N pull events through the first instance to a closed port (dead), then the
+	# receiver on that port and one redeliver; every instance's dispatcher takes part
+	out=$WORK/wrk-st-gen-$b-r$run.txt
+	env BENCH_CONTENT_TYPE="$OCI_MANIFEST" BENCH_MODE=get BENCH_STOP_AFTER=$((STORE_N / WRK_THREADS)) \
+		wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d600s -s "$BENCH/wrk-events.lua" \
+		"$(url "$first" "$MANIFEST_PATH")" >"$out" 2>&1 || true
+	wait_drained "$first" 600 >/dev/null
+	n=$(metric "$first" 'wharf_deliveries{state="dead"}')
+	start_receiver "recv-$b" "$port"
+	c0=$(st_cpu_ms "${inst[@]}")
+	p0=0
+	[ "$b" != sqlite ] && p0=$(pg_cpu_ms)
+	t0=$(now)
+	redelivered=$(curl -sS --max-time 600 -u admin:x -X POST \
+		"$(url "$first" "/api/v2.0/projects/bench/webhook/policies/${POLICY[$first/drain-r$run]}/redeliver")" |
+		grep -o '"redelivered":[0-9]*' | cut -d: -f2)
+	[ -n "$redelivered" ] || die "store $b: the redeliver call failed"
+	while :; do
+		got=$(receiver_stat "recv-$b" count)
+		[ "${got:-0}" -ge "$redelivered" ] && break
+		awk -v a="$(now)" -v b="$t0" 'BEGIN { exit !(a - b > 600) }' && die "store $b: $got of $redelivered in 600 s"
+		sleep 0.05
+	done
+	t1=$(now)
+	record store st_drain_n "st-$b" "$run" "$redelivered"
+	record store st_drain_rate "st-$b" "$run" "$(calc "$redelivered / ($t1 - $t0)")"
+	record store st_drain_cpu "st-$b" "$run" "$(calc "($(st_cpu_ms "${inst[@]}") - $c0) * 1000 / $redelivered")"
+	[ "$b" != sqlite ] && record store st_drain_pg_cpu "st-$b" "$run" "$(calc "($(pg_cpu_ms) - $p0) * 1000 / $redelivered")"
+	[ "$n" = "$redelivered" ] || note "store $b run $run: $n dead deliveries, $redelivered redelivered"
+	stop_service "recv-$b"
+	# 2. manifest PUT latency through the first instance (events on, a policy wants pushes)
+	if [ "${#inst[@]}" = 1 ]; then
+		seed_repo "bench/st-$b"
+		for c in $PUSH_CONNECTIONS; do
+			out=$WORK/wrk-st-put-$b-c$c-r$run.txt
+			wrk_put "$out" "$first" "bench/st-$b" "r$run-c$c" "$((c < WRK_THREADS ? c : WRK_THREADS))" "$c" "$WRK_DURATION"
+			wrk_check "$out" "store $b: PUTs (-c$c, run $run)" 201
+			record store "st_put_p50_c$c" "st-$b" "$run" "$(wrk_pct "$out" 50)"
+			record store "st_put_p99_c$c" "st-$b" "$run" "$(wrk_pct "$out" 99)"
+		done
+	fi
+	# 3. event → delivery latency: paced pushes, receiver up
+	rport=$(free_port)
+	start_receiver "recv-dl-$b" "$rport"
+	ensure_policy "$first" "dl-r$run" '["PUSH_ARTIFACT"]' "http://127.0.0.1:$rport/"
+	sleep 1.2
+	seed_repo "bench/st-$b"
+	out=$WORK/wrk-st-dl-$b-r$run.txt
+	wrk_put "$out" "$first" "bench/st-$b" "dl-r$run" 1 1 "$DL_DURATION" BENCH_RATE="$DL_PUSH_RATE"
+	wait_drained "$first" 120 >/dev/null
+	record store st_dl_p50 "st-$b" "$run" "$(receiver_stat "recv-dl-$b" p50)"
+	record store st_dl_p99 "st-$b" "$run" "$(receiver_stat "recv-dl-$b" p99)"
+	stop_service "recv-dl-$b"
+	for t in "${inst[@]}"; do stop_event_wharf "$t"; done
+}
+scenario_store() {
+	log "scenario store: outbox drain ($STORE_N deliveries), manifest PUT latency and event → delivery latency with the store on $STORE_BACKENDS"
+	start_postgres
+	local run b
+	for ((run = 1; run <= RUNS; run++)); do
+		for b in $STORE_BACKENDS; do measure_store "$b" "$run"; done
+	done
 }
 
 # ---------------------------------------------------------------------------------------------

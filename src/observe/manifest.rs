@@ -179,7 +179,10 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestE
             .iter()
             .map(|l| (l.digest().to_string(), l.size())),
     );
-    let size = blobs.iter().map(|(_, s)| s).sum();
+    // declared sizes are untrusted: added with saturation, never wrapping
+    let size = blobs
+        .iter()
+        .fold(0u64, |acc, (_, s)| acc.saturating_add(*s));
     let is_chart = config.media_type().to_string() == HELM_CONFIG;
     let chart_layer_size = m
         .layers()
@@ -300,6 +303,26 @@ mod tests {
         assert_eq!(f.size, 1110);
         assert_eq!(f.blobs.len(), 3);
         assert_eq!(f.config_digest.as_deref(), Some(D1));
+    }
+
+    /// Declared sizes are the client's word: four of 2^62 bytes saturate instead of wrapping to
+    /// 0 (or panicking in a debug build).
+    #[test]
+    fn huge_declared_sizes_saturate() {
+        let layer = |d: &str| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":4611686018427387904}}"#
+            )
+        };
+        let body = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D1}","size":4611686018427387904}},
+            "layers":[{},{},{}]}}"#,
+            layer(D2),
+            layer(D3),
+            layer(D1)
+        );
+        let f = parse(body.as_bytes(), None).unwrap();
+        assert_eq!(f.size, u64::MAX);
     }
 
     #[test]

@@ -288,3 +288,335 @@ async fn open_connections_are_capped_and_counted() {
     );
     assert!(metrics.contains("wharf_connections_open"), "{metrics}");
 }
+
+// 3 ------------------------------------------------------------------------------------------
+// quota trusts the registry's sizes, not the manifest's
+
+/// Upload `layers` and a config to `repo` through `base`; a manifest declaring `declared`
+/// sizes for the layers (the config's size is its real one).
+async fn manifest_with_sizes(
+    base: &str,
+    repo: &str,
+    layers: &[Vec<u8>],
+    declared: &[u64],
+) -> Vec<u8> {
+    use crate::common::http::sha256_digest;
+    let rc = RegistryClient::new(base);
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
+    let config_digest = rc.upload_blob(repo, config.clone()).await;
+    let mut descs = Vec::new();
+    for (l, size) in layers.iter().zip(declared) {
+        let d = rc.upload_blob(repo, l.clone()).await;
+        assert_eq!(d, sha256_digest(l));
+        descs.push(serde_json::json!({
+            "mediaType": oci::LAYER_TAR,
+            "digest": d,
+            "size": size,
+        }));
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::MANIFEST_V1,
+        "config": {"mediaType": oci::CONFIG_V1, "digest": config_digest, "size": config.len()},
+        "layers": descs,
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_counts_the_registrys_blob_sizes_and_never_overflows() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("projects: {prja: {storage_limit: 1MiB}}\n")
+        .start()
+        .await;
+    let base = wharf.url();
+    // a 3 MiB layer declared as 100 bytes: refused before the registry sees it
+    let big = vec![7u8; 3 << 20];
+    let m = manifest_with_sizes(&base, "prja/big", std::slice::from_ref(&big), &[100]).await;
+    let r = raw_path(
+        reqwest::Method::PUT,
+        &base,
+        "/v2/prja/big/manifests/v1",
+        Some(m),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error().0, "MANIFEST_INVALID");
+    assert!(
+        r.error().1.contains("3145728"),
+        "names the real size: {}",
+        r.text
+    );
+    assert_eq!(usage(&base, "prja").await, 0);
+    // four layers declared 2^62 bytes each (their sum wraps to 0 in 64 bits): refused too
+    let layers: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 64]).collect();
+    let m = manifest_with_sizes(&base, "prja/wrap", &layers, &[1u64 << 62; 4]).await;
+    let r = raw_path(
+        reqwest::Method::PUT,
+        &base,
+        "/v2/prja/wrap/manifests/v1",
+        Some(m),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    // honest sizes: counted with the registry's figures
+    let m = manifest_with_sizes(&base, "prja/ok", &layers, &[64; 4]).await;
+    let r = raw_path(
+        reqwest::Method::PUT,
+        &base,
+        "/v2/prja/ok/manifests/v1",
+        Some(m),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(usage(&base, "prja").await >= 4 * 64);
+
+    // a project without a limit: huge declared sizes never overflow the bookkeeping, and the
+    // event is recorded, not lost
+    let m = manifest_with_sizes(&base, "free/wrap", &layers, &[1u64 << 62; 4]).await;
+    let r = raw_path(
+        reqwest::Method::PUT,
+        &base,
+        "/v2/free/wrap/manifests/v1",
+        Some(m),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let m = manifest_with_sizes(&base, "free/wrap2", &[vec![9u8; 10]], &[1u64 << 62]).await;
+    let r = raw_path(
+        reqwest::Method::PUT,
+        &base,
+        "/v2/free/wrap2/manifests/v1",
+        Some(m),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let pushes = events_of(&base, "PUSH_ARTIFACT").await;
+    assert_eq!(pushes.len(), 3, "{pushes:#?}");
+    assert_eq!(
+        usage(&base, "free").await,
+        i64::MAX as u64,
+        "saturated, not wrapped"
+    );
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "wharf_events_lost_total 0"),
+        "{metrics}"
+    );
+}
+
+// 8 ------------------------------------------------------------------------------------------
+// a DELETE's cost to the registry
+
+/// A TCP proxy that counts the HTTP/1.1 requests passing through it towards `target`.
+struct CountingProxy {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingProxy {
+    async fn start(target: std::net::SocketAddr) -> CountingProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 << 10];
+                        let mut tail: Vec<u8> = Vec::new();
+                        loop {
+                            let k = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => k,
+                            };
+                            let mut window = std::mem::take(&mut tail);
+                            window.extend_from_slice(&buf[..k]);
+                            let pat = b" HTTP/1.1\r\n";
+                            let hits = window.windows(pat.len()).filter(|w| w == pat).count();
+                            n.fetch_add(hits, Ordering::SeqCst);
+                            let keep = window.len().min(pat.len() - 1);
+                            tail = window[window.len() - keep..].to_vec();
+                            if sw.write_all(&buf[..k]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        CountingProxy { port, requests }
+    }
+
+    fn count(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_of_an_unknown_digest_costs_the_registry_next_to_nothing() {
+    let registry = Registry::start().await;
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("img"), "t", &[256]);
+    // 200 tags, pushed straight to the registry
+    let direct = RegistryClient::new(&registry.url());
+    direct.push_image("prj/many", "t0", &image).await;
+    let manifest = std::fs::read(image.blob_path(&image.digest)).unwrap();
+    for i in 1..200 {
+        direct
+            .put_manifest(
+                "prj/many",
+                &format!("t{i}"),
+                oci::MANIFEST_V1,
+                manifest.clone(),
+            )
+            .await;
+    }
+    let proxy = CountingProxy::start(registry.addr()).await;
+    let wharf = Wharf::builder(&format!("http://127.0.0.1:{}", proxy.port))
+        .start()
+        .await;
+    let before = proxy.count();
+    let unknown = format!("sha256:{}", "ab".repeat(32));
+    let r = raw_path(
+        reqwest::Method::DELETE,
+        &wharf.url(),
+        &format!("/v2/prj/many/manifests/{unknown}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let spent = proxy.count() - before;
+    assert!(
+        spent <= 2,
+        "an unauthenticated DELETE of an unknown digest cost {spent} registry requests"
+    );
+    // a real delete still reports every tag (checked after the registry accepted it)
+    let r = raw_path(
+        reqwest::Method::DELETE,
+        &wharf.url(),
+        &format!("/v2/prj/many/manifests/{}", image.digest),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let deletes = events_of(&wharf.url(), "DELETE_ARTIFACT").await;
+    assert_eq!(deletes.len(), 1);
+    let tags = deletes[0]["tags"].as_array().unwrap().len();
+    assert_eq!(
+        tags, 64,
+        "the candidate tags are bounded (64 of 200 checked)"
+    );
+}
+
+// 11 -----------------------------------------------------------------------------------------
+// old secrets leave the database
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_auth_header_and_a_deleted_policy_leave_no_secret_in_the_database() {
+    use crate::common::Receiver;
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("notification: {allowed_target_networks: [\"127.0.0.0/8\"]}\n")
+        .start()
+        .await;
+    let base = wharf.url();
+    let rx = Receiver::start().await;
+    let admin = |m: reqwest::Method, path: &str| {
+        client()
+            .request(m, format!("{base}{path}"))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+    };
+    let target = |h: &str| serde_json::json!({"type": "http", "address": format!("{}/hook", rx.url()), "auth_header": h, "secret": format!("whsec-of-{h}")});
+    let body = serde_json::json!({"name": "rot", "enabled": true, "event_types": ["PUSH_ARTIFACT"],
+        "targets": [target("Bearer old-secret-1")]});
+    let r = admin(
+        reqwest::Method::POST,
+        "/api/v2.0/projects/prj/webhook/policies",
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    let id = Resp::read(r).await.expect(201).json()["id"]
+        .as_i64()
+        .unwrap();
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("img"), "v1", &[256]);
+    RegistryClient::new(&base)
+        .push_image("prj/app", "v1", &image)
+        .await;
+    rx.wait_for(1, Duration::from_secs(10)).await;
+    let mut body = body.clone();
+    body["targets"] = serde_json::json!([target("Bearer new-secret-2")]);
+    let r = admin(
+        reqwest::Method::PUT,
+        &format!("/api/v2.0/projects/prj/webhook/policies/{id}"),
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    Resp::read(r).await.expect(200);
+    let r = admin(
+        reqwest::Method::DELETE,
+        &format!("/api/v2.0/projects/prj/webhook/policies/{id}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    Resp::read(r).await.expect(200);
+    // every text value of every table
+    let db = rusqlite::Connection::open_with_flags(
+        wharf.data_dir().join("wharf.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for t in tables {
+        let mut stmt = db.prepare(&format!("SELECT * FROM {t}")).unwrap();
+        let n = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            for i in 0..n {
+                if let Ok(rusqlite::types::ValueRef::Text(v)) = row.get_ref(i) {
+                    let v = String::from_utf8_lossy(v);
+                    for secret in ["old-secret-1", "new-secret-2"] {
+                        assert!(!v.contains(secret), "table {t} still holds {secret}: {v}");
+                    }
+                }
+            }
+        }
+    }
+}
