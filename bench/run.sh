@@ -230,6 +230,7 @@ cleanup() {
 		kill -KILL "$pid" 2>/dev/null
 		wait "$pid" 2>/dev/null
 	done
+	[ -n "${PG_DIR:-}" ] && rm -rf "$PG_DIR"
 	if [ -n "$MOUNTED" ]; then
 		umount "$MOUNTED" 2>/dev/null || umount -l "$MOUNTED" 2>/dev/null || log "could not unmount $MOUNTED"
 		rmdir "$MOUNTED" 2>/dev/null
@@ -1049,10 +1050,13 @@ scenario_target_down() {
 # service: it is stopped with the run.
 start_postgres() {
 	[ -n "${PID[postgres]:-}" ] && return 0
-	local bin dir=$WORK/pg port as=() i
+	local bin dir port as=() i
 	bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 	[ -x "$bin/postgres" ] || die "PostgreSQL not found in /usr/lib/postgresql/*/bin: bash scripts/deps.sh installs it"
-	mkdir -p "$dir"
+	# its own dir (the work dir is private to this user; the server runs as postgres)
+	dir=$(mktemp -d /tmp/wharf-bench-pg.XXXXXX)
+	PG_DIR=$dir
+	chmod 755 "$dir"
 	if [ "$IS_ROOT" = 1 ]; then
 		chown postgres:postgres "$dir"
 		as=(setpriv --reuid=postgres --regid=postgres --init-groups --reset-env)
@@ -1091,20 +1095,21 @@ new_pg_db() {
 }
 
 # st_start BACKEND: the instances of one backend (sqlite: st-sqlite; pgK: st-pgK-1 … st-pgK-K on
-# one fresh database). Prints the instance names.
+# one fresh database); their names in ST_INST.
 st_start() {
-	local b=$1 k i url yaml=$HOOK_YAML$'\n'"notification: {webhook_job_max_retry: 0, breaker_failures: 100000000}"
+	local b=$1 k i url yaml='notification: {webhook_job_max_retry: 0, breaker_failures: 100000000, allowed_target_networks: ["127.0.0.0/8"]}'
+	ST_INST=()
 	case "$b" in
 	sqlite)
-		start_event_wharf st-sqlite "$yaml" >&2
-		echo st-sqlite
+		start_event_wharf st-sqlite "$yaml"
+		ST_INST=(st-sqlite)
 		;;
 	pg*)
 		k=${b#pg}
 		url=$(new_pg_db "bench_$b")
 		for ((i = 1; i <= k; i++)); do
-			start_event_wharf "st-$b-$i" "$yaml"$'\n'"store: {url: \"$url\"}" >&2
-			echo "st-$b-$i"
+			start_event_wharf "st-$b-$i" "$yaml"$'\n'"store: {url: \"$url\"}"
+			ST_INST+=("st-$b-$i")
 		done
 		;;
 	*) die "unknown store backend $b" ;;
@@ -1117,8 +1122,9 @@ st_cpu_ms() { # instances -> their CPU sum
 }
 
 measure_store() {
-	local b=$1 run=$2 inst first out c0 p0 t0 t1 n got redelivered port rport
-	read -r -a inst <<<"$(st_start "$b" | tr '\n' ' ')"
+	local b=$1 run=$2 inst=() first out c0 p0 t0 t1 n got redelivered port rport c t
+	st_start "$b"
+	inst=("${ST_INST[@]}")
 	first=${inst[0]}
 	port=$(free_port)
 	ensure_policy "$first" "drain-r$run" '["PUSH_ARTIFACT","PULL_ARTIFACT"]' "http://127.0.0.1:$port/"
