@@ -288,3 +288,78 @@ async fn open_connections_are_capped_and_counted() {
     );
     assert!(metrics.contains("wharf_connections_open"), "{metrics}");
 }
+
+// 7 ------------------------------------------------------------------------------------------
+// Host header
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_missing_or_repeated_host_is_refused_and_location_never_names_the_registry() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url()).start().await;
+    let addr = wharf.addr();
+    let upstream = registry.addr().to_string();
+    for (name, request, code) in [
+        (
+            "a path in Host",
+            "GET /v2/ HTTP/1.1\r\nHost: evil.com/phish?\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "user info in Host",
+            "POST /v2/prj/x/blobs/uploads/ HTTP/1.1\r\nHost: a@evil.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "no Host",
+            "POST /v2/prj/x/blobs/uploads/ HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "two Host headers",
+            "GET /v2/ HTTP/1.1\r\nHost: wharf\r\nHost: evil.com\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "an API path",
+            "GET /api/v2.0/configurations HTTP/1.1\r\nHost: evil.com/x\r\nConnection: close\r\n\r\n",
+            "BAD_REQUEST",
+        ),
+    ] {
+        let r = crate::common::http::raw_request(addr, request.as_bytes()).await;
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["errors"][0]["code"], code, "{name}: {body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Host"),
+            "{name}: {body}"
+        );
+    }
+    // a valid Host is where Location points
+    let r = crate::common::http::raw_request(
+        addr,
+        b"POST /v2/prj/x/blobs/uploads/ HTTP/1.1\r\nHost: wharf.test:1234\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let loc = r.header("location").unwrap();
+    assert!(
+        loc.starts_with("http://wharf.test:1234/v2/prj/x/blobs/uploads/"),
+        "{loc}"
+    );
+    // HTTP/1.0 without Host: addressed to external_url, never to the registry's own address
+    let r = crate::common::http::raw_request(
+        addr,
+        b"POST /v2/prj/x/blobs/uploads/ HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let loc = r.header("location").unwrap();
+    assert!(!loc.contains(&upstream), "{loc} names the registry");
+    assert!(
+        loc.starts_with(&format!("{}/v2/prj/x/blobs/uploads/", wharf.url())),
+        "{loc}"
+    );
+}
