@@ -354,7 +354,7 @@ start_wharf() {
 listen: "127.0.0.1:$port"
 upstream: {registry: "http://127.0.0.1:${PORT[direct]}"}
 data_dir: "$data"
-admin_password: "x"
+admin_password: "bench-admin-password"
 log: {level: $level}
 EOF
 	if [ -n "$extra" ]; then
@@ -693,7 +693,7 @@ stop_event_wharf() {
 ensure_policy() {
 	local t=$1 name=$2 types=$3 address=$4 out code
 	[ -n "${POLICY[$t/$name]:-}" ] && return 0
-	out=$(curl -sS --max-time 10 -u admin:x -H 'Content-Type: application/json' -w '\n%{http_code}' \
+	out=$(curl -sS --max-time 10 -u admin:bench-admin-password -H 'Content-Type: application/json' -w '\n%{http_code}' \
 		"$(url "$t" /api/v2.0/projects/bench/webhook/policies)" \
 		-d "{\"name\":\"$name\",\"event_types\":$types,\"targets\":[{\"type\":\"http\",\"address\":\"$address\"}]}")
 	code=$(tail -1 <<<"$out")
@@ -842,7 +842,7 @@ measure_deliveries() {
 	c0=$(cpu_ms "$t")
 	r0=$(cpu_ms recv-deliv)
 	t0=$(now)
-	redelivered=$(curl -sS --max-time 600 -u admin:x -X POST \
+	redelivered=$(curl -sS --max-time 600 -u admin:bench-admin-password -X POST \
 		"$(url "$t" "/api/v2.0/projects/bench/webhook/policies/${POLICY[$t/drain]}/redeliver")" |
 		grep -o '"redelivered":[0-9]*' | cut -d: -f2) || die "deliveries: redeliver call failed"
 	[ -n "$redelivered" ] || die "deliveries: the redeliver call did not say how many"

@@ -28,7 +28,7 @@ use tempfile::TempDir;
 use super::{STARTUP_TIMEOUT, procfs};
 
 /// The admin password in every test config.
-pub const ADMIN_PASSWORD: &str = "Harbor12345";
+pub const ADMIN_PASSWORD: &str = "Harbor12345-wharf";
 
 /// Configures and starts a wharf. See the module docs.
 #[derive(Debug, Clone)]
