@@ -219,13 +219,32 @@ impl Default for ChartRepoConfig {
 }
 
 /// API users.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsersConfig {
     /// An htpasswd file with bcrypt entries (`htpasswd -B`), the format the registry uses.
-    /// Users listed in `projects.<name>.admins` are that project's administrators.
+    /// Users listed in `projects.<name>.admins` are that project's administrators. Re-read
+    /// when it changes; while it is missing or unreadable no htpasswd user can log in.
     #[serde(default)]
     pub htpasswd: Option<PathBuf>,
+    /// Failed API logins (401 to a request with credentials) one client address may make at
+    /// once; then it gets 429 with `Retry-After` until `failed_login_interval` gave it another
+    /// attempt. Registry paths are not affected.
+    #[serde(default = "defaults::failed_login_burst")]
+    pub failed_login_burst: u32,
+    /// One more login attempt for a throttled address per this interval.
+    #[serde(default = "defaults::failed_login_interval", with = "duration")]
+    pub failed_login_interval: Duration,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            htpasswd: None,
+            failed_login_burst: defaults::failed_login_burst(),
+            failed_login_interval: defaults::failed_login_interval(),
+        }
+    }
 }
 
 /// Webhook delivery.
@@ -858,6 +877,12 @@ mod defaults {
     pub fn retention() -> Duration {
         Duration::from_secs(30 * 24 * 3600)
     }
+    pub fn failed_login_burst() -> u32 {
+        10
+    }
+    pub fn failed_login_interval() -> Duration {
+        Duration::from_secs(1)
+    }
 }
 
 /// Durations written as `30s`, `2m`, `1h 30m` or a bare number of seconds.
@@ -1323,6 +1348,15 @@ impl Config {
             return Err(invalid(
                 "notification.ca_bundle",
                 format!("{} is not a readable file", p.display()),
+            ));
+        }
+        if self.users.failed_login_burst == 0 {
+            return Err(invalid("users.failed_login_burst", "must be at least 1"));
+        }
+        if self.users.failed_login_interval.is_zero() {
+            return Err(invalid(
+                "users.failed_login_interval",
+                "must be greater than 0",
             ));
         }
         if let Some(p) = &self.users.htpasswd

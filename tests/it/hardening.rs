@@ -289,6 +289,91 @@ async fn open_connections_are_capped_and_counted() {
     assert!(metrics.contains("wharf_connections_open"), "{metrics}");
 }
 
+// 4 and 13 -----------------------------------------------------------------------------------
+// failed logins
+
+/// An htpasswd file with bcrypt entries of `cost`.
+fn htpasswd_file(dir: &std::path::Path, users: &[(&str, &str)], cost: u32) -> std::path::PathBuf {
+    let text: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, cost).unwrap()))
+        .collect();
+    let file = dir.join("users.htpasswd");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+async fn api_get(base: &str, path: &str, user: &str, pass: &str) -> Resp {
+    let r = client()
+        .get(format!("{base}{path}"))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await
+        .unwrap();
+    Resp::read(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_client_address_registry_paths_are_not() {
+    let work = work_dir();
+    let users = htpasswd_file(work.path(), &[("alice", "alice-password")], 5);
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml(&format!(
+            "users: {{htpasswd: {}, failed_login_burst: 3, failed_login_interval: 30s}}\nprojects: {{prj: {{admins: [alice]}}}}\n",
+            users.display()
+        ))
+        .start()
+        .await;
+    let base = wharf.url();
+    let policies = "/api/v2.0/projects/prj/webhook/policies";
+    assert_eq!(
+        api_get(&base, policies, "alice", "alice-password")
+            .await
+            .status,
+        200
+    );
+    // three wrong guesses (an unknown user, a wrong password, a wrong admin password) are 401
+    for (user, pass) in [("mallory", "x"), ("alice", "guess"), ("admin", "guess")] {
+        let r = api_get(&base, policies, user, pass).await;
+        assert_eq!(r.status, 401, "{user}: {}", r.text);
+    }
+    // then 429 with Retry-After and Harbor's error shape, right credentials included
+    for (user, pass) in [("alice", "guess-2"), ("alice", "alice-password")] {
+        let r = api_get(&base, policies, user, pass).await;
+        assert_eq!(r.status, 429, "{user}/{pass}: {}", r.text);
+        let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=30).contains(&wait), "Retry-After: {wait}");
+        assert_eq!(r.error().0, "TOO_MANY_REQUESTS");
+    }
+    // registry paths are not throttled, with or without credentials
+    for _ in 0..3 {
+        let r = client()
+            .get(format!("{base}/v2/"))
+            .basic_auth("mallory", Some("x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wharf_login_failures_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wharf_login_throttled_total 2"),
+        "{metrics}"
+    );
+}
+
 // 7 ------------------------------------------------------------------------------------------
 // Host header
 
