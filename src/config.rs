@@ -1369,6 +1369,24 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
+        let filters =
+            std::iter::once(("events.ignore_pulls".to_string(), &self.events.ignore_pulls)).chain(
+                self.projects
+                    .iter()
+                    .map(|(n, p)| (format!("projects.{n}.ignore_pulls"), &p.ignore_pulls)),
+            );
+        for (key, f) in filters {
+            for (list, patterns) in [("users", &f.users), ("user_agents", &f.user_agents)] {
+                let key = format!("{key}.{list}");
+                crate::glob::check_all(&key, patterns).map_err(|reason| {
+                    // the message starts with the key and index already
+                    match reason.split_once(": ") {
+                        Some((k, r)) => invalid(k, r),
+                        None => invalid(&key, reason),
+                    }
+                })?;
+            }
+        }
         for name in self.projects.keys() {
             if !crate::route::is_name_component(name) {
                 return Err(invalid(
@@ -1649,6 +1667,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("tls.cert:"), "{err}");
+    }
+
+    #[test]
+    fn pull_filter_patterns_are_checked() {
+        let err = load(
+            &format!("{MIN}events: {{ignore_pulls: {{user_agents: [\"Trivy/*\", \"[\"]}}}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("events.ignore_pulls.user_agents[1]: \"[\" is not a valid pattern"),
+            "{err}"
+        );
+        let err = load(
+            &format!("{MIN}projects: {{prj: {{ignore_pulls: {{users: [\"{{a,b\"]}}}}}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("projects.prj.ignore_pulls.users[0]: "),
+            "{err}"
+        );
     }
 
     #[test]

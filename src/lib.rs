@@ -18,6 +18,7 @@
 //! - [`api`]: wharf's own HTTP API.
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`glob`]: checking the glob patterns of filters before they are stored.
 //! - [`app`]: the state of one process, built from [`config`].
 //! - [`config`]: the YAML configuration, env overrides, validation.
 
@@ -29,6 +30,7 @@ pub mod config;
 pub mod dispatch;
 pub mod events;
 pub mod forward;
+pub mod glob;
 pub mod metrics;
 pub mod observe;
 pub mod quota;

@@ -448,3 +448,142 @@ async fn invalid_missing_or_repeated_host_is_refused_and_location_never_names_th
         "{loc}"
     );
 }
+
+// 9 ------------------------------------------------------------------------------------------
+// validation of webhook policies
+
+async fn admin_send(method: reqwest::Method, url: &str, body: Option<String>) -> Resp {
+    let mut rb = client()
+        .request(method, url)
+        .basic_auth("admin", Some(ADMIN_PASSWORD));
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b);
+    }
+    Resp::read(rb.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_policies_are_validated_with_precise_messages() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("notification: {allowed_target_networks: [\"127.0.0.0/8\"]}\n")
+        .start()
+        .await;
+    let url = format!("{}/api/v2.0/projects/prj/webhook/policies", wharf.url());
+    let policy = |name: &str, target: serde_json::Value, filters: serde_json::Value| {
+        serde_json::json!({
+            "name": name,
+            "event_types": ["PUSH_ARTIFACT"],
+            "targets": [target],
+            "filters": filters,
+        })
+        .to_string()
+    };
+    let target = serde_json::json!({"type": "http", "address": "http://127.0.0.1:9/hook"});
+    let none = serde_json::json!({});
+    for (what, body, message) in [
+        (
+            "CR/LF in auth_header",
+            policy(
+                "p1",
+                serde_json::json!({"address": "http://127.0.0.1:9/", "auth_header": "Bearer x\r\nX-Evil: 1"}),
+                none.clone(),
+            ),
+            "targets[0].auth_header: must not contain CR or LF",
+        ),
+        (
+            "a control character in auth_header",
+            policy(
+                "p1",
+                serde_json::json!({"address": "http://127.0.0.1:9/", "auth_header": "Bearer \u{1}"}),
+                none.clone(),
+            ),
+            "targets[0].auth_header: must be a valid HTTP header value",
+        ),
+        (
+            "an unclosed class",
+            policy(
+                "p1",
+                target.clone(),
+                serde_json::json!({"tags": ["v*", "["]}),
+            ),
+            "filters.tags[1]: \"[\" is not a valid pattern",
+        ),
+        (
+            "an unclosed brace",
+            policy(
+                "p1",
+                target.clone(),
+                serde_json::json!({"repositories": ["{"]}),
+            ),
+            "filters.repositories[0]: \"{\" is not a valid pattern",
+        ),
+        (
+            "a reversed range",
+            policy("p1", target.clone(), serde_json::json!({"tags": ["[z-a]"]})),
+            "filters.tags[0]: \"[z-a]\" is not a valid pattern: the range 'z'-'a' is reversed",
+        ),
+        (
+            "NUL in the name",
+            policy("a\u{0}b", target.clone(), none.clone()),
+            "name: character 1 is U+0000",
+        ),
+        (
+            "a right-to-left override in the name",
+            policy("invoice\u{202E}fdp.exe", target.clone(), none.clone()),
+            "name: character 7 is U+202E",
+        ),
+        (
+            "a line break in the name",
+            policy("a\nb", target.clone(), none.clone()),
+            "name: character 1 is U+000A",
+        ),
+        (
+            "257 characters",
+            policy(&"x".repeat(257), target.clone(), none.clone()),
+            "name: at most 256 characters (257 given)",
+        ),
+        (
+            "a JSON array",
+            format!("[{}]", policy("p1", target.clone(), none.clone())),
+            "body: must be a JSON object, not an array",
+        ),
+        (
+            "a JSON array of the fields",
+            serde_json::json!(["p1", "d", true, ["PUSH_ARTIFACT"], [target.clone()]]).to_string(),
+            "body: must be a JSON object, not an array",
+        ),
+    ] {
+        let r = admin_send(reqwest::Method::POST, &url, Some(body)).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        let (code, got) = r.error();
+        assert_eq!(code, "BAD_REQUEST", "{what}");
+        assert!(got.starts_with(message), "{what}: {got}");
+    }
+    // 200 × "ä" is 400 bytes but 200 characters: a valid name
+    let r = admin_send(
+        reqwest::Method::POST,
+        &url,
+        Some(policy(&"ä".repeat(200), target.clone(), none.clone())),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json()["id"].as_i64().unwrap();
+    // a page number that would overflow the offset
+    let r = admin_send(
+        reqwest::Method::GET,
+        &format!("{url}/{id}/executions?page=18446744073709551615&page_size=10"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.error().1.starts_with("page: "), "{}", r.text);
+    let r = admin_send(
+        reqwest::Method::GET,
+        &format!("{url}/{id}/executions?page=2&page_size=10"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), serde_json::json!([]));
+}
