@@ -1,9 +1,12 @@
 # wharf: the project's commands.
 #
 #   make test    THE command that runs every test: installs what is missing (scripts/deps.sh),
-#                then rustfmt check, clippy (warnings are errors) and all cargo tests (among
+#                then rustfmt check, clippy (warnings are errors), the fuzz smoke (every
+#                cargo-fuzz target for FUZZ_SECONDS=20 s) and all cargo tests (among
 #                them helm lint --strict / helm template of deploy/helm/wharf, every rendered
 #                object validated against the Kubernetes JSON schemas by .tools/venv).
+#   make fuzz    the fuzz targets for longer: FUZZ_SECONDS=600 make fuzz, or
+#                FUZZ_TARGETS="jwt glob" FUZZ_SECONDS=3600 make fuzz (scripts/fuzz-smoke.sh).
 #   make demo    THE command that runs the main job end to end: docker-registry behind wharf,
 #                an image pushed and pulled with skopeo (scripts/demo.sh).
 #   make bench   the benchmarks (bench/run.sh).
@@ -21,7 +24,7 @@ export PATH := $(PATH):$(or $(CARGO_HOME),$(HOME)/.cargo)/bin
 # helm (installed by scripts/deps.sh) for the tests that drive a real helm client.
 TOOLS_BIN := $(CURDIR)/.tools/bin
 
-.PHONY: help deps test demo bench build manifests
+.PHONY: help deps test fuzz demo bench build manifests
 
 help:
 	@sed -n 's/^#   make /make /p' $(firstword $(MAKEFILE_LIST))
@@ -32,7 +35,11 @@ deps:
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash scripts/fuzz-smoke.sh
 	PATH="$(TOOLS_BIN):$$PATH" cargo test --all-targets
+
+fuzz: deps
+	bash scripts/fuzz-smoke.sh $(FUZZ_TARGETS)
 
 demo: deps
 	bash scripts/demo.sh

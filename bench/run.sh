@@ -361,7 +361,7 @@ start_wharf() {
 listen: "127.0.0.1:$port"
 upstream: {registry: "http://127.0.0.1:${PORT[direct]}"}
 data_dir: "$data"
-admin_password: "x"
+admin_password: "bench-admin-password"
 log: {level: $level}
 EOF
 	if [ -n "$extra" ]; then
@@ -700,7 +700,7 @@ stop_event_wharf() {
 ensure_policy() {
 	local t=$1 name=$2 types=$3 address=$4 out code
 	[ -n "${POLICY[$t/$name]:-}" ] && return 0
-	out=$(curl -sS --max-time 10 -u admin:x -H 'Content-Type: application/json' -w '\n%{http_code}' \
+	out=$(curl -sS --max-time 10 -u admin:bench-admin-password -H 'Content-Type: application/json' -w '\n%{http_code}' \
 		"$(url "$t" /api/v2.0/projects/bench/webhook/policies)" \
 		-d "{\"name\":\"$name\",\"event_types\":$types,\"targets\":[{\"type\":\"http\",\"address\":\"$address\"}]}")
 	code=$(tail -1 <<<"$out")
@@ -849,7 +849,7 @@ measure_deliveries() {
 	c0=$(cpu_ms "$t")
 	r0=$(cpu_ms recv-deliv)
 	t0=$(now)
-	redelivered=$(curl -sS --max-time 600 -u admin:x -X POST \
+	redelivered=$(curl -sS --max-time 600 -u admin:bench-admin-password -X POST \
 		"$(url "$t" "/api/v2.0/projects/bench/webhook/policies/${POLICY[$t/drain]}/redeliver")" |
 		grep -o '"redelivered":[0-9]*' | cut -d: -f2) || die "deliveries: redeliver call failed"
 	[ -n "$redelivered" ] || die "deliveries: the redeliver call did not say how many"
@@ -1132,9 +1132,19 @@ measure_store() {
 	# 1. drain: N pull events through the first instance to a closed port (dead), then the
 	# receiver on that port and one redeliver; every instance's dispatcher takes part
 	out=$WORK/wrk-st-gen-$b-r$run.txt
+	local e0 e1 wpid
+	e0=$(metric "$first" 'wharf_events_total{type="PULL_ARTIFACT"}')
 	env BENCH_CONTENT_TYPE="$OCI_MANIFEST" BENCH_MODE=get BENCH_STOP_AFTER=$((STORE_N / WRK_THREADS)) \
 		wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d600s -s "$BENCH/wrk-events.lua" \
-		"$(url "$first" "$MANIFEST_PATH")" >"$out" 2>&1 || true
+		"$(url "$first" "$MANIFEST_PATH")" >"$out" 2>&1 &
+	wpid=$!
+	while kill -0 "$wpid" 2>/dev/null; do
+		e1=$(metric "$first" 'wharf_events_total{type="PULL_ARTIFACT"}')
+		[ $((e1 - e0)) -ge "$STORE_N" ] && break
+		sleep 0.2
+	done
+	kill -INT "$wpid" 2>/dev/null || true
+	wait "$wpid" || true
 	wait_drained "$first" 600 >/dev/null
 	n=$(metric "$first" 'wharf_deliveries{state="dead"}')
 	start_receiver "recv-$b" "$port"
@@ -1142,7 +1152,7 @@ measure_store() {
 	p0=0
 	[ "$b" != sqlite ] && p0=$(pg_cpu_ms)
 	t0=$(now)
-	redelivered=$(curl -sS --max-time 600 -u admin:x -X POST \
+	redelivered=$(curl -sS --max-time 600 -u admin:bench-admin-password -X POST \
 		"$(url "$first" "/api/v2.0/projects/bench/webhook/policies/${POLICY[$first/drain-r$run]}/redeliver")" |
 		grep -o '"redelivered":[0-9]*' | cut -d: -f2)
 	[ -n "$redelivered" ] || die "store $b: the redeliver call failed"

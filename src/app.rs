@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::api::auth::Users;
+use crate::api::throttle::LoginThrottle;
 use crate::config::Config;
 use crate::dispatch::client::{ClientError, Sender};
 use crate::dispatch::guard::Guard;
@@ -58,6 +59,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// API users from `users.htpasswd`.
     pub users: Arc<Users>,
+    /// Failed API logins per client address.
+    pub login_throttle: LoginThrottle,
     /// The webhook HTTP client (also used by the test endpoint).
     pub sender: Arc<Sender>,
     /// The system switch `notification_enable`, cached (the database holds it).
@@ -108,6 +111,10 @@ impl App {
             config.notification.ca_bundle.as_deref(),
         )?);
         let users = Arc::new(Users::new(config.users.htpasswd.clone()));
+        let config_throttle = (
+            config.users.failed_login_burst,
+            config.users.failed_login_interval,
+        );
         let notifications_enabled = Arc::new(AtomicBool::new(true));
         let recent = Recent::new(
             config.events.attribution_window.max(Duration::from_secs(1)),
@@ -129,6 +136,7 @@ impl App {
             token_verifier,
             metrics,
             users,
+            login_throttle: LoginThrottle::new(config_throttle.0, config_throttle.1),
             sender,
             notifications_enabled,
         }))

@@ -4,8 +4,16 @@
 //! rejected (`deny_unknown_fields`) so a typo fails at start-up instead of being ignored.
 //! Environment variables override the file: `WHARF_<KEY>` with `__` between nesting levels,
 //! e.g. `WHARF_UPSTREAM__REGISTRY=http://127.0.0.1:5000` or `WHARF_LOG__FORMAT=json`. Values are
-//! read as YAML scalars, so `WHARF_TLS__CERT=/x` or `WHARF_SHUTDOWN_GRACE=10s` both work.
-//! `WHARF_CONFIG` names the file and is not an override.
+//! read as YAML scalars, so `WHARF_TLS__CERT=/x` or `WHARF_SHUTDOWN_GRACE=10s` both work — except
+//! the values of secret keys ([`LITERAL_KEYS`]: passwords, tokens, the database URL and the files
+//! holding them), which are taken literally, byte for byte (`WHARF_ADMIN_PASSWORD='S3cret #1'`
+//! is `S3cret #1`, not `S3cret`). `WHARF_CONFIG` names the file and is not an override; the
+//! variables Kubernetes injects for a Service named `wharf` or `wharf-…` (`WHARF_PORT`,
+//! `WHARF_SERVICE_HOST`, `WHARF_DB_PORT_5432_TCP_ADDR`, …) are ignored
+//! ([`is_kubernetes_service_link`]).
+//!
+//! Secrets never appear in an error message: a secret key that is not a string is refused
+//! without its value, and the contents of secret files are never printed.
 //!
 //! [`Config::load`] reads, overrides, deserializes and validates; every error names the key.
 
@@ -62,8 +70,15 @@ pub struct Config {
     /// Directory of the embedded database (created if missing).
     #[serde(default = "defaults::data_dir")]
     pub data_dir: PathBuf,
-    /// Password of the system administrator, user `admin`.
+    /// Password of the system administrator, user `admin`: at least
+    /// [`MIN_ADMIN_PASSWORD_CHARS`] characters. Required unless `admin_password_file` is set.
+    #[serde(default)]
     pub admin_password: Secret,
+    /// A file holding the administrator's password (a mounted secret; one trailing newline is
+    /// ignored, everything else is the password). Read once at start; set it instead of
+    /// `admin_password`, not with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password_file: Option<PathBuf>,
     /// Serve HTTPS with these PEM files instead of plain HTTP.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -102,6 +117,10 @@ pub struct Config {
     /// scanners and quota tools. The system administrator's Basic credentials work too.
     #[serde(default)]
     pub side_api_token: Option<Secret>,
+    /// A file holding `side_api_token` (a mounted secret; one trailing newline is ignored). Read
+    /// once at start; set it instead of `side_api_token`, not with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side_api_token_file: Option<PathBuf>,
     /// Limits of the side endpoint.
     #[serde(default)]
     pub side: SideConfig,
@@ -203,13 +222,32 @@ impl Default for ChartRepoConfig {
 }
 
 /// API users.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsersConfig {
     /// An htpasswd file with bcrypt entries (`htpasswd -B`), the format the registry uses.
-    /// Users listed in `projects.<name>.admins` are that project's administrators.
+    /// Users listed in `projects.<name>.admins` are that project's administrators. Re-read
+    /// when it changes; while it is missing or unreadable no htpasswd user can log in.
     #[serde(default)]
     pub htpasswd: Option<PathBuf>,
+    /// Failed API logins (401 to a request with credentials) one client address may make at
+    /// once; then it gets 429 with `Retry-After` until `failed_login_interval` gave it another
+    /// attempt. Registry paths are not affected.
+    #[serde(default = "defaults::failed_login_burst")]
+    pub failed_login_burst: u32,
+    /// One more login attempt for a throttled address per this interval.
+    #[serde(default = "defaults::failed_login_interval", with = "duration")]
+    pub failed_login_interval: Duration,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            htpasswd: None,
+            failed_login_burst: defaults::failed_login_burst(),
+            failed_login_interval: defaults::failed_login_interval(),
+        }
+    }
 }
 
 /// Webhook delivery.
@@ -362,6 +400,28 @@ pub struct StoreConfig {
     /// and attempts (deliveries still pending keep their event). `0s` keeps everything.
     #[serde(default = "defaults::retention", with = "duration")]
     pub retention: Duration,
+}
+
+impl StoreConfig {
+    /// The PostgreSQL password: what `password_file` holds (read now, byte for byte less one
+    /// trailing newline), else the one in `url`. Errors name the key, never the password.
+    pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(path) = &self.password_file {
+            return read_secret_file(path).map(Some).map_err(|e| {
+                invalid(
+                    "store.password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            });
+        }
+        match &self.url {
+            Some(url) => Ok(url
+                .parse()
+                .map_err(|reason| invalid("store.url", reason))?
+                .password),
+            None => Ok(None),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -539,7 +599,7 @@ impl Serialize for DatabaseUrl {
 
 impl<'de> Deserialize<'de> for DatabaseUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(DatabaseUrl)
+        secret_string(d).map(DatabaseUrl)
     }
 }
 
@@ -672,8 +732,65 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
+        secret_string(d).map(Secret)
     }
+}
+
+/// A string that may be a secret: anything else is refused without showing the value (serde's
+/// own message would print it: "invalid type: integer `12345678`").
+fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Visitor;
+    const NOT_TEXT: &str = "must be a string (quote the value in YAML); the value is not shown";
+    macro_rules! refuse {
+        ($($name:ident: $t:ty),*) => {$(
+            fn $name<E: serde::de::Error>(self, _: $t) -> Result<String, E> {
+                Err(E::custom(NOT_TEXT))
+            }
+        )*};
+    }
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        refuse!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_i128: i128,
+            visit_u128: u128, visit_f64: f64, visit_char: char, visit_bytes: &[u8]);
+        fn visit_unit<E: serde::de::Error>(self) -> Result<String, E> {
+            Err(E::custom(NOT_TEXT))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<String, E> {
+            Err(E::custom(NOT_TEXT))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+            Err(serde::de::Error::custom(NOT_TEXT))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+            Err(serde::de::Error::custom(NOT_TEXT))
+        }
+        fn visit_enum<A: serde::de::EnumAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+            Err(serde::de::Error::custom(NOT_TEXT))
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// Read a secret from a mounted file: its contents byte for byte, less one trailing newline
+/// (`\n` or `\r\n`). The contents are never part of an error.
+pub fn read_secret_file(path: &Path) -> Result<Secret, std::io::Error> {
+    let mut text = std::fs::read_to_string(path)?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(Secret(text))
 }
 
 mod defaults {
@@ -773,6 +890,12 @@ mod defaults {
     }
     pub fn retention() -> Duration {
         Duration::from_secs(30 * 24 * 3600)
+    }
+    pub fn failed_login_burst() -> u32 {
+        10
+    }
+    pub fn failed_login_interval() -> Duration {
+        Duration::from_secs(1)
     }
 }
 
@@ -915,6 +1038,75 @@ pub mod bytesize {
 pub const CONFIG_ENV: &str = "WHARF_CONFIG";
 const ENV_PREFIX: &str = "WHARF_";
 
+/// The shortest `admin_password` accepted.
+pub const MIN_ADMIN_PASSWORD_CHARS: usize = 12;
+/// The shortest `side_api_token` accepted.
+pub const MIN_SIDE_API_TOKEN_CHARS: usize = 16;
+
+/// Keys whose env values are taken literally instead of as YAML: secrets (a `#`, quotes, a
+/// leading `!!` or all digits are part of the value) and the files holding them.
+pub const LITERAL_KEYS: [&str; 6] = [
+    "admin_password",
+    "admin_password_file",
+    "side_api_token",
+    "side_api_token_file",
+    "store.url",
+    "store.password_file",
+];
+
+/// Is `var=value` one of the variables Kubernetes injects into every pod of a namespace for a
+/// Service named `wharf` or `wharf-<x>` (docker-links style)? For a Service `<NAME>` with a port
+/// 8080/TCP named `http`: `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT`,
+/// `<NAME>_SERVICE_PORT_HTTP`, `<NAME>_PORT=tcp://…`, `<NAME>_PORT_8080_TCP=tcp://…`,
+/// `<NAME>_PORT_8080_TCP_PROTO`, `…_PORT`, `…_ADDR` (the name upper-cased, `-` as `_`).
+/// A config override always has `__` between levels and no such shape: no key ends in
+/// `_service_host`, `_service_port…` or `_port` (a unit test keeps it so).
+pub fn is_kubernetes_service_link(var: &str, value: &str) -> bool {
+    let Some(rest) = var.strip_prefix("WHARF") else {
+        return false;
+    };
+    if !rest.starts_with('_')
+        || var.contains("__")
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return false;
+    }
+    let is_url = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .any(|p| value.starts_with(p));
+    // `<NAME>` is WHARF or WHARF_<x>: the suffix may start at any `_`
+    rest.match_indices('_').any(|(i, _)| {
+        let suffix = &rest[i..];
+        if suffix == "_SERVICE_HOST" || suffix == "_SERVICE_PORT" {
+            return true;
+        }
+        if let Some(port_name) = suffix.strip_prefix("_SERVICE_PORT_") {
+            return !port_name.is_empty();
+        }
+        if suffix == "_PORT" {
+            return is_url;
+        }
+        let Some(tail) = suffix.strip_prefix("_PORT_") else {
+            return false;
+        };
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        match tail[digits..]
+            .strip_prefix("_TCP")
+            .or_else(|| tail[digits..].strip_prefix("_UDP"))
+            .or_else(|| tail[digits..].strip_prefix("_SCTP"))
+        {
+            Some("") => is_url,
+            Some("_PROTO") | Some("_PORT") | Some("_ADDR") => true,
+            _ => false,
+        }
+    })
+}
+
 impl Config {
     /// Read `path`, apply `WHARF_…` overrides from the process environment, validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -941,29 +1133,84 @@ impl Config {
         }
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != CONFIG_ENV)
+            .filter(|(k, v)| {
+                k.starts_with(ENV_PREFIX) && k != CONFIG_ENV && !is_kubernetes_service_link(k, v)
+            })
             .collect();
         overrides.sort();
-        for (var, raw) in overrides {
-            apply_override(&mut value, &var, &raw)?;
+        for (var, raw) in &overrides {
+            apply_override(&mut value, var, raw)?;
         }
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." {
                 "config".to_string()
             } else {
                 key
             };
-            invalid(&key, e.into_inner().to_string())
+            let reason = e.into_inner().to_string();
+            // an error about a key an env variable set names the variable
+            let from_env = overrides.iter().find(|(var, _)| {
+                let path = override_path(var).join(".");
+                let (parent, last) = path.rsplit_once('.').unwrap_or(("config", &path));
+                key == path || (key == parent && reason.contains(&format!("`{last}`")))
+            });
+            match from_env {
+                Some((var, _)) => invalid(&key, format!("{reason} (set by {var})")),
+                None => invalid(&key, reason),
+            }
         })?;
+        config.read_secret_files()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Replace `admin_password_file` / `side_api_token_file` by what they hold.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.admin_password_file {
+            if !self.admin_password.is_empty() {
+                return Err(invalid(
+                    "admin_password_file",
+                    "set admin_password or admin_password_file, not both",
+                ));
+            }
+            self.admin_password = read_secret_file(path).map_err(|e| {
+                invalid(
+                    "admin_password_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+        }
+        if let Some(path) = &self.side_api_token_file {
+            if self.side_api_token.is_some() {
+                return Err(invalid(
+                    "side_api_token_file",
+                    "set side_api_token or side_api_token_file, not both",
+                ));
+            }
+            self.side_api_token = Some(read_secret_file(path).map_err(|e| {
+                invalid(
+                    "side_api_token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?);
+        }
+        Ok(())
     }
 
     /// Checks that serde cannot express. Every message names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.admin_password.is_empty() {
-            return Err(invalid("admin_password", "must not be empty"));
+            return Err(invalid(
+                "admin_password",
+                "must not be empty (set admin_password, WHARF_ADMIN_PASSWORD or admin_password_file)",
+            ));
+        }
+        if self.admin_password.expose().chars().count() < MIN_ADMIN_PASSWORD_CHARS {
+            return Err(invalid(
+                "admin_password",
+                format!("must be at least {MIN_ADMIN_PASSWORD_CHARS} characters"),
+            ));
         }
         if let Some(url) = &self.external_url {
             check_base_url("external_url", url)?;
@@ -1061,9 +1308,12 @@ impl Config {
         if self
             .side_api_token
             .as_ref()
-            .is_some_and(|t| t.expose().len() < 16)
+            .is_some_and(|t| t.expose().chars().count() < MIN_SIDE_API_TOKEN_CHARS)
         {
-            return Err(invalid("side_api_token", "must be at least 16 characters"));
+            return Err(invalid(
+                "side_api_token",
+                format!("must be at least {MIN_SIDE_API_TOKEN_CHARS} characters"),
+            ));
         }
         if !self.events.enabled
             && let Some((name, _)) = self
@@ -1115,6 +1365,15 @@ impl Config {
                 format!("{} is not a readable file", p.display()),
             ));
         }
+        if self.users.failed_login_burst == 0 {
+            return Err(invalid("users.failed_login_burst", "must be at least 1"));
+        }
+        if self.users.failed_login_interval.is_zero() {
+            return Err(invalid(
+                "users.failed_login_interval",
+                "must be greater than 0",
+            ));
+        }
         if let Some(p) = &self.users.htpasswd
             && !p.is_file()
         {
@@ -1125,6 +1384,24 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
+        let filters =
+            std::iter::once(("events.ignore_pulls".to_string(), &self.events.ignore_pulls)).chain(
+                self.projects
+                    .iter()
+                    .map(|(n, p)| (format!("projects.{n}.ignore_pulls"), &p.ignore_pulls)),
+            );
+        for (key, f) in filters {
+            for (list, patterns) in [("users", &f.users), ("user_agents", &f.user_agents)] {
+                let key = format!("{key}.{list}");
+                crate::glob::check_all(&key, patterns).map_err(|reason| {
+                    // the message starts with the key and index already
+                    match reason.split_once(": ") {
+                        Some((k, r)) => invalid(k, r),
+                        None => invalid(&key, reason),
+                    }
+                })?;
+            }
+        }
         for name in self.projects.keys() {
             if !crate::route::is_name_component(name) {
                 return Err(invalid(
@@ -1200,7 +1477,17 @@ fn check_base_url(key: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Apply one `WHARF_A__B_C=value` override: the key path is `a.b_c`.
+/// The key path of an override: `WHARF_A__B_C` → `["a", "b_c"]`.
+fn override_path(var: &str) -> Vec<String> {
+    var.get(ENV_PREFIX.len()..)
+        .unwrap_or_default()
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect()
+}
+
+/// Apply one `WHARF_A__B_C=value` override: the key path is `a.b_c`. The values of
+/// [`LITERAL_KEYS`] are taken as they are, others are read as YAML scalars.
 fn apply_override(
     root: &mut serde_yaml_ng::Value,
     var: &str,
@@ -1211,15 +1498,13 @@ fn apply_override(
         var: var.to_string(),
         reason,
     };
-    let path: Vec<String> = var[ENV_PREFIX.len()..]
-        .split("__")
-        .map(|s| s.to_ascii_lowercase())
-        .collect();
+    let path = override_path(var);
     if path.iter().any(|p| p.is_empty()) {
         return Err(env_err("empty key segment".into()));
     }
-    let parsed: Value = if raw.is_empty() {
-        Value::String(String::new())
+    let literal = LITERAL_KEYS.contains(&path.join(".").as_str());
+    let parsed: Value = if raw.is_empty() || literal {
+        Value::String(raw.to_string())
     } else {
         serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
     };
@@ -1252,7 +1537,9 @@ fn apply_override(
 mod tests {
     use super::*;
 
-    const MIN: &str = "upstream: {registry: \"http://127.0.0.1:5000\"}\nadmin_password: pw\n";
+    const PW: &str = "s3cret-password";
+    const MIN: &str =
+        "upstream: {registry: \"http://127.0.0.1:5000\"}\nadmin_password: s3cret-password\n";
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_yaml_with_env(
@@ -1333,7 +1620,7 @@ mod tests {
             .to_string();
         assert!(err.contains("upstream2"), "{err}");
         let err = load(
-            "upstream: {registry: \"http://x\", regsitry: 1}\nadmin_password: pw\n",
+            "upstream: {registry: \"http://x\", regsitry: 1}\nadmin_password: s3cret-password\n",
             &[],
         )
         .unwrap_err()
@@ -1370,7 +1657,7 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let err = load(
-            "upstream: {registry: \"ftp://x\"}\nadmin_password: pw\n",
+            "upstream: {registry: \"ftp://x\"}\nadmin_password: s3cret-password\n",
             &[],
         )
         .unwrap_err()
@@ -1387,12 +1674,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("shutdown_grace:"), "{err}");
-        let err = load("admin_password: pw\n", &[]).unwrap_err().to_string();
+        let err = load("admin_password: s3cret-password\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("upstream"), "{err}");
         let err = load(&format!("{MIN}tls: {{cert: /nonexistent, key: /x}}\n"), &[])
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("tls.cert:"), "{err}");
+    }
+
+    #[test]
+    fn pull_filter_patterns_are_checked() {
+        let err = load(
+            &format!("{MIN}events: {{ignore_pulls: {{user_agents: [\"Trivy/*\", \"[\"]}}}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("events.ignore_pulls.user_agents[1]: \"[\" is not a valid pattern"),
+            "{err}"
+        );
+        let err = load(
+            &format!("{MIN}projects: {{prj: {{ignore_pulls: {{users: [\"{{a,b\"]}}}}}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("projects.prj.ignore_pulls.users[0]: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1420,7 +1733,249 @@ mod tests {
         let c = load(MIN, &[]).unwrap();
         let printed = c.to_masked_yaml();
         assert!(printed.contains("admin_password: '***'"), "{printed}");
-        assert!(!format!("{c:?}").contains("pw\""));
+        assert!(!format!("{c:?}").contains(PW));
+    }
+
+    // Hardening 5 ---------------------------------------------------------------------------
+
+    #[test]
+    fn env_values_of_secret_keys_are_taken_literally() {
+        for secret in [
+            "S3cret #tail-of-it",
+            "\"quoted-password\"",
+            "!!str not-a-tag-x",
+            "123456789012345",
+            "'single' & {braces}: [x]",
+            " leading and trailing ",
+        ] {
+            let c = load(
+                MIN,
+                &[
+                    ("WHARF_ADMIN_PASSWORD", secret),
+                    ("WHARF_SIDE_API_TOKEN", &format!("{secret}{secret}")),
+                    (
+                        "WHARF_STORE__URL",
+                        &format!(
+                            "postgres://u:{}@db/w",
+                            percent_encoding::utf8_percent_encode(
+                                secret,
+                                percent_encoding::NON_ALPHANUMERIC
+                            )
+                        ),
+                    ),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("{secret:?}: {e}"));
+            assert_eq!(
+                c.store.password().unwrap().as_ref().map(Secret::expose),
+                Some(secret)
+            );
+            assert_eq!(c.admin_password.expose(), secret);
+            assert_eq!(
+                c.side_api_token.as_ref().map(Secret::expose),
+                Some(format!("{secret}{secret}").as_str())
+            );
+        }
+        // other keys are still YAML scalars
+        let c = load(MIN, &[("WHARF_SHUTDOWN_GRACE", "7")]).unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn secrets_are_never_part_of_an_error() {
+        // a number where a secret belongs: refused without its value
+        for text in [
+            "upstream: {registry: \"http://x\"}\nadmin_password: 918273645546372819\n".to_string(),
+            format!("{MIN}side_api_token: 918273645546372819\n"),
+            format!("{MIN}store: {{url: 918273645546372819}}\n"),
+            format!("{MIN}side_api_token: [918273645546372819]\n"),
+        ] {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(!err.contains("918273645546372819"), "{err}");
+            assert!(err.contains("must be a string"), "{err}");
+        }
+        for (var, value) in [
+            ("WHARF_ADMIN_PASSWORD", "9182736"),
+            ("WHARF_SIDE_API_TOKEN", "9182736"),
+        ] {
+            let err = load(MIN, &[(var, value)]).unwrap_err().to_string();
+            assert!(!err.contains(value), "{err}");
+            assert!(err.contains("at least"), "{err}");
+        }
+    }
+
+    #[test]
+    fn admin_password_has_a_minimum_length() {
+        let err = load(
+            "upstream: {registry: \"http://x\"}\nadmin_password: elevenchars\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "admin_password: must be at least 12 characters");
+        // characters, not bytes: 12 × "ä" is long enough
+        let c = load(MIN, &[("WHARF_ADMIN_PASSWORD", &"ä".repeat(12))]).unwrap();
+        assert_eq!(c.admin_password.expose().chars().count(), 12);
+        let err = load(MIN, &[("WHARF_ADMIN_PASSWORD", &"ä".repeat(11))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("admin_password:"), "{err}");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("admin");
+        std::fs::write(&pw, "from-a-file #1 \"x\"\n").unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "side-token-from-a-file\r\n").unwrap();
+        let pg = dir.path().join("pg");
+        std::fs::write(&pg, "pg password\n\n").unwrap();
+        let text = format!(
+            "upstream: {{registry: \"http://x\"}}\nadmin_password_file: {}\nside_api_token_file: {}\nstore: {{url: \"postgres://u:inurl@h/db\", password_file: {}}}\n",
+            pw.display(),
+            token.display(),
+            pg.display()
+        );
+        let c = load(&text, &[]).unwrap();
+        assert_eq!(c.admin_password.expose(), "from-a-file #1 \"x\"");
+        assert_eq!(
+            c.side_api_token.as_ref().map(Secret::expose),
+            Some("side-token-from-a-file")
+        );
+        // one trailing newline is dropped, not more
+        assert_eq!(
+            c.store.password().unwrap().as_ref().map(Secret::expose),
+            Some("pg password\n")
+        );
+        let shown = c.to_masked_yaml();
+        assert!(!shown.contains("from-a-file"), "{shown}");
+        // the file names may come from env too, literally
+        let c = load(
+            "upstream: {registry: \"http://x\"}\n",
+            &[("WHARF_ADMIN_PASSWORD_FILE", pw.to_str().unwrap())],
+        )
+        .unwrap();
+        assert_eq!(c.admin_password.expose(), "from-a-file #1 \"x\"");
+        // not both; a missing file names the key; a short password in a file is refused
+        let err = load(
+            &format!("{MIN}admin_password_file: {}\n", pw.display()),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("admin_password_file: "), "{err}");
+        let err = load(
+            "upstream: {registry: \"http://x\"}\nadmin_password_file: /nonexistent/pw\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("admin_password_file: cannot read /nonexistent/pw"),
+            "{err}"
+        );
+        std::fs::write(&pw, "short\n").unwrap();
+        let err = load(
+            &format!(
+                "upstream: {{registry: \"http://x\"}}\nadmin_password_file: {}\n",
+                pw.display()
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("admin_password: must be at least"), "{err}");
+        assert!(!err.contains("short"), "{err}");
+        let err = load(
+            &format!(
+                "{MIN}side_api_token: side-token-0123456789\nside_api_token_file: {}\n",
+                token.display()
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("side_api_token_file: "), "{err}");
+    }
+
+    // Hardening 6 ---------------------------------------------------------------------------
+
+    #[test]
+    fn kubernetes_service_links_are_ignored() {
+        let links = [
+            ("WHARF_PORT", "tcp://10.96.0.12:8080"),
+            ("WHARF_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("WHARF_PORT_8080_TCP_PROTO", "tcp"),
+            ("WHARF_PORT_8080_TCP_PORT", "8080"),
+            ("WHARF_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("WHARF_SERVICE_HOST", "10.96.0.12"),
+            ("WHARF_SERVICE_PORT", "8080"),
+            ("WHARF_SERVICE_PORT_HTTP", "8080"),
+            // a Service named wharf-postgresql (a Helm release's database)
+            ("WHARF_POSTGRESQL_SERVICE_HOST", "10.96.0.13"),
+            ("WHARF_POSTGRESQL_SERVICE_PORT", "5432"),
+            ("WHARF_POSTGRESQL_PORT", "tcp://10.96.0.13:5432"),
+            ("WHARF_POSTGRESQL_PORT_5432_TCP", "tcp://10.96.0.13:5432"),
+            ("WHARF_POSTGRESQL_PORT_5432_TCP_ADDR", "10.96.0.13"),
+            ("WHARF_METRICS_PORT_9090_UDP_PROTO", "udp"),
+            ("WHARF_X_PORT_53_SCTP", "sctp://10.0.0.1:53"),
+        ];
+        let env: Vec<(&str, &str)> = links
+            .iter()
+            .copied()
+            .chain([("WHARF_LOG__FORMAT", "json")])
+            .collect();
+        let c = load(MIN, &env).unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        for (var, value) in links {
+            assert!(is_kubernetes_service_link(var, value), "{var}");
+        }
+        // other unknown WHARF_* variables still fail, naming the variable
+        for (var, value) in [
+            ("WHARF_PORT", "8080"),
+            ("WHARF_NOPE", "1"),
+            ("WHARF_PORT_HTTP", "tcp://x:1"),
+            ("WHARF_SERVICE_HOSTS", "x"),
+            ("WHARF_SERVER__PORT_80_TCP_ADDR", "x"),
+            ("WHARF_SERVER__SERVICE_HOST", "x"),
+        ] {
+            assert!(!is_kubernetes_service_link(var, value), "{var}");
+            let err = load(MIN, &[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_config_key_looks_like_a_service_link() {
+        // keys shaped like a service link would be ignored when set from env
+        fn keys(v: &serde_yaml_ng::Value, prefix: &str, out: &mut Vec<String>) {
+            if let serde_yaml_ng::Value::Mapping(m) = v {
+                for (k, v) in m {
+                    let k = k.as_str().unwrap_or_default();
+                    let path = if prefix.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{prefix}__{k}")
+                    };
+                    out.push(path.clone());
+                    if k != "projects" {
+                        keys(v, &path, out);
+                    }
+                }
+            }
+        }
+        let c = load(include_str!("../config/wharf.example.yaml"), &[]).unwrap();
+        let mut all = Vec::new();
+        keys(&serde_yaml_ng::to_value(&c).unwrap(), "", &mut all);
+        assert!(all.len() > 40, "{all:?}");
+        for k in all {
+            let var = format!("WHARF_{}", k.to_ascii_uppercase());
+            assert!(
+                !is_kubernetes_service_link(&var, "tcp://10.0.0.1:1"),
+                "{var} would be ignored"
+            );
+        }
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //!   hyper's backpressure (the caller may collect a manifest *before* calling, with a cap);
 //! - method, path, query and end-to-end headers pass unchanged, repeated headers included;
 //!   hop-by-hop headers (RFC 9110 §7.6.1, plus those named in `Connection`) are dropped both ways;
-//! - the client's `Host` goes upstream as is, with `X-Forwarded-Host/Proto/For`, so a registry
-//!   builds absolute `Location` headers that point back at wharf; a `Location` that still names
-//!   the upstream itself is rewritten to the client-facing origin;
+//! - the client's `Host` (validated by [`crate::server::normalize_host`]: one, well-formed)
+//!   goes upstream as is, with `X-Forwarded-Host/Proto/For`, so a registry builds absolute
+//!   `Location` headers that point back at wharf; a `Location` that still names the upstream
+//!   itself is rewritten to the client-facing origin (or made relative): the upstream's own
+//!   address never reaches the client;
 //! - `Expect: 100-continue` is answered by wharf's own HTTP server (when the body is first read),
 //!   so it is not forwarded;
 //! - failures become OCI error JSON: unreachable (no TCP connection and TLS handshake within
@@ -494,9 +496,7 @@ impl Upstream {
             .await?;
         let origin = client_origin(client_host.as_ref(), conn);
         prepare_response_headers(resp.headers_mut(), request_id);
-        if let Some(origin) = origin {
-            self.rewrite_location(resp.headers_mut(), &origin);
-        }
+        self.rewrite_location(resp.headers_mut(), origin.as_deref());
         Ok(resp)
     }
 
@@ -604,8 +604,10 @@ impl Upstream {
     }
 
     /// Rewrite an absolute `Location` that names the upstream itself (a registry configured with
-    /// its own `http.host`) to the origin the client used.
-    fn rewrite_location(&self, headers: &mut HeaderMap, origin: &str) {
+    /// its own `http.host`, or a request that reached it without `Host`) to the origin the
+    /// client used; without one, to a relative reference: the upstream's own address never
+    /// reaches the client.
+    fn rewrite_location(&self, headers: &mut HeaderMap, origin: Option<&str>) {
         let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
             return;
         };
@@ -615,8 +617,18 @@ impl Upstream {
         }
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let path = path.strip_prefix(&self.base_path).unwrap_or(path);
-        if let Ok(v) = HeaderValue::from_str(&format!("{origin}{path}")) {
-            headers.insert(header::LOCATION, v);
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        match HeaderValue::from_str(&format!("{}{path}", origin.unwrap_or(""))) {
+            Ok(v) => {
+                headers.insert(header::LOCATION, v);
+            }
+            Err(_) => {
+                headers.remove(header::LOCATION);
+            }
         }
     }
 }
@@ -854,7 +866,7 @@ mod tests {
             header::LOCATION,
             HeaderValue::from_static("http://127.0.0.1:5000/v2/p/r/blobs/uploads/u?_state=x"),
         );
-        up.rewrite_location(&mut h, "https://wharf:8443");
+        up.rewrite_location(&mut h, Some("https://wharf:8443"));
         assert_eq!(
             h["location"],
             "https://wharf:8443/v2/p/r/blobs/uploads/u?_state=x"
@@ -864,8 +876,16 @@ mod tests {
             header::LOCATION,
             HeaderValue::from_static("/v2/p/r/blobs/sha256:x"),
         );
-        up.rewrite_location(&mut h, "https://wharf:8443");
+        up.rewrite_location(&mut h, Some("https://wharf:8443"));
         assert_eq!(h["location"], "/v2/p/r/blobs/sha256:x");
+        // no client origin: relative, never the upstream's address
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("http://127.0.0.1:5000/v2/p/r/blobs/uploads/u"),
+        );
+        up.rewrite_location(&mut h, None);
+        assert_eq!(h["location"], "/v2/p/r/blobs/uploads/u");
     }
 
     #[test]

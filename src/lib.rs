@@ -20,6 +20,8 @@
 //! - [`api`]: wharf's own HTTP API.
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`glob`]: checking the glob patterns of filters before they are stored.
+//! - [`link`]: the `next` link of paginated registry answers.
 //! - [`app`]: the state of one process, built from [`config`].
 //! - [`config`]: the YAML configuration, env overrides, validation.
 
@@ -31,6 +33,8 @@ pub mod config;
 pub mod dispatch;
 pub mod events;
 pub mod forward;
+pub mod glob;
+pub mod link;
 pub mod metrics;
 pub mod observe;
 pub mod quota;

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub connection_limit_reached: Counter,
     /// Failed `accept()` calls (e.g. out of file descriptors).
     pub accept_errors: Counter,
+    /// API requests with credentials answered 401.
+    pub login_failures: Counter,
+    /// API requests refused with 429 by the failed-login throttle.
+    pub login_throttled: Counter,
 }
 
 impl Default for Metrics {
@@ -135,8 +139,22 @@ impl Metrics {
             "Failed accept() calls (e.g. out of file descriptors)",
             accept_errors.clone(),
         );
+        let login_failures = Counter::default();
+        registry.register(
+            "login_failures",
+            "API requests with credentials answered 401 (wrong user, password or token)",
+            login_failures.clone(),
+        );
+        let login_throttled = Counter::default();
+        registry.register(
+            "login_throttled",
+            "API requests refused with 429 because their client address failed to log in too often",
+            login_throttled.clone(),
+        );
         Metrics {
             registry,
+            login_failures,
+            login_throttled,
             connections_open,
             connection_limit_reached,
             accept_errors,

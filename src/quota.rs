@@ -356,13 +356,7 @@ pub struct RescanReport {
 }
 
 fn next_link(h: &HeaderMap) -> Option<String> {
-    // Link: </v2/_catalog?last=x&n=100>; rel="next"
-    let v = h.get(http::header::LINK)?.to_str().ok()?;
-    let start = v.find('<')? + 1;
-    let end = v[start..].find('>')? + start;
-    v[end..]
-        .contains("rel=\"next\"")
-        .then(|| v[start..end].to_string())
+    crate::link::next_of(h)
 }
 
 /// GET a JSON document and the `Link` to its next page; `None` on 404.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse as _;
 use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body as _, Incoming};
@@ -373,7 +374,7 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
 /// `busy` (the connection's request guard) is released when the response body is finished.
 pub async fn handle(
     app: Arc<App>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: ClientConn,
     busy: Option<RequestGuard>,
 ) -> Response<Body> {
@@ -381,6 +382,15 @@ pub async fn handle(
     let rid = request_id(&req);
     let classified = route::classify_request(req.method(), req.uri().path(), req.uri().query());
     let route = classified.route;
+    let host = {
+        let (uri, version) = (req.uri().clone(), req.version());
+        normalize_host(
+            req.headers_mut(),
+            &uri,
+            version,
+            &app.config.external_host(),
+        )
+    };
     let op = route.name();
     // what the access-log line needs, gathered only when that line is written at all
     let log = tracing::enabled!(target: "wharf::access", tracing::Level::INFO)
@@ -407,14 +417,21 @@ pub async fn handle(
         None => Ok(req),
     };
 
-    let mut resp = match (route, req) {
-        (_, Err(())) => crate::forward::oci_error(
+    let mut resp = match (route, req, host) {
+        (Route::Api, _, Err(e)) => crate::api::ApiError::bad_request(e.to_string()).into_response(),
+        (_, _, Err(e)) => crate::forward::oci_error(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            &e.to_string(),
+            serde_json::json!({"request_id": ctx.request_id_str()}),
+        ),
+        (_, Err(()), Ok(())) => crate::forward::oci_error(
             StatusCode::BAD_REQUEST,
             "UNSUPPORTED",
             "the request path cannot be forwarded",
             serde_json::json!({"request_id": ctx.request_id_str()}),
         ),
-        (route, Ok(req)) => route_request(&app, route, req, &ctx).await,
+        (route, Ok(req), Ok(())) => route_request(&app, route, req, &ctx).await,
     };
     resp.headers_mut()
         .entry(X_REQUEST_ID.clone())
@@ -433,6 +450,95 @@ pub async fn handle(
     })
 }
 
+/// Why a request's `Host` is refused (RFC 9112 §3.2, RFC 9113 §8.3.1): 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the request has no Host header")]
+    Missing,
+    #[error("the request has more than one Host header")]
+    Duplicate,
+    #[error("the Host header is not a host name or address with an optional port")]
+    Invalid,
+    #[error("the Host header and the request's :authority differ")]
+    Mismatch,
+}
+
+/// Is `s` a `host[:port]` (RFC 3986 authority without user info)?
+fn is_host_and_port(s: &str) -> bool {
+    if s.is_empty() || s.contains('@') || s.ends_with(':') {
+        return false;
+    }
+    match s.parse::<http::uri::Authority>() {
+        Ok(a) => {
+            // the port, when there is one, must be a TCP port (http's parser lets `:99999` by)
+            let after_host = match s.rfind(']') {
+                Some(i) => &s[i + 1..],
+                None => s.rfind(':').map_or("", |i| &s[i..]),
+            };
+            let port_ok = match after_host.strip_prefix(':') {
+                Some(p) => p.parse::<u16>().is_ok(),
+                None => after_host.is_empty(),
+            };
+            !a.host().is_empty() && port_ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// Leave exactly one valid `Host` header: the authority the client addressed. HTTP/1.1 needs
+/// one `Host` (an absolute-form target's authority replaces it); HTTP/2 and later use
+/// `:authority` (a `Host` beside it must be the same); an HTTP/1.0 request without one is
+/// taken as addressed to `fallback` (the host of `external_url`). Anything else is refused, so
+/// the registry never builds a `Location` from a host the client did not validly name (or,
+/// without one, from its own address).
+pub fn normalize_host(
+    headers: &mut http::HeaderMap,
+    uri: &http::Uri,
+    version: http::Version,
+    fallback: &str,
+) -> Result<(), HostError> {
+    let mut values = headers.get_all(http::header::HOST).iter();
+    let first = values.next().cloned();
+    if values.next().is_some() {
+        return Err(HostError::Duplicate);
+    }
+    let host = match &first {
+        Some(v) => {
+            let s = v.to_str().map_err(|_| HostError::Invalid)?;
+            if !is_host_and_port(s) {
+                return Err(HostError::Invalid);
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    let authority = uri.authority().map(|a| a.as_str());
+    if let Some(a) = authority
+        && !is_host_and_port(a)
+    {
+        return Err(HostError::Invalid);
+    }
+    let chosen = if version >= http::Version::HTTP_2 {
+        match (host, authority) {
+            (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => return Err(HostError::Mismatch),
+            (_, Some(a)) => a,
+            (Some(h), None) => h,
+            (None, None) => return Err(HostError::Missing),
+        }
+    } else {
+        match (host, authority) {
+            (None, _) if version == http::Version::HTTP_11 => return Err(HostError::Missing),
+            // absolute-form: its authority wins (RFC 9112 §3.2.2)
+            (_, Some(a)) => a,
+            (Some(h), None) => h,
+            (None, None) => fallback,
+        }
+    };
+    let value = HeaderValue::from_str(chosen).map_err(|_| HostError::Invalid)?;
+    headers.insert(http::header::HOST, value);
+    Ok(())
+}
+
 /// Hand a classified request to its handler.
 async fn route_request(
     app: &Arc<App>,
@@ -445,11 +551,17 @@ async fn route_request(
         Route::Chart(op) => crate::observe::chart(app, op, req, ctx).await,
         Route::Health => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         Route::Ready => ready(app).await,
-        Route::Api => match app.api.clone().oneshot(req).await {
+        Route::Api => match app.api.clone().oneshot(with_conn(req, ctx.conn)).await {
             Ok(r) => r,
             Err(never) => match never {},
         },
     }
+}
+
+/// `req` carrying how the client is connected (for the API's failed-login throttle).
+fn with_conn<B>(mut req: Request<B>, conn: ClientConn) -> Request<B> {
+    req.extensions_mut().insert(conn);
+    req
 }
 
 /// `req` with its path replaced by `path` (query kept).
@@ -572,4 +684,91 @@ async fn ready(app: &App) -> Response<Body> {
         status,
         serde_json::json!({"status": if ok {"ready"} else {"unavailable"}, "upstreams": checks, "store": store}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Version;
+
+    fn host(
+        hosts: &[&str],
+        uri: &str,
+        version: Version,
+    ) -> (Result<(), HostError>, Option<String>) {
+        let mut h = http::HeaderMap::new();
+        for v in hosts {
+            h.append(http::header::HOST, HeaderValue::from_str(v).unwrap());
+        }
+        let r = normalize_host(&mut h, &uri.parse().unwrap(), version, "wharf.example:443");
+        let got = h
+            .get(http::header::HOST)
+            .map(|v| v.to_str().unwrap().to_string());
+        (r, got)
+    }
+
+    // Hardening 7: invalid, missing or repeated Host headers are refused.
+    #[test]
+    fn host_headers_are_one_valid_authority() {
+        use HostError::*;
+        let v11 = Version::HTTP_11;
+        for (hosts, uri, version, want) in [
+            (&["wharf:8080"][..], "/v2/", v11, Ok("wharf:8080")),
+            (&["Wharf.Example"][..], "/v2/", v11, Ok("Wharf.Example")),
+            (&["127.0.0.1:5000"][..], "/v2/", v11, Ok("127.0.0.1:5000")),
+            (&["[::1]:8080"][..], "/v2/", v11, Ok("[::1]:8080")),
+            (&["evil.com/phish?"][..], "/v2/", v11, Err(Invalid)),
+            (&["evil.com#x"][..], "/v2/", v11, Err(Invalid)),
+            (&["user@evil.com"][..], "/v2/", v11, Err(Invalid)),
+            (&["evil.com:"][..], "/v2/", v11, Err(Invalid)),
+            (&["evil.com:99999"][..], "/v2/", v11, Err(Invalid)),
+            (&["evil.com:http"][..], "/v2/", v11, Err(Invalid)),
+            (&["a b"][..], "/v2/", v11, Err(Invalid)),
+            (&[""][..], "/v2/", v11, Err(Invalid)),
+            (&[][..], "/v2/", v11, Err(Missing)),
+            (&["a", "b"][..], "/v2/", v11, Err(Duplicate)),
+            (&["a", "a"][..], "/v2/", v11, Err(Duplicate)),
+            // absolute-form: the target's authority wins, a Host is still required
+            (
+                &["other"][..],
+                "http://wharf:8080/v2/",
+                v11,
+                Ok("wharf:8080"),
+            ),
+            (&[][..], "http://wharf:8080/v2/", v11, Err(Missing)),
+            // HTTP/1.0 without Host: addressed to external_url
+            (&[][..], "/v2/", Version::HTTP_10, Ok("wharf.example:443")),
+            (&["w"][..], "/v2/", Version::HTTP_10, Ok("w")),
+            // HTTP/2: :authority, a Host beside it must agree
+            (
+                &[][..],
+                "https://wharf:8443/v2/",
+                Version::HTTP_2,
+                Ok("wharf:8443"),
+            ),
+            (
+                &["WHARF:8443"][..],
+                "https://wharf:8443/v2/",
+                Version::HTTP_2,
+                Ok("wharf:8443"),
+            ),
+            (
+                &["evil.com"][..],
+                "https://wharf:8443/v2/",
+                Version::HTTP_2,
+                Err(Mismatch),
+            ),
+            (&["w"][..], "/v2/", Version::HTTP_2, Ok("w")),
+            (&[][..], "/v2/", Version::HTTP_2, Err(Missing)),
+        ] {
+            let (r, got) = host(hosts, uri, version);
+            match want {
+                Ok(h) => {
+                    assert_eq!(r, Ok(()), "{hosts:?} {uri} {version:?}");
+                    assert_eq!(got.as_deref(), Some(h), "{hosts:?} {uri} {version:?}");
+                }
+                Err(e) => assert_eq!(r, Err(e), "{hosts:?} {uri} {version:?}"),
+            }
+        }
+    }
 }

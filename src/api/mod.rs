@@ -1,11 +1,13 @@
 //! API: wharf's own HTTP API (axum), on the same port as the proxy.
 //!
 //! Authentication is HTTP Basic. Errors are JSON problem bodies
-//! `{"errors":[{"code","message"}]}` (Harbor's shape); internals are never included.
+//! `{"errors":[{"code","message"}]}` (Harbor's shape); internals are never included. Failed
+//! logins are throttled per client address ([`throttle`]).
 
 pub mod auth;
 pub mod events;
 pub mod side;
+pub mod throttle;
 pub mod webhooks;
 
 use std::sync::{Arc, Weak};
@@ -208,6 +210,11 @@ pub fn router(app: Weak<App>) -> Router {
         )
         .fallback(|| async { ApiError::not_found("no such API path") })
         .layer(axum::middleware::map_response(json_errors))
+        // failed logins per client address: 429 + Retry-After when there were too many
+        .layer(axum::middleware::from_fn_with_state(
+            ApiState(app.clone()),
+            throttle::layer,
+        ))
         // a bug in a handler answers 500 (JSON, through json_errors) instead of dropping the
         // connection
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {

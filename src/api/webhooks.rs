@@ -146,8 +146,42 @@ pub struct PolicyInput {
     filters: Option<Filters>,
 }
 
+/// A JSON object body: the text first (a syntax error has a position), then the shape (serde
+/// would take an array for a struct, field by field).
 fn json_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body: not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "body: must be a JSON object, not {}",
+            json_kind(&value)
+        )));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The longest policy name, in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// Characters a policy name may not hold: control characters (NUL, CR, LF, …) and the
+/// invisible bidirectional controls that make a name display as another (U+202E …).
+fn forbidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// Validate targets (shape, format, SSRF guard). `old` supplies secrets sent back as `***`.
@@ -210,6 +244,20 @@ async fn validate_targets(
                 )));
             }
         };
+        if let Some(h) = t.auth_header.as_deref()
+            && h != MASK
+            && HeaderValue::from_str(h).is_err()
+        {
+            let what = if h.contains(['\r', '\n']) {
+                "must not contain CR or LF"
+            } else {
+                "must be a valid HTTP header value (no control characters)"
+            };
+            return Err(ApiError::bad_request(format!(
+                "{}: {what}",
+                field("auth_header")
+            )));
+        }
         let same_address = old.iter().find(|o| o.address == address);
         let previous = same_address.or_else(|| old.get(i));
         let keep = |new: Option<String>, prev: Option<&Option<String>>| match new {
@@ -247,10 +295,24 @@ async fn validate_policy(
     old: Option<&Policy>,
 ) -> Result<Policy, ApiError> {
     let name = input.name.unwrap_or_default().trim().to_string();
-    if name.is_empty() || name.len() > 256 {
-        return Err(ApiError::bad_request(
-            "name: required, at most 256 characters",
-        ));
+    if name.is_empty() {
+        return Err(ApiError::bad_request("name: required"));
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "name: at most {MAX_NAME_CHARS} characters ({chars} given)"
+        )));
+    }
+    if let Some((i, c)) = name
+        .chars()
+        .enumerate()
+        .find(|(_, c)| forbidden_in_name(*c))
+    {
+        return Err(ApiError::bad_request(format!(
+            "name: character {i} is U+{:04X}; control and bidirectional-override characters are not allowed",
+            u32::from(c)
+        )));
     }
     let types = input.event_types.unwrap_or_default();
     if types.is_empty() {
@@ -271,20 +333,9 @@ async fn validate_policy(
         }
     }
     let filters = input.filters.unwrap_or_default();
-    for (i, p) in filters.repositories.iter().enumerate() {
-        if p.trim().is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "filters.repositories[{i}]: empty pattern"
-            )));
-        }
-    }
-    for (i, p) in filters.tags.iter().enumerate() {
-        if p.trim().is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "filters.tags[{i}]: empty pattern"
-            )));
-        }
-    }
+    crate::glob::check_all("filters.repositories", &filters.repositories)
+        .map_err(ApiError::bad_request)?;
+    crate::glob::check_all("filters.tags", &filters.tags).map_err(ApiError::bad_request)?;
     let old_targets = old.map(|p| p.targets.as_slice()).unwrap_or(&[]);
     let targets = validate_targets(app, input.targets.unwrap_or_default(), old_targets).await?;
     Ok(Policy {
@@ -649,9 +700,15 @@ pub async fn executions(
     };
     let size = q.page_size.unwrap_or(10).clamp(1, 100);
     let page = q.page.unwrap_or(1).max(1);
+    let offset = (page - 1)
+        .checked_mul(size)
+        .filter(|o| i64::try_from(*o).is_ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("page: {page} is too large for page_size {size}"))
+        })?;
     let (rows, total) = app
         .store
-        .read(move |c| outbox::list_for_policy(c, id, state, (page - 1) * size, size))
+        .read(move |c| outbox::list_for_policy(c, id, state, offset, size))
         .await
         .map_err(db_error)?;
     let max_retry = app.config.notification.webhook_job_max_retry;

@@ -1,6 +1,8 @@
 //! SSRF guard: webhook targets may not resolve to loopback, private, link-local (cloud metadata
 //! at 169.254.169.254 included), CGNAT, multicast, broadcast, documentation/benchmark or
-//! unspecified addresses, unless `notification.allowed_target_networks` covers them.
+//! unspecified addresses, unless `notification.allowed_target_networks` covers them. IPv6 forms
+//! that carry an IPv4 address (IPv4-mapped, IPv4-compatible, SIIT, NAT64, 6to4, Teredo) are
+//! judged by that IPv4 address; site-local `fec0::/10` is private.
 //!
 //! It is checked when a policy is saved or tested, and again at delivery time on the addresses
 //! DNS actually returned ([`GuardedResolver`]), so a name that later resolves elsewhere is
@@ -61,27 +63,67 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// The IPv4 address in the last 32 bits of `ip`.
+fn low_v4(ip: Ipv6Addr) -> Ipv4Addr {
+    let o = ip.octets();
+    Ipv4Addr::new(o[12], o[13], o[14], o[15])
+}
+
 fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return v4_reason(v4);
-    }
     let s = ip.segments();
     if ip.is_unspecified() {
-        Some("unspecified")
-    } else if ip.is_loopback() {
-        Some("loopback")
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    // Forms that carry an IPv4 address: a forbidden one stays forbidden in any of them.
+    let embedded = if s[..5] == [0, 0, 0, 0, 0] && s[5] == 0xffff {
+        // IPv4-mapped ::ffff:a.b.c.d
+        Some(low_v4(ip))
+    } else if s[..6] == [0; 6] {
+        // IPv4-compatible ::a.b.c.d (deprecated, RFC 4291)
+        Some(low_v4(ip))
+    } else if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        // IPv4-translated ::ffff:0:a.b.c.d (SIIT, RFC 2765)
+        Some(low_v4(ip))
+    } else if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4] {
+        // NAT64 well-known prefix 64:ff9b::/96 (RFC 6052)
+        Some(low_v4(ip))
+    } else if s[0] == 0x2002 {
+        // 6to4 2002:AABB:CCDD::/48 (RFC 3056)
+        let o = ip.octets();
+        Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]))
+    } else if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo 2001::/32 (RFC 4380): the client's address, inverted, in the last 32 bits
+        let o = ip.octets();
+        Some(Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]))
+    } else {
+        None
+    };
+    if let Some(v4) = embedded {
+        return v4_reason(v4);
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // 64:ff9b:1::/48, local-use NAT64 (RFC 8215): translated to a network of the operator's
+        Some("private (local-use NAT64)")
     } else if (s[0] & 0xfe00) == 0xfc00 {
         Some("private (unique local)")
     } else if (s[0] & 0xffc0) == 0xfe80 {
         Some("link-local")
+    } else if (s[0] & 0xffc0) == 0xfec0 {
+        Some("site-local (deprecated, private)")
     } else if ip.is_multicast() {
         Some("multicast")
     } else if s[0] == 0x2001 && s[1] == 0x0db8 {
         Some("documentation")
-    } else if s[0] == 0x64 && s[1] == 0xff9b {
-        // NAT64: check the embedded IPv4 address
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-        v4_reason(v4)
+    } else if s[0] == 0x0100 && s[1..4] == [0; 3] {
+        Some("discard-only")
+    } else if s[0] == 0x2001
+        && ((s[1] == 2 && s[2] == 0) || matches!(s[1] & 0xfff0, 0x0010 | 0x0020))
+    {
+        // 2001:2::/48 benchmarking, 2001:10::/28 ORCHID, 2001:20::/28 ORCHIDv2
+        Some("special-purpose")
     } else {
         None
     }
@@ -193,37 +235,91 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Every address form the guard knows, with the reason it is refused (`None`: allowed).
+    const TABLE: &[(&str, Option<&str>)] = &[
+        ("127.0.0.1", Some("loopback")),
+        ("10.0.0.1", Some("private")),
+        ("172.16.5.4", Some("private")),
+        ("192.168.1.1", Some("private")),
+        ("169.254.169.254", Some("link-local")),
+        ("100.64.0.1", Some("shared address space (CGNAT)")),
+        ("0.0.0.0", Some("unspecified")),
+        ("0.1.2.3", Some("unspecified")),
+        ("224.0.0.1", Some("multicast or reserved")),
+        ("255.255.255.255", Some("multicast or reserved")),
+        ("192.0.0.8", Some("special-purpose")),
+        ("198.18.0.1", Some("special-purpose")),
+        ("203.0.113.9", Some("documentation")),
+        ("93.184.216.34", None),
+        ("1.1.1.1", None),
+        ("100.128.0.1", None),
+        ("::1", Some("loopback")),
+        ("::", Some("unspecified")),
+        ("fd00::1", Some("private (unique local)")),
+        ("fe80::1", Some("link-local")),
+        ("ff02::1", Some("multicast")),
+        ("2001:db8::1", Some("documentation")),
+        ("2606:4700:4700::1111", None),
+        // IPv4-mapped
+        ("::ffff:127.0.0.1", Some("loopback")),
+        ("::ffff:169.254.169.254", Some("link-local")),
+        ("::ffff:8.8.8.8", None),
+        // IPv4-compatible (deprecated)
+        ("::127.0.0.1", Some("loopback")),
+        ("::10.1.2.3", Some("private")),
+        ("::169.254.169.254", Some("link-local")),
+        // IPv4-translated (SIIT)
+        ("::ffff:0:7f00:1", Some("loopback")),
+        ("::ffff:0:a9fe:a9fe", Some("link-local")),
+        ("::ffff:0:808:808", None),
+        // NAT64
+        ("64:ff9b::a00:1", Some("private")),
+        ("64:ff9b::7f00:1", Some("loopback")),
+        ("64:ff9b::808:808", None),
+        ("64:ff9b:1::1", Some("private (local-use NAT64)")),
+        // 6to4
+        ("2002:7f00:1::", Some("loopback")),
+        ("2002:a9fe:a9fe::1", Some("link-local")),
+        ("2002:c0a8:101:1::1", Some("private")),
+        ("2002:808:808::1", None),
+        // Teredo: client 127.0.0.1 inverted is 80ff:fffe; 10.0.0.1 is f5ff:fffe
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", Some("loopback")),
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", Some("private")),
+        ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", None),
+        // site-local (deprecated)
+        ("fec0::1", Some("site-local (deprecated, private)")),
+        ("feff:ffff::1", Some("site-local (deprecated, private)")),
+        // other special-purpose IPv6
+        ("100::1", Some("discard-only")),
+        ("2001:2::1", Some("special-purpose")),
+        ("2001:10::1", Some("special-purpose")),
+        ("2001:20::1", Some("special-purpose")),
+        ("2001:4860:4860::8888", None),
+    ];
+
     #[test]
-    fn refuses_special_purpose_addresses() {
+    fn every_address_form_gets_its_verdict() {
         let g = Guard::default();
-        for bad in [
-            "127.0.0.1",
-            "10.0.0.1",
-            "172.16.5.4",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "::1",
-            "::",
-            "fd00::1",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "64:ff9b::a00:1",
-        ] {
-            assert!(g.check(ip(bad)).is_err(), "{bad} allowed");
+        for (addr, want) in TABLE {
+            let got = g.check(ip(addr)).err().map(|b| b.reason);
+            assert_eq!(got, *want, "{addr}");
         }
-        for good in [
-            "93.184.216.34",
-            "1.1.1.1",
-            "2606:4700:4700::1111",
-            "100.128.0.1",
+    }
+
+    #[tokio::test]
+    async fn literal_ipv6_urls_of_embedded_ipv4_forms_are_refused() {
+        let g = Guard::default();
+        for url in [
+            "http://[::127.0.0.1]/",
+            "http://[fec0::1]/",
+            "http://[2002:7f00:1::]/",
+            "http://[::ffff:0:7f00:1]:8080/hook",
+            "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
         ] {
-            assert!(g.check(ip(good)).is_ok(), "{good} refused");
+            assert!(
+                matches!(g.check_url(url).await, Err(TargetError::Blocked(_))),
+                "{url} allowed"
+            );
         }
     }
 

@@ -362,6 +362,21 @@ pub mod operator {
                 .map_err(|e| e.to_string())?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
+            Self::from_certs(certs)
+        }
+
+        /// Load PEM certificates from memory.
+        pub fn from_pem(pem: &[u8]) -> Result<TokenVerifier, String> {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            Self::from_certs(certs)
+        }
+
+        fn from_certs(
+            certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+        ) -> Result<TokenVerifier, String> {
             if certs.is_empty() {
                 return Err("no certificate in the file".into());
             }

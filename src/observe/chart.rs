@@ -457,8 +457,11 @@ pub fn multipart_boundary(content_type: &str) -> Option<String> {
     })
 }
 
-/// The content of the first part named `field` of a `multipart/form-data` body (CRLF or bare
-/// LF line endings, like Go's reader that ChartMuseum uses).
+/// The content of the first file part named `field` of a `multipart/form-data` body (CRLF or
+/// bare LF line endings, like Go's reader that ChartMuseum uses). As for Go's `FormFile`, which
+/// ChartMuseum reads the chart with, only a `form-data` part with a non-empty `filename` is a
+/// file: a plain field of the same name before it is skipped, so wharf reads the chart
+/// ChartMuseum stores, not a decoy.
 pub fn multipart_field<'a>(
     body: &'a [u8],
     boundary: &str,
@@ -508,7 +511,7 @@ pub fn multipart_field<'a>(
         };
         let content_end = find(body, &delim, content_start)
             .ok_or(ChartError::Multipart("part not terminated"))?;
-        if part_name(headers, nl).as_deref() == Some(field) {
+        if file_part_name(headers, nl).as_deref() == Some(field) {
             return Ok(&body[content_start..content_end]);
         }
         pos = content_end + nl.len();
@@ -522,8 +525,9 @@ fn skip_padding(body: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The `name` parameter of a part's `Content-Disposition: form-data` header.
-fn part_name(headers: &[u8], nl: &[u8]) -> Option<String> {
+/// The `name` of a file part: its `Content-Disposition` is `form-data` with a `name` and a
+/// non-empty `filename` (Go's `Part.FormName` and `FileName`); `None` for anything else.
+fn file_part_name(headers: &[u8], nl: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(headers);
     let sep = if nl == b"\r\n" { "\r\n" } else { "\n" };
     text.split(sep).find_map(|line| {
@@ -531,6 +535,11 @@ fn part_name(headers: &[u8], nl: &[u8]) -> Option<String> {
         if !k.trim().eq_ignore_ascii_case("content-disposition") {
             return None;
         }
+        let kind = v.split(';').next().unwrap_or_default().trim();
+        if !kind.eq_ignore_ascii_case("form-data") {
+            return None;
+        }
+        disposition_param(v, "filename").filter(|f| !f.is_empty())?;
         disposition_param(v, "name")
     })
 }
@@ -1032,9 +1041,29 @@ mod tests {
             // the tgz bytes come back exactly
             assert_eq!(multipart_field(&body, "XyZ-123", "chart").unwrap(), &t[..]);
         }
-        // a field without a filename, a value containing the boundary text without CRLF--
-        let body = form("\r\n", "b", &[("chart", None, b"x--b y")]);
+        // a value containing the boundary text without CRLF--
+        let body = form("\r\n", "b", &[("chart", Some("c.tgz"), b"x--b y")]);
         assert_eq!(multipart_field(&body, "b", "chart").unwrap(), b"x--b y");
+        // a plain field named chart is not the file ChartMuseum reads (Go's FormFile): a decoy
+        // before the file is skipped, and without a file there is no chart
+        let decoy = tgz(&[("evil/Chart.yaml", b"name: evil\nversion: 6.6.6\n")]);
+        let body = form(
+            "\r\n",
+            "b",
+            &[("chart", None, &decoy), ("chart", Some("web.tgz"), &t)],
+        );
+        let u = read_upload(&body, Some("multipart/form-data; boundary=b")).unwrap();
+        assert_eq!(u.meta.name, "web");
+        let body = form("\r\n", "b", &[("chart", None, &t)]);
+        assert_eq!(
+            read_upload(&body, Some("multipart/form-data; boundary=b")),
+            Err(ChartError::NoChartField)
+        );
+        let empty_name = form("\r\n", "b", &[("chart", Some(""), &t)]);
+        assert_eq!(
+            read_upload(&empty_name, Some("multipart/form-data; boundary=b")),
+            Err(ChartError::NoChartField)
+        );
         // no chart field
         let body = form("\r\n", "b", &[("prov", Some("p"), b"sig")]);
         assert_eq!(

@@ -27,12 +27,8 @@ use crate::config::{PgTarget, SslMode, StoreConfig};
 /// Errors preparing the connection settings.
 #[derive(Debug, thiserror::Error)]
 pub enum PgSetupError {
-    #[error("store.password_file {path}: {source}")]
-    PasswordFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Password(crate::config::ConfigError),
     #[error("store.url: sslrootcert {path}: {reason}")]
     RootCert { path: String, reason: String },
     #[error("store.url: TLS: {0}")]
@@ -57,18 +53,10 @@ impl PgSettings {
             .as_ref()
             .ok_or_else(|| PgSetupError::Url("not set".into()))?;
         let target = url.parse().map_err(PgSetupError::Url)?;
-        let password = match &store.password_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|source| PgSetupError::PasswordFile {
-                        path: p.display().to_string(),
-                        source,
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-            None => target.password.as_ref().map(|s| s.expose().to_string()),
-        };
+        let password = store
+            .password()
+            .map_err(PgSetupError::Password)?
+            .map(|s| s.expose().to_string());
         Self::new(&target, password, store.connect_timeout)
     }
 

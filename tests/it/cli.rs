@@ -83,12 +83,12 @@ fn invalid_configs_fail_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     for (text, env, key) in [
         (
-            "upstream: {registry: \"http://x\"}\nadmin_password: pw\nlisten: nowhere\n",
+            "upstream: {registry: \"http://x\"}\nadmin_password: s3cret-password\nlisten: nowhere\n",
             None,
             "listen",
         ),
         (
-            "upstream: {registry: \"ftp://x\"}\nadmin_password: pw\n",
+            "upstream: {registry: \"ftp://x\"}\nadmin_password: s3cret-password\n",
             None,
             "upstream.registry",
         ),
@@ -97,9 +97,9 @@ fn invalid_configs_fail_naming_the_key() {
             Some(("WHARF_NOTIFICATION__WEBHOOK_JOB_MAX_RETRY", "many")),
             "notification.webhook_job_max_retry",
         ),
-        (GOOD, Some(("WHARF_NOPE", "1")), "nope"),
+        (GOOD, Some(("WHARF_NOPE", "1")), "WHARF_NOPE"),
         (
-            "upstream: {registry: \"http://x\"}\nadmin_password: pw\nprojects: {prj: {storage_limit: lots}}\n",
+            "upstream: {registry: \"http://x\"}\nadmin_password: s3cret-password\nprojects: {prj: {storage_limit: lots}}\n",
             None,
             "projects.prj.storage_limit",
         ),

@@ -620,3 +620,302 @@ async fn a_rotated_auth_header_and_a_deleted_policy_leave_no_secret_in_the_datab
         }
     }
 }
+
+// 4 and 13 -----------------------------------------------------------------------------------
+// failed logins
+
+/// An htpasswd file with bcrypt entries of `cost`.
+fn htpasswd_file(dir: &std::path::Path, users: &[(&str, &str)], cost: u32) -> std::path::PathBuf {
+    let text: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, cost).unwrap()))
+        .collect();
+    let file = dir.join("users.htpasswd");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+async fn api_get(base: &str, path: &str, user: &str, pass: &str) -> Resp {
+    let r = client()
+        .get(format!("{base}{path}"))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await
+        .unwrap();
+    Resp::read(r).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_client_address_registry_paths_are_not() {
+    let work = work_dir();
+    let users = htpasswd_file(work.path(), &[("alice", "alice-password")], 5);
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml(&format!(
+            "users: {{htpasswd: {}, failed_login_burst: 3, failed_login_interval: 30s}}\nprojects: {{prj: {{admins: [alice]}}}}\n",
+            users.display()
+        ))
+        .start()
+        .await;
+    let base = wharf.url();
+    let policies = "/api/v2.0/projects/prj/webhook/policies";
+    assert_eq!(
+        api_get(&base, policies, "alice", "alice-password")
+            .await
+            .status,
+        200
+    );
+    // three wrong guesses (an unknown user, a wrong password, a wrong admin password) are 401
+    for (user, pass) in [("mallory", "x"), ("alice", "guess"), ("admin", "guess")] {
+        let r = api_get(&base, policies, user, pass).await;
+        assert_eq!(r.status, 401, "{user}: {}", r.text);
+    }
+    // then 429 with Retry-After and Harbor's error shape, right credentials included
+    for (user, pass) in [("alice", "guess-2"), ("alice", "alice-password")] {
+        let r = api_get(&base, policies, user, pass).await;
+        assert_eq!(r.status, 429, "{user}/{pass}: {}", r.text);
+        let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=30).contains(&wait), "Retry-After: {wait}");
+        assert_eq!(r.error().0, "TOO_MANY_REQUESTS");
+    }
+    // registry paths are not throttled, with or without credentials
+    for _ in 0..3 {
+        let r = client()
+            .get(format!("{base}/v2/"))
+            .basic_auth("mallory", Some("x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let metrics = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wharf_login_failures_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wharf_login_throttled_total 2"),
+        "{metrics}"
+    );
+}
+
+// 7 ------------------------------------------------------------------------------------------
+// Host header
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_missing_or_repeated_host_is_refused_and_location_never_names_the_registry() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url()).start().await;
+    let addr = wharf.addr();
+    let upstream = registry.addr().to_string();
+    for (name, request, code) in [
+        (
+            "a path in Host",
+            "GET /v2/ HTTP/1.1\r\nHost: evil.com/phish?\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "user info in Host",
+            "POST /v2/prj/x/blobs/uploads/ HTTP/1.1\r\nHost: a@evil.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "no Host",
+            "POST /v2/prj/x/blobs/uploads/ HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "two Host headers",
+            "GET /v2/ HTTP/1.1\r\nHost: wharf\r\nHost: evil.com\r\nConnection: close\r\n\r\n",
+            "UNSUPPORTED",
+        ),
+        (
+            "an API path",
+            "GET /api/v2.0/configurations HTTP/1.1\r\nHost: evil.com/x\r\nConnection: close\r\n\r\n",
+            "BAD_REQUEST",
+        ),
+    ] {
+        let r = crate::common::http::raw_request(addr, request.as_bytes()).await;
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        let body = r.json();
+        assert_eq!(body["errors"][0]["code"], code, "{name}: {body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Host"),
+            "{name}: {body}"
+        );
+    }
+    // a valid Host is where Location points
+    let r = crate::common::http::raw_request(
+        addr,
+        b"POST /v2/prj/x/blobs/uploads/ HTTP/1.1\r\nHost: wharf.test:1234\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let loc = r.header("location").unwrap();
+    assert!(
+        loc.starts_with("http://wharf.test:1234/v2/prj/x/blobs/uploads/"),
+        "{loc}"
+    );
+    // HTTP/1.0 without Host: addressed to external_url, never to the registry's own address
+    let r = crate::common::http::raw_request(
+        addr,
+        b"POST /v2/prj/x/blobs/uploads/ HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let loc = r.header("location").unwrap();
+    assert!(!loc.contains(&upstream), "{loc} names the registry");
+    assert!(
+        loc.starts_with(&format!("{}/v2/prj/x/blobs/uploads/", wharf.url())),
+        "{loc}"
+    );
+}
+
+// 9 ------------------------------------------------------------------------------------------
+// validation of webhook policies
+
+async fn admin_send(method: reqwest::Method, url: &str, body: Option<String>) -> Resp {
+    let mut rb = client()
+        .request(method, url)
+        .basic_auth("admin", Some(ADMIN_PASSWORD));
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b);
+    }
+    Resp::read(rb.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_policies_are_validated_with_precise_messages() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("notification: {allowed_target_networks: [\"127.0.0.0/8\"]}\n")
+        .start()
+        .await;
+    let url = format!("{}/api/v2.0/projects/prj/webhook/policies", wharf.url());
+    let policy = |name: &str, target: serde_json::Value, filters: serde_json::Value| {
+        serde_json::json!({
+            "name": name,
+            "event_types": ["PUSH_ARTIFACT"],
+            "targets": [target],
+            "filters": filters,
+        })
+        .to_string()
+    };
+    let target = serde_json::json!({"type": "http", "address": "http://127.0.0.1:9/hook"});
+    let none = serde_json::json!({});
+    for (what, body, message) in [
+        (
+            "CR/LF in auth_header",
+            policy(
+                "p1",
+                serde_json::json!({"address": "http://127.0.0.1:9/", "auth_header": "Bearer x\r\nX-Evil: 1"}),
+                none.clone(),
+            ),
+            "targets[0].auth_header: must not contain CR or LF",
+        ),
+        (
+            "a control character in auth_header",
+            policy(
+                "p1",
+                serde_json::json!({"address": "http://127.0.0.1:9/", "auth_header": "Bearer \u{1}"}),
+                none.clone(),
+            ),
+            "targets[0].auth_header: must be a valid HTTP header value",
+        ),
+        (
+            "an unclosed class",
+            policy(
+                "p1",
+                target.clone(),
+                serde_json::json!({"tags": ["v*", "["]}),
+            ),
+            "filters.tags[1]: \"[\" is not a valid pattern",
+        ),
+        (
+            "an unclosed brace",
+            policy(
+                "p1",
+                target.clone(),
+                serde_json::json!({"repositories": ["{"]}),
+            ),
+            "filters.repositories[0]: \"{\" is not a valid pattern",
+        ),
+        (
+            "a reversed range",
+            policy("p1", target.clone(), serde_json::json!({"tags": ["[z-a]"]})),
+            "filters.tags[0]: \"[z-a]\" is not a valid pattern: the range 'z'-'a' is reversed",
+        ),
+        (
+            "NUL in the name",
+            policy("a\u{0}b", target.clone(), none.clone()),
+            "name: character 1 is U+0000",
+        ),
+        (
+            "a right-to-left override in the name",
+            policy("invoice\u{202E}fdp.exe", target.clone(), none.clone()),
+            "name: character 7 is U+202E",
+        ),
+        (
+            "a line break in the name",
+            policy("a\nb", target.clone(), none.clone()),
+            "name: character 1 is U+000A",
+        ),
+        (
+            "257 characters",
+            policy(&"x".repeat(257), target.clone(), none.clone()),
+            "name: at most 256 characters (257 given)",
+        ),
+        (
+            "a JSON array",
+            format!("[{}]", policy("p1", target.clone(), none.clone())),
+            "body: must be a JSON object, not an array",
+        ),
+        (
+            "a JSON array of the fields",
+            serde_json::json!(["p1", "d", true, ["PUSH_ARTIFACT"], [target.clone()]]).to_string(),
+            "body: must be a JSON object, not an array",
+        ),
+    ] {
+        let r = admin_send(reqwest::Method::POST, &url, Some(body)).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        let (code, got) = r.error();
+        assert_eq!(code, "BAD_REQUEST", "{what}");
+        assert!(got.starts_with(message), "{what}: {got}");
+    }
+    // 200 × "ä" is 400 bytes but 200 characters: a valid name
+    let r = admin_send(
+        reqwest::Method::POST,
+        &url,
+        Some(policy(&"ä".repeat(200), target.clone(), none.clone())),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.json()["id"].as_i64().unwrap();
+    // a page number that would overflow the offset
+    let r = admin_send(
+        reqwest::Method::GET,
+        &format!("{url}/{id}/executions?page=18446744073709551615&page_size=10"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.error().1.starts_with("page: "), "{}", r.text);
+    let r = admin_send(
+        reqwest::Method::GET,
+        &format!("{url}/{id}/executions?page=2&page_size=10"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), serde_json::json!([]));
+}

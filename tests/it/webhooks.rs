@@ -2073,11 +2073,12 @@ async fn api_rejections_are_json_errors() {
     r.json();
 }
 
-/// With `trust_forwarded_headers`, an event's client address is the first `X-Forwarded-For`
-/// address; without it, the TCP peer (a client cannot pretend to be someone else).
+/// With `trust_forwarded_headers`, an event's client address is the last `X-Forwarded-For`
+/// address (the one the trusted load balancer appended; the earlier ones are the client's own
+/// word); without it, the TCP peer (a client cannot pretend to be someone else).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_address_follows_trust_forwarded_headers() {
-    for (trusted, expected) in [(true, "203.0.113.7"), (false, "127.0.0.1")] {
+    for (trusted, expected) in [(true, "10.0.0.1"), (false, "127.0.0.1")] {
         let env = env(&format!("trust_forwarded_headers: {trusted}")).await;
         env.pusher.push("prj/addr", "v1").await;
         let r = client()

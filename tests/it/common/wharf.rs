@@ -11,7 +11,8 @@
 //! ```
 //!
 //! The base config: `listen: 127.0.0.1:0`, `upstream.registry: <url>`, a temp `data_dir`,
-//! `admin_password: ` [`ADMIN_PASSWORD`], `shutdown_grace: 10s`, log level `info` for the child
+//! `admin_password: ` [`ADMIN_PASSWORD`], `users.failed_login_burst: 100000` (tests send wrong
+//! credentials on purpose), `shutdown_grace: 10s`, log level `info` for the child
 //! process (`warn` otherwise). The in-process variant also sets `external_url` to its real
 //! address (it binds first); the child process variant leaves it unset unless a snippet sets it.
 
@@ -28,7 +29,7 @@ use tempfile::TempDir;
 use super::{STARTUP_TIMEOUT, procfs};
 
 /// The admin password in every test config.
-pub const ADMIN_PASSWORD: &str = "Harbor12345";
+pub const ADMIN_PASSWORD: &str = "Harbor12345-wharf";
 
 /// Configures and starts a wharf. See the module docs.
 #[derive(Debug, Clone)]
@@ -60,6 +61,9 @@ impl WharfBuilder {
             "upstream": {"registry": self.upstream},
             "data_dir": data_dir,
             "admin_password": ADMIN_PASSWORD,
+            // tests send many wrong credentials from 127.0.0.1 on purpose; the failed-login
+            // throttle has tests of its own that set a small burst
+            "users": {"failed_login_burst": 100_000},
             "shutdown_grace": "10s",
             "log": {"level": "warn"},
         });
