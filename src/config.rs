@@ -1998,7 +1998,7 @@ mod tests {
         let junk = write("junk.pem", "not a certificate\n");
         let up = |extra: &str| {
             format!(
-                "upstream: {{registry: \"https://127.0.0.1:5000\", {extra}}}\nadmin_password: pw\n"
+                "upstream: {{registry: \"https://127.0.0.1:5000\", {extra}}}\nadmin_password: a-long-password\n"
             )
         };
         let c = load(
