@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::db::{Backend, Db, Row};
+use super::db::{Backend, Db, Row, json};
 use super::{StoreError, now_ms, policies};
 use crate::args;
 use crate::dispatch::policy::Target;
@@ -101,25 +101,35 @@ pub fn pending_targets(db: &Db<'_>) -> Result<Vec<String>, StoreError> {
     Ok(out)
 }
 
-/// Up to ?3 due deliveries of target ?1 at time ?2, oldest first (through the index
-/// `deliveries_pending_by_target`, no sort).
-const DUE_SQL: &str =
-    "SELECT id FROM deliveries WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
-     ORDER BY not_before, id LIMIT ?3";
-/// The same on PostgreSQL: rows another replica is claiming right now are skipped, the ones
-/// taken stay locked until this claim commits.
-const DUE_SQL_PG: &str =
-    "SELECT id FROM deliveries WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
-     ORDER BY not_before, id LIMIT ?3 FOR UPDATE SKIP LOCKED";
+/// Claim up to ?3 due deliveries of target ?1 at time ?2, oldest first (through the index
+/// `deliveries_pending_by_target`, no sort): they become `running` under claim ?4 until ?5.
+const CLAIM_SQL: &str = "UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
+     WHERE id IN (SELECT id FROM deliveries
+                  WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
+                  ORDER BY not_before, id LIMIT ?3)
+     RETURNING id";
+/// The same on PostgreSQL: rows another replica is claiming right now are skipped.
+const CLAIM_SQL_PG: &str = "UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
+     WHERE id IN (SELECT id FROM deliveries
+                  WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
+                  ORDER BY not_before, id LIMIT ?3 FOR UPDATE SKIP LOCKED)
+     RETURNING id";
 
-/// What an attempt needs of claimed delivery ?1.
+/// What an attempt needs of the claimed deliveries whose ids are the JSON array ?1.
 const LOAD_SQL: &str =
-    "SELECT d.event_id, d.policy_id, COALESCE(t.body, d.target), d.attempts, e.body, COALESCE(p.id, 0), pol.enabled
+    "SELECT d.id, d.policy_id, COALESCE(t.body, d.target), d.attempts, e.body, COALESCE(p.id, 0), pol.enabled
      FROM deliveries d JOIN events e ON e.id = d.event_id
      LEFT JOIN delivery_targets t ON t.id = d.target_id
      LEFT JOIN projects p ON p.name = d.project
      LEFT JOIN policies pol ON pol.id = d.policy_id
-     WHERE d.id = ?1";
+     WHERE d.id IN (SELECT value FROM json_each(?1))";
+const LOAD_SQL_PG: &str =
+    "SELECT d.id, d.policy_id, COALESCE(t.body, d.target), d.attempts, e.body, COALESCE(p.id, 0), pol.enabled
+     FROM deliveries d JOIN events e ON e.id = d.event_id
+     LEFT JOIN delivery_targets t ON t.id = d.target_id
+     LEFT JOIN projects p ON p.name = d.project
+     LEFT JOIN policies pol ON pol.id = d.policy_id
+     WHERE d.id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json)))";
 
 /// What limits a claim.
 #[derive(Debug, Clone, Default)]
@@ -138,8 +148,8 @@ pub struct ClaimLimits {
 }
 
 /// Claim up to `limits.limit` due deliveries (see [`ClaimLimits`]). Claimed deliveries become
-/// `running` under `lease`. The cost is one index lookup per target plus the rows claimed,
-/// not the length of the queue.
+/// `running` under `lease`. Set-based: one statement per target address with due deliveries,
+/// and one to load what the attempts need — whatever the length of the queue.
 pub fn claim(
     db: &Db<'_>,
     now: i64,
@@ -161,39 +171,43 @@ pub fn claim(
     }
     let start = rotate % targets.len();
     targets.rotate_left(start);
-    let due_sql = match db.backend() {
-        Backend::Sqlite => DUE_SQL,
-        Backend::Postgres => DUE_SQL_PG,
+    let (claim_sql, load_sql) = match db.backend() {
+        Backend::Sqlite => (CLAIM_SQL, LOAD_SQL),
+        Backend::Postgres => (CLAIM_SQL_PG, LOAD_SQL_PG),
     };
-    let mut rows: Vec<(i64, String)> = Vec::new();
+    let mut ids: Vec<i64> = Vec::new();
     for t in targets {
-        if rows.len() >= limit {
+        if ids.len() >= limit {
             break;
         }
         let room = per_target
             .saturating_sub(in_flight.get(&t).copied().unwrap_or(0))
-            .min(limit - rows.len());
+            .min(limit - ids.len());
         if room == 0 {
             continue;
         }
-        let ids = db.rows(due_sql, args![t.as_str(), now, room as i64], |r| r.i64(0))?;
-        rows.extend(ids.into_iter().map(|id| (id, t.clone())));
+        ids.extend(db.rows(
+            claim_sql,
+            args![t.as_str(), now, room as i64, lease.token, lease.until],
+            |r| r.i64(0),
+        )?);
     }
-    let mut out = Vec::new();
-    for (id, _address) in rows {
-        let row = db.row(LOAD_SQL, args![id], |r| {
-            Ok((
-                r.i64(1)?,
-                r.opt_text(2)?,
-                r.i64(3)?,
-                r.text(4)?,
-                r.i64(5)?,
-                r.opt_i64(6)?,
-            ))
-        })?;
-        let Some((policy_id, target, attempts, body, project_id, enabled)) = row else {
-            continue;
-        };
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = db.rows(load_sql, args![json(&ids)?.as_str()], |r| {
+        Ok((
+            r.i64(0)?,
+            r.i64(1)?,
+            r.opt_text(2)?,
+            r.i64(3)?,
+            r.text(4)?,
+            r.i64(5)?,
+            r.opt_i64(6)?,
+        ))
+    })?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, policy_id, target, attempts, body, project_id, enabled) in rows {
         // a retry of a policy switched off (or deleted) since the event ends here; it can be
         // redelivered once the policy is on again
         if enabled != Some(1) {
@@ -202,40 +216,39 @@ pub fn claim(
             } else {
                 "policy disabled"
             };
-            db.exec(
-                "UPDATE deliveries SET state = 'dead', last_error = ?3, updated_at = ?2 WHERE id = ?1",
-                args![id, now, why],
-            )?;
+            end_claimed(db, id, now, why)?;
             continue;
         }
         let target = target
             .filter(|t| !t.is_empty())
             .and_then(|t| serde_json::from_str::<Target>(&t).ok());
         let (Some(target), Ok(event)) = (target, serde_json::from_str::<Event>(&body)) else {
-            db.exec(
-                "UPDATE deliveries SET state = 'dead', last_error = 'unreadable delivery', updated_at = ?2 WHERE id = ?1",
-                args![id, now],
-            )?;
+            end_claimed(db, id, now, "unreadable delivery")?;
             continue;
         };
-        let marked = db.exec(
-            "UPDATE deliveries SET state = 'running', claim_token = ?3, lease_until = ?4, updated_at = ?2
-             WHERE id = ?1 AND state = 'pending'",
-            args![id, now, lease.token, lease.until],
-        )?;
-        if marked == 1 {
-            out.push(Claimed {
-                id,
-                event,
-                policy_id,
-                project_id,
-                target,
-                attempts: attempts.max(0) as u32,
-                token: lease.token,
-            });
-        }
+        out.push(Claimed {
+            id,
+            event,
+            policy_id,
+            project_id,
+            target,
+            attempts: attempts.max(0) as u32,
+            token: lease.token,
+        });
     }
+    // oldest first, as claimed
+    let order: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    out.sort_by_key(|d| order.get(&d.id).copied());
     Ok(out)
+}
+
+/// A claimed delivery that cannot be attempted ends dead with `why`.
+fn end_claimed(db: &Db<'_>, id: i64, now: i64, why: &str) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE deliveries SET state = 'dead', last_error = ?3, updated_at = ?2, claim_token = NULL, lease_until = NULL WHERE id = ?1",
+        args![id, now, why],
+    )?;
+    Ok(())
 }
 
 /// One attempt, as recorded.
@@ -305,6 +318,84 @@ pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), St
             now_ms(),
             token
         ],
+    )?;
+    Ok(())
+}
+
+/// One finished attempt and what becomes of its delivery (see [`record_many`]).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub attempt: Attempt,
+    pub next: Next,
+    /// The claim the attempt was made under.
+    pub token: i64,
+}
+
+/// Record many attempts at once, each as [`record`] would. On PostgreSQL two statements for the
+/// whole batch (the rows travel as one JSON parameter); on SQLite one statement pair per
+/// attempt, inside the writer's group commit.
+pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    if db.backend() == Backend::Sqlite {
+        for o in outcomes {
+            record(db, &o.attempt, o.next, o.token)?;
+        }
+        return Ok(());
+    }
+    let now = now_ms();
+    let attempts: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            let a = &o.attempt;
+            serde_json::json!({
+                "delivery_id": a.delivery_id, "started_at": a.started_at, "duration_ms": a.duration_ms,
+                "status_code": a.status_code, "error_kind": a.error_kind, "error": a.error,
+                "response_excerpt": a.response_excerpt,
+            })
+        })
+        .collect();
+    db.exec(
+        "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
+         SELECT delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
+         FROM json_to_recordset(CAST(?1 AS json)) AS x(delivery_id bigint, started_at bigint,
+           duration_ms bigint, status_code bigint, error_kind text, error text, response_excerpt text)
+         ORDER BY delivery_id",
+        args![json(&attempts)?.as_str()],
+    )?;
+    let moves: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            let (state, not_before) = match o.next {
+                Next::Succeeded => ("succeeded", None),
+                Next::RetryAt(t) => ("pending", Some(t)),
+                Next::Dead => ("dead", None),
+            };
+            let a = &o.attempt;
+            serde_json::json!({
+                "id": a.delivery_id, "state": state, "not_before": not_before,
+                "last_status": a.status_code,
+                "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
+                "token": o.token,
+            })
+        })
+        .collect();
+    // as `record`, row by row: every right-hand side sees the row as it was before
+    db.exec(
+        "UPDATE deliveries AS d SET
+           state = CASE WHEN (d.state = 'running' AND d.claim_token = x.token) OR x.state = 'succeeded' THEN x.state ELSE d.state END,
+           attempts = d.attempts + 1,
+           not_before = CASE WHEN d.state = 'running' AND d.claim_token = x.token THEN COALESCE(x.not_before, d.not_before) ELSE d.not_before END,
+           last_status = x.last_status,
+           last_error = CASE WHEN (d.state = 'running' AND d.claim_token = x.token) OR x.state = 'succeeded' THEN x.last_error ELSE d.last_error END,
+           claim_token = CASE WHEN d.claim_token = x.token THEN NULL ELSE d.claim_token END,
+           lease_until = CASE WHEN d.claim_token = x.token THEN NULL ELSE d.lease_until END,
+           updated_at = ?2
+         FROM json_to_recordset(CAST(?1 AS json)) AS x(id bigint, state text, not_before bigint,
+           last_status bigint, last_error text, token bigint)
+         WHERE d.id = x.id",
+        args![json(&moves)?.as_str(), now],
     )?;
     Ok(())
 }
@@ -653,7 +744,7 @@ mod tests {
             let got = claim(&db, now + i as i64, &limits, lease).unwrap();
             assert_eq!(got.len(), room);
         }
-        for sql in [DUE_SQL, LOAD_SQL] {
+        for sql in [CLAIM_SQL, LOAD_SQL] {
             let st = conn.prepare_cached(sql).unwrap();
             assert_eq!(
                 st.get_status(rusqlite::StatementStatus::RePrepare),
