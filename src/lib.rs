@@ -108,6 +108,15 @@ impl Running {
         };
         let grace = config.shutdown_grace;
         let app = app::App::build(config).await?;
+        // the projects of the config exist for the API from the start, with their ids
+        let names: Vec<String> = app.config.projects.keys().cloned().collect();
+        if let Err(e) = app
+            .store
+            .write(move |c| store::projects::ensure_all(c, &names))
+            .await
+        {
+            tracing::error!(error = %e, "cannot record the projects of the config");
+        }
         let background = tokio_util::sync::CancellationToken::new();
         let enabled = {
             let store = app.store.clone();

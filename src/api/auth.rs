@@ -105,6 +105,17 @@ impl Users {
         }
     }
 
+    /// The names in the htpasswd file, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(mut st) = self.state.lock() else {
+            return Vec::new();
+        };
+        self.reload_if_changed(&mut st);
+        let mut names: Vec<String> = st.hashes.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Is `password` right for `user`?
     pub fn check(&self, user: &str, password: &str) -> bool {
         let fingerprint: [u8; 32] = sha2::Sha256::digest(format!("{user}:{password}")).into();

@@ -5,7 +5,14 @@
 
 pub mod auth;
 pub mod events;
+pub mod executions;
+pub mod list;
+pub mod projects;
+pub mod query;
+pub mod records;
 pub mod side;
+pub mod system;
+pub mod users;
 pub mod webhooks;
 
 use std::sync::{Arc, Weak};
@@ -182,12 +189,13 @@ pub fn router(app: Weak<App>) -> Router {
         )
         .route(
             &format!("{P}/policies/{{id}}/executions"),
-            get(webhooks::executions),
+            get(executions::executions),
         )
         .route(
             &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks"),
-            get(webhooks::tasks),
+            get(executions::tasks),
         )
+        .route(&format!("{P}/jobs"), get(executions::jobs))
         .route(
             &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks/{{tid}}/log"),
             get(webhooks::task_log),
@@ -206,7 +214,21 @@ pub fn router(app: Weak<App>) -> Router {
             "/api/v2.0/configurations",
             get(webhooks::get_configurations).put(webhooks::put_configurations),
         )
-        .fallback(|| async { ApiError::not_found("no such API path") })
+        .route(
+            "/api/v2.0/projects",
+            get(projects::list).head(projects::exists),
+        )
+        .route("/api/v2.0/projects/{project}", get(projects::get))
+        .route("/api/v2.0/users", get(users::list))
+        .route("/api/v2.0/users/current", get(users::current))
+        .route("/api/v2.0/users/search", get(users::search))
+        .route("/api/v2.0/users/{id}", get(users::get))
+        .route("/api/v2.0/systeminfo", get(system::systeminfo))
+        .route("/api/v2.0/ping", get(system::ping))
+        .route("/api/v2.0/health", get(system::health))
+        .fallback(|uri: http::Uri| async move {
+            ApiError::not_found(format!("path {} was not found", uri.path()))
+        })
         .layer(axum::middleware::map_response(json_errors))
         // a bug in a handler answers 500 (JSON, through json_errors) instead of dropping the
         // connection

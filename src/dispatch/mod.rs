@@ -365,6 +365,7 @@ impl Dispatcher {
         let ctx = RenderCtx {
             project_id: d.project_id,
             policy_id: d.policy_id,
+            delivery_id: Some(d.id),
         };
         let payload = format::render(&d.event, d.target.format(), &ctx);
         let started_at = store::now_ms();
