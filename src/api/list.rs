@@ -95,6 +95,15 @@ impl ListParams {
         }
     }
 
+    /// The same request with a page size of its own (a list's older `limit`, beyond
+    /// [`MAX_PAGE_SIZE`]).
+    pub fn with_page_size(&self, size: u64) -> ListParams {
+        ListParams {
+            page_size: Some(size),
+            ..self.clone()
+        }
+    }
+
     /// The value of another query parameter (`name`, `policy_id`, …), if sent and not empty.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params

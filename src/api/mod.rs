@@ -226,9 +226,20 @@ pub fn router(app: Weak<App>) -> Router {
         .route("/api/v2.0/systeminfo", get(system::systeminfo))
         .route("/api/v2.0/ping", get(system::ping))
         .route("/api/v2.0/health", get(system::health))
-        .fallback(|uri: http::Uri| async move {
+        // both read the request's body first: a client that sent one may use the connection
+        // again (an unread body would make the server close it under the client's next request)
+        .fallback(|uri: http::Uri, _body: axum::body::Bytes| async move {
             ApiError::not_found(format!("path {} was not found", uri.path()))
         })
+        .method_not_allowed_fallback(
+            |method: http::Method, uri: http::Uri, _body: axum::body::Bytes| async move {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    format!("{method} is not allowed on {}", uri.path()),
+                )
+            },
+        )
         .layer(axum::middleware::map_response(json_errors))
         // a bug in a handler answers 500 (JSON, through json_errors) instead of dropping the
         // connection

@@ -534,7 +534,10 @@ async fn policy_api_crud_validation_and_harbor_shapes() {
     assert_eq!(before["policy_name"], "hook-renamed");
     assert_eq!(before["enabled"], true);
     assert!(before["creation_time"].is_string());
-    assert_eq!(before["last_trigger_time"], "0001-01-01T00:00:00.000Z", "{before}");
+    assert_eq!(
+        before["last_trigger_time"], "0001-01-01T00:00:00.000Z",
+        "{before}"
+    );
     let pushed_at = chrono::Utc::now() - chrono::Duration::seconds(1);
     e.pusher.push("prj/app", "v1").await;
     rx.wait_for(1, SOON).await;
@@ -683,7 +686,10 @@ async fn push_delivers_one_request_per_target_in_each_payload_format() {
     let v = c.json();
     assert_eq!(v["specversion"], "1.0");
     assert_ne!(v["id"], id, "a CloudEvents id of its own per delivery");
-    assert_eq!(v["eventid"], id, "wharf's event id in the extension eventid");
+    assert_eq!(
+        v["eventid"], id,
+        "wharf's event id in the extension eventid"
+    );
     assert_eq!(v["type"], "harbor.artifact.pushed");
     assert_eq!(
         v["source"],
