@@ -29,13 +29,11 @@ fn row(r: &super::db::Row<'_>) -> Result<Project, StoreError> {
     })
 }
 
-/// Every project, by name.
+/// Every project, by name (byte order, the same on both backends).
 pub fn list(db: &Db<'_>) -> Result<Vec<Project>, StoreError> {
-    db.rows(
-        "SELECT id, name, created_at FROM projects ORDER BY name",
-        &[],
-        row,
-    )
+    let mut all = db.rows("SELECT id, name, created_at FROM projects", &[], row)?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(all)
 }
 
 /// A project by name.
@@ -56,15 +54,16 @@ pub fn by_id(db: &Db<'_>, id: i64) -> Result<Option<Project>, StoreError> {
     )
 }
 
-/// How many repositories of project `name` wharf knows (has seen a manifest of): one range
-/// of the artifacts' primary key.
+/// How many repositories of project `name` wharf knows (has seen a manifest of). (A prefix
+/// compared with `substr`, not a range or `LIKE`: PostgreSQL's collations do not order `/`
+/// as bytes do, and SQLite's `LIKE` ignores case.)
 pub fn repo_count(db: &Db<'_>, name: &str) -> Result<u64, StoreError> {
-    // every `<name>/…` sorts between `<name>/` and `<name>0` ('0' follows '/')
-    let (from, to) = (format!("{name}/"), format!("{name}0"));
+    let prefix = format!("{name}/");
+    let len = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
     Ok(db
         .int(
-            "SELECT COUNT(DISTINCT repository) FROM artifacts WHERE repository >= ?1 AND repository < ?2",
-            args![&from, &to],
+            "SELECT COUNT(DISTINCT repository) FROM artifacts WHERE substr(repository, 1, ?2) = ?1",
+            args![&prefix, len],
         )?
         .unwrap_or(0)
         .max(0) as u64)
