@@ -15,6 +15,7 @@ mod chartrepo;
 mod cli;
 mod deploy;
 mod events;
+mod harbor;
 mod harborapi;
 mod hardening;
 mod harness;
