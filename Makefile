@@ -3,7 +3,8 @@
 #   make test    THE command that runs every test: installs what is missing (scripts/deps.sh),
 #                then rustfmt check, clippy (warnings are errors) and all cargo tests (among
 #                them helm lint --strict / helm template of deploy/helm/wharf, every rendered
-#                object validated against the Kubernetes JSON schemas by .tools/venv).
+#                object validated against the Kubernetes JSON schemas by .tools/venv, and the
+#                Harbor API client harborapi from .tools/venv-harborapi driving wharf).
 #   make demo    THE command that runs the main job end to end: docker-registry behind wharf,
 #                an image pushed and pulled with skopeo (scripts/demo.sh).
 #   make bench   the benchmarks (bench/run.sh).

@@ -932,6 +932,10 @@ mod tests {
             policy_id: 7,
             delivery_id: Some(42),
         };
+        let doc = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/events.md"),
+        )
+        .unwrap();
         let mut failures = Vec::new();
         for (name, e) in samples() {
             let Some(formats) = spec["samples"].get(name) else {
@@ -965,6 +969,25 @@ mod tests {
                 }
                 for stale in adds.difference(&got) {
                     failures.push(format!("{name} {}: listed but absent {stale}", f.name()));
+                }
+                // docs/events.md names every addition (inside event_data / data), or the
+                // added field it is part of
+                for add in &adds {
+                    let short = add
+                        .strip_prefix("event_data.")
+                        .or_else(|| add.strip_prefix("data."))
+                        .unwrap_or(add);
+                    let named = short
+                        .match_indices('.')
+                        .map(|(i, _)| &short[..i])
+                        .chain(std::iter::once(short))
+                        .map(|p| p.trim_end_matches("[]"))
+                        .any(|p| {
+                            adds.iter().any(|a| a.ends_with(p)) && doc.contains(&format!("`{p}`"))
+                        });
+                    if !named {
+                        failures.push(format!("docs/events.md does not name `{short}`"));
+                    }
                 }
             }
         }
