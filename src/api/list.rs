@@ -33,6 +33,8 @@ pub struct ListParams {
     path: String,
     /// Every query parameter as sent (decoded), for `Link`.
     params: Vec<(String, String)>,
+    /// Answer a `Link` (not for a list's older `limit`: its pages are no Harbor pages).
+    links: bool,
 }
 
 fn unprocessable(message: String) -> ApiError {
@@ -84,6 +86,7 @@ impl ListParams {
             page_size: (size > 0).then_some(size as u64),
             path: uri.path().to_string(),
             params,
+            links: true,
         })
     }
 
@@ -96,10 +99,11 @@ impl ListParams {
     }
 
     /// The same request with a page size of its own (a list's older `limit`, beyond
-    /// [`MAX_PAGE_SIZE`]).
+    /// [`MAX_PAGE_SIZE`]): answered without `Link`.
     pub fn with_page_size(&self, size: u64) -> ListParams {
         ListParams {
             page_size: Some(size),
+            links: false,
             ..self.clone()
         }
     }
@@ -153,7 +157,7 @@ impl ListParams {
 
     /// The `Link` header for `total` matches, if any applies.
     pub fn link(&self, total: u64) -> Option<String> {
-        let size = self.page_size?;
+        let size = self.page_size.filter(|_| self.links)?;
         let mut links = Vec::new();
         if self.page > 1 && (self.page - 1).saturating_mul(size) < total {
             links.push(format!(
@@ -320,5 +324,9 @@ mod tests {
         assert_eq!((page.len(), total), (0, 25));
         let (page, _) = params("/x?page_size=0").unwrap().apply(all(), F);
         assert_eq!(page.len(), 25);
+        // an older `limit` reads the first rows, without Link
+        let limited = params("/x").unwrap().with_page_size(1000);
+        assert_eq!(limited.apply(all(), F).0.len(), 25);
+        assert_eq!(limited.link(5000), None);
     }
 }
