@@ -1438,6 +1438,32 @@ mod tests {
     }
 
     #[test]
+    fn harbor_api_keys_default_to_harbors_behaviour_and_name_themselves() {
+        let c = load(MIN, &[]).unwrap();
+        assert!(c.api.reveal_auth_header);
+        assert_eq!(c.events.multi_platform, MultiPlatform::OneEvent);
+        let c = load(
+            &format!("{MIN}api: {{reveal_auth_header: false}}\nevents: {{multi_platform: per_manifest}}\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(!c.api.reveal_auth_header);
+        assert_eq!(c.events.multi_platform, MultiPlatform::PerManifest);
+        let err = load(&format!("{MIN}events: {{multi_platform: bogus}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("events.multi_platform:"), "{err}");
+        let err = load(&format!("{MIN}api: {{reveal_auth_header: maybe}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("api.reveal_auth_header:"), "{err}");
+        let err = load(&format!("{MIN}api: {{reveal: true}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("api.reveal:"), "{err}");
+    }
+
+    #[test]
     fn quotas_need_events() {
         let err = load(
             &format!(

@@ -106,3 +106,40 @@ impl Known {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first event of a project in this process writes its row; later ones do not.
+    #[test]
+    fn known_names_are_remembered_and_bounded() {
+        let k = Known::default();
+        assert!(!k.contains("prj"));
+        k.insert("prj");
+        assert!(k.contains("prj"));
+        for i in 0..KNOWN_MAX {
+            k.insert(&format!("p{i}"));
+        }
+        // past the bound everything was forgotten once: one more insert-if-missing each
+        assert!(!k.contains("prj"));
+        assert!(k.names.lock().unwrap().len() <= KNOWN_MAX);
+    }
+
+    #[test]
+    fn ids_are_assigned_once_on_sqlite() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::store::sqlite::migrate(&conn).unwrap();
+        let db = Db::sqlite(&conn);
+        let names = vec!["b".to_string(), "a".to_string(), "b".to_string()];
+        ensure_all(&db, &names).unwrap();
+        let all = list(&db).unwrap();
+        assert_eq!(
+            all.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let b = by_name(&db, "b").unwrap().unwrap();
+        assert_eq!(b.id, 1, "b came first");
+        assert_eq!(by_id(&db, b.id).unwrap(), Some(b));
+    }
+}
