@@ -35,13 +35,38 @@ fn secs(ms: i64) -> Value {
     }
 }
 
-/// Harbor's status of a delivery state, and whether it is final.
-fn status(state: &str) -> (&'static str, bool) {
-    match state {
-        "succeeded" => ("Success", true),
-        "dead" => ("Error", true),
-        "running" => ("Running", false),
-        _ => ("Pending", false),
+/// Harbor's status of an execution (a delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Running,
+    Success,
+    Error,
+}
+
+impl Status {
+    /// Of a delivery state (`pending`, `running`, `succeeded`, `dead`).
+    fn of(state: &str) -> Status {
+        match state {
+            "succeeded" => Status::Success,
+            "dead" => Status::Error,
+            "running" => Status::Running,
+            _ => Status::Pending,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "Pending",
+            Status::Running => "Running",
+            Status::Success => "Success",
+            Status::Error => "Error",
+        }
+    }
+
+    /// Is it final (the execution has an end time)?
+    fn done(self) -> bool {
+        matches!(self, Status::Success | Status::Error)
     }
 }
 
@@ -87,28 +112,28 @@ fn is_slack(row: &ExecutionRow) -> bool {
 
 fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value {
     let d = &row.delivery;
-    let (status, done) = status(&d.state);
-    let message = match d.state.as_str() {
-        "pending" if d.attempts > 0 => format!(
+    let status = Status::of(&d.state);
+    let message = match status {
+        Status::Pending if d.attempts > 0 => format!(
             "retry {} of {max_retry} due at {}; last error: {}",
             d.attempts,
             secs(d.not_before).as_str().unwrap_or(""),
             d.last_error.as_deref().unwrap_or("")
         ),
-        "dead" => d.last_error.clone().unwrap_or_default(),
+        Status::Error => d.last_error.clone().unwrap_or_default(),
         _ => String::new(),
     };
-    let (ok, failed, pending, running) = match (status, done) {
-        ("Success", _) => (1, 0, 0, 0),
-        ("Error", _) => (0, 1, 0, 0),
-        ("Running", _) => (0, 0, 0, 1),
-        _ => (0, 0, 1, 0),
+    let (ok, failed, pending, running) = match status {
+        Status::Success => (1, 0, 0, 0),
+        Status::Error => (0, 1, 0, 0),
+        Status::Running => (0, 0, 0, 1),
+        Status::Pending => (0, 0, 1, 0),
     };
     json!({
         "id": d.id,
         "vendor_type": if is_slack(row) { "SLACK" } else { "WEBHOOK" },
         "vendor_id": d.policy_id,
-        "status": status,
+        "status": status.name(),
         "status_message": message,
         "trigger": "EVENT",
         "extra_attrs": {
@@ -119,7 +144,7 @@ fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value 
             "state": d.state,
             "attempts": d.attempts,
             "last_status_code": d.last_status,
-            "next_attempt_time": if d.state == "pending" { secs(d.not_before) } else { Value::Null },
+            "next_attempt_time": if status == Status::Pending { secs(d.not_before) } else { Value::Null },
         },
         "metrics": {
             "task_count": 1,
@@ -131,7 +156,7 @@ fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value 
             "stopped_task_count": 0,
         },
         "start_time": secs(d.created_at),
-        "end_time": if done { secs(d.updated_at) } else { json!(ZERO_TIME) },
+        "end_time": if status.done() { secs(d.updated_at) } else { json!(ZERO_TIME) },
     })
 }
 
@@ -142,7 +167,7 @@ fn job_view(row: &ExecutionRow, policy: &Policy) -> Value {
         "policy_id": d.policy_id,
         "event_type": d.event_type,
         "notify_type": if is_slack(row) { "slack" } else { "http" },
-        "status": status(&d.state).0,
+        "status": Status::of(&d.state).name(),
         "job_detail": payload(row, policy),
         "creation_time": super::webhooks::rfc3339_ms(d.created_at),
         "update_time": super::webhooks::rfc3339_ms(d.updated_at),
@@ -153,20 +178,20 @@ fn job_view(row: &ExecutionRow, policy: &Policy) -> Value {
 fn status_term(csv: &str) -> Result<Term, ApiError> {
     let mut items = Vec::new();
     for s in csv.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let harbor = match s {
-            "Success" | "succeeded" => "Success",
-            "Error" | "dead" => "Error",
-            "Pending" | "pending" => "Pending",
-            "Running" | "running" => "Running",
-            // never produced by wharf; matches nothing
-            "Stopped" | "Scheduled" => "Stopped",
+        let status = match s {
+            "Success" | "succeeded" => Status::Success,
+            "Error" | "dead" => Status::Error,
+            "Pending" | "pending" => Status::Pending,
+            "Running" | "running" => Status::Running,
+            // Harbor's, never produced by wharf: they match nothing
+            "Stopped" | "Scheduled" => continue,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "status: unknown status {other:?}"
                 )));
             }
         };
-        items.push(Scalar::Text(harbor.into()));
+        items.push(Scalar::Text(status.name().into()));
     }
     Ok(Term::AnyOf(items))
 }
