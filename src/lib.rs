@@ -17,7 +17,8 @@
 //! - [`dispatch`]: deliver the outbox to webhook targets: retries, signatures, SSRF guard,
 //!   circuit breaker.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
-//! - [`api`]: wharf's own HTTP API.
+//! - [`api`]: the HTTP API: Harbor's (projects, users, system, webhook policies, executions) with
+//!   Harbor's list conventions, and wharf's own (event log, side endpoint, quota, metrics).
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: the state of one process, built from [`config`].

@@ -1,6 +1,12 @@
-//! API: wharf's own HTTP API (axum), on the same port as the proxy.
+//! API: the HTTP API (axum), on the same port as the proxy. One file per part:
 //!
-//! Authentication is HTTP Basic. Errors are JSON problem bodies
+//! - Harbor's: [`projects`], [`users`], [`system`] (systeminfo, ping, health), [`webhooks`]
+//!   (policies, last triggers, events, configurations), [`executions`] (executions, tasks, jobs);
+//!   every list with Harbor's conventions ([`list`]: paging, `X-Total-Count`, `Link`;
+//!   [`query`]: `q` and `sort`; [`records`]: the fields of listed policies);
+//! - wharf's own: [`events`] (the event log), [`side`] (scan and quota reports, quota view).
+//!
+//! Authentication is HTTP Basic ([`auth`]). Errors are JSON problem bodies
 //! `{"errors":[{"code","message"}]}` (Harbor's shape); internals are never included.
 
 pub mod auth;
