@@ -14,6 +14,9 @@
 #   - a Python venv in <repo>/.tools/venv with the pinned kubernetes-validate (PyPI) and its
 #     dependencies (scripts/requirements-k8s-validate.txt): the offline Kubernetes JSON schemas
 #     the chart tests validate every rendered object against (scripts/k8s-validate.py).
+#   - a Python venv in <repo>/.tools/venv-harborapi with the pinned harborapi (PyPI) and its
+#     dependencies (scripts/requirements-harborapi.txt): the real Harbor API client the API
+#     parity tests drive wharf with (tests/harborapi_client.py).
 #   - a Rust toolchain with rustfmt and clippy (rustup, stable) when cargo is missing.
 #   - cargo-fuzz $CARGO_FUZZ_VERSION (cargo install, from crates.io) for the fuzz smoke of
 #     `make test`; it runs on the stable toolchain with RUSTC_BOOTSTRAP=1.
@@ -133,27 +136,35 @@ else
     say "helm: installed $TOOLS_BIN/helm ($("$TOOLS_BIN/helm" version --short))"
 fi
 
-# --- Kubernetes schema validator (Python venv) ------------------------------------------------
-VENV="$ROOT/.tools/venv"
-REQUIREMENTS="$ROOT/scripts/requirements-k8s-validate.txt"
+# --- Python venvs: the Kubernetes schema validator, the Harbor API client -----------------------
 # Debian's python3 (with python3-venv), not whatever python3 comes first on PATH.
 PYTHON=/usr/bin/python3
 [ -x "$PYTHON" ] || PYTHON=$(command -v python3) || die "python3 is missing"
-want=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
-have=$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)
-if [ "$want" = "$have" ] && "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null; then
-    say "k8s-validate: $VENV is up to date, nothing to do"
-else
-    say "k8s-validate: creating $VENV (pip install -r $REQUIREMENTS)"
-    rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-virtualenv \
-        -r "$REQUIREMENTS"
-    "$VENV/bin/python" -c 'import kubernetes_validate' ||
-        die "kubernetes-validate does not import in $VENV"
-    printf '%s\n' "$want" >"$VENV/.requirements.sha256"
-    say "k8s-validate: installed $("$VENV/bin/pip" show kubernetes-validate | sed -n 's/^Version: /kubernetes-validate /p')"
-fi
+
+# python_venv NAME VENV REQUIREMENTS MODULE PACKAGE: (re)create VENV with the pinned
+# REQUIREMENTS unless it was made from the same file and MODULE imports.
+python_venv() {
+    local name=$1 venv=$2 requirements=$3 module=$4 package=$5 want have
+    want=$(sha256sum "$requirements" | cut -d' ' -f1)
+    have=$(cat "$venv/.requirements.sha256" 2>/dev/null || true)
+    if [ "$want" = "$have" ] && "$venv/bin/python" -c "import $module" 2>/dev/null; then
+        say "$name: $venv is up to date, nothing to do"
+        return 0
+    fi
+    say "$name: creating $venv (pip install -r $requirements)"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --require-virtualenv \
+        -r "$requirements"
+    "$venv/bin/python" -c "import $module" || die "$package does not import in $venv"
+    printf '%s\n' "$want" >"$venv/.requirements.sha256"
+    say "$name: installed $("$venv/bin/pip" show "$package" | sed -n "s/^Version: /$package /p")"
+}
+
+python_venv k8s-validate "$ROOT/.tools/venv" "$ROOT/scripts/requirements-k8s-validate.txt" \
+    kubernetes_validate kubernetes-validate
+python_venv harborapi "$ROOT/.tools/venv-harborapi" "$ROOT/scripts/requirements-harborapi.txt" \
+    harborapi harborapi
 
 # --- Rust -----------------------------------------------------------------------------------
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

@@ -127,6 +127,43 @@ pub struct Config {
     /// Project quotas wharf enforces (`projects.<name>.storage_limit`).
     #[serde(default)]
     pub quota: QuotaConfig,
+    /// wharf's Harbor-compatible API (`/api/v2.0/…`).
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// The Harbor-compatible API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Return a webhook target's stored `auth_header` as it is to the callers who may manage
+    /// the policy (the system administrator and the project's admins), as Harbor does, so
+    /// tools that read a policy back after writing it (terraform) see no change. `false`:
+    /// it reads `***` (and `***` sent back keeps the stored value). Never logged either way.
+    #[serde(default = "defaults::yes")]
+    pub reveal_auth_header: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            reveal_auth_header: true,
+        }
+    }
+}
+
+/// How a multi-platform push (platform manifests by digest, then the index by tag) is reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiPlatform {
+    /// One event for the whole push: the index's (platform manifests waiting for it within
+    /// `events.index_window` are absorbed); a pull of an index and its platform manifest is
+    /// one pull event.
+    #[default]
+    OneEvent,
+    /// Harbor's behaviour: every manifest PUT and GET is an event of its own (the platform
+    /// manifests' events carry their digest as the tag).
+    PerManifest,
 }
 
 /// Client connections.
@@ -323,6 +360,10 @@ pub struct EventsConfig {
     /// Pulls by these users or user agents are not events, in every project.
     #[serde(default)]
     pub ignore_pulls: PullFilter,
+    /// `one_event` (the default): one event per multi-platform push or pull; `per_manifest`:
+    /// one per manifest, as Harbor.
+    #[serde(default)]
+    pub multi_platform: MultiPlatform,
 }
 
 impl Default for EventsConfig {
@@ -333,6 +374,7 @@ impl Default for EventsConfig {
             attribution_window: defaults::attribution_window(),
             token_cert_bundle: None,
             ignore_pulls: PullFilter::default(),
+            multi_platform: MultiPlatform::OneEvent,
         }
     }
 }
@@ -1706,6 +1748,32 @@ mod tests {
             err.starts_with("projects.prj.ignore_pulls.users[0]: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn harbor_api_keys_default_to_harbors_behaviour_and_name_themselves() {
+        let c = load(MIN, &[]).unwrap();
+        assert!(c.api.reveal_auth_header);
+        assert_eq!(c.events.multi_platform, MultiPlatform::OneEvent);
+        let c = load(
+            &format!("{MIN}api: {{reveal_auth_header: false}}\nevents: {{multi_platform: per_manifest}}\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(!c.api.reveal_auth_header);
+        assert_eq!(c.events.multi_platform, MultiPlatform::PerManifest);
+        let err = load(&format!("{MIN}events: {{multi_platform: bogus}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("events.multi_platform:"), "{err}");
+        let err = load(&format!("{MIN}api: {{reveal_auth_header: maybe}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("api.reveal_auth_header:"), "{err}");
+        let err = load(&format!("{MIN}api: {{reveal: true}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("api.reveal:"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! - [`dispatch`]: deliver the outbox to webhook targets: retries, signatures, SSRF guard,
 //!   circuit breaker.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
-//! - [`api`]: wharf's own HTTP API.
+//! - [`api`]: the HTTP API: Harbor's (projects, users, system, webhook policies, executions) with
+//!   Harbor's list conventions, and wharf's own (event log, side endpoint, quota, metrics).
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`glob`]: checking the glob patterns of filters before they are stored.
@@ -112,6 +113,15 @@ impl Running {
         };
         let grace = config.shutdown_grace;
         let app = app::App::build(config).await?;
+        // the projects of the config exist for the API from the start, with their ids
+        let names: Vec<String> = app.config.projects.keys().cloned().collect();
+        if let Err(e) = app
+            .store
+            .write(move |c| store::projects::ensure_all(c, &names))
+            .await
+        {
+            tracing::error!(error = %e, "cannot record the projects of the config");
+        }
         let background = tokio_util::sync::CancellationToken::new();
         let enabled = {
             let store = app.store.clone();

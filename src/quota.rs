@@ -48,10 +48,10 @@ pub fn exceed_message(adding: u64, usage: u64, limit: u64) -> String {
     )
 }
 
-/// The wording of a warning.
+/// Harbor's wording of a warning (`threshold` is `quota.warning_threshold`; Harbor's is 85).
 pub fn warning_message(usage: u64, limit: u64, threshold: u8) -> String {
     format!(
-        "usage of {} has crossed the warning threshold of {threshold}% of the configured upper limit of {}.",
+        "quota usage reach {threshold}%: resource storage used {} of {}",
         human(usage),
         human(limit)
     )

@@ -209,6 +209,17 @@ impl Users {
         }
     }
 
+    /// The names in the htpasswd file, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let Ok(mut st) = self.state.lock() else {
+            return Vec::new();
+        };
+        self.reload_if_changed(&mut st);
+        let mut names: Vec<String> = st.users.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// The bcrypt cost an unknown `user` is checked at: a real user's cost, the same for the
     /// same name.
     fn unknown_cost(&self, costs: &[u32], user: &str) -> Option<u32> {

@@ -1,59 +1,105 @@
-//! `GET /api/v1/events?project=&type=&repository=&limit=`: the event log, newest first
-//! (system administrator only).
+//! `GET /api/v1/events`: the event log, newest first (system administrator only), with
+//! Harbor's list conventions (`page`, `page_size`, `q`, `sort`, `X-Total-Count`, `Link`; see
+//! [`super::list`]). `q` and `sort` keys: `id`, `type`, `project`, `repository`, `digest`,
+//! `occurred_at`, `state`. The older parameters stay: `project`, `type`, `repository` (exact),
+//! `all` (also held and cancelled events), and `limit` (1–10000: the first `limit` events, when
+//! no `page_size` is given).
 
-use axum::Json;
-use axum::extract::{Query, State};
-use http::HeaderMap;
-use serde::Deserialize;
+use axum::extract::State;
+use axum::response::Response;
+use http::{HeaderMap, Uri};
 
+use super::list::ListParams;
+use super::query::{Field, Kind, Term};
 use super::{ApiError, ApiState, auth};
 use crate::events::EventKind;
-use crate::store::events::{EventFilter, StoredEvent};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    project: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    repository: Option<String>,
-    limit: Option<usize>,
-    /// Also held (waiting for an index) and cancelled (absorbed) events.
-    #[serde(default)]
-    all: bool,
-}
+const FIELDS: &[Field] = &[
+    Field::sql("id", Kind::Text, "id"),
+    Field::sql("type", Kind::Text, "type"),
+    Field::sql("project", Kind::Text, "project"),
+    Field::sql("repository", Kind::Text, "repository"),
+    Field::sql("digest", Kind::Text, "digest"),
+    Field::sql("occurred_at", Kind::Time, "occurred_at"),
+    Field::sql("state", Kind::Text, "state"),
+];
+
+/// The parameters this list knows besides Harbor's.
+const KNOWN: &[&str] = &[
+    "project",
+    "type",
+    "repository",
+    "limit",
+    "all",
+    "page",
+    "page_size",
+    "q",
+    "sort",
+];
 
 pub async fn list(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Vec<StoredEvent>>, ApiError> {
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let app = state.app()?;
     auth::require_admin(&app, &headers).await?;
-    let kind = match q.kind.as_deref() {
-        None | Some("") => None,
-        Some(t) => Some(EventKind::from_harbor(t).ok_or_else(|| {
+    let mut params = ListParams::from_uri(&uri)?;
+    if let Some(unknown) = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(k, _)| k.into_owned())
+        .find(|k| !KNOWN.contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(format!(
+            "{unknown}: not a parameter of the event log"
+        )));
+    }
+    let mut query = params.query.clone();
+    if let Some(t) = params.param("type") {
+        let kind = EventKind::from_harbor(t).ok_or_else(|| {
             ApiError::bad_request(format!(
                 "type: unknown event type {t:?}; one of {}",
                 EventKind::ALL.map(|k| k.harbor_type()).join(", ")
             ))
-        })?),
-    };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 10_000 {
-        return Err(ApiError::bad_request("limit: must be between 1 and 10000"));
+        })?;
+        query
+            .terms
+            .push(("type".into(), Term::Exact(kind.harbor_type().into())));
     }
-    let filter = EventFilter {
-        project: q.project.filter(|p| !p.is_empty()),
-        kind,
-        repository: q.repository.filter(|r| !r.is_empty()),
-        all_states: q.all,
-        limit,
+    for key in ["project", "repository"] {
+        if let Some(v) = params.param(key) {
+            query.terms.push((key.into(), Term::Exact(v.to_string())));
+        }
+    }
+    let all_states = match params.param("all") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "all: {other:?} is not true or false"
+            )));
+        }
     };
-    let events = app
+    if let Some(limit) = params.param("limit") {
+        let limit: u64 = limit
+            .parse()
+            .ok()
+            .filter(|l| (1..=10_000).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit: must be between 1 and 10000"))?;
+        if params.param("page_size").is_none() {
+            params = params.with_page_size(limit);
+        }
+    }
+    let params = params.with_query(query);
+    let (filter, args) = params.query.sql_where(FIELDS, 1);
+    let order = params.sort.sql_order(FIELDS);
+    let window = params.sql_window();
+    let (events, total) = app
         .store
-        .read(move |c| crate::store::events::list(c, &filter))
+        .read(move |c| {
+            let values: Vec<_> = args.iter().map(|a| a.value()).collect();
+            crate::store::events::page(c, &filter, &values, all_states, order.as_deref(), window)
+        })
         .await
         .map_err(|e| ApiError::internal("reading the event log failed", e))?;
-    Ok(Json(events))
+    Ok(params.respond(&events, total))
 }

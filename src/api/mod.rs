@@ -1,13 +1,26 @@
-//! API: wharf's own HTTP API (axum), on the same port as the proxy.
+//! API: the HTTP API (axum), on the same port as the proxy. One file per part:
 //!
-//! Authentication is HTTP Basic. Errors are JSON problem bodies
-//! `{"errors":[{"code","message"}]}` (Harbor's shape); internals are never included. Failed
-//! logins are throttled per client address ([`throttle`]).
+//! - Harbor's: [`projects`], [`users`], [`system`] (systeminfo, ping, health), [`webhooks`]
+//!   (policies, last triggers, events, configurations), [`executions`] (executions, tasks, jobs);
+//!   every list with Harbor's conventions ([`list`]: paging, `X-Total-Count`, `Link`;
+//!   [`query`]: `q` and `sort`; [`records`]: the fields of listed policies);
+//! - wharf's own: [`events`] (the event log), [`side`] (scan and quota reports, quota view).
+//!
+//! Authentication is HTTP Basic ([`auth`]); failed logins are throttled per client address
+//! ([`throttle`]). Errors are JSON problem bodies `{"errors":[{"code","message"}]}` (Harbor's
+//! shape); internals are never included.
 
 pub mod auth;
 pub mod events;
+pub mod executions;
+pub mod list;
+pub mod projects;
+pub mod query;
+pub mod records;
 pub mod side;
+pub mod system;
 pub mod throttle;
+pub mod users;
 pub mod webhooks;
 
 use std::sync::{Arc, Weak};
@@ -184,12 +197,13 @@ pub fn router(app: Weak<App>) -> Router {
         )
         .route(
             &format!("{P}/policies/{{id}}/executions"),
-            get(webhooks::executions),
+            get(executions::executions),
         )
         .route(
             &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks"),
-            get(webhooks::tasks),
+            get(executions::tasks),
         )
+        .route(&format!("{P}/jobs"), get(executions::jobs))
         .route(
             &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks/{{tid}}/log"),
             get(webhooks::task_log),
@@ -208,7 +222,32 @@ pub fn router(app: Weak<App>) -> Router {
             "/api/v2.0/configurations",
             get(webhooks::get_configurations).put(webhooks::put_configurations),
         )
-        .fallback(|| async { ApiError::not_found("no such API path") })
+        .route(
+            "/api/v2.0/projects",
+            get(projects::list).head(projects::exists),
+        )
+        .route("/api/v2.0/projects/{project}", get(projects::get))
+        .route("/api/v2.0/users", get(users::list))
+        .route("/api/v2.0/users/current", get(users::current))
+        .route("/api/v2.0/users/search", get(users::search))
+        .route("/api/v2.0/users/{id}", get(users::get))
+        .route("/api/v2.0/systeminfo", get(system::systeminfo))
+        .route("/api/v2.0/ping", get(system::ping))
+        .route("/api/v2.0/health", get(system::health))
+        // both read the request's body first: a client that sent one may use the connection
+        // again (an unread body would make the server close it under the client's next request)
+        .fallback(|uri: http::Uri, _body: axum::body::Bytes| async move {
+            ApiError::not_found(format!("path {} was not found", uri.path()))
+        })
+        .method_not_allowed_fallback(
+            |method: http::Method, uri: http::Uri, _body: axum::body::Bytes| async move {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "METHOD_NOT_ALLOWED",
+                    format!("{method} is not allowed on {}", uri.path()),
+                )
+            },
+        )
         .layer(axum::middleware::map_response(json_errors))
         // failed logins per client address: 429 + Retry-After when there were too many
         .layer(axum::middleware::from_fn_with_state(

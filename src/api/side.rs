@@ -1,7 +1,9 @@
 //! The side endpoint: what registry traffic cannot show, reported by scanners and quota tools.
 //!
 //! - `POST /api/v1/events/scan` → SCANNING_COMPLETED (status `Success`, with a Trivy or
-//!   scanner-adapter `report`) or SCANNING_FAILED (status `Error`, with `error`);
+//!   scanner-adapter `report`), SCANNING_FAILED (status `Error`, with `error`) or
+//!   SCANNING_STOPPED (status `Stopped`: the scan was stopped); `scan_type` `vulnerability`
+//!   (the default) or `sbom` (no report is read; `sbom_digest` names the SBOM);
 //! - `POST /api/v1/events/quota` → QUOTA_EXCEED (for registries or tools with quotas of their own).
 //!
 //! Authentication: `Authorization: Bearer <side_api_token>`, or the system administrator's
@@ -19,7 +21,7 @@ use subtle::ConstantTimeEq;
 use super::auth;
 use super::{ApiError, ApiState};
 use crate::app::App;
-use crate::events::{Event, EventKind, QuotaInfo, ScanInfo, scan};
+use crate::events::{Event, EventKind, QuotaInfo, ScanInfo, ScanStatus, ScanType, scan};
 use crate::observe::manifest::ACCEPT_ALL;
 use crate::route::{Digest, Repository, is_tag};
 use crate::store::knowledge;
@@ -221,12 +223,18 @@ struct ScanInput {
     #[serde(default)]
     digest: Option<String>,
     status: String,
+    /// `vulnerability` (the default) or `sbom`.
+    #[serde(default)]
+    scan_type: Option<String>,
     #[serde(default)]
     operator: Option<String>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
     report: Option<Value>,
+    /// Digest of the SBOM an sbom scan produced.
+    #[serde(default)]
+    sbom_digest: Option<String>,
 }
 
 fn created(e: &Event) -> (StatusCode, Json<Value>) {
@@ -275,45 +283,93 @@ pub async fn scan_report(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (app, caller, input) = side_input::<ScanInput>(&s, &headers, body).await?;
     let (repo, tag, digest) = subject_fields(&input.repository, input.tag, input.digest)?;
-    let (kind, info) = match input.status.as_str() {
-        "Success" => {
+    let status = match input.status.as_str() {
+        "Success" => ScanStatus::Success,
+        "Error" => ScanStatus::Error,
+        "Stopped" => ScanStatus::Stopped,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "status: {other:?} is not Success, Error or Stopped"
+            )));
+        }
+    };
+    let scan_type = match input.scan_type.as_deref() {
+        None | Some("") | Some("vulnerability") => ScanType::Vulnerability,
+        Some("sbom") => ScanType::Sbom,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "scan_type: {other:?} is not vulnerability or sbom"
+            )));
+        }
+    };
+    let sbom_digest = match input.sbom_digest.filter(|d| !d.is_empty()) {
+        Some(d) if scan_type == ScanType::Sbom => Some(
+            Digest::parse(&d)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("sbom_digest: {d:?} is not a digest"))
+                })?
+                .to_string(),
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "sbom_digest: only for scan_type sbom",
+            ));
+        }
+        None => None,
+    };
+    let scanner = || {
+        input
+            .report
+            .as_ref()
+            .and_then(|r| r.get("scanner").cloned())
+            .and_then(|s| serde_json::from_value(s).ok())
+    };
+    let mut info = match (status, scan_type) {
+        (ScanStatus::Success, ScanType::Vulnerability) => {
             let report = input
                 .report
                 .as_ref()
                 .ok_or_else(|| ApiError::bad_request("report: required when status is Success"))?;
-            let info = scan::summarize(report, app.config.side.max_vulnerabilities)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            (EventKind::ScanningCompleted, info)
+            scan::summarize(report, app.config.side.max_vulnerabilities)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
         }
-        "Error" => {
+        (ScanStatus::Success, ScanType::Sbom) => ScanInfo {
+            status,
+            severity: String::new(),
+            completed_at: chrono::Utc::now(),
+            scanner: scanner(),
+            report_id: uuid::Uuid::now_v7().to_string(),
+            ..ScanInfo::default()
+        },
+        (ScanStatus::Error, _) => {
             let error = input
                 .error
+                .clone()
                 .filter(|e| !e.trim().is_empty())
                 .ok_or_else(|| ApiError::bad_request("error: required when status is Error"))?;
-            let scanner = input
-                .report
-                .as_ref()
-                .and_then(|r| r.get("scanner").cloned())
-                .and_then(|s| serde_json::from_value(s).ok());
-            (
-                EventKind::ScanningFailed,
-                ScanInfo {
-                    status: "Error".into(),
-                    severity: "None".into(),
-                    completed_at: chrono::Utc::now(),
-                    scanner,
-                    error: Some(error),
-                    report_id: uuid::Uuid::now_v7().to_string(),
-                    ..ScanInfo::default()
-                },
-            )
+            ScanInfo {
+                status,
+                severity: "None".into(),
+                completed_at: chrono::Utc::now(),
+                scanner: scanner(),
+                error: Some(error),
+                report_id: uuid::Uuid::now_v7().to_string(),
+                ..ScanInfo::default()
+            }
         }
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "status: {other:?} is not Success or Error"
-            )));
-        }
+        (ScanStatus::Stopped, _) => ScanInfo {
+            status,
+            severity: "None".into(),
+            completed_at: chrono::Utc::now(),
+            scanner: scanner(),
+            error: input.error.clone().filter(|e| !e.trim().is_empty()),
+            report_id: uuid::Uuid::now_v7().to_string(),
+            ..ScanInfo::default()
+        },
     };
+    info.scan_type = scan_type;
+    info.sbom_digest = sbom_digest;
+    let kind = status.kind();
     let subject = complete(&app, repo, tag, digest).await;
     let operator = input
         .operator

@@ -2,15 +2,16 @@
 //! switch under `/api/v2.0/configurations`.
 //!
 //! `{project}` is a project name, or a numeric project id (send `X-Is-Resource-Name: true` to
-//! force a numeric name). A policy id is only found inside its own project (no IDOR). Secrets
-//! (`auth_header`, `secret`) are never returned: they read `***`, and a `***` sent back in a PUT
-//! keeps the stored value (an `auth_header` only for an unchanged target address).
+//! force a numeric name). A policy id is only found inside its own project (no IDOR). A
+//! target's `auth_header` reads back as stored (Harbor's behaviour; `api.reveal_auth_header:
+//! false` masks it as `***`); its signing `secret` always reads `***`. A `***` sent back in a
+//! PUT keeps the stored value (an `auth_header` only for an unchanged target address).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -29,19 +30,22 @@ use crate::store::{outbox, policies};
 /// What a masked secret reads as.
 pub const MASK: &str = "***";
 
-fn rfc3339_ms(ms: i64) -> Value {
+/// An unset time as Harbor writes it (year 1).
+pub const ZERO_TIME_MS: &str = "0001-01-01T00:00:00.000Z";
+
+pub(super) fn rfc3339_ms(ms: i64) -> Value {
     match Utc.timestamp_millis_opt(ms).single() {
         Some(t) => json!(t.to_rfc3339_opts(SecondsFormat::Millis, true)),
         None => Value::Null,
     }
 }
 
-fn db_error(e: crate::store::StoreError) -> ApiError {
+pub(super) fn db_error(e: crate::store::StoreError) -> ApiError {
     ApiError::internal("database error", e)
 }
 
 /// Resolve `{project}` (name or id) and authorize the caller for it.
-async fn project_for(
+pub(super) async fn project_for(
     app: &App,
     headers: &HeaderMap,
     raw: &str,
@@ -73,8 +77,10 @@ async fn project_for(
     Ok((name, caller))
 }
 
-/// A target as the API shows it: secrets masked.
-fn target_view(t: &Target) -> Value {
+/// A target as the API shows it, as Harbor leaves out an empty `auth_header`, a false
+/// `skip_cert_verify` and a slack target's format; the `auth_header` as stored when `reveal`,
+/// else masked; the signing secret always masked.
+fn target_view(t: &Target, reveal: bool) -> Value {
     let mask = |s: &Option<String>| {
         if s.as_deref().is_some_and(|v| !v.is_empty()) {
             MASK
@@ -82,25 +88,34 @@ fn target_view(t: &Target) -> Value {
             ""
         }
     };
-    json!({
-        "type": t.kind,
-        "address": t.address,
-        "auth_header": mask(&t.auth_header),
-        "skip_cert_verify": t.skip_cert_verify,
-        "payload_format": t.format().name(),
-        "secret": mask(&t.secret),
-        "disabled": t.disabled,
-    })
+    let mut v = serde_json::Map::new();
+    v.insert("type".into(), json!(t.kind));
+    v.insert("address".into(), json!(t.address));
+    if let Some(h) = t.auth_header.as_deref().filter(|h| !h.is_empty()) {
+        v.insert("auth_header".into(), json!(if reveal { h } else { MASK }));
+    }
+    if t.skip_cert_verify {
+        v.insert("skip_cert_verify".into(), json!(true));
+    }
+    match (t.kind, t.format()) {
+        (TargetKind::Slack, PayloadFormat::Slack) => {}
+        (_, f) => {
+            v.insert("payload_format".into(), json!(f.name()));
+        }
+    }
+    v.insert("secret".into(), json!(mask(&t.secret)));
+    v.insert("disabled".into(), json!(t.disabled));
+    Value::Object(v)
 }
 
-/// A policy as Harbor's API shows it (plus `filters`).
-pub fn policy_view(p: &Policy) -> Value {
+/// A policy as Harbor's API shows it (plus `filters`); `reveal`: `api.reveal_auth_header`.
+pub fn policy_view(p: &Policy, reveal: bool) -> Value {
     json!({
         "id": p.id,
         "name": p.name,
         "description": p.description,
         "project_id": p.project_id,
-        "targets": p.targets.iter().map(target_view).collect::<Vec<_>>(),
+        "targets": p.targets.iter().map(|t| target_view(t, reveal)).collect::<Vec<_>>(),
         "event_types": p.event_types.iter().map(|k| k.harbor_type()).collect::<Vec<_>>(),
         "creator": p.creator,
         "creation_time": rfc3339_ms(p.created_at),
@@ -227,11 +242,13 @@ async fn validate_targets(
             .map_err(|e| ApiError::bad_request(format!("{}: {e}", field("address"))))?;
         let payload_format = match (kind, t.payload_format.as_deref().filter(|f| !f.is_empty())) {
             (_, None) => None,
+            // Harbor's layout; wharf's own is an opt-in
             (TargetKind::Slack, Some("Slack")) => None,
+            (TargetKind::Slack, Some("SlackRich")) => Some(PayloadFormat::SlackRich),
             (TargetKind::Http, Some(f)) => match PayloadFormat::parse(f) {
-                Some(PayloadFormat::Slack) | None => {
+                Some(PayloadFormat::Slack | PayloadFormat::SlackRich) | None => {
                     return Err(ApiError::bad_request(format!(
-                        "{}: {f:?} is not one of Default, CloudEvents, Legacy",
+                        "{}: unsupported payload format type: {f} (one of Default, CloudEvents, Legacy)",
                         field("payload_format")
                     )));
                 }
@@ -239,7 +256,7 @@ async fn validate_targets(
             },
             (TargetKind::Slack, Some(f)) => {
                 return Err(ApiError::bad_request(format!(
-                    "{}: slack targets take Slack, not {f:?}",
+                    "{}: set payload format is not allowed for slack ({f:?}; wharf takes SlackRich for its own layout)",
                     field("payload_format")
                 )));
             }
@@ -344,7 +361,9 @@ async fn validate_policy(
         project_id: old.map(|p| p.project_id).unwrap_or(0),
         name,
         description: input.description.unwrap_or_default(),
-        enabled: input.enabled.unwrap_or(true),
+        // Harbor: a PUT rewrites every column, so an update without `enabled` is off; a new
+        // policy without it is on (wharf's choice, documented in docs/api.md)
+        enabled: input.enabled.unwrap_or(old.is_none()),
         event_types,
         targets,
         filters,
@@ -354,28 +373,26 @@ async fn validate_policy(
     })
 }
 
-fn policy_path(project: &str, id: i64) -> String {
-    format!("/api/v2.0/projects/{project}/webhook/policies/{id}")
-}
-
-/// `GET …/webhook/policies`
+/// `GET …/webhook/policies`: Harbor's list conventions (see [`super::list`]), newest first.
 pub async fn list_policies(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(project): Path<String>,
+    uri: http::Uri,
 ) -> Result<Response, ApiError> {
     let app = s.app()?;
+    let params = super::list::ListParams::from_uri(&uri)?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    let list = app
+    let mut list = app
         .store
         .read(move |c| policies::list(c, &project))
         .await
         .map_err(db_error)?;
-    let mut resp = Json(list.iter().map(policy_view).collect::<Vec<_>>()).into_response();
-    if let Ok(v) = HeaderValue::from_str(&list.len().to_string()) {
-        resp.headers_mut().insert("x-total-count", v);
-    }
-    Ok(resp)
+    list.sort_by_key(|p| std::cmp::Reverse((p.created_at, p.id)));
+    let (page, total) = params.apply(list, super::records::POLICY_FIELDS);
+    let reveal = app.config.api.reveal_auth_header;
+    let body: Vec<Value> = page.iter().map(|p| policy_view(p, reveal)).collect();
+    Ok(params.respond(&body, total))
 }
 
 /// `POST …/webhook/policies` → 201 with `Location` and the policy.
@@ -383,6 +400,7 @@ pub async fn create_policy(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(project): Path<String>,
+    uri: http::Uri,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let app = s.app()?;
@@ -409,14 +427,17 @@ pub async fn create_policy(
         ));
     };
     tracing::info!(project = %p.project, policy = p.id, by = %caller.name(), "webhook policy created");
-    let mut resp = (StatusCode::CREATED, Json(policy_view(&p))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&policy_path(&p.project, p.id)) {
+    let view = policy_view(&p, app.config.api.reveal_auth_header);
+    let mut resp = (StatusCode::CREATED, Json(view)).into_response();
+    // the request's own path (its project segment as the client wrote it), as Harbor
+    let location = format!("{}/{}", uri.path().trim_end_matches('/'), p.id);
+    if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(http::header::LOCATION, v);
     }
     Ok(resp)
 }
 
-async fn load_policy(app: &App, project: &str, id: i64) -> Result<Policy, ApiError> {
+pub(super) async fn load_policy(app: &App, project: &str, id: i64) -> Result<Policy, ApiError> {
     let p = project.to_string();
     app.store
         .read(move |c| policies::get(c, &p, id))
@@ -433,7 +454,8 @@ pub async fn get_policy(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    Ok(Json(policy_view(&load_policy(&app, &project, id).await?)))
+    let p = load_policy(&app, &project, id).await?;
+    Ok(Json(policy_view(&p, app.config.api.reveal_auth_header)))
 }
 
 /// `PUT …/webhook/policies/{id}`
@@ -468,7 +490,7 @@ pub async fn update_policy(
         Ok(None) => Err(ApiError::not_found(format!("policy {id} not found"))),
         Ok(Some(p)) => {
             tracing::info!(project = %p.project, policy = p.id, by = %caller.name(), "webhook policy updated");
-            Ok(Json(policy_view(&p)))
+            Ok(Json(policy_view(&p, app.config.api.reveal_auth_header)))
         }
     }
 }
@@ -521,7 +543,8 @@ pub async fn last_trigger(
                 .iter()
                 .find(|(pid, t, _)| *pid == p.id && t == k.harbor_type())
                 .map(|(_, _, at)| rfc3339_ms(*at))
-                .unwrap_or(Value::Null);
+                // never fired: Harbor's zero time
+                .unwrap_or_else(|| json!(ZERO_TIME_MS));
             out.push(json!({
                 "policy_name": p.name,
                 "policy_id": p.id,
@@ -543,12 +566,13 @@ pub async fn supported_events(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     project_for(&app, &headers, &project).await?;
+    // exactly Harbor's answer; wharf's extras (chart types, Legacy, SlackRich) are accepted
+    // too and documented in docs/api.md
     Ok(Json(json!({
-        "event_type": EventKind::ALL.map(|k| k.harbor_type()),
+        "event_type": EventKind::HARBOR.map(|k| k.harbor_type()),
         "notify_type": ["http", "slack"],
         "payload_formats": [
-            {"notify_type": "http", "formats": PayloadFormat::HTTP.map(|f| f.name())},
-            {"notify_type": "slack", "formats": ["Slack"]},
+            {"notify_type": "http", "formats": [PayloadFormat::Default.name(), PayloadFormat::CloudEvents.name()]},
         ],
     })))
 }
@@ -594,6 +618,7 @@ pub async fn test_policy(
             &RenderCtx {
                 project_id,
                 policy_id: 0,
+                delivery_id: None,
             },
         );
         let sent = app.sender.send(t, &payload, &event.id.to_string()).await;
@@ -622,109 +647,7 @@ pub async fn test_policy(
     Ok(Json(json!({"results": results})))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Page {
-    #[serde(default)]
-    page: Option<usize>,
-    #[serde(default)]
-    page_size: Option<usize>,
-    #[serde(default)]
-    status: Option<String>,
-}
-
-fn execution_status(state: &str, attempts: u32) -> (&'static str, bool) {
-    match state {
-        "succeeded" => ("Success", true),
-        "dead" => ("Error", true),
-        "running" => ("Running", false),
-        _ if attempts > 0 => ("Pending", false),
-        _ => ("Pending", false),
-    }
-}
-
-fn execution_view(d: &outbox::DeliveryView, max_retry: u32) -> Value {
-    let (status, done) = execution_status(&d.state, d.attempts);
-    let message = match d.state.as_str() {
-        "pending" if d.attempts > 0 => format!(
-            "retry {} of {max_retry} due at {}; last error: {}",
-            d.attempts,
-            rfc3339_ms(d.not_before).as_str().unwrap_or(""),
-            d.last_error.as_deref().unwrap_or("")
-        ),
-        "dead" => d.last_error.clone().unwrap_or_default(),
-        _ => String::new(),
-    };
-    json!({
-        "id": d.id,
-        "vendor_type": "WEBHOOK",
-        "vendor_id": d.policy_id,
-        "status": status,
-        "status_message": message,
-        "trigger": "EVENT",
-        "extra_attrs": {
-            "event_type": d.event_type,
-            "event_id": d.event_id,
-            "target_address": d.target_address,
-            "state": d.state,
-            "attempts": d.attempts,
-            "last_status_code": d.last_status,
-            "next_attempt_time": if d.state == "pending" { rfc3339_ms(d.not_before) } else { Value::Null },
-        },
-        "start_time": rfc3339_ms(d.created_at),
-        "end_time": if done { rfc3339_ms(d.updated_at) } else { Value::Null },
-    })
-}
-
-/// `GET …/policies/{id}/executions`: deliveries of the policy, newest first (Harbor's
-/// executions; `?status=` takes Harbor statuses or wharf states).
-pub async fn executions(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path((project, id)): Path<(String, i64)>,
-    Query(q): Query<Page>,
-) -> Result<Response, ApiError> {
-    let app = s.app()?;
-    let (project, _) = project_for(&app, &headers, &project).await?;
-    load_policy(&app, &project, id).await?;
-    let state = match q.status.as_deref() {
-        None | Some("") => None,
-        Some("Success") | Some("succeeded") => Some("succeeded"),
-        Some("Error") | Some("dead") => Some("dead"),
-        Some("Pending") | Some("pending") => Some("pending"),
-        Some("Running") | Some("running") => Some("running"),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "status: unknown status {other:?}"
-            )));
-        }
-    };
-    let size = q.page_size.unwrap_or(10).clamp(1, 100);
-    let page = q.page.unwrap_or(1).max(1);
-    let offset = (page - 1)
-        .checked_mul(size)
-        .filter(|o| i64::try_from(*o).is_ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("page: {page} is too large for page_size {size}"))
-        })?;
-    let (rows, total) = app
-        .store
-        .read(move |c| outbox::list_for_policy(c, id, state, offset, size))
-        .await
-        .map_err(db_error)?;
-    let max_retry = app.config.notification.webhook_job_max_retry;
-    let mut resp = Json(
-        rows.iter()
-            .map(|d| execution_view(d, max_retry))
-            .collect::<Vec<_>>(),
-    )
-    .into_response();
-    if let Ok(v) = HeaderValue::from_str(&total.to_string()) {
-        resp.headers_mut().insert("x-total-count", v);
-    }
-    Ok(resp)
-}
-
-async fn load_delivery(
+pub(super) async fn load_delivery(
     app: &Arc<App>,
     project: &str,
     policy: i64,
@@ -736,50 +659,6 @@ async fn load_delivery(
         .await
         .map_err(db_error)?
         .ok_or_else(|| ApiError::not_found(format!("execution {eid} not found")))
-}
-
-fn task_view(a: &outbox::Attempt, n: usize) -> Value {
-    let ok = a.error_kind.is_none();
-    json!({
-        "id": a.id,
-        "execution_id": a.delivery_id,
-        "status": if ok { "Success" } else { "Error" },
-        "status_message": a.error.clone().unwrap_or_default(),
-        "run_count": n,
-        "extra_attrs": {
-            "status_code": a.status_code,
-            "duration_ms": a.duration_ms,
-            "error_kind": a.error_kind,
-            "response_excerpt": a.response_excerpt,
-        },
-        "creation_time": rfc3339_ms(a.started_at),
-        "start_time": rfc3339_ms(a.started_at),
-        "update_time": rfc3339_ms(a.started_at + a.duration_ms),
-        "end_time": rfc3339_ms(a.started_at + a.duration_ms),
-    })
-}
-
-/// `GET …/executions/{eid}/tasks`: the attempts of a delivery.
-pub async fn tasks(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path((project, id, eid)): Path<(String, i64, i64)>,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    let app = s.app()?;
-    let (project, _) = project_for(&app, &headers, &project).await?;
-    load_delivery(&app, &project, id, eid).await?;
-    let attempts = app
-        .store
-        .read(move |c| outbox::attempts(c, eid))
-        .await
-        .map_err(db_error)?;
-    Ok(Json(
-        attempts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| task_view(a, i + 1))
-            .collect(),
-    ))
 }
 
 /// `GET …/executions/{eid}/tasks/{tid}/log`: one attempt as text.

@@ -448,6 +448,7 @@ impl Dispatcher {
         let ctx = RenderCtx {
             project_id: d.project_id,
             policy_id: d.policy_id,
+            delivery_id: Some(d.id),
         };
         let payload = format::render(&d.event, d.target.format(), &ctx);
         let started_at = store::now_ms();
@@ -506,7 +507,10 @@ impl Dispatcher {
             gone,
         };
         if self.outcomes.send(finished).is_err() {
-            tracing::error!(delivery = d.id, "the attempt recorder has stopped; the attempt is made again when its claim expires");
+            tracing::error!(
+                delivery = d.id,
+                "the attempt recorder has stopped; the attempt is made again when its claim expires"
+            );
         }
     }
 }

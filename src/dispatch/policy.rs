@@ -24,7 +24,8 @@ pub struct Target {
     pub auth_header: Option<String>,
     #[serde(default)]
     pub skip_cert_verify: bool,
-    /// Payload format of an http target (Slack targets always get Slack messages).
+    /// Payload format of an http target; a Slack target gets Harbor's Slack message, or
+    /// wharf's `SlackRich` layout when it asks for it.
     #[serde(default)]
     pub payload_format: Option<PayloadFormat>,
     /// Standard Webhooks signing secret (`whsec_<base64>` or any string).
@@ -52,7 +53,10 @@ impl Target {
     /// The format this target receives.
     pub fn format(&self) -> PayloadFormat {
         match self.kind {
-            TargetKind::Slack => PayloadFormat::Slack,
+            TargetKind::Slack => match self.payload_format {
+                Some(PayloadFormat::SlackRich) => PayloadFormat::SlackRich,
+                _ => PayloadFormat::Slack,
+            },
             TargetKind::Http => self.payload_format.unwrap_or(PayloadFormat::Default),
         }
     }

@@ -1,12 +1,18 @@
 //! Payload formats: pure functions from an [`Event`] to the bytes a receiver gets.
 //!
 //! - `Default`: Harbor 2.x `{type, occur_at, operator, event_data{resources[], repository{},
-//!   custom_attributes{}}}`, `application/json`;
-//! - `CloudEvents`: structured-mode JSON 1.0 as Harbor 2.8 sends it,
-//!   `application/cloudevents+json`, `data` = the Default `event_data`;
+//!   scan{}, custom_attributes{}}}`, `application/json`: one resource per event, as Harbor
+//!   (wharf adds `tags`, `image_name`, `media_type`, `size`, `platforms` to it);
+//! - `CloudEvents`: structured-mode JSON 1.0 as Harbor 2.8+ sends it,
+//!   `application/cloudevents+json`, `data` = the Default `event_data`, Harbor's type names,
+//!   a fresh `id` per delivery (stable across its retries) and wharf's event id in the
+//!   extension `eventid`;
 //! - `Legacy`: the seed's `{"event_type":"pushImage","events":[{project, repo_name, tag,
 //!   full_name, trigger_time, image_id, project_type, …}]}`, `application/json`;
-//! - `Slack`: a Block Kit message, `application/json`.
+//! - `Slack`: Harbor's Slack message: six mrkdwn sections, the last the tab-indented
+//!   `event_data`, `application/json`;
+//! - `SlackRich`: wharf's own Block Kit layout (header, fields, event data), an opt-in for
+//!   Slack targets.
 //!
 //! Every field the seed lists for an event reaches every format; where a shape has no place for
 //! one, a field is added (never dropped). `fixtures/payloads/` pins each kind × format.
@@ -14,7 +20,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::Event;
+use super::{Event, ScanType};
 
 /// The payload formats a target can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,21 +28,25 @@ pub enum PayloadFormat {
     Default,
     CloudEvents,
     Legacy,
+    /// Harbor's Slack message (what a Slack target gets by default).
     Slack,
+    /// wharf's richer Slack layout (a Slack target's opt-in).
+    SlackRich,
 }
 
 impl PayloadFormat {
-    /// Formats of `http` targets (Slack targets always get `Slack`).
+    /// Formats of `http` targets (Harbor's two, and wharf's `Legacy`).
     pub const HTTP: [PayloadFormat; 3] = [
         PayloadFormat::Default,
         PayloadFormat::CloudEvents,
         PayloadFormat::Legacy,
     ];
-    pub const ALL: [PayloadFormat; 4] = [
+    pub const ALL: [PayloadFormat; 5] = [
         PayloadFormat::Default,
         PayloadFormat::CloudEvents,
         PayloadFormat::Legacy,
         PayloadFormat::Slack,
+        PayloadFormat::SlackRich,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +55,7 @@ impl PayloadFormat {
             PayloadFormat::CloudEvents => "CloudEvents",
             PayloadFormat::Legacy => "Legacy",
             PayloadFormat::Slack => "Slack",
+            PayloadFormat::SlackRich => "SlackRich",
         }
     }
 
@@ -53,11 +64,31 @@ impl PayloadFormat {
     }
 }
 
-/// Where the payload goes: CloudEvents names its source after the policy.
+/// Where the payload goes: CloudEvents names its source after the policy, and its `id` after
+/// the delivery.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RenderCtx {
     pub project_id: i64,
     pub policy_id: i64,
+    /// The delivery (outbox row) the body is for; `None` for a test notification.
+    pub delivery_id: Option<i64>,
+}
+
+impl RenderCtx {
+    /// The CloudEvents `id` of this body: a UUID derived from the event and the delivery, so
+    /// each target of an event gets its own id (as Harbor, which makes one per target) and
+    /// every retry of a delivery repeats it (Harbor retries the stored body). Without a
+    /// delivery (a test notification) it is random.
+    pub fn cloudevent_id(&self, event: &Event) -> uuid::Uuid {
+        use sha2::Digest as _;
+        let Some(delivery) = self.delivery_id else {
+            return uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        };
+        let hash = sha2::Sha256::digest(format!("{}/{}/{delivery}", event.id, self.policy_id));
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&hash[..16]);
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
 }
 
 /// A rendered payload.
@@ -77,6 +108,7 @@ pub fn render(event: &Event, format: PayloadFormat, ctx: &RenderCtx) -> Payload 
         PayloadFormat::CloudEvents => ("application/cloudevents+json", cloudevents(event, ctx)),
         PayloadFormat::Legacy => ("application/json", legacy(event)),
         PayloadFormat::Slack => ("application/json", slack(event)),
+        PayloadFormat::SlackRich => ("application/json", slack_rich(event)),
     };
     Payload {
         content_type,
@@ -111,45 +143,46 @@ pub fn event_data(e: &Event) -> Value {
         put(&mut r, "media_type", e.media_type.as_ref());
         resources.push(Value::Object(r));
     } else {
-        let tags: Vec<Option<&str>> = if e.tags.is_empty() {
-            vec![None]
-        } else {
-            e.tags.iter().map(|t| Some(t.as_str())).collect()
-        };
+        // one resource per event, as Harbor (a delete with several tags names the first); the
+        // other tags are in `tags`
+        let tag = e.tag();
         let host = e
             .resource_url
             .split('/')
             .next()
             .unwrap_or_default()
             .to_string();
-        for tag in tags {
-            let mut r = Map::new();
-            put(&mut r, "digest", e.digest.as_ref());
-            r.insert(
-                "tag".into(),
-                json!(tag.or(e.digest.as_deref()).unwrap_or_default()),
-            );
-            // each resource names its own tag (or the digest when it has none)
-            let url = Event::oci_resource_url(&host, &e.repository, tag, e.digest.as_deref());
-            r.insert("resource_url".into(), json!(url));
-            let image_name = match tag {
-                Some(t) => format!("{}:{t}", e.repository),
-                None => e.image_name(),
-            };
-            r.insert("image_name".into(), json!(image_name));
-            put(&mut r, "media_type", e.media_type.as_ref());
-            put(&mut r, "size", e.size);
-            if !e.platforms.is_empty() {
-                r.insert("platforms".into(), json!(e.platforms));
+        let mut r = Map::new();
+        put(&mut r, "digest", e.digest.as_ref());
+        r.insert(
+            "tag".into(),
+            json!(tag.or(e.digest.as_deref()).unwrap_or_default()),
+        );
+        let url = Event::oci_resource_url(&host, &e.repository, tag, e.digest.as_deref());
+        r.insert("resource_url".into(), json!(url));
+        if let Some(scan) = &e.scan {
+            match scan.scan_type {
+                ScanType::Vulnerability => {
+                    r.insert(
+                        "scan_overview".into(),
+                        json!({ SCAN_REPORT_MIME: scan_overview(scan) }),
+                    );
+                }
+                ScanType::Sbom => {
+                    r.insert("sbom_overview".into(), sbom_overview(scan));
+                }
             }
-            if let Some(scan) = &e.scan {
-                r.insert(
-                    "scan_overview".into(),
-                    json!({ SCAN_REPORT_MIME: scan_overview(scan) }),
-                );
-            }
-            resources.push(Value::Object(r));
         }
+        if !e.tags.is_empty() {
+            r.insert("tags".into(), json!(e.tags));
+        }
+        r.insert("image_name".into(), json!(e.image_name()));
+        put(&mut r, "media_type", e.media_type.as_ref());
+        put(&mut r, "size", e.size);
+        if !e.platforms.is_empty() {
+            r.insert("platforms".into(), json!(e.platforms));
+        }
+        resources.push(Value::Object(r));
     }
     let repo_name = match &e.chart {
         Some(c) if e.kind.is_chart() && !c.name.is_empty() => c.name.clone(),
@@ -169,23 +202,48 @@ pub fn event_data(e: &Event) -> Value {
         put(&mut custom, "usage", q.usage.map(|v| v.to_string()));
         put(&mut custom, "adding", q.adding.map(|v| v.to_string()));
     }
-    json!({
-        "resources": resources,
-        "repository": {
-            "name": repo_name,
-            "namespace": e.project,
-            "repo_full_name": e.repository,
-            "repo_type": repo_type(e),
-        },
-        "custom_attributes": custom,
-    })
+    let mut repository = Map::new();
+    if e.kind.is_artifact() {
+        put(&mut repository, "date_created", e.repository_created);
+    }
+    repository.insert("name".into(), json!(repo_name));
+    repository.insert("namespace".into(), json!(e.project));
+    repository.insert("repo_full_name".into(), json!(e.repository));
+    repository.insert("repo_type".into(), json!(repo_type(e)));
+    let mut data = Map::new();
+    data.insert("resources".into(), json!(resources));
+    data.insert("repository".into(), Value::Object(repository));
+    if let Some(scan) = &e.scan {
+        data.insert("scan".into(), json!({"scan_type": scan.scan_type.name()}));
+    }
+    data.insert("custom_attributes".into(), Value::Object(custom));
+    Value::Object(data)
+}
+
+/// Harbor's `sbom_overview` of an sbom scan.
+fn sbom_overview(s: &super::ScanInfo) -> Value {
+    let mut o = Map::new();
+    o.insert("report_id".into(), json!(s.report_id));
+    o.insert("scan_status".into(), json!(s.status.name()));
+    if let Some(start) = s.started_at {
+        o.insert(
+            "duration".into(),
+            json!((s.completed_at - start).num_seconds().max(0)),
+        );
+        o.insert("start_time".into(), json!(rfc3339(&start)));
+    }
+    o.insert("end_time".into(), json!(rfc3339(&s.completed_at)));
+    put(&mut o, "sbom_digest", s.sbom_digest.as_ref());
+    put(&mut o, "scanner", s.scanner.as_ref());
+    put(&mut o, "error", s.error.as_ref());
+    Value::Object(o)
 }
 
 /// Harbor's `scan_overview[<mime>]`, plus the vulnerability list (wharf's addition).
 fn scan_overview(s: &super::ScanInfo) -> Value {
     let mut o = Map::new();
     o.insert("report_id".into(), json!(s.report_id));
-    o.insert("scan_status".into(), json!(s.status));
+    o.insert("scan_status".into(), json!(s.status.name()));
     o.insert("severity".into(), json!(s.severity));
     if let Some(start) = s.started_at {
         o.insert(
@@ -236,7 +294,7 @@ fn default_payload(e: &Event) -> Value {
 fn cloudevents(e: &Event, ctx: &RenderCtx) -> Value {
     let mut v = json!({
         "specversion": "1.0",
-        "id": e.id.to_string(),
+        "id": ctx.cloudevent_id(e).to_string(),
         "source": format!("/projects/{}/webhook/policies/{}", ctx.project_id, ctx.policy_id),
         "type": e.kind.cloudevents_type(),
         "datacontenttype": "application/json",
@@ -246,6 +304,8 @@ fn cloudevents(e: &Event, ctx: &RenderCtx) -> Value {
     if let Some(obj) = v.as_object_mut() {
         put(obj, "requestid", e.request_id.as_ref());
         obj.insert("operator".into(), json!(e.operator));
+        // wharf's event id (the same for every target and retry)
+        obj.insert("eventid".into(), json!(e.id.to_string()));
     }
     v
 }
@@ -324,7 +384,8 @@ fn legacy(e: &Event) -> Value {
                 put(&mut m, "chart_size", c.size.or(e.size));
             }
             if let Some(s) = &e.scan {
-                m.insert("scan_status".into(), json!(s.status));
+                m.insert("scan_status".into(), json!(s.status.name()));
+                m.insert("scan_type".into(), json!(s.scan_type.name()));
                 m.insert("severity".into(), json!(s.severity));
                 // the seed's critical / major / minor: Critical, High, Medium + Low
                 m.insert("critical".into(), json!(s.counts.critical));
@@ -355,7 +416,47 @@ fn legacy(e: &Event) -> Value {
 /// Slack section text is limited to 3000 characters.
 const SLACK_TEXT_MAX: usize = 2900;
 
+/// Harbor's Slack message: six mrkdwn sections (see the module doc). Harbor does not shorten
+/// the event data; Slack refuses a section over 3,000 characters, so wharf cuts it (marked).
 fn slack(e: &Event) -> Value {
+    let ts = e.occurred_at.timestamp();
+    let mut data = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+    let mut ser = serde_json::Serializer::with_formatter(&mut data, formatter);
+    let text = match event_data(e).serialize(&mut ser) {
+        Ok(()) => String::from_utf8(data).unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let section = |t: String| json!({"type": "section", "text": {"type": "mrkdwn", "text": t}});
+    json!({
+        "blocks": [
+            section("*Harbor webhook events*".into()),
+            section(format!("*event_type:* {}", e.kind.harbor_type())),
+            section(format!(
+                "*occur_at:* <!date^{ts}^{{date}} at {{time}}|February 18th, 2014 at 6:39 AM PST>"
+            )),
+            section(format!("*operator:* {}", e.operator)),
+            section("*event_data:*".into()),
+            section(format!("```{}```", cut(text))),
+        ]
+    })
+}
+
+/// `text` within Slack's section limit (minus the fences), cut at a character boundary.
+fn cut(mut text: String) -> String {
+    if text.len() > SLACK_TEXT_MAX {
+        let mut at = SLACK_TEXT_MAX;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str("\n…(truncated)");
+    }
+    text
+}
+
+/// wharf's own Slack layout (format `SlackRich`).
+fn slack_rich(e: &Event) -> Value {
     let ts = e.occurred_at.timestamp();
     let subject = if e.kind.is_chart() {
         match &e.chart {
@@ -386,7 +487,7 @@ fn slack(e: &Event) -> Value {
     if let Some(s) = &e.scan {
         fields.push(format!(
             "*Scan*\n{}: critical {}, high {}, medium {}, low {}, unknown {} (fixable {})",
-            s.status,
+            s.status.name(),
             s.counts.critical,
             s.counts.high,
             s.counts.medium,
@@ -399,15 +500,7 @@ fn slack(e: &Event) -> Value {
         fields.push(format!("*Quota*\n{}", q.details));
     }
     fields.truncate(10); // Block Kit allows 10 fields per section
-    let mut data = serde_json::to_string_pretty(&event_data(e)).unwrap_or_default();
-    if data.len() > SLACK_TEXT_MAX {
-        let mut cut = SLACK_TEXT_MAX;
-        while !data.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        data.truncate(cut);
-        data.push_str("\n…(truncated)");
-    }
+    let data = cut(serde_json::to_string_pretty(&event_data(e)).unwrap_or_default());
     json!({
         "text": format!("{} {} by {}", e.kind.harbor_type(), subject, e.operator),
         "blocks": [
@@ -456,6 +549,7 @@ pub fn samples() -> Vec<(&'static str, Event)> {
         e.media_type = Some("application/vnd.oci.image.manifest.v1+json".into());
         e.size = Some(3_340_288);
         e.resource_url = Event::oci_resource_url(HOST, "prj/repo1", Some("latest"), None);
+        e.repository_created = Some(1_699_990_000);
         e
     };
     let chart = |kind: EventKind| {
@@ -465,6 +559,7 @@ pub fn samples() -> Vec<(&'static str, Event)> {
         e.media_type = Some("application/vnd.oci.image.manifest.v1+json".into());
         e.size = Some(4167);
         e.resource_url = Event::oci_resource_url(HOST, "prj/mychart", Some("0.1.0"), None);
+        e.repository_created = Some(1_699_990_000);
         e.chart = Some(ChartInfo {
             name: "mychart".into(),
             version: "0.1.0".into(),
@@ -474,21 +569,16 @@ pub fn samples() -> Vec<(&'static str, Event)> {
         });
         e
     };
-    let scan = |status: &str| {
-        let mut e = image(if status == "Success" {
-            EventKind::ScanningCompleted
-        } else {
-            EventKind::ScanningFailed
-        });
+    let scan = |status: ScanStatus| {
+        let ok = status == ScanStatus::Success;
+        let mut e = image(status.kind());
+        e.repository_created = None; // Harbor sends none on scan events
         e.operator = "trivy".into();
         e.scan = Some(ScanInfo {
-            status: status.into(),
-            severity: if status == "Success" {
-                "Critical".into()
-            } else {
-                "None".into()
-            },
-            counts: if status == "Success" {
+            status,
+            scan_type: ScanType::Vulnerability,
+            severity: if ok { "Critical".into() } else { "None".into() },
+            counts: if ok {
                 SeverityCounts {
                     critical: 1,
                     high: 2,
@@ -508,7 +598,7 @@ pub fn samples() -> Vec<(&'static str, Event)> {
                 vendor: "Aqua Security".into(),
                 version: "0.50.1".into(),
             }),
-            vulnerabilities: if status == "Success" {
+            vulnerabilities: if ok {
                 vec![Vulnerability {
                     id: "CVE-2023-0286".into(),
                     package: Some("libssl3".into()),
@@ -523,18 +613,24 @@ pub fn samples() -> Vec<(&'static str, Event)> {
                 Vec::new()
             },
             vulnerabilities_truncated: false,
-            error: (status != "Success").then(|| "failed to analyze image: layer not found".into()),
+            error: match status {
+                ScanStatus::Success => None,
+                ScanStatus::Error => Some("failed to analyze image: layer not found".into()),
+                ScanStatus::Stopped => Some("stopped by admin".into()),
+            },
             report_id: "01890a5d-0000-7000-8000-000000000001".into(),
+            sbom_digest: None,
         });
         e
     };
     let quota = |kind: EventKind| {
         let mut e = image(kind);
+        e.repository_created = None; // Harbor sends none on quota events
         e.quota = Some(QuotaInfo {
             details: if kind == EventKind::QuotaExceed {
                 "adding 2.1 MiB of storage resource, which when updated to current usage of 8.3 MiB will exceed the configured upper limit of 10.0 MiB.".into()
             } else {
-                "usage of 8.6 MiB has crossed the warning threshold of 85% of the configured upper limit of 10.0 MiB.".into()
+                "quota usage reach 85%: resource storage used 8.6 MiB of 10.0 MiB".into()
             },
             limit: Some(10 * 1024 * 1024),
             usage: Some(8_703_180),
@@ -560,8 +656,9 @@ pub fn samples() -> Vec<(&'static str, Event)> {
         ("upload_chart", chart(EventKind::UploadChart)),
         ("download_chart", chart(EventKind::DownloadChart)),
         ("delete_chart", chart(EventKind::DeleteChart)),
-        ("scanning_completed", scan("Success")),
-        ("scanning_failed", scan("Error")),
+        ("scanning_completed", scan(ScanStatus::Success)),
+        ("scanning_failed", scan(ScanStatus::Error)),
+        ("scanning_stopped", scan(ScanStatus::Stopped)),
         ("quota_exceed", quota(EventKind::QuotaExceed)),
         ("quota_warning", quota(EventKind::QuotaWarning)),
     ]
@@ -584,6 +681,7 @@ mod tests {
         let ctx = RenderCtx {
             project_id: 1,
             policy_id: 7,
+            delivery_id: Some(42),
         };
         let mut failures = Vec::new();
         for (name, e) in samples() {
@@ -660,7 +758,7 @@ mod tests {
                 ]);
             }
             if let Some(s) = &e.scan {
-                must.push(s.status.clone());
+                must.push(s.status.name().to_string());
                 if let Some(err) = &s.error {
                     must.push(err.clone());
                 }
@@ -719,12 +817,180 @@ mod tests {
         let (_, mut e) = samples().remove(8);
         let v = e.scan.as_ref().unwrap().vulnerabilities[0].clone();
         e.scan.as_mut().unwrap().vulnerabilities = vec![v; 200];
-        let p = render(&e, PayloadFormat::Slack, &RenderCtx::default());
-        let v: Value = serde_json::from_slice(&p.body).unwrap();
-        for block in v["blocks"].as_array().unwrap() {
-            if let Some(t) = block["text"]["text"].as_str() {
-                assert!(t.chars().count() <= 3000, "{}", t.len());
+        for f in [PayloadFormat::Slack, PayloadFormat::SlackRich] {
+            let p = render(&e, f, &RenderCtx::default());
+            let v: Value = serde_json::from_slice(&p.body).unwrap();
+            for block in v["blocks"].as_array().unwrap() {
+                if let Some(t) = block["text"]["text"].as_str() {
+                    assert!(t.chars().count() <= 3000, "{f:?}: {}", t.len());
+                }
             }
         }
+    }
+
+    /// Harbor's Slack message: six sections in Harbor's order, the event data tab-indented.
+    #[test]
+    fn slack_is_harbors_layout() {
+        let (_, e) = samples().remove(0);
+        let v: Value =
+            serde_json::from_slice(&render(&e, PayloadFormat::Slack, &RenderCtx::default()).body)
+                .unwrap();
+        let texts: Vec<&str> = v["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                assert_eq!(b["type"], "section");
+                assert_eq!(b["text"]["type"], "mrkdwn");
+                b["text"]["text"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(texts.len(), 6);
+        assert_eq!(texts[0], "*Harbor webhook events*");
+        assert_eq!(texts[1], "*event_type:* PUSH_ARTIFACT");
+        assert_eq!(
+            texts[2],
+            "*occur_at:* <!date^1700000000^{date} at {time}|February 18th, 2014 at 6:39 AM PST>"
+        );
+        assert_eq!(texts[3], "*operator:* alice");
+        assert_eq!(texts[4], "*event_data:*");
+        assert!(
+            texts[5].starts_with("```{\n\t\"resources\": [\n\t\t{"),
+            "{}",
+            texts[5]
+        );
+        assert!(texts[5].ends_with("}```"));
+        assert_eq!(v.as_object().unwrap().len(), 1, "only blocks: {v}");
+    }
+
+    /// Each delivery gets its own CloudEvents id, the same on every retry; wharf's event id is
+    /// the extension `eventid`.
+    #[test]
+    fn cloudevents_id_is_per_delivery() {
+        let (_, e) = samples().remove(0);
+        let id = |policy_id, delivery_id| {
+            let ctx = RenderCtx {
+                project_id: 1,
+                policy_id,
+                delivery_id,
+            };
+            let v: Value =
+                serde_json::from_slice(&render(&e, PayloadFormat::CloudEvents, &ctx).body).unwrap();
+            assert_eq!(v["eventid"], e.id.to_string());
+            v["id"].as_str().unwrap().to_string()
+        };
+        assert_eq!(id(7, Some(1)), id(7, Some(1)));
+        assert_ne!(id(7, Some(1)), id(7, Some(2)));
+        assert_ne!(id(7, Some(1)), e.id.to_string());
+        assert_ne!(id(7, None), id(7, None));
+        assert!(uuid::Uuid::parse_str(&id(7, Some(3))).is_ok());
+    }
+
+    /// Every JSON path of `v` (`a.b`, arrays as `a[]`; an object under `scan_overview` keyed by
+    /// a MIME type as `<mime>`).
+    fn paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let key = if prefix.ends_with("scan_overview") {
+                        "<mime>"
+                    } else {
+                        k
+                    };
+                    let p = if prefix.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    out.insert(p.clone());
+                    paths(x, &p, out);
+                }
+            }
+            Value::Array(a) => {
+                for x in a {
+                    paths(x, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// fixtures/harbor-fields.json lists, per sample and format, Harbor's fields (from Harbor's
+    /// notifier code and the reference) and the fields wharf adds. Every Harbor field is there,
+    /// and nothing else is added than what docs/events.md lists.
+    #[test]
+    fn formats_have_harbors_fields_and_only_the_documented_additions() {
+        let spec: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/harbor-fields.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let ctx = RenderCtx {
+            project_id: 1,
+            policy_id: 7,
+            delivery_id: Some(42),
+        };
+        let doc = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/events.md"),
+        )
+        .unwrap();
+        let mut failures = Vec::new();
+        for (name, e) in samples() {
+            let Some(formats) = spec["samples"].get(name) else {
+                assert!(e.kind.is_chart(), "{name} is not in harbor-fields.json");
+                continue;
+            };
+            for f in [
+                PayloadFormat::Default,
+                PayloadFormat::CloudEvents,
+                PayloadFormat::Slack,
+            ] {
+                let v: Value = serde_json::from_slice(&render(&e, f, &ctx).body).unwrap();
+                let mut got = std::collections::BTreeSet::new();
+                paths(&v, "", &mut got);
+                let list = |k: &str| -> std::collections::BTreeSet<String> {
+                    formats[f.name()][k]
+                        .as_array()
+                        .unwrap_or_else(|| panic!("{name}.{}.{k}", f.name()))
+                        .iter()
+                        .map(|p| p.as_str().unwrap().to_string())
+                        .collect()
+                };
+                let (harbor, adds) = (list("harbor"), list("wharf_adds"));
+                for missing in harbor.difference(&got) {
+                    failures.push(format!("{name} {}: lacks Harbor's {missing}", f.name()));
+                }
+                for extra in got.difference(&harbor) {
+                    if !adds.contains(extra) {
+                        failures.push(format!("{name} {}: undocumented {extra}", f.name()));
+                    }
+                }
+                for stale in adds.difference(&got) {
+                    failures.push(format!("{name} {}: listed but absent {stale}", f.name()));
+                }
+                // docs/events.md names every addition (inside event_data / data), or the
+                // added field it is part of
+                for add in &adds {
+                    let short = add
+                        .strip_prefix("event_data.")
+                        .or_else(|| add.strip_prefix("data."))
+                        .unwrap_or(add);
+                    let named = short
+                        .match_indices('.')
+                        .map(|(i, _)| &short[..i])
+                        .chain(std::iter::once(short))
+                        .map(|p| p.trim_end_matches("[]"))
+                        .any(|p| {
+                            adds.iter().any(|a| a.ends_with(p)) && doc.contains(&format!("`{p}`"))
+                        });
+                    if !named {
+                        failures.push(format!("docs/events.md does not name `{short}`"));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }

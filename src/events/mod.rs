@@ -33,15 +33,23 @@ pub enum EventKind {
     ScanningCompleted,
     /// IMAGE SCAN FAILED, reported on the side endpoint.
     ScanningFailed,
+    /// IMAGE SCAN STOPPED: a scan report on the side endpoint says the scan was stopped.
+    ScanningStopped,
     /// PROJECT QUOTA EXCEED: a push refused by wharf's quota, or reported on the side endpoint.
     QuotaExceed,
     /// A project's usage crossed the warning threshold.
     QuotaWarning,
+    /// Harbor's replication status change: accepted in policies, never produced by wharf (it
+    /// does not replicate).
+    Replication,
+    /// Harbor's tag retention run: accepted in policies, never produced by wharf (it runs no
+    /// retention).
+    TagRetention,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::PushArtifact,
         EventKind::PullArtifact,
         EventKind::DeleteArtifact,
@@ -50,9 +58,33 @@ impl EventKind {
         EventKind::DeleteChart,
         EventKind::ScanningCompleted,
         EventKind::ScanningFailed,
+        EventKind::ScanningStopped,
         EventKind::QuotaExceed,
         EventKind::QuotaWarning,
+        EventKind::Replication,
+        EventKind::TagRetention,
     ];
+
+    /// The types Harbor 2.8+ accepts in a policy, in the order its `…/webhook/events` lists
+    /// them (wharf also accepts the chart types of Harbor ≤ 2.7, which it produces).
+    pub const HARBOR: [EventKind; 10] = [
+        EventKind::PushArtifact,
+        EventKind::PullArtifact,
+        EventKind::DeleteArtifact,
+        EventKind::QuotaExceed,
+        EventKind::QuotaWarning,
+        EventKind::ScanningFailed,
+        EventKind::ScanningStopped,
+        EventKind::ScanningCompleted,
+        EventKind::Replication,
+        EventKind::TagRetention,
+    ];
+
+    /// Does wharf ever produce this kind? (REPLICATION and TAG_RETENTION are accepted in
+    /// policies for configurations copied from Harbor, and never happen.)
+    pub fn produced(self) -> bool {
+        !matches!(self, EventKind::Replication | EventKind::TagRetention)
+    }
 
     /// Harbor 2.x `type` (the Default payload, the API's `event_types`).
     pub fn harbor_type(self) -> &'static str {
@@ -65,12 +97,16 @@ impl EventKind {
             EventKind::DeleteChart => "DELETE_CHART",
             EventKind::ScanningCompleted => "SCANNING_COMPLETED",
             EventKind::ScanningFailed => "SCANNING_FAILED",
+            EventKind::ScanningStopped => "SCANNING_STOPPED",
             EventKind::QuotaExceed => "QUOTA_EXCEED",
             EventKind::QuotaWarning => "QUOTA_WARNING",
+            EventKind::Replication => "REPLICATION",
+            EventKind::TagRetention => "TAG_RETENTION",
         }
     }
 
-    /// CloudEvents `type`, as Harbor 2.8 names them (chart names are wharf's choice).
+    /// CloudEvents `type`, exactly as Harbor 2.8+ names them (chart names are wharf's choice:
+    /// Harbor 2.8 has no chart events).
     pub fn cloudevents_type(self) -> &'static str {
         match self {
             EventKind::PushArtifact => "harbor.artifact.pushed",
@@ -81,8 +117,11 @@ impl EventKind {
             EventKind::DeleteChart => "harbor.chart.deleted",
             EventKind::ScanningCompleted => "harbor.scan.completed",
             EventKind::ScanningFailed => "harbor.scan.failed",
+            EventKind::ScanningStopped => "harbor.scan.stopped",
             EventKind::QuotaExceed => "harbor.quota.exceeded",
-            EventKind::QuotaWarning => "harbor.quota.warning",
+            EventKind::QuotaWarning => "harbor.quota.warned",
+            EventKind::Replication => "harbor.replication.status.changed",
+            EventKind::TagRetention => "harbor.tag_retention.finished",
         }
     }
 
@@ -97,14 +136,30 @@ impl EventKind {
             EventKind::DeleteChart => "deleteChart",
             EventKind::ScanningCompleted => "scanningCompleted",
             EventKind::ScanningFailed => "scanningFailed",
+            EventKind::ScanningStopped => "scanningStopped",
             EventKind::QuotaExceed => "projectQuota",
             EventKind::QuotaWarning => "projectQuotaWarning",
+            EventKind::Replication => "replication",
+            EventKind::TagRetention => "tagRetention",
         }
     }
 
     /// Parse a Harbor 2.x type name.
     pub fn from_harbor(s: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.harbor_type() == s)
+    }
+
+    /// Is this an artifact or chart event (its payload's repository has `date_created`)?
+    pub fn is_artifact(self) -> bool {
+        matches!(
+            self,
+            EventKind::PushArtifact
+                | EventKind::PullArtifact
+                | EventKind::DeleteArtifact
+                | EventKind::UploadChart
+                | EventKind::DownloadChart
+                | EventKind::DeleteChart
+        )
     }
 
     /// Is this a chart event?
@@ -180,11 +235,66 @@ pub struct Scanner {
     pub version: String,
 }
 
-/// Scan facts of SCANNING_COMPLETED / SCANNING_FAILED.
+/// How a scan ended (Harbor's `scan_status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScanStatus {
+    /// SCANNING_COMPLETED.
+    #[default]
+    Success,
+    /// SCANNING_FAILED.
+    Error,
+    /// SCANNING_STOPPED.
+    Stopped,
+}
+
+impl ScanStatus {
+    /// Harbor's name (`Success`, `Error`, `Stopped`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanStatus::Success => "Success",
+            ScanStatus::Error => "Error",
+            ScanStatus::Stopped => "Stopped",
+        }
+    }
+
+    /// The event kind of a scan that ended so.
+    pub fn kind(self) -> EventKind {
+        match self {
+            ScanStatus::Success => EventKind::ScanningCompleted,
+            ScanStatus::Error => EventKind::ScanningFailed,
+            ScanStatus::Stopped => EventKind::ScanningStopped,
+        }
+    }
+}
+
+/// What was scanned for (Harbor's `event_data.scan.scan_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanType {
+    /// Vulnerabilities (`scan_overview` in the payload).
+    #[default]
+    Vulnerability,
+    /// A software bill of materials (`sbom_overview` in the payload).
+    Sbom,
+}
+
+impl ScanType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanType::Vulnerability => "vulnerability",
+            ScanType::Sbom => "sbom",
+        }
+    }
+}
+
+/// Scan facts of SCANNING_COMPLETED / SCANNING_FAILED / SCANNING_STOPPED.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScanInfo {
-    /// `Success` or `Error`.
-    pub status: String,
+    /// How the scan ended.
+    pub status: ScanStatus,
+    /// What was scanned for (older event logs have none: a vulnerability scan).
+    #[serde(default)]
+    pub scan_type: ScanType,
     /// Highest severity found (`None` when nothing was found).
     pub severity: String,
     pub counts: SeverityCounts,
@@ -205,6 +315,9 @@ pub struct ScanInfo {
     pub error: Option<String>,
     /// Id of the report (stable for one report).
     pub report_id: String,
+    /// Digest of the SBOM (an sbom scan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sbom_digest: Option<String>,
 }
 
 /// Quota facts of QUOTA_EXCEED / QUOTA_WARNING.
@@ -238,6 +351,10 @@ pub struct Event {
     pub repository: String,
     /// Whether the project is public (`projects.<name>.public`).
     pub public: bool,
+    /// When wharf first knew the repository (unix seconds): Harbor's
+    /// `repository.date_created`, on artifact and chart events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_created: Option<i64>,
     /// Tags that point (or pointed) at the artifact; for pulls, the tag the client asked for.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -287,6 +404,7 @@ impl Event {
             project: repository.project().to_string(),
             repository: repository.as_str().to_string(),
             public: false,
+            repository_created: None,
             tags: Vec::new(),
             digest: None,
             media_type: None,

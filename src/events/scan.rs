@@ -241,7 +241,8 @@ pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, Rep
     let truncated = sorted.len() > max;
     sorted.truncate(max);
     Ok(ScanInfo {
-        status: "Success".into(),
+        status: super::ScanStatus::Success,
+        scan_type: super::ScanType::Vulnerability,
         severity,
         counts,
         completed_at: at.unwrap_or_else(Utc::now),
@@ -251,6 +252,7 @@ pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, Rep
         vulnerabilities_truncated: truncated,
         error: None,
         report_id: uuid::Uuid::now_v7().to_string(),
+        sbom_digest: None,
     })
 }
 

@@ -8,6 +8,11 @@
 //!
 //! A database failure never fails the registry request: it is logged and counted
 //! (`events_lost`).
+//!
+//! In the event's transaction the sink also gives a project met for the first time by this
+//! process its row (projects seen in traffic exist for the API; one insert-if-missing per
+//! name and process, none afterwards), and sets the repository's creation time on artifact
+//! events (one primary-key lookup).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +32,29 @@ pub type With = Box<dyn FnOnce(&Db<'_>, &mut Event) -> Result<bool, StoreError> 
 pub struct Sink {
     store: Store,
     metrics: Arc<Metrics>,
+    /// Projects known to have a row (see [`store::projects::Known`]).
+    projects: Arc<store::projects::Known>,
+}
+
+/// In the event's transaction: the project's row when this process has not met the name yet
+/// (a project seen in traffic exists for the API), and the repository's creation time.
+fn complete(c: &Db<'_>, event: &mut Event, new_project: bool) -> Result<(), StoreError> {
+    if new_project {
+        store::policies::ensure_project(c, &event.project)?;
+    }
+    if event.kind.is_artifact() && event.repository_created.is_none() {
+        event.repository_created = store::knowledge::repository_created(c, &event.repository)?;
+    }
+    Ok(())
 }
 
 impl Sink {
     pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+        Self {
+            store,
+            metrics,
+            projects: Arc::default(),
+        }
     }
 
     /// Record `event` and wait for the commit. With `hold_until` (unix ms) the event waits,
@@ -39,6 +62,8 @@ impl Sink {
     pub async fn durable(&self, event: Event, hold_until: Option<i64>, with: Option<With>) -> bool {
         let kind = event.kind;
         let id = event.id;
+        let project = event.project.clone();
+        let new_project = !self.projects.contains(&project);
         let result = self
             .store
             .write(move |c| {
@@ -48,17 +73,24 @@ impl Sink {
                 {
                     return Ok(c.take_published());
                 }
+                complete(c, &mut event, new_project)?;
                 store::events::insert(c, &event, hold_until)?;
                 Ok(c.take_published())
             })
             .await;
-        self.account(kind, id, result)
+        let ok = self.account(kind, id, result);
+        if ok && new_project {
+            self.projects.insert(&project);
+        }
+        ok
     }
 
     /// Record `event` in a group commit without waiting.
     pub fn detached(&self, event: Event, with: Option<With>) {
         let kind = event.kind;
         let id = event.id;
+        let project = event.project.clone();
+        let new_project = !self.projects.contains(&project);
         let sink = self.clone();
         self.store.write_detached(
             move |c| {
@@ -68,11 +100,14 @@ impl Sink {
                 {
                     return Ok(c.take_published());
                 }
+                complete(c, &mut event, new_project)?;
                 store::events::insert(c, &event, None)?;
                 Ok(c.take_published())
             },
             move |result| {
-                sink.account(kind, id, result);
+                if sink.account(kind, id, result) && new_project {
+                    sink.projects.insert(&project);
+                }
             },
         );
     }

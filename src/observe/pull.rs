@@ -20,6 +20,7 @@ use super::{
     resource_url,
 };
 use crate::app::App;
+use crate::config::MultiPlatform;
 use crate::events::{Event, EventKind, sink::With};
 use crate::forward::Body;
 use crate::observe::body::Observed;
@@ -115,7 +116,10 @@ fn pull_completed(
         .and_then(|b| app.facts.get_or_parse(&digest, b, content_type.as_deref()));
     let r = repo.as_str();
     let by_digest = reference.digest().is_some();
+    // events.multi_platform: per_manifest counts every manifest GET, as Harbor
+    let one_event = app.config.events.multi_platform == MultiPlatform::OneEvent;
     if by_digest
+        && one_event
         && app
             .recent
             .parent_index(who.ip, &who.operator, r, &digest)
@@ -162,6 +166,7 @@ fn pull_completed(
         since: app.recent.since(),
         find_tag: tag.is_none(),
         host: app.config.external_host(),
+        one_event,
     });
     match facts {
         Some(f) if f.kind == Kind::Chart => {
@@ -196,6 +201,8 @@ struct SharedLookup {
     /// The tag is still unknown.
     find_tag: bool,
     host: String,
+    /// `events.multi_platform: one_event`: an index's platform manifest is no pull of its own.
+    one_event: bool,
 }
 
 impl SharedLookup {
@@ -215,7 +222,7 @@ impl SharedLookup {
             RecentKind::ParentIndex,
             self.since,
         )?;
-        if parent.is_some() {
+        if parent.is_some() && self.one_event {
             return Ok(false);
         }
         if self.find_tag

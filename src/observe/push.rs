@@ -15,6 +15,7 @@ use super::{
     fetch_chart_config, forward_failed, header_str, pass, resource_url,
 };
 use crate::app::App;
+use crate::config::MultiPlatform;
 use crate::events::{Event, EventKind, sink::With};
 use crate::forward::{Body, oci_error};
 use crate::quota::{self, Admission};
@@ -156,8 +157,10 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
     e.resource_url = resource_url(app, &repo, tag.as_deref(), Some(&digest));
     e.platforms = facts.platforms();
     e.chart = chart.clone();
-    // a platform manifest pushed by digest alone may be part of a multi-platform push
-    let hold_until = (facts.kind == Kind::Image && tag.is_none())
+    // a platform manifest pushed by digest alone may be part of a multi-platform push (with
+    // events.multi_platform: per_manifest it is an event of its own at once, as in Harbor)
+    let one_event = app.config.events.multi_platform == MultiPlatform::OneEvent;
+    let hold_until = (facts.kind == Kind::Image && tag.is_none() && one_event)
         .then(|| store::now_ms() + app.config.events.index_window.as_millis() as i64);
     let mut row = facts.artifact(repo.as_str(), &digest, chart.as_ref());
     row.blobs = blobs;

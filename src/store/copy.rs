@@ -27,7 +27,12 @@ pub const TABLES: &[(&str, Option<&str>)] = &[
     ("charts", None),
     ("project_blobs", None),
     ("quota_projects", None),
+    ("users", Some("id")),
 ];
+
+/// Tables a freshly migrated database already fills (with the same rows the source has):
+/// replaced by the copy, not a reason to refuse it.
+const SEEDED: &[&str] = &["users"];
 
 /// Errors of a copy.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +116,7 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     let holding: Vec<String> = to
         .read(|db| {
             let mut holding = Vec::new();
-            for (t, _) in TABLES {
+            for (t, _) in TABLES.iter().filter(|(t, _)| !SEEDED.contains(t)) {
                 if db
                     .int(&format!("SELECT COUNT(*) FROM {t}"), &[])?
                     .unwrap_or(0)
@@ -128,8 +133,8 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     }
     let report = to
         .write(move |db| {
-            if replace {
-                for (t, _) in TABLES.iter().rev() {
+            for (t, _) in TABLES.iter().rev() {
+                if replace || SEEDED.contains(t) {
                     db.exec(&format!("DELETE FROM {t}"), &[])?;
                 }
             }

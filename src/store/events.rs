@@ -186,6 +186,54 @@ pub fn list(db: &Db<'_>, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError
         .collect())
 }
 
+/// A filtered, ordered page of the event log: `filter` is `AND …` conditions on the columns of
+/// `events` (parameters from `?1`), `order` an `ORDER BY` list (default: newest first);
+/// `all_states` includes held and cancelled events. Returns the page and the number of
+/// matches.
+pub fn page(
+    db: &Db<'_>,
+    filter: &str,
+    args: &[super::db::Value<'_>],
+    all_states: bool,
+    order: Option<&str>,
+    (offset, limit): (i64, i64),
+) -> Result<(Vec<StoredEvent>, u64), StoreError> {
+    use super::db::Value;
+    let states = if all_states {
+        ""
+    } else {
+        " AND state = 'published'"
+    };
+    let total = db
+        .int(
+            &format!("SELECT COUNT(*) FROM events WHERE 1=1{states}{filter}"),
+            args,
+        )?
+        .unwrap_or(0)
+        .max(0) as u64;
+    let mut all: Vec<Value<'_>> = args.to_vec();
+    let n = all.len();
+    all.push(Value::Int(limit));
+    all.push(Value::Int(offset));
+    let order = order.unwrap_or("seq DESC");
+    let sql = format!(
+        "SELECT body, state FROM events WHERE 1=1{states}{filter} ORDER BY {order}, seq DESC LIMIT ?{} OFFSET ?{}",
+        n + 1,
+        n + 2
+    );
+    let rows = db.rows(&sql, &all, |r| Ok((r.text(0)?, r.text(1)?)))?;
+    Ok((
+        rows.into_iter()
+            .filter_map(|(body, state)| {
+                serde_json::from_str(&body)
+                    .ok()
+                    .map(|event| StoredEvent { event, state })
+            })
+            .collect(),
+        total,
+    ))
+}
+
 /// One event by id.
 pub fn get(db: &Db<'_>, id: &str) -> Result<Option<Event>, StoreError> {
     Ok(db

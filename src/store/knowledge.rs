@@ -105,6 +105,17 @@ pub fn known_size(
     Ok((sum, known))
 }
 
+/// When wharf first saw a manifest of `repository` that it still knows (unix seconds):
+/// Harbor's `repository.date_created`.
+pub fn repository_created(db: &Db<'_>, repository: &str) -> Result<Option<i64>, StoreError> {
+    Ok(db
+        .int(
+            "SELECT MIN(created_at) FROM artifacts WHERE repository = ?1",
+            args![repository],
+        )?
+        .map(|ms| ms.div_euclid(1000)))
+}
+
 /// Point `tag` of `repository` at `digest`.
 pub fn set_tag(db: &Db<'_>, repository: &str, tag: &str, digest: &str) -> Result<(), StoreError> {
     db.exec(

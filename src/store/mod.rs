@@ -22,14 +22,17 @@ pub mod charts;
 pub mod copy;
 pub mod db;
 pub mod events;
+pub mod executions;
 pub mod knowledge;
 pub mod outbox;
 pub mod pg;
 pub mod policies;
+pub mod projects;
 pub mod quota;
 pub mod recent;
 pub mod schema;
 pub mod sqlite;
+pub mod users;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

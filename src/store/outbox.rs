@@ -103,13 +103,15 @@ pub fn pending_targets(db: &Db<'_>) -> Result<Vec<String>, StoreError> {
 
 /// Claim up to ?3 due deliveries of target ?1 at time ?2, oldest first (through the index
 /// `deliveries_pending_by_target`, no sort): they become `running` under claim ?4 until ?5.
-const CLAIM_SQL: &str = "UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
+const CLAIM_SQL: &str =
+    "UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
      WHERE id IN (SELECT id FROM deliveries
                   WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
                   ORDER BY not_before, id LIMIT ?3)
      RETURNING id";
 /// The same on PostgreSQL: rows another replica is claiming right now are skipped.
-const CLAIM_SQL_PG: &str = "UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
+const CLAIM_SQL_PG: &str =
+    "UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
      WHERE id IN (SELECT id FROM deliveries
                   WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
                   ORDER BY not_before, id LIMIT ?3 FOR UPDATE SKIP LOCKED)

