@@ -102,6 +102,16 @@ impl tokio_postgres::types::ToSql for Value<'_> {
             Value::Int(i) if *ty == Type::INT8 => i.to_sql(ty, out),
             Value::Int(i) if *ty == Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
             Value::Int(i) if *ty == Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+            // JSON travels as text; JSONB's binary form is a version byte, then the text
+            Value::Text(s) if *ty == Type::JSON => {
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+            Value::Text(s) if *ty == Type::JSONB => {
+                out.extend_from_slice(&[1]);
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
             Value::Text(s) if *ty != Type::INT8 && *ty != Type::INT4 && *ty != Type::INT2 => {
                 s.to_sql(ty, out)
             }
@@ -119,6 +129,8 @@ impl tokio_postgres::types::ToSql for Value<'_> {
             Type::VARCHAR,
             Type::BPCHAR,
             Type::NAME,
+            Type::JSON,
+            Type::JSONB,
             Type::UNKNOWN,
         ]
         .contains(ty)
