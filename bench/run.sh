@@ -1115,6 +1115,11 @@ st_start() {
 	*) die "unknown store backend $b" ;;
 	esac
 }
+st_lost() { # instances -> events lost (sum)
+	local t sum=0
+	for t in "$@"; do sum=$((sum + $(metric "$t" wharf_events_lost_total))); done
+	echo "$sum"
+}
 st_cpu_ms() { # instances -> their CPU sum
 	local t sum=0
 	for t in "$@"; do sum=$((sum + $(cpu_ms "$t"))); done
@@ -1138,15 +1143,23 @@ measure_store() {
 		wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d600s -s "$BENCH/wrk-events.lua" \
 		"$(url "$first" "$MANIFEST_PATH")" >"$out" 2>&1 &
 	wpid=$!
+	local last=-1 same=0
 	while kill -0 "$wpid" 2>/dev/null; do
 		e1=$(metric "$first" 'wharf_events_total{type="PULL_ARTIFACT"}')
 		[ $((e1 - e0)) -ge "$STORE_N" ] && break
+		# every wrk thread has stopped: no more events come
+		if [ "$e1" = "$last" ]; then same=$((same + 1)); else same=0; fi
+		[ "$same" -ge 5 ] && [ $((e1 - e0)) -gt 0 ] && break
+		last=$e1
 		sleep 0.2
 	done
 	kill -INT "$wpid" 2>/dev/null || true
 	wait "$wpid" || true
 	wait_drained "$first" 600 >/dev/null
 	n=$(metric "$first" 'wharf_deliveries{state="dead"}')
+	local lost
+	lost=$(st_lost "${inst[@]}")
+	[ "$lost" = 0 ] || note "store $b run $run: $lost events lost while generating them"
 	start_receiver "recv-$b" "$port"
 	c0=$(st_cpu_ms "${inst[@]}")
 	p0=0

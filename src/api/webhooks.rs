@@ -526,6 +526,10 @@ pub async fn last_trigger(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
+    // what this replica noted is written first (other replicas write theirs every second)
+    if let Err(e) = app.store.flush_triggers().await {
+        tracing::warn!(error = %e, "writing last triggers failed");
+    }
     let (list, triggers) = app
         .store
         .read(move |c| {

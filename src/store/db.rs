@@ -205,6 +205,20 @@ pub struct Effects {
     pub deliveries: bool,
     /// Policies or the notification switch changed: drop cached policies (every replica).
     pub policies: bool,
+    /// Policies triggered by the published events: (policy id, event type, unix ms). Written
+    /// to `last_triggers` by the store shortly after, in one sorted statement per flush (see
+    /// [`super::Store::flush_triggers`]), not inside the event's transaction.
+    pub triggers: Vec<(i64, &'static str, i64)>,
+}
+
+impl Effects {
+    /// Add `other`'s effects to these (a group commit's jobs).
+    pub fn merge(&mut self, other: Effects) {
+        self.published.extend(other.published);
+        self.deliveries |= other.deliveries;
+        self.policies |= other.policies;
+        self.triggers.extend(other.triggers);
+    }
 }
 
 enum Conn<'a> {
@@ -339,6 +353,14 @@ impl<'a> Db<'a> {
     /// The kinds published so far in this job (and forget them).
     pub fn take_published(&self) -> Vec<EventKind> {
         std::mem::take(&mut self.effects.borrow_mut().published)
+    }
+
+    /// Record that policy `policy_id` was triggered by an event of `event_type` at `at`.
+    pub fn note_trigger(&self, policy_id: i64, event_type: &'static str, at: i64) {
+        self.effects
+            .borrow_mut()
+            .triggers
+            .push((policy_id, event_type, at));
     }
 
     /// Record that this job created deliveries (or made some due again).

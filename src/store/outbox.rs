@@ -50,11 +50,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
             )?;
             created += 1;
         }
-        db.exec(
-            "INSERT INTO last_triggers (policy_id, event_type, at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (policy_id, event_type) DO UPDATE SET at = excluded.at",
-            args![p.id, event.kind.harbor_type(), now],
-        )?;
+        db.note_trigger(p.id, event.kind.harbor_type(), now);
     }
     if created > 0 {
         db.note_deliveries();
