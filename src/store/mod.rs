@@ -689,7 +689,7 @@ pub async fn run_housekeeping(
             tracing::warn!(error = %e, "writing last triggers failed");
         }
         ticks += 1;
-        if ticks % 60 != 0 {
+        if !ticks.is_multiple_of(60) {
             continue;
         }
         let before = now_ms() - attribution_window.as_millis() as i64;
