@@ -251,7 +251,9 @@ pub(crate) fn migrate(conn: &Connection) -> Result<i64, StoreError> {
         if found < target {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let step = (|| {
-                conn.execute_batch(m.sqlite)?;
+                if !m.sqlite.is_empty() {
+                    conn.execute_batch(m.sqlite)?;
+                }
                 if let Some(then) = m.then {
                     then(&Db::sqlite(conn))?;
                 }
