@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::format::PayloadFormat;
+use crate::events::format::{self, Custom, Payload, PayloadFormat, RenderCtx, RenderError};
+use crate::events::template::DEFAULT_CONTENT_TYPE;
 use crate::events::{Event, EventKind};
 
 /// How a target is reached.
@@ -28,6 +29,12 @@ pub struct Target {
     /// wharf's `SlackRich` layout when it asks for it.
     #[serde(default)]
     pub payload_format: Option<PayloadFormat>,
+    /// The template of a `Custom` target (checked when the policy is saved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_template: Option<String>,
+    /// The Content-Type of a `Custom` target's requests (default `application/json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// Standard Webhooks signing secret (`whsec_<base64>` or any string).
     #[serde(default)]
     pub secret: Option<String>,
@@ -45,9 +52,27 @@ impl Target {
             auth_header: None,
             skip_cert_verify: false,
             payload_format: None,
+            payload_template: None,
+            content_type: None,
             secret: None,
             disabled: false,
         }
+    }
+
+    /// The template of a `Custom` target, with its content type.
+    pub fn custom(&self) -> Option<Custom<'_>> {
+        match self.format() {
+            PayloadFormat::Custom => self.payload_template.as_deref().map(|t| Custom {
+                template: t,
+                content_type: self.content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The body this target gets for `event`.
+    pub fn render(&self, event: &Event, ctx: &RenderCtx) -> Result<Payload, RenderError> {
+        format::render(event, self.format(), self.custom(), ctx)
     }
 
     /// The format this target receives.
