@@ -17,9 +17,14 @@ pub const TEXT_CHARS: usize = 4000;
 /// Mattermost's limit of a post (its `MaxMessageSize`, in characters).
 pub const POST_CHARS: usize = 16_383;
 
+/// Mentions defused: a word joiner after every `@`.
+fn defused(text: &str) -> String {
+    text.replace('@', "@\u{2060}")
+}
+
 /// Markdown-escaped, with mentions defused.
 fn safe(text: &str) -> String {
-    md_escape(text).replace('@', "@\u{2060}")
+    defused(&md_escape(text))
 }
 
 /// The Mattermost message of `s`.
@@ -87,7 +92,7 @@ pub fn render(s: &Summary) -> Value {
         }
     }
     let mut attachment = json!({
-        "fallback": s.one_line(),
+        "fallback": format!("{} by {}", s.headline(), defused(&s.operator)),
         "color": s.tone.hex(),
         "title": s.headline(),
         "text": truncate_chars(body.trim_end(), TEXT_CHARS),

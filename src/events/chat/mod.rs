@@ -27,8 +27,12 @@ pub const TOP_CVES: usize = 5;
 /// A vulnerability description is cut to this many characters in a chat message.
 pub const DESCRIPTION_CHARS: usize = 200;
 
-/// A fact's value is cut to this many characters (a long error, many tags).
+/// A fact's value is cut to this many characters (a long error, many tags), and so are a
+/// quota event's sentence and the operator.
 pub const FACT_CHARS: usize = 500;
+
+/// The operator is cut to this many characters in headlines.
+pub const OPERATOR_CHARS: usize = 100;
 
 /// The link to an artifact (or chart archive) when `external_url` is set: the manifest URL
 /// (by digest when known) on wharf, or a classic chart's download URL.
@@ -390,11 +394,14 @@ pub fn summarize(e: &Event, link: Option<String>) -> Summary {
         kind: e.kind,
         action,
         subject,
-        operator: e.operator.clone(),
+        operator: truncate_chars(&e.operator, OPERATOR_CHARS),
         time,
         facts,
         scan,
-        quota_details: e.quota.as_ref().map(|q| q.details.clone()),
+        quota_details: e
+            .quota
+            .as_ref()
+            .map(|q| truncate_chars(&q.details, FACT_CHARS)),
         link,
         tone: tone(e),
         event_id: e.id.to_string(),
