@@ -667,6 +667,23 @@ mod tests {
         assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(false));
     }
 
+    /// A probe whose body could not be made (a Custom template's failure) says nothing about
+    /// the target: the circuit stays as it was, and the next attempt probes.
+    #[tokio::test]
+    async fn a_probe_that_was_never_sent_leaves_the_circuit_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(cfg(), dir.path());
+        let a = "http://a/";
+        d.note_outcome(a, false, false);
+        d.note_outcome(a, false, false);
+        expire(&d, a);
+        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
+        let before = circuit(&d, a);
+        d.release_probe(a, true);
+        assert_eq!(circuit(&d, a), (before.0, before.1, false));
+        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
+    }
+
     #[tokio::test]
     async fn a_slack_probe_waiting_for_its_pace_stays_the_probe() {
         let dir = tempfile::tempdir().unwrap();

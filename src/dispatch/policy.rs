@@ -158,6 +158,51 @@ mod tests {
         e
     }
 
+    /// Targets stored before the chat formats and templates existed still read, and the new
+    /// fields are left out of the stored JSON when unset.
+    #[test]
+    fn stored_targets_old_and_new_read_back() {
+        let old = r#"{"type":"http","address":"http://a/","auth_header":null,"skip_cert_verify":false,"payload_format":"CloudEvents","secret":null,"disabled":false}"#;
+        let t: Target = serde_json::from_str(old).unwrap();
+        assert_eq!(t.format(), PayloadFormat::CloudEvents);
+        assert_eq!(
+            (t.payload_template.as_deref(), t.custom().is_none()),
+            (None, true)
+        );
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(!json.contains("payload_template") && !json.contains("content_type"));
+
+        let custom = Target {
+            payload_format: Some(PayloadFormat::Custom),
+            payload_template: Some("{{ type }}".into()),
+            ..Target::http("http://a/")
+        };
+        let back: Target = serde_json::from_str(&serde_json::to_string(&custom).unwrap()).unwrap();
+        assert_eq!(back, custom);
+        let c = back.custom().unwrap();
+        assert_eq!(
+            (c.template, c.content_type),
+            ("{{ type }}", "application/json")
+        );
+        let p = back
+            .render(
+                &event("prj/app", &["1"]),
+                &crate::events::format::RenderCtx::default(),
+            )
+            .unwrap_err();
+        // `{{ type }}` is not JSON
+        assert!(p.to_string().contains("not JSON"), "{p}");
+
+        for f in PayloadFormat::CHAT {
+            let t: Target = serde_json::from_str(&format!(
+                r#"{{"type":"http","address":"http://a/","payload_format":"{}"}}"#,
+                f.name()
+            ))
+            .unwrap();
+            assert_eq!(t.format(), f);
+        }
+    }
+
     #[test]
     fn filters_match_short_or_full_names_and_any_tag() {
         let f = Filters {
