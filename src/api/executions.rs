@@ -244,10 +244,15 @@ pub async fn executions(
     let policy = load_policy(&app, &project, id).await?;
     let (rows, total) = page(&app, &policy, &params, EXECUTION_FIELDS).await?;
     let max_retry = app.config.notification.webhook_job_max_retry;
-    let body: Vec<Value> = rows
-        .iter()
-        .map(|r| execution_view(r, &policy, max_retry, app.config.external_url.as_deref()))
-        .collect();
+    let links = app.config.external_url.clone();
+    // the payloads of Custom targets are rendered here: on a blocking thread
+    let body: Vec<Value> = tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|r| execution_view(r, &policy, max_retry, links.as_deref()))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("rendering executions", e))?;
     Ok(params.respond(&body, total))
 }
 
@@ -281,8 +286,14 @@ pub async fn jobs(
     };
     let policy = load_policy(&app, &project, policy_id).await?;
     let (rows, total) = page(&app, &policy, &params, JOB_FIELDS).await?;
-    let links = app.config.external_url.as_deref();
-    let body: Vec<Value> = rows.iter().map(|r| job_view(r, &policy, links)).collect();
+    let links = app.config.external_url.clone();
+    let body: Vec<Value> = tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|r| job_view(r, &policy, links.as_deref()))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("rendering jobs", e))?;
     Ok(params.respond(&body, total))
 }
 

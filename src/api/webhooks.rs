@@ -410,7 +410,7 @@ fn check_templates(
 fn template_problem(e: &RenderError) -> String {
     match e {
         RenderError::Template(t) => t.to_string(),
-        RenderError::NoTemplate => e.to_string(),
+        RenderError::NoTemplate | RenderError::Aborted(_) => e.to_string(),
     }
 }
 
@@ -464,15 +464,16 @@ async fn validate_policy(
     crate::glob::check_all("filters.tags", &filters.tags).map_err(ApiError::bad_request)?;
     let old_targets = old.map(|p| p.targets.as_slice()).unwrap_or(&[]);
     let targets = validate_targets(app, input.targets.unwrap_or_default(), old_targets).await?;
-    check_templates(
-        &targets,
-        &event_types,
-        &RenderCtx {
-            project_id: old.map(|p| p.project_id).unwrap_or(0),
-            external_url: app.config.external_url.clone(),
-            ..RenderCtx::default()
-        },
-    )?;
+    // every sample of every type through every template: on a blocking thread
+    let ctx = RenderCtx {
+        project_id: old.map(|p| p.project_id).unwrap_or(0),
+        external_url: app.config.external_url.clone(),
+        ..RenderCtx::default()
+    };
+    let (checked, types) = (targets.clone(), event_types.clone());
+    tokio::task::spawn_blocking(move || check_templates(&checked, &types, &ctx))
+        .await
+        .map_err(|e| ApiError::internal("checking payload templates", e))??;
     Ok(Policy {
         id: old.map(|p| p.id).unwrap_or(0),
         project: project.to_string(),
@@ -736,7 +737,7 @@ pub async fn test_policy(
     let mut results = Vec::new();
     let mut failures = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        let sent = match t.render(&event, &ctx) {
+        let sent = match t.render_async(&event, &ctx).await {
             Ok(payload) => app.sender.send(t, &payload, &event.id.to_string()).await,
             Err(e) => crate::dispatch::client::Sent::unrendered(&e),
         };
@@ -841,7 +842,7 @@ pub async fn preview_policy(
         delivery_id: None,
         external_url: app.config.external_url.clone(),
     };
-    let payload = target.render(&event, &ctx).map_err(|e| {
+    let payload = target.render_async(&event, &ctx).await.map_err(|e| {
         ApiError::bad_request(format!(
             "payload_template: rendering a sample {} event: {}",
             kind.harbor_type(),

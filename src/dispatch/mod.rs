@@ -477,7 +477,7 @@ impl Dispatcher {
         let started_at = store::now_ms();
         // a body that cannot be made (a Custom target's template) is a failed attempt that
         // is not retried and says nothing about the target
-        let sent = match d.target.render(&d.event, &ctx) {
+        let sent = match d.target.render_async(&d.event, &ctx).await {
             Ok(payload) => {
                 self.sender
                     .send(&d.target, &payload, &d.event.id.to_string())

@@ -75,6 +75,23 @@ impl Target {
         format::render(event, self.format(), self.custom(), ctx)
     }
 
+    /// [`Target::render`] for async callers: a `Custom` target's template is rendered on a
+    /// blocking thread (a render may use its whole fuel: milliseconds of CPU); the built-in
+    /// formats are rendered in place.
+    pub async fn render_async(
+        &self,
+        event: &Event,
+        ctx: &RenderCtx,
+    ) -> Result<Payload, RenderError> {
+        if self.custom().is_none() {
+            return self.render(event, ctx);
+        }
+        let (target, event, ctx) = (self.clone(), event.clone(), ctx.clone());
+        tokio::task::spawn_blocking(move || target.render(&event, &ctx))
+            .await
+            .map_err(RenderError::Aborted)?
+    }
+
     /// The format this target receives.
     pub fn format(&self) -> PayloadFormat {
         match self.kind {

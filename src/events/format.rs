@@ -160,6 +160,9 @@ pub enum RenderError {
     NoTemplate,
     #[error("payload template: {0}")]
     Template(#[from] TemplateError),
+    /// The render thread did not finish (it panicked, or the runtime is shutting down).
+    #[error("payload template: the render did not finish: {0}")]
+    Aborted(#[source] tokio::task::JoinError),
 }
 
 /// Media type key of Harbor's `scan_overview`.

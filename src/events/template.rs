@@ -40,7 +40,7 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 /// The work one render may do (minijinja's fuel: about one per instruction and per 64 bytes of
 /// data made).
-pub const FUEL: u64 = 500_000;
+pub const FUEL: u64 = 200_000;
 
 /// How deep macro calls may nest.
 pub const RECURSION_LIMIT: usize = 32;
