@@ -19,7 +19,7 @@ use super::query::{Field, Kind, Record, Scalar, Term, Val};
 use super::webhooks::{db_error, load_delivery, load_policy, project_for};
 use super::{ApiError, ApiState};
 use crate::dispatch::policy::{Policy, TargetKind};
-use crate::events::format::{self, RenderCtx};
+use crate::events::format::RenderCtx;
 use crate::store::executions::{
     self, END_TIME_SQL, ExecutionRow, NOTIFY_TYPE_SQL, STATUS_SQL, VENDOR_TYPE_SQL,
 };
@@ -91,8 +91,9 @@ const JOB_FIELDS: &[Field] = &[
     Field::sql("update_time", Kind::Time, "d.updated_at"),
 ];
 
-/// The body the delivery sends (what Harbor stores as the job's payload).
-fn payload(row: &ExecutionRow, policy: &Policy) -> String {
+/// The body the delivery sends (what Harbor stores as the job's payload; empty when a
+/// `Custom` target's template makes none). `external_url`: when configured.
+fn payload(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> String {
     let (Some(event), Some(target)) = (&row.event, &row.target) else {
         return String::new();
     };
@@ -100,8 +101,13 @@ fn payload(row: &ExecutionRow, policy: &Policy) -> String {
         project_id: policy.project_id,
         policy_id: policy.id,
         delivery_id: Some(row.delivery.id),
+        external_url: external_url.map(str::to_string),
     };
-    String::from_utf8(format::render(event, target.format(), &ctx).body).unwrap_or_default()
+    target
+        .render(event, &ctx)
+        .ok()
+        .and_then(|p| String::from_utf8(p.body).ok())
+        .unwrap_or_default()
 }
 
 fn is_slack(row: &ExecutionRow) -> bool {
@@ -110,7 +116,12 @@ fn is_slack(row: &ExecutionRow) -> bool {
         .is_some_and(|t| t.kind == TargetKind::Slack)
 }
 
-fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value {
+fn execution_view(
+    row: &ExecutionRow,
+    policy: &Policy,
+    max_retry: u32,
+    external_url: Option<&str>,
+) -> Value {
     let d = &row.delivery;
     let status = Status::of(&d.state);
     let message = match status {
@@ -138,7 +149,7 @@ fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value 
         "trigger": "EVENT",
         "extra_attrs": {
             "event_type": d.event_type,
-            "payload": payload(row, policy),
+            "payload": payload(row, policy, external_url),
             "event_id": d.event_id,
             "target_address": d.target_address,
             "state": d.state,
@@ -160,7 +171,7 @@ fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value 
     })
 }
 
-fn job_view(row: &ExecutionRow, policy: &Policy) -> Value {
+fn job_view(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> Value {
     let d = &row.delivery;
     json!({
         "id": d.id,
@@ -168,7 +179,7 @@ fn job_view(row: &ExecutionRow, policy: &Policy) -> Value {
         "event_type": d.event_type,
         "notify_type": if is_slack(row) { "slack" } else { "http" },
         "status": Status::of(&d.state).name(),
-        "job_detail": payload(row, policy),
+        "job_detail": payload(row, policy, external_url),
         "creation_time": super::webhooks::rfc3339_ms(d.created_at),
         "update_time": super::webhooks::rfc3339_ms(d.updated_at),
     })
@@ -233,10 +244,15 @@ pub async fn executions(
     let policy = load_policy(&app, &project, id).await?;
     let (rows, total) = page(&app, &policy, &params, EXECUTION_FIELDS).await?;
     let max_retry = app.config.notification.webhook_job_max_retry;
-    let body: Vec<Value> = rows
-        .iter()
-        .map(|r| execution_view(r, &policy, max_retry))
-        .collect();
+    let links = app.config.external_url.clone();
+    // the payloads of Custom targets are rendered here: on a blocking thread
+    let body: Vec<Value> = tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|r| execution_view(r, &policy, max_retry, links.as_deref()))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("rendering executions", e))?;
     Ok(params.respond(&body, total))
 }
 
@@ -270,7 +286,14 @@ pub async fn jobs(
     };
     let policy = load_policy(&app, &project, policy_id).await?;
     let (rows, total) = page(&app, &policy, &params, JOB_FIELDS).await?;
-    let body: Vec<Value> = rows.iter().map(|r| job_view(r, &policy)).collect();
+    let links = app.config.external_url.clone();
+    let body: Vec<Value> = tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|r| job_view(r, &policy, links.as_deref()))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("rendering jobs", e))?;
     Ok(params.respond(&body, total))
 }
 

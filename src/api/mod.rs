@@ -190,6 +190,10 @@ pub fn router(app: Weak<App>) -> Router {
         )
         .route(&format!("{P}/policies/test"), post(webhooks::test_policy))
         .route(
+            &format!("{P}/policies/preview"),
+            post(webhooks::preview_policy),
+        )
+        .route(
             &format!("{P}/policies/{{id}}"),
             get(webhooks::get_policy)
                 .put(webhooks::update_policy)
