@@ -160,7 +160,7 @@ impl Dispatcher {
         let n = batch.len();
         let result = self
             .store
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 let outcomes: Vec<outbox::Outcome> =
                     batch.iter().map(|f| f.outcome.clone()).collect();
                 outbox::record_many(c, &outcomes)?;
@@ -192,7 +192,7 @@ impl Dispatcher {
         let sqlite = self.store.backend() == store::Backend::Sqlite;
         let result = self
             .store
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 if at_start && sqlite {
                     outbox::recover(c)
                 } else {
@@ -276,7 +276,7 @@ impl Dispatcher {
                 let lease_ms = self.lease.as_millis() as i64;
                 let claimed = self
                     .store
-                    .write(move |c| {
+                    .write_relaxed(move |c| {
                         let now = store::now_ms();
                         let lease = outbox::Lease {
                             token: rand::random::<i64>(),
@@ -343,7 +343,7 @@ impl Dispatcher {
             let store = self.store.clone();
             tokio::spawn(async move {
                 let _ = store
-                    .write(move |c| outbox::defer(c, d.id, store::now_ms(), d.token))
+                    .write_relaxed(move |c| outbox::defer(c, d.id, store::now_ms(), d.token))
                     .await;
             });
             return;
@@ -460,7 +460,7 @@ impl Dispatcher {
                 self.metrics.delivery("deferred");
                 if let Err(e) = self
                     .store
-                    .write(move |c| outbox::defer(c, id, at, token))
+                    .write_relaxed(move |c| outbox::defer(c, id, at, token))
                     .await
                 {
                     tracing::error!(delivery = id, error = %e, "deferring a delivery failed");

@@ -17,11 +17,19 @@ pub(super) struct Job {
     pub(super) done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
     /// Someone waits for this commit; background jobs may wait a little for company.
     pub(super) urgent: bool,
+    /// The commit must be on disk before the job is answered (an event a client was told
+    /// succeeded, a policy change). Other jobs — claims, attempt outcomes, pull events, the
+    /// attribution memory, last triggers — only need to survive wharf's own crash, which they
+    /// do either way: on PostgreSQL their batches commit without waiting for the WAL flush
+    /// (`synchronous_commit = off` for that transaction). A lost claim or outcome means an
+    /// attempt is made again after its lease (at least once, as always).
+    pub(super) durable: bool,
 }
 
 impl Job {
     pub(super) fn new<T: Send + 'static>(
         urgent: bool,
+        durable: bool,
         f: impl FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
         answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
     ) -> Job {
@@ -45,6 +53,7 @@ impl Job {
                 });
             }),
             urgent,
+            durable,
         }
     }
 

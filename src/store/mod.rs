@@ -348,7 +348,12 @@ fn run_pg_batch(
     let mut dones: Vec<Done> = Vec::with_capacity(batch.len());
     let mut effects = db::Effects::default();
     let mut failed = 0u64;
-    let mut broken: Option<StoreError> = conn.batch("BEGIN").err();
+    let begin = if batch.iter().any(|j| j.durable) {
+        "BEGIN"
+    } else {
+        "BEGIN; SET LOCAL synchronous_commit = off"
+    };
+    let mut broken: Option<StoreError> = conn.batch(begin).err();
     for j in batch {
         dones.push(j.done);
         if broken.is_some() {
@@ -521,8 +526,26 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_job(true, f).await
+    }
+
+    /// As [`Store::write`], for writes that need not reach the disk before the answer (see
+    /// `job::Job::durable`): the dispatcher's claims and attempt outcomes, housekeeping.
+    pub async fn write_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_job(false, f).await
+    }
+
+    async fn write_job<T, F>(&self, durable: bool, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        self.submit(job::Job::new(true, f, move |r| {
+        self.submit(job::Job::new(true, durable, f, move |r| {
             let _ = tx.send(r);
         }));
         rx.await.map_err(|_| StoreError::Closed)?
@@ -539,7 +562,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(job::Job::new(false, f, answer));
+        self.submit(job::Job::new(false, false, f, answer));
     }
 
     fn submit(&self, job: job::Job) {
@@ -568,7 +591,7 @@ impl Store {
             return Ok(());
         }
         pending.sort();
-        self.write(move |c| {
+        self.write_relaxed(move |c| {
             for ((policy, kind), at) in &pending {
                 c.exec(
                     "INSERT INTO last_triggers (policy_id, event_type, at)
@@ -694,7 +717,7 @@ pub async fn run_housekeeping(
         }
         let before = now_ms() - attribution_window.as_millis() as i64;
         let result = store
-            .write(move |c| {
+            .write_relaxed(move |c| {
                 recent::prune(c, before)?;
                 quota::prune_reservations(c, now_ms())?;
                 policies::drop_unused_targets(c, None)
