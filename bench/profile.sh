@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Instructions wharf executes per manifest GET, counted by callgrind: repeatable to a fraction of
+# a percent whatever else the machine is doing, so a change to the hot path can be judged
+# without wall-clock noise (docs/benchmarks.md, "Instruction counts").
+#
+#   bench/profile.sh                  # 2,000 GETs, three configurations
+#   N=5000 CONFIGS="off log" bench/profile.sh
+#
+# Configurations (CONFIGS):
+#   off      events off, access log off (log level warn): the proxy alone
+#   log      events off, a JSON access-log line per request (log level info)
+#   events   JSON access log, pull events recorded (a policy wants them, its target a closed
+#            port: each delivery fails once and is dead; no retry)
+#   deliver  JSON access log, every pull delivered to a local receiver (examples/webhook_receiver)
+#
+# Prints Ir (instructions) per GET for each configuration and keeps the callgrind files (with
+# KEEP_TMP=1) for `callgrind_annotate`. Needs valgrind, docker-registry, python3 (Debian).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+N=${N:-2000}
+WARMUP=${WARMUP:-200}
+CONFIGS=${CONFIGS:-off log events deliver}
+KEEP_TMP=${KEEP_TMP:-0}
+PROFILE_BIN=${PROFILE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/profiling/wharf}
+RECEIVER_BIN=${RECEIVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/profiling/examples/webhook_receiver}
+
+log() { printf '[profile %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+for t in valgrind callgrind_control docker-registry python3 curl; do
+	command -v "$t" >/dev/null 2>&1 || die "$t is missing (apt-get install -y valgrind docker-registry python3 curl)"
+done
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+	log "cargo build --profile profiling (release code with line tables)"
+	(cd "$ROOT" && cargo build -q --profile profiling --bin wharf --example webhook_receiver)
+fi
+
+WORK=$(mktemp -d /tmp/wharf-profile.XXXXXX)
+PIDS=()
+cleanup() {
+	local p
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if [ "$KEEP_TMP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_http() {
+	local i
+	for i in $(seq 400); do
+		curl -s -o /dev/null "$1" && return 0
+		sleep 0.05
+	done
+	die "$1 did not answer"
+}
+
+# a registry with one small image: bench/app:v1
+RPORT=$(free_port)
+cat >"$WORK/registry.yml" <<EOF
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage: {filesystem: {rootdirectory: $WORK/registry}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$RPORT, secret: profile}
+EOF
+docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$RPORT/v2/"
+MANIFEST=$(python3 - "$RPORT" <<'EOF'
+import hashlib, json, sys, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}/v2/bench/app"
+def blob(data):
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = urllib.request.urlopen(urllib.request.Request(base + "/blobs/uploads/", method="POST"))
+    loc = r.headers["Location"]
+    loc = loc if loc.startswith("http") else f"http://127.0.0.1:{sys.argv[1]}{loc}"
+    sep = "&" if "?" in loc else "?"
+    urllib.request.urlopen(urllib.request.Request(f"{loc}{sep}digest={d}", data=data, method="PUT"))
+    return d, len(data)
+cd, cs = blob(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')
+ld, ls = blob(b"x" * 4096)
+m = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]}).encode()
+urllib.request.urlopen(urllib.request.Request(base + "/manifests/v1", data=m, method="PUT",
+    headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+print("/v2/bench/app/manifests/v1")
+EOF
+)
+
+# GET the manifest N times on one keep-alive connection
+get_n() { # PORT COUNT
+	python3 - "$1" "$2" <<'EOF'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/v2/bench/app/manifests/v1", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+EOF
+}
+open_deliveries() { # PORT
+	curl -s "http://127.0.0.1:$1/metrics" | awk '$1 ~ /^wharf_deliveries\{state="(pending|running)"\}/ { n += $2 } END { print n + 0 }'
+}
+
+measure() { # CONFIG
+	local name=$1 port level=warn extra="" hook out total
+	port=$(free_port)
+	case "$name" in
+	off) extra="events: {enabled: false}" ;;
+	log) level=info extra="events: {enabled: false}" ;;
+	events | deliver) level=info extra='notification: {allowed_target_networks: ["127.0.0.0/8"], webhook_job_max_retry: 0}' ;;
+	*) die "unknown configuration $name" ;;
+	esac
+	mkdir -p "$WORK/$name"
+	cat >"$WORK/$name/wharf.yaml" <<EOF
+listen: "127.0.0.1:$port"
+upstream: {registry: "http://127.0.0.1:$RPORT"}
+data_dir: "$WORK/$name/data"
+admin_password: "profile-admin-password"
+log: {level: $level, format: json}
+$extra
+EOF
+	out=$WORK/$name/callgrind.out
+	valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$out" \
+		"$PROFILE_BIN" serve --config "$WORK/$name/wharf.yaml" >"$WORK/$name/wharf.log" 2>"$WORK/$name/valgrind.log" &
+	local vpid=$!
+	PIDS+=($vpid)
+	wait_http "http://127.0.0.1:$port/healthz"
+	if [ "$name" = events ] || [ "$name" = deliver ]; then
+		hook=$(free_port)
+		if [ "$name" = deliver ]; then
+			"$RECEIVER_BIN" --listen "127.0.0.1:$hook" >"$WORK/$name/receiver.log" 2>&1 &
+			PIDS+=($!)
+			sleep 0.5
+		fi
+		curl -sf -o /dev/null -u admin:profile-admin-password -H 'Content-Type: application/json' \
+			"http://127.0.0.1:$port/api/v2.0/projects/bench/webhook/policies" \
+			-d "{\"name\":\"pulls\",\"event_types\":[\"PULL_ARTIFACT\"],\"targets\":[{\"type\":\"http\",\"address\":\"http://127.0.0.1:$hook/\"}]}" ||
+			die "creating the policy failed"
+	fi
+	get_n "$port" "$WARMUP"
+	while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done
+	callgrind_control -i on "$vpid" >/dev/null
+	get_n "$port" "$N"
+	# the events and deliveries of these GETs are part of their cost
+	sleep 1
+	while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done
+	callgrind_control -i off "$vpid" >/dev/null
+	callgrind_control -d "$vpid" >/dev/null
+	kill -TERM "$vpid"
+	wait "$vpid" 2>/dev/null || true
+	total=$(cat "$out"* 2>/dev/null | awk '/^summary:/ { s += $2 } /^totals:/ { t += $2 } END { print (s > 0 ? s : t) }')
+	printf '%-8s %12s Ir in all, %10.0f Ir per GET (N=%s)\n' "$name" "$total" "$(awk -v t="$total" -v n="$N" 'BEGIN { print t / n }')" "$N"
+}
+
+for c in $CONFIGS; do measure "$c"; done
