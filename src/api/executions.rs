@@ -92,16 +92,23 @@ const JOB_FIELDS: &[Field] = &[
 ];
 
 /// The body the delivery sends (what Harbor stores as the job's payload).
-fn payload(row: &ExecutionRow, policy: &Policy) -> String {
+pub(super) fn payload(row: &ExecutionRow, policy: &Policy) -> String {
+    rendered(row, policy)
+        .and_then(|p| String::from_utf8(p.body).ok())
+        .unwrap_or_default()
+}
+
+/// The payload the delivery sends, with its content type (`None`: event or target unreadable).
+pub(super) fn rendered(row: &ExecutionRow, policy: &Policy) -> Option<format::Payload> {
     let (Some(event), Some(target)) = (&row.event, &row.target) else {
-        return String::new();
+        return None;
     };
     let ctx = RenderCtx {
         project_id: policy.project_id,
         policy_id: policy.id,
         delivery_id: Some(row.delivery.id),
     };
-    String::from_utf8(format::render(event, target.format(), &ctx).body).unwrap_or_default()
+    Some(format::render(event, target.format(), &ctx))
 }
 
 fn is_slack(row: &ExecutionRow) -> bool {
@@ -110,7 +117,7 @@ fn is_slack(row: &ExecutionRow) -> bool {
         .is_some_and(|t| t.kind == TargetKind::Slack)
 }
 
-fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value {
+pub(super) fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value {
     let d = &row.delivery;
     let status = Status::of(&d.state);
     let message = match status {
@@ -275,9 +282,9 @@ pub async fn jobs(
 }
 
 /// One attempt as a task, for `q` and `sort`.
-struct TaskRecord {
-    attempt: outbox::Attempt,
-    run_count: usize,
+pub(super) struct TaskRecord {
+    pub(super) attempt: outbox::Attempt,
+    pub(super) run_count: usize,
 }
 
 impl TaskRecord {
@@ -318,7 +325,7 @@ const TASK_FIELDS: &[Field] = &[
     Field::new("end_time", Kind::Time),
 ];
 
-fn task_view(t: &TaskRecord) -> Value {
+pub(super) fn task_view(t: &TaskRecord) -> Value {
     let a = &t.attempt;
     json!({
         "id": a.id,
