@@ -194,7 +194,10 @@ mod tests {
         let h = headers(&[("host", "wharf.local"), ("origin", "http://wharf.local:80")]);
         assert_eq!(check(&post, &h, false, true, EXT), Ok(()));
         // behind a proxy: the external host
-        let h = headers(&[("host", "10.0.0.5:5000"), ("origin", "https://wharf.example.com")]);
+        let h = headers(&[
+            ("host", "10.0.0.5:5000"),
+            ("origin", "https://wharf.example.com"),
+        ]);
         assert_eq!(check(&post, &h, false, true, EXT), Ok(()));
         // typed into the address bar
         let h = headers(&[("sec-fetch-site", "none")]);
@@ -234,7 +237,11 @@ mod tests {
     #[test]
     fn api_bodies_must_be_json_unless_bearer() {
         let post = Method::PUT;
-        for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+        ] {
             let h = match ct {
                 Some(c) => headers(&[("content-type", c)]),
                 None => HeaderMap::new(),

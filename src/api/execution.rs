@@ -35,14 +35,7 @@ async fn load_row(app: &App, policy: &Policy, eid: i64) -> Result<ExecutionRow, 
     let (rows, _) = app
         .store
         .read(move |c| {
-            executions::list(
-                c,
-                id,
-                " AND d.id = ?2",
-                &[SqlValue::Int(eid)],
-                None,
-                (0, 1),
-            )
+            executions::list(c, id, " AND d.id = ?2", &[SqlValue::Int(eid)], None, (0, 1))
         })
         .await
         .map_err(db_error)?;
@@ -197,13 +190,5 @@ pub async fn test_stored(
             "targets: every target of the policy is disabled (it answered 410 Gone); re-enable one first",
         ));
     }
-    send_test(
-        &app,
-        &project,
-        policy.project_id,
-        &caller,
-        &targets,
-        kind,
-    )
-    .await
+    send_test(&app, &project, policy.project_id, &caller, &targets, kind).await
 }

@@ -597,12 +597,25 @@ pub async fn test_policy(
             .unwrap_or(0)
     };
     let targets = validate_targets(&app, input.targets.unwrap_or_default(), &[]).await?;
-    send_test(&app, &project, project_id, &caller, &targets, EventKind::PushArtifact).await
+    send_test(
+        &app,
+        &project,
+        project_id,
+        &caller,
+        &targets,
+        EventKind::PushArtifact,
+    )
+    .await
 }
 
 /// A test event of `kind` in `project`: the sample event of that kind (see
 /// [`format::samples`]) as if it had happened now in `{project}/webhook-test`, marked `test`.
-pub(super) fn test_event(app: &App, project: &str, caller: &Caller, kind: EventKind) -> Result<Event, ApiError> {
+pub(super) fn test_event(
+    app: &App,
+    project: &str,
+    caller: &Caller,
+    kind: EventKind,
+) -> Result<Event, ApiError> {
     let repo = Repository::parse(&format!("{project}/webhook-test"))
         .ok_or_else(|| ApiError::bad_request("project: not a valid name"))?;
     let mut event = match format::samples().into_iter().find(|(_, e)| e.kind == kind) {
