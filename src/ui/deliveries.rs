@@ -450,6 +450,8 @@ pub async fn attempt(
     let project = project_param(&project)?;
     let (ctx, api) = session(&s, &headers).await?;
     let base = format!("/api/v2.0/projects/{project}/webhook/policies/{id}");
+    let p = api.get_ok(&base).await?;
+    let name = text(&p["name"]);
     let t = api
         .get_ok(&format!("{base}/executions/{eid}/tasks/{tid}"))
         .await?;
@@ -488,7 +490,12 @@ pub async fn attempt(
                     ("Started", html! { (when(&t["start_time"]).unwrap_or_default()) }),
                 ]))
                 h3 { "Body excerpt" }
-                pre.payload tabindex="0" aria-label="Response body excerpt" { (text(&resp["body_excerpt"])) }
+                @let excerpt = text(&resp["body_excerpt"]);
+                @if excerpt.is_empty() {
+                    p.hint { "The response had no body." }
+                } @else {
+                    pre.payload tabindex="0" aria-label="Response body excerpt" { (excerpt) }
+                }
             }
         }
     };
@@ -500,6 +507,7 @@ pub async fn attempt(
             &[
                 ("Projects", "/ui/"),
                 (&project, &list),
+                (&name, &here),
                 (&format!("Execution {eid}"), &exec),
             ],
             body,

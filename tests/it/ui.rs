@@ -78,6 +78,11 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with("4s").await
+}
+
+/// [`env`] with `backoff` between attempts.
+async fn env_with(backoff: &str) -> Env {
     let dir = tempfile::tempdir().expect("temp dir");
     let users = htpasswd_file(dir.path(), &[("alice", "alice-pw-1"), ("bob", "bob-pw-1")]);
     let registry = Registry::start().await;
@@ -92,7 +97,7 @@ notification:
   allowed_target_networks: ["127.0.0.0/8"]
   webhook_job_http_client_timeout: 2
   webhook_job_max_retry: 2
-  backoff: {{initial: 4s, multiplier: 1.0, max: 4s, jitter: 0.0}}
+  backoff: {{initial: {backoff}, multiplier: 1.0, max: {backoff}, jitter: 0.0}}
   breaker_failures: 1000
 "#,
             users.display()
@@ -482,4 +487,229 @@ async fn cross_site_requests_are_refused() {
         .await
         .unwrap();
     assert_eq!(p["enabled"], false);
+}
+
+/// The API pieces the UI needs, used without the UI: one execution, its payload, an attempt's
+/// request and response with secrets as `set`, the test of a stored policy with a chosen event
+/// type, redelivery of what failed since a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_additions_for_the_ui() {
+    let e = env_with("100ms").await;
+    let base = e.wharf.url();
+    let c = client();
+    let api = format!("{base}/api/v2.0/projects/prj/webhook/policies");
+    let get = |path: String| c.get(path).basic_auth("alice", Some("alice-pw-1")).send();
+    let post = |path: String, body: Option<serde_json::Value>| {
+        let mut rb = c.post(path).basic_auth("alice", Some("alice-pw-1"));
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        rb.send()
+    };
+    let created = post(
+        api.clone(),
+        Some(json!({
+            "name": "signed", "event_types": ["PUSH_ARTIFACT", "PULL_ARTIFACT"],
+            "targets": [{"type": "http", "address": e.ok.url(), "auth_header": "Bearer t0p", "secret": "s3cret-key"}],
+        })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let skopeo = Skopeo::new();
+    let work = tempfile::tempdir().unwrap();
+    let img = oci::build_image(&work.path().join("img"), "v1", &[512]);
+    skopeo
+        .copy_ok(
+            &img.oci_ref(),
+            &format!("docker://{}/prj/app:v1", e.wharf.host()),
+            &[],
+        )
+        .await;
+    let got = e.ok.wait_for(1, Duration::from_secs(20)).await;
+    let sent = got[0].body.clone();
+    let list: serde_json::Value = get(format!("{api}/{id}/executions"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let eid = list[0]["id"].as_i64().unwrap();
+    // one execution, as the list shows it
+    let one: serde_json::Value =
+        crate::common::wait_until("Success", Duration::from_secs(20), || async {
+            let v: serde_json::Value = get(format!("{api}/{id}/executions/{eid}"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (v["status"] == "Success").then_some(v)
+        })
+        .await;
+    assert_eq!(one["id"], eid);
+    assert_eq!(one["extra_attrs"]["event_type"], "PUSH_ARTIFACT");
+    assert_eq!(
+        get(format!("{api}/{id}/executions/999999"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // its payload: the bytes the receiver got
+    let r = get(format!("{api}/{id}/executions/{eid}/payload"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    assert_eq!(r.bytes().await.unwrap(), sent);
+    // an attempt: the request sent (secrets as "set") and the response
+    let tasks: serde_json::Value = get(format!("{api}/{id}/executions/{eid}/tasks"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tid = tasks[0]["id"].as_i64().unwrap();
+    let r = get(format!("{api}/{id}/executions/{eid}/tasks/{tid}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("t0p") && !text.contains("s3cret-key"),
+        "{text}"
+    );
+    let t: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let headers = t["request"]["headers"].as_array().unwrap();
+    let header = |n: &str| {
+        headers
+            .iter()
+            .find(|h| h["name"] == n)
+            .map(|h| h["value"].clone())
+    };
+    assert_eq!(header("Authorization"), Some(json!("set")));
+    assert_eq!(header("webhook-signature"), Some(json!("set")));
+    assert_eq!(
+        header("webhook-id").unwrap(),
+        json!(got[0].header("webhook-id").unwrap())
+    );
+    assert_eq!(t["request"]["url"], e.ok.url());
+    assert_eq!(t["request"]["body"].as_str().unwrap().as_bytes(), &sent[..]);
+    assert_eq!(t["response"]["status_code"], 200);
+    // the stored policy's test, with a chosen type, its stored auth header and secret
+    let r = post(
+        format!("{api}/{id}/test"),
+        Some(json!({"event_type": "PULL_ARTIFACT"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let last = e.ok.requests().last().cloned().unwrap();
+    assert_eq!(last.json()["type"], "PULL_ARTIFACT");
+    assert_eq!(last.header("authorization"), Some("Bearer t0p"));
+    let sig = wharf::dispatch::sign::sign(
+        "s3cret-key",
+        last.header("webhook-id").unwrap(),
+        last.header("webhook-timestamp").unwrap().parse().unwrap(),
+        &last.body,
+    );
+    assert_eq!(last.header("webhook-signature"), Some(sig.as_str()));
+    let r = post(format!("{api}/{id}/test"), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        e.ok.requests().last().unwrap().json()["type"],
+        "PUSH_ARTIFACT"
+    );
+    for bad in [
+        json!({"event_type": "NOPE"}),
+        json!({"type": "PUSH_ARTIFACT"}),
+    ] {
+        let r = post(format!("{api}/{id}/test"), Some(bad.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    // bob administers another project: 403
+    let r = c
+        .post(format!("{api}/{id}/test"))
+        .basic_auth("bob", Some("bob-pw-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // redeliver what failed since a time
+    let created = post(
+        api.clone(),
+        Some(json!({"name": "failing", "event_types": ["PUSH_ARTIFACT"], "targets": [{"type": "http", "address": e.fail.url()}]})),
+    )
+    .await
+    .unwrap();
+    let fid = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let img = oci::build_image(&work.path().join("img2"), "v2", &[512]);
+    skopeo
+        .copy_ok(
+            &img.oci_ref(),
+            &format!("docker://{}/prj/app:v2", e.wharf.host()),
+            &[],
+        )
+        .await;
+    crate::common::wait_until("a dead delivery", Duration::from_secs(20), || async {
+        let v: serde_json::Value = get(format!("{api}/{fid}/executions?status=Error"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v.as_array().is_some_and(|a| !a.is_empty())).then_some(())
+    })
+    .await;
+    let r = post(format!("{api}/{fid}/redeliver?since=yesterday"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let r = post(
+        format!(
+            "{api}/{fid}/redeliver?since={}",
+            url::form_urlencoded::byte_serialize(future.as_bytes()).collect::<String>()
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"redelivered": 0})
+    );
+    e.fail.set_default(Reply::status(200));
+    let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let r = post(
+        format!(
+            "{api}/{fid}/redeliver?since={}",
+            url::form_urlencoded::byte_serialize(past.as_bytes()).collect::<String>()
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"redelivered": 1})
+    );
+    crate::common::wait_until("the redelivery", Duration::from_secs(20), || async {
+        let v: serde_json::Value = get(format!("{api}/{fid}/executions?status=Success"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v.as_array().is_some_and(|a| !a.is_empty())).then_some(())
+    })
+    .await;
 }
