@@ -86,6 +86,25 @@ pub fn endpoints(p: &Value) -> Markup {
     }
 }
 
+/// A policy's event types: "All event types", or each one.
+pub fn event_types(p: &Value) -> Markup {
+    let types: Vec<String> = p["event_types"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    html! {
+        @if types.len() >= crate::events::EventKind::ALL.len() {
+            "All event types"
+        } @else {
+            ul.chips {
+                @for t in &types { li { (t) } }
+            }
+        }
+    }
+}
+
 /// The last trigger of each event type of policy `id` (Harbor's last-trigger table).
 pub fn last_trigger(triggers: &Value, id: i64) -> Markup {
     html! {
@@ -166,12 +185,7 @@ pub async fn list(
                                     .into_iter().collect::<Vec<_>>().join(", "))
                             }
                             td data-label="Endpoint URL" { (endpoints(p)) }
-                            td data-label="Event types" {
-                                span.types {
-                                    (p["event_types"].as_array().into_iter().flatten()
-                                        .map(text).collect::<Vec<_>>().join(", "))
-                                }
-                            }
+                            td data-label="Event types" { (event_types(p)) }
                             td data-label="Created" { (when(&p["creation_time"]).unwrap_or_default()) }
                             td data-label="Description" { (text(&p["description"])) }
                             td.actions {

@@ -109,7 +109,7 @@ async function goto(page, path) {
   return r;
 }
 
-async function newWebhook(page, { name, url, auth, secret, types }) {
+async function newWebhook(page, { name, url, auth, secret, types, more = [] }) {
   await goto(page, "/ui/projects/prj/webhooks");
   await page.getByRole("button", { name: "New Webhook" }).click();
   await page.getByLabel("Name", { exact: true }).fill(name);
@@ -122,6 +122,10 @@ async function newWebhook(page, { name, url, auth, secret, types }) {
   await endpoint(page).getByLabel("Endpoint URL", { exact: true }).fill(url);
   if (auth) await endpoint(page).getByLabel("Auth Header", { exact: true }).fill(auth);
   if (secret) await endpoint(page).getByLabel("Signing Secret", { exact: true }).fill(secret);
+  for (const [i, u] of more.entries()) {
+    await page.getByRole("button", { name: "Add Endpoint" }).click();
+    await endpoint(page, i + 2).getByLabel("Endpoint URL", { exact: true }).fill(u);
+  }
   await page.getByRole("button", { name: "Add", exact: true }).click();
   await page.getByRole("heading", { name: "Webhooks" }).waitFor();
   await rowOf(page, name).waitFor();
@@ -171,6 +175,16 @@ try {
       assert.ok(await alice.getByLabel(t, { exact: true }).isChecked(), t);
     }
     assert.ok(await endpoint(alice).getByLabel("Verify Remote Certificate").isChecked());
+    // Generate: a Standard Webhooks secret made in the browser, shown to be copied
+    await endpoint(alice).getByRole("button", { name: "Generate" }).click();
+    assert.match(await endpoint(alice).getByLabel("Signing Secret", { exact: true }).inputValue(), /^whsec_[A-Za-z0-9+/]{43}=$/);
+    await endpoint(alice).getByLabel("Signing Secret", { exact: true }).fill("");
+    // a Slack endpoint has no payload format and no auth header
+    await endpoint(alice).getByLabel("Notify Type").selectOption("slack");
+    assert.ok(!(await endpoint(alice).getByLabel("Payload Format").isVisible()));
+    assert.ok(!(await endpoint(alice).getByLabel("Auth Header", { exact: true }).isVisible()));
+    await endpoint(alice).getByLabel("Notify Type").selectOption("http");
+    assert.ok(await endpoint(alice).getByLabel("Payload Format").isVisible());
     await shot(alice, "new-webhook");
     // empty name
     await endpoint(alice).getByLabel("Endpoint URL", { exact: true }).fill(RX.ok);
@@ -343,7 +357,9 @@ try {
 
   await flow("410 target: badge, re-enable", async () => {
     current = alice;
-    await newWebhook(alice, { name: "retired", url: RX.gone, types: ["PUSH_ARTIFACT"] });
+    // two endpoints: every one is listed, the badge only on the retired one
+    await newWebhook(alice, { name: "retired", url: RX.gone, types: ["PUSH_ARTIFACT"], more: [RX.ok + "/second"] });
+    assert.ok((await rowOf(alice, "retired").innerText()).includes(RX.ok + "/second"));
     await ask("push prj/app:v4");
     await until("the disabled (410) badge", async () => {
       await goto(alice, "/ui/projects/prj/webhooks");
@@ -356,6 +372,7 @@ try {
     await alice.getByRole("button", { name: "Save" }).click();
     await rowOf(alice, "retired").waitFor();
     assert.doesNotMatch(await rowOf(alice, "retired").innerText(), /disabled \(410\)/);
+    assert.ok((await rowOf(alice, "retired").innerText()).includes(RX.ok + "/second"), "the second endpoint is kept");
   });
 
   await flow("settings off: banner, no delivery for a push; on again", async () => {
