@@ -57,6 +57,16 @@
     });
   }
 
+  // A field marked invalid by the server is no longer marked once it is changed.
+  document.addEventListener("input", function (e) {
+    var el = e.target;
+    if (!el || !el.getAttribute || el.getAttribute("aria-invalid") !== "true") return;
+    el.removeAttribute("aria-invalid");
+    var field = el.closest(".field");
+    var err = field && field.querySelector(".field-error");
+    if (err) err.hidden = true;
+  });
+
   function all(root) {
     dirtyForms(root);
     generators(root);

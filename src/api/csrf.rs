@@ -218,7 +218,7 @@ mod tests {
             "http://evil.example",
             "null",
             "http://127.0.0.1:5001",
-            "https://127.0.0.1:5000",
+            "http://localhost:5000",
         ] {
             let h = headers(&[("host", "127.0.0.1:5000"), ("origin", origin)]);
             assert!(
