@@ -5,7 +5,8 @@
 #                cargo-fuzz target for FUZZ_SECONDS=20 s) and all cargo tests (among
 #                them helm lint --strict / helm template of deploy/helm/wharf, every rendered
 #                object validated against the Kubernetes JSON schemas by .tools/venv, and the
-#                Harbor API client harborapi from .tools/venv-harborapi driving wharf, and the
+#                Harbor API client harborapi from .tools/venv-harborapi driving wharf, every
+#                Teams card parsed by the npm adaptivecards from tests/adaptivecards, and the
 #                admin UI's flows in headless Chromium via tests/ui's playwright-core).
 #   make fuzz    the fuzz targets for longer: FUZZ_SECONDS=600 make fuzz, or
 #                FUZZ_TARGETS="jwt glob" FUZZ_SECONDS=3600 make fuzz (scripts/fuzz-smoke.sh).

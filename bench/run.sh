@@ -28,7 +28,8 @@
 #   TD_CONNECTIONS=4     target_down: wrk connections of the GET and PUT runs
 #   STORE_BACKENDS="sqlite pg1 pg2 pg3"  store: the embedded store, and PostgreSQL with 1, 2, 3
 #                        replicas on one database (a private cluster the bench starts)
-#   STORE_N=10000        store: deliveries drained per run; PG_SYNC=on its synchronous_commit
+#   STORE_N=10000        store: deliveries drained per run; PG_SYNC=on its synchronous_commit,
+#                        PG_NAPTIME=60s its autovacuum_naptime
 #   RECEIVER_BIN=...     webhook receiver (default target/release/examples/webhook_receiver)
 #   TARGETS="direct nginx wharf"       which endpoints are measured
 #   DATA_ON_TMPFS=1      wharf's data_dir (its SQLite database) on the tmpfs too; default: on disk,
@@ -71,6 +72,7 @@ TD_CONNECTIONS=${TD_CONNECTIONS:-4}
 STORE_BACKENDS=${STORE_BACKENDS:-sqlite pg1 pg2 pg3}
 STORE_N=${STORE_N:-10000}
 PG_SYNC=${PG_SYNC:-on}
+PG_NAPTIME=${PG_NAPTIME:-60s}
 RECEIVER_BIN=${RECEIVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/webhook_receiver}
 TARGETS=${TARGETS:-direct nginx wharf}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
@@ -1065,7 +1067,8 @@ start_postgres() {
 		die "initdb failed: $(tail -3 "$WORK/pg-initdb.log")"
 	port=$(free_port)
 	"${as[@]}" "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
-		-c max_connections=300 -c shared_buffers=128MB -c synchronous_commit="$PG_SYNC" >"$WORK/postgres.log" 2>&1 &
+		-c max_connections=300 -c shared_buffers=128MB -c synchronous_commit="$PG_SYNC" \
+		-c shared_preload_libraries=pg_stat_statements -c autovacuum_naptime="$PG_NAPTIME" >"$WORK/postgres.log" 2>&1 &
 	PIDS+=($!)
 	PID[postgres]=$!
 	PG_PORT=$port
@@ -1075,7 +1078,7 @@ start_postgres() {
 		sleep 0.05
 	done
 	"$bin/pg_isready" -q -h 127.0.0.1 -p "$port" || die "postgres did not start: $(tail -3 "$WORK/postgres.log")"
-	fact postgres "$("$bin/postgres" --version) synchronous_commit=$PG_SYNC fsync=on"
+	fact postgres "$("$bin/postgres" --version) synchronous_commit=$PG_SYNC fsync=on autovacuum_naptime=$PG_NAPTIME"
 	log "postgres on 127.0.0.1:$port (pid ${PID[postgres]}, synchronous_commit=$PG_SYNC)"
 }
 # pg_cpu_ms: CPU of the postmaster and all its backends, in ms.
@@ -1091,6 +1094,7 @@ pg_cpu_ms() {
 new_pg_db() {
 	"$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" >/dev/null ||
 		die "creating database $1 failed"
+	"$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d "$1" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null 2>&1 || true
 	echo "postgres://bench@127.0.0.1:$PG_PORT/$1?sslmode=disable"
 }
 
@@ -1115,6 +1119,11 @@ st_start() {
 	*) die "unknown store backend $b" ;;
 	esac
 }
+st_lost() { # instances -> events lost (sum)
+	local t sum=0
+	for t in "$@"; do sum=$((sum + $(metric "$t" wharf_events_lost_total))); done
+	echo "$sum"
+}
 st_cpu_ms() { # instances -> their CPU sum
 	local t sum=0
 	for t in "$@"; do sum=$((sum + $(cpu_ms "$t"))); done
@@ -1138,16 +1147,25 @@ measure_store() {
 		wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d600s -s "$BENCH/wrk-events.lua" \
 		"$(url "$first" "$MANIFEST_PATH")" >"$out" 2>&1 &
 	wpid=$!
+	local last=-1 same=0
 	while kill -0 "$wpid" 2>/dev/null; do
 		e1=$(metric "$first" 'wharf_events_total{type="PULL_ARTIFACT"}')
 		[ $((e1 - e0)) -ge "$STORE_N" ] && break
+		# every wrk thread has stopped: no more events come
+		if [ "$e1" = "$last" ]; then same=$((same + 1)); else same=0; fi
+		[ "$same" -ge 5 ] && [ $((e1 - e0)) -gt 0 ] && break
+		last=$e1
 		sleep 0.2
 	done
 	kill -INT "$wpid" 2>/dev/null || true
 	wait "$wpid" || true
 	wait_drained "$first" 600 >/dev/null
 	n=$(metric "$first" 'wharf_deliveries{state="dead"}')
+	local lost
+	lost=$(st_lost "${inst[@]}")
+	[ "$lost" = 0 ] || note "store $b run $run: $lost events lost while generating them"
 	start_receiver "recv-$b" "$port"
+	[ "$b" != sqlite ] && "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1
 	c0=$(st_cpu_ms "${inst[@]}")
 	p0=0
 	[ "$b" != sqlite ] && p0=$(pg_cpu_ms)
@@ -1163,6 +1181,11 @@ measure_store() {
 		sleep 0.05
 	done
 	t1=$(now)
+	if [ "$b" != sqlite ]; then # what PostgreSQL spent its time on during the drain
+		"$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c \
+			"SELECT calls, round(total_exec_time::numeric, 1) AS ms, round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
+			>"$WORK/pg-statements-$b-r$run.txt" 2>&1 || true
+	fi
 	record store st_drain_n "st-$b" "$run" "$redelivered"
 	record store st_drain_rate "st-$b" "$run" "$(calc "$redelivered / ($t1 - $t0)")"
 	record store st_drain_cpu "st-$b" "$run" "$(calc "($(st_cpu_ms "${inst[@]}") - $c0) * 1000 / $redelivered")"

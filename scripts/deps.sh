@@ -19,6 +19,9 @@
 #   - a Python venv in <repo>/.tools/venv-harborapi with the pinned harborapi (PyPI) and its
 #     dependencies (scripts/requirements-harborapi.txt): the real Harbor API client the API
 #     parity tests drive wharf with (tests/harborapi_client.py).
+#   - the npm package adaptivecards (pinned with its lockfile in tests/adaptivecards/, `npm ci`
+#     into tests/adaptivecards/node_modules; nodejs + npm from Debian when node or npm is
+#     missing): the Adaptive Cards parser the Teams payload tests run with node.
 #   - a Rust toolchain with rustfmt and clippy (rustup, stable) when cargo is missing.
 #   - cargo-fuzz $CARGO_FUZZ_VERSION (cargo install, from crates.io) for the fuzz smoke of
 #     `make test`; it runs on the stable toolchain with RUSTC_BOOTSTRAP=1.
@@ -102,7 +105,8 @@ need_helm=0
 if ! helm_ok; then
     need_helm=1
 fi
-# npm for helm and playwright-core (a Node.js that ships its own npm is fine as it is)
+# node and npm: helm comes from npm, the Teams tests run the adaptivecards parser with node, and
+# the UI tests drive Chromium with playwright-core (a Node.js that ships its own npm is fine)
 if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
     packages+=(nodejs npm)
 fi
@@ -183,6 +187,21 @@ python_venv k8s-validate "$ROOT/.tools/venv" "$ROOT/scripts/requirements-k8s-val
     kubernetes_validate kubernetes-validate
 python_venv harborapi "$ROOT/.tools/venv-harborapi" "$ROOT/scripts/requirements-harborapi.txt" \
     harborapi harborapi
+
+# --- the Adaptive Cards parser (npm, pinned by tests/adaptivecards/package-lock.json) -----------
+AC_DIR="$ROOT/tests/adaptivecards"
+ac_want=$(sha256sum "$AC_DIR/package-lock.json" | cut -d' ' -f1)
+ac_have=$(cat "$AC_DIR/node_modules/.lock.sha256" 2>/dev/null || true)
+if [ "$ac_want" = "$ac_have" ] && [ -f "$AC_DIR/node_modules/adaptivecards/package.json" ]; then
+    say "adaptivecards: $AC_DIR/node_modules is up to date, nothing to do"
+else
+    say "adaptivecards: npm ci in $AC_DIR"
+    (cd "$AC_DIR" && npm ci --no-audit --no-fund --silent)
+    node -e "require('$AC_DIR/node_modules/adaptivecards/dist/adaptivecards.js')" ||
+        die "adaptivecards was installed into $AC_DIR/node_modules but does not load with node"
+    printf '%s\n' "$ac_want" >"$AC_DIR/node_modules/.lock.sha256"
+    say "adaptivecards: installed $(node -p "require('$AC_DIR/node_modules/adaptivecards/package.json').version")"
+fi
 
 # --- Rust -----------------------------------------------------------------------------------
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

@@ -151,14 +151,17 @@ impl Running {
                 .clone()
                 .run_pruner(app.config.store.retention, background.clone()),
         );
-        let dispatcher = std::sync::Arc::new(dispatch::Dispatcher::new(
-            app.store.clone(),
-            app.sender.clone(),
-            app.config.notification.clone(),
-            app.metrics.clone(),
-            app.notifications_enabled.clone(),
-            app.config.store.claim_lease,
-        ));
+        let dispatcher = std::sync::Arc::new(
+            dispatch::Dispatcher::new(
+                app.store.clone(),
+                app.sender.clone(),
+                app.config.notification.clone(),
+                app.metrics.clone(),
+                app.notifications_enabled.clone(),
+                app.config.store.claim_lease,
+            )
+            .with_external_url(app.config.external_url.clone()),
+        );
         tokio::spawn(dispatcher.run(background.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(

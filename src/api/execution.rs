@@ -44,6 +44,18 @@ async fn load_row(app: &App, policy: &Policy, eid: i64) -> Result<ExecutionRow, 
         .ok_or_else(|| ApiError::not_found(format!("execution {eid} not found")))
 }
 
+/// The payload of `row` (rendered on a blocking thread: a Custom target runs a template).
+async fn render_off_thread(
+    app: &App,
+    row: ExecutionRow,
+    policy: Policy,
+) -> Result<Option<crate::events::format::Payload>, ApiError> {
+    let links = app.config.external_url.clone();
+    tokio::task::spawn_blocking(move || rendered(&row, &policy, links.as_deref()))
+        .await
+        .map_err(|e| ApiError::internal("rendering the payload", e))
+}
+
 /// `GET …/policies/{id}/executions/{eid}`
 pub async fn get(
     State(s): State<ApiState>,
@@ -55,7 +67,14 @@ pub async fn get(
     let policy = load_policy(&app, &project, id).await?;
     let row = load_row(&app, &policy, eid).await?;
     let max_retry = app.config.notification.webhook_job_max_retry;
-    Ok(Json(execution_view(&row, &policy, max_retry)))
+    let links = app.config.external_url.clone();
+    // a Custom target's payload is rendered here: on a blocking thread
+    let view = tokio::task::spawn_blocking(move || {
+        execution_view(&row, &policy, max_retry, links.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::internal("rendering the execution", e))?;
+    Ok(Json(view))
 }
 
 /// `GET …/policies/{id}/executions/{eid}/payload`
@@ -68,12 +87,16 @@ pub async fn payload(
     let (project, _) = project_for(&app, &headers, &project).await?;
     let policy = load_policy(&app, &project, id).await?;
     let row = load_row(&app, &policy, eid).await?;
-    let p = rendered(&row, &policy).ok_or_else(|| {
+    let p = render_off_thread(&app, row, policy).await?.ok_or_else(|| {
         ApiError::not_found(format!(
-            "execution {eid}: its event or target version is no longer stored"
+            "execution {eid}: its event or target version is no longer stored, or its template makes no body"
         ))
     })?;
-    Ok(([(http::header::CONTENT_TYPE, p.content_type)], p.body).into_response())
+    Ok((
+        [(http::header::CONTENT_TYPE, p.content_type.into_owned())],
+        p.body,
+    )
+        .into_response())
 }
 
 /// `GET …/policies/{id}/executions/{eid}/tasks/{tid}`
@@ -101,14 +124,19 @@ pub async fn task(
         run_count: i + 1,
     };
     let a = &record.attempt;
-    let payload = rendered(&row, &policy);
+    let target = row.target.clone();
+    let (event_id, url) = (
+        row.delivery.event_id.clone(),
+        row.delivery.target_address.clone(),
+    );
+    let payload = render_off_thread(&app, row, policy).await?;
     let mut sent = vec![
-        json!({"name": "Content-Type", "value": payload.as_ref().map_or("", |p| p.content_type)}),
+        json!({"name": "Content-Type", "value": payload.as_ref().map_or("", |p| &*p.content_type)}),
         json!({"name": "User-Agent", "value": concat!("wharf/", env!("CARGO_PKG_VERSION"))}),
-        json!({"name": "webhook-id", "value": row.delivery.event_id}),
+        json!({"name": "webhook-id", "value": event_id}),
         json!({"name": "webhook-timestamp", "value": (a.started_at / 1000).to_string()}),
     ];
-    if let Some(t) = &row.target {
+    if let Some(t) = &target {
         if t.auth_header.as_deref().is_some_and(|h| !h.is_empty()) {
             sent.push(json!({"name": "Authorization", "value": SET}));
         }
@@ -122,7 +150,7 @@ pub async fn task(
             "request".into(),
             json!({
                 "method": "POST",
-                "url": row.delivery.target_address,
+                "url": url,
                 "headers": sent,
                 "body": payload.map(|p| String::from_utf8_lossy(&p.body).into_owned()),
             }),

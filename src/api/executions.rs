@@ -91,15 +91,21 @@ const JOB_FIELDS: &[Field] = &[
     Field::sql("update_time", Kind::Time, "d.updated_at"),
 ];
 
-/// The body the delivery sends (what Harbor stores as the job's payload).
-pub(super) fn payload(row: &ExecutionRow, policy: &Policy) -> String {
-    rendered(row, policy)
+/// The body the delivery sends (what Harbor stores as the job's payload; empty when a
+/// `Custom` target's template makes none). `external_url`: when configured.
+pub(super) fn payload(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> String {
+    rendered(row, policy, external_url)
         .and_then(|p| String::from_utf8(p.body).ok())
         .unwrap_or_default()
 }
 
-/// The payload the delivery sends, with its content type (`None`: event or target unreadable).
-pub(super) fn rendered(row: &ExecutionRow, policy: &Policy) -> Option<format::Payload> {
+/// The payload the delivery sends, with its content type (`None`: event or target unreadable,
+/// or a template that makes no body). Renders a template: call it off the async threads.
+pub(super) fn rendered(
+    row: &ExecutionRow,
+    policy: &Policy,
+    external_url: Option<&str>,
+) -> Option<format::Payload> {
     let (Some(event), Some(target)) = (&row.event, &row.target) else {
         return None;
     };
@@ -107,8 +113,9 @@ pub(super) fn rendered(row: &ExecutionRow, policy: &Policy) -> Option<format::Pa
         project_id: policy.project_id,
         policy_id: policy.id,
         delivery_id: Some(row.delivery.id),
+        external_url: external_url.map(str::to_string),
     };
-    Some(format::render(event, target.format(), &ctx))
+    target.render(event, &ctx).ok()
 }
 
 fn is_slack(row: &ExecutionRow) -> bool {
@@ -117,7 +124,12 @@ fn is_slack(row: &ExecutionRow) -> bool {
         .is_some_and(|t| t.kind == TargetKind::Slack)
 }
 
-pub(super) fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32) -> Value {
+pub(super) fn execution_view(
+    row: &ExecutionRow,
+    policy: &Policy,
+    max_retry: u32,
+    external_url: Option<&str>,
+) -> Value {
     let d = &row.delivery;
     let status = Status::of(&d.state);
     let message = match status {
@@ -145,7 +157,7 @@ pub(super) fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32
         "trigger": "EVENT",
         "extra_attrs": {
             "event_type": d.event_type,
-            "payload": payload(row, policy),
+            "payload": payload(row, policy, external_url),
             "event_id": d.event_id,
             "target_address": d.target_address,
             "state": d.state,
@@ -167,7 +179,7 @@ pub(super) fn execution_view(row: &ExecutionRow, policy: &Policy, max_retry: u32
     })
 }
 
-fn job_view(row: &ExecutionRow, policy: &Policy) -> Value {
+fn job_view(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> Value {
     let d = &row.delivery;
     json!({
         "id": d.id,
@@ -175,7 +187,7 @@ fn job_view(row: &ExecutionRow, policy: &Policy) -> Value {
         "event_type": d.event_type,
         "notify_type": if is_slack(row) { "slack" } else { "http" },
         "status": Status::of(&d.state).name(),
-        "job_detail": payload(row, policy),
+        "job_detail": payload(row, policy, external_url),
         "creation_time": super::webhooks::rfc3339_ms(d.created_at),
         "update_time": super::webhooks::rfc3339_ms(d.updated_at),
     })
@@ -240,10 +252,15 @@ pub async fn executions(
     let policy = load_policy(&app, &project, id).await?;
     let (rows, total) = page(&app, &policy, &params, EXECUTION_FIELDS).await?;
     let max_retry = app.config.notification.webhook_job_max_retry;
-    let body: Vec<Value> = rows
-        .iter()
-        .map(|r| execution_view(r, &policy, max_retry))
-        .collect();
+    let links = app.config.external_url.clone();
+    // the payloads of Custom targets are rendered here: on a blocking thread
+    let body: Vec<Value> = tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|r| execution_view(r, &policy, max_retry, links.as_deref()))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("rendering executions", e))?;
     Ok(params.respond(&body, total))
 }
 
@@ -277,7 +294,14 @@ pub async fn jobs(
     };
     let policy = load_policy(&app, &project, policy_id).await?;
     let (rows, total) = page(&app, &policy, &params, JOB_FIELDS).await?;
-    let body: Vec<Value> = rows.iter().map(|r| job_view(r, &policy)).collect();
+    let links = app.config.external_url.clone();
+    let body: Vec<Value> = tokio::task::spawn_blocking(move || {
+        rows.iter()
+            .map(|r| job_view(r, &policy, links.as_deref()))
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("rendering jobs", e))?;
     Ok(params.respond(&body, total))
 }
 

@@ -201,6 +201,10 @@ pub fn router(app: Weak<App>) -> Router {
         )
         .route(&format!("{P}/policies/test"), post(webhooks::test_policy))
         .route(
+            &format!("{P}/policies/preview"),
+            post(webhooks::preview_policy),
+        )
+        .route(
             &format!("{P}/policies/{{id}}/test"),
             post(execution::test_stored),
         )

@@ -21,8 +21,10 @@ use serde_json::{Value, json};
 use super::auth::{self, Caller};
 use super::{ApiError, ApiState};
 use crate::app::App;
+use crate::dispatch::client::FailureKind;
 use crate::dispatch::policy::{Filters, Policy, Target, TargetKind};
-use crate::events::format::{self, PayloadFormat, RenderCtx};
+use crate::events::format::{self, PayloadFormat, RenderCtx, RenderError};
+use crate::events::template;
 use crate::events::{Event, EventKind};
 use crate::route::{Repository, is_name_component};
 use crate::store::{outbox, policies};
@@ -103,6 +105,10 @@ fn target_view(t: &Target, reveal: bool) -> Value {
             v.insert("payload_format".into(), json!(f.name()));
         }
     }
+    if let Some(c) = t.custom() {
+        v.insert("payload_template".into(), json!(c.template));
+        v.insert("content_type".into(), json!(c.content_type));
+    }
     v.insert("secret".into(), json!(mask(&t.secret)));
     v.insert("disabled".into(), json!(t.disabled));
     Value::Object(v)
@@ -138,6 +144,12 @@ pub struct TargetInput {
     skip_cert_verify: bool,
     #[serde(default)]
     payload_format: Option<String>,
+    /// The template of a `Custom` target.
+    #[serde(default)]
+    payload_template: Option<String>,
+    /// The Content-Type of a `Custom` target (default `application/json`).
+    #[serde(default)]
+    content_type: Option<String>,
     #[serde(default)]
     secret: Option<String>,
     #[serde(default)]
@@ -199,6 +211,49 @@ fn forbidden_in_name(c: char) -> bool {
         )
 }
 
+/// A target's `type` and `payload_format`: http targets take the formats of
+/// [`PayloadFormat::HTTP`]; slack targets Harbor's layout (`Slack`, kept as no format) or
+/// wharf's `SlackRich`.
+fn target_shape(
+    kind: Option<&str>,
+    payload_format: Option<&str>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(TargetKind, Option<PayloadFormat>), ApiError> {
+    let kind = match kind.unwrap_or("http") {
+        "http" => TargetKind::Http,
+        "slack" => TargetKind::Slack,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "{}: {other:?} is not http or slack",
+                field("type")
+            )));
+        }
+    };
+    let Some(f) = payload_format.filter(|f| !f.is_empty()) else {
+        return Ok((kind, None));
+    };
+    let format = match (kind, PayloadFormat::parse(f)) {
+        // Harbor's layout; wharf's own is an opt-in
+        (TargetKind::Slack, Some(PayloadFormat::Slack)) => None,
+        (TargetKind::Slack, Some(PayloadFormat::SlackRich)) => Some(PayloadFormat::SlackRich),
+        (TargetKind::Slack, _) => {
+            return Err(ApiError::bad_request(format!(
+                "{}: set payload format is not allowed for slack ({f:?}; wharf takes SlackRich for its own layout)",
+                field("payload_format")
+            )));
+        }
+        (TargetKind::Http, Some(p)) if PayloadFormat::HTTP.contains(&p) => Some(p),
+        (TargetKind::Http, _) => {
+            return Err(ApiError::bad_request(format!(
+                "{}: unsupported payload format type: {f} (one of {})",
+                field("payload_format"),
+                PayloadFormat::HTTP.map(PayloadFormat::name).join(", ")
+            )));
+        }
+    };
+    Ok((kind, format))
+}
+
 /// Validate targets (shape, format, SSRF guard). `old` supplies secrets sent back as `***`.
 async fn validate_targets(
     app: &App,
@@ -218,16 +273,8 @@ async fn validate_targets(
     let mut out = Vec::with_capacity(input.len());
     for (i, t) in input.into_iter().enumerate() {
         let field = |f: &str| format!("targets[{i}].{f}");
-        let kind = match t.kind.as_deref().unwrap_or("http") {
-            "http" => TargetKind::Http,
-            "slack" => TargetKind::Slack,
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "{}: {other:?} is not http or slack",
-                    field("type")
-                )));
-            }
-        };
+        let (kind, payload_format) =
+            target_shape(t.kind.as_deref(), t.payload_format.as_deref(), &field)?;
         let address = t.address.unwrap_or_default().trim().to_string();
         if address.is_empty() {
             return Err(ApiError::bad_request(format!(
@@ -240,27 +287,8 @@ async fn validate_targets(
             .check_url(&address)
             .await
             .map_err(|e| ApiError::bad_request(format!("{}: {e}", field("address"))))?;
-        let payload_format = match (kind, t.payload_format.as_deref().filter(|f| !f.is_empty())) {
-            (_, None) => None,
-            // Harbor's layout; wharf's own is an opt-in
-            (TargetKind::Slack, Some("Slack")) => None,
-            (TargetKind::Slack, Some("SlackRich")) => Some(PayloadFormat::SlackRich),
-            (TargetKind::Http, Some(f)) => match PayloadFormat::parse(f) {
-                Some(PayloadFormat::Slack | PayloadFormat::SlackRich) | None => {
-                    return Err(ApiError::bad_request(format!(
-                        "{}: unsupported payload format type: {f} (one of Default, CloudEvents, Legacy)",
-                        field("payload_format")
-                    )));
-                }
-                Some(p) => Some(p),
-            },
-            (TargetKind::Slack, Some(f)) => {
-                return Err(ApiError::bad_request(format!(
-                    "{}: set payload format is not allowed for slack ({f:?}; wharf takes SlackRich for its own layout)",
-                    field("payload_format")
-                )));
-            }
-        };
+        let (payload_template, content_type) =
+            custom_fields(payload_format, t.payload_template, t.content_type, &field)?;
         if let Some(h) = t.auth_header.as_deref()
             && h != MASK
             && HeaderValue::from_str(h).is_err()
@@ -298,11 +326,92 @@ async fn validate_targets(
             secret: keep(t.secret, previous.map(|p| &p.secret)),
             skip_cert_verify: t.skip_cert_verify,
             payload_format,
+            payload_template,
+            content_type,
             disabled: t.disabled,
             address,
         });
     }
     Ok(out)
+}
+
+/// A target's `payload_template` and `content_type`: both only with the format `Custom`, which
+/// needs the template; the template compiles and is at most 8 KiB, the content type is a media
+/// type (`None`: `application/json`).
+fn custom_fields(
+    format: Option<PayloadFormat>,
+    payload_template: Option<String>,
+    content_type: Option<String>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(Option<String>, Option<String>), ApiError> {
+    let payload_template = payload_template.filter(|t| !t.is_empty());
+    let content_type = content_type
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty());
+    if format != Some(PayloadFormat::Custom) {
+        let name = format.map(PayloadFormat::name).unwrap_or("the default");
+        if payload_template.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{}: only a target with payload_format Custom has a template ({name} was given)",
+                field("payload_template")
+            )));
+        }
+        if content_type.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{}: only a target with payload_format Custom sets its content type ({name} was given)",
+                field("content_type")
+            )));
+        }
+        return Ok((None, None));
+    }
+    let Some(source) = payload_template else {
+        return Err(ApiError::bad_request(format!(
+            "{}: required with payload_format Custom",
+            field("payload_template")
+        )));
+    };
+    template::compile(&source)
+        .map_err(|e| ApiError::bad_request(format!("{}: {e}", field("payload_template"))))?;
+    if let Some(ct) = &content_type {
+        template::check_content_type(ct)
+            .map_err(|e| ApiError::bad_request(format!("{}: {e}", field("content_type"))))?;
+    }
+    Ok((Some(source), content_type))
+}
+
+/// Render every `Custom` target's template against the samples of every event type the
+/// policy subscribes to: the first error is a 400 naming the target, the event type, the line
+/// and the problem.
+fn check_templates(
+    targets: &[Target],
+    event_types: &[EventKind],
+    ctx: &RenderCtx,
+) -> Result<(), ApiError> {
+    for (i, t) in targets.iter().enumerate() {
+        if t.custom().is_none() {
+            continue;
+        }
+        for kind in event_types {
+            for sample in format::samples_of(*kind) {
+                if let Err(e) = t.render(&sample, ctx) {
+                    return Err(ApiError::bad_request(format!(
+                        "targets[{i}].payload_template: rendering a sample {} event: {}",
+                        kind.harbor_type(),
+                        template_problem(&e)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The problem of a render error, without the `payload template:` prefix.
+fn template_problem(e: &RenderError) -> String {
+    match e {
+        RenderError::Template(t) => t.to_string(),
+        RenderError::NoTemplate | RenderError::Aborted(_) => e.to_string(),
+    }
 }
 
 async fn validate_policy(
@@ -355,6 +464,16 @@ async fn validate_policy(
     crate::glob::check_all("filters.tags", &filters.tags).map_err(ApiError::bad_request)?;
     let old_targets = old.map(|p| p.targets.as_slice()).unwrap_or(&[]);
     let targets = validate_targets(app, input.targets.unwrap_or_default(), old_targets).await?;
+    // every sample of every type through every template: on a blocking thread
+    let ctx = RenderCtx {
+        project_id: old.map(|p| p.project_id).unwrap_or(0),
+        external_url: app.config.external_url.clone(),
+        ..RenderCtx::default()
+    };
+    let (checked, types) = (targets.clone(), event_types.clone());
+    tokio::task::spawn_blocking(move || check_templates(&checked, &types, &ctx))
+        .await
+        .map_err(|e| ApiError::internal("checking payload templates", e))??;
     Ok(Policy {
         id: old.map(|p| p.id).unwrap_or(0),
         project: project.to_string(),
@@ -526,6 +645,10 @@ pub async fn last_trigger(
 ) -> Result<Json<Vec<Value>>, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
+    // what this replica noted is written first (other replicas write theirs every second)
+    if let Err(e) = app.store.flush_triggers().await {
+        tracing::warn!(error = %e, "writing last triggers failed");
+    }
     let (list, triggers) = app
         .store
         .read(move |c| {
@@ -660,33 +783,34 @@ pub(super) async fn send_test(
     kind: EventKind,
 ) -> Result<Json<Value>, ApiError> {
     let event = test_event(app, project, caller, kind)?;
+    let ctx = RenderCtx {
+        project_id,
+        policy_id: 0,
+        delivery_id: None,
+        external_url: app.config.external_url.clone(),
+    };
     let mut results = Vec::new();
     let mut failures = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        let payload = format::render(
-            &event,
-            t.format(),
-            &RenderCtx {
-                project_id,
-                policy_id: 0,
-                delivery_id: None,
-            },
-        );
-        let sent = app.sender.send(t, &payload, &event.id.to_string()).await;
+        let sent = match t.render_async(&event, &ctx).await {
+            Ok(payload) => app.sender.send(t, &payload, &event.id.to_string()).await,
+            Err(e) => crate::dispatch::client::Sent::unrendered(&e),
+        };
         if sent.ok() {
             results.push(json!({"address": t.address, "status": sent.status, "duration_ms": sent.duration.as_millis() as u64}));
         } else {
+            let error = sent.error.unwrap_or_default();
             let reason = match (sent.error_kind, sent.status) {
-                (Some("refused_target"), _) => {
-                    format!("blocked address: {}", sent.error.unwrap_or_default())
+                (Some(FailureKind::RefusedTarget), _) => format!("blocked address: {error}"),
+                (Some(FailureKind::Timeout), _) => format!("timeout: {error}"),
+                (Some(FailureKind::Connect), _) => format!("refused: {error}"),
+                (Some(FailureKind::TemplateOutputInvalid), _) => {
+                    format!("not sent: {error}")
                 }
-                (Some("timeout"), _) => format!("timeout: {}", sent.error.unwrap_or_default()),
-                (Some("connect"), _) => format!("refused: {}", sent.error.unwrap_or_default()),
                 (_, Some(status)) => format!("status {status}"),
                 (kind, None) => format!(
-                    "{}: {}",
-                    kind.unwrap_or("error"),
-                    sent.error.unwrap_or_default()
+                    "{}: {error}",
+                    kind.map(FailureKind::name).unwrap_or("error")
                 ),
             };
             failures.push(format!("targets[{i}] {}: {reason}", t.address));
@@ -696,6 +820,96 @@ pub(super) async fn send_test(
         return Err(ApiError::bad_request(failures.join("; ")));
     }
     Ok(Json(json!({"results": results})))
+}
+
+/// A preview request: a target's shape (`type`, `payload_format`, `payload_template`,
+/// `content_type`) and the event type to render a sample of.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewInput {
+    #[serde(default)]
+    event_type: Option<String>,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    payload_format: Option<String>,
+    #[serde(default)]
+    payload_template: Option<String>,
+    #[serde(default)]
+    content_type: Option<String>,
+}
+
+/// `POST …/webhook/policies/preview`: render a sample event of `event_type` (default
+/// `PUSH_ARTIFACT`) in the project as a target with this format (or template) would get it.
+/// 200 `{event_type, payload_format, content_type, body}` (`body`: the payload as text); a
+/// template that does not compile or render is a 400 naming the line and the problem. Nothing
+/// is sent or stored.
+pub async fn preview_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    let input: PreviewInput = json_body(&body)?;
+    let field = |f: &str| f.to_string();
+    let kind = match input.event_type.as_deref().filter(|t| !t.is_empty()) {
+        None => EventKind::PushArtifact,
+        Some(t) => EventKind::from_harbor(t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "event_type: unknown event type {t:?}; one of {}",
+                EventKind::ALL.map(|k| k.harbor_type()).join(", ")
+            ))
+        })?,
+    };
+    let (target_kind, payload_format) = target_shape(
+        input.kind.as_deref(),
+        input.payload_format.as_deref(),
+        &field,
+    )?;
+    let (payload_template, content_type) = custom_fields(
+        payload_format,
+        input.payload_template,
+        input.content_type,
+        &field,
+    )?;
+    let target = Target {
+        kind: target_kind,
+        payload_format,
+        payload_template,
+        content_type,
+        ..Target::http("")
+    };
+    let project_id = {
+        let p = project.clone();
+        app.store
+            .read(move |c| policies::project_id(c, &p))
+            .await
+            .map_err(db_error)?
+            .unwrap_or(0)
+    };
+    let mut event = format::sample_in(kind, &project, &app.config.external_host());
+    event.public = app.config.is_public(&project);
+    let ctx = RenderCtx {
+        project_id,
+        policy_id: 0,
+        delivery_id: None,
+        external_url: app.config.external_url.clone(),
+    };
+    let payload = target.render_async(&event, &ctx).await.map_err(|e| {
+        ApiError::bad_request(format!(
+            "payload_template: rendering a sample {} event: {}",
+            kind.harbor_type(),
+            template_problem(&e)
+        ))
+    })?;
+    Ok(Json(json!({
+        "event_type": kind.harbor_type(),
+        "payload_format": target.format().name(),
+        "content_type": payload.content_type,
+        "body": String::from_utf8_lossy(&payload.body),
+    })))
 }
 
 pub(super) async fn load_delivery(
@@ -738,9 +952,13 @@ pub async fn task_log(
         d.event_id,
         d.event_type
     );
-    match a.status_code {
-        Some(code) => text.push_str(&format!("status {code} in {} ms\n", a.duration_ms)),
-        None => text.push_str(&format!("no response after {} ms\n", a.duration_ms)),
+    let kind = a.error_kind.as_deref().and_then(FailureKind::parse);
+    match (a.status_code, kind) {
+        (Some(code), _) => text.push_str(&format!("status {code} in {} ms\n", a.duration_ms)),
+        (None, Some(k)) if !k.involves_target() => {
+            text.push_str("not sent: the payload could not be made (not retried)\n")
+        }
+        (None, _) => text.push_str(&format!("no response after {} ms\n", a.duration_ms)),
     }
     if let Some(k) = &a.error_kind {
         text.push_str(&format!(

@@ -29,14 +29,86 @@ pub enum ClientError {
     Build(String),
 }
 
+/// Why an attempt failed (recorded with the attempt by its [`name`](FailureKind::name)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The SSRF guard refused the target's address.
+    RefusedTarget,
+    /// The TLS handshake failed.
+    Tls,
+    /// The target answered a status other than 2xx (and 410).
+    Http,
+    /// The target answered 410 Gone (the target is disabled; not retried).
+    Gone,
+    /// Any other transport error.
+    Transport,
+    /// A `Custom` target's template did not make a valid body (not sent; not retried: the same
+    /// event and template would fail again).
+    TemplateOutputInvalid,
+}
+
+impl FailureKind {
+    /// The name stored with the attempt and shown in the API (`error_kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Connect => "connect",
+            FailureKind::RefusedTarget => "refused_target",
+            FailureKind::Tls => "tls",
+            FailureKind::Http => "http",
+            FailureKind::Gone => "gone",
+            FailureKind::Transport => "transport",
+            FailureKind::TemplateOutputInvalid => "template_output_invalid",
+        }
+    }
+
+    /// The kind of a stored name.
+    pub fn parse(s: &str) -> Option<FailureKind> {
+        [
+            FailureKind::Timeout,
+            FailureKind::Connect,
+            FailureKind::RefusedTarget,
+            FailureKind::Tls,
+            FailureKind::Http,
+            FailureKind::Gone,
+            FailureKind::Transport,
+            FailureKind::TemplateOutputInvalid,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+    }
+
+    /// May a later attempt succeed? (410 Gone and an invalid template output: no.)
+    pub fn retryable(self) -> bool {
+        match self {
+            FailureKind::Gone | FailureKind::TemplateOutputInvalid => false,
+            FailureKind::Timeout
+            | FailureKind::Connect
+            | FailureKind::RefusedTarget
+            | FailureKind::Tls
+            | FailureKind::Http
+            | FailureKind::Transport => true,
+        }
+    }
+
+    /// Did the attempt reach (or try to reach) the target? (A body that was never made says
+    /// nothing about the target: its circuit breaker does not count it.)
+    pub fn involves_target(self) -> bool {
+        !matches!(self, FailureKind::TemplateOutputInvalid)
+    }
+}
+
 /// The outcome of one attempt.
 #[derive(Debug, Clone, Default)]
 pub struct Sent {
     pub status: Option<u16>,
     pub duration: Duration,
-    /// `None` on success; else `timeout`, `connect`, `refused_target`, `tls`, `http`, `gone`,
-    /// `transport`.
-    pub error_kind: Option<&'static str>,
+    /// `None` on success.
+    pub error_kind: Option<FailureKind>,
     pub error: Option<String>,
     pub excerpt: Option<String>,
     pub retry_after: Option<String>,
@@ -45,6 +117,20 @@ pub struct Sent {
 impl Sent {
     pub fn ok(&self) -> bool {
         self.error_kind.is_none()
+    }
+
+    /// An attempt whose body could not be made (nothing was sent).
+    pub fn unrendered(error: &crate::events::format::RenderError) -> Sent {
+        Sent {
+            error_kind: Some(FailureKind::TemplateOutputInvalid),
+            error: Some(error.to_string()),
+            ..Sent::default()
+        }
+    }
+
+    /// May a later attempt succeed?
+    pub fn retryable(&self) -> bool {
+        self.error_kind.is_none_or(FailureKind::retryable)
     }
 }
 
@@ -190,7 +276,7 @@ impl Sender {
         };
         if let Err(b) = self.check_literal(&target.address) {
             return done(Sent {
-                error_kind: Some("refused_target"),
+                error_kind: Some(FailureKind::RefusedTarget),
                 error: Some(b.to_string()),
                 ..Sent::default()
             });
@@ -203,7 +289,7 @@ impl Sender {
         };
         let mut req = client
             .post(&target.address)
-            .header(http::header::CONTENT_TYPE, payload.content_type)
+            .header(http::header::CONTENT_TYPE, payload.content_type.as_ref())
             .header("webhook-id", id)
             .header("webhook-timestamp", ts.to_string())
             .body(payload.body.clone());
@@ -231,9 +317,9 @@ impl Sender {
         let error_kind = if status.is_success() {
             None
         } else if status == http::StatusCode::GONE {
-            Some("gone")
+            Some(FailureKind::Gone)
         } else {
-            Some("http")
+            Some(FailureKind::Http)
         };
         done(Sent {
             status: Some(status.as_u16()),
@@ -288,18 +374,18 @@ fn transport_failure(e: &reqwest::Error, timeout: Duration) -> Sent {
         src = s.source();
     }
     let (kind, error) = if let Some(b) = blocked {
-        ("refused_target", b)
+        (FailureKind::RefusedTarget, b)
     } else if e.is_timeout() {
         (
-            "timeout",
+            FailureKind::Timeout,
             format!("no answer within {}s", timeout.as_secs()),
         )
     } else if tls {
-        ("tls", chain(e))
+        (FailureKind::Tls, chain(e))
     } else if e.is_connect() {
-        ("connect", chain(e))
+        (FailureKind::Connect, chain(e))
     } else {
-        ("transport", chain(e))
+        (FailureKind::Transport, chain(e))
     };
     Sent {
         error_kind: Some(kind),

@@ -4,7 +4,8 @@
 //! some, else by the next due time), renders each for its target and POSTs it. Every attempt is
 //! a row; the delivery then succeeds, is retried at a time from [`retry`] (honouring
 //! `Retry-After` within bounds), or is dead after `webhook_job_max_retry` retries (kept, visible,
-//! redeliverable). 410 Gone disables the target. One slow or dead target cannot starve the
+//! redeliverable). 410 Gone disables the target. A `Custom` target whose template makes no valid
+//! body fails the attempt without sending it (`template_output_invalid`), and it is not retried. One slow or dead target cannot starve the
 //! others: at most `per_target_concurrency` attempts per target are in flight, and after
 //! `breaker_failures` consecutive failures its circuit opens, deferring its deliveries (no
 //! attempt, no retry used) until a cool-down has passed. Slack targets get at most one message
@@ -33,11 +34,11 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NotificationConfig;
-use crate::events::format::{self, RenderCtx};
+use crate::events::format::RenderCtx;
 use crate::metrics::Metrics;
 use crate::store::outbox::{self, Attempt, Claimed, Next};
 use crate::store::{self, Store, StoreError};
-use client::{Sender, Sent};
+use client::{FailureKind, Sender, Sent};
 use policy::TargetKind;
 
 /// How often leases that expired are looked for.
@@ -71,6 +72,8 @@ pub struct Dispatcher {
     /// Finished attempts on their way to the store (see [`Dispatcher::run_recorder`]).
     outcomes: tokio::sync::mpsc::UnboundedSender<Finished>,
     recorder: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
+    /// `external_url`, when configured: chat formats and templates link to the artifact.
+    external_url: Option<String>,
 }
 
 /// A finished attempt waiting to be recorded.
@@ -104,7 +107,14 @@ impl Dispatcher {
             lease,
             outcomes,
             recorder: Mutex::new(Some(recorder)),
+            external_url: None,
         }
+    }
+
+    /// Payloads link to artifacts under `external_url` (chat formats, templates' `link`).
+    pub fn with_external_url(mut self, external_url: Option<String>) -> Self {
+        self.external_url = external_url;
+        self
     }
 
     /// Write finished attempts to the store in batches: whatever has finished while the last
@@ -427,6 +437,19 @@ impl Dispatcher {
         }
     }
 
+    /// An attempt that never reached the target ends: if it was the probe of an open circuit,
+    /// the next attempt probes.
+    fn release_probe(&self, address: &str, probe: bool) {
+        if !probe {
+            return;
+        }
+        if let Ok(mut m) = self.targets.lock()
+            && let Some(s) = m.get_mut(address)
+        {
+            s.probing = false;
+        }
+    }
+
     async fn deliver(&self, d: Claimed) {
         let probe = match self.gate(&d).await {
             Ok(probe) => probe,
@@ -449,22 +472,31 @@ impl Dispatcher {
             project_id: d.project_id,
             policy_id: d.policy_id,
             delivery_id: Some(d.id),
+            external_url: self.external_url.clone(),
         };
-        let payload = format::render(&d.event, d.target.format(), &ctx);
         let started_at = store::now_ms();
-        let sent = self
-            .sender
-            .send(&d.target, &payload, &d.event.id.to_string())
-            .await;
+        // a body that cannot be made (a Custom target's template) is a failed attempt that
+        // is not retried and says nothing about the target
+        let sent = match d.target.render_async(&d.event, &ctx).await {
+            Ok(payload) => {
+                self.sender
+                    .send(&d.target, &payload, &d.event.id.to_string())
+                    .await
+            }
+            Err(e) => Sent::unrendered(&e),
+        };
         self.metrics
             .attempt_seconds
             .observe(sent.duration.as_secs_f64());
-        self.note_outcome(&d.target.address, sent.ok(), probe);
+        match sent.error_kind {
+            Some(k) if !k.involves_target() => self.release_probe(&d.target.address, probe),
+            _ => self.note_outcome(&d.target.address, sent.ok(), probe),
+        }
         let retry_no = d.attempts + 1; // this attempt's number; retries used = retry_no - 1
-        let gone = sent.error_kind == Some("gone");
+        let gone = sent.error_kind == Some(FailureKind::Gone);
         let next = if sent.ok() {
             Next::Succeeded
-        } else if gone || retry_no > self.cfg.webhook_job_max_retry {
+        } else if !sent.retryable() || retry_no > self.cfg.webhook_job_max_retry {
             Next::Dead
         } else {
             let ra = sent
@@ -493,7 +525,7 @@ impl Dispatcher {
             started_at,
             duration_ms: sent.duration.as_millis() as i64,
             status_code: sent.status,
-            error_kind: sent.error_kind.map(str::to_string),
+            error_kind: sent.error_kind.map(|k| k.name().to_string()),
             error: sent.error.clone(),
             response_excerpt: sent.excerpt.clone(),
         };
@@ -533,7 +565,7 @@ fn log_attempt(d: &Claimed, sent: &Sent, next: Next) {
             tracing::debug!(delivery = d.id, event_id = %d.event.id, target_address = %address, status = sent.status, ms = sent.duration.as_millis() as u64, "delivered")
         }
         _ => {
-            tracing::warn!(delivery = d.id, event_id = %d.event.id, target_address = %address, status = sent.status, kind = sent.error_kind, error = sent.error.as_deref(), next = ?next, "delivery attempt failed")
+            tracing::warn!(delivery = d.id, event_id = %d.event.id, target_address = %address, status = sent.status, kind = sent.error_kind.map(FailureKind::name), error = sent.error.as_deref(), next = ?next, "delivery attempt failed")
         }
     }
 }
@@ -633,6 +665,23 @@ mod tests {
         d.note_outcome(a, true, true);
         assert_eq!(circuit(&d, a), (Duration::ZERO, false, false));
         assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(false));
+    }
+
+    /// A probe whose body could not be made (a Custom template's failure) says nothing about
+    /// the target: the circuit stays as it was, and the next attempt probes.
+    #[tokio::test]
+    async fn a_probe_that_was_never_sent_leaves_the_circuit_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(cfg(), dir.path());
+        let a = "http://a/";
+        d.note_outcome(a, false, false);
+        d.note_outcome(a, false, false);
+        expire(&d, a);
+        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
+        let before = circuit(&d, a);
+        d.release_probe(a, true);
+        assert_eq!(circuit(&d, a), (before.0, before.1, false));
+        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
     }
 
     #[tokio::test]

@@ -3,11 +3,14 @@
 //! An [`Event`] is built by `observe` (registry and chart traffic) or by the side endpoint (scan,
 //! quota) only after the upstream answered success. Its `id` is a UUIDv7 fixed at creation; every
 //! delivery attempt of every target carries the same id. Payload shapes live in [`format`], as
-//! pure functions `(event, context) → bytes + content type`.
+//! pure functions `(event, context) → bytes + content type`; the chat formats in [`chat`], the
+//! custom payload templates in [`template`].
 
+pub mod chat;
 pub mod format;
 pub mod scan;
 pub mod sink;
+pub mod template;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

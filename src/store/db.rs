@@ -102,6 +102,16 @@ impl tokio_postgres::types::ToSql for Value<'_> {
             Value::Int(i) if *ty == Type::INT8 => i.to_sql(ty, out),
             Value::Int(i) if *ty == Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
             Value::Int(i) if *ty == Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+            // JSON travels as text; JSONB's binary form is a version byte, then the text
+            Value::Text(s) if *ty == Type::JSON => {
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+            Value::Text(s) if *ty == Type::JSONB => {
+                out.extend_from_slice(&[1]);
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
             Value::Text(s) if *ty != Type::INT8 && *ty != Type::INT4 && *ty != Type::INT2 => {
                 s.to_sql(ty, out)
             }
@@ -119,6 +129,8 @@ impl tokio_postgres::types::ToSql for Value<'_> {
             Type::VARCHAR,
             Type::BPCHAR,
             Type::NAME,
+            Type::JSON,
+            Type::JSONB,
             Type::UNKNOWN,
         ]
         .contains(ty)
@@ -193,6 +205,20 @@ pub struct Effects {
     pub deliveries: bool,
     /// Policies or the notification switch changed: drop cached policies (every replica).
     pub policies: bool,
+    /// Policies triggered by the published events: (policy id, event type, unix ms). Written
+    /// to `last_triggers` by the store shortly after, in one sorted statement per flush (see
+    /// [`super::Store::flush_triggers`]), not inside the event's transaction.
+    pub triggers: Vec<(i64, &'static str, i64)>,
+}
+
+impl Effects {
+    /// Add `other`'s effects to these (a group commit's jobs).
+    pub fn merge(&mut self, other: Effects) {
+        self.published.extend(other.published);
+        self.deliveries |= other.deliveries;
+        self.policies |= other.policies;
+        self.triggers.extend(other.triggers);
+    }
 }
 
 enum Conn<'a> {
@@ -327,6 +353,14 @@ impl<'a> Db<'a> {
     /// The kinds published so far in this job (and forget them).
     pub fn take_published(&self) -> Vec<EventKind> {
         std::mem::take(&mut self.effects.borrow_mut().published)
+    }
+
+    /// Record that policy `policy_id` was triggered by an event of `event_type` at `at`.
+    pub fn note_trigger(&self, policy_id: i64, event_type: &'static str, at: i64) {
+        self.effects
+            .borrow_mut()
+            .triggers
+            .push((policy_id, event_type, at));
     }
 
     /// Record that this job created deliveries (or made some due again).

@@ -4,7 +4,8 @@
 //! - the embedded SQLite database `<data_dir>/wharf.db` (the default; one instance), see
 //!   [`sqlite`]: one writer thread, group commit;
 //! - a PostgreSQL database shared by any number of replicas (`store.url`), see [`pg`]: a
-//!   bounded pool, each write job in its own transaction.
+//!   bounded pool; writes go through a few writer tasks that also commit in groups (a savepoint
+//!   per job), so a burst of events never queues for connections one by one.
 //!
 //! Store functions are written once, against [`db::Db`], in a dialect both backends speak.
 //! A caller that awaits [`Store::write`] gets its answer only after the COMMIT, so "the event
@@ -23,6 +24,7 @@ pub mod copy;
 pub mod db;
 pub mod events;
 pub mod executions;
+mod job;
 pub mod knowledge;
 pub mod outbox;
 pub mod pg;
@@ -217,8 +219,22 @@ impl PolicyCache {
 
 enum BackendImpl {
     Sqlite(sqlite::Sqlite),
-    Postgres(Arc<pg::Pg>),
+    Postgres(PgBackend),
 }
+
+struct PgBackend {
+    pool: Arc<pg::Pg>,
+    /// The writers' queue; `None` once the store is closing.
+    queue: Mutex<Option<tokio::sync::mpsc::UnboundedSender<job::Job>>>,
+    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Most jobs in one PostgreSQL group commit (each gets a savepoint: PostgreSQL keeps up to 64
+/// subtransactions per transaction cheaply).
+const PG_MAX_BATCH: usize = 32;
+
+/// Last triggers noted by committed jobs, not yet written (see [`Store::flush_triggers`]).
+type TriggerBuffer = Mutex<HashMap<(i64, &'static str), i64>>;
 
 /// Handle to the store. Cheap to clone.
 #[derive(Clone)]
@@ -231,18 +247,137 @@ struct Inner {
     stats: Arc<StoreStats>,
     outbox: Arc<tokio::sync::Notify>,
     cache: Arc<PolicyCache>,
-    /// Detached PostgreSQL writes still running (awaited by [`Store::close`]).
-    detached: tokio_util::task::TaskTracker,
+    triggers: Arc<TriggerBuffer>,
 }
 
-/// Wakes the dispatcher and drops cached policies after a commit.
-fn after_commit(outbox: &tokio::sync::Notify, cache: &PolicyCache, effects: &db::Effects) {
-    if effects.policies {
-        cache.invalidate();
+/// What follows a commit: the dispatcher woken, cached policies dropped, last triggers noted.
+#[derive(Clone)]
+struct AfterCommit {
+    outbox: Arc<tokio::sync::Notify>,
+    cache: Arc<PolicyCache>,
+    triggers: Arc<TriggerBuffer>,
+}
+
+impl AfterCommit {
+    fn apply(&self, effects: &db::Effects) {
+        if effects.policies {
+            self.cache.invalidate();
+        }
+        if effects.deliveries {
+            self.outbox.notify_one();
+        }
+        if !effects.triggers.is_empty()
+            && let Ok(mut t) = self.triggers.lock()
+        {
+            for (policy, kind, at) in &effects.triggers {
+                let e = t.entry((*policy, *kind)).or_insert(*at);
+                *e = (*e).max(*at);
+            }
+        }
     }
-    if effects.deliveries {
-        outbox.notify_one();
+}
+
+/// One PostgreSQL writer: takes whatever jobs are queued (up to [`PG_MAX_BATCH`]) and commits
+/// them together, each in its own savepoint (a failing job rolls back alone). Runs until the
+/// queue is closed and empty.
+async fn pg_writer(
+    pool: Arc<pg::Pg>,
+    queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<job::Job>>>,
+    after: AfterCommit,
+    stats: Arc<StoreStats>,
+) {
+    loop {
+        let batch = {
+            let mut rx = queue.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < PG_MAX_BATCH
+                && let Ok(j) = rx.try_recv()
+            {
+                batch.push(j);
+            }
+            batch
+        };
+        let n = batch.len();
+        let conn = match pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+                for j in batch {
+                    j.refuse(e.clone());
+                }
+                continue;
+            }
+        };
+        let cache = after.cache.clone();
+        let ran = tokio::task::spawn_blocking(move || run_pg_batch(&conn, &cache, batch)).await;
+        let Ok((dones, commit, effects, failed)) = ran else {
+            tracing::error!(jobs = n, "database: a writer task failed");
+            continue;
+        };
+        match &commit {
+            Ok(()) => {
+                after.apply(&effects);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
+                stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = n, "database: commit failed");
+                stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+        for done in dones {
+            done(commit.clone());
+        }
     }
+}
+
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Run `batch` in one transaction on `conn` (a blocking thread): the answers to give, the
+/// outcome of the COMMIT, the merged effects of the jobs that succeeded, and how many failed.
+fn run_pg_batch(
+    conn: &pg::PgConn,
+    cache: &PolicyCache,
+    batch: Vec<job::Job>,
+) -> (Vec<Done>, Result<(), StoreError>, db::Effects, u64) {
+    let single = batch.len() == 1;
+    let mut dones: Vec<Done> = Vec::with_capacity(batch.len());
+    let mut effects = db::Effects::default();
+    let mut failed = 0u64;
+    let mut broken: Option<StoreError> = conn.batch("BEGIN").err();
+    for j in batch {
+        dones.push(j.done);
+        if broken.is_some() {
+            continue;
+        }
+        if !single && let Err(e) = conn.batch("SAVEPOINT job") {
+            broken = Some(e);
+            continue;
+        }
+        match (j.run)(&Db::postgres(conn).with_cache(cache)) {
+            Some(e) => effects.merge(e),
+            None => {
+                failed += 1;
+                if !single && let Err(e) = conn.batch("ROLLBACK TO SAVEPOINT job") {
+                    broken = Some(e);
+                }
+            }
+        }
+    }
+    let commit = match broken {
+        Some(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+        // a single job that failed: its transaction is rolled back, its own error answers it
+        None if single && failed == 1 => conn.batch("ROLLBACK"),
+        None => conn.batch("COMMIT"),
+    };
+    (dones, commit, effects, failed)
 }
 
 impl Store {
@@ -261,7 +396,39 @@ impl Store {
             config.connect_timeout,
         );
         migrate_pg(&pool).await?;
-        Ok(Store::with_backend(BackendImpl::Postgres(pool)))
+        let after = AfterCommit {
+            outbox: Arc::new(tokio::sync::Notify::new()),
+            cache: Arc::new(PolicyCache::default()),
+            triggers: Arc::new(TriggerBuffer::default()),
+        };
+        let stats = Arc::new(StoreStats::default());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        // a few writers: group commits in parallel, a quarter of the pool at most
+        let writers = (config.pool_size / 4).clamp(1, 4);
+        let handles = (0..writers)
+            .map(|_| {
+                tokio::spawn(pg_writer(
+                    pool.clone(),
+                    rx.clone(),
+                    after.clone(),
+                    stats.clone(),
+                ))
+            })
+            .collect();
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend: BackendImpl::Postgres(PgBackend {
+                    pool,
+                    queue: Mutex::new(Some(tx)),
+                    writers: Mutex::new(handles),
+                }),
+                stats,
+                outbox: after.outbox,
+                cache: after.cache,
+                triggers: after.triggers,
+            }),
+        })
     }
 
     /// Connect to the PostgreSQL database `config` names without changing anything; its
@@ -292,37 +459,28 @@ impl Store {
     /// Open (creating if needed) the SQLite database `<data_dir>/wharf.db` and migrate it.
     pub fn open_sqlite(data_dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
-        let cache = Arc::new(PolicyCache::default());
-        let outbox = Arc::new(tokio::sync::Notify::new());
-        let (o, c) = (outbox.clone(), cache.clone());
+        let after = AfterCommit {
+            outbox: Arc::new(tokio::sync::Notify::new()),
+            cache: Arc::new(PolicyCache::default()),
+            triggers: Arc::new(TriggerBuffer::default()),
+        };
+        let a = after.clone();
         let lite = sqlite::Sqlite::open(
             data_dir,
             sync,
             stats.clone(),
-            cache.clone(),
-            Box::new(move |e| after_commit(&o, &c, e)),
+            after.cache.clone(),
+            Box::new(move |e| a.apply(e)),
         )?;
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: BackendImpl::Sqlite(lite),
                 stats,
-                outbox,
-                cache,
-                detached: tokio_util::task::TaskTracker::new(),
+                outbox: after.outbox,
+                cache: after.cache,
+                triggers: after.triggers,
             }),
         })
-    }
-
-    fn with_backend(backend: BackendImpl) -> Store {
-        Store {
-            inner: Arc::new(Inner {
-                backend,
-                stats: Arc::new(StoreStats::default()),
-                outbox: Arc::new(tokio::sync::Notify::new()),
-                cache: Arc::new(PolicyCache::default()),
-                detached: tokio_util::task::TaskTracker::new(),
-            }),
-        }
     }
 
     /// Which backend this store uses.
@@ -337,7 +495,7 @@ impl Store {
     pub fn location(&self) -> String {
         match &self.inner.backend {
             BackendImpl::Sqlite(s) => s.path().display().to_string(),
-            BackendImpl::Postgres(p) => format!("postgres://{}", p.settings().display),
+            BackendImpl::Postgres(p) => format!("postgres://{}", p.pool.settings().display),
         }
     }
 
@@ -363,60 +521,14 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        match &self.inner.backend {
-            BackendImpl::Sqlite(lite) => {
-                let (tx, rx) = oneshot::channel();
-                let job = sqlite::Job::new(true, f, move |r| {
-                    let _ = tx.send(r);
-                });
-                if let Err(job) = lite.submit(job) {
-                    job.refuse();
-                }
-                rx.await.map_err(|_| StoreError::Closed)?
-            }
-            BackendImpl::Postgres(pool) => self.write_pg(pool.clone(), f).await,
-        }
+        let (tx, rx) = oneshot::channel();
+        self.submit(job::Job::new(true, f, move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn write_pg<T, F>(&self, pool: Arc<pg::Pg>, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = pool.acquire().await?;
-        let cache = self.inner.cache.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let db = Db::postgres(&conn).with_cache(&cache);
-            conn.batch("BEGIN")?;
-            match f(&db) {
-                Ok(v) => {
-                    conn.batch("COMMIT")?;
-                    Ok((v, db.take_effects()))
-                }
-                Err(e) => {
-                    let _ = conn.batch("ROLLBACK");
-                    Err(e)
-                }
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-        let stats = &self.inner.stats;
-        match done {
-            Ok((v, effects)) => {
-                after_commit(&self.inner.outbox, &self.inner.cache, &effects);
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.jobs.fetch_add(1, Ordering::Relaxed);
-                Ok(v)
-            }
-            Err(e) => {
-                stats.failed_jobs.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
-    }
-
-    /// Queue `f` for a write without waiting (SQLite: the next group commit, see
+    /// Queue `f` for a write without waiting (the next group commit; SQLite: see
     /// [`BACKGROUND_WINDOW`]); `answer` gets its result once committed (or the failure): keep
     /// it short.
     pub fn write_detached<T, F>(
@@ -427,28 +539,48 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        match &self.inner.backend {
-            BackendImpl::Sqlite(lite) => {
-                let job = sqlite::Job::new(false, f, answer);
-                if let Err(job) = lite.submit(job) {
-                    job.refuse();
-                }
-            }
-            BackendImpl::Postgres(pool) => {
-                if self.inner.detached.is_closed() {
-                    answer(Err(StoreError::Closed));
-                    return;
-                }
-                let (me, pool) = (self.clone(), pool.clone());
-                let run = async move { answer(me.write_pg(pool, f).await) };
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        rt.spawn(self.inner.detached.track_future(run));
-                    }
-                    Err(_) => tracing::error!("a background write outside the runtime was dropped"),
-                }
-            }
+        self.submit(job::Job::new(false, f, answer));
+    }
+
+    fn submit(&self, job: job::Job) {
+        let refused = match &self.inner.backend {
+            BackendImpl::Sqlite(lite) => lite.submit(job).err(),
+            BackendImpl::Postgres(pg) => match pg.queue.lock().ok().and_then(|q| q.clone()) {
+                Some(tx) => tx.send(job).err().map(|e| e.0),
+                None => Some(job),
+            },
+        };
+        if let Some(job) = refused {
+            job.refuse(StoreError::Closed);
         }
+    }
+
+    /// Write the last triggers noted since the last flush: one upsert per (policy, event type),
+    /// in key order (so the flushes of several replicas never wait on each other in a cycle),
+    /// keeping the later time; none for a policy deleted meanwhile. Runs every second (see
+    /// [`run_housekeeping`]) and before the last-trigger API answers.
+    pub async fn flush_triggers(&self) -> Result<(), StoreError> {
+        let mut pending: Vec<((i64, &'static str), i64)> = match self.inner.triggers.lock() {
+            Ok(mut t) => t.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        pending.sort();
+        self.write(move |c| {
+            for ((policy, kind), at) in &pending {
+                c.exec(
+                    "INSERT INTO last_triggers (policy_id, event_type, at)
+                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM policies WHERE id = ?1)
+                     ON CONFLICT (policy_id, event_type) DO UPDATE
+                       SET at = CASE WHEN excluded.at > last_triggers.at THEN excluded.at ELSE last_triggers.at END",
+                    args![*policy, *kind, *at],
+                )?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Run a read-only query (off the async threads). It sees committed data only.
@@ -465,8 +597,8 @@ impl Store {
             })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?,
-            BackendImpl::Postgres(pool) => {
-                let conn = pool.acquire().await?;
+            BackendImpl::Postgres(pg) => {
+                let conn = pg.pool.acquire().await?;
                 tokio::task::spawn_blocking(
                     move || f(&Db::postgres(&conn).with_cache(&inner.cache)),
                 )
@@ -516,27 +648,49 @@ impl Store {
     /// Stop taking writes, commit everything queued, close connections.
     pub async fn close(&self) {
         match &self.inner.backend {
-            BackendImpl::Sqlite(lite) => lite.close().await,
-            BackendImpl::Postgres(pool) => {
-                self.inner.detached.close();
-                self.inner.detached.wait().await;
-                pool.close();
+            BackendImpl::Sqlite(lite) => {
+                let _ = self.flush_triggers().await;
+                lite.close().await
+            }
+            BackendImpl::Postgres(pg) => {
+                let _ = self.flush_triggers().await;
+                if let Ok(mut q) = pg.queue.lock() {
+                    q.take();
+                }
+                let writers: Vec<_> = pg
+                    .writers
+                    .lock()
+                    .map(|mut w| std::mem::take(&mut *w))
+                    .unwrap_or_default();
+                for w in writers {
+                    let _ = w.await;
+                }
+                pg.pool.close();
             }
         }
     }
 }
 
-/// Once a minute: forget what clients resolved longer ago than `attribution_window`, lapsed
-/// quota reservations, and target versions no delivery needs any more. Runs until `shutdown`.
+/// Every second: write the last triggers noted ([`Store::flush_triggers`]). Once a minute:
+/// forget what clients resolved longer ago than `attribution_window`, lapsed quota
+/// reservations, and target versions no delivery needs any more. Runs until `shutdown`.
 pub async fn run_housekeeping(
     store: Store,
     attribution_window: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = store.flush_triggers().await {
+            tracing::warn!(error = %e, "writing last triggers failed");
+        }
+        ticks += 1;
+        if !ticks.is_multiple_of(60) {
+            continue;
         }
         let before = now_ms() - attribution_window.as_millis() as i64;
         let result = store

@@ -50,11 +50,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
             )?;
             created += 1;
         }
-        db.exec(
-            "INSERT INTO last_triggers (policy_id, event_type, at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (policy_id, event_type) DO UPDATE SET at = excluded.at",
-            args![p.id, event.kind.harbor_type(), now],
-        )?;
+        db.note_trigger(p.id, event.kind.harbor_type(), now);
     }
     if created > 0 {
         db.note_deliveries();
@@ -109,7 +105,10 @@ const CLAIM_SQL: &str =
                   WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
                   ORDER BY not_before, id LIMIT ?3)
      RETURNING id";
-/// The same on PostgreSQL: rows another replica is claiming right now are skipped.
+/// The same on PostgreSQL: rows another replica is claiming right now are skipped. (Row sets
+/// passed as JSON are matched with `id = ANY(ARRAY(…))`, which the planner always serves from
+/// the primary key: a join with a JSON function made it scan the whole table while the table
+/// had no statistics yet, 4.5 ms per batch on 5,000 deliveries.)
 const CLAIM_SQL_PG: &str =
     "UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
      WHERE id IN (SELECT id FROM deliveries
@@ -131,7 +130,7 @@ const LOAD_SQL_PG: &str =
      LEFT JOIN delivery_targets t ON t.id = d.target_id
      LEFT JOIN projects p ON p.name = d.project
      LEFT JOIN policies pol ON pol.id = d.policy_id
-     WHERE d.id IN (SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json)))";
+     WHERE d.id = ANY(ARRAY(SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST(?1 AS json))))";
 
 /// What limits a claim.
 #[derive(Debug, Clone, Default)]
@@ -396,7 +395,8 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
            updated_at = ?2
          FROM json_to_recordset(CAST(?1 AS json)) AS x(id bigint, state text, not_before bigint,
            last_status bigint, last_error text, token bigint)
-         WHERE d.id = x.id",
+         WHERE d.id = x.id
+           AND d.id = ANY(ARRAY(SELECT CAST(v->>'id' AS BIGINT) FROM json_array_elements(CAST(?1 AS json)) v))",
         args![json(&moves)?.as_str(), now],
     )?;
     Ok(())

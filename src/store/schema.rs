@@ -437,6 +437,20 @@ pub static MIGRATIONS: &[Migration] = &[
     "#,
         then: Some(super::users::create_admin),
     },
+    // 8: PostgreSQL: the outbox is a queue — every delivery row is updated two or three times
+    // within seconds — so its tables are vacuumed and analyzed after a fixed number of changes
+    // rather than a fraction of the table; otherwise the partial indexes the dispatcher scans
+    // fill with dead entries during a burst and every claim walks over them.
+    Migration {
+        sqlite: "",
+        postgres: r#"
+    ALTER TABLE deliveries SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 2000,
+        autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 2000, autovacuum_vacuum_cost_delay = 0);
+    ALTER TABLE events SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+    ALTER TABLE attempts SET (autovacuum_analyze_scale_factor = 0.02);
+    "#,
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

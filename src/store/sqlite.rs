@@ -20,57 +20,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use super::db::{Db, Effects};
+use super::job::Job;
 use super::{PolicyCache, StoreError, StoreStats, Synchronous, schema};
-
-/// Runs a job in its savepoint: its effects if it succeeded.
-type RunJob = Box<dyn FnOnce(&Connection, &PolicyCache) -> Option<Effects> + Send>;
-
-/// A queued write: `run` executes inside its own savepoint and says whether it succeeded (else
-/// the savepoint is rolled back) with the effects to apply after COMMIT; `done` gets the outcome
-/// of the COMMIT (or the reason the job never ran) and answers the caller.
-pub(super) struct Job {
-    run: RunJob,
-    done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
-    /// Someone waits for this commit; background jobs may wait up to [`BACKGROUND_WINDOW`]
-    /// for company.
-    urgent: bool,
-}
-
-impl Job {
-    pub(super) fn new<T: Send + 'static>(
-        urgent: bool,
-        f: impl FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
-        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
-    ) -> Job {
-        let slot: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        Job {
-            run: Box::new(move |conn, cache| {
-                let db = Db::sqlite(conn).with_cache(cache);
-                let r = f(&db);
-                let effects = r.is_ok().then(|| db.take_effects());
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some(r);
-                }
-                effects
-            }),
-            done: Box::new(move |commit| {
-                let r = out.lock().ok().and_then(|mut s| s.take());
-                answer(match (commit, r) {
-                    (Err(e), _) => Err(e),
-                    (Ok(()), Some(r)) => r,
-                    (Ok(()), None) => Err(StoreError::Closed),
-                });
-            }),
-            urgent,
-        }
-    }
-
-    /// Answer without running (the store is closed).
-    pub(super) fn refuse(self) {
-        (self.done)(Err(StoreError::Closed));
-    }
-}
 
 const MAX_BATCH: usize = 512;
 /// How long background writes (pull events) may wait to be committed together with others:
@@ -135,6 +86,7 @@ impl Sqlite {
     }
 
     pub(super) fn submit(&self, job: Job) -> Result<(), Job> {
+        // (the store answers a refused job)
         let guard = match self.tx.lock() {
             Ok(g) => g,
             Err(_) => return Err(job),
@@ -230,7 +182,7 @@ fn writer_loop(
         let mut effects = Effects::default();
         for job in batch {
             let savepoint = exec_cached(&conn, "SAVEPOINT job").is_ok();
-            let done = (job.run)(&conn, &cache);
+            let done = (job.run)(&Db::sqlite(&conn).with_cache(&cache));
             if savepoint {
                 let _ = if done.is_some() {
                     exec_cached(&conn, "RELEASE job")
@@ -240,10 +192,7 @@ fn writer_loop(
                 };
             }
             match done {
-                Some(e) => {
-                    effects.deliveries |= e.deliveries;
-                    effects.policies |= e.policies;
-                }
+                Some(e) => effects.merge(e),
                 None => failed += 1,
             }
             dones.push(job.done);
@@ -302,7 +251,9 @@ pub(crate) fn migrate(conn: &Connection) -> Result<i64, StoreError> {
         if found < target {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let step = (|| {
-                conn.execute_batch(m.sqlite)?;
+                if !m.sqlite.is_empty() {
+                    conn.execute_batch(m.sqlite)?;
+                }
                 if let Some(then) = m.then {
                     then(&Db::sqlite(conn))?;
                 }

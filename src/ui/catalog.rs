@@ -31,6 +31,7 @@ pub async fn page(
     Query(c): Query<Choice>,
 ) -> Result<Response, UiError> {
     let (ctx, _) = session(&s, &headers).await?;
+    let app = s.app().map_err(|_| UiError::Unavailable)?;
     let kind = c
         .event_type
         .as_deref()
@@ -41,18 +42,23 @@ pub async fn page(
         .as_deref()
         .and_then(PayloadFormat::parse)
         .unwrap_or(PayloadFormat::Default);
-    let sample = format::samples().into_iter().find(|(_, e)| e.kind == kind);
-    let rendered = sample.as_ref().map(|(_, e)| {
-        format::render(
-            e,
-            fmt,
-            &RenderCtx {
+    // REPLICATION and TAG_RETENTION never happen: no sample
+    let sample = kind
+        .produced()
+        .then(|| format::sample_in(kind, "prj", &app.config.external_host()));
+    let rendered = match (&sample, fmt) {
+        (_, PayloadFormat::Custom) => None,
+        (Some(e), _) => {
+            let ctx = RenderCtx {
                 project_id: 1,
                 policy_id: 1,
                 delivery_id: Some(1),
-            },
-        )
-    });
+                external_url: app.config.external_url.clone(),
+            };
+            format::render(e, fmt, None, &ctx).ok()
+        }
+        (None, _) => None,
+    };
     let body = html! {
         h1 { "Event Catalog" }
         p.lead { "What a receiver gets: an example of each event type in each payload format." }
@@ -79,6 +85,9 @@ pub async fn page(
             Some(p) => {
                 p { "Content-Type: " code { (p.content_type) } }
                 pre.payload tabindex="0" aria-label="Example payload" { (pretty(&String::from_utf8_lossy(&p.body))) }
+            }
+            None if fmt == PayloadFormat::Custom => {
+                p.empty { "A Custom target's payload is its own template: preview it with " code { "POST …/webhook/policies/preview" } "." }
             }
             None => {
                 p.empty { (kind.harbor_type()) " is accepted in policies for configurations copied from Harbor, and wharf never sends it." }

@@ -91,7 +91,13 @@ fn as_event(v: &Value) -> wharf::events::Event {
 
 /// The Default (Harbor 2.x) payload of a stored event.
 fn default_payload(v: &Value) -> Value {
-    let p = render(&as_event(v), PayloadFormat::Default, &RenderCtx::default());
+    let p = render(
+        &as_event(v),
+        PayloadFormat::Default,
+        None,
+        &RenderCtx::default(),
+    )
+    .unwrap();
     serde_json::from_slice(&p.body).unwrap()
 }
 
@@ -771,7 +777,14 @@ async fn three_segment_names_keep_project_and_short_name() {
         "prj/team/app:1.0"
     );
     let legacy: Value = serde_json::from_slice(
-        &render(&as_event(&e), PayloadFormat::Legacy, &RenderCtx::default()).body,
+        &render(
+            &as_event(&e),
+            PayloadFormat::Legacy,
+            None,
+            &RenderCtx::default(),
+        )
+        .unwrap()
+        .body,
     )
     .unwrap();
     assert_eq!(legacy["events"][0]["project"], "prj");

@@ -901,15 +901,25 @@ async fn webhook_policies_are_validated_with_precise_messages() {
     .await;
     assert_eq!(r.status, 201, "{}", r.text);
     let id = r.json()["id"].as_i64().unwrap();
-    // a page number that would overflow the offset
+    // a page number that is not an int64 (it used to wrap to page 1): refused, as Harbor does,
+    // with Harbor's status for a query that fails validation (422) and a message naming it
     let r = admin_send(
         reqwest::Method::GET,
         &format!("{url}/{id}/executions?page=18446744073709551615&page_size=10"),
         None,
     )
     .await;
-    assert_eq!(r.status, 400, "{}", r.text);
-    assert!(r.error().1.starts_with("page: "), "{}", r.text);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.error().1.contains("page in query"), "{}", r.text);
+    // one that is an int64 but whose offset overflows: an empty page, never page 1
+    let r = admin_send(
+        reqwest::Method::GET,
+        &format!("{url}/{id}/executions?page=9223372036854775807&page_size=10"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json(), serde_json::json!([]), "{}", r.text);
     let r = admin_send(
         reqwest::Method::GET,
         &format!("{url}/{id}/executions?page=2&page_size=10"),

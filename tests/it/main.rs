@@ -12,6 +12,7 @@
 mod common;
 
 mod chartrepo;
+mod chat;
 mod cli;
 mod deploy;
 mod events;

@@ -166,7 +166,7 @@ fn as_event(v: &Value) -> wharf::events::Event {
 
 /// The payload of a stored event in `format`.
 fn payload(v: &Value, format: PayloadFormat) -> Value {
-    let p = render(&as_event(v), format, &RenderCtx::default());
+    let p = render(&as_event(v), format, None, &RenderCtx::default()).unwrap();
     serde_json::from_slice(&p.body).unwrap()
 }
 

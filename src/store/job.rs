@@ -1,0 +1,55 @@
+//! A queued write job, the unit of a group commit on either backend.
+
+use std::sync::{Arc, Mutex};
+
+use super::StoreError;
+use super::db::{Db, Effects};
+
+/// Runs a job inside its transaction (or savepoint): its effects if it succeeded (else its
+/// writes are rolled back).
+pub(super) type RunJob = Box<dyn FnOnce(&Db<'_>) -> Option<Effects> + Send>;
+
+/// A queued write: `run` executes inside its own savepoint and says whether it succeeded, with
+/// the effects to apply after COMMIT; `done` gets the outcome of the COMMIT (or the reason the
+/// job never ran) and answers the caller.
+pub(super) struct Job {
+    pub(super) run: RunJob,
+    pub(super) done: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    /// Someone waits for this commit; background jobs may wait a little for company.
+    pub(super) urgent: bool,
+}
+
+impl Job {
+    pub(super) fn new<T: Send + 'static>(
+        urgent: bool,
+        f: impl FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) -> Job {
+        let slot: Arc<Mutex<Option<Result<T, StoreError>>>> = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        Job {
+            run: Box::new(move |db| {
+                let r = f(db);
+                let effects = r.is_ok().then(|| db.take_effects());
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(r);
+                }
+                effects
+            }),
+            done: Box::new(move |commit| {
+                let r = out.lock().ok().and_then(|mut s| s.take());
+                answer(match (commit, r) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Some(r)) => r,
+                    (Ok(()), None) => Err(StoreError::Closed),
+                });
+            }),
+            urgent,
+        }
+    }
+
+    /// Answer without running (the store is closed, or the batch could not start).
+    pub(super) fn refuse(self, why: StoreError) {
+        (self.done)(Err(why));
+    }
+}
