@@ -41,18 +41,23 @@
     });
   }
 
-  // A Slack endpoint has no payload format and no auth header.
+  // A Slack endpoint has no payload format and no auth header, only its Slack layout; the
+  // template fields belong to the Custom format. Without JavaScript every field shows.
   function notifyTypes(root) {
     root.querySelectorAll("select[data-notify-type]").forEach(function (sel) {
       var set = sel.closest("fieldset");
       if (!set || sel.dataset.ready) return;
       sel.dataset.ready = "1";
+      var format = set.querySelector("select[data-payload-format]");
       var update = function () {
-        set.querySelectorAll("[data-http-only]").forEach(function (el) {
-          el.hidden = sel.value === "slack";
-        });
+        var slack = sel.value === "slack";
+        set.querySelectorAll("[data-http-only]").forEach(function (el) { el.hidden = slack; });
+        set.querySelectorAll("[data-slack-only]").forEach(function (el) { el.hidden = !slack; });
+        var custom = !slack && format && format.value === "Custom";
+        set.querySelectorAll("[data-custom-only]").forEach(function (el) { el.hidden = !custom; });
       };
       sel.addEventListener("change", update);
+      if (format) format.addEventListener("change", update);
       update();
     });
   }

@@ -34,6 +34,10 @@ pub struct TargetForm {
     pub kind: String,
     pub address: String,
     pub payload_format: String,
+    /// A `Custom` target's template (not a secret: rendered back).
+    pub payload_template: String,
+    /// A `Custom` target's content type (empty: the default).
+    pub content_type: String,
     /// Typed now (never rendered back).
     pub auth_header: String,
     /// A stored one exists.
@@ -67,8 +71,14 @@ impl TargetForm {
             address: text(&t["address"]),
             payload_format: t["payload_format"]
                 .as_str()
-                .unwrap_or(PayloadFormat::Default.name())
+                .unwrap_or(if t["type"] == "slack" {
+                    PayloadFormat::Slack.name()
+                } else {
+                    PayloadFormat::Default.name()
+                })
                 .to_string(),
+            payload_template: text(&t["payload_template"]),
+            content_type: text(&t["content_type"]),
             auth_set: set(&t["auth_header"]),
             verify: !t["skip_cert_verify"].as_bool().unwrap_or(false),
             secret_set: set(&t["secret"]),
@@ -96,8 +106,13 @@ impl TargetForm {
             "skip_cert_verify": !self.verify,
             "disabled": self.disabled && !self.reenable,
         });
-        if self.kind != "slack" {
-            v["payload_format"] = json!(self.payload_format);
+        // a Slack endpoint: Harbor's message, or wharf's SlackRich
+        v["payload_format"] = json!(self.payload_format);
+        if self.is_custom() {
+            v["payload_template"] = json!(self.payload_template);
+            if !self.content_type.trim().is_empty() {
+                v["content_type"] = json!(self.content_type.trim());
+            }
         }
         if let Some(a) = secret_field(&self.auth_header, self.auth_set, self.auth_remove) {
             v["auth_header"] = json!(a);
@@ -106,6 +121,10 @@ impl TargetForm {
             v["secret"] = json!(s);
         }
         v
+    }
+
+    fn is_custom(&self) -> bool {
+        self.kind != "slack" && self.payload_format == PayloadFormat::Custom.name()
     }
 
     fn typed_secret(&self) -> bool {
@@ -186,13 +205,22 @@ impl PolicyForm {
         let targets = (0..count)
             .map(|i| {
                 let f = |name: &str| format!("t{i}.{name}");
+                let kind = match get(&f("type")).as_str() {
+                    "slack" => "slack",
+                    _ => "http",
+                };
+                // a Slack endpoint has its own layout choice (Slack or SlackRich)
+                let payload_format = match (kind, get(&f("slack_format")).as_str()) {
+                    ("slack", "SlackRich") => PayloadFormat::SlackRich.name().to_string(),
+                    ("slack", _) => PayloadFormat::Slack.name().to_string(),
+                    _ => get(&f("payload_format")),
+                };
                 TargetForm {
-                    kind: match get(&f("type")).as_str() {
-                        "slack" => "slack".into(),
-                        _ => "http".into(),
-                    },
+                    kind: kind.into(),
                     address: get(&f("address")),
-                    payload_format: get(&f("payload_format")),
+                    payload_format,
+                    payload_template: get(&f("payload_template")),
+                    content_type: get(&f("content_type")),
                     auth_header: get(&f("auth_header")),
                     auth_set: get(&f("auth_set")) == "1",
                     auth_remove: on(&f("auth_remove")),
@@ -290,7 +318,8 @@ impl Errors {
             let (i, sub) = rest.split_once("].")?;
             let form_index = sent.get(i.parse::<usize>().ok()?)?;
             let sub = match sub {
-                "address" | "auth_header" | "payload_format" | "type" | "secret" => sub,
+                "address" | "auth_header" | "payload_format" | "payload_template"
+                | "content_type" | "type" | "secret" => sub,
                 _ => return None,
             };
             Some(format!("t{form_index}.{sub}"))
@@ -335,6 +364,85 @@ pub fn test_result(t: &Tested, stored: bool) -> Markup {
             }
         }
     }
+}
+
+/// The outcome of Preview for one endpoint.
+#[derive(Debug, Clone)]
+pub struct Previewed {
+    /// The endpoint's form index.
+    pub index: usize,
+    /// `(event type, content type, body)`, or why there is none.
+    pub outcome: Result<(String, String, String), String>,
+}
+
+/// What a button asked for, shown with the form.
+#[derive(Debug, Clone)]
+enum Answer {
+    /// Test Endpoint; `true`: of the stored policy.
+    Tested(Tested, bool),
+    Previewed(Previewed),
+}
+
+/// The Preview result box.
+pub fn preview_result(p: &Previewed) -> Markup {
+    html! {
+        @match &p.outcome {
+            Ok((event_type, content_type, body)) => {
+                div.note.ok role="status" {
+                    strong { "Preview of a sample " (event_type) " event" }
+                    " (nothing was sent). Content-Type: " code { (content_type) }
+                }
+                pre.payload tabindex="0" aria-label="Preview payload" { (page::pretty(body)) }
+            }
+            Err(why) => {
+                div.note.bad role="alert" {
+                    strong { "Preview failed." }
+                    " " (why)
+                }
+            }
+        }
+    }
+}
+
+/// Render a sample event as endpoint `index` of the form would get it (the API's preview):
+/// of the first event type the form subscribes to that wharf produces, else `PUSH_ARTIFACT`.
+async fn run_preview(api: &Api, project: &str, form: &PolicyForm, index: usize) -> Previewed {
+    let Some(t) = form.targets.get(index) else {
+        return Previewed {
+            index,
+            outcome: Err(format!("there is no endpoint {}", index + 1)),
+        };
+    };
+    let event_type = form
+        .event_types
+        .iter()
+        .filter_map(|e| EventKind::from_harbor(e))
+        .find(|k| k.produced())
+        .unwrap_or(EventKind::PushArtifact)
+        .harbor_type();
+    let mut body = json!({
+        "event_type": event_type,
+        "type": t.kind,
+        "payload_format": t.payload_format,
+    });
+    if t.is_custom() {
+        body["payload_template"] = json!(t.payload_template);
+        body["content_type"] = json!(t.content_type.trim());
+    }
+    let path = format!("/api/v2.0/projects/{project}/webhook/policies/preview");
+    let outcome = match api.call(Method::POST, &path, Some(&body)).await {
+        Ok(a) if a.status.is_success() => {
+            let v = a.json();
+            Ok((
+                text(&v["event_type"]),
+                text(&v["content_type"]),
+                text(&v["body"]),
+            ))
+        }
+        Ok(a) => Err(a.message()),
+        Err(e) => Err(e.to_string()),
+    };
+    Previewed { index, outcome }
 }
 
 /// Test the form's endpoints, or (`stored`) the saved policy's.
@@ -395,7 +503,13 @@ fn field_error(errors: &Errors, key: &str) -> Markup {
     }
 }
 
-fn target_fieldset(i: usize, t: &TargetForm, errors: &Errors) -> Markup {
+fn target_fieldset(
+    i: usize,
+    t: &TargetForm,
+    errors: &Errors,
+    action: &str,
+    preview: Option<&Previewed>,
+) -> Markup {
     let id = |f: &str| format!("t{i}-{f}");
     let name = |f: &str| format!("t{i}.{f}");
     let described = |f: &str| errors.get(&name(f)).map(|_| format!("t{i}.{f}-error"));
@@ -424,12 +538,46 @@ fn target_fieldset(i: usize, t: &TargetForm, errors: &Errors) -> Markup {
             }
             div.field data-http-only {
                 label for=(id("payload_format")) { "Payload Format" }
-                select id=(id("payload_format")) name=(name("payload_format")) {
+                select id=(id("payload_format")) name=(name("payload_format")) data-payload-format {
                     @for f in PayloadFormat::HTTP {
                         option value=(f.name()) selected[t.payload_format == f.name()] { (f.name()) }
                     }
                 }
                 (field_error(errors, &name("payload_format")))
+            }
+            div.field data-slack-only {
+                label for=(id("slack_format")) { "Slack Layout" }
+                select id=(id("slack_format")) name=(name("slack_format")) {
+                    option value="Slack" selected[t.payload_format != "SlackRich"] { "Slack (Harbor's message)" }
+                    option value="SlackRich" selected[t.payload_format == "SlackRich"] { "SlackRich (wharf's layout)" }
+                }
+            }
+            div.custom data-custom-only {
+                div.field {
+                    label for=(id("payload_template")) { "Payload Template" }
+                    textarea.code id=(id("payload_template")) name=(name("payload_template")) rows="10"
+                        spellcheck="false" autocomplete="off"
+                        placeholder=r#"{"text": {{ (type ~ " " ~ event_data.repository.repo_full_name) | tojson }}}"#
+                        aria-invalid=[errors.get(&name("payload_template")).map(|_| "true")]
+                        aria-describedby=(described("payload_template").map_or_else(|| id("template-hint"), |e| format!("{} {e}", id("template-hint")))) {
+                        (t.payload_template)
+                    }
+                    p.hint id=(id("template-hint")) {
+                        "For the Custom format only: the request body, a Jinja2 template (minijinja) of the event's "
+                        code { "type" } ", " code { "operator" } ", " code { "event_data" } ", … "
+                        "Nothing is escaped: write JSON values with " code { "tojson" } ". "
+                        "Preview renders it for a sample event without sending anything."
+                    }
+                    (field_error(errors, &name("payload_template")))
+                }
+                div.field {
+                    label for=(id("content_type")) { "Content Type" }
+                    input type="text" id=(id("content_type")) name=(name("content_type")) value=(t.content_type)
+                        placeholder="application/json"
+                        aria-invalid=[errors.get(&name("content_type")).map(|_| "true")]
+                        aria-describedby=[described("content_type")];
+                    (field_error(errors, &name("content_type")))
+                }
             }
             div.field {
                 label for=(id("address")) { "Endpoint URL" }
@@ -481,6 +629,16 @@ fn target_fieldset(i: usize, t: &TargetForm, errors: &Errors) -> Markup {
                 }
                 (field_error(errors, &name("secret")))
             }
+            div.preview {
+                button type="submit" name="action" value=(format!("preview:{i}")) formnovalidate
+                    hx-post=(action) hx-target=(format!("#{}", id("preview"))) hx-swap="innerHTML"
+                    hx-vals=(format!(r#"{{"action":"preview:{i}"}}"#)) {
+                    "Preview"
+                }
+                div id=(id("preview")) aria-live="polite" {
+                    @if let Some(p) = preview { (preview_result(p)) }
+                }
+            }
             @if i > 0 || t.remove {
                 div.check {
                     input type="checkbox" id=(id("remove")) name=(name("remove")) value="1" checked[t.remove];
@@ -504,9 +662,14 @@ fn render(
     mode: Mode,
     form: &PolicyForm,
     errors: &Errors,
-    tested: Option<(Tested, bool)>,
+    answer: Option<&Answer>,
     retype: bool,
 ) -> Markup {
+    let (tested, preview) = match answer {
+        Some(Answer::Tested(t, stored)) => (Some((t, *stored)), None),
+        Some(Answer::Previewed(p)) => (None, Some(p)),
+        None => (None, None),
+    };
     let list = format!("/ui/projects/{project}/webhooks");
     let (title, action, submit) = match mode {
         Mode::Create => ("New Webhook".to_string(), format!("{list}/new"), "Add"),
@@ -555,7 +718,7 @@ fn render(
                 (field_error(errors, "event_types"))
             }
             @for (i, t) in form.targets.iter().enumerate() {
-                (target_fieldset(i, t, errors))
+                (target_fieldset(i, t, errors, &action, preview.filter(|p| p.index == i)))
             }
             @if form.targets.len() < MAX_TARGETS {
                 button type="submit" name="action" value="add_target" formnovalidate { "Add Endpoint" }
@@ -575,7 +738,7 @@ fn render(
                 }
             }
             div #test-result aria-live="polite" {
-                @if let Some((t, stored)) = &tested { (test_result(t, *stored)) }
+                @if let Some((t, stored)) = tested { (test_result(t, stored)) }
             }
             div.buttons {
                 a.button href=(list) { "Cancel" }
@@ -658,10 +821,10 @@ async fn submit(
     let (mut form, action) = PolicyForm::parse(body);
     let partial = headers.contains_key("hx-request");
     let retype = form.targets.iter().any(TargetForm::typed_secret);
-    let show = |form: &PolicyForm, errors: &Errors, tested, status| {
+    let show = |form: &PolicyForm, errors: &Errors, answer: Option<&Answer>, status| {
         page::respond(
             status,
-            render(&ctx, &project, mode, form, errors, tested, retype),
+            render(&ctx, &project, mode, form, errors, answer, retype),
         )
     };
     match action.as_str() {
@@ -687,7 +850,24 @@ async fn submit(
             Ok(show(
                 &form,
                 &Errors::default(),
-                Some((tested, stored.is_some())),
+                Some(&Answer::Tested(tested, stored.is_some())),
+                StatusCode::OK,
+            ))
+        }
+        a if a.starts_with("preview:") => {
+            let index = a
+                .strip_prefix("preview:")
+                .and_then(|i| i.parse::<usize>().ok())
+                .unwrap_or(usize::MAX);
+            let previewed = run_preview(&api, &project, &form, index).await;
+            if partial {
+                // htmx: only the result, the form stays as typed
+                return Ok(page::respond(StatusCode::OK, preview_result(&previewed)));
+            }
+            Ok(show(
+                &form,
+                &Errors::default(),
+                Some(&Answer::Previewed(previewed)),
                 StatusCode::OK,
             ))
         }
@@ -753,6 +933,37 @@ mod tests {
         assert_eq!(t["payload_format"], "CloudEvents");
         assert_eq!(v["event_types"], json!(["PUSH_ARTIFACT"]));
         assert_eq!(v["enabled"], true);
+    }
+
+    #[test]
+    fn custom_fields_go_only_with_custom_and_slack_keeps_its_layout() {
+        let body = b"name=n&count=3&event_type=PUSH_ARTIFACT\
+&t0.type=http&t0.address=http%3A%2F%2Fa&t0.payload_format=Custom&t0.payload_template=%7B%7B+type+%7D%7D&t0.content_type=+text%2Fplain+\
+&t1.type=http&t1.address=http%3A%2F%2Fb&t1.payload_format=Default&t1.payload_template=left+over&t1.content_type=text%2Fplain\
+&t2.type=slack&t2.address=http%3A%2F%2Fc&t2.payload_format=Custom&t2.slack_format=SlackRich&action=save";
+        let (form, _) = PolicyForm::parse(body);
+        let (v, _) = form.to_api();
+        let t = &v["targets"];
+        assert_eq!(t[0]["payload_format"], "Custom");
+        assert_eq!(t[0]["payload_template"], "{{ type }}");
+        assert_eq!(t[0]["content_type"], "text/plain");
+        assert_eq!(t[1]["payload_format"], "Default");
+        assert!(t[1].get("payload_template").is_none() && t[1].get("content_type").is_none());
+        assert_eq!(t[2]["payload_format"], "SlackRich");
+        assert!(t[2].get("payload_template").is_none());
+        // a stored SlackRich target comes back as SlackRich, a plain one as Harbor's Slack
+        let rich = TargetForm::from_api(
+            &json!({"type": "slack", "address": "http://c", "payload_format": "SlackRich"}),
+        );
+        assert_eq!(rich.to_api()["payload_format"], "SlackRich");
+        let plain = TargetForm::from_api(&json!({"type": "slack", "address": "http://c"}));
+        assert_eq!(plain.to_api()["payload_format"], "Slack");
+        // the template is shown back (it is not a secret), escaped
+        let custom = TargetForm::from_api(
+            &json!({"type": "http", "address": "http://a", "payload_format": "Custom", "payload_template": "<b>{{ type }}</b>"}),
+        );
+        let html = target_fieldset(0, &custom, &Errors::default(), "/x", None).into_string();
+        assert!(html.contains("&lt;b&gt;{{ type }}&lt;/b&gt;"), "{html}");
     }
 
     #[test]

@@ -168,6 +168,20 @@ async fn answer(e: &Env, skopeo: &Skopeo, work: &Path, line: &str) -> String {
                 format!("bad signature {sig}, expected {want}")
             }
         }
+        // the content type and body of the last request whose body has `needle`
+        ["body-with", name, needle] => rx(name)
+            .requests()
+            .iter()
+            .rev()
+            .find(|r| String::from_utf8_lossy(&r.body).contains(needle))
+            .map(|r| {
+                format!(
+                    "{}|{}",
+                    r.header("content-type").unwrap_or_default(),
+                    String::from_utf8_lossy(&r.body).replace('\n', " ")
+                )
+            })
+            .unwrap_or_default(),
         ["auth", name] => rx(name)
             .requests()
             .last()

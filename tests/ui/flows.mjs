@@ -435,6 +435,54 @@ try {
     assert.equal(Number(await ask("count ok")), n + 1);
   });
 
+  await flow("Custom template: Preview, an error with its line, save, delivered as written", async () => {
+    current = alice;
+    await goto(alice, "/ui/projects/prj/webhooks");
+    await alice.getByRole("button", { name: "New Webhook" }).click();
+    await alice.getByLabel("Name", { exact: true }).fill("custom");
+    for (const box of await alice.getByRole("group", { name: "Event Type" }).getByRole("checkbox").all()) {
+      await box.setChecked(false);
+    }
+    await alice.getByLabel("PUSH_ARTIFACT", { exact: true }).check();
+    await endpoint(alice).getByLabel("Endpoint URL", { exact: true }).fill(RX.ok);
+    // the template belongs to the Custom format only
+    const tpl = endpoint(alice).getByLabel("Payload Template");
+    assert.ok(!(await tpl.isVisible()));
+    await endpoint(alice).getByLabel("Payload Format").selectOption("Custom");
+    assert.ok(await tpl.isVisible());
+    // a template that does not compile: Preview names its line, nothing is saved
+    await tpl.fill("PUSHED:{{ event_data.repository.repo_full_name }}\n{{ nope( }}");
+    await endpoint(alice).getByRole("button", { name: "Preview" }).click();
+    const failed = endpoint(alice).getByRole("alert").filter({ hasText: "Preview failed." });
+    await failed.waitFor();
+    assert.match(await failed.innerText(), /line 2/);
+    await shot(alice, "custom-template-error");
+    // a good one: the sample rendered in place, the form as typed
+    await tpl.fill("PUSHED:{{ event_data.repository.repo_full_name }}:{{ event_data.resources[0].tag }} by {{ operator }}");
+    await endpoint(alice).getByLabel("Content Type").fill("text/plain; charset=utf-8");
+    await endpoint(alice).getByRole("button", { name: "Preview" }).click();
+    await endpoint(alice).getByRole("status").filter({ hasText: "Preview of a sample PUSH_ARTIFACT event" }).waitFor();
+    assert.match(await endpoint(alice).getByRole("status").filter({ hasText: "Preview of" }).innerText(), /text\/plain; charset=utf-8/);
+    assert.match(await endpoint(alice).getByLabel("Preview payload").innerText(), /^PUSHED:prj\/[^:]+:\S+ by /);
+    assert.equal(await alice.getByLabel("Name", { exact: true }).inputValue(), "custom", "the form stays as typed");
+    await shot(alice, "custom-template-preview");
+    await alice.getByRole("button", { name: "Add", exact: true }).click();
+    await rowOf(alice, "custom").waitFor();
+    await ask("push prj/app:v3");
+    let got = "";
+    await until("the custom body delivered", async () => (got = await ask("body-with ok PUSHED:prj/app:v3")) !== "");
+    const [ct, body] = got.split("|");
+    assert.equal(ct, "text/plain; charset=utf-8");
+    assert.match(body, /^PUSHED:prj\/app:v3 by \S+$/);
+    // the edit form shows the stored template back
+    await rowOf(alice, "custom").getByRole("button", { name: "Edit" }).click();
+    await alice.getByRole("heading", { name: "Edit webhook custom" }).waitFor();
+    assert.match(await endpoint(alice).getByLabel("Payload Template").inputValue(), /^PUSHED:/);
+    assert.equal(await endpoint(alice).getByLabel("Payload Format").inputValue(), "Custom");
+    await alice.getByRole("link", { name: "Cancel" }).click();
+    await rowOf(alice, "custom").waitFor();
+  });
+
   await flow("read-only pages without JavaScript", async () => {
     const nojs = await as(ALICE, { javaScriptEnabled: false });
     current = nojs;
@@ -460,7 +508,7 @@ try {
     await rowOf(alice, "ci").getByRole("button", { name: "Enable" }).click();
     await alice.getByRole("dialog", { name: "Enable webhook “ci”?" }).getByRole("button", { name: "Enable" }).click();
     await rowOf(alice, "ci").filter({ hasText: "Enabled" }).waitFor();
-    for (const name of ["ci", "failing", "retired"]) {
+    for (const name of ["ci", "failing", "retired", "custom"]) {
       await rowOf(alice, name).getByRole("button", { name: "Delete" }).click();
       const d = alice.getByRole("dialog", { name: `Delete webhook “${name}”?` });
       await d.waitFor();
