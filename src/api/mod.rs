@@ -4,14 +4,20 @@
 //!   (policies, last triggers, events, configurations), [`executions`] (executions, tasks, jobs);
 //!   every list with Harbor's conventions ([`list`]: paging, `X-Total-Count`, `Link`;
 //!   [`query`]: `q` and `sort`; [`records`]: the fields of listed policies);
-//! - wharf's own: [`events`] (the event log), [`side`] (scan and quota reports, quota view).
+//! - wharf's own: [`events`] (the event log), [`side`] (scan and quota reports, quota view),
+//!   [`execution`] (one execution, its payload, an attempt's request and response, the test of
+//!   a stored policy).
+//!
+//! State-changing requests from other sites are refused ([`csrf`]).
 //!
 //! Authentication is HTTP Basic ([`auth`]); failed logins are throttled per client address
 //! ([`throttle`]). Errors are JSON problem bodies `{"errors":[{"code","message"}]}` (Harbor's
 //! shape); internals are never included.
 
 pub mod auth;
+pub mod csrf;
 pub mod events;
+pub mod execution;
 pub mod executions;
 pub mod list;
 pub mod projects;
@@ -93,6 +99,11 @@ impl IntoResponse for ApiError {
 pub struct ApiState(Weak<App>);
 
 impl ApiState {
+    /// The state of handlers and middleware of `app` (the UI's too).
+    pub fn new(app: Weak<App>) -> ApiState {
+        ApiState(app)
+    }
+
     /// The running app (it outlives every request it serves).
     pub fn app(&self) -> Result<Arc<App>, ApiError> {
         self.0.upgrade().ok_or_else(|| {
@@ -194,6 +205,10 @@ pub fn router(app: Weak<App>) -> Router {
             post(webhooks::preview_policy),
         )
         .route(
+            &format!("{P}/policies/{{id}}/test"),
+            post(execution::test_stored),
+        )
+        .route(
             &format!("{P}/policies/{{id}}"),
             get(webhooks::get_policy)
                 .put(webhooks::update_policy)
@@ -204,8 +219,20 @@ pub fn router(app: Weak<App>) -> Router {
             get(executions::executions),
         )
         .route(
+            &format!("{P}/policies/{{id}}/executions/{{eid}}"),
+            get(execution::get),
+        )
+        .route(
+            &format!("{P}/policies/{{id}}/executions/{{eid}}/payload"),
+            get(execution::payload),
+        )
+        .route(
             &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks"),
             get(executions::tasks),
+        )
+        .route(
+            &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks/{{tid}}"),
+            get(execution::task),
         )
         .route(&format!("{P}/jobs"), get(executions::jobs))
         .route(
@@ -253,6 +280,12 @@ pub fn router(app: Weak<App>) -> Router {
             },
         )
         .layer(axum::middleware::map_response(json_errors))
+        // state-changing requests another site made a browser send: 403 (415 for a body that
+        // is not JSON)
+        .layer(axum::middleware::from_fn_with_state(
+            ApiState(app.clone()),
+            csrf::layer,
+        ))
         // failed logins per client address: 429 + Retry-After when there were too many
         .layer(axum::middleware::from_fn_with_state(
             ApiState(app.clone()),

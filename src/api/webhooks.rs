@@ -720,18 +720,69 @@ pub async fn test_policy(
             .unwrap_or(0)
     };
     let targets = validate_targets(&app, input.targets.unwrap_or_default(), &[]).await?;
+    send_test(
+        &app,
+        &project,
+        project_id,
+        &caller,
+        &targets,
+        EventKind::PushArtifact,
+    )
+    .await
+}
+
+/// A test event of `kind` in `project`: the sample event of that kind (see
+/// [`format::samples`]) as if it had happened now in `{project}/webhook-test`, marked `test`.
+pub(super) fn test_event(
+    app: &App,
+    project: &str,
+    caller: &Caller,
+    kind: EventKind,
+) -> Result<Event, ApiError> {
     let repo = Repository::parse(&format!("{project}/webhook-test"))
         .ok_or_else(|| ApiError::bad_request("project: not a valid name"))?;
-    let mut event = Event::new(EventKind::PushArtifact, &repo, caller.name());
+    let mut event = match format::samples().into_iter().find(|(_, e)| e.kind == kind) {
+        Some((_, sample)) => {
+            let mut e = sample;
+            e.id = uuid::Uuid::now_v7();
+            e.occurred_at = Utc::now();
+            e.project = repo.project().to_string();
+            e.repository = repo.as_str().to_string();
+            e.repository_created = None;
+            e.request_id = None;
+            e.client_addr = None;
+            e.user_agent = None;
+            e.operator = caller.name().to_string();
+            e
+        }
+        None => Event::new(kind, &repo, caller.name()),
+    };
     event.test = true;
-    event.public = app.config.is_public(&project);
-    event.tags = vec!["test".into()];
+    event.public = app.config.is_public(project);
+    if event.tags.is_empty() && !kind.is_chart() {
+        event.tags = vec!["test".into()];
+    }
+    let tag = event.tags.first().cloned();
     event.resource_url = Event::oci_resource_url(
         &app.config.external_host(),
         repo.as_str(),
-        Some("test"),
+        tag.as_deref(),
         None,
     );
+    Ok(event)
+}
+
+/// Send a test notification of `kind` to each of `targets`; 200 with each one's status and
+/// duration when every one answered 2xx, else 400 saying why each failed.
+pub(super) async fn send_test(
+    app: &App,
+    project: &str,
+    project_id: i64,
+    caller: &Caller,
+    targets: &[Target],
+    kind: EventKind,
+) -> Result<Json<Value>, ApiError> {
+    let event = test_event(app, project, caller, kind)?;
     let ctx = RenderCtx {
         project_id,
         policy_id: 0,
@@ -972,21 +1023,35 @@ pub async fn redeliver_one(
     Ok(Json(json!({"redelivered": 1})))
 }
 
-/// `POST …/policies/{id}/redeliver`: send every dead delivery of the policy again.
+/// `POST …/policies/{id}/redeliver[?since=<RFC 3339 time>]`: send every dead delivery of the
+/// policy again (with `since`: those created at or after it).
 pub async fn redeliver_dead(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path((project, id)): Path<(String, i64)>,
+    uri: http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, caller) = project_for(&app, &headers, &project).await?;
+    let since = match url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "since")
+    {
+        None => 0,
+        Some((_, v)) => DateTime::parse_from_rfc3339(&v)
+            .map_err(|e| {
+                ApiError::bad_request(format!(
+                    "since: {v:?} is not an RFC 3339 time (2026-01-31T12:00:00Z): {e}"
+                ))
+            })?
+            .timestamp_millis(),
+    };
     load_policy(&app, &project, id).await?;
     let n = app
         .store
-        .write(move |c| outbox::redeliver_dead(c, id))
+        .write(move |c| outbox::redeliver_dead_since(c, id, since))
         .await
         .map_err(db_error)?;
-    tracing::info!(policy = id, deliveries = n, by = %caller.name(), "redelivery of dead deliveries requested");
+    tracing::info!(policy = id, deliveries = n, since, by = %caller.name(), "redelivery of dead deliveries requested");
     Ok(Json(json!({"redelivered": n})))
 }
 

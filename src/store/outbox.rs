@@ -671,6 +671,11 @@ pub fn redeliver(db: &Db<'_>, policy_id: i64, delivery_id: i64) -> Result<Redeli
 /// Redeliver every dead delivery of a policy (not those of a disabled target, nor those whose
 /// target is gone); returns how many.
 pub fn redeliver_dead(db: &Db<'_>, policy_id: i64) -> Result<u64, StoreError> {
+    redeliver_dead_since(db, policy_id, 0)
+}
+
+/// [`redeliver_dead`] for the deliveries created at or after `since` (unix ms) only.
+pub fn redeliver_dead_since(db: &Db<'_>, policy_id: i64, since: i64) -> Result<u64, StoreError> {
     // set-based: one statement per target position of the policy, not one per delivery
     let versions: Vec<(i64, i64, String)> = db.rows(
         "SELECT position, id, body FROM delivery_targets WHERE policy_id = ?1 AND current = 1 ORDER BY position",
@@ -691,17 +696,17 @@ pub fn redeliver_dead(db: &Db<'_>, policy_id: i64) -> Result<u64, StoreError> {
         n += db.exec(
             "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?3, updated_at = ?3,
                target_id = ?4, target_address = ?5
-             WHERE policy_id = ?1 AND target_index = ?2 AND state = 'dead'",
-            args![policy_id, pos, now, tid, &t.address],
+             WHERE policy_id = ?1 AND target_index = ?2 AND state = 'dead' AND created_at >= ?6",
+            args![policy_id, pos, now, tid, &t.address, since],
         )?;
     }
     // deliveries whose target position is gone from the policy keep their own target, while
     // its version is stored
     n += db.exec(
         "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?3, updated_at = ?3
-         WHERE policy_id = ?1 AND target_index >= ?2 AND state = 'dead'
+         WHERE policy_id = ?1 AND target_index >= ?2 AND state = 'dead' AND created_at >= ?4
            AND target_id IN (SELECT id FROM delivery_targets)",
-        args![policy_id, positions, now],
+        args![policy_id, positions, now, since],
     )?;
     if n > 0 {
         db.note_deliveries();

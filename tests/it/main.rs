@@ -27,5 +27,6 @@ mod replicas;
 mod side;
 mod store;
 mod tls;
+mod ui;
 mod upstream_tls;
 mod webhooks;

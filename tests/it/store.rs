@@ -94,6 +94,7 @@ conformance!(
     retries_of_a_policy_switched_off_end_as_dead,
     a_delivery_ended_while_attempted_is_not_retried,
     redelivery_skips_running_deliveries_and_disabled_targets,
+    redelivery_since_a_time_takes_the_later_dead_only,
     an_expired_lease_lets_another_claimer_take_over,
     old_target_secrets_leave_the_database,
     quota_reservations_never_exceed_the_limit,
@@ -594,6 +595,50 @@ async fn redelivery_skips_running_deliveries_and_disabled_targets(kind: Kind) {
         1
     );
     assert_eq!(state(s, id).await, "pending");
+    s.close().await;
+}
+
+async fn redelivery_since_a_time_takes_the_later_dead_only(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    publish(s, 2).await;
+    let ids = s
+        .read(|c| c.rows("SELECT id FROM deliveries ORDER BY id", &[], |r| r.i64(0)))
+        .await
+        .unwrap();
+    let (older, newer) = (ids[0], ids[1]);
+    // both failed for good (set directly: how they got there is another case's matter)
+    s.write(|c| c.exec("UPDATE deliveries SET state = 'dead', attempts = 3", &[]))
+        .await
+        .unwrap();
+    // the older one was created an hour ago
+    let hour_ago = store::now_ms() - 3_600_000;
+    s.write(move |c| {
+        c.exec(
+            "UPDATE deliveries SET created_at = ?1 WHERE id = ?2",
+            wharf::args![hour_ago, older],
+        )
+        .map(|_| ())
+    })
+    .await
+    .unwrap();
+    let since = store::now_ms() - 600_000;
+    let n = s
+        .write(move |c| outbox::redeliver_dead_since(c, pid, since))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(state(s, newer).await, "pending");
+    assert_eq!(state(s, older).await, "dead");
+    // no time: every dead one
+    assert_eq!(
+        s.write(move |c| outbox::redeliver_dead(c, pid))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(state(s, older).await, "pending");
     s.close().await;
 }
 
