@@ -6,8 +6,9 @@
 //! The script asks this test for what a browser cannot do, one line on its stdout each
 //! (`@@ <command>`), and reads the answer on its stdin: push an image with skopeo, how many
 //! requests a receiver got, check a receiver's last signature, change a receiver's answer.
-//! Screenshots of every page of the flows (1280×800 and 390×844) are kept in
-//! `tests/ui/artifacts/`.
+//! The flows run twice, on the embedded store and on PostgreSQL (a private cluster). Screenshots
+//! of every page of the flows (1280×800 and 390×844) are kept in
+//! `tests/ui/artifacts/{sqlite,postgresql}/`.
 //!
 //! Besides, plain HTTP checks of what a browser does not show: the headers of every UI answer,
 //! 401 with a realm, the CSRF refusals on the UI and on the existing API.
@@ -78,11 +79,14 @@ struct Env {
 }
 
 async fn env() -> Env {
-    env_with("4s").await
+    env_with("4s", None).await
 }
 
-/// [`env`] with `backoff` between attempts.
-async fn env_with(backoff: &str) -> Env {
+/// [`env`] with `backoff` between attempts, on the embedded store or (`store_url`) PostgreSQL.
+async fn env_with(backoff: &str, store_url: Option<&str>) -> Env {
+    let store = store_url
+        .map(|u| format!("store: {{url: \"{u}\"}}\n"))
+        .unwrap_or_default();
     let dir = tempfile::tempdir().expect("temp dir");
     let users = htpasswd_file(dir.path(), &[("alice", "alice-pw-1"), ("bob", "bob-pw-1")]);
     let registry = Registry::start().await;
@@ -99,7 +103,7 @@ notification:
   webhook_job_max_retry: 2
   backoff: {{initial: {backoff}, multiplier: 1.0, max: {backoff}, jitter: 0.0}}
   breaker_failures: 1000
-"#,
+{store}"#,
             users.display()
         ))
         .start()
@@ -193,11 +197,22 @@ async fn answer(e: &Env, skopeo: &Skopeo, work: &Path, line: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_flows_in_chromium() {
+    seed_flows(env().await, "sqlite").await;
+}
+
+/// The same flows with the shared store: the UI works unchanged on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_flows_in_chromium_on_postgresql() {
+    let url = crate::common::postgres::database().await;
+    seed_flows(env_with("4s", Some(&url)).await, "postgresql").await;
+}
+
+/// Run flows.mjs against `e`; screenshots in `tests/ui/artifacts/{store}`.
+async fn seed_flows(e: Env, store: &str) {
     let (chromium, node, dir) = browser_tools();
-    let e = env().await;
     let skopeo = Skopeo::new();
     let work = tempfile::tempdir().expect("temp dir");
-    let artifacts = dir.join("artifacts");
+    let artifacts = dir.join("artifacts").join(store);
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let mut child = tokio::process::Command::new(node)
@@ -508,7 +523,7 @@ async fn cross_site_requests_are_refused() {
 /// type, redelivery of what failed since a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_additions_for_the_ui() {
-    let e = env_with("100ms").await;
+    let e = env_with("100ms", None).await;
     let base = e.wharf.url();
     let c = client();
     let api = format!("{base}/api/v2.0/projects/prj/webhook/policies");
