@@ -6,7 +6,9 @@
 //! `Retry-After` within bounds), or is dead after `webhook_job_max_retry` retries (kept, visible,
 //! redeliverable). 410 Gone disables the target. A `Custom` target whose template makes no valid
 //! body fails the attempt without sending it (`template_output_invalid`), and it is not retried. One slow or dead target cannot starve the
-//! others: at most `per_target_concurrency` attempts per target are in flight, and after
+//! others: at most `per_target_concurrency` attempts per target are in flight (the dispatcher
+//! holds up to twice as many claims per target, so the next attempt need not wait for a claim's
+//! round trip to the store; a claim that waited too long for its turn goes back), and after
 //! `breaker_failures` consecutive failures its circuit opens, deferring its deliveries (no
 //! attempt, no retry used) until a cool-down has passed. Slack targets get at most one message
 //! per `slack_interval`. While `notification_enable` is off nothing is sent; deliveries wait.
@@ -41,13 +43,22 @@ use crate::store::{self, Store, StoreError};
 use client::{FailureKind, Sender, Sent};
 use policy::TargetKind;
 
+/// Claims held per target, as a multiple of `per_target_concurrency`: the claims beyond the
+/// attempts in flight wait locally, so the next attempt starts as soon as one finishes instead
+/// of after a claim's round trip (on PostgreSQL a few milliseconds, which would otherwise bound a
+/// busy target to `per_target_concurrency` / (attempt + claim) deliveries per second).
+const CLAIM_AHEAD: usize = 2;
+
 /// How often leases that expired are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Per-target memory: in-flight count, circuit breaker, Slack pacing.
 #[derive(Debug, Default)]
 struct TargetState {
+    /// Claims held (attempts in flight and claims waiting for their turn).
     in_flight: usize,
+    /// `per_target_concurrency` permits: an attempt holds one while it runs.
+    sending: Option<Arc<Semaphore>>,
     consecutive_failures: u32,
     open_until: Option<Instant>,
     /// The circuit's cool-down passed and one attempt is probing the target.
@@ -210,9 +221,14 @@ impl Dispatcher {
         }
     }
 
-    /// What limits the next claim: attempts in flight per target (they count against
-    /// `per_target_concurrency`), and targets not to claim at all for now: at their
-    /// concurrency limit, or with an open circuit.
+    /// Most claims held per target (see [`CLAIM_AHEAD`]).
+    fn held_per_target(&self) -> usize {
+        self.cfg.per_target_concurrency.saturating_mul(CLAIM_AHEAD)
+    }
+
+    /// What limits the next claim: claims held per target (they count against
+    /// [`Dispatcher::held_per_target`]), and targets not to claim at all for now: at that
+    /// limit, or with an open circuit.
     fn claim_limits(&self) -> (HashMap<String, usize>, Vec<String>) {
         let now = Instant::now();
         let Ok(map) = self.targets.lock() else {
@@ -226,8 +242,7 @@ impl Dispatcher {
         let skip = map
             .iter()
             .filter(|(_, s)| {
-                s.in_flight >= self.cfg.per_target_concurrency
-                    || s.open_until.is_some_and(|t| t > now)
+                s.in_flight >= self.held_per_target() || s.open_until.is_some_and(|t| t > now)
             })
             .map(|(a, _)| a.clone())
             .collect();
@@ -268,7 +283,7 @@ impl Dispatcher {
                 let unclaimable = skip.clone();
                 let limits = outbox::ClaimLimits {
                     limit: free.min(512),
-                    per_target: self.cfg.per_target_concurrency,
+                    per_target: self.held_per_target(),
                     in_flight,
                     skip,
                     rotate,
@@ -348,13 +363,35 @@ impl Dispatcher {
             });
             return;
         };
-        if let Ok(mut m) = self.targets.lock() {
-            m.entry(d.target.address.clone()).or_default().in_flight += 1;
-        }
+        let per_target = self.cfg.per_target_concurrency;
+        let sending = match self.targets.lock() {
+            Ok(mut m) => {
+                let s = m.entry(d.target.address.clone()).or_default();
+                s.in_flight += 1;
+                s.sending
+                    .get_or_insert_with(|| Arc::new(Semaphore::new(per_target)))
+                    .clone()
+            }
+            Err(_) => Arc::new(Semaphore::new(per_target)),
+        };
         let me = self.clone();
+        let claimed_at = Instant::now();
         tokio::spawn(async move {
             let address = d.target.address.clone();
-            me.deliver(d).await;
+            // the target's turn (FIFO): at most per_target_concurrency attempts at once
+            if let Ok(_turn) = sending.acquire_owned().await {
+                if me.lease_left(claimed_at) {
+                    me.deliver(d).await;
+                } else {
+                    // waited too long for its turn: the attempt might outlive the claim's
+                    // lease; back to pending, now, for whoever claims it next
+                    let (id, token) = (d.id, d.token);
+                    let _ = me
+                        .store
+                        .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
+                        .await;
+                }
+            }
             if let Ok(mut m) = me.targets.lock()
                 && let Some(s) = m.get_mut(&address)
             {
@@ -363,6 +400,15 @@ impl Dispatcher {
             drop(permit);
             me.finished.notify_one();
         });
+    }
+
+    /// Is there time left in a claim made at `claimed_at` for one whole attempt (its timeout,
+    /// and a second to record it)? `store.claim_lease` is at least the timeout + 5 s, so a claim
+    /// may wait up to 4 s for its turn.
+    fn lease_left(&self, claimed_at: Instant) -> bool {
+        let attempt =
+            Duration::from_secs(self.cfg.webhook_job_http_client_timeout) + Duration::from_secs(1);
+        claimed_at.elapsed() + attempt <= self.lease
     }
 
     /// Wait for the target's circuit or Slack pacing. `Ok(probe)`: go — as the one attempt

@@ -150,9 +150,10 @@ const CLAIM_LOAD_SQL_PG: &str = "WITH c AS (
 pub struct ClaimLimits {
     /// Most deliveries in all.
     pub limit: usize,
-    /// Most attempts in flight per target address (this process).
+    /// Most claims held per target address (this process).
     pub per_target: usize,
-    /// Attempts already in flight per target address.
+    /// Claims already held per target address (attempts in flight, and claims waiting for
+    /// their turn).
     pub in_flight: HashMap<String, usize>,
     /// Addresses not to claim for (at their limit, or circuit open).
     pub skip: Vec<String>,
