@@ -38,6 +38,8 @@ pub struct TargetForm {
     pub payload_template: String,
     /// A `Custom` target's content type (empty: the default).
     pub content_type: String,
+    /// The event type Preview renders a sample of (empty: the form's first).
+    pub preview_type: String,
     /// Typed now (never rendered back).
     pub auth_header: String,
     /// A stored one exists.
@@ -221,6 +223,7 @@ impl PolicyForm {
                     payload_format,
                     payload_template: get(&f("payload_template")),
                     content_type: get(&f("content_type")),
+                    preview_type: get(&f("preview_type")),
                     auth_header: get(&f("auth_header")),
                     auth_set: get(&f("auth_set")) == "1",
                     auth_remove: on(&f("auth_remove")),
@@ -404,8 +407,9 @@ pub fn preview_result(p: &Previewed) -> Markup {
     }
 }
 
-/// Render a sample event as endpoint `index` of the form would get it (the API's preview):
-/// of the first event type the form subscribes to that wharf produces, else `PUSH_ARTIFACT`.
+/// Render a sample event as endpoint `index` of the form would get it (the API's preview): of
+/// the event type chosen next to Preview, else the first one the form subscribes to that wharf
+/// produces, else `PUSH_ARTIFACT`.
 async fn run_preview(api: &Api, project: &str, form: &PolicyForm, index: usize) -> Previewed {
     let Some(t) = form.targets.get(index) else {
         return Previewed {
@@ -413,11 +417,14 @@ async fn run_preview(api: &Api, project: &str, form: &PolicyForm, index: usize) 
             outcome: Err(format!("there is no endpoint {}", index + 1)),
         };
     };
-    let event_type = form
-        .event_types
-        .iter()
-        .filter_map(|e| EventKind::from_harbor(e))
-        .find(|k| k.produced())
+    let event_type = EventKind::from_harbor(&t.preview_type)
+        .filter(|k| k.produced())
+        .or_else(|| {
+            form.event_types
+                .iter()
+                .filter_map(|e| EventKind::from_harbor(e))
+                .find(|k| k.produced())
+        })
         .unwrap_or(EventKind::PushArtifact)
         .harbor_type();
     let mut body = json!({
@@ -630,6 +637,15 @@ fn target_fieldset(
                 (field_error(errors, &name("secret")))
             }
             div.preview {
+                div.field {
+                    label for=(id("preview_type")) { "Preview event type" }
+                    select id=(id("preview_type")) name=(name("preview_type")) {
+                        option value="" selected[t.preview_type.is_empty()] { "the first checked" }
+                        @for k in EventKind::ALL.iter().filter(|k| k.produced()) {
+                            option value=(k.harbor_type()) selected[t.preview_type == k.harbor_type()] { (k.harbor_type()) }
+                        }
+                    }
+                }
                 button type="submit" name="action" value=(format!("preview:{i}")) formnovalidate
                     hx-post=(action) hx-target=(format!("#{}", id("preview"))) hx-swap="innerHTML"
                     hx-vals=(format!(r#"{{"action":"preview:{i}"}}"#)) {

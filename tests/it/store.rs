@@ -1244,3 +1244,43 @@ async fn harbor_queries_filter_sort_and_page_in_sql(kind: Kind) {
     assert_eq!(list("status={Success Error}").await.unwrap().1, 0);
     s.close().await;
 }
+
+/// The claim's plan on PostgreSQL, pinned: a burst fills the outbox long before autovacuum
+/// analyzes it, and the planner must still claim through the indexes (the due deliveries of
+/// the target from `deliveries_pending_by_target`, the claimed rows by primary key), never a
+/// scan of every delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claim_plan_uses_the_indexes_without_statistics() {
+    let o = open(Kind::Postgres).await;
+    o.store
+        .write(|c| {
+            c.exec("ALTER TABLE deliveries SET (autovacuum_enabled = false)", &[])?;
+            c.exec(
+                "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index,
+                   target_address, target, state, not_before, created_at, updated_at)
+                 SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '{}', 'pending', 0, 0, 0
+                 FROM generate_series(1, 20000) g",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    let sql = format!("EXPLAIN {}", outbox::CLAIM_LOAD_SQL_PG);
+    let plan = o
+        .store
+        .write(move |c| {
+            c.rows(
+                &sql,
+                wharf::args!["http://t/", 1_i64, 16_i64, 7_i64, 60_000_i64],
+                |r| r.text(0),
+            )
+        })
+        .await
+        .unwrap()
+        .join("\n");
+    assert!(
+        !plan.contains("Seq Scan on deliveries"),
+        "the claim scans every delivery:\n{plan}"
+    );
+    assert!(plan.contains("deliveries_pending_by_target"), "{plan}");
+}

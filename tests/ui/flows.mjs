@@ -465,6 +465,10 @@ try {
     assert.match(await endpoint(alice).getByRole("status").filter({ hasText: "Preview of" }).innerText(), /text\/plain; charset=utf-8/);
     assert.match(await endpoint(alice).getByLabel("Preview payload").innerText(), /^PUSHED:prj\/[^:]+:\S+ by /);
     assert.equal(await alice.getByLabel("Name", { exact: true }).inputValue(), "custom", "the form stays as typed");
+    // a chosen event type
+    await endpoint(alice).getByLabel("Preview event type").selectOption("DELETE_ARTIFACT");
+    await endpoint(alice).getByRole("button", { name: "Preview" }).click();
+    await endpoint(alice).getByRole("status").filter({ hasText: "Preview of a sample DELETE_ARTIFACT event" }).waitFor();
     await shot(alice, "custom-template-preview");
     await alice.getByRole("button", { name: "Add", exact: true }).click();
     await rowOf(alice, "custom").waitFor();
