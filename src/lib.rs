@@ -9,7 +9,8 @@
 //!   error responses.
 //! - [`observe`]: per-operation flows around `forward`: watch bodies, collect manifests and
 //!   chart uploads (capped), attribute tags, de-duplicate, build events; `observe::chart` maps
-//!   Harbor's chartrepo paths onto ChartMuseum.
+//!   Harbor's chartrepo paths onto ChartMuseum (its flows; `archive`, `multipart`, `index`,
+//!   `facts`: what an upload carries, the form, index.yaml URLs, a chart's facts).
 //! - [`events`]: the event model, its payload formats, and the sink that records events.
 //! - [`store`]: all state, behind one interface with two backends — embedded SQLite (one
 //!   instance, group commit) or PostgreSQL (shared by replicas): event log, outbox, policies,
