@@ -451,6 +451,15 @@ pub static MIGRATIONS: &[Migration] = &[
     "#,
         then: None,
     },
+    // 9: PostgreSQL: no index on due times alone. With statistics that said nothing was pending
+    // (taken before a burst or a redeliver), the planner claimed a target's deliveries through
+    // it — every pending row fetched and sorted, 5 ms per claim at 5,000 — instead of walking
+    // `deliveries_pending_by_target` in order; the next due time is found per target instead.
+    Migration {
+        sqlite: "",
+        postgres: "DROP INDEX IF EXISTS deliveries_due;",
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

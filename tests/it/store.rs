@@ -1245,42 +1245,76 @@ async fn harbor_queries_filter_sort_and_page_in_sql(kind: Kind) {
     s.close().await;
 }
 
-/// The claim's plan on PostgreSQL, pinned: a burst fills the outbox long before autovacuum
-/// analyzes it, and the planner must still claim through the indexes (the due deliveries of
-/// the target from `deliveries_pending_by_target`, the claimed rows by primary key), never a
-/// scan of every delivery.
+/// The dispatcher's plans on PostgreSQL, pinned with the statistics of a burst: analyzed while
+/// every delivery was dead, then all of them redelivered (pending) before autovacuum looks
+/// again. The planner must still claim by walking `deliveries_pending_by_target` in order, and
+/// find targets and due times with one index probe each: before the fix it fetched and sorted
+/// every pending delivery per claim (an index on due times alone; 5 ms at 5,000) and read every
+/// pending entry for each `MIN()` (2 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_claim_plan_uses_the_indexes_without_statistics() {
+async fn postgres_dispatcher_plans_hold_with_the_statistics_of_a_burst() {
     let o = open(Kind::Postgres).await;
     o.store
         .write(|c| {
-            c.exec("ALTER TABLE deliveries SET (autovacuum_enabled = false)", &[])?;
+            c.exec(
+                "ALTER TABLE deliveries SET (autovacuum_enabled = false)",
+                &[],
+            )?;
             c.exec(
                 "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index,
                    target_address, target, state, not_before, created_at, updated_at)
-                 SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '{}', 'pending', 0, 0, 0
-                 FROM generate_series(1, 20000) g",
+                 SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '{}', 'dead', 0, 0, 0
+                 FROM generate_series(1, 10000) g",
+                &[],
+            )?;
+            c.exec("ANALYZE deliveries", &[])?;
+            c.exec(
+                "UPDATE deliveries SET state = 'pending', not_before = 1000",
                 &[],
             )
         })
         .await
         .unwrap();
-    let sql = format!("EXPLAIN {}", outbox::CLAIM_LOAD_SQL_PG);
-    let plan = o
-        .store
-        .write(move |c| {
-            c.rows(
-                &sql,
-                wharf::args!["http://t/", 1_i64, 16_i64, 7_i64, 60_000_i64],
-                |r| r.text(0),
-            )
-        })
-        .await
-        .unwrap()
-        .join("\n");
+    let explain = |sql: &'static str, args: Vec<(bool, i64, &'static str)>| {
+        let store = o.store.clone();
+        async move {
+            store
+                .write(move |c| {
+                    let values: Vec<wharf::store::db::Value<'_>> = args
+                        .iter()
+                        .map(|(text, n, t)| if *text { (*t).into() } else { (*n).into() })
+                        .collect();
+                    c.rows(&format!("EXPLAIN {sql}"), &values, |r| r.text(0))
+                })
+                .await
+                .unwrap()
+                .join("\n")
+        }
+    };
+    let claim = explain(
+        outbox::CLAIM_LOAD_SQL_PG,
+        vec![
+            (true, 0, "http://t/"),
+            (false, 2000, ""),
+            (false, 16, ""),
+            (false, 7, ""),
+            (false, 60_000, ""),
+        ],
+    )
+    .await;
     assert!(
-        !plan.contains("Seq Scan on deliveries"),
-        "the claim scans every delivery:\n{plan}"
+        claim.contains("deliveries_pending_by_target") && !claim.contains("Sort"),
+        "the claim does not walk the target's due deliveries in order:\n{claim}"
     );
-    assert!(plan.contains("deliveries_pending_by_target"), "{plan}");
+    assert!(!claim.contains("Seq Scan on deliveries"), "{claim}");
+    let targets = explain(outbox::PENDING_TARGETS_PG, vec![]).await;
+    assert!(
+        !targets.contains("Aggregate"),
+        "the target scan reads every pending entry:\n{targets}"
+    );
+    let due = explain(outbox::NEXT_DUE_OF_TARGET_PG, vec![(true, 0, "http://t/")]).await;
+    assert!(
+        due.contains("Limit") && !due.contains("Aggregate") && !due.contains("Sort"),
+        "the next due time reads every pending entry:\n{due}"
+    );
 }
