@@ -1195,6 +1195,7 @@ measure_store() {
 	# 2. manifest PUT latency through the first instance (events on, a policy wants pushes)
 	if [ "${#inst[@]}" = 1 ]; then
 		seed_repo "bench/st-$b"
+		[ "$b" != sqlite ] && "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1
 		for c in $PUSH_CONNECTIONS; do
 			out=$WORK/wrk-st-put-$b-c$c-r$run.txt
 			wrk_put "$out" "$first" "bench/st-$b" "r$run-c$c" "$((c < WRK_THREADS ? c : WRK_THREADS))" "$c" "$WRK_DURATION"
@@ -1202,6 +1203,11 @@ measure_store() {
 			record store "st_put_p50_c$c" "st-$b" "$run" "$(wrk_pct "$out" 50)"
 			record store "st_put_p99_c$c" "st-$b" "$run" "$(wrk_pct "$out" 99)"
 		done
+		if [ "$b" != sqlite ]; then # what PostgreSQL spent its time on during the PUTs
+			"$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c \
+				"SELECT calls, round(total_exec_time::numeric, 1) AS ms, round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query FROM pg_stat_statements ORDER BY calls DESC LIMIT 30" \
+				>"$WORK/pg-statements-put-$b-r$run.txt" 2>&1 || true
+		fi
 	fi
 	# 3. event → delivery latency: paced pushes, receiver up
 	rport=$(free_port)

@@ -7,7 +7,7 @@
 //! redeliverable). 410 Gone disables the target. A `Custom` target whose template makes no valid
 //! body fails the attempt without sending it (`template_output_invalid`), and it is not retried. One slow or dead target cannot starve the
 //! others: at most `per_target_concurrency` attempts per target are in flight (the dispatcher
-//! holds up to twice as many claims per target, so the next attempt need not wait for a claim's
+//! holds up to four times as many claims per target, so the next attempt need not wait for a claim's
 //! round trip to the store; a claim that waited too long for its turn goes back), and after
 //! `breaker_failures` consecutive failures its circuit opens, deferring its deliveries (no
 //! attempt, no retry used) until a cool-down has passed. Slack targets get at most one message
@@ -47,7 +47,7 @@ use policy::TargetKind;
 /// attempts in flight wait locally, so the next attempt starts as soon as one finishes instead
 /// of after a claim's round trip (on PostgreSQL a few milliseconds, which would otherwise bound a
 /// busy target to `per_target_concurrency` / (attempt + claim) deliveries per second).
-const CLAIM_AHEAD: usize = 2;
+const CLAIM_AHEAD: usize = 4;
 
 /// How often leases that expired are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(5);
