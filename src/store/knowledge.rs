@@ -183,8 +183,13 @@ pub struct Learned {
 /// Learn a manifest seen pushed (or found by `wharf quota rescan`): remember it and its tag,
 /// and when it is new to wharf count the blobs it references in its project's usage.
 pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Learned, StoreError> {
-    let new = artifact(db, &a.repository, &a.digest)?.is_none();
-    upsert_artifact(db, a)?;
+    let known = artifact(db, &a.repository, &a.digest)?;
+    let new = known.is_none();
+    // the same manifest again (a retag): nothing to write, and no row lock that concurrent
+    // pushes of it would queue behind until this transaction commits
+    if known.as_ref() != Some(a) {
+        upsert_artifact(db, a)?;
+    }
     if let Some(t) = tag {
         set_tag(db, &a.repository, t, &a.digest)?;
     }
