@@ -229,23 +229,7 @@ pub async fn test(
         )
         .await?;
     let tested = match a.status {
-        s if s.is_success() => Tested::Passed(
-            a.json()["results"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    (
-                        text(&r["address"]),
-                        text(&r["status"]),
-                        text(&r["duration_ms"]),
-                    )
-                })
-                .collect(),
-        ),
-        StatusCode::BAD_REQUEST => {
-            Tested::Failed(a.message().split("; ").map(str::to_string).collect())
-        }
+        s if s.is_success() || s == StatusCode::BAD_REQUEST => Tested::of(&a),
         _ => return Err(a.error()),
     };
     let q = PolicyQuery::default();

@@ -475,7 +475,19 @@ async fn run_test(api: &Api, project: &str, form: &PolicyForm, stored: Option<i6
         }
     };
     match answer {
-        Ok(a) if a.status.is_success() => Tested::Passed(
+        Ok(a) => Tested::of(&a),
+        Err(e) => Tested::Failed(vec![e.to_string()]),
+    }
+}
+
+impl Tested {
+    /// The API's answer to a test request: each endpoint's status and time when it succeeded,
+    /// else why each endpoint failed (one line each).
+    pub fn of(a: &super::client::Answer) -> Tested {
+        if !a.status.is_success() {
+            return Tested::Failed(a.message().split("; ").map(str::to_string).collect());
+        }
+        Tested::Passed(
             a.json()["results"]
                 .as_array()
                 .into_iter()
@@ -488,9 +500,7 @@ async fn run_test(api: &Api, project: &str, form: &PolicyForm, stored: Option<i6
                     )
                 })
                 .collect(),
-        ),
-        Ok(a) => Tested::Failed(a.message().split("; ").map(str::to_string).collect()),
-        Err(e) => Tested::Failed(vec![e.to_string()]),
+        )
     }
 }
 
