@@ -620,7 +620,7 @@ async fn chart_refuses_values_it_cannot_honour_naming_the_value() {
         "--set",
         "upstream.registry=http://r:5000",
     ];
-    let admin = ["--set", "adminPassword=pw"];
+    let admin = ["--set", "adminPassword=admin-pw-0123"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             [&standalone[..], &admin[..], &["--set", "replicaCount=2"]].concat(),
@@ -655,6 +655,10 @@ async fn chart_refuses_values_it_cannot_honour_naming_the_value() {
             "registry.config.http.secret",
         ),
         (vec![], "adminPassword: set it"),
+        (
+            vec!["--set", "adminPassword=short-pw"],
+            "adminPassword: must be at least 12 characters",
+        ),
         (
             [&admin[..], &["--set", "mode=standalone"]].concat(),
             "upstream.registry: mode standalone needs",
@@ -906,7 +910,7 @@ async fn notes_say_how_to_reach_the_registry_the_api_and_the_ui() {
     let chart = chart_with_rendered_notes(dir.path());
     for (args, mode_line, password) in [
         (
-            vec!["--set", "adminPassword=pw"],
+            vec!["--set", "adminPassword=admin-pw-0123"],
             "the registry runs in the same pod on 127.0.0.1:5000",
             "the value of adminPassword",
         ),

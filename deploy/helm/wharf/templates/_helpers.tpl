@@ -91,6 +91,9 @@ Checks the schema cannot express; each failure names the value to change.
 {{- if and $v.adminPassword $v.existingSecret }}
 {{- fail "adminPassword and existingSecret: set one of them (existingSecret holds the admin password)" }}
 {{- end }}
+{{- if and $v.adminPassword (lt (len $v.adminPassword) 12) }}
+{{- fail "adminPassword: must be at least 12 characters (wharf refuses a shorter one at start)" }}
+{{- end }}
 {{- if and $v.sideApiToken (lt (len $v.sideApiToken) 16) }}
 {{- fail "sideApiToken: must be at least 16 characters" }}
 {{- end }}
