@@ -12,7 +12,6 @@ use http::{HeaderMap, Uri};
 use super::list::ListParams;
 use super::query::{Field, Kind, Term};
 use super::{ApiError, ApiState, auth};
-use crate::events::EventKind;
 
 const FIELDS: &[Field] = &[
     Field::sql("id", Kind::Text, "id"),
@@ -55,12 +54,7 @@ pub async fn list(
     }
     let mut query = params.query.clone();
     if let Some(t) = params.param("type") {
-        let kind = EventKind::from_harbor(t).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "type: unknown event type {t:?}; one of {}",
-                EventKind::ALL.map(|k| k.harbor_type()).join(", ")
-            ))
-        })?;
+        let kind = super::webhooks::event_kind("type", t)?;
         query
             .terms
             .push(("type".into(), Term::Exact(kind.harbor_type().into())));

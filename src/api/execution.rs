@@ -18,7 +18,7 @@ use http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::executions::{TaskRecord, execution_view, rendered, task_view};
-use super::webhooks::{db_error, load_policy, project_for, send_test};
+use super::webhooks::{db_error, event_kind, load_policy, project_for, send_test};
 use super::{ApiError, ApiState};
 use crate::app::App;
 use crate::dispatch::policy::Policy;
@@ -194,12 +194,7 @@ pub async fn test_stored(
         }
         match obj.get("event_type") {
             None | Some(Value::Null) => EventKind::PushArtifact,
-            Some(Value::String(t)) => EventKind::from_harbor(t).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "event_type: unknown event type {t:?}; one of {}",
-                    EventKind::ALL.map(|k| k.harbor_type()).join(", ")
-                ))
-            })?,
+            Some(Value::String(t)) => event_kind("event_type", t)?,
             Some(other) => {
                 return Err(ApiError::bad_request(format!(
                     "event_type: {other} is not a string"

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use super::auth::{self, ADMIN, Caller};
 use super::list::ListParams;
 use super::query::{Field, Kind, Record, Term, Val};
+use super::webhooks::db_error;
 use super::{ApiError, ApiState};
 use crate::app::App;
 use crate::store::projects::{self, Project};
@@ -126,10 +127,6 @@ fn view(l: &Listed, detail: bool) -> Value {
         );
     }
     Value::Object(v)
-}
-
-fn db_error(e: crate::store::StoreError) -> ApiError {
-    ApiError::internal("database error", e)
 }
 
 async fn listed(app: &App, caller: Option<&Caller>, p: Project) -> Result<Listed, ApiError> {

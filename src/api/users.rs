@@ -19,13 +19,10 @@ use super::auth::{self, ADMIN, Caller};
 use super::list::ListParams;
 use super::projects::time_ms;
 use super::query::{Field, Kind, Record, Term, Val};
+use super::webhooks::db_error;
 use super::{ApiError, ApiState};
 use crate::app::App;
 use crate::store::users::{self, User};
-
-fn db_error(e: crate::store::StoreError) -> ApiError {
-    ApiError::internal("database error", e)
-}
 
 /// The rows of `names`, giving an id to the names that have none yet.
 async fn rows(app: &App, names: Vec<String>) -> Result<Vec<User>, ApiError> {

@@ -46,6 +46,27 @@ pub(super) fn db_error(e: crate::store::StoreError) -> ApiError {
     ApiError::internal("database error", e)
 }
 
+/// The event type Harbor calls `name`, given in `field`; else a 400 listing the known ones.
+pub(super) fn event_kind(field: &str, name: &str) -> Result<EventKind, ApiError> {
+    EventKind::from_harbor(name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{field}: unknown event type {name:?}; one of {}",
+            EventKind::ALL.map(|k| k.harbor_type()).join(", ")
+        ))
+    })
+}
+
+/// The project's numeric id (0 while it has none).
+async fn project_id(app: &App, project: &str) -> Result<i64, ApiError> {
+    let p = project.to_string();
+    Ok(app
+        .store
+        .read(move |c| policies::project_id(c, &p))
+        .await
+        .map_err(db_error)?
+        .unwrap_or(0))
+}
+
 /// Resolve `{project}` (name or id) and authorize the caller for it.
 pub(super) async fn project_for(
     app: &App,
@@ -448,12 +469,7 @@ async fn validate_policy(
     }
     let mut event_types = Vec::new();
     for (i, t) in types.iter().enumerate() {
-        let k = EventKind::from_harbor(t).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "event_types[{i}]: unknown event type {t:?}; one of {}",
-                EventKind::ALL.map(|k| k.harbor_type()).join(", ")
-            ))
-        })?;
+        let k = event_kind(&format!("event_types[{i}]"), t)?;
         if !event_types.contains(&k) {
             event_types.push(k);
         }
@@ -711,14 +727,7 @@ pub async fn test_policy(
     let app = s.app()?;
     let (project, caller) = project_for(&app, &headers, &project).await?;
     let input: PolicyInput = json_body(&body)?;
-    let project_id = {
-        let p = project.clone();
-        app.store
-            .read(move |c| policies::project_id(c, &p))
-            .await
-            .map_err(db_error)?
-            .unwrap_or(0)
-    };
+    let project_id = project_id(&app, &project).await?;
     let targets = validate_targets(&app, input.targets.unwrap_or_default(), &[]).await?;
     send_test(
         &app,
@@ -856,12 +865,7 @@ pub async fn preview_policy(
     let field = |f: &str| f.to_string();
     let kind = match input.event_type.as_deref().filter(|t| !t.is_empty()) {
         None => EventKind::PushArtifact,
-        Some(t) => EventKind::from_harbor(t).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "event_type: unknown event type {t:?}; one of {}",
-                EventKind::ALL.map(|k| k.harbor_type()).join(", ")
-            ))
-        })?,
+        Some(t) => event_kind("event_type", t)?,
     };
     let (target_kind, payload_format) = target_shape(
         input.kind.as_deref(),
@@ -881,14 +885,7 @@ pub async fn preview_policy(
         content_type,
         ..Target::http("")
     };
-    let project_id = {
-        let p = project.clone();
-        app.store
-            .read(move |c| policies::project_id(c, &p))
-            .await
-            .map_err(db_error)?
-            .unwrap_or(0)
-    };
+    let project_id = project_id(&app, &project).await?;
     let mut event = format::sample_in(kind, &project, &app.config.external_host());
     event.public = app.config.is_public(&project);
     let ctx = RenderCtx {
