@@ -182,6 +182,10 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
             row.size = e.size;
         }
         let learned = knowledge::learn_manifest(c, &row, tag.as_deref())?;
+        // read with the artifact (the sink would ask again, a round trip on PostgreSQL)
+        if e.repository_created.is_none() {
+            e.repository_created = learned.repository_created;
+        }
         if let Some(id) = reservation {
             store::quota::release(c, id)?;
         }

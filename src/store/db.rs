@@ -231,6 +231,9 @@ pub struct Db<'a> {
     conn: Conn<'a>,
     effects: RefCell<Effects>,
     cache: Option<&'a PolicyCache>,
+    /// Statements sent ahead are waited for at the end of each job (it shares its transaction
+    /// with others, each in a savepoint), not only at COMMIT.
+    settle_each_job: bool,
 }
 
 impl<'a> Db<'a> {
@@ -239,6 +242,7 @@ impl<'a> Db<'a> {
             conn: Conn::Sqlite(conn),
             effects: RefCell::default(),
             cache: None,
+            settle_each_job: false,
         }
     }
 
@@ -247,6 +251,23 @@ impl<'a> Db<'a> {
             conn: Conn::Postgres(conn),
             effects: RefCell::default(),
             cache: None,
+            settle_each_job: false,
+        }
+    }
+
+    /// The job shares its transaction with others: what it sent ahead is waited for when it
+    /// ends ([`Db::end_job`]), so that its errors are its own.
+    pub fn settling_each_job(mut self, yes: bool) -> Db<'a> {
+        self.settle_each_job = yes;
+        self
+    }
+
+    /// A job's work is done: on PostgreSQL in a shared transaction, wait for the statements it
+    /// sent ahead (their first error is the job's). Alone in its transaction, COMMIT does.
+    pub fn end_job(&self) -> Result<(), StoreError> {
+        match self.conn {
+            Conn::Postgres(c) if self.settle_each_job => c.settle(),
+            _ => Ok(()),
         }
     }
 
@@ -284,6 +305,16 @@ impl<'a> Db<'a> {
                     .execute(rusqlite::params_from_iter(args.iter()))? as u64)
             }
             Conn::Postgres(c) => c.execute(sql, args),
+        }
+    }
+
+    /// Run a statement whose row count the job does not need. On PostgreSQL it is sent without
+    /// waiting for its answer, pipelined with what follows (see [`super::pg`]): its error, if
+    /// any, is that of the next statement waited for, or of the job's end.
+    pub fn exec_later(&self, sql: &str, args: &[Value<'_>]) -> Result<(), StoreError> {
+        match self.conn {
+            Conn::Sqlite(_) => self.exec(sql, args).map(|_| ()),
+            Conn::Postgres(c) => c.execute_later(sql, args),
         }
     }
 

@@ -11,7 +11,7 @@ use crate::events::{Event, EventKind};
 /// transaction, and the job's [`Db`] notes it as published).
 pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
     let body = json(event)?;
-    db.exec(
+    db.exec_later(
         "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         args![

@@ -37,7 +37,7 @@ impl Job {
         let out = slot.clone();
         Job {
             run: Box::new(move |db| {
-                let r = f(db);
+                let r = f(db).and_then(|v| db.end_job().map(|()| v));
                 let effects = r.is_ok().then(|| db.take_effects());
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(r);

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::db::{Db, json};
+use super::db::{Db, Row, json};
 use super::{StoreError, now_ms};
 use crate::args;
 use crate::events::ChartInfo;
@@ -32,9 +32,14 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(s: Option<String>) -> T {
 /// left a dead version behind that the next upsert walked over (3.5 ms per push after 3,000
 /// pushes of one manifest under new tags).
 pub fn upsert_artifact(db: &Db<'_>, a: &Artifact) -> Result<(), StoreError> {
+    upsert_artifact_at(db, a, now_ms())
+}
+
+/// [`upsert_artifact`], a new row created at `now` (unix ms).
+fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreError> {
     let chart = a.chart.as_ref().map(json).transpose()?;
     let (platforms, children, blobs) = (json(&a.platforms)?, json(&a.children)?, json(&a.blobs)?);
-    db.exec(
+    db.exec_later(
         "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
          ON CONFLICT (repository, digest) DO UPDATE SET kind = excluded.kind, media_type = excluded.media_type,
@@ -59,7 +64,7 @@ pub fn upsert_artifact(db: &Db<'_>, a: &Artifact) -> Result<(), StoreError> {
             &platforms,
             &children,
             &blobs,
-            now_ms(),
+            now,
         ],
     )?;
     Ok(())
@@ -80,21 +85,51 @@ pub fn artifact(
         "SELECT kind, media_type, size, config_digest, chart, platforms, children, blobs
          FROM artifacts WHERE repository = ?1 AND digest = ?2",
         args![repository, digest],
-        |r| {
-            Ok(Artifact {
-                repository: repository.to_string(),
-                digest: digest.to_string(),
-                kind: r.text(0)?,
-                media_type: r.opt_text(1)?,
-                size: r.opt_u64(2)?,
-                config_digest: r.opt_text(3)?,
-                chart: r.opt_text(4)?.and_then(|s| serde_json::from_str(&s).ok()),
-                platforms: parse(r.opt_text(5)?),
-                children: parse(r.opt_text(6)?),
-                blobs: parse(r.opt_text(7)?),
-            })
-        },
+        |r| artifact_row(r, repository, digest),
     )
+    .map(Option::flatten)
+}
+
+/// An artifact from the columns `kind, media_type, size, config_digest, chart, platforms,
+/// children, blobs` (`None`: `kind` is NULL, no artifact).
+fn artifact_row(
+    r: &Row<'_>,
+    repository: &str,
+    digest: &str,
+) -> Result<Option<Artifact>, StoreError> {
+    let Some(kind) = r.opt_text(0)? else {
+        return Ok(None);
+    };
+    Ok(Some(Artifact {
+        repository: repository.to_string(),
+        digest: digest.to_string(),
+        kind,
+        media_type: r.opt_text(1)?,
+        size: r.opt_u64(2)?,
+        config_digest: r.opt_text(3)?,
+        chart: r.opt_text(4)?.and_then(|s| serde_json::from_str(&s).ok()),
+        platforms: parse(r.opt_text(5)?),
+        children: parse(r.opt_text(6)?),
+        blobs: parse(r.opt_text(7)?),
+    }))
+}
+
+/// [`artifact`] and the first-seen time of `repository` (unix ms, as [`repository_created`]
+/// reads it) in one statement: a push's transaction needs both, and on PostgreSQL each
+/// statement waited for is a round trip.
+fn artifact_and_repository_created(
+    db: &Db<'_>,
+    repository: &str,
+    digest: &str,
+) -> Result<(Option<Artifact>, Option<i64>), StoreError> {
+    let row = db.row(
+        "SELECT a.kind, a.media_type, a.size, a.config_digest, a.chart, a.platforms, a.children, a.blobs, m.created
+         FROM (SELECT MIN(created_at) AS created FROM artifacts WHERE repository = ?1) m
+         LEFT JOIN artifacts a ON a.repository = ?1 AND a.digest = ?2",
+        args![repository, digest],
+        |r| Ok((artifact_row(r, repository, digest)?, r.opt_i64(8)?)),
+    )?;
+    Ok(row.unwrap_or((None, None)))
 }
 
 /// Sum of the known sizes of `digests` in `repository` (saturating), and how many were known.
@@ -129,7 +164,7 @@ pub fn repository_created(db: &Db<'_>, repository: &str) -> Result<Option<i64>, 
 
 /// Point `tag` of `repository` at `digest`.
 pub fn set_tag(db: &Db<'_>, repository: &str, tag: &str, digest: &str) -> Result<(), StoreError> {
-    db.exec(
+    db.exec_later(
         "INSERT INTO tags (repository, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (repository, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
         args![repository, tag, digest, now_ms()],
@@ -178,18 +213,27 @@ pub struct Learned {
     pub new: bool,
     /// The project's usage before and after, when the manifest was new.
     pub usage: Option<(u64, u64)>,
+    /// When wharf first saw a manifest of the repository (unix seconds), this one included:
+    /// what [`repository_created`] reads after this transaction.
+    pub repository_created: Option<i64>,
 }
 
 /// Learn a manifest seen pushed (or found by `wharf quota rescan`): remember it and its tag,
 /// and when it is new to wharf count the blobs it references in its project's usage.
 pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Learned, StoreError> {
-    let known = artifact(db, &a.repository, &a.digest)?;
+    let (known, created) = artifact_and_repository_created(db, &a.repository, &a.digest)?;
     let new = known.is_none();
+    let now = now_ms();
     // the same manifest again (a retag): nothing to write, and no row lock that concurrent
     // pushes of it would queue behind until this transaction commits
     if known.as_ref() != Some(a) {
-        upsert_artifact(db, a)?;
+        upsert_artifact_at(db, a, now)?;
     }
+    let created = match (created, new) {
+        (Some(c), true) => Some(c.min(now)),
+        (None, true) => Some(now),
+        (c, false) => c,
+    };
     if let Some(t) = tag {
         set_tag(db, &a.repository, t, &a.digest)?;
     }
@@ -199,7 +243,11 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
     } else {
         None
     };
-    Ok(Learned { new, usage })
+    Ok(Learned {
+        new,
+        usage,
+        repository_created: created.map(|ms| ms.div_euclid(1000)),
+    })
 }
 
 /// Forget a deleted manifest: its tags, and the space its blobs took (blobs other manifests

@@ -353,21 +353,25 @@ fn run_pg_batch(
     } else {
         "BEGIN; SET LOCAL synchronous_commit = off"
     };
-    let mut broken: Option<StoreError> = conn.batch(begin).err();
+    // BEGIN and each SAVEPOINT travel with the job's first statement (see `pg`)
+    conn.batch_later(begin);
+    let mut broken: Option<StoreError> = None;
     for j in batch {
         dones.push(j.done);
         if broken.is_some() {
             continue;
         }
-        if !single && let Err(e) = conn.batch("SAVEPOINT job") {
-            broken = Some(e);
-            continue;
+        if !single {
+            conn.batch_later("SAVEPOINT job");
         }
-        match (j.run)(&Db::postgres(conn).with_cache(cache)) {
+        let db = Db::postgres(conn)
+            .with_cache(cache)
+            .settling_each_job(!single);
+        match (j.run)(&db) {
             Some(e) => effects.merge(e),
             None => {
                 failed += 1;
-                if !single && let Err(e) = conn.batch("ROLLBACK TO SAVEPOINT job") {
+                if !single && let Err(e) = conn.rollback("ROLLBACK TO SAVEPOINT job") {
                     broken = Some(e);
                 }
             }
@@ -375,11 +379,12 @@ fn run_pg_batch(
     }
     let commit = match broken {
         Some(e) => {
-            let _ = conn.batch("ROLLBACK");
+            let _ = conn.rollback("ROLLBACK");
             Err(e)
         }
         // a single job that failed: its transaction is rolled back, its own error answers it
-        None if single && failed == 1 => conn.batch("ROLLBACK"),
+        None if single && failed == 1 => conn.rollback("ROLLBACK"),
+        // waits for everything sent ahead: a failed statement fails the commit
         None => conn.batch("COMMIT"),
     };
     (dones, commit, effects, failed)

@@ -43,7 +43,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                 );
                 continue;
             };
-            db.exec(
+            db.exec_later(
                 "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'pending', ?8, ?8, ?8)",
                 args![event_id.as_str(), event.kind.harbor_type(), p.id, &event.project, i as i64, &t.address, target_id, now],
@@ -374,7 +374,7 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
             })
         })
         .collect();
-    db.exec(
+    db.exec_later(
         "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
          SELECT delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
          FROM json_to_recordset(CAST(?1 AS json)) AS x(delivery_id bigint, started_at bigint,
@@ -400,7 +400,7 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
         })
         .collect();
     // as `record`, row by row: every right-hand side sees the row as it was before
-    db.exec(
+    db.exec_later(
         "UPDATE deliveries AS d SET
            state = CASE WHEN (d.state = 'running' AND d.claim_token = x.token) OR x.state = 'succeeded' THEN x.state ELSE d.state END,
            attempts = d.attempts + 1,

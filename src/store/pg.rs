@@ -7,6 +7,14 @@
 //! ([`tokio::runtime::Handle::block_on`]); statements are prepared once per connection and
 //! cached.
 //!
+//! Pipelining: a statement whose answer the job does not look at (an insert, `BEGIN`,
+//! `SAVEPOINT`) is *sent* at once and not waited for ([`PgConn::execute_later`],
+//! [`PgConn::batch_later`]); the next statement that is waited for — a query, or `COMMIT` —
+//! travels behind it and waits for every answer in order. A transaction is then a few round
+//! trips instead of one per statement. The error of a statement sent ahead is the error of the
+//! next wait, and fails the job as its own error would (the transaction, or the job's
+//! savepoint, is rolled back).
+//!
 //! The pool is bounded (`store.pool_size`, one connection kept for the schema-version watch)
 //! and waits at most `store.connect_timeout` for a free connection or a new one. A connection
 //! that failed is dropped, never reused: when the server comes back, the next job simply
@@ -14,7 +22,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
@@ -229,11 +240,41 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
     }
 }
 
+/// A statement sent ahead: its answer is awaited at the next wait (see the module doc).
+type Sent = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
+/// A parameter the statement sent ahead owns (it outlives the job's borrowed arguments).
+enum Owned {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Owned {
+    fn of(v: &Value<'_>) -> Owned {
+        match v {
+            Value::Null => Owned::Null,
+            Value::Int(i) => Owned::Int(*i),
+            Value::Text(s) => Owned::Text((*s).to_string()),
+        }
+    }
+
+    fn value(&self) -> Value<'_> {
+        match self {
+            Owned::Null => Value::Null,
+            Owned::Int(i) => Value::Int(*i),
+            Owned::Text(s) => Value::Text(s),
+        }
+    }
+}
+
 /// One connection, used synchronously from a blocking thread (see the module doc).
 pub struct PgConn {
-    client: tokio_postgres::Client,
+    client: Arc<tokio_postgres::Client>,
     handle: tokio::runtime::Handle,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
+    /// Statements sent, answers not yet read (in the order sent).
+    sent: RefCell<Vec<Sent>>,
     broken: std::cell::Cell<bool>,
 }
 
@@ -243,11 +284,75 @@ const MAX_STATEMENTS: usize = 256;
 impl PgConn {
     fn new(client: tokio_postgres::Client, handle: tokio::runtime::Handle) -> PgConn {
         PgConn {
-            client,
+            client: Arc::new(client),
             handle,
             statements: RefCell::new(HashMap::new()),
+            sent: RefCell::new(Vec::new()),
             broken: std::cell::Cell::new(false),
         }
+    }
+
+    /// Send `request` now (its first poll writes it to the connection's queue) and keep it
+    /// for the next wait.
+    fn send(&self, mut request: Sent) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let request = match request.as_mut().poll(&mut cx) {
+            Poll::Pending => request,
+            // could not even be sent (the connection is closed): the next wait reports it
+            Poll::Ready(r) => Box::pin(std::future::ready(r)),
+        };
+        self.sent.borrow_mut().push(request);
+    }
+
+    /// Wait for `request` and for every statement sent before it, all polled together (the
+    /// connection hands answers out in order, and stalls on one nobody reads). The first
+    /// error among them, unless `discard` (a rollback: earlier errors no longer matter).
+    fn wait<T>(
+        &self,
+        request: impl Future<Output = Result<T, tokio_postgres::Error>>,
+        discard: bool,
+    ) -> Result<T, StoreError> {
+        let sent = std::mem::take(&mut *self.sent.borrow_mut());
+        if sent.is_empty() {
+            let r = self.handle.block_on(request);
+            return self.check(r);
+        }
+        let (earlier, r) = self.handle.block_on(futures_util::future::join(
+            futures_util::future::join_all(sent),
+            request,
+        ));
+        for e in earlier {
+            let e = self.check(e);
+            if !discard {
+                e?;
+            }
+        }
+        self.check(r)
+    }
+
+    /// Wait for every statement sent ahead; the first error among them.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        self.wait(std::future::ready(Ok(())), false)
+    }
+
+    /// Send a statement whose answer the caller does not need; see the module doc.
+    pub fn execute_later(&self, sql: &str, args: &[Value<'_>]) -> Result<(), StoreError> {
+        let st = self.statement(sql)?;
+        let owned: Vec<Owned> = args.iter().map(Owned::of).collect();
+        let client = self.client.clone();
+        self.send(Box::pin(async move {
+            let values: Vec<Value<'_>> = owned.iter().map(Owned::value).collect();
+            client.execute(&st, &Self::params(&values)).await
+        }));
+        Ok(())
+    }
+
+    /// Send statements without parameters (`BEGIN`, `SAVEPOINT`) without waiting.
+    pub fn batch_later(&self, sql: &'static str) {
+        let client = self.client.clone();
+        self.send(Box::pin(
+            async move { client.batch_execute(sql).await.map(|()| 0) },
+        ));
     }
 
     fn check<T>(&self, r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {
@@ -264,8 +369,7 @@ impl PgConn {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let prepared = self.handle.block_on(self.client.prepare(&to_postgres(sql)));
-        let st = self.check(prepared)?;
+        let st = self.wait(self.client.prepare(&to_postgres(sql)), false)?;
         let mut cache = self.statements.borrow_mut();
         if cache.len() >= MAX_STATEMENTS {
             cache.clear();
@@ -282,10 +386,7 @@ impl PgConn {
 
     pub fn execute(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, StoreError> {
         let st = self.statement(sql)?;
-        let r = self
-            .handle
-            .block_on(self.client.execute(&st, &Self::params(args)));
-        self.check(r)
+        self.wait(self.client.execute(&st, &Self::params(args)), false)
     }
 
     pub fn query(
@@ -294,20 +395,24 @@ impl PgConn {
         args: &[Value<'_>],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let st = self.statement(sql)?;
-        let r = self
-            .handle
-            .block_on(self.client.query(&st, &Self::params(args)));
-        self.check(r)
+        self.wait(self.client.query(&st, &Self::params(args)), false)
     }
 
     /// Statements without parameters, in one round trip (transaction control, DDL).
     pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        let r = self.handle.block_on(self.client.batch_execute(sql));
-        self.check(r)
+        self.wait(self.client.batch_execute(sql), false)
     }
 
+    /// A rollback (`ROLLBACK`, `ROLLBACK TO SAVEPOINT …`): waits for what was sent ahead, whose
+    /// errors it makes moot.
+    pub fn rollback(&self, sql: &str) -> Result<(), StoreError> {
+        self.wait(self.client.batch_execute(sql), true)
+    }
+
+    /// Fit to hand out again: not failed, and no statement sent ahead left unread (a job
+    /// that ended half-way; closing the connection rolls its transaction back).
     fn usable(&self) -> bool {
-        !self.broken.get() && !self.client.is_closed()
+        !self.broken.get() && !self.client.is_closed() && self.sent.borrow().is_empty()
     }
 }
 

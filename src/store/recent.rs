@@ -38,7 +38,7 @@ pub fn remember(
     value: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    db.exec(
+    db.exec_later(
         "INSERT INTO recent (client, repository, digest, kind, value, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (client, repository, digest, kind) DO UPDATE SET value = excluded.value, at = excluded.at",
         args![client, repository, digest, kind.as_str(), value, now],

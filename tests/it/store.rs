@@ -104,6 +104,7 @@ conformance!(
     project_and_user_ids_are_assigned_once,
     harbor_queries_filter_sort_and_page_in_sql,
     an_artifact_pushed_again_unchanged_is_not_rewritten,
+    a_statement_sent_ahead_that_fails_fails_its_job_alone,
 );
 
 fn repo(s: &str) -> Repository {
@@ -381,11 +382,16 @@ async fn knowledge_counts_shared_blobs_once_and_gives_them_back(kind: Kind) {
                 adding_b,
                 second,
                 knowledge::tags_of(c, "p/a", "m1")?,
+                knowledge::repository_created(c, "p/a")?,
             ))
         })
         .await
         .unwrap();
     assert_eq!(steps.0.usage, Some((0, 310)));
+    // the repository's first-seen time comes with what a push learns, as read afterwards
+    assert!(steps.5.is_some());
+    assert_eq!(steps.0.repository_created, steps.5);
+    assert_eq!(steps.1.repository_created, steps.5);
     assert!(
         !steps.1.new && steps.1.usage.is_none(),
         "a manifest counts once"
@@ -1370,4 +1376,59 @@ async fn an_artifact_pushed_again_unchanged_is_not_rewritten(kind: Kind) {
         .unwrap();
     assert_eq!(got.size, Some(999));
     assert_eq!(got.platforms, vec!["linux/arm64".to_string()]);
+}
+
+/// A job that writes a tag, then sends ahead a statement that fails (a duplicate key), then
+/// perhaps runs a query.
+async fn failing_job(s: Store, tag: String, then_query: bool) -> Result<(), StoreError> {
+    s.write(move |c| {
+        knowledge::set_tag(c, "prj/bad", &tag, "sha256:a")?;
+        c.exec_later("INSERT INTO meta (key, n) VALUES ('taken', 2)", &[])?;
+        if then_query {
+            c.int("SELECT COUNT(*) FROM tags", &[])?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// On PostgreSQL a statement whose answer a job does not need is sent ahead and not waited
+/// for (`Db::exec_later`): its failure must still fail that job — whether the job ends right
+/// after it, or runs a query first — roll back everything the job wrote, and leave the jobs it
+/// shares a group commit with untouched.
+async fn a_statement_sent_ahead_that_fails_fails_its_job_alone(kind: Kind) {
+    let o = open(kind).await;
+    let s = o.store.clone();
+    s.write(|c| c.exec_later("INSERT INTO meta (key, n) VALUES ('taken', 1)", &[]))
+        .await
+        .unwrap();
+    // alone, then mixed with good jobs (they share group commits when queued together)
+    assert!(failing_job(s.clone(), "alone".into(), false).await.is_err());
+    assert!(failing_job(s.clone(), "alone-query".into(), true).await.is_err());
+    let mut bad = Vec::new();
+    let mut good = Vec::new();
+    for i in 0..12 {
+        bad.push(tokio::spawn(failing_job(s.clone(), format!("t{i}"), i % 2 == 0)));
+        let s = s.clone();
+        good.push(tokio::spawn(async move {
+            s.write(move |c| knowledge::set_tag(c, "prj/good", &format!("t{i}"), "sha256:a"))
+                .await
+        }));
+    }
+    for j in bad {
+        assert!(j.await.unwrap().is_err(), "every failing job fails");
+    }
+    for j in good {
+        j.await.unwrap().expect("a good job never carries its neighbour's failure");
+    }
+    assert_eq!(
+        count(&s, "SELECT COUNT(*) FROM tags WHERE repository = 'prj/bad'").await,
+        0,
+        "a failed job's writes are rolled back"
+    );
+    assert_eq!(
+        count(&s, "SELECT COUNT(*) FROM tags WHERE repository = 'prj/good'").await,
+        12
+    );
+    assert_eq!(count(&s, "SELECT n FROM meta WHERE key = 'taken'").await, 1);
 }
