@@ -157,6 +157,9 @@ pub struct ClaimLimits {
     /// Targets are visited from this position on, so a big claim does not always favour the
     /// same ones.
     pub rotate: usize,
+    /// The addresses with pending deliveries, from a recent [`pending_targets`] the caller
+    /// keeps (the dispatcher, for a moment: see `dispatch`); `None`: scan now.
+    pub targets: Option<Vec<String>>,
 }
 
 /// Claim up to `limits.limit` due deliveries (see [`ClaimLimits`]). Claimed deliveries become
@@ -174,9 +177,13 @@ pub fn claim(
         in_flight,
         skip,
         rotate,
+        targets,
     } = limits;
     let (limit, per_target) = (*limit, *per_target);
-    let mut targets = pending_targets(db)?;
+    let mut targets = match targets {
+        Some(t) => t.clone(),
+        None => pending_targets(db)?,
+    };
     targets.retain(|t| !skip.contains(t));
     if targets.is_empty() {
         return Ok(Vec::new());
@@ -486,18 +493,35 @@ pub fn reclaim_expired(db: &Db<'_>, now: i64) -> Result<u64, StoreError> {
 /// When the next claimable pending delivery is due (unix ms): addresses in `skip` (busy, or
 /// circuit open) do not count; they wake the dispatcher by finishing an attempt or reopening.
 pub fn next_due(db: &Db<'_>, skip: &[String]) -> Result<Option<i64>, StoreError> {
+    next_due_of(db, skip, None)
+}
+
+/// [`next_due`] among `targets` (a recent [`pending_targets`]; `None`: scan now).
+pub fn next_due_of(
+    db: &Db<'_>,
+    skip: &[String],
+    targets: Option<&[String]>,
+) -> Result<Option<i64>, StoreError> {
     let pg = db.backend() == Backend::Postgres;
     // PostgreSQL has no index on due times alone (schema migration 9): per target, from
     // `deliveries_pending_by_target`, one index probe each (`LIMIT 1`, see pending_targets)
-    if skip.is_empty() && !pg {
+    if skip.is_empty() && !pg && targets.is_none() {
         return db.int(
             "SELECT MIN(not_before) FROM deliveries WHERE state = 'pending'",
             &[],
         );
     }
+    let scanned;
+    let targets = match targets {
+        Some(t) => t,
+        None => {
+            scanned = pending_targets(db)?;
+            &scanned
+        }
+    };
     let mut due: Option<i64> = None;
-    for t in pending_targets(db)? {
-        if skip.contains(&t) {
+    for t in targets {
+        if skip.contains(t) {
             continue;
         }
         let sql = if pg {

@@ -488,6 +488,23 @@ async fn claims_respect_per_target_limits_and_skips(kind: Kind) {
         ..limits(100, 2)
     };
     assert!(claim(s, skipped, lease(4)).await.is_empty());
+    // a list of addresses kept from an earlier scan: only those are claimed from
+    let listed = ClaimLimits {
+        targets: Some(vec!["http://other.example/".to_string()]),
+        ..limits(100, 2)
+    };
+    assert!(claim(s, listed, lease(5)).await.is_empty());
+    let listed: Vec<String> = vec![a.to_string()];
+    let due = s
+        .read(move |c| outbox::next_due_of(c, &[], Some(&listed)))
+        .await
+        .unwrap();
+    assert!(due.is_some());
+    let none = s
+        .read(|c| outbox::next_due_of(c, &[], Some(&[])))
+        .await
+        .unwrap();
+    assert_eq!(none, None);
     assert_eq!(
         count(s, "SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").await,
         2
