@@ -350,9 +350,9 @@ impl PgConn {
     /// Send statements without parameters (`BEGIN`, `SAVEPOINT`) without waiting.
     pub fn batch_later(&self, sql: &'static str) {
         let client = self.client.clone();
-        self.send(Box::pin(
-            async move { client.batch_execute(sql).await.map(|()| 0) },
-        ));
+        self.send(Box::pin(async move {
+            client.batch_execute(sql).await.map(|()| 0)
+        }));
     }
 
     fn check<T>(&self, r: Result<T, tokio_postgres::Error>) -> Result<T, StoreError> {

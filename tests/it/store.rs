@@ -1421,11 +1421,19 @@ async fn a_statement_sent_ahead_that_fails_fails_its_job_alone(kind: Kind) {
         .unwrap();
     // alone, then mixed with good jobs (they share group commits when queued together)
     assert!(failing_job(s.clone(), "alone".into(), false).await.is_err());
-    assert!(failing_job(s.clone(), "alone-query".into(), true).await.is_err());
+    assert!(
+        failing_job(s.clone(), "alone-query".into(), true)
+            .await
+            .is_err()
+    );
     let mut bad = Vec::new();
     let mut good = Vec::new();
     for i in 0..12 {
-        bad.push(tokio::spawn(failing_job(s.clone(), format!("t{i}"), i % 2 == 0)));
+        bad.push(tokio::spawn(failing_job(
+            s.clone(),
+            format!("t{i}"),
+            i % 2 == 0,
+        )));
         let s = s.clone();
         good.push(tokio::spawn(async move {
             s.write(move |c| knowledge::set_tag(c, "prj/good", &format!("t{i}"), "sha256:a"))
@@ -1436,7 +1444,9 @@ async fn a_statement_sent_ahead_that_fails_fails_its_job_alone(kind: Kind) {
         assert!(j.await.unwrap().is_err(), "every failing job fails");
     }
     for j in good {
-        j.await.unwrap().expect("a good job never carries its neighbour's failure");
+        j.await
+            .unwrap()
+            .expect("a good job never carries its neighbour's failure");
     }
     assert_eq!(
         count(&s, "SELECT COUNT(*) FROM tags WHERE repository = 'prj/bad'").await,
@@ -1444,7 +1454,11 @@ async fn a_statement_sent_ahead_that_fails_fails_its_job_alone(kind: Kind) {
         "a failed job's writes are rolled back"
     );
     assert_eq!(
-        count(&s, "SELECT COUNT(*) FROM tags WHERE repository = 'prj/good'").await,
+        count(
+            &s,
+            "SELECT COUNT(*) FROM tags WHERE repository = 'prj/good'"
+        )
+        .await,
         12
     );
     assert_eq!(count(&s, "SELECT n FROM meta WHERE key = 'taken'").await, 1);
