@@ -701,7 +701,8 @@ impl Store {
 
 /// Every second: write the last triggers noted ([`Store::flush_triggers`]). Once a minute:
 /// forget what clients resolved longer ago than `attribution_window`, lapsed quota
-/// reservations, and target versions no delivery needs any more. Runs until `shutdown`.
+/// reservations, and target versions no delivery needs any more, and fold the delivery
+/// counters of database processes that ended. Runs until `shutdown`.
 pub async fn run_housekeeping(
     store: Store,
     attribution_window: Duration,
@@ -725,6 +726,7 @@ pub async fn run_housekeeping(
             .write_relaxed(move |c| {
                 recent::prune(c, before)?;
                 quota::prune_reservations(c, now_ms())?;
+                outbox::fold_counts(c)?;
                 policies::drop_unused_targets(c, None)
             })
             .await;

@@ -755,9 +755,35 @@ pub fn redeliver_dead_since(db: &Db<'_>, policy_id: i64, since: i64) -> Result<u
     Ok(n)
 }
 
-/// Counts by state (queue depth, dead) for metrics.
+/// Counts by state (queue depth, dead) for metrics: read from the counters the database keeps
+/// as deliveries change (schema migration 10), a few rows whatever the history.
 pub fn counts(db: &Db<'_>) -> Result<Vec<(String, u64)>, StoreError> {
-    super::grouped_counts(db, "SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+    super::grouped_counts(
+        db,
+        "SELECT state, CAST(SUM(n) AS BIGINT) FROM delivery_counts GROUP BY state ORDER BY state",
+    )
+}
+
+/// PostgreSQL: fold the counter rows of server processes that have ended into shard 0 (each
+/// process adds to rows of its own; see schema migration 10). Returns how many rows went.
+pub fn fold_counts(db: &Db<'_>) -> Result<u64, StoreError> {
+    if db.backend() != Backend::Postgres {
+        return Ok(0);
+    }
+    let gone = db.int(
+        "WITH gone AS (
+           DELETE FROM delivery_counts
+           WHERE shard <> 0 AND shard NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)
+           RETURNING state, n),
+         folded AS (
+           INSERT INTO delivery_counts AS c (state, shard, n)
+           SELECT state, 0, SUM(n) FROM gone GROUP BY state ORDER BY state
+           ON CONFLICT (state, shard) DO UPDATE SET n = c.n + excluded.n
+           RETURNING 1)
+         SELECT COUNT(*) FROM gone",
+        &[],
+    )?;
+    Ok(gone.unwrap_or(0).max(0) as u64)
 }
 
 #[cfg(test)]

@@ -460,6 +460,74 @@ pub static MIGRATIONS: &[Migration] = &[
         postgres: "DROP INDEX IF EXISTS deliveries_due;",
         then: None,
     },
+    // 10: deliveries counted by state as they change (triggers), so that `/metrics` reads a
+    // few counter rows instead of counting the whole outbox history on every scrape (150 ms of
+    // CPU after a day of delivered pulls). SQLite has one writer: one row per state. PostgreSQL
+    // has many: each server process adds to rows of its own (`shard` = its pid, no lock shared
+    // between connections), one statement per changing statement; housekeeping folds the rows
+    // of processes that ended into shard 0 (`outbox::fold_counts`).
+    Migration {
+        sqlite: r#"
+    CREATE TABLE delivery_counts (
+        state TEXT NOT NULL,
+        shard INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (state, shard)
+    );
+    INSERT INTO delivery_counts (state, shard, n)
+        VALUES ('pending', 0, 0), ('running', 0, 0), ('succeeded', 0, 0), ('dead', 0, 0);
+    UPDATE delivery_counts SET n = (SELECT COUNT(*) FROM deliveries d WHERE d.state = delivery_counts.state);
+    CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries BEGIN
+        UPDATE delivery_counts SET n = n + 1 WHERE state = NEW.state AND shard = 0;
+    END;
+    CREATE TRIGGER deliveries_counted_update AFTER UPDATE OF state ON deliveries
+    WHEN OLD.state <> NEW.state BEGIN
+        UPDATE delivery_counts SET n = n - 1 WHERE state = OLD.state AND shard = 0;
+        UPDATE delivery_counts SET n = n + 1 WHERE state = NEW.state AND shard = 0;
+    END;
+    CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries BEGIN
+        UPDATE delivery_counts SET n = n - 1 WHERE state = OLD.state AND shard = 0;
+    END;
+    "#,
+        postgres: r#"
+    CREATE TABLE delivery_counts (
+        state TEXT NOT NULL,
+        shard BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        PRIMARY KEY (state, shard)
+    );
+    CREATE FUNCTION wharf_count_deliveries() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO delivery_counts AS c (state, shard, n)
+                SELECT state, pg_backend_pid(), COUNT(*) FROM new_rows GROUP BY state ORDER BY state
+                ON CONFLICT (state, shard) DO UPDATE SET n = c.n + excluded.n;
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO delivery_counts AS c (state, shard, n)
+                SELECT state, pg_backend_pid(), -COUNT(*) FROM old_rows GROUP BY state ORDER BY state
+                ON CONFLICT (state, shard) DO UPDATE SET n = c.n + excluded.n;
+        ELSE
+            INSERT INTO delivery_counts AS c (state, shard, n)
+                SELECT state, pg_backend_pid(), SUM(d) FROM (
+                    SELECT state, 1 AS d FROM new_rows UNION ALL SELECT state, -1 FROM old_rows
+                ) x GROUP BY state HAVING SUM(d) <> 0 ORDER BY state
+                ON CONFLICT (state, shard) DO UPDATE SET n = c.n + excluded.n;
+        END IF;
+        RETURN NULL;
+    END
+    $f$;
+    CREATE TRIGGER deliveries_counted_insert AFTER INSERT ON deliveries
+        REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION wharf_count_deliveries();
+    CREATE TRIGGER deliveries_counted_update AFTER UPDATE ON deliveries
+        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION wharf_count_deliveries();
+    CREATE TRIGGER deliveries_counted_delete AFTER DELETE ON deliveries
+        REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION wharf_count_deliveries();
+    INSERT INTO delivery_counts (state, shard, n)
+        SELECT state, 0, COUNT(*) FROM deliveries GROUP BY state;
+    "#,
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

@@ -105,6 +105,7 @@ conformance!(
     harbor_queries_filter_sort_and_page_in_sql,
     an_artifact_pushed_again_unchanged_is_not_rewritten,
     a_statement_sent_ahead_that_fails_fails_its_job_alone,
+    delivery_counts_follow_every_change_without_counting_the_outbox,
 );
 
 fn repo(s: &str) -> Repository {
@@ -1462,4 +1463,110 @@ async fn a_statement_sent_ahead_that_fails_fails_its_job_alone(kind: Kind) {
         12
     );
     assert_eq!(count(&s, "SELECT n FROM meta WHERE key = 'taken'").await, 1);
+}
+
+/// The counts `/metrics` reports, and the outbox counted row by row: they must agree.
+async fn assert_counts_agree(s: &Store, when: &str) {
+    let kept = s.read(outbox::counts).await.unwrap();
+    let counted = s
+        .read(|c| {
+            store::grouped_counts(
+                c,
+                "SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state",
+            )
+        })
+        .await
+        .unwrap();
+    let kept: Vec<_> = kept.into_iter().filter(|(_, n)| *n > 0).collect();
+    assert_eq!(kept, counted, "{when}");
+}
+
+/// `/metrics` reads delivery counts the database keeps as deliveries change (schema
+/// migration 10): created, claimed, attempted (success, retry, dead), redelivered, pruned — and
+/// on PostgreSQL, changed by another replica, whose counter rows are folded once it is gone.
+async fn delivery_counts_follow_every_change_without_counting_the_outbox(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let pid = add_policy(
+        s,
+        policy(
+            "prj",
+            vec![
+                Target::http("http://a.example/"),
+                Target::http("http://b.example/"),
+            ],
+        ),
+    )
+    .await;
+    assert_counts_agree(s, "empty").await;
+    publish(s, 5).await;
+    assert_counts_agree(s, "created").await;
+    let got = claim(s, limits(100, 3), lease(7)).await;
+    assert_eq!(got.len(), 6);
+    assert_counts_agree(s, "claimed").await;
+    let ids: Vec<i64> = got.iter().map(|d| d.id).collect();
+    s.write(move |c| {
+        for (i, id) in ids.iter().enumerate() {
+            let next = match i % 3 {
+                0 => Next::Succeeded,
+                1 => Next::Dead,
+                _ => Next::RetryAt(store::now_ms() + 60_000),
+            };
+            let a = Attempt {
+                delivery_id: *id,
+                started_at: store::now_ms(),
+                duration_ms: 1,
+                ..Default::default()
+            };
+            if i < 3 {
+                outbox::record(c, &a, next, 7)?;
+            } else {
+                outbox::record_many(
+                    c,
+                    &[outbox::Outcome {
+                        attempt: a,
+                        next,
+                        token: 7,
+                    }],
+                )?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_counts_agree(s, "attempted").await;
+    s.write(move |c| outbox::redeliver_dead(c, pid))
+        .await
+        .unwrap();
+    assert_counts_agree(s, "redelivered").await;
+    s.write(|c| c.exec("DELETE FROM deliveries WHERE state = 'succeeded'", &[]))
+        .await
+        .unwrap();
+    assert_counts_agree(s, "deleted").await;
+    if let Some(url) = &o.url {
+        let dir = tempfile::tempdir().unwrap();
+        let other = Store::open(&pg_config(url), dir.path()).await.unwrap();
+        publish(&other, 3).await;
+        claim(&other, limits(2, 2), lease(8)).await;
+        assert_counts_agree(s, "another replica's changes").await;
+        let shards = || count(s, "SELECT COUNT(DISTINCT shard) FROM delivery_counts");
+        assert!(
+            shards().await >= 2,
+            "each database process counts in rows of its own"
+        );
+        other.close().await;
+        // its server processes end shortly after its connections close
+        let mut folded = 0;
+        for _ in 0..50 {
+            folded += s.write(outbox::fold_counts).await.unwrap();
+            if count(s, "SELECT COUNT(*) FROM delivery_counts WHERE shard <> 0 AND shard NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)").await == 0 && folded > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(folded > 0, "the ended processes' rows are folded");
+        assert_counts_agree(s, "folded").await;
+    }
+    s.close().await;
 }
