@@ -42,6 +42,16 @@ METRICS = collections.OrderedDict(
         ("manifest_cpu", ("proxy CPU per manifest GET", "µs", False, 1)),
         ("manifest_registry_cpu", ("registry CPU per manifest GET", "µs", False, 1)),
         ("manifest_client_cpu", ("client (wrk) CPU per manifest GET", "µs", False, 1)),
+        ("head_rps", ("manifest HEAD, wrk -c{wrk_connections} -t{wrk_threads} -d{wrk_duration}", "req/s", True, 0)),
+        ("head_p99", ("manifest HEAD p99 latency", "ms", False, 2)),
+        ("head_cpu", ("proxy CPU per manifest HEAD", "µs", False, 1)),
+        ("head_registry_cpu", ("registry CPU per manifest HEAD", "µs", False, 1)),
+        ("head_client_cpu", ("client (wrk) CPU per manifest HEAD", "µs", False, 1)),
+        ("tags_rps", ("tag list GET, wrk -c{wrk_connections} -t{wrk_threads} -d{wrk_duration}", "req/s", True, 0)),
+        ("tags_p99", ("tag list GET p99 latency", "ms", False, 2)),
+        ("tags_cpu", ("proxy CPU per tag list GET", "µs", False, 1)),
+        ("tags_registry_cpu", ("registry CPU per tag list GET", "µs", False, 1)),
+        ("tags_client_cpu", ("client (wrk) CPU per tag list GET", "µs", False, 1)),
     ]
 )
 
@@ -148,13 +158,19 @@ EVENT_CHECKS = [
     ("PUT p50, target blackholed / up", "ratio_max", ("td_put_p50", "wharf-blackhole", "wharf-up"), 1.05),
 ]
 
-# (metric, baseline, minimum ratio wharf/baseline)
+# (metric, baseline, bound): wharf/baseline ≥ bound, or, for a metric where lower is better
+# (CPU per request), wharf/baseline ≤ bound
 CHECKS = [
     ("blob_get", "direct", 0.90),
     ("blob_get", "nginx", 1.00),
     ("push", "direct", 0.98),
     ("pull", "direct", 0.98),
     ("manifest_rps", "direct", 0.97),
+    ("head_rps", "direct", 0.97),
+    ("tags_rps", "direct", 0.97),
+    ("manifest_cpu", "nginx", 1.00),
+    ("head_cpu", "nginx", 1.00),
+    ("tags_cpu", "nginx", 1.00),
 ]
 RSS_LIMIT_MIB = 32.0
 
@@ -282,21 +298,22 @@ def main():
             for b in baselines:
                 wv, bv = med(metric, w), med(metric, b)
                 row.append(f"{wv / bv:.3f}" if wv is not None and bv else "—")
-            for (m, b, minimum) in CHECKS:
+            for (m, b, bound) in CHECKS:
                 if m != metric or b not in baselines:
                     continue
                 wv, bv = med(metric, w), med(metric, b)
-                target_txt.append(f"{w}/{b} ≥ {minimum:.2f}" if len(wharfs) > 1 else f"≥ {minimum:.2f}× {b}")
+                op = "≥" if higher else "≤"
+                target_txt.append(f"{w}/{b} {op} {bound:.2f}" if len(wharfs) > 1 else f"{op} {bound:.2f}× {b}")
                 if wv is None or not bv:
                     ok_txt.append("n/a")
                     continue
                 checked += 1
                 ratio = wv / bv
-                if ratio >= minimum:
+                if (ratio >= bound) if higher else (ratio <= bound):
                     ok_txt.append("yes")
                 else:
                     ok_txt.append("**NO**")
-                    failed.append(f"{label}: {w}/{b} = {ratio:.3f} < {minimum:.2f}")
+                    failed.append(f"{label}: {w}/{b} = {ratio:.3f}, target {op} {bound:.2f}")
         row.append("; ".join(target_txt) or ("lower is better" if not higher else ""))
         row.append(" ".join(ok_txt))
         lines.append("| " + " | ".join(row) + " |")

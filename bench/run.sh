@@ -17,9 +17,10 @@
 #                        data_dir, admin_password, log; WHARF_<KEY> env overrides reach wharf too)
 #   EXTRA_WHARFS="wharf-x=F.yaml ..."  more wharf instances, each with its own extra YAML; compared and
 #                        checked like "wharf" (e.g. events on vs off)
-#   ACCESS_LOGS=1        wharf at log level info (one access-log line per request) and nginx with an
-#                        access log; default: wharf at warn, nginx access_log off
-#   SCENARIOS="blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down store"
+#   ACCESS_LOGS=1        wharf at log level info (one JSON access-log line per request) and nginx with
+#                        a buffered JSON access log (bench/nginx.conf.tmpl); default: wharf at warn,
+#                        nginx access_log off
+#   SCENARIOS="blob skopeo manifest head tags push_latency deliveries delivery_latency manifest_events target_down store"
 #                        which scenario_* functions run, in order (the last five: events and delivery,
 #                        see docs/benchmarks.md; they start wharf instances and receivers of their own)
 #   PUSH_CONNECTIONS="1 4"   push_latency: wrk connections of the manifest PUT runs
@@ -62,7 +63,7 @@ WHARF_EXTRA_YAML=${WHARF_EXTRA_YAML:-}
 EXTRA_WHARFS=${EXTRA_WHARFS:-}
 ACCESS_LOGS=${ACCESS_LOGS:-0}
 DATA_ON_TMPFS=${DATA_ON_TMPFS:-0}
-SCENARIOS=${SCENARIOS:-blob skopeo manifest push_latency deliveries delivery_latency manifest_events target_down store}
+SCENARIOS=${SCENARIOS:-blob skopeo manifest head tags push_latency deliveries delivery_latency manifest_events target_down store}
 PUSH_CONNECTIONS=${PUSH_CONNECTIONS:-1 4}
 DELIVERIES_N=${DELIVERIES_N:-20000}
 DL_PUSH_RATE=${DL_PUSH_RATE:-100}
@@ -330,7 +331,7 @@ start_nginx() {
 	port=$(free_port)
 	mkdir -p "$dir"
 	[ "$IS_ROOT" = 1 ] && user_line="user root;" # temp paths live in a root-owned dir
-	[ "$ACCESS_LOGS" = 1 ] && access_log="$dir/access.log"
+	[ "$ACCESS_LOGS" = 1 ] && access_log="$dir/access.log wharf_json buffer=64k flush=1s"
 	sed -e "s|@USER_LINE@|$user_line|" \
 		-e "s|@WORKERS@|$NGINX_WORKERS|" \
 		-e "s|@DIR@|$dir|g" \
@@ -435,6 +436,7 @@ prepare_image() {
 		"docker://127.0.0.1:${PORT[direct]}/bench/img:$IMAGE_TAG" ||
 		die "seeding the image failed: $(tail -5 "$WORK/skopeo-seed.log")"
 	MANIFEST_PATH=/v2/bench/img/manifests/$IMAGE_TAG
+	TAGS_PATH=/v2/bench/img/tags/list
 	log "image $MANIFEST_DIGEST ($IMAGE_BYTES bytes) in bench/img:$IMAGE_TAG"
 }
 
@@ -553,18 +555,30 @@ scenario_skopeo() {
 }
 
 # wrk_run OUTFILE TARGET DURATION
+# wrk_run OUT TARGET DURATION [PATH [LUA]]: wrk with the bench's connections and threads, a GET of
+# PATH (default the manifest) or what the LUA script asks for.
 wrk_run() {
-	wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"$3" --latency -H "Accept: $OCI_MANIFEST" \
-		"$(url "$2" "$MANIFEST_PATH")" >"$1" 2>&1 || die "wrk against $2 failed: $(tail -5 "$1")"
+	local path=${4:-$MANIFEST_PATH} script=()
+	[ -n "${5:-}" ] && script=(-s "$5")
+	wrk -t"$WRK_THREADS" -c"$WRK_CONNECTIONS" -d"$3" --latency -H "Accept: $OCI_MANIFEST" "${script[@]}" \
+		"$(url "$2" "$path")" >"$1" 2>&1 || die "wrk against $2 failed: $(tail -5 "$1")"
 }
-measure_manifest() {
-	local t=$1 run=$2 out=$WORK/wrk-$1-$2.txt rps p99 bad c0 n r0 k0
+measure_manifest() { measure_small manifest "$1" "$2" "$MANIFEST_PATH" ""; }
+measure_head() { measure_small head "$1" "$2" "$MANIFEST_PATH" "$BENCH/wrk-head.lua"; }
+measure_tags() { measure_small tags "$1" "$2" "$TAGS_PATH" ""; }
+
+# measure_small NAME TARGET RUN PATH LUA: a small request (manifest GET, HEAD, tag list) as fast as
+# wrk goes: NAME_rps, NAME_p99, and CPU per request of the proxy, the registry and wrk.
+measure_small() {
+	local name=$1 t=$2 run=$3 path=$4 lua=$5 rps p99 bad c0 n r0 k0 out
+	out=$WORK/wrk-$name-$t-$run.txt
+	[ "$name" = manifest ] && out=$WORK/wrk-$t-$run.txt
 	c0=$(cpu_ms "$t")
 	r0=$(cpu_ms registry)
 	k0=$(children_ms)
-	wrk_run "$out" "$t" "$WRK_DURATION"
-	record_cpu manifest manifest_client_cpu "$t" "$run" "$k0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" children
-	record_cpu manifest manifest_registry_cpu "$t" "$run" "$r0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" registry
+	wrk_run "$out" "$t" "$WRK_DURATION" "$path" "$lua"
+	record_cpu "$name" "${name}_client_cpu" "$t" "$run" "$k0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" children
+	record_cpu "$name" "${name}_registry_cpu" "$t" "$run" "$r0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" registry
 	n=$(awk '/ requests in / { print $1 }' "$out")
 	rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
 	# "99%  28.90ms" -> milliseconds
@@ -574,11 +588,19 @@ measure_manifest() {
 		printf "%.3f", v * m }' "$out")
 	if [ -z "$rps" ] || [ -z "$p99" ]; then die "cannot read wrk output $out"; fi
 	bad=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
-	[ "$bad" = 0 ] || note "manifest GET through $t run $run: $bad non-2xx responses or socket errors ($(grep -E 'Non-2xx|Socket errors' "$out" | tr '\n' ' '))"
-	record manifest manifest_rps "$t" "$run" "$rps"
-	record manifest manifest_p99 "$t" "$run" "$p99"
+	[ "$bad" = 0 ] || note "$name through $t run $run: $bad non-2xx responses or socket errors ($(grep -E 'Non-2xx|Socket errors' "$out" | tr '\n' ' '))"
+	record "$name" "${name}_rps" "$t" "$run" "$rps"
+	record "$name" "${name}_p99" "$t" "$run" "$p99"
 	# ms per request * 1000 = microseconds per request
-	record_cpu manifest manifest_cpu "$t" "$run" "$c0" "$(calc "${n:-1} / 1000")"
+	record_cpu "$name" "${name}_cpu" "$t" "$run" "$c0" "$(calc "${n:-1} / 1000")"
+}
+scenario_head() {
+	log "scenario head: HEAD of the manifest, wrk -c$WRK_CONNECTIONS -t$WRK_THREADS -d$WRK_DURATION on $MANIFEST_PATH"
+	for_each_run_target measure_head
+}
+scenario_tags() {
+	log "scenario tags: tag list, wrk -c$WRK_CONNECTIONS -t$WRK_THREADS -d$WRK_DURATION on $TAGS_PATH"
+	for_each_run_target measure_tags
 }
 scenario_manifest() {
 	log "scenario manifest: wrk -c$WRK_CONNECTIONS -t$WRK_THREADS -d$WRK_DURATION on $MANIFEST_PATH"
