@@ -155,7 +155,7 @@ vm_hwm_mib() { # PID -> peak RSS in MiB
 
 check_tools() {
 	local missing=() t
-	for t in docker-registry skopeo wrk curl python3 sha256sum awk timeout; do
+	for t in docker-registry skopeo wrk ab curl python3 sha256sum awk timeout; do
 		command -v "$t" >/dev/null 2>&1 || missing+=("$t")
 	done
 	NGINX=$(command -v nginx 2>/dev/null || true)
@@ -171,7 +171,7 @@ check_tools() {
 	fi
 	if [ "${#missing[@]}" -gt 0 ]; then
 		log "missing tools: ${missing[*]}"
-		log "install them with:  apt-get install -y docker-registry skopeo nginx-light wrk curl python3"
+		log "install them with:  apt-get install -y docker-registry skopeo nginx-light wrk apache2-utils curl python3"
 		log "  (or: make deps, for the tools the project installs anyway)"
 		die "cannot run the benchmark without: ${missing[*]}"
 	fi
@@ -564,11 +564,19 @@ wrk_run() {
 		"$(url "$2" "$path")" >"$1" 2>&1 || die "wrk against $2 failed: $(tail -5 "$1")"
 }
 measure_manifest() { measure_small manifest "$1" "$2" "$MANIFEST_PATH" ""; }
-measure_head() { measure_small head "$1" "$2" "$MANIFEST_PATH" "$BENCH/wrk-head.lua"; }
+measure_head() { measure_small head "$1" "$2" "$MANIFEST_PATH" ab-head; }
 measure_tags() { measure_small tags "$1" "$2" "$TAGS_PATH" ""; }
 
+# ab_head OUT TARGET DURATION PATH: HEAD requests with ApacheBench (wrk cannot: its parser waits
+# for the body a HEAD response announces), keep-alive, as many connections as wrk uses.
+ab_head() {
+	ab -q -k -i -c "$WRK_CONNECTIONS" -t "${3%s}" -n 10000000 -H "Accept: $OCI_MANIFEST" \
+		"$(url "$2" "$4")" >"$1" 2>&1 || die "ab against $2 failed: $(tail -5 "$1")"
+}
+
 # measure_small NAME TARGET RUN PATH LUA: a small request (manifest GET, HEAD, tag list) as fast as
-# wrk goes: NAME_rps, NAME_p99, and CPU per request of the proxy, the registry and wrk.
+# the load tool goes (wrk; `LUA=ab-head`: ab's HEAD): NAME_rps, NAME_p99, and CPU per request of
+# the proxy, the registry and the load tool.
 measure_small() {
 	local name=$1 t=$2 run=$3 path=$4 lua=$5 rps p99 bad c0 n r0 k0 out
 	out=$WORK/wrk-$name-$t-$run.txt
@@ -576,18 +584,27 @@ measure_small() {
 	c0=$(cpu_ms "$t")
 	r0=$(cpu_ms registry)
 	k0=$(children_ms)
-	wrk_run "$out" "$t" "$WRK_DURATION" "$path" "$lua"
-	record_cpu "$name" "${name}_client_cpu" "$t" "$run" "$k0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" children
-	record_cpu "$name" "${name}_registry_cpu" "$t" "$run" "$r0" "$(calc "$(awk '/ requests in / { print $1 }' "$out") / 1000")" registry
-	n=$(awk '/ requests in / { print $1 }' "$out")
-	rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-	# "99%  28.90ms" -> milliseconds
-	p99=$(awk '$1 == "99%" {
-		v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
-		m = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : 1
-		printf "%.3f", v * m }' "$out")
-	if [ -z "$rps" ] || [ -z "$p99" ]; then die "cannot read wrk output $out"; fi
-	bad=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
+	if [ "$lua" = ab-head ]; then
+		out=$WORK/ab-$name-$t-$run.txt
+		ab_head "$out" "$t" "$WRK_DURATION" "$path"
+		n=$(awk '/^Complete requests:/ { print $3 }' "$out")
+		rps=$(awk '/^Requests per second:/ { print $4 }' "$out")
+		p99=$(awk '$1 == "99%" { printf "%.3f", $2 }' "$out")
+		bad=$(awk '/^Failed requests:/ { n += $3 } /^Non-2xx responses:/ { n += $3 } END { print n + 0 }' "$out")
+	else
+		wrk_run "$out" "$t" "$WRK_DURATION" "$path" "$lua"
+		n=$(awk '/ requests in / { print $1 }' "$out")
+		rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+		# "99%  28.90ms" -> milliseconds
+		p99=$(awk '$1 == "99%" {
+			v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+			m = (u == "us") ? 0.001 : (u == "ms") ? 1 : (u == "s") ? 1000 : (u == "m") ? 60000 : 1
+			printf "%.3f", v * m }' "$out")
+		bad=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' "$out")
+	fi
+	if [ -z "$rps" ] || [ -z "$p99" ] || [ -z "$n" ]; then die "cannot read the load tool's output $out"; fi
+	record_cpu "$name" "${name}_client_cpu" "$t" "$run" "$k0" "$(calc "$n / 1000")" children
+	record_cpu "$name" "${name}_registry_cpu" "$t" "$run" "$r0" "$(calc "$n / 1000")" registry
 	[ "$bad" = 0 ] || note "$name through $t run $run: $bad non-2xx responses or socket errors ($(grep -E 'Non-2xx|Socket errors' "$out" | tr '\n' ' '))"
 	record "$name" "${name}_rps" "$t" "$run" "$rps"
 	record "$name" "${name}_p99" "$t" "$run" "$p99"
@@ -595,7 +612,7 @@ measure_small() {
 	record_cpu "$name" "${name}_cpu" "$t" "$run" "$c0" "$(calc "${n:-1} / 1000")"
 }
 scenario_head() {
-	log "scenario head: HEAD of the manifest, wrk -c$WRK_CONNECTIONS -t$WRK_THREADS -d$WRK_DURATION on $MANIFEST_PATH"
+	log "scenario head: HEAD of the manifest, ab -k -i -c$WRK_CONNECTIONS -t${WRK_DURATION%s} on $MANIFEST_PATH"
 	for_each_run_target measure_head
 }
 scenario_tags() {
