@@ -79,7 +79,10 @@ def blob(data):
     loc = r.headers["Location"]
     loc = loc if loc.startswith("http") else f"http://127.0.0.1:{sys.argv[1]}{loc}"
     sep = "&" if "?" in loc else "?"
-    urllib.request.urlopen(urllib.request.Request(f"{loc}{sep}digest={d}", data=data, method="PUT"))
+    # a typed body: without one urllib sends a form type, and the registry (Go) reads the body
+    # as a form looking for `digest`, then finds the upload empty
+    urllib.request.urlopen(urllib.request.Request(f"{loc}{sep}digest={d}", data=data, method="PUT",
+        headers={"Content-Type": "application/octet-stream"}))
     return d, len(data)
 cd, cs = blob(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')
 ld, ls = blob(b"x" * 4096)
@@ -126,7 +129,7 @@ log: {level: $level, format: json}
 $extra
 EOF
 	out=$WORK/$name/callgrind.out
-	valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$out" \
+	valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
 		"$PROFILE_BIN" serve --config "$WORK/$name/wharf.yaml" >"$WORK/$name/wharf.log" 2>"$WORK/$name/valgrind.log" &
 	local vpid=$!
 	PIDS+=($vpid)

@@ -67,11 +67,12 @@ pub async fn registry(
                 pq: &pq,
                 ctx,
             };
+            // boxed, each: see `server::route_request`
             match action {
-                ManifestAction::Put => push::manifest_put(call).await,
-                ManifestAction::Get => pull::manifest_get(call).await,
-                ManifestAction::Head => pull::manifest_head(call).await,
-                ManifestAction::Delete => delete::manifest_delete(call).await,
+                ManifestAction::Put => Box::pin(push::manifest_put(call)).await,
+                ManifestAction::Get => Box::pin(pull::manifest_get(call)).await,
+                ManifestAction::Head => Box::pin(pull::manifest_head(call)).await,
+                ManifestAction::Delete => Box::pin(delete::manifest_delete(call)).await,
             }
         }
         _ => pass(&app.registry, req, &pq, ctx).await,
