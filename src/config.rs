@@ -442,6 +442,11 @@ pub struct StoreConfig {
     /// and attempts (deliveries still pending keep their event). `0s` keeps everything.
     #[serde(default = "defaults::retention", with = "duration")]
     pub retention: Duration,
+    /// Pull events (`PULL_ARTIFACT`, `DOWNLOAD_CHART`) — most of the event log on a busy
+    /// registry — leave it sooner: after this (never later than `retention`), with their finished
+    /// deliveries and attempts. `0s`: as long as other events.
+    #[serde(default = "defaults::retention_pulls", with = "duration")]
+    pub retention_pulls: Duration,
 }
 
 impl StoreConfig {
@@ -476,6 +481,7 @@ impl Default for StoreConfig {
             claim_lease: defaults::claim_lease(),
             synchronous: Default::default(),
             retention: defaults::retention(),
+            retention_pulls: defaults::retention_pulls(),
         }
     }
 }
@@ -932,6 +938,9 @@ mod defaults {
     }
     pub fn retention() -> Duration {
         Duration::from_secs(30 * 24 * 3600)
+    }
+    pub fn retention_pulls() -> Duration {
+        Duration::from_secs(7 * 24 * 3600)
     }
     pub fn failed_login_burst() -> u32 {
         10
@@ -1794,6 +1803,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.project("prj").storage_limit, Some(10 << 30));
         assert_eq!(c.store.retention, Duration::from_secs(30 * 86400));
+        assert_eq!(c.store.retention_pulls, Duration::from_secs(7 * 86400));
+        let c = load(MIN, &[("WHARF_STORE__RETENTION_PULLS", "2d")]).unwrap();
+        assert_eq!(c.store.retention_pulls, Duration::from_secs(2 * 86400));
     }
 
     #[test]

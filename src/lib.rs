@@ -147,11 +147,11 @@ impl Running {
             app.config.events.attribution_window,
             background.clone(),
         ));
-        tokio::spawn(
-            app.events
-                .clone()
-                .run_pruner(app.config.store.retention, background.clone()),
-        );
+        tokio::spawn(app.events.clone().run_pruner(
+            app.config.store.retention,
+            app.config.store.retention_pulls,
+            background.clone(),
+        ));
         let dispatcher = std::sync::Arc::new(
             dispatch::Dispatcher::new(
                 app.store.clone(),

@@ -140,9 +140,16 @@ impl Sink {
     pub async fn run_pruner(
         self,
         retention: Duration,
+        retention_pulls: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        if retention.is_zero() {
+        // pulls: after `retention_pulls`, never later than `retention` (0s: no limit)
+        let pulls = match (retention.is_zero(), retention_pulls.is_zero()) {
+            (_, true) => None,
+            (true, false) => Some(retention_pulls),
+            (false, false) => (retention_pulls < retention).then_some(retention_pulls),
+        };
+        if retention.is_zero() && pulls.is_none() {
             return;
         }
         let mut wait = Duration::from_secs(60);
@@ -152,28 +159,52 @@ impl Sink {
                 () = shutdown.cancelled() => return,
             }
             wait = Duration::from_secs(3600);
-            let before = store::now_ms() - retention.as_millis() as i64;
-            let mut total = 0;
-            loop {
-                match self
-                    .store
-                    .write(move |c| store::events::prune(c, before, 500))
-                    .await
-                {
-                    Ok(0) => break,
-                    Ok(n) => total += n,
-                    Err(e) => {
-                        tracing::error!(error = %e, "pruning the event log failed");
-                        break;
+            if let Some(pulls) = pulls {
+                self.prune_older(pulls, true, &shutdown).await;
+            }
+            if !retention.is_zero() {
+                self.prune_older(retention, false, &shutdown).await;
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    /// Remove events (only pulls, with `pulls_only`) older than `retention`, in batches.
+    async fn prune_older(
+        &self,
+        retention: Duration,
+        pulls_only: bool,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) {
+        let before = store::now_ms() - retention.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            let pruned = self
+                .store
+                .write(move |c| {
+                    if pulls_only {
+                        store::events::prune_pulls(c, before, 500)
+                    } else {
+                        store::events::prune(c, before, 500)
                     }
-                }
-                if shutdown.is_cancelled() {
-                    return;
+                })
+                .await;
+            match pruned {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => {
+                    tracing::error!(error = %e, "pruning the event log failed");
+                    break;
                 }
             }
-            if total > 0 {
-                tracing::info!(events = total, retention = ?retention, "old events removed from the event log");
+            if shutdown.is_cancelled() {
+                return;
             }
+        }
+        if total > 0 {
+            tracing::info!(events = total, retention = ?retention, pulls_only, "old events removed from the event log");
         }
     }
 

@@ -124,7 +124,30 @@ pub fn prune(db: &Db<'_>, before: i64, batch: usize) -> Result<usize, StoreError
         args![before, batch as i64],
         |r| Ok((r.i64(0)?, r.text(1)?)),
     )?;
-    for (seq, id) in &old {
+    remove(db, &old)
+}
+
+/// [`prune`] for pull events only (`PULL_ARTIFACT`, `DOWNLOAD_CHART`: `store.retention_pulls`).
+pub fn prune_pulls(db: &Db<'_>, before: i64, batch: usize) -> Result<usize, StoreError> {
+    let old: Vec<(i64, String)> = db.rows(
+        "SELECT seq, id FROM events e WHERE occurred_at < ?1 AND state IN ('published', 'cancelled')
+         AND type IN (?3, ?4)
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state IN ('pending', 'running'))
+         ORDER BY seq LIMIT ?2",
+        args![
+            before,
+            batch as i64,
+            EventKind::PullArtifact.harbor_type(),
+            EventKind::DownloadChart.harbor_type()
+        ],
+        |r| Ok((r.i64(0)?, r.text(1)?)),
+    )?;
+    remove(db, &old)
+}
+
+/// Remove these events with their deliveries and attempts; how many.
+fn remove(db: &Db<'_>, old: &[(i64, String)]) -> Result<usize, StoreError> {
+    for (seq, id) in old {
         db.exec(
             "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_id = ?1)",
             args![id],

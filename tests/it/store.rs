@@ -106,6 +106,7 @@ conformance!(
     an_artifact_pushed_again_unchanged_is_not_rewritten,
     a_statement_sent_ahead_that_fails_fails_its_job_alone,
     delivery_counts_follow_every_change_without_counting_the_outbox,
+    pull_events_leave_the_log_sooner,
 );
 
 fn repo(s: &str) -> Repository {
@@ -1568,5 +1569,54 @@ async fn delivery_counts_follow_every_change_without_counting_the_outbox(kind: K
         assert!(folded > 0, "the ended processes' rows are folded");
         assert_counts_agree(s, "folded").await;
     }
+    s.close().await;
+}
+
+/// `store.retention_pulls`: pull events (and their finished deliveries) are pruned on their own
+/// schedule; other events of the same age stay for `store.retention`.
+async fn pull_events_leave_the_log_sooner(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    let repo = repo("prj/a");
+    s.write(move |c| {
+        let days_ago =
+            |e: &mut Event, d: i64| e.occurred_at = chrono::Utc::now() - chrono::Duration::days(d);
+        let mut old_push = push("prj/a", "sha256:push");
+        days_ago(&mut old_push, 10);
+        let mut old_pull = Event::new(EventKind::PullArtifact, &repo, "u");
+        old_pull.digest = Some("sha256:oldpull".into());
+        days_ago(&mut old_pull, 10);
+        let mut old_download = Event::new(EventKind::DownloadChart, &repo, "u");
+        days_ago(&mut old_download, 10);
+        let mut new_pull = Event::new(EventKind::PullArtifact, &repo, "u");
+        new_pull.digest = Some("sha256:newpull".into());
+        for e in [&old_push, &old_pull, &old_download, &new_pull] {
+            events::insert(c, e, None)?;
+        }
+        c.exec("UPDATE deliveries SET state = 'succeeded'", &[])
+    })
+    .await
+    .unwrap();
+    let week = store::now_ms() - 7 * 86_400_000;
+    let pruned = s
+        .write(move |c| events::prune_pulls(c, week, 100))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2, "the old pull and the old chart download");
+    let left = count(s, "SELECT COUNT(*) FROM events").await;
+    assert_eq!(left, 2, "the old push and the new pull stay");
+    assert_eq!(
+        count(
+            s,
+            "SELECT COUNT(*) FROM events WHERE type = 'PUSH_ARTIFACT'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 2);
+    // the general retention takes the push once it is old enough for it
+    let pruned = s.write(move |c| events::prune(c, week, 100)).await.unwrap();
+    assert_eq!(pruned, 1);
     s.close().await;
 }
