@@ -8,7 +8,7 @@
 //! transaction: it lands whole or not at all. A target that already holds data is refused
 //! unless `replace` is set, which first empties every table of the target.
 
-use super::db::{Db, Value};
+use super::db::{Db, OwnedValue, Value};
 use super::{Store, StoreError};
 
 /// Tables copied, in an order that respects what refers to what; with their identity column.
@@ -52,25 +52,7 @@ pub enum CopyError {
 /// Rows copied per table.
 pub type CopyReport = Vec<(&'static str, u64)>;
 
-/// An owned column value (read from SQLite, written to PostgreSQL).
-#[derive(Debug, Clone)]
-enum Cell {
-    Null,
-    Int(i64),
-    Text(String),
-}
-
-impl Cell {
-    fn value(&self) -> Value<'_> {
-        match self {
-            Cell::Null => Value::Null,
-            Cell::Int(i) => Value::Int(*i),
-            Cell::Text(s) => Value::Text(s),
-        }
-    }
-}
-
-type Table = (Vec<String>, Vec<Vec<Cell>>);
+type Table = (Vec<String>, Vec<Vec<OwnedValue>>);
 
 fn read_table(conn: &rusqlite::Connection, table: &str) -> Result<Table, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT * FROM {table}"))?;
@@ -83,11 +65,11 @@ fn read_table(conn: &rusqlite::Connection, table: &str) -> Result<Table, StoreEr
         for i in 0..n {
             use rusqlite::types::ValueRef;
             row.push(match r.get_ref(i)? {
-                ValueRef::Null => Cell::Null,
-                ValueRef::Integer(v) => Cell::Int(v),
-                ValueRef::Real(v) => Cell::Int(v as i64),
+                ValueRef::Null => OwnedValue::Null,
+                ValueRef::Integer(v) => OwnedValue::Int(v),
+                ValueRef::Real(v) => OwnedValue::Int(v as i64),
                 ValueRef::Text(t) | ValueRef::Blob(t) => {
-                    Cell::Text(String::from_utf8_lossy(t).into_owned())
+                    OwnedValue::Text(String::from_utf8_lossy(t).into_owned())
                 }
             });
         }
@@ -162,7 +144,7 @@ fn insert_rows(
     db: &Db<'_>,
     table: &str,
     columns: &[String],
-    rows: &[Vec<Cell>],
+    rows: &[Vec<OwnedValue>],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
@@ -174,7 +156,7 @@ fn insert_rows(
         placeholders.join(", ")
     );
     for row in rows {
-        let args: Vec<Value<'_>> = row.iter().map(Cell::value).collect();
+        let args: Vec<Value<'_>> = row.iter().map(OwnedValue::value).collect();
         db.exec(&sql, &args)?;
     }
     Ok(())

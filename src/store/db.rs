@@ -66,6 +66,33 @@ impl<'a> From<&'a String> for Value<'a> {
     }
 }
 
+/// A [`Value`] that owns its text: for a value that outlives the row or arguments it came from
+/// (a statement sent ahead on PostgreSQL, a row copied by `store copy`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedValue {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl OwnedValue {
+    pub fn of(v: &Value<'_>) -> OwnedValue {
+        match v {
+            Value::Null => OwnedValue::Null,
+            Value::Int(i) => OwnedValue::Int(*i),
+            Value::Text(s) => OwnedValue::Text((*s).to_string()),
+        }
+    }
+
+    pub fn value(&self) -> Value<'_> {
+        match self {
+            OwnedValue::Null => Value::Null,
+            OwnedValue::Int(i) => Value::Int(*i),
+            OwnedValue::Text(s) => Value::Text(s),
+        }
+    }
+}
+
 impl<'a, T: Into<Value<'a>>> From<Option<T>> for Value<'a> {
     fn from(v: Option<T>) -> Self {
         v.map_or(Value::Null, Into::into)

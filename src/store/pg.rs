@@ -32,7 +32,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::StoreError;
-use super::db::{Value, to_postgres};
+use super::db::{OwnedValue, Value, to_postgres};
 use crate::config::{PgTarget, SslMode, StoreConfig};
 
 /// Errors preparing the connection settings.
@@ -243,31 +243,6 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
 /// A statement sent ahead: its answer is awaited at the next wait (see the module doc).
 type Sent = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
-/// A parameter the statement sent ahead owns (it outlives the job's borrowed arguments).
-enum Owned {
-    Null,
-    Int(i64),
-    Text(String),
-}
-
-impl Owned {
-    fn of(v: &Value<'_>) -> Owned {
-        match v {
-            Value::Null => Owned::Null,
-            Value::Int(i) => Owned::Int(*i),
-            Value::Text(s) => Owned::Text((*s).to_string()),
-        }
-    }
-
-    fn value(&self) -> Value<'_> {
-        match self {
-            Owned::Null => Value::Null,
-            Owned::Int(i) => Value::Int(*i),
-            Owned::Text(s) => Value::Text(s),
-        }
-    }
-}
-
 /// One connection, used synchronously from a blocking thread (see the module doc).
 pub struct PgConn {
     client: Arc<tokio_postgres::Client>,
@@ -338,10 +313,11 @@ impl PgConn {
     /// Send a statement whose answer the caller does not need; see the module doc.
     pub fn execute_later(&self, sql: &str, args: &[Value<'_>]) -> Result<(), StoreError> {
         let st = self.statement(sql)?;
-        let owned: Vec<Owned> = args.iter().map(Owned::of).collect();
+        // the statement outlives the job's borrowed arguments
+        let owned: Vec<OwnedValue> = args.iter().map(OwnedValue::of).collect();
         let client = self.client.clone();
         self.send(Box::pin(async move {
-            let values: Vec<Value<'_>> = owned.iter().map(Owned::value).collect();
+            let values: Vec<Value<'_>> = owned.iter().map(OwnedValue::value).collect();
             client.execute(&st, &Self::params(&values)).await
         }));
         Ok(())
