@@ -59,6 +59,15 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 /// own dispatcher is woken by its commit).
 const TARGETS_KEPT: Duration = Duration::from_millis(250);
 
+/// The kept list of addresses with pending deliveries, while it is younger than
+/// [`TARGETS_KEPT`].
+fn fresh(targets: &Option<(Instant, Vec<String>)>) -> Option<Vec<String>> {
+    targets
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < TARGETS_KEPT)
+        .map(|(_, t)| t.clone())
+}
+
 /// Per-target memory: in-flight count, circuit breaker, Slack pacing.
 #[derive(Debug, Default)]
 struct TargetState {
@@ -290,10 +299,7 @@ impl Dispatcher {
                 rotate = rotate.wrapping_add(1);
                 let (in_flight, skip) = self.claim_limits();
                 let unclaimable = skip.clone();
-                let known = targets
-                    .as_ref()
-                    .filter(|(at, _)| at.elapsed() < TARGETS_KEPT)
-                    .map(|(_, t)| t.clone());
+                let known = fresh(&targets);
                 let mut limits = outbox::ClaimLimits {
                     limit: free.min(512),
                     per_target: self.held_per_target(),
@@ -319,14 +325,14 @@ impl Dispatcher {
                         Ok((outbox::claim(c, now, &limits, lease)?, scanned))
                     })
                     .await;
-                if let Ok((_, Some(scanned))) = &claimed {
-                    targets = Some((Instant::now(), scanned.clone()));
-                }
-                let known = targets
-                    .as_ref()
-                    .filter(|(at, _)| at.elapsed() < TARGETS_KEPT)
-                    .map(|(_, t)| t.clone());
-                match claimed.map(|(batch, _)| batch) {
+                let claimed = claimed.map(|(batch, scanned)| {
+                    if let Some(scanned) = scanned {
+                        targets = Some((Instant::now(), scanned));
+                    }
+                    batch
+                });
+                let known = fresh(&targets);
+                match claimed {
                     Ok(batch) if !batch.is_empty() => {
                         let full = batch.len() >= free.min(512);
                         for d in batch {
