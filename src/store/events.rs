@@ -117,26 +117,24 @@ pub fn next_release(db: &Db<'_>) -> Result<Option<i64>, StoreError> {
 /// published or cancelled, every delivery finished. Their deliveries and attempts go too.
 /// Returns how many events were removed.
 pub fn prune(db: &Db<'_>, before: i64, batch: usize) -> Result<usize, StoreError> {
-    let old: Vec<(i64, String)> = db.rows(
-        "SELECT seq, id FROM events e WHERE occurred_at < ?1 AND state IN ('published', 'cancelled')
-         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state IN ('pending', 'running'))
-         ORDER BY seq LIMIT ?2",
-        args![before, batch as i64],
-        |r| Ok((r.i64(0)?, r.text(1)?)),
-    )?;
-    remove(db, &old)
+    prune_of(db, before, batch, false)
 }
 
 /// [`prune`] for pull events only (`PULL_ARTIFACT`, `DOWNLOAD_CHART`: `store.retention_pulls`).
 pub fn prune_pulls(db: &Db<'_>, before: i64, batch: usize) -> Result<usize, StoreError> {
+    prune_of(db, before, batch, true)
+}
+
+fn prune_of(db: &Db<'_>, before: i64, batch: usize, pulls_only: bool) -> Result<usize, StoreError> {
     let old: Vec<(i64, String)> = db.rows(
         "SELECT seq, id FROM events e WHERE occurred_at < ?1 AND state IN ('published', 'cancelled')
-         AND type IN (?3, ?4)
+         AND (?3 = 0 OR type IN (?4, ?5))
          AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state IN ('pending', 'running'))
          ORDER BY seq LIMIT ?2",
         args![
             before,
             batch as i64,
+            pulls_only,
             EventKind::PullArtifact.harbor_type(),
             EventKind::DownloadChart.harbor_type()
         ],
