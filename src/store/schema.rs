@@ -528,6 +528,25 @@ pub static MIGRATIONS: &[Migration] = &[
     "#,
         then: None,
     },
+    // 11: the index that finds open deliveries of a target version (`drop_unused_targets`)
+    // only serves queries that name a target version. Its predicate (`state IN ('pending',
+    // 'running')`) was implied by the claim's `state = 'pending'`: with statistics taken while
+    // nothing was pending (before a redeliver or a burst), PostgreSQL claimed through it —
+    // every open delivery fetched and sorted, 17 ms per claim of 32 at 10,000 pending (270 µs
+    // per claimed row instead of 48) — rather than walking `deliveries_pending_by_target`.
+    Migration {
+        sqlite: r#"
+    DROP INDEX deliveries_by_target;
+    CREATE INDEX deliveries_by_target ON deliveries(target_id)
+        WHERE target_id IS NOT NULL AND state IN ('pending', 'running');
+    "#,
+        postgres: r#"
+    DROP INDEX deliveries_by_target;
+    CREATE INDEX deliveries_by_target ON deliveries(target_id)
+        WHERE target_id IS NOT NULL AND state IN ('pending', 'running');
+    "#,
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.
