@@ -3,12 +3,14 @@
 # a percent whatever else the machine is doing, so a change to the hot path can be judged
 # without wall-clock noise (docs/benchmarks.md, "Instruction counts").
 #
-#   bench/profile.sh                  # 2,000 GETs, three configurations
+#   bench/profile.sh                  # 2,000 GETs, every configuration
 #   N=5000 CONFIGS="off log" bench/profile.sh
 #
 # Configurations (CONFIGS):
 #   off      events off, access log off (log level warn): the proxy alone
 #   log      events off, a JSON access-log line per request (log level info)
+#   record   JSON access log, pull events recorded (no policy: nothing to deliver) — the bench's
+#            manifest scenario
 #   events   JSON access log, pull events recorded (a policy wants them, its target a closed
 #            port: each delivery fails once and is dead; no retry)
 #   deliver  JSON access log, every pull delivered to a local receiver (examples/webhook_receiver)
@@ -20,7 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${N:-2000}
 WARMUP=${WARMUP:-200}
-CONFIGS=${CONFIGS:-off log events deliver}
+CONFIGS=${CONFIGS:-off log record events deliver}
 KEEP_TMP=${KEEP_TMP:-0}
 PROFILE_BIN=${PROFILE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/profiling/wharf}
 RECEIVER_BIN=${RECEIVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/profiling/examples/webhook_receiver}
@@ -116,6 +118,7 @@ measure() { # CONFIG
 	case "$name" in
 	off) extra="events: {enabled: false}" ;;
 	log) level=info extra="events: {enabled: false}" ;;
+	record) level=info ;;
 	events | deliver) level=info extra='notification: {allowed_target_networks: ["127.0.0.0/8"], webhook_job_max_retry: 0, breaker_failures: 100000000}' ;;
 	*) die "unknown configuration $name" ;;
 	esac

@@ -18,6 +18,8 @@
 //! - [`dispatch`]: deliver the outbox to webhook targets: retries, signatures, SSRF guard,
 //!   circuit breaker.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
+//! - [`accesslog`]: the JSON access-log line, formatted by wharf itself (the generic formatter's
+//!   output, at a fraction of its cost).
 //! - [`api`]: the HTTP API: Harbor's (projects, users, system, webhook policies, executions) with
 //!   Harbor's list conventions, and wharf's own (event log, side endpoint, quota, metrics).
 //! - [`ui`]: the built-in admin UI under `/ui/`: server-rendered pages that read and change
@@ -31,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
 pub mod api;
 pub mod app;
 pub mod config;

@@ -268,7 +268,11 @@ fn init_logging(config: &Config) {
         .with_ansi(ansi)
         .with_writer(std::io::stdout);
     match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .map_event_format(wharf::accesslog::Json::new)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
