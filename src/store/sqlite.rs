@@ -5,7 +5,8 @@
 //! job rolls back alone, with its effects). A caller that awaits a write gets its answer only
 //! after the COMMIT. Background writes (pull events) wait up to [`BACKGROUND_WINDOW`] (10 ms)
 //! to share a commit: what sits in the queue when the process is killed is lost; the queue is
-//! drained on graceful shutdown.
+//! drained on graceful shutdown. While it gathers them the writer is parked, so a background
+//! job does not wake it (only the first of a window, and any job somebody waits for, does).
 //!
 //! Durability: WAL journal. `store.synchronous: normal` (default) survives a killed process
 //! (`kill -9`) but not an OS crash — the same as the registry's own filesystem storage, which
@@ -34,6 +35,8 @@ pub(super) struct Sqlite {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread, unparked by urgent jobs while it gathers background ones.
+    writer_thread: std::thread::Thread,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -76,6 +79,7 @@ impl Sqlite {
         Ok(Sqlite {
             path,
             tx: Mutex::new(Some(tx)),
+            writer_thread: writer.thread().clone(),
             writer: Mutex::new(Some(writer)),
             readers: Mutex::new(Vec::new()),
         })
@@ -91,10 +95,15 @@ impl Sqlite {
             Ok(g) => g,
             Err(_) => return Err(job),
         };
+        let urgent = job.urgent;
         match guard.as_ref() {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
+            Some(tx) => tx.send(job).map_err(|e| e.0)?,
+            None => return Err(job),
         }
+        if urgent {
+            self.writer_thread.unpark();
+        }
+        Ok(())
     }
 
     /// Run `f` on a pooled read-only connection (call from a blocking thread).
@@ -159,10 +168,13 @@ fn writer_loop(
                     let until = *deadline
                         .get_or_insert_with(|| std::time::Instant::now() + BACKGROUND_WINDOW);
                     let left = until.saturating_duration_since(std::time::Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(j) => batch.push(j),
-                        Err(_) => break,
+                    if left.is_zero() {
+                        break;
                     }
+                    // parked, not waiting on the queue: background jobs queued meanwhile do
+                    // not wake this thread one by one (a futex wake and a context switch per
+                    // pull event); an urgent job does (`Sqlite::submit` unparks it)
+                    std::thread::park_timeout(left);
                 }
             }
         }

@@ -1621,3 +1621,52 @@ async fn pull_events_leave_the_log_sooner(kind: Kind) {
     assert_eq!(pruned, 1);
     s.close().await;
 }
+
+/// SQLite: background writes (pull events) queued together share one group commit while the
+/// writer gathers them (it is parked, not woken by each one), and a write somebody waits for
+/// joins the gathering batch and commits it with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_background_writes_share_a_commit_with_the_write_that_ends_the_window() {
+    let o = open(Kind::Sqlite).await;
+    let stats = o.store.stats();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let before = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..20i64 {
+        let tx = tx.clone();
+        o.store.write_detached(
+            move |c| {
+                c.exec(
+                    "INSERT INTO meta (key, n) VALUES (?1, ?2)",
+                    &[format!("bg-{i}").as_str().into(), i.into()],
+                )
+            },
+            move |r| {
+                let _ = tx.send(r.map(|_| ()));
+            },
+        );
+    }
+    let waited = o
+        .store
+        .write(|c| c.exec("INSERT INTO meta (key, n) VALUES ('urgent', 1)", &[]))
+        .await;
+    assert_eq!(waited.unwrap(), 1);
+    for _ in 0..20 {
+        rx.recv().await.unwrap().unwrap();
+    }
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        commits <= 2,
+        "21 writes queued together took {commits} commits"
+    );
+    let n = o
+        .store
+        .read(|c| {
+            c.int(
+                "SELECT COUNT(*) FROM meta WHERE key LIKE 'bg-%' OR key = 'urgent'",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, Some(21));
+}
