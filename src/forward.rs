@@ -35,7 +35,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::oneshot;
@@ -445,6 +445,8 @@ impl Upstream {
             timeout: cfg.connect_timeout,
         };
         let client = Client::builder(TokioExecutor::new())
+            // without a timer the pool expires idle connections only when it is next used
+            .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
             .http1_max_buf_size(256 << 10)

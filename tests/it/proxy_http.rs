@@ -353,3 +353,54 @@ async fn head_manifest_keeps_content_length_and_digest() {
         .unwrap();
     assert_eq!(sha256_digest(&body), image.digest);
 }
+
+/// An idle upstream connection is closed once `upstream.pool_idle_timeout` has passed, without
+/// waiting for the next request (a soak found wharf's open descriptors stuck at their peak:
+/// hyper-util's pool only expires idle connections on its own when it has a timer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_close_after_pool_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut buf = vec![0u8; 16 << 10];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "wharf closed the connection before its request");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await
+        .unwrap();
+        // keep-alive: the next read ends when wharf closes its side
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "a second request on an idle connection");
+        let _ = closed_tx.send(Instant::now());
+    });
+    let wharf = Wharf::builder(&format!("http://{upstream_addr}"))
+        .yaml("upstream:\n  pool_idle_timeout: 1s\n")
+        .start()
+        .await;
+    let resp = client()
+        .get(format!("{}/v2/", wharf.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let answered = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(15), closed_rx)
+        .await
+        .expect("the idle upstream connection was still open 15 s after its answer")
+        .unwrap();
+    assert!(
+        closed.duration_since(answered) >= Duration::from_millis(900),
+        "closed {:?} after the answer, before the idle timeout",
+        closed.duration_since(answered)
+    );
+    server.await.unwrap();
+}
