@@ -130,6 +130,26 @@ EVENT_TABLES.append(
       ("st_dl_p99", "push event → delivery p99", "ms", False, 0)],
      [("st-pg1", "st-sqlite"), ("st-pg2", "st-pg1"), ("st-pg3", "st-pg1")],
      [("st-pg1", "st-sqlite")]))
+EVENT_TABLES.append(
+    ("soak", "Soak: manifest GETs for {soak_duration} (wrk -c{wrk_connections}), every pull delivered to a receiver",
+     ["wharf-soak"],
+     [("soak_gets", "pulls answered 200", "", True, 0),
+      ("soak_delivered", "deliveries the receiver got", "", True, 0),
+      ("soak_rps", "manifest GET", "req/s", True, 0),
+      ("soak_cpu", "wharf CPU per GET, incl. its delivery", "µs", False, 1),
+      ("soak_backlog", "deliveries still open when wrk ended", "", False, 0),
+      ("soak_drain_s", "time to deliver them", "s", False, 1),
+      ("soak_store_mb", "store growth (database file)", "MB", False, 1),
+      ("soak_bytes_per_event", "store bytes per delivered pull event", "B", False, 0),
+      ("soak_rss_start", "RSS after the warm-up", "MiB", False, 1),
+      ("soak_rss_peak", "RSS, highest sample", "MiB", False, 1),
+      ("soak_rss_idle", "RSS after {soak_idle} s idle", "MiB", False, 1),
+      ("soak_fds_start", "open fds at the start", "", False, 0),
+      ("soak_fds_end", "open fds when the backlog was delivered", "", False, 0),
+      ("soak_fds_idle", "open fds after {soak_idle} s idle", "", False, 0),
+      ("soak_scrape_start_ms", "wharf CPU per /metrics scrape, before", "ms", False, 2),
+      ("soak_scrape_end_ms", "wharf CPU per /metrics scrape, after", "ms", False, 2)],
+     [], []))
 EVENT_METRICS = {m[0] for table in EVENT_TABLES for m in table[3]}
 EVENT_DECIMALS = {m[0]: m[4] for table in EVENT_TABLES for m in table[3]}
 
@@ -150,6 +170,9 @@ EVENT_CHECKS = [
     ("push event → delivery p50 (ms)", "max", ("dl_push_p50", "wharf-hook"), 10),
     ("pull event → delivery p50 (ms)", "max", ("dl_pull_p50", "wharf-hook"), 10),
     ("manifest GET req/s with events + delivery / direct", "ratio_min", ("mev_rps", "wharf-hook", "direct"), 0.97),
+    ("soak: store bytes per delivered pull event", "max", ("soak_bytes_per_event", "wharf-soak"), 300),
+    ("soak: peak RSS (MiB)", "max", ("soak_rss_peak", "wharf-soak"), 32),
+    ("soak: RSS idle after the soak (MiB)", "max", ("soak_rss_idle", "wharf-soak"), 32),
     ("GET p50, target down / up", "ratio_max", ("td_get_p50", "wharf-down", "wharf-up"), 1.05),
     ("GET p99, target down / up", "ratio_max", ("td_get_p99", "wharf-down", "wharf-up"), 1.05),
     ("PUT p50, target down / up", "ratio_max", ("td_put_p50", "wharf-down", "wharf-up"), 1.05),
@@ -235,6 +258,8 @@ def main():
     label_args = {k: facts.get(k, "?") for k in
                   ("blob_mib", "image_mib", "wrk_connections", "wrk_threads", "wrk_duration")}
     label_args["td_connections"] = "?"
+    label_args["soak_duration"] = "?"
+    label_args["soak_idle"] = "?"
     for kv in facts.get("events_params", "").split():
         k, _, v = kv.partition("=")
         label_args[k.lower()] = v
@@ -365,6 +390,7 @@ def main():
         for metric, label, unit, _higher, dec in metrics:
             if not any((metric, t) in values for t in ets):
                 continue
+            label = label.format(**label_args)
             row = [f"{label} ({unit})" if unit else label]
             row += [fmt(med(metric, t), dec) for t in ets]
             for a, b in ratios:

@@ -20,8 +20,8 @@
 #   ACCESS_LOGS=1        wharf at log level info (one JSON access-log line per request) and nginx with
 #                        a buffered JSON access log (bench/nginx.conf.tmpl); default: wharf at warn,
 #                        nginx access_log off
-#   SCENARIOS="blob skopeo manifest head tags push_latency deliveries delivery_latency manifest_events target_down store"
-#                        which scenario_* functions run, in order (the last five: events and delivery,
+#   SCENARIOS="blob skopeo manifest head tags push_latency deliveries delivery_latency manifest_events target_down store soak"
+#                        which scenario_* functions run, in order (the last seven: events, delivery and the store,
 #                        see docs/benchmarks.md; they start wharf instances and receivers of their own)
 #   PUSH_CONNECTIONS="1 4"   push_latency: wrk connections of the manifest PUT runs
 #   DELIVERIES_N=20000   deliveries: events made (and delivered) per run
@@ -31,6 +31,9 @@
 #                        replicas on one database (a private cluster the bench starts)
 #   STORE_N=10000        store: deliveries drained per run; PG_SYNC=on its synchronous_commit,
 #                        PG_NAPTIME=60s its autovacuum_naptime
+#   SOAK_DURATION=600s SOAK_SAMPLE=10 SOAK_RUNS=1 SOAK_IDLE=200 SOAK_SCRAPES=100   soak: how long the
+#                        pulls run, seconds between RSS/fd/backlog/store samples, runs, seconds of
+#                        idleness before the idle RSS, /metrics scrapes timed before and after
 #   RECEIVER_BIN=...     webhook receiver (default target/release/examples/webhook_receiver)
 #   TARGETS="direct nginx wharf"       which endpoints are measured
 #   DATA_ON_TMPFS=1      wharf's data_dir (its SQLite database) on the tmpfs too; default: on disk,
@@ -63,7 +66,7 @@ WHARF_EXTRA_YAML=${WHARF_EXTRA_YAML:-}
 EXTRA_WHARFS=${EXTRA_WHARFS:-}
 ACCESS_LOGS=${ACCESS_LOGS:-0}
 DATA_ON_TMPFS=${DATA_ON_TMPFS:-0}
-SCENARIOS=${SCENARIOS:-blob skopeo manifest head tags push_latency deliveries delivery_latency manifest_events target_down store}
+SCENARIOS=${SCENARIOS:-blob skopeo manifest head tags push_latency deliveries delivery_latency manifest_events target_down store soak}
 PUSH_CONNECTIONS=${PUSH_CONNECTIONS:-1 4}
 DELIVERIES_N=${DELIVERIES_N:-20000}
 DL_PUSH_RATE=${DL_PUSH_RATE:-100}
@@ -72,6 +75,11 @@ DL_DURATION=${DL_DURATION:-10s}
 TD_CONNECTIONS=${TD_CONNECTIONS:-4}
 STORE_BACKENDS=${STORE_BACKENDS:-sqlite pg1 pg2 pg3}
 STORE_N=${STORE_N:-10000}
+SOAK_DURATION=${SOAK_DURATION:-600s}
+SOAK_SAMPLE=${SOAK_SAMPLE:-10}
+SOAK_RUNS=${SOAK_RUNS:-1}
+SOAK_IDLE=${SOAK_IDLE:-200}
+SOAK_SCRAPES=${SOAK_SCRAPES:-100}
 PG_SYNC=${PG_SYNC:-on}
 PG_NAPTIME=${PG_NAPTIME:-60s}
 RECEIVER_BIN=${RECEIVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/webhook_receiver}
@@ -631,7 +639,7 @@ scenario_manifest() {
 # ---------------------------------------------------------------------------------------------
 # events and delivery: wharf instances of their own, webhook receivers, targets that are down
 
-EVENT_SCENARIOS="push_latency deliveries delivery_latency manifest_events target_down store"
+EVENT_SCENARIOS="push_latency deliveries delivery_latency manifest_events target_down store soak"
 event_scenarios() { # is any event scenario selected?
 	local s
 	for s in $SCENARIOS; do
@@ -918,14 +926,20 @@ measure_deliveries() {
 	[ "$got" = "$redelivered" ] || note "deliveries run $run: the receiver got $got deliveries for $redelivered redelivered"
 	stop_service recv-deliv
 }
+# one_instance_scenario INSTANCE YAML POLICY EVENT_TYPES_JSON PORT RUNS MEASURE: start the
+# instance, its policy (to 127.0.0.1:PORT), MEASURE INSTANCE RUN for each run, stop it.
+one_instance_scenario() {
+	local run
+	start_event_wharf "$1" "$2"
+	ensure_policy "$1" "$3" "$4" "http://127.0.0.1:$5/"
+	for ((run = 1; run <= $6; run++)); do "$7" "$1" "$run"; done
+	stop_event_wharf "$1"
+}
 scenario_deliveries() {
 	log "scenario deliveries: $DELIVERIES_N pull events to a closed port (dead), then the receiver on that port and one redeliver"
 	DELIV_PORT=$(free_port)
-	start_event_wharf wharf-deliv 'notification: {webhook_job_max_retry: 0, breaker_failures: 100000000, allowed_target_networks: ["127.0.0.0/8"]}'
-	ensure_policy wharf-deliv drain '["PUSH_ARTIFACT","PULL_ARTIFACT"]' "http://127.0.0.1:$DELIV_PORT/"
-	local run
-	for ((run = 1; run <= RUNS; run++)); do measure_deliveries wharf-deliv "$run"; done
-	stop_event_wharf wharf-deliv
+	one_instance_scenario wharf-deliv 'notification: {webhook_job_max_retry: 0, breaker_failures: 100000000, allowed_target_networks: ["127.0.0.0/8"]}' \
+		drain '["PUSH_ARTIFACT","PULL_ARTIFACT"]' "$DELIV_PORT" "$RUNS" measure_deliveries
 }
 
 # --- delivery_latency: event-to-delivery latency at a moderate rate, receiver up --------------
@@ -1271,6 +1285,91 @@ scenario_store() {
 	done
 }
 
+# --- soak: a long run of pulls, every one delivered: what grows with history -----------------
+
+vm_rss_mib() { # PID -> current RSS in MiB
+	awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo ""
+}
+fd_count() { # PID -> open file descriptors
+	find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l
+}
+# soak_store_bytes DIR: bytes of the SQLite database files in DIR (the write-ahead log and its
+# index left out: their frames are copies of pages the checkpoints write into the database).
+soak_store_bytes() {
+	find "$1" -maxdepth 1 -type f ! -name '*-wal' ! -name '*-shm' -printf '%s\n' | awk '{ t += $1 } END { printf "%.0f", t }'
+}
+# soak_scrape_ms TARGET: wharf CPU per /metrics scrape (ms), over SOAK_SCRAPES scrapes.
+soak_scrape_ms() {
+	local c0 i
+	c0=$(cpu_ms "$1")
+	for ((i = 0; i < SOAK_SCRAPES; i++)); do curl -sS --max-time 10 -o /dev/null "$(url "$1" /metrics)"; done
+	calc "($(cpu_ms "$1") - $c0) / $SOAK_SCRAPES"
+}
+
+measure_soak() {
+	local t=wharf-soak run=$2 out=$WORK/wrk-soak-r$2.txt samples=$WORK/soak-samples-r$2.tsv
+	local pid data b0 b1 c0 n got spid peak secs delivered backlog
+	pid=${PID[$t]}
+	data=$WORK/$t-data
+	[ "$DATA_ON_TMPFS" = 1 ] && data=$FAST/$t-data
+	stop_service recv-soak
+	start_receiver recv-soak "$SOAK_PORT"
+	[ "$WRK_WARMUP" != 0 ] && wrk_run "$WORK/wrk-soak-warmup-r$run.txt" "$t" "$WRK_WARMUP"
+	wait_drained "$t" 300 >/dev/null
+	stop_service recv-soak
+	start_receiver recv-soak "$SOAK_PORT"
+	record soak soak_scrape_start_ms "$t" "$run" "$(soak_scrape_ms "$t")"
+	record soak soak_rss_start "$t" "$run" "$(vm_rss_mib "$pid")"
+	record soak soak_fds_start "$t" "$run" "$(fd_count "$pid")"
+	b0=$(soak_store_bytes "$data")
+	c0=$(cpu_ms "$t")
+	printf 'seconds\trss_mib\tfds\topen_deliveries\tstore_bytes\n' >"$samples"
+	(
+		s0=$(date +%s)
+		while kill -0 "$pid" 2>/dev/null; do
+			printf '%s\t%s\t%s\t%s\t%s\n' "$(($(date +%s) - s0))" "$(vm_rss_mib "$pid")" "$(fd_count "$pid")" \
+				"$(deliveries_open "$t")" "$(soak_store_bytes "$data")" >>"$samples"
+			sleep "$SOAK_SAMPLE"
+		done
+	) &
+	spid=$!
+	wrk_ev "$out" "$(url "$t" "$MANIFEST_PATH")" "$WRK_THREADS" "$WRK_CONNECTIONS" "$SOAK_DURATION" BENCH_MODE=get
+	backlog=$(deliveries_open "$t")
+	secs=$(wait_drained "$t" 600)
+	kill "$spid" 2>/dev/null || true
+	wait "$spid" 2>/dev/null || true
+	wrk_check "$out" "soak: GETs through $t (run $run)" 200
+	n=$(wrk_n "$out")
+	got=$(wrk_status "$out" 200)
+	delivered=$(receiver_stat recv-soak count)
+	# (up to one more per connection: a pull wharf completed whose response wrk had not read)
+	if [ "${delivered:-0}" -lt "$got" ] || [ "${delivered:-0}" -gt $((got + WRK_CONNECTIONS)) ]; then
+		note "soak run $run: $got pulls answered 200, the receiver got $delivered deliveries"
+	fi
+	record soak soak_gets "$t" "$run" "$got"
+	record soak soak_rps "$t" "$run" "$(wrk_rps "$out")"
+	record soak soak_delivered "$t" "$run" "${delivered:-0}"
+	record soak soak_backlog "$t" "$run" "$backlog"
+	record soak soak_drain_s "$t" "$run" "$secs"
+	record_cpu soak soak_cpu "$t" "$run" "$c0" "$(calc "$n / 1000")"
+	b1=$(soak_store_bytes "$data")
+	record soak soak_store_mb "$t" "$run" "$(calc "($b1 - $b0) / 1000000")"
+	record soak soak_bytes_per_event "$t" "$run" "$(calc "($b1 - $b0) / ${delivered:-1}")"
+	peak=$(awk -F'\t' 'NR > 1 && $2 > m { m = $2 } END { print m + 0 }' "$samples")
+	record soak soak_rss_peak "$t" "$run" "$peak"
+	record soak soak_fds_end "$t" "$run" "$(fd_count "$pid")"
+	record soak soak_scrape_end_ms "$t" "$run" "$(soak_scrape_ms "$t")"
+	sleep "$SOAK_IDLE"
+	record soak soak_rss_idle "$t" "$run" "$(vm_rss_mib "$pid")"
+	record soak soak_fds_idle "$t" "$run" "$(fd_count "$pid")"
+}
+scenario_soak() {
+	log "scenario soak: manifest GETs for $SOAK_DURATION (wrk -c$WRK_CONNECTIONS -t$WRK_THREADS) through wharf-soak, every pull delivered to a receiver; samples every ${SOAK_SAMPLE}s"
+	SOAK_PORT=$(free_port)
+	one_instance_scenario wharf-soak "$HOOK_YAML" soak '["PULL_ARTIFACT"]' "$SOAK_PORT" "$SOAK_RUNS" measure_soak
+	stop_service recv-soak
+}
+
 # ---------------------------------------------------------------------------------------------
 # memory
 
@@ -1386,7 +1485,7 @@ machine_facts() {
 	fact targets "$TARGETS"
 	fact scenarios "$SCENARIOS"
 	if event_scenarios; then
-		fact events_params "PUSH_CONNECTIONS=$PUSH_CONNECTIONS DELIVERIES_N=$DELIVERIES_N DL_PUSH_RATE=$DL_PUSH_RATE DL_PULL_RATE=$DL_PULL_RATE DL_DURATION=$DL_DURATION TD_CONNECTIONS=$TD_CONNECTIONS"
+		fact events_params "PUSH_CONNECTIONS=$PUSH_CONNECTIONS DELIVERIES_N=$DELIVERIES_N DL_PUSH_RATE=$DL_PUSH_RATE DL_PULL_RATE=$DL_PULL_RATE DL_DURATION=$DL_DURATION TD_CONNECTIONS=$TD_CONNECTIONS SOAK_DURATION=$SOAK_DURATION SOAK_IDLE=$SOAK_IDLE"
 	fi
 }
 
