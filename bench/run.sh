@@ -154,9 +154,11 @@ record_cpu() {
 	record "$1" "$2" "$3" "$4" "$(calc "($c1 - $5) / $6")"
 }
 
-vm_hwm_mib() { # PID -> peak RSS in MiB
-	awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo ""
+vm_status_mib() { # PID FIELD -> a memory figure of /proc/PID/status (VmHWM, VmRSS) in MiB
+	awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo ""
 }
+vm_hwm_mib() { vm_status_mib "$1" VmHWM; } # PID -> peak RSS in MiB
+vm_rss_mib() { vm_status_mib "$1" VmRSS; } # PID -> current RSS in MiB
 
 # ---------------------------------------------------------------------------------------------
 # preflight
@@ -361,12 +363,16 @@ start_nginx() {
 }
 
 # start_wharf NAME [EXTRA_YAML_FILE]
+# wharf_data_dir NAME: the data_dir of wharf instance NAME.
+wharf_data_dir() {
+	if [ "$DATA_ON_TMPFS" = 1 ]; then echo "$FAST/$1-data"; else echo "$WORK/$1-data"; fi
+}
 start_wharf() {
-	local name=$1 extra=${2:-} port cfg level=warn data=$WORK/$1-data
+	local name=$1 extra=${2:-} port cfg level=warn data
 	port=$(free_port)
 	cfg=$WORK/$name.yaml
 	[ "$ACCESS_LOGS" = 1 ] && level=info
-	[ "$DATA_ON_TMPFS" = 1 ] && data=$FAST/$name-data
+	data=$(wharf_data_dir "$name")
 	mkdir -p "$data"
 	cat >"$cfg" <<EOF
 listen: "127.0.0.1:$port"
@@ -1287,9 +1293,6 @@ scenario_store() {
 
 # --- soak: a long run of pulls, every one delivered: what grows with history -----------------
 
-vm_rss_mib() { # PID -> current RSS in MiB
-	awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo ""
-}
 fd_count() { # PID -> open file descriptors
 	find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l
 }
@@ -1310,8 +1313,7 @@ measure_soak() {
 	local t=wharf-soak run=$2 out=$WORK/wrk-soak-r$2.txt samples=$WORK/soak-samples-r$2.tsv
 	local pid data b0 b1 c0 n got spid peak secs delivered backlog
 	pid=${PID[$t]}
-	data=$WORK/$t-data
-	[ "$DATA_ON_TMPFS" = 1 ] && data=$FAST/$t-data
+	data=$(wharf_data_dir "$t")
 	stop_service recv-soak
 	start_receiver recv-soak "$SOAK_PORT"
 	[ "$WRK_WARMUP" != 0 ] && wrk_run "$WORK/wrk-soak-warmup-r$run.txt" "$t" "$WRK_WARMUP"

@@ -133,6 +133,11 @@ impl Fields<'_> {
         string(self.line, field.name());
         self.line.push(':');
     }
+
+    fn integer(&mut self, field: &Field, value: impl itoa::Integer) {
+        self.key(field);
+        self.line.push_str(itoa::Buffer::new().format(value));
+    }
 }
 
 impl Visit for Fields<'_> {
@@ -145,20 +150,16 @@ impl Visit for Fields<'_> {
         }
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
     fn record_i128(&mut self, field: &Field, value: i128) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
     fn record_u128(&mut self, field: &Field, value: u128) {
-        self.key(field);
-        self.line.push_str(itoa::Buffer::new().format(value));
+        self.integer(field, value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.key(field);
