@@ -43,7 +43,8 @@ fn complete(c: &Db<'_>, event: &mut Event, new_project: bool) -> Result<(), Stor
         store::policies::ensure_project(c, &event.project)?;
     }
     if event.kind.is_artifact() && event.repository_created.is_none() {
-        event.repository_created = store::knowledge::repository_created(c, &event.repository)?;
+        event.repository_created =
+            store::knowledge::repository_created_cached(c, &event.repository)?;
     }
     Ok(())
 }

@@ -181,16 +181,29 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
         if row.size.is_none() {
             row.size = e.size;
         }
-        let learned = knowledge::learn_manifest(c, &row, tag.as_deref())?;
-        // read with the artifact (the sink would ask again, a round trip on PostgreSQL)
-        if e.repository_created.is_none() {
-            e.repository_created = learned.repository_created;
+        // without a storage limit nothing needs to be read back when the repository's
+        // first-seen time is cached: one round trip on PostgreSQL (`learn_pushed`)
+        let cached = match limit {
+            None => c
+                .cache()
+                .and_then(|cache| cache.repository_created(&row.repository)),
+            Some(_) => None,
+        };
+        if let Some(created) = cached {
+            knowledge::learn_pushed(c, &row, tag.as_deref())?;
+            e.repository_created.get_or_insert(created);
+        } else {
+            let learned = knowledge::learn_manifest(c, &row, tag.as_deref())?;
+            // read with the artifact (the sink would ask again, a round trip on PostgreSQL)
+            if e.repository_created.is_none() {
+                e.repository_created = learned.repository_created;
+            }
+            if let (Some(usage), Some(limit)) = (learned.usage, limit) {
+                quota::warn_on_crossing(c, e, usage, limit, threshold)?;
+            }
         }
         if let Some(id) = reservation {
             store::quota::release(c, id)?;
-        }
-        if let (Some(usage), Some(limit)) = (learned.usage, limit) {
-            quota::warn_on_crossing(c, e, usage, limit, threshold)?;
         }
         Ok(true)
     });

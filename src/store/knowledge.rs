@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::db::{Db, Row, json};
+use super::db::{Backend, Db, Row, json};
 use super::{StoreError, now_ms};
 use crate::args;
 use crate::events::ChartInfo;
@@ -162,6 +162,20 @@ pub fn repository_created(db: &Db<'_>, repository: &str) -> Result<Option<i64>, 
         .map(|ms| ms.div_euclid(1000)))
 }
 
+/// [`repository_created`] through the process's cache (see [`super::REPOSITORY_DATE_TTL`]):
+/// every event of an artifact carries it, and on PostgreSQL each statement waited for is a
+/// round trip.
+pub fn repository_created_cached(db: &Db<'_>, repository: &str) -> Result<Option<i64>, StoreError> {
+    if let Some(created) = db.cache().and_then(|c| c.repository_created(repository)) {
+        return Ok(Some(created));
+    }
+    let created = repository_created(db, repository)?;
+    if let (Some(cache), Some(created)) = (db.cache(), created) {
+        cache.put_repository_created(repository, created);
+    }
+    Ok(created)
+}
+
 /// Point `tag` of `repository` at `digest`.
 pub fn set_tag(db: &Db<'_>, repository: &str, tag: &str, digest: &str) -> Result<(), StoreError> {
     db.exec_later(
@@ -183,6 +197,9 @@ pub fn tags_of(db: &Db<'_>, repository: &str, digest: &str) -> Result<Vec<String
 
 /// Forget an artifact and the tags that pointed at it (it was deleted).
 pub fn forget(db: &Db<'_>, repository: &str, digest: &str) -> Result<(), StoreError> {
+    if let Some(cache) = db.cache() {
+        cache.forget_repository(repository);
+    }
     db.exec(
         "DELETE FROM tags WHERE repository = ?1 AND digest = ?2",
         args![repository, digest],
@@ -229,6 +246,9 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
     if known.as_ref() != Some(a) {
         upsert_artifact_at(db, a, now)?;
     }
+    if let (Some(cache), Some(c)) = (db.cache(), created) {
+        cache.put_repository_created(&a.repository, c.div_euclid(1000));
+    }
     let created = match (created, new) {
         (Some(c), true) => Some(c.min(now)),
         (None, true) => Some(now),
@@ -248,6 +268,98 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
         usage,
         repository_created: created.map(|ms| ms.div_euclid(1000)),
     })
+}
+
+/// Learn a pushed manifest as [`learn_manifest`] does, without reading anything back: on
+/// PostgreSQL every statement is sent ahead and none is waited for, so a push's transaction
+/// is one round trip (its COMMIT) instead of two. The database decides what the client would
+/// have: the artifact is inserted, or rewritten only when it changed (a retag writes nothing
+/// and locks nothing); when the insert made it new, its blobs are counted in the project's
+/// usage under the project's row lock, in the order [`learn_manifest`] takes its locks.
+/// Two pushes of one new manifest, through one replica or two, count it once.
+///
+/// For a push that needs neither the usage before and after (its project has no storage
+/// limit) nor the repository's first-seen time (the caller has it). SQLite:
+/// [`learn_manifest`], whose answers cost no round trip.
+pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), StoreError> {
+    if db.backend() == Backend::Sqlite {
+        return learn_manifest(db, a, tag).map(|_| ());
+    }
+    let chart = a.chart.as_ref().map(json).transpose()?;
+    let (platforms, children, blobs) = (json(&a.platforms)?, json(&a.children)?, json(&a.blobs)?);
+    let project = a.repository.split('/').next().unwrap_or(&a.repository);
+    // whether this insert made the manifest new is kept in a setting local to the
+    // transaction (a savepoint rolled back takes it along), read by the quota statements
+    db.exec_later(
+        "WITH ins AS (
+           INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+           ON CONFLICT (repository, digest) DO NOTHING RETURNING 1)
+         SELECT set_config('wharf.new_artifact', CASE WHEN EXISTS (SELECT 1 FROM ins) THEN '1' ELSE '0' END, true)",
+        args![
+            &a.repository,
+            &a.digest,
+            &a.kind,
+            a.media_type.as_deref(),
+            a.size.map(clamp_size),
+            a.config_digest.as_deref(),
+            chart.as_deref(),
+            &platforms,
+            &children,
+            &blobs,
+            now_ms(),
+        ],
+    )?;
+    db.exec_later(
+        "UPDATE artifacts SET kind = ?3, media_type = ?4, size = ?5, config_digest = ?6, chart = ?7,
+           platforms = ?8, children = ?9, blobs = ?10
+         WHERE repository = ?1 AND digest = ?2 AND (kind IS DISTINCT FROM ?3
+           OR media_type IS DISTINCT FROM ?4 OR size IS DISTINCT FROM ?5
+           OR config_digest IS DISTINCT FROM ?6 OR chart IS DISTINCT FROM ?7
+           OR platforms IS DISTINCT FROM ?8 OR children IS DISTINCT FROM ?9
+           OR blobs IS DISTINCT FROM ?10)",
+        args![
+            &a.repository,
+            &a.digest,
+            &a.kind,
+            a.media_type.as_deref(),
+            a.size.map(clamp_size),
+            a.config_digest.as_deref(),
+            chart.as_deref(),
+            &platforms,
+            &children,
+            &blobs,
+        ],
+    )?;
+    if let Some(t) = tag {
+        set_tag(db, &a.repository, t, &a.digest)?;
+    }
+    if a.blobs.is_empty() {
+        return Ok(());
+    }
+    // the project's row first (as `quota::add_refs` and every other quota write lock it)
+    db.exec_later(
+        "INSERT INTO quota_projects (project, usage, warned)
+         SELECT ?1, 0, 0 WHERE current_setting('wharf.new_artifact', true) = '1'
+         ON CONFLICT (project) DO UPDATE SET usage = quota_projects.usage",
+        args![project],
+    )?;
+    db.exec_later(
+        "WITH refs AS (
+           INSERT INTO project_blobs (project, digest, size, refs)
+           SELECT ?1, b.digest, b.size, 1 FROM (
+             SELECT DISTINCT ON (e->>0) e->>0 AS digest,
+               LEAST((e->>1)::numeric, 9223372036854775807)::bigint AS size
+             FROM jsonb_array_elements(CAST(?2 AS jsonb)) e ORDER BY e->>0, (e->>1)::numeric) b
+           WHERE current_setting('wharf.new_artifact', true) = '1'
+           ON CONFLICT (project, digest) DO UPDATE SET refs = project_blobs.refs + 1
+           RETURNING refs, size)
+         UPDATE quota_projects SET usage = LEAST(usage::numeric
+             + (SELECT COALESCE(SUM(size), 0) FROM refs WHERE refs = 1), 9223372036854775807)::bigint
+         WHERE project = ?1 AND EXISTS (SELECT 1 FROM refs WHERE refs = 1)",
+        args![project, &blobs],
+    )?;
+    Ok(())
 }
 
 /// Forget a deleted manifest: its tags, and the space its blobs took (blobs other manifests

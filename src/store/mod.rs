@@ -4,7 +4,7 @@
 //! - the embedded SQLite database `<data_dir>/wharf.db` (the default; one instance), see
 //!   [`sqlite`]: one writer thread, group commit;
 //! - a PostgreSQL database shared by any number of replicas (`store.url`), see [`pg`]: a
-//!   bounded pool; writes go through a few writer tasks that also commit in groups (a savepoint
+//!   bounded pool; writes go through a few writer threads that also commit in groups (a savepoint
 //!   per job), so a burst of events never queues for connections one by one.
 //!
 //! Store functions are written once, against [`db::Db`], in a dialect both backends speak.
@@ -153,11 +153,20 @@ pub struct StoreStats {
     pub failed_jobs: AtomicU64,
 }
 
-/// What fan-out reads for every event, cached per process (see the module doc).
+/// What every event's job reads, cached per process: the policies fan-out reads and the
+/// notification switch (see the module doc), and repositories' first-seen times
+/// ([`knowledge::repository_created_cached`]).
 #[derive(Default)]
 pub struct PolicyCache {
     state: Mutex<CacheState>,
+    /// Repository → first-seen time (unix seconds) and when it was read.
+    repositories: Mutex<HashMap<String, (i64, std::time::Instant)>>,
 }
+
+/// How long a repository's first-seen time is taken from the cache. It only changes when
+/// the repository's oldest manifest is deleted: through this process the entry is dropped at
+/// once; through another replica, this one may report the older time for at most this long.
+pub const REPOSITORY_DATE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct CacheState {
@@ -179,6 +188,31 @@ impl PolicyCache {
 
     fn generation(&self) -> u64 {
         self.state.lock().map(|s| s.generation).unwrap_or(0)
+    }
+
+    /// The cached first-seen time of `repository` (unix seconds), if read within
+    /// [`REPOSITORY_DATE_TTL`].
+    pub fn repository_created(&self, repository: &str) -> Option<i64> {
+        let r = self.repositories.lock().ok()?;
+        let (created, at) = r.get(repository)?;
+        (at.elapsed() < REPOSITORY_DATE_TTL).then_some(*created)
+    }
+
+    /// Cache the first-seen time of `repository`, just read.
+    pub fn put_repository_created(&self, repository: &str, created: i64) {
+        if let Ok(mut r) = self.repositories.lock() {
+            if r.len() > 10_000 && !r.contains_key(repository) {
+                r.clear();
+            }
+            r.insert(repository.to_string(), (created, std::time::Instant::now()));
+        }
+    }
+
+    /// A manifest of `repository` was forgotten: its first-seen time may have changed.
+    pub fn forget_repository(&self, repository: &str) {
+        if let Ok(mut r) = self.repositories.lock() {
+            r.remove(repository);
+        }
     }
 
     /// The cached policies of `project`.
@@ -225,8 +259,8 @@ enum BackendImpl {
 struct PgBackend {
     pool: Arc<pg::Pg>,
     /// The writers' queue; `None` once the store is closing.
-    queue: Mutex<Option<tokio::sync::mpsc::UnboundedSender<job::Job>>>,
-    writers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<job::Job>>>,
+    writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// Most jobs in one PostgreSQL group commit (each gets a savepoint: PostgreSQL keeps up to 64
@@ -277,31 +311,59 @@ impl AfterCommit {
     }
 }
 
-/// One PostgreSQL writer: takes whatever jobs are queued (up to [`PG_MAX_BATCH`]) and commits
-/// them together, each in its own savepoint (a failing job rolls back alone). Runs until the
-/// queue is closed and empty.
-async fn pg_writer(
-    pool: Arc<pg::Pg>,
-    queue: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<job::Job>>>,
-    after: AfterCommit,
-    stats: Arc<StoreStats>,
-) {
-    loop {
-        let batch = {
-            let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
+/// The PostgreSQL writers' shared queue.
+struct PgQueue {
+    rx: Mutex<std::sync::mpsc::Receiver<job::Job>>,
+    /// Writers waiting for work.
+    idle: std::sync::atomic::AtomicUsize,
+}
+
+impl PgQueue {
+    /// The next jobs to commit together; `None` once the queue is closed and empty. A writer
+    /// takes a group only while no other writer is idle: otherwise each job gets a
+    /// transaction of its own, in parallel, and waits for nobody else's statements (a job
+    /// sharing a transaction waits for its own before the next job starts: a round trip
+    /// each). Under load every writer is busy, and jobs are committed in groups.
+    fn next_batch(&self) -> Option<Vec<job::Job>> {
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        let taken = (|| {
+            let rx = self.rx.lock().ok()?;
+            let first = rx.recv().ok()?;
+            self.idle.fetch_sub(1, Ordering::SeqCst);
             let mut batch = vec![first];
             while batch.len() < PG_MAX_BATCH
+                && self.idle.load(Ordering::SeqCst) == 0
                 && let Ok(j) = rx.try_recv()
             {
                 batch.push(j);
             }
-            batch
-        };
+            Some(batch)
+        })();
+        if taken.is_none() {
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+        }
+        taken
+    }
+}
+
+/// One PostgreSQL writer, a thread of its own: takes the next jobs ([`PgQueue::next_batch`],
+/// up to [`PG_MAX_BATCH`]) and commits them together, each in its own savepoint (a failing job
+/// rolls back alone). Runs until the queue is closed and empty.
+///
+/// A thread rather than a task that hands each batch to a blocking thread: the store functions
+/// are synchronous and wait for each statement anyway, and the hand-offs (a task woken, a
+/// blocking thread woken, the task woken again) were on the path of every commit a client
+/// waits for.
+fn pg_writer(
+    pool: Arc<pg::Pg>,
+    queue: Arc<PgQueue>,
+    after: AfterCommit,
+    stats: Arc<StoreStats>,
+    runtime: tokio::runtime::Handle,
+) {
+    while let Some(batch) = queue.next_batch() {
         let n = batch.len();
-        let conn = match pool.acquire().await {
+        let conn = match runtime.block_on(pool.acquire()) {
             Ok(c) => c,
             Err(e) => {
                 stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
@@ -311,10 +373,13 @@ async fn pg_writer(
                 continue;
             }
         };
-        let cache = after.cache.clone();
-        let ran = tokio::task::spawn_blocking(move || run_pg_batch(&conn, &cache, batch)).await;
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_pg_batch(&conn, &after.cache, batch)
+        }));
+        drop(conn);
         let Ok((dones, commit, effects, failed)) = ran else {
-            tracing::error!(jobs = n, "database: a writer task failed");
+            // the jobs' answers were dropped with the batch: their callers see the store closed
+            tracing::error!(jobs = n, "database: a writer failed");
             continue;
         };
         match &commit {
@@ -337,7 +402,7 @@ async fn pg_writer(
 
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-/// Run `batch` in one transaction on `conn` (a blocking thread): the answers to give, the
+/// Run `batch` in one transaction on `conn` (a writer thread): the answers to give, the
 /// outcome of the COMMIT, the merged effects of the jobs that succeeded, and how many failed.
 fn run_pg_batch(
     conn: &pg::PgConn,
@@ -412,20 +477,29 @@ impl Store {
             triggers: Arc::new(TriggerBuffer::default()),
         };
         let stats = Arc::new(StoreStats::default());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rx = Arc::new(PgQueue {
+            rx: Mutex::new(rx),
+            idle: Default::default(),
+        });
         // a few writers: group commits in parallel, a quarter of the pool at most
         let writers = (config.pool_size / 4).clamp(1, 4);
-        let handles = (0..writers)
-            .map(|_| {
-                tokio::spawn(pg_writer(
-                    pool.clone(),
-                    rx.clone(),
-                    after.clone(),
-                    stats.clone(),
-                ))
-            })
-            .collect();
+        let runtime = tokio::runtime::Handle::current();
+        let mut handles = Vec::with_capacity(writers);
+        for i in 0..writers {
+            let (pool, rx, after, stats, runtime) = (
+                pool.clone(),
+                rx.clone(),
+                after.clone(),
+                stats.clone(),
+                runtime.clone(),
+            );
+            let h = std::thread::Builder::new()
+                .name(format!("wharf-pg-writer-{i}"))
+                .spawn(move || pg_writer(pool, rx, after, stats, runtime))
+                .map_err(|e| StoreError::Io(Arc::new(e)))?;
+            handles.push(h);
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 backend: BackendImpl::Postgres(PgBackend {
@@ -690,9 +764,12 @@ impl Store {
                     .lock()
                     .map(|mut w| std::mem::take(&mut *w))
                     .unwrap_or_default();
-                for w in writers {
-                    let _ = w.await;
-                }
+                let _ = tokio::task::spawn_blocking(move || {
+                    for w in writers {
+                        let _ = w.join();
+                    }
+                })
+                .await;
                 pg.pool.close();
             }
         }

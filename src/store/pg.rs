@@ -3,9 +3,9 @@
 //! Client: `tokio-postgres` (the maintained async driver; connections run as tasks on wharf's
 //! one tokio runtime) with TLS by rustls (`tokio-postgres-rustls`), as the rest of wharf.
 //! Store functions are synchronous (they are shared with the embedded SQLite backend), so a
-//! job runs on a blocking thread and waits for each statement on the runtime
-//! ([`tokio::runtime::Handle::block_on`]); statements are prepared once per connection and
-//! cached.
+//! job runs on a writer thread (reads: a blocking thread) and waits for each statement on the
+//! runtime ([`tokio::runtime::Handle::block_on`]); statements are prepared once per connection
+//! and cached.
 //!
 //! Pipelining: a statement whose answer the job does not look at (an insert, `BEGIN`,
 //! `SAVEPOINT`) is *sent* at once and not waited for ([`PgConn::execute_later`],
@@ -243,7 +243,7 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
 /// A statement sent ahead: its answer is awaited at the next wait (see the module doc).
 type Sent = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
-/// One connection, used synchronously from a blocking thread (see the module doc).
+/// One connection, used synchronously from a writer or blocking thread (see the module doc).
 pub struct PgConn {
     client: Arc<tokio_postgres::Client>,
     handle: tokio::runtime::Handle,

@@ -89,6 +89,7 @@ conformance!(
     held_events_are_published_absorbed_or_released_once,
     chart_facts_are_remembered_and_forgotten,
     knowledge_counts_shared_blobs_once_and_gives_them_back,
+    a_push_learned_blind_counts_as_learn_manifest_does,
     recount_follows_the_known_manifests,
     claims_respect_per_target_limits_and_skips,
     retries_of_a_policy_switched_off_end_as_dead,
@@ -435,6 +436,115 @@ async fn knowledge_counts_shared_blobs_once_and_gives_them_back(kind: Kind) {
         .unwrap();
     assert_eq!(learned.usage, Some((0, u64::MAX)));
     assert_eq!(usage("q").await.unwrap(), i64::MAX as u64, "stored clamped");
+    s.close().await;
+}
+
+/// `learn_pushed` (PostgreSQL: nothing read back, the database decides whether the manifest is
+/// new) leaves what `learn_manifest` leaves: the artifact, its tags, the project's usage.
+async fn a_push_learned_blind_counts_as_learn_manifest_does(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let usage = |p: &'static str| s.read(move |c| quota::usage(c, p));
+    let a = artifact(
+        "p/a",
+        "m1",
+        &[("l1", 100), ("c1", 10), ("l2", 200), ("l1", 100)],
+    );
+    let b = artifact("p/b", "m2", &[("c2", 20), ("l1", 100)]);
+    let (a1, a2, b1) = (a.clone(), a.clone(), b.clone());
+    s.write(move |c| knowledge::learn_pushed(c, &a1, Some("v1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        usage("p").await.unwrap(),
+        310,
+        "l1 listed twice counts once"
+    );
+    // the retag: nothing counted again
+    s.write(move |c| knowledge::learn_pushed(c, &a2, Some("v2")))
+        .await
+        .unwrap();
+    s.write(move |c| knowledge::learn_pushed(c, &b1, None))
+        .await
+        .unwrap();
+    assert_eq!(usage("p").await.unwrap(), 330, "l1 is already counted");
+    let (known, tags) = s
+        .read(|c| {
+            Ok((
+                knowledge::artifact(c, "p/a", "m1")?,
+                knowledge::tags_of(c, "p/a", "m1")?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(known.as_ref(), Some(&a));
+    assert_eq!(tags, ["v1", "v2"]);
+    // a manifest that changed is rewritten, and still counted once
+    let changed = Artifact {
+        size: Some(5),
+        media_type: Some("application/vnd.oci.image.manifest.v1+json".into()),
+        ..a.clone()
+    };
+    let c1 = changed.clone();
+    s.write(move |c| knowledge::learn_pushed(c, &c1, None))
+        .await
+        .unwrap();
+    let known = s
+        .read(|c| knowledge::artifact(c, "p/a", "m1"))
+        .await
+        .unwrap();
+    assert_eq!(known, Some(changed));
+    assert_eq!(usage("p").await.unwrap(), 330);
+    // pushes of one new manifest racing (separate transactions on PostgreSQL): counted once
+    let n = artifact("p/n", "m9", &[("n1", 1000), ("l1", 100)]);
+    let racing = (0..4).map(|_| {
+        let n = n.clone();
+        s.write(move |c| knowledge::learn_pushed(c, &n, None))
+    });
+    for r in futures_util::future::join_all(racing).await {
+        r.unwrap();
+    }
+    assert_eq!(usage("p").await.unwrap(), 1330);
+    // and deleting gives back what learn_manifest would
+    let gone = s
+        .write(|c| knowledge::forget_manifest(c, "p/a", "m1"))
+        .await
+        .unwrap();
+    assert_eq!(gone, Some((1330, 1120)), "l1 is still referenced");
+    // sizes saturate
+    let huge = artifact(
+        "q/h",
+        "m3",
+        &[
+            ("h1", 1 << 62),
+            ("h2", 1 << 62),
+            ("h3", 1 << 62),
+            ("h4", u64::MAX),
+        ],
+    );
+    s.write(move |c| knowledge::learn_pushed(c, &huge, None))
+        .await
+        .unwrap();
+    assert_eq!(usage("q").await.unwrap(), i64::MAX as u64, "stored clamped");
+    // the repository's first-seen time: cached once read, dropped when a manifest goes
+    let cache = s.policy_cache();
+    let created = s
+        .write(|c| knowledge::repository_created_cached(c, "p/b"))
+        .await
+        .unwrap();
+    assert!(created.is_some());
+    assert_eq!(cache.repository_created("p/b"), created);
+    s.write(|c| knowledge::forget_manifest(c, "p/b", "m2"))
+        .await
+        .unwrap();
+    assert_eq!(cache.repository_created("p/b"), None);
+    assert_eq!(
+        s.write(|c| knowledge::repository_created_cached(c, "p/b"))
+            .await
+            .unwrap(),
+        None,
+        "no manifest of p/b left"
+    );
     s.close().await;
 }
 
@@ -1620,6 +1730,38 @@ async fn pull_events_leave_the_log_sooner(kind: Kind) {
     let pruned = s.write(move |c| events::prune(c, week, 100)).await.unwrap();
     assert_eq!(pruned, 1);
     s.close().await;
+}
+
+/// PostgreSQL: a burst of writes is committed in groups (the writers are all busy), and every
+/// write of it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_burst_of_writes_is_committed_in_groups() {
+    let o = open(Kind::Postgres).await;
+    let stats = o.store.stats();
+    let before = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let writes = (0..300i64).map(|i| {
+        o.store.write(move |c| {
+            c.exec(
+                "INSERT INTO meta (key, n) VALUES (?1, ?2)",
+                &[format!("burst-{i}").as_str().into(), i.into()],
+            )
+        })
+    });
+    for r in futures_util::future::join_all(writes).await {
+        assert_eq!(r.unwrap(), 1);
+    }
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        commits < 100,
+        "300 writes queued together took {commits} commits"
+    );
+    let n = o
+        .store
+        .read(|c| c.int("SELECT COUNT(*) FROM meta WHERE key LIKE 'burst-%'", &[]))
+        .await
+        .unwrap();
+    assert_eq!(n, Some(300));
+    o.store.close().await;
 }
 
 /// SQLite: background writes (pull events) queued together share one group commit while the
