@@ -14,6 +14,8 @@
 #   events   JSON access log, pull events recorded (a policy wants them, its target a closed
 #            port: each delivery fails once and is dead; no retry)
 #   deliver  JSON access log, every pull delivered to a local receiver (examples/webhook_receiver)
+#   push     JSON access log, events recorded (no policy): the manifest PUT under a new tag each
+#            time (a retag: the layers are there already); prints Ir per PUT
 #
 # Prints Ir (instructions) per GET for each configuration and keeps the callgrind files (with
 # KEEP_TMP=1) for `callgrind_annotate`. Needs valgrind, docker-registry, python3 (Debian).
@@ -72,7 +74,7 @@ EOF
 docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$RPORT/v2/"
-MANIFEST=$(python3 - "$RPORT" <<'EOF'
+MANIFEST=$(python3 - "$RPORT" "$WORK/manifest.json" <<'EOF'
 import hashlib, json, sys, urllib.request
 base = f"http://127.0.0.1:{sys.argv[1]}/v2/bench/app"
 def blob(data):
@@ -93,6 +95,7 @@ m = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.mani
     "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]}).encode()
 urllib.request.urlopen(urllib.request.Request(base + "/manifests/v1", data=m, method="PUT",
     headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+open(sys.argv[2], "wb").write(m)
 print("/v2/bench/app/manifests/v1")
 EOF
 )
@@ -108,6 +111,20 @@ for _ in range(int(sys.argv[2])):
     assert r.status == 200, r.status
 EOF
 }
+# put_n PORT COUNT FIRST: the manifest pushed again under the tags pFIRST … (a retag, as CI does)
+put_n() {
+	python3 - "$1" "$2" "$3" "$WORK/manifest.json" <<'EOF'
+import http.client, sys
+body = open(sys.argv[4], "rb").read()
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+first = int(sys.argv[3])
+for i in range(first, first + int(sys.argv[2])):
+    c.request("PUT", f"/v2/bench/app/manifests/p{i}", body=body,
+              headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    r = c.getresponse(); r.read()
+    assert r.status == 201, r.status
+EOF
+}
 open_deliveries() { # PORT
 	curl -s "http://127.0.0.1:$1/metrics" | awk '$1 ~ /^wharf_deliveries\{state="(pending|running)"\}/ { n += $2 } END { print n + 0 }'
 }
@@ -118,7 +135,7 @@ measure() { # CONFIG
 	case "$name" in
 	off) extra="events: {enabled: false}" ;;
 	log) level=info extra="events: {enabled: false}" ;;
-	record) level=info ;;
+	record | push) level=info ;;
 	events | deliver) level=info extra='notification: {allowed_target_networks: ["127.0.0.0/8"], webhook_job_max_retry: 0, breaker_failures: 100000000}' ;;
 	*) die "unknown configuration $name" ;;
 	esac
@@ -149,10 +166,16 @@ EOF
 			-d "{\"name\":\"pulls\",\"event_types\":[\"PULL_ARTIFACT\"],\"targets\":[{\"type\":\"http\",\"address\":\"http://127.0.0.1:$hook/\"}]}" ||
 			die "creating the policy failed"
 	fi
-	get_n "$port" "$WARMUP"
-	while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done
-	callgrind_control -i on "$vpid" >/dev/null
-	get_n "$port" "$N"
+	if [ "$name" = push ]; then
+		put_n "$port" "$WARMUP" 0
+		callgrind_control -i on "$vpid" >/dev/null
+		put_n "$port" "$N" "$WARMUP"
+	else
+		get_n "$port" "$WARMUP"
+		while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done
+		callgrind_control -i on "$vpid" >/dev/null
+		get_n "$port" "$N"
+	fi
 	# the events and deliveries of these GETs are part of their cost
 	sleep 1
 	while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done
@@ -161,7 +184,9 @@ EOF
 	kill -TERM "$vpid"
 	wait "$vpid" 2>/dev/null || true
 	total=$(cat "$out"* 2>/dev/null | awk '/^summary:/ { s += $2 } /^totals:/ { t += $2 } END { print (s > 0 ? s : t) }')
-	printf '%-8s %12s Ir in all, %10.0f Ir per GET (N=%s)\n' "$name" "$total" "$(awk -v t="$total" -v n="$N" 'BEGIN { print t / n }')" "$N"
+	local unit=GET
+	[ "$name" = push ] && unit=PUT
+	printf '%-8s %12s Ir in all, %10.0f Ir per %s (N=%s)\n' "$name" "$total" "$(awk -v t="$total" -v n="$N" 'BEGIN { print t / n }')" "$unit" "$N"
 }
 
 for c in $CONFIGS; do measure "$c"; done

@@ -1127,7 +1127,7 @@ start_postgres() {
 	port=$(free_port)
 	"${as[@]}" "$bin/postgres" -D "$dir/data" -p "$port" -k "$dir" -c listen_addresses=127.0.0.1 \
 		-c max_connections=300 -c shared_buffers=128MB -c synchronous_commit="$PG_SYNC" \
-		-c shared_preload_libraries=pg_stat_statements -c autovacuum_naptime="$PG_NAPTIME" >"$WORK/postgres.log" 2>&1 &
+		-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track_planning=on -c autovacuum_naptime="$PG_NAPTIME" >"$WORK/postgres.log" 2>&1 &
 	PIDS+=($!)
 	PID[postgres]=$!
 	PG_PORT=$port
@@ -1257,14 +1257,34 @@ measure_store() {
 		[ "$b" != sqlite ] && "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1
 		for c in $PUSH_CONNECTIONS; do
 			out=$WORK/wrk-st-put-$b-c$c-r$run.txt
+			c0=$(st_cpu_ms "${inst[@]}")
+			p0=0
+			[ "$b" != sqlite ] && p0=$(pg_cpu_ms)
 			wrk_put "$out" "$first" "bench/st-$b" "r$run-c$c" "$((c < WRK_THREADS ? c : WRK_THREADS))" "$c" "$WRK_DURATION"
 			wrk_check "$out" "store $b: PUTs (-c$c, run $run)" 201
 			record store "st_put_p50_c$c" "st-$b" "$run" "$(wrk_pct "$out" 50)"
 			record store "st_put_p99_c$c" "st-$b" "$run" "$(wrk_pct "$out" 99)"
+			# CPU per PUT, its delivery's attempt (to the closed port) included
+			record store "st_put_cpu_c$c" "st-$b" "$run" "$(calc "($(st_cpu_ms "${inst[@]}") - $c0) * 1000 / $(wrk_n "$out")")"
+			if [ "$b" != sqlite ]; then
+				record store "st_put_pg_cpu_c$c" "st-$b" "$run" "$(calc "($(pg_cpu_ms) - $p0) * 1000 / $(wrk_n "$out")")"
+			fi
+		done
+		# the same PUTs with events recorded but no policy wanting them: the store's own write
+		# path, without the dispatcher's claims and outcomes on the same two cores
+		curl -sS --max-time 10 -o /dev/null -u admin:bench-admin-password -X DELETE \
+			"$(url "$first" "/api/v2.0/projects/bench/webhook/policies/${POLICY[$first/drain-r$run]}")" ||
+			die "store $b: deleting the drain policy failed"
+		sleep 1.2
+		for c in $PUSH_CONNECTIONS; do
+			out=$WORK/wrk-st-putq-$b-c$c-r$run.txt
+			wrk_put "$out" "$first" "bench/st-$b" "q$run-c$c" "$((c < WRK_THREADS ? c : WRK_THREADS))" "$c" "$WRK_DURATION"
+			wrk_check "$out" "store $b: PUTs without deliveries (-c$c, run $run)" 201
+			record store "st_putq_p50_c$c" "st-$b" "$run" "$(wrk_pct "$out" 50)"
 		done
 		if [ "$b" != sqlite ]; then # what PostgreSQL spent its time on during the PUTs
 			"$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c \
-				"SELECT calls, round(total_exec_time::numeric, 1) AS ms, round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query FROM pg_stat_statements ORDER BY calls DESC LIMIT 30" \
+				"SELECT calls, round(total_exec_time::numeric, 1) AS ms, round((total_exec_time / NULLIF(calls, 0))::numeric, 3) AS ms_per_call, plans, round(total_plan_time::numeric, 1) AS plan_ms, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query FROM pg_stat_statements ORDER BY calls DESC LIMIT 30" \
 				>"$WORK/pg-statements-put-$b-r$run.txt" 2>&1 || true
 		fi
 	fi
