@@ -283,6 +283,7 @@ def main():
         ("cpu_model", "CPU"), ("nproc", "nproc"), ("kernel", "kernel"), ("memory", "memory"),
         ("loadavg_start", "load average at start"), ("loadavg_before", "load average before measuring"),
         ("cpu_busy_before", "CPU busy before measuring (1 s sample)"),
+        ("cpu_reference", "machine speed"),
         ("cpu_foreign", "CPU used by others while measuring"), ("fast_storage", "registry storage"),
         ("wharf_data_dir", "wharf data_dir"),
         ("wharf_rev", "wharf"), ("wharf_sha256", "wharf binary sha256 (first 16)"), ("scenarios", "scenarios"),

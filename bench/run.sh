@@ -1511,6 +1511,16 @@ machine_facts() {
 	fi
 }
 
+# speed_probe: CPU milliseconds a fixed, memory-light interpreter loop takes.
+speed_probe() {
+	python3 -c 'import time
+t = time.process_time()
+s = 0
+for i in range(5_000_000):
+    s += i
+print(round((time.process_time() - t) * 1000))'
+}
+
 # Just before measuring: is the machine quiet? A busy machine makes the figures meaningless.
 quiet_check() {
 	sleep "$SETTLE"
@@ -1520,6 +1530,9 @@ quiet_check() {
 	fact loadavg_before "$(cut -d' ' -f1-3 /proc/loadavg)"
 	fact cpu_busy_before "$busy"
 	log "before measuring: load average $(cut -d' ' -f1-3 /proc/loadavg), CPU busy $busy"
+	# the machine's speed per unit of work today: steal and load do not show a host that runs
+	# this VM slower (the same build's figures moved by 1.5–2 × between hours of one morning)
+	fact cpu_reference "$(speed_probe) ms of CPU for a fixed interpreter loop (python3, 5,000,000 additions; lower is faster)"
 	[ "$BLOB_MIB" -lt 1024 ] && reasons+=("BLOB_MIB=$BLOB_MIB < 1024")
 	[ "$IMAGE_MIB" -lt 1024 ] && reasons+=("IMAGE_MIB=$IMAGE_MIB < 1024")
 	[ "$RUNS" -lt 3 ] && reasons+=("RUNS=$RUNS < 3")
