@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::db::{Backend, Db, Row, json};
+use super::db::{Backend, Db, Row, Value, json};
 use super::{StoreError, now_ms};
 use crate::args;
 use crate::events::ChartInfo;
@@ -37,8 +37,7 @@ pub fn upsert_artifact(db: &Db<'_>, a: &Artifact) -> Result<(), StoreError> {
 
 /// [`upsert_artifact`], a new row created at `now` (unix ms).
 fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreError> {
-    let chart = a.chart.as_ref().map(json).transpose()?;
-    let (platforms, children, blobs) = (json(&a.platforms)?, json(&a.children)?, json(&a.blobs)?);
+    let columns = Columns::of(a)?;
     db.exec_later(
         "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -53,21 +52,51 @@ fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreEr
            OR artifacts.platforms IS DISTINCT FROM excluded.platforms
            OR artifacts.children IS DISTINCT FROM excluded.children
            OR artifacts.blobs IS DISTINCT FROM excluded.blobs",
-        args![
-            &a.repository,
-            &a.digest,
-            &a.kind,
-            a.media_type.as_deref(),
-            a.size.map(clamp_size),
-            a.config_digest.as_deref(),
-            chart.as_deref(),
-            &platforms,
-            &children,
-            &blobs,
-            now,
-        ],
+        &columns.args(a, now),
     )?;
     Ok(())
+}
+
+/// An artifact's JSON columns, encoded once for the statements that write its row.
+struct Columns {
+    chart: Option<String>,
+    platforms: String,
+    children: String,
+    blobs: String,
+}
+
+impl Columns {
+    fn of(a: &Artifact) -> Result<Columns, StoreError> {
+        Ok(Columns {
+            chart: a.chart.as_ref().map(json).transpose()?,
+            platforms: json(&a.platforms)?,
+            children: json(&a.children)?,
+            blobs: json(&a.blobs)?,
+        })
+    }
+
+    /// `?1`…`?11`: repository, digest, kind, media_type, size, config_digest, chart,
+    /// platforms, children, blobs, created_at (`now`).
+    fn args<'v>(&'v self, a: &'v Artifact, now: i64) -> [Value<'v>; 11] {
+        [
+            Value::from(&a.repository),
+            Value::from(&a.digest),
+            Value::from(&a.kind),
+            Value::from(a.media_type.as_deref()),
+            Value::from(a.size.map(clamp_size)),
+            Value::from(a.config_digest.as_deref()),
+            Value::from(self.chart.as_deref()),
+            Value::from(&self.platforms),
+            Value::from(&self.children),
+            Value::from(&self.blobs),
+            Value::from(now),
+        ]
+    }
+}
+
+/// The project of `repository`: its first segment.
+fn project_of(repository: &str) -> &str {
+    repository.split('/').next().unwrap_or(repository)
 }
 
 /// A size as stored (a BIGINT column): at most `i64::MAX`.
@@ -258,8 +287,11 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
         set_tag(db, &a.repository, t, &a.digest)?;
     }
     let usage = if new {
-        let project = a.repository.split('/').next().unwrap_or(&a.repository);
-        Some(super::quota::add_refs(db, project, &a.blobs)?)
+        Some(super::quota::add_refs(
+            db,
+            project_of(&a.repository),
+            &a.blobs,
+        )?)
     } else {
         None
     };
@@ -285,9 +317,9 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
     if db.backend() == Backend::Sqlite {
         return learn_manifest(db, a, tag).map(|_| ());
     }
-    let chart = a.chart.as_ref().map(json).transpose()?;
-    let (platforms, children, blobs) = (json(&a.platforms)?, json(&a.children)?, json(&a.blobs)?);
-    let project = a.repository.split('/').next().unwrap_or(&a.repository);
+    let columns = Columns::of(a)?;
+    let args = columns.args(a, now_ms());
+    let project = project_of(&a.repository);
     // whether this insert made the manifest new is kept in a setting local to the
     // transaction (a savepoint rolled back takes it along), read by the quota statements
     db.exec_later(
@@ -296,19 +328,7 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
            ON CONFLICT (repository, digest) DO NOTHING RETURNING 1)
          SELECT set_config('wharf.new_artifact', CASE WHEN EXISTS (SELECT 1 FROM ins) THEN '1' ELSE '0' END, true)",
-        args![
-            &a.repository,
-            &a.digest,
-            &a.kind,
-            a.media_type.as_deref(),
-            a.size.map(clamp_size),
-            a.config_digest.as_deref(),
-            chart.as_deref(),
-            &platforms,
-            &children,
-            &blobs,
-            now_ms(),
-        ],
+        &args,
     )?;
     db.exec_later(
         "UPDATE artifacts SET kind = ?3, media_type = ?4, size = ?5, config_digest = ?6, chart = ?7,
@@ -318,18 +338,7 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
            OR config_digest IS DISTINCT FROM ?6 OR chart IS DISTINCT FROM ?7
            OR platforms IS DISTINCT FROM ?8 OR children IS DISTINCT FROM ?9
            OR blobs IS DISTINCT FROM ?10)",
-        args![
-            &a.repository,
-            &a.digest,
-            &a.kind,
-            a.media_type.as_deref(),
-            a.size.map(clamp_size),
-            a.config_digest.as_deref(),
-            chart.as_deref(),
-            &platforms,
-            &children,
-            &blobs,
-        ],
+        &args[..10],
     )?;
     if let Some(t) = tag {
         set_tag(db, &a.repository, t, &a.digest)?;
@@ -357,7 +366,7 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
          UPDATE quota_projects SET usage = LEAST(usage::numeric
              + (SELECT COALESCE(SUM(size), 0) FROM refs WHERE refs = 1), 9223372036854775807)::bigint
          WHERE project = ?1 AND EXISTS (SELECT 1 FROM refs WHERE refs = 1)",
-        args![project, &blobs],
+        args![project, &columns.blobs],
     )?;
     Ok(())
 }
@@ -371,10 +380,11 @@ pub fn forget_manifest(
     digest: &str,
 ) -> Result<Option<(u64, u64)>, StoreError> {
     let usage = match artifact(db, repository, digest)? {
-        Some(gone) => {
-            let project = repository.split('/').next().unwrap_or(repository);
-            Some(super::quota::remove_refs(db, project, &gone.blobs)?)
-        }
+        Some(gone) => Some(super::quota::remove_refs(
+            db,
+            project_of(repository),
+            &gone.blobs,
+        )?),
         None => None,
     };
     forget(db, repository, digest)?;
