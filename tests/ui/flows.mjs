@@ -342,6 +342,9 @@ try {
     await executionsOf(alice, "failing");
     await alice.getByLabel("Status").selectOption("Error");
     await alice.getByRole("button", { name: "Filter" }).click();
+    // the filter is a GET form: reloading before its navigation ended raced with it
+    // ("Page.reload: Not attached to an active page")
+    await alice.waitForURL(/[?&]status=Error/);
     await until("a dead execution", async () => {
       await alice.reload();
       return (await alice.getByRole("table", { name: "Executions" }).count()) > 0;
