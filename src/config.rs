@@ -394,14 +394,9 @@ pub struct PullFilter {
 impl PullFilter {
     /// Does the filter match this operator or user agent?
     pub fn matches(&self, operator: &str, user_agent: Option<&str>) -> bool {
-        self.users
-            .iter()
-            .any(|p| glob_match::glob_match(p, operator))
-            || user_agent.is_some_and(|ua| {
-                self.user_agents
-                    .iter()
-                    .any(|p| glob_match::glob_match(p, ua))
-            })
+        self.users.iter().any(|p| crate::glob::matches(p, operator))
+            || user_agent
+                .is_some_and(|ua| self.user_agents.iter().any(|p| crate::glob::matches(p, ua)))
     }
 }
 

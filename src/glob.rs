@@ -1,8 +1,9 @@
-//! Checking glob patterns before they are stored.
+//! Glob patterns: checked before they are stored, then matched.
 //!
-//! Patterns are matched by the `glob-match` crate (webhook policy filters,
+//! Patterns are matched by the `fast-glob` crate ([`matches`]: webhook policy filters,
 //! `events.ignore_pulls`). It never reports a malformed pattern: `[`, `{` or `[z-a]` simply
-//! never match. [`check`] refuses them up front, following that crate's grammar exactly:
+//! never match. [`check`] refuses them up front, following that crate's grammar exactly, and
+//! then asks the crate's own `validate` (which also caps the brace groups of a pattern at 10):
 //!
 //! - leading `!`s negate the pattern;
 //! - `\x` is the character `x` (a `\` at the end is an error);
@@ -10,11 +11,26 @@
 //!   the opening bracket, or escaped, is literal; ranges must not be reversed; the class must
 //!   be closed);
 //! - `{a,b,…}`: alternatives, nested at most [`MAX_BRACE_DEPTH`] deep, each `{` closed (a `}`
-//!   outside braces is a literal character, as for the matcher);
-//! - `*`, `**`, `?`: wildcards.
+//!   outside braces is a literal character, as for the matcher), expanding to at most
+//!   [`MAX_ALTERNATIVES`] brace-free patterns;
+//! - `*`, `**`, `?`: wildcards;
+//! - at most [`MAX_PATTERN_BYTES`] bytes in all.
+//!
+//! The last two limits are wharf's: they bound the time of a match, which runs for every event
+//! (policy filters, set by project admins) or every pull (`events.ignore_pulls`).
 
 /// The deepest brace nesting the matcher supports.
 pub const MAX_BRACE_DEPTH: usize = 10;
+
+/// The most brace-free patterns a pattern's braces may expand to (`{a,b}{c,d,e}`: 6). The
+/// matcher's time grows with it: fast-glob tries the alternatives' combinations one by one, and
+/// a 147-byte pattern of 6 groups took 0.23 s per match (found by the fuzz smoke).
+pub const MAX_ALTERNATIVES: usize = 64;
+
+/// The longest pattern, in bytes. With [`MAX_ALTERNATIVES`], this bounds a match: at most about
+/// `MAX_ALTERNATIVES × MAX_PATTERN_BYTES × subject length` steps (~1 ms against a 255-byte
+/// name, measured).
+pub const MAX_PATTERN_BYTES: usize = 256;
 
 /// What is wrong with a pattern.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,16 +49,38 @@ pub enum GlobError {
     UnclosedBrace(usize),
     #[error("braces nest deeper than {MAX_BRACE_DEPTH}")]
     TooDeep,
+    #[error("the braces expand to more than {MAX_ALTERNATIVES} alternatives")]
+    TooManyAlternatives,
+    #[error("a pattern may be at most {MAX_PATTERN_BYTES} bytes long (this one has {0})")]
+    TooLong(usize),
+    /// Refused by the matcher's own validation (e.g. more than 10 brace groups).
+    #[error(transparent)]
+    Matcher(#[from] fast_glob::Error),
+}
+
+/// Does `subject` match `pattern`? The pattern should have passed [`check`]; a malformed one
+/// matches nothing.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    fast_glob::glob_match(pattern, subject)
 }
 
 /// Is `pattern` a well-formed glob (see the module docs)?
 pub fn check(pattern: &str) -> Result<(), GlobError> {
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(GlobError::TooLong(pattern.len()));
+    }
     let b = pattern.as_bytes();
     let mut i = 0;
     while b.get(i) == Some(&b'!') {
         i += 1;
     }
-    let mut braces: Vec<usize> = Vec::new();
+    // the open braces, innermost last; `top`: the sequence outside every brace
+    let mut braces: Vec<Group> = Vec::new();
+    let mut top = Group {
+        open: 0,
+        done: 0,
+        current: 1,
+    };
     while i < b.len() {
         match b[i] {
             b'\\' => {
@@ -53,22 +91,55 @@ pub fn check(pattern: &str) -> Result<(), GlobError> {
             }
             b'[' => i = class(b, i)?,
             b'{' => {
-                braces.push(i);
+                braces.push(Group {
+                    open: i,
+                    done: 0,
+                    current: 1,
+                });
                 if braces.len() > MAX_BRACE_DEPTH {
                     return Err(GlobError::TooDeep);
                 }
                 i += 1;
             }
+            b',' => {
+                if let Some(g) = braces.last_mut() {
+                    g.done = g.done.saturating_add(g.current);
+                    g.current = 1;
+                }
+                i += 1;
+            }
             b'}' => {
-                braces.pop();
+                if let Some(g) = braces.pop() {
+                    let outer = braces.last_mut().unwrap_or(&mut top);
+                    outer.current = outer.current.saturating_mul(g.alternatives());
+                    if outer.current > MAX_ALTERNATIVES {
+                        return Err(GlobError::TooManyAlternatives);
+                    }
+                }
                 i += 1;
             }
             _ => i += 1,
         }
     }
-    match braces.first() {
-        Some(&open) => Err(GlobError::UnclosedBrace(open)),
-        None => Ok(()),
+    if let Some(g) = braces.first() {
+        return Err(GlobError::UnclosedBrace(g.open));
+    }
+    fast_glob::validate(pattern)?;
+    Ok(())
+}
+
+/// A brace group being read: how many brace-free patterns its alternatives expand to.
+struct Group {
+    open: usize,
+    /// The alternatives before the current one.
+    done: usize,
+    /// The current alternative (the product of the groups in it).
+    current: usize,
+}
+
+impl Group {
+    fn alternatives(&self) -> usize {
+        self.done.saturating_add(self.current)
     }
 }
 
@@ -182,6 +253,20 @@ mod tests {
             check_all("filters.tags", &["v*".into(), "[z-a]".into()]).unwrap_err(),
             "filters.tags[1]: \"[z-a]\" is not a valid pattern: the range 'z'-'a' is reversed"
         );
+        let eleven = "{a}".repeat(11);
+        assert!(
+            matches!(check(&eleven), Err(GlobError::Matcher(_))),
+            "{eleven}"
+        );
+        assert_eq!(
+            check_all("filters.tags", &[eleven]).unwrap_err(),
+            format!(
+                "filters.tags[0]: {:?} is not a valid pattern: brace expansion at byte 30 \
+                 exceeds the supported limit of 10 groups",
+                "{a}".repeat(11)
+            )
+        );
+        assert_eq!(check(&"{a}".repeat(10)), Ok(()));
         assert_eq!(
             check_all("filters.tags", &[" ".into()]).unwrap_err(),
             "filters.tags[0]: empty pattern"
@@ -193,8 +278,81 @@ mod tests {
         // what the matcher does with them: nothing ever matches
         for p in ["[", "{", "[z-a]"] {
             for s in ["", "[", "{", "a", "z", "za", "az"] {
-                assert!(!glob_match::glob_match(p, s), "{p} matched {s}");
+                assert!(!super::matches(p, s), "{p} matched {s}");
             }
+        }
+    }
+
+    /// Regression: glob-match 0.2.1, the matcher before fast-glob, never returned for this
+    /// pattern (which `check` accepts) and this subject; the fuzz smoke found it.
+    #[test]
+    fn a_brace_holding_a_globstar_segment_is_matched_in_bounded_time() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                super::matches("{/**/,*}", "//"),
+                super::matches("{/**/,*}", "a"),
+            ));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(
+            got,
+            Ok((true, true)),
+            "the matcher did not return within 10 s"
+        );
+        assert_eq!(check("{/**/,*}"), Ok(()));
+    }
+
+    #[test]
+    fn patterns_that_would_make_matching_slow_are_refused() {
+        // 2^6 = 64 alternatives pass, 2^7 do not; nested groups count inside their alternative
+        assert_eq!(check(&"{a,b}".repeat(6)), Ok(()));
+        assert_eq!(
+            check(&"{a,b}".repeat(7)),
+            Err(GlobError::TooManyAlternatives)
+        );
+        assert_eq!(check("{a,b{c,d},e}"), Ok(()));
+        assert_eq!(check(&format!("{{{}}}", "x,".repeat(63))), Ok(()));
+        assert_eq!(
+            check(&format!("{{{}}}", "x,".repeat(64))),
+            Err(GlobError::TooManyAlternatives)
+        );
+        // (1 + 2^4) × 2 = 34; (1 + 2^5) × 2 = 66
+        assert_eq!(
+            check(&format!("{{a,{}}}{{b,c}}", "{x,y}".repeat(4))),
+            Ok(())
+        );
+        assert_eq!(
+            check(&format!("{{a,{}}}{{b,c}}", "{x,y}".repeat(5))),
+            Err(GlobError::TooManyAlternatives)
+        );
+        // commas outside braces, escaped or in a class are characters
+        assert_eq!(check(&format!("{},\\{{[,]", ",".repeat(100))), Ok(()));
+        assert_eq!(check(&"a".repeat(256)), Ok(()));
+        assert_eq!(check(&"a".repeat(257)), Err(GlobError::TooLong(257)));
+        // found by the fuzz smoke: 0.23 s per match (release build) with fast-glob
+        let slow = "*{5,,,,,,,\0,[![.?],\0\0\x1c}{,[![\0?],\0\0\x1c}{f,[![.?]\0\x1c,,,,,,,,,,,,%,,,,,,,,,,,,,,,,\0,[![.?],\0\0\x1c}";
+        assert_eq!(check(slow), Err(GlobError::TooManyAlternatives));
+    }
+
+    #[test]
+    fn the_matcher_follows_the_documented_grammar() {
+        for (p, s, want) in [
+            ("team/*", "team/app", true),
+            ("team/*", "team/app/x", false),
+            ("prj/**", "prj/a/b", true),
+            ("v?.*", "v1.2", true),
+            ("[!a-z]*", "1x", true),
+            ("[^a-z]*", "ax", false),
+            ("{a,{b,c}}", "c", true),
+            ("!{x,y}*", "xa", false),
+            ("!{x,y}*", "za", true),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("}", "}", true),
+            ("Trivy/*", "Trivy/0.50", true),
+        ] {
+            assert_eq!(super::matches(p, s), want, "{p} ~ {s}");
         }
     }
 }

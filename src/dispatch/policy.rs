@@ -122,13 +122,12 @@ impl Filters {
     pub fn matches(&self, e: &Event) -> bool {
         let repo_ok = self.repositories.is_empty()
             || self.repositories.iter().any(|p| {
-                glob_match::glob_match(p, e.short_name())
-                    || glob_match::glob_match(p, &e.repository)
+                crate::glob::matches(p, e.short_name()) || crate::glob::matches(p, &e.repository)
             });
         let tag_ok = self.tags.is_empty()
             || e.tags
                 .iter()
-                .any(|t| self.tags.iter().any(|p| glob_match::glob_match(p, t)));
+                .any(|t| self.tags.iter().any(|p| crate::glob::matches(p, t)));
         repo_ok && tag_ok
     }
 }

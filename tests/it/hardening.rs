@@ -856,6 +856,27 @@ async fn webhook_policies_are_validated_with_precise_messages() {
             "filters.tags[0]: \"[z-a]\" is not a valid pattern: the range 'z'-'a' is reversed",
         ),
         (
+            "braces that expand to 128 alternatives (a slow match)",
+            policy(
+                "p1",
+                target.clone(),
+                serde_json::json!({"tags": ["{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}"]}),
+            ),
+            "filters.tags[0]: \"{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}\" is not a valid pattern: the braces expand to more than 64 alternatives",
+        ),
+        (
+            "a 257-byte pattern",
+            policy(
+                "p1",
+                target.clone(),
+                serde_json::json!({"repositories": ["a".repeat(257)]}),
+            ),
+            &format!(
+                "filters.repositories[0]: \"{}\" is not a valid pattern: a pattern may be at most 256 bytes long (this one has 257)",
+                "a".repeat(257)
+            ),
+        ),
+        (
             "NUL in the name",
             policy("a\u{0}b", target.clone(), none.clone()),
             "name: character 1 is U+0000",
