@@ -718,6 +718,18 @@ receiver_stat() {
 metric() {
 	curl -sS --max-time 10 "$(url "$1" /metrics)" | awk -v k="$2" '$1 == k { v = $2; f = 1 } END { print f ? v : 0 }'
 }
+# commit_begin TARGET / commit_mean_ms TARGET: the mean time a request waited for its event's
+# commit between the two calls (wharf_event_commit_duration_seconds), in ms.
+commit_begin() {
+	COMMIT_SUM0=$(metric "$1" wharf_event_commit_duration_seconds_sum)
+	COMMIT_N0=$(metric "$1" wharf_event_commit_duration_seconds_count)
+}
+commit_mean_ms() {
+	local s1 n1
+	s1=$(metric "$1" wharf_event_commit_duration_seconds_sum)
+	n1=$(metric "$1" wharf_event_commit_duration_seconds_count)
+	calc "($s1 - $COMMIT_SUM0) * 1000 / (($n1 - $COMMIT_N0) > 0 ? ($n1 - $COMMIT_N0) : 1)"
+}
 deliveries_open() { # TARGET -> pending + running deliveries
 	echo $(($(metric "$1" 'wharf_deliveries{state="pending"}') + $(metric "$1" 'wharf_deliveries{state="running"}')))
 }
@@ -1140,14 +1152,58 @@ start_postgres() {
 	fact postgres "$("$bin/postgres" --version) synchronous_commit=$PG_SYNC fsync=on autovacuum_naptime=$PG_NAPTIME"
 	log "postgres on 127.0.0.1:$port (pid ${PID[postgres]}, synchronous_commit=$PG_SYNC)"
 }
-# pg_cpu_ms: CPU of the postmaster and all its backends, in ms.
+# pg_cpu_ms: CPU of the postmaster and all its backends, in ms; backends that have exited
+# (autovacuum workers, closed connections) count through the postmaster's children's time.
 pg_cpu_ms() {
-	local p pids=("${PID[postgres]}")
-	for p in /proc/[0-9]*; do
-		[ "$(awk '{ print $4 }' "$p/stat" 2>/dev/null)" = "${PID[postgres]}" ] && pids+=("${p#/proc/}")
-	done
-	for p in "${pids[@]}"; do cat "/proc/$p/stat" 2>/dev/null; done |
-		awk -v hz="$CLK_TCK" '{ t += $14 + $15 } END { printf "%.0f", t * 1000 / hz }'
+	pg_cpu_kinds | awk '{ t += $2 } END { printf "%.0f", t }'
+}
+# pg_cpu_kinds: "KIND MS" per kind of PostgreSQL process, from its title: client (wharf's
+# connections), checkpointer, walwriter, background-writer, autovacuum-launcher,
+# autovacuum-worker, postmaster, exited (children gone since start, autovacuum workers above all).
+pg_cpu_kinds() {
+	local p kind
+	{
+		awk -v hz="$CLK_TCK" '{ printf "postmaster %.1f\nexited %.1f\n", ($14 + $15) * 1000 / hz, ($16 + $17) * 1000 / hz }' "/proc/${PID[postgres]}/stat" 2>/dev/null
+		for p in /proc/[0-9]*; do
+			[ "$(awk '{ print $4 }' "$p/stat" 2>/dev/null)" = "${PID[postgres]}" ] || continue
+			kind=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null | sed -E 's/^postgres: *//; s/ +$//')
+			case "$kind" in
+			bench\ *) kind=client ;;
+			*) kind=${kind// /-} ;;
+			esac
+			awk -v k="$kind" -v hz="$CLK_TCK" '{ printf "%s %.1f\n", k, ($14 + $15) * 1000 / hz }' "$p/stat" 2>/dev/null
+		done
+	} | awk '{ t[$1] += $2 } END { for (k in t) printf "%s %.1f\n", k, t[k] }' | sort
+}
+# pg_stats DB: cumulative WAL and checkpoint counters of the cluster, and the autovacuum runs
+# of DB's tables, as "NAME VALUE" lines.
+pg_stats() {
+	"$PG_BIN/psql" -XAt -F' ' -h 127.0.0.1 -p "$PG_PORT" -U bench -d "$1" -c \
+		"SELECT 'wal_records', wal_records FROM pg_stat_wal UNION ALL SELECT 'wal_fpi', wal_fpi FROM pg_stat_wal
+		 UNION ALL SELECT 'wal_bytes', wal_bytes FROM pg_stat_wal UNION ALL SELECT 'wal_sync', wal_sync FROM pg_stat_wal
+		 UNION ALL SELECT 'wal_write', wal_write FROM pg_stat_wal
+		 UNION ALL SELECT 'checkpoints', checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter
+		 UNION ALL SELECT 'buffers_checkpoint', buffers_checkpoint FROM pg_stat_bgwriter
+		 UNION ALL SELECT 'buffers_backend', buffers_backend FROM pg_stat_bgwriter
+		 UNION ALL SELECT 'autovacuums', COALESCE(sum(autovacuum_count + autoanalyze_count), 0) FROM pg_stat_user_tables
+		 UNION ALL SELECT 'xact_commit', xact_commit FROM pg_stat_database WHERE datname = current_database()" 2>/dev/null
+}
+# pg_phase_begin / pg_phase_end DB FILE LABEL N: what PostgreSQL's processes spent (CPU by kind)
+# and wrote (WAL records, full-page images, bytes, syncs; checkpoints; autovacuum runs) between
+# the two calls, per unit of work (N), appended to FILE.
+pg_phase_begin() {
+	PG_PHASE_CPU=$(pg_cpu_kinds)
+	PG_PHASE_STATS=$(pg_stats "$1")
+}
+pg_phase_end() {
+	local db=$1 file=$2 label=$3 n=$4
+	{
+		echo "## $label ($n units): per unit (total)"
+		join -a2 -e0 -o '0,1.2,2.2' <(echo "$PG_PHASE_CPU") <(pg_cpu_kinds) |
+			awk -v n="$n" '{ d = $3 - $2; if (d > 0) printf "cpu_ms %-24s %10.3f (%.0f)\n", $1, d / n, d }'
+		join -a2 -e0 -o '0,1.2,2.2' <(echo "$PG_PHASE_STATS" | sort) <(pg_stats "$db" | sort) |
+			awk -v n="$n" '{ d = $3 - $2; printf "stat   %-24s %10.3f (%.0f)\n", $1, d / n, d }'
+	} >>"$file"
 }
 # new_pg_db NAME: a fresh database; its store.url.
 new_pg_db() {
@@ -1227,7 +1283,7 @@ measure_store() {
 	[ "$b" != sqlite ] && "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1
 	c0=$(st_cpu_ms "${inst[@]}")
 	p0=0
-	[ "$b" != sqlite ] && p0=$(pg_cpu_ms)
+	[ "$b" != sqlite ] && p0=$(pg_cpu_ms) && pg_phase_begin "bench_$b"
 	t0=$(now)
 	redelivered=$(curl -sS --max-time 600 -u admin:bench-admin-password -X POST \
 		"$(url "$first" "/api/v2.0/projects/bench/webhook/policies/${POLICY[$first/drain-r$run]}/redeliver")" |
@@ -1240,6 +1296,7 @@ measure_store() {
 		sleep 0.05
 	done
 	t1=$(now)
+	[ "$b" != sqlite ] && pg_phase_end "bench_$b" "$WORK/pg-phases-$b-r$run.txt" "drain" "$redelivered"
 	if [ "$b" != sqlite ]; then # what PostgreSQL spent its time on during the drain
 		"$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c \
 			"SELECT calls, round(total_exec_time::numeric, 1) AS ms, round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
@@ -1259,9 +1316,12 @@ measure_store() {
 			out=$WORK/wrk-st-put-$b-c$c-r$run.txt
 			c0=$(st_cpu_ms "${inst[@]}")
 			p0=0
-			[ "$b" != sqlite ] && p0=$(pg_cpu_ms)
+			[ "$b" != sqlite ] && p0=$(pg_cpu_ms) && pg_phase_begin "bench_$b"
+			commit_begin "$first"
 			wrk_put "$out" "$first" "bench/st-$b" "r$run-c$c" "$((c < WRK_THREADS ? c : WRK_THREADS))" "$c" "$WRK_DURATION"
 			wrk_check "$out" "store $b: PUTs (-c$c, run $run)" 201
+			record store "st_put_commit_c$c" "st-$b" "$run" "$(commit_mean_ms "$first")"
+			[ "$b" != sqlite ] && pg_phase_end "bench_$b" "$WORK/pg-phases-$b-r$run.txt" "PUT -c$c, a delivery each" "$(wrk_n "$out")"
 			record store "st_put_p50_c$c" "st-$b" "$run" "$(wrk_pct "$out" 50)"
 			record store "st_put_p99_c$c" "st-$b" "$run" "$(wrk_pct "$out" 99)"
 			# CPU per PUT, its delivery's attempt (to the closed port) included
@@ -1278,8 +1338,12 @@ measure_store() {
 		sleep 1.2
 		for c in $PUSH_CONNECTIONS; do
 			out=$WORK/wrk-st-putq-$b-c$c-r$run.txt
+			[ "$b" != sqlite ] && pg_phase_begin "bench_$b"
+			commit_begin "$first"
 			wrk_put "$out" "$first" "bench/st-$b" "q$run-c$c" "$((c < WRK_THREADS ? c : WRK_THREADS))" "$c" "$WRK_DURATION"
 			wrk_check "$out" "store $b: PUTs without deliveries (-c$c, run $run)" 201
+			record store "st_putq_commit_c$c" "st-$b" "$run" "$(commit_mean_ms "$first")"
+			[ "$b" != sqlite ] && pg_phase_end "bench_$b" "$WORK/pg-phases-$b-r$run.txt" "PUT -c$c, no policy" "$(wrk_n "$out")"
 			record store "st_putq_p50_c$c" "st-$b" "$run" "$(wrk_pct "$out" 50)"
 		done
 		if [ "$b" != sqlite ]; then # what PostgreSQL spent its time on during the PUTs

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub deliveries: Family<OutcomeLabels, Counter>,
     /// Duration of one delivery attempt.
     pub attempt_seconds: Histogram,
+    /// How long a request waited for its event's commit (durable events only).
+    pub event_commit_seconds: Histogram,
     /// Deliveries by state (pending is the queue depth; dead are the failed ones).
     pub outbox: Family<StateLabels, Gauge>,
     /// Client connections open now.
@@ -115,6 +117,12 @@ impl Metrics {
             "Duration of one webhook delivery attempt",
             attempt_seconds.clone(),
         );
+        let event_commit_seconds = latency_histogram();
+        registry.register(
+            "event_commit_duration_seconds",
+            "Time a request waited for its event's transaction to commit (pushes, deletes, chart uploads and deletes)",
+            event_commit_seconds.clone(),
+        );
         let outbox = Family::<StateLabels, Gauge>::default();
         registry.register(
             "deliveries",
@@ -164,6 +172,7 @@ impl Metrics {
             events_lost,
             deliveries,
             attempt_seconds,
+            event_commit_seconds,
             outbox,
         }
     }

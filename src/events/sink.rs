@@ -65,6 +65,7 @@ impl Sink {
         let id = event.id;
         let project = event.project.clone();
         let new_project = !self.projects.contains(&project);
+        let started = std::time::Instant::now();
         let result = self
             .store
             .write(move |c| {
@@ -79,6 +80,9 @@ impl Sink {
                 Ok(c.take_published())
             })
             .await;
+        self.metrics
+            .event_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         let ok = self.account(kind, id, result);
         if ok && new_project {
             self.projects.insert(&project);

@@ -1824,6 +1824,12 @@ async fn metrics_count_events_attempts_requests_and_queue() {
         "{text}"
     );
     assert!(text.contains("wharf_delivery_attempt_duration_seconds_count 2"));
+    // the push waited for its event's commit, once
+    assert!(
+        text.lines()
+            .any(|l| l == "wharf_event_commit_duration_seconds_count 1"),
+        "{text}"
+    );
 
     // a pending delivery shows in the gauge
     rx.set_default(Reply::delay(Duration::from_secs(3), Reply::status(200)));
