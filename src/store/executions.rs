@@ -56,7 +56,8 @@ pub fn list(
     let order = order.unwrap_or("d.created_at DESC, d.id DESC");
     let sql = format!(
         "SELECT d.id, d.event_id, d.event_type, d.policy_id, d.target_address, d.state, d.attempts,
-                d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error, t.body, e.body
+                d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error, t.body,
+                e.body, e.id, e.type, e.project, e.repository, e.digest
          {from}{filter} ORDER BY {order}, d.id DESC LIMIT ?{} OFFSET ?{}",
         n + 1,
         n + 2
@@ -78,7 +79,7 @@ pub fn list(
                 last_error: r.opt_text(11)?,
             },
             target: r.opt_text(12)?.and_then(|b| serde_json::from_str(&b).ok()),
-            event: r.opt_text(13)?.and_then(|b| serde_json::from_str(&b).ok()),
+            event: super::events::read(r, 13)?,
         })
     })?;
     Ok((rows, total))

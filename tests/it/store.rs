@@ -108,6 +108,7 @@ conformance!(
     a_statement_sent_ahead_that_fails_fails_its_job_alone,
     delivery_counts_follow_every_change_without_counting_the_outbox,
     pull_events_leave_the_log_sooner,
+    an_event_reads_back_whole_from_its_stored_row,
 );
 
 fn repo(s: &str) -> Repository {
@@ -1811,4 +1812,104 @@ async fn sqlite_background_writes_share_a_commit_with_the_write_that_ends_the_wi
         .await
         .unwrap();
     assert_eq!(n, Some(21));
+}
+
+/// The event log keeps an event's id, type, project, repository and digest in columns only (not
+/// again in the body); every reader gets the whole event back, and rows written before, whose
+/// body holds the whole event, still read.
+async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
+    use wharf::events::{ChartInfo, QuotaInfo, ScanInfo};
+    let o = open(kind).await;
+    let s = &o.store;
+    let mut full = push("prj/team/app", "sha256:full");
+    full.repository_created = Some(1_700_000_000);
+    full.tags = vec!["v1".into(), "latest".into()];
+    full.media_type = Some("application/vnd.oci.image.index.v1+json".into());
+    full.size = Some(1234);
+    full.platforms = vec!["linux/amd64".into()];
+    full.request_id = Some("req-1".into());
+    full.client_addr = Some("127.0.0.1:5000".into());
+    full.user_agent = Some("docker/27 \"quoted\"".into());
+    full.chart = Some(ChartInfo::default());
+    full.scan = Some(ScanInfo::default());
+    full.quota = Some(QuotaInfo::default());
+    full.test = true;
+    let mut bare = Event::new(EventKind::QuotaWarning, &repo("prj/app"), "bob");
+    bare.digest = None;
+    let old = push("prj/old", "sha256:old");
+    let (f, b, o2) = (full.clone(), bare.clone(), old.clone());
+    s.write(move |c| {
+        events::insert(c, &f, None)?;
+        events::insert(c, &b, Some(store::now_ms() + 60_000))?;
+        // a row as wharf wrote it before: the whole event in the body
+        c.exec(
+            &format!(
+                "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
+                 VALUES ('{}', 'PUSH_ARTIFACT', 'prj', 'prj/old', 'sha256:old', 1, 'published', NULL, '{}')",
+                o2.id,
+                serde_json::to_string(&o2).unwrap()
+            ),
+            &[],
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for e in [&full, &bare, &old] {
+        let id = e.id.to_string();
+        let got = s.read(move |c| events::get(c, &id)).await.unwrap();
+        assert_eq!(got.as_ref(), Some(e), "events::get");
+    }
+    // the body leaves out what the columns hold
+    let id = full.id.to_string();
+    let body = s
+        .read(move |c| {
+            c.text(
+                "SELECT body FROM events WHERE id = ?1",
+                wharf::args![id.as_str()],
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    for gone in [
+        "prj/team/app",
+        "sha256:full",
+        "PUSH_ARTIFACT",
+        &full.id.to_string(),
+    ] {
+        assert!(!body.contains(gone), "{gone} in {body}");
+    }
+    assert!(
+        body.len() < serde_json::to_string(&full).unwrap().len() - 100,
+        "{body}"
+    );
+    // the event log's list and page, held events included
+    let listed = s
+        .read(|c| {
+            events::list(
+                c,
+                &events::EventFilter {
+                    project: Some("prj".into()),
+                    repository: None,
+                    kind: None,
+                    all_states: true,
+                    limit: 10,
+                },
+            )
+        })
+        .await
+        .unwrap();
+    let mut got: Vec<Event> = listed.into_iter().map(|x| x.event).collect();
+    got.sort_by_key(|e| e.id);
+    let mut want = vec![full.clone(), bare.clone(), old.clone()];
+    want.sort_by_key(|e| e.id);
+    assert_eq!(got, want, "events::list");
+    // a held event released is published whole
+    let published = s
+        .write(|c| events::publish_due(c, store::now_ms() + 120_000))
+        .await
+        .unwrap();
+    assert_eq!(published, vec![bare], "events::publish_due");
+    s.close().await;
 }
