@@ -1752,6 +1752,21 @@ mod tests {
             err.starts_with("projects.prj.ignore_pulls.users[0]: "),
             "{err}"
         );
+        // a pattern whose braces expand to 128 patterns: refused, it would slow every pull
+        let err = load(
+            &format!(
+                "{MIN}events: {{ignore_pulls: {{users: [\"{}\"]}}}}\n",
+                "{a,b}".repeat(7)
+            ),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("events.ignore_pulls.users[0]: ")
+                && err.contains("the braces expand to more than 64 alternatives"),
+            "{err}"
+        );
     }
 
     #[test]
