@@ -1213,13 +1213,16 @@ new_pg_db() {
 	echo "postgres://bench@127.0.0.1:$PG_PORT/$1?sslmode=disable"
 }
 
-# st_start BACKEND: the instances of one backend (sqlite: st-sqlite; pgK: st-pgK-1 … st-pgK-K on
-# one fresh database); their names in ST_INST.
+# st_start BACKEND: the instances of one backend (sqlite: st-sqlite on an empty data dir; pgK:
+# st-pgK-1 … st-pgK-K on one fresh database); their names in ST_INST.
 st_start() {
 	local b=$1 k i url yaml='notification: {webhook_job_max_retry: 0, breaker_failures: 100000000, allowed_target_networks: ["127.0.0.0/8"]}'
 	ST_INST=()
 	case "$b" in
 	sqlite)
+		# an empty store every run, as PostgreSQL's fresh database (it kept the deliveries of
+		# every earlier run: 10,000 more per run)
+		rm -rf "$(wharf_data_dir st-sqlite)"
 		start_event_wharf st-sqlite "$yaml"
 		ST_INST=(st-sqlite)
 		;;
