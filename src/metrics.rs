@@ -59,7 +59,7 @@ pub struct Metrics {
     pub deliveries: Family<OutcomeLabels, Counter>,
     /// Duration of one delivery attempt.
     pub attempt_seconds: Histogram,
-    /// How long a request waited for its event's commit (durable events only).
+    /// How long a request waited for its event's commit (events the client waits for; not pulls).
     pub event_commit_seconds: Histogram,
     /// Deliveries by state (pending is the queue depth; dead are the failed ones).
     pub outbox: Family<StateLabels, Gauge>,
@@ -120,7 +120,7 @@ impl Metrics {
         let event_commit_seconds = latency_histogram();
         registry.register(
             "event_commit_duration_seconds",
-            "Time a request waited for its event's transaction to commit (pushes, deletes, chart uploads and deletes)",
+            "Time a request waited for its event's transaction to commit (pushes, deletes, chart uploads and deletes, quota refusals, side-endpoint reports)",
             event_commit_seconds.clone(),
         );
         let outbox = Family::<StateLabels, Gauge>::default();
