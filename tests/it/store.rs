@@ -1920,3 +1920,72 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     assert_eq!(published, vec![bare], "events::publish_due");
     s.close().await;
 }
+
+/// The dispatcher's statements keep taking the primary key with a plan cached while
+/// `deliveries` was empty: PostgreSQL caches a generic plan per connection and keeps it until
+/// the next analyze, and one cached early in a burst scanned the whole table on every outcome
+/// as it grew (6.5 ms per call for a bench run). They are planned without sequential scans
+/// (`outbox::NO_SEQSCAN_PG`); without it this generic plan is a sequential scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key() {
+    let o = open(Kind::Postgres).await;
+    let plans = o
+        .store
+        .write(|c| {
+            c.exec(
+                "ALTER TABLE deliveries SET (autovacuum_enabled = false)",
+                &[],
+            )?;
+            c.exec("ANALYZE deliveries", &[])?;
+            let prepare = |name: &str| {
+                format!(
+                    "PREPARE {name}(text, bigint) AS {}",
+                    outbox::OUTCOME_SQL_PG
+                        .replace("?1", "$1")
+                        .replace("?2", "$2")
+                )
+            };
+            let moves = "[{\"id\": 1, \"state\": \"succeeded\", \"not_before\": null, \"last_status\": 200, \"last_error\": null, \"token\": 7}]";
+            c.exec("SET LOCAL plan_cache_mode = force_generic_plan", &[])?;
+            // the generic plans are made now, while the table is empty
+            c.exec(&prepare("unguarded"), &[])?;
+            let explain = |c: &wharf::store::Db<'_>, name: &str| {
+                c.rows(
+                    &format!("EXPLAIN EXECUTE {name}('{moves}', 5)"),
+                    &[],
+                    |r| r.text(0),
+                )
+                .map(|l| l.join("\n"))
+            };
+            let unguarded_empty = explain(c, "unguarded")?;
+            c.exec(outbox::NO_SEQSCAN_PG, &[])?;
+            c.exec(&prepare("guarded"), &[])?;
+            let guarded_empty = explain(c, "guarded")?;
+            c.exec(outbox::SEQSCAN_DEFAULT_PG, &[])?;
+            c.exec(
+                "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index,
+                   target_address, target, target_id, state, not_before, created_at, updated_at)
+                 SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '', 1, 'running', 0, 0, 0
+                 FROM generate_series(1, 10000) g",
+                &[],
+            )?;
+            // the cached plans, now that the table holds 10,000 rows
+            let guarded_full = explain(c, "guarded")?;
+            c.exec("DEALLOCATE unguarded", &[])?;
+            c.exec("DEALLOCATE guarded", &[])?;
+            Ok((unguarded_empty, guarded_empty, guarded_full))
+        })
+        .await
+        .unwrap();
+    let (unguarded, guarded, guarded_full) = plans;
+    assert!(
+        unguarded.contains("Seq Scan on deliveries"),
+        "the case this guards against did not arise:\n{unguarded}"
+    );
+    for plan in [guarded, guarded_full] {
+        assert!(
+            !plan.contains("Seq Scan on deliveries") && plan.contains("deliveries_pkey"),
+            "the outcome does not take the primary key:\n{plan}"
+        );
+    }
+}
