@@ -91,8 +91,30 @@ impl<'a> Body<'a> {
     }
 }
 
-/// The columns [`read`] takes, in its order (with a table alias where a query needs one).
-pub const COLUMNS: &str = "body, id, type, project, repository, digest";
+/// The columns [`read`] takes, in its order, each with the prefix `$p` (a table alias and its
+/// dot, or `""`): a literal, for `concat!` in the statements that read events.
+macro_rules! event_columns {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "body, ",
+            $p,
+            "id, ",
+            $p,
+            "type, ",
+            $p,
+            "project, ",
+            $p,
+            "repository, ",
+            $p,
+            "digest"
+        )
+    };
+}
+pub(crate) use event_columns;
+
+/// The columns [`read`] takes, in its order.
+pub const COLUMNS: &str = event_columns!("");
 
 /// The event of a row whose columns from `at` on are [`COLUMNS`]; `Ok(None)` when the row has
 /// none (an outer join) or it cannot be read (logged).
@@ -194,10 +216,18 @@ pub fn extend_held(db: &Db<'_>, repository: &str, until: i64) -> Result<u64, Sto
 pub fn publish_due(db: &Db<'_>, now: i64) -> Result<Vec<Event>, StoreError> {
     let sql = match db.backend() {
         Backend::Sqlite => {
-            "SELECT seq, body, id, type, project, repository, digest FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000"
+            concat!(
+                "SELECT seq, ",
+                event_columns!(""),
+                " FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000"
+            )
         }
         Backend::Postgres => {
-            "SELECT seq, body, id, type, project, repository, digest FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000 FOR UPDATE SKIP LOCKED"
+            concat!(
+                "SELECT seq, ",
+                event_columns!(""),
+                " FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000 FOR UPDATE SKIP LOCKED"
+            )
         }
     };
     let rows = db.rows(sql, args![now], |r| Ok((r.i64(0)?, read(r, 1)?)))?;
@@ -208,7 +238,11 @@ pub fn publish_due(db: &Db<'_>, now: i64) -> Result<Vec<Event>, StoreError> {
 /// (it is being deleted: its push must not be published after its delete); returns them.
 pub fn publish_held(db: &Db<'_>, repository: &str, digest: &str) -> Result<Vec<Event>, StoreError> {
     let rows = db.rows(
-        "SELECT seq, body, id, type, project, repository, digest FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq",
+        concat!(
+            "SELECT seq, ",
+            event_columns!(""),
+            " FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq"
+        ),
         args![repository, digest],
         |r| Ok((r.i64(0)?, read(r, 1)?)),
     )?;

@@ -57,8 +57,8 @@ pub fn list(
     let sql = format!(
         "SELECT d.id, d.event_id, d.event_type, d.policy_id, d.target_address, d.state, d.attempts,
                 d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error, t.body,
-                e.body, e.id, e.type, e.project, e.repository, e.digest
-         {from}{filter} ORDER BY {order}, d.id DESC LIMIT ?{} OFFSET ?{}",
+                {} {from}{filter} ORDER BY {order}, d.id DESC LIMIT ?{} OFFSET ?{}",
+        super::events::event_columns!("e."),
         n + 1,
         n + 2
     );

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::db::{Backend, Db, Row, json};
+use super::events::event_columns;
 use super::{StoreError, now_ms, policies};
 use crate::args;
 use crate::dispatch::policy::Target;
@@ -116,14 +117,15 @@ const CLAIM_SQL: &str =
 /// PostgreSQL, rows passed as JSON are matched with `id = ANY(ARRAY(…))`, which the planner
 /// always serves from the primary key: a join with a JSON function made it scan the whole
 /// table while it had no statistics yet, 4.5 ms per batch on 5,000 deliveries.)
-const LOAD_SQL: &str =
-    "SELECT d.id, d.policy_id, COALESCE(t.body, d.target), d.attempts, COALESCE(p.id, 0), pol.enabled,
-       e.body, e.id, e.type, e.project, e.repository, e.digest
-     FROM deliveries d LEFT JOIN events e ON e.id = d.event_id
+const LOAD_SQL: &str = concat!(
+    "SELECT d.id, d.policy_id, COALESCE(t.body, d.target), d.attempts, COALESCE(p.id, 0), pol.enabled, ",
+    event_columns!("e."),
+    " FROM deliveries d LEFT JOIN events e ON e.id = d.event_id
      LEFT JOIN delivery_targets t ON t.id = d.target_id
      LEFT JOIN projects p ON p.name = d.project
      LEFT JOIN policies pol ON pol.id = d.policy_id
-     WHERE d.id IN (SELECT value FROM json_each(?1))";
+     WHERE d.id IN (SELECT value FROM json_each(?1))"
+);
 
 /// PostgreSQL: claim and load (as [`CLAIM_SQL`] and [`LOAD_SQL`]) in one statement; rows
 /// another replica is claiming right now are skipped (`SKIP LOCKED`). The claimed ids are
@@ -133,7 +135,8 @@ const LOAD_SQL: &str =
 /// five tables joined, planning the statement took 0.7–1.5 ms, and PostgreSQL replanned it on
 /// every call when it preferred custom plans (the bench's PUT runs: 1.5 ms of planning per
 /// claim of one delivery). Public for the plan test (tests/it/store.rs).
-pub const CLAIM_LOAD_SQL_PG: &str = "WITH c AS (
+pub const CLAIM_LOAD_SQL_PG: &str = concat!(
+    "WITH c AS (
        UPDATE deliveries SET state = 'running', claim_token = ?4, lease_until = ?5, updated_at = ?2
        WHERE id = ANY(ARRAY(SELECT id FROM deliveries
                     WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
@@ -142,9 +145,10 @@ pub const CLAIM_LOAD_SQL_PG: &str = "WITH c AS (
      SELECT c.id, c.policy_id,
        COALESCE((SELECT t.body FROM delivery_targets t WHERE t.id = c.target_id), c.target),
        c.attempts, COALESCE((SELECT p.id FROM projects p WHERE p.name = c.project), 0),
-       (SELECT pol.enabled FROM policies pol WHERE pol.id = c.policy_id),
-       e.body, e.id, e.type, e.project, e.repository, e.digest
-     FROM c LEFT JOIN events e ON e.id = c.event_id";
+       (SELECT pol.enabled FROM policies pol WHERE pol.id = c.policy_id), ",
+    event_columns!("e."),
+    " FROM c LEFT JOIN events e ON e.id = c.event_id"
+);
 
 /// PostgreSQL: the dispatcher's statements (the claim, the outcome) are planned, in their
 /// transaction, without sequential scans, so every plan PostgreSQL caches for them takes the
@@ -155,6 +159,18 @@ pub const CLAIM_LOAD_SQL_PG: &str = "WITH c AS (
 pub const NO_SEQSCAN_PG: &str = "SET LOCAL enable_seqscan = off";
 /// See [`NO_SEQSCAN_PG`].
 pub const SEQSCAN_DEFAULT_PG: &str = "SET LOCAL enable_seqscan TO DEFAULT";
+
+/// Run `f`, whose statements go to PostgreSQL, with sequential scans off (see
+/// [`NO_SEQSCAN_PG`]). A failure leaves the setting to the rollback that follows it.
+fn without_seqscans<T>(
+    db: &Db<'_>,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    db.exec_later(NO_SEQSCAN_PG, &[])?;
+    let out = f()?;
+    db.exec_later(SEQSCAN_DEFAULT_PG, &[])?;
+    Ok(out)
+}
 
 /// What limits a claim.
 #[derive(Debug, Clone, Default)]
@@ -227,27 +243,33 @@ pub fn claim(
     let pg = db.backend() == Backend::Postgres;
     let mut ids: Vec<i64> = Vec::new();
     let mut rows: Vec<Loaded> = Vec::new();
-    for t in targets {
-        if ids.len() >= limit {
-            break;
+    let claim_each = || -> Result<(), StoreError> {
+        for t in targets {
+            if ids.len() >= limit {
+                break;
+            }
+            let room = per_target
+                .saturating_sub(in_flight.get(&t).copied().unwrap_or(0))
+                .min(limit - ids.len());
+            if room == 0 {
+                continue;
+            }
+            let args = args![t.as_str(), now, room as i64, lease.token, lease.until];
+            if pg {
+                let mut got = db.rows(CLAIM_LOAD_SQL_PG, args, load_row)?;
+                got.sort_by_key(|r| r.0);
+                ids.extend(got.iter().map(|r| r.0));
+                rows.extend(got);
+            } else {
+                ids.extend(db.rows(CLAIM_SQL, args, |r| r.i64(0))?);
+            }
         }
-        let room = per_target
-            .saturating_sub(in_flight.get(&t).copied().unwrap_or(0))
-            .min(limit - ids.len());
-        if room == 0 {
-            continue;
-        }
-        let args = args![t.as_str(), now, room as i64, lease.token, lease.until];
-        if pg {
-            db.exec_later(NO_SEQSCAN_PG, &[])?;
-            let mut got = db.rows(CLAIM_LOAD_SQL_PG, args, load_row)?;
-            db.exec_later(SEQSCAN_DEFAULT_PG, &[])?;
-            got.sort_by_key(|r| r.0);
-            ids.extend(got.iter().map(|r| r.0));
-            rows.extend(got);
-        } else {
-            ids.extend(db.rows(CLAIM_SQL, args, |r| r.i64(0))?);
-        }
+        Ok(())
+    };
+    if pg {
+        without_seqscans(db, claim_each)?;
+    } else {
+        claim_each()?;
     }
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -405,36 +427,35 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
             })
         })
         .collect();
-    db.exec_later(NO_SEQSCAN_PG, &[])?;
-    db.exec_later(
-        "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
-         SELECT delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
-         FROM json_to_recordset(CAST(?1 AS json)) AS x(delivery_id bigint, started_at bigint,
-           duration_ms bigint, status_code bigint, error_kind text, error text, response_excerpt text)
-         ORDER BY delivery_id",
-        args![json(&attempts)?.as_str()],
-    )?;
-    let moves: Vec<serde_json::Value> = outcomes
-        .iter()
-        .map(|o| {
-            let (state, not_before) = match o.next {
-                Next::Succeeded => ("succeeded", None),
-                Next::RetryAt(t) => ("pending", Some(t)),
-                Next::Dead => ("dead", None),
-            };
-            let a = &o.attempt;
-            serde_json::json!({
-                "id": a.delivery_id, "state": state, "not_before": not_before,
-                "last_status": a.status_code,
-                "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
-                "token": o.token,
+    without_seqscans(db, || {
+        db.exec_later(
+            "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
+             SELECT delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
+             FROM json_to_recordset(CAST(?1 AS json)) AS x(delivery_id bigint, started_at bigint,
+               duration_ms bigint, status_code bigint, error_kind text, error text, response_excerpt text)
+             ORDER BY delivery_id",
+            args![json(&attempts)?.as_str()],
+        )?;
+        let moves: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|o| {
+                let (state, not_before) = match o.next {
+                    Next::Succeeded => ("succeeded", None),
+                    Next::RetryAt(t) => ("pending", Some(t)),
+                    Next::Dead => ("dead", None),
+                };
+                let a = &o.attempt;
+                serde_json::json!({
+                    "id": a.delivery_id, "state": state, "not_before": not_before,
+                    "last_status": a.status_code,
+                    "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
+                    "token": o.token,
+                })
             })
-        })
-        .collect();
-    // as `record`, row by row: every right-hand side sees the row as it was before
-    db.exec_later(OUTCOME_SQL_PG, args![json(&moves)?.as_str(), now])?;
-    db.exec_later(SEQSCAN_DEFAULT_PG, &[])?;
-    Ok(())
+            .collect();
+        // as `record`, row by row: every right-hand side sees the row as it was before
+        db.exec_later(OUTCOME_SQL_PG, args![json(&moves)?.as_str(), now])
+    })
 }
 
 /// PostgreSQL: the outcomes of a batch of attempts (JSON rows ?1, at time ?2). Public for the

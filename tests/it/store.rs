@@ -154,6 +154,17 @@ async fn publish(s: &Store, n: usize) {
     .unwrap();
 }
 
+/// 10,000 deliveries to `http://t/` in `state`, for the plan tests (PostgreSQL).
+fn fill_deliveries(c: &wharf::store::Db<'_>, state: &str) -> Result<u64, StoreError> {
+    c.exec(
+        "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index,
+           target_address, target, target_id, state, not_before, created_at, updated_at)
+         SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '', 1, ?1, 0, 0, 0
+         FROM generate_series(1, 10000) g",
+        wharf::args![state],
+    )
+}
+
 /// Rows of a table (the copy of a value in it, for checks on what is stored).
 async fn count(s: &Store, sql: &'static str) -> i64 {
     s.read(move |c| Ok(c.int(sql, &[])?.unwrap_or(0)))
@@ -1398,13 +1409,7 @@ async fn postgres_dispatcher_plans_hold_with_the_statistics_of_a_burst() {
                 "ALTER TABLE deliveries SET (autovacuum_enabled = false)",
                 &[],
             )?;
-            c.exec(
-                "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index,
-                   target_address, target, target_id, state, not_before, created_at, updated_at)
-                 SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '', 1, 'dead', 0, 0, 0
-                 FROM generate_series(1, 10000) g",
-                &[],
-            )?;
+            fill_deliveries(c, "dead")?;
             c.exec("ANALYZE deliveries", &[])?;
             c.exec(
                 "UPDATE deliveries SET state = 'pending', not_before = 1000",
@@ -1962,13 +1967,7 @@ async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key
             c.exec(&prepare("guarded"), &[])?;
             let guarded_empty = explain(c, "guarded")?;
             c.exec(outbox::SEQSCAN_DEFAULT_PG, &[])?;
-            c.exec(
-                "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index,
-                   target_address, target, target_id, state, not_before, created_at, updated_at)
-                 SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '', 1, 'running', 0, 0, 0
-                 FROM generate_series(1, 10000) g",
-                &[],
-            )?;
+            fill_deliveries(c, "running")?;
             // the cached plans, now that the table holds 10,000 rows
             let guarded_full = explain(c, "guarded")?;
             c.exec("DEALLOCATE unguarded", &[])?;
