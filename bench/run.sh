@@ -1302,7 +1302,7 @@ measure_store() {
 	[ "$b" != sqlite ] && pg_phase_end "bench_$b" "$WORK/pg-phases-$b-r$run.txt" "drain" "$redelivered"
 	if [ "$b" != sqlite ]; then # what PostgreSQL spent its time on during the drain
 		"$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c \
-			"SELECT calls, round(total_exec_time::numeric, 1) AS ms, round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
+			"SELECT calls, round(total_exec_time::numeric, 1) AS ms, round((total_exec_time / NULLIF(calls, 0))::numeric, 3) AS ms_per_call, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
 			>"$WORK/pg-statements-$b-r$run.txt" 2>&1 || true
 	fi
 	record store st_drain_n "st-$b" "$run" "$redelivered"

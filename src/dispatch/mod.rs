@@ -265,6 +265,14 @@ impl Dispatcher {
         (in_flight, skip)
     }
 
+    /// Does a target hold as many claims as it may (see [`Dispatcher::held_per_target`])?
+    fn any_target_at_limit(&self) -> bool {
+        let held = self.held_per_target();
+        self.targets
+            .lock()
+            .map_or(true, |m| m.values().any(|s| s.in_flight >= held))
+    }
+
     /// How long until the first open circuit may be probed again, if one is open.
     fn next_reopen(&self) -> Option<Duration> {
         let now = Instant::now();
@@ -298,11 +306,12 @@ impl Dispatcher {
             if self.enabled.load(Ordering::Relaxed) && free > 0 {
                 rotate = rotate.wrapping_add(1);
                 let (in_flight, skip) = self.claim_limits();
-                let unclaimable = skip.clone();
                 let known = fresh(&targets);
-                let mut limits = outbox::ClaimLimits {
-                    limit: free.min(512),
-                    per_target: self.held_per_target(),
+                let limit = free.min(512);
+                let per_target = self.held_per_target();
+                let limits = outbox::ClaimLimits {
+                    limit,
+                    per_target,
                     in_flight,
                     skip,
                     rotate,
@@ -317,25 +326,16 @@ impl Dispatcher {
                             token: rand::random::<i64>(),
                             until: now + lease_ms,
                         };
-                        let scanned = match known {
-                            Some(_) => None,
-                            None => Some(outbox::pending_targets(c)?),
-                        };
-                        limits.targets = known.or_else(|| scanned.clone());
-                        Ok((outbox::claim(c, now, &limits, lease)?, scanned))
+                        outbox::claim_next(c, now, limits, known, lease)
                     })
                     .await;
-                let claimed = claimed.map(|(batch, scanned)| {
-                    if let Some(scanned) = scanned {
-                        targets = Some((Instant::now(), scanned));
-                    }
-                    batch
-                });
-                let known = fresh(&targets);
                 match claimed {
-                    Ok(batch) if !batch.is_empty() => {
-                        let full = batch.len() >= free.min(512);
-                        for d in batch {
+                    Ok(job) => {
+                        if let Some(scanned) = job.scanned {
+                            targets = Some((Instant::now(), scanned));
+                        }
+                        let full = job.batch.len() >= limit;
+                        for d in job.batch {
                             self.start(d);
                         }
                         if full {
@@ -350,22 +350,14 @@ impl Dispatcher {
                                     () = shutdown.cancelled() => return,
                                 }
                             }
+                            continue;
                         }
-                        continue;
-                    }
-                    Ok(_) => {
-                        // Sleep until a claimable delivery is due, or a circuit closes. Busy
-                        // targets wake us by finishing an attempt; their due deliveries must
-                        // not (they would make this loop spin while the target is busy).
-                        let due = self
-                            .store
-                            .read(move |c| outbox::next_due_of(c, &unclaimable, known.as_deref()))
-                            .await;
+                        // Not full: nothing else claimable is due now. Sleep until the next
+                        // due time the claim found, or a circuit closes. Busy targets wake us
+                        // by finishing an attempt; their due deliveries must not (they would
+                        // make this loop spin while the target is busy).
                         let now = store::now_ms();
-                        let mut wait = match due {
-                            Ok(Some(due)) => due - now,
-                            _ => 1000,
-                        };
+                        let mut wait = job.next_due.map_or(1000, |due| due - now);
                         if let Some(reopen) = self.next_reopen() {
                             wait = wait.min(reopen.as_millis() as i64 + 1);
                         }
@@ -375,10 +367,13 @@ impl Dispatcher {
                     Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
                 }
             }
+            // A finished attempt frees a slot, or a claim of a target at its limit: worth a
+            // claim only when one of them held the last claim back.
+            let held_back = self.slots.available_permits() == 0 || self.any_target_at_limit();
             tokio::select! {
                 // deliveries committed here, perhaps for an address not in the list
                 () = wake.notified() => targets = None,
-                () = self.finished.notified() => {}
+                () = self.finished.notified(), if held_back => {}
                 () = tokio::time::sleep(idle) => {}
                 () = shutdown.cancelled() => return,
             }

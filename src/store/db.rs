@@ -345,6 +345,19 @@ impl<'a> Db<'a> {
         }
     }
 
+    /// Run statements without parameters (`SET LOCAL …`), several in one string. On PostgreSQL
+    /// they travel as one simple-protocol message sent without waiting, as
+    /// [`Db::exec_later`]'s.
+    pub fn batch_later(&self, sql: &'static str) -> Result<(), StoreError> {
+        match self.conn {
+            Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Conn::Postgres(c) => {
+                c.batch_later(sql);
+                Ok(())
+            }
+        }
+    }
+
     /// Every row of a query, mapped by `f`.
     pub fn rows<T>(
         &self,

@@ -154,21 +154,29 @@ pub const CLAIM_LOAD_SQL_PG: &str = concat!(
 /// transaction, without sequential scans, so every plan PostgreSQL caches for them takes the
 /// primary key and the indexes. A generic plan cached while `deliveries` was small (early in a
 /// burst, before autovacuum's next analyze) kept scanning the whole table as it grew: the
-/// bench saw an outcome take 6.5 ms per call for a whole run (0.25 ms in the next one). Sent
-/// ahead of them, and [`SEQSCAN_DEFAULT_PG`] after them (a job may share its transaction).
-pub const NO_SEQSCAN_PG: &str = "SET LOCAL enable_seqscan = off";
-/// See [`NO_SEQSCAN_PG`].
-pub const SEQSCAN_DEFAULT_PG: &str = "SET LOCAL enable_seqscan TO DEFAULT";
+/// bench saw an outcome take 6.5 ms per call for a whole run (0.25 ms in the next one).
+///
+/// The claim stays planned afresh on each call when PostgreSQL prefers that (it does: 0.74 ms
+/// of planning per claim on a slow bench run): its generic plan, cached on an empty table,
+/// finds the claimed ids through `deliveries_by_policy` (`(policy_id, id)`, a walk of the whole
+/// index) as readily as through the primary key (tests/it/store.rs). The dispatcher claims
+/// once per batch instead ([`claim_next`]).
+///
+/// Sent ahead of them, in one message, and [`DEFAULT_PLANNING_PG`] after them (a job may share
+/// its transaction with others).
+pub const DISPATCHER_PLANNING_PG: &str = "SET LOCAL enable_seqscan = off";
+/// See [`DISPATCHER_PLANNING_PG`].
+pub const DEFAULT_PLANNING_PG: &str = "SET LOCAL enable_seqscan TO DEFAULT";
 
-/// Run `f`, whose statements go to PostgreSQL, with sequential scans off (see
-/// [`NO_SEQSCAN_PG`]). A failure leaves the setting to the rollback that follows it.
-fn without_seqscans<T>(
+/// Run `f`, whose statements go to PostgreSQL, planned as [`DISPATCHER_PLANNING_PG`] says. A
+/// failure leaves the settings to the rollback that follows it.
+fn dispatcher_planning<T>(
     db: &Db<'_>,
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    db.exec_later(NO_SEQSCAN_PG, &[])?;
+    db.batch_later(DISPATCHER_PLANNING_PG)?;
     let out = f()?;
-    db.exec_later(SEQSCAN_DEFAULT_PG, &[])?;
+    db.batch_later(DEFAULT_PLANNING_PG)?;
     Ok(out)
 }
 
@@ -267,7 +275,7 @@ pub fn claim(
         Ok(())
     };
     if pg {
-        without_seqscans(db, claim_each)?;
+        dispatcher_planning(db, claim_each)?;
     } else {
         claim_each()?;
     }
@@ -311,6 +319,57 @@ pub fn claim(
     let order: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     out.sort_by_key(|d| order.get(&d.id).copied());
     Ok(out)
+}
+
+/// What [`claim_next`] found.
+#[derive(Debug)]
+pub struct ClaimNext {
+    pub batch: Vec<Claimed>,
+    /// A fresh scan of the addresses with pending deliveries (none was given).
+    pub scanned: Option<Vec<String>>,
+    /// When the batch was not full: when the next delivery the claimer could claim is due
+    /// (targets in `limits.skip`, or filled to their limit by this claim, do not count).
+    pub next_due: Option<i64>,
+}
+
+/// The dispatcher's claim: [`claim`] under `limits` from the addresses `known` (a recent
+/// [`pending_targets`]; a scan when `None`). A batch that is not full means nothing else
+/// claimable is due now, so the same transaction looks up when the next delivery is due
+/// ([`next_due_of`]): the dispatcher sleeps until then, or until a commit, an attempt it waits
+/// for or a circuit wakes it, instead of claiming again to find nothing.
+pub fn claim_next(
+    db: &Db<'_>,
+    now: i64,
+    mut limits: ClaimLimits,
+    known: Option<Vec<String>>,
+    lease: Lease,
+) -> Result<ClaimNext, StoreError> {
+    let scanned = match known {
+        Some(_) => None,
+        None => Some(pending_targets(db)?),
+    };
+    limits.targets = known.or_else(|| scanned.clone());
+    let batch = claim(db, now, &limits, lease)?;
+    let mut next_due = None;
+    if batch.len() < limits.limit {
+        // targets this claim filled to their limit wake the claimer by finishing an attempt
+        let mut claimed: HashMap<&str, usize> = HashMap::new();
+        for d in &batch {
+            *claimed.entry(d.target.address.as_str()).or_default() += 1;
+        }
+        let mut skip = limits.skip.clone();
+        for (address, n) in claimed {
+            if n + limits.in_flight.get(address).copied().unwrap_or(0) >= limits.per_target {
+                skip.push(address.to_string());
+            }
+        }
+        next_due = next_due_of(db, &skip, limits.targets.as_deref())?;
+    }
+    Ok(ClaimNext {
+        batch,
+        scanned,
+        next_due,
+    })
 }
 
 /// A claimed delivery that cannot be attempted ends dead with `why`.
@@ -409,6 +468,10 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
     if outcomes.is_empty() {
         return Ok(());
     }
+    if outcomes.iter().any(|o| matches!(o.next, Next::RetryAt(_))) {
+        // pending again: this process's dispatcher learns its due time after the commit
+        db.note_deliveries();
+    }
     if db.backend() == Backend::Sqlite {
         for o in outcomes {
             record(db, &o.attempt, o.next, o.token)?;
@@ -427,7 +490,7 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
             })
         })
         .collect();
-    without_seqscans(db, || {
+    dispatcher_planning(db, || {
         db.exec_later(
             "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
              SELECT delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
@@ -482,6 +545,7 @@ pub fn defer(db: &Db<'_>, delivery_id: i64, until: i64, token: i64) -> Result<()
          WHERE id = ?1 AND state = 'running' AND claim_token = ?4",
         args![delivery_id, until, now_ms(), token],
     )?;
+    db.note_deliveries();
     Ok(())
 }
 
@@ -531,11 +595,15 @@ pub fn recover(db: &Db<'_>) -> Result<u64, StoreError> {
 /// Deliveries whose claim's lease has expired (their replica died, or hangs) go back to
 /// `pending`, for any replica to take over; returns how many.
 pub fn reclaim_expired(db: &Db<'_>, now: i64) -> Result<u64, StoreError> {
-    db.exec(
+    let n = db.exec(
         "UPDATE deliveries SET state = 'pending', claim_token = NULL, lease_until = NULL, updated_at = ?1
          WHERE state = 'running' AND lease_until < ?1",
         args![now],
-    )
+    )?;
+    if n > 0 {
+        db.note_deliveries();
+    }
+    Ok(n)
 }
 
 /// When the next claimable pending delivery is due (unix ms): addresses in `skip` (busy, or

@@ -92,6 +92,7 @@ conformance!(
     a_push_learned_blind_counts_as_learn_manifest_does,
     recount_follows_the_known_manifests,
     claims_respect_per_target_limits_and_skips,
+    a_claim_that_is_not_full_says_when_the_next_delivery_is_due,
     retries_of_a_policy_switched_off_end_as_dead,
     a_delivery_ended_while_attempted_is_not_retried,
     redelivery_skips_running_deliveries_and_disabled_targets,
@@ -637,6 +638,73 @@ async fn claims_respect_per_target_limits_and_skips(kind: Kind) {
     assert!(due.is_some());
     let counts = s.read(outbox::counts).await.unwrap();
     assert!(counts.contains(&("running".to_string(), 3)), "{counts:?}");
+    s.close().await;
+}
+
+/// The dispatcher's claim (`outbox::claim_next`): a batch that is not full comes with the due
+/// time of the next delivery it could claim, looked up in the same transaction, so the
+/// dispatcher sleeps until then instead of claiming again to find nothing. Targets at their
+/// limit (skipped, or filled by this claim) do not count: they wake it by finishing.
+async fn a_claim_that_is_not_full_says_when_the_next_delivery_is_due(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let (a, b) = ("http://a.example/", "http://b.example/");
+    add_policy(s, policy("prj", vec![Target::http(a), Target::http(b)])).await;
+    publish(s, 2).await;
+    let later = store::now_ms() + 60_000;
+    s.write(move |c| {
+        c.exec(
+            "UPDATE deliveries SET not_before = ?1
+             WHERE id = (SELECT MAX(id) FROM deliveries WHERE target_address = ?2)",
+            wharf::args![later, a],
+        )
+    })
+    .await
+    .unwrap();
+    let claim_next = |l: ClaimLimits, known: Option<Vec<String>>, token: i64| {
+        s.write(move |c| outbox::claim_next(c, store::now_ms() + 1, l, known, lease(token)))
+    };
+    // a full batch: no lookup
+    let first = claim_next(limits(1, 2), None, 1).await.unwrap();
+    assert_eq!(first.batch.len(), 1);
+    assert_eq!(first.batch[0].target.address, a);
+    assert_eq!(first.scanned, Some(vec![a.to_string(), b.to_string()]));
+    assert_eq!(first.next_due, None);
+    // not full: `a` has room but its other delivery is due later; `b` is filled by this claim
+    let busy = HashMap::from([(a.to_string(), 1)]);
+    let second = claim_next(
+        ClaimLimits {
+            in_flight: busy,
+            ..limits(100, 2)
+        },
+        None,
+        2,
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<&str> = second
+        .batch
+        .iter()
+        .map(|d| d.target.address.as_str())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![b, b]);
+    assert_eq!(second.next_due, Some(later));
+    // from a kept list of addresses, nothing claimable: no scan, the same due time
+    let third = claim_next(
+        ClaimLimits {
+            in_flight: HashMap::from([(a.to_string(), 1), (b.to_string(), 2)]),
+            skip: vec![b.to_string()],
+            ..limits(100, 2)
+        },
+        Some(vec![a.to_string(), b.to_string()]),
+        3,
+    )
+    .await
+    .unwrap();
+    assert!(third.batch.is_empty());
+    assert_eq!(third.scanned, None);
+    assert_eq!(third.next_due, Some(later));
     s.close().await;
 }
 
@@ -1930,7 +1998,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
 /// `deliveries` was empty: PostgreSQL caches a generic plan per connection and keeps it until
 /// the next analyze, and one cached early in a burst scanned the whole table on every outcome
 /// as it grew (6.5 ms per call for a bench run). They are planned without sequential scans
-/// (`outbox::NO_SEQSCAN_PG`); without it this generic plan is a sequential scan.
+/// (`outbox::DISPATCHER_PLANNING_PG`); without it this generic plan is a sequential scan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key() {
     let o = open(Kind::Postgres).await;
@@ -1945,15 +2013,10 @@ async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key
             let prepare = |name: &str| {
                 format!(
                     "PREPARE {name}(text, bigint) AS {}",
-                    outbox::OUTCOME_SQL_PG
-                        .replace("?1", "$1")
-                        .replace("?2", "$2")
+                    wharf::store::db::to_postgres(outbox::OUTCOME_SQL_PG)
                 )
             };
             let moves = "[{\"id\": 1, \"state\": \"succeeded\", \"not_before\": null, \"last_status\": 200, \"last_error\": null, \"token\": 7}]";
-            c.exec("SET LOCAL plan_cache_mode = force_generic_plan", &[])?;
-            // the generic plans are made now, while the table is empty
-            c.exec(&prepare("unguarded"), &[])?;
             let explain = |c: &wharf::store::Db<'_>, name: &str| {
                 c.rows(
                     &format!("EXPLAIN EXECUTE {name}('{moves}', 5)"),
@@ -1962,11 +2025,14 @@ async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key
                 )
                 .map(|l| l.join("\n"))
             };
+            c.exec("SET LOCAL plan_cache_mode = force_generic_plan", &[])?;
+            // the generic plans are made now, while the table is empty
+            c.exec(&prepare("unguarded"), &[])?;
             let unguarded_empty = explain(c, "unguarded")?;
-            c.exec(outbox::NO_SEQSCAN_PG, &[])?;
+            c.batch_later(outbox::DISPATCHER_PLANNING_PG)?;
             c.exec(&prepare("guarded"), &[])?;
             let guarded_empty = explain(c, "guarded")?;
-            c.exec(outbox::SEQSCAN_DEFAULT_PG, &[])?;
+            c.batch_later(outbox::DEFAULT_PLANNING_PG)?;
             fill_deliveries(c, "running")?;
             // the cached plans, now that the table holds 10,000 rows
             let guarded_full = explain(c, "guarded")?;
