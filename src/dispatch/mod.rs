@@ -265,14 +265,6 @@ impl Dispatcher {
         (in_flight, skip)
     }
 
-    /// Does a target hold as many claims as it may (see [`Dispatcher::held_per_target`])?
-    fn any_target_at_limit(&self) -> bool {
-        let held = self.held_per_target();
-        self.targets
-            .lock()
-            .map_or(true, |m| m.values().any(|s| s.in_flight >= held))
-    }
-
     /// How long until the first open circuit may be probed again, if one is open.
     fn next_reopen(&self) -> Option<Duration> {
         let now = Instant::now();
@@ -302,10 +294,14 @@ impl Dispatcher {
                 self.reclaim(false).await;
             }
             let mut idle = Duration::from_secs(1);
+            // A finished attempt frees a slot, or a claim of a target at its limit: worth
+            // another claim only when one of them held the last claim back.
+            let mut held_back = true;
             let free = self.slots.available_permits();
             if self.enabled.load(Ordering::Relaxed) && free > 0 {
                 rotate = rotate.wrapping_add(1);
                 let (in_flight, skip) = self.claim_limits();
+                let at_limit = in_flight.values().any(|n| *n >= self.held_per_target());
                 let known = fresh(&targets);
                 let limit = free.min(512);
                 let per_target = self.held_per_target();
@@ -362,14 +358,14 @@ impl Dispatcher {
                             wait = wait.min(reopen.as_millis() as i64 + 1);
                         }
                         idle = Duration::from_millis(wait.clamp(1, 1000) as u64);
+                        // (decided by the claim, not by the attempts in flight now: those it
+                        // started may have finished already, their wake-up waiting)
+                        held_back = at_limit || job.filled;
                     }
                     Err(StoreError::Closed) => return,
                     Err(e) => tracing::error!(error = %e, "claiming deliveries failed"),
                 }
             }
-            // A finished attempt frees a slot, or a claim of a target at its limit: worth a
-            // claim only when one of them held the last claim back.
-            let held_back = self.slots.available_permits() == 0 || self.any_target_at_limit();
             tokio::select! {
                 // deliveries committed here, perhaps for an address not in the list
                 () = wake.notified() => targets = None,

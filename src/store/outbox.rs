@@ -330,6 +330,9 @@ pub struct ClaimNext {
     /// When the batch was not full: when the next delivery the claimer could claim is due
     /// (targets in `limits.skip`, or filled to their limit by this claim, do not count).
     pub next_due: Option<i64>,
+    /// The claim filled a target to its limit (`limits.per_target`): the next claim for it
+    /// waits for one of its attempts to finish.
+    pub filled: bool,
 }
 
 /// The dispatcher's claim: [`claim`] under `limits` from the addresses `known` (a recent
@@ -351,6 +354,7 @@ pub fn claim_next(
     limits.targets = known.or_else(|| scanned.clone());
     let batch = claim(db, now, &limits, lease)?;
     let mut next_due = None;
+    let mut filled = false;
     if batch.len() < limits.limit {
         // targets this claim filled to their limit wake the claimer by finishing an attempt
         let mut claimed: HashMap<&str, usize> = HashMap::new();
@@ -361,6 +365,7 @@ pub fn claim_next(
         for (address, n) in claimed {
             if n + limits.in_flight.get(address).copied().unwrap_or(0) >= limits.per_target {
                 skip.push(address.to_string());
+                filled = true;
             }
         }
         next_due = next_due_of(db, &skip, limits.targets.as_deref())?;
@@ -369,6 +374,7 @@ pub fn claim_next(
         batch,
         scanned,
         next_due,
+        filled,
     })
 }
 

@@ -690,6 +690,7 @@ async fn a_claim_that_is_not_full_says_when_the_next_delivery_is_due(kind: Kind)
     got.sort_unstable();
     assert_eq!(got, vec![b, b]);
     assert_eq!(second.next_due, Some(later));
+    assert!(second.filled, "`b` was filled to its limit");
     // from a kept list of addresses, nothing claimable: no scan, the same due time
     let third = claim_next(
         ClaimLimits {
@@ -705,6 +706,7 @@ async fn a_claim_that_is_not_full_says_when_the_next_delivery_is_due(kind: Kind)
     assert!(third.batch.is_empty());
     assert_eq!(third.scanned, None);
     assert_eq!(third.next_due, Some(later));
+    assert!(!third.filled);
     s.close().await;
 }
 

@@ -1929,6 +1929,47 @@ async fn per_target_concurrency_is_never_exceeded() {
     );
 }
 
+// regression: a burst for one target is sent as its attempts finish, not a claim per idle
+// second. A claim that fills a target to its limit makes the dispatcher wait for one of its
+// attempts to finish; a build that decided so from the attempts still in flight when it looked
+// (they may all have finished by then) slept its idle second after each claim instead: 64
+// deliveries per second in the bench's drain.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_for_one_target_is_not_paced_by_the_idle_timer() {
+    let e = env("notification: {webhook_job_max_retry: 0, per_target_concurrency: 1}").await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::status(500));
+    let pid = e
+        .api
+        .create_policy("prj", &policy("burst", vec![target(&rx.url())]))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let n = 40;
+    for i in 0..n {
+        e.pusher.push("prj/app", &format!("b{i}")).await;
+    }
+    rx.wait_for(n, SOON).await;
+    e.api.wait_executions_done("prj", pid, n).await;
+    // all of them pending at once: claims of 4 (per_target_concurrency × 4), one after another
+    rx.set_default(Reply::status(200));
+    let t0 = Instant::now();
+    let r = e
+        .api
+        .post(&format!("{}/{pid}/redeliver", policies("prj")), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(r.json()["redelivered"], n);
+    rx.wait_for(2 * n, SOON).await;
+    let took = t0.elapsed();
+    // paced by the idle timer: up to a second per claim after the first (9 s)
+    assert!(
+        took < Duration::from_millis(2500),
+        "{n} redelivered deliveries took {took:?}"
+    );
+}
+
 // regression: deleting a policy ends its deliveries, the one being attempted too
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
