@@ -90,7 +90,7 @@ async fn watch_policies(
             let was = enabled.swap(on, std::sync::atomic::Ordering::Relaxed);
             if on && !was {
                 // deliveries that waited for the switch may go now
-                store.outbox_notify().notify_one();
+                store.outbox_wake().wake(store::db::Due::Anywhere);
             }
         }
     }

@@ -1096,7 +1096,9 @@ pub async fn put_configurations(
             .await
             .map_err(db_error)?;
         app.notifications_enabled.store(on, Ordering::Relaxed);
-        app.store.outbox_notify().notify_one();
+        app.store
+            .outbox_wake()
+            .wake(crate::store::db::Due::Anywhere);
         tracing::info!(notification_enable = on, by = %caller.name(), "system notification switch changed");
     }
     let on = app.notifications_enabled.load(Ordering::Relaxed);

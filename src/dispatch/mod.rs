@@ -68,6 +68,28 @@ fn fresh(targets: &Option<(Instant, Vec<String>)>) -> Option<Vec<String>> {
         .map(|(_, t)| t.clone())
 }
 
+/// The kept list of addresses with pending deliveries after a local commit made `due` ones:
+/// the addresses of a fan-out are added to it (no scan for them); deliveries made due elsewhere
+/// drop it (the next claim scans).
+fn with_due(
+    targets: Option<(Instant, Vec<String>)>,
+    due: store::db::Due,
+) -> Option<(Instant, Vec<String>)> {
+    use store::db::Due;
+    match due {
+        Due::Nothing => targets,
+        Due::Anywhere => None,
+        Due::To(addresses) => targets.map(|(at, mut list)| {
+            for a in addresses {
+                if let Err(i) = list.binary_search(&a) {
+                    list.insert(i, a);
+                }
+            }
+            (at, list)
+        }),
+    }
+}
+
 /// Per-target memory: in-flight count, circuit breaker, Slack pacing.
 #[derive(Debug, Default)]
 struct TargetState {
@@ -281,7 +303,7 @@ impl Dispatcher {
         self.reclaim(true).await;
         tokio::spawn(self.clone().run_recorder(shutdown.clone()));
         let mut last_reclaim = Instant::now();
-        let wake = self.store.outbox_notify();
+        let wake = self.store.outbox_wake();
         let mut rotate = 0usize;
         // the last scan of addresses with pending deliveries (see TARGETS_KEPT)
         let mut targets: Option<(Instant, Vec<String>)> = None;
@@ -368,7 +390,7 @@ impl Dispatcher {
             }
             tokio::select! {
                 // deliveries committed here, perhaps for an address not in the list
-                () = wake.notified() => targets = None,
+                due = wake.woken() => targets = with_due(targets, due),
                 () = self.finished.notified(), if held_back => {}
                 () = tokio::time::sleep(idle) => {}
                 () = shutdown.cancelled() => return,
@@ -658,6 +680,30 @@ mod tests {
             Arc::new(AtomicBool::new(true)),
             Duration::from_secs(60),
         )
+    }
+
+    #[test]
+    fn a_local_fan_out_extends_the_kept_list_and_other_deliveries_drop_it() {
+        use store::db::Due;
+        let at = Instant::now();
+        let kept = Some((at, vec!["http://a/".to_string(), "http://c/".to_string()]));
+        let to = |a: &[&str]| Due::To(a.iter().map(|s| s.to_string()).collect());
+        let got = with_due(kept.clone(), to(&["http://b/", "http://c/"]));
+        assert_eq!(
+            got,
+            Some((
+                at,
+                vec![
+                    "http://a/".to_string(),
+                    "http://b/".to_string(),
+                    "http://c/".to_string()
+                ]
+            )),
+            "added in address order, once, and as old as the scan"
+        );
+        assert_eq!(with_due(kept.clone(), Due::Nothing), kept);
+        assert_eq!(with_due(kept, Due::Anywhere), None);
+        assert_eq!(with_due(None, to(&["http://b/"])), None, "no list: scan");
     }
 
     fn cfg() -> NotificationConfig {

@@ -11,6 +11,7 @@
 //! once the transaction is committed: no thread-local side channel.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use super::pg::PgConn;
 use super::{PolicyCache, StoreError};
@@ -229,7 +230,7 @@ pub struct Effects {
     /// Kinds of the events published (metrics count an event when it is published).
     pub published: Vec<EventKind>,
     /// Deliveries were created or made due again: wake the dispatcher.
-    pub deliveries: bool,
+    pub deliveries: Due,
     /// Policies or the notification switch changed: drop cached policies (every replica).
     pub policies: bool,
     /// Policies triggered by the published events: (policy id, event type, unix ms). Written
@@ -242,9 +243,33 @@ impl Effects {
     /// Add `other`'s effects to these (a group commit's jobs).
     pub fn merge(&mut self, other: Effects) {
         self.published.extend(other.published);
-        self.deliveries |= other.deliveries;
+        self.deliveries.merge(other.deliveries);
         self.policies |= other.policies;
         self.triggers.extend(other.triggers);
+    }
+}
+
+/// Deliveries a job made due, for the dispatcher it wakes after COMMIT.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Due {
+    #[default]
+    Nothing,
+    /// For these target addresses (a fan-out): the dispatcher adds them to the list of
+    /// addresses with pending deliveries it keeps, instead of scanning for that list again.
+    To(BTreeSet<String>),
+    /// For addresses not named here (a redelivery, a retry, a lease taken back, the switch
+    /// turned on): the dispatcher scans.
+    Anywhere,
+}
+
+impl Due {
+    /// These deliveries and `other`'s.
+    pub fn merge(&mut self, other: Due) {
+        match (&mut *self, other) {
+            (_, Due::Nothing) | (Due::Anywhere, _) => {}
+            (Due::To(mine), Due::To(theirs)) => mine.extend(theirs),
+            (me, other) => *me = other,
+        }
     }
 }
 
@@ -436,7 +461,21 @@ impl<'a> Db<'a> {
 
     /// Record that this job created deliveries (or made some due again).
     pub fn note_deliveries(&self) {
-        self.effects.borrow_mut().deliveries = true;
+        self.effects.borrow_mut().deliveries = Due::Anywhere;
+    }
+
+    /// Record that this job created deliveries to `address` (see [`Due::To`]).
+    pub fn note_deliveries_to(&self, address: &str) {
+        let mut effects = self.effects.borrow_mut();
+        match &mut effects.deliveries {
+            Due::Anywhere => {}
+            Due::To(addresses) => {
+                if !addresses.contains(address) {
+                    addresses.insert(address.to_string());
+                }
+            }
+            due @ Due::Nothing => *due = Due::To(BTreeSet::from([address.to_string()])),
+        }
     }
 
     /// Record that this job changed policies or the notification switch: this process drops
@@ -483,6 +522,21 @@ pub fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn due_deliveries_merge_their_addresses_and_anywhere_wins() {
+        let to = |a: &[&str]| Due::To(a.iter().map(|s| s.to_string()).collect());
+        let mut d = Due::Nothing;
+        d.merge(Due::Nothing);
+        assert_eq!(d, Due::Nothing);
+        d.merge(to(&["b"]));
+        d.merge(to(&["a", "b"]));
+        assert_eq!(d, to(&["a", "b"]));
+        d.merge(Due::Anywhere);
+        assert_eq!(d, Due::Anywhere);
+        d.merge(to(&["c"]));
+        assert_eq!(d, Due::Anywhere);
+    }
 
     #[test]
     fn parameters_become_dollars_outside_quotes() {

@@ -279,7 +279,7 @@ pub struct Store {
 struct Inner {
     backend: BackendImpl,
     stats: Arc<StoreStats>,
-    outbox: Arc<tokio::sync::Notify>,
+    outbox: Arc<OutboxWake>,
     cache: Arc<PolicyCache>,
     triggers: Arc<TriggerBuffer>,
 }
@@ -287,7 +287,7 @@ struct Inner {
 /// What follows a commit: the dispatcher woken, cached policies dropped, last triggers noted.
 #[derive(Clone)]
 struct AfterCommit {
-    outbox: Arc<tokio::sync::Notify>,
+    outbox: Arc<OutboxWake>,
     cache: Arc<PolicyCache>,
     triggers: Arc<TriggerBuffer>,
 }
@@ -297,8 +297,8 @@ impl AfterCommit {
         if effects.policies {
             self.cache.invalidate();
         }
-        if effects.deliveries {
-            self.outbox.notify_one();
+        if effects.deliveries != db::Due::Nothing {
+            self.outbox.wake(effects.deliveries.clone());
         }
         if !effects.triggers.is_empty()
             && let Ok(mut t) = self.triggers.lock()
@@ -400,6 +400,33 @@ fn pg_writer(
     }
 }
 
+/// Wakes the dispatcher after a commit that made deliveries due, and says for which target
+/// addresses (see [`db::Due`]); what several commits made due before it woke is merged.
+#[derive(Debug, Default)]
+pub struct OutboxWake {
+    notify: tokio::sync::Notify,
+    due: Mutex<db::Due>,
+}
+
+impl OutboxWake {
+    /// Deliveries are due (`due`): wake the dispatcher, or have its next wait return at once.
+    pub fn wake(&self, due: db::Due) {
+        if let Ok(mut d) = self.due.lock() {
+            d.merge(due);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Wait for a wake; what was made due since the last one.
+    pub async fn woken(&self) -> db::Due {
+        self.notify.notified().await;
+        self.due
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or(db::Due::Anywhere)
+    }
+}
+
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// Run `batch` in one transaction on `conn` (a writer thread): the answers to give, the
@@ -472,7 +499,7 @@ impl Store {
         );
         migrate_pg(&pool).await?;
         let after = AfterCommit {
-            outbox: Arc::new(tokio::sync::Notify::new()),
+            outbox: Arc::new(OutboxWake::default()),
             cache: Arc::new(PolicyCache::default()),
             triggers: Arc::new(TriggerBuffer::default()),
         };
@@ -544,7 +571,7 @@ impl Store {
     pub fn open_sqlite(data_dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
         let after = AfterCommit {
-            outbox: Arc::new(tokio::sync::Notify::new()),
+            outbox: Arc::new(OutboxWake::default()),
             cache: Arc::new(PolicyCache::default()),
             triggers: Arc::new(TriggerBuffer::default()),
         };
@@ -583,8 +610,8 @@ impl Store {
         }
     }
 
-    /// Notified after every commit that created deliveries (wakes the dispatcher).
-    pub fn outbox_notify(&self) -> Arc<tokio::sync::Notify> {
+    /// Woken after every commit that made deliveries due (the dispatcher waits on it).
+    pub fn outbox_wake(&self) -> Arc<OutboxWake> {
         self.inner.outbox.clone()
     }
 

@@ -49,12 +49,10 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'pending', ?8, ?8, ?8)",
                 args![event_id.as_str(), event.kind.harbor_type(), p.id, &event.project, i as i64, &t.address, target_id, now],
             )?;
+            db.note_deliveries_to(&t.address);
             created += 1;
         }
         db.note_trigger(p.id, event.kind.harbor_type(), now);
-    }
-    if created > 0 {
-        db.note_deliveries();
     }
     Ok(created)
 }
