@@ -28,7 +28,7 @@ pub mod retry;
 pub mod sign;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,11 @@ use policy::TargetKind;
 /// of after a claim's round trip (on PostgreSQL a few milliseconds, which would otherwise bound a
 /// busy target to `per_target_concurrency` / (attempt + claim) deliveries per second).
 const CLAIM_AHEAD: usize = 4;
+
+/// The longest the dispatcher sleeps. Deliveries made due without waking it (a retry another
+/// replica scheduled and did not make — it died —, a lease taken back by another replica) are
+/// claimed at most this late; retries and deferrals it scheduled itself at their due time.
+const IDLE: Duration = Duration::from_secs(1);
 
 /// How often leases that expired are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(5);
@@ -116,6 +121,12 @@ pub struct Dispatcher {
     finished: Notify,
     /// Cached `notification_enable` (the API updates it together with the database).
     pub enabled: Arc<AtomicBool>,
+    /// Retries and deferrals this process scheduled (deliveries due later), counted from 1 (a
+    /// restart may find some); `looked`: the count when a claim last found nothing due later.
+    /// While they differ a claim that is not full looks up the next due time; otherwise the
+    /// dispatcher polls once per idle second (see [`IDLE`]).
+    later: AtomicU64,
+    looked: AtomicU64,
     /// How long a claim holds (`store.claim_lease`).
     lease: Duration,
     /// Finished attempts on their way to the store (see [`Dispatcher::run_recorder`]).
@@ -153,6 +164,8 @@ impl Dispatcher {
             slots,
             finished: Notify::new(),
             enabled,
+            later: AtomicU64::new(1),
+            looked: AtomicU64::new(0),
             lease,
             outcomes,
             recorder: Mutex::new(Some(recorder)),
@@ -207,6 +220,13 @@ impl Dispatcher {
             return;
         }
         let n = batch.len();
+        if batch
+            .iter()
+            .any(|f| matches!(f.outcome.next, Next::RetryAt(_)))
+        {
+            // before the commit that wakes the dispatcher, so that it looks ahead
+            self.later.fetch_add(1, Ordering::Release);
+        }
         let result = self
             .store
             .write_relaxed(move |c| {
@@ -315,7 +335,7 @@ impl Dispatcher {
                 last_reclaim = Instant::now();
                 self.reclaim(false).await;
             }
-            let mut idle = Duration::from_secs(1);
+            let mut idle = IDLE;
             // A finished attempt frees a slot, or a claim of a target at its limit: worth
             // another claim only when one of them held the last claim back.
             let mut held_back = true;
@@ -336,6 +356,8 @@ impl Dispatcher {
                     targets: None,
                 };
                 let lease_ms = self.lease.as_millis() as i64;
+                let later = self.later.load(Ordering::Acquire);
+                let look_ahead = later != self.looked.load(Ordering::Relaxed);
                 let claimed = self
                     .store
                     .write_relaxed(move |c| {
@@ -344,7 +366,7 @@ impl Dispatcher {
                             token: rand::random::<i64>(),
                             until: now + lease_ms,
                         };
-                        outbox::claim_next(c, now, limits, known, lease)
+                        outbox::claim_next(c, now, limits, known, lease, look_ahead)
                     })
                     .await;
                 match claimed {
@@ -374,12 +396,17 @@ impl Dispatcher {
                         // due time the claim found, or a circuit closes. Busy targets wake us
                         // by finishing an attempt; their due deliveries must not (they would
                         // make this loop spin while the target is busy).
+                        if look_ahead && job.next_due.is_none() {
+                            // until this process schedules another retry or deferral
+                            self.looked.store(later, Ordering::Relaxed);
+                        }
                         let now = store::now_ms();
-                        let mut wait = job.next_due.map_or(1000, |due| due - now);
+                        let idle_ms = IDLE.as_millis() as i64;
+                        let mut wait = job.next_due.map_or(idle_ms, |due| due - now);
                         if let Some(reopen) = self.next_reopen() {
                             wait = wait.min(reopen.as_millis() as i64 + 1);
                         }
-                        idle = Duration::from_millis(wait.clamp(1, 1000) as u64);
+                        idle = Duration::from_millis(wait.clamp(1, idle_ms) as u64);
                         // (decided by the claim, not by the attempts in flight now: those it
                         // started may have finished already, their wake-up waiting)
                         held_back = at_limit || job.filled;
@@ -550,6 +577,7 @@ impl Dispatcher {
                     + until.saturating_duration_since(Instant::now()).as_millis() as i64;
                 let (id, token) = (d.id, d.token);
                 self.metrics.delivery("deferred");
+                self.later.fetch_add(1, Ordering::Release);
                 if let Err(e) = self
                     .store
                     .write_relaxed(move |c| outbox::defer(c, id, at, token))

@@ -325,8 +325,9 @@ pub struct ClaimNext {
     pub batch: Vec<Claimed>,
     /// A fresh scan of the addresses with pending deliveries (none was given).
     pub scanned: Option<Vec<String>>,
-    /// When the batch was not full: when the next delivery the claimer could claim is due
-    /// (targets in `limits.skip`, or filled to their limit by this claim, do not count).
+    /// When the batch was not full and the claimer looked ahead: when the next delivery it
+    /// could claim is due (targets in `limits.skip`, or filled to their limit by this claim, do
+    /// not count).
     pub next_due: Option<i64>,
     /// The claim filled a target to its limit (`limits.per_target`): the next claim for it
     /// waits for one of its attempts to finish.
@@ -335,15 +336,17 @@ pub struct ClaimNext {
 
 /// The dispatcher's claim: [`claim`] under `limits` from the addresses `known` (a recent
 /// [`pending_targets`]; a scan when `None`). A batch that is not full means nothing else
-/// claimable is due now, so the same transaction looks up when the next delivery is due
-/// ([`next_due_of`]): the dispatcher sleeps until then, or until a commit, an attempt it waits
-/// for or a circuit wakes it, instead of claiming again to find nothing.
+/// claimable is due now; with `look_ahead` (deliveries may be due later: retries, deferrals)
+/// the same transaction looks up when the next one is due ([`next_due_of`]), so the dispatcher
+/// sleeps until then, or until a commit, an attempt it waits for or a circuit wakes it,
+/// instead of claiming again to find nothing.
 pub fn claim_next(
     db: &Db<'_>,
     now: i64,
     mut limits: ClaimLimits,
     known: Option<Vec<String>>,
     lease: Lease,
+    look_ahead: bool,
 ) -> Result<ClaimNext, StoreError> {
     let scanned = match known {
         Some(_) => None,
@@ -366,7 +369,9 @@ pub fn claim_next(
                 filled = true;
             }
         }
-        next_due = next_due_of(db, &skip, limits.targets.as_deref())?;
+        if look_ahead {
+            next_due = next_due_of(db, &skip, limits.targets.as_deref())?;
+        }
     }
     Ok(ClaimNext {
         batch,

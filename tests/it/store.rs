@@ -642,9 +642,10 @@ async fn claims_respect_per_target_limits_and_skips(kind: Kind) {
 }
 
 /// The dispatcher's claim (`outbox::claim_next`): a batch that is not full comes with the due
-/// time of the next delivery it could claim, looked up in the same transaction, so the
-/// dispatcher sleeps until then instead of claiming again to find nothing. Targets at their
-/// limit (skipped, or filled by this claim) do not count: they wake it by finishing.
+/// time of the next delivery it could claim, looked up in the same transaction when asked to
+/// look ahead, so the dispatcher sleeps until then instead of claiming again to find nothing.
+/// Targets at their limit (skipped, or filled by this claim) do not count: they wake it by
+/// finishing.
 async fn a_claim_that_is_not_full_says_when_the_next_delivery_is_due(kind: Kind) {
     let o = open(kind).await;
     let s = &o.store;
@@ -662,7 +663,8 @@ async fn a_claim_that_is_not_full_says_when_the_next_delivery_is_due(kind: Kind)
     .await
     .unwrap();
     let claim_next = |l: ClaimLimits, known: Option<Vec<String>>, token: i64| {
-        s.write(move |c| outbox::claim_next(c, store::now_ms() + 1, l, known, lease(token)))
+        let ahead = token != 4;
+        s.write(move |c| outbox::claim_next(c, store::now_ms() + 1, l, known, lease(token), ahead))
     };
     // a full batch: no lookup
     let first = claim_next(limits(1, 2), None, 1).await.unwrap();
@@ -707,6 +709,12 @@ async fn a_claim_that_is_not_full_says_when_the_next_delivery_is_due(kind: Kind)
     assert_eq!(third.scanned, None);
     assert_eq!(third.next_due, Some(later));
     assert!(!third.filled);
+    // not looking ahead (nothing was scheduled for later since a claim last found nothing)
+    let fourth = claim_next(limits(100, 2), Some(vec![a.to_string()]), 4)
+        .await
+        .unwrap();
+    assert!(fourth.batch.is_empty());
+    assert_eq!(fourth.next_due, None);
     s.close().await;
 }
 

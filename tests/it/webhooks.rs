@@ -855,6 +855,29 @@ async fn redirects_are_failures_and_never_followed() {
     assert_eq!(elsewhere.count(), 0, "the redirect was followed");
 }
 
+/// A retry is attempted at its due time (backoff 100 ms), not at the dispatcher's next idle
+/// poll (a second): the dispatcher looks up the next due time after a retry it scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_attempted_when_due_not_at_the_next_idle_poll() {
+    let e = env("notification: {webhook_job_max_retry: 3}").await;
+    let rx = Receiver::start().await;
+    rx.push(Reply::status(500));
+    rx.push(Reply::status(500));
+    e.api
+        .create_policy("prj", &policy("due", vec![target(&rx.url())]))
+        .await;
+    e.pusher.push("prj/app", "v1").await;
+    let got = rx.wait_for(3, SOON).await;
+    for (i, pair) in got.windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(90) && gap < Duration::from_millis(600),
+            "retry {} came {gap:?} after the attempt before it (backoff 100 ms)",
+            i + 1
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
     let e = env("notification: {webhook_job_max_retry: 3}").await;
