@@ -292,13 +292,27 @@ struct AfterCommit {
     triggers: Arc<TriggerBuffer>,
 }
 
+/// When, around the answers to a commit's jobs, [`AfterCommit::apply`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Cached policies are dropped before any job's caller hears of the commit (its next
+    /// request must not read them), and the last triggers noted.
+    BeforeAnswers,
+    /// The dispatcher is woken after the callers (a push waits for its answer; the delivery's
+    /// claim may start a moment later).
+    AfterAnswers,
+}
+
 impl AfterCommit {
-    fn apply(&self, effects: &db::Effects) {
+    fn apply(&self, effects: &db::Effects, stage: Stage) {
+        if stage == Stage::AfterAnswers {
+            if effects.deliveries != db::Due::Nothing {
+                self.outbox.wake(effects.deliveries.clone());
+            }
+            return;
+        }
         if effects.policies {
             self.cache.invalidate();
-        }
-        if effects.deliveries != db::Due::Nothing {
-            self.outbox.wake(effects.deliveries.clone());
         }
         if !effects.triggers.is_empty()
             && let Ok(mut t) = self.triggers.lock()
@@ -361,22 +375,43 @@ fn pg_writer(
     stats: Arc<StoreStats>,
     runtime: tokio::runtime::Handle,
 ) {
+    // the writer's connection, driven by this thread (see pg::Driver::Own); replaced when it
+    // fails
+    let own = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(Arc::new);
+    // connected now, so that the first jobs do not wait for it (if this fails, the first
+    // batch tries again)
+    let mut conn: Option<pg::Pooled> = own.as_ref().ok().and_then(|rt| pool.acquire_own(rt).ok());
     while let Some(batch) = queue.next_batch() {
         let n = batch.len();
-        let conn = match runtime.block_on(pool.acquire()) {
-            Ok(c) => c,
-            Err(e) => {
-                stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-                for j in batch {
-                    j.refuse(e.clone());
-                }
-                continue;
+        if let Some(c) = &conn {
+            c.refresh();
+            if !c.usable() {
+                conn = None;
             }
+        }
+        let taken = match (&conn, &own) {
+            (Some(_), _) => Ok(()),
+            (None, Ok(rt)) => pool.acquire_own(rt).map(|c| conn = Some(c)),
+            // no runtime of its own (cannot happen short of resource exhaustion): share
+            (None, Err(_)) => runtime.block_on(pool.acquire()).map(|c| conn = Some(c)),
+        };
+        let (Ok(()), Some(c)) = (taken.clone(), conn.as_ref()) else {
+            let e = taken.err().unwrap_or(StoreError::Closed);
+            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+            for j in batch {
+                j.refuse(e.clone());
+            }
+            continue;
         };
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_pg_batch(&conn, &after.cache, batch)
+            run_pg_batch(c, &after.cache, batch)
         }));
-        drop(conn);
+        if ran.is_err() {
+            conn = None;
+        }
         let Ok((dones, commit, effects, failed)) = ran else {
             // the jobs' answers were dropped with the batch: their callers see the store closed
             tracing::error!(jobs = n, "database: a writer failed");
@@ -384,7 +419,7 @@ fn pg_writer(
         };
         match &commit {
             Ok(()) => {
-                after.apply(&effects);
+                after.apply(&effects, Stage::BeforeAnswers);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
                 stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
@@ -396,6 +431,9 @@ fn pg_writer(
         }
         for done in dones {
             done(commit.clone());
+        }
+        if commit.is_ok() {
+            after.apply(&effects, Stage::AfterAnswers);
         }
     }
 }
@@ -581,7 +619,7 @@ impl Store {
             sync,
             stats.clone(),
             after.cache.clone(),
-            Box::new(move |e| a.apply(e)),
+            Box::new(move |e, stage| a.apply(e, stage)),
         )?;
         Ok(Store {
             inner: Arc::new(Inner {

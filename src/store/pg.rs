@@ -243,10 +243,32 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
 /// A statement sent ahead: its answer is awaited at the next wait (see the module doc).
 type Sent = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
+/// What a connection's statements are waited for on.
+#[derive(Clone)]
+enum Driver {
+    /// The process's runtime, whose workers drive the connection's socket (readers, on
+    /// blocking threads).
+    Shared(tokio::runtime::Handle),
+    /// A writer thread's own single-threaded runtime: the writer writes the statements, waits
+    /// for the socket and reads the answers itself, instead of handing each round trip to a
+    /// runtime worker and being woken by it (two thread wake-ups per round trip, each a wait
+    /// for a core on a busy host).
+    Own(Arc<tokio::runtime::Runtime>),
+}
+
+impl Driver {
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        match self {
+            Driver::Shared(h) => h.block_on(f),
+            Driver::Own(rt) => rt.block_on(f),
+        }
+    }
+}
+
 /// One connection, used synchronously from a writer or blocking thread (see the module doc).
 pub struct PgConn {
     client: Arc<tokio_postgres::Client>,
-    handle: tokio::runtime::Handle,
+    handle: Driver,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
     /// Statements sent, answers not yet read (in the order sent).
     sent: RefCell<Vec<Sent>>,
@@ -257,7 +279,7 @@ pub struct PgConn {
 const MAX_STATEMENTS: usize = 256;
 
 impl PgConn {
-    fn new(client: tokio_postgres::Client, handle: tokio::runtime::Handle) -> PgConn {
+    fn new(client: tokio_postgres::Client, handle: Driver) -> PgConn {
         PgConn {
             client: Arc::new(client),
             handle,
@@ -385,9 +407,23 @@ impl PgConn {
         self.wait(self.client.batch_execute(sql), true)
     }
 
+    /// A writer's own connection, before a batch: the connection's task only runs while the
+    /// writer waits on it, so a connection the server (or the network) closed while it sat idle
+    /// would only find out with the batch's first statements, failing them. Let the task look
+    /// at its socket first (two turns of the runtime: one to poll the socket, one to run the
+    /// task it wakes); then [`PgConn::usable`] knows.
+    pub fn refresh(&self) {
+        if let Driver::Own(rt) = &self.handle {
+            rt.block_on(async {
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+            });
+        }
+    }
+
     /// Fit to hand out again: not failed, and no statement sent ahead left unread (a job
     /// that ended half-way; closing the connection rolls its transaction back).
-    fn usable(&self) -> bool {
+    pub fn usable(&self) -> bool {
         !self.broken.get() && !self.client.is_closed() && self.sent.borrow().is_empty()
     }
 }
@@ -406,6 +442,8 @@ pub struct Pooled {
     conn: Option<PgConn>,
     pool: Arc<Pg>,
     _permit: OwnedSemaphorePermit,
+    /// A writer's own connection ([`Pg::acquire_own`]): closed when dropped.
+    own: bool,
 }
 
 impl std::ops::Deref for Pooled {
@@ -421,6 +459,7 @@ impl std::ops::Deref for Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take()
+            && !self.own
             && c.usable()
             && let Ok(mut idle) = self.pool.idle.lock()
         {
@@ -465,13 +504,40 @@ impl Pg {
                 let client = tokio::time::timeout(self.wait, self.settings.connect())
                     .await
                     .map_err(|_| StoreError::PoolTimeout(self.wait))??;
-                PgConn::new(client, self.handle.clone())
+                PgConn::new(client, Driver::Shared(self.handle.clone()))
             }
         };
         Ok(Pooled {
             conn: Some(conn),
             pool: self.clone(),
             _permit: permit,
+            own: false,
+        })
+    }
+
+    /// A connection of its own for a writer thread, driven by the thread's runtime `rt` (see
+    /// [`Driver::Own`]): a new one, counted against the pool's size, never shared (it closes
+    /// when dropped). Waits at most `store.connect_timeout`.
+    pub fn acquire_own(
+        self: &Arc<Self>,
+        rt: &Arc<tokio::runtime::Runtime>,
+    ) -> Result<Pooled, StoreError> {
+        let (permit, client) = rt.block_on(async {
+            let permit = tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| StoreError::PoolTimeout(self.wait))?
+                .map_err(|_| StoreError::Closed)?;
+            // the connection's task is spawned on `rt`, and runs while the writer waits on it
+            let client = tokio::time::timeout(self.wait, self.settings.connect())
+                .await
+                .map_err(|_| StoreError::PoolTimeout(self.wait))??;
+            Ok::<_, StoreError>((permit, client))
+        })?;
+        Ok(Pooled {
+            conn: Some(PgConn::new(client, Driver::Own(rt.clone()))),
+            pool: self.clone(),
+            _permit: permit,
+            own: true,
         })
     }
 

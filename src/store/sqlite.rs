@@ -40,8 +40,8 @@ pub(super) struct Sqlite {
     readers: Mutex<Vec<Connection>>,
 }
 
-/// What the writer thread does after each commit.
-pub(super) type AfterCommit = Box<dyn Fn(&Effects) + Send>;
+/// What the writer thread does after each commit, before and after answering its jobs.
+pub(super) type AfterCommit = Box<dyn Fn(&Effects, super::Stage) + Send>;
 
 impl Sqlite {
     /// Open (creating if needed) `<data_dir>/wharf.db`, migrate, start the writer thread.
@@ -217,13 +217,16 @@ fn writer_loop(
             let _ = conn.execute_batch("ROLLBACK");
             stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
         } else {
-            after_commit(&effects);
+            after_commit(&effects, super::Stage::BeforeAnswers);
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
             stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
         }
         for done in dones {
             done(commit.clone());
+        }
+        if commit.is_ok() {
+            after_commit(&effects, super::Stage::AfterAnswers);
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
