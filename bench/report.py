@@ -292,7 +292,7 @@ def main():
         ("wharf_data_dir", "wharf data_dir"),
         ("wharf_rev", "wharf"), ("wharf_sha256", "wharf binary sha256 (first 16)"), ("scenarios", "scenarios"),
         ("events_params", "event scenario parameters"), ("rustc", "rustc"), ("nginx", "nginx"), ("registry", "registry"),
-        ("skopeo", "skopeo"), ("wrk", "wrk"), ("curl", "curl"),
+        ("skopeo", "skopeo"), ("wrk", "wrk"), ("curl", "curl"), ("postgres", "postgres"),
     ]:
         if key in facts:
             lines.append(f"- {name}: {facts[key]}")

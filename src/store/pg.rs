@@ -1,11 +1,13 @@
 //! PostgreSQL: the shared store of several replicas.
 //!
-//! Client: `tokio-postgres` (the maintained async driver; connections run as tasks on wharf's
-//! one tokio runtime) with TLS by rustls (`tokio-postgres-rustls`), as the rest of wharf.
-//! Store functions are synchronous (they are shared with the embedded SQLite backend), so a
-//! job runs on a writer thread (reads: a blocking thread) and waits for each statement on the
-//! runtime ([`tokio::runtime::Handle::block_on`]); statements are prepared once per connection
-//! and cached.
+//! Client: `tokio-postgres` (the maintained async driver) with TLS by rustls
+//! (`tokio-postgres-rustls`), as the rest of wharf. Store functions are synchronous (they are
+//! shared with the embedded SQLite backend), so a job runs on a writer thread (reads: a
+//! blocking thread) and waits for each statement ([`Driver`]): a reader's connection runs as a
+//! task on wharf's runtime, a writer's on a single-threaded runtime of the writer thread (as
+//! the synchronous `postgres` crate drives its clients), so the thread does its own socket I/O
+//! instead of waking a runtime worker and being woken by it on every round trip. Statements are
+//! prepared once per connection and cached.
 //!
 //! Pipelining: a statement whose answer the job does not look at (an insert, `BEGIN`,
 //! `SAVEPOINT`) is *sent* at once and not waited for ([`PgConn::execute_later`],
