@@ -343,10 +343,10 @@ impl Dispatcher {
             if self.enabled.load(Ordering::Relaxed) && free > 0 {
                 rotate = rotate.wrapping_add(1);
                 let (in_flight, skip) = self.claim_limits();
-                let at_limit = in_flight.values().any(|n| *n >= self.held_per_target());
+                let per_target = self.held_per_target();
+                let at_limit = in_flight.values().any(|n| *n >= per_target);
                 let known = fresh(&targets);
                 let limit = free.min(512);
-                let per_target = self.held_per_target();
                 let limits = outbox::ClaimLimits {
                     limit,
                     per_target,

@@ -466,16 +466,10 @@ impl<'a> Db<'a> {
 
     /// Record that this job created deliveries to `address` (see [`Due::To`]).
     pub fn note_deliveries_to(&self, address: &str) {
-        let mut effects = self.effects.borrow_mut();
-        match &mut effects.deliveries {
-            Due::Anywhere => {}
-            Due::To(addresses) => {
-                if !addresses.contains(address) {
-                    addresses.insert(address.to_string());
-                }
-            }
-            due @ Due::Nothing => *due = Due::To(BTreeSet::from([address.to_string()])),
-        }
+        self.effects
+            .borrow_mut()
+            .deliveries
+            .merge(Due::To(BTreeSet::from([address.to_string()])));
     }
 
     /// Record that this job changed policies or the notification switch: this process drops

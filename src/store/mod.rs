@@ -381,36 +381,35 @@ fn pg_writer(
         .enable_all()
         .build()
         .map(Arc::new);
+    let acquire = || match &own {
+        Ok(rt) => pool.acquire_own(rt),
+        // no runtime of its own (cannot happen short of resource exhaustion): share
+        Err(_) => runtime.block_on(pool.acquire()),
+    };
     // connected now, so that the first jobs do not wait for it (if this fails, the first
     // batch tries again)
-    let mut conn: Option<pg::Pooled> = own.as_ref().ok().and_then(|rt| pool.acquire_own(rt).ok());
+    let mut conn: Option<pg::Pooled> = acquire().ok();
     while let Some(batch) = queue.next_batch() {
         let n = batch.len();
-        if let Some(c) = &conn {
+        let kept = conn.take().filter(|c| {
             c.refresh();
-            if !c.usable() {
-                conn = None;
+            c.usable()
+        });
+        let c = match kept.map_or_else(acquire, Ok) {
+            Ok(c) => c,
+            Err(e) => {
+                stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+                for j in batch {
+                    j.refuse(e.clone());
+                }
+                continue;
             }
-        }
-        let taken = match (&conn, &own) {
-            (Some(_), _) => Ok(()),
-            (None, Ok(rt)) => pool.acquire_own(rt).map(|c| conn = Some(c)),
-            // no runtime of its own (cannot happen short of resource exhaustion): share
-            (None, Err(_)) => runtime.block_on(pool.acquire()).map(|c| conn = Some(c)),
-        };
-        let (Ok(()), Some(c)) = (taken.clone(), conn.as_ref()) else {
-            let e = taken.err().unwrap_or(StoreError::Closed);
-            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-            for j in batch {
-                j.refuse(e.clone());
-            }
-            continue;
         };
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_pg_batch(c, &after.cache, batch)
+            run_pg_batch(&c, &after.cache, batch)
         }));
-        if ran.is_err() {
-            conn = None;
+        if ran.is_ok() {
+            conn = Some(c);
         }
         let Ok((dones, commit, effects, failed)) = ran else {
             // the jobs' answers were dropped with the batch: their callers see the store closed
