@@ -1,7 +1,9 @@
 //! Dispatch: deliver the outbox to webhook targets.
 //!
 //! The dispatcher claims due deliveries from the database (woken by every commit that created
-//! some, else by the next due time), renders each for its target and POSTs it. Every attempt is
+//! some, else by the next due time), renders each for its target and POSTs it. A new delivery
+//! whose attempt can start at once is created already claimed by this process and handed to
+//! the dispatcher after its commit ([`store::outbox::Intake`]): no claim for it. Every attempt is
 //! a row; the delivery then succeeds, is retried at a time from [`retry`] (honouring
 //! `Retry-After` within bounds), or is dead after `webhook_job_max_retry` retries (kept, visible,
 //! redeliverable). 410 Gone disables the target. A `Custom` target whose template makes no valid
@@ -108,6 +110,57 @@ struct TargetState {
     probing: bool,
     cooldown: Duration,
     slack_next: Option<Instant>,
+}
+
+/// A claim's hold on the dispatcher (see [`Dispatcher::hold`]): released when dropped — the
+/// attempt ended, or the delivery it was taken for was rolled back — which frees the slot and
+/// wakes the dispatcher.
+struct Hold {
+    dispatcher: Arc<Dispatcher>,
+    address: String,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.dispatcher.targets.lock()
+            && let Some(s) = m.get_mut(&self.address)
+        {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        drop(self.permit.take());
+        self.dispatcher.finished.notify_one();
+    }
+}
+
+/// The dispatcher as the store's fan-out sees it ([`outbox::Intake`]): deliveries whose
+/// attempt can start at once are created already claimed by this process and started after
+/// their commit, from the writer thread, on the dispatcher's runtime.
+struct Intake {
+    dispatcher: std::sync::Weak<Dispatcher>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl outbox::Intake for Intake {
+    fn admit(&self, address: &str) -> Option<outbox::Admission> {
+        self.dispatcher.upgrade()?.admit(address)
+    }
+
+    fn start(&self, born: Vec<outbox::Born>) {
+        let Some(d) = self.dispatcher.upgrade() else {
+            return;
+        };
+        let _runtime = self.runtime.enter();
+        for b in born {
+            let Some(id) = b.id.get() else {
+                // cannot happen after COMMIT; the lease gives the delivery back
+                tracing::error!(event = %b.claimed.event.id, "a delivery created claimed has no id");
+                continue;
+            };
+            let claimed = Claimed { id, ..b.claimed };
+            d.launch(claimed, b.hold);
+        }
+    }
 }
 
 /// See the module doc.
@@ -322,6 +375,12 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.reclaim(true).await;
         tokio::spawn(self.clone().run_recorder(shutdown.clone()));
+        // new deliveries that can be attempted at once come created claimed, while this runs
+        let intake: Arc<dyn outbox::Intake> = Arc::new(Intake {
+            dispatcher: Arc::downgrade(&self),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        self.store.set_intake(Arc::downgrade(&intake));
         let mut last_reclaim = Instant::now();
         let wake = self.store.outbox_wake();
         let mut rotate = 0usize;
@@ -425,8 +484,55 @@ impl Dispatcher {
         }
     }
 
+    /// A claim's hold on an attempt slot and on its target's count of claims held; `None`
+    /// when every slot is taken.
+    fn hold(self: &Arc<Self>, address: &str) -> Option<Hold> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        if let Ok(mut m) = self.targets.lock() {
+            m.entry(address.to_string()).or_default().in_flight += 1;
+        }
+        Some(Hold {
+            dispatcher: self.clone(),
+            address: address.to_string(),
+            permit: Some(permit),
+        })
+    }
+
+    /// A hold for a delivery about to be created (see [`outbox::Intake`]): only when its
+    /// attempt can start at once — notifications on, a free slot, fewer claims held for the
+    /// target than `per_target_concurrency` (none waiting for a turn, so a backlog keeps its
+    /// order), its circuit closed.
+    fn admit(self: &Arc<Self>, address: &str) -> Option<outbox::Admission> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        {
+            // checked and counted under one lock: writers admit in parallel
+            let mut m = self.targets.lock().ok()?;
+            let s = m.entry(address.to_string()).or_default();
+            if s.in_flight >= self.cfg.per_target_concurrency || s.open_until.is_some() {
+                return None;
+            }
+            s.in_flight += 1;
+        }
+        let hold = Hold {
+            dispatcher: self.clone(),
+            address: address.to_string(),
+            permit: Some(permit),
+        };
+        let now = store::now_ms();
+        Some(outbox::Admission {
+            lease: outbox::Lease {
+                token: rand::random::<i64>(),
+                until: now + self.lease.as_millis() as i64,
+            },
+            hold: Box::new(hold),
+        })
+    }
+
     fn start(self: &Arc<Self>, d: Claimed) {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+        let Some(hold) = self.hold(&d.target.address) else {
             // cannot happen (we claimed at most the free slots); put it back
             let store = self.store.clone();
             tokio::spawn(async move {
@@ -436,24 +542,27 @@ impl Dispatcher {
             });
             return;
         };
+        self.launch(d, Box::new(hold));
+    }
+
+    /// Attempt `d` in a task of its own when its target's turn comes, holding `hold` until the
+    /// attempt ends.
+    fn launch(self: &Arc<Self>, d: Claimed, hold: Box<dyn Send + Sync>) {
         let per_target = self.cfg.per_target_concurrency;
         let sending = match self.targets.lock() {
-            Ok(mut m) => {
-                let s = m.entry(d.target.address.clone()).or_default();
-                s.in_flight += 1;
-                s.sending
-                    .get_or_insert_with(|| Arc::new(Semaphore::new(per_target)))
-                    .clone()
-            }
+            Ok(mut m) => m
+                .entry(d.target.address.clone())
+                .or_default()
+                .sending
+                .get_or_insert_with(|| Arc::new(Semaphore::new(per_target)))
+                .clone(),
             Err(_) => Arc::new(Semaphore::new(per_target)),
         };
         let me = self.clone();
-        let claimed_at = Instant::now();
         tokio::spawn(async move {
-            let address = d.target.address.clone();
             // the target's turn (FIFO): at most per_target_concurrency attempts at once
             if let Ok(_turn) = sending.acquire_owned().await {
-                if me.lease_left(claimed_at) {
+                if me.lease_left(d.lease_until) {
                     me.deliver(d).await;
                 } else {
                     // waited too long for its turn: the attempt might outlive the claim's
@@ -465,23 +574,17 @@ impl Dispatcher {
                         .await;
                 }
             }
-            if let Ok(mut m) = me.targets.lock()
-                && let Some(s) = m.get_mut(&address)
-            {
-                s.in_flight = s.in_flight.saturating_sub(1);
-            }
-            drop(permit);
-            me.finished.notify_one();
+            drop(hold);
         });
     }
 
-    /// Is there time left in a claim made at `claimed_at` for one whole attempt (its timeout,
-    /// and a second to record it)? `store.claim_lease` is at least the timeout + 5 s, so a claim
-    /// may wait up to 4 s for its turn.
-    fn lease_left(&self, claimed_at: Instant) -> bool {
+    /// Is there time left in a claim that holds until `lease_until` (unix ms) for one whole
+    /// attempt (its timeout, and a second to record it)? `store.claim_lease` is at least the
+    /// timeout + 5 s, so a claim may wait up to 4 s for its turn.
+    fn lease_left(&self, lease_until: i64) -> bool {
         let attempt =
             Duration::from_secs(self.cfg.webhook_job_http_client_timeout) + Duration::from_secs(1);
-        claimed_at.elapsed() + attempt <= self.lease
+        store::now_ms().saturating_add(attempt.as_millis() as i64) <= lease_until
     }
 
     /// Wait for the target's circuit or Slack pacing. `Ok(probe)`: go — as the one attempt
@@ -757,6 +860,7 @@ mod tests {
             },
             attempts: 0,
             token: 1,
+            lease_until: i64::MAX,
         }
     }
 
@@ -775,6 +879,48 @@ mod tests {
     fn expire(d: &Dispatcher, address: &str) {
         let mut m = d.targets.lock().unwrap();
         m.get_mut(address).unwrap().open_until = Some(Instant::now() - Duration::from_millis(1));
+    }
+
+    /// A delivery is created claimed only when its attempt can start at once: notifications
+    /// on, a free slot, fewer than `per_target_concurrency` claims held for its target, its
+    /// circuit closed. A hold dropped (the job rolled back, or the attempt ended) gives the
+    /// slot and the target's count back.
+    #[tokio::test]
+    async fn deliveries_are_admitted_only_when_their_attempt_can_start_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Arc::new(dispatcher(
+            NotificationConfig {
+                per_target_concurrency: 2,
+                max_in_flight: 3,
+                ..cfg()
+            },
+            dir.path(),
+        ));
+        let held = |a: &str| d.targets.lock().unwrap().get(a).map_or(0, |s| s.in_flight);
+        let a1 = d.admit("http://a/").expect("a free slot");
+        assert!(a1.lease.until > store::now_ms() + 59_000);
+        let a2 = d
+            .admit("http://a/")
+            .expect("below the target's concurrency");
+        assert!(d.admit("http://a/").is_none(), "the target is at its limit");
+        assert_eq!(held("http://a/"), 2);
+        let b1 = d.admit("http://b/").expect("another target");
+        assert!(d.admit("http://c/").is_none(), "every slot is taken");
+        drop(a2);
+        assert_eq!(held("http://a/"), 1);
+        assert_eq!(d.slots.available_permits(), 1);
+        // an open circuit, notifications off: not admitted
+        for _ in 0..2 {
+            d.note_outcome("http://c/", false, false);
+        }
+        assert!(d.admit("http://c/").is_none(), "circuit open");
+        d.enabled.store(false, Ordering::Relaxed);
+        assert!(d.admit("http://a/").is_none(), "notifications off");
+        d.enabled.store(true, Ordering::Relaxed);
+        assert!(d.admit("http://a/").is_some());
+        drop((a1, b1));
+        assert_eq!(d.slots.available_permits(), 3);
+        assert_eq!(held("http://a/") + held("http://b/") + held("http://c/"), 0);
     }
 
     #[test]

@@ -12,7 +12,9 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
 
+use super::outbox::{Born, Intake};
 use super::pg::PgConn;
 use super::{PolicyCache, StoreError};
 use crate::events::EventKind;
@@ -225,7 +227,7 @@ impl Row<'_> {
 }
 
 /// What a write job did that the store acts on after COMMIT.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Effects {
     /// Kinds of the events published (metrics count an event when it is published).
     pub published: Vec<EventKind>,
@@ -237,6 +239,10 @@ pub struct Effects {
     /// to `last_triggers` by the store shortly after, in one sorted statement per flush (see
     /// [`super::Store::flush_triggers`]), not inside the event's transaction.
     pub triggers: Vec<(i64, &'static str, i64)>,
+    /// Deliveries created already claimed by this process (see [`super::outbox::Intake`]):
+    /// handed to the dispatcher after COMMIT; dropped with the job if it rolls back, which
+    /// gives their attempt slots back.
+    pub born: Vec<Born>,
 }
 
 impl Effects {
@@ -246,6 +252,24 @@ impl Effects {
         self.deliveries.merge(other.deliveries);
         self.policies |= other.policies;
         self.triggers.extend(other.triggers);
+        self.born.extend(other.born);
+    }
+}
+
+/// A generated id that a statement sent ahead returns ([`Db::insert_id_later`]): known once
+/// the job's statements have been waited for (at the latest after COMMIT).
+#[derive(Debug, Clone, Default)]
+pub struct LaterId(Arc<OnceLock<i64>>);
+
+impl LaterId {
+    /// The id, once its statement has been answered.
+    pub fn get(&self) -> Option<i64> {
+        self.0.get().copied()
+    }
+
+    /// Record the id (the first value wins).
+    pub fn set(&self, id: i64) {
+        let _ = self.0.set(id);
     }
 }
 
@@ -283,6 +307,7 @@ pub struct Db<'a> {
     conn: Conn<'a>,
     effects: RefCell<Effects>,
     cache: Option<&'a PolicyCache>,
+    intake: Option<&'a dyn Intake>,
     /// Statements sent ahead are waited for at the end of each job (it shares its transaction
     /// with others, each in a savepoint), not only at COMMIT.
     settle_each_job: bool,
@@ -294,6 +319,7 @@ impl<'a> Db<'a> {
             conn: Conn::Sqlite(conn),
             effects: RefCell::default(),
             cache: None,
+            intake: None,
             settle_each_job: false,
         }
     }
@@ -303,6 +329,7 @@ impl<'a> Db<'a> {
             conn: Conn::Postgres(conn),
             effects: RefCell::default(),
             cache: None,
+            intake: None,
             settle_each_job: false,
         }
     }
@@ -332,6 +359,17 @@ impl<'a> Db<'a> {
     /// The process's policy cache, if this job has one.
     pub fn cache(&self) -> Option<&'a PolicyCache> {
         self.cache
+    }
+
+    /// With the process's dispatcher intake (fan-out may create deliveries already claimed).
+    pub fn with_intake(mut self, intake: Option<&'a dyn Intake>) -> Db<'a> {
+        self.intake = intake;
+        self
+    }
+
+    /// The dispatcher intake of this process, if this job has one (a writer's job).
+    pub fn intake(&self) -> Option<&'a dyn Intake> {
+        self.intake
     }
 
     pub fn backend(&self) -> Backend {
@@ -381,6 +419,21 @@ impl<'a> Db<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Run an `INSERT … RETURNING id`: the id once the statement is answered. On PostgreSQL it
+    /// is sent ahead as [`Db::exec_later`]'s, and the id is known after the job's statements
+    /// are waited for (the job's end in a shared transaction, or COMMIT).
+    pub fn insert_id_later(&self, sql: &str, args: &[Value<'_>]) -> Result<LaterId, StoreError> {
+        let id = LaterId::default();
+        match self.conn {
+            Conn::Sqlite(_) => {
+                let v = self.int(sql, args)?.ok_or(StoreError::Null(0))?;
+                id.set(v);
+            }
+            Conn::Postgres(c) => c.query_id_later(sql, args, id.clone())?,
+        }
+        Ok(id)
     }
 
     /// Every row of a query, mapped by `f`.
@@ -470,6 +523,11 @@ impl<'a> Db<'a> {
             .borrow_mut()
             .deliveries
             .merge(Due::To(BTreeSet::from([address.to_string()])));
+    }
+
+    /// Record a delivery this job created already claimed (see [`Effects::born`]).
+    pub fn note_born(&self, born: Born) {
+        self.effects.borrow_mut().born.push(born);
     }
 
     /// Record that this job changed policies or the notification switch: this process drops

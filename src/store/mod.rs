@@ -282,14 +282,35 @@ struct Inner {
     outbox: Arc<OutboxWake>,
     cache: Arc<PolicyCache>,
     triggers: Arc<TriggerBuffer>,
+    intake: Arc<IntakeSlot>,
 }
 
-/// What follows a commit: the dispatcher woken, cached policies dropped, last triggers noted.
+/// The dispatcher intake of this process, once a dispatcher runs (see [`outbox::Intake`]).
+/// Held weakly: a dispatcher that stopped admits nothing.
+#[derive(Default)]
+pub(crate) struct IntakeSlot(std::sync::RwLock<Option<std::sync::Weak<dyn outbox::Intake>>>);
+
+impl IntakeSlot {
+    /// The running dispatcher's intake, if any (a writer takes it once per batch).
+    pub(crate) fn current(&self) -> Option<Arc<dyn outbox::Intake>> {
+        self.0.read().ok()?.as_ref()?.upgrade()
+    }
+
+    fn set(&self, intake: std::sync::Weak<dyn outbox::Intake>) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Some(intake);
+        }
+    }
+}
+
+/// What follows a commit: the dispatcher woken (or handed the deliveries created claimed),
+/// cached policies dropped, last triggers noted.
 #[derive(Clone)]
 struct AfterCommit {
     outbox: Arc<OutboxWake>,
     cache: Arc<PolicyCache>,
     triggers: Arc<TriggerBuffer>,
+    intake: Arc<IntakeSlot>,
 }
 
 /// When, around the answers to a commit's jobs, [`AfterCommit::apply`] runs.
@@ -298,16 +319,23 @@ pub(crate) enum Stage {
     /// Cached policies are dropped before any job's caller hears of the commit (its next
     /// request must not read them), and the last triggers noted.
     BeforeAnswers,
-    /// The dispatcher is woken after the callers (a push waits for its answer; the delivery's
-    /// claim may start a moment later).
+    /// The dispatcher is woken, and handed the deliveries created claimed, after the callers
+    /// (a push waits for its answer; the delivery's attempt may start a moment later).
     AfterAnswers,
 }
 
 impl AfterCommit {
-    fn apply(&self, effects: &db::Effects, stage: Stage) {
+    fn apply(&self, effects: &mut db::Effects, stage: Stage) {
         if stage == Stage::AfterAnswers {
+            let born = std::mem::take(&mut effects.born);
+            // (no intake now: dropped, the holds released; the deliveries wait for their lease)
+            if !born.is_empty()
+                && let Some(intake) = self.intake.current()
+            {
+                intake.start(born);
+            }
             if effects.deliveries != db::Due::Nothing {
-                self.outbox.wake(effects.deliveries.clone());
+                self.outbox.wake(std::mem::take(&mut effects.deliveries));
             }
             return;
         }
@@ -405,20 +433,21 @@ fn pg_writer(
                 continue;
             }
         };
+        let intake = after.intake.current();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_pg_batch(&c, &after.cache, batch)
+            run_pg_batch(&c, &after.cache, intake.as_deref(), batch)
         }));
         if ran.is_ok() {
             conn = Some(c);
         }
-        let Ok((dones, commit, effects, failed)) = ran else {
+        let Ok((dones, commit, mut effects, failed)) = ran else {
             // the jobs' answers were dropped with the batch: their callers see the store closed
             tracing::error!(jobs = n, "database: a writer failed");
             continue;
         };
         match &commit {
             Ok(()) => {
-                after.apply(&effects, Stage::BeforeAnswers);
+                after.apply(&mut effects, Stage::BeforeAnswers);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
                 stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
@@ -432,7 +461,7 @@ fn pg_writer(
             done(commit.clone());
         }
         if commit.is_ok() {
-            after.apply(&effects, Stage::AfterAnswers);
+            after.apply(&mut effects, Stage::AfterAnswers);
         }
     }
 }
@@ -471,6 +500,7 @@ type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 fn run_pg_batch(
     conn: &pg::PgConn,
     cache: &PolicyCache,
+    intake: Option<&dyn outbox::Intake>,
     batch: Vec<job::Job>,
 ) -> (Vec<Done>, Result<(), StoreError>, db::Effects, u64) {
     let single = batch.len() == 1;
@@ -495,6 +525,7 @@ fn run_pg_batch(
         }
         let db = Db::postgres(conn)
             .with_cache(cache)
+            .with_intake(intake)
             .settling_each_job(!single);
         match (j.run)(&db) {
             Some(e) => effects.merge(e),
@@ -539,6 +570,7 @@ impl Store {
             outbox: Arc::new(OutboxWake::default()),
             cache: Arc::new(PolicyCache::default()),
             triggers: Arc::new(TriggerBuffer::default()),
+            intake: Arc::new(IntakeSlot::default()),
         };
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -575,6 +607,7 @@ impl Store {
                 outbox: after.outbox,
                 cache: after.cache,
                 triggers: after.triggers,
+                intake: after.intake,
             }),
         })
     }
@@ -611,6 +644,7 @@ impl Store {
             outbox: Arc::new(OutboxWake::default()),
             cache: Arc::new(PolicyCache::default()),
             triggers: Arc::new(TriggerBuffer::default()),
+            intake: Arc::new(IntakeSlot::default()),
         };
         let a = after.clone();
         let lite = sqlite::Sqlite::open(
@@ -618,6 +652,7 @@ impl Store {
             sync,
             stats.clone(),
             after.cache.clone(),
+            after.intake.clone(),
             Box::new(move |e, stage| a.apply(e, stage)),
         )?;
         Ok(Store {
@@ -627,6 +662,7 @@ impl Store {
                 outbox: after.outbox,
                 cache: after.cache,
                 triggers: after.triggers,
+                intake: after.intake,
             }),
         })
     }
@@ -650,6 +686,12 @@ impl Store {
     /// Woken after every commit that made deliveries due (the dispatcher waits on it).
     pub fn outbox_wake(&self) -> Arc<OutboxWake> {
         self.inner.outbox.clone()
+    }
+
+    /// Fan-outs committed from now on may create deliveries already claimed for `intake` (the
+    /// dispatcher of this process; see [`outbox::Intake`]), while it lives.
+    pub fn set_intake(&self, intake: std::sync::Weak<dyn outbox::Intake>) {
+        self.inner.intake.set(intake);
     }
 
     /// The store's counters.

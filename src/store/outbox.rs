@@ -3,23 +3,71 @@
 //! A published event's deliveries are created in the transaction that publishes it, so an
 //! event in the log is never without its deliveries. Delivery states:
 //! `pending` (due at `not_before`) → `running` (claimed by the dispatcher) → `succeeded`, back
-//! to `pending` (a retry), or `dead` (retries exhausted, target gone; redeliverable). `running`
-//! rows left by a killed process are put back to `pending` at start-up.
+//! to `pending` (a retry), or `dead` (retries exhausted, target gone; redeliverable). A delivery
+//! the dispatcher can attempt at once is created `running`, already claimed ([`Intake`]).
+//! `running` rows left by a killed process are put back to `pending` at start-up (SQLite) or
+//! when their lease expires (PostgreSQL).
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::db::{Backend, Db, Row, json};
+use super::db::{Backend, Db, LaterId, Row, json};
 use super::events::event_columns;
 use super::{StoreError, now_ms, policies};
 use crate::args;
 use crate::dispatch::policy::Target;
 use crate::events::Event;
 
+/// The dispatcher of this process, as fan-out sees it: a delivery that can be attempted at once
+/// is created already claimed by this process (state `running`, under a lease), and handed to
+/// the dispatcher after COMMIT — no claim transaction, no entry in the index of pending
+/// deliveries. A replica that dies before the attempt leaves it to the lease, as any claim.
+pub trait Intake: Send + Sync {
+    /// A hold on one attempt to `address` starting now (a free slot, the target's concurrency
+    /// not reached, its circuit closed, notifications on), or `None`: the delivery is created
+    /// pending, for the dispatcher to claim.
+    fn admit(&self, address: &str) -> Option<Admission>;
+    /// Deliveries created under admissions, committed: attempt them.
+    fn start(&self, born: Vec<Born>);
+}
+
+/// What [`Intake::admit`] grants: the claim's lease, and the dispatcher's hold on the attempt
+/// slot (released when dropped: the job rolled back, or the attempt ended).
+pub struct Admission {
+    pub lease: Lease,
+    pub hold: Box<dyn Send + Sync>,
+}
+
+/// A delivery created already claimed, committed with its job (see [`Intake`]).
+pub struct Born {
+    /// Its row's id, known once the insert is answered (by COMMIT at the latest); `claimed.id`
+    /// is 0 until then.
+    pub id: LaterId,
+    pub claimed: Claimed,
+    pub hold: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Born {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Born")
+            .field("id", &self.id.get())
+            .field("event", &self.claimed.event.id)
+            .field("target", &self.claimed.target.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A delivery created already claimed (see [`Intake`]): `running` under claim ?9 until ?10.
+const INSERT_CLAIMED_SQL: &str = "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'running', ?8, ?8, ?8, ?9, ?10)
+     RETURNING id";
+
 /// Create the deliveries of `event`: one per enabled target of every enabled policy of its
 /// project that wants it, pointing at the target's current version. Nothing is created while
-/// notifications are switched off globally.
+/// notifications are switched off globally. A delivery the job's [`Intake`] admits is created
+/// already claimed by this process ([`Effects::born`](super::db::Effects::born)); the others
+/// pending, and the dispatcher is woken for their addresses.
 pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
     if !policies::notification_enabled_cached(db)? {
         return Ok(0);
@@ -44,12 +92,48 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                 );
                 continue;
             };
-            db.exec_later(
-                "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'pending', ?8, ?8, ?8)",
-                args![event_id.as_str(), event.kind.harbor_type(), p.id, &event.project, i as i64, &t.address, target_id, now],
-            )?;
-            db.note_deliveries_to(&t.address);
+            let (kind, position) = (event.kind.harbor_type(), i as i64);
+            match db.intake().and_then(|intake| intake.admit(&t.address)) {
+                Some(Admission { lease, hold }) => {
+                    let id = db.insert_id_later(
+                        INSERT_CLAIMED_SQL,
+                        args![
+                            event_id.as_str(),
+                            kind,
+                            p.id,
+                            &event.project,
+                            position,
+                            &t.address,
+                            target_id,
+                            now,
+                            lease.token,
+                            lease.until
+                        ],
+                    )?;
+                    db.note_born(Born {
+                        id,
+                        claimed: Claimed {
+                            id: 0,
+                            event: event.clone(),
+                            policy_id: p.id,
+                            project_id: p.project_id,
+                            target: t.clone(),
+                            attempts: 0,
+                            token: lease.token,
+                            lease_until: lease.until,
+                        },
+                        hold,
+                    });
+                }
+                None => {
+                    db.exec_later(
+                        "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'pending', ?8, ?8, ?8)",
+                        args![event_id.as_str(), kind, p.id, &event.project, position, &t.address, target_id, now],
+                    )?;
+                    db.note_deliveries_to(&t.address);
+                }
+            }
             created += 1;
         }
         db.note_trigger(p.id, event.kind.harbor_type(), now);
@@ -69,6 +153,8 @@ pub struct Claimed {
     pub attempts: u32,
     /// The claim: only its holder may record the outcome or put the delivery back.
     pub token: i64,
+    /// Until when (unix ms) the claim holds (see [`Lease`]).
+    pub lease_until: i64,
 }
 
 /// A claim's identity and how long it holds.
@@ -311,6 +397,7 @@ pub fn claim(
             target,
             attempts: attempts.max(0) as u32,
             token: lease.token,
+            lease_until: lease.until,
         });
     }
     // oldest first, as claimed

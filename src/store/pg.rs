@@ -347,6 +347,26 @@ impl PgConn {
         Ok(())
     }
 
+    /// Send a statement that returns one row with an id in its first column (`INSERT …
+    /// RETURNING id`) without waiting; `id` is set when its answer is read (the next wait).
+    pub fn query_id_later(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        id: super::db::LaterId,
+    ) -> Result<(), StoreError> {
+        let st = self.statement(sql)?;
+        let owned: Vec<OwnedValue> = args.iter().map(OwnedValue::of).collect();
+        let client = self.client.clone();
+        self.send(Box::pin(async move {
+            let values: Vec<Value<'_>> = owned.iter().map(OwnedValue::value).collect();
+            let row = client.query_one(&st, &Self::params(&values)).await?;
+            id.set(row.try_get::<_, i64>(0)?);
+            Ok(1)
+        }));
+        Ok(())
+    }
+
     /// Send statements without parameters (`BEGIN`, `SAVEPOINT`) without waiting.
     pub fn batch_later(&self, sql: &'static str) {
         let client = self.client.clone();

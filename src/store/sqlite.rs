@@ -41,7 +41,7 @@ pub(super) struct Sqlite {
 }
 
 /// What the writer thread does after each commit, before and after answering its jobs.
-pub(super) type AfterCommit = Box<dyn Fn(&Effects, super::Stage) + Send>;
+pub(super) type AfterCommit = Box<dyn Fn(&mut Effects, super::Stage) + Send>;
 
 impl Sqlite {
     /// Open (creating if needed) `<data_dir>/wharf.db`, migrate, start the writer thread.
@@ -50,6 +50,7 @@ impl Sqlite {
         sync: Synchronous,
         stats: Arc<StoreStats>,
         cache: Arc<PolicyCache>,
+        intake: Arc<super::IntakeSlot>,
         after_commit: AfterCommit,
     ) -> Result<Sqlite, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
@@ -74,7 +75,7 @@ impl Sqlite {
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = std::thread::Builder::new()
             .name("wharf-db-writer".into())
-            .spawn(move || writer_loop(conn, rx, stats, cache, after_commit))
+            .spawn(move || writer_loop(conn, rx, stats, cache, intake, after_commit))
             .map_err(|e| StoreError::Io(Arc::new(e)))?;
         Ok(Sqlite {
             path,
@@ -151,6 +152,7 @@ fn writer_loop(
     rx: mpsc::Receiver<Job>,
     stats: Arc<StoreStats>,
     cache: Arc<PolicyCache>,
+    intake: Arc<super::IntakeSlot>,
     after_commit: AfterCommit,
 ) {
     while let Ok(first) = rx.recv() {
@@ -190,11 +192,16 @@ fn writer_loop(
             continue;
         }
         let mut dones = Vec::with_capacity(n);
+        let admitting = intake.current();
         let mut failed = 0u64;
         let mut effects = Effects::default();
         for job in batch {
             let savepoint = exec_cached(&conn, "SAVEPOINT job").is_ok();
-            let done = (job.run)(&Db::sqlite(&conn).with_cache(&cache));
+            let done = (job.run)(
+                &Db::sqlite(&conn)
+                    .with_cache(&cache)
+                    .with_intake(admitting.as_deref()),
+            );
             if savepoint {
                 let _ = if done.is_some() {
                     exec_cached(&conn, "RELEASE job")
@@ -217,7 +224,7 @@ fn writer_loop(
             let _ = conn.execute_batch("ROLLBACK");
             stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
         } else {
-            after_commit(&effects, super::Stage::BeforeAnswers);
+            after_commit(&mut effects, super::Stage::BeforeAnswers);
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
             stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
@@ -226,7 +233,7 @@ fn writer_loop(
             done(commit.clone());
         }
         if commit.is_ok() {
-            after_commit(&effects, super::Stage::AfterAnswers);
+            after_commit(&mut effects, super::Stage::AfterAnswers);
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");

@@ -6,6 +6,7 @@
 //! run on PostgreSQL only: the embedded store has one writer by design.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use wharf::config::{DatabaseUrl, StoreConfig};
@@ -93,6 +94,7 @@ conformance!(
     recount_follows_the_known_manifests,
     claims_respect_per_target_limits_and_skips,
     a_claim_that_is_not_full_says_when_the_next_delivery_is_due,
+    deliveries_the_dispatcher_admits_are_created_claimed,
     retries_of_a_policy_switched_off_end_as_dead,
     a_delivery_ended_while_attempted_is_not_retried,
     redelivery_skips_running_deliveries_and_disabled_targets,
@@ -716,6 +718,140 @@ async fn a_claim_that_is_not_full_says_when_the_next_delivery_is_due(kind: Kind)
     assert!(fourth.batch.is_empty());
     assert_eq!(fourth.next_due, None);
     s.close().await;
+}
+
+/// An intake (the dispatcher, as fan-out sees it) that admits one address: counts the holds it
+/// gave and those released, and keeps what it is asked to start.
+#[derive(Default)]
+struct TestIntake {
+    admits: String,
+    given: std::sync::atomic::AtomicUsize,
+    released: Arc<std::sync::atomic::AtomicUsize>,
+    started: std::sync::Mutex<Vec<outbox::Born>>,
+}
+
+struct TestHold(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for TestHold {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl outbox::Intake for TestIntake {
+    fn admit(&self, address: &str) -> Option<outbox::Admission> {
+        if address != self.admits {
+            return None;
+        }
+        let n = self.given.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as i64;
+        Some(outbox::Admission {
+            lease: Lease {
+                token: 1000 + n,
+                until: store::now_ms() + 60_000,
+            },
+            hold: Box::new(TestHold(self.released.clone())),
+        })
+    }
+
+    fn start(&self, born: Vec<outbox::Born>) {
+        self.started.lock().unwrap().extend(born);
+    }
+}
+
+/// Fan-out creates a delivery the dispatcher admits already claimed (`running` under the
+/// admission's lease, no claim needed) and hands it over after COMMIT with its row's id; the
+/// others stay pending for a claim. A job that rolls back releases its admissions and hands
+/// nothing over.
+async fn deliveries_the_dispatcher_admits_are_created_claimed(kind: Kind) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let o = open(kind).await;
+    let s = &o.store;
+    let (a, b) = ("http://a.example/", "http://b.example/");
+    add_policy(s, policy("prj", vec![Target::http(a), Target::http(b)])).await;
+    let intake = Arc::new(TestIntake {
+        admits: a.to_string(),
+        ..TestIntake::default()
+    });
+    let dynamic: Arc<dyn outbox::Intake> = intake.clone();
+    s.set_intake(Arc::downgrade(&dynamic));
+    publish(s, 1).await;
+    // handed over after the answer: wait for it
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while intake.started.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (id, token, until) = {
+        let started = intake.started.lock().unwrap();
+        assert_eq!(started.len(), 1);
+        let born = &started[0];
+        assert_eq!(born.claimed.target.address, a);
+        assert_eq!(born.claimed.attempts, 0);
+        assert!(born.claimed.project_id > 0);
+        (
+            born.id.get().expect("id after commit"),
+            born.claimed.token,
+            born.claimed.lease_until,
+        )
+    };
+    assert_eq!(token, 1000);
+    let row = s
+        .read(move |c| {
+            c.row(
+                "SELECT state, claim_token, lease_until, target_address FROM deliveries WHERE id = ?1",
+                wharf::args![id],
+                |r| Ok((r.text(0)?, r.opt_i64(1)?, r.opt_i64(2)?, r.text(3)?)),
+            )
+        })
+        .await
+        .unwrap()
+        .expect("the delivery handed over is a row");
+    assert_eq!(
+        row,
+        (
+            "running".to_string(),
+            Some(token),
+            Some(until),
+            a.to_string()
+        )
+    );
+    // the other target's delivery is pending, and the only one a claim finds
+    let claimed = claim(s, limits(10, 10), lease(7)).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].target.address, b);
+    // the handed-over delivery's outcome is recorded under the admission's token
+    let attempt = Attempt {
+        delivery_id: id,
+        started_at: store::now_ms(),
+        status_code: Some(200),
+        ..Attempt::default()
+    };
+    s.write(move |c| outbox::record(c, &attempt, Next::Succeeded, token))
+        .await
+        .unwrap();
+    assert_eq!(state(s, id).await, "succeeded");
+    assert_eq!(
+        intake.released.load(SeqCst),
+        0,
+        "the hold is the dispatcher's until the attempt ends"
+    );
+    intake.started.lock().unwrap().clear();
+    assert_eq!(intake.released.load(SeqCst), 1);
+
+    // a job that fails after its fan-out: nothing created, nothing handed over, hold released
+    let before = count(s, "SELECT COUNT(*) FROM deliveries").await;
+    let failed = s
+        .write(|c| {
+            events::insert(c, &push("prj/app", "sha256:rolled-back"), None)?;
+            Err::<(), _>(StoreError::Closed)
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(intake.given.load(SeqCst), 2);
+    assert_eq!(intake.released.load(SeqCst), 2);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, before);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(intake.started.lock().unwrap().is_empty());
 }
 
 async fn retries_of_a_policy_switched_off_end_as_dead(kind: Kind) {
