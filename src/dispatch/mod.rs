@@ -533,7 +533,8 @@ impl Dispatcher {
 
     fn start(self: &Arc<Self>, d: Claimed) {
         let Some(hold) = self.hold(&d.target.address) else {
-            // cannot happen (we claimed at most the free slots); put it back
+            // we claimed at most the free slots, but a delivery created claimed may have taken
+            // one since: put it back, due now
             let store = self.store.clone();
             tokio::spawn(async move {
                 let _ = store
