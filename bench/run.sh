@@ -13,6 +13,8 @@
 #   WRK_DURATION=10s     wrk duration per manifest run (WRK_CONNECTIONS=16, WRK_THREADS=2, WRK_WARMUP=2s)
 #   SKIP_BUILD=1         do not run `cargo build --release` (WHARF_BIN must exist)
 #   WHARF_BIN=...        wharf binary (default target/release/wharf, or $CARGO_TARGET_DIR/release/wharf)
+#   WHARF_REV=...        the commit WHARF_BIN was built from, for the report (a binary of another
+#                        checkout: a before/after pair); default: this checkout's HEAD
 #   WHARF_EXTRA_YAML=F   file appended to wharf's config (top-level keys other than listen, upstream,
 #                        data_dir, admin_password, log; WHARF_<KEY> env overrides reach wharf too)
 #   EXTRA_WHARFS="wharf-x=F.yaml ..."  more wharf instances, each with its own extra YAML; compared and
@@ -1559,6 +1561,8 @@ machine_facts() {
 	if [ -n "$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
 		rev="$rev + uncommitted changes in src/"
 	fi
+	# a binary built from another checkout (WHARF_BIN) names its own commit in WHARF_REV
+	[ -n "${WHARF_REV:-}" ] && rev="$WHARF_REV (WHARF_REV; this checkout: $rev)"
 	fact wharf_rev "$rev ($WHARF_BIN)"
 	fact blob_mib "$BLOB_MIB"
 	fact image_mib "$IMAGE_MIB"
