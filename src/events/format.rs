@@ -20,6 +20,7 @@
 //! Every field the seed lists for an event reaches every format; where a shape has no place for
 //! one, a field is added (never dropped). `fixtures/payloads/` pins each kind × format.
 
+mod data;
 mod legacy;
 mod samples;
 mod slack;
@@ -32,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::template::{self, TemplateError};
-use super::{Event, ScanType, chat};
+use super::{Event, chat};
 pub use samples::{sample, sample_in, samples, samples_of};
 
 /// The payload formats a target can ask for.
@@ -183,7 +184,12 @@ pub fn render(
         )
     };
     let (content_type, value) = match format {
-        PayloadFormat::Default => ("application/json", default_payload(event)),
+        PayloadFormat::Default => {
+            return Ok(Payload {
+                content_type: Cow::Borrowed("application/json"),
+                body: serde_json::to_vec(&data::DefaultPayload::of(event)).unwrap_or_default(),
+            });
+        }
         PayloadFormat::CloudEvents => ("application/cloudevents+json", cloudevents(event, ctx)),
         PayloadFormat::Legacy => ("application/json", legacy::legacy(event)),
         PayloadFormat::Slack => ("application/json", slack::slack(event)),
@@ -213,98 +219,10 @@ fn repo_type(e: &Event) -> &'static str {
     if e.public { "public" } else { "private" }
 }
 
-/// Harbor's `event_data`: shared by Default, CloudEvents and (as text) Slack.
+/// Harbor's `event_data` as a JSON value: shared by CloudEvents, (as text) Slack and the
+/// templates' data (see [`data::EventData`], which the Default payload serializes directly).
 pub fn event_data(e: &Event) -> Value {
-    let mut resources = Vec::new();
-    if e.kind.is_chart() {
-        let mut r = Map::new();
-        let chart = e.chart.clone().unwrap_or_default();
-        r.insert("tag".into(), json!(chart.version));
-        r.insert("resource_url".into(), json!(e.resource_url));
-        put(&mut r, "digest", e.digest.as_ref());
-        r.insert("chart_name".into(), json!(chart.name));
-        r.insert("chart_version".into(), json!(chart.version));
-        r.insert("chart_type".into(), json!(chart.chart_type));
-        put(&mut r, "app_version", chart.app_version.as_ref());
-        put(&mut r, "size", chart.size.or(e.size));
-        put(&mut r, "media_type", e.media_type.as_ref());
-        resources.push(Value::Object(r));
-    } else {
-        // one resource per event, as Harbor (a delete with several tags names the first); the
-        // other tags are in `tags`
-        let tag = e.tag();
-        let host = e
-            .resource_url
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        let mut r = Map::new();
-        put(&mut r, "digest", e.digest.as_ref());
-        r.insert(
-            "tag".into(),
-            json!(tag.or(e.digest.as_deref()).unwrap_or_default()),
-        );
-        let url = Event::oci_resource_url(&host, &e.repository, tag, e.digest.as_deref());
-        r.insert("resource_url".into(), json!(url));
-        if let Some(scan) = &e.scan {
-            match scan.scan_type {
-                ScanType::Vulnerability => {
-                    r.insert(
-                        "scan_overview".into(),
-                        json!({ SCAN_REPORT_MIME: scan_overview(scan) }),
-                    );
-                }
-                ScanType::Sbom => {
-                    r.insert("sbom_overview".into(), sbom_overview(scan));
-                }
-            }
-        }
-        if !e.tags.is_empty() {
-            r.insert("tags".into(), json!(e.tags));
-        }
-        r.insert("image_name".into(), json!(e.image_name()));
-        put(&mut r, "media_type", e.media_type.as_ref());
-        put(&mut r, "size", e.size);
-        if !e.platforms.is_empty() {
-            r.insert("platforms".into(), json!(e.platforms));
-        }
-        resources.push(Value::Object(r));
-    }
-    let repo_name = match &e.chart {
-        Some(c) if e.kind.is_chart() && !c.name.is_empty() => c.name.clone(),
-        _ => e.short_name().to_string(),
-    };
-    let mut custom = Map::new();
-    custom.insert("event_id".into(), json!(e.id.to_string()));
-    if e.test {
-        custom.insert("test".into(), json!("true"));
-    }
-    put(&mut custom, "request_id", e.request_id.as_ref());
-    put(&mut custom, "client_addr", e.client_addr.as_ref());
-    put(&mut custom, "user_agent", e.user_agent.as_ref());
-    if let Some(q) = &e.quota {
-        custom.insert("Details".into(), json!(q.details));
-        put(&mut custom, "limit", q.limit.map(|v| v.to_string()));
-        put(&mut custom, "usage", q.usage.map(|v| v.to_string()));
-        put(&mut custom, "adding", q.adding.map(|v| v.to_string()));
-    }
-    let mut repository = Map::new();
-    if e.kind.is_artifact() {
-        put(&mut repository, "date_created", e.repository_created);
-    }
-    repository.insert("name".into(), json!(repo_name));
-    repository.insert("namespace".into(), json!(e.project));
-    repository.insert("repo_full_name".into(), json!(e.repository));
-    repository.insert("repo_type".into(), json!(repo_type(e)));
-    let mut data = Map::new();
-    data.insert("resources".into(), json!(resources));
-    data.insert("repository".into(), Value::Object(repository));
-    if let Some(scan) = &e.scan {
-        data.insert("scan".into(), json!({"scan_type": scan.scan_type.name()}));
-    }
-    data.insert("custom_attributes".into(), Value::Object(custom));
-    Value::Object(data)
+    serde_json::to_value(data::EventData::of(e)).unwrap_or(Value::Null)
 }
 
 /// Harbor's `sbom_overview` of an sbom scan.
@@ -369,14 +287,10 @@ fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The Default payload (also the data of `Custom` templates).
+/// The Default payload as a JSON value (the data of `Custom` templates; a delivery in the
+/// Default format serializes [`data::DefaultPayload`] directly).
 pub(crate) fn default_payload(e: &Event) -> Value {
-    json!({
-        "type": e.kind.harbor_type(),
-        "occur_at": e.occurred_at.timestamp(),
-        "operator": e.operator,
-        "event_data": event_data(e),
-    })
+    serde_json::to_value(data::DefaultPayload::of(e)).unwrap_or(Value::Null)
 }
 
 fn cloudevents(e: &Event, ctx: &RenderCtx) -> Value {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::events::EventKind;
+use crate::events::ScanType;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -376,4 +377,50 @@ fn formats_have_harbors_fields_and_only_the_documented_additions() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The Default payload is serialized straight from the event (`data::DefaultPayload`), not
+/// through a JSON value: the cases the golden samples do not cover keep Harbor's keys in their
+/// order — a test event's `test` after `event_id`, an SBOM scan's `sbom_overview` after
+/// `resource_url` — and the value view (`default_payload`, the templates' data) says the same.
+#[test]
+fn default_payload_keys_of_test_events_and_sbom_scans() {
+    let (_, mut e) = samples()
+        .into_iter()
+        .find(|(n, _)| n.starts_with("scanning_completed"))
+        .expect("a scan sample");
+    e.test = true;
+    e.user_agent = Some("curl/8".into());
+    if let Some(s) = e.scan.as_mut() {
+        s.scan_type = ScanType::Sbom;
+        s.sbom_digest = Some("sha256:5b0b".into());
+    }
+    let p = render(&e, PayloadFormat::Default, None, &golden_ctx()).unwrap();
+    let v: Value = serde_json::from_slice(&p.body).unwrap();
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    let data = &v["event_data"];
+    assert_eq!(
+        keys(&data["custom_attributes"]),
+        ["event_id", "test", "request_id", "client_addr", "user_agent"]
+    );
+    assert_eq!(data["custom_attributes"]["test"], "true");
+    assert_eq!(
+        keys(&data["resources"][0]),
+        [
+            "digest",
+            "tag",
+            "resource_url",
+            "sbom_overview",
+            "tags",
+            "image_name",
+            "media_type",
+            "size"
+        ]
+    );
+    assert_eq!(
+        data["resources"][0]["sbom_overview"]["sbom_digest"],
+        "sha256:5b0b"
+    );
+    assert_eq!(data["scan"]["scan_type"], "sbom");
+    assert_eq!(v, default_payload(&e));
 }
