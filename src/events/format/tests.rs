@@ -401,7 +401,13 @@ fn default_payload_keys_of_test_events_and_sbom_scans() {
     let data = &v["event_data"];
     assert_eq!(
         keys(&data["custom_attributes"]),
-        ["event_id", "test", "request_id", "client_addr", "user_agent"]
+        [
+            "event_id",
+            "test",
+            "request_id",
+            "client_addr",
+            "user_agent"
+        ]
     );
     assert_eq!(data["custom_attributes"]["test"], "true");
     assert_eq!(
