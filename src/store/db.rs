@@ -421,17 +421,21 @@ impl<'a> Db<'a> {
         }
     }
 
-    /// Run an `INSERT … RETURNING id`: the id once the statement is answered. On PostgreSQL it
-    /// is sent ahead as [`Db::exec_later`]'s, and the id is known after the job's statements
+    /// Run an `INSERT` (written without `RETURNING`) into a table whose key is `id`: the new
+    /// row's id once the statement is answered. SQLite: the connection's last rowid (a
+    /// `RETURNING` clause costs SQLite a temporary table per statement). PostgreSQL: sent ahead
+    /// as [`Db::exec_later`]'s, with `RETURNING id`; the id is known after the job's statements
     /// are waited for (the job's end in a shared transaction, or COMMIT).
     pub fn insert_id_later(&self, sql: &str, args: &[Value<'_>]) -> Result<LaterId, StoreError> {
         let id = LaterId::default();
         match self.conn {
-            Conn::Sqlite(_) => {
-                let v = self.int(sql, args)?.ok_or(StoreError::Null(0))?;
-                id.set(v);
+            Conn::Sqlite(c) => {
+                self.exec(sql, args)?;
+                id.set(c.last_insert_rowid());
             }
-            Conn::Postgres(c) => c.query_id_later(sql, args, id.clone())?,
+            Conn::Postgres(c) => {
+                c.query_id_later(&format!("{sql} RETURNING id"), args, id.clone())?
+            }
         }
         Ok(id)
     }

@@ -58,10 +58,10 @@ impl std::fmt::Debug for Born {
     }
 }
 
-/// A delivery created already claimed (see [`Intake`]): `running` under claim ?9 until ?10.
+/// A delivery created already claimed (see [`Intake`]): `running` under claim ?9 until ?10
+/// (its id: [`Db::insert_id_later`]).
 const INSERT_CLAIMED_SQL: &str = "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'running', ?8, ?8, ?8, ?9, ?10)
-     RETURNING id";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'running', ?8, ?8, ?8, ?9, ?10)";
 
 /// Create the deliveries of `event`: one per enabled target of every enabled policy of its
 /// project that wants it, pointing at the target's current version. Nothing is created while
