@@ -112,7 +112,7 @@ struct TargetState {
     slack_next: Option<Instant>,
 }
 
-/// A claim's hold on the dispatcher (see [`Dispatcher::hold`]): released when dropped — the
+/// A claim's hold on the dispatcher (see [`Dispatcher::hold_if`]): released when dropped — the
 /// attempt ended, or the delivery it was taken for was rolled back — which frees the slot and
 /// wakes the dispatcher.
 struct Hold {
@@ -485,11 +485,21 @@ impl Dispatcher {
     }
 
     /// A claim's hold on an attempt slot and on its target's count of claims held; `None`
-    /// when every slot is taken.
-    fn hold(self: &Arc<Self>, address: &str) -> Option<Hold> {
+    /// when every slot is taken, or when `allowed` says no for the target's state (checked
+    /// and counted under one lock: writers admit in parallel).
+    fn hold_if(
+        self: &Arc<Self>,
+        address: &str,
+        allowed: impl FnOnce(&TargetState) -> bool,
+    ) -> Option<Hold> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        if let Ok(mut m) = self.targets.lock() {
-            m.entry(address.to_string()).or_default().in_flight += 1;
+        {
+            let mut m = self.targets.lock().ok()?;
+            let s = m.entry(address.to_string()).or_default();
+            if !allowed(s) {
+                return None;
+            }
+            s.in_flight += 1;
         }
         Some(Hold {
             dispatcher: self.clone(),
@@ -506,33 +516,20 @@ impl Dispatcher {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
-        let permit = self.slots.clone().try_acquire_owned().ok()?;
-        {
-            // checked and counted under one lock: writers admit in parallel
-            let mut m = self.targets.lock().ok()?;
-            let s = m.entry(address.to_string()).or_default();
-            if s.in_flight >= self.cfg.per_target_concurrency || s.open_until.is_some() {
-                return None;
-            }
-            s.in_flight += 1;
-        }
-        let hold = Hold {
-            dispatcher: self.clone(),
-            address: address.to_string(),
-            permit: Some(permit),
-        };
-        let now = store::now_ms();
+        let hold = self.hold_if(address, |s| {
+            s.in_flight < self.cfg.per_target_concurrency && s.open_until.is_none()
+        })?;
         Some(outbox::Admission {
             lease: outbox::Lease {
                 token: rand::random::<i64>(),
-                until: now + self.lease.as_millis() as i64,
+                until: store::now_ms() + self.lease.as_millis() as i64,
             },
             hold: Box::new(hold),
         })
     }
 
     fn start(self: &Arc<Self>, d: Claimed) {
-        let Some(hold) = self.hold(&d.target.address) else {
+        let Some(hold) = self.hold_if(&d.target.address, |_| true) else {
             // we claimed at most the free slots, but a delivery created claimed may have taken
             // one since: put it back, due now
             let store = self.store.clone();

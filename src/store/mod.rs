@@ -325,12 +325,13 @@ pub(crate) enum Stage {
 }
 
 impl AfterCommit {
-    fn apply(&self, effects: &mut db::Effects, stage: Stage) {
+    /// `intake`: the one the batch's jobs ran with (the deliveries they created claimed are
+    /// its to start).
+    fn apply(&self, effects: &mut db::Effects, stage: Stage, intake: Option<&dyn outbox::Intake>) {
         if stage == Stage::AfterAnswers {
             let born = std::mem::take(&mut effects.born);
-            // (no intake now: dropped, the holds released; the deliveries wait for their lease)
             if !born.is_empty()
-                && let Some(intake) = self.intake.current()
+                && let Some(intake) = intake
             {
                 intake.start(born);
             }
@@ -447,7 +448,7 @@ fn pg_writer(
         };
         match &commit {
             Ok(()) => {
-                after.apply(&mut effects, Stage::BeforeAnswers);
+                after.apply(&mut effects, Stage::BeforeAnswers, intake.as_deref());
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
                 stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
@@ -461,7 +462,7 @@ fn pg_writer(
             done(commit.clone());
         }
         if commit.is_ok() {
-            after.apply(&mut effects, Stage::AfterAnswers);
+            after.apply(&mut effects, Stage::AfterAnswers, intake.as_deref());
         }
     }
 }
@@ -653,7 +654,7 @@ impl Store {
             stats.clone(),
             after.cache.clone(),
             after.intake.clone(),
-            Box::new(move |e, stage| a.apply(e, stage)),
+            Box::new(move |e, stage, intake| a.apply(e, stage, intake)),
         )?;
         Ok(Store {
             inner: Arc::new(Inner {

@@ -58,10 +58,10 @@ impl std::fmt::Debug for Born {
     }
 }
 
-/// A delivery created already claimed (see [`Intake`]): `running` under claim ?9 until ?10
-/// (its id: [`Db::insert_id_later`]).
-const INSERT_CLAIMED_SQL: &str = "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'running', ?8, ?8, ?8, ?9, ?10)";
+/// A delivery in state ?9: `pending`, or `running` under claim ?10 until ?11, created already
+/// claimed (see [`Intake`]; its id: [`Db::insert_id_later`]).
+const INSERT_DELIVERY_SQL: &str = "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?9, ?8, ?8, ?8, ?10, ?11)";
 
 /// Create the deliveries of `event`: one per enabled target of every enabled policy of its
 /// project that wants it, pointing at the target's current version. Nothing is created while
@@ -75,6 +75,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
     let now = now_ms();
     let mut created = 0;
     let event_id = event.id.to_string();
+    let kind = event.kind.harbor_type();
     for f in policies::for_fanout(db, &event.project)?.iter() {
         let p = &f.policy;
         if !p.wants(event) {
@@ -92,24 +93,27 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                 );
                 continue;
             };
-            let (kind, position) = (event.kind.harbor_type(), i as i64);
-            match db.intake().and_then(|intake| intake.admit(&t.address)) {
+            let admitted = db.intake().and_then(|intake| intake.admit(&t.address));
+            let (state, lease) = match &admitted {
+                Some(a) => ("running", Some(a.lease)),
+                None => ("pending", None),
+            };
+            let args = args![
+                event_id.as_str(),
+                kind,
+                p.id,
+                &event.project,
+                i as i64,
+                &t.address,
+                target_id,
+                now,
+                state,
+                lease.map(|l| l.token),
+                lease.map(|l| l.until)
+            ];
+            match admitted {
                 Some(Admission { lease, hold }) => {
-                    let id = db.insert_id_later(
-                        INSERT_CLAIMED_SQL,
-                        args![
-                            event_id.as_str(),
-                            kind,
-                            p.id,
-                            &event.project,
-                            position,
-                            &t.address,
-                            target_id,
-                            now,
-                            lease.token,
-                            lease.until
-                        ],
-                    )?;
+                    let id = db.insert_id_later(INSERT_DELIVERY_SQL, args)?;
                     db.note_born(Born {
                         id,
                         claimed: Claimed {
@@ -126,17 +130,13 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                     });
                 }
                 None => {
-                    db.exec_later(
-                        "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, 'pending', ?8, ?8, ?8)",
-                        args![event_id.as_str(), kind, p.id, &event.project, position, &t.address, target_id, now],
-                    )?;
+                    db.exec_later(INSERT_DELIVERY_SQL, args)?;
                     db.note_deliveries_to(&t.address);
                 }
             }
             created += 1;
         }
-        db.note_trigger(p.id, event.kind.harbor_type(), now);
+        db.note_trigger(p.id, kind, now);
     }
     Ok(created)
 }

@@ -336,15 +336,10 @@ impl PgConn {
 
     /// Send a statement whose answer the caller does not need; see the module doc.
     pub fn execute_later(&self, sql: &str, args: &[Value<'_>]) -> Result<(), StoreError> {
-        let st = self.statement(sql)?;
-        // the statement outlives the job's borrowed arguments
-        let owned: Vec<OwnedValue> = args.iter().map(OwnedValue::of).collect();
-        let client = self.client.clone();
-        self.send(Box::pin(async move {
+        self.send_statement(sql, args, |client, st, owned| async move {
             let values: Vec<Value<'_>> = owned.iter().map(OwnedValue::value).collect();
             client.execute(&st, &Self::params(&values)).await
-        }));
-        Ok(())
+        })
     }
 
     /// Send a statement that returns one row with an id in its first column (`INSERT …
@@ -355,15 +350,30 @@ impl PgConn {
         args: &[Value<'_>],
         id: super::db::LaterId,
     ) -> Result<(), StoreError> {
-        let st = self.statement(sql)?;
-        let owned: Vec<OwnedValue> = args.iter().map(OwnedValue::of).collect();
-        let client = self.client.clone();
-        self.send(Box::pin(async move {
+        self.send_statement(sql, args, |client, st, owned| async move {
             let values: Vec<Value<'_>> = owned.iter().map(OwnedValue::value).collect();
             let row = client.query_one(&st, &Self::params(&values)).await?;
             id.set(row.try_get::<_, i64>(0)?);
             Ok(1)
-        }));
+        })
+    }
+
+    /// Prepare `sql` (waiting, once per connection) and send `run` of it now, with `args`
+    /// owned (the statement outlives the job's borrowed arguments); its answer is read at the
+    /// next wait.
+    fn send_statement<F, Fut>(
+        &self,
+        sql: &str,
+        args: &[Value<'_>],
+        run: F,
+    ) -> Result<(), StoreError>
+    where
+        F: FnOnce(Arc<tokio_postgres::Client>, tokio_postgres::Statement, Vec<OwnedValue>) -> Fut,
+        Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
+    {
+        let st = self.statement(sql)?;
+        let owned: Vec<OwnedValue> = args.iter().map(OwnedValue::of).collect();
+        self.send(Box::pin(run(self.client.clone(), st, owned)));
         Ok(())
     }
 

@@ -40,8 +40,10 @@ pub(super) struct Sqlite {
     readers: Mutex<Vec<Connection>>,
 }
 
-/// What the writer thread does after each commit, before and after answering its jobs.
-pub(super) type AfterCommit = Box<dyn Fn(&mut Effects, super::Stage) + Send>;
+/// What the writer thread does after each commit, before and after answering its jobs (with
+/// the dispatcher intake its jobs ran with).
+pub(super) type AfterCommit =
+    Box<dyn Fn(&mut Effects, super::Stage, Option<&dyn super::outbox::Intake>) + Send>;
 
 impl Sqlite {
     /// Open (creating if needed) `<data_dir>/wharf.db`, migrate, start the writer thread.
@@ -224,7 +226,11 @@ fn writer_loop(
             let _ = conn.execute_batch("ROLLBACK");
             stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
         } else {
-            after_commit(&mut effects, super::Stage::BeforeAnswers);
+            after_commit(
+                &mut effects,
+                super::Stage::BeforeAnswers,
+                admitting.as_deref(),
+            );
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
             stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
@@ -233,7 +239,11 @@ fn writer_loop(
             done(commit.clone());
         }
         if commit.is_ok() {
-            after_commit(&mut effects, super::Stage::AfterAnswers);
+            after_commit(
+                &mut effects,
+                super::Stage::AfterAnswers,
+                admitting.as_deref(),
+            );
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
