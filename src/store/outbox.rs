@@ -252,15 +252,28 @@ pub const DISPATCHER_PLANNING_PG: &str = "SET LOCAL enable_seqscan = off";
 /// See [`DISPATCHER_PLANNING_PG`].
 pub const DEFAULT_PLANNING_PG: &str = "SET LOCAL enable_seqscan TO DEFAULT";
 
-/// Run `f`, whose statements go to PostgreSQL, planned as [`DISPATCHER_PLANNING_PG`] says. A
-/// failure leaves the settings to the rollback that follows it.
+/// PostgreSQL: the outcomes of attempts are planned as [`DISPATCHER_PLANNING_PG`] says, and
+/// always with the generic plan cached on the connection. Left to choose, PostgreSQL planned
+/// about half of the calls afresh (0.17 ms each, some 7 % of its CPU per delivered push on the
+/// bench) for a plan that is the same every time: the rows come as one JSON parameter whose
+/// size the planner does not see, and every one is found by its primary key.
+pub const OUTCOME_PLANNING_PG: &str =
+    "SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan";
+/// See [`OUTCOME_PLANNING_PG`].
+pub const OUTCOME_DEFAULT_PLANNING_PG: &str =
+    "SET LOCAL enable_seqscan TO DEFAULT; SET LOCAL plan_cache_mode TO DEFAULT";
+
+/// Run `f`, whose statements go to PostgreSQL, planned as `planning` says (one of the pairs
+/// above); the settings are put back after it. A failure leaves them to the rollback that
+/// follows it.
 fn dispatcher_planning<T>(
     db: &Db<'_>,
+    (planning, default): (&'static str, &'static str),
     f: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    db.batch_later(DISPATCHER_PLANNING_PG)?;
+    db.batch_later(planning)?;
     let out = f()?;
-    db.batch_later(DEFAULT_PLANNING_PG)?;
+    db.batch_later(default)?;
     Ok(out)
 }
 
@@ -359,7 +372,11 @@ pub fn claim(
         Ok(())
     };
     if pg {
-        dispatcher_planning(db, claim_each)?;
+        dispatcher_planning(
+            db,
+            (DISPATCHER_PLANNING_PG, DEFAULT_PLANNING_PG),
+            claim_each,
+        )?;
     } else {
         claim_each()?;
     }
@@ -586,8 +603,11 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
             })
         })
         .collect();
-    dispatcher_planning(db, || {
-        db.exec_later(
+    dispatcher_planning(
+        db,
+        (OUTCOME_PLANNING_PG, OUTCOME_DEFAULT_PLANNING_PG),
+        || {
+            db.exec_later(
             "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
              SELECT delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
              FROM json_to_recordset(CAST(?1 AS json)) AS x(delivery_id bigint, started_at bigint,
@@ -595,26 +615,27 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
              ORDER BY delivery_id",
             args![json(&attempts)?.as_str()],
         )?;
-        let moves: Vec<serde_json::Value> = outcomes
-            .iter()
-            .map(|o| {
-                let (state, not_before) = match o.next {
-                    Next::Succeeded => ("succeeded", None),
-                    Next::RetryAt(t) => ("pending", Some(t)),
-                    Next::Dead => ("dead", None),
-                };
-                let a = &o.attempt;
-                serde_json::json!({
-                    "id": a.delivery_id, "state": state, "not_before": not_before,
-                    "last_status": a.status_code,
-                    "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
-                    "token": o.token,
+            let moves: Vec<serde_json::Value> = outcomes
+                .iter()
+                .map(|o| {
+                    let (state, not_before) = match o.next {
+                        Next::Succeeded => ("succeeded", None),
+                        Next::RetryAt(t) => ("pending", Some(t)),
+                        Next::Dead => ("dead", None),
+                    };
+                    let a = &o.attempt;
+                    serde_json::json!({
+                        "id": a.delivery_id, "state": state, "not_before": not_before,
+                        "last_status": a.status_code,
+                        "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
+                        "token": o.token,
+                    })
                 })
-            })
-            .collect();
-        // as `record`, row by row: every right-hand side sees the row as it was before
-        db.exec_later(OUTCOME_SQL_PG, args![json(&moves)?.as_str(), now])
-    })
+                .collect();
+            // as `record`, row by row: every right-hand side sees the row as it was before
+            db.exec_later(OUTCOME_SQL_PG, args![json(&moves)?.as_str(), now])
+        },
+    )
 }
 
 /// PostgreSQL: the outcomes of a batch of attempts (JSON rows ?1, at time ?2). Public for the
