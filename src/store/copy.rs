@@ -133,6 +133,8 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
                 }
                 report.push((*table, rows.len() as u64));
             }
+            // the counters of final states see updates, not these inserts
+            super::outbox::recount(db)?;
             db.note_policies()?;
             Ok(report)
         })

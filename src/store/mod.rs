@@ -1059,4 +1059,21 @@ mod tests {
             );
         }
     }
+
+    /// `/metrics` counts the open deliveries through partial indexes (only the queue), never
+    /// by walking the delivery history.
+    #[test]
+    fn delivery_counts_walk_only_the_queue() {
+        let conn = Connection::open_in_memory().unwrap();
+        sqlite::migrate(&conn).unwrap();
+        let p = plan(&conn, outbox::COUNTS_SQL);
+        let steps: Vec<&str> = p
+            .split(" | ")
+            .filter(|s| s.contains("deliveries "))
+            .collect();
+        assert_eq!(steps.len(), 2, "{p}");
+        for step in steps {
+            assert!(step.contains("COVERING INDEX"), "{step}\n  plan: {p}");
+        }
+    }
 }
