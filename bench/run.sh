@@ -388,7 +388,7 @@ EOF
 		cat "$extra" >>"$cfg"
 	fi
 	# The bench's own WHARF_* knobs are not wharf config overrides (wharf rejects unknown keys).
-	env -u WHARF_BIN -u WHARF_EXTRA_YAML "$WHARF_BIN" serve --config "$cfg" >"$WORK/$name.log" 2>&1 &
+	env -u WHARF_BIN -u WHARF_REV -u WHARF_EXTRA_YAML "$WHARF_BIN" serve --config "$cfg" >"$WORK/$name.log" 2>&1 &
 	PIDS+=($!)
 	PID[$name]=$!
 	PORT[$name]=$port
