@@ -2,7 +2,7 @@
 //! (final; its deliveries were created in the same transaction) or cancelled (absorbed).
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::db::{Backend, Db, Row, json};
 use super::{StoreError, now_ms};
@@ -10,29 +10,42 @@ use crate::args;
 use crate::events::{ChartInfo, Event, EventKind, QuotaInfo, ScanInfo};
 
 /// What the `body` column holds: the event without the fields that are columns of the row
-/// (`id`, `type`, `project`, `repository`, `digest`), which [`decode`] puts back — about 190
-/// bytes less per event. Rows written by wharf before hold the whole event (their body starts
-/// with `{"id":`) and are read as they are.
+/// (`id`, `type`, `project`, `repository`, `digest`), which [`decode`] puts back, under keys of
+/// one or two letters, without `public` when false, and with the resource URL cut to its host
+/// when the rest follows from the row (`<host>/<repository>:<first tag>`, or `…@<digest>`).
+/// A pull event's body is about 200 bytes instead of about 300 (and 500 with every field).
+///
+/// Rows written by earlier wharfs still read: bodies that start with `{"id":` hold the whole
+/// event, and [`StoredBody`] takes the long keys as well as the short ones.
 #[derive(Serialize)]
 struct Body<'a> {
+    #[serde(rename = "t")]
     occurred_at: &'a DateTime<Utc>,
+    #[serde(rename = "o")]
     operator: &'a str,
+    #[serde(rename = "p", skip_serializing_if = "std::ops::Not::not")]
     public: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "rc", skip_serializing_if = "Option::is_none")]
     repository_created: Option<i64>,
+    #[serde(rename = "g", skip_serializing_if = "<[String]>::is_empty")]
     tags: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "m", skip_serializing_if = "Option::is_none")]
     media_type: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "z", skip_serializing_if = "Option::is_none")]
     size: Option<u64>,
-    resource_url: &'a str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    /// The resource URL whole, when it does not follow from the row.
+    #[serde(rename = "u", skip_serializing_if = "Option::is_none")]
+    resource_url: Option<&'a str>,
+    /// Its host, when the rest follows from the row ([`resource_path`]).
+    #[serde(rename = "h", skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
+    #[serde(rename = "pl", skip_serializing_if = "<[String]>::is_empty")]
     platforms: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "q", skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "c", skip_serializing_if = "Option::is_none")]
     client_addr: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "a", skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     chart: Option<&'a ChartInfo>,
@@ -44,6 +57,12 @@ struct Body<'a> {
     test: bool,
 }
 
+/// The part of an OCI resource URL after its host, as [`Event::oci_resource_url`] makes it
+/// from the row's repository and digest and the event's first tag.
+fn resource_path(repository: &str, tag: Option<&str>, digest: Option<&str>) -> String {
+    Event::oci_resource_url("", repository, tag, digest)
+}
+
 impl<'a> Body<'a> {
     fn of(e: &'a Event) -> Self {
         // every field named: a field added to `Event` does not compile until it is stored
@@ -53,11 +72,11 @@ impl<'a> Body<'a> {
             occurred_at,
             operator,
             project: _,
-            repository: _,
+            repository,
             public,
             repository_created,
             tags,
-            digest: _,
+            digest,
             media_type,
             size,
             resource_url,
@@ -70,6 +89,12 @@ impl<'a> Body<'a> {
             quota,
             test,
         } = e;
+        let path = resource_path(
+            repository,
+            tags.first().map(String::as_str),
+            digest.as_deref(),
+        );
+        let host = resource_url.strip_suffix(path.as_str());
         Body {
             occurred_at,
             operator,
@@ -78,7 +103,12 @@ impl<'a> Body<'a> {
             tags,
             media_type: media_type.as_deref(),
             size: *size,
-            resource_url,
+            resource_url: if host.is_some() {
+                None
+            } else {
+                Some(resource_url)
+            },
+            host,
             platforms,
             request_id: request_id.as_deref(),
             client_addr: client_addr.as_deref(),
@@ -89,6 +119,46 @@ impl<'a> Body<'a> {
             test: *test,
         }
     }
+}
+
+/// A stored body read back: the short keys [`Body`] writes, and the long ones of rows written
+/// before them.
+#[derive(Deserialize)]
+struct StoredBody {
+    #[serde(rename = "t", alias = "occurred_at")]
+    occurred_at: DateTime<Utc>,
+    #[serde(rename = "o", alias = "operator")]
+    operator: String,
+    #[serde(rename = "p", alias = "public", default)]
+    public: bool,
+    #[serde(rename = "rc", alias = "repository_created", default)]
+    repository_created: Option<i64>,
+    #[serde(rename = "g", alias = "tags", default)]
+    tags: Vec<String>,
+    #[serde(rename = "m", alias = "media_type", default)]
+    media_type: Option<String>,
+    #[serde(rename = "z", alias = "size", default)]
+    size: Option<u64>,
+    #[serde(rename = "u", alias = "resource_url", default)]
+    resource_url: Option<String>,
+    #[serde(rename = "h", default)]
+    host: Option<String>,
+    #[serde(rename = "pl", alias = "platforms", default)]
+    platforms: Vec<String>,
+    #[serde(rename = "q", alias = "request_id", default)]
+    request_id: Option<String>,
+    #[serde(rename = "c", alias = "client_addr", default)]
+    client_addr: Option<String>,
+    #[serde(rename = "a", alias = "user_agent", default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    chart: Option<ChartInfo>,
+    #[serde(default)]
+    scan: Option<ScanInfo>,
+    #[serde(default)]
+    quota: Option<QuotaInfo>,
+    #[serde(default)]
+    test: bool,
 }
 
 /// The columns [`read`] takes, in its order, each with the prefix `$p` (a table alias and its
@@ -149,28 +219,48 @@ pub fn decode(
     repository: &str,
     digest: Option<&str>,
 ) -> Result<Event, serde_json::Error> {
+    use serde::de::Error as _;
     if body.starts_with("{\"id\":") {
         return serde_json::from_str(body); // the whole event, as written before
     }
-    let rest = body.strip_prefix('{').unwrap_or(body);
-    let mut whole: Vec<u8> = Vec::with_capacity(body.len() + 160);
-    for (key, value) in [
-        ("{\"id\":", Some(id)),
-        (",\"type\":", Some(kind)),
-        (",\"project\":", Some(project)),
-        (",\"repository\":", Some(repository)),
-        (",\"digest\":", digest),
-    ] {
-        if let Some(v) = value {
-            whole.extend_from_slice(key.as_bytes());
-            serde_json::to_writer(&mut whole, v)?;
+    let b: StoredBody = serde_json::from_str(body)?;
+    let id = uuid::Uuid::parse_str(id)
+        .map_err(|e| serde_json::Error::custom(format!("event id {id:?}: {e}")))?;
+    let kind = EventKind::ALL
+        .into_iter()
+        .find(|k| k.harbor_type() == kind)
+        .ok_or_else(|| serde_json::Error::custom(format!("unknown event type {kind:?}")))?;
+    let resource_url = match (b.resource_url, b.host) {
+        (Some(url), _) => url,
+        (None, Some(host)) => {
+            let path = resource_path(repository, b.tags.first().map(String::as_str), digest);
+            format!("{host}{path}")
         }
-    }
-    if !rest.starts_with('}') {
-        whole.push(b',');
-    }
-    whole.extend_from_slice(rest.as_bytes());
-    serde_json::from_slice(&whole)
+        (None, None) => return Err(serde_json::Error::missing_field("resource_url")),
+    };
+    Ok(Event {
+        id,
+        kind,
+        occurred_at: b.occurred_at,
+        operator: b.operator,
+        project: project.to_string(),
+        repository: repository.to_string(),
+        public: b.public,
+        repository_created: b.repository_created,
+        tags: b.tags,
+        digest: digest.map(str::to_string),
+        media_type: b.media_type,
+        size: b.size,
+        resource_url,
+        platforms: b.platforms,
+        request_id: b.request_id,
+        client_addr: b.client_addr,
+        user_agent: b.user_agent,
+        chart: b.chart,
+        scan: b.scan,
+        quota: b.quota,
+        test: b.test,
+    })
 }
 
 /// Record `event`. With `hold_until` (unix ms) it waits, durably, for [`publish_due`] or

@@ -2088,10 +2088,53 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     let mut bare = Event::new(EventKind::QuotaWarning, &repo("prj/app"), "bob");
     bare.digest = None;
     let old = push("prj/old", "sha256:old");
+    // a pull as observe makes it: its resource URL follows from the row but for the host
+    let mut pull = Event::new(EventKind::PullArtifact, &repo("prj/team/app"), "anonymous");
+    pull.digest = Some("sha256:pulled".into());
+    pull.tags = vec!["v2".into()];
+    pull.public = true;
+    pull.resource_url = Event::oci_resource_url(
+        "registry.example:8443",
+        "prj/team/app",
+        Some("v2"),
+        pull.digest.as_deref(),
+    );
+    pull.request_id = Some("01a2379e-c2b1-76b2-b3ab-8958c36f2211".into());
+    // by digest: `…@<digest>`
+    let mut by_digest = pull.clone();
+    by_digest.id = uuid::Uuid::now_v7();
+    by_digest.tags.clear();
+    by_digest.public = false;
+    by_digest.resource_url = Event::oci_resource_url(
+        "registry.example:8443",
+        "prj/team/app",
+        None,
+        by_digest.digest.as_deref(),
+    );
+    // a row as wharf wrote it from the second to the sixth session: long keys, no columns
+    let mut long_keys = push("prj/long", "sha256:long");
+    long_keys.tags = vec!["v1".into()];
+    long_keys.resource_url = "h.example/prj/long:v1".into();
+    long_keys.request_id = Some("req-2".into());
     let (f, b, o2) = (full.clone(), bare.clone(), old.clone());
+    let (p, d, l) = (pull.clone(), by_digest.clone(), long_keys.clone());
     s.write(move |c| {
         events::insert(c, &f, None)?;
         events::insert(c, &b, Some(store::now_ms() + 60_000))?;
+        events::insert(c, &p, None)?;
+        events::insert(c, &d, None)?;
+        c.exec(
+            &format!(
+                "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
+                 VALUES ('{}', 'PUSH_ARTIFACT', 'prj', 'prj/long', 'sha256:long', 1, 'published', NULL, '{}')",
+                l.id,
+                serde_json::json!({
+                    "occurred_at": l.occurred_at, "operator": l.operator, "public": false,
+                    "tags": l.tags, "resource_url": l.resource_url, "request_id": l.request_id,
+                })
+            ),
+            &[],
+        )?;
         // a row as wharf wrote it before: the whole event in the body
         c.exec(
             &format!(
@@ -2106,10 +2149,31 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     })
     .await
     .unwrap();
-    for e in [&full, &bare, &old] {
+    for e in [&full, &bare, &old, &pull, &by_digest, &long_keys] {
         let id = e.id.to_string();
         let got = s.read(move |c| events::get(c, &id)).await.unwrap();
         assert_eq!(got.as_ref(), Some(e), "events::get");
+    }
+    // a pull's body: short keys, the resource URL cut to its host, `public` only when true
+    for (e, public) in [(&pull, true), (&by_digest, false)] {
+        let id = e.id.to_string();
+        let body = s
+            .read(move |c| {
+                c.text(
+                    "SELECT body FROM events WHERE id = ?1",
+                    wharf::args![id.as_str()],
+                )
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(body.contains("\"h\":\"registry.example:8443\""), "{body}");
+        assert!(
+            !body.contains("prj/team/app") && !body.contains("operator"),
+            "{body}"
+        );
+        assert_eq!(body.contains("\"p\":true"), public, "{body}");
+        assert!(body.len() < 160, "{} bytes: {body}", body.len());
     }
     // the body leaves out what the columns hold
     let id = full.id.to_string();
@@ -2153,7 +2217,14 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         .unwrap();
     let mut got: Vec<Event> = listed.into_iter().map(|x| x.event).collect();
     got.sort_by_key(|e| e.id);
-    let mut want = vec![full.clone(), bare.clone(), old.clone()];
+    let mut want = vec![
+        full.clone(),
+        bare.clone(),
+        old.clone(),
+        pull.clone(),
+        by_digest.clone(),
+        long_keys.clone(),
+    ];
     want.sort_by_key(|e| e.id);
     assert_eq!(got, want, "events::list");
     // a held event released is published whole
