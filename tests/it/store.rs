@@ -2105,6 +2105,11 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     by_digest.id = uuid::Uuid::now_v7();
     by_digest.tags.clear();
     by_digest.public = false;
+    // a media type with no code, and a malformed one that looks like a code
+    by_digest.media_type = Some("application/vnd.example.manifest+json".into());
+    let mut odd = by_digest.clone();
+    odd.id = uuid::Uuid::now_v7();
+    odd.media_type = Some("om".into());
     by_digest.resource_url = Event::oci_resource_url(
         "registry.example:8443",
         "prj/team/app",
@@ -2117,12 +2122,15 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     long_keys.resource_url = "h.example/prj/long:v1".into();
     long_keys.request_id = Some("req-2".into());
     let (f, b, o2) = (full.clone(), bare.clone(), old.clone());
+    pull.media_type = Some("application/vnd.oci.image.manifest.v1+json".into());
     let (p, d, l) = (pull.clone(), by_digest.clone(), long_keys.clone());
+    let od = odd.clone();
     s.write(move |c| {
         events::insert(c, &f, None)?;
         events::insert(c, &b, Some(store::now_ms() + 60_000))?;
         events::insert(c, &p, None)?;
         events::insert(c, &d, None)?;
+        events::insert(c, &od, None)?;
         c.exec(
             &format!(
                 "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
@@ -2149,7 +2157,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     })
     .await
     .unwrap();
-    for e in [&full, &bare, &old, &pull, &by_digest, &long_keys] {
+    for e in [&full, &bare, &old, &pull, &by_digest, &odd, &long_keys] {
         let id = e.id.to_string();
         let got = s.read(move |c| events::get(c, &id)).await.unwrap();
         assert_eq!(got.as_ref(), Some(e), "events::get");
@@ -2173,7 +2181,16 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
             "{body}"
         );
         assert_eq!(body.contains("\"p\":true"), public, "{body}");
-        assert!(body.len() < 160, "{} bytes: {body}", body.len());
+        if public {
+            // the OCI manifest type as its code
+            assert!(body.contains("\"m\":\"om\""), "{body}");
+            assert!(body.len() < 160, "{} bytes: {body}", body.len());
+        } else {
+            assert!(
+                body.contains("\"m\":\"application/vnd.example.manifest+json\""),
+                "{body}"
+            );
+        }
     }
     // the body leaves out what the columns hold
     let id = full.id.to_string();
@@ -2223,6 +2240,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         old.clone(),
         pull.clone(),
         by_digest.clone(),
+        odd.clone(),
         long_keys.clone(),
     ];
     want.sort_by_key(|e| e.id);
