@@ -1004,8 +1004,9 @@ pub fn counts(db: &Db<'_>) -> Result<Vec<(String, u64)>, StoreError> {
     Ok(counts)
 }
 
-/// Count the deliveries in final states afresh (after `wharf store copy`, whose inserts the
-/// counters do not see): the counters' rows become one per state, in shard 0.
+/// Count the deliveries in final states afresh: the counters' rows become one per state, in
+/// shard 0. On PostgreSQL the counters see updates and deletes, not inserts (wharf creates
+/// deliveries pending or running); `wharf store copy`, which inserts finished ones, calls this.
 pub fn recount(db: &Db<'_>) -> Result<(), StoreError> {
     db.exec("DELETE FROM delivery_counts", &[])?;
     db.exec(
