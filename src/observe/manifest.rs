@@ -1,7 +1,7 @@
 //! Manifest facts: what kind of artifact a manifest describes, its size, platforms and blobs.
 //! Parsed with oci-spec (OCI and Docker schema 2 manifests and indexes / manifest lists).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde::Deserialize;
@@ -58,7 +58,8 @@ pub struct Facts {
     /// Size of config + layers (0 for an index: see `children`).
     pub size: u64,
     pub children: Vec<Child>,
-    pub annotations: HashMap<String, String>,
+    /// In key order, so that the facts of one manifest are the same value every time.
+    pub annotations: BTreeMap<String, String>,
     /// Size of the chart archive layer (charts).
     pub chart_layer_size: Option<u64>,
 }
@@ -166,7 +167,12 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestE
             blobs: Vec::new(),
             size: 0,
             children,
-            annotations: index.annotations().clone().unwrap_or_default(),
+            annotations: index
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             chart_layer_size: None,
         });
     }
@@ -196,7 +202,12 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestE
         blobs,
         size,
         children: Vec::new(),
-        annotations: m.annotations().clone().unwrap_or_default(),
+        annotations: m
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         chart_layer_size,
     })
 }
@@ -284,6 +295,30 @@ impl FactsCache {
 
 #[cfg(test)]
 mod tests {
+
+    /// Parsing one manifest twice gives equal facts, down to their order: annotations were a
+    /// `HashMap` (each instance iterates in its own random order), which the fuzz target's
+    /// determinism oracle caught (seed `fuzz/seeds/manifest/annotations-order`).
+    #[test]
+    fn facts_of_one_manifest_are_the_same_every_time() {
+        let annotations: Vec<String> = (0..8).map(|i| format!("\"k{i}\": \"v{i}\"")).collect();
+        let body = format!(
+            r#"{{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {{"mediaType": "application/vnd.oci.image.config.v1+json",
+              "digest": "sha256:{a}", "size": 123}},
+            "layers": [], "annotations": {{{}}}}}"#,
+            annotations.join(", "),
+            a = "a".repeat(64)
+        );
+        let first = format!("{:?}", parse(body.as_bytes(), None).unwrap());
+        for _ in 0..4 {
+            assert_eq!(
+                first,
+                format!("{:?}", parse(body.as_bytes(), None).unwrap())
+            );
+        }
+    }
+
     use super::*;
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
