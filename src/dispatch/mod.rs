@@ -56,6 +56,18 @@ const CLAIM_AHEAD: usize = 4;
 /// claimed at most this late; retries and deferrals it scheduled itself at their due time.
 const IDLE: Duration = Duration::from_secs(1);
 
+/// How long the recorder waits, after an attempt finished, for more to finish before it writes
+/// their outcomes (see [`Dispatcher::run_recorder`]). Each write is a transaction whose fixed
+/// cost (on PostgreSQL: its statements' round trips, the counters' trigger, the commit) was
+/// most of the store's CPU per delivered push at four pushes in flight (bench, store
+/// scenario); gathered, that cost is shared by every outcome of the window. An outcome is
+/// visible (API, UI) this much later; the attempt slot and the target's circuit do not wait
+/// for it.
+const OUTCOME_LINGER: Duration = Duration::from_millis(10);
+
+/// Most outcomes written in one transaction.
+const OUTCOMES_PER_WRITE: usize = 512;
+
 /// How often leases that expired are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(5);
 
@@ -232,12 +244,13 @@ impl Dispatcher {
         self
     }
 
-    /// Write finished attempts to the store in batches: whatever has finished while the last
-    /// batch was being written goes into the next one (one transaction, set-based statements on
-    /// PostgreSQL), so the outcome of an attempt costs the store a fraction of a round trip
-    /// under load and one small transaction when idle. An attempt whose outcome is not written
-    /// (the process dies first) is attempted again once its claim's lease expires (at least
-    /// once). Runs until `shutdown`, then writes what is left.
+    /// Write finished attempts to the store in batches: what finishes within
+    /// [`OUTCOME_LINGER`] of the first, and whatever finished while the last batch was being
+    /// written, goes into one transaction (set-based statements on PostgreSQL), so the outcome
+    /// of an attempt costs the store a fraction of a transaction whenever attempts finish
+    /// faster than one per linger. An attempt whose outcome is not written (the process dies
+    /// first) is attempted again once its claim's lease expires (at least once). Runs until
+    /// `shutdown`, then writes what is left.
     async fn run_recorder(self: Arc<Self>, shutdown: CancellationToken) {
         let Some(mut rx) = self.recorder.lock().ok().and_then(|mut r| r.take()) else {
             return;
@@ -258,12 +271,7 @@ impl Dispatcher {
             let Some(first) = first else {
                 return;
             };
-            let mut batch = vec![first];
-            while batch.len() < 512
-                && let Ok(f) = rx.try_recv()
-            {
-                batch.push(f);
-            }
+            let batch = gather(&mut rx, first, &shutdown).await;
             self.record(batch).await;
         }
     }
@@ -768,6 +776,33 @@ impl Dispatcher {
     }
 }
 
+/// The outcomes to write together: `first`, and what arrives within [`OUTCOME_LINGER`] of it
+/// (at most [`OUTCOMES_PER_WRITE`]). Returns early when the channel closes or at `shutdown`
+/// (the recorder's next turn writes what is left).
+async fn gather<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
+    first: T,
+    shutdown: &CancellationToken,
+) -> Vec<T> {
+    let mut batch = vec![first];
+    let until = tokio::time::Instant::now() + OUTCOME_LINGER;
+    while batch.len() < OUTCOMES_PER_WRITE {
+        if let Ok(f) = rx.try_recv() {
+            batch.push(f);
+            continue;
+        }
+        tokio::select! {
+            f = rx.recv() => match f {
+                Some(f) => batch.push(f),
+                None => break,
+            },
+            () = tokio::time::sleep_until(until) => break,
+            () = shutdown.cancelled() => break,
+        }
+    }
+    batch
+}
+
 /// A target address as logs may show it: a target URL may carry a secret in its path or query
 /// (Slack's do), so only scheme, host and port.
 pub fn loggable_address(address: &str) -> String {
@@ -809,6 +844,51 @@ mod tests {
             Arc::new(AtomicBool::new(true)),
             Duration::from_secs(60),
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_finishing_within_the_linger_are_written_together() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let sender = tokio::spawn(async move {
+            for (i, after_ms) in [(2, 3), (3, 4), (4, 20), (5, 1)] {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                tx.send(i).unwrap();
+            }
+            tx
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(gather(&mut rx, 1, &shutdown).await, vec![1, 2, 3]);
+        assert_eq!(
+            started.elapsed(),
+            OUTCOME_LINGER,
+            "waits out the linger, no longer"
+        );
+        let next = rx.recv().await.unwrap();
+        assert_eq!(gather(&mut rx, next, &shutdown).await, vec![4, 5]);
+        // closed channel or shutdown: no waiting
+        let tx = sender.await.unwrap();
+        tx.send(6).unwrap();
+        drop(tx);
+        let started = tokio::time::Instant::now();
+        assert_eq!(gather(&mut rx, 0, &shutdown).await, vec![0, 6]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        let (_tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
+        shutdown.cancel();
+        assert_eq!(gather(&mut rx, 7, &shutdown).await, vec![7]);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // a full batch does not wait either
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..OUTCOMES_PER_WRITE + 3 {
+            tx.send(i).unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            gather(&mut rx, first, &shutdown).await.len(),
+            OUTCOMES_PER_WRITE
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[test]
