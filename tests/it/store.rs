@@ -475,10 +475,25 @@ async fn a_push_learned_blind_counts_as_learn_manifest_does(kind: Kind) {
         310,
         "l1 listed twice counts once"
     );
-    // the retag: nothing counted again
+    // the retag: nothing counted again, and (PostgreSQL) the artifact's row not written
+    let version = || {
+        s.read(|c| match c.backend() {
+            store::Backend::Postgres => c.text(
+                "SELECT CAST(xmin AS TEXT) || ':' || CAST(xmax AS TEXT) || ':' || CAST(ctid AS TEXT) FROM artifacts WHERE repository = 'p/a'",
+                &[],
+            ),
+            store::Backend::Sqlite => Ok(None),
+        })
+    };
+    let before = version().await.unwrap();
     s.write(move |c| knowledge::learn_pushed(c, &a2, Some("v2")))
         .await
         .unwrap();
+    assert_eq!(
+        version().await.unwrap(),
+        before,
+        "a retag rewrites and locks nothing"
+    );
     s.write(move |c| knowledge::learn_pushed(c, &b1, None))
         .await
         .unwrap();
