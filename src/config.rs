@@ -662,10 +662,12 @@ pub struct UpstreamConfig {
     /// completely; past it the client gets 504. Uploads themselves are not limited by it.
     #[serde(default = "defaults::response_timeout", with = "duration")]
     pub response_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream.
+    /// Idle keep-alive connections kept per upstream that no client connection owns (parked
+    /// by client connections that ended, and the shared pool's).
     #[serde(default = "defaults::pool_max_idle")]
     pub pool_max_idle: usize,
-    /// How long an idle pooled connection is kept.
+    /// How long an idle upstream connection is kept (a client connection's own, parked or
+    /// pooled).
     #[serde(default = "defaults::pool_idle_timeout", with = "duration")]
     pub pool_idle_timeout: Duration,
     /// PEM file with one or more CA certificates trusted for `https://` upstreams (the registry

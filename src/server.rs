@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::app::App;
-use crate::forward::{Body, ClientConn, X_REQUEST_ID};
+use crate::forward::{Affinity, Body, ClientConn, X_REQUEST_ID};
 use crate::observe::body::Observed;
 use crate::route::{self, Route};
 
@@ -168,19 +168,20 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let open = OpenConnection(app.metrics.clone());
-            let conn = ClientConn {
-                addr,
-                tls: tls.is_some(),
-            };
+            // this connection's own upstream connections, driven in this task beside it
+            let affinity = Arc::new(Affinity::default());
+            let conn = ClientConn::new(addr, tls.is_some()).with_affinity(affinity.clone());
             let activity = Arc::new(ConnActivity::new());
             let watched = activity.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 let busy = watched.begin();
+                let conn = conn.clone();
                 async move {
                     Ok::<_, std::convert::Infallible>(handle(app, req, conn, Some(busy)).await)
                 }
             });
+            let upstreams = affinity.drive();
             let idle = activity.expired(limits.header_timeout, limits.idle_timeout);
             let result = match tls {
                 Some(acceptor) => {
@@ -192,6 +193,7 @@ pub async fn serve(
                             tokio::select! {
                                 r = served => r,
                                 () = idle => Ok(()),
+                                () = upstreams => Ok(()),
                             }
                         }
                         Ok(Err(e)) => {
@@ -213,6 +215,7 @@ pub async fn serve(
                     tokio::select! {
                         r = served => r,
                         () = idle => Ok(()),
+                        () = upstreams => Ok(()),
                     }
                 }
             };
@@ -384,12 +387,9 @@ pub async fn handle(
     let route = classified.route;
     let host = {
         let (uri, version) = (req.uri().clone(), req.version());
-        normalize_host(
-            req.headers_mut(),
-            &uri,
-            version,
-            &app.config.external_host(),
-        )
+        normalize_host(req.headers_mut(), &uri, version, || {
+            app.config.external_host()
+        })
     };
     let op = route.name();
     // what the access-log line needs, gathered only when that line is written at all
@@ -495,7 +495,7 @@ pub fn normalize_host(
     headers: &mut http::HeaderMap,
     uri: &http::Uri,
     version: http::Version,
-    fallback: &str,
+    fallback: impl FnOnce() -> String,
 ) -> Result<(), HostError> {
     let mut values = headers.get_all(http::header::HOST).iter();
     let first = values.next().cloned();
@@ -522,7 +522,8 @@ pub fn normalize_host(
         match (host, authority) {
             (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => return Err(HostError::Mismatch),
             (_, Some(a)) => a,
-            (Some(h), None) => h,
+            // the header alone: already the one Host, left as it is
+            (Some(_), None) => return Ok(()),
             (None, None) => return Err(HostError::Missing),
         }
     } else {
@@ -530,8 +531,9 @@ pub fn normalize_host(
             (None, _) if version == http::Version::HTTP_11 => return Err(HostError::Missing),
             // absolute-form: its authority wins (RFC 9112 §3.2.2)
             (_, Some(a)) => a,
-            (Some(h), None) => h,
-            (None, None) => fallback,
+            (Some(_), None) => return Ok(()),
+            // HTTP/1.0 without Host: the external URL's host (computed only then)
+            (None, None) => &fallback(),
         }
     };
     let value = HeaderValue::from_str(chosen).map_err(|_| HostError::Invalid)?;
@@ -556,10 +558,12 @@ async fn route_request(
         Route::Chart(op) => Box::pin(crate::observe::chart(app, op, req, ctx)).await,
         Route::Health => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
         Route::Ready => Box::pin(ready(app)).await,
-        Route::Api => match Box::pin(app.api.clone().oneshot(with_conn(req, ctx.conn))).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        },
+        Route::Api => {
+            match Box::pin(app.api.clone().oneshot(with_conn(req, ctx.conn.clone()))).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
     }
 }
 
@@ -705,7 +709,9 @@ mod tests {
         for v in hosts {
             h.append(http::header::HOST, HeaderValue::from_str(v).unwrap());
         }
-        let r = normalize_host(&mut h, &uri.parse().unwrap(), version, "wharf.example:443");
+        let r = normalize_host(&mut h, &uri.parse().unwrap(), version, || {
+            "wharf.example:443".to_string()
+        });
         let got = h
             .get(http::header::HOST)
             .map(|v| v.to_str().unwrap().to_string());

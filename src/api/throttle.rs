@@ -151,7 +151,7 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
         return next.run(req).await;
     };
     let has_credentials = req.headers().contains_key(http::header::AUTHORIZATION);
-    let conn = req.extensions().get::<ClientConn>().copied();
+    let conn = req.extensions().get::<ClientConn>().cloned();
     let (true, Some(conn)) = (has_credentials, conn) else {
         return next.run(req).await;
     };
@@ -232,10 +232,7 @@ mod tests {
 
     #[test]
     fn forwarded_address_is_the_last_one_and_only_when_trusted() {
-        let conn = ClientConn {
-            addr: "10.0.0.5:1234".parse().unwrap(),
-            tls: false,
-        };
+        let conn = ClientConn::new("10.0.0.5:1234".parse().unwrap(), false);
         let mut h = HeaderMap::new();
         h.insert(
             "x-forwarded-for",

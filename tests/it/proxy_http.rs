@@ -404,3 +404,122 @@ async fn idle_upstream_connections_close_after_pool_idle_timeout() {
     );
     server.await.unwrap();
 }
+
+/// A stand-in upstream that answers every `GET` with `{}` on keep-alive connections and
+/// records, per request, the port of the connection it came on. With `close_idle`, it closes
+/// a connection that long after each answer (without saying so in the answer).
+async fn recording_upstream(
+    close_idle: Option<Duration>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, peer)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 << 10];
+                let mut got = Vec::new();
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    got.drain(..end);
+                    record.lock().unwrap().push(peer.port());
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if let Some(after) = close_idle {
+                        tokio::time::sleep(after).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn get_on(conn: &mut RawConn) -> u16 {
+    conn.send(b"GET /v2/ HTTP/1.1\r\nHost: wharf.test\r\n\r\n")
+        .await
+        .unwrap();
+    conn.read_response(false).await.unwrap().status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_connection_has_upstream_connections_of_its_own() {
+    let (upstream, seen) = recording_upstream(None).await;
+    let wharf = Wharf::start(&format!("http://{upstream}")).await;
+    let mut a = RawConn::connect(wharf.addr()).await;
+    let mut b = RawConn::connect(wharf.addr()).await;
+    for _ in 0..3 {
+        assert_eq!(get_on(&mut a).await, 200);
+        assert_eq!(get_on(&mut b).await, 200);
+    }
+    let ports = seen.lock().unwrap().clone();
+    assert_eq!(ports.len(), 6, "{ports:?}");
+    // a's requests on one upstream connection, b's on another (a shared pool would have
+    // carried these sequential requests on one)
+    let (of_a, of_b): (Vec<_>, Vec<_>) = ports.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    assert!(of_a.iter().all(|(_, p)| *p == of_a[0].1), "{ports:?}");
+    assert!(of_b.iter().all(|(_, p)| *p == of_b[0].1), "{ports:?}");
+    assert_ne!(of_a[0].1, of_b[0].1, "{ports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_outlive_short_client_connections() {
+    // clients that open a connection per request reuse the upstream connection an ended
+    // client connection left
+    let (upstream, seen) = recording_upstream(None).await;
+    let wharf = Wharf::start(&format!("http://{upstream}")).await;
+    for _ in 0..4 {
+        let mut c = RawConn::connect(wharf.addr()).await;
+        assert_eq!(get_on(&mut c).await, 200);
+        drop(c);
+        // the server notices the close and parks the connection
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ports = seen.lock().unwrap().clone();
+    assert_eq!(ports.len(), 4, "{ports:?}");
+    assert!(ports.iter().all(|p| *p == ports[0]), "{ports:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_connection_closed_while_idle_is_replaced_without_an_error() {
+    // the upstream closes each connection 50 ms after its answer: owned by a client connection
+    // (whose task sees the close) or parked (nobody polls it; the request fails before being
+    // sent and is sent again on a new connection) — the client never sees it
+    let (upstream, seen) = recording_upstream(Some(Duration::from_millis(50))).await;
+    let wharf = Wharf::start(&format!("http://{upstream}")).await;
+    let mut kept = RawConn::connect(wharf.addr()).await;
+    for _ in 0..3 {
+        assert_eq!(get_on(&mut kept).await, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    drop(kept);
+    for _ in 0..3 {
+        let mut c = RawConn::connect(wharf.addr()).await;
+        assert_eq!(get_on(&mut c).await, 200);
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let ports = seen.lock().unwrap().clone();
+    assert_eq!(ports.len(), 6, "{ports:?}");
+    let mut distinct = ports.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 6, "a closed connection was used: {ports:?}");
+}

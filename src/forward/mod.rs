@@ -15,6 +15,9 @@
 //! - failures become OCI error JSON: unreachable (no TCP connection and TLS handshake within
 //!   `upstream.connect_timeout`) → 502, a TLS or certificate problem → 502 naming it, no response
 //!   headers within `upstream.response_timeout` after the request body was sent → 504;
+//! - a request on an HTTP/1 client connection goes upstream on a connection of that client
+//!   connection's own, driven in its task ([`affinity`]); other requests use a shared keep-alive
+//!   pool;
 //! - `https://` upstreams are verified against the system's trust store plus
 //!   `upstream.ca_bundle`, and get `upstream.client_cert`/`client_key` when the server asks for a
 //!   client certificate.
@@ -33,6 +36,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,6 +45,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::oneshot;
 
 use crate::config::UpstreamConfig;
+
+mod affinity;
+pub use affinity::Affinity;
+use affinity::Park;
 
 /// The one body type of requests and responses inside wharf.
 pub type Body = axum::body::Body;
@@ -55,6 +63,9 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// hyper's read buffer limit for upstream connections (a response head may be this large).
+const MAX_BUF: usize = 256 << 10;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -388,11 +399,35 @@ where
     }
 }
 
-/// How the client reached wharf: needed for `X-Forwarded-*`.
-#[derive(Debug, Clone, Copy)]
+/// How the client reached wharf: needed for `X-Forwarded-*`; and, for an HTTP/1 connection,
+/// its own upstream connections.
+#[derive(Debug, Clone)]
 pub struct ClientConn {
     pub addr: SocketAddr,
     pub tls: bool,
+    /// The client's IP as `X-Forwarded-For` names it, formatted once per connection.
+    ip: HeaderValue,
+    affinity: Option<Arc<Affinity>>,
+}
+
+impl ClientConn {
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self {
+            addr,
+            tls,
+            ip,
+            affinity: None,
+        }
+    }
+
+    /// This connection's HTTP/1 requests go upstream on connections of its own, driven by
+    /// `affinity.drive()` (which the caller runs beside the connection).
+    pub fn with_affinity(mut self, affinity: Arc<Affinity>) -> Self {
+        self.affinity = Some(affinity);
+        self
+    }
 }
 
 /// One upstream service (the registry, or ChartMuseum) and a pooled keep-alive client for it.
@@ -403,6 +438,13 @@ pub struct Upstream {
     authority: Authority,
     base_path: String,
     client: Client<Connector, Body>,
+    /// For connections of a client connection's own ([`Affinity`]).
+    connector: Connector,
+    /// Idle connections left by client connections that ended.
+    park: Arc<Park>,
+    /// `scheme://authority/`: what the connector is given.
+    origin: Uri,
+    idle_timeout: Duration,
     response_timeout: Duration,
     trust_forwarded: bool,
 }
@@ -449,14 +491,24 @@ impl Upstream {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle)
-            .http1_max_buf_size(256 << 10)
-            .build(connector);
+            .http1_max_buf_size(MAX_BUF)
+            .build(connector.clone());
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| bad(format!("bad URL: {e}")))?;
         Ok(Self {
             name,
             scheme,
             authority,
             base_path,
             client,
+            connector,
+            park: Arc::new(Park::new(cfg.pool_max_idle)),
+            origin,
+            idle_timeout: cfg.pool_idle_timeout,
             response_timeout: cfg.response_timeout,
             trust_forwarded,
         })
@@ -485,7 +537,17 @@ impl Upstream {
             request_id,
             self.trust_forwarded,
         );
-        parts.uri = self.uri_for(path_and_query)?;
+        // HTTP/2 requests of one connection run concurrently, each in a task of its own
+        let affinity = conn
+            .affinity
+            .as_deref()
+            .filter(|_| parts.version <= Version::HTTP_11);
+        let pq = self.path_for(path_and_query)?;
+        parts.uri = match affinity {
+            // origin-form on a connection of its own
+            Some(_) => Uri::from(pq),
+            None => self.absolute(pq)?,
+        };
         parts.version = Version::HTTP_11;
         let (tx, body_sent) = oneshot::channel();
         let sent_already = body.is_end_stream();
@@ -494,7 +556,12 @@ impl Upstream {
             tx: Some(tx),
         });
         let mut resp = self
-            .send(Request::from_parts(parts, body), body_sent, sent_already)
+            .send(
+                Request::from_parts(parts, body),
+                body_sent,
+                sent_already,
+                affinity,
+            )
             .await?;
         let origin = client_origin(client_host.as_ref(), conn);
         prepare_response_headers(resp.headers_mut(), request_id);
@@ -507,6 +574,7 @@ impl Upstream {
         req: Request<Body>,
         body_sent: oneshot::Receiver<()>,
         sent_already: bool,
+        affinity: Option<&Affinity>,
     ) -> Result<Response<Incoming>, ForwardError> {
         let timeout = self.response_timeout;
         let deadline = async move {
@@ -516,21 +584,96 @@ impl Upstream {
             }
             tokio::time::sleep(timeout).await;
         };
+        let sending = async {
+            match affinity {
+                Some(a) => self.send_affine(a, req).await,
+                None => self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| self.classify_error(&e, e.is_connect())),
+            }
+        };
         tokio::select! {
-            res = self.client.request(req) => res.map_err(|e| self.classify_error(e)),
+            res = sending => res,
             _ = deadline => Err(ForwardError::Timeout { upstream: self.name, timeout }),
         }
     }
 
-    fn classify_error(&self, e: hyper_util::client::legacy::Error) -> ForwardError {
-        let detail = error_chain(&e);
-        if let Some(tls) = find_tls_error(&e) {
+    /// Send `req` (origin-form) on the client connection's own connection to this upstream,
+    /// made if it has none that is ready. A request the reused connection closed before sending
+    /// is sent once more on a new one.
+    async fn send_affine(
+        &self,
+        affinity: &Affinity,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let (mut id, mut sender, reused) = match affinity.take(self.name, &self.park) {
+            Some(t) => (t.id, t.sender, t.reused),
+            None => {
+                let (id, sender) = self.connect_affine(affinity).await?;
+                (id, sender, false)
+            }
+        };
+        let res = match sender.try_send_request(req).await {
+            Err(mut e) if reused && e.message().is_some() => {
+                let req = e
+                    .take_message()
+                    .ok_or_else(|| self.classify_error(e.error(), false))?;
+                (id, sender) = self.connect_affine(affinity).await?;
+                sender.try_send_request(req).await
+            }
+            res => res,
+        };
+        match res {
+            Ok(resp) => {
+                affinity.put(id, sender, self.idle_timeout);
+                Ok(resp)
+            }
+            Err(e) => Err(self.classify_error(e.error(), false)),
+        }
+    }
+
+    /// A new connection to this upstream, driven by `affinity`: its id there, and its sender.
+    async fn connect_affine(
+        &self,
+        affinity: &Affinity,
+    ) -> Result<(u64, SendRequest<Body>), ForwardError> {
+        use tower::ServiceExt;
+        let io = self
+            .connector
+            .clone()
+            .oneshot(self.origin.clone())
+            .await
+            .map_err(|e| self.classify_error(&*e, true))?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_BUF)
+            .handshake(io)
+            .await
+            .map_err(|e| self.classify_error(&e, false))?;
+        let name = self.name;
+        let id = affinity.attach(
+            name,
+            &self.park,
+            Box::pin(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(upstream = name, error = %e, "upstream connection ended with an error");
+                }
+            }),
+        );
+        Ok((id, sender))
+    }
+
+    /// A failure to reach the upstream (`connect`: no connection was made) or of the exchange.
+    fn classify_error(&self, e: &(dyn std::error::Error + 'static), connect: bool) -> ForwardError {
+        let detail = error_chain(e);
+        if let Some(tls) = find_tls_error(e) {
             ForwardError::Tls {
                 upstream: self.name,
                 problem: tls_problem(tls),
                 detail,
             }
-        } else if e.is_connect() {
+        } else if connect {
             ForwardError::Unreachable {
                 upstream: self.name,
                 detail,
@@ -554,10 +697,10 @@ impl Upstream {
     ) -> Result<(http::response::Parts, Bytes), ForwardError> {
         let mut req = Request::new(Body::empty());
         *req.method_mut() = method;
-        *req.uri_mut() = self.uri_for(path_and_query)?;
+        *req.uri_mut() = self.absolute(self.path_for(path_and_query)?)?;
         *req.headers_mut() = headers;
         let (_tx, rx) = oneshot::channel();
-        let resp = self.send(req, rx, true).await?;
+        let resp = self.send(req, rx, true, None).await?;
         let (parts, body) = resp.into_parts();
         let limited = http_body_util::Limited::new(body, limit);
         let collected = tokio::time::timeout(self.response_timeout, limited.collect())
@@ -587,13 +730,21 @@ impl Upstream {
         Ok(parts.status)
     }
 
-    fn uri_for(&self, path_and_query: &str) -> Result<Uri, ForwardError> {
-        let pq: PathAndQuery = format!("{}{}", self.base_path, path_and_query)
-            .parse()
-            .map_err(|e| ForwardError::Failed {
-                upstream: self.name,
-                detail: format!("bad path: {e}"),
-            })?;
+    /// `path_and_query` under the upstream's base path.
+    fn path_for(&self, path_and_query: &str) -> Result<PathAndQuery, ForwardError> {
+        let pq = if self.base_path.is_empty() {
+            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(path_and_query.as_bytes()))
+        } else {
+            format!("{}{}", self.base_path, path_and_query).parse()
+        };
+        pq.map_err(|e| ForwardError::Failed {
+            upstream: self.name,
+            detail: format!("bad path: {e}"),
+        })
+    }
+
+    /// The absolute URI of `pq` at this upstream (what the pooled client is given).
+    fn absolute(&self, pq: PathAndQuery) -> Result<Uri, ForwardError> {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -651,6 +802,10 @@ fn client_origin(host: Option<&HeaderValue>, conn: &ClientConn) -> Option<String
 
 /// Remove hop-by-hop headers: the fixed list and every header named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // most messages carry none: one pass over the names instead of a lookup per header
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -675,6 +830,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == PROXY_CONNECTION
+        || name == KEEP_ALIVE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
 /// Headers of a request going upstream.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
@@ -688,12 +853,14 @@ pub fn prepare_request_headers(
     if let Some(host) = client_host {
         headers.insert(header::HOST, host.clone());
     }
-    let ip = conn.addr.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust_forwarded => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if trust_forwarded => {
+            let ip = conn.ip.to_str().unwrap_or("");
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        _ => Some(conn.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     let keep = |h: &HeaderName, headers: &HeaderMap| trust_forwarded && headers.contains_key(h);
@@ -777,10 +944,7 @@ mod tests {
     use super::*;
 
     fn conn() -> ClientConn {
-        ClientConn {
-            addr: "127.0.0.9:4242".parse().unwrap(),
-            tls: false,
-        }
+        ClientConn::new("127.0.0.9:4242".parse().unwrap(), false)
     }
 
     #[test]
