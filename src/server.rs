@@ -277,7 +277,6 @@ impl RateLimitedWarning {
 /// What one client connection is doing, for its idle watchdog.
 struct ConnActivity {
     state: std::sync::Mutex<Activity>,
-    idle: tokio::sync::Notify,
 }
 
 struct Activity {
@@ -295,18 +294,11 @@ pub struct RequestGuard(Arc<ConnActivity>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let now_idle = match self.0.state.lock() {
-            Ok(mut s) => {
-                s.in_flight = s.in_flight.saturating_sub(1);
-                if s.in_flight == 0 {
-                    s.idle_since = tokio::time::Instant::now();
-                }
-                s.in_flight == 0
+        if let Ok(mut s) = self.0.state.lock() {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.in_flight == 0 {
+                s.idle_since = tokio::time::Instant::now();
             }
-            Err(_) => false,
-        };
-        if now_idle {
-            self.0.idle.notify_waiters();
         }
     }
 }
@@ -319,7 +311,6 @@ impl ConnActivity {
                 idle_since: tokio::time::Instant::now(),
                 served: false,
             }),
-            idle: tokio::sync::Notify::new(),
         }
     }
 
@@ -333,27 +324,22 @@ impl ConnActivity {
 
     /// Resolves when the connection has been idle too long: `first` after being accepted
     /// without a request, `idle` after its last response.
+    ///
+    /// One timer, re-armed only when it fires (to the deadline the connection's state then
+    /// gives), so requests themselves never touch it.
     async fn expired(&self, first: Duration, idle: Duration) {
+        let mut deadline = tokio::time::Instant::now() + first;
         loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let deadline = match self.state.lock() {
-                Ok(s) if s.in_flight == 0 => {
-                    Some(s.idle_since + if s.served { idle } else { first })
-                }
-                Ok(_) => None,
+            tokio::time::sleep_until(deadline).await;
+            let now = tokio::time::Instant::now();
+            deadline = match self.state.lock() {
+                Ok(s) if s.in_flight == 0 => s.idle_since + if s.served { idle } else { first },
+                // busy: it cannot expire before it has been idle that long
+                Ok(_) => now + idle,
                 Err(_) => return,
             };
-            match deadline {
-                None => notified.await,
-                Some(d) if d <= tokio::time::Instant::now() => return,
-                Some(d) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(d) => {}
-                        () = notified => {}
-                    }
-                }
+            if deadline <= now {
+                return;
             }
         }
     }
@@ -716,6 +702,26 @@ mod tests {
             .get(http::header::HOST)
             .map(|v| v.to_str().unwrap().to_string());
         (r, got)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_expires_only_when_idle_for_its_timeout() {
+        use std::time::Duration;
+        let (first, idle) = (Duration::from_secs(2), Duration::from_secs(5));
+        let activity = Arc::new(ConnActivity::new());
+        let expired = activity.expired(first, idle);
+        tokio::pin!(expired);
+        let until = |d: u64| tokio::time::sleep(Duration::from_millis(d));
+        // a request within `first`, longer than `idle` itself: never expired while busy
+        tokio::select! { () = &mut expired => panic!("expired before a request"), () = until(1_000) => {} }
+        let busy = activity.begin();
+        tokio::select! { () = &mut expired => panic!("expired while busy"), () = until(12_000) => {} }
+        drop(busy);
+        let idle_from = tokio::time::Instant::now();
+        // then `idle` after its response, not earlier
+        tokio::select! { () = &mut expired => panic!("expired early"), () = until(4_900) => {} }
+        expired.await;
+        assert_eq!(idle_from.elapsed(), idle);
     }
 
     // Hardening 7: invalid, missing or repeated Host headers are refused.
