@@ -454,6 +454,19 @@ fn is_host_and_port(s: &str) -> bool {
     if s.is_empty() || s.contains('@') || s.ends_with(':') {
         return false;
     }
+    // the usual case, a name or IPv4 address with an optional port, without a parse
+    let (host, port) = match s.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    if !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
+        return port
+            .is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    }
     match s.parse::<http::uri::Authority>() {
         Ok(a) => {
             // the port, when there is one, must be a TCP port (http's parser lets `:99999` by)
@@ -740,6 +753,10 @@ mod tests {
             (&["evil.com:"][..], "/v2/", v11, Err(Invalid)),
             (&["evil.com:99999"][..], "/v2/", v11, Err(Invalid)),
             (&["evil.com:http"][..], "/v2/", v11, Err(Invalid)),
+            (&["evil.com:+80"][..], "/v2/", v11, Err(Invalid)),
+            (&["evil.com:80:80"][..], "/v2/", v11, Err(Invalid)),
+            (&["wharf_1:80"][..], "/v2/", v11, Ok("wharf_1:80")),
+            (&["10.0.0.1"][..], "/v2/", v11, Ok("10.0.0.1")),
             (&["a b"][..], "/v2/", v11, Err(Invalid)),
             (&[""][..], "/v2/", v11, Err(Invalid)),
             (&[][..], "/v2/", v11, Err(Missing)),

@@ -850,7 +850,9 @@ pub fn prepare_request_headers(
 ) {
     strip_hop_by_hop(headers);
     headers.remove(header::EXPECT);
-    if let Some(host) = client_host {
+    if let Some(host) = client_host
+        && headers.get(header::HOST) != Some(host)
+    {
         headers.insert(header::HOST, host.clone());
     }
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
