@@ -39,7 +39,9 @@ fuzz_target!(|data: &[u8]| {
             };
             for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
                 let mut h = h.clone();
-                if wharf::server::normalize_host(&mut h, &uri, version, "fallback:1").is_ok() {
+                if wharf::server::normalize_host(&mut h, &uri, version, || "fallback:1".to_owned())
+                    .is_ok()
+                {
                     let all: Vec<_> = h.get_all(header::HOST).iter().collect();
                     assert_eq!(all.len(), 1);
                     let host = all[0].to_str().expect("ASCII");
@@ -48,8 +50,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!a.host().is_empty());
                     let before = h.clone();
                     let plain: http::Uri = "/".parse().expect("a path");
-                    wharf::server::normalize_host(&mut h, &plain, version, "fallback:1")
-                        .expect("normalized twice");
+                    wharf::server::normalize_host(&mut h, &plain, version, || {
+                        "fallback:1".to_owned()
+                    })
+                    .expect("normalized twice");
                     assert_eq!(before, h);
                 }
             }
