@@ -65,6 +65,8 @@ pub struct App {
     pub sender: Arc<Sender>,
     /// The system switch `notification_enable`, cached (the database holds it).
     pub notifications_enabled: Arc<AtomicBool>,
+    /// [`Config::external_host`], computed once: every event's resource URL starts with it.
+    pub external_host: String,
 }
 
 impl App {
@@ -123,6 +125,7 @@ impl App {
         .shared_through(
             (store.backend() == crate::store::Backend::Postgres).then(|| store.clone()),
         );
+        let external_host = config.external_host();
         Ok(Arc::new_cyclic(|weak| App {
             // the admin UI under /ui/ is served by the same router as the API
             api: crate::api::router(weak.clone()).merge(crate::ui::router(weak.clone())),
@@ -140,6 +143,7 @@ impl App {
             login_throttle: LoginThrottle::new(config_throttle.0, config_throttle.1),
             sender,
             notifications_enabled,
+            external_host,
         }))
     }
 }

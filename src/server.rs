@@ -374,7 +374,7 @@ pub async fn handle(
     let host = {
         let (uri, version) = (req.uri().clone(), req.version());
         normalize_host(req.headers_mut(), &uri, version, || {
-            app.config.external_host()
+            app.external_host.clone()
         })
     };
     let op = route.name();

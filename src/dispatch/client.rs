@@ -274,7 +274,11 @@ impl Sender {
             s.duration = started.elapsed();
             s
         };
-        if let Err(b) = self.check_literal(&target.address) {
+        // parsed once: the guard's literal check and the request use the same URL
+        let url = reqwest::Url::parse(&target.address);
+        if let Ok(u) = &url
+            && let Err(b) = self.check_literal(u)
+        {
             return done(Sent {
                 error_kind: Some(FailureKind::RefusedTarget),
                 error: Some(b.to_string()),
@@ -287,8 +291,12 @@ impl Sender {
         } else {
             &self.verify
         };
-        let mut req = client
-            .post(&target.address)
+        let req = match url {
+            Ok(u) => client.post(u),
+            // reqwest reports the address it cannot use as the attempt's error
+            Err(_) => client.post(&target.address),
+        };
+        let mut req = req
             .header(http::header::CONTENT_TYPE, payload.content_type.as_ref())
             .header("webhook-id", id)
             .header("webhook-timestamp", ts.to_string())
@@ -332,10 +340,7 @@ impl Sender {
     }
 
     /// An IP-literal host never goes through the resolver: check it here.
-    fn check_literal(&self, url: &str) -> Result<(), Blocked> {
-        let Ok(u) = reqwest::Url::parse(url) else {
-            return Ok(());
-        };
+    fn check_literal(&self, u: &reqwest::Url) -> Result<(), Blocked> {
         let ip = match u.host() {
             Some(url::Host::Ipv4(v4)) => std::net::IpAddr::V4(v4),
             Some(url::Host::Ipv6(v6)) => std::net::IpAddr::V6(v6),

@@ -661,7 +661,7 @@ impl Dispatcher {
                 (s.cooldown * 2).min(self.cfg.breaker_max_cooldown)
             };
             s.open_until = Some(now + s.cooldown);
-            tracing::warn!(target_address = %loggable_address(address), failures = s.consecutive_failures, cooldown = ?s.cooldown, "circuit open: deliveries to this target wait");
+            tracing::warn!(target_address = %Loggable(address), failures = s.consecutive_failures, cooldown = ?s.cooldown, "circuit open: deliveries to this target wait");
         }
     }
 
@@ -806,16 +806,27 @@ async fn gather<T>(
 /// A target address as logs may show it: a target URL may carry a secret in its path or query
 /// (Slack's do), so only scheme, host and port.
 pub fn loggable_address(address: &str) -> String {
-    reqwest::Url::parse(address)
-        .map(|u| match u.port() {
-            Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("")),
-            None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")),
-        })
-        .unwrap_or_else(|_| "(unparsable address)".into())
+    Loggable(address).to_string()
+}
+
+/// [`loggable_address`] as a `Display`, parsed only when a log line is written: a delivery
+/// logged at `debug` (the default level hides it) costs no URL parse.
+pub struct Loggable<'a>(pub &'a str);
+
+impl std::fmt::Display for Loggable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match reqwest::Url::parse(self.0) {
+            Ok(u) => match u.port() {
+                Some(p) => write!(f, "{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("")),
+                None => write!(f, "{}://{}", u.scheme(), u.host_str().unwrap_or("")),
+            },
+            Err(_) => f.write_str("(unparsable address)"),
+        }
+    }
 }
 
 fn log_attempt(d: &Claimed, sent: &Sent, next: Next) {
-    let address = loggable_address(&d.target.address);
+    let address = Loggable(&d.target.address);
     match next {
         Next::Succeeded => {
             tracing::debug!(delivery = d.id, event_id = %d.event.id, target_address = %address, status = sent.status, ms = sent.duration.as_millis() as u64, "delivered")
@@ -832,6 +843,22 @@ mod tests {
     use crate::dispatch::guard::Guard;
     use crate::dispatch::policy::Target;
     use crate::events::{Event, EventKind};
+
+    #[test]
+    fn a_logged_target_address_keeps_only_scheme_host_and_port() {
+        let shown = |a: &str| Loggable(a).to_string();
+        assert_eq!(
+            shown("https://hooks.slack.com/services/T0/B0/secret?x=1"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            shown("http://user:pw@127.0.0.1:8080/hook#frag"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(shown("http://[::1]:9/"), "http://[::1]:9");
+        assert_eq!(shown("not a url"), "(unparsable address)");
+        assert_eq!(loggable_address("https://h:443/p"), "https://h");
+    }
 
     fn dispatcher(cfg: NotificationConfig, dir: &std::path::Path) -> Dispatcher {
         let store = Store::open_sqlite(dir, store::Synchronous::Normal).unwrap();

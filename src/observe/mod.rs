@@ -229,7 +229,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 fn resource_url(app: &App, repo: &Repository, tag: Option<&str>, digest: Option<&str>) -> String {
-    Event::oci_resource_url(&app.config.external_host(), repo.as_str(), tag, digest)
+    Event::oci_resource_url(&app.external_host, repo.as_str(), tag, digest)
 }
 
 /// Read a Helm chart's config blob (small) with the client's credentials.

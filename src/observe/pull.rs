@@ -165,7 +165,7 @@ fn pull_completed(
         client: client_key(who.ip, &who.operator),
         since: app.recent.since(),
         find_tag: tag.is_none(),
-        host: app.config.external_host(),
+        host: app.external_host.clone(),
         one_event,
     });
     match facts {

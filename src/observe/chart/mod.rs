@@ -306,10 +306,7 @@ fn chart_event(app: &App, who: &Who, kind: EventKind, facts: &ChartFacts) -> Opt
     e.size = facts.size;
     e.resource_url = format!(
         "{}/chartrepo/{}/charts/{}-{}.tgz",
-        app.config.external_host(),
-        facts.project,
-        facts.name,
-        facts.version
+        app.external_host, facts.project, facts.name, facts.version
     );
     e.chart = Some(ChartInfo {
         name: facts.name.clone(),
