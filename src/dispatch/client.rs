@@ -412,3 +412,41 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload() -> Payload {
+        Payload {
+            content_type: std::borrow::Cow::Borrowed("application/json"),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    // the address is parsed once per attempt: a literal the guard refuses is still refused
+    // before any connection, and an address that does not parse is a failed attempt
+    #[tokio::test]
+    async fn refused_literals_and_unparsable_addresses_fail_the_attempt() {
+        let sender = Sender::new(Arc::new(Guard::default()), Duration::from_secs(1), None).unwrap();
+        let sent = sender
+            .send(
+                &Target::http("http://169.254.169.254/latest"),
+                &payload(),
+                "id-1",
+            )
+            .await;
+        assert_eq!(
+            sent.error_kind,
+            Some(FailureKind::RefusedTarget),
+            "{sent:?}"
+        );
+        let sent = sender
+            .send(&Target::http("http://exa mple/"), &payload(), "id-2")
+            .await;
+        assert!(
+            sent.error_kind.is_some() && sent.status.is_none(),
+            "{sent:?}"
+        );
+    }
+}
