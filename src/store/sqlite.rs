@@ -2,11 +2,12 @@
 //!
 //! One writer thread owns the write connection and commits in groups: every job queued while
 //! the previous transaction ran goes into the next one, each inside its own savepoint (a failing
-//! job rolls back alone, with its effects). A caller that awaits a write gets its answer only
-//! after the COMMIT. Background writes (pull events) wait up to [`BACKGROUND_WINDOW`] (10 ms)
-//! to share a commit: what sits in the queue when the process is killed is lost; the queue is
-//! drained on graceful shutdown. While it gathers them the writer is parked, so a background
-//! job does not wake it (only the first of a window, and any job somebody waits for, does).
+//! job rolls back alone, with its effects; a job alone in its transaction needs none). A caller
+//! that awaits a write gets its answer only after the COMMIT. Background writes (pull events)
+//! wait up to [`BACKGROUND_WINDOW`] (10 ms) to share a commit: what sits in the queue when the
+//! process is killed is lost; the queue is drained on graceful shutdown. While it gathers them
+//! the writer is parked, so a background job does not wake it (only the first of a window, and
+//! any job somebody waits for, does).
 //!
 //! Durability: WAL journal. `store.synchronous: normal` (default) survives a killed process
 //! (`kill -9`) but not an OS crash — the same as the registry's own filesystem storage, which
@@ -197,8 +198,11 @@ fn writer_loop(
         let admitting = intake.current();
         let mut failed = 0u64;
         let mut effects = Effects::default();
+        // a job alone needs no savepoint: the transaction is its own (as on PostgreSQL); a
+        // savepoint copies every page the job touches to the statement journal first
+        let single = n == 1;
         for job in batch {
-            let savepoint = exec_cached(&conn, "SAVEPOINT job").is_ok();
+            let savepoint = !single && exec_cached(&conn, "SAVEPOINT job").is_ok();
             let done = (job.run)(
                 &Db::sqlite(&conn)
                     .with_cache(&cache)
@@ -218,7 +222,9 @@ fn writer_loop(
             }
             dones.push(job.done);
         }
-        let commit = exec_cached(&conn, "COMMIT")
+        // a single job that failed: its transaction is rolled back, its own error answers it
+        let rolled_back = single && failed == 1;
+        let commit = exec_cached(&conn, if rolled_back { "ROLLBACK" } else { "COMMIT" })
             .map(|_| ())
             .map_err(StoreError::from);
         if let Err(e) = &commit {
@@ -231,7 +237,9 @@ fn writer_loop(
                 super::Stage::BeforeAnswers,
                 admitting.as_deref(),
             );
-            stats.commits.fetch_add(1, Ordering::Relaxed);
+            if !rolled_back {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
             stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
             stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
         }
