@@ -804,13 +804,8 @@ async fn gather<T>(
 }
 
 /// A target address as logs may show it: a target URL may carry a secret in its path or query
-/// (Slack's do), so only scheme, host and port.
-pub fn loggable_address(address: &str) -> String {
-    Loggable(address).to_string()
-}
-
-/// [`loggable_address`] as a `Display`, parsed only when a log line is written: a delivery
-/// logged at `debug` (the default level hides it) costs no URL parse.
+/// (Slack's do), so only scheme, host and port. A `Display`, parsed only when a log line is
+/// written: a delivery logged at `debug` (the default level hides it) costs no URL parse.
 pub struct Loggable<'a>(pub &'a str);
 
 impl std::fmt::Display for Loggable<'_> {
@@ -857,7 +852,7 @@ mod tests {
         );
         assert_eq!(shown("http://[::1]:9/"), "http://[::1]:9");
         assert_eq!(shown("not a url"), "(unparsable address)");
-        assert_eq!(loggable_address("https://h:443/p"), "https://h");
+        assert_eq!(shown("https://h:443/p"), "https://h");
     }
 
     fn dispatcher(cfg: NotificationConfig, dir: &std::path::Path) -> Dispatcher {
