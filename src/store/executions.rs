@@ -45,7 +45,7 @@ pub fn list(
     let mut all: Vec<Value<'_>> = vec![Value::Int(policy_id)];
     all.extend_from_slice(args);
     let from = "FROM deliveries d LEFT JOIN delivery_targets t ON t.id = d.target_id
-                LEFT JOIN events e ON e.id = d.event_id WHERE d.policy_id = ?1";
+                LEFT JOIN events e ON e.seq = d.event_seq WHERE d.policy_id = ?1";
     let total = db
         .int(&format!("SELECT COUNT(*) {from}{filter}"), &all)?
         .unwrap_or(0)
@@ -55,7 +55,7 @@ pub fn list(
     all.push(Value::Int(offset));
     let order = order.unwrap_or("d.created_at DESC, d.id DESC");
     let sql = format!(
-        "SELECT d.id, d.event_id, d.event_type, d.policy_id, d.target_address, d.state, d.attempts,
+        "SELECT d.id, COALESCE(e.id, ''), d.event_type, d.policy_id, d.target_address, d.state, d.attempts,
                 d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error, t.body,
                 {} {from}{filter} ORDER BY {order}, d.id DESC LIMIT ?{} OFFSET ?{}",
         super::events::event_columns!("e."),

@@ -1040,7 +1040,7 @@ mod tests {
                 "deliveries_due",
             ),
             (
-                "DELETE FROM deliveries WHERE event_id = 'x'",
+                "DELETE FROM deliveries WHERE event_seq = 5",
                 "deliveries_by_event",
             ),
             (

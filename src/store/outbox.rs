@@ -60,8 +60,9 @@ impl std::fmt::Debug for Born {
 
 /// A delivery in state ?9: `pending`, or `running` under claim ?10 until ?11, created already
 /// claimed (see [`Intake`]; its id: [`Db::insert_id_later`]).
-const INSERT_DELIVERY_SQL: &str = "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7, ?9, ?8, ?8, ?8, ?10, ?11)";
+/// The event is named by its id ?1 and stored as its `seq`.
+const INSERT_DELIVERY_SQL: &str = "INSERT INTO deliveries (event_seq, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
+     VALUES ((SELECT seq FROM events WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, '', ?7, ?9, ?8, ?8, ?8, ?10, ?11)";
 
 /// Create the deliveries of `event`: one per enabled target of every enabled policy of its
 /// project that wants it, pointing at the target's current version. Nothing is created while
@@ -204,7 +205,7 @@ const CLAIM_SQL: &str =
 const LOAD_SQL: &str = concat!(
     "SELECT d.id, d.policy_id, COALESCE(t.body, d.target), d.attempts, COALESCE(p.id, 0), pol.enabled, ",
     event_columns!("e."),
-    " FROM deliveries d LEFT JOIN events e ON e.id = d.event_id
+    " FROM deliveries d LEFT JOIN events e ON e.seq = d.event_seq
      LEFT JOIN delivery_targets t ON t.id = d.target_id
      LEFT JOIN projects p ON p.name = d.project
      LEFT JOIN policies pol ON pol.id = d.policy_id
@@ -225,13 +226,13 @@ pub const CLAIM_LOAD_SQL_PG: &str = concat!(
        WHERE id = ANY(ARRAY(SELECT id FROM deliveries
                     WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
                     ORDER BY not_before, id LIMIT ?3 FOR UPDATE SKIP LOCKED))
-       RETURNING id, policy_id, target_id, target, attempts, project, event_id)
+       RETURNING id, policy_id, target_id, target, attempts, project, event_seq)
      SELECT c.id, c.policy_id,
        COALESCE((SELECT t.body FROM delivery_targets t WHERE t.id = c.target_id), c.target),
        c.attempts, COALESCE((SELECT p.id FROM projects p WHERE p.name = c.project), 0),
        (SELECT pol.enabled FROM policies pol WHERE pol.id = c.policy_id), ",
     event_columns!("e."),
-    " FROM c LEFT JOIN events e ON e.id = c.event_id"
+    " FROM c LEFT JOIN events e ON e.seq = c.event_seq"
 );
 
 /// PostgreSQL: the dispatcher's statements (the claim, the outcome) are planned, in their
@@ -818,7 +819,8 @@ fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
     })
 }
 
-const VIEW_COLUMNS: &str = "id, event_id, event_type, policy_id, target_address, state, attempts, not_before, created_at, updated_at, last_status, last_error";
+/// The event's id comes from the event log (the delivery holds its `seq`).
+const VIEW_COLUMNS: &str = "id, COALESCE((SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq), ''), event_type, policy_id, target_address, state, attempts, not_before, created_at, updated_at, last_status, last_error";
 
 /// Deliveries of a policy, newest first.
 pub fn list_for_policy(

@@ -112,6 +112,7 @@ conformance!(
     delivery_counts_follow_every_change_without_counting_the_outbox,
     pull_events_leave_the_log_sooner,
     an_event_reads_back_whole_from_its_stored_row,
+    deliveries_of_a_schema_13_database_keep_their_events,
 );
 
 fn repo(s: &str) -> Repository {
@@ -160,9 +161,9 @@ async fn publish(s: &Store, n: usize) {
 /// 10,000 deliveries to `http://t/` in `state`, for the plan tests (PostgreSQL).
 fn fill_deliveries(c: &wharf::store::Db<'_>, state: &str) -> Result<u64, StoreError> {
     c.exec(
-        "INSERT INTO deliveries (event_id, event_type, policy_id, project, target_index,
+        "INSERT INTO deliveries (event_seq, event_type, policy_id, project, target_index,
            target_address, target, target_id, state, not_before, created_at, updated_at)
-         SELECT 'e' || g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '', 1, ?1, 0, 0, 0
+         SELECT g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '', 1, ?1, 0, 0, 0
          FROM generate_series(1, 10000) g",
         wharf::args![state],
     )
@@ -236,7 +237,7 @@ async fn events_are_published_with_deliveries_and_pruned_when_done(kind: Kind) {
     // the old one's delivery is done, the waiting one's is not
     s.write(|c| {
         c.exec(
-            "UPDATE deliveries SET state = 'dead' WHERE event_id IN (SELECT id FROM events WHERE digest = 'sha256:old')",
+            "UPDATE deliveries SET state = 'dead' WHERE event_seq IN (SELECT seq FROM events WHERE digest = 'sha256:old')",
             &[],
         )?;
         c.exec(
@@ -2125,6 +2126,10 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     let mut odd = by_digest.clone();
     odd.id = uuid::Uuid::now_v7();
     odd.media_type = Some("om".into());
+    // a request id that is a UUID but not in wharf's lowercase text: kept as it came
+    odd.request_id = Some("01A2379E-C2B1-76B2-B3AB-8958C36F2211".into());
+    // a time on the millisecond: no sub-millisecond part stored
+    odd.occurred_at = chrono::DateTime::from_timestamp_millis(1_764_806_400_123).unwrap();
     by_digest.resource_url = Event::oci_resource_url(
         "registry.example:8443",
         "prj/team/app",
@@ -2196,10 +2201,15 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
             "{body}"
         );
         assert_eq!(body.contains("\"p\":true"), public, "{body}");
+        // the time is the row's milliseconds and the nanoseconds below them; wharf's request
+        // id (a UUID) as 22 characters of base64url
+        assert!(!body.contains("\"t\":"), "{body}");
+        assert!(!body.contains("01a2379e"), "{body}");
+        assert!(body.contains("\"Q\":\"AaI3nsKxdrKzq4lYw28iEQ\""), "{body}");
         if public {
             // the OCI manifest type as its code
             assert!(body.contains("\"m\":\"om\""), "{body}");
-            assert!(body.len() < 160, "{} bytes: {body}", body.len());
+            assert!(body.len() < 130, "{} bytes: {body}", body.len());
         } else {
             assert!(
                 body.contains("\"m\":\"application/vnd.example.manifest+json\""),
@@ -2207,6 +2217,27 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
             );
         }
     }
+    // a request id not in canonical text is kept as it came; a time on the millisecond
+    // needs nothing in the body
+    let id = odd.id.to_string();
+    let body = s
+        .read(move |c| {
+            c.text(
+                "SELECT body FROM events WHERE id = ?1",
+                wharf::args![id.as_str()],
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        body.contains("\"q\":\"01A2379E-C2B1-76B2-B3AB-8958C36F2211\""),
+        "{body}"
+    );
+    assert!(
+        !body.contains("\"n\":") && !body.contains("\"t\":"),
+        "{body}"
+    );
     // the body leaves out what the columns hold
     let id = full.id.to_string();
     let body = s
@@ -2445,4 +2476,116 @@ async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key
             "the outcome does not take the primary key:\n{plan}"
         );
     }
+}
+
+/// Schema 14 names a delivery's event by its `seq`: a database of schema 13 (deliveries naming
+/// their event by id) migrates with every delivery still tied to its event — listed with the
+/// event's id, claimed with the event, pruned with it.
+async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
+    use store::db::Value;
+    let o = open(kind).await;
+    let s = &o.store;
+    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    let mut old = push("prj/a", "sha256:old");
+    old.occurred_at = chrono::Utc::now() - chrono::Duration::days(40);
+    let fresh = push("prj/a", "sha256:fresh");
+    let (o1, f1) = (old.clone(), fresh.clone());
+    s.write(move |c| {
+        events::insert(c, &o1, None)?;
+        events::insert(c, &f1, None)?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // back to schema 13's shape, as a wharf of the tenth session left it
+    let down = match kind {
+        Kind::Sqlite => {
+            "ALTER TABLE deliveries ADD COLUMN event_id TEXT;
+             UPDATE deliveries SET event_id = (SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq);
+             DROP INDEX deliveries_by_event;
+             ALTER TABLE deliveries DROP COLUMN event_seq;
+             CREATE INDEX deliveries_by_event ON deliveries(event_id);
+             PRAGMA user_version = 13"
+        }
+        Kind::Postgres => {
+            "ALTER TABLE deliveries ADD COLUMN event_id TEXT;
+             UPDATE deliveries d SET event_id = e.id FROM events e WHERE e.seq = d.event_seq;
+             DROP INDEX deliveries_by_event;
+             ALTER TABLE deliveries DROP COLUMN event_seq;
+             CREATE INDEX deliveries_by_event ON deliveries(event_id);
+             DELETE FROM wharf_schema WHERE version > 13"
+        }
+    };
+    s.write(move |c| {
+        for stmt in down.split(';') {
+            c.exec(stmt, &[])?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    s.close().await;
+    let s = match kind {
+        Kind::Sqlite => Store::open_sqlite(o._dir.path(), Default::default()).unwrap(),
+        Kind::Postgres => Store::open(&pg_config(o.url.as_deref().unwrap()), o._dir.path())
+            .await
+            .unwrap(),
+    };
+    assert_eq!(s.schema_version().await.unwrap(), store::schema::latest());
+    let (listed, total) = s
+        .read(move |c| outbox::list_for_policy(c, pid, None, 0, 10))
+        .await
+        .unwrap();
+    assert_eq!(total, 2);
+    let mut ids: Vec<String> = listed.into_iter().map(|d| d.event_id).collect();
+    ids.sort();
+    let mut want = vec![old.id.to_string(), fresh.id.to_string()];
+    want.sort();
+    assert_eq!(ids, want, "each delivery names its event");
+    let unlinked = s
+        .read(|c| {
+            c.int(
+                "SELECT COUNT(*) FROM deliveries WHERE event_seq IS NULL",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(unlinked, Some(0));
+    // the claim loads the event; the old one's delivery ends, and the old event goes with it
+    let claimed = claim(&s, limits(10, 10), lease(7)).await;
+    let mut got: Vec<String> = claimed.iter().map(|d| d.event.id.to_string()).collect();
+    got.sort();
+    assert_eq!(got, want, "claimed with their events");
+    s.write(|c| {
+        c.exec(
+            "UPDATE deliveries SET state = 'dead', claim_token = NULL, lease_until = NULL",
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let before = store::now_ms() - 30 * 24 * 3_600_000;
+    let pruned = s
+        .write(move |c| events::prune(c, before, 100))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let left = s
+        .read(|c| c.int("SELECT COUNT(*) FROM deliveries", &[]))
+        .await
+        .unwrap();
+    assert_eq!(left, Some(1), "the pruned event's delivery went with it");
+    let fresh_id = fresh.id.to_string();
+    let gone = s
+        .read(move |c| {
+            c.int(
+                "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = ?1",
+                &[Value::Text(&fresh_id)],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(gone, Some(1), "the fresh event keeps its delivery");
+    s.close().await;
 }
