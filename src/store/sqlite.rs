@@ -2,7 +2,9 @@
 //!
 //! One writer thread owns the write connection and commits in groups: every job queued while
 //! the previous transaction ran goes into the next one, each inside its own savepoint (a failing
-//! job rolls back alone, with its effects; a job alone in its transaction needs none). A caller
+//! job rolls back alone, with its effects). The first job of a transaction needs none: when it
+//! fails, the transaction holds nothing else and is rolled back whole, and the next job begins
+//! another. A caller
 //! that awaits a write gets its answer only after the COMMIT. Background writes (pull events)
 //! wait up to [`BACKGROUND_WINDOW`] (10 ms) to share a commit: what sits in the queue when the
 //! process is killed is lost; the queue is drained on graceful shutdown. While it gathers them
@@ -184,25 +186,37 @@ fn writer_loop(
             }
         }
         let n = batch.len();
-        if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
-            let err = StoreError::from(e);
-            tracing::error!(error = %err, jobs = n, "database: cannot begin a transaction");
-            stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-            for job in batch {
-                (job.done)(Err(err.clone()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
         let mut dones = Vec::with_capacity(n);
         let admitting = intake.current();
         let mut failed = 0u64;
         let mut effects = Effects::default();
-        // a job alone needs no savepoint: the transaction is its own (as on PostgreSQL); a
-        // savepoint copies every page the job touches to the statement journal first
-        let single = n == 1;
+        // No transaction is open before the first job, nor after a failed job that was the
+        // first of its transaction. That job ran without a savepoint (a savepoint copies every
+        // page the job touches to the statement journal first): its transaction holds nothing
+        // else, so it is rolled back whole and the next job begins a new one (as on PostgreSQL
+        // for a job alone). Later jobs of a transaction run in savepoints.
+        let mut open = false;
+        let mut fresh = true;
+        let mut broken: Option<StoreError> = None;
         for job in batch {
-            let savepoint = !single && exec_cached(&conn, "SAVEPOINT job").is_ok();
+            if let Some(err) = &broken {
+                failed += 1;
+                (job.done)(Err(err.clone()));
+                continue;
+            }
+            if !open {
+                if let Err(e) = exec_cached(&conn, "BEGIN IMMEDIATE") {
+                    let err = StoreError::from(e);
+                    tracing::error!(error = %err, jobs = n, "database: cannot begin a transaction");
+                    failed += 1;
+                    (job.done)(Err(err.clone()));
+                    broken = Some(err);
+                    continue;
+                }
+                open = true;
+                fresh = true;
+            }
+            let savepoint = !fresh && exec_cached(&conn, "SAVEPOINT job").is_ok();
             let done = (job.run)(
                 &Db::sqlite(&conn)
                     .with_cache(&cache)
@@ -217,16 +231,38 @@ fn writer_loop(
                 };
             }
             match done {
-                Some(e) => effects.merge(e),
-                None => failed += 1,
+                Some(e) => {
+                    effects.merge(e);
+                    fresh = false;
+                }
+                None => {
+                    failed += 1;
+                    if fresh {
+                        // its own error answers it; nothing else was in the transaction
+                        if let Err(e) = exec_cached(&conn, "ROLLBACK") {
+                            tracing::error!(error = %e, "database: rollback failed");
+                            let _ = conn.execute_batch("ROLLBACK");
+                        }
+                        open = false;
+                    }
+                }
             }
             dones.push(job.done);
         }
-        // a single job that failed: its transaction is rolled back, its own error answers it
-        let rolled_back = single && failed == 1;
-        let commit = exec_cached(&conn, if rolled_back { "ROLLBACK" } else { "COMMIT" })
-            .map(|_| ())
-            .map_err(StoreError::from);
+        if broken.is_some() && dones.is_empty() {
+            stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        // every job that ran failed alone: nothing to commit
+        let rolled_back = !open;
+        let commit = if rolled_back {
+            Ok(())
+        } else {
+            exec_cached(&conn, "COMMIT")
+                .map(|_| ())
+                .map_err(StoreError::from)
+        };
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = n, "database: commit failed");
             let _ = conn.execute_batch("ROLLBACK");

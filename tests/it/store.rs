@@ -2081,6 +2081,72 @@ async fn sqlite_background_writes_share_a_commit_with_the_write_that_ends_the_wi
     assert_eq!(n, Some(21));
 }
 
+/// The first job of a SQLite transaction runs without a savepoint: when it fails, the
+/// transaction is rolled back whole and the jobs after it begin another. Background jobs queued
+/// together (one window, one batch): a failing first job, good ones, a failing one among them,
+/// and again a failing one after that — each failure loses only its own writes, and every other
+/// job lands, in at most two commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_first_job_of_a_batch_takes_nothing_else_with_it() {
+    let o = open(Kind::Sqlite).await;
+    let s = &o.store;
+    s.write(|c| c.exec("INSERT INTO meta (key, n) VALUES ('taken', 1)", &[]))
+        .await
+        .unwrap();
+    let stats = s.stats();
+    let before = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // fails: first, then at position 3, then two in a row at the end of the window
+    let fails = [true, false, false, true, false, true, true, false];
+    for (i, fail) in fails.into_iter().enumerate() {
+        let tx = tx.clone();
+        s.write_detached(
+            move |c| {
+                c.exec(
+                    "INSERT INTO meta (key, n) VALUES (?1, 1)",
+                    &[format!("job-{i}").as_str().into()],
+                )?;
+                if fail {
+                    c.exec("INSERT INTO meta (key, n) VALUES ('taken', 2)", &[])?;
+                }
+                Ok(())
+            },
+            move |r: Result<(), StoreError>| {
+                let _ = tx.send((i, r.is_ok()));
+            },
+        );
+    }
+    s.write(|c| c.exec("INSERT INTO meta (key, n) VALUES ('urgent', 1)", &[]))
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..fails.len() {
+        answers.push(rx.recv().await.unwrap());
+    }
+    answers.sort();
+    for (i, ok) in answers {
+        assert_eq!(ok, !fails[i], "job {i} answered");
+    }
+    let kept = s
+        .read(|c| {
+            c.rows(
+                "SELECT key FROM meta WHERE key LIKE 'job-%' ORDER BY key",
+                &[],
+                |r| r.text(0),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, ["job-1", "job-2", "job-4", "job-7"]);
+    assert_eq!(count(s, "SELECT n FROM meta WHERE key = 'taken'").await, 1);
+    assert_eq!(
+        count(s, "SELECT COUNT(*) FROM meta WHERE key = 'urgent'").await,
+        1
+    );
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(commits <= 2, "{commits} commits");
+}
+
 /// The event log keeps an event's id, type, project, repository and digest in columns only (not
 /// again in the body); every reader gets the whole event back, and rows written before, whose
 /// body holds the whole event, still read.
