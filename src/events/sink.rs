@@ -4,7 +4,10 @@
 //!   transaction) is committed. Used for pushes, deletes, chart uploads and deletes, quota
 //!   events: the client's success response waits for it.
 //! - [`Sink::detached`]: queued for the next group commit, not awaited. Used for pulls: a
-//!   process killed in that moment (typically a few milliseconds) loses those pulls.
+//!   process killed in that moment (typically a few milliseconds) loses those pulls. Events
+//!   queued while the store's writer is busy are written by one job (one savepoint at most,
+//!   not one each): a database failure in that job loses the group, each event logged and
+//!   counted, as a kill would.
 //!
 //! A database failure never fails the registry request: it is logged and counted
 //! (`events_lost`).
@@ -14,7 +17,7 @@
 //! name and process, none afterwards), and sets the repository's creation time on artifact
 //! events (one primary-key lookup).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Event, EventKind};
@@ -34,6 +37,39 @@ pub struct Sink {
     metrics: Arc<Metrics>,
     /// Projects known to have a row (see [`store::projects::Known`]).
     projects: Arc<store::projects::Known>,
+    /// Detached events waiting for their job: not empty ⇔ exactly one job is queued to take
+    /// them (see [`Sink::detached`]).
+    queued: Arc<Mutex<Vec<Detached>>>,
+}
+
+/// A detached event waiting to be written.
+struct Detached {
+    event: Event,
+    with: Option<With>,
+    new_project: bool,
+}
+
+/// What accounting a detached event needs once its job has answered.
+struct Taken {
+    kind: EventKind,
+    id: uuid::Uuid,
+    project: String,
+    new_project: bool,
+}
+
+impl Taken {
+    fn of(d: &Detached) -> Self {
+        Taken {
+            kind: d.event.kind,
+            id: d.event.id,
+            project: d.event.project.clone(),
+            new_project: d.new_project,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// In the event's transaction: the project's row when this process has not met the name yet
@@ -55,6 +91,7 @@ impl Sink {
             store,
             metrics,
             projects: Arc::default(),
+            queued: Arc::default(),
         }
     }
 
@@ -90,28 +127,66 @@ impl Sink {
         ok
     }
 
-    /// Record `event` in a group commit without waiting.
+    /// Record `event` in a group commit without waiting. Events queued before the writer takes
+    /// them are written by one job, in order; if it fails, they are all lost (and counted).
     pub fn detached(&self, event: Event, with: Option<With>) {
-        let kind = event.kind;
-        let id = event.id;
-        let project = event.project.clone();
-        let new_project = !self.projects.contains(&project);
+        let new_project = !self.projects.contains(&event.project);
+        let first = {
+            let mut q = lock(&self.queued);
+            q.push(Detached {
+                event,
+                with,
+                new_project,
+            });
+            q.len() == 1
+        };
+        if !first {
+            return; // the job queued for the first of them takes this one too
+        }
+        let queued = self.queued.clone();
+        let taken: Arc<Mutex<Option<Vec<Taken>>>> = Arc::default();
+        let noted = taken.clone();
         let sink = self.clone();
         self.store.write_detached(
             move |c| {
-                let mut event = event;
-                if let Some(w) = with
-                    && !w(c, &mut event)?
-                {
-                    return Ok(c.take_published());
+                let group = std::mem::take(&mut *lock(&queued));
+                *lock(&noted) = Some(group.iter().map(Taken::of).collect());
+                let mut published = Vec::with_capacity(group.len());
+                for d in group {
+                    let mut event = d.event;
+                    if let Some(w) = d.with
+                        && !w(c, &mut event)?
+                    {
+                        published.push(c.take_published());
+                        continue;
+                    }
+                    complete(c, &mut event, d.new_project)?;
+                    store::events::insert(c, &event, None)?;
+                    published.push(c.take_published());
                 }
-                complete(c, &mut event, new_project)?;
-                store::events::insert(c, &event, None)?;
-                Ok(c.take_published())
+                Ok(published)
             },
-            move |result| {
-                if sink.account(kind, id, result) && new_project {
-                    sink.projects.insert(&project);
+            move |result: Result<Vec<Vec<EventKind>>, StoreError>| {
+                // the job never ran (the store refused it): its events are still queued
+                let group = lock(&taken).take().unwrap_or_else(|| {
+                    std::mem::take(&mut *lock(&sink.queued))
+                        .iter()
+                        .map(Taken::of)
+                        .collect()
+                });
+                match result {
+                    Ok(published) => {
+                        for (t, p) in group.into_iter().zip(published) {
+                            if sink.account(t.kind, t.id, Ok(p)) && t.new_project {
+                                sink.projects.insert(&t.project);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        for t in group {
+                            sink.account(t.kind, t.id, Err(e.clone()));
+                        }
+                    }
                 }
             },
         );
@@ -245,5 +320,121 @@ impl Sink {
                 () = shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Repository;
+
+    /// A sink on a fresh embedded store whose writer is kept busy for `hold`, so that the
+    /// detached events queued meanwhile wait together.
+    async fn sink_behind_a_busy_writer(hold: Duration) -> (Sink, Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path(), Default::default()).unwrap();
+        let sink = Sink::new(store.clone(), Arc::new(Metrics::new()));
+        store.write_detached(
+            move |_| {
+                std::thread::sleep(hold);
+                Ok(())
+            },
+            |_: Result<(), StoreError>| {},
+        );
+        (sink, store, dir)
+    }
+
+    fn pull(i: usize) -> Event {
+        let mut e = Event::new(
+            EventKind::PullArtifact,
+            &Repository::parse("prj/app").unwrap(),
+            "anonymous",
+        );
+        e.digest = Some(format!("sha256:{i}"));
+        e
+    }
+
+    async fn events_in(store: &Store) -> i64 {
+        store
+            .read(|c| c.int("SELECT COUNT(*) FROM events", &[]))
+            .await
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// Pull events queued while the writer is busy are written by one job, every one of them,
+    /// and counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn detached_events_queued_together_are_written_by_one_job() {
+        let (sink, store, _dir) = sink_behind_a_busy_writer(Duration::from_millis(200)).await;
+        let jobs_before = store
+            .stats()
+            .jobs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        for i in 0..50 {
+            sink.detached(pull(i), None);
+        }
+        // a write waited for, queued behind them: answered after their commit
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(events_in(&store).await, 50);
+        let jobs = store
+            .stats()
+            .jobs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - jobs_before;
+        assert!(
+            jobs <= 3,
+            "{jobs} jobs for the busy one, 50 events and the barrier"
+        );
+        assert_eq!(sink.metrics.events_lost.get(), 0);
+        let counted = sink
+            .metrics
+            .events
+            .get_or_create(&crate::metrics::TypeLabels {
+                r#type: "PULL_ARTIFACT",
+            })
+            .get();
+        assert_eq!(counted, 50);
+        // the queue is empty again: the next event gets a job of its own
+        sink.detached(pull(50), None);
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(events_in(&store).await, 51);
+    }
+
+    /// A failure in the job loses its group — every event logged and counted as lost, none
+    /// half-written — and the events queued after it are written by the next job.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_group_is_lost_whole_and_counted() {
+        let (sink, store, _dir) = sink_behind_a_busy_writer(Duration::from_millis(200)).await;
+        for i in 0..10 {
+            let with: Option<With> = (i == 7).then(|| -> With {
+                Box::new(|c, _| {
+                    c.exec("INSERT INTO no_such_table VALUES (1)", &[])?;
+                    Ok(true)
+                })
+            });
+            sink.detached(pull(i), with);
+        }
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(events_in(&store).await, 0, "nothing of the group is kept");
+        assert_eq!(sink.metrics.events_lost.get(), 10);
+        sink.detached(pull(10), None);
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(events_in(&store).await, 1);
+        assert_eq!(sink.metrics.events_lost.get(), 10);
+    }
+
+    /// A store that refuses the job (closed) loses the queued events, counted, and the next
+    /// event does not wait behind a job that will never come.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_refused_by_a_closed_store_are_counted_and_the_queue_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path(), Default::default()).unwrap();
+        let sink = Sink::new(store.clone(), Arc::new(Metrics::new()));
+        store.close().await;
+        sink.detached(pull(0), None);
+        sink.detached(pull(1), None);
+        assert_eq!(sink.metrics.events_lost.get(), 2);
+        assert!(lock(&sink.queued).is_empty());
     }
 }
