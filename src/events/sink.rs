@@ -37,9 +37,20 @@ pub struct Sink {
     metrics: Arc<Metrics>,
     /// Projects known to have a row (see [`store::projects::Known`]).
     projects: Arc<store::projects::Known>,
-    /// Detached events waiting for their job: not empty ⇔ exactly one job is queued to take
-    /// them (see [`Sink::detached`]).
-    queued: Arc<Mutex<Vec<Detached>>>,
+    /// Detached events waiting for their job (see [`Sink::detached`]).
+    queued: Arc<Mutex<Queued>>,
+}
+
+/// At most this many detached events per job: a push committed behind a group waits for no
+/// more than the writer's own batch of jobs used to hold.
+const GROUP_MAX: usize = 512;
+
+/// Detached events waiting, and whether a job to take them is queued (then every event added
+/// is taken by it or by the job it queues for what it left).
+#[derive(Default)]
+struct Queued {
+    events: std::collections::VecDeque<Detached>,
+    job_queued: bool,
 }
 
 /// A detached event waiting to be written.
@@ -67,6 +78,9 @@ impl Taken {
         }
     }
 }
+
+/// The events a job took, and whether it left some for the next job.
+type Group = (Vec<Taken>, bool);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -128,29 +142,41 @@ impl Sink {
     }
 
     /// Record `event` in a group commit without waiting. Events queued before the writer takes
-    /// them are written by one job, in order; if it fails, they are all lost (and counted).
+    /// them are written by one job (up to [`GROUP_MAX`]), in order; if it fails, they are all
+    /// lost (and counted).
     pub fn detached(&self, event: Event, with: Option<With>) {
         let new_project = !self.projects.contains(&event.project);
-        let first = {
+        let submit = {
             let mut q = lock(&self.queued);
-            q.push(Detached {
+            q.events.push_back(Detached {
                 event,
                 with,
                 new_project,
             });
-            q.len() == 1
+            !std::mem::replace(&mut q.job_queued, true)
         };
-        if !first {
-            return; // the job queued for the first of them takes this one too
+        if submit {
+            self.submit_group();
         }
+    }
+
+    /// Queue the job that writes the next group of detached events.
+    fn submit_group(&self) {
         let queued = self.queued.clone();
-        let taken: Arc<Mutex<Option<Vec<Taken>>>> = Arc::default();
+        let taken: Arc<Mutex<Option<Group>>> = Arc::default();
         let noted = taken.clone();
         let sink = self.clone();
         self.store.write_detached(
             move |c| {
-                let group = std::mem::take(&mut *lock(&queued));
-                *lock(&noted) = Some(group.iter().map(Taken::of).collect());
+                let (group, more) = {
+                    let mut q = lock(&queued);
+                    let n = q.events.len().min(GROUP_MAX);
+                    let group: Vec<Detached> = q.events.drain(..n).collect();
+                    let more = !q.events.is_empty();
+                    q.job_queued = more; // what is left is the next job's
+                    (group, more)
+                };
+                *lock(&noted) = Some((group.iter().map(Taken::of).collect(), more));
                 let mut published = Vec::with_capacity(group.len());
                 for d in group {
                     let mut event = d.event;
@@ -167,12 +193,11 @@ impl Sink {
                 Ok(published)
             },
             move |result: Result<Vec<Vec<EventKind>>, StoreError>| {
-                // the job never ran (the store refused it): its events are still queued
-                let group = lock(&taken).take().unwrap_or_else(|| {
-                    std::mem::take(&mut *lock(&sink.queued))
-                        .iter()
-                        .map(Taken::of)
-                        .collect()
+                let (group, more) = lock(&taken).take().unwrap_or_else(|| {
+                    // the job never ran (the store refused it): what is queued is lost
+                    let mut q = lock(&sink.queued);
+                    q.job_queued = false;
+                    (q.events.drain(..).map(|d| Taken::of(&d)).collect(), false)
                 });
                 match result {
                     Ok(published) => {
@@ -187,6 +212,9 @@ impl Sink {
                             sink.account(t.kind, t.id, Err(e.clone()));
                         }
                     }
+                }
+                if more {
+                    sink.submit_group();
                 }
             },
         );
@@ -401,6 +429,37 @@ mod tests {
         assert_eq!(events_in(&store).await, 51);
     }
 
+    /// More than [`GROUP_MAX`] events queued: written by as many jobs as groups, each group
+    /// queueing the job for what it left, every event once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_queue_is_written_in_groups_of_at_most_group_max() {
+        let (sink, store, _dir) = sink_behind_a_busy_writer(Duration::from_millis(300)).await;
+        let jobs_before = store
+            .stats()
+            .jobs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let n = 2 * GROUP_MAX + 100;
+        for i in 0..n {
+            sink.detached(pull(i), None);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while events_in(&store).await < n as i64 {
+            assert!(std::time::Instant::now() < deadline, "not all written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(events_in(&store).await, n as i64);
+        let jobs = store
+            .stats()
+            .jobs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - jobs_before;
+        // the busy job and three groups (more if the busy one ended before every event was
+        // queued: a slow machine)
+        assert!((4..=8).contains(&jobs), "{jobs} jobs");
+        let q = lock(&sink.queued);
+        assert!(q.events.is_empty() && !q.job_queued);
+    }
+
     /// A failure in the job loses its group — every event logged and counted as lost, none
     /// half-written — and the events queued after it are written by the next job.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,6 +494,7 @@ mod tests {
         sink.detached(pull(0), None);
         sink.detached(pull(1), None);
         assert_eq!(sink.metrics.events_lost.get(), 2);
-        assert!(lock(&sink.queued).is_empty());
+        let q = lock(&sink.queued);
+        assert!(q.events.is_empty() && !q.job_queued);
     }
 }
