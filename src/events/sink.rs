@@ -99,6 +99,25 @@ fn complete(c: &Db<'_>, event: &mut Event, new_project: bool) -> Result<(), Stor
     Ok(())
 }
 
+/// In the event's transaction: `with`'s writes, then the event completed and inserted (unless
+/// `with` found it part of another); what the transaction published so far.
+fn record(
+    c: &Db<'_>,
+    mut event: Event,
+    with: Option<With>,
+    new_project: bool,
+    hold_until: Option<i64>,
+) -> Result<Vec<EventKind>, StoreError> {
+    if let Some(w) = with
+        && !w(c, &mut event)?
+    {
+        return Ok(c.take_published());
+    }
+    complete(c, &mut event, new_project)?;
+    store::events::insert(c, &event, hold_until)?;
+    Ok(c.take_published())
+}
+
 impl Sink {
     pub fn new(store: Store, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -119,17 +138,7 @@ impl Sink {
         let started = std::time::Instant::now();
         let result = self
             .store
-            .write(move |c| {
-                let mut event = event;
-                if let Some(w) = with
-                    && !w(c, &mut event)?
-                {
-                    return Ok(c.take_published());
-                }
-                complete(c, &mut event, new_project)?;
-                store::events::insert(c, &event, hold_until)?;
-                Ok(c.take_published())
-            })
+            .write(move |c| record(c, event, with, new_project, hold_until))
             .await;
         self.metrics
             .event_commit_seconds
@@ -177,20 +186,10 @@ impl Sink {
                     (group, more)
                 };
                 *lock(&noted) = Some((group.iter().map(Taken::of).collect(), more));
-                let mut published = Vec::with_capacity(group.len());
-                for d in group {
-                    let mut event = d.event;
-                    if let Some(w) = d.with
-                        && !w(c, &mut event)?
-                    {
-                        published.push(c.take_published());
-                        continue;
-                    }
-                    complete(c, &mut event, d.new_project)?;
-                    store::events::insert(c, &event, None)?;
-                    published.push(c.take_published());
-                }
-                Ok(published)
+                group
+                    .into_iter()
+                    .map(|d| record(c, d.event, d.with, d.new_project, None))
+                    .collect::<Result<Vec<_>, _>>()
             },
             move |result: Result<Vec<Vec<EventKind>>, StoreError>| {
                 let (group, more) = lock(&taken).take().unwrap_or_else(|| {
@@ -382,6 +381,14 @@ mod tests {
         e
     }
 
+    /// Jobs the store has committed so far.
+    fn jobs_done(store: &Store) -> u64 {
+        store
+            .stats()
+            .jobs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn events_in(store: &Store) -> i64 {
         store
             .read(|c| c.int("SELECT COUNT(*) FROM events", &[]))
@@ -395,21 +402,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn detached_events_queued_together_are_written_by_one_job() {
         let (sink, store, _dir) = sink_behind_a_busy_writer(Duration::from_millis(200)).await;
-        let jobs_before = store
-            .stats()
-            .jobs
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let jobs_before = jobs_done(&store);
         for i in 0..50 {
             sink.detached(pull(i), None);
         }
         // a write waited for, queued behind them: answered after their commit
         store.write(|_| Ok(())).await.unwrap();
         assert_eq!(events_in(&store).await, 50);
-        let jobs = store
-            .stats()
-            .jobs
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - jobs_before;
+        let jobs = jobs_done(&store) - jobs_before;
         assert!(
             jobs <= 3,
             "{jobs} jobs for the busy one, 50 events and the barrier"
@@ -434,10 +434,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_queue_is_written_in_groups_of_at_most_group_max() {
         let (sink, store, _dir) = sink_behind_a_busy_writer(Duration::from_millis(300)).await;
-        let jobs_before = store
-            .stats()
-            .jobs
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let jobs_before = jobs_done(&store);
         let n = 2 * GROUP_MAX + 100;
         for i in 0..n {
             sink.detached(pull(i), None);
@@ -448,11 +445,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(events_in(&store).await, n as i64);
-        let jobs = store
-            .stats()
-            .jobs
-            .load(std::sync::atomic::Ordering::Relaxed)
-            - jobs_before;
+        let jobs = jobs_done(&store) - jobs_before;
         // the busy job and three groups (more if the busy one ended before every event was
         // queued: a slow machine)
         assert!((4..=8).contains(&jobs), "{jobs} jobs");

@@ -191,11 +191,7 @@ impl<'a> Body<'a> {
         let sub_ms = sub_ms_of(occurred_at);
         let request_uuid = request_id.as_deref().and_then(compact_request_id);
         Body {
-            occurred_at: if sub_ms.is_none() {
-                Some(occurred_at)
-            } else {
-                None
-            },
+            occurred_at: sub_ms.is_none().then_some(occurred_at),
             sub_ms: sub_ms.unwrap_or(0),
             operator,
             public: *public,
@@ -210,11 +206,7 @@ impl<'a> Body<'a> {
             },
             host,
             platforms,
-            request_id: if request_uuid.is_none() {
-                request_id.as_deref()
-            } else {
-                None
-            },
+            request_id: request_id.as_deref().filter(|_| request_uuid.is_none()),
             request_uuid,
             client_addr: client_addr.as_deref(),
             user_agent: user_agent.as_deref(),

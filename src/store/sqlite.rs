@@ -4,12 +4,11 @@
 //! the previous transaction ran goes into the next one, each inside its own savepoint (a failing
 //! job rolls back alone, with its effects). The first job of a transaction needs none: when it
 //! fails, the transaction holds nothing else and is rolled back whole, and the next job begins
-//! another. A caller
-//! that awaits a write gets its answer only after the COMMIT. Background writes (pull events)
-//! wait up to [`BACKGROUND_WINDOW`] (10 ms) to share a commit: what sits in the queue when the
-//! process is killed is lost; the queue is drained on graceful shutdown. While it gathers them
-//! the writer is parked, so a background job does not wake it (only the first of a window, and
-//! any job somebody waits for, does).
+//! another. A caller that awaits a write gets its answer only after the COMMIT. Background
+//! writes (pull events) wait up to [`BACKGROUND_WINDOW`] (10 ms) to share a commit: what sits
+//! in the queue when the process is killed is lost; the queue is drained on graceful shutdown.
+//! While it gathers them the writer is parked, so a background job does not wake it (only the
+//! first of a window, and any job somebody waits for, does).
 //!
 //! Durability: WAL journal. `store.synchronous: normal` (default) survives a killed process
 //! (`kill -9`) but not an OS crash — the same as the registry's own filesystem storage, which

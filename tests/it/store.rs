@@ -2147,6 +2147,20 @@ async fn sqlite_a_failing_first_job_of_a_batch_takes_nothing_else_with_it() {
     assert!(commits <= 2, "{commits} commits");
 }
 
+/// The stored body of event `e`.
+async fn body_of(s: &Store, e: &Event) -> String {
+    let id = e.id.to_string();
+    s.read(move |c| {
+        c.text(
+            "SELECT body FROM events WHERE id = ?1",
+            wharf::args![id.as_str()],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// The event log keeps an event's id, type, project, repository and digest in columns only (not
 /// again in the body); every reader gets the whole event back, and rows written before, whose
 /// body holds the whole event, still read.
@@ -2250,17 +2264,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     }
     // a pull's body: short keys, the resource URL cut to its host, `public` only when true
     for (e, public) in [(&pull, true), (&by_digest, false)] {
-        let id = e.id.to_string();
-        let body = s
-            .read(move |c| {
-                c.text(
-                    "SELECT body FROM events WHERE id = ?1",
-                    wharf::args![id.as_str()],
-                )
-            })
-            .await
-            .unwrap()
-            .unwrap();
+        let body = body_of(s, e).await;
         assert!(body.contains("\"h\":\"registry.example:8443\""), "{body}");
         assert!(
             !body.contains("prj/team/app") && !body.contains("operator"),
@@ -2285,17 +2289,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     }
     // a request id not in canonical text is kept as it came; a time on the millisecond
     // needs nothing in the body
-    let id = odd.id.to_string();
-    let body = s
-        .read(move |c| {
-            c.text(
-                "SELECT body FROM events WHERE id = ?1",
-                wharf::args![id.as_str()],
-            )
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let body = body_of(s, &odd).await;
     assert!(
         body.contains("\"q\":\"01A2379E-C2B1-76B2-B3AB-8958C36F2211\""),
         "{body}"
@@ -2305,17 +2299,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         "{body}"
     );
     // the body leaves out what the columns hold
-    let id = full.id.to_string();
-    let body = s
-        .read(move |c| {
-            c.text(
-                "SELECT body FROM events WHERE id = ?1",
-                wharf::args![id.as_str()],
-            )
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let body = body_of(s, &full).await;
     for gone in [
         "prj/team/app",
         "sha256:full",
