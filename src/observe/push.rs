@@ -186,7 +186,8 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
         let cached = match limit {
             None => c
                 .cache()
-                .and_then(|cache| cache.repository_created(&row.repository)),
+                .and_then(|cache| cache.repository_created(&row.repository))
+                .flatten(),
             Some(_) => None,
         };
         if let Some(created) = cached {

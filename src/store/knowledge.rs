@@ -37,6 +37,9 @@ pub fn upsert_artifact(db: &Db<'_>, a: &Artifact) -> Result<(), StoreError> {
 
 /// [`upsert_artifact`], a new row created at `now` (unix ms).
 fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreError> {
+    if let Some(cache) = db.cache() {
+        cache.forget_unknown_repository(&a.repository);
+    }
     let columns = Columns::of(a)?;
     db.exec_later(
         "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
@@ -196,10 +199,10 @@ pub fn repository_created(db: &Db<'_>, repository: &str) -> Result<Option<i64>, 
 /// round trip.
 pub fn repository_created_cached(db: &Db<'_>, repository: &str) -> Result<Option<i64>, StoreError> {
     if let Some(created) = db.cache().and_then(|c| c.repository_created(repository)) {
-        return Ok(Some(created));
+        return Ok(created);
     }
     let created = repository_created(db, repository)?;
-    if let (Some(cache), Some(created)) = (db.cache(), created) {
+    if let Some(cache) = db.cache() {
         cache.put_repository_created(repository, created);
     }
     Ok(created)
@@ -276,7 +279,7 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
         upsert_artifact_at(db, a, now)?;
     }
     if let (Some(cache), Some(c)) = (db.cache(), created) {
-        cache.put_repository_created(&a.repository, c.div_euclid(1000));
+        cache.put_repository_created(&a.repository, Some(c.div_euclid(1000)));
     }
     let created = match (created, new) {
         (Some(c), true) => Some(c.min(now)),

@@ -159,13 +159,16 @@ pub struct StoreStats {
 #[derive(Default)]
 pub struct PolicyCache {
     state: Mutex<CacheState>,
-    /// Repository → first-seen time (unix seconds) and when it was read.
-    repositories: Mutex<HashMap<String, (i64, std::time::Instant)>>,
+    /// Repository → first-seen time (unix seconds; `None`: wharf knows no manifest of it)
+    /// and when it was read.
+    repositories: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
 }
 
 /// How long a repository's first-seen time is taken from the cache. It only changes when
-/// the repository's oldest manifest is deleted: through this process the entry is dropped at
-/// once; through another replica, this one may report the older time for at most this long.
+/// the repository's oldest manifest is deleted, or when wharf learns the first manifest of a
+/// repository it knew nothing of (one pushed before wharf was in front of the registry):
+/// through this process the entry is dropped at once; through another replica, this one may
+/// report the older time, or none, for at most this long.
 pub const REPOSITORY_DATE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
@@ -191,15 +194,16 @@ impl PolicyCache {
     }
 
     /// The cached first-seen time of `repository` (unix seconds), if read within
-    /// [`REPOSITORY_DATE_TTL`].
-    pub fn repository_created(&self, repository: &str) -> Option<i64> {
+    /// [`REPOSITORY_DATE_TTL`]: `Some(None)` when wharf knew no manifest of it then (a
+    /// repository pushed before wharf, whose every pull would otherwise ask again).
+    pub fn repository_created(&self, repository: &str) -> Option<Option<i64>> {
         let r = self.repositories.lock().ok()?;
         let (created, at) = r.get(repository)?;
         (at.elapsed() < REPOSITORY_DATE_TTL).then_some(*created)
     }
 
-    /// Cache the first-seen time of `repository`, just read.
-    pub fn put_repository_created(&self, repository: &str, created: i64) {
+    /// Cache the first-seen time of `repository`, just read (`None`: no manifest known).
+    pub fn put_repository_created(&self, repository: &str, created: Option<i64>) {
         if let Ok(mut r) = self.repositories.lock() {
             if r.len() > 10_000 && !r.contains_key(repository) {
                 r.clear();
@@ -211,6 +215,16 @@ impl PolicyCache {
     /// A manifest of `repository` was forgotten: its first-seen time may have changed.
     pub fn forget_repository(&self, repository: &str) {
         if let Ok(mut r) = self.repositories.lock() {
+            r.remove(repository);
+        }
+    }
+
+    /// A manifest of `repository` was learned: if the cache said wharf knew none, it no
+    /// longer holds.
+    pub fn forget_unknown_repository(&self, repository: &str) {
+        if let Ok(mut r) = self.repositories.lock()
+            && matches!(r.get(repository), Some((None, _)))
+        {
             r.remove(repository);
         }
     }

@@ -564,7 +564,7 @@ async fn a_push_learned_blind_counts_as_learn_manifest_does(kind: Kind) {
         .await
         .unwrap();
     assert!(created.is_some());
-    assert_eq!(cache.repository_created("p/b"), created);
+    assert_eq!(cache.repository_created("p/b"), Some(created));
     s.write(|c| knowledge::forget_manifest(c, "p/b", "m2"))
         .await
         .unwrap();
@@ -575,6 +575,25 @@ async fn a_push_learned_blind_counts_as_learn_manifest_does(kind: Kind) {
             .unwrap(),
         None,
         "no manifest of p/b left"
+    );
+    // a repository wharf knows no manifest of (pushed before wharf): the answer is cached
+    // too, so that each of its pulls does not ask again; learning a manifest of it drops it
+    assert_eq!(
+        cache.repository_created("p/b"),
+        Some(None),
+        "kept as unknown"
+    );
+    let m4 = artifact("p/b", "m4", &[("l4", 4)]);
+    s.write(move |c| knowledge::learn_manifest(c, &m4, None))
+        .await
+        .unwrap();
+    assert_ne!(cache.repository_created("p/b"), Some(None));
+    assert!(
+        s.write(|c| knowledge::repository_created_cached(c, "p/b"))
+            .await
+            .unwrap()
+            .is_some(),
+        "p/b has a manifest again"
     );
     s.close().await;
 }
