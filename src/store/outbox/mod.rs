@@ -1,0 +1,213 @@
+//! Outbox: deliveries (event × matching enabled target) and their attempts.
+//!
+//! A published event's deliveries are created in the transaction that publishes it, so an
+//! event in the log is never without its deliveries. Delivery states:
+//! `pending` (due at `not_before`) → `running` (claimed by the dispatcher) → `succeeded`, back
+//! to `pending` (a retry), or `dead` (retries exhausted, target gone; redeliverable). A delivery
+//! the dispatcher can attempt at once is created `running`, already claimed ([`Intake`]).
+//! `running` rows left by a killed process are put back to `pending` at start-up (SQLite) or
+//! when their lease expires (PostgreSQL).
+//!
+//! - this module: creating a published event's deliveries ([`fanout`]);
+//! - [`claim`]: claims, leases and due times — what the dispatcher takes next;
+//! - [`outcome`]: attempts and what becomes of a delivery after one;
+//! - [`view`]: deliveries and attempts as the API and UI list them;
+//! - [`redeliver`]: sending deliveries again;
+//! - [`counts`]: deliveries by state, for `/metrics`.
+
+mod claim;
+mod counts;
+mod outcome;
+mod redeliver;
+mod view;
+
+pub use claim::*;
+pub use counts::*;
+pub use outcome::*;
+pub use redeliver::*;
+pub use view::*;
+
+use super::db::{Backend, Db, LaterId};
+use super::{StoreError, now_ms, policies};
+use crate::args;
+use crate::events::Event;
+
+/// The dispatcher of this process, as fan-out sees it: a delivery that can be attempted at once
+/// is created already claimed by this process (state `running`, under a lease), and handed to
+/// the dispatcher after COMMIT — no claim transaction, no entry in the index of pending
+/// deliveries. A replica that dies before the attempt leaves it to the lease, as any claim.
+pub trait Intake: Send + Sync {
+    /// A hold on one attempt to `address` starting now (a free slot, the target's concurrency
+    /// not reached, its circuit closed, notifications on), or `None`: the delivery is created
+    /// pending, for the dispatcher to claim.
+    fn admit(&self, address: &str) -> Option<Admission>;
+    /// Deliveries created under admissions, committed: attempt them.
+    fn start(&self, born: Vec<Born>);
+}
+
+/// What [`Intake::admit`] grants: the claim's lease, and the dispatcher's hold on the attempt
+/// slot (released when dropped: the job rolled back, or the attempt ended).
+pub struct Admission {
+    pub lease: Lease,
+    pub hold: Box<dyn Send + Sync>,
+}
+
+/// A delivery created already claimed, committed with its job (see [`Intake`]).
+pub struct Born {
+    /// Its row's id, known once the insert is answered (by COMMIT at the latest); `claimed.id`
+    /// is 0 until then.
+    pub id: LaterId,
+    pub claimed: Claimed,
+    pub hold: Box<dyn Send + Sync>,
+}
+
+impl std::fmt::Debug for Born {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Born")
+            .field("id", &self.id.get())
+            .field("event", &self.claimed.event.id)
+            .field("target", &self.claimed.target.address)
+            .finish_non_exhaustive()
+    }
+}
+
+macro_rules! insert_delivery {
+    () => {
+        " deliveries (event_seq, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
+     VALUES ((SELECT seq FROM events WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, '', ?7, ?9, ?8, ?8, ?8, ?10, ?11)"
+    };
+}
+
+/// A delivery in state ?9: `pending`, or `running` under claim ?10 until ?11, created already
+/// claimed (see [`Intake`]; its id: [`Db::insert_id_later`]).
+/// The event is named by its id ?1 and stored as its `seq`.
+const INSERT_DELIVERY_SQL: &str = concat!("INSERT INTO", insert_delivery!());
+
+/// SQLite: [`INSERT_DELIVERY_SQL`] as `INSERT OR FAIL` (see [`sqlite_or_fail`]).
+const INSERT_DELIVERY_SQL_SQLITE: &str = concat!("INSERT OR FAIL INTO", insert_delivery!());
+
+/// SQLite's conflict clause `OR FAIL` on the statements that write a delivery, which the
+/// counting triggers on `deliveries` (schema 12) make statements of several writes: with the
+/// default `OR ABORT`, SQLite opens a statement journal for each of them (a savepoint inside the
+/// transaction, every page the statement touches copied to it first: ~4 % of a delivered
+/// pull's instructions) so that a failing statement can undo its own first writes. `OR FAIL`
+/// keeps those writes and fails; the job fails with it and its transaction or savepoint is
+/// rolled back, which undoes them anyway (no job carries on after a failed statement).
+/// PostgreSQL has no such clause (and no such journal).
+fn sqlite_or_fail<'s>(db: &Db<'_>, sqlite: &'s str, postgres: &'s str) -> &'s str {
+    match db.backend() {
+        Backend::Sqlite => sqlite,
+        Backend::Postgres => postgres,
+    }
+}
+
+/// Create the deliveries of `event`: one per enabled target of every enabled policy of its
+/// project that wants it, pointing at the target's current version. Nothing is created while
+/// notifications are switched off globally. A delivery the job's [`Intake`] admits is created
+/// already claimed by this process ([`Effects::born`](super::db::Effects::born)); the others
+/// pending, and the dispatcher is woken for their addresses.
+pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
+    if !policies::notification_enabled_cached(db)? {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut created = 0;
+    let event_id = event.id.to_string();
+    let insert = sqlite_or_fail(db, INSERT_DELIVERY_SQL_SQLITE, INSERT_DELIVERY_SQL);
+    let kind = event.kind.harbor_type();
+    for f in policies::for_fanout(db, &event.project)?.iter() {
+        let p = &f.policy;
+        if !p.wants(event) {
+            continue;
+        }
+        for (i, t) in p.targets.iter().enumerate() {
+            if t.disabled {
+                continue;
+            }
+            let Some(target_id) = f.target_ids.get(i).copied().flatten() else {
+                tracing::error!(
+                    policy = p.id,
+                    position = i,
+                    "target has no stored version; no delivery"
+                );
+                continue;
+            };
+            let admitted = db.intake().and_then(|intake| intake.admit(&t.address));
+            let (state, lease) = match &admitted {
+                Some(a) => ("running", Some(a.lease)),
+                None => ("pending", None),
+            };
+            let args = args![
+                event_id.as_str(),
+                kind,
+                p.id,
+                &event.project,
+                i as i64,
+                &t.address,
+                target_id,
+                now,
+                state,
+                lease.map(|l| l.token),
+                lease.map(|l| l.until)
+            ];
+            match admitted {
+                Some(Admission { lease, hold }) => {
+                    let id = db.insert_id_later(insert, args)?;
+                    db.note_born(Born {
+                        id,
+                        claimed: Claimed {
+                            id: 0,
+                            event: event.clone(),
+                            policy_id: p.id,
+                            project_id: p.project_id,
+                            target: t.clone(),
+                            attempts: 0,
+                            token: lease.token,
+                            lease_until: lease.until,
+                        },
+                        hold,
+                    });
+                }
+                None => {
+                    db.exec_later(insert, args)?;
+                    db.note_deliveries_to(&t.address);
+                }
+            }
+            created += 1;
+        }
+        db.note_trigger(p.id, kind, now);
+    }
+    Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outcome::OUTCOME_SQL_SQLITE;
+    use super::*;
+
+    /// The statements that write a delivery on every delivered event cannot abort half-way on
+    /// SQLite (no constraint check halts with `ABORT`, the triggers' statements included), so
+    /// SQLite opens no statement journal for them (see [`sqlite_or_fail`]).
+    #[test]
+    fn delivery_writes_need_no_statement_journal() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::store::sqlite::migrate(&conn).unwrap();
+        for sql in [INSERT_DELIVERY_SQL_SQLITE, OUTCOME_SQL_SQLITE] {
+            let mut st = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            // unbound parameters are NULL: EXPLAIN only compiles
+            let mut rows = st.raw_query();
+            let mut ops: Vec<(String, i64)> = Vec::new();
+            while let Some(r) = rows.next().unwrap() {
+                ops.push((r.get(1).unwrap(), r.get(3).unwrap()));
+            }
+            // the counting triggers make it a statement of several writes
+            assert!(ops.iter().any(|(op, _)| op == "Program"), "{sql}");
+            // P2 of a halt is the conflict resolution: 2 is ABORT
+            let aborts: Vec<_> = ops
+                .iter()
+                .filter(|(op, p2)| op.starts_with("Halt") && *p2 == 2)
+                .collect();
+            assert!(aborts.is_empty(), "{sql}: {aborts:?}");
+        }
+    }
+}

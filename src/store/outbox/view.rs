@@ -1,0 +1,105 @@
+//! Deliveries and their attempts as the API and UI list them.
+
+use serde::Serialize;
+
+use super::Attempt;
+use crate::args;
+use crate::store::StoreError;
+use crate::store::db::{Db, Row};
+
+/// A delivery as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryView {
+    pub id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub policy_id: i64,
+    pub target_address: String,
+    pub state: String,
+    pub attempts: u32,
+    /// unix ms
+    pub not_before: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+}
+
+fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
+    Ok(DeliveryView {
+        id: r.i64(0)?,
+        event_id: r.text(1)?,
+        event_type: r.text(2)?,
+        policy_id: r.i64(3)?,
+        target_address: r.text(4)?,
+        state: r.text(5)?,
+        attempts: r.i64(6)?.max(0) as u32,
+        not_before: r.i64(7)?,
+        created_at: r.i64(8)?,
+        updated_at: r.i64(9)?,
+        last_status: r.opt_i64(10)?.and_then(|s| u16::try_from(s).ok()),
+        last_error: r.opt_text(11)?,
+    })
+}
+
+/// The event's id comes from the event log (the delivery holds its `seq`).
+const VIEW_COLUMNS: &str = "id, COALESCE((SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq), ''), event_type, policy_id, target_address, state, attempts, not_before, created_at, updated_at, last_status, last_error";
+
+/// Deliveries of a policy, newest first.
+pub fn list_for_policy(
+    db: &Db<'_>,
+    policy_id: i64,
+    state: Option<&str>,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<DeliveryView>, usize), StoreError> {
+    let total = db
+        .int(
+            "SELECT COUNT(*) FROM deliveries WHERE policy_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)",
+            args![policy_id, state],
+        )?
+        .unwrap_or(0);
+    let rows = db.rows(
+        &format!(
+            "SELECT {VIEW_COLUMNS} FROM deliveries WHERE policy_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
+             ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+        ),
+        args![policy_id, state, limit as i64, offset as i64],
+        view,
+    )?;
+    Ok((rows, total.max(0) as usize))
+}
+
+/// One delivery of a policy.
+pub fn get(
+    db: &Db<'_>,
+    policy_id: i64,
+    delivery_id: i64,
+) -> Result<Option<DeliveryView>, StoreError> {
+    db.row(
+        &format!("SELECT {VIEW_COLUMNS} FROM deliveries WHERE policy_id = ?1 AND id = ?2"),
+        args![policy_id, delivery_id],
+        view,
+    )
+}
+
+/// Attempts of a delivery, oldest first.
+pub fn attempts(db: &Db<'_>, delivery_id: i64) -> Result<Vec<Attempt>, StoreError> {
+    db.rows(
+        "SELECT id, delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
+         FROM attempts WHERE delivery_id = ?1 ORDER BY id",
+        args![delivery_id],
+        |r| {
+            Ok(Attempt {
+                id: r.i64(0)?,
+                delivery_id: r.i64(1)?,
+                started_at: r.i64(2)?,
+                duration_ms: r.i64(3)?,
+                status_code: r.opt_i64(4)?.and_then(|s| u16::try_from(s).ok()),
+                error_kind: r.opt_text(5)?,
+                error: r.opt_text(6)?,
+                response_excerpt: r.opt_text(7)?,
+            })
+        },
+    )
+}
