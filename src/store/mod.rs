@@ -4,8 +4,8 @@
 //! - the embedded SQLite database `<data_dir>/wharf.db` (the default; one instance), see
 //!   [`sqlite`]: one writer thread, group commit;
 //! - a PostgreSQL database shared by any number of replicas (`store.url`), see [`pg`]: a
-//!   bounded pool; writes go through a few writer threads that also commit in groups (a savepoint
-//!   per job), so a burst of events never queues for connections one by one.
+//!   bounded pool; writes go through a few writer threads (`pg_writer`) that also commit in
+//!   groups (a savepoint per job), so a burst of events never queues for connections one by one.
 //!
 //! Store functions are written once, against [`db::Db`], in a dialect both backends speak.
 //! A caller that awaits [`Store::write`] gets its answer only after the COMMIT, so "the event
@@ -14,11 +14,12 @@
 //! published, deliveries created, policies changed) travels on the job's [`db::Db`], not on a
 //! side channel.
 //!
-//! Policies are cached per process ([`PolicyCache`]); a policy write drops this process's
+//! Policies are cached per process ([`PolicyCache`], in `cache`); a policy write drops this process's
 //! cache after its COMMIT and moves the policy version on, which every replica checks once a
 //! second ([`Store::policy_version`]): a replica acts on a changed policy at most about one
 //! second late.
 
+mod cache;
 pub mod charts;
 pub mod copy;
 pub mod db;
@@ -28,6 +29,7 @@ mod job;
 pub mod knowledge;
 pub mod outbox;
 pub mod pg;
+mod pg_writer;
 pub mod policies;
 pub mod projects;
 pub mod quota;
@@ -38,7 +40,7 @@ pub mod users;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +49,9 @@ use tokio::sync::oneshot;
 
 pub use db::{Backend, Db};
 pub use sqlite::BACKGROUND_WINDOW;
+
+pub use cache::{PolicyCache, REPOSITORY_DATE_TTL};
+use pg_writer::{PgQueue, pg_writer};
 
 use crate::args;
 use crate::config::StoreConfig;
@@ -153,118 +158,6 @@ pub struct StoreStats {
     pub failed_jobs: AtomicU64,
 }
 
-/// What every event's job reads, cached per process: the policies fan-out reads and the
-/// notification switch (see the module doc), and repositories' first-seen times
-/// ([`knowledge::repository_created_cached`]).
-#[derive(Default)]
-pub struct PolicyCache {
-    state: Mutex<CacheState>,
-    /// Repository → first-seen time (unix seconds; `None`: wharf knows no manifest of it)
-    /// and when it was read.
-    repositories: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
-}
-
-/// How long a repository's first-seen time is taken from the cache. It only changes when
-/// the repository's oldest manifest is deleted, or when wharf learns the first manifest of a
-/// repository it knew nothing of (one pushed before wharf was in front of the registry):
-/// through this process the entry is dropped at once; through another replica, this one may
-/// report the older time, or none, for at most this long.
-pub const REPOSITORY_DATE_TTL: Duration = Duration::from_secs(60);
-
-#[derive(Default)]
-struct CacheState {
-    /// Moves on with every invalidation: a value loaded under an older generation is stale.
-    generation: u64,
-    notification_enabled: Option<bool>,
-    by_project: HashMap<String, Arc<Vec<policies::Fanout>>>,
-}
-
-impl PolicyCache {
-    /// Forget everything cached.
-    pub fn invalidate(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            s.generation += 1;
-            s.notification_enabled = None;
-            s.by_project.clear();
-        }
-    }
-
-    fn generation(&self) -> u64 {
-        self.state.lock().map(|s| s.generation).unwrap_or(0)
-    }
-
-    /// The cached first-seen time of `repository` (unix seconds), if read within
-    /// [`REPOSITORY_DATE_TTL`]: `Some(None)` when wharf knew no manifest of it then (a
-    /// repository pushed before wharf, whose every pull would otherwise ask again).
-    pub fn repository_created(&self, repository: &str) -> Option<Option<i64>> {
-        let r = self.repositories.lock().ok()?;
-        let (created, at) = r.get(repository)?;
-        (at.elapsed() < REPOSITORY_DATE_TTL).then_some(*created)
-    }
-
-    /// Cache the first-seen time of `repository`, just read (`None`: no manifest known).
-    pub fn put_repository_created(&self, repository: &str, created: Option<i64>) {
-        if let Ok(mut r) = self.repositories.lock() {
-            if r.len() > 10_000 && !r.contains_key(repository) {
-                r.clear();
-            }
-            r.insert(repository.to_string(), (created, std::time::Instant::now()));
-        }
-    }
-
-    /// A manifest of `repository` was forgotten: its first-seen time may have changed.
-    pub fn forget_repository(&self, repository: &str) {
-        if let Ok(mut r) = self.repositories.lock() {
-            r.remove(repository);
-        }
-    }
-
-    /// A manifest of `repository` was learned: if the cache said wharf knew none, it no
-    /// longer holds.
-    pub fn forget_unknown_repository(&self, repository: &str) {
-        if let Ok(mut r) = self.repositories.lock()
-            && matches!(r.get(repository), Some((None, _)))
-        {
-            r.remove(repository);
-        }
-    }
-
-    /// The cached policies of `project`.
-    pub fn policies(&self, project: &str) -> Option<Arc<Vec<policies::Fanout>>> {
-        self.state.lock().ok()?.by_project.get(project).cloned()
-    }
-
-    /// Cache `list`, loaded while the cache was at `generation` (dropped if it moved on since:
-    /// the list may predate a policy change).
-    pub fn put_policies(&self, generation: u64, project: &str, list: Arc<Vec<policies::Fanout>>) {
-        if let Ok(mut s) = self.state.lock()
-            && s.generation == generation
-        {
-            if s.by_project.len() > 10_000 {
-                s.by_project.clear();
-            }
-            s.by_project.insert(project.to_string(), list);
-        }
-    }
-
-    pub fn notification_enabled(&self) -> Option<bool> {
-        self.state.lock().ok()?.notification_enabled
-    }
-
-    pub fn put_notification_enabled(&self, generation: u64, on: bool) {
-        if let Ok(mut s) = self.state.lock()
-            && s.generation == generation
-        {
-            s.notification_enabled = Some(on);
-        }
-    }
-
-    /// The generation to pass to `put_*` for a value about to be loaded.
-    pub fn loading(&self) -> u64 {
-        self.generation()
-    }
-}
-
 enum BackendImpl {
     Sqlite(sqlite::Sqlite),
     Postgres(PgBackend),
@@ -276,10 +169,6 @@ struct PgBackend {
     queue: Mutex<Option<std::sync::mpsc::Sender<job::Job>>>,
     writers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
-
-/// Most jobs in one PostgreSQL group commit (each gets a savepoint: PostgreSQL keeps up to 64
-/// subtransactions per transaction cheaply).
-const PG_MAX_BATCH: usize = 32;
 
 /// Last triggers noted by committed jobs, not yet written (see [`Store::flush_triggers`]).
 type TriggerBuffer = Mutex<HashMap<(i64, &'static str), i64>>;
@@ -368,119 +257,6 @@ impl AfterCommit {
     }
 }
 
-/// The PostgreSQL writers' shared queue.
-struct PgQueue {
-    rx: Mutex<std::sync::mpsc::Receiver<job::Job>>,
-    /// Writers waiting for work.
-    idle: std::sync::atomic::AtomicUsize,
-}
-
-impl PgQueue {
-    /// The next jobs to commit together; `None` once the queue is closed and empty. A writer
-    /// takes a group only while no other writer is idle: otherwise each job gets a
-    /// transaction of its own, in parallel, and waits for nobody else's statements (a job
-    /// sharing a transaction waits for its own before the next job starts: a round trip
-    /// each). Under load every writer is busy, and jobs are committed in groups.
-    fn next_batch(&self) -> Option<Vec<job::Job>> {
-        self.idle.fetch_add(1, Ordering::SeqCst);
-        let taken = (|| {
-            let rx = self.rx.lock().ok()?;
-            let first = rx.recv().ok()?;
-            self.idle.fetch_sub(1, Ordering::SeqCst);
-            let mut batch = vec![first];
-            while batch.len() < PG_MAX_BATCH
-                && self.idle.load(Ordering::SeqCst) == 0
-                && let Ok(j) = rx.try_recv()
-            {
-                batch.push(j);
-            }
-            Some(batch)
-        })();
-        if taken.is_none() {
-            self.idle.fetch_sub(1, Ordering::SeqCst);
-        }
-        taken
-    }
-}
-
-/// One PostgreSQL writer, a thread of its own: takes the next jobs ([`PgQueue::next_batch`],
-/// up to [`PG_MAX_BATCH`]) and commits them together, each in its own savepoint (a failing job
-/// rolls back alone). Runs until the queue is closed and empty.
-///
-/// A thread rather than a task that hands each batch to a blocking thread: the store functions
-/// are synchronous and wait for each statement anyway, and the hand-offs (a task woken, a
-/// blocking thread woken, the task woken again) were on the path of every commit a client
-/// waits for.
-fn pg_writer(
-    pool: Arc<pg::Pg>,
-    queue: Arc<PgQueue>,
-    after: AfterCommit,
-    stats: Arc<StoreStats>,
-    runtime: tokio::runtime::Handle,
-) {
-    // the writer's connection, driven by this thread (see pg::Driver::Own); replaced when it
-    // fails
-    let own = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map(Arc::new);
-    let acquire = || match &own {
-        Ok(rt) => pool.acquire_own(rt),
-        // no runtime of its own (cannot happen short of resource exhaustion): share
-        Err(_) => runtime.block_on(pool.acquire()),
-    };
-    // connected now, so that the first jobs do not wait for it (if this fails, the first
-    // batch tries again)
-    let mut conn: Option<pg::Pooled> = acquire().ok();
-    while let Some(batch) = queue.next_batch() {
-        let n = batch.len();
-        let kept = conn.take().filter(|c| {
-            c.refresh();
-            c.usable()
-        });
-        let c = match kept.map_or_else(acquire, Ok) {
-            Ok(c) => c,
-            Err(e) => {
-                stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-                for j in batch {
-                    j.refuse(e.clone());
-                }
-                continue;
-            }
-        };
-        let intake = after.intake.current();
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_pg_batch(&c, &after.cache, intake.as_deref(), batch)
-        }));
-        if ran.is_ok() {
-            conn = Some(c);
-        }
-        let Ok((dones, commit, mut effects, failed)) = ran else {
-            // the jobs' answers were dropped with the batch: their callers see the store closed
-            tracing::error!(jobs = n, "database: a writer failed");
-            continue;
-        };
-        match &commit {
-            Ok(()) => {
-                after.apply(&mut effects, Stage::BeforeAnswers, intake.as_deref());
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
-                stats.jobs.fetch_add(n as u64 - failed, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = n, "database: commit failed");
-                stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-        for done in dones {
-            done(commit.clone());
-        }
-        if commit.is_ok() {
-            after.apply(&mut effects, Stage::AfterAnswers, intake.as_deref());
-        }
-    }
-}
-
 /// Wakes the dispatcher after a commit that made deliveries due, and says for which target
 /// addresses (see [`db::Due`]); what several commits made due before it woke is merged.
 #[derive(Debug, Default)]
@@ -508,63 +284,6 @@ impl OutboxWake {
     }
 }
 
-type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
-/// Run `batch` in one transaction on `conn` (a writer thread): the answers to give, the
-/// outcome of the COMMIT, the merged effects of the jobs that succeeded, and how many failed.
-fn run_pg_batch(
-    conn: &pg::PgConn,
-    cache: &PolicyCache,
-    intake: Option<&dyn outbox::Intake>,
-    batch: Vec<job::Job>,
-) -> (Vec<Done>, Result<(), StoreError>, db::Effects, u64) {
-    let single = batch.len() == 1;
-    let mut dones: Vec<Done> = Vec::with_capacity(batch.len());
-    let mut effects = db::Effects::default();
-    let mut failed = 0u64;
-    let begin = if batch.iter().any(|j| j.durable) {
-        "BEGIN"
-    } else {
-        "BEGIN; SET LOCAL synchronous_commit = off"
-    };
-    // BEGIN and each SAVEPOINT travel with the job's first statement (see `pg`)
-    conn.batch_later(begin);
-    let mut broken: Option<StoreError> = None;
-    for j in batch {
-        dones.push(j.done);
-        if broken.is_some() {
-            continue;
-        }
-        if !single {
-            conn.batch_later("SAVEPOINT job");
-        }
-        let db = Db::postgres(conn)
-            .with_cache(cache)
-            .with_intake(intake)
-            .settling_each_job(!single);
-        match (j.run)(&db) {
-            Some(e) => effects.merge(e),
-            None => {
-                failed += 1;
-                if !single && let Err(e) = conn.rollback("ROLLBACK TO SAVEPOINT job") {
-                    broken = Some(e);
-                }
-            }
-        }
-    }
-    let commit = match broken {
-        Some(e) => {
-            let _ = conn.rollback("ROLLBACK");
-            Err(e)
-        }
-        // a single job that failed: its transaction is rolled back, its own error answers it
-        None if single && failed == 1 => conn.rollback("ROLLBACK"),
-        // waits for everything sent ahead: a failed statement fails the commit
-        None => conn.batch("COMMIT"),
-    };
-    (dones, commit, effects, failed)
-}
-
 impl Store {
     /// Open the store `config` names: PostgreSQL at `store.url`, else SQLite in `data_dir`.
     /// Migrates the schema (see [`schema`]).
@@ -589,10 +308,7 @@ impl Store {
         };
         let stats = Arc::new(StoreStats::default());
         let (tx, rx) = std::sync::mpsc::channel();
-        let rx = Arc::new(PgQueue {
-            rx: Mutex::new(rx),
-            idle: Default::default(),
-        });
+        let rx = Arc::new(PgQueue::new(rx));
         // a few writers: group commits in parallel, a quarter of the pool at most
         let writers = (config.pool_size / 4).clamp(1, 4);
         let runtime = tokio::runtime::Handle::current();
