@@ -89,7 +89,7 @@ const INSERT_DELIVERY_SQL_SQLITE: &str = concat!("INSERT OR FAIL INTO", insert_d
 /// SQLite's conflict clause `OR FAIL` on the statements that write a delivery, which the
 /// counting triggers on `deliveries` (schema 12) make statements of several writes: with the
 /// default `OR ABORT`, SQLite opens a statement journal for each of them (a savepoint inside the
-/// transaction, every page the statement touches copied to it first: ~4 % of a delivered
+/// transaction, every page the statement touches copied to it first: ~3 % of a delivered
 /// pull's instructions) so that a failing statement can undo its own first writes. `OR FAIL`
 /// keeps those writes and fails; the job fails with it and its transaction or savepoint is
 /// rolled back, which undoes them anyway (no job carries on after a failed statement).
