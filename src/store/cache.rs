@@ -21,8 +21,9 @@ pub struct PolicyCache {
 /// How long a repository's first-seen time is taken from the cache. It only changes when
 /// the repository's oldest manifest is deleted, or when wharf learns the first manifest of a
 /// repository it knew nothing of (one pushed before wharf was in front of the registry):
-/// through this process the entry is dropped at once; through another replica, this one may
-/// report the older time, or none, for at most this long.
+/// through this process the entry is dropped at once (unless a pull's event read "none" in
+/// the same moment, from a transaction that did not see the push yet); through another
+/// replica, this one may report the older time, or none, for at most this long.
 pub const REPOSITORY_DATE_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
