@@ -64,20 +64,7 @@ pub fn list(
     );
     let rows = db.rows(&sql, &all, |r| {
         Ok(ExecutionRow {
-            delivery: DeliveryView {
-                id: r.i64(0)?,
-                event_id: r.text(1)?,
-                event_type: r.text(2)?,
-                policy_id: r.i64(3)?,
-                target_address: r.text(4)?,
-                state: r.text(5)?,
-                attempts: r.i64(6)?.max(0) as u32,
-                not_before: r.i64(7)?,
-                created_at: r.i64(8)?,
-                updated_at: r.i64(9)?,
-                last_status: r.opt_i64(10)?.and_then(|s| u16::try_from(s).ok()),
-                last_error: r.opt_text(11)?,
-            },
+            delivery: super::outbox::view(r)?,
             target: r.opt_text(12)?.and_then(|b| serde_json::from_str(&b).ok()),
             event: super::events::read(r, 13)?,
         })

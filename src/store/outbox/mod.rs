@@ -11,7 +11,7 @@
 //! - this module: creating a published event's deliveries ([`fanout`]);
 //! - [`claim`]: claims, leases and due times — what the dispatcher takes next;
 //! - [`outcome`]: attempts and what becomes of a delivery after one;
-//! - [`view`]: deliveries and attempts as the API and UI list them;
+//! - [`view`](mod@view): deliveries and attempts as the API and UI list them;
 //! - [`redeliver`]: sending deliveries again;
 //! - [`counts`]: deliveries by state, for `/metrics`.
 

@@ -25,7 +25,9 @@ pub struct DeliveryView {
     pub last_error: Option<String>,
 }
 
-fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
+/// A delivery from a row whose first twelve columns are [`VIEW_COLUMNS`]' (also the
+/// executions list's, `store::executions`).
+pub(in crate::store) fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
     Ok(DeliveryView {
         id: r.i64(0)?,
         event_id: r.text(1)?,
