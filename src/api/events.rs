@@ -14,7 +14,7 @@ use super::query::{Field, Kind, Term};
 use super::{ApiError, ApiState, auth};
 
 const FIELDS: &[Field] = &[
-    Field::sql("id", Kind::Text, "id"),
+    Field::sql("id", Kind::Uuid, "id"),
     Field::sql("type", Kind::Text, "type"),
     Field::sql("project", Kind::Text, "project"),
     Field::sql("repository", Kind::Text, "repository"),

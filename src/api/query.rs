@@ -65,6 +65,10 @@ pub enum Kind {
     /// Unix milliseconds.
     Time,
     Bool,
+    /// A UUID, kept as its 16 bytes in the store: `=` and lists compare the value (through the
+    /// column's index; text that is not a UUID matches nothing), `~` and ranges its canonical
+    /// lowercase text (`wharf_uuid_text`, a function of both backends). In memory: text.
+    Uuid,
 }
 
 /// A field a list offers to `q` and `sort`.
@@ -233,16 +237,24 @@ impl Query {
                 },
                 Term::Fuzzy(v) => {
                     let like = format!("%{}%", escape_like(&v.to_lowercase()));
+                    let text = match f.kind {
+                        Kind::Uuid => format!("wharf_uuid_text({expr})"),
+                        _ => format!("LOWER(CAST({expr} AS TEXT))"),
+                    };
                     format!(
-                        "LOWER(CAST({expr} AS TEXT)) LIKE {} ESCAPE '\\'",
+                        "{text} LIKE {} ESCAPE '\\'",
                         param(SqlArg::Text(like), &mut args)
                     )
                 }
                 Term::Range { min, max } => {
+                    let (expr, kind) = match f.kind {
+                        Kind::Uuid => (format!("wharf_uuid_text({expr})"), Kind::Text),
+                        kind => (expr.to_string(), kind),
+                    };
                     let mut parts = Vec::new();
                     for (bound, op) in [(min, ">="), (max, "<=")] {
                         if let Some(s) = bound {
-                            match scalar_arg(f.kind, s) {
+                            match scalar_arg(kind, s) {
                                 Some(a) => {
                                     parts.push(format!("{expr} {op} {}", param(a, &mut args)))
                                 }
@@ -313,6 +325,7 @@ fn escape_like(s: &str) -> String {
 pub enum SqlArg {
     Int(i64),
     Text(String),
+    Uuid(uuid::Uuid),
 }
 
 impl SqlArg {
@@ -321,6 +334,7 @@ impl SqlArg {
         match self {
             SqlArg::Int(i) => crate::store::db::Value::Int(*i),
             SqlArg::Text(s) => crate::store::db::Value::Text(s),
+            SqlArg::Uuid(u) => crate::store::db::Value::from(u),
         }
     }
 }
@@ -336,6 +350,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 fn exact_arg(kind: Kind, v: &str) -> Option<SqlArg> {
     match kind {
         Kind::Text => Some(SqlArg::Text(v.to_string())),
+        Kind::Uuid => uuid::Uuid::try_parse(v).ok().map(SqlArg::Uuid),
         Kind::Int => v.parse().ok().map(SqlArg::Int),
         Kind::Time => parse_time(v).map(SqlArg::Int),
         Kind::Bool => parse_bool(v).map(|b| SqlArg::Int(i64::from(b))),
@@ -353,6 +368,7 @@ fn scalar_arg(kind: Kind, s: &Scalar) -> Option<SqlArg> {
         (Kind::Time, Scalar::Int(s)) => s.checked_mul(1000).map(SqlArg::Int),
         (Kind::Bool, Scalar::Int(i @ (0 | 1))) => Some(SqlArg::Int(*i)),
         (Kind::Bool, Scalar::Text(t)) => parse_bool(t).map(|b| SqlArg::Int(i64::from(b))),
+        (Kind::Uuid, Scalar::Text(t)) => uuid::Uuid::try_parse(t).ok().map(SqlArg::Uuid),
         _ => None,
     }
 }
@@ -378,6 +394,10 @@ fn compare(kind: Kind, v: &Val, s: &Scalar) -> Option<Ordering> {
             Val::Text(t) => Some(t.as_str().cmp(x.as_str())),
             _ => None,
         },
+        SqlArg::Uuid(x) => match v {
+            Val::Text(t) => Some(t.as_str().cmp(x.to_string().as_str())),
+            _ => None,
+        },
     }
 }
 
@@ -385,6 +405,7 @@ fn term_matches(term: &Term, kind: Kind, v: &Val) -> bool {
     match term {
         Term::Exact(s) => match exact_arg(kind, s) {
             Some(SqlArg::Text(x)) => matches!(v, Val::Text(t) if *t == x),
+            Some(SqlArg::Uuid(x)) => matches!(v, Val::Text(t) if uuid::Uuid::try_parse(t) == Ok(x)),
             Some(SqlArg::Int(x)) => {
                 compare(kind, v, &Scalar::Int(x)) == Some(Ordering::Equal)
                     || matches!(v, Val::Time(t) if *t == x)

@@ -68,9 +68,9 @@ fn read_table(conn: &rusqlite::Connection, table: &str) -> Result<Table, StoreEr
                 ValueRef::Null => OwnedValue::Null,
                 ValueRef::Integer(v) => OwnedValue::Int(v),
                 ValueRef::Real(v) => OwnedValue::Int(v as i64),
-                ValueRef::Text(t) | ValueRef::Blob(t) => {
-                    OwnedValue::Text(String::from_utf8_lossy(t).into_owned())
-                }
+                ValueRef::Text(t) => OwnedValue::Text(String::from_utf8_lossy(t).into_owned()),
+                // event ids (schema 15)
+                ValueRef::Blob(b) => OwnedValue::Bytes(b.to_vec()),
             });
         }
         out.push(row);

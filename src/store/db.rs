@@ -36,13 +36,15 @@ impl Backend {
     }
 }
 
-/// A parameter value. Integers are `BIGINT`, text is `TEXT`; [`Value::Null`] binds as SQL NULL
-/// whatever the column's type.
+/// A parameter value. Integers are `BIGINT`, text is `TEXT`, bytes a `BLOB` on SQLite and a
+/// `uuid` (16 bytes) or `bytea` on PostgreSQL; [`Value::Null`] binds as SQL NULL whatever the
+/// column's type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
     Null,
     Int(i64),
     Text(&'a str),
+    Bytes(&'a [u8]),
 }
 
 impl From<i64> for Value<'_> {
@@ -69,6 +71,13 @@ impl<'a> From<&'a String> for Value<'a> {
     }
 }
 
+/// A UUID binds as its 16 bytes (how the event log keeps event ids since schema 15).
+impl<'a> From<&'a uuid::Uuid> for Value<'a> {
+    fn from(v: &'a uuid::Uuid) -> Self {
+        Value::Bytes(v.as_bytes())
+    }
+}
+
 /// A [`Value`] that owns its text: for a value that outlives the row or arguments it came from
 /// (a statement sent ahead on PostgreSQL, a row copied by `store copy`).
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +85,7 @@ pub enum OwnedValue {
     Null,
     Int(i64),
     Text(String),
+    Bytes(Vec<u8>),
 }
 
 impl OwnedValue {
@@ -84,6 +94,7 @@ impl OwnedValue {
             Value::Null => OwnedValue::Null,
             Value::Int(i) => OwnedValue::Int(*i),
             Value::Text(s) => OwnedValue::Text((*s).to_string()),
+            Value::Bytes(b) => OwnedValue::Bytes(b.to_vec()),
         }
     }
 
@@ -92,6 +103,7 @@ impl OwnedValue {
             OwnedValue::Null => Value::Null,
             OwnedValue::Int(i) => Value::Int(*i),
             OwnedValue::Text(s) => Value::Text(s),
+            OwnedValue::Bytes(b) => Value::Bytes(b),
         }
     }
 }
@@ -116,6 +128,7 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
             Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
             Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
         })
     }
 }
@@ -142,7 +155,16 @@ impl tokio_postgres::types::ToSql for Value<'_> {
                 out.extend_from_slice(s.as_bytes());
                 Ok(IsNull::No)
             }
-            Value::Text(s) if *ty != Type::INT8 && *ty != Type::INT4 && *ty != Type::INT2 => {
+            Value::Bytes(b) if *ty == Type::UUID => uuid::Uuid::from_slice(b)?.to_sql(ty, out),
+            Value::Text(s) if *ty == Type::UUID => uuid::Uuid::try_parse(s)?.to_sql(ty, out),
+            Value::Bytes(b) if *ty == Type::BYTEA => b.to_sql(ty, out),
+            Value::Text(s)
+                if *ty != Type::INT8
+                    && *ty != Type::INT4
+                    && *ty != Type::INT2
+                    && *ty != Type::UUID
+                    && *ty != Type::BYTEA =>
+            {
                 s.to_sql(ty, out)
             }
             other => Err(format!("a {other:?} cannot be bound to a {ty} parameter").into()),
@@ -161,6 +183,8 @@ impl tokio_postgres::types::ToSql for Value<'_> {
             Type::NAME,
             Type::JSON,
             Type::JSONB,
+            Type::UUID,
+            Type::BYTEA,
             Type::UNKNOWN,
         ]
         .contains(ty)
@@ -214,6 +238,34 @@ impl Row<'_> {
             Row::Sqlite(r) => Ok(r.get(i)?),
             Row::Postgres(r) => Ok(r.try_get(i)?),
         }
+    }
+
+    /// A UUID column: 16 bytes (SQLite `BLOB`, PostgreSQL `uuid`), or, on SQLite, text that
+    /// could not be converted when the column became bytes (schema 15). `Ok(None)` for NULL;
+    /// an error for any other value.
+    pub fn opt_uuid(&self, i: usize) -> Result<Option<uuid::Uuid>, StoreError> {
+        match self {
+            Row::Sqlite(r) => {
+                use rusqlite::types::ValueRef;
+                match r.get_ref(i)? {
+                    ValueRef::Null => Ok(None),
+                    ValueRef::Blob(b) => uuid::Uuid::from_slice(b)
+                        .map(Some)
+                        .map_err(|_| StoreError::NotUuid(i)),
+                    ValueRef::Text(t) => std::str::from_utf8(t)
+                        .ok()
+                        .and_then(|t| uuid::Uuid::try_parse(t).ok())
+                        .map(Some)
+                        .ok_or(StoreError::NotUuid(i)),
+                    _ => Err(StoreError::NotUuid(i)),
+                }
+            }
+            Row::Postgres(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    pub fn uuid(&self, i: usize) -> Result<uuid::Uuid, StoreError> {
+        self.opt_uuid(i)?.ok_or(StoreError::Null(i))
     }
 
     /// A non-negative size or count column as `u64` (negative values read as 0).

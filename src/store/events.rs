@@ -295,10 +295,10 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
     let Some(body) = r.opt_text(at)? else {
         return Ok(None);
     };
-    let id = r.text(at + 1)?;
+    let id = r.uuid(at + 1)?;
     let event = decode(
         &body,
-        &id,
+        id,
         &r.text(at + 2)?,
         &r.text(at + 3)?,
         &r.text(at + 4)?,
@@ -318,7 +318,7 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
 /// `occurred_ms` is the row's `occurred_at` (unix ms).
 pub fn decode(
     body: &str,
-    id: &str,
+    id: uuid::Uuid,
     kind: &str,
     project: &str,
     repository: &str,
@@ -330,8 +330,6 @@ pub fn decode(
         return serde_json::from_str(body); // the whole event, as written before
     }
     let b: StoredBody = serde_json::from_str(body)?;
-    let id = uuid::Uuid::parse_str(id)
-        .map_err(|e| serde_json::Error::custom(format!("event id {id:?}: {e}")))?;
     let kind = EventKind::ALL
         .into_iter()
         .find(|k| k.harbor_type() == kind)
@@ -390,7 +388,7 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
         "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         args![
-            event.id.to_string().as_str(),
+            &event.id,
             event.kind.harbor_type(),
             &event.project,
             &event.repository,
@@ -632,11 +630,14 @@ fn stored_row(r: &Row<'_>) -> Result<Option<StoredEvent>, StoreError> {
     Ok(read(r, 1)?.map(|event| StoredEvent { event, state }))
 }
 
-/// One event by id.
+/// One event by id (none when `id` is not a UUID).
 pub fn get(db: &Db<'_>, id: &str) -> Result<Option<Event>, StoreError> {
+    let Ok(id) = uuid::Uuid::try_parse(id) else {
+        return Ok(None);
+    };
     let rows = db.rows(
         &format!("SELECT {COLUMNS} FROM events WHERE id = ?1"),
-        args![id],
+        args![&id],
         |r| read(r, 0),
     )?;
     Ok(rows.into_iter().flatten().next())

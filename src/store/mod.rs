@@ -87,6 +87,8 @@ pub enum StoreError {
     Task(String),
     #[error("database: column {0} is NULL where a value was expected")]
     Null(usize),
+    #[error("database: column {0} does not hold a UUID")]
+    NotUuid(usize),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -293,7 +293,7 @@ fn writer_loop(
 }
 
 /// Settings every connection gets: a statement cache big enough for every static statement,
-/// and the query planner stability guarantee. Without QPSG, SQLite lets a bound value steer
+/// wharf's SQL functions ([`add_functions`]), and the query planner stability guarantee. Without QPSG, SQLite lets a bound value steer
 /// the plan (a `LIMIT ?`, an `= ?` it propagates into a join or an `ORDER BY`) and then
 /// recompiles the statement whenever its bindings change — which, for a cached statement, is
 /// every use (rusqlite clears the bindings when it returns a statement to the cache). The hot
@@ -304,7 +304,33 @@ pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )?;
-    Ok(())
+    add_functions(conn)
+}
+
+/// The SQL functions wharf's statements use on both backends that SQLite lacks (PostgreSQL's
+/// are created by the migrations): `wharf_uuid_text(id)`, the canonical text of a UUID kept as
+/// its 16 bytes (schema 15), for the API's substring and range filters on event ids; any other
+/// value as text, NULL as NULL.
+pub(crate) fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    conn.create_scalar_function(
+        "wharf_uuid_text",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Null => None,
+                ValueRef::Blob(b) => Some(match uuid::Uuid::from_slice(b) {
+                    Ok(u) => u.to_string(),
+                    Err(_) => String::from_utf8_lossy(b).into_owned(),
+                }),
+                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Integer(i) => Some(i.to_string()),
+                ValueRef::Real(r) => Some(r.to_string()),
+            })
+        },
+    )
 }
 
 /// Run a statement without parameters through the statement cache (no re-parse per batch).

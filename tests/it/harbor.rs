@@ -357,6 +357,53 @@ async fn lists_follow_harbors_conventions_on_executions_and_the_event_log() {
         (r.json(), r.header("x-total-count")),
         (json!([]), Some("0"))
     );
+    // by id (kept as 16 bytes since schema 15): exactly, in any case, by part of its text,
+    // within a range of texts, in a list; sorted by id as by its text
+    let all = get(&format!("{ev}?sort=id")).await.expect(200).json();
+    let ids: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "sort=id");
+    let id = &ids[1];
+    let ev = &ev;
+    let count = |q: String| async move {
+        let r = get(&format!("{ev}?q={q}")).await.expect(200);
+        let found: Vec<String> = r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            r.header("x-total-count"),
+            Some(found.len().to_string().as_str())
+        );
+        found
+    };
+    assert_eq!(count(format!("id%3D{id}")).await, std::slice::from_ref(id));
+    assert_eq!(
+        count(format!("id%3D{}", id.to_uppercase())).await,
+        std::slice::from_ref(id)
+    );
+    assert_eq!(
+        count(format!("id%3D~{}", &id[9..23].to_uppercase())).await,
+        std::slice::from_ref(id)
+    );
+    assert_eq!(
+        count(format!("id%3D%5B{id}~{id}%5D")).await,
+        std::slice::from_ref(id)
+    );
+    assert_eq!(
+        count(format!("id%3D%7B{id}%20not-an-id%7D")).await,
+        std::slice::from_ref(id)
+    );
+    assert!(count("id%3Dnot-an-id".into()).await.is_empty());
     get(&format!("{ev}?q=type")).await.expect(400);
     get(&format!("{ev}?page_size=1000")).await.expect(422);
     get(&format!("{ev}?colour=red")).await.expect(400);

@@ -2168,16 +2168,11 @@ async fn sqlite_a_failing_first_job_of_a_batch_takes_nothing_else_with_it() {
 
 /// The stored body of event `e`.
 async fn body_of(s: &Store, e: &Event) -> String {
-    let id = e.id.to_string();
-    s.read(move |c| {
-        c.text(
-            "SELECT body FROM events WHERE id = ?1",
-            wharf::args![id.as_str()],
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap()
+    let id = e.id;
+    s.read(move |c| c.text("SELECT body FROM events WHERE id = ?1", wharf::args![&id]))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// The event log keeps an event's id, type, project, repository and digest in columns only (not
@@ -2250,27 +2245,26 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         events::insert(c, &p, None)?;
         events::insert(c, &d, None)?;
         events::insert(c, &od, None)?;
+        // (the id as schema 15 keeps it: its 16 bytes)
         c.exec(
             &format!(
                 "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES ('{}', 'PUSH_ARTIFACT', 'prj', 'prj/long', 'sha256:long', 1, 'published', NULL, '{}')",
-                l.id,
+                 VALUES (?1, 'PUSH_ARTIFACT', 'prj', 'prj/long', 'sha256:long', 1, 'published', NULL, '{}')",
                 serde_json::json!({
                     "occurred_at": l.occurred_at, "operator": l.operator, "public": false,
                     "tags": l.tags, "resource_url": l.resource_url, "request_id": l.request_id,
                 })
             ),
-            &[],
+            wharf::args![&l.id],
         )?;
         // a row as wharf wrote it before: the whole event in the body
         c.exec(
             &format!(
                 "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES ('{}', 'PUSH_ARTIFACT', 'prj', 'prj/old', 'sha256:old', 1, 'published', NULL, '{}')",
-                o2.id,
+                 VALUES (?1, 'PUSH_ARTIFACT', 'prj', 'prj/old', 'sha256:old', 1, 'published', NULL, '{}')",
                 serde_json::to_string(&o2).unwrap()
             ),
-            &[],
+            wharf::args![&o2.id],
         )?;
         Ok(())
     })
@@ -2549,7 +2543,8 @@ async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key
 
 /// Schema 14 names a delivery's event by its `seq`: a database of schema 13 (deliveries naming
 /// their event by id) migrates with every delivery still tied to its event — listed with the
-/// event's id, claimed with the event, pruned with it.
+/// event's id, claimed with the event, pruned with it. Schema 15 then keeps the ids, text until
+/// then, as 16 bytes.
 async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
     use store::db::Value;
     let o = open(kind).await;
@@ -2566,10 +2561,11 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
     })
     .await
     .unwrap();
-    // back to schema 13's shape, as a wharf of the tenth session left it
+    // back to schema 13's shape, as a wharf of the tenth session left it (event ids as text)
     let down = match kind {
         Kind::Sqlite => {
-            "ALTER TABLE deliveries ADD COLUMN event_id TEXT;
+            "UPDATE events SET id = wharf_uuid_text(id);
+             ALTER TABLE deliveries ADD COLUMN event_id TEXT;
              UPDATE deliveries SET event_id = (SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq);
              DROP INDEX deliveries_by_event;
              ALTER TABLE deliveries DROP COLUMN event_seq;
@@ -2577,7 +2573,9 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              PRAGMA user_version = 13"
         }
         Kind::Postgres => {
-            "ALTER TABLE deliveries ADD COLUMN event_id TEXT;
+            "ALTER TABLE events ALTER COLUMN id TYPE text USING CAST(id AS text);
+             DROP FUNCTION wharf_uuid_text(uuid);
+             ALTER TABLE deliveries ADD COLUMN event_id TEXT;
              UPDATE deliveries d SET event_id = e.id FROM events e WHERE e.seq = d.event_seq;
              DROP INDEX deliveries_by_event;
              ALTER TABLE deliveries DROP COLUMN event_seq;
@@ -2621,6 +2619,28 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(unlinked, Some(0));
+    // schema 15: the ids, text until then, are kept as their 16 bytes, and read back
+    let as_text = match kind {
+        Kind::Sqlite => {
+            "SELECT COUNT(*) FROM events WHERE typeof(id) <> 'blob' OR length(id) <> 16"
+        }
+        Kind::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.columns
+             WHERE table_name = 'events' AND column_name = 'id' AND data_type <> 'uuid'"
+        }
+    };
+    assert_eq!(s.read(move |c| c.int(as_text, &[])).await.unwrap(), Some(0));
+    let old_id = old.id.to_string();
+    let text = old_id.clone();
+    let found = s.read(move |c| events::get(c, &old_id)).await.unwrap();
+    assert_eq!(found.map(|e| e.id), Some(old.id));
+    let by_text = "SELECT COUNT(*) FROM events WHERE wharf_uuid_text(id) = ?1";
+    let n = s.read(move |c| c.int(by_text, &[Value::Text(&text)])).await;
+    assert_eq!(
+        n.unwrap(),
+        Some(1),
+        "wharf_uuid_text gives the canonical text"
+    );
     // the claim loads the event; the old one's delivery ends, and the old event goes with it
     let claimed = claim(&s, limits(10, 10), lease(7)).await;
     let mut got: Vec<String> = claimed.iter().map(|d| d.event.id.to_string()).collect();
@@ -2645,12 +2665,12 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(left, Some(1), "the pruned event's delivery went with it");
-    let fresh_id = fresh.id.to_string();
+    let fresh_id = fresh.id;
     let gone = s
         .read(move |c| {
             c.int(
                 "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = ?1",
-                &[Value::Text(&fresh_id)],
+                &[Value::from(&fresh_id)],
             )
         })
         .await

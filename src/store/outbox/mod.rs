@@ -112,7 +112,6 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
     }
     let now = now_ms();
     let mut created = 0;
-    let event_id = event.id.to_string();
     let insert = sqlite_or_fail(db, INSERT_DELIVERY_SQL_SQLITE, INSERT_DELIVERY_SQL);
     let kind = event.kind.harbor_type();
     for f in policies::for_fanout(db, &event.project)?.iter() {
@@ -138,7 +137,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                 None => ("pending", None),
             };
             let args = args![
-                event_id.as_str(),
+                &event.id,
                 kind,
                 p.id,
                 &event.project,

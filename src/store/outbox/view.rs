@@ -30,7 +30,7 @@ pub struct DeliveryView {
 pub(in crate::store) fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
     Ok(DeliveryView {
         id: r.i64(0)?,
-        event_id: r.text(1)?,
+        event_id: r.opt_uuid(1)?.map(|u| u.to_string()).unwrap_or_default(),
         event_type: r.text(2)?,
         policy_id: r.i64(3)?,
         target_address: r.text(4)?,
@@ -44,8 +44,9 @@ pub(in crate::store) fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
     })
 }
 
-/// The event's id comes from the event log (the delivery holds its `seq`).
-const VIEW_COLUMNS: &str = "id, COALESCE((SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq), ''), event_type, policy_id, target_address, state, attempts, not_before, created_at, updated_at, last_status, last_error";
+/// The event's id comes from the event log (the delivery holds its `seq`); `""` when the event
+/// is gone.
+const VIEW_COLUMNS: &str = "id, (SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq) AS event_id, event_type, policy_id, target_address, state, attempts, not_before, created_at, updated_at, last_status, last_error";
 
 /// Deliveries of a policy, newest first.
 pub fn list_for_policy(
