@@ -18,7 +18,7 @@ const FIELDS: &[Field] = &[
     Field::sql("type", Kind::Text, "type"),
     Field::sql("project", Kind::Text, "project"),
     Field::sql("repository", Kind::Text, "repository"),
-    Field::sql("digest", Kind::Text, "digest"),
+    Field::sql("digest", Kind::Digest, "digest"),
     Field::sql("occurred_at", Kind::Time, "occurred_at"),
     Field::sql("state", Kind::Text, "state"),
 ];

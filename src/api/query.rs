@@ -69,6 +69,21 @@ pub enum Kind {
     /// column's index; text that is not a UUID matches nothing), `~` and ranges its canonical
     /// lowercase text (`wharf_uuid_text`, a function of both backends). In memory: text.
     Uuid,
+    /// A content digest, which the event log may keep as bytes (SQLite, a sha256): `=` and
+    /// lists bind it as the store keeps it, `~`, ranges and sorting compare its text
+    /// (`wharf_digest_text`). In memory: text.
+    Digest,
+}
+
+impl Field {
+    /// The field's SQL expression as text, for `~`, ranges and sorting.
+    fn sql_text(&self) -> String {
+        match self.kind {
+            Kind::Uuid => format!("wharf_uuid_text({})", self.sql),
+            Kind::Digest => format!("wharf_digest_text({})", self.sql),
+            _ => format!("LOWER(CAST({} AS TEXT))", self.sql),
+        }
+    }
 }
 
 /// A field a list offers to `q` and `sort`.
@@ -237,18 +252,15 @@ impl Query {
                 },
                 Term::Fuzzy(v) => {
                     let like = format!("%{}%", escape_like(&v.to_lowercase()));
-                    let text = match f.kind {
-                        Kind::Uuid => format!("wharf_uuid_text({expr})"),
-                        _ => format!("LOWER(CAST({expr} AS TEXT))"),
-                    };
                     format!(
-                        "{text} LIKE {} ESCAPE '\\'",
+                        "{} LIKE {} ESCAPE '\\'",
+                        f.sql_text(),
                         param(SqlArg::Text(like), &mut args)
                     )
                 }
                 Term::Range { min, max } => {
                     let (expr, kind) = match f.kind {
-                        Kind::Uuid => (format!("wharf_uuid_text({expr})"), Kind::Text),
+                        Kind::Uuid | Kind::Digest => (f.sql_text(), Kind::Text),
                         kind => (expr.to_string(), kind),
                     };
                     let mut parts = Vec::new();
@@ -326,6 +338,7 @@ pub enum SqlArg {
     Int(i64),
     Text(String),
     Uuid(uuid::Uuid),
+    Digest(String),
 }
 
 impl SqlArg {
@@ -335,6 +348,7 @@ impl SqlArg {
             SqlArg::Int(i) => crate::store::db::Value::Int(*i),
             SqlArg::Text(s) => crate::store::db::Value::Text(s),
             SqlArg::Uuid(u) => crate::store::db::Value::from(u),
+            SqlArg::Digest(d) => crate::store::db::Value::Digest(d),
         }
     }
 }
@@ -351,6 +365,7 @@ fn exact_arg(kind: Kind, v: &str) -> Option<SqlArg> {
     match kind {
         Kind::Text => Some(SqlArg::Text(v.to_string())),
         Kind::Uuid => uuid::Uuid::try_parse(v).ok().map(SqlArg::Uuid),
+        Kind::Digest => Some(SqlArg::Digest(v.to_string())),
         Kind::Int => v.parse().ok().map(SqlArg::Int),
         Kind::Time => parse_time(v).map(SqlArg::Int),
         Kind::Bool => parse_bool(v).map(|b| SqlArg::Int(i64::from(b))),
@@ -369,6 +384,7 @@ fn scalar_arg(kind: Kind, s: &Scalar) -> Option<SqlArg> {
         (Kind::Bool, Scalar::Int(i @ (0 | 1))) => Some(SqlArg::Int(*i)),
         (Kind::Bool, Scalar::Text(t)) => parse_bool(t).map(|b| SqlArg::Int(i64::from(b))),
         (Kind::Uuid, Scalar::Text(t)) => uuid::Uuid::try_parse(t).ok().map(SqlArg::Uuid),
+        (Kind::Digest, Scalar::Text(t)) => Some(SqlArg::Digest(t.clone())),
         _ => None,
     }
 }
@@ -390,7 +406,7 @@ fn compare(kind: Kind, v: &Val, s: &Scalar) -> Option<Ordering> {
             Val::Bool(b) => Some(i64::from(*b).cmp(&x)),
             Val::Text(_) => None,
         },
-        SqlArg::Text(x) => match v {
+        SqlArg::Text(x) | SqlArg::Digest(x) => match v {
             Val::Text(t) => Some(t.as_str().cmp(x.as_str())),
             _ => None,
         },
@@ -404,7 +420,7 @@ fn compare(kind: Kind, v: &Val, s: &Scalar) -> Option<Ordering> {
 fn term_matches(term: &Term, kind: Kind, v: &Val) -> bool {
     match term {
         Term::Exact(s) => match exact_arg(kind, s) {
-            Some(SqlArg::Text(x)) => matches!(v, Val::Text(t) if *t == x),
+            Some(SqlArg::Text(x) | SqlArg::Digest(x)) => matches!(v, Val::Text(t) if *t == x),
             Some(SqlArg::Uuid(x)) => matches!(v, Val::Text(t) if uuid::Uuid::try_parse(t) == Ok(x)),
             Some(SqlArg::Int(x)) => {
                 compare(kind, v, &Scalar::Int(x)) == Some(Ordering::Equal)
@@ -491,7 +507,14 @@ impl Sort {
     pub fn sql_order(&self, fields: &[Field]) -> Option<String> {
         let parts: Vec<String> = self
             .known(fields)
-            .map(|(f, desc)| format!("{} {}", f.sql, if desc { "DESC" } else { "ASC" }))
+            .map(|(f, desc)| {
+                // a digest kept as bytes and one kept as text sort by their text
+                let expr = match f.kind {
+                    Kind::Digest => f.sql_text(),
+                    _ => f.sql.to_string(),
+                };
+                format!("{expr} {}", if desc { "DESC" } else { "ASC" })
+            })
             .collect();
         (!parts.is_empty()).then(|| parts.join(", "))
     }

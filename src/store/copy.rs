@@ -8,7 +8,7 @@
 //! transaction: it lands whole or not at all. A target that already holds data is refused
 //! unless `replace` is set, which first empties every table of the target.
 
-use super::db::{Db, OwnedValue, Value};
+use super::db::{Db, OwnedValue, Value, sha256_text};
 use super::{Store, StoreError};
 
 /// Tables copied, in an order that respects what refers to what; with their identity column.
@@ -62,13 +62,18 @@ fn read_table(conn: &rusqlite::Connection, table: &str) -> Result<Table, StoreEr
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let mut row = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, column) in columns.iter().enumerate() {
             use rusqlite::types::ValueRef;
             row.push(match r.get_ref(i)? {
                 ValueRef::Null => OwnedValue::Null,
                 ValueRef::Integer(v) => OwnedValue::Int(v),
                 ValueRef::Real(v) => OwnedValue::Int(v as i64),
                 ValueRef::Text(t) => OwnedValue::Text(String::from_utf8_lossy(t).into_owned()),
+                // an event's sha256 digest (schema 16): PostgreSQL keeps it as text
+                ValueRef::Blob(b) if column == "digest" => match sha256_text(b) {
+                    Some(d) => OwnedValue::Text(d),
+                    None => OwnedValue::Bytes(b.to_vec()),
+                },
                 // event ids (schema 15)
                 ValueRef::Blob(b) => OwnedValue::Bytes(b.to_vec()),
             });

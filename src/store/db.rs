@@ -45,6 +45,28 @@ pub enum Value<'a> {
     Int(i64),
     Text(&'a str),
     Bytes(&'a [u8]),
+    /// A content digest as the event log keeps it (schema 16): on SQLite a canonical
+    /// `sha256:<64 lowercase hex>` binds as its 32 bytes (a `BLOB`), any other as text; on
+    /// PostgreSQL as text. Read back with [`Row::opt_digest`].
+    Digest(&'a str),
+}
+
+/// The 32 bytes of a canonical `sha256:<64 lowercase hex>` digest (how SQLite keeps one in
+/// the event log); `None` for any other text, which is kept as it is.
+pub fn sha256_bytes(digest: &str) -> Option<[u8; 32]> {
+    let hex = digest.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).ok()?;
+    Some(out)
+}
+
+/// A digest from what [`sha256_bytes`] stored: 32 bytes are a sha256; anything else is not a
+/// digest wharf stored as bytes.
+pub fn sha256_text(bytes: &[u8]) -> Option<String> {
+    (bytes.len() == 32).then(|| format!("sha256:{}", hex::encode(bytes)))
 }
 
 impl From<i64> for Value<'_> {
@@ -86,6 +108,7 @@ pub enum OwnedValue {
     Int(i64),
     Text(String),
     Bytes(Vec<u8>),
+    Digest(String),
 }
 
 impl OwnedValue {
@@ -95,6 +118,7 @@ impl OwnedValue {
             Value::Int(i) => OwnedValue::Int(*i),
             Value::Text(s) => OwnedValue::Text((*s).to_string()),
             Value::Bytes(b) => OwnedValue::Bytes(b.to_vec()),
+            Value::Digest(d) => OwnedValue::Digest((*d).to_string()),
         }
     }
 
@@ -104,6 +128,7 @@ impl OwnedValue {
             OwnedValue::Int(i) => Value::Int(*i),
             OwnedValue::Text(s) => Value::Text(s),
             OwnedValue::Bytes(b) => Value::Bytes(b),
+            OwnedValue::Digest(d) => Value::Digest(d),
         }
     }
 }
@@ -129,6 +154,10 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
             Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
             Value::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+            Value::Digest(d) => match sha256_bytes(d) {
+                Some(b) => ToSqlOutput::Owned(rusqlite::types::Value::Blob(b.to_vec())),
+                None => ToSqlOutput::Borrowed(ValueRef::Text(d.as_bytes())),
+            },
         })
     }
 }
@@ -158,7 +187,7 @@ impl tokio_postgres::types::ToSql for Value<'_> {
             Value::Bytes(b) if *ty == Type::UUID => uuid::Uuid::from_slice(b)?.to_sql(ty, out),
             Value::Text(s) if *ty == Type::UUID => uuid::Uuid::try_parse(s)?.to_sql(ty, out),
             Value::Bytes(b) if *ty == Type::BYTEA => b.to_sql(ty, out),
-            Value::Text(s)
+            Value::Text(s) | Value::Digest(s)
                 if *ty != Type::INT8
                     && *ty != Type::INT4
                     && *ty != Type::INT2
@@ -258,6 +287,21 @@ impl Row<'_> {
                         .map(Some)
                         .ok_or(StoreError::NotUuid(i)),
                     _ => Err(StoreError::NotUuid(i)),
+                }
+            }
+            Row::Postgres(r) => Ok(r.try_get(i)?),
+        }
+    }
+
+    /// A digest column of the event log (see [`Value::Digest`]): SQLite's 32 bytes as
+    /// `sha256:<hex>`, text as it is; `Ok(None)` for NULL.
+    pub fn opt_digest(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self {
+            Row::Sqlite(r) => {
+                use rusqlite::types::ValueRef;
+                match r.get_ref(i)? {
+                    ValueRef::Blob(b) => sha256_text(b).map(Some).ok_or(StoreError::NotDigest(i)),
+                    _ => Ok(r.get(i)?),
                 }
             }
             Row::Postgres(r) => Ok(r.try_get(i)?),
@@ -630,6 +674,26 @@ pub fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a canonical sha256 digest becomes bytes, and its bytes give it back.
+    #[test]
+    fn sha256_digests_round_trip_through_their_bytes() {
+        let d = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        let b = sha256_bytes(&d).unwrap();
+        assert_eq!(sha256_text(&b).as_deref(), Some(d.as_str()));
+        for kept in [
+            d.to_uppercase(),
+            format!("sha256:{}", "0123456789ABCDEF".repeat(4)),
+            format!("sha512:{}", "0123456789abcdef".repeat(4)),
+            format!("{d}0"),
+            d[..70].to_string(),
+            "sha256:1".to_string(),
+            format!("sha256:{}", "g".repeat(64)),
+        ] {
+            assert_eq!(sha256_bytes(&kept), None, "{kept}");
+        }
+        assert_eq!(sha256_text(&[0u8; 31]), None);
+    }
 
     #[test]
     fn due_deliveries_merge_their_addresses_and_anywhere_wins() {

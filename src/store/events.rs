@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::db::{Backend, Db, Row, json};
+use super::db::{Backend, Db, Row, Value, json};
 use super::{StoreError, now_ms};
 use crate::args;
 use crate::events::{ChartInfo, Event, EventKind, QuotaInfo, ScanInfo};
@@ -302,7 +302,7 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
         &r.text(at + 2)?,
         &r.text(at + 3)?,
         &r.text(at + 4)?,
-        r.opt_text(at + 5)?.as_deref(),
+        r.opt_digest(at + 5)?.as_deref(),
         r.i64(at + 6)?,
     );
     match event {
@@ -392,7 +392,7 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
             event.kind.harbor_type(),
             &event.project,
             &event.repository,
-            event.digest.as_deref(),
+            event.digest.as_deref().map_or(Value::Null, Value::Digest),
             event.occurred_at.timestamp_millis(),
             if hold_until.is_some() { "held" } else { "published" },
             hold_until,
@@ -449,7 +449,7 @@ pub fn publish_held(db: &Db<'_>, repository: &str, digest: &str) -> Result<Vec<E
             event_columns!(""),
             " FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq"
         ),
-        args![repository, digest],
+        &[Value::Text(repository), Value::Digest(digest)],
         |r| Ok((r.i64(0)?, read(r, 1)?)),
     )?;
     publish_rows(db, rows)
@@ -484,7 +484,7 @@ pub fn cancel_held(db: &Db<'_>, repository: &str, digests: &[String]) -> Result<
     for d in digests {
         n += db.exec(
             "UPDATE events SET state = 'cancelled' WHERE state = 'held' AND repository = ?1 AND digest = ?2",
-            args![repository, d],
+            &[Value::Text(repository), Value::Digest(d)],
         )?;
     }
     Ok(n)
@@ -562,7 +562,6 @@ pub struct StoredEvent {
 
 /// Events, newest first.
 pub fn list(db: &Db<'_>, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
-    use super::db::Value;
     // only the filters that are set, so the planner can use events_by_project
     let mut sql = format!("SELECT state, {COLUMNS} FROM events WHERE 1=1");
     let mut args: Vec<Value<'_>> = Vec::new();
@@ -597,7 +596,6 @@ pub fn page(
     order: Option<&str>,
     (offset, limit): (i64, i64),
 ) -> Result<(Vec<StoredEvent>, u64), StoreError> {
-    use super::db::Value;
     let states = if all_states {
         ""
     } else {

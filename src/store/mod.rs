@@ -89,6 +89,8 @@ pub enum StoreError {
     Null(usize),
     #[error("database: column {0} does not hold a UUID")]
     NotUuid(usize),
+    #[error("database: column {0} does not hold a digest")]
+    NotDigest(usize),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -308,29 +308,38 @@ pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// The SQL functions wharf's statements use on both backends that SQLite lacks (PostgreSQL's
-/// are created by the migrations): `wharf_uuid_text(id)`, the canonical text of a UUID kept as
-/// its 16 bytes (schema 15), for the API's substring and range filters on event ids; any other
-/// value as text, NULL as NULL.
+/// are created by the migrations), for the API's substring and range filters and sorting on
+/// values the event log keeps as bytes; any other value as text, NULL as NULL:
+/// `wharf_uuid_text(id)`, the canonical text of a UUID kept as its 16 bytes (schema 15), and
+/// `wharf_digest_text(digest)`, `sha256:<hex>` of a digest kept as its 32 bytes (schema 16).
 pub(crate) fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
     use rusqlite::types::ValueRef;
-    conn.create_scalar_function(
-        "wharf_uuid_text",
-        1,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            Ok(match ctx.get_raw(0) {
-                ValueRef::Null => None,
-                ValueRef::Blob(b) => Some(match uuid::Uuid::from_slice(b) {
-                    Ok(u) => u.to_string(),
-                    Err(_) => String::from_utf8_lossy(b).into_owned(),
-                }),
-                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Integer(i) => Some(i.to_string()),
-                ValueRef::Real(r) => Some(r.to_string()),
-            })
-        },
-    )
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("wharf_digest_text", 1, flags, |ctx| {
+        Ok(match ctx.get_raw(0) {
+            ValueRef::Null => None,
+            ValueRef::Blob(b) => Some(
+                super::db::sha256_text(b)
+                    .unwrap_or_else(|| String::from_utf8_lossy(b).into_owned()),
+            ),
+            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Integer(i) => Some(i.to_string()),
+            ValueRef::Real(r) => Some(r.to_string()),
+        })
+    })?;
+    conn.create_scalar_function("wharf_uuid_text", 1, flags, |ctx| {
+        Ok(match ctx.get_raw(0) {
+            ValueRef::Null => None,
+            ValueRef::Blob(b) => Some(match uuid::Uuid::from_slice(b) {
+                Ok(u) => u.to_string(),
+                Err(_) => String::from_utf8_lossy(b).into_owned(),
+            }),
+            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Integer(i) => Some(i.to_string()),
+            ValueRef::Real(r) => Some(r.to_string()),
+        })
+    })
 }
 
 /// Run a statement without parameters through the statement cache (no re-parse per batch).

@@ -404,6 +404,42 @@ async fn lists_follow_harbors_conventions_on_executions_and_the_event_log() {
         std::slice::from_ref(id)
     );
     assert!(count("id%3Dnot-an-id".into()).await.is_empty());
+    // by digest (a sha256 kept as 32 bytes on SQLite since schema 16), sorted by its text
+    let all = get(&format!("{ev}?sort=digest,id"))
+        .await
+        .expect(200)
+        .json();
+    let digests: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["digest"].as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = digests.clone();
+    sorted.sort();
+    assert_eq!(digests, sorted, "sort=digest");
+    let digest = &digests[0];
+    let with = |d: &str| {
+        let d = d.to_string();
+        digests.iter().filter(move |x| **x == d).count()
+    };
+    assert_eq!(
+        count(format!("digest%3D{digest}")).await.len(),
+        with(digest)
+    );
+    assert_eq!(
+        count(format!("digest%3D~{}", &digest[7..30].to_uppercase()))
+            .await
+            .len(),
+        with(digest)
+    );
+    assert_eq!(
+        count(format!("digest%3D%7B{digest}%20sha256:nothing%7D"))
+            .await
+            .len(),
+        with(digest)
+    );
+    assert!(count("digest%3Dsha256:nothing".into()).await.is_empty());
     get(&format!("{ev}?q=type")).await.expect(400);
     get(&format!("{ev}?page_size=1000")).await.expect(422);
     get(&format!("{ev}?colour=red")).await.expect(400);

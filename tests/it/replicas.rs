@@ -682,6 +682,29 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
     .expect(200)
     .json()["usage"]
         .clone();
+    // the event log as the embedded store keeps it (ids as 16 bytes, a sha256 digest as 32)
+    let log = |url: String| async move {
+        let events = api(reqwest::Method::GET, &url, "/api/v1/events?all=true", None)
+            .await
+            .expect(200)
+            .json();
+        let mut kept: Vec<(String, String, String)> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (field("id"), field("digest"), field("resource_url"))
+            })
+            .collect();
+        kept.sort();
+        kept
+    };
+    let log_before = log(single.url()).await;
+    assert!(
+        log_before.iter().any(|(_, d, _)| d.starts_with("sha256:")),
+        "{log_before:?}"
+    );
     single.shutdown().await;
 
     let url = pgc::database().await;
@@ -728,6 +751,11 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
     .json()["usage"]
         .clone();
     assert_eq!(usage, usage_before);
+    assert_eq!(
+        log(pg.url()).await,
+        log_before,
+        "the event log, ids and digests kept"
+    );
     let rx = Receiver::start_on(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await;
     let got = rx.wait_for(1, SOON).await;
     assert_eq!(got[0].json()["type"], "PUSH_ARTIFACT");

@@ -285,26 +285,32 @@ async fn held_events_are_published_absorbed_or_released_once(kind: Kind) {
     let o = open(kind).await;
     let s = &o.store;
     let far = store::now_ms() + 3_600_000;
+    // a digest as registries give them (kept as 32 bytes on SQLite) beside digests that are not
+    let d1 = format!("sha256:{}", "0a".repeat(32));
+    let (d1a, d1b, d1c) = (d1.clone(), d1.clone(), d1.clone());
     let published = s
         .write(move |c| {
-            events::insert(c, &push("prj/a", "sha256:1"), Some(far))?;
+            events::insert(c, &push("prj/a", &d1a), Some(far))?;
             events::insert(c, &push("prj/a", "sha256:2"), Some(far))?;
-            events::insert(c, &push("prj/b", "sha256:1"), Some(far))?;
+            events::insert(c, &push("prj/b", &d1a), Some(far))?;
             events::insert(c, &push("prj/c", "sha256:9"), Some(far))?;
-            Ok(events::publish_held(c, "prj/a", "sha256:1")?.len())
+            Ok(events::publish_held(c, "prj/a", &d1a)?
+                .into_iter()
+                .map(|e| e.digest)
+                .collect::<Vec<_>>())
         })
         .await
         .unwrap();
-    assert_eq!(published, 1);
+    assert_eq!(published, [Some(d1.clone())]);
     // published once only
     let again = s
-        .write(|c| Ok(events::publish_held(c, "prj/a", "sha256:1")?.len()))
+        .write(move |c| Ok(events::publish_held(c, "prj/a", &d1b)?.len()))
         .await
         .unwrap();
     assert_eq!(again, 0);
     // an index absorbs a held platform manifest
     let absorbed = s
-        .write(|c| events::cancel_held(c, "prj/b", &["sha256:1".to_string()]))
+        .write(move |c| events::cancel_held(c, "prj/b", &[d1c]))
         .await
         .unwrap();
     assert_eq!(absorbed, 1);
@@ -2544,7 +2550,7 @@ async fn postgres_dispatcher_plans_cached_on_an_empty_table_take_the_primary_key
 /// Schema 14 names a delivery's event by its `seq`: a database of schema 13 (deliveries naming
 /// their event by id) migrates with every delivery still tied to its event — listed with the
 /// event's id, claimed with the event, pruned with it. Schema 15 then keeps the ids, text until
-/// then, as 16 bytes.
+/// then, as 16 bytes, and schema 16 a sha256 digest as 32 bytes on SQLite.
 async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
     use store::db::Value;
     let o = open(kind).await;
@@ -2552,7 +2558,7 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
     let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
     let mut old = push("prj/a", "sha256:old");
     old.occurred_at = chrono::Utc::now() - chrono::Duration::days(40);
-    let fresh = push("prj/a", "sha256:fresh");
+    let fresh = push("prj/a", &format!("sha256:{}", "5f".repeat(32)));
     let (o1, f1) = (old.clone(), fresh.clone());
     s.write(move |c| {
         events::insert(c, &o1, None)?;
@@ -2564,7 +2570,7 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
     // back to schema 13's shape, as a wharf of the tenth session left it (event ids as text)
     let down = match kind {
         Kind::Sqlite => {
-            "UPDATE events SET id = wharf_uuid_text(id);
+            "UPDATE events SET id = wharf_uuid_text(id), digest = wharf_digest_text(digest);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
              UPDATE deliveries SET event_id = (SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq);
              DROP INDEX deliveries_by_event;
@@ -2575,6 +2581,7 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
         Kind::Postgres => {
             "ALTER TABLE events ALTER COLUMN id TYPE text USING CAST(id AS text);
              DROP FUNCTION wharf_uuid_text(uuid);
+             DROP FUNCTION wharf_digest_text(text);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
              UPDATE deliveries d SET event_id = e.id FROM events e WHERE e.seq = d.event_seq;
              DROP INDEX deliveries_by_event;
@@ -2630,6 +2637,22 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
         }
     };
     assert_eq!(s.read(move |c| c.int(as_text, &[])).await.unwrap(), Some(0));
+    // schema 16: SQLite keeps a sha256 digest as its 32 bytes, any other as text
+    let forms = "SELECT COUNT(*) FROM events WHERE typeof(digest) = 'blob' AND length(digest) = 32";
+    if matches!(kind, Kind::Sqlite) {
+        assert_eq!(s.read(move |c| c.int(forms, &[])).await.unwrap(), Some(1));
+    }
+    let digest = fresh.digest.clone().unwrap();
+    let by_digest =
+        "SELECT COUNT(*) FROM events WHERE wharf_digest_text(digest) = ?1 AND digest = ?2";
+    let n = s
+        .read(move |c| c.int(by_digest, &[Value::Text(&digest), Value::Digest(&digest)]))
+        .await;
+    assert_eq!(
+        n.unwrap(),
+        Some(1),
+        "wharf_digest_text gives the digest's text"
+    );
     let old_id = old.id.to_string();
     let text = old_id.clone();
     let found = s.read(move |c| events::get(c, &old_id)).await.unwrap();
