@@ -345,18 +345,22 @@ impl ConnActivity {
     }
 }
 
-fn request_id(req: &Request<Incoming>) -> HeaderValue {
-    req.headers()
-        .get(&X_REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-        })
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-                .unwrap_or(HeaderValue::from_static("invalid"))
-        })
+/// The request's id: the client's `X-Request-Id` when usable, else one wharf makes (a UUID v7,
+/// also returned on its own).
+fn request_id(req: &Request<Incoming>) -> (HeaderValue, Option<uuid::Uuid>) {
+    let sent = req.headers().get(&X_REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    if let Some(v) = sent {
+        return (v.clone(), None);
+    }
+    let made = uuid::Uuid::now_v7();
+    let mut buf = uuid::Uuid::encode_buffer();
+    match HeaderValue::from_str(made.hyphenated().encode_lower(&mut buf)) {
+        Ok(v) => (v, Some(made)),
+        Err(_) => (HeaderValue::from_static("invalid"), None),
+    }
 }
 
 /// The top-level service: one request in, one response out. Never fails, never panics on input.
@@ -368,7 +372,7 @@ pub async fn handle(
     busy: Option<RequestGuard>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let rid = request_id(&req);
+    let (rid, made_id) = request_id(&req);
     let classified = route::classify_request(req.method(), req.uri().path(), req.uri().query());
     let route = classified.route;
     let host = {
@@ -394,6 +398,7 @@ pub async fn handle(
     };
     let ctx = RequestCtx {
         request_id: rid.clone(),
+        made_id,
         conn,
         started,
     };
@@ -631,6 +636,9 @@ impl AccessLog {
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
     pub request_id: HeaderValue,
+    /// The request id when wharf made it (the client sent none): unique to this request, so a
+    /// pull's event takes it as its own id.
+    pub made_id: Option<uuid::Uuid>,
     pub conn: ClientConn,
     pub started: Instant,
 }

@@ -150,6 +150,8 @@ pub struct Who {
     /// The client's credentials, reused for wharf's own reads of that client's artifacts.
     pub authorization: Option<HeaderValue>,
     pub request_id: String,
+    /// The request id when wharf made it ([`crate::server::RequestCtx::made_id`]).
+    pub made_id: Option<uuid::Uuid>,
 }
 
 impl Who {
@@ -163,6 +165,7 @@ impl Who {
                 .map(str::to_string),
             authorization: headers.get(header::AUTHORIZATION).cloned(),
             request_id: ctx.request_id_str().to_string(),
+            made_id: ctx.made_id,
         }
     }
 

@@ -149,6 +149,11 @@ fn pull_completed(
         },
         &repo,
     );
+    // one request, at most one pull event: it takes the id wharf gave the request, when wharf
+    // made one (the event log keeps no second copy of it; registry and access logs show it)
+    if let Some(id) = who.made_id {
+        e.id = id;
+    }
     e.tags = tag.iter().cloned().collect();
     e.digest = Some(digest.clone());
     e.media_type = facts

@@ -43,6 +43,7 @@ pub async fn registry_tags_pointing_at(app: &App, repo: &Repository, digest: &st
         user_agent: None,
         authorization: None,
         request_id: String::new(),
+        made_id: None,
     };
     let Some(tags) = list(app, repo, &who).await else {
         return Vec::new();

@@ -54,7 +54,8 @@ struct Body<'a> {
     #[serde(rename = "q", skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
     /// A request id that is a UUID in its canonical text (as wharf makes them), as its 16
-    /// bytes in unpadded base64url: 22 characters instead of 36.
+    /// bytes in unpadded base64url: 22 characters instead of 36; empty when it is the event's
+    /// own id (a pull's event takes the id wharf made for its request; since schema 17).
     #[serde(rename = "Q", skip_serializing_if = "Option::is_none")]
     request_uuid: Option<String>,
     #[serde(rename = "c", skip_serializing_if = "Option::is_none")]
@@ -160,7 +161,7 @@ impl<'a> Body<'a> {
     fn of(e: &'a Event) -> Self {
         // every field named: a field added to `Event` does not compile until it is stored
         let Event {
-            id: _,
+            id,
             kind: _,
             occurred_at,
             operator,
@@ -189,7 +190,12 @@ impl<'a> Body<'a> {
         );
         let host = resource_url.strip_suffix(path.as_str());
         let sub_ms = sub_ms_of(occurred_at);
-        let request_uuid = request_id.as_deref().and_then(compact_request_id);
+        let mut buf = uuid::Uuid::encode_buffer();
+        let own_id = id.hyphenated().encode_lower(&mut buf);
+        let request_uuid = match request_id.as_deref() {
+            Some(r) if r == own_id => Some(String::new()),
+            r => r.and_then(compact_request_id),
+        };
         Body {
             occurred_at: sub_ms.is_none().then_some(occurred_at),
             sub_ms: sub_ms.unwrap_or(0),
@@ -349,6 +355,7 @@ pub fn decode(
         })?,
     };
     let request_id = match b.request_uuid {
+        Some(q) if q.is_empty() => Some(id.hyphenated().to_string()),
         Some(q) => Some(request_id_of(&q).ok_or_else(|| {
             serde_json::Error::custom(format!("request id {q:?} is not a stored UUID"))
         })?),

@@ -666,6 +666,14 @@ pub static MIGRATIONS: &[Migration] = &[
     "#,
         then: None,
     },
+    // 17: no table changes: a pull's event takes the id wharf made for its request, and its
+    // body says so (`"Q":""`) instead of holding the id again, which a wharf of schema 16 or
+    // older cannot read. The version moves on so that such a binary refuses the database.
+    Migration {
+        sqlite: "",
+        postgres: "",
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

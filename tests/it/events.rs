@@ -291,6 +291,9 @@ async fn pulls_by_tag_by_digest_and_head() {
         image.digest.as_str()
     );
 
+    // The pull takes the id wharf made for its request (returned as X-Request-Id) as its own.
+    assert_eq!(e["id"], e["request_id"], "{e}");
+
     // HEAD is no pull.
     let d = head_manifest(&wharf, "prj/pull", "v1", oci::MANIFEST_V1).await;
     assert_eq!(d, image.digest);
@@ -303,6 +306,35 @@ async fn pulls_by_tag_by_digest_and_head() {
     assert_eq!(e["digest"], image.digest.as_str());
     assert_eq!(e["resource_url"], format!("{}/prj/pull:v1", wharf.host()));
 
+    // A request id the client sent stays the request's only; the event has its own id.
+    for sent in ["it-pull-1", "01a2379e-c2b1-76b2-b3ab-8958c36f2211"] {
+        let resp = client()
+            .get(format!("{}/v2/prj/pull/manifests/v1", wharf.url()))
+            .header("accept", oci::MANIFEST_V1)
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-request-id"], sent);
+        resp.bytes().await.unwrap();
+        let n = if sent == "it-pull-1" { 3 } else { 4 };
+        let e = expect_last(&wharf, PULLS, n).await;
+        assert_eq!(e["request_id"], sent, "{e}");
+        assert_ne!(e["id"], sent, "{e}");
+    }
+    // and one wharf made: the same id in the response and in the event
+    let resp = client()
+        .get(format!("{}/v2/prj/pull/manifests/v1", wharf.url()))
+        .header("accept", oci::MANIFEST_V1)
+        .send()
+        .await
+        .unwrap();
+    let made = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    resp.bytes().await.unwrap();
+    let e = expect_last(&wharf, PULLS, 5).await;
+    assert_eq!((&e["id"], &e["request_id"]), (&json!(made), &json!(made)));
+
     // skopeo by tag: one pull.
     let out = work.path().join("out");
     Skopeo::new()
@@ -312,7 +344,7 @@ async fn pulls_by_tag_by_digest_and_head() {
             &[],
         )
         .await;
-    let e = expect_last(&wharf, PULLS, 3).await;
+    let e = expect_last(&wharf, PULLS, 6).await;
     assert_eq!(tags(&e), ["v1"], "{e}");
     assert_eq!(e["digest"], image.digest.as_str());
     assert_eq!(e["size"], size);
