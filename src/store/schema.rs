@@ -674,6 +674,24 @@ pub static MIGRATIONS: &[Migration] = &[
         postgres: "",
         then: None,
     },
+    // 18: a delivery's first successful attempt is kept on its row (start, duration, status,
+    // response excerpt) instead of a row of `attempts` and its index entry: a delivered event
+    // is one delivery row. Other attempts stay in `attempts`; task ids become each attempt's
+    // place among its delivery's attempts (`outbox::attempts`). Rows written before keep
+    // their attempts where they are.
+    Migration {
+        sqlite: r#"
+    ALTER TABLE deliveries ADD COLUMN first_started_at INTEGER;
+    ALTER TABLE deliveries ADD COLUMN first_duration_ms INTEGER;
+    ALTER TABLE deliveries ADD COLUMN first_status INTEGER;
+    ALTER TABLE deliveries ADD COLUMN first_excerpt TEXT;
+    "#,
+        postgres: r#"
+    ALTER TABLE deliveries ADD COLUMN first_started_at BIGINT, ADD COLUMN first_duration_ms BIGINT,
+        ADD COLUMN first_status BIGINT, ADD COLUMN first_excerpt TEXT;
+    "#,
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

@@ -113,6 +113,7 @@ conformance!(
     pull_events_leave_the_log_sooner,
     an_event_reads_back_whole_from_its_stored_row,
     deliveries_of_a_schema_13_database_keep_their_events,
+    a_first_successful_attempt_is_kept_on_its_delivery,
 );
 
 fn repo(s: &str) -> Repository {
@@ -2584,7 +2585,11 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
     // back to schema 13's shape, as a wharf of the tenth session left it (event ids as text)
     let down = match kind {
         Kind::Sqlite => {
-            "UPDATE events SET id = wharf_uuid_text(id), digest = wharf_digest_text(digest);
+            "ALTER TABLE deliveries DROP COLUMN first_started_at;
+             ALTER TABLE deliveries DROP COLUMN first_duration_ms;
+             ALTER TABLE deliveries DROP COLUMN first_status;
+             ALTER TABLE deliveries DROP COLUMN first_excerpt;
+             UPDATE events SET id = wharf_uuid_text(id), digest = wharf_digest_text(digest);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
              UPDATE deliveries SET event_id = (SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq);
              DROP INDEX deliveries_by_event;
@@ -2593,7 +2598,9 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              PRAGMA user_version = 13"
         }
         Kind::Postgres => {
-            "ALTER TABLE events ALTER COLUMN id TYPE text USING CAST(id AS text);
+            "ALTER TABLE deliveries DROP COLUMN first_started_at, DROP COLUMN first_duration_ms,
+                 DROP COLUMN first_status, DROP COLUMN first_excerpt;
+             ALTER TABLE events ALTER COLUMN id TYPE text USING CAST(id AS text);
              DROP FUNCTION wharf_uuid_text(uuid);
              DROP FUNCTION wharf_digest_text(text);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
@@ -2713,5 +2720,109 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(gone, Some(1), "the fresh event keeps its delivery");
+    s.close().await;
+}
+
+/// A delivery's first successful attempt is kept on its row, every other attempt in
+/// `attempts` (schema 18): listed together by start time, task ids their places from 1, the
+/// same through `record` and `record_many` (PostgreSQL's batch).
+async fn a_first_successful_attempt_is_kept_on_its_delivery(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    publish(s, 2).await;
+    let got = claim(s, limits(2, 2), lease(7)).await;
+    let (a, b) = (got[0].id, got[1].id);
+    let attempt = |delivery_id, started_at, status: Option<u16>, error: Option<&str>| Attempt {
+        id: 0,
+        delivery_id,
+        started_at,
+        duration_ms: started_at % 1000 + 3,
+        status_code: status,
+        error_kind: error.map(|_| "http".to_string()),
+        error: error.map(str::to_string),
+        response_excerpt: Some(format!("r{started_at}")),
+    };
+    // a: fails once, then succeeds (the success is kept on the row); b: succeeds at once
+    let batch = vec![
+        outbox::Outcome {
+            attempt: attempt(a, 1_000, Some(500), Some("status 500")),
+            next: Next::RetryAt(0),
+            token: 7,
+        },
+        outbox::Outcome {
+            attempt: attempt(b, 1_001, Some(204), None),
+            next: Next::Succeeded,
+            token: 7,
+        },
+    ];
+    s.write(move |c| outbox::record_many(c, &batch))
+        .await
+        .unwrap();
+    assert_eq!(count(s, "SELECT COUNT(*) FROM attempts").await, 1);
+    let again = claim(s, limits(2, 2), lease(8)).await;
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [a]);
+    let ok = attempt(a, 2_000, Some(200), None);
+    s.write(move |c| outbox::record(c, &ok, Next::Succeeded, 8))
+        .await
+        .unwrap();
+    assert_eq!(count(s, "SELECT COUNT(*) FROM attempts").await, 1);
+    let seen = |d| async move {
+        s.read(move |c| outbox::attempts(c, d))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|x| {
+                (
+                    x.id,
+                    x.started_at,
+                    x.duration_ms,
+                    x.status_code,
+                    x.error,
+                    x.response_excerpt,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let row = |id, t: i64, st, e: Option<&str>| {
+        (
+            id,
+            t,
+            t % 1000 + 3,
+            Some(st),
+            e.map(str::to_string),
+            Some(format!("r{t}")),
+        )
+    };
+    assert_eq!(
+        seen(a).await,
+        [
+            row(1, 1_000, 500, Some("status 500")),
+            row(2, 2_000, 200, None)
+        ]
+    );
+    assert_eq!(seen(b).await, [row(1, 1_001, 204, None)]);
+    // b sent again: its second success goes to `attempts`, the first stays task 1
+    assert_eq!(
+        s.write(move |c| outbox::redeliver(c, pid, b))
+            .await
+            .unwrap(),
+        Redelivery::Queued
+    );
+    let third = claim(s, limits(2, 2), lease(9)).await;
+    assert_eq!(third.iter().map(|d| d.id).collect::<Vec<_>>(), [b]);
+    let batch = vec![outbox::Outcome {
+        attempt: attempt(b, 3_000, Some(200), None),
+        next: Next::Succeeded,
+        token: 9,
+    }];
+    s.write(move |c| outbox::record_many(c, &batch))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen(b).await,
+        [row(1, 1_001, 204, None), row(2, 3_000, 200, None)]
+    );
+    assert_eq!(count(s, "SELECT COUNT(*) FROM attempts").await, 2);
     s.close().await;
 }

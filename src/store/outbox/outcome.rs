@@ -11,6 +11,8 @@ use crate::store::{StoreError, now_ms, policies};
 /// One attempt, as recorded.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Attempt {
+    /// Its task id, as [`attempts`](super::attempts) lists it (its place among its delivery's
+    /// attempts, from 1); not read when recording.
     pub id: i64,
     pub delivery_id: i64,
     /// unix ms
@@ -42,22 +44,70 @@ macro_rules! outcome {
            last_error = CASE WHEN (state = 'running' AND claim_token = ?7) OR ?2 = 'succeeded' THEN ?5 ELSE last_error END,
            claim_token = CASE WHEN claim_token = ?7 THEN NULL ELSE claim_token END,
            lease_until = CASE WHEN claim_token = ?7 THEN NULL ELSE lease_until END,
+           first_started_at = CASE WHEN first_started_at IS NULL THEN ?8 ELSE first_started_at END,
+           first_duration_ms = CASE WHEN first_started_at IS NULL THEN ?9 ELSE first_duration_ms END,
+           first_status = CASE WHEN first_started_at IS NULL AND ?8 IS NOT NULL THEN ?4 ELSE first_status END,
+           first_excerpt = CASE WHEN first_started_at IS NULL THEN ?10 ELSE first_excerpt END,
            updated_at = ?6
-         WHERE id = ?1"
+         WHERE id = ?1
+         RETURNING CASE WHEN first_started_at IS NOT DISTINCT FROM ?8
+           AND first_duration_ms IS NOT DISTINCT FROM ?9 THEN 1 ELSE 0 END"
     };
 }
 
 /// A delivery's outcome (?1 id, ?2 state, ?3 retry time, ?4 status, ?5 error, ?6 now, ?7 the
-/// attempt's claim token).
+/// attempt's claim token; ?8 start, ?9 duration, ?10 response excerpt of a successful attempt
+/// that may be kept on the row, else NULL). Returns whether the row holds that attempt (see
+/// [`keeps_on_row`]).
 const OUTCOME_SQL: &str = concat!("UPDATE", outcome!());
 
 /// SQLite: [`OUTCOME_SQL`] as `UPDATE OR FAIL` (see [`sqlite_or_fail`]).
 pub(super) const OUTCOME_SQL_SQLITE: &str = concat!("UPDATE OR FAIL", outcome!());
 
+/// Whether attempt `a` may be kept on its delivery's row instead of a row of `attempts`: it
+/// succeeded (a status, no error), and the delivery keeps none yet (checked by the statement
+/// that moves the delivery on). A delivered pull is then one delivery row, not also an attempt
+/// row and its index entry (~30 bytes of store per delivered event, and an insert). Listed
+/// with the others by [`attempts`](super::attempts).
+fn keeps_on_row(a: &Attempt, next: Next) -> bool {
+    next == Next::Succeeded
+        && a.status_code.is_some()
+        && a.error_kind.is_none()
+        && a.error.is_none()
+}
+
 /// Record an attempt made under claim `token` and move the delivery on. A delivery ended
 /// while its attempt ran (its policy was deleted, its target disabled), or taken over by
-/// another replica after the lease expired, is not moved unless the attempt succeeded.
+/// another replica after the lease expired, is not moved unless the attempt succeeded. The
+/// delivery's first successful attempt is kept on its row ([`keeps_on_row`]); any other in
+/// `attempts`.
 pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), StoreError> {
+    let (state, not_before) = match next {
+        Next::Succeeded => ("succeeded", None),
+        Next::RetryAt(t) => ("pending", Some(t)),
+        Next::Dead => ("dead", None),
+    };
+    let first = keeps_on_row(a, next);
+    // every right-hand side sees the row as it was before this UPDATE
+    let kept = db.row(
+        sqlite_or_fail(db, OUTCOME_SQL_SQLITE, OUTCOME_SQL),
+        args![
+            a.delivery_id,
+            state,
+            not_before,
+            a.status_code.map(i64::from),
+            a.error.as_deref().or(a.error_kind.as_deref()),
+            now_ms(),
+            token,
+            first.then_some(a.started_at),
+            first.then_some(a.duration_ms),
+            a.response_excerpt.as_deref().filter(|_| first)
+        ],
+        |r| Ok(r.opt_i64(0)? == Some(1)),
+    )?;
+    if first && kept == Some(true) {
+        return Ok(());
+    }
     db.exec(
         "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -69,24 +119,6 @@ pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), St
             a.error_kind.as_deref(),
             a.error.as_deref(),
             a.response_excerpt.as_deref()
-        ],
-    )?;
-    let (state, not_before) = match next {
-        Next::Succeeded => ("succeeded", None),
-        Next::RetryAt(t) => ("pending", Some(t)),
-        Next::Dead => ("dead", None),
-    };
-    // every right-hand side sees the row as it was before this UPDATE
-    db.exec(
-        sqlite_or_fail(db, OUTCOME_SQL_SQLITE, OUTCOME_SQL),
-        args![
-            a.delivery_id,
-            state,
-            not_before,
-            a.status_code.map(i64::from),
-            a.error.as_deref().or(a.error_kind.as_deref()),
-            now_ms(),
-            token
         ],
     )?;
     Ok(())
@@ -102,8 +134,9 @@ pub struct Outcome {
 }
 
 /// Record many attempts at once, each as [`record`] would. On PostgreSQL two statements for the
-/// whole batch (the rows travel as one JSON parameter); on SQLite one statement pair per
-/// attempt, inside the writer's group commit.
+/// whole batch (the rows travel as one JSON parameter): the outcomes, then the attempts the
+/// delivery rows did not keep; on SQLite one or two statements per attempt, inside the
+/// writer's group commit.
 pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> {
     if outcomes.is_empty() {
         return Ok(());
@@ -119,6 +152,27 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
         return Ok(());
     }
     let now = now_ms();
+    let moves: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            let (state, not_before) = match o.next {
+                Next::Succeeded => ("succeeded", None),
+                Next::RetryAt(t) => ("pending", Some(t)),
+                Next::Dead => ("dead", None),
+            };
+            let a = &o.attempt;
+            let first = keeps_on_row(a, o.next);
+            serde_json::json!({
+                "id": a.delivery_id, "state": state, "not_before": not_before,
+                "last_status": a.status_code,
+                "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
+                "token": o.token,
+                "first_started_at": first.then_some(a.started_at),
+                "first_duration_ms": first.then_some(a.duration_ms),
+                "first_excerpt": a.response_excerpt.as_deref().filter(|_| first),
+            })
+        })
+        .collect();
     let attempts: Vec<serde_json::Value> = outcomes
         .iter()
         .map(|o| {
@@ -126,7 +180,7 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
             serde_json::json!({
                 "delivery_id": a.delivery_id, "started_at": a.started_at, "duration_ms": a.duration_ms,
                 "status_code": a.status_code, "error_kind": a.error_kind, "error": a.error,
-                "response_excerpt": a.response_excerpt,
+                "response_excerpt": a.response_excerpt, "first": keeps_on_row(a, o.next),
             })
         })
         .collect();
@@ -134,36 +188,24 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
         db,
         (OUTCOME_PLANNING_PG, OUTCOME_DEFAULT_PLANNING_PG),
         || {
-            db.exec_later(
-            "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
-             SELECT delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
-             FROM json_to_recordset(CAST(?1 AS json)) AS x(delivery_id bigint, started_at bigint,
-               duration_ms bigint, status_code bigint, error_kind text, error text, response_excerpt text)
-             ORDER BY delivery_id",
-            args![json(&attempts)?.as_str()],
-        )?;
-            let moves: Vec<serde_json::Value> = outcomes
-                .iter()
-                .map(|o| {
-                    let (state, not_before) = match o.next {
-                        Next::Succeeded => ("succeeded", None),
-                        Next::RetryAt(t) => ("pending", Some(t)),
-                        Next::Dead => ("dead", None),
-                    };
-                    let a = &o.attempt;
-                    serde_json::json!({
-                        "id": a.delivery_id, "state": state, "not_before": not_before,
-                        "last_status": a.status_code,
-                        "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
-                        "token": o.token,
-                    })
-                })
-                .collect();
             // as `record`, row by row: every right-hand side sees the row as it was before
-            db.exec_later(OUTCOME_SQL_PG, args![json(&moves)?.as_str(), now])
+            db.exec_later(OUTCOME_SQL_PG, args![json(&moves)?.as_str(), now])?;
+            // then the attempts the delivery rows did not take
+            db.exec_later(ATTEMPTS_SQL_PG, args![json(&attempts)?.as_str()])
         },
     )
 }
+
+/// PostgreSQL: the attempts of a batch (JSON rows ?1) that [`OUTCOME_SQL_PG`] did not keep on
+/// their delivery's row (its row, locked by this transaction, holds another or none).
+const ATTEMPTS_SQL_PG: &str = "INSERT INTO attempts (delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt)
+     SELECT x.delivery_id, x.started_at, x.duration_ms, x.status_code, x.error_kind, x.error, x.response_excerpt
+     FROM json_to_recordset(CAST(?1 AS json)) AS x(delivery_id bigint, started_at bigint,
+       duration_ms bigint, status_code bigint, error_kind text, error text, response_excerpt text,
+       first boolean)
+     WHERE NOT (x.first AND EXISTS (SELECT 1 FROM deliveries d WHERE d.id = x.delivery_id
+       AND d.first_started_at = x.started_at AND d.first_duration_ms = x.duration_ms))
+     ORDER BY x.delivery_id";
 
 /// PostgreSQL: the outcomes of a batch of attempts (JSON rows ?1, at time ?2). Public for the
 /// plan test (tests/it/store.rs).
@@ -175,9 +217,14 @@ pub const OUTCOME_SQL_PG: &str = "UPDATE deliveries AS d SET
            last_error = CASE WHEN (d.state = 'running' AND d.claim_token = x.token) OR x.state = 'succeeded' THEN x.last_error ELSE d.last_error END,
            claim_token = CASE WHEN d.claim_token = x.token THEN NULL ELSE d.claim_token END,
            lease_until = CASE WHEN d.claim_token = x.token THEN NULL ELSE d.lease_until END,
+           first_started_at = CASE WHEN d.first_started_at IS NULL THEN x.first_started_at ELSE d.first_started_at END,
+           first_duration_ms = CASE WHEN d.first_started_at IS NULL THEN x.first_duration_ms ELSE d.first_duration_ms END,
+           first_status = CASE WHEN d.first_started_at IS NULL AND x.first_started_at IS NOT NULL THEN x.last_status ELSE d.first_status END,
+           first_excerpt = CASE WHEN d.first_started_at IS NULL THEN x.first_excerpt ELSE d.first_excerpt END,
            updated_at = ?2
          FROM json_to_recordset(CAST(?1 AS json)) AS x(id bigint, state text, not_before bigint,
-           last_status bigint, last_error text, token bigint)
+           last_status bigint, last_error text, token bigint, first_started_at bigint,
+           first_duration_ms bigint, first_excerpt text)
          WHERE d.id = x.id
            AND d.id = ANY(ARRAY(SELECT CAST(v->>'id' AS BIGINT) FROM json_array_elements(CAST(?1 AS json)) v))";
 

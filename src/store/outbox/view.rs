@@ -86,23 +86,50 @@ pub fn get(
     )
 }
 
-/// Attempts of a delivery, oldest first.
+/// Attempts of a delivery, oldest first: the one its row keeps (its first successful attempt,
+/// see [`record`](super::record)) among those of `attempts`, by start time. An attempt's `id`
+/// is its task id: its place in that order, from 1 (a later attempt starts later, so the ids
+/// of earlier ones stay).
 pub fn attempts(db: &Db<'_>, delivery_id: i64) -> Result<Vec<Attempt>, StoreError> {
-    db.rows(
-        "SELECT id, delivery_id, started_at, duration_ms, status_code, error_kind, error, response_excerpt
+    let kept = db.row(
+        "SELECT first_started_at, first_duration_ms, first_status, first_excerpt
+         FROM deliveries WHERE id = ?1 AND first_started_at IS NOT NULL",
+        args![delivery_id],
+        |r| {
+            Ok(Attempt {
+                id: 0,
+                delivery_id,
+                started_at: r.i64(0)?,
+                duration_ms: r.opt_i64(1)?.unwrap_or(0),
+                status_code: r.opt_i64(2)?.and_then(|s| u16::try_from(s).ok()),
+                error_kind: None,
+                error: None,
+                response_excerpt: r.opt_text(3)?,
+            })
+        },
+    )?;
+    let rows = db.rows(
+        "SELECT started_at, duration_ms, status_code, error_kind, error, response_excerpt
          FROM attempts WHERE delivery_id = ?1 ORDER BY id",
         args![delivery_id],
         |r| {
             Ok(Attempt {
-                id: r.i64(0)?,
-                delivery_id: r.i64(1)?,
-                started_at: r.i64(2)?,
-                duration_ms: r.i64(3)?,
-                status_code: r.opt_i64(4)?.and_then(|s| u16::try_from(s).ok()),
-                error_kind: r.opt_text(5)?,
-                error: r.opt_text(6)?,
-                response_excerpt: r.opt_text(7)?,
+                id: 0,
+                delivery_id,
+                started_at: r.i64(0)?,
+                duration_ms: r.i64(1)?,
+                status_code: r.opt_i64(2)?.and_then(|s| u16::try_from(s).ok()),
+                error_kind: r.opt_text(3)?,
+                error: r.opt_text(4)?,
+                response_excerpt: r.opt_text(5)?,
             })
         },
-    )
+    )?;
+    let mut all: Vec<Attempt> = kept.into_iter().chain(rows).collect();
+    // stable: rows in the order they were recorded, the kept attempt first on a tie
+    all.sort_by_key(|a| a.started_at);
+    for (i, a) in all.iter_mut().enumerate() {
+        a.id = i as i64 + 1;
+    }
+    Ok(all)
 }
