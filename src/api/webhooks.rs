@@ -754,7 +754,7 @@ pub(super) fn test_event(
         Some((_, sample)) => {
             let mut e = sample;
             e.id = uuid::Uuid::now_v7();
-            e.occurred_at = Utc::now();
+            e.occurred_at = crate::events::now();
             e.project = repo.project().to_string();
             e.repository = repo.as_str().to_string();
             e.repository_created = None;

@@ -396,13 +396,21 @@ pub struct Event {
     pub test: bool,
 }
 
+/// The current time to the millisecond, as events keep it: the event log's row holds an
+/// event's time in milliseconds, and no payload shows less than a second, so a finer part would
+/// only be stored again in every body.
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
 impl Event {
-    /// A new event of `kind` about `repository`, happening now, with a fresh id.
+    /// A new event of `kind` about `repository`, happening [`now`], with a fresh id.
     pub fn new(kind: EventKind, repository: &crate::route::Repository, operator: &str) -> Event {
         Event {
             id: Uuid::now_v7(),
             kind,
-            occurred_at: Utc::now(),
+            occurred_at: now(),
             operator: operator.to_string(),
             project: repository.project().to_string(),
             repository: repository.as_str().to_string(),
@@ -650,6 +658,21 @@ pub mod operator {
             assert_eq!(from_headers(&h("Basic !!!"), None), "anonymous");
             assert_eq!(from_headers(&h("Bearer notajwt"), None), "anonymous");
             assert_eq!(from_headers(&h("Digest x"), None), "anonymous");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Event times are kept to the millisecond (what the event log's row holds).
+    #[test]
+    fn events_happen_to_the_millisecond() {
+        let repo = crate::route::Repository::parse("prj/app").unwrap();
+        for _ in 0..100 {
+            let e = Event::new(EventKind::PullArtifact, &repo, "alice");
+            assert_eq!(e.occurred_at.timestamp_subsec_nanos() % 1_000_000, 0);
         }
     }
 }
