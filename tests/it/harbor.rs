@@ -252,6 +252,18 @@ async fn lists_follow_harbors_conventions_on_executions_and_the_event_log() {
         .await
         .expect(200);
     assert_eq!(r.header("x-total-count"), Some("2"));
+    // by event type (read from the event since schema 19), on executions and jobs
+    let jobs = format!("{base}/api/v2.0/projects/prj/webhook/jobs?policy_id={pid}");
+    for (url, sep) in [(ex.as_str(), "?"), (jobs.as_str(), "&")] {
+        for (t, n) in [("PUSH_ARTIFACT", "3"), ("PULL_ARTIFACT", "0")] {
+            let r = get(&format!("{url}{sep}q=event_type%3D{t}"))
+                .await
+                .expect(200);
+            assert_eq!(r.header("x-total-count"), Some(n), "{url} {t}");
+        }
+    }
+    let r = get(&format!("{ex}?page_size=1")).await.expect(200);
+    assert_eq!(r.json()[0]["extra_attrs"]["event_type"], "PUSH_ARTIFACT");
 
     // bad input: Harbor's statuses and error JSON, never a 500
     for (query, status, code, message) in [

@@ -162,9 +162,9 @@ async fn publish(s: &Store, n: usize) {
 /// 10,000 deliveries to `http://t/` in `state`, for the plan tests (PostgreSQL).
 fn fill_deliveries(c: &wharf::store::Db<'_>, state: &str) -> Result<u64, StoreError> {
     c.exec(
-        "INSERT INTO deliveries (event_seq, event_type, policy_id, project, target_index,
+        "INSERT INTO deliveries (event_seq, policy_id, target_index,
            target_address, target, target_id, state, not_before, created_at, updated_at)
-         SELECT g, 'PULL_ARTIFACT', 1, 'prj', 0, 'http://t/', '', 1, ?1, 0, 0, 0
+         SELECT g, 1, 0, 'http://t/', '', 1, ?1, 0, 0, 0
          FROM generate_series(1, 10000) g",
         wharf::args![state],
     )
@@ -2585,7 +2585,9 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
     // back to schema 13's shape, as a wharf of the tenth session left it (event ids as text)
     let down = match kind {
         Kind::Sqlite => {
-            "ALTER TABLE deliveries DROP COLUMN first_started_at;
+            "ALTER TABLE deliveries ADD COLUMN event_type TEXT NOT NULL DEFAULT '';
+             ALTER TABLE deliveries ADD COLUMN project TEXT NOT NULL DEFAULT '';
+             ALTER TABLE deliveries DROP COLUMN first_started_at;
              ALTER TABLE deliveries DROP COLUMN first_duration_ms;
              ALTER TABLE deliveries DROP COLUMN first_status;
              ALTER TABLE deliveries DROP COLUMN first_excerpt;
@@ -2598,7 +2600,9 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              PRAGMA user_version = 13"
         }
         Kind::Postgres => {
-            "ALTER TABLE deliveries DROP COLUMN first_started_at, DROP COLUMN first_duration_ms,
+            "ALTER TABLE deliveries ADD COLUMN event_type TEXT NOT NULL DEFAULT '',
+                 ADD COLUMN project TEXT NOT NULL DEFAULT '';
+             ALTER TABLE deliveries DROP COLUMN first_started_at, DROP COLUMN first_duration_ms,
                  DROP COLUMN first_status, DROP COLUMN first_excerpt;
              ALTER TABLE events ALTER COLUMN id TYPE text USING CAST(id AS text);
              DROP FUNCTION wharf_uuid_text(uuid);

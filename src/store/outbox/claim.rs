@@ -74,7 +74,7 @@ const LOAD_SQL: &str = concat!(
     event_columns!("e."),
     " FROM deliveries d LEFT JOIN events e ON e.seq = d.event_seq
      LEFT JOIN delivery_targets t ON t.id = d.target_id
-     LEFT JOIN projects p ON p.name = d.project
+     LEFT JOIN projects p ON p.name = e.project
      LEFT JOIN policies pol ON pol.id = d.policy_id
      WHERE d.id IN (SELECT value FROM json_each(?1))"
 );
@@ -93,10 +93,10 @@ pub const CLAIM_LOAD_SQL_PG: &str = concat!(
        WHERE id = ANY(ARRAY(SELECT id FROM deliveries
                     WHERE state = 'pending' AND target_address = ?1 AND not_before <= ?2
                     ORDER BY not_before, id LIMIT ?3 FOR UPDATE SKIP LOCKED))
-       RETURNING id, policy_id, target_id, target, attempts, project, event_seq)
+       RETURNING id, policy_id, target_id, target, attempts, event_seq)
      SELECT c.id, c.policy_id,
        COALESCE((SELECT t.body FROM delivery_targets t WHERE t.id = c.target_id), c.target),
-       c.attempts, COALESCE((SELECT p.id FROM projects p WHERE p.name = c.project), 0),
+       c.attempts, COALESCE((SELECT p.id FROM projects p WHERE p.name = e.project), 0),
        (SELECT pol.enabled FROM policies pol WHERE pol.id = c.policy_id), ",
     event_columns!("e."),
     " FROM c LEFT JOIN events e ON e.seq = c.event_seq"

@@ -73,14 +73,15 @@ impl std::fmt::Debug for Born {
 
 macro_rules! insert_delivery {
     () => {
-        " deliveries (event_seq, event_type, policy_id, project, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
-     VALUES ((SELECT seq FROM events WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, '', ?7, ?9, ?8, ?8, ?8, ?10, ?11)"
+        " deliveries (event_seq, policy_id, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
+     VALUES ((SELECT seq FROM events WHERE id = ?1), ?2, ?3, ?4, '', ?5, ?7, ?6, ?6, ?6, ?8, ?9)"
     };
 }
 
-/// A delivery in state ?9: `pending`, or `running` under claim ?10 until ?11, created already
-/// claimed (see [`Intake`]; its id: [`Db::insert_id_later`]).
-/// The event is named by its id ?1 and stored as its `seq`.
+/// A delivery of policy ?2's target ?3 (address ?4, stored version ?5) at time ?6, in state
+/// ?7: `pending`, or `running` under claim ?8 until ?9, created already claimed (see
+/// [`Intake`]; its id: [`Db::insert_id_later`]). The event is named by its id ?1 and stored
+/// as its `seq`; its type and project are read from the event (schema 19).
 const INSERT_DELIVERY_SQL: &str = concat!("INSERT INTO", insert_delivery!());
 
 /// SQLite: [`INSERT_DELIVERY_SQL`] as `INSERT OR FAIL` (see [`sqlite_or_fail`]).
@@ -138,9 +139,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
             };
             let args = args![
                 &event.id,
-                kind,
                 p.id,
-                &event.project,
                 i as i64,
                 &t.address,
                 target_id,

@@ -44,9 +44,12 @@ pub(in crate::store) fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
     })
 }
 
-/// The event's id comes from the event log (the delivery holds its `seq`); `""` when the event
-/// is gone.
-const VIEW_COLUMNS: &str = "id, (SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq) AS event_id, event_type, policy_id, target_address, state, attempts, not_before, created_at, updated_at, last_status, last_error";
+/// The event's id and type come from the event log (the delivery holds its `seq`); `""` when
+/// the event is gone. Read from [`VIEW_FROM`].
+const VIEW_COLUMNS: &str = "d.id, e.id AS event_id, COALESCE(e.type, '') AS event_type, d.policy_id, d.target_address, d.state, d.attempts, d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error";
+
+/// The tables [`VIEW_COLUMNS`] reads: a delivery `d` and its event `e`.
+const VIEW_FROM: &str = "deliveries d LEFT JOIN events e ON e.seq = d.event_seq";
 
 /// Deliveries of a policy, newest first.
 pub fn list_for_policy(
@@ -64,8 +67,8 @@ pub fn list_for_policy(
         .unwrap_or(0);
     let rows = db.rows(
         &format!(
-            "SELECT {VIEW_COLUMNS} FROM deliveries WHERE policy_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)
-             ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+            "SELECT {VIEW_COLUMNS} FROM {VIEW_FROM} WHERE d.policy_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR d.state = ?2)
+             ORDER BY d.id DESC LIMIT ?3 OFFSET ?4"
         ),
         args![policy_id, state, limit as i64, offset as i64],
         view,
@@ -80,7 +83,7 @@ pub fn get(
     delivery_id: i64,
 ) -> Result<Option<DeliveryView>, StoreError> {
     db.row(
-        &format!("SELECT {VIEW_COLUMNS} FROM deliveries WHERE policy_id = ?1 AND id = ?2"),
+        &format!("SELECT {VIEW_COLUMNS} FROM {VIEW_FROM} WHERE d.policy_id = ?1 AND d.id = ?2"),
         args![policy_id, delivery_id],
         view,
     )
