@@ -29,6 +29,14 @@ pub fn latest() -> i64 {
 /// Key of PostgreSQL's advisory lock held while migrating.
 pub const PG_MIGRATION_LOCK: i64 = 0x7768_6172_665f_6d67; // "wharf_mg"
 
+/// A version that changes no table, only how rows are written (which older binaries cannot
+/// read): it moves on so that they refuse the database.
+const ROWS_ONLY: Migration = Migration {
+    sqlite: "",
+    postgres: "",
+    then: None,
+};
+
 pub static MIGRATIONS: &[Migration] = &[
     // 1: event log and knowledge
     Migration {
@@ -602,11 +610,7 @@ pub static MIGRATIONS: &[Migration] = &[
     // 13: no table changes: events are now written with short-keyed bodies
     // (`events::Body`), which a wharf of schema 12 or older cannot read. The version moves on
     // so that such a binary refuses to start on a database a newer one has written to.
-    Migration {
-        sqlite: "",
-        postgres: "",
-        then: None,
-    },
+    ROWS_ONLY,
     // 14: a delivery names its event by the event's `seq` (an integer) instead of its id (36
     // characters in the row and again in `deliveries_by_event`: ~70 bytes per delivery). Event
     // bodies keep the time's sub-millisecond part only (the row has the milliseconds) and a
@@ -669,11 +673,7 @@ pub static MIGRATIONS: &[Migration] = &[
     // 17: no table changes: a pull's event takes the id wharf made for its request, and its
     // body says so (`"Q":""`) instead of holding the id again, which a wharf of schema 16 or
     // older cannot read. The version moves on so that such a binary refuses the database.
-    Migration {
-        sqlite: "",
-        postgres: "",
-        then: None,
-    },
+    ROWS_ONLY,
     // 18: a delivery's first successful attempt is kept on its row (start, duration, status,
     // response excerpt) instead of a row of `attempts` and its index entry: a delivered event
     // is one delivery row. Other attempts stay in `attempts`; task ids become each attempt's

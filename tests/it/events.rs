@@ -307,31 +307,30 @@ async fn pulls_by_tag_by_digest_and_head() {
     assert_eq!(e["resource_url"], format!("{}/prj/pull:v1", wharf.host()));
 
     // A request id the client sent stays the request's only; the event has its own id.
-    for sent in ["it-pull-1", "01a2379e-c2b1-76b2-b3ab-8958c36f2211"] {
-        let resp = client()
+    let pull_v1 = |sent: Option<&'static str>| {
+        let mut rb = client()
             .get(format!("{}/v2/prj/pull/manifests/v1", wharf.url()))
-            .header("accept", oci::MANIFEST_V1)
-            .header("x-request-id", sent)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["x-request-id"], sent);
-        resp.bytes().await.unwrap();
+            .header("accept", oci::MANIFEST_V1);
+        if let Some(id) = sent {
+            rb = rb.header("x-request-id", id);
+        }
+        async move {
+            let resp = rb.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+            resp.bytes().await.unwrap();
+            id
+        }
+    };
+    for sent in ["it-pull-1", "01a2379e-c2b1-76b2-b3ab-8958c36f2211"] {
+        assert_eq!(pull_v1(Some(sent)).await, sent);
         let n = if sent == "it-pull-1" { 3 } else { 4 };
         let e = expect_last(&wharf, PULLS, n).await;
         assert_eq!(e["request_id"], sent, "{e}");
         assert_ne!(e["id"], sent, "{e}");
     }
     // and one wharf made: the same id in the response and in the event
-    let resp = client()
-        .get(format!("{}/v2/prj/pull/manifests/v1", wharf.url()))
-        .header("accept", oci::MANIFEST_V1)
-        .send()
-        .await
-        .unwrap();
-    let made = resp.headers()["x-request-id"].to_str().unwrap().to_string();
-    resp.bytes().await.unwrap();
+    let made = pull_v1(None).await;
     let e = expect_last(&wharf, PULLS, 5).await;
     assert_eq!((&e["id"], &e["request_id"]), (&json!(made), &json!(made)));
 

@@ -371,13 +371,10 @@ async fn lists_follow_harbors_conventions_on_executions_and_the_event_log() {
     );
     // by id (kept as 16 bytes since schema 15): exactly, in any case, by part of its text,
     // within a range of texts, in a list; sorted by id as by its text
-    let all = get(&format!("{ev}?sort=id")).await.expect(200).json();
-    let ids: Vec<String> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = texts(
+        &get(&format!("{ev}?sort=id")).await.expect(200).json(),
+        "id",
+    );
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(ids, sorted, "sort=id");
@@ -385,13 +382,7 @@ async fn lists_follow_harbors_conventions_on_executions_and_the_event_log() {
     let ev = &ev;
     let count = |q: String| async move {
         let r = get(&format!("{ev}?q={q}")).await.expect(200);
-        let found: Vec<String> = r
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect();
+        let found = texts(&r.json(), "id");
         assert_eq!(
             r.header("x-total-count"),
             Some(found.len().to_string().as_str())
@@ -421,12 +412,7 @@ async fn lists_follow_harbors_conventions_on_executions_and_the_event_log() {
         .await
         .expect(200)
         .json();
-    let digests: Vec<String> = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["digest"].as_str().unwrap().to_string())
-        .collect();
+    let digests = texts(&all, "digest");
     let mut sorted = digests.clone();
     sorted.sort();
     assert_eq!(digests, sorted, "sort=digest");
@@ -458,6 +444,15 @@ async fn lists_follow_harbors_conventions_on_executions_and_the_event_log() {
     // the older `limit` still works, beyond 100
     let r = get(&format!("{ev}?limit=1000")).await.expect(200);
     assert_eq!(r.json().as_array().unwrap().len(), 3);
+}
+
+/// The text of `key` in each item of the JSON list `list`.
+fn texts(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[key].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// terraform-provider-harbor's body and calls (ids in the path, a struct-tag typo key, zero

@@ -919,13 +919,24 @@ async fn retries_of_a_policy_switched_off_end_as_dead(kind: Kind) {
     s.close().await;
 }
 
-async fn a_delivery_ended_while_attempted_is_not_retried(kind: Kind) {
+/// A store with a policy of one target and two published events, both deliveries claimed
+/// under token 7: the store, the policy's id and the two deliveries' ids.
+async fn two_claimed(kind: Kind) -> (Opened, i64, i64, i64) {
     let o = open(kind).await;
-    let s = &o.store;
-    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
-    publish(s, 2).await;
-    let got = claim(s, limits(2, 2), lease(7)).await;
+    let pid = add_policy(
+        &o.store,
+        policy("prj", vec![Target::http("http://a.example/")]),
+    )
+    .await;
+    publish(&o.store, 2).await;
+    let got = claim(&o.store, limits(2, 2), lease(7)).await;
     let (a, b) = (got[0].id, got[1].id);
+    (o, pid, a, b)
+}
+
+async fn a_delivery_ended_while_attempted_is_not_retried(kind: Kind) {
+    let (o, pid, a, b) = two_claimed(kind).await;
+    let s = &o.store;
     // the policy is deleted while both attempts run
     assert!(
         s.write(move |c| policies::delete(c, "prj", pid))
@@ -2731,12 +2742,8 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
 /// `attempts` (schema 18): listed together by start time, task ids their places from 1, the
 /// same through `record` and `record_many` (PostgreSQL's batch).
 async fn a_first_successful_attempt_is_kept_on_its_delivery(kind: Kind) {
-    let o = open(kind).await;
+    let (o, pid, a, b) = two_claimed(kind).await;
     let s = &o.store;
-    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
-    publish(s, 2).await;
-    let got = claim(s, limits(2, 2), lease(7)).await;
-    let (a, b) = (got[0].id, got[1].id);
     let attempt = |delivery_id, started_at, status: Option<u16>, error: Option<&str>| Attempt {
         id: 0,
         delivery_id,
@@ -2747,18 +2754,19 @@ async fn a_first_successful_attempt_is_kept_on_its_delivery(kind: Kind) {
         error: error.map(str::to_string),
         response_excerpt: Some(format!("r{started_at}")),
     };
+    let outcome = |attempt, next, token| outbox::Outcome {
+        attempt,
+        next,
+        token,
+    };
     // a: fails once, then succeeds (the success is kept on the row); b: succeeds at once
     let batch = vec![
-        outbox::Outcome {
-            attempt: attempt(a, 1_000, Some(500), Some("status 500")),
-            next: Next::RetryAt(0),
-            token: 7,
-        },
-        outbox::Outcome {
-            attempt: attempt(b, 1_001, Some(204), None),
-            next: Next::Succeeded,
-            token: 7,
-        },
+        outcome(
+            attempt(a, 1_000, Some(500), Some("status 500")),
+            Next::RetryAt(0),
+            7,
+        ),
+        outcome(attempt(b, 1_001, Some(204), None), Next::Succeeded, 7),
     ];
     s.write(move |c| outbox::record_many(c, &batch))
         .await
@@ -2815,11 +2823,11 @@ async fn a_first_successful_attempt_is_kept_on_its_delivery(kind: Kind) {
     );
     let third = claim(s, limits(2, 2), lease(9)).await;
     assert_eq!(third.iter().map(|d| d.id).collect::<Vec<_>>(), [b]);
-    let batch = vec![outbox::Outcome {
-        attempt: attempt(b, 3_000, Some(200), None),
-        next: Next::Succeeded,
-        token: 9,
-    }];
+    let batch = vec![outcome(
+        attempt(b, 3_000, Some(200), None),
+        Next::Succeeded,
+        9,
+    )];
     s.write(move |c| outbox::record_many(c, &batch))
         .await
         .unwrap();

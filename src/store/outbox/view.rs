@@ -94,39 +94,30 @@ pub fn get(
 /// is its task id: its place in that order, from 1 (a later attempt starts later, so the ids
 /// of earlier ones stay).
 pub fn attempts(db: &Db<'_>, delivery_id: i64) -> Result<Vec<Attempt>, StoreError> {
+    let read = |r: &Row<'_>| {
+        Ok(Attempt {
+            id: 0,
+            delivery_id,
+            started_at: r.i64(0)?,
+            duration_ms: r.i64(1)?,
+            status_code: r.opt_i64(2)?.and_then(|s| u16::try_from(s).ok()),
+            error_kind: r.opt_text(3)?,
+            error: r.opt_text(4)?,
+            response_excerpt: r.opt_text(5)?,
+        })
+    };
     let kept = db.row(
-        "SELECT first_started_at, first_duration_ms, first_status, first_excerpt
+        "SELECT first_started_at, COALESCE(first_duration_ms, 0), first_status,
+           CAST(NULL AS TEXT), CAST(NULL AS TEXT), first_excerpt
          FROM deliveries WHERE id = ?1 AND first_started_at IS NOT NULL",
         args![delivery_id],
-        |r| {
-            Ok(Attempt {
-                id: 0,
-                delivery_id,
-                started_at: r.i64(0)?,
-                duration_ms: r.opt_i64(1)?.unwrap_or(0),
-                status_code: r.opt_i64(2)?.and_then(|s| u16::try_from(s).ok()),
-                error_kind: None,
-                error: None,
-                response_excerpt: r.opt_text(3)?,
-            })
-        },
+        read,
     )?;
     let rows = db.rows(
         "SELECT started_at, duration_ms, status_code, error_kind, error, response_excerpt
          FROM attempts WHERE delivery_id = ?1 ORDER BY id",
         args![delivery_id],
-        |r| {
-            Ok(Attempt {
-                id: 0,
-                delivery_id,
-                started_at: r.i64(0)?,
-                duration_ms: r.i64(1)?,
-                status_code: r.opt_i64(2)?.and_then(|s| u16::try_from(s).ok()),
-                error_kind: r.opt_text(3)?,
-                error: r.opt_text(4)?,
-                response_excerpt: r.opt_text(5)?,
-            })
-        },
+        read,
     )?;
     let mut all: Vec<Attempt> = kept.into_iter().chain(rows).collect();
     // stable: rows in the order they were recorded, the kept attempt first on a tie
