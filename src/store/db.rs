@@ -185,7 +185,6 @@ impl tokio_postgres::types::ToSql for Value<'_> {
                 Ok(IsNull::No)
             }
             Value::Bytes(b) if *ty == Type::UUID => uuid::Uuid::from_slice(b)?.to_sql(ty, out),
-            Value::Text(s) if *ty == Type::UUID => uuid::Uuid::try_parse(s)?.to_sql(ty, out),
             Value::Bytes(b) if *ty == Type::BYTEA => b.to_sql(ty, out),
             Value::Text(s) | Value::Digest(s)
                 if *ty != Type::INT8

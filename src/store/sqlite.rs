@@ -293,11 +293,12 @@ fn writer_loop(
 }
 
 /// Settings every connection gets: a statement cache big enough for every static statement,
-/// wharf's SQL functions ([`add_functions`]), and the query planner stability guarantee. Without QPSG, SQLite lets a bound value steer
-/// the plan (a `LIMIT ?`, an `= ?` it propagates into a join or an `ORDER BY`) and then
-/// recompiles the statement whenever its bindings change — which, for a cached statement, is
-/// every use (rusqlite clears the bindings when it returns a statement to the cache). The hot
-/// statements are written for their indexes, not for particular values.
+/// wharf's SQL functions ([`add_functions`]), and the query planner stability guarantee.
+/// Without QPSG, SQLite lets a bound value steer the plan (a `LIMIT ?`, an `= ?` it propagates
+/// into a join or an `ORDER BY`) and then recompiles the statement whenever its bindings
+/// change — which, for a cached statement, is every use (rusqlite clears the bindings when it
+/// returns a statement to the cache). The hot statements are written for their indexes, not
+/// for particular values.
 pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_prepared_statement_cache_capacity(128);
     conn.set_db_config(
@@ -315,31 +316,28 @@ pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
 pub(crate) fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
     use rusqlite::types::ValueRef;
-    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
-    conn.create_scalar_function("wharf_digest_text", 1, flags, |ctx| {
-        Ok(match ctx.get_raw(0) {
-            ValueRef::Null => None,
-            ValueRef::Blob(b) => Some(
-                super::db::sha256_text(b)
-                    .unwrap_or_else(|| String::from_utf8_lossy(b).into_owned()),
-            ),
-            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Integer(i) => Some(i.to_string()),
-            ValueRef::Real(r) => Some(r.to_string()),
-        })
-    })?;
-    conn.create_scalar_function("wharf_uuid_text", 1, flags, |ctx| {
-        Ok(match ctx.get_raw(0) {
-            ValueRef::Null => None,
-            ValueRef::Blob(b) => Some(match uuid::Uuid::from_slice(b) {
-                Ok(u) => u.to_string(),
-                Err(_) => String::from_utf8_lossy(b).into_owned(),
-            }),
-            ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Integer(i) => Some(i.to_string()),
-            ValueRef::Real(r) => Some(r.to_string()),
-        })
-    })
+    /// The text of a value kept as bytes, if it is one.
+    type OfBytes = fn(&[u8]) -> Option<String>;
+    let uuid_text: OfBytes = |b| uuid::Uuid::from_slice(b).ok().map(|u| u.to_string());
+    let functions: [(&str, OfBytes); 2] = [
+        ("wharf_digest_text", super::db::sha256_text),
+        ("wharf_uuid_text", uuid_text),
+    ];
+    for (name, of_bytes) in functions {
+        let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+        conn.create_scalar_function(name, 1, flags, move |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Null => None,
+                ValueRef::Blob(b) => {
+                    Some(of_bytes(b).unwrap_or_else(|| String::from_utf8_lossy(b).into_owned()))
+                }
+                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Integer(i) => Some(i.to_string()),
+                ValueRef::Real(r) => Some(r.to_string()),
+            })
+        })?;
+    }
+    Ok(())
 }
 
 /// Run a statement without parameters through the statement cache (no re-parse per batch).

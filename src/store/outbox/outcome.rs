@@ -34,6 +34,17 @@ pub enum Next {
     Dead,
 }
 
+impl Next {
+    /// The delivery's state and, for a retry, its due time.
+    fn state(self) -> (&'static str, Option<i64>) {
+        match self {
+            Next::Succeeded => ("succeeded", None),
+            Next::RetryAt(t) => ("pending", Some(t)),
+            Next::Dead => ("dead", None),
+        }
+    }
+}
+
 macro_rules! outcome {
     () => {
         " deliveries SET
@@ -82,11 +93,7 @@ fn keeps_on_row(a: &Attempt, next: Next) -> bool {
 /// delivery's first successful attempt is kept on its row ([`keeps_on_row`]); any other in
 /// `attempts`.
 pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), StoreError> {
-    let (state, not_before) = match next {
-        Next::Succeeded => ("succeeded", None),
-        Next::RetryAt(t) => ("pending", Some(t)),
-        Next::Dead => ("dead", None),
-    };
+    let (state, not_before) = next.state();
     let first = keeps_on_row(a, next);
     // every right-hand side sees the row as it was before this UPDATE
     let kept = db.row(
@@ -152,17 +159,14 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
         return Ok(());
     }
     let now = now_ms();
-    let moves: Vec<serde_json::Value> = outcomes
+    // per outcome: the delivery's move, and the attempt unless its row keeps it
+    let (moves, attempts): (Vec<serde_json::Value>, Vec<serde_json::Value>) = outcomes
         .iter()
         .map(|o| {
-            let (state, not_before) = match o.next {
-                Next::Succeeded => ("succeeded", None),
-                Next::RetryAt(t) => ("pending", Some(t)),
-                Next::Dead => ("dead", None),
-            };
+            let (state, not_before) = o.next.state();
             let a = &o.attempt;
             let first = keeps_on_row(a, o.next);
-            serde_json::json!({
+            let moved = serde_json::json!({
                 "id": a.delivery_id, "state": state, "not_before": not_before,
                 "last_status": a.status_code,
                 "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
@@ -170,20 +174,15 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
                 "first_started_at": first.then_some(a.started_at),
                 "first_duration_ms": first.then_some(a.duration_ms),
                 "first_excerpt": a.response_excerpt.as_deref().filter(|_| first),
-            })
-        })
-        .collect();
-    let attempts: Vec<serde_json::Value> = outcomes
-        .iter()
-        .map(|o| {
-            let a = &o.attempt;
-            serde_json::json!({
+            });
+            let attempt = serde_json::json!({
                 "delivery_id": a.delivery_id, "started_at": a.started_at, "duration_ms": a.duration_ms,
                 "status_code": a.status_code, "error_kind": a.error_kind, "error": a.error,
-                "response_excerpt": a.response_excerpt, "first": keeps_on_row(a, o.next),
-            })
+                "response_excerpt": a.response_excerpt, "first": first,
+            });
+            (moved, attempt)
         })
-        .collect();
+        .unzip();
     dispatcher_planning(
         db,
         (OUTCOME_PLANNING_PG, OUTCOME_DEFAULT_PLANNING_PG),
