@@ -301,14 +301,24 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
     let Some(body) = r.opt_text(at)? else {
         return Ok(None);
     };
-    let id = r.uuid(at + 1)?;
+    // an id or digest not in a form wharf writes makes the event unreadable, not the query
+    let (id, digest) = match (r.uuid(at + 1), r.opt_digest(at + 5)) {
+        (Ok(id), Ok(digest)) => (id, digest),
+        (Err(error), _) | (_, Err(error))
+            if matches!(error, StoreError::NotUuid(_) | StoreError::NotDigest(_)) =>
+        {
+            tracing::error!(%error, "unreadable event in the store");
+            return Ok(None);
+        }
+        (Err(error), _) | (_, Err(error)) => return Err(error),
+    };
     let event = decode(
         &body,
         id,
         &r.text(at + 2)?,
         &r.text(at + 3)?,
         &r.text(at + 4)?,
-        r.opt_digest(at + 5)?.as_deref(),
+        digest.as_deref(),
         r.i64(at + 6)?,
     );
     match event {

@@ -2184,6 +2184,19 @@ async fn sqlite_a_failing_first_job_of_a_batch_takes_nothing_else_with_it() {
     assert!(commits <= 2, "{commits} commits");
 }
 
+/// Up to 10 events of project `prj` in the log, newest first, held ones included.
+async fn events_of_prj(s: &Store) -> Vec<Event> {
+    let f = events::EventFilter {
+        project: Some("prj".into()),
+        repository: None,
+        kind: None,
+        all_states: true,
+        limit: 10,
+    };
+    let listed = s.read(move |c| events::list(c, &f)).await.unwrap();
+    listed.into_iter().map(|x| x.event).collect()
+}
+
 /// The stored body of event `e`.
 async fn body_of(s: &Store, e: &Event) -> String {
     let id = e.id;
@@ -2357,22 +2370,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         "{body}"
     );
     // the event log's list and page, held events included
-    let listed = s
-        .read(|c| {
-            events::list(
-                c,
-                &events::EventFilter {
-                    project: Some("prj".into()),
-                    repository: None,
-                    kind: None,
-                    all_states: true,
-                    limit: 10,
-                },
-            )
-        })
-        .await
-        .unwrap();
-    let mut got: Vec<Event> = listed.into_iter().map(|x| x.event).collect();
+    let mut got = events_of_prj(s).await;
     got.sort_by_key(|e| e.id);
     let mut want = vec![
         full.clone(),
@@ -2836,5 +2834,29 @@ async fn a_first_successful_attempt_is_kept_on_its_delivery(kind: Kind) {
         [row(1, 1_001, 204, None), row(2, 3_000, 200, None)]
     );
     assert_eq!(count(s, "SELECT COUNT(*) FROM attempts").await, 2);
+    s.close().await;
+}
+
+/// An event whose id is not a UUID (no wharf wrote one; SQLite keeps whatever a column gets)
+/// is skipped as unreadable, as before ids became bytes (schema 15): the rest of the log still
+/// lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_an_id_that_is_not_a_uuid_is_skipped() {
+    let o = open(Kind::Sqlite).await;
+    let s = &o.store;
+    let good = push("prj/a", "sha256:good");
+    let g = good.clone();
+    s.write(move |c| {
+        events::insert(c, &g, None)?;
+        c.exec(
+            "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
+             VALUES ('not-a-uuid', 'PUSH_ARTIFACT', 'prj', 'prj/a', 'sha256:bad', 1, 'published', NULL, '{\"o\":\"alice\",\"u\":\"h/prj/a\"}')",
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let ids: Vec<_> = events_of_prj(s).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, [good.id]);
     s.close().await;
 }
