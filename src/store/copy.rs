@@ -68,13 +68,18 @@ fn read_table(conn: &rusqlite::Connection, table: &str) -> Result<Table, StoreEr
                 ValueRef::Null => OwnedValue::Null,
                 ValueRef::Integer(v) => OwnedValue::Int(v),
                 ValueRef::Real(v) => OwnedValue::Int(v as i64),
+                // an event's body is bytes on PostgreSQL (schema 20): a JSON body of an earlier
+                // schema goes as its UTF-8
+                ValueRef::Text(t) if table == "events" && column == "body" => {
+                    OwnedValue::Bytes(t.to_vec())
+                }
                 ValueRef::Text(t) => OwnedValue::Text(String::from_utf8_lossy(t).into_owned()),
                 // an event's sha256 digest (schema 16): PostgreSQL keeps it as text
                 ValueRef::Blob(b) if column == "digest" => match sha256_text(b) {
                     Some(d) => OwnedValue::Text(d),
                     None => OwnedValue::Bytes(b.to_vec()),
                 },
-                // event ids (schema 15)
+                // event ids (schema 15), packed bodies (schema 20)
                 ValueRef::Blob(b) => OwnedValue::Bytes(b.to_vec()),
             });
         }

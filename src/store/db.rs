@@ -268,6 +268,22 @@ impl Row<'_> {
         }
     }
 
+    /// A column of bytes: SQLite's `BLOB` or text (as its UTF-8), PostgreSQL's `bytea`;
+    /// `Ok(None)` for NULL.
+    pub fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Row::Sqlite(r) => {
+                use rusqlite::types::ValueRef;
+                match r.get_ref(i)? {
+                    ValueRef::Null => Ok(None),
+                    ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Some(b.to_vec())),
+                    _ => Ok(Some(r.get(i)?)),
+                }
+            }
+            Row::Postgres(r) => Ok(r.try_get(i)?),
+        }
+    }
+
     /// A UUID column: 16 bytes (SQLite `BLOB`, PostgreSQL `uuid`), or, on SQLite, text that
     /// could not be converted when the column became bytes (schema 15). `Ok(None)` for NULL;
     /// an error for any other value.

@@ -65,6 +65,8 @@ pub enum StoreError {
     Postgres(#[source] Arc<tokio_postgres::Error>),
     #[error("database: cannot encode a value: {0}")]
     Encode(#[source] Arc<serde_json::Error>),
+    #[error("database: cannot pack an event: {0}")]
+    Pack(#[source] Arc<prost::EncodeError>),
     #[error("database: {0}")]
     Io(#[source] Arc<std::io::Error>),
     #[error("database is closed")]

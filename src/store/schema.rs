@@ -706,6 +706,18 @@ pub static MIGRATIONS: &[Migration] = &[
     "#,
         then: None,
     },
+    // 20: an event's body is packed (`events::body`: a version byte and a protobuf message,
+    // ~45 bytes for a pull instead of ~100 of JSON), which a wharf of schema 19 or older cannot
+    // read. PostgreSQL's column becomes `bytea` (rewriting the table: JSON bodies written
+    // before stay, as their UTF-8); SQLite keeps a BLOB as it is in the TEXT column, and its
+    // JSON bodies stay text. Both still read.
+    Migration {
+        sqlite: "",
+        postgres: r#"
+    ALTER TABLE events ALTER COLUMN body TYPE bytea USING convert_to(body, 'UTF8');
+    "#,
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

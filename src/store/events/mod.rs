@@ -1,0 +1,340 @@
+//! The event log: every event, held (waiting to see whether an index absorbs it), published
+//! (final; its deliveries were created in the same transaction) or cancelled (absorbed).
+
+mod body;
+
+pub use body::{BodyError, decode};
+
+use super::db::{Backend, Db, Row, Value};
+use super::{StoreError, now_ms};
+use crate::args;
+use crate::events::{Event, EventKind};
+
+/// The columns [`read`] takes, in its order, each with the prefix `$p` (a table alias and its
+/// dot, or `""`): a literal, for `concat!` in the statements that read events.
+macro_rules! event_columns {
+    ($p:literal) => {
+        concat!(
+            $p,
+            "body, ",
+            $p,
+            "id, ",
+            $p,
+            "type, ",
+            $p,
+            "project, ",
+            $p,
+            "repository, ",
+            $p,
+            "digest, ",
+            $p,
+            "occurred_at"
+        )
+    };
+}
+pub(crate) use event_columns;
+
+/// The columns [`read`] takes, in its order.
+pub const COLUMNS: &str = event_columns!("");
+
+/// The event of a row whose columns from `at` on are [`COLUMNS`]; `Ok(None)` when the row has
+/// none (an outer join) or it cannot be read (logged).
+pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
+    let Some(body) = r.opt_bytes(at)? else {
+        return Ok(None);
+    };
+    // an id or digest not in a form wharf writes makes the event unreadable, not the query
+    let (id, digest) = match (r.uuid(at + 1), r.opt_digest(at + 5)) {
+        (Ok(id), Ok(digest)) => (id, digest),
+        (Err(error), _) | (_, Err(error))
+            if matches!(error, StoreError::NotUuid(_) | StoreError::NotDigest(_)) =>
+        {
+            tracing::error!(%error, "unreadable event in the store");
+            return Ok(None);
+        }
+        (Err(error), _) | (_, Err(error)) => return Err(error),
+    };
+    let event = decode(
+        &body,
+        id,
+        &r.text(at + 2)?,
+        &r.text(at + 3)?,
+        &r.text(at + 4)?,
+        digest.as_deref(),
+        r.i64(at + 6)?,
+    );
+    match event {
+        Ok(e) => Ok(Some(e)),
+        Err(error) => {
+            tracing::error!(event_id = %id, %error, "unreadable event in the store");
+            Ok(None)
+        }
+    }
+}
+
+/// Record `event`. With `hold_until` (unix ms) it waits, durably, for [`publish_due`] or
+/// [`cancel_held`]; otherwise it is published now (its deliveries are created in this
+/// transaction, and the job's [`Db`] notes it as published).
+pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
+    let body = body::encode(event)?;
+    db.exec_later(
+        "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        args![
+            &event.id,
+            event.kind.harbor_type(),
+            &event.project,
+            &event.repository,
+            event.digest.as_deref().map_or(Value::Null, Value::Digest),
+            event.occurred_at.timestamp_millis(),
+            if hold_until.is_some() { "held" } else { "published" },
+            hold_until,
+            Value::Bytes(&body),
+        ],
+    )?;
+    if hold_until.is_none() {
+        super::outbox::fanout(db, event)?;
+        db.note_published(event.kind);
+    }
+    Ok(())
+}
+
+/// Push back the release of every held event of `repository` to `until` (unix ms): platform
+/// manifests of one multi-platform push arrive one after the other, each after its own layers,
+/// so the window runs from the last of them.
+pub fn extend_held(db: &Db<'_>, repository: &str, until: i64) -> Result<u64, StoreError> {
+    db.exec(
+        "UPDATE events SET release_at = ?2 WHERE state = 'held' AND repository = ?1 AND release_at < ?2",
+        args![repository, until],
+    )
+}
+
+/// Publish held events whose time has come; returns them. Several replicas may run this at
+/// once: on PostgreSQL each takes rows the others have not locked, and an event is published
+/// by exactly one of them.
+pub fn publish_due(db: &Db<'_>, now: i64) -> Result<Vec<Event>, StoreError> {
+    let sql = match db.backend() {
+        Backend::Sqlite => {
+            concat!(
+                "SELECT seq, ",
+                event_columns!(""),
+                " FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000"
+            )
+        }
+        Backend::Postgres => {
+            concat!(
+                "SELECT seq, ",
+                event_columns!(""),
+                " FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000 FOR UPDATE SKIP LOCKED"
+            )
+        }
+    };
+    let rows = db.rows(sql, args![now], |r| Ok((r.i64(0)?, read(r, 1)?)))?;
+    publish_rows(db, rows)
+}
+
+/// Publish now, whatever their release time, the held events of `repository` about `digest`
+/// (it is being deleted: its push must not be published after its delete); returns them.
+pub fn publish_held(db: &Db<'_>, repository: &str, digest: &str) -> Result<Vec<Event>, StoreError> {
+    let rows = db.rows(
+        concat!(
+            "SELECT seq, ",
+            event_columns!(""),
+            " FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq"
+        ),
+        &[Value::Text(repository), Value::Digest(digest)],
+        |r| Ok((r.i64(0)?, read(r, 1)?)),
+    )?;
+    publish_rows(db, rows)
+}
+
+fn publish_rows(db: &Db<'_>, rows: Vec<(i64, Option<Event>)>) -> Result<Vec<Event>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, event) in rows {
+        // only if still held: another transaction may have published or absorbed it meanwhile
+        let changed = db.exec(
+            "UPDATE events SET state = 'published' WHERE seq = ?1 AND state = 'held'",
+            args![seq],
+        )?;
+        if changed != 1 {
+            continue;
+        }
+        match event {
+            Some(e) => {
+                super::outbox::fanout(db, &e)?;
+                db.note_published(e.kind);
+                out.push(e);
+            }
+            None => tracing::error!(seq, "unreadable held event skipped"),
+        }
+    }
+    Ok(out)
+}
+
+/// Cancel the held events of `repository` about any of `digests` (absorbed by an index).
+pub fn cancel_held(db: &Db<'_>, repository: &str, digests: &[String]) -> Result<u64, StoreError> {
+    let mut n = 0;
+    for d in digests {
+        n += db.exec(
+            "UPDATE events SET state = 'cancelled' WHERE state = 'held' AND repository = ?1 AND digest = ?2",
+            &[Value::Text(repository), Value::Digest(d)],
+        )?;
+    }
+    Ok(n)
+}
+
+/// When the next held event is due (unix ms), if any.
+pub fn next_release(db: &Db<'_>) -> Result<Option<i64>, StoreError> {
+    db.int(
+        "SELECT MIN(release_at) FROM events WHERE state = 'held'",
+        &[],
+    )
+}
+
+/// Remove up to `batch` events that occurred before `before` (unix ms) and are done with:
+/// published or cancelled, every delivery finished. Their deliveries and attempts go too.
+/// Returns how many events were removed.
+pub fn prune(db: &Db<'_>, before: i64, batch: usize) -> Result<usize, StoreError> {
+    prune_of(db, before, batch, false)
+}
+
+/// [`prune`] for pull events only (`PULL_ARTIFACT`, `DOWNLOAD_CHART`: `store.retention_pulls`).
+pub fn prune_pulls(db: &Db<'_>, before: i64, batch: usize) -> Result<usize, StoreError> {
+    prune_of(db, before, batch, true)
+}
+
+fn prune_of(db: &Db<'_>, before: i64, batch: usize, pulls_only: bool) -> Result<usize, StoreError> {
+    let old: Vec<i64> = db.rows(
+        "SELECT seq FROM events e WHERE occurred_at < ?1 AND state IN ('published', 'cancelled')
+         AND (?3 = 0 OR type IN (?4, ?5))
+         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state IN ('pending', 'running'))
+         ORDER BY seq LIMIT ?2",
+        args![
+            before,
+            batch as i64,
+            pulls_only,
+            EventKind::PullArtifact.harbor_type(),
+            EventKind::DownloadChart.harbor_type()
+        ],
+        |r| r.i64(0),
+    )?;
+    remove(db, &old)
+}
+
+/// Remove these events with their deliveries and attempts; how many.
+fn remove(db: &Db<'_>, old: &[i64]) -> Result<usize, StoreError> {
+    for seq in old {
+        db.exec(
+            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq = ?1)",
+            args![*seq],
+        )?;
+        db.exec("DELETE FROM deliveries WHERE event_seq = ?1", args![*seq])?;
+        db.exec("DELETE FROM events WHERE seq = ?1", args![*seq])?;
+    }
+    Ok(old.len())
+}
+
+/// What to list.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter {
+    pub project: Option<String>,
+    pub kind: Option<EventKind>,
+    pub repository: Option<String>,
+    /// Include held and cancelled events too.
+    pub all_states: bool,
+    pub limit: usize,
+}
+
+/// A stored event with its state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoredEvent {
+    #[serde(flatten)]
+    pub event: Event,
+    pub state: String,
+}
+
+/// Events, newest first.
+pub fn list(db: &Db<'_>, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
+    // only the filters that are set, so the planner can use events_by_project
+    let mut sql = format!("SELECT state, {COLUMNS} FROM events WHERE 1=1");
+    let mut args: Vec<Value<'_>> = Vec::new();
+    for (column, value) in [
+        ("project", f.project.as_deref()),
+        ("type", f.kind.map(|k| k.harbor_type())),
+        ("repository", f.repository.as_deref()),
+    ] {
+        if let Some(v) = value {
+            args.push(Value::Text(v));
+            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+        }
+    }
+    if !f.all_states {
+        sql.push_str(" AND state = 'published'");
+    }
+    args.push(Value::Int(f.limit.clamp(1, 10_000) as i64));
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", args.len()));
+    let rows = db.rows(&sql, &args, stored_row)?;
+    Ok(rows.into_iter().flatten().collect())
+}
+
+/// A filtered, ordered page of the event log: `filter` is `AND …` conditions on the columns of
+/// `events` (parameters from `?1`), `order` an `ORDER BY` list (default: newest first);
+/// `all_states` includes held and cancelled events. Returns the page and the number of
+/// matches.
+pub fn page(
+    db: &Db<'_>,
+    filter: &str,
+    args: &[super::db::Value<'_>],
+    all_states: bool,
+    order: Option<&str>,
+    (offset, limit): (i64, i64),
+) -> Result<(Vec<StoredEvent>, u64), StoreError> {
+    let states = if all_states {
+        ""
+    } else {
+        " AND state = 'published'"
+    };
+    let total = db
+        .int(
+            &format!("SELECT COUNT(*) FROM events WHERE 1=1{states}{filter}"),
+            args,
+        )?
+        .unwrap_or(0)
+        .max(0) as u64;
+    let mut all: Vec<Value<'_>> = args.to_vec();
+    let n = all.len();
+    all.push(Value::Int(limit));
+    all.push(Value::Int(offset));
+    let order = order.unwrap_or("seq DESC");
+    let sql = format!(
+        "SELECT state, {COLUMNS} FROM events WHERE 1=1{states}{filter} ORDER BY {order}, seq DESC LIMIT ?{} OFFSET ?{}",
+        n + 1,
+        n + 2
+    );
+    let rows = db.rows(&sql, &all, stored_row)?;
+    Ok((rows.into_iter().flatten().collect(), total))
+}
+
+/// A row of `state, COLUMNS` (an unreadable event: `None`).
+fn stored_row(r: &Row<'_>) -> Result<Option<StoredEvent>, StoreError> {
+    let state = r.text(0)?;
+    Ok(read(r, 1)?.map(|event| StoredEvent { event, state }))
+}
+
+/// One event by id (none when `id` is not a UUID).
+pub fn get(db: &Db<'_>, id: &str) -> Result<Option<Event>, StoreError> {
+    let Ok(id) = uuid::Uuid::try_parse(id) else {
+        return Ok(None);
+    };
+    let rows = db.rows(
+        &format!("SELECT {COLUMNS} FROM events WHERE id = ?1"),
+        args![&id],
+        |r| read(r, 0),
+    )?;
+    Ok(rows.into_iter().flatten().next())
+}
+
+/// The current time in the unit of `release_at`.
+pub fn now() -> i64 {
+    now_ms()
+}
