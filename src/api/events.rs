@@ -15,12 +15,12 @@ use super::{ApiError, ApiState, auth};
 
 const FIELDS: &[Field] = &[
     Field::sql("id", Kind::Uuid, "id"),
-    Field::sql("type", Kind::Text, "type"),
+    Field::sql("type", Kind::Text, "wharf_event_type(type)"),
     Field::sql("project", Kind::Text, "project"),
     Field::sql("repository", Kind::Text, "repository"),
     Field::sql("digest", Kind::Digest, "digest"),
     Field::sql("occurred_at", Kind::Time, "occurred_at"),
-    Field::sql("state", Kind::Text, "state"),
+    Field::sql("state", Kind::Text, "wharf_event_state(state)"),
 ];
 
 /// The parameters this list knows besides Harbor's.

@@ -76,7 +76,7 @@ const EXECUTION_FIELDS: &[Field] = &[
     Field::sql("vendor_id", Kind::Int, "d.policy_id"),
     Field::sql("status", Kind::Text, STATUS_SQL),
     Field::sql("trigger", Kind::Text, "'EVENT'"),
-    Field::sql("event_type", Kind::Text, "e.type"),
+    Field::sql("event_type", Kind::Text, "wharf_event_type(e.type)"),
     Field::sql("start_time", Kind::Time, "d.created_at"),
     Field::sql("end_time", Kind::Time, END_TIME_SQL),
 ];
@@ -84,7 +84,7 @@ const EXECUTION_FIELDS: &[Field] = &[
 const JOB_FIELDS: &[Field] = &[
     Field::sql("id", Kind::Int, "d.id"),
     Field::sql("policy_id", Kind::Int, "d.policy_id"),
-    Field::sql("event_type", Kind::Text, "e.type"),
+    Field::sql("event_type", Kind::Text, "wharf_event_type(e.type)"),
     Field::sql("notify_type", Kind::Text, NOTIFY_TYPE_SQL),
     Field::sql("status", Kind::Text, STATUS_SQL),
     Field::sql("creation_time", Kind::Time, "d.created_at"),

@@ -55,7 +55,7 @@ pub fn list(
     all.push(Value::Int(offset));
     let order = order.unwrap_or("d.created_at DESC, d.id DESC");
     let sql = format!(
-        "SELECT d.id, e.id AS event_id, COALESCE(e.type, '') AS event_type, d.policy_id, d.target_address, d.state, d.attempts,
+        "SELECT d.id, e.id AS event_id, COALESCE(wharf_event_type(e.type), '') AS event_type, d.policy_id, d.target_address, d.state, d.attempts,
                 d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error, t.body,
                 {} {from}{filter} ORDER BY {order}, d.id DESC LIMIT ?{} OFFSET ?{}",
         super::events::event_columns!("e."),

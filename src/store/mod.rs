@@ -748,15 +748,15 @@ mod tests {
         sqlite::migrate(&conn).unwrap();
         for (sql, index) in [
             (
-                "SELECT seq, body FROM events WHERE state = 'held' AND release_at <= 5 ORDER BY release_at, seq LIMIT 1000",
+                "SELECT seq, body FROM events WHERE state = 1 AND release_at <= 5 ORDER BY release_at, seq LIMIT 1000",
                 "events_held",
             ),
             (
-                "SELECT MIN(release_at) FROM events WHERE state = 'held'",
+                "SELECT MIN(release_at) FROM events WHERE state = 1",
                 "events_held",
             ),
             (
-                "UPDATE events SET release_at = 2 WHERE state = 'held' AND repository = 'a' AND release_at < 2",
+                "UPDATE events SET release_at = 2 WHERE state = 1 AND repository = 'a' AND release_at < 2",
                 "events_held_digest",
             ),
             (

@@ -24,7 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::db::{Db, Effects};
 use super::job::Job;
-use super::{PolicyCache, StoreError, StoreStats, Synchronous, schema};
+use super::{PolicyCache, StoreError, StoreStats, Synchronous, events, schema};
 
 const MAX_BATCH: usize = 512;
 /// How long background writes (pull events) may wait to be committed together with others:
@@ -311,8 +311,10 @@ pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
 /// The SQL functions wharf's statements use on both backends that SQLite lacks (PostgreSQL's
 /// are created by the migrations), for the API's substring and range filters and sorting on
 /// values the event log keeps as bytes; any other value as text, NULL as NULL:
-/// `wharf_uuid_text(id)`, the canonical text of a UUID kept as its 16 bytes (schema 15), and
-/// `wharf_digest_text(digest)`, `sha256:<hex>` of a digest kept as its 32 bytes (schema 16).
+/// `wharf_uuid_text(id)`, the canonical text of a UUID kept as its 16 bytes (schema 15),
+/// `wharf_digest_text(digest)`, `sha256:<hex>` of a digest kept as its 32 bytes (schema 16),
+/// and `wharf_event_type(type)` and `wharf_event_state(state)`, the names of an event's type
+/// and state kept as codes (schema 21).
 pub(crate) fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
     use rusqlite::types::ValueRef;
@@ -323,8 +325,8 @@ pub(crate) fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
         ("wharf_digest_text", super::db::sha256_text),
         ("wharf_uuid_text", uuid_text),
     ];
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     for (name, of_bytes) in functions {
-        let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
         conn.create_scalar_function(name, 1, flags, move |ctx| {
             Ok(match ctx.get_raw(0) {
                 ValueRef::Null => None,
@@ -333,6 +335,28 @@ pub(crate) fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
                 }
                 ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
                 ValueRef::Integer(i) => Some(i.to_string()),
+                ValueRef::Real(r) => Some(r.to_string()),
+            })
+        })?;
+    }
+    /// The name of a value kept as a code, if it is one.
+    type OfCode = fn(i64) -> Option<&'static str>;
+    let type_name: OfCode = |c| events::kind_of_code(c).map(|k| k.harbor_type());
+    let state_name: OfCode = |c| events::EventState::of_code(c).map(|s| s.name());
+    let functions: [(&str, OfCode); 2] = [
+        ("wharf_event_type", type_name),
+        ("wharf_event_state", state_name),
+    ];
+    for (name, of_code) in functions {
+        conn.create_scalar_function(name, 1, flags, move |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Null => None,
+                ValueRef::Integer(i) => {
+                    Some(of_code(i).map_or_else(|| i.to_string(), str::to_string))
+                }
+                ValueRef::Text(t) | ValueRef::Blob(t) => {
+                    Some(String::from_utf8_lossy(t).into_owned())
+                }
                 ValueRef::Real(r) => Some(r.to_string()),
             })
         })?;

@@ -114,6 +114,7 @@ conformance!(
     an_event_reads_back_whole_from_its_stored_row,
     deliveries_of_a_schema_13_database_keep_their_events,
     a_first_successful_attempt_is_kept_on_its_delivery,
+    event_types_and_states_are_kept_as_codes,
 );
 
 fn repo(s: &str) -> Repository {
@@ -2023,11 +2024,7 @@ async fn pull_events_leave_the_log_sooner(kind: Kind) {
     let left = count(s, "SELECT COUNT(*) FROM events").await;
     assert_eq!(left, 2, "the old push and the new pull stay");
     assert_eq!(
-        count(
-            s,
-            "SELECT COUNT(*) FROM events WHERE type = 'PUSH_ARTIFACT'"
-        )
-        .await,
+        count(s, "SELECT COUNT(*) FROM events WHERE type = 1").await,
         1
     );
     assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 2);
@@ -2305,7 +2302,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         c.exec(
             &format!(
                 "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 'PUSH_ARTIFACT', 'prj', 'prj/long', 'sha256:long', 1, 'published', NULL, '{}')",
+                 VALUES (?1, 1, 'prj', 'prj/long', 'sha256:long', 1, 2, NULL, '{}')",
                 serde_json::json!({
                     "occurred_at": l.occurred_at, "operator": l.operator, "public": false,
                     "tags": l.tags, "resource_url": l.resource_url, "request_id": l.request_id,
@@ -2316,7 +2313,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         c.exec(
             &format!(
                 "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 'PULL_ARTIFACT', 'prj', 'prj/team/app', 'sha256:pulled', {}, 'published', NULL,
+                 VALUES (?1, 2, 'prj', 'prj/team/app', 'sha256:pulled', {}, 2, NULL,
                  '{{\"o\":\"anonymous\",\"p\":true,\"g\":[\"v2\"],\"m\":\"om\",\"h\":\"registry.example:8443\",\"Q\":\"\"}}')",
                 sk.occurred_at.timestamp_millis()
             ),
@@ -2326,7 +2323,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         c.exec(
             &format!(
                 "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 'PUSH_ARTIFACT', 'prj', 'prj/old', 'sha256:old', 1, 'published', NULL, '{}')",
+                 VALUES (?1, 1, 'prj', 'prj/old', 'sha256:old', 1, 2, NULL, '{}')",
                 serde_json::to_string(&o2).unwrap()
             ),
             wharf::args![&o2.id],
@@ -2462,6 +2459,78 @@ async fn a_copied_outbox_is_counted() {
     assert!(kept.contains(&("pending".to_string(), 1)), "{kept:?}");
 }
 
+/// An event's type and state are kept as small integers (schema 21): every kind reads back,
+/// `wharf_event_type` and `wharf_event_state` give the names on both backends (the API's
+/// filters use them), and the event log's filters by type and state still work.
+async fn event_types_and_states_are_kept_as_codes(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let all: Vec<Event> = EventKind::ALL
+        .iter()
+        .map(|k| {
+            let mut e = Event::new(*k, &repo("prj/a"), "alice");
+            e.digest = Some("sha256:x".into());
+            e
+        })
+        .collect();
+    let held = push("prj/a", "sha256:held");
+    let (a, h) = (all.clone(), held.clone());
+    s.write(move |c| {
+        for e in &a {
+            events::insert(c, e, None)?;
+        }
+        events::insert(c, &h, Some(store::now_ms() + 60_000))
+    })
+    .await
+    .unwrap();
+    let named = s
+        .read(|c| {
+            c.rows(
+                "SELECT type, wharf_event_type(type), wharf_event_state(state) FROM events ORDER BY seq",
+                &[],
+                |r| Ok((r.i64(0)?, r.text(1)?, r.text(2)?)),
+            )
+        })
+        .await
+        .unwrap();
+    let mut want: Vec<(i64, String, String)> = all
+        .iter()
+        .map(|e| {
+            let code = events::type_code(e.kind);
+            (
+                code,
+                e.kind.harbor_type().to_string(),
+                "published".to_string(),
+            )
+        })
+        .collect();
+    want.push((1, "PUSH_ARTIFACT".into(), "held".into()));
+    assert_eq!(named, want);
+    let codes: std::collections::BTreeSet<i64> = want.iter().map(|w| w.0).collect();
+    assert_eq!(codes.len(), EventKind::ALL.len(), "codes are unique");
+    for e in &all {
+        let id = e.id.to_string();
+        let got = s.read(move |c| events::get(c, &id)).await.unwrap();
+        assert_eq!(got.as_ref(), Some(e));
+    }
+    let f = events::EventFilter {
+        project: Some("prj".into()),
+        kind: Some(EventKind::PushArtifact),
+        repository: None,
+        all_states: true,
+        limit: 10,
+    };
+    let listed = s.read(move |c| events::list(c, &f)).await.unwrap();
+    let states: Vec<(uuid::Uuid, String)> = listed
+        .iter()
+        .map(|x| (x.event.id, x.state.clone()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(held.id, "held".into()), (all[0].id, "published".into())]
+    );
+}
+
 /// `wharf store copy` moves event bodies of both forms an embedded store holds — packed
 /// (schema 20, bytes) and JSON (written before, text) — into PostgreSQL's `bytea` column, and
 /// both read back there.
@@ -2479,7 +2548,7 @@ async fn packed_and_json_event_bodies_are_copied() {
         c.exec(
             &format!(
                 "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 'PUSH_ARTIFACT', 'prj', 'prj/a', 'sha256:json', {}, 'published', NULL,
+                 VALUES (?1, 1, 'prj', 'prj/a', 'sha256:json', {}, 2, NULL,
                  '{{\"o\":\"alice\",\"h\":\"h.example\"}}')",
                 j.occurred_at.timestamp_millis()
             ),
@@ -2669,7 +2738,8 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              ALTER TABLE deliveries DROP COLUMN first_duration_ms;
              ALTER TABLE deliveries DROP COLUMN first_status;
              ALTER TABLE deliveries DROP COLUMN first_excerpt;
-             UPDATE events SET id = wharf_uuid_text(id), digest = wharf_digest_text(digest);
+             UPDATE events SET id = wharf_uuid_text(id), digest = wharf_digest_text(digest),
+                 type = wharf_event_type(type), state = wharf_event_state(state);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
              UPDATE deliveries SET event_id = (SELECT e.id FROM events e WHERE e.seq = deliveries.event_seq);
              DROP INDEX deliveries_by_event;
@@ -2684,6 +2754,14 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
                  DROP COLUMN first_status, DROP COLUMN first_excerpt;
              ALTER TABLE events ALTER COLUMN id TYPE text USING CAST(id AS text);
              ALTER TABLE events ALTER COLUMN body TYPE text USING '';
+             DROP INDEX events_held;
+             DROP INDEX events_held_digest;
+             ALTER TABLE events ALTER COLUMN type TYPE text USING wharf_event_type(type),
+                 ALTER COLUMN state TYPE text USING wharf_event_state(state);
+             DROP FUNCTION wharf_event_type(smallint);
+             DROP FUNCTION wharf_event_state(smallint);
+             CREATE INDEX events_held ON events(release_at) WHERE state = 'held';
+             CREATE INDEX events_held_digest ON events(repository, digest) WHERE state = 'held';
              DROP FUNCTION wharf_uuid_text(uuid);
              DROP FUNCTION wharf_digest_text(text);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
@@ -2757,6 +2835,9 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
         }
     };
     assert_eq!(s.read(move |c| c.int(as_text, &[])).await.unwrap(), Some(0));
+    // schema 21: types and states as codes
+    let coded = "SELECT COUNT(*) FROM events WHERE type = 1 AND state = 2";
+    assert_eq!(s.read(move |c| c.int(coded, &[])).await.unwrap(), Some(2));
     // schema 20: PostgreSQL keeps bodies as bytes; the JSON ones written before still read
     // (the claim below loads both events)
     if matches!(kind, Kind::Postgres) {
@@ -2943,7 +3024,7 @@ async fn an_event_with_an_id_that_is_not_a_uuid_is_skipped() {
         events::insert(c, &g, None)?;
         c.exec(
             "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-             VALUES ('not-a-uuid', 'PUSH_ARTIFACT', 'prj', 'prj/a', 'sha256:bad', 1, 'published', NULL, '{\"o\":\"alice\",\"u\":\"h/prj/a\"}')",
+             VALUES ('not-a-uuid', 1, 'prj', 'prj/a', 'sha256:bad', 1, 2, NULL, '{\"o\":\"alice\",\"u\":\"h/prj/a\"}')",
             &[],
         )
     })

@@ -35,8 +35,6 @@ pub enum BodyError {
     },
     #[error("a body of no known format (first byte {0:?})")]
     Format(Option<u8>),
-    #[error("unknown event type {0:?}")]
-    Kind(String),
     #[error("no resource URL")]
     NoResourceUrl,
     #[error("occurred_at {0} out of range")]
@@ -414,7 +412,7 @@ impl TryFrom<Packed> for Parts {
 pub fn decode(
     body: &[u8],
     id: uuid::Uuid,
-    kind: &str,
+    kind: EventKind,
     project: &str,
     repository: &str,
     digest: Option<&str>,
@@ -427,10 +425,6 @@ pub fn decode(
         Some(b'{') => serde_json::from_slice::<StoredBody>(body)?.try_into()?,
         other => return Err(BodyError::Format(other.copied())),
     };
-    let kind = EventKind::ALL
-        .into_iter()
-        .find(|k| k.harbor_type() == kind)
-        .ok_or_else(|| BodyError::Kind(kind.to_string()))?;
     let resource_url = match (b.resource_url, b.host) {
         (Some(url), _) => url,
         (None, Some(host)) => {
@@ -499,7 +493,7 @@ mod tests {
         decode(
             body,
             e.id,
-            e.kind.harbor_type(),
+            e.kind,
             &e.project,
             &e.repository,
             e.digest.as_deref(),
@@ -555,7 +549,16 @@ mod tests {
         let e = pull();
         for body in [&b""[..], b"\x02abc", b"\x01\xff\xff"] {
             assert!(
-                decode(body, e.id, "PULL_ARTIFACT", "bench", "bench/app", None, 0).is_err(),
+                decode(
+                    body,
+                    e.id,
+                    EventKind::PullArtifact,
+                    "bench",
+                    "bench/app",
+                    None,
+                    0
+                )
+                .is_err(),
                 "{body:?}"
             );
         }

@@ -10,6 +10,74 @@ use super::{StoreError, now_ms};
 use crate::args;
 use crate::events::{Event, EventKind};
 
+/// An event's state in the log: its `state` column holds [`EventState::code`] (since schema
+/// 21; the SQL holds the codes as literals, which partial indexes need: held `1`, published
+/// `2`, cancelled `3`). `wharf_event_state(state)` gives the name in SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventState {
+    /// Waiting to see whether an index absorbs it.
+    Held,
+    /// Final; its deliveries were created in the same transaction.
+    Published,
+    /// Absorbed by an index.
+    Cancelled,
+}
+
+impl EventState {
+    pub const ALL: [EventState; 3] = [
+        EventState::Held,
+        EventState::Published,
+        EventState::Cancelled,
+    ];
+
+    /// What the `state` column holds: never changed, never reused.
+    pub fn code(self) -> i64 {
+        match self {
+            EventState::Held => 1,
+            EventState::Published => 2,
+            EventState::Cancelled => 3,
+        }
+    }
+
+    /// The name the API shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventState::Held => "held",
+            EventState::Published => "published",
+            EventState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn of_code(code: i64) -> Option<EventState> {
+        EventState::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+/// What an event's `type` column holds for `kind` (since schema 21): never changed, never
+/// reused. `wharf_event_type(type)` gives Harbor's name in SQL.
+pub fn type_code(kind: EventKind) -> i64 {
+    match kind {
+        EventKind::PushArtifact => 1,
+        EventKind::PullArtifact => 2,
+        EventKind::DeleteArtifact => 3,
+        EventKind::UploadChart => 4,
+        EventKind::DownloadChart => 5,
+        EventKind::DeleteChart => 6,
+        EventKind::ScanningCompleted => 7,
+        EventKind::ScanningFailed => 8,
+        EventKind::ScanningStopped => 9,
+        EventKind::QuotaExceed => 10,
+        EventKind::QuotaWarning => 11,
+        EventKind::Replication => 12,
+        EventKind::TagRetention => 13,
+    }
+}
+
+/// The kind whose [`type_code`] is `code`.
+pub fn kind_of_code(code: i64) -> Option<EventKind> {
+    EventKind::ALL.into_iter().find(|k| type_code(*k) == code)
+}
+
 /// The columns [`read`] takes, in its order, each with the prefix `$p` (a table alias and its
 /// dot, or `""`): a literal, for `concat!` in the statements that read events.
 macro_rules! event_columns {
@@ -54,10 +122,15 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
         }
         (Err(error), _) | (_, Err(error)) => return Err(error),
     };
+    let code = r.i64(at + 2)?;
+    let Some(kind) = kind_of_code(code) else {
+        tracing::error!(event_id = %id, code, "unreadable event in the store: unknown type");
+        return Ok(None);
+    };
     let event = decode(
         &body,
         id,
-        &r.text(at + 2)?,
+        kind,
         &r.text(at + 3)?,
         &r.text(at + 4)?,
         digest.as_deref(),
@@ -82,12 +155,17 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         args![
             &event.id,
-            event.kind.harbor_type(),
+            type_code(event.kind),
             &event.project,
             &event.repository,
             event.digest.as_deref().map_or(Value::Null, Value::Digest),
             event.occurred_at.timestamp_millis(),
-            if hold_until.is_some() { "held" } else { "published" },
+            if hold_until.is_some() {
+                EventState::Held
+            } else {
+                EventState::Published
+            }
+            .code(),
             hold_until,
             Value::Bytes(&body),
         ],
@@ -104,7 +182,7 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
 /// so the window runs from the last of them.
 pub fn extend_held(db: &Db<'_>, repository: &str, until: i64) -> Result<u64, StoreError> {
     db.exec(
-        "UPDATE events SET release_at = ?2 WHERE state = 'held' AND repository = ?1 AND release_at < ?2",
+        "UPDATE events SET release_at = ?2 WHERE state = 1 AND repository = ?1 AND release_at < ?2",
         args![repository, until],
     )
 }
@@ -118,14 +196,14 @@ pub fn publish_due(db: &Db<'_>, now: i64) -> Result<Vec<Event>, StoreError> {
             concat!(
                 "SELECT seq, ",
                 event_columns!(""),
-                " FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000"
+                " FROM events WHERE state = 1 AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000"
             )
         }
         Backend::Postgres => {
             concat!(
                 "SELECT seq, ",
                 event_columns!(""),
-                " FROM events WHERE state = 'held' AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000 FOR UPDATE SKIP LOCKED"
+                " FROM events WHERE state = 1 AND release_at <= ?1 ORDER BY release_at, seq LIMIT 1000 FOR UPDATE SKIP LOCKED"
             )
         }
     };
@@ -140,7 +218,7 @@ pub fn publish_held(db: &Db<'_>, repository: &str, digest: &str) -> Result<Vec<E
         concat!(
             "SELECT seq, ",
             event_columns!(""),
-            " FROM events WHERE state = 'held' AND repository = ?1 AND digest = ?2 ORDER BY seq"
+            " FROM events WHERE state = 1 AND repository = ?1 AND digest = ?2 ORDER BY seq"
         ),
         &[Value::Text(repository), Value::Digest(digest)],
         |r| Ok((r.i64(0)?, read(r, 1)?)),
@@ -153,7 +231,7 @@ fn publish_rows(db: &Db<'_>, rows: Vec<(i64, Option<Event>)>) -> Result<Vec<Even
     for (seq, event) in rows {
         // only if still held: another transaction may have published or absorbed it meanwhile
         let changed = db.exec(
-            "UPDATE events SET state = 'published' WHERE seq = ?1 AND state = 'held'",
+            "UPDATE events SET state = 2 WHERE seq = ?1 AND state = 1",
             args![seq],
         )?;
         if changed != 1 {
@@ -176,7 +254,7 @@ pub fn cancel_held(db: &Db<'_>, repository: &str, digests: &[String]) -> Result<
     let mut n = 0;
     for d in digests {
         n += db.exec(
-            "UPDATE events SET state = 'cancelled' WHERE state = 'held' AND repository = ?1 AND digest = ?2",
+            "UPDATE events SET state = 3 WHERE state = 1 AND repository = ?1 AND digest = ?2",
             &[Value::Text(repository), Value::Digest(d)],
         )?;
     }
@@ -185,10 +263,7 @@ pub fn cancel_held(db: &Db<'_>, repository: &str, digests: &[String]) -> Result<
 
 /// When the next held event is due (unix ms), if any.
 pub fn next_release(db: &Db<'_>) -> Result<Option<i64>, StoreError> {
-    db.int(
-        "SELECT MIN(release_at) FROM events WHERE state = 'held'",
-        &[],
-    )
+    db.int("SELECT MIN(release_at) FROM events WHERE state = 1", &[])
 }
 
 /// Remove up to `batch` events that occurred before `before` (unix ms) and are done with:
@@ -205,7 +280,7 @@ pub fn prune_pulls(db: &Db<'_>, before: i64, batch: usize) -> Result<usize, Stor
 
 fn prune_of(db: &Db<'_>, before: i64, batch: usize, pulls_only: bool) -> Result<usize, StoreError> {
     let old: Vec<i64> = db.rows(
-        "SELECT seq FROM events e WHERE occurred_at < ?1 AND state IN ('published', 'cancelled')
+        "SELECT seq FROM events e WHERE occurred_at < ?1 AND state IN (2, 3)
          AND (?3 = 0 OR type IN (?4, ?5))
          AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state IN ('pending', 'running'))
          ORDER BY seq LIMIT ?2",
@@ -213,8 +288,8 @@ fn prune_of(db: &Db<'_>, before: i64, batch: usize, pulls_only: bool) -> Result<
             before,
             batch as i64,
             pulls_only,
-            EventKind::PullArtifact.harbor_type(),
-            EventKind::DownloadChart.harbor_type()
+            type_code(EventKind::PullArtifact),
+            type_code(EventKind::DownloadChart)
         ],
         |r| r.i64(0),
     )?;
@@ -259,17 +334,17 @@ pub fn list(db: &Db<'_>, f: &EventFilter) -> Result<Vec<StoredEvent>, StoreError
     let mut sql = format!("SELECT state, {COLUMNS} FROM events WHERE 1=1");
     let mut args: Vec<Value<'_>> = Vec::new();
     for (column, value) in [
-        ("project", f.project.as_deref()),
-        ("type", f.kind.map(|k| k.harbor_type())),
-        ("repository", f.repository.as_deref()),
+        ("project", f.project.as_deref().map(Value::Text)),
+        ("type", f.kind.map(|k| Value::Int(type_code(k)))),
+        ("repository", f.repository.as_deref().map(Value::Text)),
     ] {
         if let Some(v) = value {
-            args.push(Value::Text(v));
+            args.push(v);
             sql.push_str(&format!(" AND {column} = ?{}", args.len()));
         }
     }
     if !f.all_states {
-        sql.push_str(" AND state = 'published'");
+        sql.push_str(" AND state = 2");
     }
     args.push(Value::Int(f.limit.clamp(1, 10_000) as i64));
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", args.len()));
@@ -289,11 +364,7 @@ pub fn page(
     order: Option<&str>,
     (offset, limit): (i64, i64),
 ) -> Result<(Vec<StoredEvent>, u64), StoreError> {
-    let states = if all_states {
-        ""
-    } else {
-        " AND state = 'published'"
-    };
+    let states = if all_states { "" } else { " AND state = 2" };
     let total = db
         .int(
             &format!("SELECT COUNT(*) FROM events WHERE 1=1{states}{filter}"),
@@ -317,7 +388,8 @@ pub fn page(
 
 /// A row of `state, COLUMNS` (an unreadable event: `None`).
 fn stored_row(r: &Row<'_>) -> Result<Option<StoredEvent>, StoreError> {
-    let state = r.text(0)?;
+    let code = r.i64(0)?;
+    let state = EventState::of_code(code).map_or_else(|| code.to_string(), |s| s.name().into());
     Ok(read(r, 1)?.map(|event| StoredEvent { event, state }))
 }
 

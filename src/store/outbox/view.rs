@@ -46,7 +46,7 @@ pub(in crate::store) fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
 
 /// The event's id and type come from the event log (the delivery holds its `seq`); `""` when
 /// the event is gone. Read from [`VIEW_FROM`].
-const VIEW_COLUMNS: &str = "d.id, e.id AS event_id, COALESCE(e.type, '') AS event_type, d.policy_id, d.target_address, d.state, d.attempts, d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error";
+const VIEW_COLUMNS: &str = "d.id, e.id AS event_id, COALESCE(wharf_event_type(e.type), '') AS event_type, d.policy_id, d.target_address, d.state, d.attempts, d.not_before, d.created_at, d.updated_at, d.last_status, d.last_error";
 
 /// The tables [`VIEW_COLUMNS`] reads: a delivery `d` and its event `e`.
 const VIEW_FROM: &str = "deliveries d LEFT JOIN events e ON e.seq = d.event_seq";
