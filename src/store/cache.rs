@@ -1,5 +1,5 @@
 //! The per-process cache of what every event's job reads: the policies fan-out reads, the
-//! notification switch, and repositories' first-seen times.
+//! notification switch, repositories' first-seen times, and the ids of resource URL hosts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,9 @@ pub struct PolicyCache {
     /// Repository → first-seen time (unix seconds; `None`: wharf knows no manifest of it)
     /// and when it was read.
     repositories: Mutex<HashMap<String, (Option<i64>, std::time::Instant)>>,
+    /// Resource URL host → its id in `hosts` (schema 22): committed, never changed or deleted,
+    /// so never stale.
+    hosts: Mutex<HashMap<String, i64>>,
 }
 
 /// How long a repository's first-seen time is taken from the cache. It only changes when
@@ -81,6 +84,21 @@ impl PolicyCache {
             && matches!(r.get(repository), Some((None, _)))
         {
             r.remove(repository);
+        }
+    }
+
+    /// The id of `host` in `hosts`, if this process has seen it committed.
+    pub fn host_id(&self, host: &str) -> Option<i64> {
+        self.hosts.lock().ok()?.get(host).copied()
+    }
+
+    /// `host` has id `id` in `hosts`: call only after the row is committed.
+    pub fn put_host_id(&self, host: String, id: i64) {
+        if let Ok(mut h) = self.hosts.lock() {
+            if h.len() > 10_000 {
+                h.clear();
+            }
+            h.insert(host, id);
         }
     }
 

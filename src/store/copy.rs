@@ -1,6 +1,6 @@
 //! `wharf store copy`: move an embedded (SQLite) store into PostgreSQL, so a single instance
 //! can grow into several replicas without losing anything: policies and their target
-//! versions, projects (ids kept), settings, the event log, the outbox (deliveries, attempts,
+//! versions, projects (ids kept), settings, the event log (with its hosts), the outbox (deliveries, attempts,
 //! last triggers), knowledge, chart facts and quota usage. Reservations of pushes in progress
 //! and the short-lived attribution memory are not copied (they lapse within minutes anyway).
 //!
@@ -18,6 +18,7 @@ pub const TABLES: &[(&str, Option<&str>)] = &[
     ("delivery_targets", Some("id")),
     ("settings", None),
     ("meta", None),
+    ("hosts", Some("id")),
     ("events", Some("seq")),
     ("deliveries", Some("id")),
     ("attempts", Some("id")),

@@ -354,6 +354,9 @@ pub struct Effects {
     /// handed to the dispatcher after COMMIT; dropped with the job if it rolls back, which
     /// gives their attempt slots back.
     pub born: Vec<Born>,
+    /// Resource URL hosts this job added to `hosts` or looked up there, with their ids:
+    /// cached after COMMIT (before it, the row may yet be rolled back).
+    pub hosts: Vec<(String, i64)>,
 }
 
 impl Effects {
@@ -364,6 +367,7 @@ impl Effects {
         self.policies |= other.policies;
         self.triggers.extend(other.triggers);
         self.born.extend(other.born);
+        self.hosts.extend(other.hosts);
     }
 }
 
@@ -643,6 +647,11 @@ impl<'a> Db<'a> {
     /// Record a delivery this job created already claimed (see [`Effects::born`]).
     pub fn note_born(&self, born: Born) {
         self.effects.borrow_mut().born.push(born);
+    }
+
+    /// Record that `host` has id `id` in `hosts` (cached after COMMIT).
+    pub fn note_host(&self, host: &str, id: i64) {
+        self.effects.borrow_mut().hosts.push((host.to_string(), id));
     }
 
     /// Record that this job changed policies or the notification switch: this process drops

@@ -252,6 +252,9 @@ impl AfterCommit {
         if effects.policies {
             self.cache.invalidate();
         }
+        for (host, id) in effects.hosts.drain(..) {
+            self.cache.put_host_id(host, id);
+        }
         if !effects.triggers.is_empty()
             && let Ok(mut t) = self.triggers.lock()
         {

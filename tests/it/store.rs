@@ -115,6 +115,7 @@ conformance!(
     deliveries_of_a_schema_13_database_keep_their_events,
     a_first_successful_attempt_is_kept_on_its_delivery,
     event_types_and_states_are_kept_as_codes,
+    a_host_is_kept_once_and_only_committed_ids_are_reused,
 );
 
 fn repo(s: &str) -> Repository {
@@ -2354,12 +2355,25 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         !holds(&body, own.id.as_bytes()) && !holds(&body, own.id.to_string()),
         "{body:?}"
     );
-    // a pull's body: the resource URL cut to its host, no operator when anonymous, the common
-    // media types as a code, wharf's request id (a UUID) as its 16 bytes
+    // a pull's body: the resource URL's host named by the row (schema 22, kept once in
+    // `hosts`), no operator when anonymous, the common media types as a code, wharf's request
+    // id (a UUID) as its 16 bytes
+    let hosts = s
+        .read(|c| {
+            c.rows(
+                "SELECT h.host, COUNT(*) FROM events e JOIN hosts h ON h.id = e.host_id GROUP BY h.host",
+                &[],
+                |r| Ok((r.text(0)?, r.i64(1)?)),
+            )
+        })
+        .await
+        .unwrap();
+    // (`pull`, `by_digest`, `own`; `odd` keeps a resource URL that does not follow from its row)
+    assert_eq!(hosts, vec![("registry.example:8443".to_string(), 3)]);
     for (e, public) in [(&pull, true), (&by_digest, false)] {
         let body = body_of(s, e).await;
-        assert!(holds(&body, "registry.example:8443"), "{body:?}");
         for gone in [
+            "registry.example",
             "prj/team/app",
             "anonymous",
             "01a2379e",
@@ -2531,14 +2545,64 @@ async fn event_types_and_states_are_kept_as_codes(kind: Kind) {
     );
 }
 
+/// The host of events' resource URLs is kept once (`hosts`, schema 22), and a replica reuses
+/// the id it learned only once the row is committed: a job that added a host and rolled back
+/// leaves nothing behind that a later event could name.
+async fn a_host_is_kept_once_and_only_committed_ids_are_reused(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let at = |host: &str| {
+        let mut e = Event::new(EventKind::PullArtifact, &repo("prj/a"), "anonymous");
+        e.digest = Some("sha256:x".into());
+        e.resource_url = Event::oci_resource_url(host, "prj/a", None, e.digest.as_deref());
+        e
+    };
+    let (lost, other, a1, a2) = (
+        at("a.example"),
+        at("b.example"),
+        at("a.example"),
+        at("a.example"),
+    );
+    let failed = s
+        .write(move |c| {
+            events::insert(c, &lost, None)?;
+            Err::<(), _>(StoreError::Closed)
+        })
+        .await;
+    assert!(failed.is_err());
+    let (o2, e1, e2) = (other.clone(), a1.clone(), a2.clone());
+    s.write(move |c| events::insert(c, &o2, None))
+        .await
+        .unwrap();
+    s.write(move |c| events::insert(c, &e1, None))
+        .await
+        .unwrap();
+    s.write(move |c| events::insert(c, &e2, None))
+        .await
+        .unwrap();
+    for e in [&other, &a1, &a2] {
+        let id = e.id.to_string();
+        let got = s.read(move |c| events::get(c, &id)).await.unwrap();
+        assert_eq!(got.as_ref(), Some(e));
+    }
+    let hosts = s
+        .read(|c| c.rows("SELECT host FROM hosts ORDER BY host", &[], |r| r.text(0)))
+        .await
+        .unwrap();
+    assert_eq!(hosts, ["a.example", "b.example"]);
+}
+
 /// `wharf store copy` moves event bodies of both forms an embedded store holds — packed
 /// (schema 20, bytes) and JSON (written before, text) — into PostgreSQL's `bytea` column, and
-/// both read back there.
+/// the hosts events name (schema 22); both read back there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_and_json_event_bodies_are_copied() {
     let from = open(Kind::Sqlite).await;
     let s = &from.store;
-    let packed = push("prj/a", "sha256:packed");
+    let mut packed = push("prj/a", "sha256:packed");
+    // its host kept in `hosts` (schema 22), which is copied too
+    packed.resource_url =
+        Event::oci_resource_url("h.example", "prj/a", None, packed.digest.as_deref());
     let mut json = push("prj/a", "sha256:json");
     json.resource_url = "h.example/prj/a@sha256:json".into();
     json.occurred_at = chrono::DateTime::from_timestamp_millis(1_764_806_400_123).unwrap();
@@ -2738,6 +2802,8 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              ALTER TABLE deliveries DROP COLUMN first_duration_ms;
              ALTER TABLE deliveries DROP COLUMN first_status;
              ALTER TABLE deliveries DROP COLUMN first_excerpt;
+             ALTER TABLE events DROP COLUMN host_id;
+             DROP TABLE hosts;
              UPDATE events SET id = wharf_uuid_text(id), digest = wharf_digest_text(digest),
                  type = wharf_event_type(type), state = wharf_event_state(state);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
@@ -2754,6 +2820,8 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
                  DROP COLUMN first_status, DROP COLUMN first_excerpt;
              ALTER TABLE events ALTER COLUMN id TYPE text USING CAST(id AS text);
              ALTER TABLE events ALTER COLUMN body TYPE text USING '';
+             ALTER TABLE events DROP COLUMN host_id;
+             DROP TABLE hosts;
              DROP INDEX events_held;
              DROP INDEX events_held_digest;
              ALTER TABLE events ALTER COLUMN type TYPE text USING wharf_event_type(type),

@@ -1,10 +1,11 @@
 //! How an event is kept in its row's `body`: everything but the fields that are columns of
-//! the row (`id`, `type`, `project`, `repository`, `digest`, the time's milliseconds), which
-//! [`decode`] puts back.
+//! the row (`id`, `type`, `project`, `repository`, `digest`, the time's milliseconds, and
+//! since schema 22 the resource URL's host, by its id in `hosts`), which [`decode`] puts back
+//! ([`Columns`]).
 //!
 //! Since schema 20 a body is *packed*: a version byte ([`PACKED`]), then a protobuf message
 //! ([`Packed`]; `prost`), in a `BLOB` (SQLite) or `bytea` (PostgreSQL). Absent fields cost
-//! nothing, so a pull's body is about 45 bytes (its JSON form of schemas 13–19 about 100, the
+//! nothing, so a pull's body is about 25 bytes (its JSON form of schemas 13–19 about 100, the
 //! whole event about 500). Bodies written before still read: JSON with the short keys of
 //! schemas 13–19 ([`StoredBody`], which takes the long keys too), or the whole event (a body
 //! that starts with `{"id":`). A JSON body starts with `{`, which is not [`PACKED`].
@@ -41,6 +42,8 @@ pub enum BodyError {
     Time(i64),
     #[error("request id {0:?} is not a stored UUID")]
     RequestId(String),
+    #[error("a client IP address of {0} bytes")]
+    ClientIp(usize),
     #[error("media type code {0} is unknown")]
     MediaCode(u32),
 }
@@ -101,6 +104,10 @@ struct Packed {
     quota: Option<String>,
     #[prost(bool, tag = "20")]
     test: bool,
+    /// A client address that is an IP address in its canonical text, as its 4 or 16 bytes
+    /// (`client_addr` holds any other).
+    #[prost(bytes = "vec", optional, tag = "21")]
+    client_ip: Option<Vec<u8>>,
 }
 
 /// Manifest media types stored as a code: a packed body keeps their place in this list (from
@@ -150,6 +157,25 @@ fn request_uuid_bytes(id: &str) -> Option<[u8; 16]> {
     (u.hyphenated().encode_lower(&mut buf) == id).then(|| *u.as_bytes())
 }
 
+/// The 4 or 16 bytes of `addr` when it is an IP address in its canonical text.
+fn ip_bytes(addr: &str) -> Option<Vec<u8>> {
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    (ip.to_string() == addr).then(|| match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    })
+}
+
+/// The text of an IP address from its 4 or 16 bytes.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Some(std::net::Ipv4Addr::from(v4).to_string());
+    }
+    <[u8; 16]>::try_from(bytes)
+        .ok()
+        .map(|v6| std::net::Ipv6Addr::from(v6).to_string())
+}
+
 /// The part of an OCI resource URL after its host, as [`Event::oci_resource_url`] makes it
 /// from the row's repository and digest and the event's first tag.
 fn resource_path(repository: &str, tag: Option<&str>, digest: Option<&str>) -> String {
@@ -162,8 +188,20 @@ fn json_of<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreEr
         .transpose()
 }
 
-/// The packed body of `e` (see the module doc).
-pub fn encode(e: &Event) -> Result<Vec<u8>, StoreError> {
+/// The host of `e`'s resource URL, when the rest of it follows from the row (the host is
+/// then all a body or row must keep of it).
+pub fn host_of(e: &Event) -> Option<&str> {
+    let path = resource_path(
+        &e.repository,
+        e.tags.first().map(String::as_str),
+        e.digest.as_deref(),
+    );
+    e.resource_url.strip_suffix(path.as_str())
+}
+
+/// The packed body of `e` (see the module doc); without the resource URL's host when
+/// `host_in_row` (the row names it: [`host_of`]).
+pub fn encode(e: &Event, host_in_row: bool) -> Result<Vec<u8>, StoreError> {
     // every field named: a field added to `Event` does not compile until it is stored
     let Event {
         id,
@@ -171,11 +209,11 @@ pub fn encode(e: &Event) -> Result<Vec<u8>, StoreError> {
         occurred_at,
         operator,
         project: _,
-        repository,
+        repository: _,
         public,
         repository_created,
         tags,
-        digest,
+        digest: _,
         media_type,
         size,
         resource_url,
@@ -188,12 +226,7 @@ pub fn encode(e: &Event) -> Result<Vec<u8>, StoreError> {
         quota,
         test,
     } = e;
-    let path = resource_path(
-        repository,
-        tags.first().map(String::as_str),
-        digest.as_deref(),
-    );
-    let host = resource_url.strip_suffix(path.as_str());
+    let host = host_of(e);
     let sub_ms = sub_ms_of(occurred_at);
     let media_code = media_type.as_deref().and_then(|m| {
         MEDIA_TYPES
@@ -205,17 +238,19 @@ pub fn encode(e: &Event) -> Result<Vec<u8>, StoreError> {
         Some(r) if request_uuid_bytes(r) == Some(*id.as_bytes()) => Some(Vec::new()),
         r => r.and_then(request_uuid_bytes).map(|b| b.to_vec()),
     };
+    let client_ip = client_addr.as_deref().and_then(ip_bytes);
     let packed = Packed {
         operator: (operator != ANONYMOUS).then(|| operator.clone()),
         tags: tags.clone(),
         media_code,
         media_type: media_type.clone().filter(|_| media_code.is_none()),
         size: *size,
-        host: host.map(str::to_string),
+        host: host.filter(|_| !host_in_row).map(str::to_string),
         resource_url: host.is_none().then(|| resource_url.clone()),
         request_id: request_id.clone().filter(|_| request_uuid.is_none()),
         request_uuid,
-        client_addr: client_addr.clone(),
+        client_addr: client_addr.clone().filter(|_| client_ip.is_none()),
+        client_ip,
         user_agent: user_agent.clone(),
         public: *public,
         repository_created: *repository_created,
@@ -397,7 +432,10 @@ impl TryFrom<Packed> for Parts {
             host: p.host,
             platforms: p.platforms,
             request_id,
-            client_addr: p.client_addr,
+            client_addr: match p.client_ip {
+                Some(ip) => Some(ip_text(&ip).ok_or(BodyError::ClientIp(ip.len()))?),
+                None => p.client_addr,
+            },
             user_agent: p.user_agent,
             chart: from_json("chart", p.chart)?,
             scan: from_json("scan", p.scan)?,
@@ -407,17 +445,32 @@ impl TryFrom<Packed> for Parts {
     }
 }
 
+/// What an event's row holds beside its body (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Columns<'a> {
+    pub id: uuid::Uuid,
+    pub kind: EventKind,
+    pub project: &'a str,
+    pub repository: &'a str,
+    pub digest: Option<&'a str>,
+    /// `occurred_at`: unix ms.
+    pub occurred_ms: i64,
+    /// The resource URL's host, when the row names it (`host_id`, since schema 22).
+    pub host: Option<&'a str>,
+}
+
 /// An event from its stored body (packed, or JSON as written before schema 20) and the
-/// columns the body leaves out; `occurred_ms` is the row's `occurred_at` (unix ms).
-pub fn decode(
-    body: &[u8],
-    id: uuid::Uuid,
-    kind: EventKind,
-    project: &str,
-    repository: &str,
-    digest: Option<&str>,
-    occurred_ms: i64,
-) -> Result<Event, BodyError> {
+/// columns of its row.
+pub fn decode(body: &[u8], row: Columns<'_>) -> Result<Event, BodyError> {
+    let Columns {
+        id,
+        kind,
+        project,
+        repository,
+        digest,
+        occurred_ms,
+        host,
+    } = row;
     let b: Parts = match body.first() {
         Some(&PACKED) => Packed::decode(&body[1..])?.try_into()?,
         // the whole event, as written before schema 13
@@ -425,7 +478,7 @@ pub fn decode(
         Some(b'{') => serde_json::from_slice::<StoredBody>(body)?.try_into()?,
         other => return Err(BodyError::Format(other.copied())),
     };
-    let resource_url = match (b.resource_url, b.host) {
+    let resource_url = match (b.resource_url, b.host.as_deref().or(host)) {
         (Some(url), _) => url,
         (None, Some(host)) => {
             let path = resource_path(repository, b.tags.first().map(String::as_str), digest);
@@ -489,27 +542,41 @@ mod tests {
         e
     }
 
+    fn columns(e: &Event) -> Columns<'_> {
+        Columns {
+            id: e.id,
+            kind: e.kind,
+            project: &e.project,
+            repository: &e.repository,
+            digest: e.digest.as_deref(),
+            occurred_ms: e.occurred_at.timestamp_millis(),
+            host: None,
+        }
+    }
+
     fn back(body: &[u8], e: &Event) -> Event {
-        decode(
-            body,
-            e.id,
-            e.kind,
-            &e.project,
-            &e.repository,
-            e.digest.as_deref(),
-            e.occurred_at.timestamp_millis(),
-        )
-        .expect("decode")
+        decode(body, columns(e)).expect("decode")
     }
 
     #[test]
     fn a_pull_packs_into_a_few_dozen_bytes_and_reads_back_whole() {
         let e = pull();
-        let body = encode(&e).expect("encode");
+        let body = encode(&e, false).expect("encode");
         // anonymous, the media type as a code, the host only, the request id as the event's
         assert_eq!(body.first(), Some(&PACKED));
         assert!(body.len() <= 50, "{} bytes: {body:?}", body.len());
         assert_eq!(back(&body, &e), e);
+        // the host named by the row instead (schema 22)
+        let host = host_of(&e).expect("host");
+        assert_eq!(host, "127.0.0.1:45409");
+        let short = encode(&e, true).expect("encode");
+        assert_eq!(short.len(), body.len() - 2 - host.len());
+        let row = Columns {
+            host: Some(host),
+            ..columns(&e)
+        };
+        assert_eq!(decode(&short, row).expect("decode"), e);
+        assert!(decode(&short, columns(&e)).is_err(), "no host anywhere");
     }
 
     #[test]
@@ -523,18 +590,43 @@ mod tests {
         e.platforms = vec!["linux/amd64".into()];
         e.request_id = Some("01A2379E-C2B1-76B2-B3AB-8958C36F2211".into());
         e.user_agent = Some("docker/27".into());
+        e.client_addr = Some("not an address".into());
         e.chart = Some(ChartInfo::default());
         e.scan = Some(ScanInfo::default());
         e.quota = Some(QuotaInfo::default());
         e.test = true;
         e.resource_url = "elsewhere.example/x".into();
         e.occurred_at = DateTime::from_timestamp(1_764_806_400, 123_456_789).expect("time");
-        assert_eq!(back(&encode(&e).expect("encode"), &e), e);
+        assert_eq!(back(&encode(&e, false).expect("encode"), &e), e);
         // a request id that is a UUID in wharf's text, not the event's own
         e.request_id = Some("01a2379e-c2b1-76b2-b3ab-8958c36f2211".into());
-        let body = encode(&e).expect("encode");
+        let body = encode(&e, false).expect("encode");
         assert!(!body.windows(8).any(|w| w == b"01a2379e"), "{body:?}");
         assert_eq!(back(&body, &e), e);
+    }
+
+    #[test]
+    fn client_addresses_read_back_in_every_form() {
+        let mut e = pull();
+        e.resource_url =
+            Event::oci_resource_url("registry.example", "bench/app", Some("bench"), None);
+        for (addr, packed) in [
+            ("127.0.0.1", true),
+            ("2001:db8::1", true),
+            ("::ffff:10.0.0.1", true),
+            ("2001:DB8::1", false),
+            ("010.0.0.1", false),
+            ("127.0.0.1:5000", false),
+        ] {
+            e.client_addr = Some(addr.into());
+            let body = encode(&e, false).expect("encode");
+            assert_eq!(back(&body, &e), e, "{addr}");
+            assert_eq!(
+                body.windows(addr.len()).any(|w| w == addr.as_bytes()),
+                !packed,
+                "{addr}: {body:?}"
+            );
+        }
     }
 
     #[test]
@@ -548,19 +640,7 @@ mod tests {
     fn a_body_of_no_known_format_is_an_error() {
         let e = pull();
         for body in [&b""[..], b"\x02abc", b"\x01\xff\xff"] {
-            assert!(
-                decode(
-                    body,
-                    e.id,
-                    EventKind::PullArtifact,
-                    "bench",
-                    "bench/app",
-                    None,
-                    0
-                )
-                .is_err(),
-                "{body:?}"
-            );
+            assert!(decode(body, columns(&e)).is_err(), "{body:?}");
         }
     }
 }

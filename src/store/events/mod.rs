@@ -3,7 +3,7 @@
 
 mod body;
 
-pub use body::{BodyError, decode};
+pub use body::{BodyError, Columns, decode};
 
 use super::db::{Backend, Db, Row, Value};
 use super::{StoreError, now_ms};
@@ -96,7 +96,9 @@ macro_rules! event_columns {
             $p,
             "digest, ",
             $p,
-            "occurred_at"
+            "occurred_at, (SELECT h.host FROM hosts h WHERE h.id = ",
+            $p,
+            "host_id)"
         )
     };
 }
@@ -127,15 +129,17 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
         tracing::error!(event_id = %id, code, "unreadable event in the store: unknown type");
         return Ok(None);
     };
-    let event = decode(
-        &body,
+    let (project, repository, host) = (r.text(at + 3)?, r.text(at + 4)?, r.opt_text(at + 7)?);
+    let row = Columns {
         id,
         kind,
-        &r.text(at + 3)?,
-        &r.text(at + 4)?,
-        digest.as_deref(),
-        r.i64(at + 6)?,
-    );
+        project: &project,
+        repository: &repository,
+        digest: digest.as_deref(),
+        occurred_ms: r.i64(at + 6)?,
+        host: host.as_deref(),
+    };
+    let event = decode(&body, row);
     match event {
         Ok(e) => Ok(Some(e)),
         Err(error) => {
@@ -149,10 +153,11 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
 /// [`cancel_held`]; otherwise it is published now (its deliveries are created in this
 /// transaction, and the job's [`Db`] notes it as published).
 pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
-    let body = body::encode(event)?;
+    let host_id = body::host_of(event).map(|h| host_id(db, h)).transpose()?;
+    let body = body::encode(event, host_id.is_some())?;
     db.exec_later(
-        "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body, host_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         args![
             &event.id,
             type_code(event.kind),
@@ -168,6 +173,7 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
             .code(),
             hold_until,
             Value::Bytes(&body),
+            host_id,
         ],
     )?;
     if hold_until.is_none() {
@@ -175,6 +181,24 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
         db.note_published(event.kind);
     }
     Ok(())
+}
+
+/// The id of `host` in `hosts` (schema 22), added if new: from this process's cache when it
+/// has seen the row committed, else from the store (the answer is cached after COMMIT).
+fn host_id(db: &Db<'_>, host: &str) -> Result<i64, StoreError> {
+    if let Some(id) = db.cache().and_then(|c| c.host_id(host)) {
+        return Ok(id);
+    }
+    let id = db
+        .row(
+            "INSERT INTO hosts (host) VALUES (?1)
+             ON CONFLICT (host) DO UPDATE SET host = excluded.host RETURNING id",
+            args![host],
+            |r| r.i64(0),
+        )?
+        .ok_or(StoreError::Null(0))?;
+    db.note_host(host, id);
+    Ok(id)
 }
 
 /// Push back the release of every held event of `repository` to `until` (unix ms): platform
