@@ -157,13 +157,14 @@ fn request_uuid_bytes(id: &str) -> Option<[u8; 16]> {
     (u.hyphenated().encode_lower(&mut buf) == id).then(|| *u.as_bytes())
 }
 
-/// The 4 or 16 bytes of `addr` when it is an IP address in its canonical text.
+/// The 4 or 16 bytes of `addr` when it is an IP address in its canonical text (an IPv4
+/// address that parses is: the parser takes four decimal octets without leading zeros only).
 fn ip_bytes(addr: &str) -> Option<Vec<u8>> {
-    let ip: std::net::IpAddr = addr.parse().ok()?;
-    (ip.to_string() == addr).then(|| match ip {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    })
+    if let Ok(v4) = addr.parse::<std::net::Ipv4Addr>() {
+        return Some(v4.octets().to_vec());
+    }
+    let v6: std::net::Ipv6Addr = addr.parse().ok()?;
+    (v6.to_string() == addr).then(|| v6.octets().to_vec())
 }
 
 /// The text of an IP address from its 4 or 16 bytes.
@@ -189,19 +190,21 @@ fn json_of<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreEr
 }
 
 /// The host of `e`'s resource URL, when the rest of it follows from the row (the host is
-/// then all a body or row must keep of it).
+/// then all a body or row must keep of it): what is left of the URL without
+/// [`resource_path`], found without building it.
 pub fn host_of(e: &Event) -> Option<&str> {
-    let path = resource_path(
-        &e.repository,
-        e.tags.first().map(String::as_str),
-        e.digest.as_deref(),
-    );
-    e.resource_url.strip_suffix(path.as_str())
+    let url = e.resource_url.as_str();
+    let rest = match (e.tags.first(), e.digest.as_deref()) {
+        (Some(t), _) => url.strip_suffix(t.as_str())?.strip_suffix(':')?,
+        (None, Some(d)) => url.strip_suffix(d)?.strip_suffix('@')?,
+        (None, None) => url,
+    };
+    rest.strip_suffix(e.repository.as_str())?.strip_suffix('/')
 }
 
-/// The packed body of `e` (see the module doc); without the resource URL's host when
-/// `host_in_row` (the row names it: [`host_of`]).
-pub fn encode(e: &Event, host_in_row: bool) -> Result<Vec<u8>, StoreError> {
+/// The packed body of `e` (see the module doc): `host` is `e`'s [`host_of`], which the body
+/// leaves out when `host_in_row` (the row names it).
+pub fn encode(e: &Event, host: Option<&str>, host_in_row: bool) -> Result<Vec<u8>, StoreError> {
     // every field named: a field added to `Event` does not compile until it is stored
     let Event {
         id,
@@ -226,7 +229,6 @@ pub fn encode(e: &Event, host_in_row: bool) -> Result<Vec<u8>, StoreError> {
         quota,
         test,
     } = e;
-    let host = host_of(e);
     let sub_ms = sub_ms_of(occurred_at);
     let media_code = media_type.as_deref().and_then(|m| {
         MEDIA_TYPES
@@ -561,7 +563,7 @@ mod tests {
     #[test]
     fn a_pull_packs_into_a_few_dozen_bytes_and_reads_back_whole() {
         let e = pull();
-        let body = encode(&e, false).expect("encode");
+        let body = encode(&e, host_of(&e), false).expect("encode");
         // anonymous, the media type as a code, the host only, the request id as the event's
         assert_eq!(body.first(), Some(&PACKED));
         assert!(body.len() <= 50, "{} bytes: {body:?}", body.len());
@@ -569,7 +571,7 @@ mod tests {
         // the host named by the row instead (schema 22)
         let host = host_of(&e).expect("host");
         assert_eq!(host, "127.0.0.1:45409");
-        let short = encode(&e, true).expect("encode");
+        let short = encode(&e, Some(host), true).expect("encode");
         assert_eq!(short.len(), body.len() - 2 - host.len());
         let row = Columns {
             host: Some(host),
@@ -597,12 +599,42 @@ mod tests {
         e.test = true;
         e.resource_url = "elsewhere.example/x".into();
         e.occurred_at = DateTime::from_timestamp(1_764_806_400, 123_456_789).expect("time");
-        assert_eq!(back(&encode(&e, false).expect("encode"), &e), e);
+        assert_eq!(
+            back(&encode(&e, host_of(&e), false).expect("encode"), &e),
+            e
+        );
         // a request id that is a UUID in wharf's text, not the event's own
         e.request_id = Some("01a2379e-c2b1-76b2-b3ab-8958c36f2211".into());
-        let body = encode(&e, false).expect("encode");
+        let body = encode(&e, host_of(&e), false).expect("encode");
         assert!(!body.windows(8).any(|w| w == b"01a2379e"), "{body:?}");
         assert_eq!(back(&body, &e), e);
+    }
+
+    #[test]
+    fn the_host_is_what_the_resource_path_leaves() {
+        let mut e = pull();
+        for (tags, digest, url, host) in [
+            (vec!["v1"], None, "h:1/bench/app:v1", Some("h:1")),
+            (vec!["v1"], Some("sha256:d"), "h/bench/app:v1", Some("h")),
+            (vec![], Some("sha256:d"), "h/bench/app@sha256:d", Some("h")),
+            (vec![], None, "h/bench/app", Some("h")),
+            (vec![], None, "/bench/app", Some("")),
+            (vec!["v1"], None, "h/bench/app@v1", None),
+            (vec!["v1"], None, "h/other/app:v1", None),
+            (vec![], Some("sha256:d"), "h/bench/app:sha256:d", None),
+            (vec![], None, "hbench/app", None),
+        ] {
+            e.tags = tags.into_iter().map(String::from).collect();
+            e.digest = digest.map(String::from);
+            e.resource_url = url.into();
+            let path = resource_path(
+                &e.repository,
+                e.tags.first().map(String::as_str),
+                e.digest.as_deref(),
+            );
+            assert_eq!(host_of(&e), host, "{url}");
+            assert_eq!(host_of(&e), url.strip_suffix(path.as_str()), "{url}");
+        }
     }
 
     #[test]
@@ -619,7 +651,7 @@ mod tests {
             ("127.0.0.1:5000", false),
         ] {
             e.client_addr = Some(addr.into());
-            let body = encode(&e, false).expect("encode");
+            let body = encode(&e, host_of(&e), false).expect("encode");
             assert_eq!(back(&body, &e), e, "{addr}");
             assert_eq!(
                 body.windows(addr.len()).any(|w| w == addr.as_bytes()),

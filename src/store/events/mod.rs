@@ -153,8 +153,9 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
 /// [`cancel_held`]; otherwise it is published now (its deliveries are created in this
 /// transaction, and the job's [`Db`] notes it as published).
 pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
-    let host_id = body::host_of(event).map(|h| host_id(db, h)).transpose()?;
-    let body = body::encode(event, host_id.is_some())?;
+    let host = body::host_of(event);
+    let host_id = host.map(|h| host_id(db, h)).transpose()?;
+    let body = body::encode(event, host, host_id.is_some())?;
     db.exec_later(
         "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body, host_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
