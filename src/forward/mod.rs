@@ -411,6 +411,11 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
+    /// The client's IP as text, formatted once per connection.
+    pub fn ip_text(&self) -> &HeaderValue {
+        &self.ip
+    }
+
     pub fn new(addr: SocketAddr, tls: bool) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));

@@ -146,6 +146,8 @@ fn client_ip(app: &App, headers: &HeaderMap, ctx: &RequestCtx) -> IpAddr {
 pub struct Who {
     pub operator: String,
     pub ip: IpAddr,
+    /// `ip` as text when the connection has it formatted already (it is the connection's).
+    pub ip_text: Option<HeaderValue>,
     pub user_agent: Option<String>,
     /// The client's credentials, reused for wharf's own reads of that client's artifacts.
     pub authorization: Option<HeaderValue>,
@@ -156,9 +158,11 @@ pub struct Who {
 
 impl Who {
     pub fn of(app: &App, headers: &HeaderMap, ctx: &RequestCtx) -> Who {
+        let ip = client_ip(app, headers, ctx);
         Who {
             operator: crate::events::operator::from_headers(headers, app.token_verifier.as_ref()),
-            ip: client_ip(app, headers, ctx),
+            ip,
+            ip_text: (ip == ctx.conn.addr.ip()).then(|| ctx.conn.ip_text().clone()),
             user_agent: headers
                 .get(header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
@@ -174,7 +178,10 @@ impl Who {
         let mut e = Event::new(kind, repo, &self.operator);
         e.public = app.config.is_public(repo.project());
         e.request_id = Some(self.request_id.clone());
-        e.client_addr = Some(self.ip.to_string());
+        e.client_addr = Some(match self.ip_text.as_ref().and_then(|t| t.to_str().ok()) {
+            Some(text) => text.to_string(),
+            None => self.ip.to_string(),
+        });
         e.user_agent = self.user_agent.clone();
         e
     }

@@ -40,6 +40,7 @@ pub async fn registry_tags_pointing_at(app: &App, repo: &Repository, digest: &st
     let who = Who {
         operator: crate::events::operator::ANONYMOUS.into(),
         ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        ip_text: None,
         user_agent: None,
         authorization: None,
         request_id: String::new(),

@@ -2182,6 +2182,33 @@ async fn sqlite_a_failing_first_job_of_a_batch_takes_nothing_else_with_it() {
     assert!(commits <= 2, "{commits} commits");
 }
 
+/// Insert `e`'s row as a wharf before schema 20 wrote it, published: `body` is its JSON (SQLite
+/// text, PostgreSQL bytes), the time `occurred_ms`.
+fn insert_json_row(
+    c: &wharf::store::Db<'_>,
+    e: &Event,
+    occurred_ms: i64,
+    body: &str,
+) -> Result<u64, StoreError> {
+    use store::db::Value;
+    let body = match c.backend() {
+        store::Backend::Sqlite => Value::Text(body),
+        store::Backend::Postgres => Value::Bytes(body.as_bytes()),
+    };
+    c.exec(
+        "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
+         VALUES (?1, ?2, 'prj', ?3, ?4, ?5, 2, NULL, ?6)",
+        &[
+            Value::from(&e.id),
+            Value::Int(events::type_code(e.kind)),
+            Value::Text(&e.repository),
+            e.digest.as_deref().map_or(Value::Null, Value::Text),
+            Value::Int(occurred_ms),
+            body,
+        ],
+    )
+}
+
 /// Up to 10 events of project `prj` in the log, newest first, held ones included.
 async fn events_of_prj(s: &Store) -> Vec<Event> {
     let f = events::EventFilter {
@@ -2299,36 +2326,16 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
         events::insert(c, &p, None)?;
         events::insert(c, &d, None)?;
         events::insert(c, &od, None)?;
-        // (the id as schema 15 keeps it: its 16 bytes)
-        c.exec(
-            &format!(
-                "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 1, 'prj', 'prj/long', 'sha256:long', 1, 2, NULL, '{}')",
-                serde_json::json!({
-                    "occurred_at": l.occurred_at, "operator": l.operator, "public": false,
-                    "tags": l.tags, "resource_url": l.resource_url, "request_id": l.request_id,
-                })
-            ),
-            wharf::args![&l.id],
-        )?;
-        c.exec(
-            &format!(
-                "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 2, 'prj', 'prj/team/app', 'sha256:pulled', {}, 2, NULL,
-                 '{{\"o\":\"anonymous\",\"p\":true,\"g\":[\"v2\"],\"m\":\"om\",\"h\":\"registry.example:8443\",\"Q\":\"\"}}')",
-                sk.occurred_at.timestamp_millis()
-            ),
-            wharf::args![&sk.id],
-        )?;
+        let long = serde_json::json!({
+            "occurred_at": l.occurred_at, "operator": l.operator, "public": false,
+            "tags": l.tags, "resource_url": l.resource_url, "request_id": l.request_id,
+        });
+        insert_json_row(c, &l, 1, &long.to_string())?;
+        let short =
+            r#"{"o":"anonymous","p":true,"g":["v2"],"m":"om","h":"registry.example:8443","Q":""}"#;
+        insert_json_row(c, &sk, sk.occurred_at.timestamp_millis(), short)?;
         // a row as wharf wrote it before: the whole event in the body
-        c.exec(
-            &format!(
-                "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 1, 'prj', 'prj/old', 'sha256:old', 1, 2, NULL, '{}')",
-                serde_json::to_string(&o2).unwrap()
-            ),
-            wharf::args![&o2.id],
-        )?;
+        insert_json_row(c, &o2, 1, &serde_json::to_string(&o2).unwrap())?;
         Ok(())
     })
     .await
@@ -2609,15 +2616,8 @@ async fn packed_and_json_event_bodies_are_copied() {
     let (p, j) = (packed.clone(), json.clone());
     s.write(move |c| {
         events::insert(c, &p, None)?;
-        c.exec(
-            &format!(
-                "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body)
-                 VALUES (?1, 1, 'prj', 'prj/a', 'sha256:json', {}, 2, NULL,
-                 '{{\"o\":\"alice\",\"h\":\"h.example\"}}')",
-                j.occurred_at.timestamp_millis()
-            ),
-            wharf::args![&j.id],
-        )?;
+        let ms = j.occurred_at.timestamp_millis();
+        insert_json_row(c, &j, ms, r#"{"o":"alice","h":"h.example"}"#)?;
         Ok(())
     })
     .await

@@ -183,10 +183,13 @@ fn resource_path(repository: &str, tag: Option<&str>, digest: Option<&str>) -> S
     Event::oci_resource_url("", repository, tag, digest)
 }
 
-fn json_of<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, StoreError> {
-    v.as_ref()
-        .map(|v| serde_json::to_string(v).map_err(|e| StoreError::Encode(e.into())))
-        .transpose()
+fn encode_error(e: serde_json::Error) -> StoreError {
+    StoreError::Encode(e.into())
+}
+
+/// `v`'s JSON, when there is one.
+fn json_text<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, serde_json::Error> {
+    v.as_ref().map(serde_json::to_string).transpose()
 }
 
 /// The host of `e`'s resource URL, when the rest of it follows from the row (the host is
@@ -258,10 +261,10 @@ pub fn encode(e: &Event, host: Option<&str>, host_in_row: bool) -> Result<Vec<u8
         repository_created: *repository_created,
         platforms: platforms.clone(),
         sub_ms: sub_ms.unwrap_or(0),
-        occurred_at: json_of(&sub_ms.is_none().then_some(occurred_at))?,
-        chart: json_of(chart)?,
-        scan: json_of(scan)?,
-        quota: json_of(quota)?,
+        occurred_at: json_text(&sub_ms.is_none().then_some(occurred_at)).map_err(encode_error)?,
+        chart: json_text(chart).map_err(encode_error)?,
+        scan: json_text(scan).map_err(encode_error)?,
+        quota: json_text(quota).map_err(encode_error)?,
         test: *test,
     };
     let mut out = Vec::with_capacity(1 + packed.encoded_len());
@@ -317,72 +320,44 @@ struct StoredBody {
     test: bool,
 }
 
-/// Whose request id an event has.
-enum RequestId {
-    None,
-    /// The event's own id.
-    Own,
-    Given(String),
-}
-
-/// The fields of a body, whichever its format, before the row's columns complete them.
-struct Parts {
-    occurred_at: Option<DateTime<Utc>>,
-    sub_ms: u32,
-    operator: String,
-    public: bool,
-    repository_created: Option<i64>,
-    tags: Vec<String>,
-    media_type: Option<String>,
-    size: Option<u64>,
-    resource_url: Option<String>,
-    host: Option<String>,
-    platforms: Vec<String>,
-    request_id: RequestId,
-    client_addr: Option<String>,
-    user_agent: Option<String>,
-    chart: Option<ChartInfo>,
-    scan: Option<ScanInfo>,
-    quota: Option<QuotaInfo>,
-    test: bool,
-}
-
-impl TryFrom<StoredBody> for Parts {
+impl TryFrom<StoredBody> for Packed {
     type Error = BodyError;
 
-    fn try_from(b: StoredBody) -> Result<Parts, BodyError> {
+    /// A JSON body in the packed form, so that one decoder ([`decode`]) reads both.
+    fn try_from(b: StoredBody) -> Result<Packed, BodyError> {
         use base64::Engine as _;
-        let request_id = match (b.request_uuid, b.request_id) {
-            (Some(q), _) if q.is_empty() => RequestId::Own,
-            (Some(q), _) => {
-                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        let request_uuid = match b.request_uuid {
+            Some(q) if q.is_empty() => Some(Vec::new()),
+            Some(q) => Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .decode(&q)
                     .ok()
-                    .and_then(|b| uuid::Uuid::from_slice(&b).ok())
-                    .ok_or(BodyError::RequestId(q))?;
-                RequestId::Given(bytes.hyphenated().to_string())
-            }
-            (None, Some(q)) => RequestId::Given(q),
-            (None, None) => RequestId::None,
+                    .filter(|bytes| bytes.len() == 16)
+                    .ok_or(BodyError::RequestId(q))?,
+            ),
+            None => None,
         };
-        Ok(Parts {
-            occurred_at: b.occurred_at,
-            sub_ms: b.sub_ms,
-            operator: b.operator,
-            public: b.public,
-            repository_created: b.repository_created,
-            tags: b.tags,
+        Ok(Packed {
+            operator: Some(b.operator),
+            media_code: None,
             media_type: b.media_type.map(media_type_of_json),
+            request_id: b.request_id.filter(|_| request_uuid.is_none()),
+            request_uuid,
+            client_ip: None,
+            occurred_at: json_text(&b.occurred_at)?,
+            chart: json_text(&b.chart)?,
+            scan: json_text(&b.scan)?,
+            quota: json_text(&b.quota)?,
+            tags: b.tags,
             size: b.size,
-            resource_url: b.resource_url,
             host: b.host,
-            platforms: b.platforms,
-            request_id,
+            resource_url: b.resource_url,
             client_addr: b.client_addr,
             user_agent: b.user_agent,
-            chart: b.chart,
-            scan: b.scan,
-            quota: b.quota,
+            public: b.public,
+            repository_created: b.repository_created,
+            platforms: b.platforms,
+            sub_ms: b.sub_ms,
             test: b.test,
         })
     }
@@ -394,57 +369,6 @@ fn from_json<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>, BodyError> {
     v.map(|v| serde_json::from_str(&v).map_err(|source| BodyError::Field { field, source }))
         .transpose()
-}
-
-impl TryFrom<Packed> for Parts {
-    type Error = BodyError;
-
-    fn try_from(p: Packed) -> Result<Parts, BodyError> {
-        let media_type = match (p.media_code, p.media_type) {
-            (Some(code), _) => Some(
-                MEDIA_TYPES
-                    .get((code as usize).wrapping_sub(1))
-                    .ok_or(BodyError::MediaCode(code))?
-                    .1
-                    .to_string(),
-            ),
-            (None, m) => m,
-        };
-        let request_id = match (p.request_uuid, p.request_id) {
-            (Some(q), _) if q.is_empty() => RequestId::Own,
-            (Some(q), _) => RequestId::Given(
-                uuid::Uuid::from_slice(&q)
-                    .map_err(|_| BodyError::RequestId(hex::encode(&q)))?
-                    .hyphenated()
-                    .to_string(),
-            ),
-            (None, Some(q)) => RequestId::Given(q),
-            (None, None) => RequestId::None,
-        };
-        Ok(Parts {
-            occurred_at: from_json("occurred_at", p.occurred_at)?,
-            sub_ms: p.sub_ms,
-            operator: p.operator.unwrap_or_else(|| ANONYMOUS.to_string()),
-            public: p.public,
-            repository_created: p.repository_created,
-            tags: p.tags,
-            media_type,
-            size: p.size,
-            resource_url: p.resource_url,
-            host: p.host,
-            platforms: p.platforms,
-            request_id,
-            client_addr: match p.client_ip {
-                Some(ip) => Some(ip_text(&ip).ok_or(BodyError::ClientIp(ip.len()))?),
-                None => p.client_addr,
-            },
-            user_agent: p.user_agent,
-            chart: from_json("chart", p.chart)?,
-            scan: from_json("scan", p.scan)?,
-            quota: from_json("quota", p.quota)?,
-            test: p.test,
-        })
-    }
 }
 
 /// What an event's row holds beside its body (see the module doc).
@@ -473,52 +397,71 @@ pub fn decode(body: &[u8], row: Columns<'_>) -> Result<Event, BodyError> {
         occurred_ms,
         host,
     } = row;
-    let b: Parts = match body.first() {
-        Some(&PACKED) => Packed::decode(&body[1..])?.try_into()?,
+    let p: Packed = match body.first() {
+        Some(&PACKED) => Packed::decode(&body[1..])?,
         // the whole event, as written before schema 13
         Some(b'{') if body.starts_with(b"{\"id\":") => return Ok(serde_json::from_slice(body)?),
         Some(b'{') => serde_json::from_slice::<StoredBody>(body)?.try_into()?,
         other => return Err(BodyError::Format(other.copied())),
     };
-    let resource_url = match (b.resource_url, b.host.as_deref().or(host)) {
+    let resource_url = match (p.resource_url, p.host.as_deref().or(host)) {
         (Some(url), _) => url,
         (None, Some(host)) => {
-            let path = resource_path(repository, b.tags.first().map(String::as_str), digest);
+            let path = resource_path(repository, p.tags.first().map(String::as_str), digest);
             format!("{host}{path}")
         }
         (None, None) => return Err(BodyError::NoResourceUrl),
     };
-    let occurred_at = match b.occurred_at {
+    let occurred_at = match from_json("occurred_at", p.occurred_at)? {
         Some(t) => t,
-        None => time_of(occurred_ms, b.sub_ms).ok_or(BodyError::Time(occurred_ms))?,
+        None => time_of(occurred_ms, p.sub_ms).ok_or(BodyError::Time(occurred_ms))?,
     };
-    let request_id = match b.request_id {
-        RequestId::None => None,
-        RequestId::Own => Some(id.hyphenated().to_string()),
-        RequestId::Given(r) => Some(r),
+    let media_type = match (p.media_code, p.media_type) {
+        (Some(code), _) => Some(
+            MEDIA_TYPES
+                .get((code as usize).wrapping_sub(1))
+                .ok_or(BodyError::MediaCode(code))?
+                .1
+                .to_string(),
+        ),
+        (None, m) => m,
+    };
+    let request_id = match (p.request_uuid, p.request_id) {
+        (Some(q), _) if q.is_empty() => Some(id.hyphenated().to_string()),
+        (Some(q), _) => Some(
+            uuid::Uuid::from_slice(&q)
+                .map_err(|_| BodyError::RequestId(hex::encode(&q)))?
+                .hyphenated()
+                .to_string(),
+        ),
+        (None, q) => q,
+    };
+    let client_addr = match p.client_ip {
+        Some(ip) => Some(ip_text(&ip).ok_or(BodyError::ClientIp(ip.len()))?),
+        None => p.client_addr,
     };
     Ok(Event {
         id,
         kind,
         occurred_at,
-        operator: b.operator,
+        operator: p.operator.unwrap_or_else(|| ANONYMOUS.to_string()),
         project: project.to_string(),
         repository: repository.to_string(),
-        public: b.public,
-        repository_created: b.repository_created,
-        tags: b.tags,
+        public: p.public,
+        repository_created: p.repository_created,
+        tags: p.tags,
         digest: digest.map(str::to_string),
-        media_type: b.media_type,
-        size: b.size,
+        media_type,
+        size: p.size,
         resource_url,
-        platforms: b.platforms,
+        platforms: p.platforms,
         request_id,
-        client_addr: b.client_addr,
-        user_agent: b.user_agent,
-        chart: b.chart,
-        scan: b.scan,
-        quota: b.quota,
-        test: b.test,
+        client_addr,
+        user_agent: p.user_agent,
+        chart: from_json("chart", p.chart)?,
+        scan: from_json("scan", p.scan)?,
+        quota: from_json("quota", p.quota)?,
+        test: p.test,
     })
 }
 
