@@ -36,6 +36,8 @@
 #   SOAK_DURATION=600s SOAK_SAMPLE=10 SOAK_RUNS=1 SOAK_IDLE=200 SOAK_SCRAPES=100   soak: how long the
 #                        pulls run, seconds between RSS/fd/backlog/store samples, runs, seconds of
 #                        idleness before the idle RSS, /metrics scrapes timed before and after
+#   SOAK_STORE=sqlite    soak: the store measured (sqlite: the embedded one; pg: a private
+#                        PostgreSQL, its bytes the sum of the public tables, indexes and TOAST)
 #   RECEIVER_BIN=...     webhook receiver (default target/release/examples/webhook_receiver)
 #   TARGETS="direct nginx wharf"       which endpoints are measured
 #   DATA_ON_TMPFS=1      wharf's data_dir (its SQLite database) on the tmpfs too; default: on disk,
@@ -82,6 +84,7 @@ SOAK_SAMPLE=${SOAK_SAMPLE:-10}
 SOAK_RUNS=${SOAK_RUNS:-1}
 SOAK_IDLE=${SOAK_IDLE:-200}
 SOAK_SCRAPES=${SOAK_SCRAPES:-100}
+SOAK_STORE=${SOAK_STORE:-sqlite}
 PG_SYNC=${PG_SYNC:-on}
 PG_NAPTIME=${PG_NAPTIME:-60s}
 RECEIVER_BIN=${RECEIVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/webhook_receiver}
@@ -1390,6 +1393,17 @@ fd_count() { # PID -> open file descriptors
 soak_store_bytes() {
 	find "$1" -maxdepth 1 -type f ! -name '*-wal' ! -name '*-shm' -printf '%s\n' | awk '{ t += $1 } END { printf "%.0f", t }'
 }
+# soak_bytes DIR: the soak store's bytes: SQLite's files in DIR (soak_store_bytes), or with
+# SOAK_STORE=pg PostgreSQL's public tables with their indexes and TOAST (dead tuples included:
+# what the disk holds until a vacuum reuses them).
+soak_bytes() {
+	if [ "$SOAK_STORE" = pg ]; then
+		"$PG_BIN/psql" -qtA -h 127.0.0.1 -p "$PG_PORT" -U bench -d bench_soak -c \
+			"SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace"
+	else
+		soak_store_bytes "$1"
+	fi
+}
 # soak_scrape_ms TARGET: wharf CPU per /metrics scrape (ms), over SOAK_SCRAPES scrapes.
 soak_scrape_ms() {
 	local c0 i
@@ -1412,14 +1426,14 @@ measure_soak() {
 	record soak soak_scrape_start_ms "$t" "$run" "$(soak_scrape_ms "$t")"
 	record soak soak_rss_start "$t" "$run" "$(vm_rss_mib "$pid")"
 	record soak soak_fds_start "$t" "$run" "$(fd_count "$pid")"
-	b0=$(soak_store_bytes "$data")
+	b0=$(soak_bytes "$data")
 	c0=$(cpu_ms "$t")
 	printf 'seconds\trss_mib\tfds\topen_deliveries\tstore_bytes\n' >"$samples"
 	(
 		s0=$(date +%s)
 		while kill -0 "$pid" 2>/dev/null; do
 			printf '%s\t%s\t%s\t%s\t%s\n' "$(($(date +%s) - s0))" "$(vm_rss_mib "$pid")" "$(fd_count "$pid")" \
-				"$(deliveries_open "$t")" "$(soak_store_bytes "$data")" >>"$samples"
+				"$(deliveries_open "$t")" "$(soak_bytes "$data")" >>"$samples"
 			sleep "$SOAK_SAMPLE"
 		done
 	) &
@@ -1443,7 +1457,15 @@ measure_soak() {
 	record soak soak_backlog "$t" "$run" "$backlog"
 	record soak soak_drain_s "$t" "$run" "$secs"
 	record_cpu soak soak_cpu "$t" "$run" "$c0" "$(calc "$n / 1000")"
-	b1=$(soak_store_bytes "$data")
+	b1=$(soak_bytes "$data")
+	if [ "$SOAK_STORE" = pg ]; then
+		# where PostgreSQL's bytes are: each table and index, and the dead tuples not yet vacuumed
+		"$PG_BIN/psql" -qA -F $'\t' -h 127.0.0.1 -p "$PG_PORT" -U bench -d bench_soak -c \
+			"SELECT c.relname, c.relkind, pg_relation_size(c.oid) AS bytes, s.n_live_tup, s.n_dead_tup
+			 FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+			 WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i', 't')
+			 ORDER BY 3 DESC" >"$WORK/soak-pg-relations-r$run.tsv" 2>&1 || true
+	fi
 	record soak soak_store_mb "$t" "$run" "$(calc "($b1 - $b0) / 1000000")"
 	record soak soak_bytes_per_event "$t" "$run" "$(calc "($b1 - $b0) / ${delivered:-1}")"
 	peak=$(awk -F'\t' 'NR > 1 && $2 > m { m = $2 } END { print m + 0 }' "$samples")
@@ -1457,7 +1479,17 @@ measure_soak() {
 scenario_soak() {
 	log "scenario soak: manifest GETs for $SOAK_DURATION (wrk -c$WRK_CONNECTIONS -t$WRK_THREADS) through wharf-soak, every pull delivered to a receiver; samples every ${SOAK_SAMPLE}s"
 	SOAK_PORT=$(free_port)
-	one_instance_scenario wharf-soak "$HOOK_YAML" soak '["PULL_ARTIFACT"]' "$SOAK_PORT" "$SOAK_RUNS" measure_soak
+	local yaml=$HOOK_YAML
+	case "$SOAK_STORE" in
+	sqlite) ;;
+	pg)
+		start_postgres
+		yaml+=$'\n'"store: {url: \"$(new_pg_db bench_soak)\"}"
+		fact soak_store "PostgreSQL (a private cluster, database bench_soak)"
+		;;
+	*) die "SOAK_STORE: unknown store $SOAK_STORE (sqlite or pg)" ;;
+	esac
+	one_instance_scenario wharf-soak "$yaml" soak '["PULL_ARTIFACT"]' "$SOAK_PORT" "$SOAK_RUNS" measure_soak
 	stop_service recv-soak
 }
 

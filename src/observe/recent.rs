@@ -14,7 +14,10 @@
 //! process cannot attribute looks there: a client whose HEAD went to replica A and whose GET
 //! went to replica B still gets its tag. The limit that remains: the background write of A
 //! must have committed before B's pull event is written (a few milliseconds; a client that
-//! pulls faster than that may see a pull reported without its tag).
+//! pulls faster than that may see a pull reported without its tag). A client that resolves the
+//! same tag to the same digest again and again (a poller, a CI loop) refreshes its shared row
+//! at most once per tenth of the TTL ([`SHARE_REFRESH`]), not on every request: another replica
+//! then sees the row for at least nine tenths of the TTL after the client's last resolution.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,31 +32,71 @@ struct Key {
     digest: String,
 }
 
-struct Map<V> {
-    entries: HashMap<Key, (Instant, V)>,
+/// The part of the TTL after which an unchanged entry's shared row is written again.
+const SHARE_REFRESH: u32 = 10;
+
+struct Entry<V> {
+    /// When the client last did it.
+    at: Instant,
+    value: V,
+    /// When this value was last written for other replicas (or would have been).
+    shared: Instant,
 }
 
-impl<V: Clone> Map<V> {
-    fn insert(&mut self, key: Key, value: V, max: usize, ttl: Duration) {
-        if self.entries.len() >= max {
-            let now = Instant::now();
-            self.entries
-                .retain(|_, (t, _)| now.duration_since(*t) < ttl);
+struct Map<V> {
+    entries: HashMap<Key, Entry<V>>,
+}
+
+impl<V: Clone + PartialEq> Map<V> {
+    /// Remember `value` for `key`; whether other replicas must be told (a new key or value, or
+    /// the same one last told more than a [`SHARE_REFRESH`]th of `ttl` ago).
+    fn insert(&mut self, key: Key, value: V, max: usize, ttl: Duration) -> bool {
+        let now = Instant::now();
+        if self.entries.len() >= max && !self.entries.contains_key(&key) {
+            self.entries.retain(|_, e| now.duration_since(e.at) < ttl);
             if self.entries.len() >= max {
-                let mut times: Vec<Instant> = self.entries.values().map(|(t, _)| *t).collect();
+                let mut times: Vec<Instant> = self.entries.values().map(|e| e.at).collect();
                 times.sort();
                 let cut = times[times.len() / 2];
-                self.entries.retain(|_, (t, _)| *t > cut);
+                self.entries.retain(|_, e| e.at > cut);
             }
         }
-        self.entries.insert(key, (Instant::now(), value));
+        match self.entries.get_mut(&key) {
+            Some(e)
+                if e.value == value
+                    && now.duration_since(e.at) < ttl
+                    && now.duration_since(e.shared) < ttl / SHARE_REFRESH =>
+            {
+                e.at = now;
+                false
+            }
+            Some(e) => {
+                *e = Entry {
+                    at: now,
+                    value,
+                    shared: now,
+                };
+                true
+            }
+            None => {
+                self.entries.insert(
+                    key,
+                    Entry {
+                        at: now,
+                        value,
+                        shared: now,
+                    },
+                );
+                true
+            }
+        }
     }
 
     fn get(&self, key: &Key, ttl: Duration) -> Option<V> {
         self.entries
             .get(key)
-            .filter(|(t, _)| t.elapsed() < ttl)
-            .map(|(_, v)| v.clone())
+            .filter(|e| e.at.elapsed() < ttl)
+            .map(|e| e.value.clone())
     }
 }
 
@@ -152,15 +195,16 @@ impl Recent {
         digest: &str,
         tag: &str,
     ) {
-        if let Ok(mut m) = self.tags.lock() {
-            m.insert(
+        let tell = match self.tags.lock() {
+            Ok(mut m) => m.insert(
                 Self::key(ip, operator, repository, digest),
                 tag.to_string(),
                 self.max,
                 self.ttl,
-            );
-        }
-        if self.shared.is_some() {
+            ),
+            Err(_) => true,
+        };
+        if tell && self.shared.is_some() {
             self.share(vec![(
                 client_key(ip, operator),
                 repository.to_string(),
@@ -191,21 +235,24 @@ impl Recent {
         index: &str,
         children: &[String],
     ) {
-        if let Ok(mut m) = self.children.lock() {
-            for c in children {
-                m.insert(
-                    Self::key(ip, operator, repository, c),
-                    index.to_string(),
-                    self.max,
-                    self.ttl,
-                );
-            }
-        }
-        if self.shared.is_some() {
+        let tell: Vec<&String> = match self.children.lock() {
+            Ok(mut m) => children
+                .iter()
+                .filter(|c| {
+                    m.insert(
+                        Self::key(ip, operator, repository, c),
+                        index.to_string(),
+                        self.max,
+                        self.ttl,
+                    )
+                })
+                .collect(),
+            Err(_) => children.iter().collect(),
+        };
+        if self.shared.is_some() && !tell.is_empty() {
             let client = client_key(ip, operator);
             self.share(
-                children
-                    .iter()
+                tell.into_iter()
                     .map(|c| {
                         (
                             client.clone(),
@@ -265,6 +312,32 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(r.tag_for(a, "u", "p/r", "sha256:x"), None);
+    }
+
+    /// A client resolving the same tag again and again tells other replicas once per tenth of
+    /// the TTL, not on every request; a new tag, a new key or an old entry at once.
+    #[test]
+    fn an_unchanged_entry_is_shared_again_only_after_a_tenth_of_the_ttl() {
+        let ttl = Duration::from_millis(200);
+        let mut m: Map<String> = Map {
+            entries: HashMap::new(),
+        };
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let key = |d: &str| Recent::key(a, "u", "p/r", d);
+        assert!(m.insert(key("d1"), "v1".into(), 100, ttl), "new");
+        assert!(
+            !m.insert(key("d1"), "v1".into(), 100, ttl),
+            "the same, just told"
+        );
+        assert!(m.insert(key("d1"), "v2".into(), 100, ttl), "another tag");
+        assert!(m.insert(key("d2"), "v2".into(), 100, ttl), "another digest");
+        std::thread::sleep(ttl / SHARE_REFRESH + Duration::from_millis(5));
+        assert!(
+            m.insert(key("d1"), "v2".into(), 100, ttl),
+            "told a tenth of the TTL ago"
+        );
+        assert!(!m.insert(key("d1"), "v2".into(), 100, ttl));
+        assert_eq!(m.get(&key("d1"), ttl).as_deref(), Some("v2"));
     }
 
     #[test]
