@@ -775,7 +775,7 @@ pub static MIGRATIONS: &[Migration] = &[
     // 22: the host of an event's resource URL (the same for nearly every event of a registry)
     // is kept once, in `hosts`, and an event names it by id (`host_id`) instead of holding it
     // in its body: ~15 bytes less per event with a host as short as `127.0.0.1:5000`. Bodies
-    // written before keep theirs.
+    // written before keep theirs. The table is bounded (`events::MAX_HOSTS`).
     Migration {
         sqlite: r#"
     CREATE TABLE hosts (id INTEGER PRIMARY KEY, host TEXT NOT NULL UNIQUE);

@@ -2554,7 +2554,7 @@ async fn event_types_and_states_are_kept_as_codes(kind: Kind) {
 
 /// The host of events' resource URLs is kept once (`hosts`, schema 22), and a replica reuses
 /// the id it learned only once the row is committed: a job that added a host and rolled back
-/// leaves nothing behind that a later event could name.
+/// leaves nothing behind that a later event could name. The table is bounded.
 async fn a_host_is_kept_once_and_only_committed_ids_are_reused(kind: Kind) {
     let o = open(kind).await;
     let s = &o.store;
@@ -2592,11 +2592,68 @@ async fn a_host_is_kept_once_and_only_committed_ids_are_reused(kind: Kind) {
         let got = s.read(move |c| events::get(c, &id)).await.unwrap();
         assert_eq!(got.as_ref(), Some(e));
     }
-    let hosts = s
-        .read(|c| c.rows("SELECT host FROM hosts ORDER BY host", &[], |r| r.text(0)))
+    // another process (a replica started later: nothing cached) finds the row that is there
+    let a3 = at("a.example");
+    let other_process = match kind {
+        Kind::Sqlite => {
+            s.close().await;
+            Store::open_sqlite(o._dir.path(), Default::default()).unwrap()
+        }
+        Kind::Postgres => Store::open(&pg_config(o.url.as_deref().unwrap()), o._dir.path())
+            .await
+            .unwrap(),
+    };
+    let e3 = a3.clone();
+    other_process
+        .write(move |c| events::insert(c, &e3, None))
         .await
         .unwrap();
-    assert_eq!(hosts, ["a.example", "b.example"]);
+    let id = a3.id.to_string();
+    let got = other_process
+        .read(move |c| events::get(c, &id))
+        .await
+        .unwrap();
+    assert_eq!(got, Some(a3));
+    let hosts = other_process
+        .read(|c| {
+            c.rows(
+                "SELECT h.host, COUNT(e.seq) FROM hosts h LEFT JOIN events e ON e.host_id = h.id GROUP BY h.host ORDER BY h.host",
+                &[],
+                |r| Ok((r.text(0)?, r.i64(1)?)),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        hosts,
+        [("a.example".to_string(), 3), ("b.example".to_string(), 1)]
+    );
+    // the table is bounded (clients choose their `Host`): past its last id, and for a host
+    // longer than a DNS name and port, the host stays in the event's body
+    let long = at(&format!("{}.example", "x".repeat(400)));
+    let late = at("late.example");
+    let (l, t) = (long.clone(), late.clone());
+    other_process
+        .write(move |c| {
+            c.exec("INSERT INTO hosts (id, host) VALUES (10000, 'filler')", &[])?;
+            events::insert(c, &l, None)?;
+            events::insert(c, &t, None)
+        })
+        .await
+        .unwrap();
+    for e in [long, late] {
+        let id = e.id.to_string();
+        let got = other_process
+            .read(move |c| events::get(c, &id))
+            .await
+            .unwrap();
+        assert_eq!(got, Some(e));
+    }
+    let n = other_process
+        .read(|c| c.int("SELECT COUNT(*) FROM hosts", &[]))
+        .await
+        .unwrap();
+    assert_eq!(n, Some(3), "a.example, b.example, filler");
 }
 
 /// `wharf store copy` moves event bodies of both forms an embedded store holds — packed

@@ -154,7 +154,10 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
 /// transaction, and the job's [`Db`] notes it as published).
 pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
     let host = body::host_of(event);
-    let host_id = host.map(|h| host_id(db, h)).transpose()?;
+    let host_id = match host {
+        Some(h) => host_id(db, h)?,
+        None => None,
+    };
     let body = body::encode(event, host, host_id.is_some())?;
     db.exec_later(
         "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body, host_id)
@@ -184,22 +187,49 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
     Ok(())
 }
 
-/// The id of `host` in `hosts` (schema 22), added if new: from this process's cache when it
-/// has seen the row committed, else from the store (the answer is cached after COMMIT).
-fn host_id(db: &Db<'_>, host: &str) -> Result<i64, StoreError> {
-    if let Some(id) = db.cache().and_then(|c| c.host_id(host)) {
-        return Ok(id);
+/// Most rows `hosts` takes (by id): a host seen after that, as one longer than
+/// [`MAX_HOST_LEN`], stays in its event's body. Hosts come from clients' `Host` headers, and a
+/// row of `hosts` is never removed: the bound keeps clients that vary it from growing the table.
+const MAX_HOSTS: i64 = 10_000;
+/// Longest host kept in `hosts` (a DNS name and a port; PostgreSQL's unique index takes keys
+/// of up to about 2.7 kB).
+const MAX_HOST_LEN: usize = 300;
+
+/// The id of `host` in `hosts` (schema 22), added if new and there is room ([`MAX_HOSTS`]):
+/// from this process's cache when it has seen the row committed, else from the store (the
+/// answer is cached after COMMIT). `None`: the host stays in the event's body.
+fn host_id(db: &Db<'_>, host: &str) -> Result<Option<i64>, StoreError> {
+    if host.len() > MAX_HOST_LEN {
+        return Ok(None);
     }
-    let id = db
-        .row(
-            "INSERT INTO hosts (host) VALUES (?1)
-             ON CONFLICT (host) DO UPDATE SET host = excluded.host RETURNING id",
-            args![host],
-            |r| r.i64(0),
-        )?
-        .ok_or(StoreError::Null(0))?;
+    if let Some(id) = db.cache().and_then(|c| c.host_id(host)) {
+        return Ok(Some(id));
+    }
+    let found = db.int("SELECT id FROM hosts WHERE host = ?1", args![host])?;
+    let id = match found {
+        Some(id) => id,
+        None => {
+            let last = db.int("SELECT MAX(id) FROM hosts", &[])?.unwrap_or(0);
+            if last >= MAX_HOSTS {
+                return Ok(None);
+            }
+            // `DO NOTHING`, then a read: a row another transaction just added is neither
+            // rewritten nor locked until COMMIT
+            let inserted = db.row(
+                "INSERT INTO hosts (host) VALUES (?1) ON CONFLICT (host) DO NOTHING RETURNING id",
+                args![host],
+                |r| r.i64(0),
+            )?;
+            match inserted {
+                Some(id) => id,
+                None => db
+                    .int("SELECT id FROM hosts WHERE host = ?1", args![host])?
+                    .ok_or(StoreError::Null(0))?,
+            }
+        }
+    };
     db.note_host(host, id);
-    Ok(id)
+    Ok(Some(id))
 }
 
 /// Push back the release of every held event of `repository` to `until` (unix ms): platform
