@@ -2238,6 +2238,27 @@ async fn body_of(s: &Store, e: &Event) -> Vec<u8> {
     rows.into_iter().flatten().next().unwrap()
 }
 
+/// `e`, read back by its id, is `e` whole.
+async fn assert_reads_back(s: &Store, e: &Event) {
+    let id = e.id.to_string();
+    let got = s.read(move |c| events::get(c, &id)).await.unwrap();
+    assert_eq!(got.as_ref(), Some(e));
+}
+
+/// Each row of `hosts` and how many events name it.
+async fn events_per_host(s: &Store) -> Vec<(String, i64)> {
+    s.read(|c| {
+        c.rows(
+            "SELECT h.host, COUNT(e.seq) FROM hosts h LEFT JOIN events e ON e.host_id = h.id
+             GROUP BY h.host ORDER BY h.host",
+            &[],
+            |r| Ok((r.text(0)?, r.i64(1)?)),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// Whether `body` holds `part`.
 fn holds(body: &[u8], part: impl AsRef<[u8]>) -> bool {
     let part = part.as_ref();
@@ -2365,16 +2386,7 @@ async fn an_event_reads_back_whole_from_its_stored_row(kind: Kind) {
     // a pull's body: the resource URL's host named by the row (schema 22, kept once in
     // `hosts`), no operator when anonymous, the common media types as a code, wharf's request
     // id (a UUID) as its 16 bytes
-    let hosts = s
-        .read(|c| {
-            c.rows(
-                "SELECT h.host, COUNT(*) FROM events e JOIN hosts h ON h.id = e.host_id GROUP BY h.host",
-                &[],
-                |r| Ok((r.text(0)?, r.i64(1)?)),
-            )
-        })
-        .await
-        .unwrap();
+    let hosts = events_per_host(s).await;
     // (`pull`, `by_digest`, `own`; `odd` keeps a resource URL that does not follow from its row)
     assert_eq!(hosts, vec![("registry.example:8443".to_string(), 3)]);
     for (e, public) in [(&pull, true), (&by_digest, false)] {
@@ -2530,9 +2542,7 @@ async fn event_types_and_states_are_kept_as_codes(kind: Kind) {
     let codes: std::collections::BTreeSet<i64> = want.iter().map(|w| w.0).collect();
     assert_eq!(codes.len(), EventKind::ALL.len(), "codes are unique");
     for e in &all {
-        let id = e.id.to_string();
-        let got = s.read(move |c| events::get(c, &id)).await.unwrap();
-        assert_eq!(got.as_ref(), Some(e));
+        assert_reads_back(s, e).await;
     }
     let f = events::EventFilter {
         project: Some("prj".into()),
@@ -2588,9 +2598,7 @@ async fn a_host_is_kept_once_and_only_committed_ids_are_reused(kind: Kind) {
         .await
         .unwrap();
     for e in [&other, &a1, &a2] {
-        let id = e.id.to_string();
-        let got = s.read(move |c| events::get(c, &id)).await.unwrap();
-        assert_eq!(got.as_ref(), Some(e));
+        assert_reads_back(s, e).await;
     }
     // another process (a replica started later: nothing cached) finds the row that is there
     let a3 = at("a.example");
@@ -2608,22 +2616,8 @@ async fn a_host_is_kept_once_and_only_committed_ids_are_reused(kind: Kind) {
         .write(move |c| events::insert(c, &e3, None))
         .await
         .unwrap();
-    let id = a3.id.to_string();
-    let got = other_process
-        .read(move |c| events::get(c, &id))
-        .await
-        .unwrap();
-    assert_eq!(got, Some(a3));
-    let hosts = other_process
-        .read(|c| {
-            c.rows(
-                "SELECT h.host, COUNT(e.seq) FROM hosts h LEFT JOIN events e ON e.host_id = h.id GROUP BY h.host ORDER BY h.host",
-                &[],
-                |r| Ok((r.text(0)?, r.i64(1)?)),
-            )
-        })
-        .await
-        .unwrap();
+    assert_reads_back(&other_process, &a3).await;
+    let hosts = events_per_host(&other_process).await;
     assert_eq!(
         hosts,
         [("a.example".to_string(), 3), ("b.example".to_string(), 1)]
@@ -2642,12 +2636,7 @@ async fn a_host_is_kept_once_and_only_committed_ids_are_reused(kind: Kind) {
         .await
         .unwrap();
     for e in [long, late] {
-        let id = e.id.to_string();
-        let got = other_process
-            .read(move |c| events::get(c, &id))
-            .await
-            .unwrap();
-        assert_eq!(got, Some(e));
+        assert_reads_back(&other_process, &e).await;
     }
     let n = other_process
         .read(|c| c.int("SELECT COUNT(*) FROM hosts", &[]))
@@ -2682,9 +2671,7 @@ async fn packed_and_json_event_bodies_are_copied() {
     let to = open(Kind::Postgres).await;
     wharf::store::copy::copy(s, &to.store, false).await.unwrap();
     for e in [packed, json] {
-        let id = e.id.to_string();
-        let got = to.store.read(move |c| events::get(c, &id)).await.unwrap();
-        assert_eq!(got, Some(e));
+        assert_reads_back(&to.store, &e).await;
     }
 }
 
