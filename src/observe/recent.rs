@@ -61,35 +61,23 @@ impl<V: Clone + PartialEq> Map<V> {
                 self.entries.retain(|_, e| e.at > cut);
             }
         }
-        match self.entries.get_mut(&key) {
-            Some(e)
-                if e.value == value
-                    && now.duration_since(e.at) < ttl
-                    && now.duration_since(e.shared) < ttl / SHARE_REFRESH =>
-            {
-                e.at = now;
-                false
-            }
-            Some(e) => {
-                *e = Entry {
-                    at: now,
-                    value,
-                    shared: now,
-                };
-                true
-            }
-            None => {
-                self.entries.insert(
-                    key,
-                    Entry {
-                        at: now,
-                        value,
-                        shared: now,
-                    },
-                );
-                true
-            }
+        if let Some(e) = self.entries.get_mut(&key)
+            && e.value == value
+            && now.duration_since(e.at) < ttl
+            && now.duration_since(e.shared) < ttl / SHARE_REFRESH
+        {
+            e.at = now;
+            return false;
         }
+        self.entries.insert(
+            key,
+            Entry {
+                at: now,
+                value,
+                shared: now,
+            },
+        );
+        true
     }
 
     fn get(&self, key: &Key, ttl: Duration) -> Option<V> {
@@ -235,20 +223,19 @@ impl Recent {
         index: &str,
         children: &[String],
     ) {
-        let tell: Vec<&String> = match self.children.lock() {
-            Ok(mut m) => children
-                .iter()
-                .filter(|c| {
-                    m.insert(
-                        Self::key(ip, operator, repository, c),
-                        index.to_string(),
-                        self.max,
-                        self.ttl,
-                    )
-                })
-                .collect(),
-            Err(_) => children.iter().collect(),
-        };
+        // the children other replicas must be told of
+        let mut tell: Vec<&String> = Vec::new();
+        match self.children.lock() {
+            Ok(mut m) => {
+                for c in children {
+                    let key = Self::key(ip, operator, repository, c);
+                    if m.insert(key, index.to_string(), self.max, self.ttl) {
+                        tell.push(c);
+                    }
+                }
+            }
+            Err(_) => tell.extend(children),
+        }
         if self.shared.is_some() && !tell.is_empty() {
             let client = client_key(ip, operator);
             self.share(

@@ -318,47 +318,40 @@ pub(crate) fn tune(conn: &Connection) -> rusqlite::Result<()> {
 pub(crate) fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
     use rusqlite::functions::FunctionFlags;
     use rusqlite::types::ValueRef;
-    /// The text of a value kept as bytes, if it is one.
-    type OfBytes = fn(&[u8]) -> Option<String>;
-    let uuid_text: OfBytes = |b| uuid::Uuid::from_slice(b).ok().map(|u| u.to_string());
-    let functions: [(&str, OfBytes); 2] = [
-        ("wharf_digest_text", super::db::sha256_text),
-        ("wharf_uuid_text", uuid_text),
+    /// The text of a value kept in a form of its own (bytes, a code), if it is one.
+    type Convert = fn(ValueRef<'_>) -> Option<String>;
+    let functions: [(&str, Convert); 4] = [
+        ("wharf_digest_text", |v| match v {
+            ValueRef::Blob(b) => super::db::sha256_text(b),
+            _ => None,
+        }),
+        ("wharf_uuid_text", |v| match v {
+            ValueRef::Blob(b) => uuid::Uuid::from_slice(b).ok().map(|u| u.to_string()),
+            _ => None,
+        }),
+        ("wharf_event_type", |v| match v {
+            ValueRef::Integer(c) => events::kind_of_code(c).map(|k| k.harbor_type().to_string()),
+            _ => None,
+        }),
+        ("wharf_event_state", |v| match v {
+            ValueRef::Integer(c) => events::EventState::of_code(c).map(|s| s.name().to_string()),
+            _ => None,
+        }),
     ];
-    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
-    for (name, of_bytes) in functions {
-        conn.create_scalar_function(name, 1, flags, move |ctx| {
-            Ok(match ctx.get_raw(0) {
-                ValueRef::Null => None,
-                ValueRef::Blob(b) => {
-                    Some(of_bytes(b).unwrap_or_else(|| String::from_utf8_lossy(b).into_owned()))
-                }
-                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Integer(i) => Some(i.to_string()),
-                ValueRef::Real(r) => Some(r.to_string()),
-            })
-        })?;
+    /// Any other value as text, NULL as NULL.
+    fn plain_text(v: ValueRef<'_>) -> Option<String> {
+        match v {
+            ValueRef::Null => None,
+            ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Integer(i) => Some(i.to_string()),
+            ValueRef::Real(r) => Some(r.to_string()),
+        }
     }
-    /// The name of a value kept as a code, if it is one.
-    type OfCode = fn(i64) -> Option<&'static str>;
-    let type_name: OfCode = |c| events::kind_of_code(c).map(|k| k.harbor_type());
-    let state_name: OfCode = |c| events::EventState::of_code(c).map(|s| s.name());
-    let functions: [(&str, OfCode); 2] = [
-        ("wharf_event_type", type_name),
-        ("wharf_event_state", state_name),
-    ];
-    for (name, of_code) in functions {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    for (name, convert) in functions {
         conn.create_scalar_function(name, 1, flags, move |ctx| {
-            Ok(match ctx.get_raw(0) {
-                ValueRef::Null => None,
-                ValueRef::Integer(i) => {
-                    Some(of_code(i).map_or_else(|| i.to_string(), str::to_string))
-                }
-                ValueRef::Text(t) | ValueRef::Blob(t) => {
-                    Some(String::from_utf8_lossy(t).into_owned())
-                }
-                ValueRef::Real(r) => Some(r.to_string()),
-            })
+            let v = ctx.get_raw(0);
+            Ok(convert(v).or_else(|| plain_text(v)))
         })?;
     }
     Ok(())

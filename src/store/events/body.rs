@@ -239,10 +239,14 @@ pub fn encode(e: &Event, host: Option<&str>, host_in_row: bool) -> Result<Vec<u8
             .position(|(_, t)| *t == m)
             .map(|i| i as u32 + 1)
     });
-    let request_uuid = match request_id.as_deref() {
-        Some(r) if request_uuid_bytes(r) == Some(*id.as_bytes()) => Some(Vec::new()),
-        r => r.and_then(request_uuid_bytes).map(|b| b.to_vec()),
-    };
+    // the event's own id as nothing but "own"
+    let request_uuid = request_id.as_deref().and_then(request_uuid_bytes).map(|b| {
+        if b == *id.as_bytes() {
+            Vec::new()
+        } else {
+            b.to_vec()
+        }
+    });
     let client_ip = client_addr.as_deref().and_then(ip_bytes);
     let packed = Packed {
         operator: (operator != ANONYMOUS).then(|| operator.clone()),

@@ -205,8 +205,8 @@ fn host_id(db: &Db<'_>, host: &str) -> Result<Option<i64>, StoreError> {
     if let Some(id) = db.cache().and_then(|c| c.host_id(host)) {
         return Ok(Some(id));
     }
-    let found = db.int("SELECT id FROM hosts WHERE host = ?1", args![host])?;
-    let id = match found {
+    let find = || db.int("SELECT id FROM hosts WHERE host = ?1", args![host]);
+    let id = match find()? {
         Some(id) => id,
         None => {
             let last = db.int("SELECT MAX(id) FROM hosts", &[])?.unwrap_or(0);
@@ -222,9 +222,7 @@ fn host_id(db: &Db<'_>, host: &str) -> Result<Option<i64>, StoreError> {
             )?;
             match inserted {
                 Some(id) => id,
-                None => db
-                    .int("SELECT id FROM hosts WHERE host = ?1", args![host])?
-                    .ok_or(StoreError::Null(0))?,
+                None => find()?.ok_or(StoreError::Null(0))?,
             }
         }
     };
