@@ -703,6 +703,15 @@ pub struct LogConfig {
     /// Filter in `tracing` syntax, e.g. `info` or `wharf=debug,info`. `RUST_LOG` wins when set.
     #[serde(default = "defaults::log_level")]
     pub level: String,
+    /// Access-log lines gathered before they are written to standard output (as nginx's
+    /// `access_log … buffer=`); every other line is written at once, after them. `0`: every
+    /// line written as it is logged.
+    #[serde(default = "defaults::log_buffer", with = "bytesize")]
+    pub buffer: u64,
+    /// Gathered access-log lines are written at least this often (nginx's `flush=`); a killed
+    /// process loses at most this much of them.
+    #[serde(default = "defaults::log_flush_interval", with = "duration")]
+    pub flush_interval: Duration,
 }
 
 impl Default for LogConfig {
@@ -710,6 +719,8 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             level: defaults::log_level(),
+            buffer: defaults::log_buffer(),
+            flush_interval: defaults::log_flush_interval(),
         }
     }
 }
@@ -875,6 +886,12 @@ mod defaults {
     }
     pub fn log_level() -> String {
         "info".into()
+    }
+    pub fn log_buffer() -> u64 {
+        64 << 10
+    }
+    pub fn log_flush_interval() -> Duration {
+        Duration::from_secs(1)
     }
     pub fn yes() -> bool {
         true
@@ -1086,6 +1103,8 @@ pub mod bytesize {
 pub const CONFIG_ENV: &str = "WHARF_CONFIG";
 const ENV_PREFIX: &str = "WHARF_";
 
+/// The largest `log.buffer` accepted.
+pub const MAX_LOG_BUFFER: u64 = 16 << 20;
 /// The shortest `admin_password` accepted.
 pub const MIN_ADMIN_PASSWORD_CHARS: usize = 12;
 /// The shortest `side_api_token` accepted.
@@ -1281,6 +1300,18 @@ impl Config {
             if d.is_zero() {
                 return Err(invalid(key, "must be greater than 0"));
             }
+        }
+        if self.log.buffer > MAX_LOG_BUFFER {
+            return Err(invalid(
+                "log.buffer",
+                format!("must be at most {}", bytesize::human(MAX_LOG_BUFFER)),
+            ));
+        }
+        if self.log.buffer > 0 && self.log.flush_interval.is_zero() {
+            return Err(invalid(
+                "log.flush_interval",
+                "must be greater than 0 (or set log.buffer: 0)",
+            ));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));

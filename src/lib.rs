@@ -21,6 +21,8 @@
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
 //! - [`accesslog`]: the JSON access-log line, formatted by wharf itself (the generic formatter's
 //!   output, at a fraction of its cost).
+//! - [`logwriter`]: where log lines go: standard output, access-log lines gathered and written
+//!   together (`log.buffer`, `log.flush_interval`), every other line at once.
 //! - [`api`]: the HTTP API: Harbor's (projects, users, system, webhook policies, executions) with
 //!   Harbor's list conventions, and wharf's own (event log, side endpoint, quota, metrics).
 //! - [`ui`]: the built-in admin UI under `/ui/`: server-rendered pages that read and change
@@ -43,6 +45,7 @@ pub mod events;
 pub mod forward;
 pub mod glob;
 pub mod link;
+pub mod logwriter;
 pub mod metrics;
 pub mod observe;
 pub mod quota;

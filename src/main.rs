@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -156,7 +157,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn migrate(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    init_logging(&config);
+    let _log = init_logging(&config);
     runtime()?.block_on(async move {
         let key = match &config.store.url {
             Some(url) => format!("store.url ({})", url.masked()),
@@ -178,7 +179,7 @@ fn migrate(path: PathBuf) -> anyhow::Result<()> {
 
 fn store_copy(path: PathBuf, to: String, replace: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    init_logging(&config);
+    let _log = init_logging(&config);
     if config.store.url.is_some() {
         anyhow::bail!(
             "store.url is set in {}: the source of a copy is the embedded store (remove store.url, or use a config without it)",
@@ -216,7 +217,7 @@ fn quota_rescan(
 ) -> anyhow::Result<()> {
     use base64::Engine as _;
     let config = Config::load(&path)?;
-    init_logging(&config);
+    let _log = init_logging(&config);
     let authorization = match username {
         Some(user) => {
             let mut password = String::new();
@@ -259,14 +260,24 @@ fn quota_rescan(
     })
 }
 
-fn init_logging(config: &Config) {
+/// Install the log subscriber; the returned output is flushed before the process ends.
+fn init_logging(config: &Config) -> LogOutput {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // (bounded by validation: at most MAX_LOG_BUFFER)
+    let capacity = usize::try_from(config.log.buffer).unwrap_or(usize::MAX);
+    let output = Arc::new(wharf::logwriter::Output::new(std::io::stdout(), capacity));
+    if capacity > 0
+        && let Err(e) = output.flush_every(config.log.flush_interval)
+    {
+        eprintln!("cannot start the log flushing thread: {e}");
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stdout);
+        .with_writer(wharf::logwriter::Shared(output.clone()));
+    let installed = LogOutput(output);
     match config.log.format {
         LogFormat::Json => builder
             .json()
@@ -275,11 +286,21 @@ fn init_logging(config: &Config) {
             .init(),
         LogFormat::Text => builder.init(),
     }
+    installed
+}
+
+/// The log output, written out when dropped (the end of `serve`, also on an error).
+struct LogOutput(Arc<wharf::logwriter::Output<std::io::Stdout>>);
+
+impl Drop for LogOutput {
+    fn drop(&mut self) {
+        let _ = self.0.flush();
+    }
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    init_logging(&config);
+    let _log = init_logging(&config);
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -103,6 +103,12 @@ fn invalid_configs_fail_naming_the_key() {
             None,
             "projects.prj.storage_limit",
         ),
+        (GOOD, Some(("WHARF_LOG__BUFFER", "1GiB")), "log.buffer"),
+        (
+            "upstream: {registry: \"http://x\"}\nadmin_password: s3cret-password\nlog: {flush_interval: 0s}\n",
+            None,
+            "log.flush_interval",
+        ),
     ] {
         let path = write_config(&dir, text);
         let mut cmd = wharf();

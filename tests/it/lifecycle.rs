@@ -248,3 +248,55 @@ async fn json_access_log_has_a_line_per_request_and_sigint_exits_0() {
     assert_eq!(miss["status"], 404);
     assert_eq!(miss["level"], "INFO");
 }
+
+/// Access-log lines are gathered (`log.buffer`) and written every `log.flush_interval`, or
+/// when the process stops gracefully; none is lost by a graceful stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_are_written_every_flush_interval_and_at_a_graceful_stop() {
+    let registry = Registry::start().await;
+    let get = |url: String, rid: &'static str| async move {
+        let r = client()
+            .get(format!("{url}/v2/"))
+            .header("x-request-id", rid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    };
+
+    // held for an hour: only the stop writes it
+    let mut held = WharfBuilder::new(&registry.url())
+        .yaml("log: {level: info, format: json, flush_interval: 1h}")
+        .spawn()
+        .await;
+    get(held.url(), "it-held").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.log().contains("it-held"), "{}", held.log());
+    held.signal("TERM");
+    let status = held.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    let log = held.log();
+    assert_eq!(
+        log.matches("\"request_id\":\"it-held\"").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.find("it-held") < log.find("wharf stopped"),
+        "written before the lines after it: {log}"
+    );
+
+    // a short interval writes it without anything else being logged
+    let flushed = WharfBuilder::new(&registry.url())
+        .yaml("log: {level: info, format: json, flush_interval: 200ms}")
+        .spawn()
+        .await;
+    get(flushed.url(), "it-flushed").await;
+    crate::common::wait_until(
+        "the access line written",
+        Duration::from_secs(10),
+        || async { flushed.log().contains("it-flushed").then_some(()) },
+    )
+    .await;
+}
