@@ -267,11 +267,13 @@ fn init_logging(config: &Config) -> LogOutput {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // (bounded by validation: at most MAX_LOG_BUFFER)
     let capacity = usize::try_from(config.log.buffer).unwrap_or(usize::MAX);
-    let output = Arc::new(wharf::logwriter::Output::new(std::io::stdout(), capacity));
+    let mut output = Arc::new(wharf::logwriter::Output::new(std::io::stdout(), capacity));
     if capacity > 0
         && let Err(e) = output.flush_every(config.log.flush_interval)
     {
-        eprintln!("cannot start the log flushing thread: {e}");
+        // nothing would write held lines on time: hold none
+        eprintln!("cannot start the log flushing thread ({e}): log.buffer is 0");
+        output = Arc::new(wharf::logwriter::Output::new(std::io::stdout(), 0));
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
