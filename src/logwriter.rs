@@ -164,10 +164,15 @@ mod tests {
         }
     }
 
+    /// An output of `capacity` into a fresh sink.
+    fn output(capacity: usize) -> (Sink, Output<Sink>) {
+        let sink = Sink::default();
+        (sink.clone(), Output::new(sink, capacity))
+    }
+
     #[test]
     fn access_lines_are_held_until_another_line_keeping_the_order() {
-        let sink = Sink::default();
-        let out = Output::new(sink.clone(), 1024);
+        let (sink, out) = output(1024);
         out.write_line(b"a1\n", true).unwrap();
         out.write_line(b"a2\n", true).unwrap();
         assert!(sink.writes().is_empty(), "held back");
@@ -182,8 +187,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_is_written_and_a_line_larger_than_it_goes_straight_out() {
-        let sink = Sink::default();
-        let out = Output::new(sink.clone(), 8);
+        let (sink, out) = output(8);
         out.write_line(b"1234\n", true).unwrap();
         out.write_line(b"5678\n", true).unwrap(); // would not fit: the first goes out
         assert_eq!(sink.writes(), ["1234\n"]);
@@ -193,8 +197,7 @@ mod tests {
 
     #[test]
     fn without_a_buffer_every_line_is_written_as_it_comes() {
-        let sink = Sink::default();
-        let out = Output::new(sink.clone(), 0);
+        let (sink, out) = output(0);
         out.write_line(b"a1\n", true).unwrap();
         out.write_line(b"a2\n", true).unwrap();
         assert_eq!(sink.writes(), ["a1\n", "a2\n"]);
