@@ -1,7 +1,7 @@
 //! Where log lines go: standard output, access-log lines gathered in a buffer.
 //!
-//! An access-log line is written on every request; one `write(2)` per line was about two system
-//! calls per proxied request of the ~30 wharf made. As nginx's `access_log … buffer= flush=`,
+//! An access-log line is written on every request; one `write(2)` per line was one of the ~9
+//! system calls of a proxied manifest GET. As nginx's `access_log … buffer= flush=`,
 //! lines of target [`crate::accesslog::TARGET`] are gathered in memory (`log.buffer`, 64 KiB by
 //! default) and written when the buffer is full, when `log.flush_interval` (1 s) has passed, or
 //! when any other line is logged: every other line (start-up, warnings, errors, debug) is
