@@ -27,6 +27,17 @@ struct Held<W> {
     buf: Vec<u8>,
 }
 
+impl<W: Write> Held<W> {
+    /// Write the lines held back, if any.
+    fn write_held(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
 impl<W: Write> Output<W> {
     /// Gather up to `capacity` bytes of access-log lines before writing them (`0`: never).
     pub fn new(out: W, capacity: usize) -> Self {
@@ -42,32 +53,25 @@ impl<W: Write> Output<W> {
     /// Write `line` (one formatted event), held back if `hold` and there is room.
     fn write_line(&self, line: &[u8], hold: bool) -> io::Result<()> {
         let mut held = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Held { out, buf } = &mut *held;
         if hold && self.capacity > 0 {
-            if buf.len() + line.len() > self.capacity && !buf.is_empty() {
-                out.write_all(buf)?;
-                buf.clear();
+            if held.buf.len() + line.len() > self.capacity {
+                held.write_held()?;
             }
             if line.len() <= self.capacity {
-                buf.extend_from_slice(line);
+                held.buf.extend_from_slice(line);
                 return Ok(());
             }
-        } else if !buf.is_empty() {
-            out.write_all(buf)?;
-            buf.clear();
+        } else {
+            held.write_held()?;
         }
-        out.write_all(line)
+        held.out.write_all(line)
     }
 
     /// Write what is held back.
     pub fn flush(&self) -> io::Result<()> {
         let mut held = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Held { out, buf } = &mut *held;
-        if !buf.is_empty() {
-            out.write_all(buf)?;
-            buf.clear();
-        }
-        out.flush()
+        held.write_held()?;
+        held.out.flush()
     }
 }
 
@@ -205,8 +209,8 @@ mod tests {
 
     #[test]
     fn the_flushing_thread_writes_held_lines_and_ends_with_the_output() {
-        let sink = Sink::default();
-        let out = Arc::new(Output::new(sink.clone(), 1024));
+        let (sink, out) = output(1024);
+        let out = Arc::new(out);
         out.flush_every(Duration::from_millis(5)).unwrap();
         out.write_line(b"a1\n", true).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -224,8 +228,8 @@ mod tests {
 
     #[test]
     fn the_subscriber_holds_access_lines_only() {
-        let sink = Sink::default();
-        let out = Arc::new(Output::new(sink.clone(), 1024));
+        let (sink, out) = output(1024);
+        let out = Arc::new(out);
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
             .without_time()
