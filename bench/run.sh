@@ -33,6 +33,9 @@
 #                        replicas on one database (a private cluster the bench starts)
 #   STORE_N=10000        store: deliveries drained per run; PG_SYNC=on its synchronous_commit,
 #                        PG_NAPTIME=60s its autovacuum_naptime
+#   STORE_RECEIVER_DELAY_MS=0   store: the drain's receiver answers each delivery after this many
+#                        ms (a target that takes its time: how far replicas add delivery capacity
+#                        when the target's latency, not the CPU, bounds the drain)
 #   SOAK_DURATION=600s SOAK_SAMPLE=10 SOAK_RUNS=1 SOAK_IDLE=200 SOAK_SCRAPES=100   soak: how long the
 #                        pulls run, seconds between RSS/fd/backlog/store samples, runs, seconds of
 #                        idleness before the idle RSS, /metrics scrapes timed before and after
@@ -79,6 +82,7 @@ DL_DURATION=${DL_DURATION:-10s}
 TD_CONNECTIONS=${TD_CONNECTIONS:-4}
 STORE_BACKENDS=${STORE_BACKENDS:-sqlite pg1 pg2 pg3}
 STORE_N=${STORE_N:-10000}
+STORE_RECEIVER_DELAY_MS=${STORE_RECEIVER_DELAY_MS:-0}
 SOAK_DURATION=${SOAK_DURATION:-600s}
 SOAK_SAMPLE=${SOAK_SAMPLE:-10}
 SOAK_RUNS=${SOAK_RUNS:-1}
@@ -690,11 +694,13 @@ wait_listening() {
 	die "$name did not say 'listening on' within 10 s"
 }
 
-# start_receiver NAME PORT: examples/webhook_receiver (fresh statistics) on 127.0.0.1:PORT.
+# start_receiver NAME PORT [ARGS...]: examples/webhook_receiver (fresh statistics) on
+# 127.0.0.1:PORT, ARGS passed on (--delay-ms N).
 start_receiver() {
 	local name=$1 port=$2
+	shift 2
 	: >"$WORK/$name.log"
-	"$RECEIVER_BIN" --listen "127.0.0.1:$port" >>"$WORK/$name.log" 2>&1 &
+	"$RECEIVER_BIN" --listen "127.0.0.1:$port" "$@" >>"$WORK/$name.log" 2>&1 &
 	PIDS+=($!)
 	PID[$name]=$!
 	RPORT[$name]=$port
@@ -1287,7 +1293,7 @@ measure_store() {
 	local lost
 	lost=$(st_lost "${inst[@]}")
 	[ "$lost" = 0 ] || note "store $b run $run: $lost events lost while generating them"
-	start_receiver "recv-$b" "$port"
+	start_receiver "recv-$b" "$port" --delay-ms "$STORE_RECEIVER_DELAY_MS"
 	[ "$b" != sqlite ] && "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d "bench_$b" -c "SELECT pg_stat_statements_reset()" >/dev/null 2>&1
 	c0=$(st_cpu_ms "${inst[@]}")
 	p0=0
@@ -1377,6 +1383,7 @@ measure_store() {
 scenario_store() {
 	log "scenario store: outbox drain ($STORE_N deliveries), manifest PUT latency and event → delivery latency with the store on $STORE_BACKENDS"
 	start_postgres
+	[ "$STORE_RECEIVER_DELAY_MS" = 0 ] || fact store-drain-receiver "answers every delivery after ${STORE_RECEIVER_DELAY_MS} ms (STORE_RECEIVER_DELAY_MS)"
 	local run b
 	for ((run = 1; run <= RUNS; run++)); do
 		for b in $STORE_BACKENDS; do measure_store "$b" "$run"; done

@@ -1,8 +1,10 @@
 //! A small webhook receiver for the demo and the benchmarks (not part of wharf itself).
 //!
-//! `cargo run --release --example webhook_receiver -- [--listen 127.0.0.1:0] [--print]`
+//! `cargo run --release --example webhook_receiver -- [--listen 127.0.0.1:0] [--print] [--delay-ms N]`
 //!
-//! Prints `listening on <addr>` first. Every POST is answered 200; with `--print` its headers
+//! Prints `listening on <addr>` first. Every POST is answered 200 (after `N` ms with
+//! `--delay-ms`: a target that takes its time, as real ones do, without using CPU while it
+//! waits; the delivery is counted when it arrives); with `--print` its headers
 //! (`name: value` lines), a blank line and the (pretty-printed JSON) body go to stdout. `GET /stats` answers
 //! `{"count", "first_ms", "last_ms", "per_second", "latency_ms": {"p50", "p99", "max"}}` where the
 //! latency of a delivery is its arrival time minus the time inside its `webhook-id` (a UUIDv7:
@@ -54,6 +56,7 @@ async fn handle(
     req: Request<Incoming>,
     stats: Arc<Mutex<Stats>>,
     print: bool,
+    delay: std::time::Duration,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == hyper::Method::GET && req.uri().path() == "/stats" {
         let s = stats.lock().map(|s| {
@@ -107,6 +110,9 @@ async fn handle(
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
         println!("--- webhook received ---\n{head}\n\n{pretty}");
     }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
 }
 
@@ -114,6 +120,7 @@ async fn handle(
 async fn main() -> std::io::Result<()> {
     let mut listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut print = false;
+    let mut delay = std::time::Duration::ZERO;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -123,6 +130,12 @@ async fn main() -> std::io::Result<()> {
                 })?;
             }
             "--print" => print = true,
+            "--delay-ms" => {
+                let ms = args.next().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                    std::io::Error::other("--delay-ms takes a number of milliseconds")
+                })?;
+                delay = std::time::Duration::from_millis(ms);
+            }
             other => return Err(std::io::Error::other(format!("unknown argument {other}"))),
         }
     }
@@ -134,7 +147,7 @@ async fn main() -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let stats = stats.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, stats.clone(), print));
+            let svc = hyper::service::service_fn(move |req| handle(req, stats.clone(), print, delay));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
