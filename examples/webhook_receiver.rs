@@ -147,7 +147,8 @@ async fn main() -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let stats = stats.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, stats.clone(), print, delay));
+            let svc =
+                hyper::service::service_fn(move |req| handle(req, stats.clone(), print, delay));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
