@@ -188,6 +188,11 @@ pub struct ServerConfig {
     /// that does not answer within the same time is closed.
     #[serde(default = "defaults::http2_keep_alive", with = "duration")]
     pub http2_keep_alive: Duration,
+    /// Threads that run wharf's tasks: the proxy, the API and UI, the dispatcher (the store's
+    /// writers and the log's flushing thread are threads of their own). `auto`: one per CPU
+    /// this process may use (its affinity and cgroup quota count).
+    #[serde(default)]
+    pub worker_threads: WorkerThreads,
 }
 
 impl Default for ServerConfig {
@@ -197,6 +202,57 @@ impl Default for ServerConfig {
             idle_timeout: defaults::idle_timeout(),
             max_connections: defaults::max_connections(),
             http2_keep_alive: defaults::http2_keep_alive(),
+            worker_threads: WorkerThreads::default(),
+        }
+    }
+}
+
+/// `server.worker_threads`: `auto` or a number of threads (at least 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WorkerThreads {
+    /// One per CPU this process may use.
+    #[default]
+    Auto,
+    /// This many.
+    Count(usize),
+}
+
+impl WorkerThreads {
+    /// The number of threads to start.
+    pub fn resolve(self) -> usize {
+        match self {
+            WorkerThreads::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            WorkerThreads::Count(n) => n,
+        }
+    }
+}
+
+impl Serialize for WorkerThreads {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WorkerThreads::Auto => s.serialize_str("auto"),
+            WorkerThreads::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerThreads {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            // a negative count is refused by validation, naming the key
+            Raw::Count(n) => Ok(WorkerThreads::Count(usize::try_from(n).unwrap_or(0))),
+            Raw::Text(t) if t.trim() == "auto" => Ok(WorkerThreads::Auto),
+            Raw::Text(t) => t.trim().parse().map(WorkerThreads::Count).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{t:?} is not a number of threads; write auto or a number such as 1"
+                ))
+            }),
         }
     }
 }
@@ -1105,6 +1161,8 @@ const ENV_PREFIX: &str = "WHARF_";
 
 /// The largest `log.buffer` accepted.
 pub const MAX_LOG_BUFFER: u64 = 16 << 20;
+/// The most `server.worker_threads` accepted.
+pub const MAX_WORKER_THREADS: usize = 1024;
 /// The shortest `admin_password` accepted.
 pub const MIN_ADMIN_PASSWORD_CHARS: usize = 12;
 /// The shortest `side_api_token` accepted.
@@ -1315,6 +1373,14 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if let WorkerThreads::Count(n) = self.server.worker_threads
+            && !(1..=MAX_WORKER_THREADS).contains(&n)
+        {
+            return Err(invalid(
+                "server.worker_threads",
+                format!("must be auto or from 1 to {MAX_WORKER_THREADS}"),
+            ));
         }
         if self.upstream.response_timeout.is_zero() {
             return Err(invalid(
@@ -1761,6 +1827,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("tls.cert:"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_are_auto_or_a_count() {
+        let c = load(MIN, &[]).unwrap();
+        assert_eq!(c.server.worker_threads, WorkerThreads::Auto);
+        assert!(c.server.worker_threads.resolve() >= 1);
+        let c = load(&format!("{MIN}server: {{worker_threads: 1}}\n"), &[]).unwrap();
+        assert_eq!(c.server.worker_threads, WorkerThreads::Count(1));
+        assert_eq!(c.server.worker_threads.resolve(), 1);
+        let c = load(&format!("{MIN}server: {{worker_threads: auto}}\n"), &[]).unwrap();
+        assert_eq!(c.server.worker_threads, WorkerThreads::Auto);
+        let c = load(MIN, &[("WHARF_SERVER__WORKER_THREADS", "3")]).unwrap();
+        assert_eq!(c.server.worker_threads, WorkerThreads::Count(3));
+        let c = load(MIN, &[("WHARF_SERVER__WORKER_THREADS", "auto")]).unwrap();
+        assert_eq!(c.server.worker_threads, WorkerThreads::Auto);
+        for bad in ["0", "1025", "many", "-1"] {
+            let err = load(&format!("{MIN}server: {{worker_threads: {bad}}}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("server.worker_threads"), "{bad}: {err}");
+        }
+        // shown as written by check-config
+        let shown = serde_yaml_ng::to_string(&load(MIN, &[]).unwrap().server).unwrap();
+        assert!(shown.contains("worker_threads: auto"), "{shown}");
     }
 
     #[test]

@@ -148,8 +148,15 @@ fn check_config(path: PathBuf, connect: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime of the short commands (migrate, rescan, …): one worker per CPU.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    runtime_with(wharf::config::WorkerThreads::Auto.resolve())
+}
+
+/// A runtime of `workers` worker threads.
+fn runtime_with(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("starting the tokio runtime")
@@ -303,13 +310,16 @@ impl Drop for LogOutput {
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let _log = init_logging(&config);
-    runtime()?.block_on(async move {
+    runtime_with(config.server.worker_threads.resolve())
+        .context("server.worker_threads")?
+        .block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
         let tls = config.tls.is_some();
         let mut running = wharf::Running::start(config, listener).await?;
-        tracing::info!(addr = %running.addr, version = env!("CARGO_PKG_VERSION"), tls, "wharf listening");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(addr = %running.addr, version = env!("CARGO_PKG_VERSION"), tls, workers, "wharf listening");
         tokio::select! {
             res = running.wait() => res?,
             () = shutdown_signal() => running.shutdown().await?,

@@ -109,6 +109,11 @@ fn invalid_configs_fail_naming_the_key() {
             None,
             "log.flush_interval",
         ),
+        (
+            GOOD,
+            Some(("WHARF_SERVER__WORKER_THREADS", "0")),
+            "server.worker_threads",
+        ),
     ] {
         let path = write_config(&dir, text);
         let mut cmd = wharf();

@@ -300,3 +300,30 @@ async fn access_log_lines_are_written_every_flush_interval_and_at_a_graceful_sto
     )
     .await;
 }
+
+/// `server.worker_threads` sets the threads that run the proxy, and says so at start.
+#[tokio::test]
+async fn worker_threads_are_started_as_configured_and_logged() {
+    let registry = Registry::start().await;
+    for n in [1, 3] {
+        let wharf = WharfBuilder::new(&registry.url())
+            .yaml(&format!(
+                "server: {{worker_threads: {n}}}\nlog: {{level: info, format: json}}"
+            ))
+            .spawn()
+            .await;
+        let r = client()
+            .get(format!("{}/v2/", wharf.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let log = wharf.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("wharf listening"))
+            .unwrap_or_else(|| panic!("no start line: {log}"));
+        // (the runtime's own count of its workers)
+        assert!(line.contains(&format!("\"workers\":{n}")), "{line}");
+    }
+}
