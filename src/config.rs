@@ -1239,7 +1239,10 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_yaml_with_env(&text, path, std::env::vars())
+        // the one place that reads the process environment (everything else is handed it)
+        #[allow(clippy::disallowed_methods)]
+        let env = std::env::vars();
+        Self::from_yaml_with_env(&text, path, env)
     }
 
     /// Parse `text` (named `origin` in messages), apply overrides from `env`, validate.

@@ -35,6 +35,9 @@
 //! - [`config`]: the YAML configuration, env overrides, validation.
 
 #![forbid(unsafe_code)]
+// never `unwrap` on input-derived data: outside tests, nothing in the library unwraps at all
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod accesslog;
 pub mod api;

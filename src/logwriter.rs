@@ -84,6 +84,8 @@ impl<W: Write + Send + 'static> Output<W> {
             .name("wharf-log-flush".into())
             .spawn(move || {
                 loop {
+                    // this thread's only job is to wake up every `interval`
+                    #[allow(clippy::disallowed_methods)]
                     std::thread::sleep(interval);
                     match weak.upgrade() {
                         Some(output) => {
@@ -216,6 +218,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while sink.writes().is_empty() {
             assert!(std::time::Instant::now() < deadline, "never flushed");
+            #[allow(clippy::disallowed_methods)] // a synchronous test's own thread
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(sink.writes(), ["a1\n"]);

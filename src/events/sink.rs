@@ -363,6 +363,8 @@ mod tests {
         let sink = Sink::new(store.clone(), Arc::new(Metrics::new()));
         store.write_detached(
             move |_| {
+                // keeps the store's writer thread busy, which is the point
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(hold);
                 Ok(())
             },

@@ -297,6 +297,7 @@ mod tests {
             r.parent_index(a, "u", "p/r", "sha256:c1").as_deref(),
             Some("sha256:idx")
         );
+        #[allow(clippy::disallowed_methods)] // a synchronous test's own thread
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(r.tag_for(a, "u", "p/r", "sha256:x"), None);
     }
@@ -318,6 +319,7 @@ mod tests {
         );
         assert!(m.insert(key("d1"), "v2".into(), 100, ttl), "another tag");
         assert!(m.insert(key("d2"), "v2".into(), 100, ttl), "another digest");
+        #[allow(clippy::disallowed_methods)] // a synchronous test's own thread
         std::thread::sleep(ttl / SHARE_REFRESH + Duration::from_millis(5));
         assert!(
             m.insert(key("d1"), "v2".into(), 100, ttl),

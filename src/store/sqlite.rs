@@ -250,6 +250,8 @@ fn writer_loop(
         }
         if broken.is_some() && dones.is_empty() {
             stats.failed_jobs.fetch_add(failed, Ordering::Relaxed);
+            // the writer's own thread, waiting before it retries a broken database
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(100));
             continue;
         }

@@ -6,10 +6,8 @@ use std::process::Command;
 fn wharf() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wharf"));
     // a stray WHARF_* variable of the test environment must not change the answers
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WHARF_") {
-            c.env_remove(k);
-        }
+    for k in crate::common::tools::wharf_env_vars() {
+        c.env_remove(k);
     }
     c
 }

@@ -573,10 +573,8 @@ async fn check_config(
     let path: PathBuf = work.join(format!("{}.wharf.yaml", case.name));
     std::fs::write(&path, config).unwrap();
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WHARF_") {
-            c.env_remove(k);
-        }
+    for k in tools::wharf_env_vars() {
+        c.env_remove(k);
     }
     for (k, v) in env {
         if k != "WHARF_CONFIG" {
@@ -822,10 +820,8 @@ async fn sidecar_pod_from_the_chart_serves_skopeo_with_the_real_registry() {
     let (_registry, registry_port) = spawn_listening(registry, &d.join("registry.log")).await;
 
     let mut wharf = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WHARF_") {
-            wharf.env_remove(k);
-        }
+    for k in tools::wharf_env_vars() {
+        wharf.env_remove(k);
     }
     for (k, v) in container_env("wharf") {
         wharf.env(k, v);

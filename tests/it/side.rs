@@ -1428,11 +1428,10 @@ async fn wharf_cmd(args: &[&str], stdin: Option<&str>) -> crate::common::CmdOutp
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WHARF_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
+    for k in crate::common::tools::wharf_env_vars() {
+        cmd.env_remove(k);
     }
+    cmd.env_remove("RUST_LOG");
     let command = crate::common::cmd::describe(cmd.as_std());
     let mut child = cmd.spawn().expect("starting the wharf binary");
     let mut input = child.stdin.take().unwrap();

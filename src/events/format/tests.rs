@@ -43,6 +43,7 @@ pub(crate) fn golden_file(name: &str, f: PayloadFormat) -> PathBuf {
 /// Golden files: `fixtures/payloads/<kind>.<format>.json`. `WHARF_BLESS=1` rewrites them.
 #[test]
 fn golden_payloads() {
+    #[allow(clippy::disallowed_methods)] // a test's switch, not configuration
     let bless = std::env::var_os("WHARF_BLESS").is_some();
     let ctx = golden_ctx();
     let mut failures = Vec::new();

@@ -204,7 +204,9 @@ fn start() -> Cluster {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                // the port answers; wait until it accepts logins (startup done)
+                // the port answers; wait until it accepts logins (startup done). Started once
+                // per test run, from a `OnceLock`, before any test uses the cluster.
+                #[allow(clippy::disallowed_methods)]
                 std::thread::sleep(Duration::from_millis(200));
                 return Cluster {
                     port,
@@ -218,6 +220,7 @@ fn start() -> Cluster {
             if let Ok(Some(_)) = child.try_wait() {
                 break;
             }
+            #[allow(clippy::disallowed_methods)] // as above
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = std::fs::read_to_string(&log).unwrap_or_default();

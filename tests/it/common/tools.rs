@@ -106,8 +106,19 @@ fn require(name: &str, what: &str) -> PathBuf {
     })
 }
 
+/// The `WHARF_…` variables of the test's own environment: a wharf the tests start must not see
+/// them (a stray override would change its answers), so each start removes them.
+pub fn wharf_env_vars() -> Vec<String> {
+    #[allow(clippy::disallowed_methods)] // the test process's environment, read, never set
+    let vars = std::env::vars();
+    vars.map(|(k, _)| k)
+        .filter(|k| k.starts_with("WHARF_"))
+        .collect()
+}
+
 /// The first executable file called `name` in a `PATH` directory.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    #[allow(clippy::disallowed_methods)] // the test process's environment, read, never set
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))

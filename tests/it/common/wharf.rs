@@ -128,10 +128,8 @@ impl WharfBuilder {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
         // The test's environment must not reconfigure the child.
-        for (k, _) in std::env::vars() {
-            if k.starts_with("WHARF_") {
-                cmd.env_remove(k);
-            }
+        for k in super::tools::wharf_env_vars() {
+            cmd.env_remove(k);
         }
         let child = cmd.spawn().expect("starting the wharf binary");
         let pid = child.id();
