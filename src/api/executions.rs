@@ -23,7 +23,7 @@ use crate::events::format::{self, RenderCtx};
 use crate::store::executions::{
     self, END_TIME_SQL, ExecutionRow, NOTIFY_TYPE_SQL, STATUS_SQL, VENDOR_TYPE_SQL,
 };
-use crate::store::outbox;
+use crate::store::outbox::{self, DeliveryState};
 
 /// An unset execution or task time, as Harbor writes it.
 pub const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -45,13 +45,13 @@ enum Status {
 }
 
 impl Status {
-    /// Of a delivery state (`pending`, `running`, `succeeded`, `dead`).
-    fn of(state: &str) -> Status {
+    /// Of a delivery's state.
+    fn of(state: DeliveryState) -> Status {
         match state {
-            "succeeded" => Status::Success,
-            "dead" => Status::Error,
-            "running" => Status::Running,
-            _ => Status::Pending,
+            DeliveryState::Succeeded => Status::Success,
+            DeliveryState::Dead => Status::Error,
+            DeliveryState::Running => Status::Running,
+            DeliveryState::Pending => Status::Pending,
         }
     }
 
@@ -131,7 +131,7 @@ pub(super) fn execution_view(
     external_url: Option<&str>,
 ) -> Value {
     let d = &row.delivery;
-    let status = Status::of(&d.state);
+    let status = Status::of(d.state);
     let message = match status {
         Status::Pending if d.attempts > 0 => format!(
             "retry {} of {max_retry} due at {}; last error: {}",
@@ -186,7 +186,7 @@ fn job_view(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> 
         "policy_id": d.policy_id,
         "event_type": d.event_type,
         "notify_type": if is_slack(row) { "slack" } else { "http" },
-        "status": Status::of(&d.state).name(),
+        "status": Status::of(d.state).name(),
         "job_detail": payload(row, policy, external_url),
         "creation_time": super::webhooks::rfc3339_ms(d.created_at),
         "update_time": super::webhooks::rfc3339_ms(d.updated_at),

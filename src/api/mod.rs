@@ -122,16 +122,11 @@ async fn metrics(
 ) -> Result<Response, ApiError> {
     let app = s.app()?;
     if let Ok(counts) = app.store.read(crate::store::outbox::counts).await {
-        for state in ["pending", "running", "succeeded", "dead"] {
-            let n = counts
-                .iter()
-                .find(|(s, _)| s == state)
-                .map(|(_, n)| *n)
-                .unwrap_or(0);
+        for (state, n) in counts {
             app.metrics
                 .outbox
                 .get_or_create(&crate::metrics::StateLabels {
-                    state: state.to_string(),
+                    state: state.as_str().to_string(),
                 })
                 .set(n as i64);
         }

@@ -86,13 +86,15 @@ pub enum StoreError {
     #[error(transparent)]
     Setup(Arc<pg::PgSetupError>),
     #[error("database task failed: {0}")]
-    Task(String),
+    Task(#[source] Arc<tokio::task::JoinError>),
     #[error("database: column {0} is NULL where a value was expected")]
     Null(usize),
     #[error("database: column {0} does not hold a UUID")]
     NotUuid(usize),
     #[error("database: column {0} does not hold a digest")]
     NotDigest(usize),
+    #[error("database: column {column} holds {value:?}, not a delivery state")]
+    NotDeliveryState { column: usize, value: String },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -544,14 +546,14 @@ impl Store {
                 BackendImpl::Postgres(_) => Err(StoreError::Closed),
             })
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))?,
+            .map_err(|e| StoreError::Task(Arc::new(e)))?,
             BackendImpl::Postgres(pg) => {
                 let conn = pg.pool.acquire().await?;
                 tokio::task::spawn_blocking(
                     move || f(&Db::postgres(&conn).with_cache(&inner.cache)),
                 )
                 .await
-                .map_err(|e| StoreError::Task(e.to_string()))?
+                .map_err(|e| StoreError::Task(Arc::new(e)))?
             }
         }
     }
@@ -713,7 +715,7 @@ async fn migrate_pg(pool: &Arc<pg::Pg>) -> Result<i64, StoreError> {
         result
     })
     .await
-    .map_err(|e| StoreError::Task(e.to_string()))?
+    .map_err(|e| StoreError::Task(Arc::new(e)))?
 }
 
 /// `(text, count)` rows of a grouping query such as `SELECT state, COUNT(*) … GROUP BY state`.

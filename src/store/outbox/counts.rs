@@ -1,5 +1,6 @@
 //! Deliveries by state, for `/metrics`: a cost that follows the queue, not the history.
 
+use super::DeliveryState;
 use crate::store::StoreError;
 use crate::store::db::{Backend, Db};
 
@@ -12,11 +13,20 @@ pub const COUNTS_SQL: &str = "SELECT 'pending', COUNT(*) FROM deliveries WHERE s
      UNION ALL SELECT 'running', COUNT(*) FROM deliveries WHERE state = 'running'
      UNION ALL SELECT state, CAST(SUM(n) AS BIGINT) FROM delivery_counts GROUP BY state";
 
-/// See [`COUNTS_SQL`].
-pub fn counts(db: &Db<'_>) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut counts = crate::store::grouped_counts(db, COUNTS_SQL)?;
-    counts.sort();
-    Ok(counts)
+/// See [`COUNTS_SQL`]: every state, with 0 for those that have no delivery.
+pub fn counts(db: &Db<'_>) -> Result<Vec<(DeliveryState, u64)>, StoreError> {
+    let rows = crate::store::grouped_counts(db, COUNTS_SQL)?;
+    Ok(DeliveryState::ALL
+        .into_iter()
+        .map(|state| {
+            let n = rows
+                .iter()
+                .filter(|(name, _)| name == state.as_str())
+                .map(|(_, n)| n)
+                .sum();
+            (state, n)
+        })
+        .collect())
 }
 
 /// Count the deliveries in final states afresh: the counters' rows become one per state, in

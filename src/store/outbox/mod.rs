@@ -32,6 +32,44 @@ use super::{StoreError, now_ms, policies};
 use crate::args;
 use crate::events::Event;
 
+/// Where a delivery is: its `state` column (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Due at `not_before`.
+    Pending,
+    /// Claimed: an attempt is under way (or its replica died and the lease will tell).
+    Running,
+    /// An attempt succeeded.
+    Succeeded,
+    /// Retries exhausted, or the target is gone; redeliverable.
+    Dead,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Pending,
+        DeliveryState::Running,
+        DeliveryState::Succeeded,
+        DeliveryState::Dead,
+    ];
+
+    /// The name in the database, the API and `/metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Running => "running",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    /// Of its name ([`as_str`](Self::as_str)).
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        DeliveryState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
 /// The dispatcher of this process, as fan-out sees it: a delivery that can be attempted at once
 /// is created already claimed by this process (state `running`, under a lease), and handed to
 /// the dispatcher after COMMIT — no claim transaction, no entry in the index of pending
@@ -134,8 +172,8 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
             };
             let admitted = db.intake().and_then(|intake| intake.admit(&t.address));
             let (state, lease) = match &admitted {
-                Some(a) => ("running", Some(a.lease)),
-                None => ("pending", None),
+                Some(a) => (DeliveryState::Running, Some(a.lease)),
+                None => (DeliveryState::Pending, None),
             };
             let args = args![
                 &event.id,
@@ -144,7 +182,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                 &t.address,
                 target_id,
                 now,
-                state,
+                state.as_str(),
                 lease.map(|l| l.token),
                 lease.map(|l| l.until)
             ];
@@ -207,5 +245,17 @@ mod tests {
                 .collect();
             assert!(aborts.is_empty(), "{sql}: {aborts:?}");
         }
+    }
+
+    /// A state's name in the database is its name in the API's JSON, and reads back as itself;
+    /// a name that is none of them is no state.
+    #[test]
+    fn delivery_states_are_named_once() {
+        for state in DeliveryState::ALL {
+            assert_eq!(DeliveryState::parse(state.as_str()), Some(state));
+            assert_eq!(serde_json::json!(state), serde_json::json!(state.as_str()));
+        }
+        assert_eq!(DeliveryState::parse("Running"), None);
+        assert_eq!(DeliveryState::parse(""), None);
     }
 }

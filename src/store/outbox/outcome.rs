@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::claim::{OUTCOME_DEFAULT_PLANNING_PG, OUTCOME_PLANNING_PG, dispatcher_planning};
-use super::sqlite_or_fail;
+use super::{DeliveryState, sqlite_or_fail};
 use crate::args;
 use crate::store::db::{Backend, Db, json};
 use crate::store::{StoreError, now_ms, policies};
@@ -36,11 +36,11 @@ pub enum Next {
 
 impl Next {
     /// The delivery's state and, for a retry, its due time.
-    fn state(self) -> (&'static str, Option<i64>) {
+    fn state(self) -> (DeliveryState, Option<i64>) {
         match self {
-            Next::Succeeded => ("succeeded", None),
-            Next::RetryAt(t) => ("pending", Some(t)),
-            Next::Dead => ("dead", None),
+            Next::Succeeded => (DeliveryState::Succeeded, None),
+            Next::RetryAt(t) => (DeliveryState::Pending, Some(t)),
+            Next::Dead => (DeliveryState::Dead, None),
         }
     }
 }
@@ -100,7 +100,7 @@ pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), St
         sqlite_or_fail(db, OUTCOME_SQL_SQLITE, OUTCOME_SQL),
         args![
             a.delivery_id,
-            state,
+            state.as_str(),
             not_before,
             a.status_code.map(i64::from),
             a.error.as_deref().or(a.error_kind.as_deref()),

@@ -1,5 +1,6 @@
 //! Sending deliveries again: one, or every dead one of a policy.
 
+use super::DeliveryState;
 use crate::args;
 use crate::dispatch::policy::Target;
 use crate::store::db::Db;
@@ -42,11 +43,14 @@ pub fn redeliver(db: &Db<'_>, policy_id: i64, delivery_id: i64) -> Result<Redeli
         "SELECT d.target_index, d.state, CASE WHEN EXISTS (SELECT 1 FROM delivery_targets t WHERE t.id = d.target_id) THEN 1 ELSE 0 END
          FROM deliveries d WHERE d.id = ?1 AND d.policy_id = ?2",
         args![delivery_id, policy_id],
-        |r| Ok((r.i64(0)?, r.text(1)?, r.opt_i64(2)?.unwrap_or(0) != 0)),
+        |r| {
+            let running = DeliveryState::parse(&r.text(1)?) == Some(DeliveryState::Running);
+            Ok((r.i64(0)?, running, r.opt_i64(2)?.unwrap_or(0) != 0))
+        },
     )?;
     let (idx, own_version) = match row {
         None => return Ok(Redelivery::NotFound),
-        Some((_, state, _)) if state == "running" => return Ok(Redelivery::Running),
+        Some((_, true, _)) => return Ok(Redelivery::Running),
         Some((idx, _, own)) => (idx, own),
     };
     let now = now_ms();

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::Attempt;
+use super::{Attempt, DeliveryState};
 use crate::args;
 use crate::store::StoreError;
 use crate::store::db::{Db, Row};
@@ -15,7 +15,7 @@ pub struct DeliveryView {
     pub event_type: String,
     pub policy_id: i64,
     pub target_address: String,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: u32,
     /// unix ms
     pub not_before: i64,
@@ -34,7 +34,13 @@ pub(in crate::store) fn view(r: &Row<'_>) -> Result<DeliveryView, StoreError> {
         event_type: r.text(2)?,
         policy_id: r.i64(3)?,
         target_address: r.text(4)?,
-        state: r.text(5)?,
+        state: {
+            let name = r.text(5)?;
+            DeliveryState::parse(&name).ok_or(StoreError::NotDeliveryState {
+                column: 5,
+                value: name,
+            })?
+        },
         attempts: r.i64(6)?.max(0) as u32,
         not_before: r.i64(7)?,
         created_at: r.i64(8)?,
@@ -55,10 +61,11 @@ const VIEW_FROM: &str = "deliveries d LEFT JOIN events e ON e.seq = d.event_seq"
 pub fn list_for_policy(
     db: &Db<'_>,
     policy_id: i64,
-    state: Option<&str>,
+    state: Option<DeliveryState>,
     offset: usize,
     limit: usize,
 ) -> Result<(Vec<DeliveryView>, usize), StoreError> {
+    let state = state.map(DeliveryState::as_str);
     let total = db
         .int(
             "SELECT COUNT(*) FROM deliveries WHERE policy_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR state = ?2)",
