@@ -70,6 +70,18 @@ pub struct App {
 }
 
 impl App {
+    /// The handles quota work uses ([`crate::quota`]).
+    pub fn quota(&self) -> crate::quota::Quota<'_> {
+        crate::quota::Quota {
+            store: &self.store,
+            registry: &self.registry,
+            blob_sizes: &self.blob_sizes,
+            projects: &self.config.projects,
+            settings: &self.config.quota,
+            lapse: self.config.upstream.response_timeout + std::time::Duration::from_secs(60),
+        }
+    }
+
     /// Build the app: upstream clients, database, API router.
     pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
         let config = Arc::new(config);

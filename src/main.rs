@@ -244,7 +244,7 @@ fn quota_rescan(
     };
     runtime()?.block_on(async move {
         let app = wharf::app::App::build(config).await?;
-        let report = wharf::quota::rescan(&app, authorization).await;
+        let report = wharf::quota::rescan(app.quota(), authorization).await;
         app.store.close().await;
         let report = report?;
         println!(

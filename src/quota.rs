@@ -29,14 +29,33 @@
 //! the same instant — through one replica or several — cannot take a project past its limit.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
-use crate::app::App;
 use crate::config::bytesize::human;
+use crate::config::{ProjectConfig, QuotaConfig};
 use crate::events::{Event, EventKind};
+use crate::forward::{ForwardError, Upstream};
 use crate::observe::manifest::{self, ACCEPT_ALL, Facts};
-use crate::store::{Db, StoreError, knowledge, quota};
+use crate::store::{Db, Store, StoreError, knowledge, quota};
+
+/// What quota work uses of a process, and nothing else: the store, the registry (blob sizes,
+/// rescans), the cache of sizes it reported, and the configuration it reads. `App::quota`
+/// hands one out.
+#[derive(Clone, Copy)]
+pub struct Quota<'a> {
+    pub store: &'a Store,
+    pub registry: &'a Upstream,
+    pub blob_sizes: &'a BlobSizes,
+    /// `projects`: each project's `storage_limit`.
+    pub projects: &'a BTreeMap<String, ProjectConfig>,
+    /// `quota`.
+    pub settings: &'a QuotaConfig,
+    /// How long a reservation is held before it lapses by itself (a process that died while
+    /// the registry took the manifest): `upstream.response_timeout` and a minute.
+    pub lapse: Duration,
+}
 
 /// Harbor's wording of a refused push.
 pub fn exceed_message(adding: u64, usage: u64, limit: u64) -> String {
@@ -105,12 +124,12 @@ impl BlobSizes {
 
 /// The registry's size of blob `digest` of `repo` (HEAD with `headers`, cached); `None` when
 /// the registry does not say.
-async fn blob_size(app: &App, repo: &str, digest: &str, headers: &HeaderMap) -> Option<u64> {
-    if let Some(s) = app.blob_sizes.get(digest) {
+async fn blob_size(q: Quota<'_>, repo: &str, digest: &str, headers: &HeaderMap) -> Option<u64> {
+    if let Some(s) = q.blob_sizes.get(digest) {
         return Some(s);
     }
     let path = format!("/v2/{repo}/blobs/{digest}");
-    let (parts, _) = app
+    let (parts, _) = q
         .registry
         .fetch(Method::HEAD, &path, headers.clone(), 0)
         .await
@@ -125,15 +144,15 @@ async fn blob_size(app: &App, repo: &str, digest: &str, headers: &HeaderMap) -> 
         .ok()?
         .parse::<u64>()
         .ok()?;
-    app.blob_sizes.put(digest, size);
+    q.blob_sizes.put(digest, size);
     Some(size)
 }
 
 /// The blobs of `declared` with the sizes the registry reports (blobs it does not know keep
 /// their declared size: the registry refuses the manifest then), or the first blob whose
 /// declared size is not the registry's. At most 8 HEADs at a time.
-pub async fn real_sizes(
-    app: &App,
+async fn real_sizes(
+    q: Quota<'_>,
     repo: &str,
     declared: &[(String, u64)],
     headers: &HeaderMap,
@@ -142,7 +161,7 @@ pub async fn real_sizes(
     let answers: Vec<(String, u64, Option<u64>)> =
         futures_util::stream::iter(declared.iter().cloned())
             .map(|(d, size)| async move {
-                let actual = blob_size(app, repo, &d, headers).await;
+                let actual = blob_size(q, repo, &d, headers).await;
                 (d, size, actual)
             })
             .buffered(8)
@@ -160,14 +179,9 @@ pub async fn real_sizes(
 
 /// Decide about a manifest about to be pushed to `repo` (see the module doc). `headers`
 /// carry the client's credentials for the size checks.
-pub async fn admit(app: &App, repo: &str, facts: &Facts, headers: &HeaderMap) -> Admission {
+pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap) -> Admission {
     let project = repo.split('/').next().unwrap_or(repo).to_string();
-    let Some(limit) = app
-        .config
-        .projects
-        .get(&project)
-        .and_then(|p| p.storage_limit)
-    else {
+    let Some(limit) = q.projects.get(&project).and_then(|p| p.storage_limit) else {
         return Admission::Allowed {
             blobs: facts.blobs.clone(),
             reservation: None,
@@ -175,7 +189,7 @@ pub async fn admit(app: &App, repo: &str, facts: &Facts, headers: &HeaderMap) ->
     };
     // only blobs the project does not count yet need the registry's word
     let (p, all) = (project.clone(), facts.blobs.clone());
-    let new: Vec<(String, u64)> = match app
+    let new: Vec<(String, u64)> = match q
         .store
         .read(move |c| {
             let mut new = Vec::new();
@@ -198,7 +212,7 @@ pub async fn admit(app: &App, repo: &str, facts: &Facts, headers: &HeaderMap) ->
             };
         }
     };
-    let measured = match real_sizes(app, repo, &new, headers).await {
+    let measured = match real_sizes(q, repo, &new, headers).await {
         Ok(m) => m,
         Err((digest, declared, actual)) => {
             return Admission::SizeMismatch {
@@ -216,10 +230,9 @@ pub async fn admit(app: &App, repo: &str, facts: &Facts, headers: &HeaderMap) ->
     }
     let now = crate::store::now_ms();
     // held while the registry takes the manifest; lapses if this process dies meanwhile
-    let lapse = app.config.upstream.response_timeout + std::time::Duration::from_secs(60);
-    let expires = now + lapse.as_millis() as i64;
+    let expires = now + q.lapse.as_millis() as i64;
     let (p, wanted) = (project.clone(), blobs.clone());
-    match app
+    match q
         .store
         .write(move |c| quota::reserve(c, &p, &wanted, limit, now, expires))
         .await
@@ -252,9 +265,9 @@ pub async fn admit(app: &App, repo: &str, facts: &Facts, headers: &HeaderMap) ->
 }
 
 /// Give a reservation back (the push did not happen), in the background.
-pub fn release(app: &App, reservation: Option<i64>) {
+pub fn release(store: &Store, reservation: Option<i64>) {
     if let Some(id) = reservation {
-        app.store.write_detached(
+        store.write_detached(
             move |c| quota::release(c, id),
             |r| {
                 if let Err(e) = r {
@@ -315,14 +328,10 @@ pub struct ProjectQuota {
 }
 
 /// Report a project's quota.
-pub async fn project_quota(app: &App, project: &str) -> Result<ProjectQuota, StoreError> {
+pub async fn project_quota(q: Quota<'_>, project: &str) -> Result<ProjectQuota, StoreError> {
     let p = project.to_string();
-    let usage = app.store.read(move |c| quota::usage(c, &p)).await?;
-    let limit = app
-        .config
-        .projects
-        .get(project)
-        .and_then(|p| p.storage_limit);
+    let usage = q.store.read(move |c| quota::usage(c, &p)).await?;
+    let limit = q.projects.get(project).and_then(|p| p.storage_limit);
     Ok(ProjectQuota {
         project: project.to_string(),
         limit,
@@ -330,7 +339,7 @@ pub async fn project_quota(app: &App, project: &str) -> Result<ProjectQuota, Sto
         used_percent: limit
             .filter(|l| *l > 0)
             .map(|l| (usage as f64 * 10000.0 / l as f64).round() / 100.0),
-        warning_threshold: app.config.quota.warning_threshold,
+        warning_threshold: q.settings.warning_threshold,
         limit_human: limit.map(human),
         usage_human: human(usage),
     })
@@ -340,7 +349,17 @@ pub async fn project_quota(app: &App, project: &str) -> Result<ProjectQuota, Sto
 #[derive(Debug, thiserror::Error)]
 pub enum RescanError {
     #[error("registry: {0}")]
-    Registry(String),
+    Registry(#[from] ForwardError),
+    #[error("registry: GET {path}: HTTP {status}")]
+    Status { path: String, status: StatusCode },
+    #[error("registry: GET {path}: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("registry: GET /v2/_catalog: HTTP 404 (does the registry serve the catalog API?)")]
+    NoCatalog,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -361,33 +380,33 @@ fn next_link(h: &HeaderMap) -> Option<String> {
 
 /// GET a JSON document and the `Link` to its next page; `None` on 404.
 async fn get_json(
-    app: &App,
+    registry: &Upstream,
     path: &str,
     headers: &HeaderMap,
 ) -> Result<Option<(serde_json::Value, Option<String>)>, RescanError> {
-    let (parts, body) = app
-        .registry
+    let (parts, body) = registry
         .fetch(Method::GET, path, headers.clone(), 64 << 20)
-        .await
-        .map_err(|e| RescanError::Registry(e.to_string()))?;
+        .await?;
     if parts.status == StatusCode::NOT_FOUND {
         return Ok(None);
     }
     if parts.status != StatusCode::OK {
-        return Err(RescanError::Registry(format!(
-            "GET {path}: HTTP {}",
-            parts.status
-        )));
+        return Err(RescanError::Status {
+            path: path.to_string(),
+            status: parts.status,
+        });
     }
-    let v = serde_json::from_slice(&body)
-        .map_err(|e| RescanError::Registry(format!("GET {path}: {e}")))?;
+    let v = serde_json::from_slice(&body).map_err(|source| RescanError::Json {
+        path: path.to_string(),
+        source,
+    })?;
     Ok(Some((v, next_link(&parts.headers))))
 }
 
 /// Every string of array `field` over all pages of a paginated list (`Link: <…>; rel="next"`);
 /// `None` when the first page is 404.
 async fn list_all(
-    app: &App,
+    registry: &Upstream,
     first: &str,
     field: &str,
     headers: &HeaderMap,
@@ -395,7 +414,7 @@ async fn list_all(
     let mut out = Vec::new();
     let mut next = Some(first.to_string());
     while let Some(path) = next.take() {
-        let Some((v, link)) = get_json(app, &path, headers).await? else {
+        let Some((v, link)) = get_json(registry, &path, headers).await? else {
             return Ok(if out.is_empty() { None } else { Some(out) });
         };
         out.extend(
@@ -412,20 +431,18 @@ async fn list_all(
 
 /// GET a manifest and parse it; `None` (logged) when it is not readable or not a manifest.
 async fn read_manifest(
-    app: &App,
+    registry: &Upstream,
     path: &str,
     headers: &HeaderMap,
 ) -> Result<Option<(Facts, String)>, RescanError> {
-    let (parts, body) = app
-        .registry
+    let (parts, body) = registry
         .fetch(
             Method::GET,
             path,
             headers.clone(),
             manifest::MAX_MANIFEST_BYTES,
         )
-        .await
-        .map_err(|e| RescanError::Registry(e.to_string()))?;
+        .await?;
     if parts.status != StatusCode::OK {
         tracing::warn!(%path, status = parts.status.as_u16(), "rescan: manifest not readable, skipped");
         return Ok(None);
@@ -450,7 +467,7 @@ async fn read_manifest(
 /// Record one manifest: knowledge, and quota references (with the registry's blob sizes)
 /// when it is new to wharf.
 async fn record_manifest(
-    app: &App,
+    q: Quota<'_>,
     repo: &str,
     digest: &str,
     tag: Option<&str>,
@@ -458,13 +475,13 @@ async fn record_manifest(
     headers: &HeaderMap,
 ) -> Result<bool, StoreError> {
     let mut row = facts.artifact(repo, digest, None);
-    row.blobs = match real_sizes(app, repo, &row.blobs, headers).await {
+    row.blobs = match real_sizes(q, repo, &row.blobs, headers).await {
         Ok(b) => b,
         Err((blob, declared, actual)) => {
             tracing::warn!(repository = repo, %digest, %blob, declared, actual, "rescan: a blob's declared size is not the registry's; counted with the registry's");
             let mut fixed = row.blobs.clone();
             for b in fixed.iter_mut() {
-                if let Some(s) = blob_size(app, repo, &b.0, headers).await {
+                if let Some(s) = blob_size(q, repo, &b.0, headers).await {
                     b.1 = s;
                 }
             }
@@ -472,7 +489,7 @@ async fn record_manifest(
         }
     };
     let tag = tag.map(str::to_string);
-    app.store
+    q.store
         .write(move |c| {
             let new = knowledge::artifact(c, &row.repository, &row.digest)?.is_none();
             if new {
@@ -488,7 +505,7 @@ async fn record_manifest(
 /// Walk the registry's catalog and learn every tagged manifest (see the module doc).
 /// `authorization` is sent to the registry when it needs credentials.
 pub async fn rescan(
-    app: &App,
+    q: Quota<'_>,
     authorization: Option<HeaderValue>,
 ) -> Result<RescanReport, RescanError> {
     let mut headers = HeaderMap::new();
@@ -498,45 +515,41 @@ pub async fn rescan(
     let mut manifest_headers = headers.clone();
     manifest_headers.insert(http::header::ACCEPT, HeaderValue::from_static(ACCEPT_ALL));
     let mut report = RescanReport::default();
-    let Some(repos) = list_all(app, "/v2/_catalog?n=1000", "repositories", &headers).await? else {
-        return Err(RescanError::Registry(
-            "GET /v2/_catalog: HTTP 404 (does the registry serve the catalog API?)".into(),
-        ));
+    let Some(repos) = list_all(q.registry, "/v2/_catalog?n=1000", "repositories", &headers).await?
+    else {
+        return Err(RescanError::NoCatalog);
     };
     for repo in repos {
         report.repositories += 1;
         // a repository without any tag (only untagged manifests, or all deleted) is 404
         let first = format!("/v2/{repo}/tags/list?n=1000");
-        let Some(tags) = list_all(app, &first, "tags", &headers).await? else {
+        let Some(tags) = list_all(q.registry, &first, "tags", &headers).await? else {
             tracing::debug!(%repo, "rescan: no tags, skipped");
             continue;
         };
         for tag in tags {
             let path = format!("/v2/{repo}/manifests/{tag}");
-            let Some((facts, digest)) = read_manifest(app, &path, &manifest_headers).await? else {
+            let Some((facts, digest)) = read_manifest(q.registry, &path, &manifest_headers).await?
+            else {
                 continue;
             };
             report.manifests += 1;
             report.newly_counted += usize::from(
-                record_manifest(app, &repo, &digest, Some(&tag), &facts, &headers).await?,
+                record_manifest(q, &repo, &digest, Some(&tag), &facts, &headers).await?,
             );
             for child in facts.child_digests() {
                 let path = format!("/v2/{repo}/manifests/{child}");
-                if let Ok(Some((f, _))) = read_manifest(app, &path, &manifest_headers).await {
+                if let Ok(Some((f, _))) = read_manifest(q.registry, &path, &manifest_headers).await
+                {
                     report.manifests += 1;
                     report.newly_counted +=
-                        usize::from(record_manifest(app, &repo, &child, None, &f, &headers).await?);
+                        usize::from(record_manifest(q, &repo, &child, None, &f, &headers).await?);
                 }
             }
         }
     }
-    app.store.write(quota::recount).await?;
-    report.usage = app
-        .store
-        .read(quota::all_usage)
-        .await?
-        .into_iter()
-        .collect();
+    q.store.write(quota::recount).await?;
+    report.usage = q.store.read(quota::all_usage).await?.into_iter().collect();
     Ok(report)
 }
 

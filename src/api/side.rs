@@ -394,7 +394,7 @@ pub async fn project_quota(
         )));
     }
     auth::require_project_admin(&app, &headers, &project).await?;
-    let q = crate::quota::project_quota(&app, &project)
+    let q = crate::quota::project_quota(app.quota(), &project)
         .await
         .map_err(|e| ApiError::internal("reading the quota failed", e))?;
     Ok(Json(q))

@@ -72,7 +72,7 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
     let facts = manifest::parse(&body, content_type.as_deref()).ok();
     let (blobs, reservation) = match &facts {
         None => (Vec::new(), None),
-        Some(f) => match quota::admit(app, repo.as_str(), f, &who.headers("*/*")).await {
+        Some(f) => match quota::admit(app.quota(), repo.as_str(), f, &who.headers("*/*")).await {
             Admission::Allowed { blobs, reservation } => (blobs, reservation),
             Admission::Exceeded {
                 adding,
@@ -125,12 +125,12 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
     let resp = match forwarded {
         Ok(r) => r,
         Err(e) => {
-            quota::release(app, reservation);
+            quota::release(&app.store, reservation);
             return forward_failed(&app.registry, e, ctx);
         }
     };
     let Some(facts) = facts.filter(|_| resp.status() == StatusCode::CREATED) else {
-        quota::release(app, reservation);
+        quota::release(&app.store, reservation);
         return resp.map(Body::new);
     };
     let digest = header_str(resp.headers(), &DOCKER_CONTENT_DIGEST)
@@ -209,7 +209,7 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
         Ok(true)
     });
     if !app.events.durable(e, hold_until, Some(with)).await {
-        quota::release(app, reservation);
+        quota::release(&app.store, reservation);
     }
     resp.map(Body::new)
 }

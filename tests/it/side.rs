@@ -1458,6 +1458,52 @@ fn write_config(builder: &WharfBuilder, dir: &Path, data_dir: &Path) -> String {
     path.display().to_string()
 }
 
+/// A rescan that cannot read the registry fails and says why, naming what it asked: no
+/// catalog API (404), a catalog that is not JSON, another status, nothing listening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescan_says_why_the_registry_could_not_be_scanned() {
+    use axum::routing::get;
+    async fn serve(router: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    }
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let cases = [
+        (
+            serve(axum::Router::new()).await,
+            "registry: GET /v2/_catalog: HTTP 404 (does the registry serve the catalog API?)"
+                .to_string(),
+        ),
+        (
+            serve(axum::Router::new().route("/v2/_catalog", get(|| async { "not json" }))).await,
+            "registry: GET /v2/_catalog?n=1000: expected ident at line 1 column 2".to_string(),
+        ),
+        (
+            serve(axum::Router::new().route(
+                "/v2/_catalog",
+                get(|| async { http::StatusCode::UNAUTHORIZED }),
+            ))
+            .await,
+            "registry: GET /v2/_catalog?n=1000: HTTP 401 Unauthorized".to_string(),
+        ),
+        (closed, "registry unreachable".to_string()),
+    ];
+    for (registry, expected) in cases {
+        let work = work_dir();
+        let builder = Wharf::builder(&registry).yaml(&base_yaml());
+        let config = write_config(&builder, work.path(), &work.path().join("data"));
+        let out = wharf_cmd(&["quota", "rescan", "--config", &config], None)
+            .await
+            .assert_failure();
+        assert!(out.stderr.contains(&expected), "{expected}\n{out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rescan_learns_usage_of_content_pushed_before_wharf() {
     let work = work_dir();
