@@ -33,8 +33,24 @@ use crate::route::{self, Route};
 /// Errors setting up the listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    #[error("tls: tls.cert {}: {source}", .path.display())]
+    Cert {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("tls: tls.cert {}: no certificate found", .0.display())]
+    NoCert(std::path::PathBuf),
+    #[error("tls: tls.key {}: {source}", .path.display())]
+    Key {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("tls: {0}")]
-    Tls(String),
+    Protocols(#[source] rustls::Error),
+    #[error("tls: certificate and key do not fit: {0}")]
+    Mismatch(#[source] rustls::Error),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -46,26 +62,29 @@ pub fn tls_acceptor(
 ) -> Result<TlsAcceptor, ServerError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad_cert = |source| ServerError::Cert {
+        path: cert.to_path_buf(),
+        source,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| ServerError::Tls(format!("tls.cert {}: {e}", cert.display())))?
+        .map_err(bad_cert)?
         .collect::<Result<_, _>>()
-        .map_err(|e| ServerError::Tls(format!("tls.cert {}: {e}", cert.display())))?;
+        .map_err(bad_cert)?;
     if certs.is_empty() {
-        return Err(ServerError::Tls(format!(
-            "tls.cert {}: no certificate found",
-            cert.display()
-        )));
+        return Err(ServerError::NoCert(cert.to_path_buf()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServerError::Tls(format!("tls.key {}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::Key {
+        path: key.to_path_buf(),
+        source,
+    })?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| ServerError::Tls(e.to_string()))?
+    .map_err(ServerError::Protocols)?
     .with_no_client_auth()
     .with_single_cert(certs, key)
-    .map_err(|e| ServerError::Tls(format!("certificate and key do not fit: {e}")))?;
+    .map_err(ServerError::Mismatch)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -706,6 +725,64 @@ async fn ready(app: &App) -> Response<Body> {
 mod tests {
     use super::*;
     use http::Version;
+
+    /// Each way the TLS files can be wrong is refused at start with the key and the file named,
+    /// and the error keeps its cause.
+    #[test]
+    fn bad_tls_files_are_refused_naming_the_key_and_file() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let pair = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (cert, key) = pair();
+        let (_, other_key) = pair();
+        let cert = write("cert.pem", &cert);
+        let key = write("key.pem", &key);
+        let other_key = write("other.pem", &other_key);
+        let empty = write("empty.pem", "");
+        let missing = dir.path().join("missing.pem");
+        assert!(tls_acceptor(&cert, &key).is_ok());
+        let err = |c: &std::path::Path, k: &std::path::Path| match tls_acceptor(c, k) {
+            Ok(_) => panic!("accepted {c:?} and {k:?}"),
+            Err(e) => e,
+        };
+        let e = err(&missing, &key);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("tls: tls.cert {}: ", missing.display())),
+            "{e}"
+        );
+        assert!(e.source().is_some(), "{e:?}");
+        let e = err(&empty, &key);
+        assert_eq!(
+            e.to_string(),
+            format!("tls: tls.cert {}: no certificate found", empty.display())
+        );
+        let e = err(&cert, &empty);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("tls: tls.key {}: ", empty.display())),
+            "{e}"
+        );
+        let e = err(&cert, &other_key);
+        assert!(
+            e.to_string()
+                .starts_with("tls: certificate and key do not fit: "),
+            "{e}"
+        );
+        assert!(e.source().is_some(), "{e:?}");
+    }
 
     fn host(
         hosts: &[&str],

@@ -26,7 +26,9 @@ pub enum ClientError {
     #[error("notification.ca_bundle {path}: {reason}")]
     CaBundle { path: String, reason: String },
     #[error("webhook client: {0}")]
-    Build(String),
+    Tls(#[source] rustls::Error),
+    #[error("webhook client: {0}")]
+    Build(#[source] reqwest::Error),
 }
 
 /// Why an attempt failed (recorded with the attempt by its [`name`](FailureKind::name)).
@@ -256,7 +258,7 @@ impl Sender {
         let tls = |verify: bool| -> Result<rustls::ClientConfig, ClientError> {
             let b = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
-                .map_err(|e| ClientError::Build(e.to_string()))?;
+                .map_err(ClientError::Tls)?;
             let mut cfg = if verify {
                 b.with_root_certificates(roots(ca_bundle)?)
                     .with_no_client_auth()
@@ -281,7 +283,7 @@ impl Sender {
                 .tcp_nodelay(true)
                 .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|e| ClientError::Build(e.to_string()))
+                .map_err(ClientError::Build)
         };
         Ok(Sender {
             verify: build(tls(true)?)?,

@@ -26,8 +26,14 @@ pub struct Blocked {
 pub enum TargetError {
     #[error("{0}")]
     Url(String),
-    #[error("cannot resolve {host}: {reason}")]
-    Resolve { host: String, reason: String },
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("cannot resolve {host}: no address")]
+    NoAddress { host: String },
     #[error(transparent)]
     Blocked(#[from] Blocked),
 }
@@ -168,13 +174,12 @@ impl Guard {
             .await
             .map_err(|e| TargetError::Resolve {
                 host: host.to_string(),
-                reason: e.to_string(),
+                source: Arc::new(e),
             })?
             .collect();
         if addrs.is_empty() {
-            return Err(TargetError::Resolve {
+            return Err(TargetError::NoAddress {
                 host: host.to_string(),
-                reason: "no address".into(),
             });
         }
         for a in addrs {

@@ -110,9 +110,9 @@ impl Facts {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("not a JSON manifest: {0}")]
-    Json(String),
+    Json(#[source] serde_json::Error),
     #[error("not an image manifest or index: {0}")]
-    Shape(String),
+    Shape(#[source] serde_json::Error),
 }
 
 #[derive(Deserialize)]
@@ -140,8 +140,7 @@ fn platform_of(d: &Descriptor) -> Option<String> {
 
 /// Parse a manifest body; `content_type` is the request's or response's Content-Type.
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestError> {
-    let probe: Probe =
-        serde_json::from_slice(body).map_err(|e| ManifestError::Json(e.to_string()))?;
+    let probe: Probe = serde_json::from_slice(body).map_err(ManifestError::Json)?;
     let media_type = probe
         .media_type
         .clone()
@@ -149,8 +148,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestE
     let is_index = media_type.as_deref().is_some_and(is_index_type)
         || (media_type.is_none() && probe.manifests.is_some());
     if is_index {
-        let index = serde_json::from_slice::<ImageIndex>(body)
-            .map_err(|e| ManifestError::Shape(e.to_string()))?;
+        let index = serde_json::from_slice::<ImageIndex>(body).map_err(ManifestError::Shape)?;
         let children = index
             .manifests()
             .iter()
@@ -176,8 +174,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<Facts, ManifestE
             chart_layer_size: None,
         });
     }
-    let m = serde_json::from_slice::<ImageManifest>(body)
-        .map_err(|e| ManifestError::Shape(e.to_string()))?;
+    let m = serde_json::from_slice::<ImageManifest>(body).map_err(ManifestError::Shape)?;
     let config = m.config();
     let mut blobs = vec![(config.digest().to_string(), config.size())];
     blobs.extend(
