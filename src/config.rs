@@ -45,6 +45,10 @@ pub enum ConfigError {
     /// `upstream.ca_bundle`, `client_cert` or `client_key` cannot be used (names the key).
     #[error(transparent)]
     UpstreamTls(#[from] crate::forward::TlsError),
+    /// A certificate or key file (`tls.cert`, `tls.key`, `notification.ca_bundle`, the
+    /// `sslrootcert` of `store.url`) cannot be used (names the key).
+    #[error(transparent)]
+    Pem(#[from] crate::pem::PemError),
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -1401,6 +1405,10 @@ impl Config {
                     ));
                 }
             }
+            crate::server::tls_acceptor(&tls.cert, &tls.key).map_err(|e| match e {
+                crate::server::ServerError::Pem(e) => ConfigError::Pem(e),
+                other => invalid("tls.key", other.to_string()),
+            })?;
         }
         if let Some(url) = &self.store.url {
             let target = url.parse().map_err(|reason| invalid("store.url", reason))?;
@@ -1411,6 +1419,13 @@ impl Config {
                     "store.url",
                     format!("sslrootcert {} is not a readable file", ca.display()),
                 ));
+            }
+            if let Some(ca) = &target.sslrootcert {
+                crate::pem::add_roots(
+                    &mut rustls::RootCertStore::empty(),
+                    crate::store::pg::SSLROOTCERT_KEY,
+                    ca,
+                )?;
             }
         } else if self.store.password_file.is_some() {
             return Err(invalid(
@@ -1512,6 +1527,13 @@ impl Config {
                 "notification.ca_bundle",
                 format!("{} is not a readable file", p.display()),
             ));
+        }
+        if let Some(p) = &n.ca_bundle {
+            crate::pem::add_roots(
+                &mut rustls::RootCertStore::empty(),
+                "notification.ca_bundle",
+                p,
+            )?;
         }
         if self.users.failed_login_burst == 0 {
             return Err(invalid("users.failed_login_burst", "must be at least 1"));
@@ -2271,6 +2293,69 @@ mod tests {
         ] {
             let err = load(&up(extra), &[]).unwrap_err().to_string();
             assert!(err.starts_with(&format!("{key}: ")), "{extra}: {err}");
+            assert!(err.contains(why), "{extra}: {err}");
+        }
+    }
+
+    /// The listener's files, the webhook client's CA bundle and PostgreSQL's `sslrootcert` are
+    /// read at validation (check-config too), not first when wharf starts serving.
+    #[test]
+    fn tls_files_are_checked_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let cert = write("cert.pem", &cert.pem());
+        let key = write("key.pem", &key.serialize_pem());
+        let other = write("other.pem", &other.serialize_pem());
+        let junk = write("junk.pem", "not a certificate\n");
+        let pg = |root: &str| {
+            format!(
+                "store: {{url: \"postgres://w@127.0.0.1/w?sslmode=verify-full&sslrootcert={root}\"}}"
+            )
+        };
+        for ok in [
+            format!("tls: {{cert: \"{cert}\", key: \"{key}\"}}"),
+            format!("notification: {{ca_bundle: \"{cert}\"}}"),
+            pg(&cert),
+        ] {
+            load(&format!("{MIN}{ok}\n"), &[]).unwrap();
+        }
+        for (extra, key, why) in [
+            (
+                format!("tls: {{cert: \"{junk}\", key: \"{key}\"}}"),
+                "tls.cert",
+                "no certificate",
+            ),
+            (
+                format!("tls: {{cert: \"{cert}\", key: \"{cert}\"}}"),
+                "tls.key",
+                "no private key",
+            ),
+            (
+                format!("tls: {{cert: \"{cert}\", key: \"{other}\"}}"),
+                "tls.key",
+                "do not fit",
+            ),
+            (
+                format!("notification: {{ca_bundle: \"{junk}\"}}"),
+                "notification.ca_bundle",
+                "no certificate",
+            ),
+            (pg(&junk), "store.url", "no certificate"),
+        ] {
+            let err = load(&format!("{MIN}{extra}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{extra}: {err}");
             assert!(err.contains(why), "{extra}: {err}");
         }
     }

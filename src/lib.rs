@@ -30,6 +30,7 @@
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`glob`]: checking the glob patterns of filters before they are stored.
+//! - [`pem`]: certificates and keys from PEM files, for every TLS set-up; errors name the key.
 //! - [`link`]: the `next` link of paginated registry answers.
 //! - [`app`]: the state of one process, built from [`config`].
 //! - [`config`]: the YAML configuration, env overrides, validation.
@@ -51,6 +52,7 @@ pub mod link;
 pub mod logwriter;
 pub mod metrics;
 pub mod observe;
+pub mod pem;
 pub mod quota;
 pub mod route;
 pub mod server;

@@ -33,20 +33,8 @@ use crate::route::{self, Route};
 /// Errors setting up the listener.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("tls: tls.cert {}: {source}", .path.display())]
-    Cert {
-        path: std::path::PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("tls: tls.cert {}: no certificate found", .0.display())]
-    NoCert(std::path::PathBuf),
-    #[error("tls: tls.key {}: {source}", .path.display())]
-    Key {
-        path: std::path::PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error(transparent)]
+    Pem(#[from] crate::pem::PemError),
     #[error("tls: {0}")]
     Protocols(#[source] rustls::Error),
     #[error("tls: certificate and key do not fit: {0}")]
@@ -60,23 +48,8 @@ pub fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<TlsAcceptor, ServerError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let bad_cert = |source| ServerError::Cert {
-        path: cert.to_path_buf(),
-        source,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(bad_cert)?
-        .collect::<Result<_, _>>()
-        .map_err(bad_cert)?;
-    if certs.is_empty() {
-        return Err(ServerError::NoCert(cert.to_path_buf()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServerError::Key {
-        path: key.to_path_buf(),
-        source,
-    })?;
+    let certs = crate::pem::certs("tls.cert", cert)?;
+    let key = crate::pem::private_key("tls.key", key)?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -760,20 +733,25 @@ mod tests {
         let e = err(&missing, &key);
         assert!(
             e.to_string()
-                .starts_with(&format!("tls: tls.cert {}: ", missing.display())),
+                .starts_with(&format!("tls.cert: {}: ", missing.display())),
             "{e}"
         );
         assert!(e.source().is_some(), "{e:?}");
         let e = err(&empty, &key);
         assert_eq!(
             e.to_string(),
-            format!("tls: tls.cert {}: no certificate found", empty.display())
+            format!(
+                "tls.cert: {} holds no certificate in PEM form",
+                empty.display()
+            )
         );
         let e = err(&cert, &empty);
-        assert!(
-            e.to_string()
-                .starts_with(&format!("tls: tls.key {}: ", empty.display())),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "tls.key: {} holds no private key in PEM form",
+                empty.display()
+            )
         );
         let e = err(&cert, &other_key);
         assert!(

@@ -23,8 +23,8 @@ pub const EXCERPT_BYTES: usize = 512;
 /// Errors building the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("notification.ca_bundle {path}: {reason}")]
-    CaBundle { path: String, reason: String },
+    #[error(transparent)]
+    CaBundle(#[from] crate::pem::PemError),
     #[error("webhook client: {0}")]
     Tls(#[source] rustls::Error),
     #[error("webhook client: {0}")]
@@ -220,30 +220,9 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 }
 
 fn roots(ca_bundle: Option<&std::path::Path>) -> Result<rustls::RootCertStore, ClientError> {
-    let mut store = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = store.add(cert);
-    }
-    if store.is_empty() {
-        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
+    let mut store = crate::pem::system_roots();
     if let Some(path) = ca_bundle {
-        use rustls_pki_types::pem::PemObject;
-        let bad = |reason: String| ClientError::CaBundle {
-            path: path.display().to_string(),
-            reason,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| bad(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no certificate found".into()));
-        }
-        for c in certs {
-            store.add(c).map_err(|e| bad(e.to_string()))?;
-        }
+        crate::pem::add_roots(&mut store, "notification.ca_bundle", path)?;
     }
     Ok(store)
 }

@@ -24,7 +24,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,8 +40,6 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::oneshot;
 
 use crate::config::UpstreamConfig;
@@ -98,7 +96,7 @@ pub enum ForwardError {
     Setup {
         upstream: &'static str,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
 }
 
@@ -169,19 +167,8 @@ pub fn oci_error(
 /// config key it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{key}: {}: {source}", path.display())]
-    Pem {
-        key: &'static str,
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{key}: {} holds no {what} in PEM form", path.display())]
-    Empty {
-        key: &'static str,
-        path: PathBuf,
-        what: &'static str,
-    },
+    #[error(transparent)]
+    Pem(#[from] crate::pem::PemError),
     #[error("{key}: {}: {source}", path.display())]
     Rejected {
         key: &'static str,
@@ -202,15 +189,7 @@ pub enum TlsError {
 /// roots when it is empty) plus `upstream.ca_bundle`, and the client certificate of
 /// `upstream.client_cert`/`client_key` when set.
 pub fn client_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A system certificate rustls cannot use is skipped, as the webhook client does.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    build_tls(cfg, roots)
+    build_tls(cfg, crate::pem::system_roots())
 }
 
 /// Read and check the files of `upstream.ca_bundle`, `client_cert` and `client_key` (for the
@@ -224,14 +203,7 @@ fn build_tls(
     mut roots: rustls::RootCertStore,
 ) -> Result<rustls::ClientConfig, TlsError> {
     if let Some(path) = &cfg.ca_bundle {
-        let key = "upstream.ca_bundle";
-        for cert in read_certs(key, path)? {
-            roots.add(cert).map_err(|source| TlsError::Rejected {
-                key,
-                path: path.clone(),
-                source,
-            })?;
-        }
+        crate::pem::add_roots(&mut roots, "upstream.ca_bundle", path)?;
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -250,19 +222,8 @@ fn build_tls(
             other: "upstream.client_key",
         }),
         (Some(cert), Some(key_path)) => {
-            let chain = read_certs("upstream.client_cert", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| match source {
-                rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
-                    key: "upstream.client_key",
-                    path: key_path.clone(),
-                    what: "private key",
-                },
-                source => TlsError::Pem {
-                    key: "upstream.client_key",
-                    path: key_path.clone(),
-                    source,
-                },
-            })?;
+            let chain = crate::pem::certs("upstream.client_cert", cert)?;
+            let key = crate::pem::private_key("upstream.client_key", key_path)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|source| TlsError::Rejected {
@@ -272,27 +233,6 @@ fn build_tls(
                 })
         }
     }
-}
-
-/// Every certificate of a PEM file; none is an error.
-fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = |source| TlsError::Pem {
-        key,
-        path: path.to_path_buf(),
-        source,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(pem)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem)?;
-    if certs.is_empty() {
-        return Err(TlsError::Empty {
-            key,
-            path: path.to_path_buf(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
 }
 
 /// What a client may be told about a TLS failure: the certificate problem, without names or
@@ -481,7 +421,7 @@ impl Upstream {
         http.set_keepalive(Some(Duration::from_secs(60)));
         let tls = client_tls(cfg).map_err(|source| ForwardError::Setup {
             upstream: name,
-            source,
+            source: Box::new(source),
         })?;
         let connector = TimeoutConnector {
             inner: hyper_rustls::HttpsConnectorBuilder::new()

@@ -37,13 +37,16 @@ use super::StoreError;
 use super::db::{OwnedValue, Value, to_postgres};
 use crate::config::{PgTarget, SslMode, StoreConfig};
 
+/// How a message names the CA file of `store.url` (its `sslrootcert` parameter).
+pub const SSLROOTCERT_KEY: &str = "store.url (sslrootcert)";
+
 /// Errors preparing the connection settings.
 #[derive(Debug, thiserror::Error)]
 pub enum PgSetupError {
     #[error(transparent)]
     Password(crate::config::ConfigError),
-    #[error("store.url: sslrootcert {path}: {reason}")]
-    RootCert { path: String, reason: String },
+    #[error(transparent)]
+    RootCert(#[from] crate::pem::PemError),
     #[error("store.url: TLS: {0}")]
     Tls(#[source] rustls::Error),
     #[error("store.url: {0}")]
@@ -148,23 +151,7 @@ fn tls_config(
     let roots = || -> Result<Arc<rustls::RootCertStore>, PgSetupError> {
         let mut store = rustls::RootCertStore::empty();
         match root_cert {
-            Some(path) => {
-                use rustls_pki_types::pem::PemObject;
-                let bad = |reason: String| PgSetupError::RootCert {
-                    path: path.display().to_string(),
-                    reason,
-                };
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| bad(e.to_string()))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| bad(e.to_string()))?;
-                if certs.is_empty() {
-                    return Err(bad("no certificate found".into()));
-                }
-                for c in certs {
-                    store.add(c).map_err(|e| bad(e.to_string()))?;
-                }
-            }
+            Some(path) => crate::pem::add_roots(&mut store, SSLROOTCERT_KEY, path)?,
             None => {
                 for c in rustls_native_certs::load_native_certs().certs {
                     let _ = store.add(c);

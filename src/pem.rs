@@ -1,0 +1,159 @@
+//! Certificates and keys from PEM files, for every TLS set-up — the listener (`tls.cert`,
+//! `tls.key`), the upstreams (`upstream.ca_bundle`, `client_cert`, `client_key`), the webhook
+//! client (`notification.ca_bundle`) and PostgreSQL (`sslrootcert`): one reader, whose errors
+//! name the configuration key and the file and keep their cause.
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a PEM file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("{key}: {}: {source}", path.display())]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{key}: {} holds no {what} in PEM form", path.display())]
+    Empty {
+        key: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
+    #[error("{key}: {}: {source}", path.display())]
+    Rejected {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Every certificate of the PEM file `path` (configured as `key`); none is an error.
+pub fn certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let read = |source| PemError::Read {
+        key,
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(read)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read)?;
+    if certs.is_empty() {
+        return Err(PemError::Empty {
+            key,
+            path: path.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// The private key of the PEM file `path` (configured as `key`).
+pub fn private_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => PemError::Empty {
+            key,
+            path: path.to_path_buf(),
+            what: "private key",
+        },
+        source => PemError::Read {
+            key,
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// Add every certificate of the PEM file `path` (configured as `key`) to `roots`; one that
+/// rustls cannot use as a trust anchor is an error.
+pub fn add_roots(
+    roots: &mut rustls::RootCertStore,
+    key: &'static str,
+    path: &Path,
+) -> Result<(), PemError> {
+    for cert in certs(key, path)? {
+        roots.add(cert).map_err(|source| PemError::Rejected {
+            key,
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The system's trust store (a certificate rustls cannot use is skipped), or the bundled
+/// Mozilla roots when the system has none.
+pub fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    roots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each way a PEM file can be unusable names the key and the file, and keeps the cause.
+    #[test]
+    fn unusable_files_name_the_key_and_the_file() {
+        use std::error::Error as _;
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_file = write("cert.pem", &cert.pem());
+        let key_file = write("key.pem", &key.serialize_pem());
+        let empty = write("empty.pem", "");
+        let missing = dir.path().join("missing.pem");
+
+        assert_eq!(certs("k", &cert_file).unwrap().len(), 1);
+        assert!(private_key("k", &key_file).is_ok());
+        let mut roots = rustls::RootCertStore::empty();
+        add_roots(&mut roots, "k", &cert_file).unwrap();
+        assert_eq!(roots.len(), 1);
+
+        let e = certs("tls.cert", &missing).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("tls.cert: {}: ", missing.display())),
+            "{e}"
+        );
+        assert!(e.source().is_some());
+        assert_eq!(
+            certs("upstream.ca_bundle", &empty).unwrap_err().to_string(),
+            format!(
+                "upstream.ca_bundle: {} holds no certificate in PEM form",
+                empty.display()
+            )
+        );
+        assert_eq!(
+            private_key("tls.key", &cert_file).unwrap_err().to_string(),
+            format!(
+                "tls.key: {} holds no private key in PEM form",
+                cert_file.display()
+            )
+        );
+        assert!(matches!(
+            private_key("tls.key", &missing),
+            Err(PemError::Read { key: "tls.key", .. })
+        ));
+    }
+}
