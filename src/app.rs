@@ -28,8 +28,8 @@ pub enum AppError {
         #[source]
         source: StoreError,
     },
-    #[error("events.token_cert_bundle: {0}")]
-    TokenCerts(String),
+    #[error(transparent)]
+    TokenCerts(#[from] crate::events::operator::TokenCertError),
     #[error(transparent)]
     Client(#[from] ClientError),
 }

@@ -49,6 +49,9 @@ pub enum ConfigError {
     /// `sslrootcert` of `store.url`) cannot be used (names the key).
     #[error(transparent)]
     Pem(#[from] crate::pem::PemError),
+    /// `events.token_cert_bundle` cannot be used (names the key).
+    #[error(transparent)]
+    TokenCerts(#[from] crate::events::operator::TokenCertError),
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -1464,9 +1467,7 @@ impl Config {
             return Err(invalid("data_dir", "must not be empty"));
         }
         if let Some(p) = &self.events.token_cert_bundle {
-            crate::events::operator::TokenVerifier::from_pem_file(p).map_err(|e| {
-                invalid("events.token_cert_bundle", format!("{}: {e}", p.display()))
-            })?;
+            crate::events::operator::TokenVerifier::from_pem_file(p)?;
         }
         if self
             .side_api_token
@@ -2325,6 +2326,7 @@ mod tests {
         for ok in [
             format!("tls: {{cert: \"{cert}\", key: \"{key}\"}}"),
             format!("notification: {{ca_bundle: \"{cert}\"}}"),
+            format!("events: {{token_cert_bundle: \"{cert}\"}}"),
             pg(&cert),
         ] {
             load(&format!("{MIN}{ok}\n"), &[]).unwrap();
@@ -2351,6 +2353,11 @@ mod tests {
                 "no certificate",
             ),
             (pg(&junk), "store.url", "no certificate"),
+            (
+                format!("events: {{token_cert_bundle: \"{junk}\"}}"),
+                "events.token_cert_bundle",
+                "no certificate",
+            ),
         ] {
             let err = load(&format!("{MIN}{extra}\n"), &[])
                 .unwrap_err()

@@ -483,35 +483,30 @@ pub mod operator {
         certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     }
 
+    /// Why `events.token_cert_bundle` cannot be used.
+    #[derive(Debug, thiserror::Error)]
+    pub enum TokenCertError {
+        #[error(transparent)]
+        Pem(#[from] crate::pem::PemError),
+        #[error("{KEY}: {}: unusable certificate: {source}", path.display())]
+        Unusable {
+            path: std::path::PathBuf,
+            #[source]
+            source: webpki::Error,
+        },
+    }
+
+    const KEY: &str = "events.token_cert_bundle";
+
     impl TokenVerifier {
-        /// Load PEM certificates from `path`.
-        pub fn from_pem_file(path: &std::path::Path) -> Result<TokenVerifier, String> {
-            use rustls_pki_types::pem::PemObject;
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| e.to_string())?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            Self::from_certs(certs)
-        }
-
-        /// Load PEM certificates from memory.
-        pub fn from_pem(pem: &[u8]) -> Result<TokenVerifier, String> {
-            use rustls_pki_types::pem::PemObject;
-            let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            Self::from_certs(certs)
-        }
-
-        fn from_certs(
-            certs: Vec<rustls_pki_types::CertificateDer<'static>>,
-        ) -> Result<TokenVerifier, String> {
-            if certs.is_empty() {
-                return Err("no certificate in the file".into());
-            }
+        /// Load the PEM certificates of `events.token_cert_bundle`, at `path`.
+        pub fn from_pem_file(path: &std::path::Path) -> Result<TokenVerifier, TokenCertError> {
+            let certs = crate::pem::certs(KEY, path)?;
             for c in &certs {
-                webpki::EndEntityCert::try_from(c)
-                    .map_err(|e| format!("unusable certificate: {e:?}"))?;
+                webpki::EndEntityCert::try_from(c).map_err(|source| TokenCertError::Unusable {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             }
             Ok(TokenVerifier { certs })
         }
