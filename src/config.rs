@@ -2220,22 +2220,12 @@ mod tests {
 
     #[test]
     fn upstream_tls_files_are_checked_naming_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let other = rcgen::KeyPair::generate().unwrap();
-        let write = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p.display().to_string()
-        };
-        let ca = write("ca.pem", &format!("{}{}", cert.pem(), cert.pem()));
-        let key_pem = write("key.pem", &key.serialize_pem());
-        let other_pem = write("other.pem", &other.serialize_pem());
-        let junk = write("junk.pem", "not a certificate\n");
+        let f = crate::pem::TestFiles::new();
+        let ca = f.write("ca.pem", &format!("{0}{0}", f.cert_pem));
+        let ca = ca.display().to_string();
+        let key_pem = f.key.display().to_string();
+        let other_pem = f.other_key.display().to_string();
+        let junk = f.junk.display().to_string();
         let up = |extra: &str| {
             format!(
                 "upstream: {{registry: \"https://127.0.0.1:5000\", {extra}}}\nadmin_password: a-long-password\n"
@@ -2302,22 +2292,14 @@ mod tests {
     /// read at validation (check-config too), not first when wharf starts serving.
     #[test]
     fn tls_files_are_checked_naming_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let other = rcgen::KeyPair::generate().unwrap();
-        let write = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p.display().to_string()
-        };
-        let cert = write("cert.pem", &cert.pem());
-        let key = write("key.pem", &key.serialize_pem());
-        let other = write("other.pem", &other.serialize_pem());
-        let junk = write("junk.pem", "not a certificate\n");
+        let f = crate::pem::TestFiles::new();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (cert, key, other, junk) = (
+            path(&f.cert),
+            path(&f.key),
+            path(&f.other_key),
+            path(&f.junk),
+        );
         let pg = |root: &str| {
             format!(
                 "store: {{url: \"postgres://w@127.0.0.1/w?sslmode=verify-full&sslrootcert={root}\"}}"

@@ -100,6 +100,57 @@ pub fn system_roots() -> rustls::RootCertStore {
     roots
 }
 
+/// PEM files for the tests of every module that reads them, in a temp dir: a self-signed
+/// certificate for `localhost` and its key, a key of another pair, a file that is not PEM, an
+/// empty one, and a path where nothing is.
+#[cfg(test)]
+pub(crate) struct TestFiles {
+    pub dir: tempfile::TempDir,
+    /// The certificate, as PEM text.
+    pub cert_pem: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub other_key: PathBuf,
+    pub junk: PathBuf,
+    pub empty: PathBuf,
+    pub missing: PathBuf,
+}
+
+#[cfg(test)]
+impl TestFiles {
+    pub fn new() -> TestFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        TestFiles {
+            cert_pem: cert.pem(),
+            cert: write("cert.pem", &cert.pem()),
+            key: write("key.pem", &key.serialize_pem()),
+            other_key: write("other.pem", &other.serialize_pem()),
+            junk: write("junk.pem", "not a certificate\n"),
+            empty: write("empty.pem", ""),
+            missing: dir.path().join("missing.pem"),
+            dir,
+        }
+    }
+
+    /// Another file in the same dir.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,29 +159,16 @@ mod tests {
     #[test]
     fn unusable_files_name_the_key_and_the_file() {
         use std::error::Error as _;
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        };
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let cert_file = write("cert.pem", &cert.pem());
-        let key_file = write("key.pem", &key.serialize_pem());
-        let empty = write("empty.pem", "");
-        let missing = dir.path().join("missing.pem");
+        let f = TestFiles::new();
+        let (cert_file, key_file, empty, missing) = (&f.cert, &f.key, &f.empty, &f.missing);
 
-        assert_eq!(certs("k", &cert_file).unwrap().len(), 1);
-        assert!(private_key("k", &key_file).is_ok());
+        assert_eq!(certs("k", cert_file).unwrap().len(), 1);
+        assert!(private_key("k", key_file).is_ok());
         let mut roots = rustls::RootCertStore::empty();
-        add_roots(&mut roots, "k", &cert_file).unwrap();
+        add_roots(&mut roots, "k", cert_file).unwrap();
         assert_eq!(roots.len(), 1);
 
-        let e = certs("tls.cert", &missing).unwrap_err();
+        let e = certs("tls.cert", missing).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with(&format!("tls.cert: {}: ", missing.display())),
@@ -138,21 +176,21 @@ mod tests {
         );
         assert!(e.source().is_some());
         assert_eq!(
-            certs("upstream.ca_bundle", &empty).unwrap_err().to_string(),
+            certs("upstream.ca_bundle", empty).unwrap_err().to_string(),
             format!(
                 "upstream.ca_bundle: {} holds no certificate in PEM form",
                 empty.display()
             )
         );
         assert_eq!(
-            private_key("tls.key", &cert_file).unwrap_err().to_string(),
+            private_key("tls.key", cert_file).unwrap_err().to_string(),
             format!(
                 "tls.key: {} holds no private key in PEM form",
                 cert_file.display()
             )
         );
         assert!(matches!(
-            private_key("tls.key", &missing),
+            private_key("tls.key", missing),
             Err(PemError::Read { key: "tls.key", .. })
         ));
     }

@@ -704,40 +704,22 @@ mod tests {
     #[test]
     fn bad_tls_files_are_refused_naming_the_key_and_file() {
         use std::error::Error as _;
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p
-        };
-        let pair = || {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-                .unwrap()
-                .self_signed(&key)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (cert, key) = pair();
-        let (_, other_key) = pair();
-        let cert = write("cert.pem", &cert);
-        let key = write("key.pem", &key);
-        let other_key = write("other.pem", &other_key);
-        let empty = write("empty.pem", "");
-        let missing = dir.path().join("missing.pem");
-        assert!(tls_acceptor(&cert, &key).is_ok());
+        let f = crate::pem::TestFiles::new();
+        let (cert, key, other_key, empty, missing) =
+            (&f.cert, &f.key, &f.other_key, &f.empty, &f.missing);
+        assert!(tls_acceptor(cert, key).is_ok());
         let err = |c: &std::path::Path, k: &std::path::Path| match tls_acceptor(c, k) {
             Ok(_) => panic!("accepted {c:?} and {k:?}"),
             Err(e) => e,
         };
-        let e = err(&missing, &key);
+        let e = err(missing, key);
         assert!(
             e.to_string()
                 .starts_with(&format!("tls.cert: {}: ", missing.display())),
             "{e}"
         );
         assert!(e.source().is_some(), "{e:?}");
-        let e = err(&empty, &key);
+        let e = err(empty, key);
         assert_eq!(
             e.to_string(),
             format!(
@@ -745,7 +727,7 @@ mod tests {
                 empty.display()
             )
         );
-        let e = err(&cert, &empty);
+        let e = err(cert, empty);
         assert_eq!(
             e.to_string(),
             format!(
@@ -753,7 +735,7 @@ mod tests {
                 empty.display()
             )
         );
-        let e = err(&cert, &other_key);
+        let e = err(cert, other_key);
         assert!(
             e.to_string()
                 .starts_with("tls: certificate and key do not fit: "),

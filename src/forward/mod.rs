@@ -24,7 +24,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -167,15 +166,9 @@ pub fn oci_error(
 /// config key it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file cannot be read or used, `upstream.client_key` not fitting `client_cert` included.
     #[error(transparent)]
     Pem(#[from] crate::pem::PemError),
-    #[error("{key}: {}: {source}", path.display())]
-    Rejected {
-        key: &'static str,
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
     #[error("{key}: must be set together with {other}")]
     Unpaired {
         key: &'static str,
@@ -224,13 +217,13 @@ fn build_tls(
         (Some(cert), Some(key_path)) => {
             let chain = crate::pem::certs("upstream.client_cert", cert)?;
             let key = crate::pem::private_key("upstream.client_key", key_path)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|source| TlsError::Rejected {
+            builder.with_client_auth_cert(chain, key).map_err(|source| {
+                TlsError::Pem(crate::pem::PemError::Rejected {
                     key: "upstream.client_key",
                     path: key_path.clone(),
                     source,
                 })
+            })
         }
     }
 }
