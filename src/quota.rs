@@ -348,7 +348,8 @@ pub async fn project_quota(q: Quota<'_>, project: &str) -> Result<ProjectQuota, 
 /// Errors of a rescan.
 #[derive(Debug, thiserror::Error)]
 pub enum RescanError {
-    #[error("registry: {0}")]
+    /// The registry could not be reached or answered nothing (the message names it).
+    #[error(transparent)]
     Registry(#[from] ForwardError),
     #[error("registry: GET {path}: HTTP {status}")]
     Status { path: String, status: StatusCode },
