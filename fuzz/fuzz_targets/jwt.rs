@@ -18,7 +18,8 @@ use wharf::events::operator::{ANONYMOUS, TokenVerifier, from_headers};
 fn verifier() -> &'static TokenVerifier {
     static V: OnceLock<TokenVerifier> = OnceLock::new();
     V.get_or_init(|| {
-        TokenVerifier::from_pem(include_bytes!("../fixtures/token-cert.pem"))
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/token-cert.pem");
+        TokenVerifier::from_pem_file(std::path::Path::new(fixture))
             .unwrap_or_else(|e| panic!("fixture certificate: {e}"))
     })
 }
