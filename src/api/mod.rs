@@ -1,7 +1,9 @@
 //! API: the HTTP API (axum), on the same port as the proxy. One file per part:
 //!
 //! - Harbor's: [`projects`], [`users`], [`system`] (systeminfo, ping, health), [`webhooks`]
-//!   (policies, last triggers, events, configurations), [`executions`] (executions, tasks, jobs);
+//!   (policies, last triggers, events; what a client sends and its checks in `webhooks::input`,
+//!   test notifications and previews in `webhooks::test`), [`configurations`] (the system
+//!   notification switch), [`executions`] (executions, tasks, jobs);
 //!   every list with Harbor's conventions ([`list`]: paging, `X-Total-Count`, `Link`;
 //!   [`query`]: `q` and `sort`; [`records`]: the fields of listed policies);
 //! - wharf's own: [`events`] (the event log), [`side`] (scan and quota reports, quota view),
@@ -15,6 +17,7 @@
 //! shape); internals are never included.
 
 pub mod auth;
+pub mod configurations;
 pub mod csrf;
 pub mod events;
 pub mod execution;
@@ -246,7 +249,7 @@ pub fn router(app: Weak<App>) -> Router {
         .route(&format!("{P}/events"), get(webhooks::supported_events))
         .route(
             "/api/v2.0/configurations",
-            get(webhooks::get_configurations).put(webhooks::put_configurations),
+            get(configurations::get_configurations).put(configurations::put_configurations),
         )
         .route(
             "/api/v2.0/projects",
