@@ -5,9 +5,10 @@
 //! The modules follow the data path of a request:
 //!
 //! - [`route`]: classify a request once into a typed operation (registry, chart, health, API).
-//! - [`forward`]: stream a request to its upstream and the response back, header hygiene, OCI
-//!   error responses; `forward::affinity`: the upstream connections an HTTP/1 client connection
-//!   drives in its own task.
+//! - [`forward`]: stream a request to its upstream and the response back, OCI error responses;
+//!   `forward::affinity`: the upstream connections an HTTP/1 client connection drives in its
+//!   own task; `forward::headers`: header hygiene (hop-by-hop, `X-Forwarded-*`, request id);
+//!   `forward::tls`: the upstreams' TLS client.
 //! - [`observe`]: per-operation flows around `forward`: watch bodies, collect manifests and
 //!   chart uploads (capped), attribute tags, de-duplicate, build events; `observe::chart` maps
 //!   Harbor's chartrepo paths onto ChartMuseum (its flows; `archive`, `multipart`, `index`,

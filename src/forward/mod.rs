@@ -44,8 +44,14 @@ use tokio::sync::oneshot;
 use crate::config::UpstreamConfig;
 
 mod affinity;
+mod headers;
+mod tls;
 pub use affinity::Affinity;
 use affinity::Park;
+use headers::{client_host, client_origin};
+pub use headers::{prepare_request_headers, prepare_response_headers, strip_hop_by_hop};
+pub use tls::{TlsError, check_tls_files, client_tls};
+use tls::{find_tls_error, tls_problem};
 
 /// The one body type of requests and responses inside wharf.
 pub type Body = axum::body::Body;
@@ -55,11 +61,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Header carrying the request id, taken from the client or generated.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// hyper's read buffer limit for upstream connections (a response head may be this large).
 const MAX_BUF: usize = 256 << 10;
@@ -160,137 +161,6 @@ pub fn oci_error(
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     resp
-}
-
-/// Why the TLS client of the upstreams could not be set up. Each message starts with the
-/// config key it is about.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A file cannot be read or used, `upstream.client_key` not fitting `client_cert` included.
-    #[error(transparent)]
-    Pem(#[from] crate::pem::PemError),
-    #[error("{key}: must be set together with {other}")]
-    Unpaired {
-        key: &'static str,
-        other: &'static str,
-    },
-    #[error("upstream TLS set-up: {0}")]
-    Build(#[source] rustls::Error),
-}
-
-/// The TLS client configuration of the upstreams: the system's trust store (the bundled Mozilla
-/// roots when it is empty) plus `upstream.ca_bundle`, and the client certificate of
-/// `upstream.client_cert`/`client_key` when set.
-pub fn client_tls(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, TlsError> {
-    build_tls(cfg, crate::pem::system_roots())
-}
-
-/// Read and check the files of `upstream.ca_bundle`, `client_cert` and `client_key` (for the
-/// config's validation: the system's trust store is not read).
-pub fn check_tls_files(cfg: &UpstreamConfig) -> Result<(), TlsError> {
-    build_tls(cfg, rustls::RootCertStore::empty()).map(drop)
-}
-
-fn build_tls(
-    cfg: &UpstreamConfig,
-    mut roots: rustls::RootCertStore,
-) -> Result<rustls::ClientConfig, TlsError> {
-    if let Some(path) = &cfg.ca_bundle {
-        crate::pem::add_roots(&mut roots, "upstream.ca_bundle", path)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(TlsError::Build)?
-    .with_root_certificates(roots);
-    match (&cfg.client_cert, &cfg.client_key) {
-        (None, None) => Ok(builder.with_no_client_auth()),
-        (Some(_), None) => Err(TlsError::Unpaired {
-            key: "upstream.client_key",
-            other: "upstream.client_cert",
-        }),
-        (None, Some(_)) => Err(TlsError::Unpaired {
-            key: "upstream.client_cert",
-            other: "upstream.client_key",
-        }),
-        (Some(cert), Some(key_path)) => {
-            let chain = crate::pem::certs("upstream.client_cert", cert)?;
-            let key = crate::pem::private_key("upstream.client_key", key_path)?;
-            builder.with_client_auth_cert(chain, key).map_err(|source| {
-                TlsError::Pem(crate::pem::PemError::Rejected {
-                    key: "upstream.client_key",
-                    path: key_path.clone(),
-                    source,
-                })
-            })
-        }
-    }
-}
-
-/// What a client may be told about a TLS failure: the certificate problem, without names or
-/// addresses.
-fn tls_problem(e: &rustls::Error) -> String {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    match e {
-        E::InvalidCertificate(c) => match c {
-            C::UnknownIssuer => {
-                "certificate signed by an unknown authority (add its CA to upstream.ca_bundle)"
-                    .into()
-            }
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                "certificate is not valid for the upstream's host name".into()
-            }
-            C::Expired | C::ExpiredContext { .. } => "certificate has expired".into(),
-            C::NotValidYet | C::NotValidYetContext { .. } => "certificate is not valid yet".into(),
-            C::Revoked => "certificate has been revoked".into(),
-            C::BadSignature => "certificate has a bad signature".into(),
-            C::BadEncoding => "certificate is malformed".into(),
-            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
-                "certificate is not meant for a TLS server".into()
-            }
-            other => format!("certificate rejected ({other:?})"),
-        },
-        E::AlertReceived(
-            a @ (A::CertificateRequired
-            | A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateUnknown
-            | A::CertificateExpired
-            | A::CertificateRevoked
-            | A::UnsupportedCertificate
-            | A::AccessDenied),
-        ) => format!(
-            "the upstream refused wharf's client certificate (alert {a:?}; see upstream.client_cert)"
-        ),
-        E::AlertReceived(a) => format!("the upstream ended the handshake (alert {a:?})"),
-        E::InvalidMessage(_) => {
-            "the upstream does not speak TLS (should the URL be http://?)".into()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// The first rustls error in `e`'s chain (looking inside `io::Error`s, whose `source` skips the
-/// error they wrap).
-fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return Some(t);
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-        {
-            if let Some(t) = inner.downcast_ref::<rustls::Error>() {
-                return Some(t);
-            }
-            cur = Some(inner);
-            continue;
-        }
-        cur = err.source();
-    }
-    None
 }
 
 /// A connect that did not finish (TCP connection and TLS handshake) within its time.
@@ -724,111 +594,6 @@ impl Upstream {
     }
 }
 
-/// The client's host: the `Host` header, or the URI authority (HTTP/2).
-fn client_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
-    headers.get(header::HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    })
-}
-
-fn client_origin(host: Option<&HeaderValue>, conn: &ClientConn) -> Option<String> {
-    let host = host?.to_str().ok()?;
-    let scheme = if conn.tls { "https" } else { "http" };
-    Some(format!("{scheme}://{host}"))
-}
-
-/// Remove hop-by-hop headers: the fixed list and every header named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // most messages carry none: one pass over the names instead of a lookup per header
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
-        &header::CONNECTION,
-        &PROXY_CONNECTION,
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        headers.remove(n);
-    }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == PROXY_CONNECTION
-        || name == KEEP_ALIVE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-}
-
-/// Headers of a request going upstream.
-pub fn prepare_request_headers(
-    headers: &mut HeaderMap,
-    client_host: Option<&HeaderValue>,
-    conn: &ClientConn,
-    request_id: &HeaderValue,
-    trust_forwarded: bool,
-) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::EXPECT);
-    if let Some(host) = client_host
-        && headers.get(header::HOST) != Some(host)
-    {
-        headers.insert(header::HOST, host.clone());
-    }
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust_forwarded => {
-            let ip = conn.ip.to_str().unwrap_or("");
-            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
-        }
-        _ => Some(conn.ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    let keep = |h: &HeaderName, headers: &HeaderMap| trust_forwarded && headers.contains_key(h);
-    if !keep(&X_FORWARDED_PROTO, headers) {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-        );
-    }
-    if !keep(&X_FORWARDED_HOST, headers) {
-        match client_host {
-            Some(h) => {
-                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
-        }
-    }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-}
-
-/// Headers of a response going back to the client.
-pub fn prepare_response_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
-    strip_hop_by_hop(headers);
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-}
-
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
@@ -883,85 +648,6 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for SignalEnd<B> {
 mod tests {
     use super::*;
 
-    fn conn() -> ClientConn {
-        ClientConn::new("127.0.0.9:4242".parse().unwrap(), false)
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_dropped_and_repeated_headers_kept() {
-        let mut h = HeaderMap::new();
-        for a in ["a/1", "b/2", "c/3", "d/4", "e/5", "f/6"] {
-            h.append(header::ACCEPT, HeaderValue::from_static(a));
-        }
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-private"),
-        );
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Basic eDp5"),
-        );
-        let host = HeaderValue::from_static("wharf.local:8080");
-        prepare_request_headers(
-            &mut h,
-            Some(&host),
-            &conn(),
-            &HeaderValue::from_static("rid"),
-            false,
-        );
-        assert_eq!(h.get_all(header::ACCEPT).iter().count(), 6);
-        for gone in [
-            "connection",
-            "x-private",
-            "transfer-encoding",
-            "expect",
-            "keep-alive",
-        ] {
-            assert!(!h.contains_key(gone), "{gone} kept");
-        }
-        assert_eq!(h["authorization"], "Basic eDp5");
-        assert_eq!(h["host"], "wharf.local:8080");
-        assert_eq!(h["x-forwarded-host"], "wharf.local:8080");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
-        assert_eq!(h["x-request-id"], "rid");
-    }
-
-    #[test]
-    fn forwarded_headers_from_clients_are_replaced_unless_trusted() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let host = HeaderValue::from_static("w");
-        let mut untrusted = h.clone();
-        prepare_request_headers(
-            &mut untrusted,
-            Some(&host),
-            &conn(),
-            &HeaderValue::from_static("r"),
-            false,
-        );
-        assert_eq!(untrusted["x-forwarded-for"], "127.0.0.9");
-        assert_eq!(untrusted["x-forwarded-proto"], "http");
-        let mut trusted = h.clone();
-        prepare_request_headers(
-            &mut trusted,
-            Some(&host),
-            &conn(),
-            &HeaderValue::from_static("r"),
-            true,
-        );
-        assert_eq!(trusted["x-forwarded-for"], "6.6.6.6, 127.0.0.9");
-        assert_eq!(trusted["x-forwarded-proto"], "https");
-    }
-
     #[tokio::test]
     async fn location_naming_the_upstream_is_rewritten() {
         let cfg: UpstreamConfig =
@@ -992,40 +678,6 @@ mod tests {
         );
         up.rewrite_location(&mut h, None);
         assert_eq!(h["location"], "/v2/p/r/blobs/uploads/u");
-    }
-
-    #[test]
-    fn tls_errors_are_found_inside_io_errors_and_named_without_addresses() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("connecting")]
-        struct Connecting(#[source] std::io::Error);
-        let name = rustls_pki_types::ServerName::try_from("registry.internal")
-            .unwrap()
-            .to_owned();
-        let cert =
-            rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
-                expected: name,
-                presented: vec!["DnsName(\"other.internal\")".into()],
-            });
-        // tokio-rustls wraps the rustls error in an io::Error, whose source() skips it
-        let e = Connecting(std::io::Error::new(std::io::ErrorKind::InvalidData, cert));
-        let found = find_tls_error(&e).expect("the rustls error is found");
-        let problem = tls_problem(found);
-        assert_eq!(
-            problem,
-            "certificate is not valid for the upstream's host name"
-        );
-        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
-        assert!(tls_problem(&alert).contains("client certificate"));
-        let none = Connecting(std::io::Error::other("connection refused"));
-        assert!(find_tls_error(&none).is_none());
-        let err = ForwardError::Tls {
-            upstream: "registry",
-            problem,
-            detail: "…registry.internal…".into(),
-        };
-        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
-        assert_eq!(err.kind(), "tls");
     }
 
     #[test]

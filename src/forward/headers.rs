@@ -1,0 +1,203 @@
+//! Header hygiene between the client and the upstream: hop-by-hop headers dropped both ways
+//! (RFC 9110 §7.6.1, plus those named in `Connection`), the client's `Host` passed on with
+//! `X-Forwarded-Host/Proto/For`, the request id on every response.
+
+use http::Uri;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::{ClientConn, X_REQUEST_ID};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The client's host: the `Host` header, or the URI authority (HTTP/2).
+pub(super) fn client_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
+    headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+pub(super) fn client_origin(host: Option<&HeaderValue>, conn: &ClientConn) -> Option<String> {
+    let host = host?.to_str().ok()?;
+    let scheme = if conn.tls { "https" } else { "http" };
+    Some(format!("{scheme}://{host}"))
+}
+
+/// Remove hop-by-hop headers: the fixed list and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // most messages carry none: one pass over the names instead of a lookup per header
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        &header::CONNECTION,
+        &PROXY_CONNECTION,
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == PROXY_CONNECTION
+        || name == KEEP_ALIVE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
+/// Headers of a request going upstream.
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    client_host: Option<&HeaderValue>,
+    conn: &ClientConn,
+    request_id: &HeaderValue,
+    trust_forwarded: bool,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+    if let Some(host) = client_host
+        && headers.get(header::HOST) != Some(host)
+    {
+        headers.insert(header::HOST, host.clone());
+    }
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if trust_forwarded => {
+            let ip = conn.ip.to_str().unwrap_or("");
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        _ => Some(conn.ip.clone()),
+    };
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    let keep = |h: &HeaderName, headers: &HeaderMap| trust_forwarded && headers.contains_key(h);
+    if !keep(&X_FORWARDED_PROTO, headers) {
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if !keep(&X_FORWARDED_HOST, headers) {
+        match client_host {
+            Some(h) => {
+                headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Headers of a response going back to the client.
+pub fn prepare_response_headers(headers: &mut HeaderMap, request_id: &HeaderValue) {
+    strip_hop_by_hop(headers);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ClientConn {
+        ClientConn::new("127.0.0.9:4242".parse().unwrap(), false)
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_repeated_headers_kept() {
+        let mut h = HeaderMap::new();
+        for a in ["a/1", "b/2", "c/3", "d/4", "e/5", "f/6"] {
+            h.append(header::ACCEPT, HeaderValue::from_static(a));
+        }
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        let host = HeaderValue::from_static("wharf.local:8080");
+        prepare_request_headers(
+            &mut h,
+            Some(&host),
+            &conn(),
+            &HeaderValue::from_static("rid"),
+            false,
+        );
+        assert_eq!(h.get_all(header::ACCEPT).iter().count(), 6);
+        for gone in [
+            "connection",
+            "x-private",
+            "transfer-encoding",
+            "expect",
+            "keep-alive",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(h["authorization"], "Basic eDp5");
+        assert_eq!(h["host"], "wharf.local:8080");
+        assert_eq!(h["x-forwarded-host"], "wharf.local:8080");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn forwarded_headers_from_clients_are_replaced_unless_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let host = HeaderValue::from_static("w");
+        let mut untrusted = h.clone();
+        prepare_request_headers(
+            &mut untrusted,
+            Some(&host),
+            &conn(),
+            &HeaderValue::from_static("r"),
+            false,
+        );
+        assert_eq!(untrusted["x-forwarded-for"], "127.0.0.9");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+        let mut trusted = h.clone();
+        prepare_request_headers(
+            &mut trusted,
+            Some(&host),
+            &conn(),
+            &HeaderValue::from_static("r"),
+            true,
+        );
+        assert_eq!(trusted["x-forwarded-for"], "6.6.6.6, 127.0.0.9");
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+    }
+}
