@@ -182,7 +182,11 @@ impl Config {
             }
             crate::server::tls_acceptor(&tls.cert, &tls.key).map_err(|e| match e {
                 crate::server::ServerError::Pem(e) => ConfigError::Pem(e),
-                other => invalid("tls.key", other.to_string()),
+                crate::server::ServerError::Mismatch(e) => invalid(
+                    "tls.key",
+                    format!("{} does not fit tls.cert: {e}", tls.key.display()),
+                ),
+                other => invalid("tls", other.to_string()),
             })?;
         }
         if let Some(url) = &self.store.url {

@@ -619,7 +619,7 @@ fn tls_files_are_checked_naming_the_key() {
         (
             format!("tls: {{cert: \"{cert}\", key: \"{other}\"}}"),
             "tls.key",
-            "do not fit",
+            "does not fit tls.cert",
         ),
         (
             format!("notification: {{ca_bundle: \"{junk}\"}}"),
