@@ -1,6 +1,6 @@
 //! Harbor-compatible webhook API under `/api/v2.0/projects/{project}/webhook/…`: policies,
-//! last triggers, supported events, an attempt's log, redelivery; [`input`]: what a client
-//! sends and its checks; [`test`]: test notifications and previews. (The system switch is
+//! last triggers, supported events, an attempt's log, redelivery; `input`: what a client sends
+//! and its checks; `test`: test notifications and previews. (The system switch is
 //! [`super::configurations`].)
 //!
 //! `{project}` is a project name, or a numeric project id (send `X-Is-Resource-Name: true` to
