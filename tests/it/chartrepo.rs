@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::common::chartmuseum::ChartMuseum;
 use crate::common::wharf::ADMIN_PASSWORD;
-use crate::common::{ChartKind, Helm, Receiver, Recorded, Wharf, client};
+use crate::common::{ChartKind, Helm, Receiver, Recorded, Wharf, client, closed_port};
 
 /// How long deliveries of expected events may take.
 const SOON: Duration = Duration::from_secs(10);
@@ -21,12 +21,6 @@ const SOON: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(800);
 
 const BOUNDARY: &str = "wharf-it-boundary-7MA4YWxkTrZu0gW";
-
-/// A port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A fake ChartMuseum, a wharf in front of it (loopback webhook targets allowed), and a
 /// receiver subscribed to project `prj`'s chart events in the Default (`/default`) and Legacy

@@ -1469,10 +1469,7 @@ async fn rescan_says_why_the_registry_could_not_be_scanned() {
         tokio::spawn(async move { axum::serve(listener, router).await });
         url
     }
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    let closed = format!("http://127.0.0.1:{}", crate::common::closed_port());
     let cases = [
         (
             serve(axum::Router::new()).await,

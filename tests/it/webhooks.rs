@@ -23,7 +23,7 @@ use crate::common::oci::{self, OciImage};
 use crate::common::wharf::ADMIN_PASSWORD;
 use crate::common::{
     Receiver, Recorded, Registry, RegistryClient, Reply, Skopeo, Wharf, WharfBuilder, client,
-    tools, wait_until,
+    closed_port, tools, wait_until,
 };
 
 /// Loopback targets allowed, a 1 s attempt timeout, 100 ms between attempts, no breaker.
@@ -250,12 +250,6 @@ fn webhook_id(r: &Recorded) -> String {
     r.header("webhook-id")
         .unwrap_or_else(|| panic!("no webhook-id header: {:?}", r.headers))
         .to_string()
-}
-
-/// A port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// A `whsec_` secret of 32 random bytes, and those bytes.
