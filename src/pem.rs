@@ -87,6 +87,12 @@ pub fn add_roots(
     Ok(())
 }
 
+/// Check that the PEM file `path` (configured as `key`) holds certificates rustls can trust
+/// (configuration validation: nothing is kept).
+pub fn check_roots(key: &'static str, path: &Path) -> Result<(), PemError> {
+    add_roots(&mut rustls::RootCertStore::empty(), key, path)
+}
+
 /// The system's trust store (a certificate rustls cannot use is skipped), or the bundled
 /// Mozilla roots when the system has none.
 pub fn system_roots() -> rustls::RootCertStore {

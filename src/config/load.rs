@@ -191,20 +191,14 @@ impl Config {
         }
         if let Some(url) = &self.store.url {
             let target = url.parse().map_err(|reason| invalid("store.url", reason))?;
-            if let Some(ca) = &target.sslrootcert
-                && !ca.is_file()
-            {
-                return Err(invalid(
-                    "store.url",
-                    format!("sslrootcert {} is not a readable file", ca.display()),
-                ));
-            }
             if let Some(ca) = &target.sslrootcert {
-                crate::pem::add_roots(
-                    &mut rustls::RootCertStore::empty(),
-                    crate::store::pg::SSLROOTCERT_KEY,
-                    ca,
-                )?;
+                if !ca.is_file() {
+                    return Err(invalid(
+                        "store.url",
+                        format!("sslrootcert {} is not a readable file", ca.display()),
+                    ));
+                }
+                crate::pem::check_roots(crate::store::pg::SSLROOTCERT_KEY, ca)?;
             }
         } else if self.store.password_file.is_some() {
             return Err(invalid(
@@ -297,20 +291,14 @@ impl Config {
         n.backoff
             .validate()
             .map_err(|(field, reason)| invalid(&format!("notification.backoff.{field}"), reason))?;
-        if let Some(p) = &n.ca_bundle
-            && !p.is_file()
-        {
-            return Err(invalid(
-                "notification.ca_bundle",
-                format!("{} is not a readable file", p.display()),
-            ));
-        }
         if let Some(p) = &n.ca_bundle {
-            crate::pem::add_roots(
-                &mut rustls::RootCertStore::empty(),
-                "notification.ca_bundle",
-                p,
-            )?;
+            if !p.is_file() {
+                return Err(invalid(
+                    "notification.ca_bundle",
+                    format!("{} is not a readable file", p.display()),
+                ));
+            }
+            crate::pem::check_roots("notification.ca_bundle", p)?;
         }
         if self.users.failed_login_burst == 0 {
             return Err(invalid("users.failed_login_burst", "must be at least 1"));
