@@ -1,7 +1,8 @@
 # wharf: the project's commands.
 #
 #   make test    THE command that runs every test: installs what is missing (scripts/deps.sh),
-#                then rustfmt check, clippy (warnings are errors), the fuzz smoke (every
+#                then rustfmt check, clippy and rustdoc (warnings are errors: a broken
+#                intra-doc link fails), the fuzz smoke (every
 #                cargo-fuzz target for FUZZ_SECONDS=20 s) and all cargo tests (among
 #                them helm lint --strict / helm template of deploy/helm/wharf, every rendered
 #                object validated against the Kubernetes JSON schemas by .tools/venv, and the
@@ -39,6 +40,7 @@ deps:
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash scripts/fuzz-smoke.sh
 	PATH="$(TOOLS_BIN):$$PATH" cargo test --all-targets
 

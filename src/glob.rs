@@ -1,6 +1,6 @@
 //! Glob patterns: checked before they are stored, then matched.
 //!
-//! Patterns are matched by the `fast-glob` crate ([`matches`]: webhook policy filters,
+//! Patterns are matched by the `fast-glob` crate ([`matches`](fn@matches): webhook policy filters,
 //! `events.ignore_pulls`). It never reports a malformed pattern: `[`, `{` or `[z-a]` simply
 //! never match. [`check`] refuses them up front, following that crate's grammar exactly, and
 //! then asks the crate's own `validate` (which also caps the brace groups of a pattern at 10):

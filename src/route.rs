@@ -353,7 +353,7 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'}');
 
 /// The canonical form of a raw path: decoded once, split at `/`, each segment re-encoded with
-/// [`SEGMENT`]. Decoding the result gives the same bytes as decoding `raw`, and the canonical
+/// `SEGMENT`. Decoding the result gives the same bytes as decoding `raw`, and the canonical
 /// form of a canonical path is itself.
 pub fn canonical_path(raw: &str) -> String {
     let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();

@@ -220,7 +220,7 @@ fn repo_type(e: &Event) -> &'static str {
 }
 
 /// Harbor's `event_data` as a JSON value: shared by CloudEvents, (as text) Slack and the
-/// templates' data (see [`data::EventData`], which the Default payload serializes directly).
+/// templates' data (see `data::EventData`, which the Default payload serializes directly).
 pub fn event_data(e: &Event) -> Value {
     serde_json::to_value(data::EventData::of(e)).unwrap_or(Value::Null)
 }

@@ -2,7 +2,7 @@
 //!
 //! An [`Event`] is built by `observe` (registry and chart traffic) or by the side endpoint (scan,
 //! quota) only after the upstream answered success. Its `id` is a UUIDv7 fixed at creation; every
-//! delivery attempt of every target carries the same id. Payload shapes live in [`format`], as
+//! delivery attempt of every target carries the same id. Payload shapes live in [`format`](mod@format), as
 //! pure functions `(event, context) → bytes + content type`; the chat formats in [`chat`], the
 //! custom payload templates in [`template`].
 

@@ -151,7 +151,7 @@ impl Sink {
     }
 
     /// Record `event` in a group commit without waiting. Events queued before the writer takes
-    /// them are written by one job (up to [`GROUP_MAX`]), in order; if it fails, they are all
+    /// them are written by one job (up to `GROUP_MAX`), in order; if it fails, they are all
     /// lost (and counted).
     pub fn detached(&self, event: Event, with: Option<With>) {
         let new_project = !self.projects.contains(&event.project);

@@ -16,7 +16,7 @@
 //!   `upstream.connect_timeout`) → 502, a TLS or certificate problem → 502 naming it, no response
 //!   headers within `upstream.response_timeout` after the request body was sent → 504;
 //! - a request on an HTTP/1 client connection goes upstream on a connection of that client
-//!   connection's own, driven in its task ([`affinity`]); other requests use a shared keep-alive
+//!   connection's own, driven in its task (`affinity`); other requests use a shared keep-alive
 //!   pool;
 //! - `https://` upstreams are verified against the system's trust store plus
 //!   `upstream.ca_bundle`, and get `upstream.client_cert`/`client_key` when the server asks for a

@@ -1,16 +1,16 @@
 //! Observe: forward each registry or chart request and watch what happened, turning successful
 //! manifest and chart operations into events. One file per flow:
 //!
-//! - [`push`]: manifest PUT — collected (≤ 4 MiB; larger bodies are streamed through untouched
+//! - `push`: manifest PUT — collected (≤ 4 MiB; larger bodies are streamed through untouched
 //!   and never make an event), admitted against the project's quota, forwarded; on 201 the
 //!   event and what wharf learned are committed *before* the client gets the 201. A non-index
 //!   manifest pushed by digest alone is held for `events.index_window`: an index that lists it
 //!   absorbs it.
-//! - [`pull`]: manifest GET (a pull event once the client has the whole body) and HEAD (no
+//! - `pull`: manifest GET (a pull event once the client has the whole body) and HEAD (no
 //!   event; the tag the client resolved is remembered).
-//! - [`delete`]: manifest DELETE by digest; the event is committed before the client gets the
+//! - `delete`: manifest DELETE by digest; the event is committed before the client gets the
 //!   202.
-//! - [`chart`]: Harbor's chartrepo paths in front of ChartMuseum.
+//! - [`chart`](mod@chart): Harbor's chartrepo paths in front of ChartMuseum.
 //! - anything else: streamed through untouched.
 
 pub mod body;
@@ -91,7 +91,7 @@ struct ManifestCall<'a> {
     ctx: &'a RequestCtx,
 }
 
-/// Handle one chartrepo request (see [`chart`]).
+/// Handle one chartrepo request (see [`chart`](mod@chart)).
 pub async fn chart(
     app: &Arc<App>,
     op: ChartOp,

@@ -16,7 +16,7 @@
 //! must have committed before B's pull event is written (a few milliseconds; a client that
 //! pulls faster than that may see a pull reported without its tag). A client that resolves the
 //! same tag to the same digest again and again (a poller, a CI loop) refreshes its shared row
-//! at most once per tenth of the TTL ([`SHARE_REFRESH`]), not on every request: another replica
+//! at most once per tenth of the TTL (`SHARE_REFRESH`), not on every request: another replica
 //! then sees the row for at least nine tenths of the TTL after the client's last resolution.
 
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 //! Client: `tokio-postgres` (the maintained async driver) with TLS by rustls
 //! (`tokio-postgres-rustls`), as the rest of wharf. Store functions are synchronous (they are
 //! shared with the embedded SQLite backend), so a job runs on a writer thread (reads: a
-//! blocking thread) and waits for each statement ([`Driver`]): a reader's connection runs as a
+//! blocking thread) and waits for each statement (`Driver`): a reader's connection runs as a
 //! task on wharf's runtime, a writer's on a single-threaded runtime of the writer thread (as
 //! the synchronous `postgres` crate drives its clients), so the thread does its own socket I/O
 //! instead of waking a runtime worker and being woken by it on every round trip. Statements are
@@ -535,7 +535,7 @@ impl Pg {
     }
 
     /// A connection of its own for a writer thread, driven by the thread's runtime `rt` (see
-    /// [`Driver::Own`]): a new one, counted against the pool's size, never shared (it closes
+    /// `Driver::Own`): a new one, counted against the pool's size, never shared (it closes
     /// when dropped). Waits at most `store.connect_timeout`.
     pub fn acquire_own(
         self: &Arc<Self>,

@@ -79,7 +79,7 @@ const LOAD_SQL: &str = concat!(
      WHERE d.id IN (SELECT value FROM json_each(?1))"
 );
 
-/// PostgreSQL: claim and load (as [`CLAIM_SQL`] and [`LOAD_SQL`]) in one statement; rows
+/// PostgreSQL: claim and load (as `CLAIM_SQL` and `LOAD_SQL`) in one statement; rows
 /// another replica is claiming right now are skipped (`SKIP LOCKED`). The claimed ids are
 /// matched with `id = ANY(ARRAY(…))`, as in the other set-based statements, so the planner
 /// takes them from the primary key whatever its statistics say. The target version, the

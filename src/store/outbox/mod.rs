@@ -9,11 +9,11 @@
 //! when their lease expires (PostgreSQL).
 //!
 //! - this module: creating a published event's deliveries ([`fanout`]);
-//! - [`claim`]: claims, leases and due times — what the dispatcher takes next;
-//! - [`outcome`]: attempts and what becomes of a delivery after one;
-//! - [`view`](mod@view): deliveries and attempts as the API and UI list them;
-//! - [`redeliver`]: sending deliveries again;
-//! - [`counts`]: deliveries by state, for `/metrics`.
+//! - `claim`: claims, leases and due times — what the dispatcher takes next;
+//! - `outcome`: attempts and what becomes of a delivery after one;
+//! - `view`: deliveries and attempts as the API and UI list them;
+//! - `redeliver`: sending deliveries again;
+//! - `counts`: deliveries by state, for `/metrics`.
 
 mod claim;
 mod counts;

@@ -90,7 +90,7 @@ fn keeps_on_row(a: &Attempt, next: Next) -> bool {
 /// Record an attempt made under claim `token` and move the delivery on. A delivery ended
 /// while its attempt ran (its policy was deleted, its target disabled), or taken over by
 /// another replica after the lease expired, is not moved unless the attempt succeeded. The
-/// delivery's first successful attempt is kept on its row ([`keeps_on_row`]); any other in
+/// delivery's first successful attempt is kept on its row (`keeps_on_row`); any other in
 /// `attempts`.
 pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), StoreError> {
     let (state, not_before) = next.state();
