@@ -17,8 +17,8 @@
 //! - [`store`]: all state, behind one interface with two backends — embedded SQLite (one
 //!   instance, group commit) or PostgreSQL (shared by replicas): event log, outbox, policies,
 //!   knowledge, quota usage; schema migrations; `store copy`.
-//! - [`dispatch`]: deliver the outbox to webhook targets: retries, signatures, SSRF guard,
-//!   circuit breaker.
+//! - [`dispatch`]: deliver the outbox to webhook targets: claims, per-target limits and circuit
+//!   breaker, retries, signatures, SSRF guard, outcomes written in batches.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
 //! - [`accesslog`]: the JSON access-log line, formatted by wharf itself (the generic formatter's
 //!   output, at a fraction of its cost).

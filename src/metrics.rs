@@ -27,6 +27,42 @@ pub struct TypeLabels {
     pub r#type: &'static str,
 }
 
+/// What became of a delivery attempt: the `outcome` label of `wharf_delivery_attempts_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// The target took it.
+    Success,
+    /// Failed; tried again later.
+    Retry,
+    /// Failed, with no retry left (or one that must not be retried).
+    Dead,
+    /// The target answered 410 Gone: dead, and the target disabled.
+    Gone,
+    /// Not attempted: the target's circuit is open (or another attempt is probing it).
+    Deferred,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 5] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::Retry,
+        AttemptOutcome::Dead,
+        AttemptOutcome::Gone,
+        AttemptOutcome::Deferred,
+    ];
+
+    /// The label's value.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Dead => "dead",
+            AttemptOutcome::Gone => "gone",
+            AttemptOutcome::Deferred => "deferred",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
@@ -108,7 +144,10 @@ impl Metrics {
         let deliveries = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "delivery_attempts",
-            "Webhook delivery attempts by outcome (success, retry, dead, gone, deferred)",
+            format!(
+                "Webhook delivery attempts by outcome ({})",
+                AttemptOutcome::ALL.map(AttemptOutcome::label).join(", ")
+            ),
             deliveries.clone(),
         );
         let attempt_seconds = latency_histogram();
@@ -195,9 +234,11 @@ impl Metrics {
     }
 
     /// Count one delivery attempt outcome.
-    pub fn delivery(&self, outcome: &'static str) {
+    pub fn delivery(&self, outcome: AttemptOutcome) {
         self.deliveries
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
+            })
             .inc();
     }
 
@@ -208,5 +249,28 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each outcome has its own label, and the metric's help lists them as the docs do.
+    #[test]
+    fn attempt_outcomes_are_named_once_and_listed_in_the_help() {
+        let labels = AttemptOutcome::ALL.map(AttemptOutcome::label);
+        let unique: std::collections::BTreeSet<_> = labels.iter().collect();
+        assert_eq!(unique.len(), labels.len());
+        let m = Metrics::new();
+        m.delivery(AttemptOutcome::Gone);
+        let text = m.encode();
+        assert!(text.contains(
+            "# HELP wharf_delivery_attempts Webhook delivery attempts by outcome (success, retry, dead, gone, deferred)"
+        ), "{text}");
+        assert!(
+            text.contains("wharf_delivery_attempts_total{outcome=\"gone\"} 1"),
+            "{text}"
+        );
     }
 }

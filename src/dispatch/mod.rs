@@ -22,14 +22,20 @@
 //! and delivers them (same event id: at least once per target). Per-target concurrency, the
 //! circuit breaker and Slack pacing are per replica: with N replicas a target may see up to N ×
 //! `per_target_concurrency` attempts at once, and each replica opens its own circuit.
+//!
+//! Parts: this module claims and starts attempts and decides what follows each;
+//! `targets` keeps the per-target memory (claims held, turns, circuit, Slack pacing);
+//! `recorder` writes finished attempts in batches; [`client`] sends, [`policy`] renders,
+//! [`retry`] times retries, [`sign`] signs, [`guard`] refuses private addresses.
 
 pub mod client;
 pub mod guard;
 pub mod policy;
+mod recorder;
 pub mod retry;
 pub mod sign;
+mod targets;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,11 +45,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NotificationConfig;
 use crate::events::format::RenderCtx;
-use crate::metrics::Metrics;
+use crate::metrics::{AttemptOutcome, Metrics};
 use crate::store::outbox::{self, Attempt, Claimed, Next};
 use crate::store::{self, Store, StoreError};
 use client::{FailureKind, Sender, Sent};
-use policy::TargetKind;
+use recorder::{Finished, Recorder};
+use targets::{Admit, Targets};
 
 /// Claims held per target, as a multiple of `per_target_concurrency`: the claims beyond the
 /// attempts in flight wait locally, so the next attempt starts as soon as one finishes instead
@@ -55,18 +62,6 @@ const CLAIM_AHEAD: usize = 4;
 /// replica scheduled and did not make — it died —, a lease taken back by another replica) are
 /// claimed at most this late; retries and deferrals it scheduled itself at their due time.
 const IDLE: Duration = Duration::from_secs(1);
-
-/// How long the recorder waits, after an attempt finished, for more to finish before it writes
-/// their outcomes (see [`Dispatcher::run_recorder`]). Each write is a transaction whose fixed
-/// cost (on PostgreSQL: its statements' round trips, the counters' trigger, the commit) was
-/// most of the store's CPU per delivered push at four pushes in flight (bench, store
-/// scenario); gathered, that cost is shared by every outcome of the window. An outcome is
-/// visible (API, UI) this much later; the attempt slot and the target's circuit do not wait
-/// for it.
-const OUTCOME_LINGER: Duration = Duration::from_millis(10);
-
-/// Most outcomes written in one transaction.
-const OUTCOMES_PER_WRITE: usize = 512;
 
 /// How often leases that expired are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(5);
@@ -109,21 +104,6 @@ fn with_due(
     }
 }
 
-/// Per-target memory: in-flight count, circuit breaker, Slack pacing.
-#[derive(Debug, Default)]
-struct TargetState {
-    /// Claims held (attempts in flight and claims waiting for their turn).
-    in_flight: usize,
-    /// `per_target_concurrency` permits: an attempt holds one while it runs.
-    sending: Option<Arc<Semaphore>>,
-    consecutive_failures: u32,
-    open_until: Option<Instant>,
-    /// The circuit's cool-down passed and one attempt is probing the target.
-    probing: bool,
-    cooldown: Duration,
-    slack_next: Option<Instant>,
-}
-
 /// A claim's hold on the dispatcher (see [`Dispatcher::hold_if`]): released when dropped — the
 /// attempt ended, or the delivery it was taken for was rolled back — which frees the slot and
 /// wakes the dispatcher.
@@ -135,11 +115,7 @@ struct Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.dispatcher.targets.lock()
-            && let Some(s) = m.get_mut(&self.address)
-        {
-            s.in_flight = s.in_flight.saturating_sub(1);
-        }
+        self.dispatcher.targets.uncount(&self.address);
         drop(self.permit.take());
         self.dispatcher.finished.notify_one();
     }
@@ -181,7 +157,8 @@ pub struct Dispatcher {
     sender: Arc<Sender>,
     cfg: NotificationConfig,
     metrics: Arc<Metrics>,
-    targets: Mutex<HashMap<String, TargetState>>,
+    /// Per-target memory: claims held, circuit breaker, Slack pacing.
+    targets: Targets,
     slots: Arc<Semaphore>,
     finished: Notify,
     /// Cached `notification_enable` (the API updates it together with the database).
@@ -190,23 +167,15 @@ pub struct Dispatcher {
     /// restart may find some); `looked`: the count when a claim last found nothing due later.
     /// While they differ a claim that is not full looks up the next due time; otherwise the
     /// dispatcher polls once per idle second (see [`IDLE`]).
-    later: AtomicU64,
+    later: Arc<AtomicU64>,
     looked: AtomicU64,
     /// How long a claim holds (`store.claim_lease`).
     lease: Duration,
-    /// Finished attempts on their way to the store (see [`Dispatcher::run_recorder`]).
+    /// Finished attempts on their way to the store (see [`recorder`]).
     outcomes: tokio::sync::mpsc::UnboundedSender<Finished>,
     recorder: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
     /// `external_url`, when configured: chat formats and templates link to the artifact.
     external_url: Option<String>,
-}
-
-/// A finished attempt waiting to be recorded.
-#[derive(Debug)]
-struct Finished {
-    outcome: outbox::Outcome,
-    /// The target answered 410 Gone: (policy, target address) to disable.
-    gone: Option<(i64, String)>,
 }
 
 impl Dispatcher {
@@ -219,17 +188,18 @@ impl Dispatcher {
         lease: Duration,
     ) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_in_flight));
+        let targets = Targets::new(targets::Limits::of(&cfg));
         let (outcomes, recorder) = tokio::sync::mpsc::unbounded_channel();
         Dispatcher {
             store,
             sender,
             cfg,
             metrics,
-            targets: Mutex::new(HashMap::new()),
+            targets,
             slots,
             finished: Notify::new(),
             enabled,
-            later: AtomicU64::new(1),
+            later: Arc::new(AtomicU64::new(1)),
             looked: AtomicU64::new(0),
             lease,
             outcomes,
@@ -242,77 +212,6 @@ impl Dispatcher {
     pub fn with_external_url(mut self, external_url: Option<String>) -> Self {
         self.external_url = external_url;
         self
-    }
-
-    /// Write finished attempts to the store in batches: what finishes within
-    /// [`OUTCOME_LINGER`] of the first, and whatever finished while the last batch was being
-    /// written, goes into one transaction (set-based statements on PostgreSQL), so the outcome
-    /// of an attempt costs the store a fraction of a transaction whenever attempts finish
-    /// faster than one per linger. An attempt whose outcome is not written (the process dies
-    /// first) is attempted again once its claim's lease expires (at least once). Runs until
-    /// `shutdown`, then writes what is left.
-    async fn run_recorder(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(mut rx) = self.recorder.lock().ok().and_then(|mut r| r.take()) else {
-            return;
-        };
-        loop {
-            let first = tokio::select! {
-                f = rx.recv() => f,
-                () = shutdown.cancelled() => {
-                    // what finished before shutdown still goes in
-                    let mut left = Vec::new();
-                    while let Ok(f) = rx.try_recv() {
-                        left.push(f);
-                    }
-                    self.record(left).await;
-                    return;
-                }
-            };
-            let Some(first) = first else {
-                return;
-            };
-            let batch = gather(&mut rx, first, &shutdown).await;
-            self.record(batch).await;
-        }
-    }
-
-    async fn record(&self, batch: Vec<Finished>) {
-        if batch.is_empty() {
-            return;
-        }
-        let n = batch.len();
-        if batch
-            .iter()
-            .any(|f| matches!(f.outcome.next, Next::RetryAt(_)))
-        {
-            // before the commit that wakes the dispatcher, so that it looks ahead
-            self.later.fetch_add(1, Ordering::Release);
-        }
-        let result = self
-            .store
-            .write_relaxed(move |c| {
-                let outcomes: Vec<outbox::Outcome> =
-                    batch.iter().map(|f| f.outcome.clone()).collect();
-                outbox::record_many(c, &outcomes)?;
-                for f in &batch {
-                    if let Some((policy_id, address)) = &f.gone
-                        && let Some(idx) = outbox::target_index(c, f.outcome.attempt.delivery_id)?
-                    {
-                        outbox::disable_target(
-                            c,
-                            *policy_id,
-                            idx,
-                            address,
-                            "target answered 410 Gone: disabled",
-                        )?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(attempts = n, error = %e, "recording delivery attempts failed; they are attempted again when their claims expire");
-        }
     }
 
     /// Deliveries left `running` by a process that is gone go back to `pending`: on SQLite
@@ -345,44 +244,16 @@ impl Dispatcher {
         self.cfg.per_target_concurrency.saturating_mul(CLAIM_AHEAD)
     }
 
-    /// What limits the next claim: claims held per target (they count against
-    /// [`Dispatcher::held_per_target`]), and targets not to claim at all for now: at that
-    /// limit, or with an open circuit.
-    fn claim_limits(&self) -> (HashMap<String, usize>, Vec<String>) {
-        let now = Instant::now();
-        let Ok(map) = self.targets.lock() else {
-            return (HashMap::new(), Vec::new());
-        };
-        let in_flight = map
-            .iter()
-            .filter(|(_, s)| s.in_flight > 0)
-            .map(|(a, s)| (a.clone(), s.in_flight))
-            .collect();
-        let skip = map
-            .iter()
-            .filter(|(_, s)| {
-                s.in_flight >= self.held_per_target() || s.open_until.is_some_and(|t| t > now)
-            })
-            .map(|(a, _)| a.clone())
-            .collect();
-        (in_flight, skip)
-    }
-
-    /// How long until the first open circuit may be probed again, if one is open.
-    fn next_reopen(&self) -> Option<Duration> {
-        let now = Instant::now();
-        let map = self.targets.lock().ok()?;
-        map.values()
-            .filter_map(|s| s.open_until)
-            .filter(|t| *t > now)
-            .min()
-            .map(|t| t - now)
-    }
-
     /// Run until `shutdown`: claim, deliver, record.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.reclaim(true).await;
-        tokio::spawn(self.clone().run_recorder(shutdown.clone()));
+        if let Some(rx) = self.recorder.lock().ok().and_then(|mut r| r.take()) {
+            let recorder = Recorder {
+                store: self.store.clone(),
+                later: self.later.clone(),
+            };
+            tokio::spawn(recorder.run(rx, shutdown.clone()));
+        }
         // new deliveries that can be attempted at once come created claimed, while this runs
         let intake: Arc<dyn outbox::Intake> = Arc::new(Intake {
             dispatcher: Arc::downgrade(&self),
@@ -409,8 +280,8 @@ impl Dispatcher {
             let free = self.slots.available_permits();
             if self.enabled.load(Ordering::Relaxed) && free > 0 {
                 rotate = rotate.wrapping_add(1);
-                let (in_flight, skip) = self.claim_limits();
                 let per_target = self.held_per_target();
+                let (in_flight, skip) = self.targets.claim_limits(per_target);
                 let at_limit = in_flight.values().any(|n| *n >= per_target);
                 let known = fresh(&targets);
                 let limit = free.min(512);
@@ -470,7 +341,7 @@ impl Dispatcher {
                         let now = store::now_ms();
                         let idle_ms = IDLE.as_millis() as i64;
                         let mut wait = job.next_due.map_or(idle_ms, |due| due - now);
-                        if let Some(reopen) = self.next_reopen() {
+                        if let Some(reopen) = self.targets.next_reopen() {
                             wait = wait.min(reopen.as_millis() as i64 + 1);
                         }
                         idle = Duration::from_millis(wait.clamp(1, idle_ms) as u64);
@@ -493,21 +364,12 @@ impl Dispatcher {
     }
 
     /// A claim's hold on an attempt slot and on its target's count of claims held; `None`
-    /// when every slot is taken, or when `allowed` says no for the target's state (checked
-    /// and counted under one lock: writers admit in parallel).
-    fn hold_if(
-        self: &Arc<Self>,
-        address: &str,
-        allowed: impl FnOnce(&TargetState) -> bool,
-    ) -> Option<Hold> {
+    /// when every slot is taken, or when `admit` says no for the target's state (checked and
+    /// counted under one lock: writers admit in parallel).
+    fn hold_if(self: &Arc<Self>, address: &str, admit: Admit) -> Option<Hold> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        {
-            let mut m = self.targets.lock().ok()?;
-            let s = m.entry(address.to_string()).or_default();
-            if !allowed(s) {
-                return None;
-            }
-            s.in_flight += 1;
+        if !self.targets.count(address, admit) {
+            return None;
         }
         Some(Hold {
             dispatcher: self.clone(),
@@ -524,9 +386,7 @@ impl Dispatcher {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
-        let hold = self.hold_if(address, |s| {
-            s.in_flight < self.cfg.per_target_concurrency && s.open_until.is_none()
-        })?;
+        let hold = self.hold_if(address, Admit::AtOnce)?;
         Some(outbox::Admission {
             lease: outbox::Lease {
                 token: rand::random::<i64>(),
@@ -537,7 +397,7 @@ impl Dispatcher {
     }
 
     fn start(self: &Arc<Self>, d: Claimed) {
-        let Some(hold) = self.hold_if(&d.target.address, |_| true) else {
+        let Some(hold) = self.hold_if(&d.target.address, Admit::Always) else {
             // we claimed at most the free slots, but a delivery created claimed may have taken
             // one since: put it back, due now
             let store = self.store.clone();
@@ -554,16 +414,7 @@ impl Dispatcher {
     /// Attempt `d` in a task of its own when its target's turn comes, holding `hold` until the
     /// attempt ends.
     fn launch(self: &Arc<Self>, d: Claimed, hold: Box<dyn Send + Sync>) {
-        let per_target = self.cfg.per_target_concurrency;
-        let sending = match self.targets.lock() {
-            Ok(mut m) => m
-                .entry(d.target.address.clone())
-                .or_default()
-                .sending
-                .get_or_insert_with(|| Arc::new(Semaphore::new(per_target)))
-                .clone(),
-            Err(_) => Arc::new(Semaphore::new(per_target)),
-        };
+        let sending = self.targets.sending(&d.target.address);
         let me = self.clone();
         tokio::spawn(async move {
             // the target's turn (FIFO): at most per_target_concurrency attempts at once
@@ -593,99 +444,14 @@ impl Dispatcher {
         store::now_ms().saturating_add(attempt.as_millis() as i64) <= lease_until
     }
 
-    /// Wait for the target's circuit or Slack pacing. `Ok(probe)`: go — as the one attempt
-    /// probing a circuit whose cool-down has passed when `probe`; `Err(until)` defers the
-    /// delivery.
-    async fn gate(&self, d: &Claimed) -> Result<bool, Instant> {
-        let mut probe = false;
-        loop {
-            let wait = {
-                let Ok(mut m) = self.targets.lock() else {
-                    return Ok(probe);
-                };
-                let s = m.entry(d.target.address.clone()).or_default();
-                let now = Instant::now();
-                // (once this attempt is the probe, waiting for Slack pacing keeps it so)
-                if !probe && let Some(t) = s.open_until {
-                    if t > now {
-                        return Err(t);
-                    }
-                    // half-open: one attempt probes the target, the others wait for it
-                    if s.probing {
-                        return Err(now + Duration::from_secs(1));
-                    }
-                    s.probing = true;
-                    probe = true;
-                }
-                if d.target.kind != TargetKind::Slack {
-                    return Ok(probe);
-                }
-                match s.slack_next {
-                    Some(t) if t > now => t - now,
-                    _ => {
-                        s.slack_next = Some(now + self.cfg.slack_interval);
-                        return Ok(probe);
-                    }
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
-    }
-
-    /// Count an attempt's outcome for the target's circuit. A failure opens the circuit after
-    /// `breaker_failures` in a row; a failed probe opens it again for twice as long. Attempts
-    /// that started before the circuit opened and fail while it is open do not extend it.
-    fn note_outcome(&self, address: &str, ok: bool, probe: bool) {
-        let Ok(mut m) = self.targets.lock() else {
-            return;
-        };
-        let s = m.entry(address.to_string()).or_default();
-        if probe {
-            s.probing = false;
-        }
-        if ok {
-            s.consecutive_failures = 0;
-            s.open_until = None;
-            s.cooldown = Duration::ZERO;
-            return;
-        }
-        s.consecutive_failures += 1;
-        let now = Instant::now();
-        if !probe && s.open_until.is_some_and(|t| t > now) {
-            return;
-        }
-        if probe || s.consecutive_failures >= self.cfg.breaker_failures {
-            s.cooldown = if s.cooldown.is_zero() {
-                self.cfg.breaker_cooldown
-            } else {
-                (s.cooldown * 2).min(self.cfg.breaker_max_cooldown)
-            };
-            s.open_until = Some(now + s.cooldown);
-            tracing::warn!(target_address = %Loggable(address), failures = s.consecutive_failures, cooldown = ?s.cooldown, "circuit open: deliveries to this target wait");
-        }
-    }
-
-    /// An attempt that never reached the target ends: if it was the probe of an open circuit,
-    /// the next attempt probes.
-    fn release_probe(&self, address: &str, probe: bool) {
-        if !probe {
-            return;
-        }
-        if let Ok(mut m) = self.targets.lock()
-            && let Some(s) = m.get_mut(address)
-        {
-            s.probing = false;
-        }
-    }
-
     async fn deliver(&self, d: Claimed) {
-        let probe = match self.gate(&d).await {
+        let probe = match self.targets.gate(&d.target.address, d.target.kind).await {
             Ok(probe) => probe,
             Err(until) => {
                 let at = store::now_ms()
                     + until.saturating_duration_since(Instant::now()).as_millis() as i64;
                 let (id, token) = (d.id, d.token);
-                self.metrics.delivery("deferred");
+                self.metrics.delivery(AttemptOutcome::Deferred);
                 self.later.fetch_add(1, Ordering::Release);
                 if let Err(e) = self
                     .store
@@ -718,8 +484,10 @@ impl Dispatcher {
             .attempt_seconds
             .observe(sent.duration.as_secs_f64());
         match sent.error_kind {
-            Some(k) if !k.involves_target() => self.release_probe(&d.target.address, probe),
-            _ => self.note_outcome(&d.target.address, sent.ok(), probe),
+            Some(k) if !k.involves_target() => self.targets.release_probe(&d.target.address, probe),
+            _ => self
+                .targets
+                .note_outcome(&d.target.address, sent.ok(), probe),
         }
         let retry_no = d.attempts + 1; // this attempt's number; retries used = retry_no - 1
         let gone = sent.error_kind == Some(FailureKind::Gone);
@@ -742,10 +510,10 @@ impl Dispatcher {
             Next::RetryAt(store::now_ms() + delay.as_millis() as i64)
         };
         self.metrics.delivery(match (next, gone) {
-            (Next::Succeeded, _) => "success",
-            (Next::Dead, true) => "gone",
-            (Next::Dead, false) => "dead",
-            (Next::RetryAt(_), _) => "retry",
+            (Next::Succeeded, _) => AttemptOutcome::Success,
+            (Next::Dead, true) => AttemptOutcome::Gone,
+            (Next::Dead, false) => AttemptOutcome::Dead,
+            (Next::RetryAt(_), _) => AttemptOutcome::Retry,
         });
         log_attempt(&d, &sent, next);
         let attempt = Attempt {
@@ -774,33 +542,6 @@ impl Dispatcher {
             );
         }
     }
-}
-
-/// The outcomes to write together: `first`, and what arrives within [`OUTCOME_LINGER`] of it
-/// (at most [`OUTCOMES_PER_WRITE`]). Returns early when the channel closes or at `shutdown`
-/// (the recorder's next turn writes what is left).
-async fn gather<T>(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
-    first: T,
-    shutdown: &CancellationToken,
-) -> Vec<T> {
-    let mut batch = vec![first];
-    let until = tokio::time::Instant::now() + OUTCOME_LINGER;
-    while batch.len() < OUTCOMES_PER_WRITE {
-        if let Ok(f) = rx.try_recv() {
-            batch.push(f);
-            continue;
-        }
-        tokio::select! {
-            f = rx.recv() => match f {
-                Some(f) => batch.push(f),
-                None => break,
-            },
-            () = tokio::time::sleep_until(until) => break,
-            () = shutdown.cancelled() => break,
-        }
-    }
-    batch
 }
 
 /// A target address as logs may show it: a target URL may carry a secret in its path or query
@@ -836,8 +577,6 @@ fn log_attempt(d: &Claimed, sent: &Sent, next: Next) {
 mod tests {
     use super::*;
     use crate::dispatch::guard::Guard;
-    use crate::dispatch::policy::Target;
-    use crate::events::{Event, EventKind};
 
     #[test]
     fn a_logged_target_address_keeps_only_scheme_host_and_port() {
@@ -868,51 +607,6 @@ mod tests {
         )
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn outcomes_finishing_within_the_linger_are_written_together() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let sender = tokio::spawn(async move {
-            for (i, after_ms) in [(2, 3), (3, 4), (4, 20), (5, 1)] {
-                tokio::time::sleep(Duration::from_millis(after_ms)).await;
-                tx.send(i).unwrap();
-            }
-            tx
-        });
-        let started = tokio::time::Instant::now();
-        assert_eq!(gather(&mut rx, 1, &shutdown).await, vec![1, 2, 3]);
-        assert_eq!(
-            started.elapsed(),
-            OUTCOME_LINGER,
-            "waits out the linger, no longer"
-        );
-        let next = rx.recv().await.unwrap();
-        assert_eq!(gather(&mut rx, next, &shutdown).await, vec![4, 5]);
-        // closed channel or shutdown: no waiting
-        let tx = sender.await.unwrap();
-        tx.send(6).unwrap();
-        drop(tx);
-        let started = tokio::time::Instant::now();
-        assert_eq!(gather(&mut rx, 0, &shutdown).await, vec![0, 6]);
-        assert_eq!(started.elapsed(), Duration::ZERO);
-        let (_tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<i32>();
-        shutdown.cancel();
-        assert_eq!(gather(&mut rx, 7, &shutdown).await, vec![7]);
-        assert_eq!(started.elapsed(), Duration::ZERO);
-        // a full batch does not wait either
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for i in 0..OUTCOMES_PER_WRITE + 3 {
-            tx.send(i).unwrap();
-        }
-        let shutdown = CancellationToken::new();
-        let first = rx.recv().await.unwrap();
-        assert_eq!(
-            gather(&mut rx, first, &shutdown).await.len(),
-            OUTCOMES_PER_WRITE
-        );
-        assert_eq!(started.elapsed(), Duration::ZERO);
-    }
-
     #[test]
     fn a_local_fan_out_extends_the_kept_list_and_other_deliveries_drop_it() {
         use store::db::Due;
@@ -937,50 +631,6 @@ mod tests {
         assert_eq!(with_due(None, to(&["http://b/"])), None, "no list: scan");
     }
 
-    fn cfg() -> NotificationConfig {
-        NotificationConfig {
-            breaker_failures: 2,
-            breaker_cooldown: Duration::from_secs(10),
-            breaker_max_cooldown: Duration::from_secs(600),
-            slack_interval: Duration::from_millis(50),
-            ..NotificationConfig::default()
-        }
-    }
-
-    fn claimed(address: &str, kind: TargetKind) -> Claimed {
-        let repo = crate::route::Repository::parse("prj/app").unwrap();
-        Claimed {
-            id: 1,
-            event: Event::new(EventKind::PushArtifact, &repo, "u"),
-            policy_id: 1,
-            project_id: 1,
-            target: Target {
-                kind,
-                ..Target::http(address)
-            },
-            attempts: 0,
-            token: 1,
-            lease_until: i64::MAX,
-        }
-    }
-
-    /// (cool-down, open, probing) of a target.
-    fn circuit(d: &Dispatcher, address: &str) -> (Duration, bool, bool) {
-        let m = d.targets.lock().unwrap();
-        let s = &m[address];
-        (
-            s.cooldown,
-            s.open_until.is_some_and(|t| t > Instant::now()),
-            s.probing,
-        )
-    }
-
-    /// Let the cool-down of an open circuit pass.
-    fn expire(d: &Dispatcher, address: &str) {
-        let mut m = d.targets.lock().unwrap();
-        m.get_mut(address).unwrap().open_until = Some(Instant::now() - Duration::from_millis(1));
-    }
-
     /// A delivery is created claimed only when its attempt can start at once: notifications
     /// on, a free slot, fewer than `per_target_concurrency` claims held for its target, its
     /// circuit closed. A hold dropped (the job rolled back, or the attempt ended) gives the
@@ -992,11 +642,12 @@ mod tests {
             NotificationConfig {
                 per_target_concurrency: 2,
                 max_in_flight: 3,
-                ..cfg()
+                breaker_failures: 2,
+                ..NotificationConfig::default()
             },
             dir.path(),
         ));
-        let held = |a: &str| d.targets.lock().unwrap().get(a).map_or(0, |s| s.in_flight);
+        let held = |a: &str| d.targets.held(a);
         let a1 = d.admit("http://a/").expect("a free slot");
         assert!(a1.lease.until > store::now_ms() + 59_000);
         let a2 = d
@@ -1011,7 +662,7 @@ mod tests {
         assert_eq!(d.slots.available_permits(), 1);
         // an open circuit, notifications off: not admitted
         for _ in 0..2 {
-            d.note_outcome("http://c/", false, false);
+            d.targets.note_outcome("http://c/", false, false);
         }
         assert!(d.admit("http://c/").is_none(), "circuit open");
         d.enabled.store(false, Ordering::Relaxed);
@@ -1021,73 +672,5 @@ mod tests {
         drop((a1, b1));
         assert_eq!(d.slots.available_permits(), 3);
         assert_eq!(held("http://a/") + held("http://b/") + held("http://c/"), 0);
-    }
-
-    #[test]
-    fn attempts_in_flight_when_the_circuit_opens_do_not_extend_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dispatcher(cfg(), dir.path());
-        // 16 attempts were in flight to a blackholed target; they all time out
-        for _ in 0..16 {
-            d.note_outcome("http://a/", false, false);
-        }
-        assert_eq!(
-            circuit(&d, "http://a/"),
-            (Duration::from_secs(10), true, false)
-        );
-    }
-
-    #[tokio::test]
-    async fn one_probe_at_a_time_and_a_failed_probe_doubles_the_cooldown() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dispatcher(cfg(), dir.path());
-        let a = "http://a/";
-        d.note_outcome(a, false, false);
-        d.note_outcome(a, false, false);
-        assert!(d.gate(&claimed(a, TargetKind::Http)).await.is_err());
-        expire(&d, a);
-        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
-        assert!(d.gate(&claimed(a, TargetKind::Http)).await.is_err());
-        d.note_outcome(a, false, true);
-        assert_eq!(circuit(&d, a), (Duration::from_secs(20), true, false));
-        expire(&d, a);
-        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
-        d.note_outcome(a, true, true);
-        assert_eq!(circuit(&d, a), (Duration::ZERO, false, false));
-        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(false));
-    }
-
-    /// A probe whose body could not be made (a Custom template's failure) says nothing about
-    /// the target: the circuit stays as it was, and the next attempt probes.
-    #[tokio::test]
-    async fn a_probe_that_was_never_sent_leaves_the_circuit_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dispatcher(cfg(), dir.path());
-        let a = "http://a/";
-        d.note_outcome(a, false, false);
-        d.note_outcome(a, false, false);
-        expire(&d, a);
-        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
-        let before = circuit(&d, a);
-        d.release_probe(a, true);
-        assert_eq!(circuit(&d, a), (before.0, before.1, false));
-        assert_eq!(d.gate(&claimed(a, TargetKind::Http)).await, Ok(true));
-    }
-
-    #[tokio::test]
-    async fn a_slack_probe_waiting_for_its_pace_stays_the_probe() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dispatcher(cfg(), dir.path());
-        let s = "https://hooks.slack.invalid/x";
-        // one message just went out; then the circuit opened and its cool-down passed
-        assert_eq!(d.gate(&claimed(s, TargetKind::Slack)).await, Ok(false));
-        d.note_outcome(s, false, false);
-        d.note_outcome(s, false, false);
-        expire(&d, s);
-        let started = Instant::now();
-        assert_eq!(d.gate(&claimed(s, TargetKind::Slack)).await, Ok(true));
-        assert!(started.elapsed() >= Duration::from_millis(40), "paced");
-        d.note_outcome(s, true, true);
-        assert_eq!(circuit(&d, s), (Duration::ZERO, false, false));
     }
 }
