@@ -68,7 +68,7 @@ pub async fn ping() -> Response {
         .into_response()
 }
 
-fn component(name: &str, error: Option<String>) -> Value {
+fn component(name: &str, error: &Option<String>) -> Value {
     match error {
         None => json!({"name": name, "status": "healthy"}),
         Some(e) => json!({"name": name, "status": "unhealthy", "error": e}),
@@ -83,7 +83,7 @@ pub async fn health(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> 
         .chain(app.chartmuseum.as_ref().map(|c| (c, "/health")));
     for (up, probe) in ups {
         let error = up.probe(probe).await.err().map(|e| e.kind().to_string());
-        components.push(component(up.name(), error));
+        components.push((up.name().to_string(), error));
     }
     let store = match tokio::time::timeout(Duration::from_secs(5), app.store.check()).await {
         Ok(Ok(())) => None,
@@ -93,8 +93,12 @@ pub async fn health(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> 
         }
         Err(_) => Some("timeout".to_string()),
     };
-    components.push(component("store", store));
-    let healthy = components.iter().all(|c| c["status"] == "healthy");
+    components.push(("store".to_string(), store));
+    let healthy = components.iter().all(|(_, error)| error.is_none());
+    let components: Vec<Value> = components
+        .iter()
+        .map(|(name, error)| component(name, error))
+        .collect();
     Ok(Json(json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "components": components,
