@@ -101,6 +101,19 @@ impl Api {
         self.call(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Every verb on policy `id` of `project` (read, change, delete, its executions, redeliver)
+    /// answers `status`.
+    async fn expect_on_policy(&self, project: &str, id: i64, body: &Value, status: u16) {
+        let one = format!("{}/{id}", policies(project));
+        self.get(&one).await.expect(status);
+        self.put(&one, body).await.expect(status);
+        self.delete(&one).await.expect(status);
+        self.get(&format!("{one}/executions")).await.expect(status);
+        self.post(&format!("{one}/redeliver"), &json!({}))
+            .await
+            .expect(status);
+    }
+
     /// Create a policy in `project`; asserts 201 and returns the policy as answered.
     async fn create_policy(&self, project: &str, body: &Value) -> Value {
         self.post(&policies(project), body).await.expect(201).json()
@@ -1632,33 +1645,9 @@ async fn project_admins_are_confined_to_their_projects() {
         .get(&policies(&b_project_id.to_string()))
         .await
         .expect(403);
-    alice
-        .get(&format!("{}/{b_id}", policies("b")))
-        .await
-        .expect(403);
-    alice
-        .post(&policies("b"), &policy("evil", vec![target(&rx.url())]))
-        .await
-        .expect(403);
-    alice
-        .put(
-            &format!("{}/{b_id}", policies("b")),
-            &policy("evil", vec![target(&rx.url())]),
-        )
-        .await
-        .expect(403);
-    alice
-        .delete(&format!("{}/{b_id}", policies("b")))
-        .await
-        .expect(403);
-    alice
-        .get(&format!("{}/{b_id}/executions", policies("b")))
-        .await
-        .expect(403);
-    alice
-        .post(&format!("{}/{b_id}/redeliver", policies("b")), &json!({}))
-        .await
-        .expect(403);
+    let evil = policy("evil", vec![target(&rx.url())]);
+    alice.post(&policies("b"), &evil).await.expect(403);
+    alice.expect_on_policy("b", b_id, &evil, 403).await;
     alice
         .get("/api/v2.0/projects/b/webhook/lasttrigger")
         .await
@@ -1667,29 +1656,7 @@ async fn project_admins_are_confined_to_their_projects() {
     alice.get(&policies("c")).await.expect(403);
 
     // no IDOR: b's policy id under project a is not found, whatever the verb
-    alice
-        .get(&format!("{}/{b_id}", policies("a")))
-        .await
-        .expect(404);
-    alice
-        .put(
-            &format!("{}/{b_id}", policies("a")),
-            &policy("evil", vec![target(&rx.url())]),
-        )
-        .await
-        .expect(404);
-    alice
-        .delete(&format!("{}/{b_id}", policies("a")))
-        .await
-        .expect(404);
-    alice
-        .get(&format!("{}/{b_id}/executions", policies("a")))
-        .await
-        .expect(404);
-    alice
-        .post(&format!("{}/{b_id}/redeliver", policies("a")), &json!({}))
-        .await
-        .expect(404);
+    alice.expect_on_policy("a", b_id, &evil, 404).await;
     let still = bob
         .get(&format!("{}/{b_id}", policies("b")))
         .await
