@@ -24,6 +24,12 @@ pub struct Blocked {
 /// Why a URL cannot be a webhook target.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TargetError {
+    #[error("{url:?} is not a URL: {source}")]
+    NotUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
     #[error("{0}")]
     Url(String),
     #[error("cannot resolve {host}: {source}")]
@@ -155,8 +161,10 @@ impl Guard {
 
     /// Check a target URL: scheme, host, and every address its host resolves to.
     pub async fn check_url(&self, url: &str) -> Result<(), TargetError> {
-        let u = reqwest::Url::parse(url)
-            .map_err(|e| TargetError::Url(format!("{url:?} is not a URL: {e}")))?;
+        let u = reqwest::Url::parse(url).map_err(|source| TargetError::NotUrl {
+            url: url.to_string(),
+            source,
+        })?;
         if !matches!(u.scheme(), "http" | "https") {
             return Err(TargetError::Url(format!(
                 "{url:?} must be http:// or https://"
@@ -360,9 +368,12 @@ mod tests {
             g.check_url("ftp://example.com/").await,
             Err(TargetError::Url(_))
         ));
-        assert!(matches!(
-            g.check_url("not a url").await,
-            Err(TargetError::Url(_))
-        ));
+        let not_url = g.check_url("not a url").await.unwrap_err();
+        assert!(matches!(not_url, TargetError::NotUrl { .. }), "{not_url:?}");
+        assert_eq!(
+            not_url.to_string(),
+            "\"not a url\" is not a URL: relative URL without a base"
+        );
+        assert!(std::error::Error::source(&not_url).is_some());
     }
 }

@@ -206,7 +206,8 @@ enum Collected {
     Full(Bytes),
     /// Over the cap: the body to forward instead (what was read, then the rest, unchanged).
     TooLarge(Body),
-    Failed(String),
+    /// Reading the body failed (the client went away, or sent a broken chunked body).
+    Failed(axum::Error),
 }
 
 async fn collect_capped(body: Body, limit: usize, declared: Option<u64>) -> Collected {
@@ -224,7 +225,7 @@ async fn collect_capped(body: Body, limit: usize, declared: Option<u64>) -> Coll
                 }
                 buf.extend_from_slice(&data);
             }
-            Err(e) => return Collected::Failed(e.to_string()),
+            Err(e) => return Collected::Failed(e),
         }
     }
     Collected::Full(buf.freeze())

@@ -65,7 +65,7 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
                 StatusCode::BAD_REQUEST,
                 "MANIFEST_INVALID",
                 "the manifest could not be read from the request",
-                serde_json::json!({"reason": reason, "request_id": ctx.request_id_str()}),
+                serde_json::json!({"reason": reason.to_string(), "request_id": ctx.request_id_str()}),
             );
         }
     };

@@ -15,10 +15,10 @@ pub const MAX_EXPANDED_BYTES: u64 = 100 << 20;
 pub const MAX_CHART_YAML_BYTES: u64 = 5 << 20;
 
 /// Why an upload did not yield the chart's facts (it then makes no event).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ChartError {
     #[error("not a gzip-compressed tar archive: {0}")]
-    Archive(String),
+    Archive(#[source] std::io::Error),
     #[error("the archive expands to more than {0} bytes")]
     TooBig(u64),
     #[error("no Chart.yaml at the top of the chart directory")]
@@ -26,7 +26,7 @@ pub enum ChartError {
     #[error("Chart.yaml is larger than {0} bytes")]
     ChartYamlTooBig(u64),
     #[error("Chart.yaml is not valid YAML: {0}")]
-    Yaml(String),
+    Yaml(#[source] serde_yaml_ng::Error),
     #[error("Chart.yaml has no {0}")]
     Missing(&'static str),
     #[error("multipart body: {0}")]
@@ -96,7 +96,7 @@ pub fn read_chart_yaml(tgz: &[u8], max_expanded: u64) -> Result<ChartMeta, Chart
         if tripped.get() {
             ChartError::TooBig(max_expanded)
         } else {
-            ChartError::Archive(e.to_string())
+            ChartError::Archive(e)
         }
     };
     let mut ar = tar::Archive::new(Capped {
@@ -134,8 +134,7 @@ pub(super) fn is_top_chart_yaml(path: &[u8]) -> bool {
 /// Name, version, type and appVersion of a `Chart.yaml`.
 pub fn parse_chart_yaml(text: &[u8]) -> Result<ChartMeta, ChartError> {
     use serde_yaml_ng::Value;
-    let doc: Value =
-        serde_yaml_ng::from_slice(text).map_err(|e| ChartError::Yaml(e.to_string()))?;
+    let doc: Value = serde_yaml_ng::from_slice(text).map_err(ChartError::Yaml)?;
     let text_of = |key: &str| match doc.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
         _ => None,

@@ -42,7 +42,7 @@ pub(super) async fn index(
             tracing::warn!(request_id = ctx.request_id_str(), %reason, "reading index.yaml from chartmuseum failed");
             return crate::forward::ForwardError::Failed {
                 upstream: up.name(),
-                detail: reason,
+                detail: reason.to_string(),
             }
             .to_response(ctx.request_id_str());
         }

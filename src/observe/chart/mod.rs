@@ -154,7 +154,7 @@ async fn upload(
                 StatusCode::BAD_REQUEST,
                 "BAD_REQUEST",
                 "the chart could not be read from the request",
-                serde_json::json!({"reason": reason, "request_id": ctx.request_id_str()}),
+                serde_json::json!({"reason": reason.to_string(), "request_id": ctx.request_id_str()}),
             );
         }
     };
