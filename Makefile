@@ -39,6 +39,7 @@ deps:
 
 test: deps
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-20} bash scripts/fuzz-smoke.sh

@@ -16,14 +16,21 @@ use wharf::observe::chart::{
 
 fuzz_target!(|data: &[u8]| {
     let (ct, body) = match data.iter().position(|&b| b == b'\n') {
-        Some(i) => (String::from_utf8_lossy(&data[..i]).into_owned(), &data[i + 1..]),
+        Some(i) => (
+            String::from_utf8_lossy(&data[..i]).into_owned(),
+            &data[i + 1..],
+        ),
         None => (String::new(), data),
     };
     let content_type = (!ct.is_empty()).then_some(ct.as_str());
     let first = read_upload(body, content_type);
     // (errors keep their source, which has no equality: compared as shown)
     let again = read_upload(body, content_type);
-    assert_eq!(format!("{first:?}"), format!("{again:?}"), "not deterministic");
+    assert_eq!(
+        format!("{first:?}"),
+        format!("{again:?}"),
+        "not deterministic"
+    );
     if let Some(boundary) = content_type.and_then(multipart_boundary) {
         assert!(!boundary.is_empty() && boundary.len() <= 200);
         if let Ok(part) = multipart_field(body, &boundary, CHART_FIELD) {

@@ -42,10 +42,21 @@ fuzz_target!(|data: &[u8]| {
     let route = classified.route.clone();
     assert_eq!(route, classify(&method, &path, query));
     if matches!(route, Route::Registry(_) | Route::Chart(_)) {
-        let forwarded = classified.canonical_path.clone().unwrap_or_else(|| path.clone());
+        let forwarded = classified
+            .canonical_path
+            .clone()
+            .unwrap_or_else(|| path.clone());
         let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
-        assert_eq!(decode(&forwarded), decode(&path), "{path:?} -> {forwarded:?}");
-        assert_eq!(canonical_path(&forwarded), canonical_path(&path), "{path:?}");
+        assert_eq!(
+            decode(&forwarded),
+            decode(&path),
+            "{path:?} -> {forwarded:?}"
+        );
+        assert_eq!(
+            canonical_path(&forwarded),
+            canonical_path(&path),
+            "{path:?}"
+        );
         let again = classify_request(&method, &forwarded, query);
         assert_eq!(again.route, route, "{path:?} -> {forwarded:?}");
         // the forwarded path is its own canonical form: nothing left to decode differently

@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_default();
     let verified = verifier().verify(token);
     assert!(!verified, "a fuzzed token verified: {token:?}");
-    if value.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")) {
+    if value
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
+    {
         assert_eq!(from_headers(&headers, Some(verifier())), ANONYMOUS);
     }
 });
