@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderValue, StatusCode};
 
 use super::{ApiError, ApiState};
 use crate::forward::ClientConn;
@@ -129,22 +129,6 @@ fn key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address for throttling (see the module docs).
-pub fn client_addr(conn: &ClientConn, headers: &HeaderMap, trust_forwarded: bool) -> IpAddr {
-    if trust_forwarded
-        && let Some(ip) = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-    {
-        return ip;
-    }
-    conn.addr.ip()
-}
-
 /// The middleware: 429 while the client's bucket is empty, count 401s.
 pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     let Ok(app) = s.app() else {
@@ -155,7 +139,7 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
     let (true, Some(conn)) = (has_credentials, conn) else {
         return next.run(req).await;
     };
-    let ip = client_addr(&conn, req.headers(), app.config.trust_forwarded_headers);
+    let ip = conn.client_ip(req.headers(), app.config.trust_forwarded_headers);
     if let Err(wait) = app.login_throttle.check(ip) {
         app.metrics.login_throttled.inc();
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -181,6 +165,7 @@ pub async fn layer(State(s): State<ApiState>, req: Request, next: Next) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -238,9 +223,13 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("6.6.6.6, 203.0.113.9"),
         );
-        assert_eq!(client_addr(&conn, &h, true), ip("203.0.113.9"));
-        assert_eq!(client_addr(&conn, &h, false), ip("10.0.0.5"));
+        assert_eq!(conn.client_ip(&h, true), ip("203.0.113.9"));
+        assert_eq!(conn.client_ip(&h, false), ip("10.0.0.5"));
+        // lines are one list: the last line's last address
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        assert_eq!(conn.client_ip(&h, true), ip("198.51.100.1"));
         h.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
-        assert_eq!(client_addr(&conn, &h, true), ip("10.0.0.5"));
+        assert_eq!(conn.client_ip(&h, true), ip("10.0.0.5"));
     }
 }

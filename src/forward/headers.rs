@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::{ClientConn, X_REQUEST_ID};
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -82,10 +82,18 @@ pub fn prepare_request_headers(
     {
         headers.insert(header::HOST, host.clone());
     }
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if trust_forwarded => {
-            let ip = conn.ip.to_str().unwrap_or("");
-            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+    // every line the client (and a trusted load balancer) sent, as one list, then the peer
+    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter();
+    let xff = match (trust_forwarded, lines.next()) {
+        (true, Some(first)) => {
+            let mut list = first.as_bytes().to_vec();
+            for line in lines {
+                list.extend_from_slice(b", ");
+                list.extend_from_slice(line.as_bytes());
+            }
+            list.extend_from_slice(b", ");
+            list.extend_from_slice(conn.ip.as_bytes());
+            HeaderValue::from_bytes(&list).ok()
         }
         _ => Some(conn.ip.clone()),
     };
@@ -171,6 +179,25 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
         assert_eq!(h["x-request-id"], "rid");
+    }
+
+    /// regression: with two `X-Forwarded-For` lines (the client's, then the load balancer's)
+    /// only the first went upstream: the address the load balancer saw was lost.
+    #[test]
+    fn every_forwarded_for_line_goes_upstream_when_trusted() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        let host = HeaderValue::from_static("w");
+        prepare_request_headers(
+            &mut h,
+            Some(&host),
+            &conn(),
+            &HeaderValue::from_static("r"),
+            true,
+        );
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["6.6.6.6, 203.0.113.9, 127.0.0.9"]);
     }
 
     #[test]

@@ -230,6 +230,25 @@ impl ClientConn {
         }
     }
 
+    /// The client's address: the TCP peer, or with `trust_forwarded_headers` the last address
+    /// of `X-Forwarded-For` — all its lines taken as one list (RFC 9110, 5.3) — which is the
+    /// one the trusted load balancer in front of wharf appended; the entries before it are the
+    /// client's own word. An address that does not parse falls back to the peer.
+    pub fn client_ip(&self, headers: &HeaderMap, trust_forwarded: bool) -> std::net::IpAddr {
+        if trust_forwarded
+            && let Some(ip) = headers
+                .get_all(&headers::X_FORWARDED_FOR)
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        {
+            return ip;
+        }
+        self.addr.ip()
+    }
+
     /// This connection's HTTP/1 requests go upstream on connections of its own, driven by
     /// `affinity.drive()` (which the caller runs beside the connection).
     pub fn with_affinity(mut self, affinity: Arc<Affinity>) -> Self {

@@ -125,22 +125,6 @@ fn forward_failed(
     e.to_response(ctx.request_id_str())
 }
 
-/// The client's address: the TCP peer, or with `trust_forwarded_headers` the last address of
-/// `X-Forwarded-For` (the one the load balancer in front of wharf saw; earlier entries are the
-/// client's own word, which a load balancer that appends keeps).
-fn client_ip(app: &App, headers: &HeaderMap, ctx: &RequestCtx) -> IpAddr {
-    if app.config.trust_forwarded_headers
-        && let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-    {
-        return ip;
-    }
-    ctx.conn.addr.ip()
-}
-
 /// Who made the request, as events report it.
 #[derive(Debug, Clone)]
 pub struct Who {
@@ -158,7 +142,9 @@ pub struct Who {
 
 impl Who {
     pub fn of(app: &App, headers: &HeaderMap, ctx: &RequestCtx) -> Who {
-        let ip = client_ip(app, headers, ctx);
+        let ip = ctx
+            .conn
+            .client_ip(headers, app.config.trust_forwarded_headers);
         Who {
             operator: crate::events::operator::from_headers(headers, app.token_verifier.as_ref()),
             ip,

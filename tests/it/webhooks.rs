@@ -2141,3 +2141,31 @@ async fn client_address_follows_trust_forwarded_headers() {
         assert_eq!(pulls[0]["client_addr"], expected, "trusted: {trusted}");
     }
 }
+
+// regression: a client's own `X-Forwarded-For` line named the address of its events when the
+// load balancer added its own line after it (lines are one list, RFC 9110 5.3: the last
+// address is the one the load balancer saw); the login throttle already took the last line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_for_line_of_the_client_does_not_name_the_event_address() {
+    let env = env("trust_forwarded_headers: true").await;
+    env.pusher.push("prj/addr", "v1").await;
+    let r = client()
+        .get(format!("{}/v2/prj/addr/manifests/v1", env.wharf.url()))
+        .header("accept", oci::MANIFEST_V1)
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-for", "10.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let pulls = wait_until("the pull event", SOON, || {
+        let api = env.api.clone();
+        async move {
+            let v = api.get("/api/v1/events?type=PULL_ARTIFACT").await.json();
+            (!v.as_array()?.is_empty()).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(pulls[0]["client_addr"], "10.0.0.1");
+}
