@@ -11,6 +11,9 @@ use super::{
     invalid, read_secret_file,
 };
 
+/// The longest a delivery attempt may be given (`notification.webhook_job_http_client_timeout`).
+const MAX_ATTEMPT_SECS: u64 = 3600;
+
 impl Config {
     /// Read `path`, apply `WHARF_…` overrides from the process environment, validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -223,7 +226,14 @@ impl Config {
         if self.store.connect_timeout.is_zero() {
             return Err(invalid("store.connect_timeout", "must be greater than 0"));
         }
-        let attempt = Duration::from_secs(self.notification.webhook_job_http_client_timeout);
+        let timeout = self.notification.webhook_job_http_client_timeout;
+        if timeout > MAX_ATTEMPT_SECS {
+            return Err(invalid(
+                "notification.webhook_job_http_client_timeout",
+                format!("must be at most {MAX_ATTEMPT_SECS} (seconds: an hour)"),
+            ));
+        }
+        let attempt = Duration::from_secs(timeout);
         if self.store.claim_lease < attempt + Duration::from_secs(5) {
             return Err(invalid(
                 "store.claim_lease",

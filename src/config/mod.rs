@@ -366,7 +366,7 @@ pub struct NotificationConfig {
     /// Retries after the first attempt; then the delivery is dead (visible, redeliverable).
     #[serde(default = "defaults::max_retry")]
     pub webhook_job_max_retry: u32,
-    /// Seconds one delivery attempt may take.
+    /// Seconds one delivery attempt may take (1 to 3600).
     #[serde(default = "defaults::http_timeout")]
     pub webhook_job_http_client_timeout: u64,
     /// Time between attempts.

@@ -647,3 +647,39 @@ fn example_config_is_valid() {
     let c = load(text, &[]).unwrap();
     assert_eq!(c.external_host(), "registry.example.com");
 }
+
+/// regression: a duration too large for the clock (`1e20` seconds panicked while loading; a
+/// huge whole number of seconds loaded and panicked later, when added to the clock) and a
+/// webhook timeout near `u64::MAX` (its lease check overflowed) are refused naming the key.
+#[test]
+fn durations_beyond_any_clock_are_refused_naming_the_key() {
+    for (text, env, key) in [
+        ("", ("WHARF_SHUTDOWN_GRACE", "1e20"), "shutdown_grace"),
+        (
+            "server: {idle_timeout: 18446744073709551615}\n",
+            ("", ""),
+            "server.idle_timeout",
+        ),
+        (
+            "server: {header_timeout: \"900000000 years\"}\n",
+            ("", ""),
+            "server.header_timeout",
+        ),
+        (
+            "notification: {webhook_job_http_client_timeout: 18446744073709551615}\n",
+            ("", ""),
+            "notification.webhook_job_http_client_timeout",
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = [env].into_iter().filter(|(k, _)| !k.is_empty()).collect();
+        let err = load(&format!("{MIN}{text}"), &env).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}{env:?}: {err}");
+    }
+    // the largest accepted
+    let c = load(
+        &format!("{MIN}server: {{idle_timeout: \"100 years\"}}\n"),
+        &[],
+    )
+    .unwrap();
+    assert!(c.server.idle_timeout > Duration::from_secs(3_000_000_000));
+}
