@@ -13,6 +13,13 @@ use super::{
 
 /// The longest a delivery attempt may be given (`notification.webhook_job_http_client_timeout`).
 const MAX_ATTEMPT_SECS: u64 = 3600;
+/// Most client connections (`server.max_connections`).
+const MAX_CONNECTIONS: usize = 1 << 20;
+/// Most delivery attempts at once, in all and per target (`notification.max_in_flight`,
+/// `notification.per_target_concurrency`).
+const MAX_ATTEMPTS_AT_ONCE: usize = 65_536;
+/// Most PostgreSQL connections of one replica (`store.pool_size`).
+const MAX_POOL_SIZE: usize = 1_000;
 
 impl Config {
     /// Read `path`, apply `WHARF_…` overrides from the process environment, validate.
@@ -156,8 +163,11 @@ impl Config {
                 "must be greater than 0 (or set log.buffer: 0)",
             ));
         }
-        if self.server.max_connections == 0 {
-            return Err(invalid("server.max_connections", "must be at least 1"));
+        if !(1..=MAX_CONNECTIONS).contains(&self.server.max_connections) {
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be at least 1 and at most {MAX_CONNECTIONS}"),
+            ));
         }
         if let WorkerThreads::Count(n) = self.server.worker_threads
             && !(1..=MAX_WORKER_THREADS).contains(&n)
@@ -217,10 +227,13 @@ impl Config {
                 format!("{} is not a readable file", p.display()),
             ));
         }
-        if self.store.pool_size < 4 {
+        if !(4..=MAX_POOL_SIZE).contains(&self.store.pool_size) {
             return Err(invalid(
                 "store.pool_size",
-                "must be at least 4 (a writer, a reader, the dispatcher and the change listener)",
+                format!(
+                    "must be at least 4 (a writer, a reader, the dispatcher and the change \
+                     listener) and at most {MAX_POOL_SIZE}"
+                ),
             ));
         }
         if self.store.connect_timeout.is_zero() {
@@ -283,13 +296,16 @@ impl Config {
                 "must be at least 1 (seconds)",
             ));
         }
-        if n.max_in_flight == 0 {
-            return Err(invalid("notification.max_in_flight", "must be at least 1"));
+        if !(1..=MAX_ATTEMPTS_AT_ONCE).contains(&n.max_in_flight) {
+            return Err(invalid(
+                "notification.max_in_flight",
+                format!("must be at least 1 and at most {MAX_ATTEMPTS_AT_ONCE}"),
+            ));
         }
-        if n.per_target_concurrency == 0 {
+        if !(1..=MAX_ATTEMPTS_AT_ONCE).contains(&n.per_target_concurrency) {
             return Err(invalid(
                 "notification.per_target_concurrency",
-                "must be at least 1",
+                format!("must be at least 1 and at most {MAX_ATTEMPTS_AT_ONCE}"),
             ));
         }
         if n.breaker_failures == 0 {

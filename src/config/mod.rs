@@ -197,7 +197,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Most client connections open at once; at the limit wharf stops accepting until one
     /// closes (new connections wait in the kernel's backlog). Lowered at start to what the
-    /// open-files limit allows (two descriptors per connection: client and upstream).
+    /// open-files limit allows (two descriptors per connection: client and upstream). 1 to
+    /// 1,048,576.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
     /// HTTP/2: a PING is sent after this long without frames from the client; a connection
@@ -382,10 +383,10 @@ pub struct NotificationConfig {
     /// Extra CA certificates (PEM) trusted for HTTPS targets, besides the system roots.
     #[serde(default)]
     pub ca_bundle: Option<PathBuf>,
-    /// Deliveries in flight at once, over all targets.
+    /// Deliveries in flight at once, over all targets (1 to 65,536).
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
-    /// Deliveries in flight at once to one target address.
+    /// Deliveries in flight at once to one target address (1 to 65,536).
     #[serde(default = "defaults::per_target_concurrency")]
     pub per_target_concurrency: usize,
     /// After this many consecutive failures a target's circuit opens: its deliveries wait
@@ -489,7 +490,7 @@ pub struct StoreConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     /// Most PostgreSQL connections this process opens (writers, readers and the listener for
-    /// change notifications).
+    /// change notifications): 4 to 1,000.
     #[serde(default = "defaults::pool_size")]
     pub pool_size: usize,
     /// Time allowed to connect to PostgreSQL, and to wait for a free pooled connection.

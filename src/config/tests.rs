@@ -683,3 +683,35 @@ fn durations_beyond_any_clock_are_refused_naming_the_key() {
     .unwrap();
     assert!(c.server.idle_timeout > Duration::from_secs(3_000_000_000));
 }
+
+/// regression: counts that size a semaphore or a pool were only checked for 0; one beyond a
+/// semaphore's range (tokio's: `usize::MAX >> 3`) panicked at start.
+#[test]
+fn counts_beyond_any_use_are_refused_naming_the_key() {
+    for (text, key) in [
+        (
+            "server: {max_connections: 18446744073709551615}",
+            "server.max_connections",
+        ),
+        (
+            "notification: {max_in_flight: 18446744073709551615}",
+            "notification.max_in_flight",
+        ),
+        (
+            "notification: {per_target_concurrency: 18446744073709551615}",
+            "notification.per_target_concurrency",
+        ),
+        (
+            "store: {pool_size: 18446744073709551615}",
+            "store.pool_size",
+        ),
+    ] {
+        let err = load(&format!("{MIN}{text}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains("at most"),
+            "{text}: {err}"
+        );
+    }
+}
