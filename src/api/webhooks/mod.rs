@@ -509,10 +509,3 @@ pub async fn redeliver_dead(
     tracing::info!(policy = id, deliveries = n, since, by = %caller.name(), "redelivery of dead deliveries requested");
     Ok(Json(json!({"redelivered": n})))
 }
-
-/// Timestamps in API answers (kept for callers that need a parsed time).
-pub fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
-    v.as_str()
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
