@@ -13,7 +13,8 @@
 //!   chart uploads (capped), attribute tags, de-duplicate, build events; `observe::chart` maps
 //!   Harbor's chartrepo paths onto ChartMuseum (its flows; `archive`, `multipart`, `index`,
 //!   `facts`: what an upload carries, the form, index.yaml URLs, a chart's facts).
-//! - [`events`]: the event model, its payload formats, and the sink that records events.
+//! - [`events`]: the event model, its payload formats, who made a request (its operator), and
+//!   the sink that records events.
 //! - [`store`]: all state, behind one interface with two backends — embedded SQLite (one
 //!   instance, group commit) or PostgreSQL (shared by replicas): event log, outbox, policies,
 //!   knowledge, quota usage; schema migrations; `store copy`.
