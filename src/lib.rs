@@ -31,6 +31,7 @@
 //!   everything through the API, in-process, as the signed-in user.
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`health`]: whether the upstreams and the store answer, for `/readyz` and Harbor's health.
 //! - [`glob`]: checking the glob patterns of filters before they are stored.
 //! - [`pem`]: certificates and keys from PEM files, for every TLS set-up; errors name the key.
 //! - [`link`]: the `next` link of paginated registry answers.
@@ -50,6 +51,7 @@ pub mod dispatch;
 pub mod events;
 pub mod forward;
 pub mod glob;
+pub mod health;
 pub mod link;
 pub mod logwriter;
 pub mod metrics;

@@ -656,33 +656,22 @@ pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
 }
 
 async fn ready(app: &App) -> Response<Body> {
+    let report = crate::health::check(&app.registry, app.chartmuseum.as_ref(), &app.store).await;
     let mut checks = serde_json::Map::new();
-    let mut ok = true;
-    let ups = std::iter::once((&app.registry, "/v2/"))
-        .chain(app.chartmuseum.as_ref().map(|c| (c, "/health")));
-    for (up, probe) in ups {
-        let state = match up.probe(probe).await {
+    for u in &report.upstreams {
+        let state = match u.answer {
             Ok(status) => serde_json::json!({"reachable": true, "status": status.as_u16()}),
-            Err(e) => {
-                ok = false;
-                serde_json::json!({"reachable": false, "reason": e.kind()})
-            }
+            Err(kind) => serde_json::json!({"reachable": false, "reason": kind}),
         };
-        checks.insert(up.name().to_string(), state);
+        checks.insert(u.name.to_string(), state);
     }
     // the store: a replica that cannot record events must not take traffic from a balancer
-    let store = match tokio::time::timeout(Duration::from_secs(5), app.store.check()).await {
-        Ok(Ok(())) => serde_json::json!({"reachable": true, "backend": app.store.backend().name()}),
-        Ok(Err(e)) => {
-            ok = false;
-            tracing::warn!(error = %e, "readyz: the store is not reachable");
-            serde_json::json!({"reachable": false, "backend": app.store.backend().name(), "reason": "unreachable"})
-        }
-        Err(_) => {
-            ok = false;
-            serde_json::json!({"reachable": false, "backend": app.store.backend().name(), "reason": "timeout"})
-        }
+    let backend = report.backend.name();
+    let store = match report.store {
+        Ok(()) => serde_json::json!({"reachable": true, "backend": backend}),
+        Err(p) => serde_json::json!({"reachable": false, "backend": backend, "reason": p.name()}),
     };
+    let ok = report.ok();
     let status = if ok {
         StatusCode::OK
     } else {

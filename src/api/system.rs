@@ -9,7 +9,6 @@
 //!   `GET /v2/` at all), `chartmuseum` (when configured, `GET /health`), `store` (reachable).
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -68,7 +67,7 @@ pub async fn ping() -> Response {
         .into_response()
 }
 
-fn component(name: &str, error: &Option<String>) -> Value {
+fn component(name: &str, error: Option<&str>) -> Value {
     match error {
         None => json!({"name": name, "status": "healthy"}),
         Some(e) => json!({"name": name, "status": "unhealthy", "error": e}),
@@ -78,29 +77,15 @@ fn component(name: &str, error: &Option<String>) -> Value {
 /// `GET /api/v2.0/health`
 pub async fn health(State(s): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
-    let mut components = Vec::new();
-    let ups = std::iter::once((&app.registry, "/v2/"))
-        .chain(app.chartmuseum.as_ref().map(|c| (c, "/health")));
-    for (up, probe) in ups {
-        let error = up.probe(probe).await.err().map(|e| e.kind().to_string());
-        components.push((up.name().to_string(), error));
-    }
-    let store = match tokio::time::timeout(Duration::from_secs(5), app.store.check()).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "health: the store is not reachable");
-            Some("unreachable".to_string())
-        }
-        Err(_) => Some("timeout".to_string()),
-    };
-    components.push(("store".to_string(), store));
-    let healthy = components.iter().all(|(_, error)| error.is_none());
-    let components: Vec<Value> = components
+    let report = crate::health::check(&app.registry, app.chartmuseum.as_ref(), &app.store).await;
+    let mut components: Vec<Value> = report
+        .upstreams
         .iter()
-        .map(|(name, error)| component(name, error))
+        .map(|u| component(u.name, u.answer.err()))
         .collect();
+    components.push(component("store", report.store.err().map(|p| p.name())));
     Ok(Json(json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+        "status": if report.ok() { "healthy" } else { "unhealthy" },
         "components": components,
     })))
 }
