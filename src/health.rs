@@ -18,7 +18,7 @@ const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum StoreProblem {
     /// The query failed (logged with its cause).
     Unreachable,
-    /// No answer within [`STORE_TIMEOUT`].
+    /// No answer within `STORE_TIMEOUT` (5 s).
     Timeout,
 }
 
