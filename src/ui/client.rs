@@ -2,8 +2,6 @@
 //! with the caller's credentials (the same router, authorization, validation and messages as a
 //! client over the network gets; nothing is read or written around it).
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
@@ -11,7 +9,6 @@ use serde_json::Value;
 use tower::ServiceExt as _;
 
 use super::page::UiError;
-use crate::app::App;
 
 /// Most bytes of an API answer the UI reads.
 const MAX_ANSWER: usize = 8 * 1024 * 1024;
@@ -69,17 +66,24 @@ impl Answer {
     }
 }
 
-/// The API as one caller.
+/// The API as one caller: its router, called in-process.
 #[derive(Clone)]
 pub struct Api {
-    app: Arc<App>,
+    router: axum::Router,
+    /// The `Host` of every call: `external_url`'s (the API builds its links from it).
+    host: HeaderValue,
     authorization: HeaderValue,
 }
 
 impl Api {
-    /// Calls made with `authorization` (the caller's own header).
-    pub fn new(app: Arc<App>, authorization: HeaderValue) -> Api {
-        Api { app, authorization }
+    /// Calls to `router` made with `authorization` (the caller's own header), addressed to
+    /// `host` (`App::external_host`).
+    pub fn new(router: axum::Router, host: &str, authorization: HeaderValue) -> Api {
+        Api {
+            router,
+            host: HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("localhost")),
+            authorization,
+        }
     }
 
     /// Send a request; any status is an [`Answer`].
@@ -93,7 +97,7 @@ impl Api {
             .method(method)
             .uri(path)
             .header(http::header::AUTHORIZATION, self.authorization.clone())
-            .header(http::header::HOST, self.app.config.external_host());
+            .header(http::header::HOST, self.host.clone());
         let body = match body {
             Some(v) => {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");
@@ -105,7 +109,7 @@ impl Api {
             status: StatusCode::BAD_REQUEST,
             message: format!("cannot build the request for {path}: {e}"),
         })?;
-        let resp = match self.app.api.clone().oneshot(req).await {
+        let resp = match self.router.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
         };

@@ -63,7 +63,10 @@ pub async fn session(s: &ApiState, headers: &HeaderMap) -> Result<(Ctx, Api), Ui
         caller,
         notifications_on: app.notifications_enabled.load(Ordering::Relaxed),
     };
-    Ok((ctx, Api::new(app, authorization)))
+    Ok((
+        ctx,
+        Api::new(app.api.clone(), &app.external_host, authorization),
+    ))
 }
 
 /// A `{project}` of a UI path: a project name or a numeric id (anything else is not found).
