@@ -31,78 +31,8 @@ pub enum ClientError {
     Build(#[source] reqwest::Error),
 }
 
-/// Why an attempt failed (recorded with the attempt by its [`name`](FailureKind::name)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
-    /// No answer within the timeout.
-    Timeout,
-    /// The connection could not be made.
-    Connect,
-    /// The SSRF guard refused the target's address.
-    RefusedTarget,
-    /// The TLS handshake failed.
-    Tls,
-    /// The target answered a status other than 2xx (and 410).
-    Http,
-    /// The target answered 410 Gone (the target is disabled; not retried).
-    Gone,
-    /// Any other transport error.
-    Transport,
-    /// A `Custom` target's template did not make a valid body (not sent; not retried: the same
-    /// event and template would fail again).
-    TemplateOutputInvalid,
-}
-
-impl FailureKind {
-    /// The name stored with the attempt and shown in the API (`error_kind`).
-    pub fn name(self) -> &'static str {
-        match self {
-            FailureKind::Timeout => "timeout",
-            FailureKind::Connect => "connect",
-            FailureKind::RefusedTarget => "refused_target",
-            FailureKind::Tls => "tls",
-            FailureKind::Http => "http",
-            FailureKind::Gone => "gone",
-            FailureKind::Transport => "transport",
-            FailureKind::TemplateOutputInvalid => "template_output_invalid",
-        }
-    }
-
-    /// The kind of a stored name.
-    pub fn parse(s: &str) -> Option<FailureKind> {
-        [
-            FailureKind::Timeout,
-            FailureKind::Connect,
-            FailureKind::RefusedTarget,
-            FailureKind::Tls,
-            FailureKind::Http,
-            FailureKind::Gone,
-            FailureKind::Transport,
-            FailureKind::TemplateOutputInvalid,
-        ]
-        .into_iter()
-        .find(|k| k.name() == s)
-    }
-
-    /// May a later attempt succeed? (410 Gone and an invalid template output: no.)
-    pub fn retryable(self) -> bool {
-        match self {
-            FailureKind::Gone | FailureKind::TemplateOutputInvalid => false,
-            FailureKind::Timeout
-            | FailureKind::Connect
-            | FailureKind::RefusedTarget
-            | FailureKind::Tls
-            | FailureKind::Http
-            | FailureKind::Transport => true,
-        }
-    }
-
-    /// Did the attempt reach (or try to reach) the target? (A body that was never made says
-    /// nothing about the target: its circuit breaker does not count it.)
-    pub fn involves_target(self) -> bool {
-        !matches!(self, FailureKind::TemplateOutputInvalid)
-    }
-}
+/// Why an attempt failed: kept with the attempt in the store.
+pub use crate::store::outbox::FailureKind;
 
 /// The outcome of one attempt.
 #[derive(Debug, Clone, Default)]

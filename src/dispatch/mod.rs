@@ -522,7 +522,7 @@ impl Dispatcher {
             started_at,
             duration_ms: sent.duration.as_millis() as i64,
             status_code: sent.status,
-            error_kind: sent.error_kind.map(|k| k.name().to_string()),
+            error_kind: sent.error_kind,
             error: sent.error.clone(),
             response_excerpt: sent.excerpt.clone(),
         };

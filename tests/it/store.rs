@@ -947,7 +947,7 @@ async fn a_delivery_ended_while_attempted_is_not_retried(kind: Kind) {
     );
     let timeout = Attempt {
         delivery_id: a,
-        error_kind: Some("timeout".into()),
+        error_kind: Some(outbox::FailureKind::Timeout),
         ..Attempt::default()
     };
     s.write(move |c| outbox::record(c, &timeout, Next::RetryAt(store::now_ms()), 7))
@@ -1095,7 +1095,7 @@ async fn an_expired_lease_lets_another_claimer_take_over(kind: Kind) {
     // the first claimer comes back late: its failure does not move the delivery
     let late = Attempt {
         delivery_id: id,
-        error_kind: Some("timeout".into()),
+        error_kind: Some(outbox::FailureKind::Timeout),
         ..Attempt::default()
     };
     s.write(move |c| outbox::record(c, &late, Next::RetryAt(0), 11))
@@ -3039,7 +3039,7 @@ async fn a_first_successful_attempt_is_kept_on_its_delivery(kind: Kind) {
         started_at,
         duration_ms: started_at % 1000 + 3,
         status_code: status,
-        error_kind: error.map(|_| "http".to_string()),
+        error_kind: error.map(|_| outbox::FailureKind::Http),
         error: error.map(str::to_string),
         response_excerpt: Some(format!("r{started_at}")),
     };

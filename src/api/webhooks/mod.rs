@@ -407,7 +407,7 @@ pub async fn task_log(
         d.event_id,
         d.event_type
     );
-    let kind = a.error_kind.as_deref().and_then(FailureKind::parse);
+    let kind = a.error_kind;
     match (a.status_code, kind) {
         (Some(code), _) => text.push_str(&format!("status {code} in {} ms\n", a.duration_ms)),
         (None, Some(k)) if !k.involves_target() => {
@@ -415,7 +415,7 @@ pub async fn task_log(
         }
         (None, _) => text.push_str(&format!("no response after {} ms\n", a.duration_ms)),
     }
-    if let Some(k) = &a.error_kind {
+    if let Some(k) = a.error_kind.map(FailureKind::name) {
         text.push_str(&format!(
             "error ({k}): {}\n",
             a.error.as_deref().unwrap_or("")

@@ -258,4 +258,15 @@ mod tests {
         assert_eq!(DeliveryState::parse("Running"), None);
         assert_eq!(DeliveryState::parse(""), None);
     }
+
+    /// An attempt's failure kind is stored and shown (API `error_kind`) by its name: each
+    /// name is one kind's, and reads back as it.
+    #[test]
+    fn failure_kinds_are_named_once() {
+        for kind in FailureKind::ALL {
+            assert_eq!(FailureKind::parse(kind.name()), Some(kind));
+            assert_eq!(serde_json::json!(kind), serde_json::json!(kind.name()));
+        }
+        assert_eq!(FailureKind::parse("Timeout"), None);
+    }
 }

@@ -8,6 +8,85 @@ use crate::args;
 use crate::store::db::{Backend, Db, json};
 use crate::store::{StoreError, now_ms, policies};
 
+/// Why an attempt failed (recorded with the attempt by its [`name`](FailureKind::name)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The SSRF guard refused the target's address.
+    RefusedTarget,
+    /// The TLS handshake failed.
+    Tls,
+    /// The target answered a status other than 2xx (and 410).
+    Http,
+    /// The target answered 410 Gone (the target is disabled; not retried).
+    Gone,
+    /// Any other transport error.
+    Transport,
+    /// A `Custom` target's template did not make a valid body (not sent; not retried: the same
+    /// event and template would fail again).
+    TemplateOutputInvalid,
+}
+
+impl FailureKind {
+    /// The name stored with the attempt and shown in the API (`error_kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Connect => "connect",
+            FailureKind::RefusedTarget => "refused_target",
+            FailureKind::Tls => "tls",
+            FailureKind::Http => "http",
+            FailureKind::Gone => "gone",
+            FailureKind::Transport => "transport",
+            FailureKind::TemplateOutputInvalid => "template_output_invalid",
+        }
+    }
+
+    pub const ALL: [FailureKind; 8] = [
+        FailureKind::Timeout,
+        FailureKind::Connect,
+        FailureKind::RefusedTarget,
+        FailureKind::Tls,
+        FailureKind::Http,
+        FailureKind::Gone,
+        FailureKind::Transport,
+        FailureKind::TemplateOutputInvalid,
+    ];
+
+    /// The kind of a stored name.
+    pub fn parse(s: &str) -> Option<FailureKind> {
+        FailureKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// May a later attempt succeed? (410 Gone and an invalid template output: no.)
+    pub fn retryable(self) -> bool {
+        match self {
+            FailureKind::Gone | FailureKind::TemplateOutputInvalid => false,
+            FailureKind::Timeout
+            | FailureKind::Connect
+            | FailureKind::RefusedTarget
+            | FailureKind::Tls
+            | FailureKind::Http
+            | FailureKind::Transport => true,
+        }
+    }
+
+    /// Did the attempt reach (or try to reach) the target? (A body that was never made says
+    /// nothing about the target: its circuit breaker does not count it.)
+    pub fn involves_target(self) -> bool {
+        !matches!(self, FailureKind::TemplateOutputInvalid)
+    }
+}
+
+impl Serialize for FailureKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// One attempt, as recorded.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Attempt {
@@ -19,8 +98,8 @@ pub struct Attempt {
     pub started_at: i64,
     pub duration_ms: i64,
     pub status_code: Option<u16>,
-    /// `timeout`, `connect`, `refused_target`, `tls`, `http`, `gone`, …
-    pub error_kind: Option<String>,
+    /// Why it failed (none: it succeeded).
+    pub error_kind: Option<FailureKind>,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
 }
@@ -103,7 +182,7 @@ pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), St
             state.as_str(),
             not_before,
             a.status_code.map(i64::from),
-            a.error.as_deref().or(a.error_kind.as_deref()),
+            a.error.as_deref().or(a.error_kind.map(FailureKind::name)),
             now_ms(),
             token,
             first.then_some(a.started_at),
@@ -123,7 +202,7 @@ pub fn record(db: &Db<'_>, a: &Attempt, next: Next, token: i64) -> Result<(), St
             a.started_at,
             a.duration_ms,
             a.status_code.map(i64::from),
-            a.error_kind.as_deref(),
+            a.error_kind.map(FailureKind::name),
             a.error.as_deref(),
             a.response_excerpt.as_deref()
         ],
@@ -169,7 +248,7 @@ pub fn record_many(db: &Db<'_>, outcomes: &[Outcome]) -> Result<(), StoreError> 
             let moved = serde_json::json!({
                 "id": a.delivery_id, "state": state, "not_before": not_before,
                 "last_status": a.status_code,
-                "last_error": a.error.as_deref().or(a.error_kind.as_deref()),
+                "last_error": a.error.as_deref().or(a.error_kind.map(FailureKind::name)),
                 "token": o.token,
                 "first_started_at": first.then_some(a.started_at),
                 "first_duration_ms": first.then_some(a.duration_ms),

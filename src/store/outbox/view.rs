@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{Attempt, DeliveryState};
+use super::{Attempt, DeliveryState, FailureKind};
 use crate::args;
 use crate::store::StoreError;
 use crate::store::db::{Db, Row};
@@ -108,7 +108,9 @@ pub fn attempts(db: &Db<'_>, delivery_id: i64) -> Result<Vec<Attempt>, StoreErro
             started_at: r.i64(0)?,
             duration_ms: r.i64(1)?,
             status_code: r.opt_i64(2)?.and_then(|s| u16::try_from(s).ok()),
-            error_kind: r.opt_text(3)?,
+            // a name this wharf does not know (a newer one wrote it) reads as none; the
+            // error text beside it stays
+            error_kind: r.opt_text(3)?.as_deref().and_then(FailureKind::parse),
             error: r.opt_text(4)?,
             response_excerpt: r.opt_text(5)?,
         })
