@@ -72,11 +72,7 @@ async fn before_delete(app: &App, repo: &Repository, digest: &str, who: &Who) ->
         .ok();
     match known {
         Some((Some(a), tags)) => Doomed {
-            kind: match a.kind.as_str() {
-                "chart" => Kind::Chart,
-                "index" => Kind::Index,
-                _ => Kind::Image,
-            },
+            kind: a.kind,
             media_type: a.media_type,
             size: a.size,
             chart: a.chart,

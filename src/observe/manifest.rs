@@ -16,26 +16,8 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Every manifest media type, for `Accept` on wharf's own manifest reads.
 pub const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// What a manifest describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// A single-platform image (or any non-chart artifact with a config).
-    Image,
-    /// An image index / manifest list.
-    Index,
-    /// A Helm chart stored as an OCI artifact.
-    Chart,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Image => "image",
-            Kind::Index => "index",
-            Kind::Chart => "chart",
-        }
-    }
-}
+/// What a manifest describes (kept with what wharf learns of it: [`ArtifactKind`]).
+pub use crate::store::knowledge::ArtifactKind as Kind;
 
 /// A child of an index.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,7 +76,7 @@ impl Facts {
         crate::store::knowledge::Artifact {
             repository: repository.to_string(),
             digest: digest.to_string(),
-            kind: self.kind.as_str().to_string(),
+            kind: self.kind,
             media_type: self.media_type.clone(),
             size: (self.kind != Kind::Index).then_some(self.size),
             config_digest: self.config_digest.clone(),

@@ -4,13 +4,45 @@ use super::db::{Backend, Db, Row, Value, json};
 use super::{StoreError, now_ms};
 use crate::args;
 use crate::events::ChartInfo;
+/// What a manifest describes; its `kind` column holds [`ArtifactKind::as_str`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    /// A single-platform image (or any non-chart artifact with a config).
+    #[default]
+    Image,
+    /// An image index / manifest list.
+    Index,
+    /// A Helm chart stored as an OCI artifact.
+    Chart,
+}
+
+impl ArtifactKind {
+    pub const ALL: [ArtifactKind; 3] = [
+        ArtifactKind::Image,
+        ArtifactKind::Index,
+        ArtifactKind::Chart,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArtifactKind::Image => "image",
+            ArtifactKind::Index => "index",
+            ArtifactKind::Chart => "chart",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ArtifactKind> {
+        ArtifactKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// One manifest wharf has seen.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
     pub repository: String,
     pub digest: String,
-    /// `image`, `index` or `chart`.
-    pub kind: String,
+    pub kind: ArtifactKind,
     pub media_type: Option<String>,
     pub size: Option<u64>,
     pub config_digest: Option<String>,
@@ -84,7 +116,7 @@ impl Columns {
         [
             Value::from(&a.repository),
             Value::from(&a.digest),
-            Value::from(&a.kind),
+            Value::from(a.kind.as_str()),
             Value::from(a.media_type.as_deref()),
             Value::from(a.size.map(clamp_size)),
             Value::from(a.config_digest.as_deref()),
@@ -132,6 +164,10 @@ fn artifact_row(
     let Some(kind) = r.opt_text(0)? else {
         return Ok(None);
     };
+    let kind = ArtifactKind::parse(&kind).ok_or(StoreError::NotArtifactKind {
+        column: 0,
+        value: kind,
+    })?;
     Ok(Some(Artifact {
         repository: repository.to_string(),
         digest: digest.to_string(),
@@ -392,4 +428,49 @@ pub fn forget_manifest(
     };
     forget(db, repository, digest)?;
     Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An artifact's kind is stored by its name (`kind` column, and the cache's JSON): each
+    /// name is one kind's and reads back as it; a row with another is an error, not an image.
+    #[test]
+    fn artifact_kinds_are_named_once_and_unknown_ones_are_refused() {
+        for kind in ArtifactKind::ALL {
+            assert_eq!(ArtifactKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::json!(kind), serde_json::json!(kind.as_str()));
+        }
+        assert_eq!(ArtifactKind::parse("Image"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open_sqlite(dir.path(), crate::store::Synchronous::Normal)
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            store
+                .write(|db| {
+                    let a = Artifact {
+                        repository: "prj/app".into(),
+                        digest: format!("sha256:{}", "a".repeat(64)),
+                        ..Artifact::default()
+                    };
+                    upsert_artifact(db, &a)?;
+                    db.exec("UPDATE artifacts SET kind = 'helm'", &[])?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let read = store
+                .read(|db| artifact(db, "prj/app", &format!("sha256:{}", "a".repeat(64))))
+                .await;
+            assert!(
+                matches!(read, Err(StoreError::NotArtifactKind { ref value, .. }) if value == "helm"),
+                "{read:?}"
+            );
+        });
+    }
 }

@@ -95,6 +95,8 @@ pub enum StoreError {
     NotDigest(usize),
     #[error("database: column {column} holds {value:?}, not a delivery state")]
     NotDeliveryState { column: usize, value: String },
+    #[error("database: column {column} holds {value:?}, not an artifact kind")]
+    NotArtifactKind { column: usize, value: String },
 }
 
 impl From<rusqlite::Error> for StoreError {

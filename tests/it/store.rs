@@ -387,7 +387,7 @@ fn artifact(r: &str, digest: &str, blobs: &[(&str, u64)]) -> Artifact {
     Artifact {
         repository: r.into(),
         digest: digest.into(),
-        kind: "image".into(),
+        kind: knowledge::ArtifactKind::Image,
         blobs: blobs.iter().map(|(d, n)| (d.to_string(), *n)).collect(),
         ..Artifact::default()
     }
