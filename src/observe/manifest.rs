@@ -16,7 +16,8 @@ pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
 /// Every manifest media type, for `Accept` on wharf's own manifest reads.
 pub const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// What a manifest describes (kept with what wharf learns of it: [`ArtifactKind`]).
+/// What a manifest describes (kept with what wharf learns of it:
+/// [`ArtifactKind`](crate::store::knowledge::ArtifactKind)).
 pub use crate::store::knowledge::ArtifactKind as Kind;
 
 /// A child of an index.
