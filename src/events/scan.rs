@@ -20,17 +20,25 @@ pub enum ReportError {
     )]
     Shape,
     /// A Trivy report (by its shape) with a field that does not fit.
-    #[error("{field}: {reason} (read as a Trivy JSON report)")]
-    Trivy { field: String, reason: String },
+    #[error("{field}: {source} (read as a Trivy JSON report)")]
+    Trivy {
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A scanner-adapter report (by its shape) with a field that does not fit.
-    #[error("{field}: {reason} (read as a scanner-adapter report)")]
-    Adapter { field: String, reason: String },
+    #[error("{field}: {source} (read as a scanner-adapter report)")]
+    Adapter {
+        field: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Deserialize `report`, naming the field that does not fit (`report.Results[0]...`).
 fn read_as<T: for<'de> Deserialize<'de>>(
     report: &serde_json::Value,
-) -> Result<T, (String, String)> {
+) -> Result<T, (String, serde_json::Error)> {
     serde_path_to_error::deserialize(report).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() {
@@ -38,7 +46,7 @@ fn read_as<T: for<'de> Deserialize<'de>>(
         } else {
             format!("report.{path}")
         };
-        (field, e.into_inner().to_string())
+        (field, e.into_inner())
     })
 }
 
@@ -160,7 +168,7 @@ pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, Rep
         || report.get("SchemaVersion").is_some()
     {
         let t: TrivyReport =
-            read_as(report).map_err(|(field, reason)| ReportError::Trivy { field, reason })?;
+            read_as(report).map_err(|(field, source)| ReportError::Trivy { field, source })?;
         let scanner = Scanner {
             name: "Trivy".into(),
             vendor: "Aqua Security".into(),
@@ -189,7 +197,7 @@ pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, Rep
         (vulns, Some(scanner), t.created_at)
     } else if report.get("vulnerabilities").is_some() {
         let a: AdapterReport =
-            read_as(report).map_err(|(field, reason)| ReportError::Adapter { field, reason })?;
+            read_as(report).map_err(|(field, source)| ReportError::Adapter { field, source })?;
         let vulns = a
             .vulnerabilities
             .into_iter()
@@ -361,5 +369,13 @@ mod tests {
             e.starts_with("report.vulnerabilities[0]: missing field `id`") && e.contains("adapter"),
             "{e}"
         );
+        // the field's error is kept as the cause
+        for v in [
+            serde_json::json!({"Results": "nope"}),
+            serde_json::json!({"vulnerabilities": [{"nope": 1}]}),
+        ] {
+            let e = summarize(&v, 10).unwrap_err();
+            assert!(std::error::Error::source(&e).is_some(), "{e:?}");
+        }
     }
 }

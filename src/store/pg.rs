@@ -49,6 +49,8 @@ pub enum PgSetupError {
     RootCert(#[from] crate::pem::PemError),
     #[error("store.url: TLS: {0}")]
     Tls(#[source] rustls::Error),
+    #[error("store.url: TLS: {0}")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
     #[error("store.url: {0}")]
     Url(String),
 }
@@ -170,7 +172,7 @@ fn tls_config(
                 provider.clone(),
             )
             .build()
-            .map_err(|e| PgSetupError::Tls(rustls::Error::General(e.to_string())))?;
+            .map_err(PgSetupError::Verifier)?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
