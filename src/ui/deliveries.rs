@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::client::Api;
-use super::form::{Tested, test_result};
 use super::page::{self, UiError, badge, enc, pretty, text, when};
+use super::test_endpoint::{Tested, test_result};
 use super::webhooks::{endpoints, last_trigger, status_word};
 use super::{project_param, session};
 use crate::api::ApiState;

@@ -1,5 +1,6 @@
 //! The Add / Edit webhook form (Harbor's add-webhook dialog, plus wharf's signing secret,
-//! repository and tag filters and several endpoints), and its Test Endpoint.
+//! repository and tag filters and several endpoints); its Test Endpoint and Preview buttons
+//! call [`super::test_endpoint`].
 //!
 //! A plain HTML form: it works without JavaScript (Add Endpoint and Test Endpoint post the form
 //! back and it is shown again); with JavaScript, Test Endpoint answers in place (htmx) so the
@@ -18,8 +19,10 @@ use http::{HeaderMap, Method, StatusCode};
 use maud::{Markup, html};
 use serde_json::{Value, json};
 
-use super::client::Api;
 use super::page::{self, Ctx, UiError, text};
+use super::test_endpoint::{
+    Previewed, Tested, needs_stored, preview_result, run_preview, run_test, test_result,
+};
 use super::{project_param, session};
 use crate::api::ApiState;
 use crate::events::EventKind;
@@ -90,7 +93,7 @@ impl TargetForm {
     }
 
     /// The target as the API takes it.
-    fn to_api(&self) -> Value {
+    pub fn to_api(&self) -> Value {
         let secret_field = |typed: &str, set: bool, remove: bool| -> Option<String> {
             if remove {
                 Some(String::new())
@@ -125,7 +128,7 @@ impl TargetForm {
         v
     }
 
-    fn is_custom(&self) -> bool {
+    pub fn is_custom(&self) -> bool {
         self.kind != "slack" && self.payload_format == PayloadFormat::Custom.name()
     }
 
@@ -254,7 +257,7 @@ impl PolicyForm {
     }
 
     /// The policy as the API takes it, and the form index of each target sent.
-    fn to_api(&self) -> (Value, Vec<usize>) {
+    pub fn to_api(&self) -> (Value, Vec<usize>) {
         let globs = |s: &str| -> Vec<String> {
             s.split([',', '\n', ' '])
                 .map(str::trim)
@@ -334,182 +337,12 @@ impl Errors {
     }
 }
 
-/// The outcome of Test Endpoint.
-#[derive(Debug, Clone)]
-pub enum Tested {
-    /// Every endpoint answered 2xx: `(address, status, ms)`.
-    Passed(Vec<(String, String, String)>),
-    /// Why (one line per failing endpoint).
-    Failed(Vec<String>),
-}
-
-/// The Test Endpoint result box.
-pub fn test_result(t: &Tested, stored: bool) -> Markup {
-    html! {
-        @match t {
-            Tested::Passed(rows) => {
-                div.note.ok role="status" {
-                    strong { "Test Endpoint: every endpoint answered." }
-                    @if stored { " (the saved endpoints, with their stored auth header and secret)" }
-                    ul {
-                        @for (addr, status, ms) in rows {
-                            li { span.url { (addr) } ": HTTP " (status) " in " (ms) " ms" }
-                        }
-                    }
-                }
-            }
-            Tested::Failed(lines) => {
-                div.note.bad role="alert" {
-                    strong { "Test Endpoint failed." }
-                    @if stored { " (the saved endpoints, with their stored auth header and secret)" }
-                    ul { @for l in lines { li { (l) } } }
-                }
-            }
-        }
-    }
-}
-
-/// The outcome of Preview for one endpoint.
-#[derive(Debug, Clone)]
-pub struct Previewed {
-    /// The endpoint's form index.
-    pub index: usize,
-    /// `(event type, content type, body)`, or why there is none.
-    pub outcome: Result<(String, String, String), String>,
-}
-
 /// What a button asked for, shown with the form.
 #[derive(Debug, Clone)]
 enum Answer {
     /// Test Endpoint; `true`: of the stored policy.
     Tested(Tested, bool),
     Previewed(Previewed),
-}
-
-/// The Preview result box.
-pub fn preview_result(p: &Previewed) -> Markup {
-    html! {
-        @match &p.outcome {
-            Ok((event_type, content_type, body)) => {
-                div.note.ok role="status" {
-                    strong { "Preview of a sample " (event_type) " event" }
-                    " (nothing was sent). Content-Type: " code { (content_type) }
-                }
-                pre.payload tabindex="0" aria-label="Preview payload" { (page::pretty(body)) }
-            }
-            Err(why) => {
-                div.note.bad role="alert" {
-                    strong { "Preview failed." }
-                    " " (why)
-                }
-            }
-        }
-    }
-}
-
-/// Render a sample event as endpoint `index` of the form would get it (the API's preview): of
-/// the event type chosen next to Preview, else the first one the form subscribes to that wharf
-/// produces, else `PUSH_ARTIFACT`.
-async fn run_preview(api: &Api, project: &str, form: &PolicyForm, index: usize) -> Previewed {
-    let Some(t) = form.targets.get(index) else {
-        return Previewed {
-            index,
-            outcome: Err(format!("there is no endpoint {}", index + 1)),
-        };
-    };
-    let event_type = EventKind::from_harbor(&t.preview_type)
-        .filter(|k| k.produced())
-        .or_else(|| {
-            form.event_types
-                .iter()
-                .filter_map(|e| EventKind::from_harbor(e))
-                .find(|k| k.produced())
-        })
-        .unwrap_or(EventKind::PushArtifact)
-        .harbor_type();
-    let mut body = json!({
-        "event_type": event_type,
-        "type": t.kind,
-        "payload_format": t.payload_format,
-    });
-    if t.is_custom() {
-        body["payload_template"] = json!(t.payload_template);
-        body["content_type"] = json!(t.content_type.trim());
-    }
-    let path = format!("/api/v2.0/projects/{project}/webhook/policies/preview");
-    let outcome = match api.call(Method::POST, &path, Some(&body)).await {
-        Ok(a) if a.status.is_success() => {
-            let v = a.json();
-            Ok((
-                text(&v["event_type"]),
-                text(&v["content_type"]),
-                text(&v["body"]),
-            ))
-        }
-        Ok(a) => Err(a.message()),
-        Err(e) => Err(e.to_string()),
-    };
-    Previewed { index, outcome }
-}
-
-/// Test the form's endpoints, or (`stored`) the saved policy's.
-async fn run_test(api: &Api, project: &str, form: &PolicyForm, stored: Option<i64>) -> Tested {
-    let base = format!("/api/v2.0/projects/{project}/webhook/policies");
-    let answer = match stored {
-        Some(id) => {
-            api.call(
-                Method::POST,
-                &format!("{base}/{id}/test"),
-                Some(&json!({"event_type": "PUSH_ARTIFACT"})),
-            )
-            .await
-        }
-        None => {
-            let (v, _) = form.to_api();
-            api.call(
-                Method::POST,
-                &format!("{base}/test"),
-                Some(&json!({"targets": v["targets"]})),
-            )
-            .await
-        }
-    };
-    match answer {
-        Ok(a) => Tested::of(&a),
-        Err(e) => Tested::Failed(vec![e.to_string()]),
-    }
-}
-
-impl Tested {
-    /// The API's answer to a test request: each endpoint's status and time when it succeeded,
-    /// else why each endpoint failed (one line each).
-    pub fn of(a: &super::client::Answer) -> Tested {
-        if !a.status.is_success() {
-            return Tested::Failed(a.message().split("; ").map(str::to_string).collect());
-        }
-        Tested::Passed(
-            a.json()["results"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    (
-                        text(&r["address"]),
-                        text(&r["status"]),
-                        text(&r["duration_ms"]),
-                    )
-                })
-                .collect(),
-        )
-    }
-}
-
-/// Does Test Endpoint of this form need the stored policy (a kept secret it cannot send)?
-fn needs_stored(form: &PolicyForm) -> bool {
-    form.targets
-        .iter()
-        .filter(|t| !t.remove)
-        .any(|t| (t.auth_set && !t.auth_remove) || (t.secret_set && !t.secret_remove))
 }
 
 fn field_error(errors: &Errors, key: &str) -> Markup {

@@ -9,7 +9,8 @@
 //! as any API client.
 //!
 //! Pages, one file each: [`projects`] (`/ui/`), [`webhooks`] (the list, enable, deactivate and
-//! delete with their confirmations), [`form`] (add and edit, Test Endpoint), [`deliveries`] (a
+//! delete with their confirmations), [`form`] (add and edit; its Test Endpoint and Preview in
+//! [`test_endpoint`]), [`deliveries`] (a
 //! policy's last triggers and executions, redelivery, execution and attempt detail),
 //! [`settings`], [`events`] (the event log), [`catalog`] (example payloads); [`page`] is the
 //! frame they share.
@@ -29,6 +30,7 @@ pub mod form;
 pub mod page;
 pub mod projects;
 pub mod settings;
+pub mod test_endpoint;
 pub mod webhooks;
 
 use std::sync::Weak;
