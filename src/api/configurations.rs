@@ -7,7 +7,8 @@ use axum::extract::State;
 use http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::webhooks::{db_error, json_body};
+use super::common::db_error;
+use super::webhooks::json_body;
 use super::{ApiError, ApiState, auth};
 use crate::store::policies;
 

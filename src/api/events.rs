@@ -54,7 +54,7 @@ pub async fn list(
     }
     let mut query = params.query.clone();
     if let Some(t) = params.param("type") {
-        let kind = super::webhooks::event_kind("type", t)?;
+        let kind = super::common::event_kind("type", t)?;
         query
             .terms
             .push(("type".into(), Term::Exact(kind.harbor_type().into())));

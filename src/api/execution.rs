@@ -7,9 +7,12 @@
 //! - `GET …/policies/{id}/executions/{eid}/tasks/{tid}`: one attempt with the request sent
 //!   (method, URL, headers — `Authorization` and `webhook-signature` only as `set` — and body)
 //!   and the response (status, duration, error, body excerpt);
+//! - `GET …/policies/{id}/executions/{eid}/tasks/{tid}/log`: one attempt as text;
 //! - `POST …/policies/{id}/test` (optional body `{"event_type": "<type>"}`, default
 //!   `PUSH_ARTIFACT`): a test notification to each enabled target of the stored policy, with
 //!   its stored auth header and secret (which a client never gets back to send itself).
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -17,10 +20,12 @@ use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
 use serde_json::{Value, json};
 
+use super::common::{db_error, event_kind, project_for, rfc3339_ms};
 use super::executions::{TaskRecord, execution_view, rendered, task_view};
-use super::webhooks::{db_error, event_kind, load_policy, project_for, send_test};
+use super::webhooks::{load_policy, send_test};
 use super::{ApiError, ApiState};
 use crate::app::App;
+use crate::dispatch::client::FailureKind;
 use crate::dispatch::policy::Policy;
 use crate::events::EventKind;
 use crate::store::db::Value as SqlValue;
@@ -214,4 +219,70 @@ pub async fn test_stored(
         ));
     }
     send_test(&app, &project, policy.project_id, &caller, &targets, kind).await
+}
+
+pub(super) async fn load_delivery(
+    app: &Arc<App>,
+    project: &str,
+    policy: i64,
+    eid: i64,
+) -> Result<outbox::DeliveryView, ApiError> {
+    load_policy(app, project, policy).await?;
+    app.store
+        .read(move |c| outbox::get(c, policy, eid))
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| ApiError::not_found(format!("execution {eid} not found")))
+}
+
+/// `GET …/executions/{eid}/tasks/{tid}/log`: one attempt as text.
+pub async fn task_log(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((project, id, eid, tid)): Path<(String, i64, i64, i64)>,
+) -> Result<Response, ApiError> {
+    let app = s.app()?;
+    let (project, _) = project_for(&app, &headers, &project).await?;
+    let d = load_delivery(&app, &project, id, eid).await?;
+    let attempts = app
+        .store
+        .read(move |c| outbox::attempts(c, eid))
+        .await
+        .map_err(db_error)?;
+    let a = attempts
+        .iter()
+        .find(|a| a.id == tid)
+        .ok_or_else(|| ApiError::not_found(format!("task {tid} not found")))?;
+    let when = rfc3339_ms(a.started_at);
+    let mut text = format!(
+        "{} POST {} event {} ({})\n",
+        when.as_str().unwrap_or(""),
+        d.target_address,
+        d.event_id,
+        d.event_type
+    );
+    let kind = a.error_kind;
+    match (a.status_code, kind) {
+        (Some(code), _) => text.push_str(&format!("status {code} in {} ms\n", a.duration_ms)),
+        (None, Some(k)) if !k.involves_target() => {
+            text.push_str("not sent: the payload could not be made (not retried)\n")
+        }
+        (None, _) => text.push_str(&format!("no response after {} ms\n", a.duration_ms)),
+    }
+    if let Some(k) = a.error_kind.map(FailureKind::name) {
+        text.push_str(&format!(
+            "error ({k}): {}\n",
+            a.error.as_deref().unwrap_or("")
+        ));
+    }
+    if let Some(x) = &a.response_excerpt {
+        text.push_str("response excerpt:\n");
+        text.push_str(x);
+        text.push('\n');
+    }
+    Ok((
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response())
 }

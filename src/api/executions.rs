@@ -14,9 +14,11 @@ use chrono::{SecondsFormat, TimeZone, Utc};
 use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Value, json};
 
+use super::common::{db_error, project_for, rfc3339_ms};
+use super::execution::load_delivery;
 use super::list::ListParams;
 use super::query::{Field, Kind, Record, Scalar, Term, Val};
-use super::webhooks::{db_error, load_delivery, load_policy, project_for};
+use super::webhooks::load_policy;
 use super::{ApiError, ApiState};
 use crate::dispatch::policy::{Policy, TargetKind};
 use crate::events::format::{self, RenderCtx};
@@ -188,8 +190,8 @@ fn job_view(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> 
         "notify_type": if is_slack(row) { "slack" } else { "http" },
         "status": Status::of(d.state).name(),
         "job_detail": payload(row, policy, external_url),
-        "creation_time": super::webhooks::rfc3339_ms(d.created_at),
-        "update_time": super::webhooks::rfc3339_ms(d.updated_at),
+        "creation_time": rfc3339_ms(d.created_at),
+        "update_time": rfc3339_ms(d.updated_at),
     })
 }
 

@@ -3,12 +3,16 @@
 //! - Harbor's: [`projects`], [`users`], [`system`] (systeminfo, ping, health), [`webhooks`]
 //!   (policies, last triggers, events; what a client sends and its checks in `webhooks::input`,
 //!   test notifications and previews in `webhooks::test`), [`configurations`] (the system
-//!   notification switch), [`executions`] (executions, tasks, jobs);
+//!   notification switch), [`executions`] (executions, tasks, jobs), [`redeliver`] (one
+//!   execution again, or a policy's dead ones);
 //!   every list with Harbor's conventions ([`list`]: paging, `X-Total-Count`, `Link`;
 //!   [`query`]: `q` and `sort`; [`records`]: the fields of listed policies);
 //! - wharf's own: [`events`] (the event log), [`side`] (scan and quota reports, quota view),
-//!   [`execution`] (one execution, its payload, an attempt's request and response, the test of
-//!   a stored policy).
+//!   [`execution`] (one execution, its payload, an attempt's request and response or its log,
+//!   the test of a stored policy).
+//!
+//! What the handlers share (Harbor's times, the database-failure answer, event types by name,
+//! `{project}` resolved and authorized) is in `common`.
 //!
 //! State-changing requests from other sites are refused ([`csrf`]).
 //!
@@ -17,6 +21,7 @@
 //! shape); internals are never included.
 
 pub mod auth;
+mod common;
 pub mod configurations;
 pub mod csrf;
 pub mod events;
@@ -26,6 +31,7 @@ pub mod list;
 pub mod projects;
 pub mod query;
 pub mod records;
+pub mod redeliver;
 pub mod side;
 pub mod system;
 pub mod throttle;
@@ -235,15 +241,15 @@ pub fn router(app: Weak<App>) -> Router {
         .route(&format!("{P}/jobs"), get(executions::jobs))
         .route(
             &format!("{P}/policies/{{id}}/executions/{{eid}}/tasks/{{tid}}/log"),
-            get(webhooks::task_log),
+            get(execution::task_log),
         )
         .route(
             &format!("{P}/policies/{{id}}/executions/{{eid}}/redeliver"),
-            post(webhooks::redeliver_one),
+            post(redeliver::redeliver_one),
         )
         .route(
             &format!("{P}/policies/{{id}}/redeliver"),
-            post(webhooks::redeliver_dead),
+            post(redeliver::redeliver_dead),
         )
         .route(&format!("{P}/lasttrigger"), get(webhooks::last_trigger))
         .route(&format!("{P}/events"), get(webhooks::supported_events))

@@ -16,9 +16,9 @@ use http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Map, Value, json};
 
 use super::auth::{self, ADMIN, Caller};
+use super::common::db_error;
 use super::list::ListParams;
 use super::query::{Field, Kind, Record, Term, Val};
-use super::webhooks::db_error;
 use super::{ApiError, ApiState};
 use crate::app::App;
 use crate::store::projects::{self, Project};

@@ -16,10 +16,10 @@ use http::{HeaderMap, Uri};
 use serde_json::{Map, Value, json};
 
 use super::auth::{self, ADMIN, Caller};
+use super::common::db_error;
 use super::list::ListParams;
 use super::projects::time_ms;
 use super::query::{Field, Kind, Record, Term, Val};
-use super::webhooks::db_error;
 use super::{ApiError, ApiState};
 use crate::app::App;
 use crate::store::users::{self, User};

@@ -1,6 +1,7 @@
 //! Harbor-compatible webhook API under `/api/v2.0/projects/{project}/webhook/…`: policies,
-//! last triggers, supported events, an attempt's log, redelivery; `input`: what a client sends
-//! and its checks; `test`: test notifications and previews. (The system switch is
+//! last triggers, supported events; `input`: what a client sends and its checks; `test`: test
+//! notifications and previews. (Executions are [`super::executions`] and
+//! [`super::execution`], redelivery [`super::redeliver`], the system switch
 //! [`super::configurations`].)
 //!
 //! `{project}` is a project name, or a numeric project id (send `X-Is-Resource-Name: true` to
@@ -9,24 +10,19 @@
 //! false` masks it as `***`); its signing `secret` always reads `***`. A `***` sent back in a
 //! PUT keeps the stored value (an `auth_header` only for an unchanged target address).
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
-use super::auth::{self, Caller};
+use super::common::{db_error, event_kind, project_for, rfc3339_ms};
 use super::{ApiError, ApiState};
 use crate::app::App;
-use crate::dispatch::client::FailureKind;
 use crate::dispatch::policy::{Policy, Target, TargetKind};
 use crate::events::EventKind;
 use crate::events::format::PayloadFormat;
-use crate::route::is_name_component;
-use crate::store::{outbox, policies};
+use crate::store::policies;
 
 mod input;
 mod test;
@@ -42,27 +38,6 @@ pub const MASK: &str = "***";
 /// An unset time as Harbor writes it (year 1).
 pub const ZERO_TIME_MS: &str = "0001-01-01T00:00:00.000Z";
 
-pub(super) fn rfc3339_ms(ms: i64) -> Value {
-    match Utc.timestamp_millis_opt(ms).single() {
-        Some(t) => json!(t.to_rfc3339_opts(SecondsFormat::Millis, true)),
-        None => Value::Null,
-    }
-}
-
-pub(super) fn db_error(e: crate::store::StoreError) -> ApiError {
-    ApiError::internal("database error", e)
-}
-
-/// The event type Harbor calls `name`, given in `field`; else a 400 listing the known ones.
-pub(super) fn event_kind(field: &str, name: &str) -> Result<EventKind, ApiError> {
-    EventKind::from_harbor(name).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "{field}: unknown event type {name:?}; one of {}",
-            EventKind::ALL.map(|k| k.harbor_type()).join(", ")
-        ))
-    })
-}
-
 /// The project's numeric id (0 while it has none).
 async fn project_id(app: &App, project: &str) -> Result<i64, ApiError> {
     let p = project.to_string();
@@ -72,39 +47,6 @@ async fn project_id(app: &App, project: &str) -> Result<i64, ApiError> {
         .await
         .map_err(db_error)?
         .unwrap_or(0))
-}
-
-/// Resolve `{project}` (name or id) and authorize the caller for it.
-pub(super) async fn project_for(
-    app: &App,
-    headers: &HeaderMap,
-    raw: &str,
-) -> Result<(String, Caller), ApiError> {
-    let by_name = headers
-        .get("x-is-resource-name")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let name = if !by_name && !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
-        let id: i64 = raw
-            .parse()
-            .map_err(|_| ApiError::not_found("project not found"))?;
-        // authenticate first: unknown ids and forbidden ones must look alike to strangers
-        auth::authenticate(app, headers).await?;
-        app.store
-            .read(move |c| policies::project_name(c, id))
-            .await
-            .map_err(db_error)?
-            .ok_or_else(|| ApiError::not_found(format!("project {id} not found")))?
-    } else {
-        if !is_name_component(raw) {
-            return Err(ApiError::bad_request(format!(
-                "project: {raw:?} is not a project name (lowercase letters, digits, . _ -)"
-            )));
-        }
-        raw.to_string()
-    };
-    let caller = auth::require_project_admin(app, headers, &name).await?;
-    Ok((name, caller))
 }
 
 /// A target as the API shows it, as Harbor leaves out an empty `auth_header`, a false
@@ -365,147 +307,4 @@ pub async fn supported_events(
             {"notify_type": "http", "formats": [PayloadFormat::Default.name(), PayloadFormat::CloudEvents.name()]},
         ],
     })))
-}
-
-pub(super) async fn load_delivery(
-    app: &Arc<App>,
-    project: &str,
-    policy: i64,
-    eid: i64,
-) -> Result<outbox::DeliveryView, ApiError> {
-    load_policy(app, project, policy).await?;
-    app.store
-        .read(move |c| outbox::get(c, policy, eid))
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found(format!("execution {eid} not found")))
-}
-
-/// `GET …/executions/{eid}/tasks/{tid}/log`: one attempt as text.
-pub async fn task_log(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path((project, id, eid, tid)): Path<(String, i64, i64, i64)>,
-) -> Result<Response, ApiError> {
-    let app = s.app()?;
-    let (project, _) = project_for(&app, &headers, &project).await?;
-    let d = load_delivery(&app, &project, id, eid).await?;
-    let attempts = app
-        .store
-        .read(move |c| outbox::attempts(c, eid))
-        .await
-        .map_err(db_error)?;
-    let a = attempts
-        .iter()
-        .find(|a| a.id == tid)
-        .ok_or_else(|| ApiError::not_found(format!("task {tid} not found")))?;
-    let when = rfc3339_ms(a.started_at);
-    let mut text = format!(
-        "{} POST {} event {} ({})\n",
-        when.as_str().unwrap_or(""),
-        d.target_address,
-        d.event_id,
-        d.event_type
-    );
-    let kind = a.error_kind;
-    match (a.status_code, kind) {
-        (Some(code), _) => text.push_str(&format!("status {code} in {} ms\n", a.duration_ms)),
-        (None, Some(k)) if !k.involves_target() => {
-            text.push_str("not sent: the payload could not be made (not retried)\n")
-        }
-        (None, _) => text.push_str(&format!("no response after {} ms\n", a.duration_ms)),
-    }
-    if let Some(k) = a.error_kind.map(FailureKind::name) {
-        text.push_str(&format!(
-            "error ({k}): {}\n",
-            a.error.as_deref().unwrap_or("")
-        ));
-    }
-    if let Some(x) = &a.response_excerpt {
-        text.push_str("response excerpt:\n");
-        text.push_str(x);
-        text.push('\n');
-    }
-    Ok((
-        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        text,
-    )
-        .into_response())
-}
-
-/// `POST …/executions/{eid}/redeliver`: send one delivery again.
-pub async fn redeliver_one(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path((project, id, eid)): Path<(String, i64, i64)>,
-) -> Result<Json<Value>, ApiError> {
-    let app = s.app()?;
-    let (project, caller) = project_for(&app, &headers, &project).await?;
-    load_delivery(&app, &project, id, eid).await?;
-    let outcome = app
-        .store
-        .write(move |c| outbox::redeliver(c, id, eid))
-        .await
-        .map_err(db_error)?;
-    match outcome {
-        outbox::Redelivery::Queued => {}
-        outbox::Redelivery::Running => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
-                "the delivery is being attempted right now",
-            ));
-        }
-        outbox::Redelivery::TargetDisabled => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
-                "the target of this delivery is disabled (it answered 410 Gone); re-enable it (PUT the policy with \"disabled\": false) first",
-            ));
-        }
-        outbox::Redelivery::TargetGone => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
-                "the target of this delivery is no longer part of the policy, and its stored version is gone",
-            ));
-        }
-        outbox::Redelivery::NotFound => {
-            return Err(ApiError::not_found(format!("execution {eid} not found")));
-        }
-    }
-    tracing::info!(policy = id, delivery = eid, by = %caller.name(), "redelivery requested");
-    Ok(Json(json!({"redelivered": 1})))
-}
-
-/// `POST …/policies/{id}/redeliver[?since=<RFC 3339 time>]`: send every dead delivery of the
-/// policy again (with `since`: those created at or after it).
-pub async fn redeliver_dead(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    Path((project, id)): Path<(String, i64)>,
-    uri: http::Uri,
-) -> Result<Json<Value>, ApiError> {
-    let app = s.app()?;
-    let (project, caller) = project_for(&app, &headers, &project).await?;
-    let since = match url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "since")
-    {
-        None => 0,
-        Some((_, v)) => DateTime::parse_from_rfc3339(&v)
-            .map_err(|e| {
-                ApiError::bad_request(format!(
-                    "since: {v:?} is not an RFC 3339 time (2026-01-31T12:00:00Z): {e}"
-                ))
-            })?
-            .timestamp_millis(),
-    };
-    load_policy(&app, &project, id).await?;
-    let n = app
-        .store
-        .write(move |c| outbox::redeliver_dead_since(c, id, since))
-        .await
-        .map_err(db_error)?;
-    tracing::info!(policy = id, deliveries = n, since, by = %caller.name(), "redelivery of dead deliveries requested");
-    Ok(Json(json!({"redelivered": n})))
 }
