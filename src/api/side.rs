@@ -182,7 +182,7 @@ async fn complete(
             .unwrap_or_default();
         if tags.is_empty() {
             // pushed behind wharf's back (or before it was there): the registry knows
-            tags = crate::observe::registry_tags_pointing_at(app, &repo, d).await;
+            tags = crate::observe::registry_tags_pointing_at(&app.registry, &repo, d).await;
         }
     }
     Subject { repo, tags, digest }

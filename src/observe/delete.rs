@@ -134,7 +134,9 @@ async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> 
         media_type: facts.media_type,
         size,
         chart,
-        candidates: super::tags::list(app, repo, who).await.unwrap_or_default(),
+        candidates: super::tags::list(&app.registry, repo, who)
+            .await
+            .unwrap_or_default(),
     }
 }
 

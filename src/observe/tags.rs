@@ -6,20 +6,19 @@ use http::{Method, StatusCode};
 
 use super::manifest;
 use super::{DOCKER_CONTENT_DIGEST, Who, header_str};
-use crate::app::App;
+use crate::forward::Upstream;
 use crate::route::Repository;
 
 /// Most tags checked one by one.
 const MAX_TAGS_CHECKED: usize = 256;
 
 /// The first page of `repo`'s tag list (`None` when it cannot be read).
-pub(super) async fn list(app: &App, repo: &Repository, who: &Who) -> Option<Vec<String>> {
+pub(super) async fn list(registry: &Upstream, repo: &Repository, who: &Who) -> Option<Vec<String>> {
     #[derive(serde::Deserialize)]
     struct TagList {
         tags: Option<Vec<String>>,
     }
-    let (parts, body) = app
-        .registry
+    let (parts, body) = registry
         .fetch(
             Method::GET,
             &format!("/v2/{repo}/tags/list"),
@@ -36,7 +35,11 @@ pub(super) async fn list(app: &App, repo: &Repository, who: &Who) -> Option<Vec<
 
 /// The tags the registry says point at `digest` (tag list, then a HEAD of each, bounded),
 /// asked without credentials; sorted.
-pub async fn registry_tags_pointing_at(app: &App, repo: &Repository, digest: &str) -> Vec<String> {
+pub async fn registry_tags_pointing_at(
+    registry: &Upstream,
+    repo: &Repository,
+    digest: &str,
+) -> Vec<String> {
     let who = Who {
         operator: crate::events::operator::ANONYMOUS.into(),
         ip: std::net::IpAddr::from([127, 0, 0, 1]),
@@ -46,7 +49,7 @@ pub async fn registry_tags_pointing_at(app: &App, repo: &Repository, digest: &st
         request_id: String::new(),
         made_id: None,
     };
-    let Some(tags) = list(app, repo, &who).await else {
+    let Some(tags) = list(registry, repo, &who).await else {
         return Vec::new();
     };
     let who = &who;
@@ -55,7 +58,7 @@ pub async fn registry_tags_pointing_at(app: &App, repo: &Repository, digest: &st
             .map(|tag| async move {
                 let path = format!("/v2/{repo}/manifests/{tag}");
                 let here = matches!(
-                    app.registry
+                    registry
                         .fetch(Method::HEAD, &path, who.headers(manifest::ACCEPT_ALL), 0)
                         .await,
                     Ok((parts, _)) if parts.status == StatusCode::OK

@@ -4,9 +4,9 @@
 use http::{Method, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::app::App;
 use crate::forward::Upstream;
 use crate::observe::Who;
+use crate::store::Store;
 use crate::store::charts::{self, ChartFacts};
 
 pub(super) fn unknown(project: &str, name: &str, version: &str) -> ChartFacts {
@@ -20,13 +20,13 @@ pub(super) fn unknown(project: &str, name: &str, version: &str) -> ChartFacts {
 
 /// What wharf remembers of the chart's upload.
 pub(super) async fn remembered(
-    app: &App,
+    store: &Store,
     project: &str,
     name: &str,
     version: &str,
 ) -> Option<ChartFacts> {
     let (p, n, v) = (project.to_string(), name.to_string(), version.to_string());
-    match app.store.read(move |c| charts::get(c, &p, &n, &v)).await {
+    match store.read(move |c| charts::get(c, &p, &n, &v)).await {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "reading chart facts failed");
@@ -102,9 +102,9 @@ pub(super) async fn from_chartmuseum(
 }
 
 /// Size of the chart archive, read from ChartMuseum (which answers no HEAD for archives): the
-/// archive is fetched, up to `chartrepo.max_upload_size`.
+/// archive is fetched, up to `max_upload_size` (`chartrepo.max_upload_size`).
 pub(super) async fn archive_size(
-    app: &App,
+    max_upload_size: u64,
     up: &Upstream,
     who: &Who,
     project: &str,
@@ -116,7 +116,7 @@ pub(super) async fn archive_size(
         seg(project),
         seg(&format!("{name}-{version}.tgz"))
     );
-    let limit = usize::try_from(app.config.chartrepo.max_upload_size).unwrap_or(usize::MAX);
+    let limit = usize::try_from(max_upload_size).unwrap_or(usize::MAX);
     match up
         .fetch(Method::GET, &path, who.headers("*/*"), limit)
         .await

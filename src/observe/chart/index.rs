@@ -1,12 +1,9 @@
 //! `index.yaml`: absolute chart URLs rewritten to point back at wharf.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use crate::app::App;
 use crate::forward::{Body, Upstream};
 use crate::observe::{Collected, collect_capped, content_length, forward_failed};
 use crate::server::RequestCtx;
@@ -14,8 +11,9 @@ use crate::server::RequestCtx;
 /// The largest `index.yaml` wharf reads to rewrite absolute chart URLs.
 pub const MAX_INDEX_BYTES: usize = 64 << 20;
 
+/// `index.yaml` with its chart URLs made absolute under `base` (`external_url`'s).
 pub(super) async fn index(
-    app: &Arc<App>,
+    base: &str,
     up: &Upstream,
     project: &str,
     req: Request<Body>,
@@ -47,7 +45,7 @@ pub(super) async fn index(
             .to_response(ctx.request_id_str());
         }
     };
-    let body = match rewrite_index(&body, &app.config.external_base(), project) {
+    let body = match rewrite_index(&body, base, project) {
         Some(new) => {
             parts.headers.remove(header::ETAG);
             Bytes::from(new)

@@ -90,7 +90,9 @@ pub async fn handle(
         }
     };
     match op {
-        ChartOp::Index { project } => index(app, up, &project, req, &pq, ctx).await,
+        ChartOp::Index { project } => {
+            index(&app.config.external_base(), up, &project, req, &pq, ctx).await
+        }
         _ if !app.config.events.enabled => pass(up, req, &pq, ctx).await,
         ChartOp::Upload {
             project,
@@ -246,7 +248,7 @@ async fn record_download(
     version: String,
     bytes: u64,
 ) {
-    let mut facts = match remembered(&app, &project, &name, &version).await {
+    let mut facts = match remembered(&app.store, &project, &name, &version).await {
         Some(f) => f,
         None => match app.chartmuseum.as_ref() {
             Some(up) => from_chartmuseum(up, &who, &project, &name, &version).await,
@@ -271,12 +273,20 @@ async fn delete(
     ctx: &RequestCtx,
 ) -> Response<Body> {
     let who = Who::of(app, req.headers(), ctx);
-    let mut facts = match remembered(app, &project, &name, &version).await {
+    let mut facts = match remembered(&app.store, &project, &name, &version).await {
         Some(f) => f,
         None => from_chartmuseum(up, &who, &project, &name, &version).await,
     };
     if facts.size.is_none() {
-        facts.size = archive_size(app, up, &who, &project, &name, &version).await;
+        facts.size = archive_size(
+            app.config.chartrepo.max_upload_size,
+            up,
+            &who,
+            &project,
+            &name,
+            &version,
+        )
+        .await;
     }
     let resp = pass(up, req, pq, ctx).await;
     if resp.status() != StatusCode::OK {
