@@ -12,8 +12,6 @@
 //!   `PUSH_ARTIFACT`): a test notification to each enabled target of the stored policy, with
 //!   its stored auth header and secret (which a client never gets back to send itself).
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -30,15 +28,14 @@ use crate::dispatch::policy::Policy;
 use crate::events::EventKind;
 use crate::store::db::Value as SqlValue;
 use crate::store::executions::{self, ExecutionRow};
-use crate::store::outbox;
+use crate::store::{Store, outbox};
 
 /// What a hidden header value reads as.
 pub const SET: &str = "set";
 
-async fn load_row(app: &App, policy: &Policy, eid: i64) -> Result<ExecutionRow, ApiError> {
+async fn load_row(store: &Store, policy: &Policy, eid: i64) -> Result<ExecutionRow, ApiError> {
     let id = policy.id;
-    let (rows, _) = app
-        .store
+    let (rows, _) = store
         .read(move |c| {
             executions::list(c, id, " AND d.id = ?2", &[SqlValue::Int(eid)], None, (0, 1))
         })
@@ -69,8 +66,8 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    let policy = load_policy(&app, &project, id).await?;
-    let row = load_row(&app, &policy, eid).await?;
+    let policy = load_policy(&app.store, &project, id).await?;
+    let row = load_row(&app.store, &policy, eid).await?;
     let max_retry = app.config.notification.webhook_job_max_retry;
     let links = app.config.external_url.clone();
     // a Custom target's payload is rendered here: on a blocking thread
@@ -90,8 +87,8 @@ pub async fn payload(
 ) -> Result<Response, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    let policy = load_policy(&app, &project, id).await?;
-    let row = load_row(&app, &policy, eid).await?;
+    let policy = load_policy(&app.store, &project, id).await?;
+    let row = load_row(&app.store, &policy, eid).await?;
     let p = render_off_thread(&app, row, policy).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "execution {eid}: its event or target version is no longer stored, or its template makes no body"
@@ -112,8 +109,8 @@ pub async fn task(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    let policy = load_policy(&app, &project, id).await?;
-    let row = load_row(&app, &policy, eid).await?;
+    let policy = load_policy(&app.store, &project, id).await?;
+    let row = load_row(&app.store, &policy, eid).await?;
     let attempts = app
         .store
         .read(move |c| outbox::attempts(c, eid))
@@ -183,7 +180,7 @@ pub async fn test_stored(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, caller) = project_for(&app, &headers, &project).await?;
-    let policy = load_policy(&app, &project, id).await?;
+    let policy = load_policy(&app.store, &project, id).await?;
     let kind = if body.iter().all(u8::is_ascii_whitespace) {
         EventKind::PushArtifact
     } else {
@@ -221,14 +218,15 @@ pub async fn test_stored(
     send_test(&app, &project, policy.project_id, &caller, &targets, kind).await
 }
 
+/// Delivery `eid` of policy `policy` of `project` (not found elsewhere).
 pub(super) async fn load_delivery(
-    app: &Arc<App>,
+    store: &Store,
     project: &str,
     policy: i64,
     eid: i64,
 ) -> Result<outbox::DeliveryView, ApiError> {
-    load_policy(app, project, policy).await?;
-    app.store
+    load_policy(store, project, policy).await?;
+    store
         .read(move |c| outbox::get(c, policy, eid))
         .await
         .map_err(db_error)?
@@ -243,7 +241,7 @@ pub async fn task_log(
 ) -> Result<Response, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    let d = load_delivery(&app, &project, id, eid).await?;
+    let d = load_delivery(&app.store, &project, id, eid).await?;
     let attempts = app
         .store
         .read(move |c| outbox::attempts(c, eid))

@@ -251,7 +251,7 @@ pub async fn executions(
     let app = s.app()?;
     let params = ListParams::from_uri(&uri)?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    let policy = load_policy(&app, &project, id).await?;
+    let policy = load_policy(&app.store, &project, id).await?;
     let (rows, total) = page(&app, &policy, &params, EXECUTION_FIELDS).await?;
     let max_retry = app.config.notification.webhook_job_max_retry;
     let links = app.config.external_url.clone();
@@ -294,7 +294,7 @@ pub async fn jobs(
             )
         })?,
     };
-    let policy = load_policy(&app, &project, policy_id).await?;
+    let policy = load_policy(&app.store, &project, policy_id).await?;
     let (rows, total) = page(&app, &policy, &params, JOB_FIELDS).await?;
     let links = app.config.external_url.clone();
     let body: Vec<Value> = tokio::task::spawn_blocking(move || {
@@ -382,7 +382,7 @@ pub async fn tasks(
     let app = s.app()?;
     let params = ListParams::from_uri(&uri)?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    load_delivery(&app, &project, id, eid).await?;
+    load_delivery(&app.store, &project, id, eid).await?;
     let attempts = app
         .store
         .read(move |c| outbox::attempts(c, eid))

@@ -21,7 +21,7 @@ pub async fn redeliver_one(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, caller) = project_for(&app, &headers, &project).await?;
-    load_delivery(&app, &project, id, eid).await?;
+    load_delivery(&app.store, &project, id, eid).await?;
     let outcome = app
         .store
         .write(move |c| outbox::redeliver(c, id, eid))
@@ -80,7 +80,7 @@ pub async fn redeliver_dead(
             })?
             .timestamp_millis(),
     };
-    load_policy(&app, &project, id).await?;
+    load_policy(&app.store, &project, id).await?;
     let n = app
         .store
         .write(move |c| outbox::redeliver_dead_since(c, id, since))

@@ -18,11 +18,10 @@ use serde_json::{Value, json};
 
 use super::common::{db_error, event_kind, project_for, rfc3339_ms};
 use super::{ApiError, ApiState};
-use crate::app::App;
 use crate::dispatch::policy::{Policy, Target, TargetKind};
 use crate::events::EventKind;
 use crate::events::format::PayloadFormat;
-use crate::store::policies;
+use crate::store::{Store, policies};
 
 mod input;
 mod test;
@@ -39,10 +38,9 @@ pub const MASK: &str = "***";
 pub const ZERO_TIME_MS: &str = "0001-01-01T00:00:00.000Z";
 
 /// The project's numeric id (0 while it has none).
-async fn project_id(app: &App, project: &str) -> Result<i64, ApiError> {
+async fn project_id(store: &Store, project: &str) -> Result<i64, ApiError> {
     let p = project.to_string();
-    Ok(app
-        .store
+    Ok(store
         .read(move |c| policies::project_id(c, &p))
         .await
         .map_err(db_error)?
@@ -165,9 +163,10 @@ pub async fn create_policy(
     Ok(resp)
 }
 
-pub(super) async fn load_policy(app: &App, project: &str, id: i64) -> Result<Policy, ApiError> {
+/// Policy `id` of `project` (not found in another project: no IDOR).
+pub(super) async fn load_policy(store: &Store, project: &str, id: i64) -> Result<Policy, ApiError> {
     let p = project.to_string();
-    app.store
+    store
         .read(move |c| policies::get(c, &p, id))
         .await
         .map_err(db_error)?
@@ -182,7 +181,7 @@ pub async fn get_policy(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, _) = project_for(&app, &headers, &project).await?;
-    let p = load_policy(&app, &project, id).await?;
+    let p = load_policy(&app.store, &project, id).await?;
     Ok(Json(policy_view(&p, app.config.api.reveal_auth_header)))
 }
 
@@ -195,7 +194,7 @@ pub async fn update_policy(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     let (project, caller) = project_for(&app, &headers, &project).await?;
-    let old = load_policy(&app, &project, id).await?;
+    let old = load_policy(&app.store, &project, id).await?;
     let input: PolicyInput = json_body(&body)?;
     let policy = validate_policy(&app, input, &project, Some(&old)).await?;
     let updated = app

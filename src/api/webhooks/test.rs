@@ -31,7 +31,7 @@ pub async fn test_policy(
     let app = s.app()?;
     let (project, caller) = project_for(&app, &headers, &project).await?;
     let input: PolicyInput = json_body(&body)?;
-    let project_id = project_id(&app, &project).await?;
+    let project_id = project_id(&app.store, &project).await?;
     let targets = validate_targets(&app, input.targets.unwrap_or_default(), &[]).await?;
     send_test(
         &app,
@@ -189,7 +189,7 @@ pub async fn preview_policy(
         content_type,
         ..Target::http("")
     };
-    let project_id = project_id(&app, &project).await?;
+    let project_id = project_id(&app.store, &project).await?;
     let mut event = format::sample_in(kind, &project, &app.config.external_host());
     event.public = app.config.is_public(&project);
     let ctx = RenderCtx {
