@@ -185,13 +185,55 @@ fn class(b: &[u8], open: usize) -> Result<usize, GlobError> {
     }
 }
 
+/// A pattern of a list that is refused, named by the list's key and the pattern's index.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}[{index}]: {problem}")]
+pub struct PatternError {
+    pub key: String,
+    pub index: usize,
+    #[source]
+    pub problem: PatternProblem,
+}
+
+impl PatternError {
+    /// `key[index]`: the field a message names.
+    pub fn field(&self) -> String {
+        format!("{}[{}]", self.key, self.index)
+    }
+}
+
+/// Why a pattern of a list is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternProblem {
+    #[error("empty pattern")]
+    Empty,
+    #[error("{pattern:?} is not a valid pattern: {source}")]
+    Invalid {
+        pattern: String,
+        #[source]
+        source: GlobError,
+    },
+}
+
 /// Check a list of patterns; the error names `key[index]`.
-pub fn check_all(key: &str, patterns: &[String]) -> Result<(), String> {
-    for (i, p) in patterns.iter().enumerate() {
-        if p.trim().is_empty() {
-            return Err(format!("{key}[{i}]: empty pattern"));
-        }
-        check(p).map_err(|e| format!("{key}[{i}]: {p:?} is not a valid pattern: {e}"))?;
+pub fn check_all(key: &str, patterns: &[String]) -> Result<(), PatternError> {
+    for (index, p) in patterns.iter().enumerate() {
+        let problem = if p.trim().is_empty() {
+            PatternProblem::Empty
+        } else {
+            match check(p) {
+                Ok(()) => continue,
+                Err(source) => PatternProblem::Invalid {
+                    pattern: p.clone(),
+                    source,
+                },
+            }
+        };
+        return Err(PatternError {
+            key: key.to_string(),
+            index,
+            problem,
+        });
     }
     Ok(())
 }
@@ -250,7 +292,9 @@ mod tests {
             assert_eq!(check(p), Err(e.clone()), "{p}");
         }
         assert_eq!(
-            check_all("filters.tags", &["v*".into(), "[z-a]".into()]).unwrap_err(),
+            check_all("filters.tags", &["v*".into(), "[z-a]".into()])
+                .unwrap_err()
+                .to_string(),
             "filters.tags[1]: \"[z-a]\" is not a valid pattern: the range 'z'-'a' is reversed"
         );
         let eleven = "{a}".repeat(11);
@@ -259,7 +303,9 @@ mod tests {
             "{eleven}"
         );
         assert_eq!(
-            check_all("filters.tags", &[eleven]).unwrap_err(),
+            check_all("filters.tags", &[eleven])
+                .unwrap_err()
+                .to_string(),
             format!(
                 "filters.tags[0]: {:?} is not a valid pattern: brace expansion at byte 30 \
                  exceeds the supported limit of 10 groups",
@@ -269,8 +315,15 @@ mod tests {
         assert_eq!(check(&"{a}".repeat(10)), Ok(()));
         assert_eq!(
             check_all("filters.tags", &[" ".into()]).unwrap_err(),
-            "filters.tags[0]: empty pattern"
+            PatternError {
+                key: "filters.tags".into(),
+                index: 0,
+                problem: PatternProblem::Empty
+            }
         );
+        let e = check_all("users", &["[".into()]).unwrap_err();
+        assert_eq!(e.field(), "users[0]");
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -354,13 +354,8 @@ impl Config {
         for (key, f) in filters {
             for (list, patterns) in [("users", &f.users), ("user_agents", &f.user_agents)] {
                 let key = format!("{key}.{list}");
-                crate::glob::check_all(&key, patterns).map_err(|reason| {
-                    // the message starts with the key and index already
-                    match reason.split_once(": ") {
-                        Some((k, r)) => invalid(k, r),
-                        None => invalid(&key, reason),
-                    }
-                })?;
+                crate::glob::check_all(&key, patterns)
+                    .map_err(|e| invalid(&e.field(), e.problem.to_string()))?;
             }
         }
         for name in self.projects.keys() {

@@ -336,9 +336,12 @@ pub(in crate::api) async fn validate_policy(
         }
     }
     let filters = input.filters.unwrap_or_default();
-    crate::glob::check_all("filters.repositories", &filters.repositories)
-        .map_err(ApiError::bad_request)?;
-    crate::glob::check_all("filters.tags", &filters.tags).map_err(ApiError::bad_request)?;
+    for (key, patterns) in [
+        ("filters.repositories", &filters.repositories),
+        ("filters.tags", &filters.tags),
+    ] {
+        crate::glob::check_all(key, patterns).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
     let old_targets = old.map(|p| p.targets.as_slice()).unwrap_or(&[]);
     let targets = validate_targets(app, input.targets.unwrap_or_default(), old_targets).await?;
     // every sample of every type through every template: on a blocking thread
