@@ -91,12 +91,12 @@ impl Config {
                     "set admin_password or admin_password_file, not both",
                 ));
             }
-            self.admin_password = read_secret_file(path).map_err(|e| {
-                invalid(
-                    "admin_password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            self.admin_password =
+                read_secret_file(path).map_err(|source| ConfigError::SecretFile {
+                    key: "admin_password_file",
+                    path: path.clone(),
+                    source,
+                })?;
         }
         if let Some(path) = &self.side_api_token_file {
             if self.side_api_token.is_some() {
@@ -105,12 +105,14 @@ impl Config {
                     "set side_api_token or side_api_token_file, not both",
                 ));
             }
-            self.side_api_token = Some(read_secret_file(path).map_err(|e| {
-                invalid(
-                    "side_api_token_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?);
+            self.side_api_token =
+                Some(
+                    read_secret_file(path).map_err(|source| ConfigError::SecretFile {
+                        key: "side_api_token_file",
+                        path: path.clone(),
+                        source,
+                    })?,
+                );
         }
         Ok(())
     }
@@ -195,11 +197,16 @@ impl Config {
             }
             crate::server::tls_acceptor(&tls.cert, &tls.key).map_err(|e| match e {
                 crate::server::ServerError::Pem(e) => ConfigError::Pem(e),
-                crate::server::ServerError::Mismatch(e) => invalid(
-                    "tls.key",
-                    format!("{} does not fit tls.cert: {e}", tls.key.display()),
-                ),
-                other => invalid("tls", other.to_string()),
+                crate::server::ServerError::Mismatch(inner) => ConfigError::Tls {
+                    key: "tls.key",
+                    detail: format!("{} does not fit tls.cert: {inner}", tls.key.display()),
+                    source: Box::new(crate::server::ServerError::Mismatch(inner)),
+                },
+                other => ConfigError::Tls {
+                    key: "tls",
+                    detail: other.to_string(),
+                    source: Box::new(other),
+                },
             })?;
         }
         if let Some(url) = &self.store.url {

@@ -61,6 +61,23 @@ pub enum ConfigError {
     /// `events.token_cert_bundle` cannot be used (names the key).
     #[error(transparent)]
     TokenCerts(#[from] crate::events::operator::TokenCertError),
+    /// The file of a secret (`admin_password_file`, `side_api_token_file`,
+    /// `store.password_file`) cannot be read.
+    #[error("{key}: cannot read {}: {source}", path.display())]
+    SecretFile {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `tls.cert` and `tls.key` do not make a TLS server (the key names which one to look at).
+    #[error("{key}: {detail}")]
+    Tls {
+        key: &'static str,
+        detail: String,
+        #[source]
+        source: Box<crate::server::ServerError>,
+    },
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -522,12 +539,13 @@ impl StoreConfig {
     /// trailing newline), else the one in `url`. Errors name the key, never the password.
     pub fn password(&self) -> Result<Option<Secret>, ConfigError> {
         if let Some(path) = &self.password_file {
-            return read_secret_file(path).map(Some).map_err(|e| {
-                invalid(
-                    "store.password_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            });
+            return read_secret_file(path)
+                .map(Some)
+                .map_err(|source| ConfigError::SecretFile {
+                    key: "store.password_file",
+                    path: path.clone(),
+                    source,
+                });
         }
         match &self.url {
             Some(url) => Ok(url

@@ -397,15 +397,20 @@ fn secrets_can_come_from_files() {
     .unwrap_err()
     .to_string();
     assert!(err.starts_with("admin_password_file: "), "{err}");
-    let err = load(
+    let e = load(
         "upstream: {registry: \"http://x\"}\nadmin_password_file: /nonexistent/pw\n",
         &[],
     )
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    let err = e.to_string();
     assert!(
         err.starts_with("admin_password_file: cannot read /nonexistent/pw"),
         "{err}"
+    );
+    // the read's error is kept as the cause
+    assert!(
+        std::error::Error::source(&e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()),
+        "{e:?}"
     );
     std::fs::write(&pw, "short\n").unwrap();
     let err = load(
