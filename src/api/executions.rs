@@ -37,38 +37,51 @@ fn secs(ms: i64) -> Value {
     }
 }
 
-/// Harbor's status of an execution (a delivery).
+/// Harbor's status of an execution (a delivery): the `status` of the executions the API
+/// lists, which the UI reads back with [`ExecStatus::parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
+pub enum ExecStatus {
     Pending,
     Running,
     Success,
     Error,
 }
 
-impl Status {
+impl ExecStatus {
+    pub const ALL: [ExecStatus; 4] = [
+        ExecStatus::Pending,
+        ExecStatus::Running,
+        ExecStatus::Success,
+        ExecStatus::Error,
+    ];
+
     /// Of a delivery's state.
-    fn of(state: DeliveryState) -> Status {
+    fn of(state: DeliveryState) -> ExecStatus {
         match state {
-            DeliveryState::Succeeded => Status::Success,
-            DeliveryState::Dead => Status::Error,
-            DeliveryState::Running => Status::Running,
-            DeliveryState::Pending => Status::Pending,
+            DeliveryState::Succeeded => ExecStatus::Success,
+            DeliveryState::Dead => ExecStatus::Error,
+            DeliveryState::Running => ExecStatus::Running,
+            DeliveryState::Pending => ExecStatus::Pending,
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
-            Status::Pending => "Pending",
-            Status::Running => "Running",
-            Status::Success => "Success",
-            Status::Error => "Error",
+            ExecStatus::Pending => "Pending",
+            ExecStatus::Running => "Running",
+            ExecStatus::Success => "Success",
+            ExecStatus::Error => "Error",
         }
+    }
+
+    /// The status Harbor calls `name`.
+    pub fn parse(name: &str) -> Option<ExecStatus> {
+        ExecStatus::ALL.into_iter().find(|s| s.name() == name)
     }
 
     /// Is it final (the execution has an end time)?
-    fn done(self) -> bool {
-        matches!(self, Status::Success | Status::Error)
+    pub fn done(self) -> bool {
+        matches!(self, ExecStatus::Success | ExecStatus::Error)
     }
 }
 
@@ -133,22 +146,22 @@ pub(super) fn execution_view(
     external_url: Option<&str>,
 ) -> Value {
     let d = &row.delivery;
-    let status = Status::of(d.state);
+    let status = ExecStatus::of(d.state);
     let message = match status {
-        Status::Pending if d.attempts > 0 => format!(
+        ExecStatus::Pending if d.attempts > 0 => format!(
             "retry {} of {max_retry} due at {}; last error: {}",
             d.attempts,
             secs(d.not_before).as_str().unwrap_or(""),
             d.last_error.as_deref().unwrap_or("")
         ),
-        Status::Error => d.last_error.clone().unwrap_or_default(),
+        ExecStatus::Error => d.last_error.clone().unwrap_or_default(),
         _ => String::new(),
     };
     let (ok, failed, pending, running) = match status {
-        Status::Success => (1, 0, 0, 0),
-        Status::Error => (0, 1, 0, 0),
-        Status::Running => (0, 0, 0, 1),
-        Status::Pending => (0, 0, 1, 0),
+        ExecStatus::Success => (1, 0, 0, 0),
+        ExecStatus::Error => (0, 1, 0, 0),
+        ExecStatus::Running => (0, 0, 0, 1),
+        ExecStatus::Pending => (0, 0, 1, 0),
     };
     json!({
         "id": d.id,
@@ -165,7 +178,7 @@ pub(super) fn execution_view(
             "state": d.state,
             "attempts": d.attempts,
             "last_status_code": d.last_status,
-            "next_attempt_time": if status == Status::Pending { secs(d.not_before) } else { Value::Null },
+            "next_attempt_time": if status == ExecStatus::Pending { secs(d.not_before) } else { Value::Null },
         },
         "metrics": {
             "task_count": 1,
@@ -188,7 +201,7 @@ fn job_view(row: &ExecutionRow, policy: &Policy, external_url: Option<&str>) -> 
         "policy_id": d.policy_id,
         "event_type": d.event_type,
         "notify_type": if is_slack(row) { "slack" } else { "http" },
-        "status": Status::of(d.state).name(),
+        "status": ExecStatus::of(d.state).name(),
         "job_detail": payload(row, policy, external_url),
         "creation_time": rfc3339_ms(d.created_at),
         "update_time": rfc3339_ms(d.updated_at),
@@ -200,10 +213,10 @@ fn status_term(csv: &str) -> Result<Term, ApiError> {
     let mut items = Vec::new();
     for s in csv.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let status = match s {
-            "Success" | "succeeded" => Status::Success,
-            "Error" | "dead" => Status::Error,
-            "Pending" | "pending" => Status::Pending,
-            "Running" | "running" => Status::Running,
+            "Success" | "succeeded" => ExecStatus::Success,
+            "Error" | "dead" => ExecStatus::Error,
+            "Pending" | "pending" => ExecStatus::Pending,
+            "Running" | "running" => ExecStatus::Running,
             // Harbor's, never produced by wharf: they match nothing
             "Stopped" | "Scheduled" => continue,
             other => {
@@ -400,4 +413,25 @@ pub async fn tasks(
     let (page, total) = params.apply(records, TASK_FIELDS);
     let body: Vec<Value> = page.iter().map(task_view).collect();
     Ok(params.respond(&body, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statuses the API lists are Harbor's names, one per status, and read back (the UI's
+    /// filter and its Redeliver button go by them); only Success and Error are final.
+    #[test]
+    fn execution_statuses_are_named_once() {
+        for s in ExecStatus::ALL {
+            assert_eq!(ExecStatus::parse(s.name()), Some(s));
+        }
+        assert_eq!(ExecStatus::parse("running"), None);
+        let done: Vec<_> = ExecStatus::ALL.into_iter().filter(|s| s.done()).collect();
+        assert_eq!(done, [ExecStatus::Success, ExecStatus::Error]);
+        for state in DeliveryState::ALL {
+            let is_final = matches!(state, DeliveryState::Succeeded | DeliveryState::Dead);
+            assert_eq!(ExecStatus::of(state).done(), is_final, "{state:?}");
+        }
+    }
 }

@@ -22,13 +22,16 @@ use super::test_endpoint::{Tested, test_result};
 use super::webhooks::{endpoints, last_trigger, status_word};
 use super::{project_param, session};
 use crate::api::ApiState;
+use crate::api::executions::ExecStatus;
 use crate::events::EventKind;
 
 /// Executions per page.
 const PAGE_SIZE: u64 = 20;
 
-/// The statuses the filter offers (Harbor's).
-const STATUSES: [&str; 4] = ["Pending", "Running", "Success", "Error"];
+/// The status of an execution as the API lists it.
+fn status_of(e: &Value) -> Option<ExecStatus> {
+    e["status"].as_str().and_then(ExecStatus::parse)
+}
 
 /// The query of a policy page.
 #[derive(Debug, Default, Deserialize)]
@@ -60,7 +63,7 @@ async fn policy_view(
     let status = q
         .status
         .as_deref()
-        .filter(|s| STATUSES.contains(s))
+        .filter(|s| ExecStatus::parse(s).is_some())
         .unwrap_or("");
     let page_no = q.page.unwrap_or(1).max(1);
     let mut path = format!("{base}/policies/{id}/executions?page={page_no}&page_size={PAGE_SIZE}");
@@ -71,9 +74,7 @@ async fn policy_view(
     let total = answer.total().unwrap_or(0);
     let executions = answer.ok()?;
     let rows: Vec<&Value> = executions.as_array().into_iter().flatten().collect();
-    let busy = rows
-        .iter()
-        .any(|e| matches!(e["status"].as_str(), Some("Pending" | "Running")));
+    let busy = rows.iter().any(|e| status_of(e).is_some_and(|s| !s.done()));
     let name = text(&p["name"]);
     let list = format!("/ui/projects/{project}/webhooks");
     let here = format!("{list}/{id}");
@@ -119,7 +120,7 @@ async fn policy_view(
                     label for="status" { "Status" }
                     select #status name="status" {
                         option value="" selected[status.is_empty()] { "All" }
-                        @for s in STATUSES { option value=(s) selected[status == s] { (s) } }
+                        @for s in ExecStatus::ALL.map(ExecStatus::name) { option value=(s) selected[status == s] { (s) } }
                     }
                     button type="submit" { "Filter" }
                 }
@@ -161,7 +162,7 @@ async fn policy_view(
                                 td data-label="Start" { (when(&e["start_time"]).unwrap_or_default()) }
                                 td data-label="End" { (when(&e["end_time"]).unwrap_or_default()) }
                                 td.actions {
-                                    @if e["status"].as_str() != Some("Running") {
+                                    @if status_of(e) != Some(ExecStatus::Running) {
                                         form method="post" action=(format!("{here}/executions/{eid}/redeliver")) {
                                             button type="submit" { "Redeliver" }
                                         }
@@ -366,7 +367,7 @@ pub async fn execution(
     let body = html! {
         div.titlebar {
             h1 { (title) " " (badge(e["status"].as_str().unwrap_or(""))) }
-            @if e["status"].as_str() != Some("Running") {
+            @if status_of(&e) != Some(ExecStatus::Running) {
                 form method="post" action=(format!("{here}/executions/{eid}/redeliver")) {
                     button type="submit" { "Redeliver" }
                 }
