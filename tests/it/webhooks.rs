@@ -2113,50 +2113,18 @@ async fn api_rejections_are_json_errors() {
     r.json();
 }
 
-/// With `trust_forwarded_headers`, an event's client address is the last `X-Forwarded-For`
-/// address (the one the trusted load balancer appended; the earlier ones are the client's own
-/// word); without it, the TCP peer (a client cannot pretend to be someone else).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_address_follows_trust_forwarded_headers() {
-    for (trusted, expected) in [(true, "10.0.0.1"), (false, "127.0.0.1")] {
-        let env = env(&format!("trust_forwarded_headers: {trusted}")).await;
-        env.pusher.push("prj/addr", "v1").await;
-        let r = client()
-            .get(format!("{}/v2/prj/addr/manifests/v1", env.wharf.url()))
-            .header("accept", oci::MANIFEST_V1)
-            .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.bytes().await.unwrap();
-        let pulls = wait_until("the pull event", SOON, || {
-            let api = env.api.clone();
-            async move {
-                let v = api.get("/api/v1/events?type=PULL_ARTIFACT").await.json();
-                (!v.as_array()?.is_empty()).then_some(v)
-            }
-        })
-        .await;
-        assert_eq!(pulls[0]["client_addr"], expected, "trusted: {trusted}");
-    }
-}
-
-// regression: a client's own `X-Forwarded-For` line named the address of its events when the
-// load balancer added its own line after it (lines are one list, RFC 9110 5.3: the last
-// address is the one the load balancer saw); the login throttle already took the last line.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forwarded_for_line_of_the_client_does_not_name_the_event_address() {
-    let env = env("trust_forwarded_headers: true").await;
+/// The client address of the pull event of a manifest GET sent with `x_forwarded_for` (one
+/// header line each) through a wharf with `trust_forwarded_headers: trusted`.
+async fn pull_client_addr(trusted: bool, x_forwarded_for: &[&str]) -> Value {
+    let env = env(&format!("trust_forwarded_headers: {trusted}")).await;
     env.pusher.push("prj/addr", "v1").await;
-    let r = client()
+    let mut req = client()
         .get(format!("{}/v2/prj/addr/manifests/v1", env.wharf.url()))
-        .header("accept", oci::MANIFEST_V1)
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-forwarded-for", "10.0.0.1")
-        .send()
-        .await
-        .unwrap();
+        .header("accept", oci::MANIFEST_V1);
+    for line in x_forwarded_for {
+        req = req.header("x-forwarded-for", *line);
+    }
+    let r = req.send().await.unwrap();
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap();
     let pulls = wait_until("the pull event", SOON, || {
@@ -2167,5 +2135,27 @@ async fn a_forwarded_for_line_of_the_client_does_not_name_the_event_address() {
         }
     })
     .await;
-    assert_eq!(pulls[0]["client_addr"], "10.0.0.1");
+    pulls[0]["client_addr"].clone()
+}
+
+/// With `trust_forwarded_headers`, an event's client address is the last `X-Forwarded-For`
+/// address (the one the trusted load balancer appended; the earlier ones are the client's own
+/// word); without it, the TCP peer (a client cannot pretend to be someone else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_address_follows_trust_forwarded_headers() {
+    for (trusted, expected) in [(true, "10.0.0.1"), (false, "127.0.0.1")] {
+        let got = pull_client_addr(trusted, &["203.0.113.7, 10.0.0.1"]).await;
+        assert_eq!(got, expected, "trusted: {trusted}");
+    }
+}
+
+// regression: a client's own `X-Forwarded-For` line named the address of its events when the
+// load balancer added its own line after it (lines are one list, RFC 9110 5.3: the last
+// address is the one the load balancer saw); the login throttle already took the last line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_for_line_of_the_client_does_not_name_the_event_address() {
+    assert_eq!(
+        pull_client_addr(true, &["6.6.6.6", "10.0.0.1"]).await,
+        "10.0.0.1"
+    );
 }
