@@ -21,6 +21,18 @@ const MAX_ATTEMPTS_AT_ONCE: usize = 65_536;
 /// Most PostgreSQL connections of one replica (`store.pool_size`).
 const MAX_POOL_SIZE: usize = 1_000;
 
+/// `key` names `path`, which must be a file (read later: at start, or when it changes).
+fn readable_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{} is not a readable file", path.display()),
+        ))
+    }
+}
+
 impl Config {
     /// Read `path`, apply `WHARF_…` overrides from the process environment, validate.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -188,12 +200,7 @@ impl Config {
         crate::forward::check_tls_files(&self.upstream)?;
         if let Some(tls) = &self.tls {
             for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
-                if !path.is_file() {
-                    return Err(invalid(
-                        key,
-                        format!("{} is not a readable file", path.display()),
-                    ));
-                }
+                readable_file(key, path)?;
             }
             crate::server::tls_acceptor(&tls.cert, &tls.key).map_err(|e| match e {
                 crate::server::ServerError::Pem(e) => ConfigError::Pem(e),
@@ -226,13 +233,8 @@ impl Config {
                 "is only used with store.url (PostgreSQL)",
             ));
         }
-        if let Some(p) = &self.store.password_file
-            && !p.is_file()
-        {
-            return Err(invalid(
-                "store.password_file",
-                format!("{} is not a readable file", p.display()),
-            ));
+        if let Some(p) = &self.store.password_file {
+            readable_file("store.password_file", p)?;
         }
         if !(4..=MAX_POOL_SIZE).contains(&self.store.pool_size) {
             return Err(invalid(
@@ -325,12 +327,7 @@ impl Config {
             .validate()
             .map_err(|(field, reason)| invalid(&format!("notification.backoff.{field}"), reason))?;
         if let Some(p) = &n.ca_bundle {
-            if !p.is_file() {
-                return Err(invalid(
-                    "notification.ca_bundle",
-                    format!("{} is not a readable file", p.display()),
-                ));
-            }
+            readable_file("notification.ca_bundle", p)?;
             crate::pem::check_roots("notification.ca_bundle", p)?;
         }
         if self.users.failed_login_burst == 0 {
@@ -342,13 +339,8 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        if let Some(p) = &self.users.htpasswd
-            && !p.is_file()
-        {
-            return Err(invalid(
-                "users.htpasswd",
-                format!("{} is not a readable file", p.display()),
-            ));
+        if let Some(p) = &self.users.htpasswd {
+            readable_file("users.htpasswd", p)?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
