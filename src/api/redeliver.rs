@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::DateTime;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::{Value, json};
 
 use super::common::{db_error, project_for};
@@ -30,23 +30,17 @@ pub async fn redeliver_one(
     match outcome {
         outbox::Redelivery::Queued => {}
         outbox::Redelivery::Running => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
+            return Err(ApiError::conflict(
                 "the delivery is being attempted right now",
             ));
         }
         outbox::Redelivery::TargetDisabled => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
+            return Err(ApiError::conflict(
                 "the target of this delivery is disabled (it answered 410 Gone); re-enable it (PUT the policy with \"disabled\": false) first",
             ));
         }
         outbox::Redelivery::TargetGone => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "CONFLICT",
+            return Err(ApiError::conflict(
                 "the target of this delivery is no longer part of the policy, and its stored version is gone",
             ));
         }

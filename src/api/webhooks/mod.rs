@@ -146,9 +146,7 @@ pub async fn create_policy(
         .await
         .map_err(db_error)?;
     let Some(p) = created else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "CONFLICT",
+        return Err(ApiError::conflict(
             "name: a policy with this name exists in the project",
         ));
     };
@@ -209,9 +207,7 @@ pub async fn update_policy(
         .await
         .map_err(db_error)?;
     match updated {
-        Err(()) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "CONFLICT",
+        Err(()) => Err(ApiError::conflict(
             "name: a policy with this name exists in the project",
         )),
         Ok(None) => Err(ApiError::not_found(format!("policy {id} not found"))),
