@@ -22,7 +22,6 @@ use super::common::{db_error, event_kind, project_for, rfc3339_ms};
 use super::executions::{TaskRecord, execution_view, rendered, task_view};
 use super::webhooks::{load_policy, send_test};
 use super::{ApiError, ApiState};
-use crate::app::App;
 use crate::dispatch::client::FailureKind;
 use crate::dispatch::policy::Policy;
 use crate::events::EventKind;
@@ -48,11 +47,10 @@ async fn load_row(store: &Store, policy: &Policy, eid: i64) -> Result<ExecutionR
 
 /// The payload of `row` (rendered on a blocking thread: a Custom target runs a template).
 async fn render_off_thread(
-    app: &App,
+    links: Option<String>,
     row: ExecutionRow,
     policy: Policy,
 ) -> Result<Option<crate::events::format::Payload>, ApiError> {
-    let links = app.config.external_url.clone();
     tokio::task::spawn_blocking(move || rendered(&row, &policy, links.as_deref()))
         .await
         .map_err(|e| ApiError::internal("rendering the payload", e))
@@ -89,7 +87,7 @@ pub async fn payload(
     let (project, _) = project_for(&app, &headers, &project).await?;
     let policy = load_policy(&app.store, &project, id).await?;
     let row = load_row(&app.store, &policy, eid).await?;
-    let p = render_off_thread(&app, row, policy).await?.ok_or_else(|| {
+    let p = render_off_thread(app.config.external_url.clone(), row, policy).await?.ok_or_else(|| {
         ApiError::not_found(format!(
             "execution {eid}: its event or target version is no longer stored, or its template makes no body"
         ))
@@ -131,7 +129,7 @@ pub async fn task(
         row.delivery.event_id.clone(),
         row.delivery.target_address.clone(),
     );
-    let payload = render_off_thread(&app, row, policy).await?;
+    let payload = render_off_thread(app.config.external_url.clone(), row, policy).await?;
     let mut sent = vec![
         json!({"name": "Content-Type", "value": payload.as_ref().map_or("", |p| &*p.content_type)}),
         json!({"name": "User-Agent", "value": concat!("wharf/", env!("CARGO_PKG_VERSION"))}),

@@ -21,7 +21,8 @@ use subtle::ConstantTimeEq;
 use super::auth;
 use super::{ApiError, ApiState};
 use crate::app::App;
-use crate::events::{Event, EventKind, QuotaInfo, ScanInfo, ScanStatus, ScanType, scan};
+use crate::events::sink::Sink;
+use crate::events::{Event, EventKind, QuotaInfo, ScanInfo, ScanStatus, ScanType, Severity, scan};
 use crate::observe::manifest::ACCEPT_ALL;
 use crate::route::{Digest, Repository, is_tag};
 use crate::store::knowledge;
@@ -250,9 +251,9 @@ fn created(e: &Event) -> (StatusCode, Json<Value>) {
     )
 }
 
-async fn record(app: &App, e: Event) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn record(events: &Sink, e: Event) -> Result<(StatusCode, Json<Value>), ApiError> {
     let answer = created(&e);
-    if !app.events.durable(e, None, None).await {
+    if !events.durable(e, None, None).await {
         return Err(ApiError::internal(
             "recording the event failed",
             "database write failed",
@@ -335,7 +336,7 @@ pub async fn scan_report(
         }
         (ScanStatus::Success, ScanType::Sbom) => ScanInfo {
             status,
-            severity: String::new(),
+            severity: Severity::NotRated,
             completed_at: chrono::Utc::now(),
             scanner: scanner(),
             report_id: uuid::Uuid::now_v7().to_string(),
@@ -349,7 +350,7 @@ pub async fn scan_report(
                 .ok_or_else(|| ApiError::bad_request("error: required when status is Error"))?;
             ScanInfo {
                 status,
-                severity: "None".into(),
+                severity: Severity::None,
                 completed_at: chrono::Utc::now(),
                 scanner: scanner(),
                 error: Some(error),
@@ -359,7 +360,7 @@ pub async fn scan_report(
         }
         (ScanStatus::Stopped, _) => ScanInfo {
             status,
-            severity: "None".into(),
+            severity: Severity::None,
             completed_at: chrono::Utc::now(),
             scanner: scanner(),
             error: input.error.clone().filter(|e| !e.trim().is_empty()),
@@ -378,7 +379,7 @@ pub async fn scan_report(
     let mut e = event_for(&app, kind, &subject, &operator).await;
     e.scan = Some(info);
     tracing::info!(repository = %e.repository, kind = kind.harbor_type(), by = %caller, "scan report received");
-    record(&app, e).await
+    record(&app.events, e).await
 }
 
 /// `GET /api/v1/projects/{project}/quota`: limit and usage (system or project administrator).
@@ -435,5 +436,5 @@ pub async fn quota_report(
         ..QuotaInfo::default()
     });
     tracing::info!(repository = %e.repository, by = %caller, "quota report received");
-    record(&app, e).await
+    record(&app.events, e).await
 }

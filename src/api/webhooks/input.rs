@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::ApiError;
 use super::{MASK, event_kind};
 use crate::app::App;
+use crate::dispatch::guard::Guard;
 use crate::dispatch::policy::{Filters, Policy, Target, TargetKind};
 use crate::events::EventKind;
 use crate::events::format::{self, PayloadFormat, RenderCtx, RenderError};
@@ -138,7 +139,7 @@ pub(in crate::api) fn target_shape(
 
 /// Validate targets (shape, format, SSRF guard). `old` supplies secrets sent back as `***`.
 pub(in crate::api) async fn validate_targets(
-    app: &App,
+    guard: &Guard,
     input: Vec<TargetInput>,
     old: &[Target],
 ) -> Result<Vec<Target>, ApiError> {
@@ -164,8 +165,7 @@ pub(in crate::api) async fn validate_targets(
                 field("address")
             )));
         }
-        app.sender
-            .guard()
+        guard
             .check_url(&address)
             .await
             .map_err(|e| ApiError::bad_request(format!("{}: {e}", field("address"))))?;
@@ -343,7 +343,12 @@ pub(in crate::api) async fn validate_policy(
         crate::glob::check_all(key, patterns).map_err(|e| ApiError::bad_request(e.to_string()))?;
     }
     let old_targets = old.map(|p| p.targets.as_slice()).unwrap_or(&[]);
-    let targets = validate_targets(app, input.targets.unwrap_or_default(), old_targets).await?;
+    let targets = validate_targets(
+        app.sender.guard(),
+        input.targets.unwrap_or_default(),
+        old_targets,
+    )
+    .await?;
     // every sample of every type through every template: on a blocking thread
     let ctx = RenderCtx {
         project_id: old.map(|p| p.project_id).unwrap_or(0),

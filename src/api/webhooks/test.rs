@@ -14,6 +14,7 @@ use super::{event_kind, project_for, project_id};
 use crate::api::auth::Caller;
 use crate::api::{ApiError, ApiState};
 use crate::app::App;
+use crate::config::Config;
 use crate::dispatch::client::FailureKind;
 use crate::dispatch::policy::Target;
 use crate::events::format::{self, RenderCtx};
@@ -32,7 +33,8 @@ pub async fn test_policy(
     let (project, caller) = project_for(&app, &headers, &project).await?;
     let input: PolicyInput = json_body(&body)?;
     let project_id = project_id(&app.store, &project).await?;
-    let targets = validate_targets(&app, input.targets.unwrap_or_default(), &[]).await?;
+    let targets =
+        validate_targets(app.sender.guard(), input.targets.unwrap_or_default(), &[]).await?;
     send_test(
         &app,
         &project,
@@ -47,7 +49,7 @@ pub async fn test_policy(
 /// A test event of `kind` in `project`: the sample event of that kind (see
 /// [`format::samples`]) as if it had happened now in `{project}/webhook-test`, marked `test`.
 pub(in crate::api) fn test_event(
-    app: &App,
+    config: &Config,
     project: &str,
     caller: &Caller,
     kind: EventKind,
@@ -71,17 +73,13 @@ pub(in crate::api) fn test_event(
         None => Event::new(kind, &repo, caller.name()),
     };
     event.test = true;
-    event.public = app.config.is_public(project);
+    event.public = config.is_public(project);
     if event.tags.is_empty() && !kind.is_chart() {
         event.tags = vec!["test".into()];
     }
     let tag = event.tags.first().cloned();
-    event.resource_url = Event::oci_resource_url(
-        &app.config.external_host(),
-        repo.as_str(),
-        tag.as_deref(),
-        None,
-    );
+    event.resource_url =
+        Event::oci_resource_url(&config.external_host(), repo.as_str(), tag.as_deref(), None);
     Ok(event)
 }
 
@@ -95,7 +93,7 @@ pub(in crate::api) async fn send_test(
     targets: &[Target],
     kind: EventKind,
 ) -> Result<Json<Value>, ApiError> {
-    let event = test_event(app, project, caller, kind)?;
+    let event = test_event(&app.config, project, caller, kind)?;
     let ctx = RenderCtx {
         project_id,
         policy_id: 0,
