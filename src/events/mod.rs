@@ -208,6 +208,112 @@ pub struct SeverityCounts {
     pub fixable: u64,
 }
 
+impl SeverityCounts {
+    /// How many of `severity` (those not rated or `None` are counted as `Unknown`).
+    pub fn of(&self, severity: Severity) -> u64 {
+        match severity {
+            Severity::Critical => self.critical,
+            Severity::High => self.high,
+            Severity::Medium => self.medium,
+            Severity::Low => self.low,
+            Severity::Unknown | Severity::None | Severity::NotRated => self.unknown,
+        }
+    }
+
+    /// Count one vulnerability of `severity`, fixable or not.
+    pub fn add(&mut self, severity: Severity, fixable: bool) {
+        *self.slot(severity) += 1;
+        self.total += 1;
+        self.fixable += u64::from(fixable);
+    }
+
+    fn slot(&mut self, severity: Severity) -> &mut u64 {
+        match severity {
+            Severity::Critical => &mut self.critical,
+            Severity::High => &mut self.high,
+            Severity::Medium => &mut self.medium,
+            Severity::Low => &mut self.low,
+            Severity::Unknown | Severity::None | Severity::NotRated => &mut self.unknown,
+        }
+    }
+}
+
+/// A vulnerability's severity in Harbor's names, ordered from least to most severe (so the
+/// highest severity of a report is the maximum). Read back from its name; a name wharf does not
+/// know reads as `Unknown`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(from = "String")]
+pub enum Severity {
+    /// Not rated: the `severity` of an sbom scan, serialized as the empty string.
+    #[default]
+    #[serde(rename = "")]
+    NotRated,
+    /// Nothing was found (a scan's highest severity, never a vulnerability's).
+    None,
+    /// A name the scanner gave that is none of the others.
+    Unknown,
+    /// `Low` (and a report's `Negligible`).
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    /// The five a vulnerability can have, most severe first (the order of Harbor's summary).
+    pub const RATED: [Severity; 5] = [
+        Severity::Critical,
+        Severity::High,
+        Severity::Medium,
+        Severity::Low,
+        Severity::Unknown,
+    ];
+
+    /// Harbor's name: `Critical` … `Unknown`, `None`, or empty when not rated.
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::NotRated => "",
+            Severity::None => "None",
+            Severity::Unknown => "Unknown",
+            Severity::Low => "Low",
+            Severity::Medium => "Medium",
+            Severity::High => "High",
+            Severity::Critical => "Critical",
+        }
+    }
+
+    /// A scanner's name for a vulnerability's severity, in any case: `negligible` is `Low`,
+    /// anything unknown (or missing) is `Unknown`.
+    pub fn from_report(name: &str) -> Severity {
+        match name.to_ascii_lowercase().as_str() {
+            "critical" => Severity::Critical,
+            "high" => Severity::High,
+            "medium" => Severity::Medium,
+            "low" | "negligible" => Severity::Low,
+            _ => Severity::Unknown,
+        }
+    }
+}
+
+impl From<String> for Severity {
+    /// Its own name back ([`Severity::name`]); any other name as [`Severity::from_report`].
+    fn from(name: String) -> Severity {
+        match name.as_str() {
+            "" => Severity::NotRated,
+            "None" => Severity::None,
+            other => Severity::from_report(other),
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One vulnerability of a scan report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Vulnerability {
@@ -221,7 +327,7 @@ pub struct Vulnerability {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix_version: Option<String>,
     /// Critical, High, Medium, Low or Unknown.
-    pub severity: String,
+    pub severity: Severity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Link to the CVE (first of `links`).
@@ -300,8 +406,8 @@ pub struct ScanInfo {
     /// What was scanned for (older event logs have none: a vulnerability scan).
     #[serde(default)]
     pub scan_type: ScanType,
-    /// Highest severity found (`None` when nothing was found).
-    pub severity: String,
+    /// Highest severity found (`None` when nothing was found; not rated for an sbom scan).
+    pub severity: Severity,
     pub counts: SeverityCounts,
     /// When the scan completed.
     pub completed_at: DateTime<Utc>,

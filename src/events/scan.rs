@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{ScanInfo, Scanner, SeverityCounts, Vulnerability};
+use super::{ScanInfo, Scanner, Severity, SeverityCounts, Vulnerability};
 
 /// Why a report was not understood.
 #[derive(Debug, thiserror::Error)]
@@ -48,28 +48,6 @@ fn read_as<T: for<'de> Deserialize<'de>>(
         };
         (field, e.into_inner())
     })
-}
-
-/// Severity rank, highest first in sorting.
-fn rank(sev: &str) -> u8 {
-    match sev {
-        "Critical" => 5,
-        "High" => 4,
-        "Medium" => 3,
-        "Low" => 2,
-        _ => 1,
-    }
-}
-
-/// Normalise a severity name to Harbor's Title case.
-pub fn normalize_severity(s: &str) -> &'static str {
-    match s.to_ascii_lowercase().as_str() {
-        "critical" => "Critical",
-        "high" => "High",
-        "medium" => "Medium",
-        "low" | "negligible" => "Low",
-        _ => "Unknown",
-    }
 }
 
 #[derive(Deserialize)]
@@ -164,88 +142,72 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 /// Reduce a parsed report to scan facts (status Success).
 pub fn summarize(report: &serde_json::Value, max: usize) -> Result<ScanInfo, ReportError> {
-    let (vulns, scanner, at) = if report.get("Results").is_some()
-        || report.get("SchemaVersion").is_some()
-    {
-        let t: TrivyReport =
-            read_as(report).map_err(|(field, source)| ReportError::Trivy { field, source })?;
-        let scanner = Scanner {
-            name: "Trivy".into(),
-            vendor: "Aqua Security".into(),
-            version: t.trivy.and_then(|m| m.version).unwrap_or_default(),
+    let (vulns, scanner, at) =
+        if report.get("Results").is_some() || report.get("SchemaVersion").is_some() {
+            let t: TrivyReport =
+                read_as(report).map_err(|(field, source)| ReportError::Trivy { field, source })?;
+            let scanner = Scanner {
+                name: "Trivy".into(),
+                vendor: "Aqua Security".into(),
+                version: t.trivy.and_then(|m| m.version).unwrap_or_default(),
+            };
+            let vulns: Vec<Vulnerability> = t
+                .results
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|r| r.vulnerabilities.unwrap_or_default())
+                .map(|v| {
+                    let refs = v.references.unwrap_or_default();
+                    let link = non_empty(v.primary_url).or_else(|| refs.first().cloned());
+                    Vulnerability {
+                        fix_link: fix_link(&refs, link.as_deref()),
+                        link,
+                        id: v.vulnerability_id,
+                        package: non_empty(v.pkg_name),
+                        version: non_empty(v.installed_version),
+                        fix_version: non_empty(v.fixed_version),
+                        severity: Severity::from_report(v.severity.as_deref().unwrap_or("")),
+                        description: non_empty(v.description).or(non_empty(v.title)),
+                    }
+                })
+                .collect();
+            (vulns, Some(scanner), t.created_at)
+        } else if report.get("vulnerabilities").is_some() {
+            let a: AdapterReport = read_as(report)
+                .map_err(|(field, source)| ReportError::Adapter { field, source })?;
+            let vulns = a
+                .vulnerabilities
+                .into_iter()
+                .map(|v| {
+                    let links = v.links.unwrap_or_default();
+                    let link = links.first().cloned();
+                    Vulnerability {
+                        fix_link: fix_link(&links, link.as_deref()),
+                        link,
+                        id: v.id,
+                        package: non_empty(v.package),
+                        version: non_empty(v.version),
+                        fix_version: non_empty(v.fix_version),
+                        severity: Severity::from_report(v.severity.as_deref().unwrap_or("")),
+                        description: non_empty(v.description),
+                    }
+                })
+                .collect();
+            (vulns, a.scanner, a.generated_at)
+        } else {
+            return Err(ReportError::Shape);
         };
-        let vulns: Vec<Vulnerability> = t
-            .results
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|r| r.vulnerabilities.unwrap_or_default())
-            .map(|v| {
-                let refs = v.references.unwrap_or_default();
-                let link = non_empty(v.primary_url).or_else(|| refs.first().cloned());
-                Vulnerability {
-                    fix_link: fix_link(&refs, link.as_deref()),
-                    link,
-                    id: v.vulnerability_id,
-                    package: non_empty(v.pkg_name),
-                    version: non_empty(v.installed_version),
-                    fix_version: non_empty(v.fixed_version),
-                    severity: normalize_severity(v.severity.as_deref().unwrap_or("")).to_string(),
-                    description: non_empty(v.description).or(non_empty(v.title)),
-                }
-            })
-            .collect();
-        (vulns, Some(scanner), t.created_at)
-    } else if report.get("vulnerabilities").is_some() {
-        let a: AdapterReport =
-            read_as(report).map_err(|(field, source)| ReportError::Adapter { field, source })?;
-        let vulns = a
-            .vulnerabilities
-            .into_iter()
-            .map(|v| {
-                let links = v.links.unwrap_or_default();
-                let link = links.first().cloned();
-                Vulnerability {
-                    fix_link: fix_link(&links, link.as_deref()),
-                    link,
-                    id: v.id,
-                    package: non_empty(v.package),
-                    version: non_empty(v.version),
-                    fix_version: non_empty(v.fix_version),
-                    severity: normalize_severity(v.severity.as_deref().unwrap_or("")).to_string(),
-                    description: non_empty(v.description),
-                }
-            })
-            .collect();
-        (vulns, a.scanner, a.generated_at)
-    } else {
-        return Err(ReportError::Shape);
-    };
     let mut counts = SeverityCounts::default();
     for v in &vulns {
-        match v.severity.as_str() {
-            "Critical" => counts.critical += 1,
-            "High" => counts.high += 1,
-            "Medium" => counts.medium += 1,
-            "Low" => counts.low += 1,
-            _ => counts.unknown += 1,
-        }
-        counts.total += 1;
-        if v.fix_version.is_some() {
-            counts.fixable += 1;
-        }
+        counts.add(v.severity, v.fix_version.is_some());
     }
     let severity = vulns
         .iter()
-        .map(|v| v.severity.as_str())
-        .max_by_key(|s| rank(s))
-        .unwrap_or("None")
-        .to_string();
+        .map(|v| v.severity)
+        .max()
+        .unwrap_or(Severity::None);
     let mut sorted = vulns;
-    sorted.sort_by(|a, b| {
-        rank(&b.severity)
-            .cmp(&rank(&a.severity))
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    sorted.sort_by(|a, b| b.severity.cmp(&a.severity).then_with(|| a.id.cmp(&b.id)));
     let truncated = sorted.len() > max;
     sorted.truncate(max);
     Ok(ScanInfo {
@@ -290,7 +252,7 @@ mod tests {
                 fixable: 5
             }
         );
-        assert_eq!(s.severity, "Critical");
+        assert_eq!(s.severity, Severity::Critical);
         assert_eq!(s.vulnerabilities[0].id, "CVE-2023-5363");
         assert_eq!(
             s.completed_at.to_rfc3339(),
@@ -340,7 +302,7 @@ mod tests {
     fn clean_report_and_truncation() {
         let s = summarize(&fixture("trivy-clean.json"), 100).unwrap();
         assert_eq!(s.counts.total, 0);
-        assert_eq!(s.severity, "None");
+        assert_eq!(s.severity, Severity::None);
         let s = summarize(&fixture("trivy-alpine.json"), 2).unwrap();
         assert_eq!(s.vulnerabilities.len(), 2);
         assert!(s.vulnerabilities_truncated);
@@ -377,5 +339,38 @@ mod tests {
             let e = summarize(&v, 10).unwrap_err();
             assert!(std::error::Error::source(&e).is_some(), "{e:?}");
         }
+    }
+
+    #[test]
+    fn severities_order_name_and_read_back_as_harbor_spells_them() {
+        use crate::events::Severity as S;
+        let ordered = [
+            S::NotRated,
+            S::None,
+            S::Unknown,
+            S::Low,
+            S::Medium,
+            S::High,
+            S::Critical,
+        ];
+        assert!(ordered.windows(2).all(|w| w[0] < w[1]));
+        for s in ordered {
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.name()));
+            assert_eq!(serde_json::from_str::<S>(&json).unwrap(), s, "{json}");
+        }
+        assert_eq!(S::NotRated.name(), "");
+        // a scanner's spelling, and names wharf does not know
+        assert_eq!(S::from_report("CRITICAL"), S::Critical);
+        assert_eq!(S::from_report("negligible"), S::Low);
+        assert_eq!(S::from_report(""), S::Unknown);
+        assert_eq!(serde_json::from_str::<S>("\"Severe\"").unwrap(), S::Unknown);
+        let mut counts = SeverityCounts::default();
+        for (s, fixable) in [(S::Critical, true), (S::Low, false), (S::None, false)] {
+            counts.add(s, fixable);
+        }
+        let by = S::RATED.map(|s| counts.of(s));
+        assert_eq!(by, [1, 0, 0, 1, 1]);
+        assert_eq!((counts.total, counts.fixable), (3, 1));
     }
 }

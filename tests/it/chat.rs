@@ -21,7 +21,7 @@ use sha2::Sha256;
 
 use wharf::events::chat::{discord, googlechat, mattermost};
 use wharf::events::format::{PayloadFormat, RenderCtx, render, samples};
-use wharf::events::{Event, EventKind, Vulnerability};
+use wharf::events::{Event, EventKind, Severity, Vulnerability};
 
 use crate::common::api::ApiResp;
 use crate::common::oci;
@@ -64,7 +64,7 @@ fn events() -> Vec<(String, Event)> {
         s.vulnerabilities = (0..300)
             .map(|i| Vulnerability {
                 id: format!("CVE-2024-{i:05}"),
-                severity: ["Critical", "High", "Medium", "Low", "Unknown"][i % 5].into(),
+                severity: Severity::RATED[i % 5],
                 description: Some(wild.repeat(50)),
                 package: Some(format!("pkg-{i}")),
                 ..v.clone()

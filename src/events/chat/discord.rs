@@ -141,7 +141,7 @@ pub fn render(s: &Summary) -> Value {
                 Some(l) => format!("[{}]({l})", md_escape(&c.id)),
                 None => md_escape(&c.id),
             };
-            let mut line = format!("\n- **{}** {id}", md_escape(&c.severity));
+            let mut line = format!("\n- **{}** {id}", md_escape(c.severity.name()));
             if let Some(p) = &c.package {
                 line.push_str(&format!(" in {}", md_escape(p)));
             }

@@ -76,7 +76,7 @@ pub fn render(s: &Summary) -> Value {
                 Some(l) => link(l, &c.id),
                 None => html(&c.id),
             };
-            let mut line = format!("<b>{}</b> {id}", html(&c.severity));
+            let mut line = format!("<b>{}</b> {id}", html(c.severity.name()));
             if let Some(p) = &c.package {
                 line.push_str(&format!(" in {}", html(p)));
             }

@@ -68,7 +68,7 @@ pub fn render(s: &Summary) -> Value {
                 Some(l) => format!("[{}]({l})", safe(&c.id)),
                 None => safe(&c.id),
             };
-            let mut line = format!("- **{}** {id}", safe(&c.severity));
+            let mut line = format!("- **{}** {id}", safe(c.severity.name()));
             if let Some(p) = &c.package {
                 line.push_str(&format!(" in {}", safe(p)));
             }

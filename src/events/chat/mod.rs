@@ -19,7 +19,7 @@ pub mod mattermost;
 pub mod teams;
 
 use crate::config::bytesize::human;
-use crate::events::{Event, EventKind, ScanInfo, ScanStatus, ScanType, Vulnerability};
+use crate::events::{Event, EventKind, ScanInfo, ScanStatus, ScanType, Severity, Vulnerability};
 
 /// How many vulnerabilities a chat message lists (the most severe first).
 pub const TOP_CVES: usize = 5;
@@ -92,7 +92,7 @@ pub struct Fact {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cve {
     pub id: String,
-    pub severity: String,
+    pub severity: Severity,
     /// `libssl3 3.0.7-r0` (package and installed version, when known).
     pub package: Option<String>,
     pub fix_version: Option<String>,
@@ -179,18 +179,6 @@ fn action(kind: EventKind) -> &'static str {
     }
 }
 
-/// Rank of a severity, most severe first (unknown names last).
-fn severity_rank(s: &str) -> u8 {
-    match s.to_ascii_lowercase().as_str() {
-        "critical" => 0,
-        "high" => 1,
-        "medium" => 2,
-        "low" => 3,
-        "negligible" => 4,
-        _ => 5,
-    }
-}
-
 fn tone(e: &Event) -> Tone {
     match e.kind {
         EventKind::PushArtifact | EventKind::UploadChart => Tone::Good,
@@ -250,7 +238,7 @@ fn cve(v: &Vulnerability) -> Cve {
     };
     Cve {
         id: v.id.clone(),
-        severity: v.severity.clone(),
+        severity: v.severity,
         package,
         fix_version: v.fix_version.clone(),
         description: v
@@ -264,16 +252,10 @@ fn cve(v: &Vulnerability) -> Cve {
 
 fn scan_part(s: &ScanInfo) -> ScanPart {
     let mut vulns: Vec<&Vulnerability> = s.vulnerabilities.iter().collect();
-    vulns.sort_by_key(|v| severity_rank(&v.severity));
+    vulns.sort_by_key(|v| std::cmp::Reverse(v.severity));
     let top: Vec<Cve> = vulns.iter().take(TOP_CVES).map(|v| cve(v)).collect();
     ScanPart {
-        counts: [
-            ("Critical", s.counts.critical),
-            ("High", s.counts.high),
-            ("Medium", s.counts.medium),
-            ("Low", s.counts.low),
-            ("Unknown", s.counts.unknown),
-        ],
+        counts: Severity::RATED.map(|sev| (sev.name(), s.counts.of(sev))),
         total: s.counts.total,
         fixable: s.counts.fixable,
         more: vulns.len().saturating_sub(top.len()),
@@ -451,19 +433,19 @@ mod tests {
     fn the_most_severe_vulnerabilities_come_first_and_the_rest_is_counted() {
         let mut e = sample("scanning_completed");
         let base = e.scan.as_ref().unwrap().vulnerabilities[0].clone();
-        let mk = |id: &str, sev: &str| Vulnerability {
+        let mk = |id: &str, severity: Severity| Vulnerability {
             id: id.into(),
-            severity: sev.into(),
+            severity,
             ..base.clone()
         };
         e.scan.as_mut().unwrap().vulnerabilities = vec![
-            mk("L1", "Low"),
-            mk("U1", "Unknown"),
-            mk("H1", "High"),
-            mk("C1", "Critical"),
-            mk("M1", "Medium"),
-            mk("H2", "High"),
-            mk("C2", "Critical"),
+            mk("L1", Severity::Low),
+            mk("U1", Severity::Unknown),
+            mk("H1", Severity::High),
+            mk("C1", Severity::Critical),
+            mk("M1", Severity::Medium),
+            mk("H2", Severity::High),
+            mk("C2", Severity::Critical),
         ];
         let s = summarize(&e, None);
         let scan = s.scan.unwrap();

@@ -63,7 +63,11 @@ pub fn samples() -> Vec<(&'static str, Event)> {
         e.scan = Some(ScanInfo {
             status,
             scan_type: ScanType::Vulnerability,
-            severity: if ok { "Critical".into() } else { "None".into() },
+            severity: if ok {
+                Severity::Critical
+            } else {
+                Severity::None
+            },
             counts: if ok {
                 SeverityCounts {
                     critical: 1,
@@ -90,7 +94,7 @@ pub fn samples() -> Vec<(&'static str, Event)> {
                     package: Some("libssl3".into()),
                     version: Some("3.0.7-r0".into()),
                     fix_version: Some("3.0.8-r0".into()),
-                    severity: "Critical".into(),
+                    severity: Severity::Critical,
                     description: Some("X.400 address type confusion in X.509 GeneralName".into()),
                     link: Some("https://avd.aquasec.com/nvd/cve-2023-0286".into()),
                     fix_link: Some("https://www.openssl.org/news/secadv/20230207.txt".into()),

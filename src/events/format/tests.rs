@@ -144,7 +144,7 @@ fn seed_fields_reach_every_format() {
                     v.id.clone(),
                     v.description.clone().unwrap(),
                     v.link.clone().unwrap(),
-                    v.severity.clone(),
+                    v.severity.name().to_string(),
                     v.fix_link.clone().unwrap(),
                 ]);
             }
