@@ -67,6 +67,8 @@ pub struct App {
     pub notifications_enabled: Arc<AtomicBool>,
     /// [`Config::external_host`], computed once: every event's resource URL starts with it.
     pub external_host: String,
+    /// Where access-log lines go ([`crate::accesslog`]).
+    pub access_log: crate::accesslog::Sink,
 }
 
 impl App {
@@ -83,7 +85,10 @@ impl App {
     }
 
     /// Build the app: upstream clients, database, API router.
-    pub async fn build(config: Config) -> Result<Arc<App>, AppError> {
+    pub async fn build(
+        config: Config,
+        access_log: crate::accesslog::Sink,
+    ) -> Result<Arc<App>, AppError> {
         let config = Arc::new(config);
         let trust = config.trust_forwarded_headers;
         let registry = Upstream::new(
@@ -156,6 +161,7 @@ impl App {
             sender,
             notifications_enabled,
             external_host,
+            access_log,
         }))
     }
 }

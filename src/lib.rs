@@ -21,8 +21,8 @@
 //! - [`dispatch`]: deliver the outbox to webhook targets: claims, per-target limits and circuit
 //!   breaker, retries, signatures, SSRF guard, outcomes written in batches.
 //! - [`server`]: listener, TLS, request ids, access log, graceful shutdown.
-//! - [`accesslog`]: the JSON access-log line, formatted by wharf itself (the generic formatter's
-//!   output, at a fraction of its cost).
+//! - [`accesslog`]: a request's access-log line: a `tracing` event, or with `log.format: json`
+//!   the generic JSON formatter's line, formatted and written by wharf at a fraction of its cost.
 //! - [`logwriter`]: where log lines go: standard output, access-log lines gathered and written
 //!   together (`log.buffer`, `log.flush_interval`), every other line at once.
 //! - [`api`]: the HTTP API: Harbor's (projects, users, system, webhook policies, executions) with
@@ -121,10 +121,20 @@ pub struct Running {
 }
 
 impl Running {
-    /// Start serving `config` on `listener` (its address wins over `config.listen`).
+    /// Start serving `config` on `listener` (its address wins over `config.listen`), access-log
+    /// lines as `tracing` events.
     pub async fn start(
         config: config::Config,
         listener: tokio::net::TcpListener,
+    ) -> Result<Running, StartError> {
+        Self::start_with(config, listener, accesslog::Sink::Events).await
+    }
+
+    /// [`Running::start`], access-log lines to `access_log`.
+    pub async fn start_with(
+        config: config::Config,
+        listener: tokio::net::TcpListener,
+        access_log: accesslog::Sink,
     ) -> Result<Running, StartError> {
         let addr = listener.local_addr().map_err(server::ServerError::Io)?;
         let tls = match &config.tls {
@@ -132,7 +142,7 @@ impl Running {
             None => None,
         };
         let grace = config.shutdown_grace;
-        let app = app::App::build(config).await?;
+        let app = app::App::build(config, access_log).await?;
         // the projects of the config exist for the API from the start, with their ids
         let names: Vec<String> = app.config.projects.keys().cloned().collect();
         if let Err(e) = app

@@ -51,7 +51,7 @@ impl<W: Write> Output<W> {
     }
 
     /// Write `line` (one formatted event), held back if `hold` and there is room.
-    fn write_line(&self, line: &[u8], hold: bool) -> io::Result<()> {
+    pub(crate) fn write_line(&self, line: &[u8], hold: bool) -> io::Result<()> {
         let mut held = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if hold && self.capacity > 0 {
             if held.buf.len() + line.len() > self.capacity {

@@ -243,7 +243,7 @@ fn quota_rescan(
         None => None,
     };
     runtime()?.block_on(async move {
-        let app = wharf::app::App::build(config).await?;
+        let app = wharf::app::App::build(config, Default::default()).await?;
         let report = wharf::quota::rescan(app.quota(), authorization).await;
         app.store.close().await;
         let report = report?;
@@ -287,30 +287,37 @@ fn init_logging(config: &Config) -> LogOutput {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(wharf::logwriter::Shared(output.clone()));
-    let installed = LogOutput(output);
-    match config.log.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .map_event_format(wharf::accesslog::Json::new)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
-    installed
+    let access_log = match config.log.format {
+        LogFormat::Json => {
+            builder.json().flatten_event(true).init();
+            // the same lines as that formatter's, written by wharf (see `accesslog`)
+            wharf::accesslog::Sink::Json(output.clone())
+        }
+        LogFormat::Text => {
+            builder.init();
+            wharf::accesslog::Sink::Events
+        }
+    };
+    LogOutput { output, access_log }
 }
 
-/// The log output, written out when dropped (the end of `serve`, also on an error).
-struct LogOutput(Arc<wharf::logwriter::Output<std::io::Stdout>>);
+/// The log output, written out when dropped (the end of `serve`, also on an error), and where
+/// the server writes access-log lines.
+struct LogOutput {
+    output: Arc<wharf::logwriter::Output<std::io::Stdout>>,
+    access_log: wharf::accesslog::Sink,
+}
 
 impl Drop for LogOutput {
     fn drop(&mut self) {
-        let _ = self.0.flush();
+        let _ = self.output.flush();
     }
 }
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let _log = init_logging(&config);
+    let log = init_logging(&config);
+    let access_log = log.access_log.clone();
     runtime_with(config.server.worker_threads.resolve())
         .context("server.worker_threads")?
         .block_on(async move {
@@ -318,7 +325,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
         let tls = config.tls.is_some();
-        let mut running = wharf::Running::start(config, listener).await?;
+        let mut running = wharf::Running::start_with(config, listener, access_log).await?;
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
         tracing::info!(addr = %running.addr, version = env!("CARGO_PKG_VERSION"), tls, workers, "wharf listening");
         tokio::select! {

@@ -427,14 +427,15 @@ pub async fn handle(
         .entry(X_REQUEST_ID.clone())
         .or_insert(rid);
     let status = resp.status().as_u16();
-    let metrics = app.metrics.clone();
+    // the request's own handle on the state ends with its body: metrics and the access log
     resp.map(move |b| {
         Body::new(Observed::new(b, move |o| {
             drop(busy);
             let elapsed = started.elapsed().as_secs_f64();
-            metrics.request(op, status, elapsed);
+            app.metrics.request(op, status, elapsed);
             if let Some(l) = log {
-                l.write(op, status, bytes_in.load(Ordering::Relaxed), &o, elapsed);
+                let bytes_in = bytes_in.load(Ordering::Relaxed);
+                l.write(&app.access_log, op, status, bytes_in, &o, elapsed);
             }
         }))
     })
@@ -505,25 +506,26 @@ impl AccessLog {
 
     fn write(
         &self,
+        sink: &crate::accesslog::Sink,
         op: &'static str,
         status: u16,
         bytes_in: u64,
         o: &crate::observe::body::BodyOutcome,
         seconds: f64,
     ) {
-        tracing::info!(
-            target: "wharf::access",
-            request_id = %self.request_id,
+        crate::accesslog::Record {
+            request_id: &self.request_id,
             op,
-            method = %self.method,
-            path = %self.path,
+            method: &self.method,
+            path: &self.path,
             status,
             bytes_in,
-            bytes_out = o.bytes,
-            duration_ms = seconds * 1000.0,
-            client = %self.client,
-            complete = o.complete,
-        );
+            bytes_out: o.bytes,
+            duration_ms: seconds * 1000.0,
+            client: self.client,
+            complete: o.complete,
+        }
+        .write(sink);
     }
 }
 
