@@ -16,6 +16,8 @@
 #   deliver  JSON access log, every pull delivered to a local receiver (examples/webhook_receiver)
 #   push     JSON access log, events recorded (no policy): the manifest PUT under a new tag each
 #            time (a retag: the layers are there already); prints Ir per PUT
+#   nginx    the reference: nginx (bench/nginx.conf.tmpl, one process: `master_process off`) with
+#            its buffered JSON access log, the same GETs — compare with `log` and `record`
 #
 # Prints Ir (instructions) per GET for each configuration and keeps the callgrind files (with
 # KEEP_TMP=1) for `callgrind_annotate`. Needs valgrind, docker-registry, python3 (Debian).
@@ -37,6 +39,8 @@ die() {
 for t in valgrind callgrind_control docker-registry python3 curl; do
 	command -v "$t" >/dev/null 2>&1 || die "$t is missing (apt-get install -y valgrind docker-registry python3 curl)"
 done
+NGINX=$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)
+case " $CONFIGS " in *" nginx "*) [ -x "$NGINX" ] || die "nginx is missing (apt-get install -y nginx-light)" ;; esac
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
 	log "cargo build --profile profiling (release code with line tables)"
@@ -137,9 +141,34 @@ measure() { # CONFIG
 	log) level=info extra="events: {enabled: false}" ;;
 	record | push) level=info ;;
 	events | deliver) level=info extra='notification: {allowed_target_networks: ["127.0.0.0/8"], webhook_job_max_retry: 0, breaker_failures: 100000000}' ;;
+	nginx) ;;
 	*) die "unknown configuration $name" ;;
 	esac
 	mkdir -p "$WORK/$name"
+	out=$WORK/$name/callgrind.out
+	if [ "$name" = nginx ]; then
+		local user_line="master_process off;"
+		[ "$(id -u)" = 0 ] && user_line="$user_line user root;"
+		sed -e "s|@USER_LINE@|$user_line|" -e "s|@WORKERS@|1|" -e "s|@DIR@|$WORK/$name|g" \
+			-e "s|@ACCESS_LOG@|$WORK/$name/access.log wharf_json buffer=64k flush=1s|" \
+			-e "s|@REGISTRY_PORT@|$RPORT|" -e "s|@PORT@|$port|" \
+			"$ROOT/bench/nginx.conf.tmpl" >"$WORK/$name/nginx.conf"
+		valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+			"$NGINX" -p "$WORK/$name" -c "$WORK/$name/nginx.conf" -e "$WORK/$name/error.log" \
+			>"$WORK/$name/nginx.log" 2>"$WORK/$name/valgrind.log" &
+		local vpid=$!
+		PIDS+=($vpid)
+		wait_http "http://127.0.0.1:$port/v2/"
+		get_n "$port" "$WARMUP"
+		callgrind_control -i on "$vpid" >/dev/null
+		get_n "$port" "$N"
+		callgrind_control -i off "$vpid" >/dev/null
+		callgrind_control -d "$vpid" >/dev/null
+		kill -TERM "$vpid"
+		wait "$vpid" 2>/dev/null || true
+		report "$name" GET
+		return
+	fi
 	cat >"$WORK/$name/wharf.yaml" <<EOF
 listen: "127.0.0.1:$port"
 upstream: {registry: "http://127.0.0.1:$RPORT"}
@@ -148,7 +177,6 @@ admin_password: "profile-admin-password"
 log: {level: $level, format: json}
 $extra
 EOF
-	out=$WORK/$name/callgrind.out
 	valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
 		"$PROFILE_BIN" serve --config "$WORK/$name/wharf.yaml" >"$WORK/$name/wharf.log" 2>"$WORK/$name/valgrind.log" &
 	local vpid=$!
@@ -183,10 +211,15 @@ EOF
 	callgrind_control -d "$vpid" >/dev/null
 	kill -TERM "$vpid"
 	wait "$vpid" 2>/dev/null || true
-	total=$(cat "$out"* 2>/dev/null | awk '/^summary:/ { s += $2 } /^totals:/ { t += $2 } END { print (s > 0 ? s : t) }')
 	local unit=GET
 	[ "$name" = push ] && unit=PUT
-	printf '%-8s %12s Ir in all, %10.0f Ir per %s (N=%s)\n' "$name" "$total" "$(awk -v t="$total" -v n="$N" 'BEGIN { print t / n }')" "$unit" "$N"
+	report "$name" "$unit"
+}
+
+report() { # CONFIG UNIT: the total of the callgrind files of CONFIG, per request
+	local total
+	total=$(cat "$WORK/$1/callgrind.out"* 2>/dev/null | awk '/^summary:/ { s += $2 } /^totals:/ { t += $2 } END { print (s > 0 ? s : t) }')
+	printf '%-8s %12s Ir in all, %10.0f Ir per %s (N=%s)\n' "$1" "$total" "$(awk -v t="$total" -v n="$N" 'BEGIN { print t / n }')" "$2" "$N"
 }
 
 for c in $CONFIGS; do measure "$c"; done
