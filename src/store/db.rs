@@ -349,7 +349,7 @@ pub struct Effects {
     /// Policies triggered by the published events: (policy id, event type, unix ms). Written
     /// to `last_triggers` by the store shortly after, in one sorted statement per flush (see
     /// [`super::Store::flush_triggers`]), not inside the event's transaction.
-    pub triggers: Vec<(i64, &'static str, i64)>,
+    pub triggers: Vec<(i64, EventKind, i64)>,
     /// Deliveries created already claimed by this process (see [`super::outbox::Intake`]):
     /// handed to the dispatcher after COMMIT; dropped with the job if it rolls back, which
     /// gives their attempt slots back.
@@ -623,12 +623,12 @@ impl<'a> Db<'a> {
         std::mem::take(&mut self.effects.borrow_mut().published)
     }
 
-    /// Record that policy `policy_id` was triggered by an event of `event_type` at `at`.
-    pub fn note_trigger(&self, policy_id: i64, event_type: &'static str, at: i64) {
+    /// Record that policy `policy_id` was triggered by an event of `kind` at `at`.
+    pub fn note_trigger(&self, policy_id: i64, kind: EventKind, at: i64) {
         self.effects
             .borrow_mut()
             .triggers
-            .push((policy_id, event_type, at));
+            .push((policy_id, kind, at));
     }
 
     /// Record that this job created deliveries (or made some due again).

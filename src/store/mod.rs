@@ -55,6 +55,7 @@ use pg_writer::{PgQueue, pg_writer};
 
 use crate::args;
 use crate::config::StoreConfig;
+use crate::events::EventKind;
 
 /// Store failures. The database's own error is kept as the source.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -181,7 +182,7 @@ struct PgBackend {
 }
 
 /// Last triggers noted by committed jobs, not yet written (see [`Store::flush_triggers`]).
-type TriggerBuffer = Mutex<HashMap<(i64, &'static str), i64>>;
+type TriggerBuffer = Mutex<HashMap<(i64, EventKind), i64>>;
 
 /// Handle to the store. Cheap to clone.
 #[derive(Clone)]
@@ -512,16 +513,20 @@ impl Store {
     /// keeping the later time; none for a policy deleted meanwhile. Runs every second (see
     /// [`run_housekeeping`]) and before the last-trigger API answers.
     pub async fn flush_triggers(&self) -> Result<(), StoreError> {
-        let mut pending: Vec<((i64, &'static str), i64)> = match self.inner.triggers.lock() {
-            Ok(mut t) => t.drain().collect(),
+        let mut pending: Vec<(i64, &'static str, i64)> = match self.inner.triggers.lock() {
+            Ok(mut t) => t
+                .drain()
+                .map(|((policy, kind), at)| (policy, kind.harbor_type(), at))
+                .collect(),
             Err(_) => return Ok(()),
         };
         if pending.is_empty() {
             return Ok(());
         }
+        // the order of the rows' key (policy, event type name), whatever the binary's version
         pending.sort();
         self.write_relaxed(move |c| {
-            for ((policy, kind), at) in &pending {
+            for (policy, kind, at) in &pending {
                 c.exec(
                     "INSERT INTO last_triggers (policy_id, event_type, at)
                      SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM policies WHERE id = ?1)

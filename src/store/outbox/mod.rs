@@ -152,7 +152,6 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
     let now = now_ms();
     let mut created = 0;
     let insert = sqlite_or_fail(db, INSERT_DELIVERY_SQL_SQLITE, INSERT_DELIVERY_SQL);
-    let kind = event.kind.harbor_type();
     for f in policies::for_fanout(db, &event.project)?.iter() {
         let p = &f.policy;
         if !p.wants(event) {
@@ -211,7 +210,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
             }
             created += 1;
         }
-        db.note_trigger(p.id, kind, now);
+        db.note_trigger(p.id, event.kind, now);
     }
     Ok(created)
 }
