@@ -25,7 +25,8 @@
 #   - a Rust toolchain with rustfmt and clippy (rustup, stable) when cargo is missing.
 #   - cargo-fuzz $CARGO_FUZZ_VERSION (cargo install, from crates.io) for the fuzz smoke of
 #     `make test`; it runs on the stable toolchain with RUSTC_BOOTSTRAP=1.
-#   - with --bench: also nginx-light and wrk (the comparison proxy and load generator).
+#   - with --bench: also nginx-light and wrk (the comparison proxy and load generator), valgrind
+#     (bench/profile.sh's instruction counts) and strace (bench/syscalls.sh's system calls).
 #
 # apt-get update runs at most once, and only when a package is missing.
 set -euo pipefail
@@ -46,7 +47,7 @@ APT_PACKAGES=(
 )
 for arg in "$@"; do
     case "$arg" in
-    --bench) APT_PACKAGES+=(nginx-light wrk) ;;
+    --bench) APT_PACKAGES+=(nginx-light wrk valgrind strace) ;;
     *)
         printf '[deps] unknown option %s (known: --bench)\n' "$arg" >&2
         exit 2
