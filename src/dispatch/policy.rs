@@ -7,11 +7,29 @@ use crate::events::template::DEFAULT_CONTENT_TYPE;
 use crate::events::{Event, EventKind};
 
 /// How a target is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TargetKind {
+    #[default]
     Http,
     Slack,
+}
+
+impl TargetKind {
+    pub const ALL: [TargetKind; 2] = [TargetKind::Http, TargetKind::Slack];
+
+    /// The API's name (`type`): `http` or `slack`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Http => "http",
+            TargetKind::Slack => "slack",
+        }
+    }
+
+    /// The kind named `name` ([`TargetKind::name`]).
+    pub fn parse(name: &str) -> Option<TargetKind> {
+        TargetKind::ALL.into_iter().find(|k| k.name() == name)
+    }
 }
 
 /// One endpoint of a policy (secrets included: this is the stored form).
@@ -176,6 +194,16 @@ mod tests {
 
     /// Targets stored before the chat formats and templates existed still read, and the new
     /// fields are left out of the stored JSON when unset.
+    #[test]
+    fn target_kinds_are_named_as_the_api_and_the_store_name_them() {
+        for k in TargetKind::ALL {
+            assert_eq!(TargetKind::parse(k.name()), Some(k));
+            assert_eq!(serde_json::json!(k), serde_json::json!(k.name()));
+        }
+        assert_eq!(TargetKind::parse("Slack"), None);
+        assert_eq!(TargetKind::default(), TargetKind::Http);
+    }
+
     #[test]
     fn stored_targets_old_and_new_read_back() {
         let old = r#"{"type":"http","address":"http://a/","auth_header":null,"skip_cert_verify":false,"payload_format":"CloudEvents","secret":null,"disabled":false}"#;

@@ -25,6 +25,7 @@ use super::test_endpoint::{
 };
 use super::{project_param, session};
 use crate::api::ApiState;
+use crate::dispatch::policy::TargetKind;
 use crate::events::EventKind;
 use crate::events::format::PayloadFormat;
 
@@ -34,7 +35,7 @@ const MAX_TARGETS: usize = 16;
 /// One endpoint fieldset.
 #[derive(Debug, Clone, Default)]
 pub struct TargetForm {
-    pub kind: String,
+    pub kind: TargetKind,
     pub address: String,
     pub payload_format: String,
     /// A `Custom` target's template (not a secret: rendered back).
@@ -62,7 +63,7 @@ pub struct TargetForm {
 impl TargetForm {
     fn blank() -> TargetForm {
         TargetForm {
-            kind: "http".into(),
+            kind: TargetKind::Http,
             payload_format: PayloadFormat::Default.name().into(),
             verify: true,
             ..TargetForm::default()
@@ -71,15 +72,18 @@ impl TargetForm {
 
     fn from_api(t: &Value) -> TargetForm {
         let set = |v: &Value| v.as_str().is_some_and(|s| !s.is_empty());
+        let kind = t["type"]
+            .as_str()
+            .and_then(TargetKind::parse)
+            .unwrap_or_default();
         TargetForm {
-            kind: t["type"].as_str().unwrap_or("http").to_string(),
+            kind,
             address: text(&t["address"]),
             payload_format: t["payload_format"]
                 .as_str()
-                .unwrap_or(if t["type"] == "slack" {
-                    PayloadFormat::Slack.name()
-                } else {
-                    PayloadFormat::Default.name()
+                .unwrap_or(match kind {
+                    TargetKind::Slack => PayloadFormat::Slack.name(),
+                    TargetKind::Http => PayloadFormat::Default.name(),
                 })
                 .to_string(),
             payload_template: text(&t["payload_template"]),
@@ -106,7 +110,7 @@ impl TargetForm {
             }
         };
         let mut v = json!({
-            "type": self.kind,
+            "type": self.kind.name(),
             "address": self.address.trim(),
             "skip_cert_verify": !self.verify,
             "disabled": self.disabled && !self.reenable,
@@ -129,7 +133,7 @@ impl TargetForm {
     }
 
     pub fn is_custom(&self) -> bool {
-        self.kind != "slack" && self.payload_format == PayloadFormat::Custom.name()
+        self.kind == TargetKind::Http && self.payload_format == PayloadFormat::Custom.name()
     }
 
     fn typed_secret(&self) -> bool {
@@ -210,18 +214,16 @@ impl PolicyForm {
         let targets = (0..count)
             .map(|i| {
                 let f = |name: &str| format!("t{i}.{name}");
-                let kind = match get(&f("type")).as_str() {
-                    "slack" => "slack",
-                    _ => "http",
-                };
+                let kind = TargetKind::parse(&get(&f("type"))).unwrap_or_default();
                 // a Slack endpoint has its own layout choice (Slack or SlackRich)
-                let payload_format = match (kind, get(&f("slack_format")).as_str()) {
-                    ("slack", "SlackRich") => PayloadFormat::SlackRich.name().to_string(),
-                    ("slack", _) => PayloadFormat::Slack.name().to_string(),
-                    _ => get(&f("payload_format")),
+                let slack_rich = get(&f("slack_format")) == PayloadFormat::SlackRich.name();
+                let payload_format = match (kind, slack_rich) {
+                    (TargetKind::Slack, true) => PayloadFormat::SlackRich.name().to_string(),
+                    (TargetKind::Slack, false) => PayloadFormat::Slack.name().to_string(),
+                    (TargetKind::Http, _) => get(&f("payload_format")),
                 };
                 TargetForm {
-                    kind: kind.into(),
+                    kind,
                     address: get(&f("address")),
                     payload_format,
                     payload_template: get(&f("payload_template")),
@@ -380,8 +382,8 @@ fn target_fieldset(
             div.field {
                 label for=(id("type")) { "Notify Type" }
                 select id=(id("type")) name=(name("type")) data-notify-type {
-                    @for k in ["http", "slack"] {
-                        option value=(k) selected[t.kind == k] { (k) }
+                    @for k in TargetKind::ALL {
+                        option value=(k.name()) selected[t.kind == k] { (k.name()) }
                     }
                 }
                 (field_error(errors, &name("type")))
@@ -398,8 +400,9 @@ fn target_fieldset(
             div.field data-slack-only {
                 label for=(id("slack_format")) { "Slack Layout" }
                 select id=(id("slack_format")) name=(name("slack_format")) {
-                    option value="Slack" selected[t.payload_format != "SlackRich"] { "Slack (Harbor's message)" }
-                    option value="SlackRich" selected[t.payload_format == "SlackRich"] { "SlackRich (wharf's layout)" }
+                    @let rich = t.payload_format == PayloadFormat::SlackRich.name();
+                    option value=(PayloadFormat::Slack.name()) selected[!rich] { "Slack (Harbor's message)" }
+                    option value=(PayloadFormat::SlackRich.name()) selected[rich] { "SlackRich (wharf's layout)" }
                 }
             }
             div.custom data-custom-only {

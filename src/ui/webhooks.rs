@@ -15,6 +15,8 @@ use serde_json::Value;
 use super::page::{self, UiError, badge, text, when};
 use super::{project_param, session};
 use crate::api::ApiState;
+use crate::dispatch::policy::TargetKind;
+use crate::events::format::PayloadFormat;
 
 /// What a confirmed action does to a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +64,11 @@ pub fn status_word(p: &Value) -> &'static str {
 
 /// A target's notify type and payload format as the list shows them.
 pub fn target_format(t: &Value) -> String {
-    match (t["type"].as_str(), t["payload_format"].as_str()) {
-        (Some("slack"), Some(f)) => f.to_string(),
-        (Some("slack"), None) => "Slack".to_string(),
+    let kind = t["type"].as_str().and_then(TargetKind::parse);
+    match (kind, t["payload_format"].as_str()) {
         (_, Some(f)) => f.to_string(),
-        (_, None) => "Default".to_string(),
+        (Some(TargetKind::Slack), None) => PayloadFormat::Slack.name().to_string(),
+        (_, None) => PayloadFormat::Default.name().to_string(),
     }
 }
 

@@ -102,13 +102,13 @@ pub(in crate::api) fn target_shape(
     payload_format: Option<&str>,
     field: &dyn Fn(&str) -> String,
 ) -> Result<(TargetKind, Option<PayloadFormat>), ApiError> {
-    let kind = match kind.unwrap_or("http") {
-        "http" => TargetKind::Http,
-        "slack" => TargetKind::Slack,
-        other => {
+    let kind = match kind.map_or(Some(TargetKind::Http), TargetKind::parse) {
+        Some(k) => k,
+        None => {
             return Err(ApiError::bad_request(format!(
-                "{}: {other:?} is not http or slack",
-                field("type")
+                "{}: {:?} is not http or slack",
+                field("type"),
+                kind.unwrap_or_default()
             )));
         }
     };
