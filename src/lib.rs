@@ -66,6 +66,23 @@ pub mod ui;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// `e` and its causes as one line, `top: cause: cause` (a cause whose text the line already
+/// holds is left out: hyper and rustls often repeat the inner error in the outer one). For logs
+/// and stored attempt errors, where the whole chain is wanted in one field.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
+}
+
 /// Errors starting a wharf instance.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

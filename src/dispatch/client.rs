@@ -327,31 +327,17 @@ fn transport_failure(e: &reqwest::Error, timeout: Duration) -> Sent {
             format!("no answer within {}s", timeout.as_secs()),
         )
     } else if tls {
-        (FailureKind::Tls, chain(e))
+        (FailureKind::Tls, crate::error_chain(e))
     } else if e.is_connect() {
-        (FailureKind::Connect, chain(e))
+        (FailureKind::Connect, crate::error_chain(e))
     } else {
-        (FailureKind::Transport, chain(e))
+        (FailureKind::Transport, crate::error_chain(e))
     };
     Sent {
         error_kind: Some(kind),
         error: Some(error),
         ..Sent::default()
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !out.contains(&t) {
-            out.push_str(": ");
-            out.push_str(&t);
-        }
-        src = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

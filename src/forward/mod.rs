@@ -65,31 +65,38 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// hyper's read buffer limit for upstream connections (a response head may be this large).
 const MAX_BUF: usize = 256 << 10;
 
-/// Why a request could not be forwarded.
+/// Why a request could not be forwarded. The upstream's own error is kept as the source: log
+/// one with [`crate::error_chain`] to see it.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("{upstream} unreachable: {detail}")]
+    #[error("{upstream} unreachable")]
     Unreachable {
         upstream: &'static str,
-        detail: String,
+        #[source]
+        source: BoxError,
     },
     #[error("{upstream} sent no response within {timeout:?} after the request")]
     Timeout {
         upstream: &'static str,
         timeout: Duration,
     },
-    #[error("{upstream} connection failed: {detail}")]
+    /// The exchange failed after connecting, or wharf could not make the request at all.
+    #[error("{upstream} connection failed: {what}")]
     Failed {
         upstream: &'static str,
-        detail: String,
+        /// What failed (`exchange`, `reading response`, `bad path`, …).
+        what: &'static str,
+        #[source]
+        source: Option<BoxError>,
     },
     /// The TLS handshake or the upstream's certificate failed. `problem` is safe to show the
-    /// client (no addresses); `detail` is the whole error chain, for the log.
-    #[error("{upstream} TLS failed: {problem} ({detail})")]
+    /// client (no addresses); the source has the whole story, for the log.
+    #[error("{upstream} TLS failed: {problem}")]
     Tls {
         upstream: &'static str,
         problem: String,
-        detail: String,
+        #[source]
+        source: BoxError,
     },
     /// The client for an upstream could not be built (only at start-up).
     #[error("{upstream}: {source}")]
@@ -284,16 +291,19 @@ impl Upstream {
         cfg: &UpstreamConfig,
         trust_forwarded: bool,
     ) -> Result<Self, ForwardError> {
-        let bad = |detail: String| ForwardError::Failed {
+        let bad = |what: &'static str, source: Option<BoxError>| ForwardError::Failed {
             upstream: name,
-            detail,
+            what,
+            source,
         };
-        let uri: Uri = url.parse().map_err(|e| bad(format!("bad URL: {e}")))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad("bad URL", Some(e.into())))?;
         let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = uri
             .authority()
             .cloned()
-            .ok_or_else(|| bad("URL has no host".into()))?;
+            .ok_or_else(|| bad("URL has no host", None))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
 
         let mut http = HttpConnector::new();
@@ -325,7 +335,7 @@ impl Upstream {
             .authority(authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|e| bad(format!("bad URL: {e}")))?;
+            .map_err(|e| bad("bad URL", Some(e.into())))?;
         Ok(Self {
             name,
             scheme,
@@ -414,11 +424,10 @@ impl Upstream {
         let sending = async {
             match affinity {
                 Some(a) => self.send_affine(a, req).await,
-                None => self
-                    .client
-                    .request(req)
-                    .await
-                    .map_err(|e| self.classify_error(&e, e.is_connect())),
+                None => self.client.request(req).await.map_err(|e| {
+                    let connect = e.is_connect();
+                    self.classify_error(e.into(), connect)
+                }),
             }
         };
         tokio::select! {
@@ -444,9 +453,9 @@ impl Upstream {
         };
         let res = match sender.try_send_request(req).await {
             Err(mut e) if reused && e.message().is_some() => {
-                let req = e
-                    .take_message()
-                    .ok_or_else(|| self.classify_error(e.error(), false))?;
+                let Some(req) = e.take_message() else {
+                    return Err(self.classify_error(e.into_error().into(), false));
+                };
                 (id, sender) = self.connect_affine(affinity).await?;
                 sender.try_send_request(req).await
             }
@@ -457,7 +466,7 @@ impl Upstream {
                 affinity.put(id, sender, self.idle_timeout);
                 Ok(resp)
             }
-            Err(e) => Err(self.classify_error(e.error(), false)),
+            Err(e) => Err(self.classify_error(e.into_error().into(), false)),
         }
     }
 
@@ -472,12 +481,12 @@ impl Upstream {
             .clone()
             .oneshot(self.origin.clone())
             .await
-            .map_err(|e| self.classify_error(&*e, true))?;
+            .map_err(|e| self.classify_error(e, true))?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_buf_size(MAX_BUF)
             .handshake(io)
             .await
-            .map_err(|e| self.classify_error(&e, false))?;
+            .map_err(|e| self.classify_error(e.into(), false))?;
         let name = self.name;
         let id = affinity.attach(
             name,
@@ -492,23 +501,23 @@ impl Upstream {
     }
 
     /// A failure to reach the upstream (`connect`: no connection was made) or of the exchange.
-    fn classify_error(&self, e: &(dyn std::error::Error + 'static), connect: bool) -> ForwardError {
-        let detail = error_chain(e);
-        if let Some(tls) = find_tls_error(e) {
+    fn classify_error(&self, e: BoxError, connect: bool) -> ForwardError {
+        if let Some(tls) = find_tls_error(e.as_ref()) {
             ForwardError::Tls {
                 upstream: self.name,
                 problem: tls_problem(tls),
-                detail,
+                source: e,
             }
         } else if connect {
             ForwardError::Unreachable {
                 upstream: self.name,
-                detail,
+                source: e,
             }
         } else {
             ForwardError::Failed {
                 upstream: self.name,
-                detail,
+                what: "exchange",
+                source: Some(e),
             }
         }
     }
@@ -538,7 +547,8 @@ impl Upstream {
             })?
             .map_err(|e| ForwardError::Failed {
                 upstream: self.name,
-                detail: format!("reading response: {e}"),
+                what: "reading response",
+                source: Some(e),
             })?;
         Ok((parts, collected.to_bytes()))
     }
@@ -566,7 +576,8 @@ impl Upstream {
         };
         pq.map_err(|e| ForwardError::Failed {
             upstream: self.name,
-            detail: format!("bad path: {e}"),
+            what: "bad path",
+            source: Some(e.into()),
         })
     }
 
@@ -579,7 +590,8 @@ impl Upstream {
             .build()
             .map_err(|e| ForwardError::Failed {
                 upstream: self.name,
-                detail: format!("bad URI: {e}"),
+                what: "bad URI",
+                source: Some(e.into()),
             })
     }
 
@@ -611,17 +623,6 @@ impl Upstream {
             }
         }
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 pin_project_lite::pin_project! {
@@ -703,7 +704,7 @@ mod tests {
     fn oci_errors_have_the_distribution_shape() {
         let e = ForwardError::Unreachable {
             upstream: "registry",
-            detail: "connection refused".into(),
+            source: std::io::Error::other("connection refused").into(),
         };
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         let t = ForwardError::Timeout {
@@ -715,6 +716,34 @@ mod tests {
         assert_eq!(
             resp.headers()["content-type"],
             "application/json; charset=utf-8"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_upstream_error_is_kept_as_the_cause_and_not_sent_to_the_client() {
+        let inner = std::io::Error::other("connect to 10.1.2.3:5000: connection refused");
+        let e = ForwardError::Unreachable {
+            upstream: "registry",
+            source: inner.into(),
+        };
+        assert_eq!(e.to_string(), "registry unreachable");
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert!(cause.to_string().contains("10.1.2.3"));
+        assert_eq!(
+            crate::error_chain(&e),
+            "registry unreachable: connect to 10.1.2.3:5000: connection refused"
+        );
+        let body = e.to_response("rid").into_body().collect().await.unwrap();
+        let body = String::from_utf8(body.to_bytes().to_vec()).unwrap();
+        assert!(!body.contains("10.1.2.3"), "{body}");
+        let f = ForwardError::Failed {
+            upstream: "chartmuseum",
+            what: "bad path",
+            source: None,
+        };
+        assert_eq!(
+            crate::error_chain(&f),
+            "chartmuseum connection failed: bad path"
         );
     }
 }

@@ -174,7 +174,7 @@ mod tests {
         let err = ForwardError::Tls {
             upstream: "registry",
             problem,
-            detail: "…registry.internal…".into(),
+            source: std::io::Error::other("…registry.internal…").into(),
         };
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(err.kind(), "tls");

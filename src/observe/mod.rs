@@ -121,7 +121,7 @@ fn forward_failed(
     e: crate::forward::ForwardError,
     ctx: &RequestCtx,
 ) -> Response<Body> {
-    tracing::warn!(request_id = ctx.request_id_str(), upstream = up.name(), error = %e, "forward failed");
+    tracing::warn!(request_id = ctx.request_id_str(), upstream = up.name(), error = %crate::error_chain(&e), "forward failed");
     e.to_response(ctx.request_id_str())
 }
 
@@ -248,7 +248,7 @@ async fn fetch_chart_config(
             None
         }
         Err(e) => {
-            tracing::debug!(error = %e, %path, "chart config not readable");
+            tracing::debug!(error = %crate::error_chain(&e), %path, "chart config not readable");
             None
         }
     }

@@ -96,7 +96,9 @@ pub(super) async fn from_chartmuseum(
         Ok((parts, _)) => {
             tracing::debug!(status = parts.status.as_u16(), %path, "chart version not readable")
         }
-        Err(e) => tracing::debug!(error = %e, %path, "chart version not readable"),
+        Err(e) => {
+            tracing::debug!(error = %crate::error_chain(&e), %path, "chart version not readable")
+        }
     }
     facts
 }

@@ -40,7 +40,8 @@ pub(super) async fn index(
             tracing::warn!(request_id = ctx.request_id_str(), %reason, "reading index.yaml from chartmuseum failed");
             return crate::forward::ForwardError::Failed {
                 upstream: up.name(),
-                detail: reason.to_string(),
+                what: "reading index.yaml",
+                source: Some(reason.into()),
             }
             .to_response(ctx.request_id_str());
         }
