@@ -121,7 +121,9 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wharf: {e:#}");
+            // the whole chain, each cause once (most errors here name their cause already)
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("wharf: {}", wharf::error_chain(e));
             std::process::ExitCode::FAILURE
         }
     }
