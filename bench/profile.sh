@@ -82,7 +82,7 @@ open_deliveries() { # PORT
 }
 
 measure() { # CONFIG
-	local name=$1 port level=warn extra="" hook out total
+	local name=$1 port level=warn extra="" hook out
 	port=$(free_port)
 	case "$name" in
 	off) extra="events: {enabled: false}" ;;
@@ -94,6 +94,7 @@ measure() { # CONFIG
 	esac
 	mkdir -p "$WORK/$name"
 	out=$WORK/$name/callgrind.out
+	local vpid
 	if [ "$name" = nginx ]; then
 		local user_line="master_process off;"
 		[ "$(id -u)" = 0 ] && user_line="$user_line user root;"
@@ -104,20 +105,11 @@ measure() { # CONFIG
 		valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
 			"$NGINX" -p "$WORK/$name" -c "$WORK/$name/nginx.conf" -e "$WORK/$name/error.log" \
 			>"$WORK/$name/nginx.log" 2>"$WORK/$name/valgrind.log" &
-		local vpid=$!
+		vpid=$!
 		PIDS+=($vpid)
 		wait_http "http://127.0.0.1:$port/v2/"
-		get_n "$port" "$WARMUP"
-		callgrind_control -i on "$vpid" >/dev/null
-		get_n "$port" "$N"
-		callgrind_control -i off "$vpid" >/dev/null
-		callgrind_control -d "$vpid" >/dev/null
-		kill -TERM "$vpid"
-		wait "$vpid" 2>/dev/null || true
-		report "$name" GET
-		return
-	fi
-	cat >"$WORK/$name/wharf.yaml" <<EOF
+	else
+		cat >"$WORK/$name/wharf.yaml" <<EOF
 listen: "127.0.0.1:$port"
 upstream: {registry: "http://127.0.0.1:$RPORT"}
 data_dir: "$WORK/$name/data"
@@ -125,11 +117,12 @@ admin_password: "profile-admin-password"
 log: {level: $level, format: json}
 $extra
 EOF
-	valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-		"$PROFILE_BIN" serve --config "$WORK/$name/wharf.yaml" >"$WORK/$name/wharf.log" 2>"$WORK/$name/valgrind.log" &
-	local vpid=$!
-	PIDS+=($vpid)
-	wait_http "http://127.0.0.1:$port/healthz"
+		valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+			"$PROFILE_BIN" serve --config "$WORK/$name/wharf.yaml" >"$WORK/$name/wharf.log" 2>"$WORK/$name/valgrind.log" &
+		vpid=$!
+		PIDS+=($vpid)
+		wait_http "http://127.0.0.1:$port/healthz"
+	fi
 	if [ "$name" = events ] || [ "$name" = deliver ]; then
 		hook=$(free_port)
 		if [ "$name" = deliver ]; then
@@ -142,19 +135,21 @@ EOF
 			-d "{\"name\":\"pulls\",\"event_types\":[\"PULL_ARTIFACT\"],\"targets\":[{\"type\":\"http\",\"address\":\"http://127.0.0.1:$hook/\"}]}" ||
 			die "creating the policy failed"
 	fi
+	# wharf's deliveries of the GETs so far (nginx has none)
+	settle() { [ "$name" = nginx ] || while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done; }
 	if [ "$name" = push ]; then
 		put_n "$port" "$WARMUP" 0
 		callgrind_control -i on "$vpid" >/dev/null
 		put_n "$port" "$N" "$WARMUP"
 	else
 		get_n "$port" "$WARMUP"
-		while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done
+		settle
 		callgrind_control -i on "$vpid" >/dev/null
 		get_n "$port" "$N"
 	fi
 	# the events and deliveries of these GETs are part of their cost
-	sleep 1
-	while [ "$(open_deliveries "$port")" != 0 ]; do sleep 0.2; done
+	[ "$name" = nginx ] || sleep 1
+	settle
 	callgrind_control -i off "$vpid" >/dev/null
 	callgrind_control -d "$vpid" >/dev/null
 	kill -TERM "$vpid"
