@@ -69,7 +69,7 @@ impl Record<'_> {
     pub fn write(&self, sink: &Sink) {
         match sink {
             Sink::Events => tracing::info!(
-                target: "wharf::access",
+                target: TARGET,
                 request_id = %self.request_id,
                 op = self.op,
                 method = %self.method,
@@ -116,7 +116,9 @@ impl Record<'_> {
         socket_addr(&mut line, self.client);
         line.push_str("\",\"complete\":");
         line.push_str(if self.complete { "true" } else { "false" });
-        line.push_str(",\"target\":\"wharf::access\"}\n");
+        line.push_str(",\"target\":\"");
+        line.push_str(TARGET); // nothing in it to escape
+        line.push_str("\"}\n");
         line
     }
 }

@@ -382,7 +382,7 @@ pub async fn handle(
     };
     let op = route.name();
     // what the access-log line needs, gathered only when that line is written at all
-    let log = tracing::enabled!(target: "wharf::access", tracing::Level::INFO)
+    let log = tracing::enabled!(target: crate::accesslog::TARGET, tracing::Level::INFO)
         .then(|| AccessLog::new(&req, &rid, conn.addr));
     let bytes_in = Arc::new(AtomicU64::new(0));
     let req = if req.body().is_end_stream() {
