@@ -33,7 +33,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`health`]: whether the upstreams and the store answer, for `/readyz` and Harbor's health.
 //! - [`glob`]: checking the glob patterns of filters before they are stored.
-//! - [`pem`]: certificates and keys from PEM files, for every TLS set-up; errors name the key.
+//! - [`pem`]: every TLS set-up's crypto provider (post-quantum key exchange first) and its
+//!   certificates and keys from PEM files; errors name the key.
 //! - [`link`]: the `next` link of paginated registry answers.
 //! - [`app`]: the state of one process, built from [`config`].
 //! - [`config`]: the YAML configuration, env overrides, validation.

@@ -1,7 +1,8 @@
-//! Certificates and keys from PEM files, for every TLS set-up — the listener (`tls.cert`,
-//! `tls.key`), the upstreams (`upstream.ca_bundle`, `client_cert`, `client_key`), the webhook
-//! client (`notification.ca_bundle`) and PostgreSQL (`sslrootcert`): one reader, whose errors
-//! name the configuration key and the file and keep their cause.
+//! Every TLS set-up's material — the listener (`tls.cert`, `tls.key`), the upstreams
+//! (`upstream.ca_bundle`, `client_cert`, `client_key`), the webhook client
+//! (`notification.ca_bundle`) and PostgreSQL (`sslrootcert`): one crypto provider
+//! ([`provider`]) and one reader of certificates and keys from PEM files, whose errors name the
+//! configuration key and the file and keep their cause.
 
 use std::path::{Path, PathBuf};
 
@@ -93,6 +94,15 @@ pub fn check_roots(key: &'static str, path: &Path) -> Result<(), PemError> {
     add_roots(&mut rustls::RootCertStore::empty(), key, path)
 }
 
+/// The crypto provider of every TLS client and server wharf builds: rustls's aws-lc-rs
+/// provider, whose key exchange offers the post-quantum hybrid `X25519MLKEM768` first (then
+/// X25519, P-256, P-384), so a peer that supports it gets a handshake that recorded traffic
+/// cannot later be decrypted with a quantum computer; a peer that does not falls back to
+/// X25519 in the same handshake. (rustls 0.23.48 deprecated its *ring* provider for lacking it.)
+pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
 /// The system's trust store (a certificate rustls cannot use is skipped), or the bundled
 /// Mozilla roots when the system has none.
 pub fn system_roots() -> rustls::RootCertStore {
@@ -160,6 +170,20 @@ impl TestFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key exchange offered first is the post-quantum hybrid; classical X25519 stays for
+    /// peers without it.
+    #[test]
+    fn the_provider_offers_post_quantum_key_exchange_first() {
+        use rustls::NamedGroup;
+        let groups: Vec<NamedGroup> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            groups.first(),
+            Some(&NamedGroup::X25519MLKEM768),
+            "{groups:?}"
+        );
+        assert!(groups.contains(&NamedGroup::X25519), "{groups:?}");
+    }
 
     /// Each way a PEM file can be unusable names the key and the file, and keeps the cause.
     #[test]

@@ -163,7 +163,7 @@ impl Sender {
         timeout: Duration,
         ca_bundle: Option<&std::path::Path>,
     ) -> Result<Sender, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::pem::provider();
         let tls = |verify: bool| -> Result<rustls::ClientConfig, ClientError> {
             let b = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()

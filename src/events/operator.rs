@@ -57,9 +57,9 @@ impl TokenVerifier {
             &dyn rustls_pki_types::SignatureVerificationAlgorithm,
             Vec<u8>,
         ) = match header.get("alg").and_then(|a| a.as_str()) {
-            Some("RS256") => (webpki::ring::RSA_PKCS1_2048_8192_SHA256, sig),
+            Some("RS256") => (webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256, sig),
             Some("ES256") => match ecdsa_fixed_to_der(&sig) {
-                Some(der) => (webpki::ring::ECDSA_P256_SHA256, der),
+                Some(der) => (webpki::aws_lc_rs::ECDSA_P256_SHA256, der),
                 None => return false,
             },
             _ => return false,

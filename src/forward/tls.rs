@@ -2,8 +2,6 @@
 //! client certificate of `upstream.client_cert`/`client_key`, and what a client may be told of
 //! a TLS failure.
 
-use std::sync::Arc;
-
 use crate::config::UpstreamConfig;
 
 /// Why the TLS client of the upstreams could not be set up. Each message starts with the
@@ -42,12 +40,10 @@ fn build_tls(
     if let Some(path) = &cfg.ca_bundle {
         crate::pem::add_roots(&mut roots, "upstream.ca_bundle", path)?;
     }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(TlsError::Build)?
-    .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(crate::pem::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Build)?
+        .with_root_certificates(roots);
     match (&cfg.client_cert, &cfg.client_key) {
         (None, None) => Ok(builder.with_no_client_auth()),
         (Some(_), None) => Err(TlsError::Unpaired {

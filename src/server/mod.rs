@@ -57,14 +57,12 @@ pub fn tls_acceptor(
 ) -> Result<TlsAcceptor, ServerError> {
     let certs = crate::pem::certs("tls.cert", cert)?;
     let key = crate::pem::private_key("tls.key", key)?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(ServerError::Protocols)?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(ServerError::Mismatch)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::pem::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(ServerError::Protocols)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(ServerError::Mismatch)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }

@@ -146,7 +146,7 @@ fn tls_config(
     mode: SslMode,
     root_cert: Option<&std::path::Path>,
 ) -> Result<rustls::ClientConfig, PgSetupError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::pem::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(PgSetupError::Tls)?;

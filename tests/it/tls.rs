@@ -1,7 +1,8 @@
 //! TLS and certificates: wharf serving HTTPS (`tls.cert` / `tls.key`, HTTP/2 by ALPN, the
 //! registry's `Location` pointing back at `https://`), HTTPS webhook targets (verified against
 //! the system roots plus `notification.ca_bundle`, or not with `skip_cert_verify`), and Bearer
-//! tokens verified with `events.token_cert_bundle`.
+//! tokens verified with `events.token_cert_bundle`; the post-quantum hybrid key exchange on
+//! both sides.
 //!
 //! Certificates are made per test with rcgen (self-signed, for 127.0.0.1 and localhost).
 
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use serde_json::{Value, json};
 
 use crate::common::oci;
@@ -57,17 +58,20 @@ impl Cert {
 
     /// A client that trusts this certificate only, offering HTTP/2 and HTTP/1.1.
     fn client(&self) -> reqwest::Client {
+        self.client_with(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+
+    /// The same, with the key exchanges and ciphers of `provider`.
+    fn client_with(&self, provider: Arc<rustls::crypto::CryptoProvider>) -> reqwest::Client {
         let mut roots = rustls::RootCertStore::empty();
         for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -84,8 +88,7 @@ impl Cert {
         let body = b64(claims.to_string().as_bytes());
         let signed = format!("{head}.{body}");
         let rng = SystemRandom::new();
-        let key =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &self.pkcs8, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &self.pkcs8).unwrap();
         let sig = key.sign(&rng, signed.as_bytes()).unwrap();
         format!("{signed}.{}", b64(sig.as_ref()))
     }
@@ -150,21 +153,39 @@ async fn https_listener_serves_the_registry_with_http2_and_https_locations() {
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
 }
 
+/// rustls's aws-lc-rs provider with one key exchange only, the post-quantum hybrid
+/// `X25519MLKEM768`: a handshake with a peer that lacks it fails.
+fn post_quantum_only() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768];
+    Arc::new(provider)
+}
+
 /// An HTTPS receiver with `cert`, counting requests.
 async fn tls_receiver(cert: &Cert) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    tls_receiver_with(
+        cert,
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .await
+}
+
+/// The same, with the key exchanges and ciphers of `provider`.
+async fn tls_receiver_with(
+    cert: &Cert,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let certs = rustls_pki_types::CertificateDer::pem_file_iter(cert.cert_path())
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_file(cert.key_path()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -259,6 +280,47 @@ async fn https_targets_are_verified_unless_told_otherwise() {
     .await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+/// wharf's listener and its webhook client each complete a handshake with a peer whose only
+/// key exchange is the post-quantum hybrid `X25519MLKEM768` (rustls's *ring* provider, used
+/// before, had none: both handshakes failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_can_use_post_quantum_key_exchange() {
+    let registry = Registry::start().await;
+    let cert = Cert::new();
+    let wharf = Wharf::builder(&registry.url())
+        .yaml(&format!(
+            "tls: {{cert: \"{}\", key: \"{}\"}}",
+            cert.cert_path(),
+            cert.key_path()
+        ))
+        .yaml("notification: {allowed_target_networks: [\"127.0.0.0/8\"], webhook_job_http_client_timeout: 2}")
+        .yaml(&format!(
+            "notification: {{ca_bundle: \"{}\"}}",
+            cert.cert_path()
+        ))
+        .start()
+        .await;
+    let base = format!("https://{}", wharf.host());
+    let c = cert.client_with(post_quantum_only());
+    let r = c.get(format!("{base}/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the listener");
+
+    let (addr, hits) = tls_receiver_with(&cert, post_quantum_only()).await;
+    let r = c
+        .post(format!(
+            "{base}/api/v2.0/projects/prj/webhook/policies/test"
+        ))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .json(&json!({"targets": [{"type": "http", "address": format!("https://{addr}/hook")}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "the webhook client: {text}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

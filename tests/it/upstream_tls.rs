@@ -92,7 +92,7 @@ impl Pki {
             .unwrap();
         let key = PrivateKeyDer::from_pem_file(self.path("client.key")).unwrap();
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -1,7 +1,7 @@
 //! HTTP clients for tests.
 //!
 //! - [`client`]: a `reqwest` client for plain HTTP (no proxy from the environment, TLS set up
-//!   explicitly with ring so no process-wide crypto provider is installed by the tests).
+//!   explicitly with aws-lc-rs so no process-wide crypto provider is installed by the tests).
 //! - [`RawConn`] / [`raw_request`]: HTTP/1.1 over a bare TCP stream, for exact bytes on the wire
 //!   (repeated headers, `Expect: 100-continue`, what a HEAD response really carries).
 //! - [`upload_file`] / [`download_to_file`]: stream a file up or down without holding it in
@@ -24,7 +24,7 @@ use super::oci::{Blob, OciImage};
 /// A `reqwest` client for plain-HTTP test servers: no proxies, connection pooling on.
 pub fn client() -> reqwest::Client {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("rustls protocol versions")
