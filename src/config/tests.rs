@@ -12,6 +12,15 @@ fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
     )
 }
 
+/// The message `load` refuses `text` with; a config it accepts fails the test naming the text
+/// (not the whole `Config`, as `unwrap_err` would print).
+fn refused(text: &str, env: &[(&str, &str)]) -> String {
+    match load(text, env) {
+        Ok(_) => panic!("accepted, expected a refusal:\n{text}\nenv: {env:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
 fn minimal_config_gets_defaults() {
     let c = load(MIN, &[]).unwrap();
@@ -56,38 +65,28 @@ fn store_url_is_checked_and_its_password_masked() {
         ("postgres://u:hunter2@h:99999/db", "not a URL"),
         ("not a url", "not a URL"),
     ] {
-        let err = load(&format!("{MIN}store: {{url: \"{url}\"}}\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = refused(&format!("{MIN}store: {{url: \"{url}\"}}\n"), &[]);
         assert!(err.starts_with("store.url: "), "{url}: {err}");
         assert!(err.contains(why), "{url}: {err}");
         assert!(!err.contains("hunter2"), "{err}");
     }
-    let err = load(
+    let err = refused(
         &format!("{MIN}store: {{password_file: /nonexistent}}\n"),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("store.password_file"), "{err}");
-    let err = load(&format!("{MIN}store: {{claim_lease: 2s}}\n"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused(&format!("{MIN}store: {{claim_lease: 2s}}\n"), &[]);
     assert!(err.starts_with("store.claim_lease"), "{err}");
 }
 
 #[test]
 fn unknown_key_is_rejected_with_its_path() {
-    let err = load(&format!("{MIN}upstream2: x\n"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused(&format!("{MIN}upstream2: x\n"), &[]);
     assert!(err.contains("upstream2"), "{err}");
-    let err = load(
+    let err = refused(
         "upstream: {registry: \"http://x\", regsitry: 1}\nadmin_password: s3cret-password\n",
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("upstream"), "{err}");
     assert!(err.contains("regsitry"), "{err}");
 }
@@ -113,37 +112,27 @@ fn env_overrides_nested_keys_and_scalars() {
 
 #[test]
 fn env_override_with_unknown_key_names_it() {
-    let err = load(MIN, &[("WHARF_NOPE", "1")]).unwrap_err().to_string();
+    let err = refused(MIN, &[("WHARF_NOPE", "1")]);
     assert!(err.contains("nope"), "{err}");
 }
 
 #[test]
 fn validation_names_the_key() {
-    let err = load(
+    let err = refused(
         "upstream: {registry: \"ftp://x\"}\nadmin_password: s3cret-password\n",
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("upstream.registry:"), "{err}");
-    let err = load(
+    let err = refused(
         "upstream: {registry: \"http://x\"}\nadmin_password: \"\"\n",
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("admin_password:"), "{err}");
-    let err = load(&format!("{MIN}shutdown_grace: soon\n"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused(&format!("{MIN}shutdown_grace: soon\n"), &[]);
     assert!(err.starts_with("shutdown_grace:"), "{err}");
-    let err = load("admin_password: s3cret-password\n", &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused("admin_password: s3cret-password\n", &[]);
     assert!(err.contains("upstream"), "{err}");
-    let err = load(&format!("{MIN}tls: {{cert: /nonexistent, key: /x}}\n"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused(&format!("{MIN}tls: {{cert: /nonexistent, key: /x}}\n"), &[]);
     assert!(err.starts_with("tls.cert:"), "{err}");
 }
 
@@ -162,9 +151,7 @@ fn worker_threads_are_auto_or_a_count() {
     let c = load(MIN, &[("WHARF_SERVER__WORKER_THREADS", "auto")]).unwrap();
     assert_eq!(c.server.worker_threads, WorkerThreads::Auto);
     for bad in ["0", "1025", "many", "-1"] {
-        let err = load(&format!("{MIN}server: {{worker_threads: {bad}}}\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = refused(&format!("{MIN}server: {{worker_threads: {bad}}}\n"), &[]);
         assert!(err.starts_with("server.worker_threads"), "{bad}: {err}");
     }
     // shown as written by check-config
@@ -174,36 +161,30 @@ fn worker_threads_are_auto_or_a_count() {
 
 #[test]
 fn pull_filter_patterns_are_checked() {
-    let err = load(
+    let err = refused(
         &format!("{MIN}events: {{ignore_pulls: {{user_agents: [\"Trivy/*\", \"[\"]}}}}\n"),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(
         err.starts_with("events.ignore_pulls.user_agents[1]: \"[\" is not a valid pattern"),
         "{err}"
     );
-    let err = load(
+    let err = refused(
         &format!("{MIN}projects: {{prj: {{ignore_pulls: {{users: [\"{{a,b\"]}}}}}}\n"),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(
         err.starts_with("projects.prj.ignore_pulls.users[0]: "),
         "{err}"
     );
     // a pattern whose braces expand to 128 patterns: refused, it would slow every pull
-    let err = load(
+    let err = refused(
         &format!(
             "{MIN}events: {{ignore_pulls: {{users: [\"{}\"]}}}}\n",
             "{a,b}".repeat(7)
         ),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(
         err.starts_with("events.ignore_pulls.users[0]: ")
             && err.contains("the braces expand to more than 64 alternatives"),
@@ -225,28 +206,20 @@ fn harbor_api_keys_default_to_harbors_behaviour_and_name_themselves() {
     .unwrap();
     assert!(!c.api.reveal_auth_header);
     assert_eq!(c.events.multi_platform, MultiPlatform::PerManifest);
-    let err = load(&format!("{MIN}events: {{multi_platform: bogus}}\n"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused(&format!("{MIN}events: {{multi_platform: bogus}}\n"), &[]);
     assert!(err.starts_with("events.multi_platform:"), "{err}");
-    let err = load(&format!("{MIN}api: {{reveal_auth_header: maybe}}\n"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused(&format!("{MIN}api: {{reveal_auth_header: maybe}}\n"), &[]);
     assert!(err.starts_with("api.reveal_auth_header:"), "{err}");
-    let err = load(&format!("{MIN}api: {{reveal: true}}\n"), &[])
-        .unwrap_err()
-        .to_string();
+    let err = refused(&format!("{MIN}api: {{reveal: true}}\n"), &[]);
     assert!(err.starts_with("api.reveal:"), "{err}");
 }
 
 #[test]
 fn quotas_need_events() {
-    let err = load(
+    let err = refused(
         &format!("{MIN}events: {{enabled: false}}\nprojects: {{prj: {{storage_limit: 10GiB}}}}\n"),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("projects.prj.storage_limit:"), "{err}");
     let c = load(
         &format!("{MIN}projects: {{prj: {{storage_limit: 10GiB}}}}\n"),
@@ -322,7 +295,7 @@ fn secrets_are_never_part_of_an_error() {
         format!("{MIN}store: {{url: 918273645546372819}}\n"),
         format!("{MIN}side_api_token: [918273645546372819]\n"),
     ] {
-        let err = load(&text, &[]).unwrap_err().to_string();
+        let err = refused(&text, &[]);
         assert!(!err.contains("918273645546372819"), "{err}");
         assert!(err.contains("must be a string"), "{err}");
     }
@@ -330,7 +303,7 @@ fn secrets_are_never_part_of_an_error() {
         ("WHARF_ADMIN_PASSWORD", "9182736"),
         ("WHARF_SIDE_API_TOKEN", "9182736"),
     ] {
-        let err = load(MIN, &[(var, value)]).unwrap_err().to_string();
+        let err = refused(MIN, &[(var, value)]);
         assert!(!err.contains(value), "{err}");
         assert!(err.contains("at least"), "{err}");
     }
@@ -338,19 +311,15 @@ fn secrets_are_never_part_of_an_error() {
 
 #[test]
 fn admin_password_has_a_minimum_length() {
-    let err = load(
+    let err = refused(
         "upstream: {registry: \"http://x\"}\nadmin_password: elevenchars\n",
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert_eq!(err, "admin_password: must be at least 12 characters");
     // characters, not bytes: 12 × "ä" is long enough
     let c = load(MIN, &[("WHARF_ADMIN_PASSWORD", &"ä".repeat(12))]).unwrap();
     assert_eq!(c.admin_password.expose().chars().count(), 12);
-    let err = load(MIN, &[("WHARF_ADMIN_PASSWORD", &"ä".repeat(11))])
-        .unwrap_err()
-        .to_string();
+    let err = refused(MIN, &[("WHARF_ADMIN_PASSWORD", &"ä".repeat(11))]);
     assert!(err.starts_with("admin_password:"), "{err}");
 }
 
@@ -390,12 +359,10 @@ fn secrets_can_come_from_files() {
     .unwrap();
     assert_eq!(c.admin_password.expose(), "from-a-file #1 \"x\"");
     // not both; a missing file names the key; a short password in a file is refused
-    let err = load(
+    let err = refused(
         &format!("{MIN}admin_password_file: {}\n", pw.display()),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("admin_password_file: "), "{err}");
     let e = load(
         "upstream: {registry: \"http://x\"}\nadmin_password_file: /nonexistent/pw\n",
@@ -413,26 +380,22 @@ fn secrets_can_come_from_files() {
         "{e:?}"
     );
     std::fs::write(&pw, "short\n").unwrap();
-    let err = load(
+    let err = refused(
         &format!(
             "upstream: {{registry: \"http://x\"}}\nadmin_password_file: {}\n",
             pw.display()
         ),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("admin_password: must be at least"), "{err}");
     assert!(!err.contains("short"), "{err}");
-    let err = load(
+    let err = refused(
         &format!(
             "{MIN}side_api_token: side-token-0123456789\nside_api_token_file: {}\n",
             token.display()
         ),
         &[],
-    )
-    .unwrap_err()
-    .to_string();
+    );
     assert!(err.starts_with("side_api_token_file: "), "{err}");
 }
 
@@ -478,7 +441,7 @@ fn kubernetes_service_links_are_ignored() {
         ("WHARF_SERVER__SERVICE_HOST", "x"),
     ] {
         assert!(!is_kubernetes_service_link(var, value), "{var}");
-        let err = load(MIN, &[(var, value)]).unwrap_err().to_string();
+        let err = refused(MIN, &[(var, value)]);
         assert!(err.contains(var), "{var}: {err}");
     }
 }
@@ -579,7 +542,7 @@ fn upstream_tls_files_are_checked_naming_the_key() {
             "no certificate",
         ),
     ] {
-        let err = load(&up(extra), &[]).unwrap_err().to_string();
+        let err = refused(&up(extra), &[]);
         assert!(err.starts_with(&format!("{key}: ")), "{extra}: {err}");
         assert!(err.contains(why), "{extra}: {err}");
     }
@@ -638,9 +601,7 @@ fn tls_files_are_checked_naming_the_key() {
             "no certificate",
         ),
     ] {
-        let err = load(&format!("{MIN}{extra}\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = refused(&format!("{MIN}{extra}\n"), &[]);
         assert!(err.starts_with(key), "{extra}: {err}");
         assert!(err.contains(why), "{extra}: {err}");
     }
@@ -677,7 +638,7 @@ fn durations_beyond_any_clock_are_refused_naming_the_key() {
         ),
     ] {
         let env: Vec<(&str, &str)> = [env].into_iter().filter(|(k, _)| !k.is_empty()).collect();
-        let err = load(&format!("{MIN}{text}"), &env).unwrap_err().to_string();
+        let err = refused(&format!("{MIN}{text}"), &env);
         assert!(err.contains(key), "{text}{env:?}: {err}");
     }
     // the largest accepted
@@ -711,9 +672,7 @@ fn counts_beyond_any_use_are_refused_naming_the_key() {
             "store.pool_size",
         ),
     ] {
-        let err = load(&format!("{MIN}{text}\n"), &[])
-            .unwrap_err()
-            .to_string();
+        let err = refused(&format!("{MIN}{text}\n"), &[]);
         assert!(
             err.contains(key) && err.contains("at most"),
             "{text}: {err}"
