@@ -10,6 +10,7 @@
 //! policies changed — are recorded on the [`Db`] itself ([`Effects`]) and handed to the store
 //! once the transaction is committed: no thread-local side channel.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
@@ -152,7 +153,10 @@ impl rusqlite::ToSql for Value<'_> {
         Ok(match self {
             Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
             Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
-            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Text(s) => match without_nul(s) {
+                Cow::Borrowed(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+                Cow::Owned(s) => ToSqlOutput::Owned(rusqlite::types::Value::Text(s)),
+            },
             Value::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
             Value::Digest(d) => match sha256_bytes(d) {
                 Some(b) => ToSqlOutput::Owned(rusqlite::types::Value::Blob(b.to_vec())),
@@ -176,12 +180,12 @@ impl tokio_postgres::types::ToSql for Value<'_> {
             Value::Int(i) if *ty == Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
             // JSON travels as text; JSONB's binary form is a version byte, then the text
             Value::Text(s) if *ty == Type::JSON => {
-                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(json_without_nul(s).as_bytes());
                 Ok(IsNull::No)
             }
             Value::Text(s) if *ty == Type::JSONB => {
                 out.extend_from_slice(&[1]);
-                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(json_without_nul(s).as_bytes());
                 Ok(IsNull::No)
             }
             Value::Bytes(b) if *ty == Type::UUID => uuid::Uuid::from_slice(b)?.to_sql(ty, out),
@@ -193,7 +197,7 @@ impl tokio_postgres::types::ToSql for Value<'_> {
                     && *ty != Type::UUID
                     && *ty != Type::BYTEA =>
             {
-                s.to_sql(ty, out)
+                without_nul(s).as_ref().to_sql(ty, out)
             }
             other => Err(format!("a {other:?} cannot be bound to a {ty} parameter").into()),
         }
@@ -690,14 +694,91 @@ pub fn to_postgres(sql: &str) -> String {
     out
 }
 
-/// Serialize `v` to JSON text for a column.
+/// Serialize `v` to JSON text for a column (a NUL character in a string becomes U+FFFD, as
+/// [`without_nul`] says).
 pub fn json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Encode(std::sync::Arc::new(e)))
+    serde_json::to_string(v)
+        .map(json_kept)
+        .map_err(|e| StoreError::Encode(std::sync::Arc::new(e)))
+}
+
+/// JSON text as the store keeps it ([`json_without_nul`]), without a copy when it has no NUL.
+pub fn json_kept(text: String) -> String {
+    match json_without_nul(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(t) => t,
+    }
+}
+
+/// What the store keeps of a text: NUL characters, which PostgreSQL's `text` refuses, become
+/// U+FFFD on both backends (what a webhook target answers is stored whatever its bytes).
+pub fn without_nul(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// [`without_nul`] for JSON text: every string (and key) with an escaped NUL (`\u0000`, which
+/// PostgreSQL's `jsonb` and JSON-to-text conversions refuse) gets U+FFFD instead. Text that
+/// is not JSON is left as it is.
+pub fn json_without_nul(text: &str) -> Cow<'_, str> {
+    fn scrub(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let Cow::Owned(t) = without_nul(s) {
+                    *s = t;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
+            serde_json::Value::Object(o) => {
+                *o = std::mem::take(o)
+                    .into_iter()
+                    .map(|(k, mut v)| {
+                        scrub(&mut v);
+                        (without_nul(&k).into_owned(), v)
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    if !text.contains("\\u0000") {
+        return Cow::Borrowed(text);
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(mut v) => {
+            scrub(&mut v);
+            Cow::Owned(v.to_string())
+        }
+        Err(_) => Cow::Borrowed(text),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// NUL characters become U+FFFD in text and in JSON strings and keys, at any depth; a
+    /// backslash followed by `u0000` is text, not a NUL, and stays.
+    #[test]
+    fn nul_characters_become_replacement_characters() {
+        assert_eq!(without_nul("a\0b\0"), "a\u{fffd}b\u{fffd}");
+        assert!(matches!(without_nul("plain"), Cow::Borrowed("plain")));
+        let v = serde_json::json!({"k\0": ["x\0", {"y": "\0"}], "n": 1, "lit": "\\u0000"});
+        let kept: serde_json::Value = serde_json::from_str(&json(&v).unwrap()).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({"k\u{fffd}": ["x\u{fffd}", {"y": "\u{fffd}"}], "n": 1, "lit": "\\u0000"})
+        );
+        let lit = json(&serde_json::json!({"lit": "\\u0000"})).unwrap();
+        assert_eq!(lit, r#"{"lit":"\\u0000"}"#);
+        assert!(matches!(
+            json_without_nul("not json \\u0000"),
+            Cow::Borrowed(_)
+        ));
+    }
 
     /// Only a canonical sha256 digest becomes bytes, and its bytes give it back.
     #[test]

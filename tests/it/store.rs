@@ -116,6 +116,7 @@ conformance!(
     a_first_successful_attempt_is_kept_on_its_delivery,
     event_types_and_states_are_kept_as_codes,
     a_host_is_kept_once_and_only_committed_ids_are_reused,
+    text_with_nul_characters_is_stored_with_replacement_characters,
 );
 
 fn repo(s: &str) -> Repository {
@@ -3149,5 +3150,77 @@ async fn an_event_with_an_id_that_is_not_a_uuid_is_skipped() {
     .unwrap();
     let ids: Vec<_> = events_of_prj(s).await.into_iter().map(|e| e.id).collect();
     assert_eq!(ids, [good.id]);
+    s.close().await;
+}
+
+/// A NUL character (which PostgreSQL's text and JSON refuse) in what a target answered, in an
+/// error or in a policy's text is stored as U+FFFD on both backends: the outcome batch it
+/// travels in is recorded, not refused whole and attempted again at every lease.
+async fn text_with_nul_characters_is_stored_with_replacement_characters(kind: Kind) {
+    let (o, _pid, a, b) = two_claimed(kind).await;
+    let s = &o.store;
+    let attempt = |delivery_id, status, excerpt: &str| Attempt {
+        delivery_id,
+        started_at: 1_000,
+        duration_ms: 3,
+        status_code: Some(status),
+        error_kind: (status >= 300).then_some(outbox::FailureKind::Http),
+        error: (status >= 300).then(|| "HTTP\0 500".to_string()),
+        response_excerpt: Some(excerpt.to_string()),
+        ..Attempt::default()
+    };
+    let batch = vec![
+        outbox::Outcome {
+            attempt: attempt(a, 500, "no\0pe"),
+            next: Next::RetryAt(0),
+            token: 7,
+        },
+        outbox::Outcome {
+            attempt: attempt(b, 200, "ok\0"),
+            next: Next::Succeeded,
+            token: 7,
+        },
+    ];
+    s.write(move |c| outbox::record_many(c, &batch))
+        .await
+        .unwrap();
+    assert_eq!(state(s, a).await, "pending");
+    assert_eq!(state(s, b).await, "succeeded");
+    let seen = |d| async move {
+        let x = s.read(move |c| outbox::attempts(c, d)).await.unwrap();
+        (x[0].error.clone(), x[0].response_excerpt.clone())
+    };
+    assert_eq!(
+        seen(a).await,
+        (
+            Some("HTTP\u{fffd} 500".to_string()),
+            Some("no\u{fffd}pe".to_string())
+        )
+    );
+    assert_eq!(seen(b).await, (None, Some("ok\u{fffd}".to_string())));
+    // one attempt alone (`record`) too
+    let again = claim(s, limits(2, 2), lease(8)).await;
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [a]);
+    let ok = Attempt {
+        started_at: 2_000,
+        ..attempt(a, 200, "\0")
+    };
+    s.write(move |c| outbox::record(c, &ok, Next::Succeeded, 8))
+        .await
+        .unwrap();
+    assert_eq!(state(s, a).await, "succeeded");
+    // a policy's name and description (text and JSON columns)
+    let mut p = policy("prj", vec![Target::http("http://a.example/\0")]);
+    p.name = "n\0ul".into();
+    p.description = "d\0".into();
+    let id = add_policy(s, p).await;
+    let back = s
+        .read(move |c| policies::get(c, "prj", id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.name, "n\u{fffd}ul");
+    assert_eq!(back.description, "d\u{fffd}");
+    assert_eq!(back.targets[0].address, "http://a.example/\u{fffd}");
     s.close().await;
 }

@@ -744,6 +744,30 @@ async fn push_delivers_one_request_per_target_in_each_payload_format() {
 // ---------------------------------------------------------------------------------------------
 // 3. retries, timeouts, Retry-After, 410, dead and redelivery
 
+/// Regression: a target answering a NUL byte made the PostgreSQL outcome write fail (`text`
+/// and JSON refuse `\u0000`), so the delivery stayed claimed and was sent again at every lease,
+/// with every outcome of its batch. The excerpt is kept with U+FFFD instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_answering_a_nul_byte_is_recorded_once_on_postgresql() {
+    let url = crate::common::postgres::database().await;
+    let e = env(&format!("store: {{url: \"{url}\", claim_lease: 6s}}\n")).await;
+    let rx = Receiver::start().await;
+    rx.push_all([Reply::status(200).body(&b"ok\0"[..])]);
+    let p = e
+        .api
+        .create_policy("prj", &policy("nul", vec![target(&rx.url())]))
+        .await;
+    let pid = p["id"].as_i64().unwrap();
+    e.pusher.push("prj/app", "v1").await;
+    rx.wait_for(1, SOON).await;
+    let ex = e.api.wait_executions_done("prj", pid, 1).await;
+    assert_eq!(ex[0]["status"], "Success", "{}", ex[0]);
+    let eid = ex[0]["id"].as_i64().unwrap();
+    let tasks = e.api.tasks("prj", pid, eid).await;
+    assert_eq!(tasks[0]["extra_attrs"]["response_excerpt"], "ok\u{fffd}");
+    rx.expect_no_more_than(1, QUIET).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_with_the_same_webhook_id_and_listed_as_tasks() {
     let e = env("notification: {webhook_job_max_retry: 3}").await;

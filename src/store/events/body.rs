@@ -189,7 +189,9 @@ fn encode_error(e: serde_json::Error) -> StoreError {
 
 /// `v`'s JSON, when there is one.
 fn json_text<T: serde::Serialize>(v: &Option<T>) -> Result<Option<String>, serde_json::Error> {
-    v.as_ref().map(serde_json::to_string).transpose()
+    v.as_ref()
+        .map(|v| serde_json::to_string(v).map(crate::store::db::json_kept))
+        .transpose()
 }
 
 /// The host of `e`'s resource URL, when the rest of it follows from the row (the host is
