@@ -97,7 +97,9 @@ impl Api {
             .method(method)
             .uri(path)
             .header(http::header::AUTHORIZATION, self.authorization.clone())
-            .header(http::header::HOST, self.host.clone());
+            .header(http::header::HOST, self.host.clone())
+            // the UI addresses projects by name only: an all-digit name is a name, not an id
+            .header("x-is-resource-name", "true");
         let body = match body {
             Some(v) => {
                 req = req.header(http::header::CONTENT_TYPE, "application/json");

@@ -742,3 +742,56 @@ async fn api_additions_for_the_ui() {
     })
     .await;
 }
+
+/// Regression: the UI called the API with a project's name but without
+/// `X-Is-Resource-Name: true`, so an all-digit project name was taken for a project id: the
+/// page of project `2` showed the policies of the project whose id is 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_with_an_all_digit_name_is_shown_by_its_name() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("projects: {\"2\": {}, a: {}, prj: {}}\nnotification: {allowed_target_networks: [\"127.0.0.0/8\"]}\n")
+        .start()
+        .await;
+    let base = wharf.url();
+    let c = client();
+    let id_of = |name: &str| {
+        c.get(format!("{base}/api/v2.0/projects/{name}"))
+            .header("X-Is-Resource-Name", "true")
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+    };
+    let two = id_of("2").await.unwrap();
+    assert_eq!(two.status(), 200);
+    let two = two.json::<serde_json::Value>().await.unwrap()["project_id"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(two, 2, "the case needs project \"2\" not to have id 2");
+    for name in ["2", "a", "prj"] {
+        let r = c
+            .post(format!("{base}/api/v2.0/projects/{name}/webhook/policies"))
+            .header("X-Is-Resource-Name", "true")
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&json!({
+                "name": format!("policy-of-{name}"), "event_types": ["PUSH_ARTIFACT"],
+                "targets": [{"type": "http", "address": "http://127.0.0.1:9/"}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{name}");
+    }
+    let r = c
+        .get(format!("{base}/ui/projects/2/webhooks"))
+        .basic_auth("admin", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("policy-of-2"), "{html}");
+    assert!(
+        !html.contains("policy-of-a") && !html.contains("policy-of-prj"),
+        "{html}"
+    );
+}
