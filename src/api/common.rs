@@ -44,16 +44,23 @@ pub(super) async fn project_for(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let name = if !by_name && !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
-        let id: i64 = raw
-            .parse()
-            .map_err(|_| ApiError::not_found("project not found"))?;
-        // authenticate first: unknown ids and forbidden ones must look alike to strangers
-        auth::authenticate(app, headers).await?;
+        // authenticate first: unknown ids and forbidden ones must look alike to strangers (401)
+        // and to users (403, Harbor's answer); the administrator is told it is not there
+        let caller = auth::authenticate(app, headers).await?;
+        let unknown = || match caller {
+            auth::Caller::Admin => ApiError::not_found(format!("project {raw} not found")),
+            auth::Caller::User(ref u) => {
+                ApiError::forbidden(format!("{u} is not an administrator of project {raw}"))
+            }
+        };
+        let Ok(id) = raw.parse::<i64>() else {
+            return Err(unknown());
+        };
         app.store
             .read(move |c| policies::project_name(c, id))
             .await
             .map_err(db_error)?
-            .ok_or_else(|| ApiError::not_found(format!("project {id} not found")))?
+            .ok_or_else(unknown)?
     } else {
         if !is_name_component(raw) {
             return Err(ApiError::bad_request(format!(

@@ -1678,6 +1678,19 @@ async fn project_admins_are_confined_to_their_projects() {
         .expect(403);
     // a project nobody administers
     alice.get(&policies("c")).await.expect(403);
+    // an unknown project id (or one past int64) looks to a user as a forbidden one (Harbor's
+    // 403); the administrator is told it is not there; a stranger is asked to sign in
+    alice.get(&policies("424242")).await.expect(403);
+    alice
+        .get(&policies("99999999999999999999"))
+        .await
+        .expect(403);
+    e.api.get(&policies("424242")).await.expect(404);
+    e.api
+        .as_user("mallory", "nope")
+        .get(&policies("99999999999999999999"))
+        .await
+        .expect(401);
 
     // no IDOR: b's policy id under project a is not found, whatever the verb
     alice.expect_on_policy("a", b_id, &evil, 404).await;
