@@ -439,13 +439,30 @@ impl Dispatcher {
     /// attempt (its timeout, and a second to record it)? `store.claim_lease` is at least the
     /// timeout + 5 s, so a claim may wait up to 4 s for its turn.
     fn lease_left(&self, lease_until: i64) -> bool {
+        store::now_ms().saturating_add(self.attempt_ms()) <= lease_until
+    }
+
+    /// One whole attempt: its timeout, and a second to record it (ms).
+    fn attempt_ms(&self) -> i64 {
         let attempt =
             Duration::from_secs(self.cfg.webhook_job_http_client_timeout) + Duration::from_secs(1);
-        store::now_ms().saturating_add(attempt.as_millis() as i64) <= lease_until
+        attempt.as_millis() as i64
+    }
+
+    /// The latest instant an attempt of a claim that holds until `lease_until` (unix ms) may
+    /// start and still end within the lease.
+    fn start_by(&self, lease_until: i64) -> Instant {
+        let left = lease_until - self.attempt_ms() - store::now_ms();
+        Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0))
     }
 
     async fn deliver(&self, d: Claimed) {
-        let probe = match self.targets.gate(&d.target.address, d.target.kind).await {
+        let start_by = self.start_by(d.lease_until);
+        let probe = match self
+            .targets
+            .gate(&d.target.address, d.target.kind, start_by)
+            .await
+        {
             Ok(probe) => probe,
             Err(until) => {
                 let at = store::now_ms()

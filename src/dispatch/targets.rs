@@ -164,8 +164,15 @@ impl Targets {
 
     /// Wait for the target's circuit or Slack pacing. `Ok(probe)`: go — as the one attempt
     /// probing a circuit whose cool-down has passed when `probe`; `Err(until)` defers the
-    /// delivery.
-    pub async fn gate(&self, address: &str, kind: TargetKind) -> Result<bool, Instant> {
+    /// delivery: the circuit is open, or Slack's pace would start the attempt after
+    /// `start_by` (when its claim's lease no longer covers it: sent then, it could be sent
+    /// twice), and the pace's turn is left to the next message.
+    pub async fn gate(
+        &self,
+        address: &str,
+        kind: TargetKind,
+        start_by: Instant,
+    ) -> Result<bool, Instant> {
         let mut probe = false;
         loop {
             let wait = {
@@ -190,6 +197,12 @@ impl Targets {
                     return Ok(probe);
                 }
                 match s.slack_next {
+                    Some(t) if t > start_by => {
+                        if probe {
+                            s.probing = false;
+                        }
+                        return Err(t);
+                    }
                     Some(t) if t > now => t - now,
                     _ => {
                         s.slack_next = Some(now + self.limits.slack_interval);
@@ -325,17 +338,17 @@ mod tests {
         let http = TargetKind::Http;
         t.note_outcome(a, false, false);
         t.note_outcome(a, false, false);
-        assert!(t.gate(a, http).await.is_err());
+        assert!(t.gate(a, http, later()).await.is_err());
         expire(&t, a);
-        assert_eq!(t.gate(a, http).await, Ok(true));
-        assert!(t.gate(a, http).await.is_err());
+        assert_eq!(t.gate(a, http, later()).await, Ok(true));
+        assert!(t.gate(a, http, later()).await.is_err());
         t.note_outcome(a, false, true);
         assert_eq!(circuit(&t, a), (Duration::from_secs(20), true, false));
         expire(&t, a);
-        assert_eq!(t.gate(a, http).await, Ok(true));
+        assert_eq!(t.gate(a, http, later()).await, Ok(true));
         t.note_outcome(a, true, true);
         assert_eq!(circuit(&t, a), (Duration::ZERO, false, false));
-        assert_eq!(t.gate(a, http).await, Ok(false));
+        assert_eq!(t.gate(a, http, later()).await, Ok(false));
     }
 
     /// A probe whose body could not be made (a Custom template's failure) says nothing about
@@ -347,11 +360,44 @@ mod tests {
         t.note_outcome(a, false, false);
         t.note_outcome(a, false, false);
         expire(&t, a);
-        assert_eq!(t.gate(a, TargetKind::Http).await, Ok(true));
+        assert_eq!(t.gate(a, TargetKind::Http, later()).await, Ok(true));
         let before = circuit(&t, a);
         t.release_probe(a, true);
         assert_eq!(circuit(&t, a), (before.0, before.1, false));
-        assert_eq!(t.gate(a, TargetKind::Http).await, Ok(true));
+        assert_eq!(t.gate(a, TargetKind::Http, later()).await, Ok(true));
+    }
+
+    /// A start far enough away for any wait.
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// Regression: a Slack message whose pace came after its claim's lease could still cover
+    /// the attempt was sent all the same (and sent again by whoever took the lease over). It
+    /// is deferred to its turn instead, without taking the turn, and a probe stays free.
+    #[tokio::test]
+    async fn a_slack_pace_past_the_lease_defers_without_taking_the_turn() {
+        let t = targets();
+        let s = "https://hooks.slack.invalid/x";
+        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(false));
+        let soon = Instant::now() + Duration::from_millis(5);
+        let Err(until) = t.gate(s, TargetKind::Slack, soon).await else {
+            panic!("sent past its lease");
+        };
+        assert!(until > soon);
+        // the turn was not taken: the next message waits one interval, not two
+        let started = Instant::now();
+        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(false));
+        assert!(
+            started.elapsed() < Duration::from_millis(90),
+            "one interval"
+        );
+        // a probe deferred by the pace leaves the circuit free for the next probe
+        t.note_outcome(s, false, false);
+        t.note_outcome(s, false, false);
+        expire(&t, s);
+        assert!(t.gate(s, TargetKind::Slack, Instant::now()).await.is_err());
+        assert!(!circuit(&t, s).2, "not probing");
     }
 
     #[tokio::test]
@@ -359,12 +405,12 @@ mod tests {
         let t = targets();
         let s = "https://hooks.slack.invalid/x";
         // one message just went out; then the circuit opened and its cool-down passed
-        assert_eq!(t.gate(s, TargetKind::Slack).await, Ok(false));
+        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(false));
         t.note_outcome(s, false, false);
         t.note_outcome(s, false, false);
         expire(&t, s);
         let started = Instant::now();
-        assert_eq!(t.gate(s, TargetKind::Slack).await, Ok(true));
+        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(true));
         assert!(started.elapsed() >= Duration::from_millis(40), "paced");
         t.note_outcome(s, true, true);
         assert_eq!(circuit(&t, s), (Duration::ZERO, false, false));

@@ -768,6 +768,30 @@ async fn a_target_answering_a_nul_byte_is_recorded_once_on_postgresql() {
     rx.expect_no_more_than(1, QUIET).await;
 }
 
+/// Slack's pace: one message per `slack_interval` to a target (the case of a turn that comes
+/// after the claim's lease is a unit test of `dispatch::targets`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_messages_to_one_target_are_paced() {
+    let e = env("notification: {slack_interval: 2s}\n").await;
+    let rx = Receiver::start().await;
+    e.api
+        .create_policy(
+            "prj",
+            &policy(
+                "paced",
+                vec![json!({"type": "slack", "address": format!("{}/slack", rx.url())})],
+            ),
+        )
+        .await;
+    e.pusher.push("prj/app", "v1").await;
+    e.pusher.push("prj/app", "v2").await;
+    let got = rx.wait_for(2, SOON).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(1900), "paced: {gap:?}");
+    assert_ne!(got[0].body, got[1].body, "two events, one message each");
+    rx.expect_no_more_than(2, QUIET).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_with_the_same_webhook_id_and_listed_as_tasks() {
     let e = env("notification: {webhook_job_max_retry: 3}").await;
