@@ -136,6 +136,10 @@ pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), server::ServerError>>,
     background: tokio_util::sync::CancellationToken,
+    /// The dispatcher: done once its last attempts are recorded.
+    dispatching: tokio::task::JoinHandle<()>,
+    /// `shutdown_grace`.
+    grace: std::time::Duration,
 }
 
 impl Running {
@@ -207,7 +211,7 @@ impl Running {
             )
             .with_external_url(app.config.external_url.clone()),
         );
-        tokio::spawn(dispatcher.run(background.clone()));
+        let dispatching = tokio::spawn(dispatcher.run(background.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(
             app.clone(),
@@ -224,6 +228,8 @@ impl Running {
             stop,
             task,
             background,
+            dispatching,
+            grace,
         })
     }
 
@@ -236,14 +242,26 @@ impl Running {
     }
 
     /// Graceful shutdown: stop accepting, drain in-flight requests (up to `shutdown_grace`),
-    /// stop background work, commit what is queued for the database.
+    /// stop background work, let the webhook attempts in flight end and record them (within
+    /// what is left of `shutdown_grace`; an attempt not recorded by then is sent again once
+    /// its claim's lease expires), commit what is queued for the database.
     pub async fn shutdown(self) -> Result<(), server::ServerError> {
+        let deadline = tokio::time::Instant::now() + self.grace;
         let _ = self.stop.send(());
         let served = match self.task.await {
             Ok(r) => r,
             Err(e) => Err(server::ServerError::Io(std::io::Error::other(e))),
         };
         self.background.cancel();
+        if tokio::time::timeout_at(deadline, self.dispatching)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = ?self.grace,
+                "webhook attempts still in flight at the end of shutdown_grace: they are attempted again once their claims' leases expire"
+            );
+        }
         self.app.store.close().await;
         served
     }

@@ -176,6 +176,8 @@ pub struct Dispatcher {
     recorder: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Finished>>>,
     /// `external_url`, when configured: chat formats and templates link to the artifact.
     external_url: Option<String>,
+    /// Cancelled when [`Dispatcher::run`] stops claiming: no attempt starts after it.
+    stopping: CancellationToken,
 }
 
 impl Dispatcher {
@@ -205,6 +207,7 @@ impl Dispatcher {
             outcomes,
             recorder: Mutex::new(Some(recorder)),
             external_url: None,
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -244,22 +247,47 @@ impl Dispatcher {
         self.cfg.per_target_concurrency.saturating_mul(CLAIM_AHEAD)
     }
 
-    /// Run until `shutdown`: claim, deliver, record.
+    /// Run until `shutdown`: claim, deliver, record. Then stop: no new claims, claims still
+    /// waiting for their target's turn go back to pending unattempted, the attempts in flight
+    /// end and their outcomes are written; returns when all of that is done (the caller
+    /// bounds the wait, and closes the store after it).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.reclaim(true).await;
-        if let Some(rx) = self.recorder.lock().ok().and_then(|mut r| r.take()) {
-            let recorder = Recorder {
-                store: self.store.clone(),
-                later: self.later.clone(),
-            };
-            tokio::spawn(recorder.run(rx, shutdown.clone()));
-        }
+        // the recorder outlives the claims: it writes the outcomes of the last attempts
+        let recorder_stop = CancellationToken::new();
+        let recorder = self
+            .recorder
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .map(|rx| {
+                let recorder = Recorder {
+                    store: self.store.clone(),
+                    later: self.later.clone(),
+                };
+                tokio::spawn(recorder.run(rx, recorder_stop.clone()))
+            });
         // new deliveries that can be attempted at once come created claimed, while this runs
         let intake: Arc<dyn outbox::Intake> = Arc::new(Intake {
             dispatcher: Arc::downgrade(&self),
             runtime: tokio::runtime::Handle::current(),
         });
         self.store.set_intake(Arc::downgrade(&intake));
+        self.claim_until(&shutdown).await;
+        drop(intake);
+        self.stopping.cancel();
+        // every slot back: each attempt ended (its outcome queued), each claim waiting for
+        // its turn went back to pending
+        let all = u32::try_from(self.cfg.max_in_flight).unwrap_or(u32::MAX);
+        let _all = self.slots.acquire_many(all).await;
+        recorder_stop.cancel();
+        if let Some(r) = recorder {
+            let _ = r.await;
+        }
+    }
+
+    /// Claim and start attempts until `shutdown`.
+    async fn claim_until(self: &Arc<Self>, shutdown: &CancellationToken) {
         let mut last_reclaim = Instant::now();
         let wake = self.store.outbox_wake();
         let mut rotate = 0usize;
@@ -383,7 +411,7 @@ impl Dispatcher {
     /// target than `per_target_concurrency` (none waiting for a turn, so a backlog keeps its
     /// order), its circuit closed.
     fn admit(self: &Arc<Self>, address: &str) -> Option<outbox::Admission> {
-        if !self.enabled.load(Ordering::Relaxed) {
+        if !self.enabled.load(Ordering::Relaxed) || self.stopping.is_cancelled() {
             return None;
         }
         let hold = self.hold_if(address, Admit::AtOnce)?;
@@ -419,11 +447,12 @@ impl Dispatcher {
         tokio::spawn(async move {
             // the target's turn (FIFO): at most per_target_concurrency attempts at once
             if let Ok(_turn) = sending.acquire_owned().await {
-                if me.lease_left(d.lease_until) {
+                if me.lease_left(d.lease_until) && !me.stopping.is_cancelled() {
                     me.deliver(d).await;
                 } else {
-                    // waited too long for its turn: the attempt might outlive the claim's
-                    // lease; back to pending, now, for whoever claims it next
+                    // waited too long for its turn (the attempt might outlive the claim's
+                    // lease), or this process is stopping: back to pending, now, for
+                    // whoever claims it next
                     let (id, token) = (d.id, d.token);
                     let _ = me
                         .store

@@ -792,6 +792,41 @@ async fn slack_messages_to_one_target_are_paced() {
     rx.expect_no_more_than(2, QUIET).await;
 }
 
+/// Regression: a graceful shutdown closed the store while attempts were in flight, so their
+/// outcomes were lost and the next start sent them again. Shutdown now waits for them (within
+/// `shutdown_grace`) and records them before the store closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_records_the_attempts_in_flight() {
+    let e = env("").await;
+    let rx = Receiver::start().await;
+    rx.set_default(Reply::delay(Duration::from_millis(700), Reply::status(200)));
+    e.api
+        .create_policy("prj", &policy("slow", vec![target(&rx.url())]))
+        .await;
+    e.pusher.push("prj/app", "v1").await;
+    rx.wait_for(1, SOON).await;
+    let Env { wharf, .. } = e;
+    let data = wharf.shutdown_keeping_data().await;
+    let store = wharf::store::Store::open_sqlite(data.path(), Default::default()).unwrap();
+    let states = store
+        .read(|c| {
+            let mut v = Vec::new();
+            for id in 1..=3 {
+                if let Some(s) = c.text(
+                    "SELECT state FROM deliveries WHERE id = ?1",
+                    &[wharf::store::db::Value::Int(id)],
+                )? {
+                    v.push(s);
+                }
+            }
+            Ok(v)
+        })
+        .await
+        .unwrap();
+    assert_eq!(states, ["succeeded"]);
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_with_the_same_webhook_id_and_listed_as_tasks() {
     let e = env("notification: {webhook_job_max_retry: 3}").await;

@@ -226,6 +226,14 @@ impl Wharf {
             r.shutdown().await.expect("wharf shutdown");
         }
     }
+
+    /// [`Wharf::shutdown`], keeping the data directory (to open its store afterwards).
+    pub async fn shutdown_keeping_data(mut self) -> TempDir {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("wharf shutdown");
+        }
+        self.data_dir
+    }
 }
 
 /// The wharf binary running as a child process. Killed (SIGKILL) on drop if still running.
