@@ -86,7 +86,7 @@ struct Urls(std::sync::Mutex<std::collections::HashMap<String, reqwest::Url>>);
 impl Urls {
     const MAX: usize = 1024;
 
-    fn parse(&self, address: &str) -> Result<reqwest::Url, url::ParseError> {
+    fn parse(&self, address: &str) -> Result<reqwest::Url, super::guard::TargetError> {
         let mut kept = self
             .0
             .lock()
@@ -94,7 +94,7 @@ impl Urls {
         if let Some(u) = kept.get(address) {
             return Ok(u.clone());
         }
-        let u = reqwest::Url::parse(address)?;
+        let u = super::guard::target_url(address)?;
         if kept.len() >= Self::MAX {
             kept.clear();
         }

@@ -44,6 +44,29 @@ pub enum TargetError {
     Blocked(#[from] Blocked),
 }
 
+/// The URL a target's address stands for, as Harbor reads it: an address without a scheme
+/// (`hooks.example/x`, `host:8080/x`) is `http://`; a scheme other than `http` and `https`
+/// is refused. The address itself is kept as it was given.
+pub fn target_url(address: &str) -> Result<reqwest::Url, TargetError> {
+    let address = address.trim();
+    let url = match address.find("://") {
+        Some(i) => {
+            let scheme = &address[..i];
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+                return Err(TargetError::Url(format!(
+                    "{address:?} must be http:// or https://"
+                )));
+            }
+            reqwest::Url::parse(address)
+        }
+        None => reqwest::Url::parse(&format!("http://{address}")),
+    };
+    url.map_err(|source| TargetError::NotUrl {
+        url: address.to_string(),
+        source,
+    })
+}
+
 /// The guard: which special-purpose networks are allowed anyway.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
@@ -161,15 +184,7 @@ impl Guard {
 
     /// Check a target URL: scheme, host, and every address its host resolves to.
     pub async fn check_url(&self, url: &str) -> Result<(), TargetError> {
-        let u = reqwest::Url::parse(url).map_err(|source| TargetError::NotUrl {
-            url: url.to_string(),
-            source,
-        })?;
-        if !matches!(u.scheme(), "http" | "https") {
-            return Err(TargetError::Url(format!(
-                "{url:?} must be http:// or https://"
-            )));
-        }
+        let u = target_url(url)?;
         let host = u
             .host_str()
             .ok_or_else(|| TargetError::Url(format!("{url:?} has no host")))?;
@@ -372,8 +387,42 @@ mod tests {
         assert!(matches!(not_url, TargetError::NotUrl { .. }), "{not_url:?}");
         assert_eq!(
             not_url.to_string(),
-            "\"not a url\" is not a URL: relative URL without a base"
+            "\"not a url\" is not a URL: invalid international domain name"
         );
         assert!(std::error::Error::source(&not_url).is_some());
+        // no scheme: http, as Harbor
+        assert!(matches!(
+            g.check_url("169.254.169.254/latest").await,
+            Err(TargetError::Blocked(_))
+        ));
+    }
+
+    /// An address without a scheme is `http://` (Harbor's reading), with or without a port;
+    /// only http and https are schemes.
+    #[test]
+    fn an_address_without_a_scheme_is_http() {
+        let url = |a: &str| target_url(a).map(|u| u.to_string());
+        assert_eq!(url("hooks.example/x").unwrap(), "http://hooks.example/x");
+        assert_eq!(
+            url("hooks.example:8080/x?a=1").unwrap(),
+            "http://hooks.example:8080/x?a=1"
+        );
+        assert_eq!(url(" 127.0.0.1:9 ").unwrap(), "http://127.0.0.1:9/");
+        assert_eq!(
+            url("https://hooks.example/x").unwrap(),
+            "https://hooks.example/x"
+        );
+        assert_eq!(
+            url("HTTPS://hooks.example/").unwrap(),
+            "https://hooks.example/"
+        );
+        assert!(matches!(
+            target_url("ftp://hooks.example/"),
+            Err(TargetError::Url(_))
+        ));
+        assert!(matches!(
+            target_url("javascript://x"),
+            Err(TargetError::Url(_))
+        ));
     }
 }

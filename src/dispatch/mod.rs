@@ -597,7 +597,7 @@ pub struct Loggable<'a>(pub &'a str);
 
 impl std::fmt::Display for Loggable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match reqwest::Url::parse(self.0) {
+        match guard::target_url(self.0) {
             Ok(u) => match u.port() {
                 Some(p) => write!(f, "{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("")),
                 None => write!(f, "{}://{}", u.scheme(), u.host_str().unwrap_or("")),

@@ -600,6 +600,24 @@ async fn policy_api_crud_validation_and_harbor_shapes() {
 // ---------------------------------------------------------------------------------------------
 // 2. one push → one request per target, in each format
 
+/// An address without a scheme is `http://` (Harbor's reading): accepted, given back as it
+/// was written, and delivered over http. Before, wharf refused it with a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_address_without_a_scheme_is_http() {
+    let e = env("").await;
+    let rx = Receiver::start().await;
+    let address = format!("{}/bare", rx.url().trim_start_matches("http://"));
+    let created = e
+        .api
+        .create_policy("prj", &policy("bare", vec![target(&address)]))
+        .await;
+    assert_eq!(created["targets"][0]["address"], address);
+    e.pusher.push("prj/app", "v1").await;
+    let got = rx.wait_for(1, SOON).await;
+    assert_eq!(got[0].path, "/bare");
+    rx.expect_no_more_than(1, QUIET).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_delivers_one_request_per_target_in_each_payload_format() {
     let e = env("").await;
