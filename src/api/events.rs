@@ -55,13 +55,11 @@ pub async fn list(
     let mut query = params.query.clone();
     if let Some(t) = params.param("type") {
         let kind = super::common::event_kind("type", t)?;
-        query
-            .terms
-            .push(("type".into(), Term::Exact(kind.harbor_type().into())));
+        query.set("type", Some(Term::Exact(kind.harbor_type().into())));
     }
     for key in ["project", "repository"] {
         if let Some(v) = params.param(key) {
-            query.terms.push((key.into(), Term::Exact(v.to_string())));
+            query.set(key, Some(Term::Exact(v.to_string())));
         }
     }
     let all_states = match params.param("all") {

@@ -239,7 +239,7 @@ async fn page(
 ) -> Result<(Vec<ExecutionRow>, u64), ApiError> {
     let mut query = params.query.clone();
     if let Some(csv) = params.param("status") {
-        query.terms.push(("status".into(), status_term(csv)?));
+        query.set("status", Some(status_term(csv)?));
     }
     let (filter, args) = query.sql_where(fields, 2);
     let order = params.sort.sql_order(fields);

@@ -177,16 +177,16 @@ pub async fn list(
             rows.push(l);
         }
     }
+    // `name`, `owner` and `public` replace q's terms on those keys, as in Harbor
     let mut query = params.query.clone();
     if let Some(n) = params.param("name") {
-        query
-            .terms
-            .push(("name".into(), Term::Fuzzy(n.to_string())));
+        query.set("name", Some(Term::Fuzzy(n.to_string())));
     }
     if let Some(o) = params.param("owner") {
-        query
-            .terms
-            .push(("owner".into(), Term::Exact(o.to_string())));
+        query.set("owner", Some(Term::Exact(o.to_string())));
+    }
+    if public.is_some() {
+        query.set("public", None);
     }
     // repo counts are read for the rows shown (and for all when q or sort needs them)
     let needs_count = query.terms.iter().any(|(k, _)| k == "repo_count")

@@ -47,7 +47,8 @@ pub enum Term {
     },
     /// `k={a b}`: equal to one of them.
     AnyOf(Vec<Scalar>),
-    /// `k=(a b)`: equal to each of them.
+    /// `k=(a b)`: all of them. Parsed (a malformed one is refused) and ignored, as Harbor
+    /// does on fields whose DAO does not implement it: no field here holds several values.
     AllOf(Vec<Scalar>),
 }
 
@@ -189,6 +190,15 @@ fn pattern(value: &str) -> Result<Term, ()> {
 }
 
 impl Query {
+    /// Put `term` on `key` in place of the terms `q` had on it (what a list's own parameter
+    /// such as `name=` does in Harbor: it replaces the keyword, it does not add to it).
+    pub fn set(&mut self, key: &str, term: Option<Term>) {
+        self.terms.retain(|(k, _)| k != key);
+        if let Some(t) = term {
+            self.terms.push((key.to_string(), t));
+        }
+    }
+
     /// Parse `q` as the client sent it (already URL-decoded once by the query string).
     pub fn parse(q: &str) -> Result<Query, QueryError> {
         if q.is_empty() {
@@ -288,20 +298,7 @@ impl Query {
                         format!("{expr} IN ({})", ps.join(", "))
                     }
                 }
-                Term::AllOf(items) => {
-                    let mut parts = Vec::new();
-                    for s in items {
-                        match scalar_arg(f.kind, s) {
-                            Some(a) => parts.push(format!("{expr} = {}", param(a, &mut args))),
-                            None => parts.push("1 = 0".to_string()),
-                        }
-                    }
-                    if parts.is_empty() {
-                        "1 = 0".to_string()
-                    } else {
-                        parts.join(" AND ")
-                    }
-                }
+                Term::AllOf(_) => continue,
             };
             sql.push_str(" AND (");
             sql.push_str(&cond);
@@ -444,12 +441,7 @@ fn term_matches(term: &Term, kind: Kind, v: &Val) -> bool {
         Term::AnyOf(items) => items
             .iter()
             .any(|s| compare(kind, v, s) == Some(Ordering::Equal)),
-        Term::AllOf(items) => {
-            !items.is_empty()
-                && items
-                    .iter()
-                    .all(|s| compare(kind, v, s) == Some(Ordering::Equal))
-        }
+        Term::AllOf(_) => true,
     }
 }
 
@@ -695,8 +687,9 @@ mod tests {
         assert_eq!(names("id=[2~]"), ["beta", "gamma-alpha"]);
         assert_eq!(names("id=[~2]"), ["Alpha", "beta"]);
         assert_eq!(names("id={1 3}"), ["Alpha", "gamma-alpha"]);
-        assert_eq!(names("id=(1 3)"), Vec::<&str>::new());
-        assert_eq!(names("id=(2 2)"), ["beta"]);
+        // an AND-list is ignored (Harbor: only where a DAO implements it; none here)
+        assert_eq!(names("id=(1 3)"), ["Alpha", "beta", "gamma-alpha"]);
+        assert_eq!(names("id=(2 2),name=beta"), ["beta"]);
         assert_eq!(names("id=2"), ["beta"]);
         assert_eq!(names("id=two"), Vec::<&str>::new());
         assert_eq!(names("enabled=true"), ["Alpha", "gamma-alpha"]);
@@ -756,6 +749,18 @@ mod tests {
         );
         let (sql, args) = Query::parse("id=x").unwrap().sql_where(COLS, 1);
         assert_eq!((sql.as_str(), args.len()), (" AND (1 = 0)", 0));
+        let (sql, args) = Query::parse("id=(1 3),name=n").unwrap().sql_where(COLS, 1);
+        assert_eq!((sql.as_str(), args.len()), (" AND (p.name = ?1)", 1));
+        // a list's own parameter replaces q's term on its key
+        let mut q = Query::parse("name=~a,id=1,name=b").unwrap();
+        q.set("name", Some(Term::Exact("c".into())));
+        assert_eq!(
+            q.terms,
+            [
+                ("id".to_string(), Term::Exact("1".into())),
+                ("name".to_string(), Term::Exact("c".into()))
+            ]
+        );
         assert_eq!(
             Sort::parse("-creation_time,name,bogus")
                 .sql_order(COLS)

@@ -157,7 +157,7 @@ pub async fn search(
         ));
     };
     let mut query = params.query.clone();
-    query.terms.push(("username".into(), Term::Fuzzy(name)));
+    query.set("username", Some(Term::Fuzzy(name)));
     let (page, total) = params
         .with_query(query)
         .apply(everyone(&app).await?, FIELDS);

@@ -148,6 +148,18 @@ async fn projects_come_from_config_policies_and_traffic_with_ids_that_never_chan
         404
     );
     assert_eq!(head(format!("{base}/api/v2.0/projects"), &[]).await, 422);
+    // `name=` replaces q's name term (Harbor sets the keyword); an AND-list is ignored
+    let r = get(&format!("{base}/api/v2.0/projects?q=name%3D~zzz&name=pol"))
+        .await
+        .expect(200);
+    assert_eq!(names(&r.json()), ["pol"]);
+    let r = get(&format!(
+        "{base}/api/v2.0/projects?q=project_id%3D%28{}%20{}%29",
+        ids[0], ids[1]
+    ))
+    .await
+    .expect(200);
+    assert_eq!(names(&r.json()), ["cfg", "pol", "pulled", "traffic"]);
     // webhook endpoints take the same ids
     get(&format!(
         "{base}/api/v2.0/projects/{}/webhook/policies",
