@@ -174,6 +174,7 @@ impl Running {
         {
             tracing::error!(error = %e, "cannot record the projects of the config");
         }
+        app.store.warn_on_clock_skew().await;
         let background = tokio_util::sync::CancellationToken::new();
         let enabled = {
             let store = app.store.clone();

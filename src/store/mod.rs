@@ -653,6 +653,7 @@ pub async fn run_housekeeping(
         if !ticks.is_multiple_of(60) {
             continue;
         }
+        store.warn_on_clock_skew().await;
         let before = now_ms() - attribution_window.as_millis() as i64;
         let result = store
             .write_relaxed(move |c| {
@@ -666,6 +667,52 @@ pub async fn run_housekeeping(
             Ok(()) => {}
             Err(StoreError::Closed) => return,
             Err(e) => tracing::warn!(error = %e, "store housekeeping failed"),
+        }
+    }
+}
+
+/// How far this process's clock is from PostgreSQL's (ms, positive when ahead) beyond which
+/// a warning is logged: replicas compare claim leases and retry due times written by one
+/// another by wall clock (see docs/operations.md, "Running several replicas").
+pub const CLOCK_SKEW_WARN_MS: i64 = 1_000;
+
+/// The warning for a measured clock skew, when it is past [`CLOCK_SKEW_WARN_MS`].
+pub fn clock_skew_warning(skew_ms: i64) -> Option<String> {
+    (skew_ms.abs() > CLOCK_SKEW_WARN_MS).then(|| {
+        format!(
+            "this host's clock is {} ms {} PostgreSQL's: replicas share claim leases and retry times by wall clock, so a skew this large can let a lease be taken over early (a delivery sent twice) or late; keep the replicas' clocks synchronised (NTP)",
+            skew_ms.abs(),
+            if skew_ms > 0 { "ahead of" } else { "behind" }
+        )
+    })
+}
+
+impl Store {
+    /// How far this process's clock is from the database's (ms, positive when ahead; the
+    /// database's time read halfway through the round trip). `None` on SQLite: one process,
+    /// one clock.
+    pub async fn clock_skew_ms(&self) -> Result<Option<i64>, StoreError> {
+        if self.backend() == Backend::Sqlite {
+            return Ok(None);
+        }
+        self.read(|c| {
+            let before = now_ms();
+            let theirs = c.int(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+                &[],
+            )?;
+            let after = now_ms();
+            Ok(theirs.map(|t| before + (after - before) / 2 - t))
+        })
+        .await
+    }
+
+    /// Log [`clock_skew_warning`] when the clocks are that far apart.
+    pub async fn warn_on_clock_skew(&self) {
+        if let Ok(Some(skew)) = self.clock_skew_ms().await
+            && let Some(w) = clock_skew_warning(skew)
+        {
+            tracing::warn!(skew_ms = skew, "{w}");
         }
     }
 }

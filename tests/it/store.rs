@@ -117,6 +117,7 @@ conformance!(
     event_types_and_states_are_kept_as_codes,
     a_host_is_kept_once_and_only_committed_ids_are_reused,
     text_with_nul_characters_is_stored_with_replacement_characters,
+    the_clock_skew_to_the_database_is_measured,
 );
 
 fn repo(s: &str) -> Repository {
@@ -3223,4 +3224,30 @@ async fn text_with_nul_characters_is_stored_with_replacement_characters(kind: Ki
     assert_eq!(back.description, "d\u{fffd}");
     assert_eq!(back.targets[0].address, "http://a.example/\u{fffd}");
     s.close().await;
+}
+
+/// Replicas compare leases and due times by wall clock: the skew to PostgreSQL's clock is
+/// measured (a warning past a second names the risk); SQLite has one process, one clock.
+async fn the_clock_skew_to_the_database_is_measured(kind: Kind) {
+    let o = open(kind).await;
+    let skew = o.store.clock_skew_ms().await.unwrap();
+    match kind {
+        Kind::Sqlite => assert_eq!(skew, None),
+        Kind::Postgres => {
+            let skew = skew.expect("a skew on PostgreSQL");
+            assert!(skew.abs() < 500, "one host, one clock: {skew} ms");
+        }
+    }
+    assert_eq!(store::clock_skew_warning(900), None);
+    let w = store::clock_skew_warning(-2_500).unwrap();
+    assert!(
+        w.starts_with("this host's clock is 2500 ms behind PostgreSQL's"),
+        "{w}"
+    );
+    assert!(
+        store::clock_skew_warning(1_001)
+            .unwrap()
+            .contains("ahead of")
+    );
+    o.store.close().await;
 }
