@@ -29,13 +29,10 @@ fn blob_size(image: &OciImage) -> u64 {
 }
 
 async fn admin_get(base: &str, path: &str) -> Value {
-    let r = client()
-        .get(format!("{base}{path}"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .send()
+    crate::common::api::admin_get(base, path)
         .await
-        .unwrap();
-    Resp::read(r).await.expect(200).json()
+        .expect(200)
+        .json()
 }
 
 async fn usage(base: &str, project: &str) -> u64 {

@@ -96,18 +96,20 @@ impl Cert {
 
 use rustls_pki_types::pem::PemObject as _;
 
+/// A wharf in front of `registry` whose listener serves `cert`.
+fn tls_wharf(registry: &Registry, cert: &Cert) -> WharfBuilder {
+    Wharf::builder(&registry.url()).yaml(&format!(
+        "tls: {{cert: \"{}\", key: \"{}\"}}",
+        cert.cert_path(),
+        cert.key_path()
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_listener_serves_the_registry_with_http2_and_https_locations() {
     let registry = Registry::start().await;
     let cert = Cert::new();
-    let wharf = Wharf::builder(&registry.url())
-        .yaml(&format!(
-            "tls: {{cert: \"{}\", key: \"{}\"}}",
-            cert.cert_path(),
-            cert.key_path()
-        ))
-        .start()
-        .await;
+    let wharf = tls_wharf(&registry, &cert).start().await;
     let base = format!("https://{}", wharf.host());
     let c = cert.client();
     let r = c.get(format!("{base}/v2/")).send().await.unwrap();
@@ -289,12 +291,7 @@ async fn https_targets_are_verified_unless_told_otherwise() {
 async fn tls_handshakes_can_use_post_quantum_key_exchange() {
     let registry = Registry::start().await;
     let cert = Cert::new();
-    let wharf = Wharf::builder(&registry.url())
-        .yaml(&format!(
-            "tls: {{cert: \"{}\", key: \"{}\"}}",
-            cert.cert_path(),
-            cert.key_path()
-        ))
+    let wharf = tls_wharf(&registry, &cert)
         .yaml("notification: {allowed_target_networks: [\"127.0.0.0/8\"], webhook_job_http_client_timeout: 2}")
         .yaml(&format!(
             "notification: {{ca_bundle: \"{}\"}}",

@@ -123,6 +123,14 @@ notification:
     }
 }
 
+/// The UI page at `path` of the wharf at `base` as the administrator sees it (200 expected).
+async fn admin_page(base: &str, path: &str) -> String {
+    crate::common::api::admin_get(base, path)
+        .await
+        .expect(200)
+        .text
+}
+
 /// Answer one `@@` line of the script.
 async fn answer(e: &Env, skopeo: &Skopeo, work: &Path, line: &str) -> String {
     let parts: Vec<&str> = line.split_whitespace().collect();
@@ -339,14 +347,7 @@ async fn ui_answers_are_locked_down() {
         );
     }
     // no inline script or style anywhere in a page
-    let r = c
-        .get(format!("{base}/ui/projects/prj/webhooks/new"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let html = r.text().await.unwrap();
+    let html = admin_page(&base, "/ui/projects/prj/webhooks/new").await;
     assert!(!html.contains("style="), "inline style");
     assert!(!html.contains("<script>"), "inline script");
     let handler = html.match_indices(" on").any(|(i, _)| {
@@ -781,14 +782,7 @@ async fn a_project_with_an_all_digit_name_is_shown_by_its_name() {
             .unwrap();
         assert_eq!(r.status(), 201, "{name}");
     }
-    let r = c
-        .get(format!("{base}/ui/projects/2/webhooks"))
-        .basic_auth("admin", Some(ADMIN_PASSWORD))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let html = r.text().await.unwrap();
+    let html = admin_page(&base, "/ui/projects/2/webhooks").await;
     assert!(html.contains("policy-of-2"), "{html}");
     assert!(
         !html.contains("policy-of-a") && !html.contains("policy-of-prj"),

@@ -55,3 +55,14 @@ impl ApiResp {
         self
     }
 }
+
+/// `GET {base}{path}` as the administrator (HTTP Basic), the whole answer.
+pub async fn admin_get(base: &str, path: &str) -> ApiResp {
+    let r = super::client()
+        .get(format!("{base}{path}"))
+        .basic_auth("admin", Some(super::wharf::ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    ApiResp::read(r).await
+}
