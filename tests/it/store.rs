@@ -1094,16 +1094,39 @@ async fn an_expired_lease_lets_another_claimer_take_over(kind: Kind) {
         second[0].event.id, first[0].event.id,
         "same event id on every attempt"
     );
-    // the first claimer comes back late: its failure does not move the delivery
+    // the first claimer comes back late: its failure does not move the delivery, nor stand
+    // as its last status (alone, or in a batch)
     let late = Attempt {
         delivery_id: id,
-        error_kind: Some(outbox::FailureKind::Timeout),
+        status_code: Some(503),
+        error_kind: Some(outbox::FailureKind::Http),
         ..Attempt::default()
     };
+    let batch = vec![outbox::Outcome {
+        attempt: Attempt {
+            status_code: Some(502),
+            ..late.clone()
+        },
+        next: Next::RetryAt(0),
+        token: 11,
+    }];
     s.write(move |c| outbox::record(c, &late, Next::RetryAt(0), 11))
         .await
         .unwrap();
+    s.write(move |c| outbox::record_many(c, &batch))
+        .await
+        .unwrap();
     assert_eq!(state(s, id).await, "running");
+    let last_status = s
+        .read(move |c| {
+            c.int(
+                "SELECT last_status FROM deliveries WHERE id = ?1",
+                &[store::db::Value::Int(id)],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(last_status, None, "a late attempt's status does not stand");
     s.write(move |c| outbox::defer(c, id, 0, 11)).await.unwrap();
     assert_eq!(state(s, id).await, "running", "only the holder defers");
     let ok = Attempt {
