@@ -713,7 +713,7 @@ pub fn json_kept(text: String) -> String {
 /// What the store keeps of a text: NUL characters, which PostgreSQL's `text` refuses, become
 /// U+FFFD on both backends (what a webhook target answers is stored whatever its bytes).
 pub fn without_nul(s: &str) -> Cow<'_, str> {
-    if s.contains('\0') {
+    if s.as_bytes().contains(&0) {
         Cow::Owned(s.replace('\0', "\u{fffd}"))
     } else {
         Cow::Borrowed(s)
@@ -744,7 +744,8 @@ pub fn json_without_nul(text: &str) -> Cow<'_, str> {
             _ => {}
         }
     }
-    if !text.contains("\\u0000") {
+    // most JSON has no escape at all: one memchr decides
+    if !text.as_bytes().contains(&b'\\') || !text.contains("\\u0000") {
         return Cow::Borrowed(text);
     }
     match serde_json::from_str::<serde_json::Value>(text) {
