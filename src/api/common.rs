@@ -69,6 +69,17 @@ pub(super) async fn project_for(
         }
         raw.to_string()
     };
-    let caller = auth::require_project_admin(app, headers, &name).await?;
+    let caller = auth::require_project_admin(app, headers, &name)
+        .await
+        .map_err(|mut e| {
+            // addressed by id: the refusal names the id, not the project (which would tell a
+            // user that the id exists, and what it is called)
+            if e.status == http::StatusCode::FORBIDDEN && name != raw {
+                e.message = e
+                    .message
+                    .replace(&format!("project {name}"), &format!("project {raw}"));
+            }
+            e
+        })?;
     Ok((name, caller))
 }

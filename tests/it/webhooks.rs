@@ -1757,7 +1757,21 @@ async fn project_admins_are_confined_to_their_projects() {
     alice.get(&policies("c")).await.expect(403);
     // an unknown project id (or one past int64) looks to a user as a forbidden one (Harbor's
     // 403); the administrator is told it is not there; a stranger is asked to sign in
-    alice.get(&policies("424242")).await.expect(403);
+    let unknown = alice
+        .get(&policies("424242"))
+        .await
+        .expect(403)
+        .error_message();
+    let hidden = alice
+        .get(&policies(&b_project_id.to_string()))
+        .await
+        .expect(403)
+        .error_message();
+    assert_eq!(unknown, "alice is not an administrator of project 424242");
+    assert_eq!(
+        hidden,
+        format!("alice is not an administrator of project {b_project_id}")
+    );
     alice
         .get(&policies("99999999999999999999"))
         .await
