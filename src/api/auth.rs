@@ -365,8 +365,20 @@ pub async fn require_project_admin(
     project: &str,
 ) -> Result<Caller, ApiError> {
     let caller = authenticate(app, headers).await?;
-    match &caller {
-        Caller::Admin => Ok(caller),
+    check_project_admin(app, &caller, project, project)?;
+    Ok(caller)
+}
+
+/// Is `caller` the system administrator or an administrator of `project`? A refusal names the
+/// project as the caller addressed it (`shown`: its name, or the id they gave).
+pub fn check_project_admin(
+    app: &App,
+    caller: &Caller,
+    project: &str,
+    shown: &str,
+) -> Result<(), ApiError> {
+    match caller {
+        Caller::Admin => Ok(()),
         Caller::User(u) => {
             let allowed = app
                 .config
@@ -374,14 +386,17 @@ pub async fn require_project_admin(
                 .get(project)
                 .is_some_and(|p| p.admins.iter().any(|a| a == u));
             if allowed {
-                Ok(caller)
+                Ok(())
             } else {
-                Err(ApiError::forbidden(format!(
-                    "{u} is not an administrator of project {project}"
-                )))
+                Err(not_project_admin(u, shown))
             }
         }
     }
+}
+
+/// The refusal of user `user` on project `shown` (a name, or the id they gave).
+pub fn not_project_admin(user: &str, shown: &str) -> ApiError {
+    ApiError::forbidden(format!("{user} is not an administrator of project {shown}"))
 }
 
 #[cfg(test)]

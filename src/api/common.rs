@@ -43,15 +43,20 @@ pub(super) async fn project_for(
         .get("x-is-resource-name")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let name = if !by_name && !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
-        // authenticate first: unknown ids and forbidden ones must look alike to strangers (401)
-        // and to users (403, Harbor's answer); the administrator is told it is not there
-        let caller = auth::authenticate(app, headers).await?;
-        let unknown = || match caller {
+    let by_id = !by_name && !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    if !by_id && !is_name_component(raw) {
+        return Err(ApiError::bad_request(format!(
+            "project: {raw:?} is not a project name (lowercase letters, digits, . _ -)"
+        )));
+    }
+    // authenticate before looking anything up: unknown ids and forbidden ones must look alike
+    // to strangers (401) and to users (403, Harbor's answer, naming the project as they
+    // addressed it); the administrator is told an id is not there
+    let caller = auth::authenticate(app, headers).await?;
+    let name = if by_id {
+        let unknown = || match &caller {
             auth::Caller::Admin => ApiError::not_found(format!("project {raw} not found")),
-            auth::Caller::User(ref u) => {
-                ApiError::forbidden(format!("{u} is not an administrator of project {raw}"))
-            }
+            auth::Caller::User(u) => auth::not_project_admin(u, raw),
         };
         let Ok(id) = raw.parse::<i64>() else {
             return Err(unknown());
@@ -62,24 +67,8 @@ pub(super) async fn project_for(
             .map_err(db_error)?
             .ok_or_else(unknown)?
     } else {
-        if !is_name_component(raw) {
-            return Err(ApiError::bad_request(format!(
-                "project: {raw:?} is not a project name (lowercase letters, digits, . _ -)"
-            )));
-        }
         raw.to_string()
     };
-    let caller = auth::require_project_admin(app, headers, &name)
-        .await
-        .map_err(|mut e| {
-            // addressed by id: the refusal names the id, not the project (which would tell a
-            // user that the id exists, and what it is called)
-            if e.status == http::StatusCode::FORBIDDEN && name != raw {
-                e.message = e
-                    .message
-                    .replace(&format!("project {name}"), &format!("project {raw}"));
-            }
-            e
-        })?;
+    auth::check_project_admin(app, &caller, &name, raw)?;
     Ok((name, caller))
 }
