@@ -147,20 +147,26 @@ macro_rules! args {
     ($($v:expr),+ $(,)?) => { &[$($crate::store::db::Value::from($v)),+] as &[$crate::store::db::Value<'_>] };
 }
 
+/// Text bound on SQLite as the store keeps it ([`without_nul`]), borrowed when it can be.
+fn sqlite_text(s: &str) -> rusqlite::types::ToSqlOutput<'_> {
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    match without_nul(s) {
+        Cow::Borrowed(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+        Cow::Owned(s) => ToSqlOutput::Owned(rusqlite::types::Value::Text(s)),
+    }
+}
+
 impl rusqlite::ToSql for Value<'_> {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         use rusqlite::types::{ToSqlOutput, ValueRef};
         Ok(match self {
             Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
             Value::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
-            Value::Text(s) => match without_nul(s) {
-                Cow::Borrowed(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-                Cow::Owned(s) => ToSqlOutput::Owned(rusqlite::types::Value::Text(s)),
-            },
+            Value::Text(s) => sqlite_text(s),
             Value::Bytes(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
             Value::Digest(d) => match sha256_bytes(d) {
                 Some(b) => ToSqlOutput::Owned(rusqlite::types::Value::Blob(b.to_vec())),
-                None => ToSqlOutput::Borrowed(ValueRef::Text(d.as_bytes())),
+                None => sqlite_text(d),
             },
         })
     }
