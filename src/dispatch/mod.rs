@@ -445,21 +445,25 @@ impl Dispatcher {
         let sending = self.targets.sending(&d.target.address);
         let me = self.clone();
         tokio::spawn(async move {
-            // the target's turn (FIFO): at most per_target_concurrency attempts at once
-            if let Ok(_turn) = sending.acquire_owned().await {
-                if me.lease_left(d.lease_until) && !me.stopping.is_cancelled() {
-                    me.deliver(d).await;
-                } else {
-                    // waited too long for its turn (the attempt might outlive the claim's
-                    // lease), or this process is stopping: back to pending, now, for
-                    // whoever claims it next
-                    let (id, token) = (d.id, d.token);
-                    let _ = me
-                        .store
-                        .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
-                        .await;
-                }
+            // the target's turn (FIFO): at most per_target_concurrency attempts at once;
+            // stopping ends the wait
+            let turn = tokio::select! {
+                turn = sending.acquire_owned() => turn.ok(),
+                () = me.stopping.cancelled() => None,
+            };
+            if turn.is_some() && me.lease_left(d.lease_until) && !me.stopping.is_cancelled() {
+                me.deliver(d).await;
+            } else {
+                // waited too long for its turn (the attempt might outlive the claim's
+                // lease), or this process is stopping: back to pending, now, for whoever
+                // claims it next
+                let (id, token) = (d.id, d.token);
+                let _ = me
+                    .store
+                    .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
+                    .await;
             }
+            drop(turn);
             drop(hold);
         });
     }
@@ -489,7 +493,7 @@ impl Dispatcher {
         let start_by = self.start_by(d.lease_until);
         let probe = match self
             .targets
-            .gate(&d.target.address, d.target.kind, start_by)
+            .gate(&d.target.address, d.target.kind, start_by, &self.stopping)
             .await
         {
             Ok(probe) => probe,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::Loggable;
 use super::policy::TargetKind;
@@ -166,12 +167,15 @@ impl Targets {
     /// probing a circuit whose cool-down has passed when `probe`; `Err(until)` defers the
     /// delivery: the circuit is open, or Slack's pace would start the attempt after
     /// `start_by` (when its claim's lease no longer covers it: sent then, it could be sent
-    /// twice), and the pace's turn is left to the next message.
+    /// twice), and the pace's turn is left to the next message; or `stop` was cancelled while
+    /// it waited for its pace (the process is stopping: `Err(now)`, the turn and a probe
+    /// left free).
     pub async fn gate(
         &self,
         address: &str,
         kind: TargetKind,
         start_by: Instant,
+        stop: &CancellationToken,
     ) -> Result<bool, Instant> {
         let mut probe = false;
         loop {
@@ -210,7 +214,13 @@ impl Targets {
                     }
                 }
             };
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => {
+                    self.release_probe(address, probe);
+                    return Err(Instant::now());
+                }
+            }
         }
     }
 
@@ -338,17 +348,17 @@ mod tests {
         let http = TargetKind::Http;
         t.note_outcome(a, false, false);
         t.note_outcome(a, false, false);
-        assert!(t.gate(a, http, later()).await.is_err());
+        assert!(t.gate(a, http, later(), &go()).await.is_err());
         expire(&t, a);
-        assert_eq!(t.gate(a, http, later()).await, Ok(true));
-        assert!(t.gate(a, http, later()).await.is_err());
+        assert_eq!(t.gate(a, http, later(), &go()).await, Ok(true));
+        assert!(t.gate(a, http, later(), &go()).await.is_err());
         t.note_outcome(a, false, true);
         assert_eq!(circuit(&t, a), (Duration::from_secs(20), true, false));
         expire(&t, a);
-        assert_eq!(t.gate(a, http, later()).await, Ok(true));
+        assert_eq!(t.gate(a, http, later(), &go()).await, Ok(true));
         t.note_outcome(a, true, true);
         assert_eq!(circuit(&t, a), (Duration::ZERO, false, false));
-        assert_eq!(t.gate(a, http, later()).await, Ok(false));
+        assert_eq!(t.gate(a, http, later(), &go()).await, Ok(false));
     }
 
     /// A probe whose body could not be made (a Custom template's failure) says nothing about
@@ -360,11 +370,51 @@ mod tests {
         t.note_outcome(a, false, false);
         t.note_outcome(a, false, false);
         expire(&t, a);
-        assert_eq!(t.gate(a, TargetKind::Http, later()).await, Ok(true));
+        assert_eq!(t.gate(a, TargetKind::Http, later(), &go()).await, Ok(true));
         let before = circuit(&t, a);
         t.release_probe(a, true);
         assert_eq!(circuit(&t, a), (before.0, before.1, false));
-        assert_eq!(t.gate(a, TargetKind::Http, later()).await, Ok(true));
+        assert_eq!(t.gate(a, TargetKind::Http, later(), &go()).await, Ok(true));
+    }
+
+    /// A process that keeps running.
+    fn go() -> CancellationToken {
+        CancellationToken::new()
+    }
+
+    /// Regression: a Slack message waiting for its pace did not watch shutdown, so it was sent
+    /// after the process began stopping (or outlived `shutdown_grace` in flight, and was sent
+    /// again after restart). Stopping ends the wait at once: deferred, due now, its probe and
+    /// the pace's turn left free.
+    #[tokio::test(start_paused = true)]
+    async fn stopping_ends_a_wait_for_the_slack_pace_at_once() {
+        let t = Targets::new(Limits {
+            slack_interval: Duration::from_secs(30),
+            ..targets().limits
+        });
+        let s = "https://hooks.slack.invalid/x";
+        assert_eq!(
+            t.gate(s, TargetKind::Slack, later(), &go()).await,
+            Ok(false)
+        );
+        // the circuit opened, its cool-down passed: the next message probes, and waits
+        t.note_outcome(s, false, false);
+        t.note_outcome(s, false, false);
+        expire(&t, s);
+        let stop = CancellationToken::new();
+        let (gated, ()) = tokio::join!(t.gate(s, TargetKind::Slack, later(), &stop), async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.cancel();
+        });
+        let Err(at) = gated else {
+            panic!("sent while stopping: {gated:?}");
+        };
+        assert!(at <= Instant::now(), "due now");
+        assert!(!circuit(&t, s).2, "the probe is free");
+        assert!(
+            t.map.lock().unwrap()[s].slack_next > Some(Instant::now()),
+            "the turn is still the first message's"
+        );
     }
 
     /// A start far enough away for any wait.
@@ -379,15 +429,21 @@ mod tests {
     async fn a_slack_pace_past_the_lease_defers_without_taking_the_turn() {
         let t = targets();
         let s = "https://hooks.slack.invalid/x";
-        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(false));
+        assert_eq!(
+            t.gate(s, TargetKind::Slack, later(), &go()).await,
+            Ok(false)
+        );
         let soon = Instant::now() + Duration::from_millis(5);
-        let Err(until) = t.gate(s, TargetKind::Slack, soon).await else {
+        let Err(until) = t.gate(s, TargetKind::Slack, soon, &go()).await else {
             panic!("sent past its lease");
         };
         assert!(until > soon);
         // the turn was not taken: the next message waits one interval, not two
         let started = Instant::now();
-        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(false));
+        assert_eq!(
+            t.gate(s, TargetKind::Slack, later(), &go()).await,
+            Ok(false)
+        );
         assert!(
             started.elapsed() < Duration::from_millis(90),
             "one interval"
@@ -396,7 +452,11 @@ mod tests {
         t.note_outcome(s, false, false);
         t.note_outcome(s, false, false);
         expire(&t, s);
-        assert!(t.gate(s, TargetKind::Slack, Instant::now()).await.is_err());
+        assert!(
+            t.gate(s, TargetKind::Slack, Instant::now(), &go())
+                .await
+                .is_err()
+        );
         assert!(!circuit(&t, s).2, "not probing");
     }
 
@@ -405,12 +465,15 @@ mod tests {
         let t = targets();
         let s = "https://hooks.slack.invalid/x";
         // one message just went out; then the circuit opened and its cool-down passed
-        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(false));
+        assert_eq!(
+            t.gate(s, TargetKind::Slack, later(), &go()).await,
+            Ok(false)
+        );
         t.note_outcome(s, false, false);
         t.note_outcome(s, false, false);
         expire(&t, s);
         let started = Instant::now();
-        assert_eq!(t.gate(s, TargetKind::Slack, later()).await, Ok(true));
+        assert_eq!(t.gate(s, TargetKind::Slack, later(), &go()).await, Ok(true));
         assert!(started.elapsed() >= Duration::from_millis(40), "paced");
         t.note_outcome(s, true, true);
         assert_eq!(circuit(&t, s), (Duration::ZERO, false, false));

@@ -845,6 +845,58 @@ async fn a_graceful_shutdown_records_the_attempts_in_flight() {
     store.close().await;
 }
 
+/// Regression: a Slack message waiting for its pace did not watch shutdown: the process sent
+/// it while stopping (or, with a pace longer than `shutdown_grace`, left it running, to be sent
+/// again after restart). Stopping ends the wait at once and the delivery goes back to pending,
+/// unattempted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_does_not_send_a_slack_message_waiting_for_its_pace() {
+    let e = env("notification: {slack_interval: 8s}\n").await;
+    let rx = Receiver::start().await;
+    e.api
+        .create_policy(
+            "prj",
+            &policy(
+                "paced",
+                vec![json!({"type": "slack", "address": format!("{}/slack", rx.url())})],
+            ),
+        )
+        .await;
+    e.pusher.push("prj/app", "v1").await;
+    rx.wait_for(1, SOON).await;
+    e.pusher.push("prj/app", "v2").await;
+    // the second message is claimed, and waits for its pace
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Env { wharf, .. } = e;
+    let started = std::time::Instant::now();
+    let data = wharf.shutdown_keeping_data().await;
+    let took = started.elapsed();
+    assert_eq!(rx.count(), 1, "no message sent while stopping");
+    assert!(took < Duration::from_secs(5), "stopped at once: {took:?}");
+    let store = wharf::store::Store::open_sqlite(data.path(), Default::default()).unwrap();
+    let states = store
+        .read(|c| {
+            let mut v = Vec::new();
+            for id in 1..=2 {
+                v.push(c.text(
+                    "SELECT state || ' ' || attempts FROM deliveries WHERE id = ?1",
+                    &[wharf::store::db::Value::Int(id)],
+                )?);
+            }
+            Ok(v)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        states,
+        [
+            Some("succeeded 1".to_string()),
+            Some("pending 0".to_string())
+        ]
+    );
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_attempts_are_retried_with_the_same_webhook_id_and_listed_as_tasks() {
     let e = env("notification: {webhook_job_max_retry: 3}").await;
