@@ -361,6 +361,9 @@ pub async fn execution(
     };
     let x = &e["extra_attrs"];
     let name = text(&p["name"]);
+    // a link the browser follows itself names the project by id: without the UI client's
+    // `X-Is-Resource-Name`, an all-digit name would be read as an id
+    let project_id = p["project_id"].as_i64().unwrap_or(0);
     let list = format!("/ui/projects/{project}/webhooks");
     let here = format!("{list}/{id}");
     let title = format!("Execution {eid}");
@@ -405,7 +408,7 @@ pub async fn execution(
                             td.actions {
                                 a href=(format!("{here}/executions/{eid}/attempts/{tid}")) { "Request and response" }
                                 " "
-                                a href=(format!("/api/v2.0/projects/{project}/webhook/policies/{id}/executions/{eid}/tasks/{tid}/log")) { "Log" }
+                                a href=(format!("/api/v2.0/projects/{project_id}/webhook/policies/{id}/executions/{eid}/tasks/{tid}/log")) { "Log" }
                             }
                         }
                     }

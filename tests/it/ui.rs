@@ -788,4 +788,53 @@ async fn a_project_with_an_all_digit_name_is_shown_by_its_name() {
         !html.contains("policy-of-a") && !html.contains("policy-of-prj"),
         "{html}"
     );
+    // Regression: an execution page's "Log" link named the project, without the header the
+    // UI's own calls send, so it asked the project whose id is 2 and got a 404.
+    let skopeo = Skopeo::new();
+    let work = tempfile::tempdir().unwrap();
+    let img = oci::build_image(&work.path().join("img"), "v1", &[512]);
+    skopeo
+        .copy_ok(
+            &img.oci_ref(),
+            &format!("docker://{}/2/app:v1", wharf.host()),
+            &[],
+        )
+        .await;
+    let api = |path: String| {
+        c.get(format!("{base}/api/v2.0/projects/2/webhook/policies{path}"))
+            .header("X-Is-Resource-Name", "true")
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .send()
+    };
+    let policies: serde_json::Value = api(String::new()).await.unwrap().json().await.unwrap();
+    let id = policies[0]["id"].as_i64().unwrap();
+    let eid = crate::common::wait_until("an attempt", Duration::from_secs(20), || async {
+        let ex: serde_json::Value = api(format!("/{id}/executions"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let eid = ex[0]["id"].as_i64()?;
+        let tasks: serde_json::Value = api(format!("/{id}/executions/{eid}/tasks"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (tasks.as_array().is_some_and(|t| !t.is_empty())).then_some(eid)
+    })
+    .await;
+    let html = admin_page(
+        &base,
+        &format!("/ui/projects/2/webhooks/{id}/executions/{eid}"),
+    )
+    .await;
+    let log = html
+        .split("href=\"")
+        .filter_map(|h| h.split('"').next())
+        .find(|h| h.ends_with("/log"))
+        .unwrap_or_else(|| panic!("no Log link: {html}"));
+    let r = crate::common::api::admin_get(&base, log).await;
+    assert_eq!(r.status, 200, "{log}: {}", r.text);
 }
