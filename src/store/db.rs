@@ -726,41 +726,36 @@ pub fn without_nul(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// [`without_nul`] for JSON text: every string (and key) with an escaped NUL (`\u0000`, which
-/// PostgreSQL's `jsonb` and JSON-to-text conversions refuse) gets U+FFFD instead. Text that
-/// is not JSON is left as it is.
+/// [`without_nul`] for JSON text: every escaped NUL (`\u0000`, which PostgreSQL's `jsonb` and
+/// JSON-to-text conversions refuse) becomes the escape of U+FFFD, in strings and keys. The text
+/// is not parsed: an escape is a `\u0000` after an even run of backslashes (`\\u0000` is a
+/// backslash, then text), so any depth of nesting is covered and keys keep their order.
 pub fn json_without_nul(text: &str) -> Cow<'_, str> {
-    fn scrub(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::String(s) => {
-                if let Cow::Owned(t) = without_nul(s) {
-                    *s = t;
-                }
-            }
-            serde_json::Value::Array(a) => a.iter_mut().for_each(scrub),
-            serde_json::Value::Object(o) => {
-                *o = std::mem::take(o)
-                    .into_iter()
-                    .map(|(k, mut v)| {
-                        scrub(&mut v);
-                        (without_nul(&k).into_owned(), v)
-                    })
-                    .collect();
-            }
-            _ => {}
-        }
-    }
+    const NUL: &str = "\\u0000";
     // most JSON has no escape at all: one memchr decides
-    if !text.as_bytes().contains(&b'\\') || !text.contains("\\u0000") {
+    if !text.as_bytes().contains(&b'\\') || !text.contains(NUL) {
         return Cow::Borrowed(text);
     }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(mut v) => {
-            scrub(&mut v);
-            Cow::Owned(v.to_string())
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    for (at, _) in text.match_indices(NUL) {
+        let run = bytes[..=at]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if run % 2 == 1 {
+            out.push_str(&text[copied..at]);
+            out.push_str("\\ufffd");
+            copied = at + NUL.len();
         }
-        Err(_) => Cow::Borrowed(text),
     }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -782,9 +777,26 @@ mod tests {
         let lit = json(&serde_json::json!({"lit": "\\u0000"})).unwrap();
         assert_eq!(lit, r#"{"lit":"\\u0000"}"#);
         assert!(matches!(
-            json_without_nul("not json \\u0000"),
+            json_without_nul(r#"{"lit":"\\u0000 \\\\\\u0000x"}"#),
             Cow::Borrowed(_)
         ));
+        // keys keep their order
+        assert_eq!(
+            json_without_nul(r#"{"z":"\u0000","a":"\\\u0000"}"#),
+            r#"{"z":"\ufffd","a":"\\\ufffd"}"#
+        );
+    }
+
+    /// Regression: JSON nested deeper than serde_json parses (128 levels) was kept with its
+    /// escaped NUL, which PostgreSQL refuses: the write failed, as the NUL outcomes once did.
+    #[test]
+    fn an_escaped_nul_is_replaced_at_any_depth() {
+        let deep = format!("{}\"a\\u0000\"{}", "[".repeat(200), "]".repeat(200));
+        let kept = json_without_nul(&deep);
+        assert_eq!(
+            kept,
+            format!("{}\"a\\ufffd\"{}", "[".repeat(200), "]".repeat(200))
+        );
     }
 
     /// Only a canonical sha256 digest becomes bytes, and its bytes give it back.
