@@ -377,6 +377,20 @@ mod tests {
         assert_eq!(t.gate(a, TargetKind::Http, later(), &go()).await, Ok(true));
     }
 
+    /// A Slack target whose next message probes, and waits for its pace: one message just
+    /// went out, then the circuit opened and its cool-down passed.
+    async fn slack_probe_next(t: &Targets) -> &'static str {
+        let s = "https://hooks.slack.invalid/x";
+        assert_eq!(
+            t.gate(s, TargetKind::Slack, later(), &go()).await,
+            Ok(false)
+        );
+        t.note_outcome(s, false, false);
+        t.note_outcome(s, false, false);
+        expire(t, s);
+        s
+    }
+
     /// A process that keeps running.
     fn go() -> CancellationToken {
         CancellationToken::new()
@@ -392,15 +406,7 @@ mod tests {
             slack_interval: Duration::from_secs(30),
             ..targets().limits
         });
-        let s = "https://hooks.slack.invalid/x";
-        assert_eq!(
-            t.gate(s, TargetKind::Slack, later(), &go()).await,
-            Ok(false)
-        );
-        // the circuit opened, its cool-down passed: the next message probes, and waits
-        t.note_outcome(s, false, false);
-        t.note_outcome(s, false, false);
-        expire(&t, s);
+        let s = slack_probe_next(&t).await;
         let stop = CancellationToken::new();
         let (gated, ()) = tokio::join!(t.gate(s, TargetKind::Slack, later(), &stop), async {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -463,15 +469,7 @@ mod tests {
     #[tokio::test]
     async fn a_slack_probe_waiting_for_its_pace_stays_the_probe() {
         let t = targets();
-        let s = "https://hooks.slack.invalid/x";
-        // one message just went out; then the circuit opened and its cool-down passed
-        assert_eq!(
-            t.gate(s, TargetKind::Slack, later(), &go()).await,
-            Ok(false)
-        );
-        t.note_outcome(s, false, false);
-        t.note_outcome(s, false, false);
-        expire(&t, s);
+        let s = slack_probe_next(&t).await;
         let started = Instant::now();
         assert_eq!(t.gate(s, TargetKind::Slack, later(), &go()).await, Ok(true));
         assert!(started.elapsed() >= Duration::from_millis(40), "paced");

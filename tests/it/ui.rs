@@ -131,6 +131,16 @@ async fn admin_page(base: &str, path: &str) -> String {
         .text
 }
 
+/// Push a one-layer image to `reference` (`repo:tag`) through `host` with skopeo.
+async fn push_small_image(host: &str, reference: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let tag = reference.rsplit(':').next().unwrap_or("v1");
+    let img = oci::build_image(&work.path().join("img"), tag, &[512]);
+    Skopeo::new()
+        .copy_ok(&img.oci_ref(), &format!("docker://{host}/{reference}"), &[])
+        .await;
+}
+
 /// Answer one `@@` line of the script.
 async fn answer(e: &Env, skopeo: &Skopeo, work: &Path, line: &str) -> String {
     let parts: Vec<&str> = line.split_whitespace().collect();
@@ -549,16 +559,7 @@ async fn api_additions_for_the_ui() {
     let id = created.json::<serde_json::Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
-    let skopeo = Skopeo::new();
-    let work = tempfile::tempdir().unwrap();
-    let img = oci::build_image(&work.path().join("img"), "v1", &[512]);
-    skopeo
-        .copy_ok(
-            &img.oci_ref(),
-            &format!("docker://{}/prj/app:v1", e.wharf.host()),
-            &[],
-        )
-        .await;
+    push_small_image(&e.wharf.host(), "prj/app:v1").await;
     let got = e.ok.wait_for(1, Duration::from_secs(20)).await;
     let sent = got[0].body.clone();
     let list: serde_json::Value = get(format!("{api}/{id}/executions"))
@@ -681,14 +682,7 @@ async fn api_additions_for_the_ui() {
     let fid = created.json::<serde_json::Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
-    let img = oci::build_image(&work.path().join("img2"), "v2", &[512]);
-    skopeo
-        .copy_ok(
-            &img.oci_ref(),
-            &format!("docker://{}/prj/app:v2", e.wharf.host()),
-            &[],
-        )
-        .await;
+    push_small_image(&e.wharf.host(), "prj/app:v2").await;
     crate::common::wait_until("a dead delivery", Duration::from_secs(20), || async {
         let v: serde_json::Value = get(format!("{api}/{fid}/executions?status=Error"))
             .await
@@ -790,16 +784,7 @@ async fn a_project_with_an_all_digit_name_is_shown_by_its_name() {
     );
     // Regression: an execution page's "Log" link named the project, without the header the
     // UI's own calls send, so it asked the project whose id is 2 and got a 404.
-    let skopeo = Skopeo::new();
-    let work = tempfile::tempdir().unwrap();
-    let img = oci::build_image(&work.path().join("img"), "v1", &[512]);
-    skopeo
-        .copy_ok(
-            &img.oci_ref(),
-            &format!("docker://{}/2/app:v1", wharf.host()),
-            &[],
-        )
-        .await;
+    push_small_image(&wharf.host(), "2/app:v1").await;
     let api = |path: String| {
         c.get(format!("{base}/api/v2.0/projects/2/webhook/policies{path}"))
             .header("X-Is-Resource-Name", "true")

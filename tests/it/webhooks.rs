@@ -786,11 +786,8 @@ async fn a_target_answering_a_nul_byte_is_recorded_once_on_postgresql() {
     rx.expect_no_more_than(1, QUIET).await;
 }
 
-/// Slack's pace: one message per `slack_interval` to a target (the case of a turn that comes
-/// after the claim's lease is a unit test of `dispatch::targets`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slack_messages_to_one_target_are_paced() {
-    let e = env("notification: {slack_interval: 2s}\n").await;
+/// A receiver, and a policy of `prj` that sends it every event as Slack messages.
+async fn slack_receiver(e: &Env) -> Receiver {
     let rx = Receiver::start().await;
     e.api
         .create_policy(
@@ -801,6 +798,15 @@ async fn slack_messages_to_one_target_are_paced() {
             ),
         )
         .await;
+    rx
+}
+
+/// Slack's pace: one message per `slack_interval` to a target (the case of a turn that comes
+/// after the claim's lease is a unit test of `dispatch::targets`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_messages_to_one_target_are_paced() {
+    let e = env("notification: {slack_interval: 2s}\n").await;
+    let rx = slack_receiver(&e).await;
     e.pusher.push("prj/app", "v1").await;
     e.pusher.push("prj/app", "v2").await;
     let got = rx.wait_for(2, SOON).await;
@@ -852,16 +858,7 @@ async fn a_graceful_shutdown_records_the_attempts_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_does_not_send_a_slack_message_waiting_for_its_pace() {
     let e = env("notification: {slack_interval: 8s}\n").await;
-    let rx = Receiver::start().await;
-    e.api
-        .create_policy(
-            "prj",
-            &policy(
-                "paced",
-                vec![json!({"type": "slack", "address": format!("{}/slack", rx.url())})],
-            ),
-        )
-        .await;
+    let rx = slack_receiver(&e).await;
     e.pusher.push("prj/app", "v1").await;
     rx.wait_for(1, SOON).await;
     e.pusher.push("prj/app", "v2").await;
