@@ -444,6 +444,8 @@ impl Dispatcher {
     fn launch(self: &Arc<Self>, d: Claimed, hold: Box<dyn Send + Sync>) {
         let sending = self.targets.sending(&d.target.address);
         let me = self.clone();
+        // policies as of the claim (see `wanted`)
+        let policies = self.store.policy_cache().loading();
         tokio::spawn(async move {
             // the target's turn (FIFO): at most per_target_concurrency attempts at once;
             // stopping ends the wait
@@ -451,8 +453,11 @@ impl Dispatcher {
                 turn = sending.acquire_owned() => turn.ok(),
                 () = me.stopping.cancelled() => None,
             };
-            if turn.is_some() && me.lease_left(d.lease_until) && !me.stopping.is_cancelled() {
+            let go = turn.is_some() && me.lease_left(d.lease_until) && !me.stopping.is_cancelled();
+            if go && me.wanted(&d, policies).await {
                 me.deliver(d).await;
+            } else if go {
+                // ended, or not this claim's any more: nothing to put back
             } else {
                 // waited too long for its turn (the attempt might outlive the claim's
                 // lease), or this process is stopping: back to pending, now, for whoever
@@ -466,6 +471,40 @@ impl Dispatcher {
             drop(turn);
             drop(hold);
         });
+    }
+
+    /// Is the claim `d`, taken when the policy cache was at generation `policies`, still to be
+    /// attempted now that its turn came? A claim can wait for its turn for most of its lease:
+    /// meanwhile its policy may have been deleted or switched off, its target may have
+    /// answered 410 (each ends the delivery in the store), or notifications may have been
+    /// switched off. Each of those moves the cache on (in this process at once, in the others
+    /// within their policy watch), so only then is the store asked ([`outbox::recheck`]).
+    /// With notifications off the claim goes back to pending, due now, for when they are on.
+    async fn wanted(&self, d: &Claimed, policies: u64) -> bool {
+        let (id, token) = (d.id, d.token);
+        if !self.enabled.load(Ordering::Relaxed) {
+            let _ = self
+                .store
+                .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
+                .await;
+            return false;
+        }
+        if self.store.policy_cache().loading() == policies {
+            return true;
+        }
+        match self
+            .store
+            .write_relaxed(move |c| outbox::recheck(c, id, token))
+            .await
+        {
+            Ok(outbox::Recheck::Go) => true,
+            Ok(outbox::Recheck::Ended | outbox::Recheck::NotOurs) => false,
+            // the store cannot say: the attempt goes ahead (at least once)
+            Err(e) => {
+                tracing::warn!(delivery = id, error = %e, "cannot recheck a claim; attempting it");
+                true
+            }
+        }
     }
 
     /// Is there time left in a claim that holds until `lease_until` (unix ms) for one whole

@@ -2171,6 +2171,64 @@ async fn deleting_a_policy_stops_the_delivery_in_flight() {
     );
 }
 
+/// Regression: claims waiting for their target's turn were sent after their policy was
+/// deleted (the deletion ended them in the store, but the process still held them), and a
+/// success would then have turned them from dead to succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_policy_stops_the_claims_waiting_for_their_turn() {
+    claims_waiting_for_their_turn_end_with_their_policy("").await;
+}
+
+/// [`deleting_a_policy_stops_the_claims_waiting_for_their_turn`] on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_policy_stops_the_claims_waiting_for_their_turn_on_postgresql() {
+    let url = crate::common::postgres::database().await;
+    claims_waiting_for_their_turn_end_with_their_policy(&format!("store: {{url: \"{url}\"}}\n"))
+        .await;
+}
+
+async fn claims_waiting_for_their_turn_end_with_their_policy(store: &str) {
+    let e = env(&format!(
+        "{store}notification: {{webhook_job_max_retry: 5, per_target_concurrency: 1}}\n"
+    ))
+    .await;
+    let rx = Receiver::start().await;
+    // the first attempt times out (1 s); the others wait for its turn
+    rx.set_default(Reply::delay(
+        Duration::from_millis(1500),
+        Reply::status(200),
+    ));
+    let pid = e
+        .api
+        .create_policy("prj", &policy("del", vec![target(&rx.url())]))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    e.pusher.push("prj/app", "v1").await;
+    rx.wait_for(1, SOON).await;
+    e.pusher.push("prj/app", "v2").await;
+    e.pusher.push("prj/app", "v3").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    e.api
+        .delete(&format!("{}/{pid}", policies("prj")))
+        .await
+        .expect(200);
+    rx.expect_no_more_than(1, Duration::from_millis(2500)).await;
+    let text = client()
+        .get(format!("{}/metrics", e.wharf.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "wharf_deliveries{state=\"dead\"} 3"),
+        "{text}"
+    );
+}
+
 // regression: a saturated target, or one whose circuit is open, does not make the dispatcher
 // spin on its due deliveries (it claimed nothing and slept 1 ms, in a loop of write
 // transactions)

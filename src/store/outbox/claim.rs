@@ -353,6 +353,44 @@ pub fn claim_next(
     })
 }
 
+/// What [`recheck`] found of a claim that waited while policies changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Still this claim's, its policy on: attempt it.
+    Go,
+    /// Its policy was switched off or deleted since the claim: ended dead, as [`claim`] ends
+    /// such a delivery.
+    Ended,
+    /// No longer this claim's (ended by a policy's deletion or a target's 410, or taken over):
+    /// leave it.
+    NotOurs,
+}
+
+/// Is the delivery `id`, claimed with `token`, still to be attempted? Asked by the dispatcher
+/// of a claim that waited for its target's turn while policies changed.
+pub fn recheck(db: &Db<'_>, id: i64, token: i64) -> Result<Recheck, StoreError> {
+    let enabled = db.row(
+        "SELECT pol.enabled FROM deliveries d LEFT JOIN policies pol ON pol.id = d.policy_id
+         WHERE d.id = ?1 AND d.state = 'running' AND d.claim_token = ?2",
+        args![id, token],
+        |r| r.opt_i64(0),
+    )?;
+    Ok(match enabled {
+        None => Recheck::NotOurs,
+        Some(Some(1)) => Recheck::Go,
+        Some(on) => {
+            let why = if on.is_none() {
+                "policy deleted"
+            } else {
+                "policy disabled"
+            };
+            end_claimed(db, id, now_ms(), why)?;
+            db.note_deliveries();
+            Recheck::Ended
+        }
+    })
+}
+
 /// A claimed delivery that cannot be attempted ends dead with `why`.
 fn end_claimed(db: &Db<'_>, id: i64, now: i64, why: &str) -> Result<(), StoreError> {
     db.exec(
