@@ -689,6 +689,44 @@ async fn claims_respect_per_target_limits_and_skips(kind: Kind) {
     s.close().await;
 }
 
+/// Regression: on a database whose collation is not bytewise (`en-US`: `a` < `B` < `c`), the
+/// addresses with pending deliveries came in the database's order, while the dispatcher keeps
+/// the list in Rust's byte order and searches it (`binary_search`): an address it did not find
+/// was added twice, and claimed twice over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_addresses_come_in_byte_order_whatever_the_collation() {
+    let c = pgc::cluster();
+    let name = format!("icu{}", std::process::id());
+    c.execute(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&pg_config(&c.url(&name)), dir.path())
+        .await
+        .unwrap();
+    let (a, b, cc) = (
+        "http://a.example/",
+        "http://B.example/",
+        "http://c.example/",
+    );
+    add_policy(
+        &s,
+        policy(
+            "prj",
+            vec![Target::http(a), Target::http(b), Target::http(cc)],
+        ),
+    )
+    .await;
+    publish(&s, 1).await;
+    let got = s.read(outbox::pending_targets).await.unwrap();
+    assert_eq!(got, [b, a, cc]);
+    s.close().await;
+}
+
 /// The dispatcher's claim (`outbox::claim_next`): a batch that is not full comes with the due
 /// time of the next delivery it could claim, looked up in the same transaction when asked to
 /// look ahead, so the dispatcher sleeps until then instead of claiming again to find nothing.
