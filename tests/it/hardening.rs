@@ -269,14 +269,7 @@ async fn open_connections_are_capped_and_counted() {
         "served at once ({waited:?}) although 4 of 4 connections were open"
     );
     drop(held);
-    let metrics = client()
-        .get(format!("{}/metrics", wharf.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::common::metrics_text(&wharf.url()).await;
     assert!(
         metrics
             .lines()
@@ -398,14 +391,7 @@ async fn quota_counts_the_registrys_blob_sizes_and_never_overflows() {
         i64::MAX as u64,
         "saturated, not wrapped"
     );
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::common::metrics_text(&base).await;
     assert!(
         metrics.lines().any(|l| l == "wharf_events_lost_total 0"),
         "{metrics}"
@@ -685,14 +671,7 @@ async fn failed_logins_are_throttled_per_client_address_registry_paths_are_not()
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::common::metrics_text(&base).await;
     assert!(
         metrics.contains("wharf_login_failures_total 3"),
         "{metrics}"

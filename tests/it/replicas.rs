@@ -963,14 +963,7 @@ async fn postgres_down_for_a_while_traffic_flows_and_wharf_reconnects() {
     let (status, body) = ready(w.url()).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["store"]["reachable"], false, "{body}");
-    let metrics = client()
-        .get(format!("{}/metrics", w.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::common::metrics_text(&w.url()).await;
     assert!(
         metrics
             .lines()

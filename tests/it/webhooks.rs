@@ -1996,14 +1996,7 @@ async fn metrics_count_events_attempts_requests_and_queue() {
     rx.set_default(Reply::delay(Duration::from_secs(3), Reply::status(200)));
     e.pusher.push("prj/app", "v2").await;
     rx.wait_for(3, SOON).await;
-    let text = client()
-        .get(format!("{}/metrics", e.wharf.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::common::metrics_text(&e.wharf.url()).await;
     assert!(
         text.lines()
             .any(|l| l == "wharf_deliveries{state=\"running\"} 1"
@@ -2135,40 +2128,7 @@ async fn a_burst_for_one_target_is_not_paced_by_the_idle_timer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_policy_stops_the_delivery_in_flight() {
-    let e = env("notification: {webhook_job_max_retry: 5}").await;
-    let rx = Receiver::start().await;
-    // every attempt times out (1 s) and would be retried 100 ms later
-    rx.set_default(Reply::delay(
-        Duration::from_millis(1500),
-        Reply::status(200),
-    ));
-    let pid = e
-        .api
-        .create_policy("prj", &policy("del", vec![target(&rx.url())]))
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    e.pusher.push("prj/app", "v1").await;
-    rx.wait_for(1, SOON).await;
-    e.api
-        .delete(&format!("{}/{pid}", policies("prj")))
-        .await
-        .expect(200);
-    // the running attempt times out; no retry follows
-    rx.expect_no_more_than(1, Duration::from_millis(2500)).await;
-    let text = client()
-        .get(format!("{}/metrics", e.wharf.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.lines()
-            .any(|l| l == "wharf_deliveries{state=\"dead\"} 1"),
-        "{text}"
-    );
+    deleting_the_policy_ends_its_deliveries("", 0).await;
 }
 
 /// Regression: claims waiting for their target's turn were sent after their policy was
@@ -2176,18 +2136,20 @@ async fn deleting_a_policy_stops_the_delivery_in_flight() {
 /// success would then have turned them from dead to succeeded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_policy_stops_the_claims_waiting_for_their_turn() {
-    claims_waiting_for_their_turn_end_with_their_policy("").await;
+    deleting_the_policy_ends_its_deliveries("", 2).await;
 }
 
 /// [`deleting_a_policy_stops_the_claims_waiting_for_their_turn`] on PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_policy_stops_the_claims_waiting_for_their_turn_on_postgresql() {
     let url = crate::common::postgres::database().await;
-    claims_waiting_for_their_turn_end_with_their_policy(&format!("store: {{url: \"{url}\"}}\n"))
-        .await;
+    deleting_the_policy_ends_its_deliveries(&format!("store: {{url: \"{url}\"}}\n"), 2).await;
 }
 
-async fn claims_waiting_for_their_turn_end_with_their_policy(store: &str) {
+/// Push one image while the target takes longer than an attempt's timeout (1 s), then
+/// `queued` more (claimed, waiting for the target's turn), delete the policy: nothing is sent
+/// after the first attempt, every delivery ends dead, none is retried.
+async fn deleting_the_policy_ends_its_deliveries(store: &str, queued: usize) {
     let e = env(&format!(
         "{store}notification: {{webhook_job_max_retry: 5, per_target_concurrency: 1}}\n"
     ))
@@ -2206,25 +2168,19 @@ async fn claims_waiting_for_their_turn_end_with_their_policy(store: &str) {
         .unwrap();
     e.pusher.push("prj/app", "v1").await;
     rx.wait_for(1, SOON).await;
-    e.pusher.push("prj/app", "v2").await;
-    e.pusher.push("prj/app", "v3").await;
+    for n in 0..queued {
+        e.pusher.push("prj/app", &format!("q{n}")).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     e.api
         .delete(&format!("{}/{pid}", policies("prj")))
         .await
         .expect(200);
     rx.expect_no_more_than(1, Duration::from_millis(2500)).await;
-    let text = client()
-        .get(format!("{}/metrics", e.wharf.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::common::metrics_text(&e.wharf.url()).await;
     assert!(
         text.lines()
-            .any(|l| l == "wharf_deliveries{state=\"dead\"} 3"),
+            .any(|l| l == format!("wharf_deliveries{{state=\"dead\"}} {}", queued + 1)),
         "{text}"
     );
 }

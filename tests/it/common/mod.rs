@@ -85,6 +85,18 @@ pub fn init_tracing() {
     });
 }
 
+/// The text of `GET {base}/metrics`.
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Poll `check` every 50 ms until it returns `Some`, or panic with `what` after `timeout`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
