@@ -1030,6 +1030,14 @@ async fn redelivery_skips_running_deliveries_and_disabled_targets(kind: Kind) {
     .await
     .unwrap();
     assert_eq!(r(pid, id).await.unwrap(), Redelivery::TargetDisabled);
+    // Regression: every later 410 of the target (attempts in flight on every replica) wrote
+    // the policy and the policy version again, in the recorder's transaction, which also
+    // holds its outcomes' rows: replicas doing so at once could deadlock and lose a batch
+    let version = s.policy_version().await.unwrap();
+    s.write(move |c| outbox::disable_target(c, pid, 0, "http://a.example/", "gone"))
+        .await
+        .unwrap();
+    assert_eq!(s.policy_version().await.unwrap(), version, "written again");
     assert_eq!(
         s.write(move |c| outbox::redeliver_dead(c, pid))
             .await

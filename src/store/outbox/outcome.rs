@@ -319,6 +319,10 @@ pub fn defer(db: &Db<'_>, delivery_id: i64, until: i64, token: i64) -> Result<()
 }
 
 /// The target answered 410 Gone: mark it disabled in its policy and end its open deliveries.
+/// Once it is disabled (by the first 410: its open deliveries ended then, and a disabled
+/// target gets no new ones), later 410s of attempts that were in flight write nothing: each
+/// would write the policy and the policy version again, in the transaction that holds their
+/// outcomes' rows, and replicas doing so at once could deadlock.
 pub fn disable_target(
     db: &Db<'_>,
     policy_id: i64,
@@ -330,6 +334,9 @@ pub fn disable_target(
         && let Some(t) = p.targets.get_mut(target_index)
         && t.address == address
     {
+        if t.disabled {
+            return Ok(());
+        }
         t.disabled = true;
         policies::update_targets(db, policy_id, &p.targets)?;
     }
