@@ -428,12 +428,8 @@ impl Dispatcher {
         let Some(hold) = self.hold_if(&d.target.address, Admit::Always) else {
             // we claimed at most the free slots, but a delivery created claimed may have taken
             // one since: put it back, due now
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                let _ = store
-                    .write_relaxed(move |c| outbox::defer(c, d.id, store::now_ms(), d.token))
-                    .await;
-            });
+            let me = self.clone();
+            tokio::spawn(async move { me.put_back(d.id, d.token).await });
             return;
         };
         self.launch(d, Box::new(hold));
@@ -453,20 +449,13 @@ impl Dispatcher {
                 turn = sending.acquire_owned() => turn.ok(),
                 () = me.stopping.cancelled() => None,
             };
-            let go = turn.is_some() && me.lease_left(d.lease_until) && !me.stopping.is_cancelled();
-            if go && me.wanted(&d, policies).await {
-                me.deliver(d).await;
-            } else if go {
-                // ended, or not this claim's any more: nothing to put back
-            } else {
+            if turn.is_none() || !me.lease_left(d.lease_until) || me.stopping.is_cancelled() {
                 // waited too long for its turn (the attempt might outlive the claim's
                 // lease), or this process is stopping: back to pending, now, for whoever
                 // claims it next
-                let (id, token) = (d.id, d.token);
-                let _ = me
-                    .store
-                    .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
-                    .await;
+                me.put_back(d.id, d.token).await;
+            } else if me.wanted(&d, policies).await {
+                me.deliver(d).await;
             }
             drop(turn);
             drop(hold);
@@ -483,10 +472,7 @@ impl Dispatcher {
     async fn wanted(&self, d: &Claimed, policies: u64) -> bool {
         let (id, token) = (d.id, d.token);
         if !self.enabled.load(Ordering::Relaxed) {
-            let _ = self
-                .store
-                .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
-                .await;
+            self.put_back(id, token).await;
             return false;
         }
         if self.store.policy_cache().loading() == policies {
@@ -505,6 +491,14 @@ impl Dispatcher {
                 true
             }
         }
+    }
+
+    /// The claim `token` of delivery `id` goes back to pending, due now, unattempted.
+    async fn put_back(&self, id: i64, token: i64) {
+        let _ = self
+            .store
+            .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
+            .await;
     }
 
     /// Is there time left in a claim that holds until `lease_until` (unix ms) for one whole

@@ -263,12 +263,7 @@ pub fn claim(
     for (id, policy_id, target, attempts, project_id, enabled, event) in rows {
         // a retry of a policy switched off (or deleted) since the event ends here; it can be
         // redelivered once the policy is on again
-        if enabled != Some(1) {
-            let why = if enabled.is_none() {
-                "policy deleted"
-            } else {
-                "policy disabled"
-            };
+        if let Some(why) = policy_off(enabled) {
             end_claimed(db, id, now, why)?;
             continue;
         }
@@ -380,20 +375,26 @@ pub fn recheck(db: &Db<'_>, id: i64, token: i64) -> Result<Recheck, StoreError> 
         args![id, token],
         |r| r.opt_i64(0),
     )?;
-    Ok(match enabled {
-        None => Recheck::NotOurs,
-        Some(Some(1)) => Recheck::Go,
-        Some(on) => {
-            let why = if on.is_none() {
-                "policy deleted"
-            } else {
-                "policy disabled"
-            };
+    let Some(enabled) = enabled else {
+        return Ok(Recheck::NotOurs);
+    };
+    Ok(match policy_off(enabled) {
+        None => Recheck::Go,
+        Some(why) => {
             end_claimed(db, id, now_ms(), why)?;
-            db.note_deliveries();
             Recheck::Ended
         }
     })
+}
+
+/// Why a claimed delivery whose policy's `enabled` column reads `enabled` (`None`: no such
+/// policy) is not to be attempted, if it is not.
+fn policy_off(enabled: Option<i64>) -> Option<&'static str> {
+    match enabled {
+        Some(1) => None,
+        None => Some("policy deleted"),
+        Some(_) => Some("policy disabled"),
+    }
 }
 
 /// A claimed delivery that cannot be attempted ends dead with `why`.
