@@ -214,6 +214,15 @@ impl Running {
         );
         let dispatching = tokio::spawn(dispatcher.run(background.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        // said before the first request is served: no request's line comes before it
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(
+            addr = %addr,
+            version = env!("CARGO_PKG_VERSION"),
+            tls = tls.is_some(),
+            workers,
+            "wharf listening"
+        );
         let task = tokio::spawn(server::serve(
             app.clone(),
             listener,

@@ -323,20 +323,17 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     runtime_with(config.server.worker_threads.resolve())
         .context("server.worker_threads")?
         .block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-        let tls = config.tls.is_some();
-        let mut running = wharf::Running::start_with(config, listener, access_log).await?;
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        tracing::info!(addr = %running.addr, version = env!("CARGO_PKG_VERSION"), tls, workers, "wharf listening");
-        tokio::select! {
-            res = running.wait() => res?,
-            () = shutdown_signal() => running.shutdown().await?,
-        }
-        tracing::info!("wharf stopped");
-        anyhow::Ok(())
-    })
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+            let mut running = wharf::Running::start_with(config, listener, access_log).await?;
+            tokio::select! {
+                res = running.wait() => res?,
+                () = shutdown_signal() => running.shutdown().await?,
+            }
+            tracing::info!("wharf stopped");
+            anyhow::Ok(())
+        })
 }
 
 async fn shutdown_signal() {

@@ -286,6 +286,15 @@ async fn access_log_lines_are_written_every_flush_interval_and_at_a_graceful_sto
         log.find("it-held") < log.find("wharf stopped"),
         "written before the lines after it: {log}"
     );
+    // the start line is said before the first request is served (the harness's /healthz
+    // probe): a request's line never comes first and writes the held lines with it
+    assert!(log.contains("wharf listening"), "{log}");
+    assert!(
+        log.lines()
+            .take_while(|l| !l.contains("wharf listening"))
+            .all(|l| !l.contains("wharf::access")),
+        "an access line before the start line: {log}"
+    );
 
     // a short interval writes it without anything else being logged
     let flushed = WharfBuilder::new(&registry.url())
