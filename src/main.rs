@@ -201,6 +201,8 @@ fn store_copy(path: PathBuf, to: String, replace: bool) -> anyhow::Result<()> {
     url.parse()
         .map_err(|reason| anyhow::anyhow!("--to: {reason}"))?;
     target.url = Some(url.clone());
+    // one transaction of a whole store: no statement limit (see store.statement_timeout)
+    target.statement_timeout = std::time::Duration::ZERO;
     runtime()?.block_on(async move {
         let from = wharf::store::Store::open(&config.store, &config.data_dir)
             .await

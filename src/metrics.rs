@@ -91,6 +91,8 @@ pub struct Metrics {
     pub events: Family<TypeLabels, Counter>,
     /// Events that could not be recorded (database failure).
     pub events_lost: Counter,
+    /// Events whose commit a request stopped waiting for (`store.statement_timeout`).
+    pub events_late: Counter,
     /// Delivery attempts by outcome: success, retry, dead, gone, deferred.
     pub deliveries: Family<OutcomeLabels, Counter>,
     /// Duration of one delivery attempt.
@@ -140,6 +142,12 @@ impl Metrics {
             "events_lost",
             "Events that could not be recorded because the database failed",
             events_lost.clone(),
+        );
+        let events_late = Counter::default();
+        registry.register(
+            "events_late",
+            "Events whose commit a registry request stopped waiting for (store.statement_timeout); each is recorded when the database answers, or counted in events_lost",
+            events_late.clone(),
         );
         let deliveries = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -209,6 +217,7 @@ impl Metrics {
             request_seconds,
             events,
             events_lost,
+            events_late,
             deliveries,
             attempt_seconds,
             event_commit_seconds,

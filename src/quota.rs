@@ -191,7 +191,7 @@ pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap)
     let (p, all) = (project.clone(), facts.blobs.clone());
     let new: Vec<(String, u64)> = match q
         .store
-        .read(move |c| {
+        .within(q.store.read(move |c| {
             let mut new = Vec::new();
             for b in all {
                 if quota::adding(c, &p, std::slice::from_ref(&b))? > 0 {
@@ -199,7 +199,7 @@ pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap)
                 }
             }
             Ok(new)
-        })
+        }))
         .await
     {
         Ok(n) => n,
@@ -232,9 +232,13 @@ pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap)
     // held while the registry takes the manifest; lapses if this process dies meanwhile
     let expires = now + q.lapse.as_millis() as i64;
     let (p, wanted) = (project.clone(), blobs.clone());
+    // (a reservation given up on still lands later, and lapses at `expires`)
     match q
         .store
-        .write(move |c| quota::reserve(c, &p, &wanted, limit, now, expires))
+        .within(
+            q.store
+                .write(move |c| quota::reserve(c, &p, &wanted, limit, now, expires)),
+        )
         .await
     {
         Ok(quota::Reservation::Reserved { id }) => Admission::Allowed {

@@ -253,7 +253,7 @@ fn created(e: &Event) -> (StatusCode, Json<Value>) {
 
 async fn record(events: &Sink, e: Event) -> Result<(StatusCode, Json<Value>), ApiError> {
     let answer = created(&e);
-    if !events.durable(e, None, None).await {
+    if !events.durable_waited(e).await {
         return Err(ApiError::internal(
             "recording the event failed",
             "database write failed",

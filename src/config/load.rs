@@ -20,6 +20,10 @@ const MAX_CONNECTIONS: usize = 1 << 20;
 const MAX_ATTEMPTS_AT_ONCE: usize = 65_536;
 /// Most PostgreSQL connections of one replica (`store.pool_size`).
 const MAX_POOL_SIZE: usize = 1_000;
+/// Bounds of a `store.statement_timeout` that is not `0s` (PostgreSQL counts it in whole
+/// milliseconds; an hour is far past any statement of wharf's).
+const MIN_STATEMENT_TIMEOUT: Duration = Duration::from_millis(100);
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// `key` names `path`, which must be a file (read later: at start, or when it changes).
 fn readable_file(key: &str, path: &Path) -> Result<(), ConfigError> {
@@ -247,6 +251,13 @@ impl Config {
         }
         if self.store.connect_timeout.is_zero() {
             return Err(invalid("store.connect_timeout", "must be greater than 0"));
+        }
+        let st = self.store.statement_timeout;
+        if !st.is_zero() && !(MIN_STATEMENT_TIMEOUT..=MAX_STATEMENT_TIMEOUT).contains(&st) {
+            return Err(invalid(
+                "store.statement_timeout",
+                "must be 0s (no limit) or from 100ms to 1h",
+            ));
         }
         let timeout = self.notification.webhook_job_http_client_timeout;
         if timeout > MAX_ATTEMPT_SECS {

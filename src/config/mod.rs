@@ -518,6 +518,14 @@ pub struct StoreConfig {
     /// than one attempt (`notification.webhook_job_http_client_timeout`).
     #[serde(default = "defaults::claim_lease", with = "duration")]
     pub claim_lease: Duration,
+    /// Longest a registry request (a push's quota check and event commit, a delete's or chart
+    /// operation's lookups) waits for the database before going on without it; on PostgreSQL
+    /// also the server's `statement_timeout` of wharf's connections (a statement stuck on a
+    /// lock fails), and, plus `connect_timeout`, the longest wharf waits for any answer before
+    /// dropping the connection (a server or network that stopped answering). `0s`: no limit.
+    /// Schema migrations and `wharf store copy` run without it.
+    #[serde(default = "defaults::statement_timeout", with = "duration")]
+    pub statement_timeout: Duration,
     /// SQLite only: `normal` (survives a killed process; an OS crash may lose the last
     /// commits, like the registry's own filesystem storage) or `full` (fsync on every group
     /// commit). PostgreSQL commits are as durable as the server's `synchronous_commit`.
@@ -565,6 +573,7 @@ impl Default for StoreConfig {
             pool_size: defaults::pool_size(),
             connect_timeout: defaults::store_connect_timeout(),
             claim_lease: defaults::claim_lease(),
+            statement_timeout: defaults::statement_timeout(),
             synchronous: Default::default(),
             retention: defaults::retention(),
             retention_pulls: defaults::retention_pulls(),
@@ -1040,6 +1049,9 @@ mod defaults {
     }
     pub fn claim_lease() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn statement_timeout() -> Duration {
+        Duration::from_secs(30)
     }
     pub fn retention() -> Duration {
         Duration::from_secs(30 * 24 * 3600)

@@ -77,6 +77,10 @@ fn store_url_is_checked_and_its_password_masked() {
     assert!(err.starts_with("store.password_file"), "{err}");
     let err = refused(&format!("{MIN}store: {{claim_lease: 2s}}\n"), &[]);
     assert!(err.starts_with("store.claim_lease"), "{err}");
+    for bad in ["50ms", "2h"] {
+        let err = refused(&format!("{MIN}store: {{statement_timeout: {bad}}}\n"), &[]);
+        assert!(err.starts_with("store.statement_timeout"), "{bad}: {err}");
+    }
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //!
 //! - [`Sink::durable`]: resolves after the event (and whatever `with` writes in the same
 //!   transaction) is committed. Used for pushes, deletes, chart uploads and deletes, quota
-//!   events: the client's success response waits for it.
+//!   events: the client's success response waits for it — at most `store.statement_timeout`;
+//!   an event not committed by then is counted late and recorded when the database answers
+//!   (or counted lost). [`Sink::durable_waited`] waits for the outcome however long it takes
+//!   (side-endpoint reports, whose sender retries on an error).
 //! - [`Sink::detached`]: queued for the next group commit, not awaited. Used for pulls: a
 //!   process killed in that moment (typically a few milliseconds) loses those pulls. Events
 //!   queued while the store's writer is busy are written by one job (one savepoint at most,
@@ -10,7 +13,8 @@
 //!   counted, as a kill would.
 //!
 //! A database failure never fails the registry request: it is logged and counted
-//! (`events_lost`).
+//! (`events_lost`). Detached events waiting for the database are capped
+//! (100,000); past it a pull's event is counted lost at once.
 //!
 //! In the event's transaction the sink also gives a project met for the first time by this
 //! process its row (projects seen in traffic exist for the API; one insert-if-missing per
@@ -39,11 +43,17 @@ pub struct Sink {
     projects: Arc<store::projects::Known>,
     /// Detached events waiting for their job (see [`Sink::detached`]).
     queued: Arc<Mutex<Queued>>,
+    /// Most detached events waiting ([`MAX_DETACHED`]).
+    max_detached: usize,
 }
 
 /// At most this many detached events per job: a push committed behind a group waits for no
 /// more than the writer's own batch of jobs used to hold.
 const GROUP_MAX: usize = 512;
+
+/// Most detached events waiting for the database (a database that stopped answering while
+/// pulls go on); past it, a pull's event is counted lost at once.
+const MAX_DETACHED: usize = 100_000;
 
 /// Detached events waiting, and whether a job to take them is queued (then every event added
 /// is taken by it or by the job it queues for what it left).
@@ -125,29 +135,70 @@ impl Sink {
             metrics,
             projects: Arc::default(),
             queued: Arc::default(),
+            max_detached: MAX_DETACHED,
         }
     }
 
-    /// Record `event` and wait for the commit. With `hold_until` (unix ms) the event waits,
-    /// durably, to be published or absorbed. Returns whether it was recorded.
+    /// Record `event` and wait for the commit, at most `store.statement_timeout` (see
+    /// [`Store::within`]): for registry requests, which go on without the database rather than
+    /// wait for it without end. With `hold_until` (unix ms) the event waits, durably, to be
+    /// published or absorbed. Returns whether it was recorded in that time; an event not
+    /// committed in time is counted (`events_late`) and recorded when the database answers, or
+    /// counted lost.
     pub async fn durable(&self, event: Event, hold_until: Option<i64>, with: Option<With>) -> bool {
+        let (kind, id) = (event.kind, event.id);
+        let answer = self.submit_durable(event, hold_until, with);
+        match self
+            .store
+            .within(async { answer.await.map_err(|_| StoreError::Closed) })
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.metrics.events_late.inc();
+                tracing::warn!(event_id = %id, kind = kind.harbor_type(), error = %e, "event not committed in time: the request goes on; the event is recorded when the database answers, else counted lost");
+                false
+            }
+        }
+    }
+
+    /// Record `event` and wait for the outcome however long it takes (the side endpoint: its
+    /// caller sends the report again on an error, so the answer must say what happened).
+    pub async fn durable_waited(&self, event: Event) -> bool {
+        self.submit_durable(event, None, None)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Queue `event`'s transaction; its answer (and accounting) comes whether or not anyone
+    /// still waits for it.
+    fn submit_durable(
+        &self,
+        event: Event,
+        hold_until: Option<i64>,
+        with: Option<With>,
+    ) -> tokio::sync::oneshot::Receiver<bool> {
         let kind = event.kind;
         let id = event.id;
         let project = event.project.clone();
         let new_project = !self.projects.contains(&project);
         let started = std::time::Instant::now();
-        let result = self
-            .store
-            .write(move |c| record(c, event, with, new_project, hold_until))
-            .await;
-        self.metrics
-            .event_commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let ok = self.account(kind, id, result);
-        if ok && new_project {
-            self.projects.insert(&project);
-        }
-        ok
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sink = self.clone();
+        self.store.write_answered(
+            move |c| record(c, event, with, new_project, hold_until),
+            move |result| {
+                sink.metrics
+                    .event_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                let ok = sink.account(kind, id, result);
+                if ok && new_project {
+                    sink.projects.insert(&project);
+                }
+                let _ = tx.send(ok);
+            },
+        );
+        rx
     }
 
     /// Record `event` in a group commit without waiting. Events queued before the writer takes
@@ -157,6 +208,16 @@ impl Sink {
         let new_project = !self.projects.contains(&event.project);
         let submit = {
             let mut q = lock(&self.queued);
+            if q.events.len() >= self.max_detached {
+                // the database has not taken any for a while: memory stays bounded
+                drop(q);
+                self.account(
+                    event.kind,
+                    event.id,
+                    Err(StoreError::Backlog(self.max_detached)),
+                );
+                return;
+            }
             q.events.push_back(Detached {
                 event,
                 with,
@@ -476,6 +537,66 @@ mod tests {
         store.write(|_| Ok(())).await.unwrap();
         assert_eq!(events_in(&store).await, 1);
         assert_eq!(sink.metrics.events_lost.get(), 10);
+    }
+
+    /// Past the cap of detached events waiting, a pull's event is counted lost at once
+    /// (memory stays bounded while the database does not answer); those queued before are
+    /// written once it does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn detached_events_past_the_cap_are_counted_lost_at_once() {
+        let (mut sink, store, _dir) = sink_behind_a_busy_writer(Duration::from_millis(300)).await;
+        sink.max_detached = 3;
+        for i in 0..5 {
+            sink.detached(pull(i), None);
+        }
+        assert_eq!(sink.metrics.events_lost.get(), 2, "refused at once");
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(events_in(&store).await, 3);
+        assert_eq!(sink.metrics.events_lost.get(), 2);
+    }
+
+    /// A durable event the writer does not commit within `store.statement_timeout`: the
+    /// request goes on (counted late), and the event is still recorded once the writer gets to
+    /// it, counted then, never as lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_event_not_committed_in_time_is_late_then_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::StoreConfig {
+            statement_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let store = Store::open(&config, dir.path()).await.unwrap();
+        let sink = Sink::new(store.clone(), Arc::new(Metrics::new()));
+        store.write_detached(
+            |_| {
+                // keeps the store's writer thread busy, which is the point
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(1500));
+                Ok(())
+            },
+            |_: Result<(), StoreError>| {},
+        );
+        let mut e = pull(0);
+        e.kind = EventKind::PushArtifact;
+        let started = std::time::Instant::now();
+        assert!(!sink.durable(e, None, None).await, "not recorded in time");
+        assert!(started.elapsed() < Duration::from_millis(1200));
+        assert_eq!(sink.metrics.events_late.get(), 1);
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(
+            events_in(&store).await,
+            1,
+            "recorded once the writer answers"
+        );
+        assert_eq!(sink.metrics.events_lost.get(), 0);
+        let counted = sink
+            .metrics
+            .events
+            .get_or_create(&crate::metrics::TypeLabels {
+                r#type: "PUSH_ARTIFACT",
+            })
+            .get();
+        assert_eq!(counted, 1);
     }
 
     /// A store that refuses the job (closed) loses the queued events, counted, and the next

@@ -62,12 +62,12 @@ async fn before_delete(app: &App, repo: &Repository, digest: &str, who: &Who) ->
     let (r, d) = (repo.to_string(), digest.to_string());
     let known = app
         .store
-        .read(move |c| {
+        .within(app.store.read(move |c| {
             Ok((
                 knowledge::artifact(c, &r, &d)?,
                 knowledge::tags_of(c, &r, &d)?,
             ))
-        })
+        }))
         .await
         .ok();
     match known {
@@ -110,7 +110,10 @@ async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> 
         let (r, children) = (repo.to_string(), facts.child_digests());
         if let Ok((sum, known)) = app
             .store
-            .read(move |c| knowledge::known_size(c, &r, &children))
+            .within(
+                app.store
+                    .read(move |c| knowledge::known_size(c, &r, &children)),
+            )
             .await
             && known > 0
         {

@@ -81,6 +81,14 @@ pub enum StoreError {
     #[error("database: no connection within {0:?} (store.pool_size, store.connect_timeout)")]
     PoolTimeout(Duration),
     #[error(
+        "database: no answer within {0:?} (store.statement_timeout + store.connect_timeout): connection dropped"
+    )]
+    NoAnswer(Duration),
+    #[error("database: no answer within {0:?} (store.statement_timeout): the request went on")]
+    Late(Duration),
+    #[error("database: {0} events already wait for it")]
+    Backlog(usize),
+    #[error(
         "database schema version {found} is newer than this wharf knows ({known}): run a wharf at least as new as the one that migrated it"
     )]
     SchemaTooNew { found: i64, known: i64 },
@@ -197,6 +205,9 @@ struct Inner {
     cache: Arc<PolicyCache>,
     triggers: Arc<TriggerBuffer>,
     intake: Arc<IntakeSlot>,
+    /// `store.statement_timeout`: the longest a registry request waits for the store
+    /// ([`Store::within`]); `None`: no limit.
+    budget: Option<Duration>,
 }
 
 /// The dispatcher intake of this process, once a dispatcher runs (see [`outbox::Intake`]).
@@ -302,8 +313,9 @@ impl Store {
     /// Open the store `config` names: PostgreSQL at `store.url`, else SQLite in `data_dir`.
     /// Migrates the schema (see [`schema`]).
     pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        let budget = (!config.statement_timeout.is_zero()).then_some(config.statement_timeout);
         if config.url.is_none() {
-            return Store::open_sqlite(data_dir, config.synchronous);
+            return Store::sqlite(data_dir, config.synchronous, budget);
         }
         let settings =
             pg::PgSettings::from_config(config).map_err(|e| StoreError::Setup(Arc::new(e)))?;
@@ -353,6 +365,7 @@ impl Store {
                 cache: after.cache,
                 triggers: after.triggers,
                 intake: after.intake,
+                budget,
             }),
         })
     }
@@ -384,6 +397,14 @@ impl Store {
 
     /// Open (creating if needed) the SQLite database `<data_dir>/wharf.db` and migrate it.
     pub fn open_sqlite(data_dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
+        Self::sqlite(data_dir, sync, None)
+    }
+
+    fn sqlite(
+        data_dir: &Path,
+        sync: Synchronous,
+        budget: Option<Duration>,
+    ) -> Result<Store, StoreError> {
         let stats = Arc::new(StoreStats::default());
         let after = AfterCommit {
             outbox: Arc::new(OutboxWake::default()),
@@ -408,6 +429,7 @@ impl Store {
                 cache: after.cache,
                 triggers: after.triggers,
                 intake: after.intake,
+                budget,
             }),
         })
     }
@@ -493,6 +515,34 @@ impl Store {
         F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         self.submit(job::Job::new(false, false, f, answer));
+    }
+
+    /// As [`Store::write`] (urgent, durable), without waiting: `answer` gets the result once
+    /// committed (or the failure), whether or not anyone still waits for it; keep it short.
+    pub fn write_answered<T, F>(
+        &self,
+        f: F,
+        answer: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(&Db<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(job::Job::new(true, true, f, answer));
+    }
+
+    /// Await `f` (a read or write of a registry request) for at most `store.statement_timeout`:
+    /// registry traffic goes on without the database rather than wait for it without end
+    /// ([`StoreError::Late`]). A write given up on still runs when the writer gets to it.
+    pub async fn within<T>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.inner.budget {
+            None => f.await,
+            Some(limit) => tokio::time::timeout(limit, f)
+                .await
+                .unwrap_or(Err(StoreError::Late(limit))),
+        }
     }
 
     fn submit(&self, job: job::Job) {
@@ -721,6 +771,8 @@ impl Store {
 async fn migrate_pg(pool: &Arc<pg::Pg>) -> Result<i64, StoreError> {
     let conn = pool.acquire().await?;
     tokio::task::spawn_blocking(move || {
+        // waiting for another replica's migration, or building an index, may take long
+        conn.unbounded()?;
         conn.batch(&format!(
             "SELECT pg_advisory_lock({});
              CREATE TABLE IF NOT EXISTS wharf_schema (version BIGINT NOT NULL, migrated_at BIGINT NOT NULL)",

@@ -59,6 +59,9 @@ pub enum PgSetupError {
 #[derive(Clone)]
 pub struct PgSettings {
     config: tokio_postgres::Config,
+    /// Longest wait for any answer on a connection (`store.statement_timeout` +
+    /// `store.connect_timeout`; `None`: no limit). Past it the connection is dropped.
+    answer_timeout: Option<Duration>,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// `host:port/db` for messages (never the password).
     pub display: String,
@@ -75,13 +78,19 @@ impl PgSettings {
             .password()
             .map_err(PgSetupError::Password)?
             .map(|s| s.expose().to_string());
-        Self::new(&target, password, store.connect_timeout)
+        Self::new(
+            &target,
+            password,
+            store.connect_timeout,
+            store.statement_timeout,
+        )
     }
 
     fn new(
         t: &PgTarget,
         password: Option<String>,
         connect_timeout: Duration,
+        statement_timeout: Duration,
     ) -> Result<PgSettings, PgSetupError> {
         let mut config = tokio_postgres::Config::new();
         config
@@ -96,6 +105,16 @@ impl PgSettings {
         if let Some(p) = password {
             config.password(p);
         }
+        let connect_timeout = t.connect_timeout.unwrap_or(connect_timeout);
+        let answer_timeout = (!statement_timeout.is_zero()).then(|| {
+            // a statement stuck on a lock fails on the server (SQLSTATE 57014); a server or a
+            // network that stopped answering altogether is given up on by `answer_timeout`
+            config.options(format!(
+                "-c statement_timeout={}",
+                statement_timeout.as_millis()
+            ));
+            statement_timeout + connect_timeout
+        });
         config.ssl_mode(match t.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -110,6 +129,7 @@ impl PgSettings {
         };
         Ok(PgSettings {
             config,
+            answer_timeout,
             tls,
             display: format!("{}:{}/{}", t.host, t.port, t.dbname),
         })
@@ -264,20 +284,56 @@ pub struct PgConn {
     /// Statements sent, answers not yet read (in the order sent).
     sent: RefCell<Vec<Sent>>,
     broken: std::cell::Cell<bool>,
+    /// See [`PgSettings`]'s `answer_timeout`.
+    answer_timeout: std::cell::Cell<Option<Duration>>,
 }
 
 /// Most statements kept prepared per connection.
 const MAX_STATEMENTS: usize = 256;
 
 impl PgConn {
-    fn new(client: tokio_postgres::Client, handle: Driver) -> PgConn {
+    fn new(
+        client: tokio_postgres::Client,
+        handle: Driver,
+        answer_timeout: Option<Duration>,
+    ) -> PgConn {
         PgConn {
             client: Arc::new(client),
             handle,
             statements: RefCell::new(HashMap::new()),
             sent: RefCell::new(Vec::new()),
             broken: std::cell::Cell::new(false),
+            answer_timeout: std::cell::Cell::new(answer_timeout),
         }
+    }
+
+    /// Wait for `f`, at most the answer timeout: past it the connection is given up (never
+    /// handed out again; closing it ends whatever the server was doing for it).
+    fn block_on<T>(&self, f: impl Future<Output = T>) -> Result<T, StoreError> {
+        match self.answer_timeout.get() {
+            None => Ok(self.handle.block_on(f)),
+            // (the timer is made inside: it needs the runtime's context)
+            Some(limit) => match self
+                .handle
+                .block_on(async { tokio::time::timeout(limit, f).await })
+            {
+                Ok(v) => Ok(v),
+                Err(_) => {
+                    self.broken.set(true);
+                    Err(StoreError::NoAnswer(limit))
+                }
+            },
+        }
+    }
+
+    /// Lift `store.statement_timeout` for the rest of this connection's life (schema
+    /// migrations: an index built on a large table may take minutes) and retire it: it is
+    /// closed when dropped, never pooled with the limit lifted.
+    pub fn unbounded(&self) -> Result<(), StoreError> {
+        self.batch("SET statement_timeout = 0")?;
+        self.answer_timeout.set(None);
+        self.broken.set(true);
+        Ok(())
     }
 
     /// Send `request` now (its first poll writes it to the connection's queue) and keep it
@@ -302,13 +358,13 @@ impl PgConn {
     ) -> Result<T, StoreError> {
         let sent = std::mem::take(&mut *self.sent.borrow_mut());
         if sent.is_empty() {
-            let r = self.handle.block_on(request);
+            let r = self.block_on(request)?;
             return self.check(r);
         }
-        let (earlier, r) = self.handle.block_on(futures_util::future::join(
+        let (earlier, r) = self.block_on(futures_util::future::join(
             futures_util::future::join_all(sent),
             request,
-        ));
+        ))?;
         for e in earlier {
             let e = self.check(e);
             if !discard {
@@ -525,7 +581,11 @@ impl Pg {
                 let client = tokio::time::timeout(self.wait, self.settings.connect())
                     .await
                     .map_err(|_| StoreError::PoolTimeout(self.wait))??;
-                PgConn::new(client, Driver::Shared(self.handle.clone()))
+                PgConn::new(
+                    client,
+                    Driver::Shared(self.handle.clone()),
+                    self.settings.answer_timeout,
+                )
             }
         };
         Ok(Pooled {
@@ -555,7 +615,11 @@ impl Pg {
             Ok::<_, StoreError>((permit, client))
         })?;
         Ok(Pooled {
-            conn: Some(PgConn::new(client, Driver::Own(rt.clone()))),
+            conn: Some(PgConn::new(
+                client,
+                Driver::Own(rt.clone()),
+                self.settings.answer_timeout,
+            )),
             pool: self.clone(),
             _permit: permit,
             own: true,

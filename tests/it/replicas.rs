@@ -878,6 +878,8 @@ struct Cuttable {
     port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     cut: std::sync::Arc<tokio::sync::Notify>,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hold: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Cuttable {
@@ -886,7 +888,9 @@ impl Cuttable {
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let cut = std::sync::Arc::new(tokio::sync::Notify::new());
-        let (u, c) = (up.clone(), cut.clone());
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hold = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (u, c, f, h) = (up.clone(), cut.clone(), frozen.clone(), hold.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -895,21 +899,39 @@ impl Cuttable {
                 if !u.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: the connection is refused
                 }
-                let c = c.clone();
+                let (c, h) = (c.clone(), h.clone());
+                if f.load(std::sync::atomic::Ordering::SeqCst) {
+                    // accepted, never answered, until the thaw closes it
+                    tokio::spawn(async move {
+                        c.notified().await;
+                        drop(client);
+                    });
+                    continue;
+                }
                 tokio::spawn(async move {
                     let Ok(mut server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", target)).await
                     else {
                         return;
                     };
+                    let cut = c.notified();
+                    tokio::pin!(cut);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        () = c.notified() => {}
+                        () = &mut cut => {}
+                        // frozen: both ends stay open, nothing moves, until the thaw
+                        () = h.notified() => cut.await,
                     }
                 });
             }
         });
-        Cuttable { port, up, cut }
+        Cuttable {
+            port,
+            up,
+            cut,
+            frozen,
+            hold,
+        }
     }
 
     fn down(&self) {
@@ -919,6 +941,21 @@ impl Cuttable {
 
     fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The server stops answering: bytes already in flight and new connections are held, not
+    /// forwarded, nothing is closed (a frozen server, a network dropping packets).
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.hold.notify_waiters();
+    }
+
+    /// After a freeze: the held connections are closed (as a failover ends them), new ones
+    /// reach the server again.
+    fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
     }
 }
 
@@ -978,6 +1015,144 @@ async fn postgres_down_for_a_while_traffic_flows_and_wharf_reconnects() {
         async move { (ready(base).await.0 == 200).then_some(()) }
     })
     .await;
+    rc.push_image("prj/app", "v3", &image).await;
+    let got = rx.wait_for(2, SOON).await;
+    assert_eq!(got[1].json()["event_data"]["resources"][0]["tag"], "v3");
+    w.shutdown().await;
+}
+
+/// How long the lost-events counter of `base` reads, and the late one.
+async fn lost_and_late(base: &str) -> (u64, u64) {
+    let metrics = crate::common::metrics_text(base).await;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    (
+        value("wharf_events_lost_total"),
+        value("wharf_events_late_total"),
+    )
+}
+
+/// PostgreSQL that stops answering (a frozen server, a network dropping packets) holds no push
+/// for longer than `store.statement_timeout`: the push succeeds, its event is counted lost;
+/// the connections that got no answer are dropped, and wharf goes on with new ones once the
+/// server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_that_stops_answering_holds_no_push_past_the_statement_timeout() {
+    let registry = Registry::start().await;
+    let cluster = pgc::cluster();
+    let db = db_name(&pgc::database().await);
+    let proxy = Cuttable::start(cluster.port).await;
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
+        pgc::USER,
+        pgc::PASSWORD,
+        proxy.port
+    );
+    let w = replica(&registry, &url)
+        .yaml("store: {connect_timeout: 1s, statement_timeout: 1s}\n")
+        .start()
+        .await;
+    let rx = Receiver::start().await;
+    create_policy(&w.url(), &rx, &["PUSH_ARTIFACT"]).await;
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("img"), "v1", &[1024]);
+    let rc = RegistryClient::new(&w.url());
+    rc.push_image("prj/app", "v1", &image).await;
+    rx.wait_for(1, SOON).await;
+
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    // (before: the push waited for the database without end)
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rc.push_image("prj/app", "v2", &image),
+    )
+    .await
+    .expect("the push is answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "a push waited {:?} for a database that does not answer",
+        started.elapsed()
+    );
+    let r = client()
+        .get(format!("{}/readyz", w.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    wait_until("the event counted lost", SOON, || async {
+        let (lost, late) = lost_and_late(&w.url()).await;
+        (lost >= 1 && late >= 1).then_some(())
+    })
+    .await;
+
+    proxy.thaw();
+    wait_until("ready again", SOON, || async {
+        let r = client()
+            .get(format!("{}/readyz", w.url()))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    rc.push_image("prj/app", "v3", &image).await;
+    let got = rx.wait_for(2, SOON).await;
+    assert_eq!(got[1].json()["event_data"]["resources"][0]["tag"], "v3");
+    w.shutdown().await;
+}
+
+/// A statement stuck behind a lock (another session holds the event table) fails after
+/// `store.statement_timeout` on the server: the push it held succeeds in that time, its
+/// event counted lost; once the lock is gone, events flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_table_holds_no_push_past_the_statement_timeout() {
+    let registry = Registry::start().await;
+    let cluster = pgc::cluster();
+    let url = pgc::database().await;
+    let db = db_name(&url);
+    let w = replica(&registry, &url)
+        .yaml("store: {statement_timeout: 1s}\n")
+        .start()
+        .await;
+    let rx = Receiver::start().await;
+    create_policy(&w.url(), &rx, &["PUSH_ARTIFACT"]).await;
+    let work = work_dir();
+    let image = oci::build_image(&work.path().join("img"), "v1", &[1024]);
+    let rc = RegistryClient::new(&w.url());
+    rc.push_image("prj/app", "v1", &image).await;
+    rx.wait_for(1, SOON).await;
+
+    let (locker, _task) = cluster.session(&db).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // (before: the push waited until the lock was released)
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rc.push_image("prj/app", "v2", &image),
+    )
+    .await
+    .expect("the push is answered while the lock is held");
+    let waited = started.elapsed();
+    wait_until("the event counted lost", SOON, || async {
+        (lost_and_late(&w.url()).await.0 >= 1).then_some(())
+    })
+    .await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        waited < Duration::from_secs(6),
+        "a push waited {waited:?} for a locked table"
+    );
+
     rc.push_image("prj/app", "v3", &image).await;
     let got = rx.wait_for(2, SOON).await;
     assert_eq!(got[1].json()["event_data"]["resources"][0]["tag"], "v3");

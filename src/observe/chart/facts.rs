@@ -26,7 +26,10 @@ pub(super) async fn remembered(
     version: &str,
 ) -> Option<ChartFacts> {
     let (p, n, v) = (project.to_string(), name.to_string(), version.to_string());
-    match store.read(move |c| charts::get(c, &p, &n, &v)).await {
+    match store
+        .within(store.read(move |c| charts::get(c, &p, &n, &v)))
+        .await
+    {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "reading chart facts failed");

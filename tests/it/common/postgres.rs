@@ -256,8 +256,14 @@ impl Cluster {
         )
     }
 
-    /// Run SQL as the superuser on database `db`.
-    pub async fn execute(&self, db: &str, sql: &str) {
+    /// A session of its own on database `db` (e.g. to hold a lock), with its connection's task.
+    pub async fn session(
+        &self,
+        db: &str,
+    ) -> (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ) {
         let (client, conn) = tokio_postgres::connect(
             &format!(
                 "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}",
@@ -267,7 +273,12 @@ impl Cluster {
         )
         .await
         .unwrap_or_else(|e| panic!("connecting to the test cluster: {e}"));
-        let task = tokio::spawn(conn);
+        (client, tokio::spawn(conn))
+    }
+
+    /// Run SQL as the superuser on database `db`.
+    pub async fn execute(&self, db: &str, sql: &str) {
+        let (client, task) = self.session(db).await;
         client
             .batch_execute(sql)
             .await
