@@ -67,6 +67,11 @@ pub enum RegistryOp {
     },
     /// `GET /v2/<name>/referrers/<digest>`.
     Referrers { repo: Repository, digest: Digest },
+    /// A write (manifest PUT or DELETE, blob DELETE, an upload's POST, PATCH, PUT or DELETE)
+    /// to a repository name outside the distribution grammar wharf knows (e.g. `PRJ/app`,
+    /// `host:5000/app`: the registry takes a leading domain, which wharf has no project for).
+    /// Refused with `400 NAME_INVALID`: forwarded, it would land unseen by events and quota.
+    NameInvalid { name: String },
     /// A `/v2` path or method wharf does not recognise; forwarded as is.
     Other,
 }
@@ -457,9 +462,24 @@ pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> Re
         Repository::parse(&segs[..upto].join("/"))
     };
     // …/blobs/uploads/ and …/blobs/uploads/<id>
+    // a write to a name wharf does not take (a read goes through unobserved: content pushed
+    // before wharf was there stays readable)
+    let refused = |upto: usize, writes: bool| -> RegistryOp {
+        if writes && upto > 0 {
+            RegistryOp::NameInvalid {
+                name: segs[..upto].join("/"),
+            }
+        } else {
+            RegistryOp::Other
+        }
+    };
+    let writes = matches!(
+        *method,
+        Method::PUT | Method::POST | Method::PATCH | Method::DELETE
+    );
     if n >= 3 && segs[n - 3] == "blobs" && segs[n - 2] == "uploads" {
         let Some(repo) = repo_of(n - 3) else {
-            return RegistryOp::Other;
+            return refused(n - 3, writes);
         };
         let id = segs[n - 1];
         if id.is_empty() {
@@ -475,12 +495,11 @@ pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> Re
         return RegistryOp::Upload { repo, action };
     }
     // …/blobs/uploads without the trailing slash: distribution accepts it for POST too.
-    if n >= 2
-        && segs[n - 2] == "blobs"
-        && segs[n - 1] == "uploads"
-        && let Some(repo) = repo_of(n - 2)
-    {
-        return upload_start(method, repo, query);
+    if n >= 2 && segs[n - 2] == "blobs" && segs[n - 1] == "uploads" {
+        return match repo_of(n - 2) {
+            Some(repo) => upload_start(method, repo, query),
+            None => refused(n - 2, *method == Method::POST),
+        };
     }
     if n < 3 {
         return RegistryOp::Other;
@@ -505,6 +524,7 @@ pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> Re
                     reference,
                     action,
                 },
+                (None, _) => refused(n - 2, writes),
                 _ => RegistryOp::Other,
             }
         }
@@ -521,6 +541,7 @@ pub fn classify_registry(method: &Method, path: &str, query: Option<&str>) -> Re
                     digest,
                     action,
                 },
+                (None, _) => refused(n - 2, writes),
                 _ => RegistryOp::Other,
             }
         }
@@ -625,6 +646,7 @@ impl RegistryOp {
                 UploadAction::Cancel => "upload_cancel",
             },
             RegistryOp::Referrers { .. } => "referrers",
+            RegistryOp::NameInvalid { .. } => "name_invalid",
             RegistryOp::Other => "registry_other",
         }
     }
@@ -757,6 +779,49 @@ mod tests {
         ));
         assert_eq!(reg(Method::GET, "/v2/P/r/manifests/x"), RegistryOp::Other);
         assert_eq!(reg(Method::POST, "/v2/p/r/manifests/x"), RegistryOp::Other);
+    }
+
+    /// Writes to a name the registry may take but wharf has no project for are refused;
+    /// reads of such names go through (content pushed before wharf was there stays readable).
+    #[test]
+    fn writes_to_names_outside_the_grammar_are_refused_reads_pass() {
+        let invalid = |name: &str| RegistryOp::NameInvalid {
+            name: name.to_string(),
+        };
+        for (method, path, name) in [
+            (Method::PUT, "/v2/PRJ/app/manifests/v1", "PRJ/app"),
+            (Method::DELETE, "/v2/PRJ/app/manifests/v1", "PRJ/app"),
+            (
+                Method::PUT,
+                "/v2/host:5000/app/manifests/v1",
+                "host:5000/app",
+            ),
+            (Method::PUT, "/v2/prj/App/manifests/x%20y", "prj/App"),
+            (Method::DELETE, &format!("/v2/PRJ/app/blobs/{D}"), "PRJ/app"),
+            (Method::POST, "/v2/PRJ/app/blobs/uploads/", "PRJ/app"),
+            (Method::POST, "/v2/PRJ/app/blobs/uploads", "PRJ/app"),
+            (Method::PATCH, "/v2/PRJ/app/blobs/uploads/u1", "PRJ/app"),
+            (Method::PUT, "/v2/PRJ/app/blobs/uploads/u1", "PRJ/app"),
+            (Method::DELETE, "/v2/PRJ/app/blobs/uploads/u1", "PRJ/app"),
+        ] {
+            assert_eq!(reg(method.clone(), path), invalid(name), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/v2/PRJ/app/manifests/v1".to_string()),
+            (Method::HEAD, "/v2/PRJ/app/manifests/v1".to_string()),
+            (Method::GET, format!("/v2/PRJ/app/blobs/{D}")),
+            (Method::GET, "/v2/PRJ/app/blobs/uploads/u1".to_string()),
+            (Method::GET, "/v2/PRJ/app/tags/list".to_string()),
+            // a valid name with a reference the registry refuses itself
+            (Method::PUT, "/v2/prj/app/manifests/-bad".to_string()),
+        ] {
+            assert_eq!(
+                reg(method.clone(), &path),
+                RegistryOp::Other,
+                "{method} {path}"
+            );
+        }
+        assert_eq!(invalid("x").name(), "name_invalid");
         assert!(Digest::parse(&D.to_uppercase()).is_none());
         assert!(Digest::parse(&format!("sha512:{}", "0".repeat(128))).is_some());
         assert!(
@@ -978,7 +1043,12 @@ mod tests {
         );
         // decoded once only: `%252F` is a literal `%2F` to the registry, not a separator
         let c = put("/v2/prja%252Fbig/manifests/v1");
-        assert_eq!(c.route, Route::Registry(RegistryOp::Other));
+        assert_eq!(
+            c.route,
+            Route::Registry(RegistryOp::NameInvalid {
+                name: "prja%2Fbig".into()
+            })
+        );
         assert_eq!(
             c.canonical_path.as_deref(),
             Some("/v2/prja%252Fbig/manifests/v1")

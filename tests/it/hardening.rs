@@ -178,6 +178,44 @@ async fn percent_encoded_paths_get_quota_events_and_deletes_like_plain_ones() {
     assert_ne!(r.status, 201, "{}", r.text);
 }
 
+/// A name the registry takes but wharf has no project for (an uppercase first segment, read
+/// by the registry as a domain): writes are refused with `400 NAME_INVALID` instead of landing
+/// unseen by events and quota; reads go through as the registry answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_name_outside_the_grammar_are_refused_with_name_invalid() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::start(&registry.url()).await;
+    let upload = "/v2/PRJ/app/blobs/uploads/";
+    // the registry itself takes it (the premise)
+    let direct = raw_path(reqwest::Method::POST, &registry.url(), upload, None).await;
+    assert_eq!(direct.status, 202, "{}", direct.text);
+    let digest = format!("sha256:{}", "0".repeat(64));
+    for (method, path, body) in [
+        (reqwest::Method::POST, upload.to_string(), None),
+        (
+            reqwest::Method::PUT,
+            "/v2/PRJ/app/manifests/v1".to_string(),
+            Some(br#"{"schemaVersion":2}"#.to_vec()),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v2/PRJ/app/manifests/{digest}"),
+            None,
+        ),
+    ] {
+        let r = raw_path(method.clone(), &wharf.url(), &path, body).await;
+        assert_eq!(r.status, 400, "{method} {path}: {}", r.text);
+        let err = &r.json()["errors"][0];
+        assert_eq!(err["code"], "NAME_INVALID", "{}", r.text);
+        assert_eq!(err["detail"]["name"], "PRJ/app", "{}", r.text);
+    }
+    // reads are the registry's to answer
+    let path = "/v2/PRJ/app/tags/list";
+    let direct = raw_path(reqwest::Method::GET, &registry.url(), path, None).await;
+    let through = raw_path(reqwest::Method::GET, &wharf.url(), path, None).await;
+    assert_eq!(through.status, direct.status, "{}", through.text);
+}
+
 // 2 ------------------------------------------------------------------------------------------
 // silent connections
 
