@@ -46,7 +46,7 @@ pub(super) async fn index(
             .to_response(ctx.request_id_str());
         }
     };
-    let body = match rewrite_index(&body, base, project) {
+    let body = match rewrite_off_runtime(body.clone(), base, project).await {
         Some(new) => {
             parts.headers.remove(header::ETAG);
             Bytes::from(new)
@@ -59,11 +59,33 @@ pub(super) async fn index(
     Response::from_parts(parts, Body::from(body))
 }
 
+/// [`rewrite_index`] on a blocking thread: parsing and writing back YAML of up to
+/// [`MAX_INDEX_BYTES`] takes long enough to hold up every other request of a runtime worker.
+/// An index without absolute URLs (ChartMuseum's default) is not parsed at all.
+pub(super) async fn rewrite_off_runtime(body: Bytes, base: &str, project: &str) -> Option<Vec<u8>> {
+    if !has_absolute_url(&body) {
+        return None;
+    }
+    let (base, project) = (base.to_string(), project.to_string());
+    tokio::task::spawn_blocking(move || rewrite_index(&body, &base, &project))
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Could `body` hold an absolute URL (`…://…`)? Only then is there anything to rewrite.
+fn has_absolute_url(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"://").is_some()
+}
+
 /// The index with every absolute chart URL (`http(s)://…/charts/<file>`) pointing at
 /// `<base>/chartrepo/<project>/charts/<file>`; `None` when nothing changes (relative URLs, not
 /// YAML, no entries).
 pub fn rewrite_index(body: &[u8], base: &str, project: &str) -> Option<Vec<u8>> {
     use serde_yaml_ng::Value;
+    if !has_absolute_url(body) {
+        return None;
+    }
     let mut doc: Value = serde_yaml_ng::from_slice(body).ok()?;
     let mut changed = false;
     let entries = doc.get_mut("entries")?.as_mapping_mut()?;

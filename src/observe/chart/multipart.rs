@@ -163,36 +163,14 @@ pub fn disposition_param(value: &str, param: &str) -> Option<String> {
     }
 }
 
-/// The first index of `needle` in `hay` at or after `from` (Knuth–Morris–Pratt: linear time
-/// whatever the body holds).
+/// The first index of `needle` in `hay` at or after `from` (`memchr`'s two-way search: linear
+/// time whatever the body holds).
 pub(super) fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() || from > hay.len() {
+    if needle.is_empty() {
         return None;
     }
-    let mut fail = vec![0usize; needle.len()];
-    let mut k = 0;
-    for i in 1..needle.len() {
-        while k > 0 && needle[i] != needle[k] {
-            k = fail[k - 1];
-        }
-        if needle[i] == needle[k] {
-            k += 1;
-        }
-        fail[i] = k;
-    }
-    let mut q = 0;
-    for (i, &c) in hay.iter().enumerate().skip(from) {
-        while q > 0 && c != needle[q] {
-            q = fail[q - 1];
-        }
-        if c == needle[q] {
-            q += 1;
-        }
-        if q == needle.len() {
-            return Some(i + 1 - needle.len());
-        }
-    }
-    None
+    let rest = hay.get(from..)?;
+    memchr::memmem::find(rest, needle).map(|i| i + from)
 }
 
 // ---------------------------------------------------------------------------------------------

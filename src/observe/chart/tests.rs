@@ -197,12 +197,13 @@ fn disposition_params() {
 }
 
 #[test]
-fn kmp_find() {
+fn find_is_a_linear_substring_search_from_an_offset() {
     assert_eq!(find(b"aaaaab", b"aab", 0), Some(3));
     assert_eq!(find(b"abcabcabd", b"abcabd", 0), Some(3));
     assert_eq!(find(b"abc", b"abc", 1), None);
     assert_eq!(find(b"abc", b"", 0), None);
     assert_eq!(find(b"abc", b"c", 9), None);
+    assert_eq!(find(b"abcabc", b"abc", 1), Some(3));
     let hay = vec![b'-'; 100_000];
     assert_eq!(find(&hay, b"\r\n--------x", 0), None);
 }
@@ -305,4 +306,33 @@ fn absolute_index_urls_point_back_at_wharf() {
     );
     assert_eq!(rewrite_index(b"not: [yaml", "https://w", "prj"), None);
     assert_eq!(rewrite_index(b"apiVersion: v1\n", "https://w", "prj"), None);
+}
+
+/// A large index is parsed off the runtime's workers: while it is, the other tasks of a
+/// single-threaded runtime still run (before, the parse held the worker for its whole length).
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_index_is_rewritten_off_the_runtime() {
+    use std::fmt::Write as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut y = String::from("apiVersion: v1\nentries:\n");
+    for i in 0..20_000 {
+        let _ = write!(
+            y,
+            "  c{i}:\n  - name: c{i}\n    version: 1.0.0\n    urls:\n    - http://cm:8080/prj/charts/c{i}-1.0.0.tgz\n"
+        );
+    }
+    let rewriting = Arc::new(AtomicBool::new(true));
+    let seen = rewriting.clone();
+    // runs only when the test's task gives the thread up
+    let other = tokio::spawn(async move { seen.load(Ordering::SeqCst) });
+    let out =
+        super::index::rewrite_off_runtime(bytes::Bytes::from(y), "https://w.example", "prj").await;
+    rewriting.store(false, Ordering::SeqCst);
+    let out = String::from_utf8(out.expect("rewritten")).unwrap();
+    assert!(out.contains("https://w.example/chartrepo/prj/charts/c19999-1.0.0.tgz"));
+    assert!(
+        other.await.unwrap(),
+        "another task ran while the index was parsed"
+    );
 }
