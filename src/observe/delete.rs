@@ -8,8 +8,9 @@
 //! (afterwards both are gone). Once the registry answered 202, the candidate tags (known or
 //! listed, at most [`MAX_TAGS_CHECKED`]) are checked with a HEAD each: distribution removes
 //! the tags of a deleted manifest, so a tag that now answers 404 pointed at it, and one that
-//! answers with another digest had moved elsewhere. A delete the registry refuses costs at
-//! most the one GET.
+//! answers with another digest had moved elsewhere; one the registry gives no answer about
+//! counts only when wharf knew it pointed there (a tag merely listed is not claimed). A delete
+//! the registry refuses costs at most the one GET.
 
 use std::collections::BTreeSet;
 
@@ -40,7 +41,17 @@ struct Doomed {
     /// Platforms of an index.
     platforms: Vec<String>,
     /// Tags that may point at it (checked once the delete is done).
-    candidates: Vec<String>,
+    candidates: Candidates,
+}
+
+/// Tags that may point at a manifest about to be deleted, by where they come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Candidates {
+    /// Tags wharf knew to point at it: one the registry gives no answer about still counts.
+    Known(Vec<String>),
+    /// The repository's tag list (a manifest wharf never saw): a tag counts only when the
+    /// registry says it went with the manifest.
+    Listed(Vec<String>),
 }
 
 impl Doomed {
@@ -51,7 +62,7 @@ impl Doomed {
             size: None,
             chart: None,
             platforms: Vec::new(),
-            candidates: Vec::new(),
+            candidates: Candidates::Listed(Vec::new()),
         }
     }
 }
@@ -77,7 +88,7 @@ async fn before_delete(app: &App, repo: &Repository, digest: &str, who: &Who) ->
             size: a.size,
             chart: a.chart,
             platforms: a.platforms,
-            candidates: tags,
+            candidates: Candidates::Known(tags),
         },
         _ => fetch_doomed(app, repo, digest, who).await,
     }
@@ -137,9 +148,11 @@ async fn fetch_doomed(app: &App, repo: &Repository, digest: &str, who: &Who) -> 
         media_type: facts.media_type,
         size,
         chart,
-        candidates: super::tags::list(&app.registry, repo, who)
-            .await
-            .unwrap_or_default(),
+        candidates: Candidates::Listed(
+            super::tags::list(&app.registry, repo, who)
+                .await
+                .unwrap_or_default(),
+        ),
     }
 }
 
@@ -149,27 +162,28 @@ async fn settle_tags(
     repo: &Repository,
     digest: &str,
     who: &Who,
-    candidates: Vec<String>,
+    candidates: Candidates,
 ) -> Vec<String> {
+    let (candidates, known) = match candidates {
+        Candidates::Known(t) => (t, true),
+        Candidates::Listed(t) => (t, false),
+    };
     let candidates: BTreeSet<String> = candidates.into_iter().collect();
     let checked: Vec<(String, bool)> =
         futures_util::stream::iter(candidates.into_iter().take(MAX_TAGS_CHECKED))
             .map(|tag| async move {
                 let path = format!("/v2/{repo}/manifests/{tag}");
-                let pointed = match app
+                let answer = app
                     .registry
                     .fetch(Method::HEAD, &path, who.headers(manifest::ACCEPT_ALL), 0)
                     .await
-                {
-                    // still there: it points at another manifest (or this one was not removed)
-                    Ok((parts, _)) if parts.status == StatusCode::OK => {
-                        header_str(&parts.headers, &DOCKER_CONTENT_DIGEST) == Some(digest)
-                    }
-                    // gone with the manifest
-                    Ok((parts, _)) if parts.status == StatusCode::NOT_FOUND => true,
-                    // no answer: what wharf knew stands
-                    _ => true,
-                };
+                    .ok()
+                    .map(|(parts, _)| {
+                        let got =
+                            header_str(&parts.headers, &DOCKER_CONTENT_DIGEST).map(str::to_string);
+                        (parts.status, got)
+                    });
+                let pointed = pointed_at(answer.as_ref(), digest, known);
                 (tag, pointed)
             })
             .buffered(8)
@@ -179,6 +193,19 @@ async fn settle_tags(
         .into_iter()
         .filter_map(|(t, pointed)| pointed.then_some(t))
         .collect()
+}
+
+/// Did a candidate tag point at the deleted `digest`, by the registry's answer to its HEAD
+/// (status and `Docker-Content-Digest`; `None`: no answer)? `known`: wharf knew it did.
+fn pointed_at(answer: Option<&(StatusCode, Option<String>)>, digest: &str, known: bool) -> bool {
+    match answer {
+        // still there: it points at another manifest (or this one was not removed)
+        Some((StatusCode::OK, got)) => got.as_deref() == Some(digest),
+        // gone with the manifest
+        Some((StatusCode::NOT_FOUND, _)) => true,
+        // no answer (or an error): what wharf knew stands; a tag merely listed is not claimed
+        _ => known,
+    }
 }
 
 pub(super) async fn manifest_delete(call: ManifestCall<'_>) -> Response<Body> {
@@ -239,4 +266,29 @@ pub(super) async fn manifest_delete(call: ManifestCall<'_>) -> Response<Body> {
     });
     app.events.durable(e, None, Some(with)).await;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tag the registry gives no answer about after the delete counts only when wharf knew
+    /// it pointed at the manifest; a tag merely listed (a manifest wharf never saw) does not
+    /// (before, every listed tag of the repository was reported deleted).
+    #[test]
+    fn a_tag_without_an_answer_counts_only_when_wharf_knew_it() {
+        let d = "sha256:aa";
+        for known in [true, false] {
+            let gone = (StatusCode::NOT_FOUND, None);
+            assert!(pointed_at(Some(&gone), d, known));
+            let same = (StatusCode::OK, Some(d.to_string()));
+            assert!(pointed_at(Some(&same), d, known));
+            let moved = (StatusCode::OK, Some("sha256:bb".to_string()));
+            assert!(!pointed_at(Some(&moved), d, known));
+            for failed in [StatusCode::UNAUTHORIZED, StatusCode::BAD_GATEWAY] {
+                assert_eq!(pointed_at(Some(&(failed, None)), d, known), known);
+            }
+            assert_eq!(pointed_at(None, d, known), known);
+        }
+    }
 }
