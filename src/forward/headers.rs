@@ -21,9 +21,39 @@ pub(super) fn client_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue>
     })
 }
 
-pub(super) fn client_origin(host: Option<&HeaderValue>, conn: &ClientConn) -> Option<String> {
-    let host = host?.to_str().ok()?;
-    let scheme = if conn.tls { "https" } else { "http" };
+/// The origin (`scheme://host`) the client used, for a `Location` that points back at wharf:
+/// what the `X-Forwarded-Proto` and `X-Forwarded-Host` of the request going upstream say —
+/// wharf's own, or, with `trust_forwarded_headers`, the load balancer's (the first of a list),
+/// so a client that reached the load balancer over HTTPS is sent to `https://` — else the
+/// connection's scheme and the client's `host`.
+pub(super) fn client_origin(
+    upstream: &HeaderMap,
+    host: Option<&HeaderValue>,
+    conn: &ClientConn,
+) -> Option<String> {
+    let first = |name: &HeaderName| {
+        upstream
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let scheme = match first(&X_FORWARDED_PROTO) {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        Some(p) if p.eq_ignore_ascii_case("http") => "http",
+        _ if conn.tls => "https",
+        _ => "http",
+    };
+    // a bare `host[:port]`: never a path, user info or anything else into the Location
+    let forwarded = first(&X_FORWARDED_HOST).filter(|h| {
+        !h.contains('@')
+            && h.parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.as_str() == *h)
+    });
+    let host = match forwarded {
+        Some(h) => h,
+        None => host?.to_str().ok()?,
+    };
     Some(format!("{scheme}://{host}"))
 }
 
@@ -179,6 +209,62 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-for"], "127.0.0.9");
         assert_eq!(h["x-request-id"], "rid");
+    }
+
+    /// regression: behind a trusted load balancer that ends TLS, a `Location` pointing back at
+    /// wharf named `http://` and wharf's own host, not the `https://` origin the client used.
+    #[test]
+    fn the_client_origin_follows_trusted_forwarded_headers() {
+        let origin = |sent: &[(&'static str, &'static str)], trust: bool| {
+            let mut h = HeaderMap::new();
+            for (k, v) in sent {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            let host = HeaderValue::from_static("wharf.internal:8080");
+            prepare_request_headers(
+                &mut h,
+                Some(&host),
+                &conn(),
+                &HeaderValue::from_static("r"),
+                trust,
+            );
+            client_origin(&h, Some(&host), &conn())
+        };
+        let lb = [
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "registry.example.com"),
+        ];
+        assert_eq!(
+            origin(&lb, true).as_deref(),
+            Some("https://registry.example.com")
+        );
+        // not trusted: what the client sent is replaced
+        assert_eq!(
+            origin(&lb, false).as_deref(),
+            Some("http://wharf.internal:8080")
+        );
+        // a list: the first (the client-facing hop); nonsense falls back to the connection
+        let listed = [
+            ("x-forwarded-proto", "HTTPS, http"),
+            ("x-forwarded-host", "a.example:443, b.internal"),
+        ];
+        assert_eq!(
+            origin(&listed, true).as_deref(),
+            Some("https://a.example:443")
+        );
+        let odd = [
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "evil.example/path"),
+        ];
+        assert_eq!(
+            origin(&odd, true).as_deref(),
+            Some("http://wharf.internal:8080")
+        );
+        let userinfo = [("x-forwarded-host", "user@evil.example")];
+        assert_eq!(
+            origin(&userinfo, true).as_deref(),
+            Some("http://wharf.internal:8080")
+        );
     }
 
     /// regression: with two `X-Forwarded-For` lines (the client's, then the load balancer's)

@@ -386,6 +386,7 @@ impl Upstream {
             None => self.absolute(pq)?,
         };
         parts.version = Version::HTTP_11;
+        let origin = client_origin(&parts.headers, client_host.as_ref(), conn);
         let (tx, body_sent) = oneshot::channel();
         let sent_already = body.is_end_stream();
         let body = Body::new(SignalEnd {
@@ -400,7 +401,6 @@ impl Upstream {
                 affinity,
             )
             .await?;
-        let origin = client_origin(client_host.as_ref(), conn);
         prepare_response_headers(resp.headers_mut(), request_id);
         self.rewrite_location(resp.headers_mut(), origin.as_deref());
         Ok(resp)
