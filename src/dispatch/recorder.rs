@@ -78,30 +78,38 @@ impl Recorder {
             // before the commit that wakes the dispatcher, so that it looks ahead
             self.later.fetch_add(1, Ordering::Release);
         }
-        let result = self
-            .store
-            .write_relaxed(move |c| {
-                let outcomes: Vec<outbox::Outcome> =
-                    batch.iter().map(|f| f.outcome.clone()).collect();
-                outbox::record_many(c, &outcomes)?;
-                for f in &batch {
-                    if let Some((policy_id, address)) = &f.gone
-                        && let Some(idx) = outbox::target_index(c, f.outcome.attempt.delivery_id)?
-                    {
-                        outbox::disable_target(
-                            c,
-                            *policy_id,
-                            idx,
-                            address,
-                            "target answered 410 Gone: disabled",
-                        )?;
-                    }
-                }
-                Ok(())
+        let outcomes: Vec<outbox::Outcome> = batch.iter().map(|f| f.outcome.clone()).collect();
+        let gone: Vec<outbox::GoneTarget> = batch
+            .iter()
+            .filter_map(|f| {
+                let (policy_id, address) = f.gone.clone()?;
+                Some(outbox::GoneTarget {
+                    delivery_id: f.outcome.attempt.delivery_id,
+                    policy_id,
+                    address,
+                })
             })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(attempts = n, error = %e, "recording delivery attempts failed; they are attempted again when their claims expire");
+            .collect();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (o, g) = (outcomes.clone(), gone.clone());
+            let result = self
+                .store
+                .write_relaxed(move |c| outbox::record_finished(c, &o, &g))
+                .await;
+            match result {
+                Ok(()) => return,
+                // another replica's transaction won a deadlock or a serialization conflict:
+                // the same write again does not meet it twice
+                Err(e) if e.is_conflict() && tries < 3 => {
+                    tracing::debug!(attempts = n, error = %e, "recording delivery attempts met a conflict; writing them again");
+                }
+                Err(e) => {
+                    tracing::error!(attempts = n, error = %e, "recording delivery attempts failed; they are attempted again when their claims expire");
+                    return;
+                }
+            }
         }
     }
 }

@@ -108,6 +108,22 @@ pub enum StoreError {
     NotArtifactKind { column: usize, value: String },
 }
 
+impl StoreError {
+    /// A PostgreSQL transaction that lost to another one (deadlock detected, serialization
+    /// failure) and was rolled back: running it again is safe and usually succeeds.
+    pub fn is_conflict(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        match self {
+            StoreError::Postgres(e) => matches!(
+                e.code(),
+                Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(Arc::new(e))

@@ -1496,6 +1496,71 @@ async fn postgres_replicas_claim_each_delivery_once() {
     o.store.close().await;
 }
 
+/// Two replicas recording the first 410 Gone of one target at the same instant (each for its
+/// own delivery): both batches are written, the target disabled once. Before, each held its
+/// delivery while its disable waited for the policy row the other had changed, or for the
+/// other's delivery: PostgreSQL broke the deadlock by failing one batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_recording_one_targets_410s_at_once_both_land() {
+    let address = "http://gone.example/";
+    for round in 0..8 {
+        let o = open(Kind::Postgres).await;
+        let url = o.url.clone().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let other = Store::open(&pg_config(&url), dir.path()).await.unwrap();
+        let pid = add_policy(&o.store, policy("prj", vec![Target::http(address)])).await;
+        publish(&o.store, 2).await;
+        let a = claim(&o.store, limits(1, 10), lease(1)).await;
+        let b = claim(&other, limits(1, 10), lease(2)).await;
+        assert_eq!((a.len(), b.len()), (1, 1));
+        let together = Arc::new(std::sync::Barrier::new(2));
+        let mut tasks = Vec::new();
+        for (s, id, token) in [(o.store.clone(), a[0].id, 1), (other.clone(), b[0].id, 2)] {
+            let together = together.clone();
+            tasks.push(tokio::spawn(async move {
+                s.write(move |c| {
+                    // both transactions under way before either writes
+                    together.wait();
+                    let outcome = outbox::Outcome {
+                        attempt: Attempt {
+                            delivery_id: id,
+                            status_code: Some(410),
+                            error_kind: Some(outbox::FailureKind::Gone),
+                            ..Attempt::default()
+                        },
+                        next: Next::Dead,
+                        token,
+                    };
+                    let gone = outbox::GoneTarget {
+                        delivery_id: id,
+                        policy_id: pid,
+                        address: address.to_string(),
+                    };
+                    outbox::record_finished(c, &[outcome], &[gone])
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            t.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: a batch failed: {e}"));
+        }
+        for id in [a[0].id, b[0].id] {
+            assert_eq!(state(&o.store, id).await, "dead");
+        }
+        let p = o
+            .store
+            .read(move |c| policies::get_by_id(c, pid))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(p.targets[0].disabled);
+        other.close().await;
+        o.store.close().await;
+    }
+}
+
 /// Pushes into the last free bytes through two "replicas" at the same instant: at most the
 /// limit is reserved, whatever the interleaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -348,6 +348,50 @@ pub fn disable_target(
     Ok(())
 }
 
+/// A target that answered an attempt of `delivery_id` with 410 Gone: disabled in its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoneTarget {
+    pub delivery_id: i64,
+    pub policy_id: i64,
+    pub address: String,
+}
+
+/// Write attempts' outcomes ([`record_many`]) and disable the targets that answered 410 Gone
+/// ([`disable_target`]), in one transaction. On PostgreSQL the policies of those targets are
+/// locked first, in id order: two replicas recording a target's first 410s at once take turns.
+/// Otherwise each held a delivery the other's disable had to end while waiting for the policy
+/// row the other had changed — a deadlock, and one batch of outcomes lost.
+pub fn record_finished(
+    db: &Db<'_>,
+    outcomes: &[Outcome],
+    gone: &[GoneTarget],
+) -> Result<(), StoreError> {
+    if db.backend() == Backend::Postgres {
+        let mut policies: Vec<i64> = gone.iter().map(|g| g.policy_id).collect();
+        policies.sort_unstable();
+        policies.dedup();
+        for id in policies {
+            db.int(
+                "SELECT id FROM policies WHERE id = ?1 FOR UPDATE",
+                args![id],
+            )?;
+        }
+    }
+    record_many(db, outcomes)?;
+    for g in gone {
+        if let Some(idx) = target_index(db, g.delivery_id)? {
+            disable_target(
+                db,
+                g.policy_id,
+                idx,
+                &g.address,
+                "target answered 410 Gone: disabled",
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The target index of a delivery.
 pub fn target_index(db: &Db<'_>, delivery_id: i64) -> Result<Option<usize>, StoreError> {
     Ok(db
