@@ -495,10 +495,13 @@ impl Dispatcher {
 
     /// The claim `token` of delivery `id` goes back to pending, due now, unattempted.
     async fn put_back(&self, id: i64, token: i64) {
-        let _ = self
+        if let Err(e) = self
             .store
             .write_relaxed(move |c| outbox::defer(c, id, store::now_ms(), token))
-            .await;
+            .await
+        {
+            tracing::warn!(delivery = id, error = %e, "putting a claim back failed; it is taken over when its lease expires");
+        }
     }
 
     /// Is there time left in a claim that holds until `lease_until` (unix ms) for one whole
