@@ -123,8 +123,29 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A loopback port nothing listens on (bound, then released).
+/// Ports this test process has handed out to receivers and as closed ports: each only once.
+/// Tests run in parallel in one process, and a wharf of one test may still be retrying
+/// webhooks to a port its test is done with; were that port handed to a receiver of a later
+/// test, the receiver would count the other test's requests.
+pub fn claim_port(port: u16) -> bool {
+    static USED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
+        std::sync::OnceLock::new();
+    USED.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(port)
+}
+
+/// A loopback port nothing listens on (bound, then released), never handed out before.
 pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    // the ports passed over stay bound until one is found, so that none comes back
+    let mut passed = Vec::new();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if claim_port(port) {
+            return port;
+        }
+        passed.push(l);
+    }
 }

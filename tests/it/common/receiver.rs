@@ -172,9 +172,19 @@ impl Receiver {
     /// Start on `addr` (a fixed port, e.g. one a webhook target already points at while
     /// nothing listened there) on the current runtime.
     pub async fn start_on(addr: SocketAddr) -> Receiver {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .unwrap_or_else(|e| panic!("binding the receiver to {addr}: {e}"));
+        // a free port never handed out before (see `claim_port`); a fixed one as asked
+        let mut passed = Vec::new();
+        let listener = loop {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| panic!("binding the receiver to {addr}: {e}"));
+            let port = l.local_addr().expect("receiver addr").port();
+            if addr.port() != 0 || super::claim_port(port) {
+                break l;
+            }
+            passed.push(l);
+        };
+        drop(passed);
         let addr = listener.local_addr().expect("receiver addr");
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
@@ -275,8 +285,12 @@ impl Receiver {
         let c = self.count();
         assert!(
             c <= n,
-            "receiver {}: expected at most {n} requests, got {c}",
-            self.addr
+            "receiver {}: expected at most {n} requests, got {c}: {:?}",
+            self.addr,
+            self.requests()
+                .iter()
+                .map(|r| format!("{} {} {}", r.method, r.path, r.text()))
+                .collect::<Vec<_>>()
         );
     }
 }
