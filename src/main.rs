@@ -228,7 +228,10 @@ fn quota_rescan(
     password_stdin: bool,
 ) -> anyhow::Result<()> {
     use base64::Engine as _;
-    let config = Config::load(&path)?;
+    let mut config = Config::load(&path)?;
+    // an operator's command over the whole store (the recount reads every manifest): no
+    // statement limit (see store.statement_timeout)
+    config.store.statement_timeout = std::time::Duration::ZERO;
     let _log = init_logging(&config);
     let authorization = match username {
         Some(user) => {

@@ -523,7 +523,7 @@ pub struct StoreConfig {
     /// also the server's `statement_timeout` of wharf's connections (a statement stuck on a
     /// lock fails), and, plus `connect_timeout`, the longest wharf waits for any answer before
     /// dropping the connection (a server or network that stopped answering). `0s`: no limit.
-    /// Schema migrations and `wharf store copy` run without it.
+    /// Schema migrations, `wharf store copy` and `wharf quota rescan` run without it.
     #[serde(default = "defaults::statement_timeout", with = "duration")]
     pub statement_timeout: Duration,
     /// SQLite only: `normal` (survives a killed process; an OS crash may lose the last

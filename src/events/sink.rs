@@ -51,6 +51,34 @@ pub struct Sink {
 /// more than the writer's own batch of jobs used to hold.
 const GROUP_MAX: usize = 512;
 
+/// What became of a durable event by the time its request stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Committed.
+    Yes,
+    /// Not committed within `store.statement_timeout`: recorded when the database answers, or
+    /// counted lost then.
+    Late,
+    /// Not recorded (counted lost).
+    Lost,
+}
+
+/// The accounting of a durable event whose answer never comes (its job dropped with a writer
+/// that failed): counted lost when dropped while still holding the sink.
+struct Unanswered {
+    sink: Option<Sink>,
+    kind: EventKind,
+    id: uuid::Uuid,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.account(self.kind, self.id, Err(StoreError::Closed));
+        }
+    }
+}
+
 /// Most detached events waiting for the database (a database that stopped answering while
 /// pulls go on); past it, a pull's event is counted lost at once.
 const MAX_DETACHED: usize = 100_000;
@@ -142,22 +170,24 @@ impl Sink {
     /// Record `event` and wait for the commit, at most `store.statement_timeout` (see
     /// [`Store::within`]): for registry requests, which go on without the database rather than
     /// wait for it without end. With `hold_until` (unix ms) the event waits, durably, to be
-    /// published or absorbed. Returns whether it was recorded in that time; an event not
-    /// committed in time is counted (`events_late`) and recorded when the database answers, or
-    /// counted lost.
-    pub async fn durable(&self, event: Event, hold_until: Option<i64>, with: Option<With>) -> bool {
+    /// published or absorbed. An event not committed in time is counted (`events_late`) and
+    /// recorded when the database answers, or counted lost then.
+    pub async fn durable(
+        &self,
+        event: Event,
+        hold_until: Option<i64>,
+        with: Option<With>,
+    ) -> Recorded {
         let (kind, id) = (event.kind, event.id);
         let answer = self.submit_durable(event, hold_until, with);
-        match self
-            .store
-            .within(async { answer.await.map_err(|_| StoreError::Closed) })
-            .await
-        {
-            Ok(ok) => ok,
+        match self.store.within(async { Ok(answer.await) }).await {
+            Ok(Ok(true)) => Recorded::Yes,
+            // (a job dropped unanswered was counted lost by its answer's guard)
+            Ok(Ok(false) | Err(_)) => Recorded::Lost,
             Err(e) => {
                 self.metrics.events_late.inc();
                 tracing::warn!(event_id = %id, kind = kind.harbor_type(), error = %e, "event not committed in time: the request goes on; the event is recorded when the database answers, else counted lost");
-                false
+                Recorded::Late
             }
         }
     }
@@ -171,7 +201,8 @@ impl Sink {
     }
 
     /// Queue `event`'s transaction; its answer (and accounting) comes whether or not anyone
-    /// still waits for it.
+    /// still waits for it — also when the job is dropped unanswered (a writer that failed):
+    /// then the event is counted lost.
     fn submit_durable(
         &self,
         event: Event,
@@ -184,10 +215,17 @@ impl Sink {
         let new_project = !self.projects.contains(&project);
         let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let sink = self.clone();
+        let mut guard = Unanswered {
+            sink: Some(self.clone()),
+            kind,
+            id,
+        };
         self.store.write_answered(
             move |c| record(c, event, with, new_project, hold_until),
             move |result| {
+                let Some(sink) = guard.sink.take() else {
+                    return;
+                };
                 sink.metrics
                     .event_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -579,7 +617,11 @@ mod tests {
         let mut e = pull(0);
         e.kind = EventKind::PushArtifact;
         let started = std::time::Instant::now();
-        assert!(!sink.durable(e, None, None).await, "not recorded in time");
+        assert_eq!(
+            sink.durable(e, None, None).await,
+            Recorded::Late,
+            "not recorded in time"
+        );
         assert!(started.elapsed() < Duration::from_millis(1200));
         assert_eq!(sink.metrics.events_late.get(), 1);
         store.write(|_| Ok(())).await.unwrap();

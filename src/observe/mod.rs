@@ -48,6 +48,11 @@ pub async fn registry(
     req: Request<Body>,
     ctx: &RequestCtx,
 ) -> Response<Body> {
+    let pq = path_and_query(&req);
+    if !app.config.events.enabled {
+        return pass(&app.registry, req, &pq, ctx).await;
+    }
+    // (with events off wharf observes nothing, and refuses nothing either)
     if let RegistryOp::NameInvalid { name } = &op {
         return crate::forward::oci_error(
             http::StatusCode::BAD_REQUEST,
@@ -55,10 +60,6 @@ pub async fn registry(
             "invalid repository name: wharf takes writes only to lowercase names of the distribution grammar, whose first segment is the project",
             serde_json::json!({"name": name, "request_id": ctx.request_id_str()}),
         );
-    }
-    let pq = path_and_query(&req);
-    if !app.config.events.enabled {
-        return pass(&app.registry, req, &pq, ctx).await;
     }
     match op {
         RegistryOp::Manifest {

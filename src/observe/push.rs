@@ -16,7 +16,10 @@ use super::{
 };
 use crate::app::App;
 use crate::config::MultiPlatform;
-use crate::events::{Event, EventKind, sink::With};
+use crate::events::{
+    Event, EventKind,
+    sink::{Recorded, With},
+};
 use crate::forward::{Body, oci_error};
 use crate::quota::{self, Admission};
 use crate::route::{Digest, Reference, Repository};
@@ -208,7 +211,8 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
         }
         Ok(true)
     });
-    if !app.events.durable(e, hold_until, Some(with)).await {
+    // (a late event releases its reservation in its own transaction, when it lands)
+    if app.events.durable(e, hold_until, Some(with)).await == Recorded::Lost {
         quota::release(&app.store, reservation);
     }
     resp.map(Body::new)

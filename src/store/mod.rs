@@ -392,7 +392,7 @@ impl Store {
     pub async fn probe(config: &StoreConfig) -> Result<Option<i64>, StoreError> {
         let settings =
             pg::PgSettings::from_config(config).map_err(|e| StoreError::Setup(Arc::new(e)))?;
-        let client = tokio::time::timeout(config.connect_timeout, settings.connect())
+        let (client, _task) = tokio::time::timeout(config.connect_timeout, settings.connect())
             .await
             .map_err(|_| StoreError::PoolTimeout(config.connect_timeout))??;
         let exists = client

@@ -135,18 +135,19 @@ impl PgSettings {
         })
     }
 
-    /// Open one connection; its I/O runs as a task on the current runtime.
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
+    /// Open one connection; its I/O runs as a task on the current runtime (the handle ends
+    /// that task, and with it the socket).
+    pub async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, tokio::task::AbortHandle), StoreError> {
         let connected = match &self.tls {
             Some(tls) => {
                 let (client, connection) = self.config.connect(tls.clone()).await?;
-                tokio::spawn(drive(connection));
-                client
+                (client, tokio::spawn(drive(connection)).abort_handle())
             }
             None => {
                 let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(drive(connection));
-                client
+                (client, tokio::spawn(drive(connection)).abort_handle())
             }
         };
         Ok(connected)
@@ -286,6 +287,20 @@ pub struct PgConn {
     broken: std::cell::Cell<bool>,
     /// See [`PgSettings`]'s `answer_timeout`.
     answer_timeout: std::cell::Cell<Option<Duration>>,
+    /// Set when an answer did not come within `answer_timeout`: every later wait fails at
+    /// once (a rollback too: the server is not answering), and dropping the connection ends
+    /// its task and socket rather than wait for the answers still owed.
+    gave_up: std::cell::Cell<Option<Duration>>,
+    /// The connection's I/O task.
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if self.gave_up.get().is_some() {
+            self.task.abort();
+        }
+    }
 }
 
 /// Most statements kept prepared per connection.
@@ -293,7 +308,7 @@ const MAX_STATEMENTS: usize = 256;
 
 impl PgConn {
     fn new(
-        client: tokio_postgres::Client,
+        (client, task): (tokio_postgres::Client, tokio::task::AbortHandle),
         handle: Driver,
         answer_timeout: Option<Duration>,
     ) -> PgConn {
@@ -304,12 +319,17 @@ impl PgConn {
             sent: RefCell::new(Vec::new()),
             broken: std::cell::Cell::new(false),
             answer_timeout: std::cell::Cell::new(answer_timeout),
+            gave_up: std::cell::Cell::new(None),
+            task,
         }
     }
 
     /// Wait for `f`, at most the answer timeout: past it the connection is given up (never
-    /// handed out again; closing it ends whatever the server was doing for it).
+    /// handed out again, every later wait fails at once, its socket closed when dropped).
     fn block_on<T>(&self, f: impl Future<Output = T>) -> Result<T, StoreError> {
+        if let Some(limit) = self.gave_up.get() {
+            return Err(StoreError::NoAnswer(limit));
+        }
         match self.answer_timeout.get() {
             None => Ok(self.handle.block_on(f)),
             // (the timer is made inside: it needs the runtime's context)
@@ -320,6 +340,7 @@ impl PgConn {
                 Ok(v) => Ok(v),
                 Err(_) => {
                     self.broken.set(true);
+                    self.gave_up.set(Some(limit));
                     Err(StoreError::NoAnswer(limit))
                 }
             },

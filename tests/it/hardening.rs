@@ -214,6 +214,13 @@ async fn writes_to_a_name_outside_the_grammar_are_refused_with_name_invalid() {
     let direct = raw_path(reqwest::Method::GET, &registry.url(), path, None).await;
     let through = raw_path(reqwest::Method::GET, &wharf.url(), path, None).await;
     assert_eq!(through.status, direct.status, "{}", through.text);
+    // with events off wharf observes nothing and refuses nothing: the registry answers
+    let plain = Wharf::builder(&registry.url())
+        .yaml("events: {enabled: false}")
+        .start()
+        .await;
+    let r = raw_path(reqwest::Method::POST, &plain.url(), upload, None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
 }
 
 // 2 ------------------------------------------------------------------------------------------

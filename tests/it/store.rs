@@ -1561,6 +1561,108 @@ async fn postgres_replicas_recording_one_targets_410s_at_once_both_land() {
     }
 }
 
+/// A target's first 410 recorded by one replica while an operator edits its policy through
+/// another: both land. The edit takes the policy version, then the policy row; the recording
+/// took the policy row, then (disabling the target) the version — a deadlock, one of them
+/// failed (the API request with a 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_410_recorded_during_an_edit_of_its_policy_both_land() {
+    let address = "http://gone.example/";
+    let o = open(Kind::Postgres).await;
+    let url = o.url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(&url), dir.path()).await.unwrap();
+    let pid = add_policy(&o.store, policy("prj", vec![Target::http(address)])).await;
+    publish(&o.store, 1).await;
+    let d = claim(&o.store, limits(1, 10), lease(1)).await;
+    assert_eq!(d.len(), 1);
+    let id = d[0].id;
+    let mut edited = o
+        .store
+        .read(move |c| policies::get_by_id(c, pid))
+        .await
+        .unwrap()
+        .unwrap();
+    edited.description = "edited".into();
+    let started = Arc::new(std::sync::Barrier::new(2));
+    // the edit, as the API makes it, paused between its two locks
+    let edit = {
+        let started = started.clone();
+        let s = other.clone();
+        tokio::spawn(async move {
+            s.write(move |c| {
+                c.note_policies()?;
+                started.wait();
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(Duration::from_millis(300));
+                policies::update(c, &edited)
+            })
+            .await
+        })
+    };
+    let record = {
+        let s = o.store.clone();
+        tokio::spawn(async move {
+            s.write(move |c| {
+                started.wait();
+                let outcome = outbox::Outcome {
+                    attempt: Attempt {
+                        delivery_id: id,
+                        status_code: Some(410),
+                        error_kind: Some(outbox::FailureKind::Gone),
+                        ..Attempt::default()
+                    },
+                    next: Next::Dead,
+                    token: 1,
+                };
+                let gone = outbox::GoneTarget {
+                    delivery_id: id,
+                    policy_id: pid,
+                    address: address.to_string(),
+                };
+                outbox::record_finished(c, &[outcome], &[gone])
+            })
+            .await
+        })
+    };
+    assert!(edit.await.unwrap().expect("the edit lands"));
+    record.await.unwrap().expect("the 410 lands");
+    let p = o
+        .store
+        .read(move |c| policies::get_by_id(c, pid))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.description, "edited");
+    assert!(p.targets[0].disabled);
+    assert_eq!(state(&o.store, id).await, "dead");
+    other.close().await;
+    o.store.close().await;
+}
+
+/// A durable event whose job is dropped unanswered (its batch's writer failed: here a `with`
+/// that panics) is counted lost, never as late: nobody would count it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_durable_event_dropped_unanswered_is_counted_lost() {
+    use wharf::events::sink::{Recorded, Sink, With};
+    let o = open(Kind::Postgres).await;
+    let metrics = Arc::new(wharf::metrics::Metrics::new());
+    let sink = Sink::new(o.store.clone(), metrics.clone());
+    let with: With = Box::new(|_, _| panic!("a writer fails (this panic is the test's)"));
+    let got = sink
+        .durable(push("prj/app", "sha256:1"), None, Some(with))
+        .await;
+    assert_eq!(got, Recorded::Lost);
+    assert_eq!(metrics.events_lost.get(), 1);
+    assert_eq!(metrics.events_late.get(), 0);
+    // the writer goes on
+    assert_eq!(
+        sink.durable(push("prj/app", "sha256:2"), None, None).await,
+        Recorded::Yes
+    );
+    o.store.close().await;
+}
+
 /// Pushes into the last free bytes through two "replicas" at the same instant: at most the
 /// limit is reserved, whatever the interleaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

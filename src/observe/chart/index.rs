@@ -61,16 +61,27 @@ pub(super) async fn index(
 
 /// [`rewrite_index`] on a blocking thread: parsing and writing back YAML of up to
 /// [`MAX_INDEX_BYTES`] takes long enough to hold up every other request of a runtime worker.
-/// An index without absolute URLs (ChartMuseum's default) is not parsed at all.
+/// An index without absolute URLs (ChartMuseum's default) is not parsed at all. At most one
+/// parse per CPU at once: a parsed index takes several times its size in memory,
+/// and the blocking threads are also those of every database read.
 pub(super) async fn rewrite_off_runtime(body: Bytes, base: &str, project: &str) -> Option<Vec<u8>> {
     if !has_absolute_url(&body) {
         return None;
     }
+    let _turn = parse_turns().acquire().await.ok()?;
     let (base, project) = (base.to_string(), project.to_string());
     tokio::task::spawn_blocking(move || rewrite_index(&body, &base, &project))
         .await
         .ok()
         .flatten()
+}
+
+/// The turns of [`rewrite_off_runtime`]: one per CPU.
+pub(super) fn parse_turns() -> &'static tokio::sync::Semaphore {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    TURNS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
 }
 
 /// Could `body` hold an absolute URL (`…://…`)? Only then is there anything to rewrite.

@@ -336,3 +336,21 @@ async fn a_large_index_is_rewritten_off_the_runtime() {
         "another task ran while the index was parsed"
     );
 }
+
+/// Parses of large indexes take turns, one per CPU: with every turn taken, a rewrite waits.
+#[tokio::test(flavor = "current_thread")]
+async fn index_parses_take_turns() {
+    let turns = super::index::parse_turns();
+    // every turn (another test may hold one for a moment)
+    let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let all = turns.acquire_many(n as u32).await.unwrap();
+    let body = bytes::Bytes::from_static(
+        b"apiVersion: v1\nentries:\n  web:\n  - name: web\n    version: 1.0.0\n    urls:\n    - http://cm/prj/charts/web-1.0.0.tgz\n",
+    );
+    let rewrite = super::index::rewrite_off_runtime(body, "https://w", "prj");
+    tokio::pin!(rewrite);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(100), &mut rewrite).await;
+    assert!(waited.is_err(), "no turn free: the rewrite waits");
+    drop(all);
+    assert!(rewrite.await.is_some());
+}

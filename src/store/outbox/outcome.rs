@@ -357,16 +357,26 @@ pub struct GoneTarget {
 }
 
 /// Write attempts' outcomes ([`record_many`]) and disable the targets that answered 410 Gone
-/// ([`disable_target`]), in one transaction. On PostgreSQL the policies of those targets are
-/// locked first, in id order: two replicas recording a target's first 410s at once take turns.
-/// Otherwise each held a delivery the other's disable had to end while waiting for the policy
-/// row the other had changed — a deadlock, and one batch of outcomes lost.
+/// ([`disable_target`]), in one transaction. With a target to disable, on PostgreSQL, the locks
+/// are taken in the order every policy change takes them — the policy version (`meta`), then
+/// the policies, in id order — before any delivery: two replicas recording a target's first
+/// 410s at once take turns, and so do a 410 and an operator's edit of its policy. Otherwise each
+/// held a row the other needed (a delivery the other's disable ends, the policy row, the
+/// version) — a deadlock, and one batch of outcomes or the API request lost.
 pub fn record_finished(
     db: &Db<'_>,
     outcomes: &[Outcome],
     gone: &[GoneTarget],
 ) -> Result<(), StoreError> {
-    if db.backend() == Backend::Postgres {
+    if db.backend() == Backend::Postgres && !gone.is_empty() {
+        db.exec(
+            "INSERT INTO meta (key, n) VALUES ('policy_version', 0) ON CONFLICT (key) DO NOTHING",
+            &[],
+        )?;
+        db.int(
+            "SELECT n FROM meta WHERE key = 'policy_version' FOR UPDATE",
+            &[],
+        )?;
         let mut policies: Vec<i64> = gone.iter().map(|g| g.policy_id).collect();
         policies.sort_unstable();
         policies.dedup();
