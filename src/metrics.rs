@@ -97,7 +97,7 @@ pub struct Metrics {
     pub deliveries: Family<OutcomeLabels, Counter>,
     /// Duration of one delivery attempt.
     pub attempt_seconds: Histogram,
-    /// How long a request waited for its event's commit (events the client waits for; not pulls).
+    /// How long an event a client waits for (not pulls) took to commit, from being queued.
     pub event_commit_seconds: Histogram,
     /// Deliveries by state (pending is the queue depth; dead are the failed ones).
     pub outbox: Family<StateLabels, Gauge>,
@@ -167,7 +167,7 @@ impl Metrics {
         let event_commit_seconds = latency_histogram();
         registry.register(
             "event_commit_duration_seconds",
-            "Time a request waited for its event's transaction to commit (pushes, deletes, chart uploads and deletes, quota refusals, side-endpoint reports)",
+            "Time from a request's event being queued to its transaction's commit (pushes, deletes, chart uploads and deletes, quota refusals, side-endpoint reports; also after a request stopped waiting)",
             event_commit_seconds.clone(),
         );
         let outbox = Family::<StateLabels, Gauge>::default();
