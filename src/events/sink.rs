@@ -482,6 +482,14 @@ mod tests {
         e
     }
 
+    /// Events of Harbor type `kind` the sink counted as recorded.
+    fn counted(sink: &Sink, kind: &'static str) -> u64 {
+        sink.metrics
+            .events
+            .get_or_create(&crate::metrics::TypeLabels { r#type: kind })
+            .get()
+    }
+
     /// Jobs the store has committed so far.
     fn jobs_done(store: &Store) -> u64 {
         store
@@ -516,13 +524,7 @@ mod tests {
             "{jobs} jobs for the busy one, 50 events and the barrier"
         );
         assert_eq!(sink.metrics.events_lost.get(), 0);
-        let counted = sink
-            .metrics
-            .events
-            .get_or_create(&crate::metrics::TypeLabels {
-                r#type: "PULL_ARTIFACT",
-            })
-            .get();
+        let counted = counted(&sink, "PULL_ARTIFACT");
         assert_eq!(counted, 50);
         // the queue is empty again: the next event gets a job of its own
         sink.detached(pull(50), None);
@@ -631,13 +633,7 @@ mod tests {
             "recorded once the writer answers"
         );
         assert_eq!(sink.metrics.events_lost.get(), 0);
-        let counted = sink
-            .metrics
-            .events
-            .get_or_create(&crate::metrics::TypeLabels {
-                r#type: "PUSH_ARTIFACT",
-            })
-            .get();
+        let counted = counted(&sink, "PUSH_ARTIFACT");
         assert_eq!(counted, 1);
     }
 

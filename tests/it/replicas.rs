@@ -959,22 +959,34 @@ impl Cuttable {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_down_for_a_while_traffic_flows_and_wharf_reconnects() {
+/// A registry, and a replica with `yaml` on a new database of the test cluster reached
+/// through a proxy, one push delivered ([`replica_with_a_push`]).
+async fn proxied_with_a_push(yaml: &str) -> (Registry, Cuttable, Pushed) {
     let registry = Registry::start().await;
-    let cluster = pgc::cluster();
+    let proxy = Cuttable::start(pgc::cluster().port).await;
     let db = db_name(&pgc::database().await);
-    let proxy = Cuttable::start(cluster.port).await;
     let url = format!(
         "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
         pgc::USER,
         pgc::PASSWORD,
         proxy.port
     );
-    let w = replica(&registry, &url)
-        .yaml("store: {connect_timeout: 2s}\n")
-        .start()
-        .await;
+    let pushed = replica_with_a_push(&registry, &url, yaml).await;
+    (registry, proxy, pushed)
+}
+
+/// A replica on the store at `url` (with `yaml`), a policy sending its pushes to `rx`, and
+/// one push (`prj/app:v1`) delivered.
+struct Pushed {
+    w: Wharf,
+    rx: Receiver,
+    rc: RegistryClient,
+    image: OciImage,
+    _work: tempfile::TempDir,
+}
+
+async fn replica_with_a_push(registry: &Registry, url: &str, yaml: &str) -> Pushed {
+    let w = replica(registry, url).yaml(yaml).start().await;
     let rx = Receiver::start().await;
     create_policy(&w.url(), &rx, &["PUSH_ARTIFACT"]).await;
     let work = work_dir();
@@ -982,6 +994,25 @@ async fn postgres_down_for_a_while_traffic_flows_and_wharf_reconnects() {
     let rc = RegistryClient::new(&w.url());
     rc.push_image("prj/app", "v1", &image).await;
     rx.wait_for(1, SOON).await;
+    Pushed {
+        w,
+        rx,
+        rc,
+        image,
+        _work: work,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_for_a_while_traffic_flows_and_wharf_reconnects() {
+    let (_registry, proxy, pushed) = proxied_with_a_push("store: {connect_timeout: 2s}\n").await;
+    let Pushed {
+        w,
+        rx,
+        rc,
+        image,
+        _work,
+    } = pushed;
     let ready = |base: String| async move {
         let r = client().get(format!("{base}/readyz")).send().await.unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
@@ -1021,7 +1052,19 @@ async fn postgres_down_for_a_while_traffic_flows_and_wharf_reconnects() {
     w.shutdown().await;
 }
 
-/// How long the lost-events counter of `base` reads, and the late one.
+/// Push `image` as `prj/app:<tag>`; how long it took (at most 30 s: then the test fails).
+async fn timed_push(rc: &RegistryClient, image: &OciImage, tag: &str) -> Duration {
+    let started = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        rc.push_image("prj/app", tag, image),
+    )
+    .await
+    .expect("the push is answered");
+    started.elapsed()
+}
+
+/// What the lost-events and late-events counters of `base` read.
 async fn lost_and_late(base: &str) -> (u64, u64) {
     let metrics = crate::common::metrics_text(base).await;
     let value = |name: &str| {
@@ -1044,41 +1087,22 @@ async fn lost_and_late(base: &str) -> (u64, u64) {
 /// server answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_that_stops_answering_holds_no_push_past_the_statement_timeout() {
-    let registry = Registry::start().await;
-    let cluster = pgc::cluster();
-    let db = db_name(&pgc::database().await);
-    let proxy = Cuttable::start(cluster.port).await;
-    let url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
-        pgc::USER,
-        pgc::PASSWORD,
-        proxy.port
-    );
-    let w = replica(&registry, &url)
-        .yaml("store: {connect_timeout: 1s, statement_timeout: 1s}\n")
-        .start()
-        .await;
-    let rx = Receiver::start().await;
-    create_policy(&w.url(), &rx, &["PUSH_ARTIFACT"]).await;
-    let work = work_dir();
-    let image = oci::build_image(&work.path().join("img"), "v1", &[1024]);
-    let rc = RegistryClient::new(&w.url());
-    rc.push_image("prj/app", "v1", &image).await;
-    rx.wait_for(1, SOON).await;
+    let (_registry, proxy, pushed) =
+        proxied_with_a_push("store: {connect_timeout: 1s, statement_timeout: 1s}\n").await;
+    let Pushed {
+        w,
+        rx,
+        rc,
+        image,
+        _work,
+    } = pushed;
 
     proxy.freeze();
-    let started = std::time::Instant::now();
     // (before: the push waited for the database without end)
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        rc.push_image("prj/app", "v2", &image),
-    )
-    .await
-    .expect("the push is answered");
+    let waited = timed_push(&rc, &image, "v2").await;
     assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "a push waited {:?} for a database that does not answer",
-        started.elapsed()
+        waited < Duration::from_secs(6),
+        "a push waited {waited:?} for a database that does not answer"
     );
     let r = client()
         .get(format!("{}/readyz", w.url()))
@@ -1117,32 +1141,21 @@ async fn a_locked_table_holds_no_push_past_the_statement_timeout() {
     let cluster = pgc::cluster();
     let url = pgc::database().await;
     let db = db_name(&url);
-    let w = replica(&registry, &url)
-        .yaml("store: {statement_timeout: 1s}\n")
-        .start()
-        .await;
-    let rx = Receiver::start().await;
-    create_policy(&w.url(), &rx, &["PUSH_ARTIFACT"]).await;
-    let work = work_dir();
-    let image = oci::build_image(&work.path().join("img"), "v1", &[1024]);
-    let rc = RegistryClient::new(&w.url());
-    rc.push_image("prj/app", "v1", &image).await;
-    rx.wait_for(1, SOON).await;
+    let Pushed {
+        w,
+        rx,
+        rc,
+        image,
+        _work,
+    } = replica_with_a_push(&registry, &url, "store: {statement_timeout: 1s}\n").await;
 
     let (locker, _task) = cluster.session(&db).await;
     locker
         .batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let started = std::time::Instant::now();
     // (before: the push waited until the lock was released)
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        rc.push_image("prj/app", "v2", &image),
-    )
-    .await
-    .expect("the push is answered while the lock is held");
-    let waited = started.elapsed();
+    let waited = timed_push(&rc, &image, "v2").await;
     wait_until("the event counted lost", SOON, || async {
         (lost_and_late(&w.url()).await.0 >= 1).then_some(())
     })

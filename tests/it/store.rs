@@ -1496,6 +1496,51 @@ async fn postgres_replicas_claim_each_delivery_once() {
     o.store.close().await;
 }
 
+/// Policy `pid` as stored.
+async fn policy_of(s: &Store, pid: i64) -> Policy {
+    s.read(move |c| policies::get_by_id(c, pid))
+        .await
+        .unwrap()
+        .expect("the policy")
+}
+
+/// A new PostgreSQL store, a second handle on it (another "replica", with its data
+/// directory), and a policy of `prj` with one target at `address` (its id).
+async fn two_replicas_with_a_policy(address: &str) -> (Opened, Store, tempfile::TempDir, i64) {
+    let o = open(Kind::Postgres).await;
+    let url = o.url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(&url), dir.path()).await.unwrap();
+    let pid = add_policy(&o.store, policy("prj", vec![Target::http(address)])).await;
+    (o, other, dir, pid)
+}
+
+/// The outcome of claim `token`'s attempt of delivery `id` that its target (`address`, of
+/// policy `pid`) answered with 410 Gone, and the target to disable.
+fn answered_410(
+    id: i64,
+    token: i64,
+    pid: i64,
+    address: &str,
+) -> (outbox::Outcome, outbox::GoneTarget) {
+    let outcome = outbox::Outcome {
+        attempt: Attempt {
+            delivery_id: id,
+            status_code: Some(410),
+            error_kind: Some(outbox::FailureKind::Gone),
+            ..Attempt::default()
+        },
+        next: Next::Dead,
+        token,
+    };
+    let gone = outbox::GoneTarget {
+        delivery_id: id,
+        policy_id: pid,
+        address: address.to_string(),
+    };
+    (outcome, gone)
+}
+
 /// Two replicas recording the first 410 Gone of one target at the same instant (each for its
 /// own delivery): both batches are written, the target disabled once. Before, each held its
 /// delivery while its disable waited for the policy row the other had changed, or for the
@@ -1504,11 +1549,7 @@ async fn postgres_replicas_claim_each_delivery_once() {
 async fn postgres_replicas_recording_one_targets_410s_at_once_both_land() {
     let address = "http://gone.example/";
     for round in 0..8 {
-        let o = open(Kind::Postgres).await;
-        let url = o.url.clone().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let other = Store::open(&pg_config(&url), dir.path()).await.unwrap();
-        let pid = add_policy(&o.store, policy("prj", vec![Target::http(address)])).await;
+        let (o, other, _dir, pid) = two_replicas_with_a_policy(address).await;
         publish(&o.store, 2).await;
         let a = claim(&o.store, limits(1, 10), lease(1)).await;
         let b = claim(&other, limits(1, 10), lease(2)).await;
@@ -1521,21 +1562,7 @@ async fn postgres_replicas_recording_one_targets_410s_at_once_both_land() {
                 s.write(move |c| {
                     // both transactions under way before either writes
                     together.wait();
-                    let outcome = outbox::Outcome {
-                        attempt: Attempt {
-                            delivery_id: id,
-                            status_code: Some(410),
-                            error_kind: Some(outbox::FailureKind::Gone),
-                            ..Attempt::default()
-                        },
-                        next: Next::Dead,
-                        token,
-                    };
-                    let gone = outbox::GoneTarget {
-                        delivery_id: id,
-                        policy_id: pid,
-                        address: address.to_string(),
-                    };
+                    let (outcome, gone) = answered_410(id, token, pid, address);
                     outbox::record_finished(c, &[outcome], &[gone])
                 })
                 .await
@@ -1549,13 +1576,7 @@ async fn postgres_replicas_recording_one_targets_410s_at_once_both_land() {
         for id in [a[0].id, b[0].id] {
             assert_eq!(state(&o.store, id).await, "dead");
         }
-        let p = o
-            .store
-            .read(move |c| policies::get_by_id(c, pid))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(p.targets[0].disabled);
+        assert!(policy_of(&o.store, pid).await.targets[0].disabled);
         other.close().await;
         o.store.close().await;
     }
@@ -1568,21 +1589,12 @@ async fn postgres_replicas_recording_one_targets_410s_at_once_both_land() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_410_recorded_during_an_edit_of_its_policy_both_land() {
     let address = "http://gone.example/";
-    let o = open(Kind::Postgres).await;
-    let url = o.url.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(&url), dir.path()).await.unwrap();
-    let pid = add_policy(&o.store, policy("prj", vec![Target::http(address)])).await;
+    let (o, other, _dir, pid) = two_replicas_with_a_policy(address).await;
     publish(&o.store, 1).await;
     let d = claim(&o.store, limits(1, 10), lease(1)).await;
     assert_eq!(d.len(), 1);
     let id = d[0].id;
-    let mut edited = o
-        .store
-        .read(move |c| policies::get_by_id(c, pid))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut edited = policy_of(&o.store, pid).await;
     edited.description = "edited".into();
     let started = Arc::new(std::sync::Barrier::new(2));
     // the edit, as the API makes it, paused between its two locks
@@ -1605,21 +1617,7 @@ async fn postgres_a_410_recorded_during_an_edit_of_its_policy_both_land() {
         tokio::spawn(async move {
             s.write(move |c| {
                 started.wait();
-                let outcome = outbox::Outcome {
-                    attempt: Attempt {
-                        delivery_id: id,
-                        status_code: Some(410),
-                        error_kind: Some(outbox::FailureKind::Gone),
-                        ..Attempt::default()
-                    },
-                    next: Next::Dead,
-                    token: 1,
-                };
-                let gone = outbox::GoneTarget {
-                    delivery_id: id,
-                    policy_id: pid,
-                    address: address.to_string(),
-                };
+                let (outcome, gone) = answered_410(id, 1, pid, address);
                 outbox::record_finished(c, &[outcome], &[gone])
             })
             .await
@@ -1627,12 +1625,7 @@ async fn postgres_a_410_recorded_during_an_edit_of_its_policy_both_land() {
     };
     assert!(edit.await.unwrap().expect("the edit lands"));
     record.await.unwrap().expect("the 410 lands");
-    let p = o
-        .store
-        .read(move |c| policies::get_by_id(c, pid))
-        .await
-        .unwrap()
-        .unwrap();
+    let p = policy_of(&o.store, pid).await;
     assert_eq!(p.description, "edited");
     assert!(p.targets[0].disabled);
     assert_eq!(state(&o.store, id).await, "dead");
