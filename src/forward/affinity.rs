@@ -11,7 +11,8 @@
 //!   is let go (it finishes what it is doing and closes) and another is taken.
 //! - When the client connection ends, its idle upstream connections are parked with their
 //!   upstream ([`Park`], at most `upstream.pool_max_idle`), for the next client connection to
-//!   take: clients that open a connection per request still reuse upstream connections.
+//!   take: clients that open a connection per request still reuse upstream connections. One
+//!   still carrying a request goes on in a task of its own until that request is over.
 //! - Idle for `upstream.pool_idle_timeout` (owned or parked), a connection is closed.
 //! - HTTP/2 client connections (concurrent requests, each in a task of its own) and wharf's own
 //!   side requests use the shared pool instead.
@@ -225,15 +226,23 @@ impl Drop for Drive<'_> {
         let conns = std::mem::take(&mut lock(&self.affinity.shared).conns);
         let now = Instant::now();
         for c in conns {
-            if let Some(idle) = c.idle
-                && idle.expires > now
-                && idle.sender.is_ready()
-            {
-                c.park.push(Parked {
-                    sender: idle.sender,
-                    future: c.future,
-                    expires: idle.expires,
-                });
+            match c.idle {
+                Some(idle) if idle.expires > now && idle.sender.is_ready() => {
+                    c.park.push(Parked {
+                        sender: idle.sender,
+                        future: c.future,
+                        expires: idle.expires,
+                    });
+                }
+                Some(_) => {}
+                // carrying a request still: its exchange goes on in a task of its own (a
+                // write whose client hung up is still done, and recorded — see
+                // `observe::to_the_end`); the connection closes once its request is over
+                None => {
+                    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                        rt.spawn(c.future);
+                    }
+                }
             }
         }
     }

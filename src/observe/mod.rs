@@ -67,24 +67,70 @@ pub async fn registry(
             reference,
             action,
         } => {
-            let call = ManifestCall {
-                app,
-                who: Who::of(app, req.headers(), ctx),
-                repo,
-                reference,
-                req,
-                pq: &pq,
-                ctx,
-            };
-            // boxed, each: see `server::route_request`
+            let who = Who::of(app, req.headers(), ctx);
             match action {
-                ManifestAction::Put => Box::pin(push::manifest_put(call)).await,
-                ManifestAction::Get => Box::pin(pull::manifest_get(call)).await,
-                ManifestAction::Head => Box::pin(pull::manifest_head(call)).await,
-                ManifestAction::Delete => Box::pin(delete::manifest_delete(call)).await,
+                // writes: see `to_the_end`
+                ManifestAction::Put | ManifestAction::Delete => {
+                    let (app, owned) = (app.clone(), ctx.clone());
+                    to_the_end(ctx, async move {
+                        let ctx = owned;
+                        let call = ManifestCall {
+                            app: &app,
+                            who,
+                            repo,
+                            reference,
+                            req,
+                            pq: &pq,
+                            ctx: &ctx,
+                        };
+                        match action {
+                            ManifestAction::Put => push::manifest_put(call).await,
+                            _ => delete::manifest_delete(call).await,
+                        }
+                    })
+                    .await
+                }
+                _ => {
+                    let call = ManifestCall {
+                        app,
+                        who,
+                        repo,
+                        reference,
+                        req,
+                        pq: &pq,
+                        ctx,
+                    };
+                    // boxed, each: see `server::route_request`
+                    match action {
+                        ManifestAction::Get => Box::pin(pull::manifest_get(call)).await,
+                        _ => Box::pin(pull::manifest_head(call)).await,
+                    }
+                }
             }
         }
         _ => pass(&app.registry, req, &pq, ctx).await,
+    }
+}
+
+/// Run a write's whole flow — forward, then record — in a task of its own and wait for it.
+/// A client that hangs up cancels its request's future, and with it whatever had not run yet:
+/// once the registry (or ChartMuseum) has done the write, its event and quota bookkeeping must
+/// land all the same.
+pub(crate) async fn to_the_end(
+    ctx: &RequestCtx,
+    flow: impl std::future::Future<Output = Response<Body>> + Send + 'static,
+) -> Response<Body> {
+    match tokio::spawn(flow).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::error!(request_id = ctx.request_id_str(), error = %e, "a write's flow failed");
+            crate::forward::oci_error(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "internal error",
+                serde_json::json!({"request_id": ctx.request_id_str()}),
+            )
+        }
     }
 }
 
@@ -107,6 +153,15 @@ pub async fn chart(
     req: Request<Body>,
     ctx: &RequestCtx,
 ) -> Response<Body> {
+    if matches!(op, ChartOp::Upload { .. } | ChartOp::Delete { .. }) {
+        // writes: see `to_the_end`
+        let (app, owned) = (app.clone(), ctx.clone());
+        return to_the_end(
+            ctx,
+            async move { chart::handle(&app, op, req, &owned).await },
+        )
+        .await;
+    }
     chart::handle(app, op, req, ctx).await
 }
 

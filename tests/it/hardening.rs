@@ -223,6 +223,49 @@ async fn writes_to_a_name_outside_the_grammar_are_refused_with_name_invalid() {
     assert_eq!(r.status, 202, "{}", r.text);
 }
 
+/// A client that hangs up while the registry is still taking its manifest: the registry does
+/// the push all the same, and so does wharf's bookkeeping — the event is recorded. (Before,
+/// the hang-up cancelled the request's flow with the forward: no event, no quota.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_client_hangs_up_is_still_recorded() {
+    use crate::common::Receiver;
+    use crate::common::receiver::Reply;
+    let upstream = Receiver::start().await;
+    let wharf = Wharf::start(&upstream.url()).await;
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::MANIFEST_V1,
+        "config": {"mediaType": oci::CONFIG_V1, "digest": digest('c'), "size": 2},
+        "layers": [{"mediaType": oci::LAYER_TAR, "digest": digest('a'), "size": 10}],
+    }))
+    .unwrap();
+    let stored = crate::common::http::sha256_digest(&manifest);
+    // the registry takes its time over the manifest
+    upstream.push(Reply::delay(
+        Duration::from_millis(700),
+        Reply::status(201).header("Docker-Content-Digest", &stored),
+    ));
+    let mut conn = RawConn::connect(wharf.addr()).await;
+    let mut request = format!(
+        "PUT /v2/prj/hung/manifests/v1 HTTP/1.1\r\nHost: w\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+        oci::MANIFEST_V1,
+        manifest.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&manifest);
+    conn.send(&request).await.unwrap();
+    // the manifest reached the registry; then the client is gone
+    upstream.wait_for(1, Duration::from_secs(10)).await;
+    drop(conn);
+    let base = wharf.url();
+    wait_until("the push's event", Duration::from_secs(10), || async {
+        let pushed = events_of(&base, "PUSH_ARTIFACT").await;
+        (!pushed.is_empty()).then_some(pushed)
+    })
+    .await;
+}
+
 // 2 ------------------------------------------------------------------------------------------
 // silent connections
 
