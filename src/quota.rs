@@ -134,6 +134,18 @@ async fn blob_size(q: Quota<'_>, repo: &str, digest: &str, headers: &HeaderMap) 
         .fetch(Method::HEAD, &path, headers.clone(), 0)
         .await
         .ok()?;
+    // a registry on object storage redirects blob requests, HEAD too (distribution with
+    // `redirect` on, its default): the size is the storage's answer
+    let parts = match parts.headers.get(http::header::LOCATION) {
+        Some(to) if parts.status.is_redirection() => {
+            q.registry
+                .fetch_location(Method::HEAD, to.to_str().ok()?, 0)
+                .await
+                .ok()?
+                .0
+        }
+        _ => parts,
+    };
     if parts.status != StatusCode::OK {
         return None;
     }

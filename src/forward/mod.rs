@@ -553,6 +553,56 @@ impl Upstream {
         Ok((parts, collected.to_bytes()))
     }
 
+    /// Where a redirect of the upstream's points (its `Location`: absolute `http(s)://…`, or
+    /// a path on the upstream): the object storage behind a registry that redirects blob
+    /// requests to presigned URLs. Sent without credentials — the URL carries its own — and
+    /// without following any further redirect.
+    pub async fn fetch_location(
+        &self,
+        method: http::Method,
+        location: &str,
+        limit: usize,
+    ) -> Result<(http::response::Parts, Bytes), ForwardError> {
+        let bad = |source: BoxError| ForwardError::Failed {
+            upstream: self.name,
+            what: "following a redirect",
+            source: Some(source),
+        };
+        let uri: Uri = location
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.into()))?;
+        let uri = match uri.scheme_str() {
+            Some("http" | "https") if uri.authority().is_some() => uri,
+            Some(_) => return Err(bad("a redirect to a scheme other than http(s)".into())),
+            None => self.absolute(
+                uri.path_and_query()
+                    .cloned()
+                    .ok_or_else(|| bad("a redirect without a path".into()))?,
+            )?,
+        };
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        let (_tx, rx) = oneshot::channel();
+        let resp = self.send(req, rx, true, None).await?;
+        let (parts, body) = resp.into_parts();
+        let collected = tokio::time::timeout(
+            self.response_timeout,
+            http_body_util::Limited::new(body, limit).collect(),
+        )
+        .await
+        .map_err(|_| ForwardError::Timeout {
+            upstream: self.name,
+            timeout: self.response_timeout,
+        })?
+        .map_err(|e| ForwardError::Failed {
+            upstream: self.name,
+            what: "reading response",
+            source: Some(e),
+        })?;
+        Ok((parts, collected.to_bytes()))
+    }
+
     /// Is the upstream answering HTTP at all? (Any status counts: 401 means it is up.)
     pub async fn probe(&self, probe_path: &str) -> Result<StatusCode, ForwardError> {
         let (parts, _) = tokio::time::timeout(

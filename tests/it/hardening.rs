@@ -266,6 +266,58 @@ async fn a_push_whose_client_hangs_up_is_still_recorded() {
     .await;
 }
 
+/// A registry on object storage redirects blob HEADs to presigned URLs (distribution's
+/// `redirect`, on by default): the quota's size check follows the redirect — without the
+/// client's credentials — and a manifest that understates a blob is still refused. (Before,
+/// the 307 was taken for "the registry does not say", and the declared size was trusted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_sizes_behind_a_redirect_are_checked_with_the_storage() {
+    use crate::common::Receiver;
+    use crate::common::receiver::Reply;
+    let (registry, storage) = (Receiver::start().await, Receiver::start().await);
+    registry.set_default(
+        Reply::status(307).header("Location", &format!("{}/presigned?sig=1", storage.url())),
+    );
+    storage.set_default(Reply::status(200).header("Content-Length", "5000"));
+    let wharf = Wharf::builder(&registry.url())
+        .yaml("projects: {prj: {storage_limit: 1GiB}}\n")
+        .start()
+        .await;
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::MANIFEST_V1,
+        "config": {"mediaType": oci::CONFIG_V1, "digest": digest('c'), "size": 5000},
+        "layers": [{"mediaType": oci::LAYER_TAR, "digest": digest('a'), "size": 10}],
+    }))
+    .unwrap();
+    let r = client()
+        .put(format!("{}/v2/prj/big/manifests/v1", wharf.url()))
+        .header("content-type", oci::MANIFEST_V1)
+        .basic_auth("alice", Some("pw"))
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    let r = Resp::read(r).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert_eq!(r.error().0, "MANIFEST_INVALID", "{}", r.text);
+    let asked = storage.requests();
+    assert!(!asked.is_empty());
+    for a in &asked {
+        assert_eq!(a.method, reqwest::Method::HEAD);
+        assert_eq!(a.path, "/presigned?sig=1");
+        assert!(a.header("authorization").is_none(), "credentials sent on");
+    }
+    assert!(
+        registry
+            .requests()
+            .iter()
+            .all(|r| r.method != reqwest::Method::PUT),
+        "the registry never saw the manifest"
+    );
+}
+
 // 2 ------------------------------------------------------------------------------------------
 // silent connections
 
