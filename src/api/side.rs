@@ -264,7 +264,7 @@ async fn record(events: &Sink, e: Event) -> Result<(StatusCode, Json<Value>), Ap
 
 /// What every side request starts with: the caller is authorized (before the body is read),
 /// the body read within `side.max_body` and parsed.
-async fn side_input<T: for<'de> Deserialize<'de>>(
+async fn side_input<T: for<'de> Deserialize<'de> + Send + 'static>(
     s: &ApiState,
     headers: &HeaderMap,
     body: axum::body::Body,
@@ -272,8 +272,25 @@ async fn side_input<T: for<'de> Deserialize<'de>>(
     let app = s.app()?;
     let caller = authorize(&app, headers).await?;
     let raw = read_limited(body, app.config.side.max_body).await?;
-    let input = parse_json(&raw)?;
+    let input = parse_off_runtime(raw).await?;
     Ok((app, caller, input))
+}
+
+/// Bodies up to this size are parsed where they are read; larger ones (a scan report may hold
+/// 16 MiB of JSON, tens of milliseconds to parse) on a blocking thread, not on a runtime worker
+/// that serves other requests meanwhile.
+const PARSE_IN_PLACE: usize = 64 << 10;
+
+async fn parse_off_runtime<T>(raw: bytes::Bytes) -> Result<T, ApiError>
+where
+    T: for<'de> Deserialize<'de> + Send + 'static,
+{
+    if raw.len() <= PARSE_IN_PLACE {
+        return parse_json(&raw);
+    }
+    tokio::task::spawn_blocking(move || parse_json(&raw))
+        .await
+        .map_err(|e| ApiError::internal("parsing the body failed", e))?
 }
 
 /// `POST /api/v1/events/scan`
@@ -437,4 +454,35 @@ pub async fn quota_report(
     });
     tracing::info!(repository = %e.repository, by = %caller, "quota report received");
     record(&app.events, e).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A large body (a scan report) is parsed off the runtime's workers: meanwhile the other
+    /// tasks of a single-threaded runtime still run. A small one is parsed in place.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_large_body_is_parsed_off_the_runtime() {
+        let items: Vec<String> = (0..100_000).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let body = format!("{{\"items\":[{}]}}", items.join(","));
+        assert!(body.len() > PARSE_IN_PLACE);
+        let parsing = Arc::new(AtomicBool::new(true));
+        let seen = parsing.clone();
+        // runs only when the test's task gives the thread up
+        let other = tokio::spawn(async move { seen.load(Ordering::SeqCst) });
+        let v: Value = parse_off_runtime(bytes::Bytes::from(body)).await.unwrap();
+        parsing.store(false, Ordering::SeqCst);
+        assert_eq!(v["items"][99_999]["n"], 99_999);
+        assert!(
+            other.await.unwrap(),
+            "another task ran while the body was parsed"
+        );
+        let small: Value = parse_off_runtime(bytes::Bytes::from_static(b"{\"a\":1}"))
+            .await
+            .unwrap();
+        assert_eq!(small["a"], 1);
+    }
 }
