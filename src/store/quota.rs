@@ -3,7 +3,7 @@
 //! or repositories reference it; a manifest's blobs are counted when wharf first learns the
 //! manifest (a push through wharf, or `wharf quota rescan`) and given back when it is deleted.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::StoreError;
 use super::db::{Backend, Db, json};
@@ -95,33 +95,43 @@ pub fn reserve(
     expires_at: i64,
 ) -> Result<Reservation, StoreError> {
     let (usage, _) = lock_project(db, project)?;
-    let mut reserved = 0u64;
-    let mut reserved_blobs = BTreeSet::new();
+    // every blob held by a push in progress, once, with its size (a blob two pushes share is
+    // listed by both: it stays held while either is in progress); rows written before sizes
+    // were kept hold their total
+    let mut held: BTreeMap<String, u64> = BTreeMap::new();
+    let mut held_unlisted = 0u64;
     for (bytes, list) in db.rows(
         "SELECT bytes, blobs FROM quota_reservations WHERE project = ?1 AND expires_at > ?2",
         args![project, now],
         |r| Ok((r.u64(0)?, r.text(1)?)),
     )? {
-        reserved = reserved.saturating_add(bytes);
-        reserved_blobs.extend(serde_json::from_str::<Vec<String>>(&list).unwrap_or_default());
+        match serde_json::from_str::<Vec<(String, u64)>>(&list) {
+            Ok(sized) => held.extend(sized),
+            Err(_) => held_unlisted = held_unlisted.saturating_add(bytes),
+        }
     }
-    let mut new_blobs = Vec::new();
+    let mut wanted = Vec::new();
     let mut adding = 0u64;
     for (d, size) in unique(blobs) {
         let refs = db.int(
             "SELECT refs FROM project_blobs WHERE project = ?1 AND digest = ?2",
             args![project, &d],
         )?;
-        if refs.unwrap_or(0) <= 0 && !reserved_blobs.contains(&d) {
-            adding = adding.saturating_add(size);
-            new_blobs.push(d);
+        if refs.unwrap_or(0) <= 0 {
+            if !held.contains_key(&d) {
+                adding = adding.saturating_add(size);
+            }
+            wanted.push((d, size));
         }
     }
-    if adding == 0 {
+    if wanted.is_empty() {
         return Ok(Reservation::NothingNew);
     }
+    let reserved = held
+        .values()
+        .fold(held_unlisted, |sum, size| sum.saturating_add(*size));
     let counted = usage.saturating_add(reserved);
-    if counted.saturating_add(adding) > limit {
+    if adding > 0 && counted.saturating_add(adding) > limit {
         return Ok(Reservation::Exceeded {
             adding,
             usage: counted,
@@ -131,7 +141,7 @@ pub fn reserve(
     let id = db
         .int(
             "INSERT INTO quota_reservations (project, bytes, blobs, expires_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
-            args![project, clamp_size(adding), &json(&new_blobs)?, expires_at],
+            args![project, clamp_size(adding), &json(&wanted)?, expires_at],
         )?
         .ok_or(StoreError::Closed)?;
     Ok(Reservation::Reserved { id })

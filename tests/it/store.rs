@@ -1289,13 +1289,20 @@ async fn quota_reservations_never_exceed_the_limit(kind: Kind) {
             limit: 1000
         }
     );
-    // the same blob again adds nothing
-    assert_eq!(
-        reserve(blobs("a", 600), later).await.unwrap(),
-        quota::Reservation::NothingNew
-    );
-    // the first push failed: its space comes back
+    // the same blob again adds nothing new, but holds it too
+    let again = reserve(blobs("a", 600), later).await.unwrap();
+    let quota::Reservation::Reserved { id: again_id } = again else {
+        panic!("{again:?}")
+    };
+    // the first push failed: the blob stays held by the second (before, it was held by
+    // nobody, and other pushes could take its space while the second went on to count it)
     s.write(move |c| quota::release(c, a_id)).await.unwrap();
+    assert!(matches!(
+        reserve(blobs("b", 600), later).await.unwrap(),
+        quota::Reservation::Exceeded { usage: 600, .. }
+    ));
+    // the second failed too: the space comes back
+    s.write(move |c| quota::release(c, again_id)).await.unwrap();
     let b = reserve(blobs("b", 600), later).await.unwrap();
     assert!(matches!(b, quota::Reservation::Reserved { .. }), "{b:?}");
     // a reservation whose push never came back lapses
