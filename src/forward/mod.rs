@@ -535,22 +535,7 @@ impl Upstream {
         *req.method_mut() = method;
         *req.uri_mut() = self.absolute(self.path_for(path_and_query)?)?;
         *req.headers_mut() = headers;
-        let (_tx, rx) = oneshot::channel();
-        let resp = self.send(req, rx, true, None).await?;
-        let (parts, body) = resp.into_parts();
-        let limited = http_body_util::Limited::new(body, limit);
-        let collected = tokio::time::timeout(self.response_timeout, limited.collect())
-            .await
-            .map_err(|_| ForwardError::Timeout {
-                upstream: self.name,
-                timeout: self.response_timeout,
-            })?
-            .map_err(|e| ForwardError::Failed {
-                upstream: self.name,
-                what: "reading response",
-                source: Some(e),
-            })?;
-        Ok((parts, collected.to_bytes()))
+        self.exchange(req, limit).await
     }
 
     /// Where a redirect of the upstream's points (its `Location`: absolute `http(s)://…`, or
@@ -583,6 +568,16 @@ impl Upstream {
         let mut req = Request::new(Body::empty());
         *req.method_mut() = method;
         *req.uri_mut() = uri;
+        self.exchange(req, limit).await
+    }
+
+    /// Send wharf's own request `req` and read its answer (at most `limit` body bytes, within
+    /// `upstream.response_timeout`).
+    async fn exchange(
+        &self,
+        req: Request<Body>,
+        limit: usize,
+    ) -> Result<(http::response::Parts, Bytes), ForwardError> {
         let (_tx, rx) = oneshot::channel();
         let resp = self.send(req, rx, true, None).await?;
         let (parts, body) = resp.into_parts();
