@@ -21,40 +21,51 @@ pub(super) fn client_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue>
     })
 }
 
-/// The origin (`scheme://host`) the client used, for a `Location` that points back at wharf:
-/// what the `X-Forwarded-Proto` and `X-Forwarded-Host` of the request going upstream say —
-/// wharf's own, or, with `trust_forwarded_headers`, the load balancer's (the first of a list),
-/// so a client that reached the load balancer over HTTPS is sent to `https://` — else the
-/// connection's scheme and the client's `host`.
-pub(super) fn client_origin(
-    upstream: &HeaderMap,
-    host: Option<&HeaderValue>,
-    conn: &ClientConn,
-) -> Option<String> {
-    let first = |name: &HeaderName| {
-        upstream
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-    };
-    let scheme = match first(&X_FORWARDED_PROTO) {
-        Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        Some(p) if p.eq_ignore_ascii_case("http") => "http",
-        _ if conn.tls => "https",
-        _ => "http",
-    };
-    // a bare `host[:port]`: never a path, user info or anything else into the Location
-    let forwarded = first(&X_FORWARDED_HOST).filter(|h| {
-        !h.contains('@')
-            && h.parse::<http::uri::Authority>()
-                .is_ok_and(|a| a.as_str() == *h)
-    });
-    let host = match forwarded {
-        Some(h) => h,
-        None => host?.to_str().ok()?,
-    };
-    Some(format!("{scheme}://{host}"))
+/// What the request going upstream says of the origin the client used: its
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` — wharf's own, or, with
+/// `trust_forwarded_headers`, the load balancer's. Kept (two header values) for the rare
+/// response whose `Location` must be pointed back at wharf.
+pub(super) struct Forwarded {
+    proto: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+}
+
+impl Forwarded {
+    pub(super) fn of(upstream: &HeaderMap) -> Forwarded {
+        Forwarded {
+            proto: upstream.get(&X_FORWARDED_PROTO).cloned(),
+            host: upstream.get(&X_FORWARDED_HOST).cloned(),
+        }
+    }
+
+    /// The origin (`scheme://host`): the first of each list — so a client that reached a
+    /// trusted load balancer over HTTPS is sent to `https://` — else the connection's scheme
+    /// and the client's `host`.
+    pub(super) fn origin(&self, host: Option<&HeaderValue>, conn: &ClientConn) -> Option<String> {
+        fn first(v: &Option<HeaderValue>) -> Option<&str> {
+            v.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+        }
+        let scheme = match first(&self.proto) {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            _ if conn.tls => "https",
+            _ => "http",
+        };
+        // a bare `host[:port]`: never a path, user info or anything else into the Location
+        let forwarded = first(&self.host).filter(|h| {
+            !h.contains('@')
+                && h.parse::<http::uri::Authority>()
+                    .is_ok_and(|a| a.as_str() == *h)
+        });
+        let host = match forwarded {
+            Some(h) => h,
+            None => host?.to_str().ok()?,
+        };
+        Some(format!("{scheme}://{host}"))
+    }
 }
 
 /// Remove hop-by-hop headers: the fixed list and every header named in `Connection`.
@@ -228,7 +239,7 @@ mod tests {
                 &HeaderValue::from_static("r"),
                 trust,
             );
-            client_origin(&h, Some(&host), &conn())
+            Forwarded::of(&h).origin(Some(&host), &conn())
         };
         let lb = [
             ("x-forwarded-proto", "https"),

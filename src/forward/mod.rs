@@ -48,7 +48,7 @@ mod headers;
 mod tls;
 pub use affinity::Affinity;
 use affinity::Park;
-use headers::{client_host, client_origin};
+use headers::{Forwarded, client_host};
 pub use headers::{prepare_request_headers, prepare_response_headers, strip_hop_by_hop};
 pub use tls::{TlsError, check_tls_files, client_tls};
 use tls::{find_tls_error, tls_problem};
@@ -386,7 +386,7 @@ impl Upstream {
             None => self.absolute(pq)?,
         };
         parts.version = Version::HTTP_11;
-        let origin = client_origin(&parts.headers, client_host.as_ref(), conn);
+        let forwarded = Forwarded::of(&parts.headers);
         let (tx, body_sent) = oneshot::channel();
         let sent_already = body.is_end_stream();
         let body = Body::new(SignalEnd {
@@ -402,7 +402,11 @@ impl Upstream {
             )
             .await?;
         prepare_response_headers(resp.headers_mut(), request_id);
-        self.rewrite_location(resp.headers_mut(), origin.as_deref());
+        // (most answers have no Location: no origin is built for them)
+        if resp.headers().contains_key(header::LOCATION) {
+            let origin = forwarded.origin(client_host.as_ref(), conn);
+            self.rewrite_location(resp.headers_mut(), origin.as_deref());
+        }
         Ok(resp)
     }
 
