@@ -94,9 +94,6 @@ fn has_absolute_url(body: &[u8]) -> bool {
 /// YAML, no entries).
 pub fn rewrite_index(body: &[u8], base: &str, project: &str) -> Option<Vec<u8>> {
     use serde_yaml_ng::Value;
-    if !has_absolute_url(body) {
-        return None;
-    }
     let mut doc: Value = serde_yaml_ng::from_slice(body).ok()?;
     let mut changed = false;
     let entries = doc.get_mut("entries")?.as_mapping_mut()?;
