@@ -565,7 +565,7 @@ pub async fn rescan(
             }
         }
     }
-    q.store.write(quota::recount).await?;
+    quota::recount(q.store).await?;
     report.usage = q.store.read(quota::all_usage).await?.into_iter().collect();
     Ok(report)
 }

@@ -130,7 +130,7 @@ impl Columns {
 }
 
 /// The project of `repository`: its first segment.
-fn project_of(repository: &str) -> &str {
+pub(crate) fn project_of(repository: &str) -> &str {
     repository.split('/').next().unwrap_or(repository)
 }
 

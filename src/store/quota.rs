@@ -3,11 +3,11 @@
 //! or repositories reference it; a manifest's blobs are counted when wharf first learns the
 //! manifest (a push through wharf, or `wharf quota rescan`) and given back when it is deleted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::StoreError;
 use super::db::{Backend, Db, json};
-use super::knowledge::clamp_size;
+use super::knowledge::{clamp_size, project_of};
 use crate::args;
 
 fn unique(blobs: &[(String, u64)]) -> Vec<(String, u64)> {
@@ -221,41 +221,75 @@ pub fn remove_refs(
 /// Recount every project's usage from the manifests wharf knows: each known manifest
 /// references its blobs once. Makes usage agree with the knowledge whatever happened before,
 /// e.g. manifests learned by a wharf that did not count usage yet (before quotas existed).
-pub fn recount(db: &Db<'_>) -> Result<(), StoreError> {
-    db.exec("DELETE FROM project_blobs", &[])?;
-    let rows = db.rows("SELECT repository, blobs FROM artifacts", &[], |r| {
-        Ok((r.text(0)?, r.opt_text(1)?))
-    })?;
-    let mut refs: BTreeMap<(String, String), (u64, i64)> = BTreeMap::new();
-    for (repository, blobs) in rows {
+///
+/// One transaction per project ([`recount_project`]), under the project's row lock, so pushes
+/// and deletes committing meanwhile — through this replica or another — are counted once: a
+/// push that holds the lock commits first and is read back; one that takes it later adds its
+/// blobs to the recounted figures. (Recounting the whole store in one transaction read the
+/// manifests before taking any lock: a push committing in between was left out of the usage
+/// while its blobs stayed recorded as counted. The locks are also held one project at a time,
+/// not across the whole recount.)
+pub async fn recount(store: &super::Store) -> Result<(), StoreError> {
+    for project in store.read(recount_projects).await? {
+        store
+            .write(move |db| recount_project(db, &project).map(|_| ()))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The projects a recount visits: those of known manifests, and those with usage recorded.
+pub fn recount_projects(db: &Db<'_>) -> Result<Vec<String>, StoreError> {
+    let mut projects = BTreeSet::new();
+    for repository in db.rows("SELECT DISTINCT repository FROM artifacts", &[], |r| {
+        r.text(0)
+    })? {
+        projects.insert(project_of(&repository).to_string());
+    }
+    projects.extend(db.rows(
+        "SELECT project FROM quota_projects UNION SELECT project FROM project_blobs",
+        &[],
+        |r| r.text(0),
+    )?);
+    Ok(projects.into_iter().collect())
+}
+
+/// Recount one project's usage from its known manifests, under its row lock (every write of
+/// its usage and blob counts takes that lock first). Returns the usage.
+pub fn recount_project(db: &Db<'_>, project: &str) -> Result<u64, StoreError> {
+    lock_project(db, project)?;
+    // the manifests read after the lock: every push that held it has committed (a prefix
+    // compared with `substr`, as `projects::repo_count` does)
+    let prefix = format!("{project}/");
+    let len = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+    let rows = db.rows(
+        "SELECT blobs FROM artifacts WHERE repository = ?1 OR substr(repository, 1, ?3) = ?2",
+        args![project, &prefix, len],
+        |r| r.opt_text(0),
+    )?;
+    let mut refs: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+    for blobs in rows {
         let blobs: Vec<(String, u64)> = blobs
             .and_then(|b| serde_json::from_str(&b).ok())
             .unwrap_or_default();
-        let project = repository
-            .split('/')
-            .next()
-            .unwrap_or(&repository)
-            .to_string();
         for (d, size) in unique(&blobs) {
-            let e = refs.entry((project.clone(), d)).or_insert((size, 0));
-            e.1 += 1;
+            refs.entry(d).or_insert((size, 0)).1 += 1;
         }
     }
-    let mut usage: BTreeMap<String, u64> = BTreeMap::new();
-    for ((project, digest), (size, n)) in &refs {
-        db.exec(
+    db.exec(
+        "DELETE FROM project_blobs WHERE project = ?1",
+        args![project],
+    )?;
+    let mut usage = 0u64;
+    for (digest, (size, n)) in &refs {
+        db.exec_later(
             "INSERT INTO project_blobs (project, digest, size, refs) VALUES (?1, ?2, ?3, ?4)",
             args![project, digest, clamp_size(*size), *n],
         )?;
-        let u = usage.entry(project.clone()).or_default();
-        *u = u.saturating_add(*size);
+        usage = usage.saturating_add(*size);
     }
-    db.exec("UPDATE quota_projects SET usage = 0", &[])?;
-    for (project, u) in usage {
-        lock_project(db, &project)?;
-        set_usage(db, &project, u)?;
-    }
-    Ok(())
+    set_usage(db, project, usage)?;
+    Ok(usage)
 }
 
 /// Was the warning for the current crossing already sent?

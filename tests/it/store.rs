@@ -619,10 +619,12 @@ async fn recount_follows_the_known_manifests(kind: Kind) {
         knowledge::upsert_artifact(c, &artifact("p/i", "idx", &[]))?;
         // stale counts of a blob nobody references any more
         quota::add_refs(c, "p", &[("gone".to_string(), 5000)])?;
-        quota::recount(c)
+        // and usage of a project without manifests
+        quota::add_refs(c, "r", &[("gone".to_string(), 7)])
     })
     .await
     .unwrap();
+    quota::recount(s).await.unwrap();
     let usage = |p: &'static str| s.read(move |c| quota::usage(c, p));
     assert_eq!(usage("p").await.unwrap(), 130);
     assert_eq!(usage("q").await.unwrap(), 110);
@@ -631,8 +633,9 @@ async fn recount_follows_the_known_manifests(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(usage("p").await.unwrap(), 120);
-    s.write(quota::recount).await.unwrap();
+    quota::recount(s).await.unwrap();
     assert_eq!(usage("p").await.unwrap(), 130, "idempotent");
+    assert_eq!(usage("r").await.unwrap(), 0);
     let all = s.read(quota::all_usage).await.unwrap();
     assert_eq!(all, [("p".to_string(), 130), ("q".to_string(), 110)]);
     s.close().await;
@@ -1694,6 +1697,86 @@ async fn postgres_racing_reservations_never_exceed_the_limit() {
     }
     assert_eq!(reserved, 3, "3 × 300 fit in 1000, a fourth does not");
     other.close().await;
+    o.store.close().await;
+}
+
+/// `quota rescan`'s recount while a push into the project commits through another replica:
+/// the push's blobs are counted once, in the usage as in the blob counts. (The recount read
+/// the manifests before the push committed and then wrote its own figure over the push's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_recount_during_a_push_leaves_nothing_out() {
+    let o = open(Kind::Postgres).await;
+    let url = o.url.clone().unwrap();
+    let (dir_b, dir_w) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pusher = Store::open(&pg_config(&url), dir_b.path()).await.unwrap();
+    let watch = Store::open(&pg_config(&url), dir_w.path()).await.unwrap();
+    o.store
+        .write(|c| {
+            knowledge::learn_manifest(c, &artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]), None)
+        })
+        .await
+        .unwrap();
+    // the push takes the project's lock and waits before its commit
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let push = tokio::spawn({
+        let pusher = pusher.clone();
+        async move {
+            pusher
+                .write(move |c| {
+                    let a = artifact("p/b", "m2", &[("c2", 20), ("l2", 200)]);
+                    knowledge::learn_manifest(c, &a, Some("v1"))?;
+                    locked_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    Ok(())
+                })
+                .await
+        }
+    });
+    tokio::task::spawn_blocking(move || locked_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let recount = tokio::spawn({
+        let s = o.store.clone();
+        async move { quota::recount(&s).await }
+    });
+    // the recount reaches the push's lock and waits for it
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(&watch, waiting).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recount never waited for the push"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    go_tx.send(()).unwrap();
+    push.await.unwrap().unwrap();
+    recount.await.unwrap().unwrap();
+    let usage = || watch.read(|c| quota::usage(c, "p"));
+    assert_eq!(usage().await.unwrap(), 330, "both manifests counted");
+    assert_eq!(
+        count(
+            &watch,
+            "SELECT CAST(SUM(size) AS BIGINT) FROM project_blobs WHERE project = 'p'"
+        )
+        .await,
+        330
+    );
+    // the next manifest with those blobs adds nothing, and a recount agrees
+    pusher
+        .write(|c| {
+            knowledge::learn_manifest(c, &artifact("p/c", "m3", &[("c2", 20), ("l2", 200)]), None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(usage().await.unwrap(), 330);
+    quota::recount(&watch).await.unwrap();
+    assert_eq!(usage().await.unwrap(), 330);
+    for s in [watch, pusher] {
+        s.close().await;
+    }
     o.store.close().await;
 }
 
