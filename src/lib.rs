@@ -26,7 +26,8 @@
 //! - [`logwriter`]: where log lines go: standard output, access-log lines gathered and written
 //!   together (`log.buffer`, `log.flush_interval`), every other line at once.
 //! - [`api`]: the HTTP API: Harbor's (projects, users, system, webhook policies, executions) with
-//!   Harbor's list conventions, and wharf's own (event log, side endpoint, quota, metrics).
+//!   Harbor's list conventions, and wharf's own (event log, side endpoint and its idempotency
+//!   keys, quota, metrics).
 //! - [`ui`]: the built-in admin UI under `/ui/`: server-rendered pages that read and change
 //!   everything through the API, in-process, as the signed-in user.
 //! - [`quota`]: project storage limits enforced on manifest pushes; usage rescans.

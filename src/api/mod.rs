@@ -27,6 +27,7 @@ pub mod csrf;
 pub mod events;
 pub mod execution;
 pub mod executions;
+pub mod idempotency;
 pub mod list;
 pub mod projects;
 pub mod query;

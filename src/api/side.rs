@@ -9,9 +9,12 @@
 //! Authentication: `Authorization: Bearer <side_api_token>`, or the system administrator's
 //! Basic credentials. Bodies over `side.max_body` get 413; invalid input a 400 naming the field.
 //! Validation happens before anything is written; the event is committed before the answer.
+//! A report may carry an `Idempotency-Key` ([`super::idempotency`]): retried with it, it is
+//! answered as the first time, without a second event.
 
 use axum::Json;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
@@ -19,9 +22,9 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::auth;
+use super::idempotency::{self, Key};
 use super::{ApiError, ApiState};
 use crate::app::App;
-use crate::events::sink::Sink;
 use crate::events::{Event, EventKind, QuotaInfo, ScanInfo, ScanStatus, ScanType, Severity, scan};
 use crate::observe::manifest::ACCEPT_ALL;
 use crate::route::{Digest, Repository, is_tag};
@@ -251,29 +254,62 @@ fn created(e: &Event) -> (StatusCode, Json<Value>) {
     )
 }
 
-async fn record(events: &Sink, e: Event) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let answer = created(&e);
-    if !events.durable_waited(e).await {
+/// Record `e` (with the request's idempotency key, if any) and answer.
+async fn record(app: &App, e: Event, key: Option<Key>) -> Result<Response, ApiError> {
+    let (status, Json(answer)) = created(&e);
+    let id = e.id;
+    let with = key.as_ref().map(|k| idempotency::keep_with(k, id, &answer));
+    if !app.events.durable_waited(e, with).await {
         return Err(ApiError::internal(
             "recording the event failed",
             "database write failed",
         ));
     }
-    Ok(answer)
+    // a concurrent request with the same key may have been recorded instead of this one
+    if let Some(k) = &key
+        && let Some(replayed) = idempotency::replay_unless_ours(&app.store, k, id).await?
+    {
+        return Ok(replayed);
+    }
+    Ok((status, Json(answer)).into_response())
+}
+
+/// A side request, read: to record, or answered already (its idempotency key's report).
+enum Side<T> {
+    New {
+        app: std::sync::Arc<App>,
+        caller: String,
+        input: T,
+        key: Option<Key>,
+    },
+    Answered(Response),
 }
 
 /// What every side request starts with: the caller is authorized (before the body is read),
-/// the body read within `side.max_body` and parsed.
+/// the body read within `side.max_body`; a request whose idempotency key a recorded report
+/// has is answered as that report was, any other parsed.
 async fn side_input<T: for<'de> Deserialize<'de> + Send + 'static>(
     s: &ApiState,
     headers: &HeaderMap,
+    path: &str,
     body: axum::body::Body,
-) -> Result<(std::sync::Arc<App>, String, T), ApiError> {
+) -> Result<Side<T>, ApiError> {
     let app = s.app()?;
     let caller = authorize(&app, headers).await?;
     let raw = read_limited(body, app.config.side.max_body).await?;
+    let key = Key::from_request(headers, &caller, path, &raw)?;
+    if let Some(k) = &key
+        && let Some(answered) = idempotency::replay(&app.store, k).await?
+    {
+        return Ok(Side::Answered(answered));
+    }
     let input = parse_off_runtime(raw).await?;
-    Ok((app, caller, input))
+    Ok(Side::New {
+        app,
+        caller,
+        input,
+        key,
+    })
 }
 
 /// Bodies up to this size are parsed where they are read; larger ones (a scan report may hold
@@ -298,8 +334,17 @@ pub async fn scan_report(
     State(s): State<ApiState>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (app, caller, input) = side_input::<ScanInput>(&s, &headers, body).await?;
+) -> Result<Response, ApiError> {
+    let (app, caller, input, key) =
+        match side_input::<ScanInput>(&s, &headers, "/api/v1/events/scan", body).await? {
+            Side::New {
+                app,
+                caller,
+                input,
+                key,
+            } => (app, caller, input, key),
+            Side::Answered(r) => return Ok(r),
+        };
     let (repo, tag, digest) = subject_fields(&input.repository, input.tag, input.digest)?;
     let status = match input.status.as_str() {
         "Success" => ScanStatus::Success,
@@ -396,7 +441,7 @@ pub async fn scan_report(
     let mut e = event_for(&app, kind, &subject, &operator).await;
     e.scan = Some(info);
     tracing::info!(repository = %e.repository, kind = kind.harbor_type(), by = %caller, "scan report received");
-    record(&app.events, e).await
+    record(&app, e, key).await
 }
 
 /// `GET /api/v1/projects/{project}/quota`: limit and usage (system or project administrator).
@@ -436,8 +481,17 @@ pub async fn quota_report(
     State(s): State<ApiState>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (app, caller, input) = side_input::<QuotaInput>(&s, &headers, body).await?;
+) -> Result<Response, ApiError> {
+    let (app, caller, input, key) =
+        match side_input::<QuotaInput>(&s, &headers, "/api/v1/events/quota", body).await? {
+            Side::New {
+                app,
+                caller,
+                input,
+                key,
+            } => (app, caller, input, key),
+            Side::Answered(r) => return Ok(r),
+        };
     if input.details.trim().is_empty() {
         return Err(ApiError::bad_request("details: must not be empty"));
     }
@@ -453,7 +507,7 @@ pub async fn quota_report(
         ..QuotaInfo::default()
     });
     tracing::info!(repository = %e.repository, by = %caller, "quota report received");
-    record(&app.events, e).await
+    record(&app, e, key).await
 }
 
 #[cfg(test)]

@@ -193,9 +193,10 @@ impl Sink {
     }
 
     /// Record `event` and wait for the outcome however long it takes (the side endpoint: its
-    /// caller sends the report again on an error, so the answer must say what happened).
-    pub async fn durable_waited(&self, event: Event) -> bool {
-        self.submit_durable(event, None, None)
+    /// caller sends the report again on an error, so the answer must say what happened), with
+    /// the writes of `with` in its transaction.
+    pub async fn durable_waited(&self, event: Event, with: Option<With>) -> bool {
+        self.submit_durable(event, None, with)
             .await
             .unwrap_or(false)
     }

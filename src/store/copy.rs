@@ -1,7 +1,7 @@
 //! `wharf store copy`: move an embedded (SQLite) store into PostgreSQL, so a single instance
 //! can grow into several replicas without losing anything: policies and their target
 //! versions, projects (ids kept), settings, the event log (with its hosts), the outbox (deliveries, attempts,
-//! last triggers), knowledge, chart facts and quota usage. Reservations of pushes in progress
+//! last triggers), knowledge, chart facts, quota usage and the side endpoint's idempotency keys. Reservations of pushes in progress
 //! and the short-lived attribution memory are not copied (they lapse within minutes anyway).
 //!
 //! Rows keep their ids; PostgreSQL's identity sequences are moved past them. The copy is one
@@ -29,6 +29,7 @@ pub const TABLES: &[(&str, Option<&str>)] = &[
     ("project_blobs", None),
     ("quota_projects", None),
     ("users", Some("id")),
+    ("idempotency_keys", None),
 ];
 
 /// Tables a freshly migrated database already fills (with the same rows the source has):

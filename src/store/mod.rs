@@ -25,6 +25,7 @@ pub mod copy;
 pub mod db;
 pub mod events;
 pub mod executions;
+pub mod idempotency;
 mod job;
 pub mod knowledge;
 pub mod outbox;
@@ -699,7 +700,7 @@ impl Store {
 
 /// Every second: write the last triggers noted ([`Store::flush_triggers`]). Once a minute:
 /// forget what clients resolved longer ago than `attribution_window`, lapsed quota
-/// reservations, and target versions no delivery needs any more, and fold the delivery
+/// reservations, expired idempotency keys, and target versions no delivery needs any more, and fold the delivery
 /// counters of database processes that ended. Runs until `shutdown`.
 pub async fn run_housekeeping(
     store: Store,
@@ -725,6 +726,7 @@ pub async fn run_housekeeping(
             .write_relaxed(move |c| {
                 recent::prune(c, before)?;
                 quota::prune_reservations(c, now_ms())?;
+                idempotency::prune(c, now_ms() - idempotency::KEPT_FOR.as_millis() as i64)?;
                 outbox::fold_counts(c)?;
                 policies::drop_unused_targets(c, None)
             })

@@ -787,6 +787,35 @@ pub static MIGRATIONS: &[Migration] = &[
     "#,
         then: None,
     },
+    // 23: the side endpoint's idempotency keys (`idempotency`): a report retried with the key
+    // of one recorded is answered as it was, without a second event.
+    Migration {
+        sqlite: r#"
+    CREATE TABLE idempotency_keys (
+        caller TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (caller, key)
+    );
+    CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);
+    "#,
+        postgres: r#"
+    CREATE TABLE idempotency_keys (
+        caller TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (caller, key)
+    );
+    CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);
+    "#,
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

@@ -11,7 +11,7 @@
 //!   always allowed, one QUOTA_WARNING per crossing, `GET /api/v1/projects/{p}/quota`, and
 //!   `wharf quota rescan` (the real binary) against plain and htpasswd registries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -1067,6 +1067,110 @@ async fn quota_report_reaches_the_receiver() {
     assert_eq!(l["event_type"], "projectQuota");
     assert_eq!(l["events"][0]["details"], details);
     assert_eq!(l["events"][0]["operator"], "quota-bot");
+}
+
+/// POST `body` to `path` with `Idempotency-Key: key`.
+async fn post_keyed(base: &str, path: &str, auth: Auth<'_>, key: &str, body: &Value) -> Resp {
+    let mut rb = client()
+        .post(format!("{base}{path}"))
+        .header("idempotency-key", key)
+        .json(body)
+        .timeout(Duration::from_secs(30));
+    rb = match auth {
+        Auth::Bearer(t) => rb.bearer_auth(t),
+        Auth::Basic(u, p) => rb.basic_auth(u, Some(p)),
+        Auth::None | Auth::Raw(_) => rb,
+    };
+    Resp::read(rb.send().await.unwrap()).await
+}
+
+/// A report retried with its `Idempotency-Key` is answered as the first time and makes no
+/// second event or delivery; the key with another request is 422; another caller's key, or a
+/// report without one, is a new event; twenty requests with one key at once make one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_retried_with_its_idempotency_key_makes_one_event() {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml(&base_yaml())
+        .start()
+        .await;
+    let base = wharf.url();
+    let rx = Receiver::start().await;
+    subscribe(&base, "prj", &["SCANNING_FAILED"], &rx).await;
+    const SCAN: &str = "/api/v1/events/scan";
+    let digest = format!("sha256:{}", "5c".repeat(32));
+    let report = json!({"repository": "prj/app", "tag": "1.0", "digest": digest,
+                        "status": "Error", "error": "layer not found"});
+    let first = post_keyed(&base, SCAN, SIDE, "scan-1", &report)
+        .await
+        .expect(201);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let id = first.json()["event_id"].as_str().unwrap().to_string();
+    // the retry, bare or as a quoted structured-field string: the same answer, marked
+    for key in ["scan-1", "\"scan-1\""] {
+        let again = post_keyed(&base, SCAN, SIDE, key, &report)
+            .await
+            .expect(201);
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.json(), first.json());
+    }
+    // the key with another body, or at another endpoint: 422, nothing recorded
+    let other = json!({"repository": "prj/app", "tag": "1.0", "digest": digest,
+                       "status": "Error", "error": "another error"});
+    let r = post_keyed(&base, SCAN, SIDE, "scan-1", &other)
+        .await
+        .expect(422);
+    assert_eq!(r.error().0, "UNPROCESSABLE_ENTITY");
+    let quota = json!({"repository": "prj/app", "tag": "1.0", "digest": digest,
+                       "details": "over"});
+    post_keyed(&base, "/api/v1/events/quota", SIDE, "scan-1", &quota)
+        .await
+        .expect(422);
+    // a key that is none: 400
+    let r = post_keyed(&base, SCAN, SIDE, "a b", &report)
+        .await
+        .expect(400);
+    assert!(r.error_message().contains("Idempotency-Key"), "{}", r.text);
+    // another caller's key of the same name, and a report without a key: new events
+    let admin = post_keyed(&base, SCAN, ADMIN, "scan-1", &report)
+        .await
+        .expect(201);
+    assert_eq!(admin.header("idempotent-replayed"), None);
+    let unkeyed = post_scan(&base, SIDE, &report).await.expect(201);
+    // twenty at once with a new key: one event, every answer names it
+    let racing: Vec<_> = (0..20)
+        .map(|_| {
+            let (base, report) = (base.clone(), report.clone());
+            tokio::spawn(async move { post_keyed(&base, SCAN, SIDE, "scan-2", &report).await })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    for t in racing {
+        ids.insert(t.await.unwrap().expect(201).json()["event_id"].clone());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let expected: HashSet<Value> = [
+        json!(id),
+        admin.json()["event_id"].clone(),
+        unkeyed.json()["event_id"].clone(),
+        ids.into_iter().next().unwrap(),
+    ]
+    .into();
+    assert_eq!(expected.len(), 4);
+    let logged: HashSet<Value> = events(&base, "type=SCANNING_FAILED")
+        .await
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert_eq!(logged, expected);
+    // two targets per event, each delivered once
+    let got = rx.wait_for(8, SOON).await;
+    rx.expect_no_more_than(8, QUIET).await;
+    let delivered: HashSet<Value> = got
+        .iter()
+        .map(|r| json!(r.header("webhook-id").unwrap()))
+        .collect();
+    assert_eq!(delivered, expected);
 }
 
 // 7 ------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use wharf::events::{Event, EventKind};
 use wharf::route::Repository;
 use wharf::store::knowledge::{self, Artifact};
 use wharf::store::outbox::{self, Attempt, ClaimLimits, DeliveryState, Lease, Next, Redelivery};
-use wharf::store::{self, Store, StoreError, events, policies, quota};
+use wharf::store::{self, Store, StoreError, events, idempotency, policies, quota};
 
 use crate::common::postgres as pgc;
 
@@ -118,6 +118,7 @@ conformance!(
     a_host_is_kept_once_and_only_committed_ids_are_reused,
     text_with_nul_characters_is_stored_with_replacement_characters,
     the_clock_skew_to_the_database_is_measured,
+    idempotency_keys_are_kept_per_caller_until_they_expire,
 );
 
 fn repo(s: &str) -> Repository {
@@ -1777,6 +1778,93 @@ async fn postgres_a_recount_during_a_push_leaves_nothing_out() {
     for s in [watch, pusher] {
         s.close().await;
     }
+    o.store.close().await;
+}
+
+fn kept(event_id: &str) -> idempotency::Kept {
+    idempotency::Kept {
+        fingerprint: "fp".into(),
+        event_id: event_id.into(),
+        answer: format!("{{\"event_id\":\"{event_id}\"}}"),
+    }
+}
+
+async fn idempotency_keys_are_kept_per_caller_until_they_expire(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let day = idempotency::KEPT_FOR.as_millis() as i64;
+    let now = store::now_ms();
+    let keep = |caller: &'static str, key: &'static str, id: &'static str, at: i64| {
+        s.write(move |c| idempotency::keep(c, caller, key, &kept(id), at))
+    };
+    let find = |caller: &'static str, key: &'static str, since: i64| {
+        s.read(move |c| idempotency::find(c, caller, key, since))
+    };
+    assert!(keep("side-api", "k", "e1", now - 10).await.unwrap());
+    assert!(!keep("side-api", "k", "e2", now).await.unwrap(), "taken");
+    assert!(
+        keep("admin", "k", "e3", now).await.unwrap(),
+        "another caller's"
+    );
+    assert_eq!(
+        find("side-api", "k", now - day).await.unwrap(),
+        Some(kept("e1"))
+    );
+    assert_eq!(
+        find("admin", "k", now - day).await.unwrap(),
+        Some(kept("e3"))
+    );
+    assert_eq!(
+        find("side-api", "k", now).await.unwrap(),
+        None,
+        "older than since"
+    );
+    // an expired key, not pruned yet, is taken over
+    assert!(keep("side-api", "old", "e4", now - day - 1).await.unwrap());
+    assert!(keep("side-api", "old", "e5", now).await.unwrap());
+    assert_eq!(
+        find("side-api", "old", now - day).await.unwrap(),
+        Some(kept("e5"))
+    );
+    assert!(keep("side-api", "gone", "e6", now - day - 1).await.unwrap());
+    let pruned = s
+        .write(move |c| idempotency::prune(c, now - day))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM idempotency_keys").await, 3);
+    s.close().await;
+}
+
+/// Two replicas keeping one key at the same instant: one keeps it, whatever the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_keeping_one_idempotency_key_keep_it_once() {
+    let o = open(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = if i % 2 == 0 {
+                o.store.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move {
+                let id = format!("e{i}");
+                s.write(move |c| idempotency::keep(c, "side-api", "k", &kept(&id), store::now_ms()))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut kept_by = 0;
+    for t in tasks {
+        kept_by += usize::from(t.await.unwrap());
+    }
+    assert_eq!(kept_by, 1);
+    other.close().await;
     o.store.close().await;
 }
 
