@@ -3262,6 +3262,7 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              ALTER TABLE deliveries DROP COLUMN first_excerpt;
              ALTER TABLE events DROP COLUMN host_id;
              DROP TABLE hosts;
+             DROP TABLE idempotency_keys;
              UPDATE events SET id = wharf_uuid_text(id), digest = wharf_digest_text(digest),
                  type = wharf_event_type(type), state = wharf_event_state(state);
              ALTER TABLE deliveries ADD COLUMN event_id TEXT;
@@ -3280,6 +3281,7 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              ALTER TABLE events ALTER COLUMN body TYPE text USING '';
              ALTER TABLE events DROP COLUMN host_id;
              DROP TABLE hosts;
+             DROP TABLE idempotency_keys;
              DROP INDEX events_held;
              DROP INDEX events_held_digest;
              ALTER TABLE events ALTER COLUMN type TYPE text USING wharf_event_type(type),
