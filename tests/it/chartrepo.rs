@@ -497,6 +497,37 @@ async fn helm_repo_add_and_pull_through_wharf_make_one_download_event() {
         "application",
         hello.len() as u64,
     );
+
+    // what ChartMuseum said of direct-lib was remembered with its download event: the next
+    // download makes the same event without asking ChartMuseum again
+    let asked = || {
+        e.cm.requests()
+            .iter()
+            .filter(|r| r.path == "/api/prj/charts/direct-lib/2.0.0")
+            .count()
+    };
+    assert_eq!(asked(), 1);
+    helm_pull(&e.helm, "direct-lib", "2.0.0").await;
+    let (d, _) = expect_events(&e.rx, 4).await;
+    let again: Vec<&Value> = d
+        .iter()
+        .filter(|v| {
+            v["type"] == "DOWNLOAD_CHART"
+                && v["event_data"]["resources"][0]["chart_name"] == "direct-lib"
+        })
+        .collect();
+    assert_eq!(again.len(), 2);
+    check_default(
+        again[1],
+        &host,
+        "direct-lib",
+        "2.0.0",
+        "library",
+        direct.len() as u64,
+        "anonymous",
+    );
+    assert_eq!(again[1]["event_data"]["resources"][0]["app_version"], "1.0");
+    assert_eq!(asked(), 1, "{:?}", e.cm.requests());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,14 +57,14 @@ pub(super) fn seg(s: &str) -> String {
 }
 
 /// Type and appVersion from ChartMuseum's `GET /api/<p>/charts/<name>/<version>` (with the
-/// client's credentials). Unknown type: empty.
+/// client's credentials); `None` when ChartMuseum did not describe the version.
 pub(super) async fn from_chartmuseum(
     up: &Upstream,
     who: &Who,
     project: &str,
     name: &str,
     version: &str,
-) -> ChartFacts {
+) -> Option<ChartFacts> {
     #[derive(serde::Deserialize)]
     struct Version {
         #[serde(default, rename = "type")]
@@ -84,16 +84,20 @@ pub(super) async fn from_chartmuseum(
         .await
     {
         Ok((parts, body)) if parts.status == StatusCode::OK => {
-            if let Ok(v) = serde_json::from_slice::<Version>(&body) {
-                facts.chart_type = v
-                    .chart_type
-                    .filter(|t| !t.is_empty())
-                    .unwrap_or_else(|| "application".into());
-                facts.app_version = match v.app_version {
-                    Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-                    Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                    _ => None,
-                };
+            match serde_json::from_slice::<Version>(&body) {
+                Ok(v) => {
+                    facts.chart_type = v
+                        .chart_type
+                        .filter(|t| !t.is_empty())
+                        .unwrap_or_else(|| "application".into());
+                    facts.app_version = match v.app_version {
+                        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
+                        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                        _ => None,
+                    };
+                    return Some(facts);
+                }
+                Err(e) => tracing::debug!(error = %e, %path, "chart version not readable"),
             }
         }
         Ok((parts, _)) => {
@@ -103,7 +107,7 @@ pub(super) async fn from_chartmuseum(
             tracing::debug!(error = %crate::error_chain(&e), %path, "chart version not readable")
         }
     }
-    facts
+    None
 }
 
 /// Size of the chart archive, read from ChartMuseum (which answers no HEAD for archives): the

@@ -248,16 +248,24 @@ async fn record_download(
     version: String,
     bytes: u64,
 ) {
-    let mut facts = match remembered(&app.store, &project, &name, &version).await {
-        Some(f) => f,
+    let (mut facts, learned) = match remembered(&app.store, &project, &name, &version).await {
+        Some(f) => (f, false),
         None => match app.chartmuseum.as_ref() {
-            Some(up) => from_chartmuseum(up, &who, &project, &name, &version).await,
-            None => unknown(&project, &name, &version),
+            Some(up) => match from_chartmuseum(up, &who, &project, &name, &version).await {
+                Some(f) => (f, true),
+                None => (unknown(&project, &name, &version), false),
+            },
+            None => (unknown(&project, &name, &version), false),
         },
     };
     facts.size = Some(bytes);
     if let Some(e) = chart_event(&app, &who, EventKind::DownloadChart, &facts) {
-        app.events.detached(e, None);
+        // a chart uploaded behind wharf's back (before it, or to ChartMuseum directly): what
+        // ChartMuseum said of it is remembered with the event, and the next download of the
+        // version asks ChartMuseum nothing
+        let with = learned
+            .then(|| -> With { Box::new(move |c, _| charts::remember(c, &facts).map(|()| true)) });
+        app.events.detached(e, with);
     }
 }
 
@@ -275,7 +283,9 @@ async fn delete(
     let who = Who::of(app, req.headers(), ctx);
     let mut facts = match remembered(&app.store, &project, &name, &version).await {
         Some(f) => f,
-        None => from_chartmuseum(up, &who, &project, &name, &version).await,
+        None => from_chartmuseum(up, &who, &project, &name, &version)
+            .await
+            .unwrap_or_else(|| unknown(&project, &name, &version)),
     };
     if facts.size.is_none() {
         facts.size = archive_size(
