@@ -137,23 +137,38 @@ fn complete(c: &Db<'_>, event: &mut Event, new_project: bool) -> Result<(), Stor
     Ok(())
 }
 
+/// What one event's writes did.
+struct Written {
+    /// The event was inserted (`with` may find it part of another, or its report's
+    /// idempotency key another's: then nothing of it is written, its project's row neither).
+    inserted: bool,
+    /// What the transaction published so far.
+    published: Vec<EventKind>,
+}
+
 /// In the event's transaction: `with`'s writes, then the event completed and inserted (unless
-/// `with` found it part of another); what the transaction published so far.
+/// `with` says it is not to be).
 fn record(
     c: &Db<'_>,
     mut event: Event,
     with: Option<With>,
     new_project: bool,
     hold_until: Option<i64>,
-) -> Result<Vec<EventKind>, StoreError> {
+) -> Result<Written, StoreError> {
     if let Some(w) = with
         && !w(c, &mut event)?
     {
-        return Ok(c.take_published());
+        return Ok(Written {
+            inserted: false,
+            published: c.take_published(),
+        });
     }
     complete(c, &mut event, new_project)?;
     store::events::insert(c, &event, hold_until)?;
-    Ok(c.take_published())
+    Ok(Written {
+        inserted: true,
+        published: c.take_published(),
+    })
 }
 
 impl Sink {
@@ -230,8 +245,10 @@ impl Sink {
                 sink.metrics
                     .event_commit_seconds
                     .observe(started.elapsed().as_secs_f64());
-                let ok = sink.account(kind, id, result);
-                if ok && new_project {
+                let inserted = matches!(result, Ok(Written { inserted: true, .. }));
+                let ok = sink.account(kind, id, result.map(|w| w.published));
+                // (an event not inserted ensured no project row)
+                if ok && inserted && new_project {
                     sink.projects.insert(&project);
                 }
                 let _ = tx.send(ok);
@@ -291,7 +308,7 @@ impl Sink {
                     .map(|d| record(c, d.event, d.with, d.new_project, None))
                     .collect::<Result<Vec<_>, _>>()
             },
-            move |result: Result<Vec<Vec<EventKind>>, StoreError>| {
+            move |result: Result<Vec<Written>, StoreError>| {
                 let (group, more) = lock(&taken).take().unwrap_or_else(|| {
                     // the job never ran (the store refused it): what is queued is lost
                     let mut q = lock(&sink.queued);
@@ -299,9 +316,12 @@ impl Sink {
                     (q.events.drain(..).map(|d| Taken::of(&d)).collect(), false)
                 });
                 match result {
-                    Ok(published) => {
-                        for (t, p) in group.into_iter().zip(published) {
-                            if sink.account(t.kind, t.id, Ok(p)) && t.new_project {
+                    Ok(written) => {
+                        for (t, w) in group.into_iter().zip(written) {
+                            if sink.account(t.kind, t.id, Ok(w.published))
+                                && w.inserted
+                                && t.new_project
+                            {
                                 sink.projects.insert(&t.project);
                             }
                         }
@@ -636,6 +656,39 @@ mod tests {
         assert_eq!(sink.metrics.events_lost.get(), 0);
         let counted = counted(&sink, "PUSH_ARTIFACT");
         assert_eq!(counted, 1);
+    }
+
+    /// An event its `with` does not record (another report has its idempotency key, say) makes
+    /// no project row, and its project is not taken as met: the next event of the project
+    /// makes the row. (Before, the project counted as met and never got its row.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_not_recorded_leaves_its_project_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path(), Default::default()).unwrap();
+        let sink = Sink::new(store.clone(), Arc::new(Metrics::new()));
+        let row = || store.read(|c| crate::store::projects::by_name(c, "prj"));
+        let not_this_one: With = Box::new(|_, _| Ok(false));
+        assert!(sink.durable_waited(pull(0), Some(not_this_one)).await);
+        assert!(row().await.unwrap().is_none());
+        for (i, with) in [
+            (
+                1,
+                Some(Box::new(|_: &Db<'_>, _: &mut Event| Ok(false)) as With),
+            ),
+            (2, None),
+        ] {
+            sink.detached(pull(i), with);
+        }
+        store.write(|_| Ok(())).await.unwrap();
+        assert_eq!(events_in(&store).await, 1);
+        assert!(
+            row().await.unwrap().is_some(),
+            "the recorded pull made the row"
+        );
+        let mut push = pull(3);
+        push.kind = EventKind::PushArtifact;
+        assert!(sink.durable_waited(push, None).await);
+        assert!(row().await.unwrap().is_some());
     }
 
     /// A store that refuses the job (closed) loses the queued events, counted, and the next
