@@ -8,7 +8,8 @@
 //! Keys are kept per caller (the side token, or the admin) for a day
 //! ([`store::idempotency::KEPT_FOR`]), in the store, so a retry may land on any replica. The
 //! key is written in the event's own transaction ([`keep_with`]); two requests with one key at
-//! the same instant make one event, and the second is answered as a replay.
+//! the same instant make one event, and the second is answered as a replay, or (PostgreSQL,
+//! while the first's transaction is still open) `409`, as the draft has it.
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
@@ -32,18 +33,19 @@ pub const MAX_LEN: usize = 255;
 /// A request's key, with what identifies the request.
 #[derive(Debug, Clone)]
 pub struct Key {
-    caller: String,
+    scope: String,
     key: String,
     fingerprint: String,
 }
 
 impl Key {
-    /// The key of a request to `path` with `body` by `caller`, when it sent one. The value is
+    /// The key of a request to `path` with `body` by a caller whose keys are `scope`, when it
+    /// sent one. The value is
     /// a key of 1 to [`MAX_LEN`] visible ASCII characters, bare (Stripe) or as a quoted
     /// structured-field string (the draft); anything else is `400`.
     pub fn from_request(
         headers: &HeaderMap,
-        caller: &str,
+        scope: &str,
         path: &str,
         body: &[u8],
     ) -> Result<Option<Key>, ApiError> {
@@ -66,7 +68,7 @@ impl Key {
         h.update(b"\n");
         h.update(body);
         Ok(Some(Key {
-            caller: caller.to_string(),
+            scope: scope.to_string(),
             key: key.to_string(),
             fingerprint: hex::encode(h.finalize()),
         }))
@@ -93,26 +95,33 @@ pub async fn replay(store: &Store, key: &Key) -> Result<Option<Response>, ApiErr
     Ok(find(store, key).await?.map(|kept| answer(key, &kept)))
 }
 
-/// After this request's event (`event_id`) was recorded with [`keep_with`]: the answer of
-/// the report that has the key when it is another one (a concurrent request with the same key
-/// won), `None` when the key is this request's.
-pub async fn replay_unless_ours(
+/// After this request's event (`event_id`) was written with [`keep_with`]: `None` when the
+/// key is this request's (its event recorded); else the answer of the report that has the key
+/// (a concurrent request with the same key was first), or `409` while that report is still
+/// being recorded (another replica's transaction: it is not waited for) — retry it.
+pub async fn unless_ours(
     store: &Store,
     key: &Key,
     event_id: uuid::Uuid,
 ) -> Result<Option<Response>, ApiError> {
     let ours = event_id.to_string();
-    Ok(find(store, key)
-        .await?
-        .filter(|kept| kept.event_id != ours)
-        .map(|kept| answer(key, &kept)))
+    Ok(match find(store, key).await? {
+        Some(kept) if kept.event_id == ours => None,
+        Some(kept) => Some(answer(key, &kept)),
+        None => Some(
+            ApiError::conflict(
+                "Idempotency-Key: a request with this key is being processed; retry it",
+            )
+            .into_response(),
+        ),
+    })
 }
 
 async fn find(store: &Store, key: &Key) -> Result<Option<idempotency::Kept>, ApiError> {
-    let (caller, k) = (key.caller.clone(), key.key.clone());
+    let (scope, k) = (key.scope.clone(), key.key.clone());
     let since = store::now_ms() - idempotency::KEPT_FOR.as_millis() as i64;
     store
-        .read(move |c| idempotency::find(c, &caller, &k, since))
+        .read(move |c| idempotency::find(c, &scope, &k, since))
         .await
         .map_err(|e| ApiError::internal("reading an idempotency key failed", e))
 }
@@ -136,13 +145,13 @@ fn answer(key: &Key, kept: &idempotency::Kept) -> Response {
 /// The write that keeps `key` with the event `event_id` and its `answer`, in the event's
 /// transaction: when a report already has the key, the event is not recorded.
 pub fn keep_with(key: &Key, event_id: uuid::Uuid, answer: &Value) -> With {
-    let (caller, k) = (key.caller.clone(), key.key.clone());
+    let (scope, k) = (key.scope.clone(), key.key.clone());
     let kept = idempotency::Kept {
         fingerprint: key.fingerprint.clone(),
         event_id: event_id.to_string(),
         answer: answer.to_string(),
     };
-    Box::new(move |c, _event| idempotency::keep(c, &caller, &k, &kept, store::now_ms()))
+    Box::new(move |c, _event| idempotency::keep(c, &scope, &k, &kept, store::now_ms()))
 }
 
 #[cfg(test)]

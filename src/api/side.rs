@@ -30,8 +30,35 @@ use crate::observe::manifest::ACCEPT_ALL;
 use crate::route::{Digest, Repository, is_tag};
 use crate::store::knowledge;
 
+/// Who posted to the side endpoint.
+enum Caller {
+    /// The bearer of `side_api_token`.
+    Token,
+    /// The system administrator (Basic credentials), by name.
+    Admin(String),
+}
+
+impl Caller {
+    /// The name events and logs give the caller (`side-api` for the token).
+    fn name(&self) -> String {
+        match self {
+            Caller::Token => "side-api".into(),
+            Caller::Admin(name) => name.clone(),
+        }
+    }
+
+    /// Whose idempotency keys a request's key is among: the token's and the administrator's
+    /// are apart, whatever the administrator is called.
+    fn key_scope(&self) -> String {
+        match self {
+            Caller::Token => "token".into(),
+            Caller::Admin(name) => format!("user:{name}"),
+        }
+    }
+}
+
 /// Who may post to the side endpoint.
-async fn authorize(app: &App, headers: &HeaderMap) -> Result<String, ApiError> {
+async fn authorize(app: &App, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -48,14 +75,14 @@ async fn authorize(app: &App, headers: &HeaderMap) -> Result<String, ApiError> {
             .as_ref()
             .is_some_and(|t| bool::from(token.as_bytes().ct_eq(t.expose().as_bytes())));
         return if ok {
-            Ok("side-api".into())
+            Ok(Caller::Token)
         } else {
             Err(ApiError::unauthorized())
         };
     }
     auth::require_admin(app, headers)
         .await
-        .map(|c| c.name().to_string())
+        .map(|c| Caller::Admin(c.name().to_string()))
 }
 
 async fn read_limited(body: axum::body::Body, limit: u64) -> Result<bytes::Bytes, ApiError> {
@@ -267,7 +294,7 @@ async fn record(app: &App, e: Event, key: Option<Key>) -> Result<Response, ApiEr
     }
     // a concurrent request with the same key may have been recorded instead of this one
     if let Some(k) = &key
-        && let Some(replayed) = idempotency::replay_unless_ours(&app.store, k, id).await?
+        && let Some(replayed) = idempotency::unless_ours(&app.store, k, id).await?
     {
         return Ok(replayed);
     }
@@ -297,7 +324,7 @@ async fn side_input<T: for<'de> Deserialize<'de> + Send + 'static>(
     let app = s.app()?;
     let caller = authorize(&app, headers).await?;
     let raw = read_limited(body, app.config.side.max_body).await?;
-    let key = Key::from_request(headers, &caller, path, &raw)?;
+    let key = Key::from_request(headers, &caller.key_scope(), path, &raw)?;
     if let Some(k) = &key
         && let Some(answered) = idempotency::replay(&app.store, k).await?
     {
@@ -306,7 +333,7 @@ async fn side_input<T: for<'de> Deserialize<'de> + Send + 'static>(
     let input = parse_off_runtime(raw).await?;
     Ok(Side::New {
         app,
-        caller,
+        caller: caller.name(),
         input,
         key,
     })

@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
+
 use super::StoreError;
-use super::db::Db;
+use super::db::{Backend, Db};
 use crate::args;
 
 /// How long a key is kept (Stripe's and the IETF draft's usual day): a retry later than that
@@ -46,8 +48,12 @@ pub fn find(db: &Db<'_>, caller: &str, key: &str, since: i64) -> Result<Option<K
 
 /// Keep `kept` for (`caller`, `key`) as of `now`, unless a report within the window already
 /// has the key (one that expired, not pruned yet, is replaced). Returns whether it was kept:
-/// `false` means another report has it — on PostgreSQL, one committed meanwhile by a
-/// concurrent request, which this statement waited for.
+/// `false` means another report has the key, or (PostgreSQL) another transaction is keeping it
+/// right now — [`find`] then finds nothing yet.
+///
+/// On PostgreSQL the key's transaction-level advisory lock is tried first, and not waited for:
+/// this statement runs in a writer's group of jobs (pushes among them), which must not wait
+/// for another replica's transaction, nor lock rows in an order that deadlocks with it.
 pub fn keep(
     db: &Db<'_>,
     caller: &str,
@@ -55,6 +61,14 @@ pub fn keep(
     kept: &Kept,
     now: i64,
 ) -> Result<bool, StoreError> {
+    if db.backend() == Backend::Postgres
+        && db.int(
+            "SELECT CASE WHEN pg_try_advisory_xact_lock(?1) THEN 1 ELSE 0 END",
+            args![lock_id(caller, key)],
+        )? != Some(1)
+    {
+        return Ok(false);
+    }
     let expired = now - KEPT_FOR.as_millis() as i64;
     Ok(db
         .int(
@@ -76,6 +90,20 @@ pub fn keep(
             ],
         )?
         .is_some())
+}
+
+/// The advisory lock of (`caller`, `key`): 64 bits of a SHA-256 of both. (Two keys sharing
+/// one only make one of two simultaneous first requests wait for a retry.)
+fn lock_id(caller: &str, key: &str) -> i64 {
+    let mut h = Sha256::new();
+    for part in ["wharf idempotency key", caller, key] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(first)
 }
 
 /// Forget keys kept before `before` (unix ms). Returns how many.

@@ -1868,6 +1868,57 @@ async fn postgres_replicas_keeping_one_idempotency_key_keep_it_once() {
     o.store.close().await;
 }
 
+/// A key another replica's transaction is keeping right now is refused at once, not waited
+/// for (its writer's group of jobs would wait with it): `find` has nothing yet, and the API
+/// answers 409; once that transaction commits the key is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_key_being_kept_elsewhere_is_refused_without_waiting() {
+    let o = open(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+        .await
+        .unwrap();
+    let (kept_tx, kept_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let first = tokio::spawn({
+        let s = o.store.clone();
+        async move {
+            s.write(move |c| {
+                let kept = idempotency::keep(c, "token", "k", &kept("e1"), store::now_ms())?;
+                kept_tx.send(kept).unwrap();
+                go_rx.recv().unwrap();
+                Ok(kept)
+            })
+            .await
+            .unwrap()
+        }
+    });
+    assert!(
+        tokio::task::spawn_blocking(move || kept_rx.recv().unwrap())
+            .await
+            .unwrap()
+    );
+    let started = std::time::Instant::now();
+    let second = other
+        .write(|c| idempotency::keep(c, "token", "k", &kept("e2"), store::now_ms()))
+        .await
+        .unwrap();
+    assert!(!second);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let day = idempotency::KEPT_FOR.as_millis() as i64;
+    let find = || other.read(move |c| idempotency::find(c, "token", "k", store::now_ms() - day));
+    assert_eq!(find().await.unwrap(), None);
+    go_tx.send(()).unwrap();
+    assert!(first.await.unwrap());
+    assert_eq!(find().await.unwrap(), Some(kept("e1")));
+    other.close().await;
+    o.store.close().await;
+}
+
 /// Several replicas migrate the same empty database at once: one migrates, the others wait
 /// for the advisory lock and find it done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
