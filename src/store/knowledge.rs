@@ -92,6 +92,24 @@ fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreEr
     Ok(())
 }
 
+/// Insert `a`'s row unless the manifest is known; whether this insert made it known. (On
+/// PostgreSQL a concurrent push of the same manifest — another tag, another replica — that
+/// inserted it first is waited for: then this one did not.)
+fn insert_artifact_if_absent(db: &Db<'_>, a: &Artifact, now: i64) -> Result<bool, StoreError> {
+    if let Some(cache) = db.cache() {
+        cache.forget_unknown_repository(&a.repository);
+    }
+    let columns = Columns::of(a)?;
+    Ok(db
+        .int(
+            "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (repository, digest) DO NOTHING RETURNING 1",
+            &columns.args(a, now),
+        )?
+        .is_some())
+}
+
 /// An artifact's JSON columns, encoded once for the statements that write its row.
 struct Columns {
     chart: Option<String>,
@@ -307,11 +325,14 @@ pub struct Learned {
 /// and when it is new to wharf count the blobs it references in its project's usage.
 pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Learned, StoreError> {
     let (known, created) = artifact_and_repository_created(db, &a.repository, &a.digest)?;
-    let new = known.is_none();
     let now = now_ms();
+    // new: decided by the insert, not by the read before it — two pushes of one new manifest
+    // at once (buildx pushes its tags in parallel) both read "unknown", and counting its blobs
+    // twice would keep them counted after its delete
+    let new = known.is_none() && insert_artifact_if_absent(db, a, now)?;
     // the same manifest again (a retag): nothing to write, and no row lock that concurrent
     // pushes of it would queue behind until this transaction commits
-    if known.as_ref() != Some(a) {
+    if !new && known.as_ref() != Some(a) {
         upsert_artifact_at(db, a, now)?;
     }
     if let (Some(cache), Some(c)) = (db.cache(), created) {
@@ -418,7 +439,18 @@ pub fn forget_manifest(
     repository: &str,
     digest: &str,
 ) -> Result<Option<(u64, u64)>, StoreError> {
-    let usage = match artifact(db, repository, digest)? {
+    // the row deleted first: only the transaction whose DELETE took it gives its blobs back
+    // (two deletes of one manifest at once, through two replicas, give them back once), and
+    // the artifact's row is locked before the project's, as a push locks them
+    let gone = db
+        .row(
+            "DELETE FROM artifacts WHERE repository = ?1 AND digest = ?2
+             RETURNING kind, media_type, size, config_digest, chart, platforms, children, blobs",
+            args![repository, digest],
+            |r| artifact_row(r, repository, digest),
+        )?
+        .flatten();
+    let usage = match gone {
         Some(gone) => Some(super::quota::remove_refs(
             db,
             project_of(repository),

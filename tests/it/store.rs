@@ -1919,6 +1919,134 @@ async fn postgres_a_key_being_kept_elsewhere_is_refused_without_waiting() {
     o.store.close().await;
 }
 
+/// Until another session of the test database waits for a lock.
+async fn until_a_session_waits_for_a_lock(watch: &Store) {
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(watch, waiting).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session waited for a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Run `job` in a write of `s` that waits, before its commit, until the returned sender is
+/// used; returns once the job's statements ran.
+async fn held_write(
+    s: &Store,
+    job: impl FnOnce(&wharf::store::Db<'_>) -> Result<(), StoreError> + Send + 'static,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+) {
+    let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let s = s.clone();
+    let task = tokio::spawn(async move {
+        s.write(move |c| {
+            job(c)?;
+            // (a read: every statement sent ahead has run)
+            c.int("SELECT 1", &[])?;
+            ran_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            Ok(())
+        })
+        .await
+    });
+    tokio::task::spawn_blocking(move || ran_rx.recv().unwrap())
+        .await
+        .unwrap();
+    (go_tx, task)
+}
+
+/// Two pushes of one new manifest (two tags, as buildx pushes them) through two replicas at
+/// once: its blobs are counted once, and its delete gives them back. (Both read "unknown"
+/// before either committed and both counted them: usage stayed after the delete.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_one_manifest_pushed_twice_at_once_is_counted_once() {
+    let o = open(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+        .await
+        .unwrap();
+    let m = || artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]);
+    let (go, first) = held_write(&o.store, move |c| {
+        knowledge::learn_manifest(c, &m(), Some("1.0")).map(|_| ())
+    })
+    .await;
+    let second = tokio::spawn({
+        let other = other.clone();
+        async move {
+            other
+                .write(move |c| knowledge::learn_manifest(c, &m(), Some("latest")))
+                .await
+        }
+    });
+    until_a_session_waits_for_a_lock(&other).await;
+    go.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    let learned = second.await.unwrap().unwrap();
+    assert!(!learned.new, "the first push made it known");
+    let usage = || other.read(|c| quota::usage(c, "p"));
+    assert_eq!(usage().await.unwrap(), 110);
+    assert_eq!(
+        count(
+            &other,
+            "SELECT CAST(SUM(refs) AS BIGINT) FROM project_blobs"
+        )
+        .await,
+        2
+    );
+    other
+        .write(|c| knowledge::forget_manifest(c, "p/a", "m1"))
+        .await
+        .unwrap();
+    assert_eq!(usage().await.unwrap(), 0, "the delete gave everything back");
+    other.close().await;
+    o.store.close().await;
+}
+
+/// Two deletes of one manifest through two replicas at once give its blobs back once: a blob
+/// another manifest still references stays counted. (Both read the manifest before either
+/// committed and both gave its blobs back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_one_manifest_deleted_twice_at_once_is_given_back_once() {
+    let o = open(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+        .await
+        .unwrap();
+    o.store
+        .write(|c| {
+            knowledge::learn_manifest(c, &artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]), None)?;
+            knowledge::learn_manifest(c, &artifact("p/b", "m2", &[("c2", 20), ("l1", 100)]), None)
+        })
+        .await
+        .unwrap();
+    let (go, first) = held_write(&o.store, |c| {
+        knowledge::forget_manifest(c, "p/a", "m1").map(|_| ())
+    })
+    .await;
+    let second = tokio::spawn({
+        let other = other.clone();
+        async move {
+            other
+                .write(|c| knowledge::forget_manifest(c, "p/a", "m1"))
+                .await
+        }
+    });
+    until_a_session_waits_for_a_lock(&other).await;
+    go.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), None, "already forgotten");
+    assert_eq!(other.read(|c| quota::usage(c, "p")).await.unwrap(), 120);
+    other.close().await;
+    o.store.close().await;
+}
+
 /// Several replicas migrate the same empty database at once: one migrates, the others wait
 /// for the advisory lock and find it done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
