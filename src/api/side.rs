@@ -301,14 +301,17 @@ async fn record(app: &App, e: Event, key: Option<Key>) -> Result<Response, ApiEr
     Ok((status, Json(answer)).into_response())
 }
 
+/// A side request, read and to be recorded.
+struct New<T> {
+    app: std::sync::Arc<App>,
+    caller: String,
+    input: T,
+    key: Option<Key>,
+}
+
 /// A side request, read: to record, or answered already (its idempotency key's report).
 enum Side<T> {
-    New {
-        app: std::sync::Arc<App>,
-        caller: String,
-        input: T,
-        key: Option<Key>,
-    },
+    New(New<T>),
     Answered(Response),
 }
 
@@ -331,12 +334,12 @@ async fn side_input<T: for<'de> Deserialize<'de> + Send + 'static>(
         return Ok(Side::Answered(answered));
     }
     let input = parse_off_runtime(raw).await?;
-    Ok(Side::New {
+    Ok(Side::New(New {
         app,
         caller: caller.name(),
         input,
         key,
-    })
+    }))
 }
 
 /// Bodies up to this size are parsed where they are read; larger ones (a scan report may hold
@@ -362,16 +365,15 @@ pub async fn scan_report(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let (app, caller, input, key) =
-        match side_input::<ScanInput>(&s, &headers, "/api/v1/events/scan", body).await? {
-            Side::New {
-                app,
-                caller,
-                input,
-                key,
-            } => (app, caller, input, key),
-            Side::Answered(r) => return Ok(r),
-        };
+    let New {
+        app,
+        caller,
+        input,
+        key,
+    } = match side_input::<ScanInput>(&s, &headers, "/api/v1/events/scan", body).await? {
+        Side::New(new) => new,
+        Side::Answered(r) => return Ok(r),
+    };
     let (repo, tag, digest) = subject_fields(&input.repository, input.tag, input.digest)?;
     let status = match input.status.as_str() {
         "Success" => ScanStatus::Success,
@@ -509,16 +511,15 @@ pub async fn quota_report(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let (app, caller, input, key) =
-        match side_input::<QuotaInput>(&s, &headers, "/api/v1/events/quota", body).await? {
-            Side::New {
-                app,
-                caller,
-                input,
-                key,
-            } => (app, caller, input, key),
-            Side::Answered(r) => return Ok(r),
-        };
+    let New {
+        app,
+        caller,
+        input,
+        key,
+    } = match side_input::<QuotaInput>(&s, &headers, "/api/v1/events/quota", body).await? {
+        Side::New(new) => new,
+        Side::Answered(r) => return Ok(r),
+    };
     if input.details.trim().is_empty() {
         return Err(ApiError::bad_request("details: must not be empty"));
     }
