@@ -2047,6 +2047,96 @@ async fn postgres_one_manifest_deleted_twice_at_once_is_given_back_once() {
     o.store.close().await;
 }
 
+/// A redelivery requested while a dispatcher claims the delivery leaves the claim alone:
+/// "running", not queued again under a cleared claim (which sent the webhook twice, the first
+/// attempt's outcome no longer matching its claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_redelivery_racing_a_claim_leaves_the_claim_alone() {
+    let o = open(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+        .await
+        .unwrap();
+    let pid = add_policy(
+        &o.store,
+        policy("prj", vec![Target::http("http://a.example/")]),
+    )
+    .await;
+    publish(&o.store, 1).await;
+    let id = count(&o.store, "SELECT MIN(id) FROM deliveries").await;
+    let (go, claimed) = held_write(&o.store, |c| {
+        let got = outbox::claim(c, store::now_ms() + 1, &limits(1, 1), lease(7))?;
+        assert_eq!(got.len(), 1);
+        Ok(())
+    })
+    .await;
+    let redelivery = tokio::spawn({
+        let other = other.clone();
+        async move { other.write(move |c| outbox::redeliver(c, pid, id)).await }
+    });
+    until_a_session_waits_for_a_lock(&other).await;
+    go.send(()).unwrap();
+    claimed.await.unwrap().unwrap();
+    assert_eq!(redelivery.await.unwrap().unwrap(), Redelivery::Running);
+    assert_eq!(state(&other, id).await, "running");
+    assert_eq!(
+        count(&other, "SELECT claim_token FROM deliveries").await,
+        7,
+        "still the dispatcher's claim"
+    );
+    other.close().await;
+    o.store.close().await;
+}
+
+/// The pruner removing an old event while its dead delivery is being redelivered keeps both:
+/// the redelivered delivery, its attempts and its event. (It removed them, and the queued
+/// redelivery with them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_the_pruner_keeps_a_delivery_redelivered_meanwhile() {
+    let o = open(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+        .await
+        .unwrap();
+    let pid = add_policy(
+        &o.store,
+        policy("prj", vec![Target::http("http://a.example/")]),
+    )
+    .await;
+    let mut old = push("prj/app", "sha256:old");
+    old.occurred_at = chrono::Utc::now() - chrono::Duration::days(40);
+    o.store
+        .write(move |c| {
+            events::insert(c, &old, None)?;
+            c.exec("UPDATE deliveries SET state = 'dead'", &[])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let id = count(&o.store, "SELECT MIN(id) FROM deliveries").await;
+    let (go, redelivered) = held_write(&o.store, move |c| {
+        assert_eq!(outbox::redeliver(c, pid, id)?, Redelivery::Queued);
+        Ok(())
+    })
+    .await;
+    let pruning = tokio::spawn({
+        let other = other.clone();
+        async move {
+            other
+                .write(|c| events::prune(c, store::now_ms(), 100))
+                .await
+        }
+    });
+    until_a_session_waits_for_a_lock(&other).await;
+    go.send(()).unwrap();
+    redelivered.await.unwrap().unwrap();
+    assert_eq!(pruning.await.unwrap().unwrap(), 0, "nothing removed");
+    assert_eq!(state(&other, id).await, "pending");
+    assert_eq!(count(&other, "SELECT COUNT(*) FROM events").await, 1);
+    other.close().await;
+    o.store.close().await;
+}
+
 /// Several replicas migrate the same empty database at once: one migrates, the others wait
 /// for the advisory lock and find it done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

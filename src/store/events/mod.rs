@@ -349,17 +349,29 @@ fn prune_of(db: &Db<'_>, before: i64, batch: usize, pulls_only: bool) -> Result<
     remove(db, &old)
 }
 
-/// Remove these events with their deliveries and attempts; how many.
+/// Remove these events with their finished deliveries and their attempts; how many. Each
+/// statement checks again what the selection found: a delivery redelivered since (pending
+/// again, perhaps claimed already; on PostgreSQL its uncommitted change is waited for) stays,
+/// with its attempts and its event.
 fn remove(db: &Db<'_>, old: &[i64]) -> Result<usize, StoreError> {
+    let mut removed = 0;
     for seq in old {
-        db.exec(
-            "DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE event_seq = ?1)",
+        let gone = db.rows(
+            "DELETE FROM deliveries WHERE event_seq = ?1 AND state IN ('succeeded', 'dead')
+             RETURNING id",
+            args![*seq],
+            |r| r.i64(0),
+        )?;
+        for id in gone {
+            db.exec_later("DELETE FROM attempts WHERE delivery_id = ?1", args![id])?;
+        }
+        removed += db.exec(
+            "DELETE FROM events WHERE seq = ?1
+             AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
             args![*seq],
         )?;
-        db.exec("DELETE FROM deliveries WHERE event_seq = ?1", args![*seq])?;
-        db.exec("DELETE FROM events WHERE seq = ?1", args![*seq])?;
     }
-    Ok(old.len())
+    Ok(usize::try_from(removed).unwrap_or(usize::MAX))
 }
 
 /// What to list.

@@ -54,20 +54,34 @@ pub fn redeliver(db: &Db<'_>, policy_id: i64, delivery_id: i64) -> Result<Redeli
         Some((idx, _, own)) => (idx, own),
     };
     let now = now_ms();
-    match current_target(db, policy_id, idx)? {
+    // (`state <> 'running'` again in the update: a dispatcher may have claimed the delivery
+    // since it was read — on PostgreSQL the update waits for that claim's commit and then
+    // leaves it alone — or the pruner removed it)
+    let changed = match current_target(db, policy_id, idx)? {
         Some((_, t)) if t.disabled => return Ok(Redelivery::TargetDisabled),
         Some((tid, t)) => db.exec(
             "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2,
-               target_id = ?3, target_address = ?4, claim_token = NULL, lease_until = NULL WHERE id = ?1",
+               target_id = ?3, target_address = ?4, claim_token = NULL, lease_until = NULL
+             WHERE id = ?1 AND state <> 'running'",
             args![delivery_id, now, tid, &t.address],
         )?,
         None if own_version => db.exec(
             "UPDATE deliveries SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2,
-               claim_token = NULL, lease_until = NULL WHERE id = ?1",
+               claim_token = NULL, lease_until = NULL WHERE id = ?1 AND state <> 'running'",
             args![delivery_id, now],
         )?,
         None => return Ok(Redelivery::TargetGone),
     };
+    if changed == 0 {
+        let exists = db
+            .int("SELECT 1 FROM deliveries WHERE id = ?1", args![delivery_id])?
+            .is_some();
+        return Ok(if exists {
+            Redelivery::Running
+        } else {
+            Redelivery::NotFound
+        });
+    }
     db.note_deliveries();
     Ok(Redelivery::Queued)
 }
