@@ -133,13 +133,17 @@ pub fn get(db: &Db<'_>, project: &str, id: i64) -> Result<Option<Policy>, StoreE
     Ok(get_by_id(db, id)?.filter(|p| p.project == project))
 }
 
-/// Is a policy name taken in the project (by another policy than `except`)?
+/// Is a policy name taken in the project (by another policy than `except`)? Asked under the
+/// lock every policy change takes ([`Db::note_policies`]), so the answer holds until this
+/// transaction's insert or rename: two creations of one name at once, through two replicas,
+/// make one policy and one `409` (the second failed on the unique index: a `500`).
 pub fn name_taken(
     db: &Db<'_>,
     project: &str,
     name: &str,
     except: Option<i64>,
 ) -> Result<bool, StoreError> {
+    db.note_policies()?;
     let n = db
         .int(
             "SELECT COUNT(*) FROM policies WHERE project = ?1 AND name = ?2 AND id != ?3",

@@ -2137,6 +2137,41 @@ async fn postgres_the_pruner_keeps_a_delivery_redelivered_meanwhile() {
     o.store.close().await;
 }
 
+/// Two policies of one name created at once through two replicas: one is created, the other
+/// finds the name taken (it failed on the unique index, a 500 at the API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_one_policy_name_created_twice_at_once_is_taken_once() {
+    let o = open(Kind::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+        .await
+        .unwrap();
+    // as the API creates one
+    let create = |c: &wharf::store::Db<'_>| -> Result<Option<i64>, StoreError> {
+        let p = policy("prj", vec![Target::http("http://a.example/")]);
+        if policies::name_taken(c, &p.project, &p.name, None)? {
+            return Ok(None);
+        }
+        policies::insert(c, &p).map(Some)
+    };
+    let (go, first) = held_write(&o.store, move |c| {
+        assert!(create(c)?.is_some());
+        Ok(())
+    })
+    .await;
+    let second = tokio::spawn({
+        let other = other.clone();
+        async move { other.write(move |c| create(c)).await }
+    });
+    until_a_session_waits_for_a_lock(&other).await;
+    go.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), None, "the name is taken");
+    assert_eq!(count(&other, "SELECT COUNT(*) FROM policies").await, 1);
+    other.close().await;
+    o.store.close().await;
+}
+
 /// Several replicas migrate the same empty database at once: one migrates, the others wait
 /// for the advisory lock and find it done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
