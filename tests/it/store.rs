@@ -1352,8 +1352,9 @@ async fn policy_changes_move_the_version_and_the_cache_follows(kind: Kind) {
     let triggers = s.read(|c| policies::last_triggers(c, "prj")).await.unwrap();
     assert_eq!(triggers.len(), 1);
     assert_eq!(triggers[0].0, pid);
+    // (asked in a write: it takes the policies' lock)
     let taken = s
-        .read(|c| policies::name_taken(c, "prj", "p-1", None))
+        .write(|c| policies::name_taken(c, "prj", "p-1", None))
         .await
         .unwrap();
     assert!(taken);
