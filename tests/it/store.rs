@@ -119,6 +119,7 @@ conformance!(
     text_with_nul_characters_is_stored_with_replacement_characters,
     the_clock_skew_to_the_database_is_measured,
     idempotency_keys_are_kept_per_caller_until_they_expire,
+    a_delivery_whose_target_version_is_gone_goes_to_the_current_target,
 );
 
 fn repo(s: &str) -> Repository {
@@ -2171,6 +2172,55 @@ async fn postgres_one_policy_name_created_twice_at_once_is_taken_once() {
     assert_eq!(count(&other, "SELECT COUNT(*) FROM policies").await, 1);
     other.close().await;
     o.store.close().await;
+}
+
+/// A delivery created for a target version that is gone (a fan-out that used the policy as it
+/// was just before an edit of its targets, committed after the edit dropped that version) is
+/// attempted with the policy's current target at its position, as a redelivery would be;
+/// ended when that target is disabled. (It ended dead as "unreadable delivery".)
+async fn a_delivery_whose_target_version_is_gone_goes_to_the_current_target(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let pid = add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    let drop_first_versions = move |c: &wharf::store::Db<'_>| -> Result<(), StoreError> {
+        let old = c.int(
+            "SELECT MIN(target_id) FROM deliveries WHERE state = 'pending'",
+            &[],
+        )?;
+        c.exec(
+            "DELETE FROM delivery_targets WHERE id = ?1",
+            &[store::db::Value::Int(old.unwrap_or(0))],
+        )?;
+        Ok(())
+    };
+    publish(s, 1).await;
+    s.write(move |c| {
+        policies::update_targets(c, pid, &[Target::http("http://b.example/")])?;
+        drop_first_versions(c)
+    })
+    .await
+    .unwrap();
+    let got = claim(s, limits(10, 10), lease(1)).await;
+    assert_eq!(got.len(), 1, "attempted");
+    assert_eq!(got[0].target.address, "http://b.example/");
+    // the same, with the current target disabled (410) since
+    publish(s, 1).await;
+    let mut disabled = Target::http("http://c.example/");
+    disabled.disabled = true;
+    s.write(move |c| {
+        policies::update_targets(c, pid, &[disabled])?;
+        drop_first_versions(c)
+    })
+    .await
+    .unwrap();
+    assert!(claim(s, limits(10, 10), lease(2)).await.is_empty());
+    let ended = count(
+        s,
+        "SELECT COUNT(*) FROM deliveries WHERE state = 'dead' AND last_error = 'target disabled'",
+    )
+    .await;
+    assert_eq!(ended, 1);
+    s.close().await;
 }
 
 /// Several replicas migrate the same empty database at once: one migrates, the others wait
