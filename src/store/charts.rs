@@ -21,12 +21,27 @@ pub struct ChartFacts {
 
 /// Insert or replace the facts of a chart version (an upload, or an overwrite).
 pub fn remember(db: &Db<'_>, c: &ChartFacts) -> Result<(), StoreError> {
-    db.exec(
-        "INSERT INTO charts (project, name, version, type, app_version, size, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (project, name, version) DO UPDATE SET type = excluded.type,
+    write(
+        db,
+        c,
+        "ON CONFLICT (project, name, version) DO UPDATE SET type = excluded.type,
            app_version = excluded.app_version, size = excluded.size,
            updated_at = excluded.updated_at",
+    )
+}
+
+/// Insert the facts of a chart version unless some are known: what a download learned from
+/// ChartMuseum never replaces what an upload through wharf committed meanwhile.
+pub fn remember_if_unknown(db: &Db<'_>, c: &ChartFacts) -> Result<(), StoreError> {
+    write(db, c, "ON CONFLICT (project, name, version) DO NOTHING")
+}
+
+fn write(db: &Db<'_>, c: &ChartFacts, on_conflict: &str) -> Result<(), StoreError> {
+    db.exec(
+        &format!(
+            "INSERT INTO charts (project, name, version, type, app_version, size, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) {on_conflict}"
+        ),
         args![
             &c.project,
             &c.name,

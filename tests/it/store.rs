@@ -374,7 +374,18 @@ async fn chart_facts_are_remembered_and_forgotten(kind: Kind) {
         .await
         .unwrap()
     };
-    assert_eq!(again, Some(g));
+    assert_eq!(again, Some(g.clone()));
+    // what a download learned from ChartMuseum never replaces what an upload committed
+    let kept = {
+        let f = f.clone();
+        s.write(move |c| {
+            charts::remember_if_unknown(c, &f)?;
+            charts::get(c, "prj", "web", "1.0.0")
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(kept, Some(g));
     let gone = s
         .write(|c| {
             charts::forget(c, "prj", "web", "1.0.0")?;

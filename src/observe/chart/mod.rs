@@ -263,8 +263,9 @@ async fn record_download(
         // a chart uploaded behind wharf's back (before it, or to ChartMuseum directly): what
         // ChartMuseum said of it is remembered with the event, and the next download of the
         // version asks ChartMuseum nothing
-        let with = learned
-            .then(|| -> With { Box::new(move |c, _| charts::remember(c, &facts).map(|()| true)) });
+        let with = learned.then(|| -> With {
+            Box::new(move |c, _| charts::remember_if_unknown(c, &facts).map(|()| true))
+        });
         app.events.detached(e, with);
     }
 }
