@@ -1714,83 +1714,127 @@ async fn postgres_racing_reservations_never_exceed_the_limit() {
     o.store.close().await;
 }
 
+/// Another replica: a second store on `o`'s PostgreSQL database, and what keeps its files.
+async fn replica_of(o: &Opened) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = o.url.as_ref().expect("a PostgreSQL store");
+    (Store::open(&pg_config(url), dir.path()).await.unwrap(), dir)
+}
+
+/// Until another session of the test database waits for a lock.
+async fn until_a_session_waits_for_a_lock(watch: &Store) {
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity
+                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while count(watch, waiting).await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session waited for a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Run `job` in a write of `s` that waits, before its commit, until the returned sender is
+/// used; returns once the job's statements ran.
+async fn held_write(
+    s: &Store,
+    job: impl FnOnce(&wharf::store::Db<'_>) -> Result<(), StoreError> + Send + 'static,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<(), StoreError>>,
+) {
+    let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let s = s.clone();
+    let task = tokio::spawn(async move {
+        s.write(move |c| {
+            job(c)?;
+            // (a read: every statement sent ahead has run)
+            c.int("SELECT 1", &[])?;
+            ran_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            Ok(())
+        })
+        .await
+    });
+    tokio::task::spawn_blocking(move || ran_rx.recv().unwrap())
+        .await
+        .unwrap();
+    (go_tx, task)
+}
+
+/// `first` runs in a write of `a` and keeps its transaction open until `second` — a task on
+/// `b` — waits for a lock `first` holds; then `first` commits. `second`'s outcome.
+async fn second_waits_for_first<T: Send + 'static>(
+    a: &Store,
+    first: impl FnOnce(&wharf::store::Db<'_>) -> Result<(), StoreError> + Send + 'static,
+    b: &Store,
+    second: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (go, first) = held_write(a, first).await;
+    let second = tokio::spawn(second);
+    until_a_session_waits_for_a_lock(b).await;
+    go.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    second.await.unwrap()
+}
+
+/// `job` in a write of `s`, as a task's future.
+fn write_of<T: Send + 'static>(
+    s: &Store,
+    job: impl FnOnce(&wharf::store::Db<'_>) -> Result<T, StoreError> + Send + 'static,
+) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+    let s = s.clone();
+    async move { s.write(job).await }
+}
+
 /// `quota rescan`'s recount while a push into the project commits through another replica:
 /// the push's blobs are counted once, in the usage as in the blob counts. (The recount read
 /// the manifests before the push committed and then wrote its own figure over the push's.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_recount_during_a_push_leaves_nothing_out() {
     let o = open(Kind::Postgres).await;
-    let url = o.url.clone().unwrap();
-    let (dir_b, dir_w) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let pusher = Store::open(&pg_config(&url), dir_b.path()).await.unwrap();
-    let watch = Store::open(&pg_config(&url), dir_w.path()).await.unwrap();
+    let (other, _dir) = replica_of(&o).await;
     o.store
         .write(|c| {
             knowledge::learn_manifest(c, &artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]), None)
         })
         .await
         .unwrap();
-    // the push takes the project's lock and waits before its commit
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let push = tokio::spawn({
-        let pusher = pusher.clone();
-        async move {
-            pusher
-                .write(move |c| {
-                    let a = artifact("p/b", "m2", &[("c2", 20), ("l2", 200)]);
-                    knowledge::learn_manifest(c, &a, Some("v1"))?;
-                    locked_tx.send(()).unwrap();
-                    go_rx.recv().unwrap();
-                    Ok(())
-                })
-                .await
-        }
-    });
-    tokio::task::spawn_blocking(move || locked_rx.recv().unwrap())
-        .await
-        .unwrap();
-    let recount = tokio::spawn({
+    // the push (through the other replica) holds the project's lock; the recount waits for it
+    let push = |c: &wharf::store::Db<'_>| {
+        let a = artifact("p/b", "m2", &[("c2", 20), ("l2", 200)]);
+        knowledge::learn_manifest(c, &a, Some("v1")).map(|_| ())
+    };
+    let recount = {
         let s = o.store.clone();
         async move { quota::recount(&s).await }
-    });
-    // the recount reaches the push's lock and waits for it
-    let waiting = "SELECT COUNT(*) FROM pg_stat_activity
-                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(&watch, waiting).await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the recount never waited for the push"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    go_tx.send(()).unwrap();
-    push.await.unwrap().unwrap();
-    recount.await.unwrap().unwrap();
-    let usage = || watch.read(|c| quota::usage(c, "p"));
+    };
+    second_waits_for_first(&other, push, &o.store, recount)
+        .await
+        .unwrap();
+    let usage = || other.read(|c| quota::usage(c, "p"));
     assert_eq!(usage().await.unwrap(), 330, "both manifests counted");
     assert_eq!(
         count(
-            &watch,
+            &other,
             "SELECT CAST(SUM(size) AS BIGINT) FROM project_blobs WHERE project = 'p'"
         )
         .await,
         330
     );
     // the next manifest with those blobs adds nothing, and a recount agrees
-    pusher
+    other
         .write(|c| {
             knowledge::learn_manifest(c, &artifact("p/c", "m3", &[("c2", 20), ("l2", 200)]), None)
         })
         .await
         .unwrap();
     assert_eq!(usage().await.unwrap(), 330);
-    quota::recount(&watch).await.unwrap();
+    quota::recount(&other).await.unwrap();
     assert_eq!(usage().await.unwrap(), 330);
-    for s in [watch, pusher] {
-        s.close().await;
-    }
+    other.close().await;
     o.store.close().await;
 }
 
@@ -1853,10 +1897,7 @@ async fn idempotency_keys_are_kept_per_caller_until_they_expire(kind: Kind) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_replicas_keeping_one_idempotency_key_keep_it_once() {
     let o = open(Kind::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
-        .await
-        .unwrap();
+    let (other, _dir) = replica_of(&o).await;
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let s = if i % 2 == 0 {
@@ -1887,10 +1928,7 @@ async fn postgres_replicas_keeping_one_idempotency_key_keep_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_key_being_kept_elsewhere_is_refused_without_waiting() {
     let o = open(Kind::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
-        .await
-        .unwrap();
+    let (other, _dir) = replica_of(&o).await;
     let (kept_tx, kept_rx) = std::sync::mpsc::channel();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let first = tokio::spawn({
@@ -1932,76 +1970,22 @@ async fn postgres_a_key_being_kept_elsewhere_is_refused_without_waiting() {
     o.store.close().await;
 }
 
-/// Until another session of the test database waits for a lock.
-async fn until_a_session_waits_for_a_lock(watch: &Store) {
-    let waiting = "SELECT COUNT(*) FROM pg_stat_activity
-                   WHERE wait_event_type = 'Lock' AND datname = current_database()";
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(watch, waiting).await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no session waited for a lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Run `job` in a write of `s` that waits, before its commit, until the returned sender is
-/// used; returns once the job's statements ran.
-async fn held_write(
-    s: &Store,
-    job: impl FnOnce(&wharf::store::Db<'_>) -> Result<(), StoreError> + Send + 'static,
-) -> (
-    std::sync::mpsc::Sender<()>,
-    tokio::task::JoinHandle<Result<(), StoreError>>,
-) {
-    let (ran_tx, ran_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let s = s.clone();
-    let task = tokio::spawn(async move {
-        s.write(move |c| {
-            job(c)?;
-            // (a read: every statement sent ahead has run)
-            c.int("SELECT 1", &[])?;
-            ran_tx.send(()).unwrap();
-            go_rx.recv().unwrap();
-            Ok(())
-        })
-        .await
-    });
-    tokio::task::spawn_blocking(move || ran_rx.recv().unwrap())
-        .await
-        .unwrap();
-    (go_tx, task)
-}
-
 /// Two pushes of one new manifest (two tags, as buildx pushes them) through two replicas at
 /// once: its blobs are counted once, and its delete gives them back. (Both read "unknown"
 /// before either committed and both counted them: usage stayed after the delete.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_one_manifest_pushed_twice_at_once_is_counted_once() {
     let o = open(Kind::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
+    let (other, _dir) = replica_of(&o).await;
+    let m = || artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]);
+    let first =
+        move |c: &wharf::store::Db<'_>| knowledge::learn_manifest(c, &m(), Some("1.0")).map(|_| ());
+    let second = write_of(&other, move |c| {
+        knowledge::learn_manifest(c, &m(), Some("latest"))
+    });
+    let learned = second_waits_for_first(&o.store, first, &other, second)
         .await
         .unwrap();
-    let m = || artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]);
-    let (go, first) = held_write(&o.store, move |c| {
-        knowledge::learn_manifest(c, &m(), Some("1.0")).map(|_| ())
-    })
-    .await;
-    let second = tokio::spawn({
-        let other = other.clone();
-        async move {
-            other
-                .write(move |c| knowledge::learn_manifest(c, &m(), Some("latest")))
-                .await
-        }
-    });
-    until_a_session_waits_for_a_lock(&other).await;
-    go.send(()).unwrap();
-    first.await.unwrap().unwrap();
-    let learned = second.await.unwrap().unwrap();
     assert!(!learned.new, "the first push made it known");
     let usage = || other.read(|c| quota::usage(c, "p"));
     assert_eq!(usage().await.unwrap(), 110);
@@ -2028,10 +2012,7 @@ async fn postgres_one_manifest_pushed_twice_at_once_is_counted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_one_manifest_deleted_twice_at_once_is_given_back_once() {
     let o = open(Kind::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
-        .await
-        .unwrap();
+    let (other, _dir) = replica_of(&o).await;
     o.store
         .write(|c| {
             knowledge::learn_manifest(c, &artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]), None)?;
@@ -2039,22 +2020,10 @@ async fn postgres_one_manifest_deleted_twice_at_once_is_given_back_once() {
         })
         .await
         .unwrap();
-    let (go, first) = held_write(&o.store, |c| {
-        knowledge::forget_manifest(c, "p/a", "m1").map(|_| ())
-    })
-    .await;
-    let second = tokio::spawn({
-        let other = other.clone();
-        async move {
-            other
-                .write(|c| knowledge::forget_manifest(c, "p/a", "m1"))
-                .await
-        }
-    });
-    until_a_session_waits_for_a_lock(&other).await;
-    go.send(()).unwrap();
-    first.await.unwrap().unwrap();
-    assert_eq!(second.await.unwrap().unwrap(), None, "already forgotten");
+    let forget = |c: &wharf::store::Db<'_>| knowledge::forget_manifest(c, "p/a", "m1");
+    let first = move |c: &wharf::store::Db<'_>| forget(c).map(|_| ());
+    let second = second_waits_for_first(&o.store, first, &other, write_of(&other, forget)).await;
+    assert_eq!(second.unwrap(), None, "already forgotten");
     assert_eq!(other.read(|c| quota::usage(c, "p")).await.unwrap(), 120);
     other.close().await;
     o.store.close().await;
@@ -2066,31 +2035,19 @@ async fn postgres_one_manifest_deleted_twice_at_once_is_given_back_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_redelivery_racing_a_claim_leaves_the_claim_alone() {
     let o = open(Kind::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
-        .await
-        .unwrap();
-    let pid = add_policy(
-        &o.store,
-        policy("prj", vec![Target::http("http://a.example/")]),
-    )
-    .await;
+    let (other, _dir) = replica_of(&o).await;
+    let target = Target::http("http://a.example/");
+    let pid = add_policy(&o.store, policy("prj", vec![target])).await;
     publish(&o.store, 1).await;
     let id = count(&o.store, "SELECT MIN(id) FROM deliveries").await;
-    let (go, claimed) = held_write(&o.store, |c| {
+    let claiming = |c: &wharf::store::Db<'_>| {
         let got = outbox::claim(c, store::now_ms() + 1, &limits(1, 1), lease(7))?;
         assert_eq!(got.len(), 1);
         Ok(())
-    })
-    .await;
-    let redelivery = tokio::spawn({
-        let other = other.clone();
-        async move { other.write(move |c| outbox::redeliver(c, pid, id)).await }
-    });
-    until_a_session_waits_for_a_lock(&other).await;
-    go.send(()).unwrap();
-    claimed.await.unwrap().unwrap();
-    assert_eq!(redelivery.await.unwrap().unwrap(), Redelivery::Running);
+    };
+    let redelivery = write_of(&other, move |c| outbox::redeliver(c, pid, id));
+    let r = second_waits_for_first(&o.store, claiming, &other, redelivery).await;
+    assert_eq!(r.unwrap(), Redelivery::Running);
     assert_eq!(state(&other, id).await, "running");
     assert_eq!(
         count(&other, "SELECT claim_token FROM deliveries").await,
@@ -2107,15 +2064,9 @@ async fn postgres_a_redelivery_racing_a_claim_leaves_the_claim_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_the_pruner_keeps_a_delivery_redelivered_meanwhile() {
     let o = open(Kind::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
-        .await
-        .unwrap();
-    let pid = add_policy(
-        &o.store,
-        policy("prj", vec![Target::http("http://a.example/")]),
-    )
-    .await;
+    let (other, _dir) = replica_of(&o).await;
+    let target = Target::http("http://a.example/");
+    let pid = add_policy(&o.store, policy("prj", vec![target])).await;
     let mut old = push("prj/app", "sha256:old");
     old.occurred_at = chrono::Utc::now() - chrono::Duration::days(40);
     o.store
@@ -2127,23 +2078,13 @@ async fn postgres_the_pruner_keeps_a_delivery_redelivered_meanwhile() {
         .await
         .unwrap();
     let id = count(&o.store, "SELECT MIN(id) FROM deliveries").await;
-    let (go, redelivered) = held_write(&o.store, move |c| {
+    let redelivery = move |c: &wharf::store::Db<'_>| {
         assert_eq!(outbox::redeliver(c, pid, id)?, Redelivery::Queued);
         Ok(())
-    })
-    .await;
-    let pruning = tokio::spawn({
-        let other = other.clone();
-        async move {
-            other
-                .write(|c| events::prune(c, store::now_ms(), 100))
-                .await
-        }
-    });
-    until_a_session_waits_for_a_lock(&other).await;
-    go.send(()).unwrap();
-    redelivered.await.unwrap().unwrap();
-    assert_eq!(pruning.await.unwrap().unwrap(), 0, "nothing removed");
+    };
+    let pruning = write_of(&other, |c| events::prune(c, store::now_ms(), 100));
+    let pruned = second_waits_for_first(&o.store, redelivery, &other, pruning).await;
+    assert_eq!(pruned.unwrap(), 0, "nothing removed");
     assert_eq!(state(&other, id).await, "pending");
     assert_eq!(count(&other, "SELECT COUNT(*) FROM events").await, 1);
     other.close().await;
@@ -2155,10 +2096,7 @@ async fn postgres_the_pruner_keeps_a_delivery_redelivered_meanwhile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_one_policy_name_created_twice_at_once_is_taken_once() {
     let o = open(Kind::Postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let other = Store::open(&pg_config(o.url.as_ref().unwrap()), dir.path())
-        .await
-        .unwrap();
+    let (other, _dir) = replica_of(&o).await;
     // as the API creates one
     let create = |c: &wharf::store::Db<'_>| -> Result<Option<i64>, StoreError> {
         let p = policy("prj", vec![Target::http("http://a.example/")]);
@@ -2167,19 +2105,12 @@ async fn postgres_one_policy_name_created_twice_at_once_is_taken_once() {
         }
         policies::insert(c, &p).map(Some)
     };
-    let (go, first) = held_write(&o.store, move |c| {
+    let first = move |c: &wharf::store::Db<'_>| {
         assert!(create(c)?.is_some());
         Ok(())
-    })
-    .await;
-    let second = tokio::spawn({
-        let other = other.clone();
-        async move { other.write(move |c| create(c)).await }
-    });
-    until_a_session_waits_for_a_lock(&other).await;
-    go.send(()).unwrap();
-    first.await.unwrap().unwrap();
-    assert_eq!(second.await.unwrap().unwrap(), None, "the name is taken");
+    };
+    let second = second_waits_for_first(&o.store, first, &other, write_of(&other, create)).await;
+    assert_eq!(second.unwrap(), None, "the name is taken");
     assert_eq!(count(&other, "SELECT COUNT(*) FROM policies").await, 1);
     other.close().await;
     o.store.close().await;
