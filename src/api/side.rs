@@ -365,15 +365,42 @@ pub async fn scan_report(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    side_request(&s, &headers, "/api/v1/events/scan", body, scan_event).await
+}
+
+/// Every side request: read (or answered from its idempotency key), its event made by
+/// `event_of` from the caller's name and the input, recorded.
+async fn side_request<T, F, Fut>(
+    s: &ApiState,
+    headers: &HeaderMap,
+    path: &str,
+    body: axum::body::Body,
+    event_of: F,
+) -> Result<Response, ApiError>
+where
+    T: for<'de> Deserialize<'de> + Send + 'static,
+    F: FnOnce(std::sync::Arc<App>, String, T) -> Fut,
+    Fut: std::future::Future<Output = Result<Event, ApiError>>,
+{
     let New {
         app,
         caller,
         input,
         key,
-    } = match side_input::<ScanInput>(&s, &headers, "/api/v1/events/scan", body).await? {
+    } = match side_input::<T>(s, headers, path, body).await? {
         Side::New(new) => new,
         Side::Answered(r) => return Ok(r),
     };
+    let e = event_of(app.clone(), caller, input).await?;
+    record(&app, e, key).await
+}
+
+/// The event of a scan report.
+async fn scan_event(
+    app: std::sync::Arc<App>,
+    caller: String,
+    input: ScanInput,
+) -> Result<Event, ApiError> {
     let (repo, tag, digest) = subject_fields(&input.repository, input.tag, input.digest)?;
     let status = match input.status.as_str() {
         "Success" => ScanStatus::Success,
@@ -470,7 +497,7 @@ pub async fn scan_report(
     let mut e = event_for(&app, kind, &subject, &operator).await;
     e.scan = Some(info);
     tracing::info!(repository = %e.repository, kind = kind.harbor_type(), by = %caller, "scan report received");
-    record(&app, e, key).await
+    Ok(e)
 }
 
 /// `GET /api/v1/projects/{project}/quota`: limit and usage (system or project administrator).
@@ -511,15 +538,15 @@ pub async fn quota_report(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let New {
-        app,
-        caller,
-        input,
-        key,
-    } = match side_input::<QuotaInput>(&s, &headers, "/api/v1/events/quota", body).await? {
-        Side::New(new) => new,
-        Side::Answered(r) => return Ok(r),
-    };
+    side_request(&s, &headers, "/api/v1/events/quota", body, quota_event).await
+}
+
+/// The event of a quota report.
+async fn quota_event(
+    app: std::sync::Arc<App>,
+    caller: String,
+    input: QuotaInput,
+) -> Result<Event, ApiError> {
     if input.details.trim().is_empty() {
         return Err(ApiError::bad_request("details: must not be empty"));
     }
@@ -535,7 +562,7 @@ pub async fn quota_report(
         ..QuotaInfo::default()
     });
     tracing::info!(repository = %e.repository, by = %caller, "quota report received");
-    record(&app, e, key).await
+    Ok(e)
 }
 
 #[cfg(test)]
