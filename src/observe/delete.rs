@@ -223,6 +223,7 @@ pub(super) async fn manifest_delete(call: ManifestCall<'_>) -> Response<Body> {
         return pass(&app.registry, req, pq, ctx).await;
     };
     let doomed = before_delete(app, &repo, &digest, &who).await;
+    let sent_at = store::now_ms();
     let resp = pass(&app.registry, req, pq, ctx).await;
     if resp.status() != StatusCode::ACCEPTED {
         return resp;
@@ -259,7 +260,9 @@ pub(super) async fn manifest_delete(call: ManifestCall<'_>) -> Response<Body> {
         // A push of this digest still waiting for an index is published now, before its delete.
         store::events::publish_held(c, &r, &d)?;
         // the space its blobs took comes back (blobs other manifests use stay counted)
-        if let (Some(usage), Some(limit)) = (knowledge::forget_manifest(c, &r, &d)?, limit) {
+        // (unless pushed again meanwhile)
+        let forgotten = knowledge::forget_deleted(c, &r, &d, sent_at)?;
+        if let (Some(usage), Some(limit)) = (forgotten, limit) {
             quota::warn_on_crossing(c, e, usage, limit, threshold)?;
         }
         Ok(true)

@@ -431,6 +431,33 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
     Ok(())
 }
 
+/// Forget a manifest whose delete went to the registry at `sent_at` (unix ms) and was
+/// accepted — unless a tag was pushed to it since (the same digest pushed again while the
+/// delete's tags were being checked, committed first): then the registry holds it again, so it
+/// stays known and counted, and only the tags it had before go. (A push of it by digest alone,
+/// with no tag, is not told apart.) Returns the usage before and after, when forgotten.
+pub fn forget_deleted(
+    db: &Db<'_>,
+    repository: &str,
+    digest: &str,
+    sent_at: i64,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let pushed_again = db
+        .int(
+            "SELECT 1 FROM tags WHERE repository = ?1 AND digest = ?2 AND updated_at > ?3 LIMIT 1",
+            args![repository, digest, sent_at],
+        )?
+        .is_some();
+    if pushed_again {
+        db.exec(
+            "DELETE FROM tags WHERE repository = ?1 AND digest = ?2 AND updated_at <= ?3",
+            args![repository, digest, sent_at],
+        )?;
+        return Ok(None);
+    }
+    forget_manifest(db, repository, digest)
+}
+
 /// Forget a deleted manifest: its tags, and the space its blobs took (blobs other manifests
 /// of the project use stay counted). Returns the project's usage before and after, when wharf
 /// knew the manifest.

@@ -120,6 +120,7 @@ conformance!(
     the_clock_skew_to_the_database_is_measured,
     idempotency_keys_are_kept_per_caller_until_they_expire,
     a_delivery_whose_target_version_is_gone_goes_to_the_current_target,
+    a_manifest_pushed_again_while_its_delete_settled_stays_known,
 );
 
 fn repo(s: &str) -> Repository {
@@ -2162,6 +2163,52 @@ async fn a_delivery_whose_target_version_is_gone_goes_to_the_current_target(kind
     )
     .await;
     assert_eq!(ended, 1);
+    s.close().await;
+}
+
+/// A manifest whose delete the registry accepted, pushed again by tag before the delete's
+/// transaction committed (wharf checks the tags in between): the registry holds it again, so
+/// it stays known and counted, its old tags gone. Without a push since, it is forgotten.
+/// (It was forgotten either way: its usage given back while the registry held it.)
+async fn a_manifest_pushed_again_while_its_delete_settled_stays_known(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let m = artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]);
+    s.write(move |c| knowledge::learn_manifest(c, &m, Some("old")).map(|_| ()))
+        .await
+        .unwrap();
+    let sent_at = store::now_ms();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // the push again, by tag (a retag of a known manifest: its tag is written)
+    let m = artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]);
+    s.write(move |c| knowledge::learn_manifest(c, &m, Some("new")).map(|_| ()))
+        .await
+        .unwrap();
+    let kept = s
+        .write(move |c| knowledge::forget_deleted(c, "p/a", "m1", sent_at))
+        .await
+        .unwrap();
+    assert_eq!(kept, None, "not forgotten");
+    let usage = || s.read(|c| quota::usage(c, "p"));
+    assert_eq!(usage().await.unwrap(), 110);
+    let tags = s
+        .read(|c| knowledge::tags_of(c, "p/a", "m1"))
+        .await
+        .unwrap();
+    assert_eq!(tags, ["new"]);
+    // deleted again, nothing pushed since: forgotten, its space given back
+    let sent_at = store::now_ms() + 1;
+    let gone = s
+        .write(move |c| knowledge::forget_deleted(c, "p/a", "m1", sent_at))
+        .await
+        .unwrap();
+    assert_eq!(gone, Some((110, 0)));
+    assert!(
+        s.read(|c| knowledge::artifact(c, "p/a", "m1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     s.close().await;
 }
 
