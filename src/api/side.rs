@@ -301,47 +301,6 @@ async fn record(app: &App, e: Event, key: Option<Key>) -> Result<Response, ApiEr
     Ok((status, Json(answer)).into_response())
 }
 
-/// A side request, read and to be recorded.
-struct New<T> {
-    app: std::sync::Arc<App>,
-    caller: String,
-    input: T,
-    key: Option<Key>,
-}
-
-/// A side request, read: to record, or answered already (its idempotency key's report).
-enum Side<T> {
-    New(New<T>),
-    Answered(Response),
-}
-
-/// What every side request starts with: the caller is authorized (before the body is read),
-/// the body read within `side.max_body`; a request whose idempotency key a recorded report
-/// has is answered as that report was, any other parsed.
-async fn side_input<T: for<'de> Deserialize<'de> + Send + 'static>(
-    s: &ApiState,
-    headers: &HeaderMap,
-    path: &str,
-    body: axum::body::Body,
-) -> Result<Side<T>, ApiError> {
-    let app = s.app()?;
-    let caller = authorize(&app, headers).await?;
-    let raw = read_limited(body, app.config.side.max_body).await?;
-    let key = Key::from_request(headers, &caller.key_scope(), path, &raw)?;
-    if let Some(k) = &key
-        && let Some(answered) = idempotency::replay(&app.store, k).await?
-    {
-        return Ok(Side::Answered(answered));
-    }
-    let input = parse_off_runtime(raw).await?;
-    Ok(Side::New(New {
-        app,
-        caller: caller.name(),
-        input,
-        key,
-    }))
-}
-
 /// Bodies up to this size are parsed where they are read; larger ones (a scan report may hold
 /// 16 MiB of JSON, tens of milliseconds to parse) on a blocking thread, not on a runtime worker
 /// that serves other requests meanwhile.
@@ -368,8 +327,10 @@ pub async fn scan_report(
     side_request(&s, &headers, "/api/v1/events/scan", body, scan_event).await
 }
 
-/// Every side request: read (or answered from its idempotency key), its event made by
-/// `event_of` from the caller's name and the input, recorded.
+/// Every side request: the caller is authorized (before the body is read), the body read
+/// within `side.max_body`; a request whose idempotency key a recorded report has is answered
+/// as that report was; any other is parsed, its event made by `event_of` from the caller's
+/// name and the input, and recorded.
 async fn side_request<T, F, Fut>(
     s: &ApiState,
     headers: &HeaderMap,
@@ -382,16 +343,17 @@ where
     F: FnOnce(std::sync::Arc<App>, String, T) -> Fut,
     Fut: std::future::Future<Output = Result<Event, ApiError>>,
 {
-    let New {
-        app,
-        caller,
-        input,
-        key,
-    } = match side_input::<T>(s, headers, path, body).await? {
-        Side::New(new) => new,
-        Side::Answered(r) => return Ok(r),
-    };
-    let e = event_of(app.clone(), caller, input).await?;
+    let app = s.app()?;
+    let caller = authorize(&app, headers).await?;
+    let raw = read_limited(body, app.config.side.max_body).await?;
+    let key = Key::from_request(headers, &caller.key_scope(), path, &raw)?;
+    if let Some(k) = &key
+        && let Some(answered) = idempotency::replay(&app.store, k).await?
+    {
+        return Ok(answered);
+    }
+    let input = parse_off_runtime(raw).await?;
+    let e = event_of(app.clone(), caller.name(), input).await?;
     record(&app, e, key).await
 }
 
