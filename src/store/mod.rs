@@ -700,8 +700,8 @@ impl Store {
 
 /// Every second: write the last triggers noted ([`Store::flush_triggers`]). Once a minute:
 /// forget what clients resolved longer ago than `attribution_window`, lapsed quota
-/// reservations, expired idempotency keys, and target versions no delivery needs any more, and fold the delivery
-/// counters of database processes that ended. Runs until `shutdown`.
+/// reservations, expired idempotency keys, and target versions no delivery needs any more,
+/// and fold the delivery counters of database processes that ended. Runs until `shutdown`.
 pub async fn run_housekeeping(
     store: Store,
     attribution_window: Duration,

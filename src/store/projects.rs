@@ -54,12 +54,19 @@ pub fn by_id(db: &Db<'_>, id: i64) -> Result<Option<Project>, StoreError> {
     )
 }
 
-/// How many repositories of project `name` wharf knows (has seen a manifest of). (A prefix
-/// compared with `substr`, not a range or `LIKE`: PostgreSQL's collations do not order `/`
-/// as bytes do, and SQLite's `LIKE` ignores case.)
-pub fn repo_count(db: &Db<'_>, name: &str) -> Result<u64, StoreError> {
+/// The prefix of the repositories of project `name` (`name/`) and its length in characters,
+/// for `substr(repository, 1, <len>) = <prefix>`: a prefix compared with `substr`, not a range
+/// or `LIKE` — PostgreSQL's collations do not order `/` as bytes do, and SQLite's `LIKE`
+/// ignores case.
+pub(crate) fn repository_prefix(name: &str) -> (String, i64) {
     let prefix = format!("{name}/");
     let len = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+    (prefix, len)
+}
+
+/// How many repositories of project `name` wharf knows (has seen a manifest of).
+pub fn repo_count(db: &Db<'_>, name: &str) -> Result<u64, StoreError> {
+    let (prefix, len) = repository_prefix(name);
     Ok(db
         .int(
             "SELECT COUNT(DISTINCT repository) FROM artifacts WHERE substr(repository, 1, ?2) = ?1",

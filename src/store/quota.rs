@@ -258,10 +258,8 @@ pub fn recount_projects(db: &Db<'_>) -> Result<Vec<String>, StoreError> {
 /// its usage and blob counts takes that lock first). Returns the usage.
 pub fn recount_project(db: &Db<'_>, project: &str) -> Result<u64, StoreError> {
     lock_project(db, project)?;
-    // the manifests read after the lock: every push that held it has committed (a prefix
-    // compared with `substr`, as `projects::repo_count` does)
-    let prefix = format!("{project}/");
-    let len = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+    // the manifests read after the lock: every push that held it has committed
+    let (prefix, len) = super::projects::repository_prefix(project);
     let rows = db.rows(
         "SELECT blobs FROM artifacts WHERE repository = ?1 OR substr(repository, 1, ?3) = ?2",
         args![project, &prefix, len],
