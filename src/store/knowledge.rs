@@ -67,6 +67,15 @@ pub fn upsert_artifact(db: &Db<'_>, a: &Artifact) -> Result<(), StoreError> {
     upsert_artifact_at(db, a, now_ms())
 }
 
+/// The insert of an artifact's row, its values bound as [`Columns::args`] orders them; each
+/// statement that writes one adds its own `ON CONFLICT`.
+macro_rules! insert_artifact {
+    () => {
+        "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    };
+}
+
 /// [`upsert_artifact`], a new row created at `now` (unix ms).
 fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreError> {
     if let Some(cache) = db.cache() {
@@ -74,9 +83,9 @@ fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreEr
     }
     let columns = Columns::of(a)?;
     db.exec_later(
-        "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-         ON CONFLICT (repository, digest) DO UPDATE SET kind = excluded.kind, media_type = excluded.media_type,
+        concat!(
+            insert_artifact!(),
+            " ON CONFLICT (repository, digest) DO UPDATE SET kind = excluded.kind, media_type = excluded.media_type,
            size = excluded.size, config_digest = excluded.config_digest, chart = excluded.chart,
            platforms = excluded.platforms, children = excluded.children, blobs = excluded.blobs
          WHERE artifacts.kind IS DISTINCT FROM excluded.kind
@@ -86,7 +95,8 @@ fn upsert_artifact_at(db: &Db<'_>, a: &Artifact, now: i64) -> Result<(), StoreEr
            OR artifacts.chart IS DISTINCT FROM excluded.chart
            OR artifacts.platforms IS DISTINCT FROM excluded.platforms
            OR artifacts.children IS DISTINCT FROM excluded.children
-           OR artifacts.blobs IS DISTINCT FROM excluded.blobs",
+           OR artifacts.blobs IS DISTINCT FROM excluded.blobs"
+        ),
         &columns.args(a, now),
     )?;
     Ok(())
@@ -102,9 +112,10 @@ fn insert_artifact_if_absent(db: &Db<'_>, a: &Artifact, now: i64) -> Result<bool
     let columns = Columns::of(a)?;
     Ok(db
         .int(
-            "INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (repository, digest) DO NOTHING RETURNING 1",
+            concat!(
+                insert_artifact!(),
+                " ON CONFLICT (repository, digest) DO NOTHING RETURNING 1"
+            ),
             &columns.args(a, now),
         )?
         .is_some())
@@ -383,11 +394,12 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
     // whether this insert made the manifest new is kept in a setting local to the
     // transaction (a savepoint rolled back takes it along), read by the quota statements
     db.exec_later(
-        "WITH ins AS (
-           INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart, platforms, children, blobs, created_at)
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-           ON CONFLICT (repository, digest) DO NOTHING RETURNING 1)
-         SELECT set_config('wharf.new_artifact', CASE WHEN EXISTS (SELECT 1 FROM ins) THEN '1' ELSE '0' END, true)",
+        concat!(
+            "WITH ins AS (",
+            insert_artifact!(),
+            " ON CONFLICT (repository, digest) DO NOTHING RETURNING 1)
+             SELECT set_config('wharf.new_artifact', CASE WHEN EXISTS (SELECT 1 FROM ins) THEN '1' ELSE '0' END, true)"
+        ),
         &args,
     )?;
     db.exec_later(
