@@ -223,6 +223,19 @@ async fn writes_to_a_name_outside_the_grammar_are_refused_with_name_invalid() {
     assert_eq!(r.status, 202, "{}", r.text);
 }
 
+/// An image manifest of a config (`sha256:cc…`, declared `config_size` bytes) and one layer
+/// (`sha256:aa…`, 10 bytes), for tests whose registry is a receiver: no blob exists.
+fn one_layer_manifest(config_size: u64) -> Vec<u8> {
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::MANIFEST_V1,
+        "config": {"mediaType": oci::CONFIG_V1, "digest": digest('c'), "size": config_size},
+        "layers": [{"mediaType": oci::LAYER_TAR, "digest": digest('a'), "size": 10}],
+    }))
+    .unwrap()
+}
+
 /// A client that hangs up while the registry is still taking its manifest: the registry does
 /// the push all the same, and so does wharf's bookkeeping — the event is recorded. (Before,
 /// the hang-up cancelled the request's flow with the forward: no event, no quota.)
@@ -232,14 +245,7 @@ async fn a_push_whose_client_hangs_up_is_still_recorded() {
     use crate::common::receiver::Reply;
     let upstream = Receiver::start().await;
     let wharf = Wharf::start(&upstream.url()).await;
-    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": oci::MANIFEST_V1,
-        "config": {"mediaType": oci::CONFIG_V1, "digest": digest('c'), "size": 2},
-        "layers": [{"mediaType": oci::LAYER_TAR, "digest": digest('a'), "size": 10}],
-    }))
-    .unwrap();
+    let manifest = one_layer_manifest(2);
     let stored = crate::common::http::sha256_digest(&manifest);
     // the registry takes its time over the manifest
     upstream.push(Reply::delay(
@@ -283,14 +289,7 @@ async fn blob_sizes_behind_a_redirect_are_checked_with_the_storage() {
         .yaml("projects: {prj: {storage_limit: 1GiB}}\n")
         .start()
         .await;
-    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": oci::MANIFEST_V1,
-        "config": {"mediaType": oci::CONFIG_V1, "digest": digest('c'), "size": 5000},
-        "layers": [{"mediaType": oci::LAYER_TAR, "digest": digest('a'), "size": 10}],
-    }))
-    .unwrap();
+    let manifest = one_layer_manifest(5000);
     let r = client()
         .put(format!("{}/v2/prj/big/manifests/v1", wharf.url()))
         .header("content-type", oci::MANIFEST_V1)
