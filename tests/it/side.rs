@@ -193,6 +193,20 @@ async fn subscribe(base: &str, project: &str, types: &[&str], rx: &Receiver) {
     .expect(201);
 }
 
+/// A registry, a wharf in front of it with [`base_yaml`] and `extra_yaml`, and a receiver its
+/// project `prj` sends `types` to ([`subscribe`]).
+async fn subscribed(extra_yaml: &str, types: &[&str]) -> (Registry, Wharf, Receiver) {
+    let registry = Registry::start().await;
+    let wharf = Wharf::builder(&registry.url())
+        .yaml(&base_yaml())
+        .yaml(extra_yaml)
+        .start()
+        .await;
+    let rx = Receiver::start().await;
+    subscribe(&wharf.url(), "prj", types, &rx).await;
+    (registry, wharf, rx)
+}
+
 /// The one request to `path` carrying event `id`.
 fn delivery(got: &[Recorded], path: &str, id: &str) -> Value {
     let v: Vec<&Recorded> = got
@@ -281,20 +295,8 @@ fn exceed_message(adding: u64, usage: u64, limit: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_reports_reach_a_receiver_in_default_and_legacy_format() {
-    let registry = Registry::start().await;
-    let wharf = Wharf::builder(&registry.url())
-        .yaml(&base_yaml())
-        .start()
-        .await;
+    let (_registry, wharf, rx) = subscribed("", &["SCANNING_COMPLETED", "SCANNING_FAILED"]).await;
     let base = wharf.url();
-    let rx = Receiver::start().await;
-    subscribe(
-        &base,
-        "prj",
-        &["SCANNING_COMPLETED", "SCANNING_FAILED"],
-        &rx,
-    )
-    .await;
     let work = work_dir();
     let image = oci::build_image(&work.path().join("img"), "latest", &[4096]);
     RegistryClient::new(&base)
@@ -1031,14 +1033,8 @@ async fn bad_input_is_refused_precisely_and_records_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_report_reaches_the_receiver() {
-    let registry = Registry::start().await;
-    let wharf = Wharf::builder(&registry.url())
-        .yaml(&base_yaml())
-        .start()
-        .await;
+    let (_registry, wharf, rx) = subscribed("", &["QUOTA_EXCEED"]).await;
     let base = wharf.url();
-    let rx = Receiver::start().await;
-    subscribe(&base, "prj", &["QUOTA_EXCEED"], &rx).await;
     let digest = format!("sha256:{}", "9e".repeat(32));
     let details = "adding 2.1 MiB of storage resource, which when updated to current usage of 8.3 MiB will exceed the configured upper limit of 10.0 MiB.";
     let r = post_quota(
@@ -1089,14 +1085,8 @@ async fn post_keyed(base: &str, path: &str, auth: Auth<'_>, key: &str, body: &Va
 /// report without one, is a new event; twenty requests with one key at once make one event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_retried_with_its_idempotency_key_makes_one_event() {
-    let registry = Registry::start().await;
-    let wharf = Wharf::builder(&registry.url())
-        .yaml(&base_yaml())
-        .start()
-        .await;
+    let (_registry, wharf, rx) = subscribed("", &["SCANNING_FAILED"]).await;
     let base = wharf.url();
-    let rx = Receiver::start().await;
-    subscribe(&base, "prj", &["SCANNING_FAILED"], &rx).await;
     const SCAN: &str = "/api/v1/events/scan";
     let digest = format!("sha256:{}", "5c".repeat(32));
     let report = json!({"repository": "prj/app", "tag": "1.0", "digest": digest,
@@ -1183,15 +1173,12 @@ async fn skopeo_push_over_the_limit_is_refused_and_space_comes_back_on_delete() 
     let b = oci::build_image(&work.path().join("b"), "v1", &[40 * 1024, 8 * 1024]);
     let (size_a, size_b) = (unique_blob_size(&[&a]), unique_blob_size(&[&b]));
     let limit = size_a + size_b / 2;
-    let registry = Registry::start().await;
-    let wharf = Wharf::builder(&registry.url())
-        .yaml(&base_yaml())
-        .yaml(&format!("projects: {{prj: {{storage_limit: {limit}}}}}\n"))
-        .start()
-        .await;
+    let (registry, wharf, rx) = subscribed(
+        &format!("projects: {{prj: {{storage_limit: {limit}}}}}\n"),
+        &["QUOTA_EXCEED"],
+    )
+    .await;
     let base = wharf.url();
-    let rx = Receiver::start().await;
-    subscribe(&base, "prj", &["QUOTA_EXCEED"], &rx).await;
     let skopeo = Skopeo::new();
     let to = |r: &str| format!("docker://{}/{r}", wharf.host());
 
@@ -1392,15 +1379,12 @@ async fn warning_threshold_warns_once_per_crossing() {
     let limit = (sa + sb + sc) * 102 / 100;
     let line = limit * 85 / 100;
     assert!(sa < line && sa + sb >= line && sa + sc < line && sa + sb + sc <= limit);
-    let registry = Registry::start().await;
-    let wharf = Wharf::builder(&registry.url())
-        .yaml(&base_yaml())
-        .yaml(&format!("projects: {{prj: {{storage_limit: {limit}}}}}\n"))
-        .start()
-        .await;
+    let (_registry, wharf, rx) = subscribed(
+        &format!("projects: {{prj: {{storage_limit: {limit}}}}}\n"),
+        &["QUOTA_WARNING"],
+    )
+    .await;
     let base = wharf.url();
-    let rx = Receiver::start().await;
-    subscribe(&base, "prj", &["QUOTA_WARNING"], &rx).await;
     let warnings = || events(&base, "type=QUOTA_WARNING");
 
     try_push(&base, "prj/a", "v1", &a).await.expect(201);
