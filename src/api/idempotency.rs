@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
 
 use super::ApiError;
 use crate::events::sink::With;
@@ -151,7 +152,7 @@ pub fn keep_with(key: &Key, event_id: uuid::Uuid, answer: &Value) -> With {
         event_id: event_id.to_string(),
         answer: answer.to_string(),
     };
-    Box::new(move |c, _event| idempotency::keep(c, &scope, &k, &kept, store::now_ms()))
+    Arc::new(move |c, _event| idempotency::keep(c, &scope, &k, &kept, store::now_ms()))
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //!   transaction) is committed. Used for pushes, deletes, chart uploads and deletes, quota
 //!   events: the client's success response waits for it — at most `store.statement_timeout`;
 //!   an event not committed by then is counted late and recorded when the database answers
-//!   (or counted lost). [`Sink::durable_waited`] waits for the outcome however long it takes
+//!   (or counted lost). A transaction PostgreSQL rolled back for a deadlock or a serialization
+//!   conflict with another replica's is queued again (three tries in all).
+//!   [`Sink::durable_waited`] waits for the outcome however long it takes
 //!   (side-endpoint reports, whose sender retries on an error).
 //! - [`Sink::detached`]: queued for the next group commit, not awaited. Used for pulls: a
 //!   process killed in that moment (typically a few milliseconds) loses those pulls. Events
@@ -31,8 +33,9 @@ use crate::store::{self, Db, Store, StoreError};
 /// Extra writes in the event's transaction (knowledge updates); may adjust the event, and
 /// returns whether the event is still to be recorded (`false`: it turned out to be part of
 /// another, e.g. the platform manifest of an index the client just pulled through another
-/// replica).
-pub type With = Box<dyn FnOnce(&Db<'_>, &mut Event) -> Result<bool, StoreError> + Send>;
+/// replica). Runs again when its transaction lost a deadlock to another replica's and was
+/// rolled back (see [`Sink::durable`]), so it writes what it is given, nothing it consumed.
+pub type With = Arc<dyn Fn(&Db<'_>, &mut Event) -> Result<bool, StoreError> + Send + Sync>;
 
 /// See the module doc.
 #[derive(Clone)]
@@ -77,6 +80,24 @@ impl Drop for Unanswered {
             sink.account(self.kind, self.id, Err(StoreError::Closed));
         }
     }
+}
+
+/// Tries of a durable event's transaction that a conflict with another replica's rolls back
+/// (see [`Sink::durable`]).
+const CONFLICT_TRIES: u32 = 3;
+
+/// A durable event on its way to the store, with what its answer needs.
+struct Attempt {
+    event: Event,
+    hold_until: Option<i64>,
+    with: Option<With>,
+    new_project: bool,
+    started: std::time::Instant,
+    /// This try's number, from 1.
+    tries: u32,
+    /// Counts the event lost if the answer never comes.
+    guard: Unanswered,
+    tx: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// Most detached events waiting for the database (a database that stopped answering while
@@ -225,36 +246,60 @@ impl Sink {
         hold_until: Option<i64>,
         with: Option<With>,
     ) -> tokio::sync::oneshot::Receiver<bool> {
-        let kind = event.kind;
-        let id = event.id;
-        let project = event.project.clone();
-        let new_project = !self.projects.contains(&project);
-        let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let mut guard = Unanswered {
-            sink: Some(self.clone()),
-            kind,
-            id,
+        let attempt = Attempt {
+            guard: Unanswered {
+                sink: Some(self.clone()),
+                kind: event.kind,
+                id: event.id,
+            },
+            new_project: !self.projects.contains(&event.project),
+            event,
+            hold_until,
+            with,
+            started: std::time::Instant::now(),
+            tries: 1,
+            tx,
         };
+        self.submit_attempt(attempt);
+        rx
+    }
+
+    /// Queue one try of a durable event's transaction. One that lost a deadlock (or a
+    /// serialization conflict) to another replica's transaction was rolled back whole: it is
+    /// queued again, up to [`CONFLICT_TRIES`] tries in all, with the event as it came.
+    fn submit_attempt(&self, attempt: Attempt) {
+        let (event, with) = (attempt.event.clone(), attempt.with.clone());
+        let (new_project, hold_until) = (attempt.new_project, attempt.hold_until);
         self.store.write_answered(
             move |c| record(c, event, with, new_project, hold_until),
             move |result| {
-                let Some(sink) = guard.sink.take() else {
+                let mut a = attempt;
+                let Some(sink) = a.guard.sink.take() else {
                     return;
                 };
+                if let Err(e) = &result
+                    && e.is_conflict()
+                    && a.tries < CONFLICT_TRIES
+                {
+                    tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's transaction rolled back by a conflict with another one: written again");
+                    a.tries += 1;
+                    a.guard.sink = Some(sink.clone());
+                    sink.submit_attempt(a);
+                    return;
+                }
                 sink.metrics
                     .event_commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(a.started.elapsed().as_secs_f64());
                 let inserted = matches!(result, Ok(Written { inserted: true, .. }));
-                let ok = sink.account(kind, id, result.map(|w| w.published));
+                let ok = sink.account(a.event.kind, a.event.id, result.map(|w| w.published));
                 // (an event not inserted ensured no project row)
-                if ok && inserted && new_project {
-                    sink.projects.insert(&project);
+                if ok && inserted && a.new_project {
+                    sink.projects.insert(&a.event.project);
                 }
-                let _ = tx.send(ok);
+                let _ = a.tx.send(ok);
             },
         );
-        rx
     }
 
     /// Record `event` in a group commit without waiting. Events queued before the writer takes
@@ -584,7 +629,7 @@ mod tests {
         let (sink, store, _dir) = sink_behind_a_busy_writer(Duration::from_millis(200)).await;
         for i in 0..10 {
             let with: Option<With> = (i == 7).then(|| -> With {
-                Box::new(|c, _| {
+                Arc::new(|c, _| {
                     c.exec("INSERT INTO no_such_table VALUES (1)", &[])?;
                     Ok(true)
                 })
@@ -667,13 +712,13 @@ mod tests {
         let store = Store::open_sqlite(dir.path(), Default::default()).unwrap();
         let sink = Sink::new(store.clone(), Arc::new(Metrics::new()));
         let row = || store.read(|c| crate::store::projects::by_name(c, "prj"));
-        let not_this_one: With = Box::new(|_, _| Ok(false));
+        let not_this_one: With = Arc::new(|_, _| Ok(false));
         assert!(sink.durable_waited(pull(0), Some(not_this_one)).await);
         assert!(row().await.unwrap().is_none());
         for (i, with) in [
             (
                 1,
-                Some(Box::new(|_: &Db<'_>, _: &mut Event| Ok(false)) as With),
+                Some(Arc::new(|_: &Db<'_>, _: &mut Event| Ok(false)) as With),
             ),
             (2, None),
         ] {

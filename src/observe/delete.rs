@@ -13,6 +13,7 @@
 //! the registry refuses costs at most the one GET.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use http::header;
@@ -256,7 +257,7 @@ pub(super) async fn manifest_delete(call: ManifestCall<'_>) -> Response<Body> {
         .get(repo.project())
         .and_then(|p| p.storage_limit);
     let threshold = app.config.quota.warning_threshold;
-    let with: With = Box::new(move |c, e: &mut Event| {
+    let with: With = Arc::new(move |c, e: &mut Event| {
         // A push of this digest still waiting for an index is published now, before its delete.
         store::events::publish_held(c, &r, &d)?;
         // the space its blobs took comes back (blobs other manifests use stay counted)

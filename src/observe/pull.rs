@@ -181,7 +181,7 @@ fn pull_completed(
         }
         Some(f) if f.kind == Kind::Index => {
             let (r2, children) = (r.to_string(), f.child_digests());
-            let with: With = Box::new(move |c, e: &mut Event| {
+            let with: With = Arc::new(move |c, e: &mut Event| {
                 if let Some(s) = &shared
                     && !s.apply(c, e)?
                 {
@@ -248,7 +248,7 @@ impl SharedLookup {
     }
 
     fn into_with(self) -> With {
-        Box::new(move |c, e: &mut Event| self.apply(c, e))
+        Arc::new(move |c, e: &mut Event| self.apply(c, e))
     }
 }
 

@@ -3,6 +3,7 @@
 //! wharf learned — knowledge, quota usage, an absorbed or extended multi-platform hold —
 //! *before* the client gets the 201. A push the quota refuses never reaches the registry.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,7 +25,7 @@ use crate::forward::{Body, oci_error};
 use crate::quota::{self, Admission};
 use crate::route::{Digest, Reference, Repository};
 use crate::server::RequestCtx;
-use crate::store::{self, knowledge};
+use crate::store::{self, knowledge, knowledge::Artifact};
 
 /// An index's size is the sum of its children that wharf knows; computed in the transaction.
 /// The held events of its platform manifests are absorbed.
@@ -174,16 +175,21 @@ pub(super) async fn manifest_put(call: ManifestCall<'_>) -> Response<Body> {
         .get(repo.project())
         .and_then(|p| p.storage_limit);
     let threshold = app.config.quota.warning_threshold;
-    let with: With = Box::new(move |c, e: &mut Event| {
+    let with: With = Arc::new(move |c, e: &mut Event| {
         if let Some(children) = &children {
             index_size_and_absorb(c, e, &row.repository, children)?;
         }
         if let Some(until) = hold_until {
             store::events::extend_held(c, &row.repository, until)?;
         }
-        if row.size.is_none() {
-            row.size = e.size;
-        }
+        // (an index's size is its event's, summed by `index_size_and_absorb`)
+        let row = match row.size {
+            None => Cow::Owned(Artifact {
+                size: e.size,
+                ..row.clone()
+            }),
+            Some(_) => Cow::Borrowed(&row),
+        };
         // without a storage limit nothing needs to be read back when the repository's
         // first-seen time is cached: one round trip on PostgreSQL (`learn_pushed`)
         let cached = match limit {

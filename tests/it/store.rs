@@ -1666,7 +1666,7 @@ async fn postgres_a_durable_event_dropped_unanswered_is_counted_lost() {
     let o = open(Kind::Postgres).await;
     let metrics = Arc::new(wharf::metrics::Metrics::new());
     let sink = Sink::new(o.store.clone(), metrics.clone());
-    let with: With = Box::new(|_, _| panic!("a writer fails (this panic is the test's)"));
+    let with: With = Arc::new(|_, _| panic!("a writer fails (this panic is the test's)"));
     let got = sink
         .durable(push("prj/app", "sha256:1"), None, Some(with))
         .await;
@@ -1678,6 +1678,71 @@ async fn postgres_a_durable_event_dropped_unanswered_is_counted_lost() {
         sink.durable(push("prj/app", "sha256:2"), None, None).await,
         Recorded::Yes
     );
+    o.store.close().await;
+}
+
+/// A durable event whose transaction loses a deadlock to another replica's is written again,
+/// not lost. (A push's and a delete's writes can cross so: a push locks its project's quota row
+/// and then a tag, a delete the artifact, its quota row and the same tag.) Here the other
+/// replica takes lock 1, the event's `with` takes lock 2 and waits for 1, and the other then
+/// asks for 2: PostgreSQL rolls the event's transaction back — it waited first, and the other
+/// session checks for deadlocks only after 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use wharf::events::sink::{Recorded, Sink, With};
+    let o = open(Kind::Postgres).await;
+    let (other, _dir) = replica_of(&o).await;
+    let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let first = {
+        let other = other.clone();
+        tokio::spawn(async move {
+            other
+                .write(move |c| {
+                    c.exec("SET LOCAL deadlock_timeout = '10s'", &[])?;
+                    c.int("SELECT 1 FROM pg_advisory_xact_lock(1)", &[])?;
+                    ran_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                    c.int("SELECT 1 FROM pg_advisory_xact_lock(2)", &[])
+                })
+                .await
+        })
+    };
+    tokio::task::spawn_blocking(move || ran_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let metrics = Arc::new(wharf::metrics::Metrics::new());
+    let sink = Sink::new(o.store.clone(), metrics.clone());
+    let runs = Arc::new(AtomicU32::new(0));
+    let with: With = {
+        let runs = runs.clone();
+        Arc::new(move |c, _| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            c.int("SELECT 1 FROM pg_advisory_xact_lock(2)", &[])?;
+            c.int("SELECT 1 FROM pg_advisory_xact_lock(1)", &[])?;
+            Ok(true)
+        })
+    };
+    let event = tokio::spawn(async move {
+        sink.durable(push("prj/app", "sha256:1"), None, Some(with))
+            .await
+    });
+    until_a_session_waits_for_a_lock(&o.store).await;
+    go_tx.send(()).unwrap();
+    first
+        .await
+        .unwrap()
+        .expect("the other replica's transaction wins");
+    assert_eq!(event.await.unwrap(), Recorded::Yes);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "rolled back once, written again"
+    );
+    assert_eq!(metrics.events_lost.get(), 0);
+    assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
+    other.close().await;
     o.store.close().await;
 }
 

@@ -192,7 +192,7 @@ async fn upload(
         size: Some(uploaded.size),
     };
     if let Some(e) = chart_event(app, &who, EventKind::UploadChart, &facts) {
-        let with: With = Box::new(move |c, _| charts::remember(c, &facts).map(|()| true));
+        let with: With = Arc::new(move |c, _| charts::remember(c, &facts).map(|()| true));
         app.events.durable(e, None, Some(with)).await;
     }
     resp.map(Body::new)
@@ -264,7 +264,7 @@ async fn record_download(
         // ChartMuseum said of it is remembered with the event, and the next download of the
         // version asks ChartMuseum nothing
         let with = learned.then(|| -> With {
-            Box::new(move |c, _| charts::remember_if_unknown(c, &facts).map(|()| true))
+            Arc::new(move |c, _| charts::remember_if_unknown(c, &facts).map(|()| true))
         });
         app.events.detached(e, with);
     }
@@ -304,7 +304,7 @@ async fn delete(
         return resp;
     }
     if let Some(e) = chart_event(app, &who, EventKind::DeleteChart, &facts) {
-        let with: With = Box::new(move |c, _| {
+        let with: With = Arc::new(move |c, _| {
             charts::forget(c, &facts.project, &facts.name, &facts.version).map(|()| true)
         });
         app.events.durable(e, None, Some(with)).await;
