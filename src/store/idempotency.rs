@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
-
 use super::StoreError;
 use super::db::{Backend, Db};
 use crate::args;
@@ -92,18 +90,10 @@ pub fn keep(
         .is_some())
 }
 
-/// The advisory lock of (`caller`, `key`): 64 bits of a SHA-256 of both. (Two keys sharing
-/// one only make one of two simultaneous first requests wait for a retry.)
+/// The advisory lock of (`caller`, `key`). (Two keys sharing one only make one of two
+/// simultaneous first requests wait for a retry.)
 fn lock_id(caller: &str, key: &str) -> i64 {
-    let mut h = Sha256::new();
-    for part in ["wharf idempotency key", caller, key] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    let d = h.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&d[..8]);
-    i64::from_be_bytes(first)
+    super::advisory_key(&["wharf idempotency key", caller, key])
 }
 
 /// Forget keys kept before `before` (unix ms). Returns how many.

@@ -335,6 +335,7 @@ pub struct Learned {
 /// Learn a manifest seen pushed (or found by `wharf quota rescan`): remember it and its tag,
 /// and when it is new to wharf count the blobs it references in its project's usage.
 pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Learned, StoreError> {
+    hold_manifest(db, &a.repository, &a.digest, Hold::Push)?;
     let (known, created) = artifact_and_repository_created(db, &a.repository, &a.digest)?;
     let now = now_ms();
     // new: decided by the insert, not by the read before it — two pushes of one new manifest
@@ -388,6 +389,7 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
     if db.backend() == Backend::Sqlite {
         return learn_manifest(db, a, tag).map(|_| ());
     }
+    hold_manifest(db, &a.repository, &a.digest, Hold::Push)?;
     let columns = Columns::of(a)?;
     let args = columns.args(a, now_ms());
     let project = project_of(&a.repository);
@@ -443,6 +445,38 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
     Ok(())
 }
 
+/// Who takes a manifest's lock ([`hold_manifest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Shared with other pushes of it (pushes of one manifest do not queue behind each other).
+    Push,
+    /// Alone: waits for the pushes of it in progress, which then wait for it.
+    Delete,
+}
+
+/// PostgreSQL: take `repository`'s manifest `digest`'s advisory lock until the transaction
+/// ends (sent ahead, not waited for). A delete settling ([`forget_deleted`]) and a push of the
+/// same manifest through another replica are so put in an order: the delete sees the push's
+/// tag, or the push finds the manifest forgotten and counts it anew — where without it the
+/// delete could forget a manifest the push then tagged. SQLite's one writer orders them anyway.
+fn hold_manifest(
+    db: &Db<'_>,
+    repository: &str,
+    digest: &str,
+    hold: Hold,
+) -> Result<(), StoreError> {
+    if db.backend() != Backend::Postgres {
+        return Ok(());
+    }
+    let sql = match hold {
+        Hold::Push => "SELECT pg_advisory_xact_lock_shared(?1)",
+        Hold::Delete => "SELECT pg_advisory_xact_lock(?1)",
+    };
+    let key = super::advisory_key(&["wharf manifest", repository, digest]);
+    db.exec_later(sql, args![key])?;
+    Ok(())
+}
+
 /// Forget a manifest whose delete went to the registry at `sent_at` (unix ms) and was
 /// accepted — unless a tag was pushed to it since (the same digest pushed again while the
 /// delete's tags were being checked, committed first): then the registry holds it again, so it
@@ -454,6 +488,8 @@ pub fn forget_deleted(
     digest: &str,
     sent_at: i64,
 ) -> Result<Option<(u64, u64)>, StoreError> {
+    // a push of it in progress through another replica commits first: its tag is then seen
+    hold_manifest(db, repository, digest, Hold::Delete)?;
     let pushed_again = db
         .int(
             "SELECT 1 FROM tags WHERE repository = ?1 AND digest = ?2 AND updated_at > ?3 LIMIT 1",

@@ -847,6 +847,21 @@ pub fn grouped_counts(db: &Db<'_>, sql: &str) -> Result<Vec<(String, u64)>, Stor
     db.rows(sql, &[], |r| Ok((r.text(0)?, r.u64(1)?)))
 }
 
+/// A PostgreSQL advisory lock's key for `parts` (the first names what kind of thing is locked):
+/// 64 bits of a SHA-256 of them. Two things sharing a key only make one wait for the other.
+pub(crate) fn advisory_key(parts: &[&str]) -> i64 {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    i64::from_be_bytes(first)
+}
+
 /// Milliseconds since the epoch, the time unit of every timestamp column.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

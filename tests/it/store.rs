@@ -2277,6 +2277,54 @@ async fn a_manifest_pushed_again_while_its_delete_settled_stays_known(kind: Kind
     s.close().await;
 }
 
+/// The same race through two replicas, the push not committed yet when the delete settles:
+/// the delete waits for it (the push holds its manifest's lock, shared with other pushes of
+/// it) and then finds it, whether the push wrote a tag the manifest already had or a new one
+/// (no row of the delete's to wait for). Before, the delete forgot the manifest and gave its
+/// space back; the push then committed a tag pointing at a manifest wharf no longer knew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_manifest_pushed_again_during_its_delete_stays_known() {
+    for (round, tag) in ["old", "new"].into_iter().enumerate() {
+        let o = open(Kind::Postgres).await;
+        let (other, _dir) = replica_of(&o).await;
+        let m = artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]);
+        o.store
+            .write(move |c| knowledge::learn_manifest(c, &m, Some("old")).map(|_| ()))
+            .await
+            .unwrap();
+        let sent_at = store::now_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let push = move |c: &wharf::store::Db<'_>| {
+            let m = artifact("p/a", "m1", &[("c1", 10), ("l1", 100)]);
+            knowledge::learn_pushed(c, &m, Some(tag))
+        };
+        let delete = write_of(&o.store, move |c| {
+            knowledge::forget_deleted(c, "p/a", "m1", sent_at)
+        });
+        let kept = second_waits_for_first(&other, push, &o.store, delete)
+            .await
+            .unwrap();
+        assert_eq!(kept, None, "round {round}: not forgotten");
+        let tags = o
+            .store
+            .read(|c| knowledge::tags_of(c, "p/a", "m1"))
+            .await
+            .unwrap();
+        assert_eq!(tags, [tag], "round {round}");
+        assert!(
+            o.store
+                .read(|c| knowledge::artifact(c, "p/a", "m1"))
+                .await
+                .unwrap()
+                .is_some(),
+            "round {round}: known"
+        );
+        assert_eq!(o.store.read(|c| quota::usage(c, "p")).await.unwrap(), 110);
+        other.close().await;
+        o.store.close().await;
+    }
+}
+
 /// Several replicas migrate the same empty database at once: one migrates, the others wait
 /// for the advisory lock and find it done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
