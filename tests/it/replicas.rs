@@ -1171,3 +1171,39 @@ async fn a_locked_table_holds_no_push_past_the_statement_timeout() {
     assert_eq!(got[1].json()["event_data"]["resources"][0]["tag"], "v3");
     w.shutdown().await;
 }
+
+/// PostgreSQL ends wharf's sessions (a restart, `pg_terminate_backend`, an idle-session
+/// limit) while no request is under way: the next pushes find their writers' connections
+/// gone and connect anew before they write, so none of their events is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_ended_by_postgres_lose_no_later_event() {
+    let registry = Registry::start().await;
+    let cluster = pgc::cluster();
+    let url = pgc::database().await;
+    let db = db_name(&url);
+    let Pushed {
+        w,
+        rx,
+        rc,
+        image,
+        _work,
+    } = replica_with_a_push(&registry, &url, "").await;
+    let (admin, _task) = cluster.session(&db).await;
+    let ended = admin
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(ended >= 2, "wharf's sessions ended: {ended}");
+    for (i, tag) in ["v2", "v3", "v4", "v5"].into_iter().enumerate() {
+        rc.push_image("prj/app", tag, &image).await;
+        let got = rx.wait_for(i + 2, SOON).await;
+        assert_eq!(got[i + 1].json()["event_data"]["resources"][0]["tag"], tag);
+    }
+    assert_eq!(lost_and_late(&w.url()).await, (0, 0));
+    w.shutdown().await;
+}
