@@ -5,7 +5,8 @@
 //!   events: the client's success response waits for it — at most `store.statement_timeout`;
 //!   an event not committed by then is counted late and recorded when the database answers
 //!   (or counted lost). A transaction PostgreSQL rolled back for a deadlock or a serialization
-//!   conflict with another replica's is queued again (three tries in all).
+//!   conflict with another replica's is queued again, and so is one whose connection was lost
+//!   (unless its event is there: its COMMIT landed) — three tries in all.
 //!   [`Sink::durable_waited`] waits for the outcome however long it takes
 //!   (side-endpoint reports, whose sender retries on an error).
 //! - [`Sink::detached`]: queued for the next group commit, not awaited. Used for pulls: a
@@ -82,9 +83,9 @@ impl Drop for Unanswered {
     }
 }
 
-/// Tries of a durable event's transaction that a conflict with another replica's rolls back
-/// (see [`Sink::durable`]).
-const CONFLICT_TRIES: u32 = 3;
+/// Tries of a durable event's transaction that a conflict with another replica's rolled back,
+/// or whose connection was lost (see [`Sink::durable`]).
+const RETRIES: u32 = 3;
 
 /// A durable event on its way to the store, with what its answer needs.
 struct Attempt {
@@ -95,6 +96,8 @@ struct Attempt {
     started: std::time::Instant,
     /// This try's number, from 1.
     tries: u32,
+    /// A try lost its connection, perhaps after its COMMIT landed: look for the event first.
+    look_first: bool,
     /// Counts the event lost if the answer never comes.
     guard: Unanswered,
     tx: tokio::sync::oneshot::Sender<bool>,
@@ -171,11 +174,36 @@ struct Written {
 /// `with` says it is not to be).
 fn record(
     c: &Db<'_>,
-    mut event: Event,
+    event: Event,
     with: Option<With>,
     new_project: bool,
     hold_until: Option<i64>,
 ) -> Result<Written, StoreError> {
+    record_unless_there(c, event, with, new_project, hold_until, false)
+}
+
+/// [`record`]; with `look_first`, nothing when the event is already there (an earlier try's
+/// COMMIT landed, its answer lost with the connection).
+fn record_unless_there(
+    c: &Db<'_>,
+    mut event: Event,
+    with: Option<With>,
+    new_project: bool,
+    hold_until: Option<i64>,
+    look_first: bool,
+) -> Result<Written, StoreError> {
+    if look_first && store::events::exists(c, &event.id)? {
+        return Ok(Written {
+            inserted: true,
+            // what the earlier try published (without what its `with` added, as a quota
+            // warning: those are delivered, and not counted again)
+            published: if hold_until.is_none() {
+                vec![event.kind]
+            } else {
+                Vec::new()
+            },
+        });
+    }
     if let Some(w) = with
         && !w(c, &mut event)?
     {
@@ -259,6 +287,7 @@ impl Sink {
             with,
             started: std::time::Instant::now(),
             tries: 1,
+            look_first: false,
             tx,
         };
         self.submit_attempt(attempt);
@@ -267,22 +296,37 @@ impl Sink {
 
     /// Queue one try of a durable event's transaction. One that lost a deadlock (or a
     /// serialization conflict) to another replica's transaction was rolled back whole: it is
-    /// queued again, up to [`CONFLICT_TRIES`] tries in all, with the event as it came.
+    /// queued again, with the event as it came. So is one whose connection was lost — on a
+    /// new connection, and only if the event is not there (its COMMIT may have landed). Up to
+    /// [`RETRIES`] tries in all; a database that cannot be reached within
+    /// `store.connect_timeout` is not tried again.
     fn submit_attempt(&self, attempt: Attempt) {
         let (event, with) = (attempt.event.clone(), attempt.with.clone());
         let (new_project, hold_until) = (attempt.new_project, attempt.hold_until);
+        let look_first = attempt.look_first;
         self.store.write_answered(
-            move |c| record(c, event, with, new_project, hold_until),
+            move |c| record_unless_there(c, event, with, new_project, hold_until, look_first),
             move |result| {
                 let mut a = attempt;
                 let Some(sink) = a.guard.sink.take() else {
                     return;
                 };
-                if let Err(e) = &result
-                    && e.is_conflict()
-                    && a.tries < CONFLICT_TRIES
-                {
-                    tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's transaction rolled back by a conflict with another one: written again");
+                let again = match &result {
+                    Err(e) if a.tries < RETRIES => {
+                        if e.is_conflict() {
+                            tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's transaction rolled back by a conflict with another one: written again");
+                            true
+                        } else if e.is_connection_lost() {
+                            tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's connection to the database lost: written again unless it was committed");
+                            a.look_first = true;
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+                if again {
                     a.tries += 1;
                     a.guard.sink = Some(sink.clone());
                     sink.submit_attempt(a);

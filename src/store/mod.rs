@@ -123,6 +123,26 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// The connection to PostgreSQL failed under a job (closed, ended by the server, or no
+    /// answer in time), not one of its statements: what the job sent may or may not have been
+    /// committed — for a COMMIT in flight, the server alone knows. Running it again on a new
+    /// connection is safe for a job that first looks whether its work is there.
+    pub fn is_connection_lost(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        match self {
+            StoreError::NoAnswer(_) => true,
+            StoreError::Postgres(e) => match e.code() {
+                None => true,
+                Some(c) => {
+                    *c == SqlState::ADMIN_SHUTDOWN
+                        || *c == SqlState::CRASH_SHUTDOWN
+                        || *c == SqlState::CANNOT_CONNECT_NOW
+                }
+            },
+            _ => false,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

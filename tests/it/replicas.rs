@@ -785,20 +785,11 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
 // 7 ------------------------------------------------------------------------------------------
 // TLS to PostgreSQL
 
-/// The database name of a test database URL.
-fn db_name(url: &str) -> String {
-    url.rsplit('/')
-        .next()
-        .and_then(|s| s.split('?').next())
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_postgres_as_sslmode_asks() {
     use wharf::config::{DatabaseUrl, StoreConfig};
     let cluster = pgc::cluster();
-    let db = db_name(&pgc::database().await);
+    let db = pgc::db_name(&pgc::database().await);
     let ca = cluster.ca_file.display().to_string();
     let other = cluster.other_ca_file.display().to_string();
     let open = |url: String| async move {
@@ -964,7 +955,7 @@ impl Cuttable {
 async fn proxied_with_a_push(yaml: &str) -> (Registry, Cuttable, Pushed) {
     let registry = Registry::start().await;
     let proxy = Cuttable::start(pgc::cluster().port).await;
-    let db = db_name(&pgc::database().await);
+    let db = pgc::db_name(&pgc::database().await);
     let url = format!(
         "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
         pgc::USER,
@@ -1140,7 +1131,7 @@ async fn a_locked_table_holds_no_push_past_the_statement_timeout() {
     let registry = Registry::start().await;
     let cluster = pgc::cluster();
     let url = pgc::database().await;
-    let db = db_name(&url);
+    let db = pgc::db_name(&url);
     let Pushed {
         w,
         rx,
@@ -1180,7 +1171,7 @@ async fn sessions_ended_by_postgres_lose_no_later_event() {
     let registry = Registry::start().await;
     let cluster = pgc::cluster();
     let url = pgc::database().await;
-    let db = db_name(&url);
+    let db = pgc::db_name(&url);
     let Pushed {
         w,
         rx,

@@ -1746,6 +1746,178 @@ async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
     o.store.close().await;
 }
 
+/// A durable event whose connection PostgreSQL ends in the middle of its transaction (a
+/// restart, a failover, `pg_terminate_backend`) is written again on a new connection, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_durable_event_whose_connection_ends_is_written_again() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use wharf::events::sink::{Recorded, Sink, With};
+    let o = open(Kind::Postgres).await;
+    let metrics = Arc::new(wharf::metrics::Metrics::new());
+    let sink = Sink::new(o.store.clone(), metrics.clone());
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<i64>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let runs = Arc::new(AtomicU32::new(0));
+    let with: With = {
+        let runs = runs.clone();
+        Arc::new(move |c, _| {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                let pid = c.int("SELECT pg_backend_pid()", &[])?.unwrap();
+                pid_tx.send(pid).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
+            }
+            c.int("SELECT 1", &[])?;
+            Ok(true)
+        })
+    };
+    let event = tokio::spawn(async move {
+        sink.durable(push("prj/app", "sha256:1"), None, Some(with))
+            .await
+    });
+    let pid = tokio::task::spawn_blocking(move || pid_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let ended = o
+        .store
+        .read(move |c| {
+            c.int(
+                &format!("SELECT COUNT(*) FROM pg_terminate_backend({pid}) t WHERE t"),
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended, Some(1), "the writer's session ended");
+    go_tx.send(()).unwrap();
+    assert_eq!(event.await.unwrap(), Recorded::Yes);
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "written again");
+    assert_eq!(metrics.events_lost.get(), 0);
+    assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
+    o.store.close().await;
+}
+
+/// A TCP proxy to the test cluster that, once armed, lets the next `COMMIT` a client sends
+/// through and drops every answer of that connection from then on (the server committed; the
+/// client hears nothing, as when a network fails at that moment). Other connections pass.
+struct LosesACommitsAnswer {
+    port: u16,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LosesACommitsAnswer {
+    async fn start(target: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arm = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let muted = Arc::new(AtomicBool::new(false));
+                let (arm, mute) = (arm.clone(), muted.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        let chunk = &buf[..n];
+                        if chunk.windows(6).any(|w| w == b"COMMIT")
+                            && arm.swap(false, Ordering::SeqCst)
+                        {
+                            mute.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                        if !muted.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        LosesACommitsAnswer { port, armed }
+    }
+
+    fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A durable event whose COMMIT landed but whose answer never came (the connection failed at
+/// that moment) is found committed by the next try: counted recorded once, its `with` not run
+/// again, no second row. (It was counted lost, though delivered all the same.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_durable_event_whose_commit_answer_is_lost_is_counted_once() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use wharf::events::sink::{Recorded, Sink, With};
+    let proxy = LosesACommitsAnswer::start(pgc::cluster().port).await;
+    let db = pgc::db_name(&pgc::database().await);
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
+        pgc::USER,
+        pgc::PASSWORD,
+        proxy.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        statement_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+        ..pg_config(&url)
+    };
+    let s = Store::open(&config, dir.path()).await.unwrap();
+    let metrics = Arc::new(wharf::metrics::Metrics::new());
+    let sink = Sink::new(s.clone(), metrics.clone());
+    let runs = Arc::new(AtomicU32::new(0));
+    let with: With = {
+        let runs = runs.clone();
+        Arc::new(move |_, _| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(true)
+        })
+    };
+    proxy.arm();
+    let got = sink
+        .durable(push("prj/app", "sha256:1"), None, Some(with))
+        .await;
+    assert_eq!(
+        got,
+        Recorded::Late,
+        "no answer within the statement timeout"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let recorded = || {
+        metrics
+            .events
+            .get_or_create(&wharf::metrics::TypeLabels {
+                r#type: "PUSH_ARTIFACT",
+            })
+            .get()
+    };
+    while recorded() + metrics.events_lost.get() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the event's outcome never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metrics.events_lost.get(), 0, "not counted lost");
+    assert_eq!(recorded(), 1, "counted recorded");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "its writes not made again");
+    assert_eq!(count(&s, "SELECT COUNT(*) FROM events").await, 1);
+    s.close().await;
+}
+
 /// Pushes into the last free bytes through two "replicas" at the same instant: at most the
 /// limit is reserved, whatever the interleaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

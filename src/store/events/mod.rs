@@ -471,6 +471,13 @@ pub fn get(db: &Db<'_>, id: &str) -> Result<Option<Event>, StoreError> {
     Ok(rows.into_iter().flatten().next())
 }
 
+/// Is the event `id` recorded?
+pub fn exists(db: &Db<'_>, id: &uuid::Uuid) -> Result<bool, StoreError> {
+    Ok(db
+        .int("SELECT 1 FROM events WHERE id = ?1", args![id])?
+        .is_some())
+}
+
 /// The current time in the unit of `release_at`.
 pub fn now() -> i64 {
     now_ms()

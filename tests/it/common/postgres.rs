@@ -310,3 +310,12 @@ pub fn write_file(dir: &Path, name: &str, s: &str) -> PathBuf {
     f.write_all(s.as_bytes()).expect("writing a file");
     p
 }
+
+/// The database name of a test database URL.
+pub fn db_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .and_then(|s| s.split('?').next())
+        .unwrap_or_default()
+        .to_string()
+}
