@@ -11,12 +11,13 @@
 //! the same instant make one event, and the second is answered as a replay, or (PostgreSQL,
 //! while the first's transaction is still open) `409`, as the draft has it.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use std::sync::Arc;
 
 use super::ApiError;
 use crate::events::sink::With;

@@ -34,8 +34,9 @@ use crate::store::{self, Db, Store, StoreError};
 /// Extra writes in the event's transaction (knowledge updates); may adjust the event, and
 /// returns whether the event is still to be recorded (`false`: it turned out to be part of
 /// another, e.g. the platform manifest of an index the client just pulled through another
-/// replica). Runs again when its transaction lost a deadlock to another replica's and was
-/// rolled back (see [`Sink::durable`]), so it writes what it is given, nothing it consumed.
+/// replica). Runs again when its transaction was rolled back — it lost a deadlock to another
+/// replica's, or its connection (see [`Sink::durable`]) — so it writes what it is given,
+/// nothing it consumed.
 pub type With = Arc<dyn Fn(&Db<'_>, &mut Event) -> Result<bool, StoreError> + Send + Sync>;
 
 /// See the module doc.
