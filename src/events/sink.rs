@@ -88,6 +88,10 @@ impl Drop for Unanswered {
 /// or whose connection was lost (see [`Sink::durable`]).
 const RETRIES: u32 = 3;
 
+/// How long a durable event whose connection was lost waits before its second and third
+/// tries.
+const RECONNECT_WAITS: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
+
 /// A durable event on its way to the store, with what its answer needs.
 struct Attempt {
     event: Event,
@@ -99,6 +103,8 @@ struct Attempt {
     tries: u32,
     /// A try lost its connection, perhaps after its COMMIT landed: look for the event first.
     look_first: bool,
+    /// Where a try waits before it is queued again.
+    runtime: Option<tokio::runtime::Handle>,
     /// Counts the event lost if the answer never comes.
     guard: Unanswered,
     tx: tokio::sync::oneshot::Sender<bool>,
@@ -196,13 +202,7 @@ fn record_unless_there(
     if look_first && store::events::exists(c, &event.id)? {
         return Ok(Written {
             inserted: true,
-            // what the earlier try published (without what its `with` added, as a quota
-            // warning: those are delivered, and not counted again)
-            published: if hold_until.is_none() {
-                vec![event.kind]
-            } else {
-                Vec::new()
-            },
+            published: published_alone(&event, hold_until),
         });
     }
     if let Some(w) = with
@@ -219,6 +219,23 @@ fn record_unless_there(
         inserted: true,
         published: c.take_published(),
     })
+}
+
+/// What an earlier try of `event` published as far as a later one can tell: the event itself,
+/// unless held. (What its `with` published too — a held push it released, a quota warning — is
+/// delivered all the same, but not counted in `wharf_events_total`; nor are that try's effects
+/// after COMMIT applied in this process: a delivery it created claimed waits for its lease.)
+fn published_alone(event: &Event, hold_until: Option<i64>) -> Vec<EventKind> {
+    if hold_until.is_none() {
+        vec![event.kind]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The event's own row refused a try's insert: it is there.
+fn refused_as_there(e: &StoreError) -> bool {
+    e.is_unique_violation() && e.table() == Some("events")
 }
 
 impl Sink {
@@ -289,6 +306,7 @@ impl Sink {
             started: std::time::Instant::now(),
             tries: 1,
             look_first: false,
+            runtime: tokio::runtime::Handle::try_current().ok(),
             tx,
         };
         self.submit_attempt(attempt);
@@ -297,7 +315,8 @@ impl Sink {
 
     /// Queue one try of a durable event's transaction. One that lost a deadlock (or a
     /// serialization conflict) to another replica's transaction was rolled back whole: it is
-    /// queued again, with the event as it came. So is one whose connection was lost — on a
+    /// queued again at once, with the event as it came. So is one whose connection was lost,
+    /// after [`RECONNECT_WAITS`] (a server restarting refuses connections for a moment) — on a
     /// new connection, and only if the event is not there (its COMMIT may have landed). Up to
     /// [`RETRIES`] tries in all; a database that cannot be reached within
     /// `store.connect_timeout` is not tried again.
@@ -312,25 +331,44 @@ impl Sink {
                 let Some(sink) = a.guard.sink.take() else {
                     return;
                 };
+                let result = match result {
+                    // the event's row is there after all: an earlier try's COMMIT, still
+                    // running when this try looked, landed before this one's insert
+                    Err(e) if a.look_first && refused_as_there(&e) => Ok(Written {
+                        inserted: true,
+                        published: published_alone(&a.event, a.hold_until),
+                    }),
+                    r => r,
+                };
                 let again = match &result {
                     Err(e) if a.tries < RETRIES => {
                         if e.is_conflict() {
                             tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's transaction rolled back by a conflict with another one: written again");
-                            true
+                            Some(Duration::ZERO)
                         } else if e.is_connection_lost() {
                             tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's connection to the database lost: written again unless it was committed");
                             a.look_first = true;
-                            true
+                            Some(RECONNECT_WAITS[(a.tries as usize - 1).min(RECONNECT_WAITS.len() - 1)])
                         } else {
-                            false
+                            None
                         }
                     }
-                    _ => false,
+                    _ => None,
                 };
-                if again {
+                if let Some(wait) = again {
                     a.tries += 1;
                     a.guard.sink = Some(sink.clone());
-                    sink.submit_attempt(a);
+                    match a.runtime.clone() {
+                        Some(rt) if !wait.is_zero() => {
+                            // (a runtime shutting down drops the task: its guard counts the
+                            // event lost)
+                            rt.spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                sink.submit_attempt(a);
+                            });
+                        }
+                        _ => sink.submit_attempt(a),
+                    }
                     return;
                 }
                 sink.metrics

@@ -124,16 +124,22 @@ impl StoreError {
         }
     }
 
-    /// The connection to PostgreSQL failed under a job (closed, ended by the server, or no
-    /// answer in time), not one of its statements: what the job sent may or may not have been
-    /// committed — for a COMMIT in flight, the server alone knows. Running it again on a new
-    /// connection is safe for a job that first looks whether its work is there.
+    /// The connection to PostgreSQL failed under a job (closed, ended or refused by a server
+    /// shutting down or starting, a socket error, or no answer in time), not one of its
+    /// statements: what the job sent may or may not have been committed — for a COMMIT in
+    /// flight, the server alone knows. Running it again on a new connection is safe for a job
+    /// that first looks whether its work is there. (Errors of the driver's own — a value it
+    /// cannot convert, TLS — are not: they would fail again.)
     pub fn is_connection_lost(&self) -> bool {
         use tokio_postgres::error::SqlState;
         match self {
             StoreError::NoAnswer(_) => true,
             StoreError::Postgres(e) => match e.code() {
-                None => true,
+                None => {
+                    e.is_closed()
+                        || std::error::Error::source(&**e)
+                            .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+                }
                 Some(c) => {
                     *c == SqlState::ADMIN_SHUTDOWN
                         || *c == SqlState::CRASH_SHUTDOWN
@@ -175,6 +181,14 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
 }
 
 impl StoreError {
+    /// The table a PostgreSQL error names, if any.
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            StoreError::Postgres(e) => e.as_db_error().and_then(|d| d.table()),
+            _ => None,
+        }
+    }
+
     /// A uniqueness constraint refused the write (a duplicate name, say).
     pub fn is_unique_violation(&self) -> bool {
         match self {

@@ -1797,6 +1797,68 @@ async fn postgres_a_durable_event_whose_connection_ends_is_written_again() {
     o.store.close().await;
 }
 
+/// A try after a lost connection that does not find its event yet, because the COMMIT that
+/// wrote it is still running (here: another transaction holding the same event open), waits for
+/// it and is refused by the event's row: counted recorded, not lost. (As when a COMMIT outlives
+/// `store.statement_timeout`: the server does not abort a COMMIT its client left.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_retried_event_refused_by_its_own_row_is_counted_recorded() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use wharf::events::sink::{Recorded, Sink, With};
+    let o = open(Kind::Postgres).await;
+    let (other, _dir) = replica_of(&o).await;
+    let metrics = Arc::new(wharf::metrics::Metrics::new());
+    let sink = Sink::new(o.store.clone(), metrics.clone());
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<i64>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let runs = Arc::new(AtomicU32::new(0));
+    let with: With = {
+        let runs = runs.clone();
+        Arc::new(move |c, _| {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                let pid = c.int("SELECT pg_backend_pid()", &[])?.unwrap();
+                pid_tx.send(pid).unwrap();
+                go_rx.lock().unwrap().recv().unwrap();
+                c.int("SELECT 1", &[])?;
+            }
+            Ok(true)
+        })
+    };
+    let e = push("prj/app", "sha256:1");
+    let same = e.clone();
+    let event = tokio::spawn(async move { sink.durable(e, None, Some(with)).await });
+    let pid = tokio::task::spawn_blocking(move || pid_rx.recv().unwrap())
+        .await
+        .unwrap();
+    // the first try's connection ends; the event's row is being written by a transaction
+    // that has not committed yet
+    let (commit, holder) = held_write(&other, move |c| store::events::insert(c, &same, None)).await;
+    o.store
+        .read(move |c| {
+            c.int(
+                &format!("SELECT COUNT(*) FROM pg_terminate_backend({pid}) t WHERE t"),
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    go_tx.send(()).unwrap();
+    until_a_session_waits_for_a_lock(&o.store).await;
+    commit.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    assert_eq!(event.await.unwrap(), Recorded::Yes);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "tried again, refused by the row"
+    );
+    assert_eq!(metrics.events_lost.get(), 0);
+    assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
+    other.close().await;
+    o.store.close().await;
+}
+
 /// A TCP proxy to the test cluster that, once armed, lets the next `COMMIT` a client sends
 /// through and drops every answer of that connection from then on (the server committed; the
 /// client hears nothing, as when a network fails at that moment). Other connections pass.
