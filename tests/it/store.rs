@@ -1746,8 +1746,9 @@ async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
     o.store.close().await;
 }
 
-/// A durable event whose connection PostgreSQL ends in the middle of its transaction (a
-/// restart, a failover, `pg_terminate_backend`) is written again on a new connection, not lost.
+/// A durable event whose connection PostgreSQL ends in the middle of its transaction
+/// (`pg_terminate_backend`, an idle-session limit, a restart that is over within the retries'
+/// waits) is written again on a new connection, not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_durable_event_whose_connection_ends_is_written_again() {
     use std::sync::atomic::{AtomicU32, Ordering};
