@@ -955,15 +955,28 @@ impl Cuttable {
 async fn proxied_with_a_push(yaml: &str) -> (Registry, Cuttable, Pushed) {
     let registry = Registry::start().await;
     let proxy = Cuttable::start(pgc::cluster().port).await;
-    let db = pgc::db_name(&pgc::database().await);
-    let url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
-        pgc::USER,
-        pgc::PASSWORD,
-        proxy.port
-    );
+    let url = pgc::database_through(proxy.port).await;
     let pushed = replica_with_a_push(&registry, &url, yaml).await;
     (registry, proxy, pushed)
+}
+
+/// A registry, a replica with `yaml` on a new database of the test cluster with one push
+/// delivered ([`replica_with_a_push`]), and a session of the test's own on that database.
+async fn pushed_with_a_session(
+    yaml: &str,
+) -> (
+    Registry,
+    Pushed,
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ),
+) {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let pushed = replica_with_a_push(&registry, &url, yaml).await;
+    let session = pgc::cluster().session(&pgc::db_name(&url)).await;
+    (registry, pushed, session)
 }
 
 /// A replica on the store at `url` (with `yaml`), a policy sending its pushes to `rx`, and
@@ -1128,19 +1141,15 @@ async fn postgres_that_stops_answering_holds_no_push_past_the_statement_timeout(
 /// event counted lost; once the lock is gone, events flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_table_holds_no_push_past_the_statement_timeout() {
-    let registry = Registry::start().await;
-    let cluster = pgc::cluster();
-    let url = pgc::database().await;
-    let db = pgc::db_name(&url);
+    let (_registry, pushed, (locker, _task)) =
+        pushed_with_a_session("store: {statement_timeout: 1s}\n").await;
     let Pushed {
         w,
         rx,
         rc,
         image,
         _work,
-    } = replica_with_a_push(&registry, &url, "store: {statement_timeout: 1s}\n").await;
-
-    let (locker, _task) = cluster.session(&db).await;
+    } = pushed;
     locker
         .batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
         .await
@@ -1168,18 +1177,14 @@ async fn a_locked_table_holds_no_push_past_the_statement_timeout() {
 /// gone and connect anew before they write, so none of their events is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_ended_by_postgres_lose_no_later_event() {
-    let registry = Registry::start().await;
-    let cluster = pgc::cluster();
-    let url = pgc::database().await;
-    let db = pgc::db_name(&url);
+    let (_registry, pushed, (admin, _task)) = pushed_with_a_session("").await;
     let Pushed {
         w,
         rx,
         rc,
         image,
         _work,
-    } = replica_with_a_push(&registry, &url, "").await;
-    let (admin, _task) = cluster.session(&db).await;
+    } = pushed;
     let ended = admin
         .query_one(
             "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity

@@ -1746,72 +1746,23 @@ async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
     o.store.close().await;
 }
 
-/// A durable event whose connection PostgreSQL ends in the middle of its transaction
-/// (`pg_terminate_backend`, an idle-session limit, a restart that is over within the retries'
-/// waits) is written again on a new connection, not lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_durable_event_whose_connection_ends_is_written_again() {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use wharf::events::sink::{Recorded, Sink, With};
-    let o = open(Kind::Postgres).await;
-    let metrics = Arc::new(wharf::metrics::Metrics::new());
-    let sink = Sink::new(o.store.clone(), metrics.clone());
-    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<i64>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let go_rx = std::sync::Mutex::new(go_rx);
-    let runs = Arc::new(AtomicU32::new(0));
-    let with: With = {
-        let runs = runs.clone();
-        Arc::new(move |c, _| {
-            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
-                let pid = c.int("SELECT pg_backend_pid()", &[])?.unwrap();
-                pid_tx.send(pid).unwrap();
-                go_rx.lock().unwrap().recv().unwrap();
-            }
-            c.int("SELECT 1", &[])?;
-            Ok(true)
-        })
-    };
-    let event = tokio::spawn(async move {
-        sink.durable(push("prj/app", "sha256:1"), None, Some(with))
-            .await
-    });
-    let pid = tokio::task::spawn_blocking(move || pid_rx.recv().unwrap())
-        .await
-        .unwrap();
-    let ended = o
-        .store
-        .read(move |c| {
-            c.int(
-                &format!("SELECT COUNT(*) FROM pg_terminate_backend({pid}) t WHERE t"),
-                &[],
-            )
-        })
-        .await
-        .unwrap();
-    assert_eq!(ended, Some(1), "the writer's session ended");
-    go_tx.send(()).unwrap();
-    assert_eq!(event.await.unwrap(), Recorded::Yes);
-    assert_eq!(runs.load(Ordering::SeqCst), 2, "written again");
-    assert_eq!(metrics.events_lost.get(), 0);
-    assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
-    o.store.close().await;
+/// A durable push event on its way through a sink on `s`: its first try stopped in its `with`
+/// until `go` is sent, and the server has ended that try's connection meanwhile.
+struct EndedUnderAnEvent {
+    event: tokio::task::JoinHandle<wharf::events::sink::Recorded>,
+    metrics: Arc<wharf::metrics::Metrics>,
+    /// How many times its `with` ran.
+    runs: Arc<std::sync::atomic::AtomicU32>,
+    go: std::sync::mpsc::Sender<()>,
 }
 
-/// A try after a lost connection that does not find its event yet, because the COMMIT that
-/// wrote it is still running (here: another transaction holding the same event open), waits for
-/// it and is refused by the event's row: counted recorded, not lost. (As when a COMMIT outlives
-/// `store.statement_timeout`: the server does not abort a COMMIT its client left.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_retried_event_refused_by_its_own_row_is_counted_recorded() {
+async fn an_event_whose_connection_ends(s: &Store, e: Event) -> EndedUnderAnEvent {
     use std::sync::atomic::{AtomicU32, Ordering};
-    use wharf::events::sink::{Recorded, Sink, With};
-    let o = open(Kind::Postgres).await;
-    let (other, _dir) = replica_of(&o).await;
+    use wharf::events::sink::{Sink, With};
     let metrics = Arc::new(wharf::metrics::Metrics::new());
-    let sink = Sink::new(o.store.clone(), metrics.clone());
+    let sink = Sink::new(s.clone(), metrics.clone());
     let (pid_tx, pid_rx) = std::sync::mpsc::channel::<i64>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let go_rx = std::sync::Mutex::new(go_rx);
     let runs = Arc::new(AtomicU32::new(0));
     let with: With = {
@@ -1826,16 +1777,11 @@ async fn postgres_a_retried_event_refused_by_its_own_row_is_counted_recorded() {
             Ok(true)
         })
     };
-    let e = push("prj/app", "sha256:1");
-    let same = e.clone();
     let event = tokio::spawn(async move { sink.durable(e, None, Some(with)).await });
     let pid = tokio::task::spawn_blocking(move || pid_rx.recv().unwrap())
         .await
         .unwrap();
-    // the first try's connection ends; the event's row is being written by a transaction
-    // that has not committed yet
-    let (commit, holder) = held_write(&other, move |c| store::events::insert(c, &same, None)).await;
-    o.store
+    let ended = s
         .read(move |c| {
             c.int(
                 &format!("SELECT COUNT(*) FROM pg_terminate_backend({pid}) t WHERE t"),
@@ -1844,17 +1790,56 @@ async fn postgres_a_retried_event_refused_by_its_own_row_is_counted_recorded() {
         })
         .await
         .unwrap();
-    go_tx.send(()).unwrap();
+    assert_eq!(ended, Some(1), "the writer's session ended");
+    EndedUnderAnEvent {
+        event,
+        metrics,
+        runs,
+        go,
+    }
+}
+
+/// A durable event whose connection PostgreSQL ends in the middle of its transaction
+/// (`pg_terminate_backend`, an idle-session limit, a restart that is over within the retries'
+/// waits) is written again on a new connection, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_durable_event_whose_connection_ends_is_written_again() {
+    use std::sync::atomic::Ordering;
+    let o = open(Kind::Postgres).await;
+    let t = an_event_whose_connection_ends(&o.store, push("prj/app", "sha256:1")).await;
+    t.go.send(()).unwrap();
+    assert_eq!(t.event.await.unwrap(), wharf::events::sink::Recorded::Yes);
+    assert_eq!(t.runs.load(Ordering::SeqCst), 2, "written again");
+    assert_eq!(t.metrics.events_lost.get(), 0);
+    assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
+    o.store.close().await;
+}
+
+/// A try after a lost connection that does not find its event yet, because the COMMIT that
+/// wrote it is still running (here: another transaction holding the same event open), waits for
+/// it and is refused by the event's row: counted recorded, not lost. (As when a COMMIT outlives
+/// `store.statement_timeout`: the server does not abort a COMMIT its client left.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_retried_event_refused_by_its_own_row_is_counted_recorded() {
+    use std::sync::atomic::Ordering;
+    let o = open(Kind::Postgres).await;
+    let (other, _dir) = replica_of(&o).await;
+    let e = push("prj/app", "sha256:1");
+    let same = e.clone();
+    let t = an_event_whose_connection_ends(&o.store, e).await;
+    // the event's row is being written by a transaction that has not committed yet
+    let (commit, holder) = held_write(&other, move |c| store::events::insert(c, &same, None)).await;
+    t.go.send(()).unwrap();
     until_a_session_waits_for_a_lock(&o.store).await;
     commit.send(()).unwrap();
     holder.await.unwrap().unwrap();
-    assert_eq!(event.await.unwrap(), Recorded::Yes);
+    assert_eq!(t.event.await.unwrap(), wharf::events::sink::Recorded::Yes);
     assert_eq!(
-        runs.load(Ordering::SeqCst),
+        t.runs.load(Ordering::SeqCst),
         2,
         "tried again, refused by the row"
     );
-    assert_eq!(metrics.events_lost.get(), 0);
+    assert_eq!(t.metrics.events_lost.get(), 0);
     assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
     other.close().await;
     o.store.close().await;
@@ -1925,13 +1910,7 @@ async fn postgres_a_durable_event_whose_commit_answer_is_lost_is_counted_once() 
     use std::sync::atomic::{AtomicU32, Ordering};
     use wharf::events::sink::{Recorded, Sink, With};
     let proxy = LosesACommitsAnswer::start(pgc::cluster().port).await;
-    let db = pgc::db_name(&pgc::database().await);
-    let url = format!(
-        "postgres://{}:{}@127.0.0.1:{}/{db}?sslmode=disable",
-        pgc::USER,
-        pgc::PASSWORD,
-        proxy.port
-    );
+    let url = pgc::database_through(proxy.port).await;
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         statement_timeout: Duration::from_secs(1),

@@ -303,6 +303,13 @@ pub async fn database() -> String {
     c.url(&name)
 }
 
+/// A new database of the cluster, reached at `port` on the loopback (a proxy in front of the
+/// cluster): its URL.
+pub async fn database_through(port: u16) -> String {
+    let db = db_name(&database().await);
+    format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/{db}?sslmode=disable")
+}
+
 /// Write `s` to a new file in `dir` (e.g. a password file) and return its path.
 pub fn write_file(dir: &Path, name: &str, s: &str) -> PathBuf {
     let p = dir.join(name);
