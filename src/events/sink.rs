@@ -13,7 +13,8 @@
 //!   process killed in that moment (typically a few milliseconds) loses those pulls. Events
 //!   queued while the store's writer is busy are written by one job (one savepoint at most,
 //!   not one each): a database failure in that job loses the group, each event logged and
-//!   counted, as a kill would.
+//!   counted, as a kill would — but for a lost connection, after which the group is written
+//!   again (its events first looked for), as a durable event is.
 //!
 //! A database failure never fails the registry request: it is logged and counted
 //! (`events_lost`). Detached events waiting for the database are capped
@@ -50,6 +51,9 @@ pub struct Sink {
     queued: Arc<Mutex<Queued>>,
     /// Most detached events waiting ([`MAX_DETACHED`]).
     max_detached: usize,
+    /// Where a try whose connection was lost waits before it is queued again (the runtime
+    /// the sink was made on).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// At most this many detached events per job: a push committed behind a group waits for no
@@ -92,6 +96,11 @@ const RETRIES: u32 = 3;
 /// tries.
 const RECONNECT_WAITS: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
 
+/// How long to wait before a try that follows `failed` tries whose connection was lost.
+fn reconnect_wait(failed: u32) -> Duration {
+    RECONNECT_WAITS[(failed as usize).min(RECONNECT_WAITS.len() - 1)]
+}
+
 /// A durable event on its way to the store, with what its answer needs.
 struct Attempt {
     event: Event,
@@ -103,8 +112,6 @@ struct Attempt {
     tries: u32,
     /// A try lost its connection, perhaps after its COMMIT landed: look for the event first.
     look_first: bool,
-    /// Where a try waits before it is queued again.
-    runtime: Option<tokio::runtime::Handle>,
     /// Counts the event lost if the answer never comes.
     guard: Unanswered,
     tx: tokio::sync::oneshot::Sender<bool>,
@@ -127,29 +134,15 @@ struct Detached {
     event: Event,
     with: Option<With>,
     new_project: bool,
+    /// Tries of its group that lost their connection.
+    tries: u32,
+    /// One did: look for the event first (its COMMIT may have landed).
+    look_first: bool,
 }
 
-/// What accounting a detached event needs once its job has answered.
-struct Taken {
-    kind: EventKind,
-    id: uuid::Uuid,
-    project: String,
-    new_project: bool,
-}
-
-impl Taken {
-    fn of(d: &Detached) -> Self {
-        Taken {
-            kind: d.event.kind,
-            id: d.event.id,
-            project: d.event.project.clone(),
-            new_project: d.new_project,
-        }
-    }
-}
-
-/// The events a job took, and whether it left some for the next job.
-type Group = (Vec<Taken>, bool);
+/// The events a job took (given back to it after its writes, for its answer), and whether it
+/// left some for the next job.
+type Group = (Vec<Detached>, bool);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -179,22 +172,12 @@ struct Written {
 
 /// In the event's transaction: `with`'s writes, then the event completed and inserted (unless
 /// `with` says it is not to be).
+/// With `look_first`, nothing when the event is already there (an earlier try's COMMIT
+/// landed, its answer lost with the connection).
 fn record(
     c: &Db<'_>,
-    event: Event,
-    with: Option<With>,
-    new_project: bool,
-    hold_until: Option<i64>,
-) -> Result<Written, StoreError> {
-    record_unless_there(c, event, with, new_project, hold_until, false)
-}
-
-/// [`record`]; with `look_first`, nothing when the event is already there (an earlier try's
-/// COMMIT landed, its answer lost with the connection).
-fn record_unless_there(
-    c: &Db<'_>,
-    mut event: Event,
-    with: Option<With>,
+    event: &mut Event,
+    with: Option<&With>,
     new_project: bool,
     hold_until: Option<i64>,
     look_first: bool,
@@ -202,19 +185,19 @@ fn record_unless_there(
     if look_first && store::events::exists(c, &event.id)? {
         return Ok(Written {
             inserted: true,
-            published: published_alone(&event, hold_until),
+            published: published_alone(event, hold_until),
         });
     }
     if let Some(w) = with
-        && !w(c, &mut event)?
+        && !w(c, event)?
     {
         return Ok(Written {
             inserted: false,
             published: c.take_published(),
         });
     }
-    complete(c, &mut event, new_project)?;
-    store::events::insert(c, &event, hold_until)?;
+    complete(c, event, new_project)?;
+    store::events::insert(c, event, hold_until)?;
     Ok(Written {
         inserted: true,
         published: c.take_published(),
@@ -246,6 +229,7 @@ impl Sink {
             projects: Arc::default(),
             queued: Arc::default(),
             max_detached: MAX_DETACHED,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -306,7 +290,6 @@ impl Sink {
             started: std::time::Instant::now(),
             tries: 1,
             look_first: false,
-            runtime: tokio::runtime::Handle::try_current().ok(),
             tx,
         };
         self.submit_attempt(attempt);
@@ -325,7 +308,10 @@ impl Sink {
         let (new_project, hold_until) = (attempt.new_project, attempt.hold_until);
         let look_first = attempt.look_first;
         self.store.write_answered(
-            move |c| record_unless_there(c, event, with, new_project, hold_until, look_first),
+            move |c| {
+                let mut event = event;
+                record(c, &mut event, with.as_ref(), new_project, hold_until, look_first)
+            },
             move |result| {
                 let mut a = attempt;
                 let Some(sink) = a.guard.sink.take() else {
@@ -348,7 +334,7 @@ impl Sink {
                         } else if e.is_connection_lost() {
                             tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's connection to the database lost: written again unless it was committed");
                             a.look_first = true;
-                            Some(RECONNECT_WAITS[(a.tries as usize - 1).min(RECONNECT_WAITS.len() - 1)])
+                            Some(reconnect_wait(a.tries - 1))
                         } else {
                             None
                         }
@@ -358,7 +344,7 @@ impl Sink {
                 if let Some(wait) = again {
                     a.tries += 1;
                     a.guard.sink = Some(sink.clone());
-                    match a.runtime.clone() {
+                    match sink.runtime.clone() {
                         Some(rt) if !wait.is_zero() => {
                             // (a runtime shutting down drops the task: its guard counts the
                             // event lost)
@@ -387,7 +373,8 @@ impl Sink {
 
     /// Record `event` in a group commit without waiting. Events queued before the writer takes
     /// them are written by one job (up to `GROUP_MAX`), in order; if it fails, they are all
-    /// lost (and counted).
+    /// lost (and counted) — unless its connection was lost: then they are written again, as a
+    /// durable event is (see [`Sink::durable`]).
     pub fn detached(&self, event: Event, with: Option<With>) {
         let new_project = !self.projects.contains(&event.project);
         let submit = {
@@ -406,6 +393,8 @@ impl Sink {
                 event,
                 with,
                 new_project,
+                tries: 0,
+                look_first: false,
             });
             !std::mem::replace(&mut q.job_queued, true)
         };
@@ -422,49 +411,97 @@ impl Sink {
         let sink = self.clone();
         self.store.write_detached(
             move |c| {
-                let (group, more) = {
+                let mut slot = lock(&noted);
+                let (group, _) = slot.insert({
                     let mut q = lock(&queued);
                     let n = q.events.len().min(GROUP_MAX);
                     let group: Vec<Detached> = q.events.drain(..n).collect();
                     let more = !q.events.is_empty();
                     q.job_queued = more; // what is left is the next job's
                     (group, more)
-                };
-                *lock(&noted) = Some((group.iter().map(Taken::of).collect(), more));
+                });
                 group
-                    .into_iter()
-                    .map(|d| record(c, d.event, d.with, d.new_project, None))
+                    .iter_mut()
+                    .map(|d| {
+                        record(
+                            c,
+                            &mut d.event,
+                            d.with.as_ref(),
+                            d.new_project,
+                            None,
+                            d.look_first,
+                        )
+                    })
                     .collect::<Result<Vec<_>, _>>()
             },
             move |result: Result<Vec<Written>, StoreError>| {
-                let (group, more) = lock(&taken).take().unwrap_or_else(|| {
+                let Some((group, more)) = lock(&taken).take() else {
                     // the job never ran (the store refused it): what is queued is lost
-                    let mut q = lock(&sink.queued);
-                    q.job_queued = false;
-                    (q.events.drain(..).map(|d| Taken::of(&d)).collect(), false)
-                });
+                    let lost: Vec<Detached> = {
+                        let mut q = lock(&sink.queued);
+                        q.job_queued = false;
+                        q.events.drain(..).collect()
+                    };
+                    let why = result.err().unwrap_or(StoreError::Closed);
+                    for d in lost {
+                        sink.account(d.event.kind, d.event.id, Err(why.clone()));
+                    }
+                    return;
+                };
+                let mut wait = None;
                 match result {
                     Ok(written) => {
-                        for (t, w) in group.into_iter().zip(written) {
-                            if sink.account(t.kind, t.id, Ok(w.published))
+                        for (d, w) in group.into_iter().zip(written) {
+                            if sink.account(d.event.kind, d.event.id, Ok(w.published))
                                 && w.inserted
-                                && t.new_project
+                                && d.new_project
                             {
-                                sink.projects.insert(&t.project);
+                                sink.projects.insert(&d.event.project);
                             }
                         }
                     }
+                    Err(e) if e.is_connection_lost() => wait = sink.again_at_front(group, &e),
                     Err(e) => {
-                        for t in group {
-                            sink.account(t.kind, t.id, Err(e.clone()));
+                        for d in group {
+                            sink.account(d.event.kind, d.event.id, Err(e.clone()));
                         }
                     }
                 }
-                if more {
-                    sink.submit_group();
+                match (more, wait, sink.runtime.clone()) {
+                    (true, _, _) => sink.submit_group(),
+                    (false, Some(wait), Some(rt)) => {
+                        rt.spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            sink.submit_group();
+                        });
+                    }
+                    (false, Some(_), None) => sink.submit_group(),
+                    (false, None, _) => {}
                 }
             },
         );
+    }
+
+    /// A group whose connection was lost under it: its events go back to the front of the
+    /// queue, to be looked for and written again (up to [`RETRIES`] tries; past that they are
+    /// lost, and counted). Returns how long to wait before queueing the job that takes them,
+    /// when none is queued.
+    fn again_at_front(&self, group: Vec<Detached>, e: &StoreError) -> Option<Duration> {
+        let (again, lost): (Vec<Detached>, Vec<Detached>) =
+            group.into_iter().partition(|d| d.tries + 1 < RETRIES);
+        for d in lost {
+            self.account(d.event.kind, d.event.id, Err(e.clone()));
+        }
+        let tries = again.first()?.tries;
+        tracing::warn!(events = again.len(), error = %e, "background events' connection to the database lost: written again unless they were committed");
+        let mut q = lock(&self.queued);
+        for mut d in again.into_iter().rev() {
+            d.tries += 1;
+            d.look_first = true;
+            q.events.push_front(d);
+        }
+        // a job already queued takes them at once
+        (!std::mem::replace(&mut q.job_queued, true)).then(|| reconnect_wait(tries))
     }
 
     /// Count what a transaction published (every event it published, also those a `with`

@@ -1746,17 +1746,20 @@ async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
     o.store.close().await;
 }
 
-/// A durable push event on its way through a sink on `s`: its first try stopped in its `with`
-/// until `go` is sent, and the server has ended that try's connection meanwhile.
+/// An event on its way through a sink on `s`: its first try stopped in its `with` until `go`
+/// is sent, and the server has ended that try's connection meanwhile. `submit` hands the sink
+/// and the `with` to the test, which records its event(s).
 struct EndedUnderAnEvent {
-    event: tokio::task::JoinHandle<wharf::events::sink::Recorded>,
     metrics: Arc<wharf::metrics::Metrics>,
     /// How many times its `with` ran.
     runs: Arc<std::sync::atomic::AtomicU32>,
     go: std::sync::mpsc::Sender<()>,
 }
 
-async fn an_event_whose_connection_ends(s: &Store, e: Event) -> EndedUnderAnEvent {
+async fn an_event_whose_connection_ends<T>(
+    s: &Store,
+    submit: impl FnOnce(wharf::events::sink::Sink, wharf::events::sink::With) -> T,
+) -> (T, EndedUnderAnEvent) {
     use std::sync::atomic::{AtomicU32, Ordering};
     use wharf::events::sink::{Sink, With};
     let metrics = Arc::new(wharf::metrics::Metrics::new());
@@ -1777,7 +1780,7 @@ async fn an_event_whose_connection_ends(s: &Store, e: Event) -> EndedUnderAnEven
             Ok(true)
         })
     };
-    let event = tokio::spawn(async move { sink.durable(e, None, Some(with)).await });
+    let submitted = submit(sink, with);
     let pid = tokio::task::spawn_blocking(move || pid_rx.recv().unwrap())
         .await
         .unwrap();
@@ -1791,12 +1794,7 @@ async fn an_event_whose_connection_ends(s: &Store, e: Event) -> EndedUnderAnEven
         .await
         .unwrap();
     assert_eq!(ended, Some(1), "the writer's session ended");
-    EndedUnderAnEvent {
-        event,
-        metrics,
-        runs,
-        go,
-    }
+    (submitted, EndedUnderAnEvent { metrics, runs, go })
 }
 
 /// A durable event whose connection PostgreSQL ends in the middle of its transaction
@@ -1806,12 +1804,60 @@ async fn an_event_whose_connection_ends(s: &Store, e: Event) -> EndedUnderAnEven
 async fn postgres_a_durable_event_whose_connection_ends_is_written_again() {
     use std::sync::atomic::Ordering;
     let o = open(Kind::Postgres).await;
-    let t = an_event_whose_connection_ends(&o.store, push("prj/app", "sha256:1")).await;
+    let e = push("prj/app", "sha256:1");
+    let (event, t) = an_event_whose_connection_ends(&o.store, |sink, with| {
+        tokio::spawn(async move { sink.durable(e, None, Some(with)).await })
+    })
+    .await;
     t.go.send(()).unwrap();
-    assert_eq!(t.event.await.unwrap(), wharf::events::sink::Recorded::Yes);
+    assert_eq!(event.await.unwrap(), wharf::events::sink::Recorded::Yes);
     assert_eq!(t.runs.load(Ordering::SeqCst), 2, "written again");
     assert_eq!(t.metrics.events_lost.get(), 0);
     assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
+    o.store.close().await;
+}
+
+/// Pull events written in the background, in one group, whose connection PostgreSQL ends
+/// under them: the group is written again on a new connection, none lost. (They were all lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_background_events_whose_connection_ends_are_written_again() {
+    use std::sync::atomic::Ordering;
+    let o = open(Kind::Postgres).await;
+    let pull = |i: usize| {
+        let mut e = push("prj/app", &format!("sha256:{i}"));
+        e.kind = EventKind::PullArtifact;
+        e
+    };
+    let (sink, t) = an_event_whose_connection_ends(&o.store, |sink, with| {
+        sink.detached(pull(0), Some(with));
+        sink
+    })
+    .await;
+    // queued behind the stopped group: taken by the next job, or with the group's retry
+    for i in 1..4 {
+        sink.detached(pull(i), None);
+    }
+    t.go.send(()).unwrap();
+    let recorded = || {
+        t.metrics
+            .events
+            .get_or_create(&wharf::metrics::TypeLabels {
+                r#type: "PULL_ARTIFACT",
+            })
+            .get()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while recorded() + t.metrics.events_lost.get() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events' outcome never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(t.metrics.events_lost.get(), 0);
+    assert_eq!(recorded(), 4);
+    assert_eq!(t.runs.load(Ordering::SeqCst), 2, "written again");
+    assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 4);
     o.store.close().await;
 }
 
@@ -1826,14 +1872,17 @@ async fn postgres_a_retried_event_refused_by_its_own_row_is_counted_recorded() {
     let (other, _dir) = replica_of(&o).await;
     let e = push("prj/app", "sha256:1");
     let same = e.clone();
-    let t = an_event_whose_connection_ends(&o.store, e).await;
+    let (event, t) = an_event_whose_connection_ends(&o.store, |sink, with| {
+        tokio::spawn(async move { sink.durable(e, None, Some(with)).await })
+    })
+    .await;
     // the event's row is being written by a transaction that has not committed yet
     let (commit, holder) = held_write(&other, move |c| store::events::insert(c, &same, None)).await;
     t.go.send(()).unwrap();
     until_a_session_waits_for_a_lock(&o.store).await;
     commit.send(()).unwrap();
     holder.await.unwrap().unwrap();
-    assert_eq!(t.event.await.unwrap(), wharf::events::sink::Recorded::Yes);
+    assert_eq!(event.await.unwrap(), wharf::events::sink::Recorded::Yes);
     assert_eq!(
         t.runs.load(Ordering::SeqCst),
         2,
