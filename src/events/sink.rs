@@ -144,6 +144,14 @@ struct Detached {
 /// left some for the next job.
 type Group = (Vec<Detached>, bool);
 
+/// Events put back at the front of the queue ([`Sink::again_at_front`]).
+struct PutBack {
+    /// How long the job that takes them waits.
+    wait: Duration,
+    /// No job was queued: the caller queues it.
+    took: bool,
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -435,48 +443,69 @@ impl Sink {
                     .collect::<Result<Vec<_>, _>>()
             },
             move |result: Result<Vec<Written>, StoreError>| {
-                let Some((group, more)) = lock(&taken).take() else {
-                    // the job never ran (the store refused it): what is queued is lost
-                    let lost: Vec<Detached> = {
-                        let mut q = lock(&sink.queued);
-                        q.job_queued = false;
-                        q.events.drain(..).collect()
-                    };
-                    let why = result.err().unwrap_or(StoreError::Closed);
-                    for d in lost {
-                        sink.account(d.event.kind, d.event.id, Err(why.clone()));
-                    }
-                    return;
-                };
-                let mut wait = None;
-                match result {
-                    Ok(written) => {
-                        for (d, w) in group.into_iter().zip(written) {
-                            if sink.account(d.event.kind, d.event.id, Ok(w.published))
-                                && w.inserted
-                                && d.new_project
-                            {
-                                sink.projects.insert(&d.event.project);
+                // (`more`: the job left events queued, and this answer queues the job for them)
+                let (put_back, more) = match lock(&taken).take() {
+                    Some((group, more)) => match result {
+                        Ok(written) => {
+                            for (d, w) in group.into_iter().zip(written) {
+                                if sink.account(d.event.kind, d.event.id, Ok(w.published))
+                                    && w.inserted
+                                    && d.new_project
+                                {
+                                    sink.projects.insert(&d.event.project);
+                                }
                             }
+                            (None, more)
+                        }
+                        // its connection was lost; or a try after that met a row it wrote
+                        // (that COMMIT was still running when the try looked)
+                        Err(e)
+                            if e.is_connection_lost()
+                                || (refused_as_there(&e) && group.iter().any(|d| d.look_first)) =>
+                        {
+                            (Some(sink.again_at_front(group, &e)), more)
+                        }
+                        Err(e) => {
+                            for d in group {
+                                sink.account(d.event.kind, d.event.id, Err(e.clone()));
+                            }
+                            (None, more)
+                        }
+                    },
+                    // the job never ran (the store refused it): what is queued is lost — but
+                    // when the database refused the connection (restarting, say): tried again
+                    None => {
+                        let why = result.err().unwrap_or(StoreError::Closed);
+                        let queued: Vec<Detached> = {
+                            let mut q = lock(&sink.queued);
+                            q.job_queued = false;
+                            q.events.drain(..).collect()
+                        };
+                        if why.is_connection_lost() {
+                            (Some(sink.again_at_front(queued, &why)), false)
+                        } else {
+                            for d in queued {
+                                sink.account(d.event.kind, d.event.id, Err(why.clone()));
+                            }
+                            (None, false)
                         }
                     }
-                    Err(e) if e.is_connection_lost() => wait = sink.again_at_front(group, &e),
-                    Err(e) => {
-                        for d in group {
-                            sink.account(d.event.kind, d.event.id, Err(e.clone()));
+                };
+                match put_back {
+                    // the next job waits (a database restarting refuses connections for a
+                    // moment), if this answer is the one to queue it
+                    Some(PutBack { wait, took }) if more || took => match sink.runtime.clone() {
+                        Some(rt) => {
+                            rt.spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                sink.submit_group();
+                            });
                         }
-                    }
-                }
-                match (more, wait, sink.runtime.clone()) {
-                    (true, _, _) => sink.submit_group(),
-                    (false, Some(wait), Some(rt)) => {
-                        rt.spawn(async move {
-                            tokio::time::sleep(wait).await;
-                            sink.submit_group();
-                        });
-                    }
-                    (false, Some(_), None) => sink.submit_group(),
-                    (false, None, _) => {}
+                        None => sink.submit_group(),
+                    },
+                    Some(_) => {}
+                    None if more => sink.submit_group(),
+                    None => {}
                 }
             },
         );
@@ -484,24 +513,29 @@ impl Sink {
 
     /// A group whose connection was lost under it: its events go back to the front of the
     /// queue, to be looked for and written again (up to [`RETRIES`] tries; past that they are
-    /// lost, and counted). Returns how long to wait before queueing the job that takes them,
-    /// when none is queued.
-    fn again_at_front(&self, group: Vec<Detached>, e: &StoreError) -> Option<Duration> {
+    /// lost, and counted).
+    fn again_at_front(&self, group: Vec<Detached>, e: &StoreError) -> PutBack {
         let (again, lost): (Vec<Detached>, Vec<Detached>) =
             group.into_iter().partition(|d| d.tries + 1 < RETRIES);
         for d in lost {
             self.account(d.event.kind, d.event.id, Err(e.clone()));
         }
-        let tries = again.first()?.tries;
-        tracing::warn!(events = again.len(), error = %e, "background events' connection to the database lost: written again unless they were committed");
+        let tries = again.iter().map(|d| d.tries).min().unwrap_or(0);
+        if !again.is_empty() {
+            tracing::warn!(events = again.len(), error = %e, "background events' connection to the database lost: written again unless they were committed");
+        }
         let mut q = lock(&self.queued);
+        let put = !again.is_empty();
         for mut d in again.into_iter().rev() {
             d.tries += 1;
             d.look_first = true;
             q.events.push_front(d);
         }
-        // a job already queued takes them at once
-        (!std::mem::replace(&mut q.job_queued, true)).then(|| reconnect_wait(tries))
+        PutBack {
+            wait: reconnect_wait(tries),
+            // no job queued for them (nor for others): the caller queues it
+            took: put && !std::mem::replace(&mut q.job_queued, true),
+        }
     }
 
     /// Count what a transaction published (every event it published, also those a `with`

@@ -1085,6 +1085,36 @@ async fn lost_and_late(base: &str) -> (u64, u64) {
     )
 }
 
+/// PostgreSQL refusing connections for a moment (restarting) while a client pulls: the pull's
+/// event, written in the background, is tried again and lands once the server is back (here
+/// after ~0.6 s, before the third try), nothing lost. (The first refused connection counted
+/// the whole queue of background events lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_while_postgres_refuses_connections_for_a_moment_loses_no_event() {
+    let (_registry, proxy, pushed) = proxied_with_a_push("").await;
+    let Pushed { w, rc, _work, .. } = pushed;
+    proxy.down();
+    let r = rc
+        .request(reqwest::Method::GET, "/v2/prj/app/manifests/v1")
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.restore();
+    wait_until("the pull's event recorded or lost", SOON, || async {
+        let m = crate::common::metrics_text(&w.url()).await;
+        let pulled = m.contains("wharf_events_total{type=\"PULL_ARTIFACT\"} 1");
+        let lost = lost_and_late(&w.url()).await.0 > 0;
+        (pulled || lost).then_some(())
+    })
+    .await;
+    assert_eq!(lost_and_late(&w.url()).await, (0, 0), "nothing lost");
+    w.shutdown().await;
+}
+
 /// PostgreSQL that stops answering (a frozen server, a network dropping packets) holds no push
 /// for longer than `store.statement_timeout`: the push succeeds, its event is counted lost;
 /// the connections that got no answer are dropped, and wharf goes on with new ones once the
