@@ -292,22 +292,6 @@ pub fn tags_of(db: &Db<'_>, repository: &str, digest: &str) -> Result<Vec<String
     )
 }
 
-/// Forget an artifact and the tags that pointed at it (it was deleted).
-pub fn forget(db: &Db<'_>, repository: &str, digest: &str) -> Result<(), StoreError> {
-    if let Some(cache) = db.cache() {
-        cache.forget_repository(repository);
-    }
-    db.exec(
-        "DELETE FROM tags WHERE repository = ?1 AND digest = ?2",
-        args![repository, digest],
-    )?;
-    db.exec(
-        "DELETE FROM artifacts WHERE repository = ?1 AND digest = ?2",
-        args![repository, digest],
-    )?;
-    Ok(())
-}
-
 /// The digest `tag` of `repository` points at, as far as wharf knows.
 pub fn digest_of_tag(
     db: &Db<'_>,
@@ -533,7 +517,13 @@ pub fn forget_manifest(
         )?),
         None => None,
     };
-    forget(db, repository, digest)?;
+    if let Some(cache) = db.cache() {
+        cache.forget_repository(repository);
+    }
+    db.exec(
+        "DELETE FROM tags WHERE repository = ?1 AND digest = ?2",
+        args![repository, digest],
+    )?;
     Ok(usage)
 }
 
