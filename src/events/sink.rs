@@ -88,12 +88,11 @@ impl Drop for Unanswered {
     }
 }
 
-/// Tries of a durable event's transaction that a conflict with another replica's rolled back,
-/// or whose connection was lost (see [`Sink::durable`]).
+/// Tries of an event's transaction that a conflict with another replica's rolled back, or
+/// whose connection was lost (see [`Sink::durable`], [`Sink::detached`]).
 const RETRIES: u32 = 3;
 
-/// How long a durable event whose connection was lost waits before its second and third
-/// tries.
+/// How long an event whose connection was lost waits before its second and third tries.
 const RECONNECT_WAITS: [Duration; 2] = [Duration::from_millis(250), Duration::from_secs(1)];
 
 /// How long to wait before a try that follows `failed` tries whose connection was lost.
@@ -179,9 +178,8 @@ struct Written {
 }
 
 /// In the event's transaction: `with`'s writes, then the event completed and inserted (unless
-/// `with` says it is not to be).
-/// With `look_first`, nothing when the event is already there (an earlier try's COMMIT
-/// landed, its answer lost with the connection).
+/// `with` says it is not to be). With `look_first`, nothing when the event is already there
+/// (an earlier try's COMMIT landed, its answer lost with the connection).
 fn record(
     c: &Db<'_>,
     event: &mut Event,
