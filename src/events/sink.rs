@@ -13,8 +13,9 @@
 //!   process killed in that moment (typically a few milliseconds) loses those pulls. Events
 //!   queued while the store's writer is busy are written by one job (one savepoint at most,
 //!   not one each): a database failure in that job loses the group, each event logged and
-//!   counted, as a kill would — but for a lost connection, after which the group is written
-//!   again (its events first looked for), as a durable event is.
+//!   counted, as a kill would — but for a conflict with another transaction or a lost
+//!   connection, after which the group is written again (after a lost connection, its events
+//!   first looked for), as a durable event is.
 //!
 //! A database failure never fails the registry request: it is logged and counted
 //! (`events_lost`). Detached events waiting for the database are capped
@@ -98,6 +99,44 @@ const RECONNECT_WAITS: [Duration; 2] = [Duration::from_millis(250), Duration::fr
 /// How long to wait before a try that follows `failed` tries whose connection was lost.
 fn reconnect_wait(failed: u32) -> Duration {
     RECONNECT_WAITS[(failed as usize).min(RECONNECT_WAITS.len() - 1)]
+}
+
+/// Why a failed try of an event's transaction (a durable event's, or a background group's) is
+/// made again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Again {
+    /// A conflict with another transaction (a deadlock, a serialization failure) rolled it back
+    /// whole: made again at once, nothing to look for.
+    Conflict,
+    /// Its connection was lost, perhaps after its COMMIT landed: made again after
+    /// [`RECONNECT_WAITS`], looking for the event first.
+    ConnectionLost,
+}
+
+impl Again {
+    /// Whether a try that failed with `e` is made again, and why.
+    fn after(e: &StoreError) -> Option<Self> {
+        if e.is_conflict() {
+            Some(Again::Conflict)
+        } else if e.is_connection_lost() {
+            Some(Again::ConnectionLost)
+        } else {
+            None
+        }
+    }
+
+    /// How long the next try waits, after `failed` tries.
+    fn wait(self, failed: u32) -> Duration {
+        match self {
+            Again::Conflict => Duration::ZERO,
+            Again::ConnectionLost => reconnect_wait(failed),
+        }
+    }
+
+    /// Whether the next try looks for the event first.
+    fn look_first(self) -> bool {
+        self == Again::ConnectionLost
+    }
 }
 
 /// A durable event on its way to the store, with what its answer needs.
@@ -333,21 +372,20 @@ impl Sink {
                     r => r,
                 };
                 let again = match &result {
-                    Err(e) if a.tries < RETRIES => {
-                        if e.is_conflict() {
-                            tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's transaction rolled back by a conflict with another one: written again");
-                            Some(Duration::ZERO)
-                        } else if e.is_connection_lost() {
-                            tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's connection to the database lost: written again unless it was committed");
-                            a.look_first = true;
-                            Some(reconnect_wait(a.tries - 1))
-                        } else {
-                            None
-                        }
-                    }
+                    Err(e) if a.tries < RETRIES => Again::after(e).map(|why| (why, e)),
                     _ => None,
                 };
-                if let Some(wait) = again {
+                if let Some((why, e)) = again {
+                    match why {
+                        Again::Conflict => {
+                            tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's transaction rolled back by a conflict with another one: written again");
+                        }
+                        Again::ConnectionLost => {
+                            tracing::warn!(event_id = %a.event.id, kind = a.event.kind.harbor_type(), error = %e, tries = a.tries, "event's connection to the database lost: written again unless it was committed");
+                        }
+                    }
+                    a.look_first |= why.look_first();
+                    let wait = why.wait(a.tries - 1);
                     a.tries += 1;
                     a.guard.sink = Some(sink.clone());
                     match sink.runtime.clone() {
@@ -455,19 +493,23 @@ impl Sink {
                             }
                             (None, more)
                         }
-                        // its connection was lost; or a try after that met a row it wrote
-                        // (that COMMIT was still running when the try looked)
-                        Err(e)
-                            if e.is_connection_lost()
-                                || (refused_as_there(&e) && group.iter().any(|d| d.look_first)) =>
-                        {
-                            (Some(sink.again_at_front(group, &e)), more)
-                        }
                         Err(e) => {
-                            for d in group {
-                                sink.account(d.event.kind, d.event.id, Err(e.clone()));
+                            // a conflict rolled it back, or its connection was lost; or a try
+                            // after that met a row it wrote (that COMMIT was still running
+                            // when the try looked)
+                            let again = Again::after(&e).or_else(|| {
+                                (refused_as_there(&e) && group.iter().any(|d| d.look_first))
+                                    .then_some(Again::ConnectionLost)
+                            });
+                            match again {
+                                Some(why) => (Some(sink.again_at_front(group, &e, why)), more),
+                                None => {
+                                    for d in group {
+                                        sink.account(d.event.kind, d.event.id, Err(e.clone()));
+                                    }
+                                    (None, more)
+                                }
                             }
-                            (None, more)
                         }
                     },
                     // the job never ran (the store refused it): what is queued is lost — but
@@ -480,7 +522,8 @@ impl Sink {
                             q.events.drain(..).collect()
                         };
                         if why.is_connection_lost() {
-                            (Some(sink.again_at_front(queued, &why)), false)
+                            let again = sink.again_at_front(queued, &why, Again::ConnectionLost);
+                            (Some(again), false)
                         } else {
                             for d in queued {
                                 sink.account(d.event.kind, d.event.id, Err(why.clone()));
@@ -491,15 +534,15 @@ impl Sink {
                 };
                 match put_back {
                     // the next job waits (a database restarting refuses connections for a
-                    // moment), if this answer is the one to queue it
+                    // moment; not after a conflict), if this answer is the one to queue it
                     Some(PutBack { wait, took }) if more || took => match sink.runtime.clone() {
-                        Some(rt) => {
+                        Some(rt) if !wait.is_zero() => {
                             rt.spawn(async move {
                                 tokio::time::sleep(wait).await;
                                 sink.submit_group();
                             });
                         }
-                        None => sink.submit_group(),
+                        _ => sink.submit_group(),
                     },
                     Some(_) => {}
                     None if more => sink.submit_group(),
@@ -509,10 +552,11 @@ impl Sink {
         );
     }
 
-    /// A group whose connection was lost under it: its events go back to the front of the
-    /// queue, to be looked for and written again (up to [`RETRIES`] tries; past that they are
-    /// lost, and counted).
-    fn again_at_front(&self, group: Vec<Detached>, e: &StoreError) -> PutBack {
+    /// A group that a conflict rolled back, or whose connection was lost under it (`why`): its
+    /// events go back to the front of the queue, to be written again — looked for first when
+    /// its COMMIT may have landed — up to [`RETRIES`] tries; past that they are lost, and
+    /// counted.
+    fn again_at_front(&self, group: Vec<Detached>, e: &StoreError, why: Again) -> PutBack {
         let (again, lost): (Vec<Detached>, Vec<Detached>) =
             group.into_iter().partition(|d| d.tries + 1 < RETRIES);
         for d in lost {
@@ -520,17 +564,24 @@ impl Sink {
         }
         let tries = again.iter().map(|d| d.tries).min().unwrap_or(0);
         if !again.is_empty() {
-            tracing::warn!(events = again.len(), error = %e, "background events' connection to the database lost: written again unless they were committed");
+            match why {
+                Again::Conflict => {
+                    tracing::warn!(events = again.len(), error = %e, "background events' transaction rolled back by a conflict with another one: written again");
+                }
+                Again::ConnectionLost => {
+                    tracing::warn!(events = again.len(), error = %e, "background events' connection to the database lost: written again unless they were committed");
+                }
+            }
         }
         let mut q = lock(&self.queued);
         let put = !again.is_empty();
         for mut d in again.into_iter().rev() {
             d.tries += 1;
-            d.look_first = true;
+            d.look_first |= why.look_first();
             q.events.push_front(d);
         }
         PutBack {
-            wait: reconnect_wait(tries),
+            wait: why.wait(tries),
             // no job queued for them (nor for others): the caller queues it
             took: put && !std::mem::replace(&mut q.job_queued, true),
         }

@@ -1681,20 +1681,29 @@ async fn postgres_a_durable_event_dropped_unanswered_is_counted_lost() {
     o.store.close().await;
 }
 
-/// A durable event whose transaction loses a deadlock to another replica's is written again,
-/// not lost. (A push's and a delete's writes can cross so: a push locks its project's quota row
-/// and then a tag, a delete the artifact, its quota row and the same tag.) Here the other
-/// replica takes lock 1, the event's `with` takes lock 2 and waits for 1, and the other then
-/// asks for 2: PostgreSQL rolls the event's transaction back — it waited first, and the other
-/// session checks for deadlocks only after 10 s.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
+/// A deadlock the event's transaction loses, set up for a sink on `o`'s store: another replica
+/// takes lock 1 and waits for `go`; the event's `with` takes lock 2 and waits for 1; after `go`
+/// the other asks for 2, and PostgreSQL rolls the event's transaction back — it waited first,
+/// and the other session checks for deadlocks only after 10 s. (A push's and a delete's writes
+/// can cross so: a push locks its project's quota row and then a tag, a delete the artifact,
+/// its quota row and the same tag.)
+struct LosesADeadlock {
+    sink: wharf::events::sink::Sink,
+    metrics: Arc<wharf::metrics::Metrics>,
+    with: wharf::events::sink::With,
+    /// How many times `with` ran.
+    runs: Arc<std::sync::atomic::AtomicU32>,
+    other: Store,
+    _other_dir: tempfile::TempDir,
+    first: tokio::task::JoinHandle<Result<Option<i64>, StoreError>>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
+async fn a_deadlock_the_event_loses(o: &Opened) -> LosesADeadlock {
     use std::sync::atomic::{AtomicU32, Ordering};
-    use wharf::events::sink::{Recorded, Sink, With};
-    let o = open(Kind::Postgres).await;
-    let (other, _dir) = replica_of(&o).await;
+    let (other, _other_dir) = replica_of(o).await;
     let (ran_tx, ran_rx) = std::sync::mpsc::channel();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let first = {
         let other = other.clone();
         tokio::spawn(async move {
@@ -1713,9 +1722,9 @@ async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
         .await
         .unwrap();
     let metrics = Arc::new(wharf::metrics::Metrics::new());
-    let sink = Sink::new(o.store.clone(), metrics.clone());
+    let sink = wharf::events::sink::Sink::new(o.store.clone(), metrics.clone());
     let runs = Arc::new(AtomicU32::new(0));
-    let with: With = {
+    let with: wharf::events::sink::With = {
         let runs = runs.clone();
         Arc::new(move |c, _| {
             runs.fetch_add(1, Ordering::SeqCst);
@@ -1724,26 +1733,108 @@ async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
             Ok(true)
         })
     };
-    let event = tokio::spawn(async move {
-        sink.durable(push("prj/app", "sha256:1"), None, Some(with))
+    LosesADeadlock {
+        sink,
+        metrics,
+        with,
+        runs,
+        other,
+        _other_dir,
+        first,
+        go,
+    }
+}
+
+impl LosesADeadlock {
+    /// Once the event's transaction waits for lock 1: close the circle; the other replica's
+    /// transaction wins.
+    async fn close_the_circle(&mut self, watch: &Store) {
+        until_a_session_waits_for_a_lock(watch).await;
+        self.go.send(()).unwrap();
+        (&mut self.first)
             .await
-    });
-    until_a_session_waits_for_a_lock(&o.store).await;
-    go_tx.send(()).unwrap();
-    first
-        .await
-        .unwrap()
-        .expect("the other replica's transaction wins");
+            .unwrap()
+            .expect("the other replica's transaction wins");
+    }
+}
+
+/// A durable event whose transaction loses a deadlock to another replica's is written again,
+/// not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_durable_event_that_loses_a_deadlock_is_written_again() {
+    use std::sync::atomic::Ordering;
+    use wharf::events::sink::Recorded;
+    let o = open(Kind::Postgres).await;
+    let mut d = a_deadlock_the_event_loses(&o).await;
+    let event = {
+        let (sink, with) = (d.sink.clone(), d.with.clone());
+        tokio::spawn(async move {
+            sink.durable(push("prj/app", "sha256:1"), None, Some(with))
+                .await
+        })
+    };
+    d.close_the_circle(&o.store).await;
     assert_eq!(event.await.unwrap(), Recorded::Yes);
     assert_eq!(
-        runs.load(Ordering::SeqCst),
+        d.runs.load(Ordering::SeqCst),
         2,
         "rolled back once, written again"
     );
-    assert_eq!(metrics.events_lost.get(), 0);
+    assert_eq!(d.metrics.events_lost.get(), 0);
     assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
-    other.close().await;
+    d.other.close().await;
     o.store.close().await;
+}
+
+/// A background group (pull events) whose transaction loses a deadlock to another replica's
+/// is written again at once, not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_background_events_that_lose_a_deadlock_are_written_again() {
+    use std::sync::atomic::Ordering;
+    let o = open(Kind::Postgres).await;
+    let mut d = a_deadlock_the_event_loses(&o).await;
+    d.sink.detached(pull("prj/app", 0), Some(d.with.clone()));
+    d.close_the_circle(&o.store).await;
+    until_recorded_or_lost(&d.metrics, "PULL_ARTIFACT", 1).await;
+    assert_eq!(d.metrics.events_lost.get(), 0);
+    assert_eq!(
+        d.runs.load(Ordering::SeqCst),
+        2,
+        "rolled back once, written again"
+    );
+    assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 1);
+    d.other.close().await;
+    o.store.close().await;
+}
+
+/// A pull of `repository`'s manifest `sha256:{i}`.
+fn pull(repository: &str, i: usize) -> Event {
+    let mut e = push(repository, &format!("sha256:{i}"));
+    e.kind = EventKind::PullArtifact;
+    e
+}
+
+/// Wait until `n` events of Harbor type `kind` were counted recorded or lost by a sink.
+async fn until_recorded_or_lost(metrics: &wharf::metrics::Metrics, kind: &'static str, n: u64) {
+    let recorded = || {
+        metrics
+            .events
+            .get_or_create(&wharf::metrics::TypeLabels { r#type: kind })
+            .get()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while recorded() + metrics.events_lost.get() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events' outcome never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        recorded() + metrics.events_lost.get(),
+        n,
+        "counted once each"
+    );
 }
 
 /// An event on its way through a sink on `s`: its first try stopped in its `with` until `go`
@@ -1823,39 +1914,18 @@ async fn postgres_a_durable_event_whose_connection_ends_is_written_again() {
 async fn postgres_background_events_whose_connection_ends_are_written_again() {
     use std::sync::atomic::Ordering;
     let o = open(Kind::Postgres).await;
-    let pull = |i: usize| {
-        let mut e = push("prj/app", &format!("sha256:{i}"));
-        e.kind = EventKind::PullArtifact;
-        e
-    };
     let (sink, t) = an_event_whose_connection_ends(&o.store, |sink, with| {
-        sink.detached(pull(0), Some(with));
+        sink.detached(pull("prj/app", 0), Some(with));
         sink
     })
     .await;
     // queued behind the stopped group: taken by the next job, or with the group's retry
     for i in 1..4 {
-        sink.detached(pull(i), None);
+        sink.detached(pull("prj/app", i), None);
     }
     t.go.send(()).unwrap();
-    let recorded = || {
-        t.metrics
-            .events
-            .get_or_create(&wharf::metrics::TypeLabels {
-                r#type: "PULL_ARTIFACT",
-            })
-            .get()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while recorded() + t.metrics.events_lost.get() < 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the events' outcome never came"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_recorded_or_lost(&t.metrics, "PULL_ARTIFACT", 4).await;
     assert_eq!(t.metrics.events_lost.get(), 0);
-    assert_eq!(recorded(), 4);
     assert_eq!(t.runs.load(Ordering::SeqCst), 2, "written again");
     assert_eq!(count(&o.store, "SELECT COUNT(*) FROM events").await, 4);
     o.store.close().await;
