@@ -75,7 +75,7 @@ pub fn adding(db: &Db<'_>, project: &str, blobs: &[(String, u64)]) -> Result<u64
 pub enum Reservation {
     /// Space held for this push until it is committed ([`add_refs`] with the id) or released.
     Reserved { id: i64 },
-    /// Nothing new to count: no reservation needed.
+    /// The manifest references no blobs (an index): nothing to hold.
     NothingNew,
     /// Over the limit. `usage` includes the space other pushes in progress hold.
     Exceeded { adding: u64, usage: u64, limit: u64 },
@@ -83,9 +83,15 @@ pub enum Reservation {
 
 /// Reserve the space a push of a manifest referencing `blobs` would add to `project`, before
 /// the registry sees the manifest: under the project's row lock, against the usage plus what
-/// other pushes in progress have reserved, so racing pushes — through one replica or several
-/// — can never take the project past `limit` together. A reservation lapses at `expires_at`
-/// (unix ms) if its push never comes back (the process died).
+/// other pushes in progress hold, so racing pushes — through one replica or several — can
+/// never take the project past `limit` together. A reservation lapses at `expires_at` (unix
+/// ms) if its push never comes back (the process died).
+///
+/// A reservation lists every blob of its push, also those the project counts already: a
+/// delete committed meanwhile may stop counting them, and the push then counts them again
+/// when it lands. A held blob weighs only while the project does not count it — so neither
+/// such a delete nor a push committed before its reservation is given back makes a blob
+/// count twice, or not at all.
 pub fn reserve(
     db: &Db<'_>,
     project: &str,
@@ -94,6 +100,10 @@ pub fn reserve(
     now: i64,
     expires_at: i64,
 ) -> Result<Reservation, StoreError> {
+    let mine = unique(blobs);
+    if mine.is_empty() {
+        return Ok(Reservation::NothingNew);
+    }
     let (usage, _) = lock_project(db, project)?;
     // every blob held by a push in progress, once, with its size (a blob two pushes share is
     // listed by both: it stays held while either is in progress); rows written before sizes
@@ -110,41 +120,58 @@ pub fn reserve(
             Err(_) => held_unlisted = held_unlisted.saturating_add(bytes),
         }
     }
-    let mut wanted = Vec::new();
-    let mut adding = 0u64;
-    for (d, size) in unique(blobs) {
-        let refs = db.int(
-            "SELECT refs FROM project_blobs WHERE project = ?1 AND digest = ?2",
-            args![project, &d],
-        )?;
-        if refs.unwrap_or(0) <= 0 {
-            if !held.contains_key(&d) {
-                adding = adding.saturating_add(size);
-            }
-            wanted.push((d, size));
-        }
-    }
-    if wanted.is_empty() {
-        return Ok(Reservation::NothingNew);
-    }
+    let asked: BTreeSet<&str> = held
+        .keys()
+        .map(String::as_str)
+        .chain(mine.iter().map(|(d, _)| d.as_str()))
+        .collect();
+    let counted = counted_among(db, project, &asked)?;
     let reserved = held
-        .values()
-        .fold(held_unlisted, |sum, size| sum.saturating_add(*size));
-    let counted = usage.saturating_add(reserved);
-    if adding > 0 && counted.saturating_add(adding) > limit {
+        .iter()
+        .filter(|(d, _)| !counted.contains(d.as_str()))
+        .fold(held_unlisted, |sum, (_, size)| sum.saturating_add(*size));
+    let adding = mine
+        .iter()
+        .filter(|(d, _)| !counted.contains(d.as_str()) && !held.contains_key(d))
+        .fold(0u64, |sum, (_, size)| sum.saturating_add(*size));
+    let taken = usage.saturating_add(reserved);
+    if adding > 0 && taken.saturating_add(adding) > limit {
         return Ok(Reservation::Exceeded {
             adding,
-            usage: counted,
+            usage: taken,
             limit,
         });
     }
     let id = db
         .int(
             "INSERT INTO quota_reservations (project, bytes, blobs, expires_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
-            args![project, clamp_size(adding), &json(&wanted)?, expires_at],
+            args![project, clamp_size(adding), &json(&mine)?, expires_at],
         )?
         .ok_or(StoreError::Closed)?;
     Ok(Reservation::Reserved { id })
+}
+
+/// Which of `digests` the project counts now (referenced by a manifest wharf knows): one
+/// statement, whatever their number.
+fn counted_among(
+    db: &Db<'_>,
+    project: &str,
+    digests: &BTreeSet<&str>,
+) -> Result<BTreeSet<String>, StoreError> {
+    let sql = match db.backend() {
+        Backend::Sqlite => {
+            "SELECT digest FROM project_blobs WHERE project = ?1 AND refs > 0
+               AND digest IN (SELECT value FROM json_each(?2))"
+        }
+        Backend::Postgres => {
+            "SELECT digest FROM project_blobs WHERE project = ?1 AND refs > 0
+               AND digest IN (SELECT jsonb_array_elements_text(CAST(?2 AS jsonb)))"
+        }
+    };
+    Ok(db
+        .rows(sql, args![project, &json(digests)?], |r| r.text(0))?
+        .into_iter()
+        .collect())
 }
 
 /// Give back a reservation (its push failed, or was committed).

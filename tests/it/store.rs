@@ -102,6 +102,7 @@ conformance!(
     an_expired_lease_lets_another_claimer_take_over,
     old_target_secrets_leave_the_database,
     quota_reservations_never_exceed_the_limit,
+    quota_reservations_hold_counted_blobs_and_never_count_twice,
     policy_changes_move_the_version_and_the_cache_follows,
     events_list_filters,
     a_newer_schema_is_refused,
@@ -1334,6 +1335,65 @@ async fn quota_reservations_never_exceed_the_limit(kind: Kind) {
             >= 1
     );
     s.close().await;
+}
+
+/// A push whose blobs the project counts already still holds them: a delete committed while
+/// it is in flight stops counting them, and the push counts them again when it lands — so
+/// another push must not take that space meanwhile. And a held blob the project has counted
+/// since (a push committed before its reservation is given back) weighs nothing more.
+async fn quota_reservations_hold_counted_blobs_and_never_count_twice(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let later = store::now_ms() + 60_000;
+    let reserve = |b: &[(&str, u64)]| {
+        let b: Vec<(String, u64)> = b.iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        s.write(move |c| quota::reserve(c, "p", &b, 100, store::now_ms(), later))
+    };
+    let learn = |a: Artifact| s.write(move |c| knowledge::learn_manifest(c, &a, None).map(|_| ()));
+    let usage = || s.read(|c| quota::usage(c, "p"));
+    // m1 (x: 50) is known; m2 (also x) is pushed: nothing new to count, yet x is held
+    learn(artifact("p/a", "m1", &[("x", 50)])).await.unwrap();
+    let m2 = reserve(&[("x", 50)]).await.unwrap();
+    assert!(matches!(m2, quota::Reservation::Reserved { .. }), "{m2:?}");
+    // m1's delete commits: x is no longer counted…
+    s.write(|c| knowledge::forget_manifest(c, "p/a", "m1"))
+        .await
+        .unwrap();
+    assert_eq!(usage().await.unwrap(), 0);
+    // …but m2 counts it again when it lands: 50 + 60 does not fit in 100
+    // (before: reserved against 0, and m2 then took the project to 110)
+    assert_eq!(
+        reserve(&[("y", 60)]).await.unwrap(),
+        quota::Reservation::Exceeded {
+            adding: 60,
+            usage: 50,
+            limit: 100
+        }
+    );
+    learn(artifact("p/a", "m2", &[("x", 50)])).await.unwrap();
+    assert_eq!(usage().await.unwrap(), 50);
+
+    // two pushes of one new manifest (z: 40) at once; the first commits, its reservation not
+    // given back yet: z is counted once, not once more for the second's reservation
+    let o2 = open(kind).await;
+    let s = &o2.store;
+    let reserve = |b: &[(&str, u64)]| {
+        let b: Vec<(String, u64)> = b.iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        s.write(move |c| quota::reserve(c, "p", &b, 100, store::now_ms(), later))
+    };
+    for _ in 0..2 {
+        let r = reserve(&[("z", 40)]).await.unwrap();
+        assert!(matches!(r, quota::Reservation::Reserved { .. }), "{r:?}");
+    }
+    let a = artifact("p/a", "m3", &[("z", 40)]);
+    s.write(move |c| knowledge::learn_manifest(c, &a, Some("v1")).map(|_| ()))
+        .await
+        .unwrap();
+    // 40 counted + 60 fits in 100 (before: 40 + 40 held twice + 60 did not)
+    let y = reserve(&[("y", 60)]).await.unwrap();
+    assert!(matches!(y, quota::Reservation::Reserved { .. }), "{y:?}");
+    o.store.close().await;
+    o2.store.close().await;
 }
 
 async fn policy_changes_move_the_version_and_the_cache_follows(kind: Kind) {
