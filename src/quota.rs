@@ -27,6 +27,9 @@
 //! the usage plus the space other pushes in progress hold; the reservation becomes usage when
 //! the push is committed, and is released when the registry refuses it. Two pushes released at
 //! the same instant — through one replica or several — cannot take a project past its limit.
+//! A reservation holds every blob of its push, also those the project counts already (a
+//! delete may stop counting them before the push lands), and a held blob weighs only while
+//! the project does not count it. A reservation that lost a deadlock is made again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -189,6 +192,9 @@ async fn real_sizes(
         .collect()
 }
 
+/// Tries of a reservation that a conflict with another transaction rolled back.
+const RESERVE_TRIES: u32 = 3;
+
 /// Decide about a manifest about to be pushed to `repo` (see the module doc). `headers`
 /// carry the client's credentials for the size checks.
 pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap) -> Admission {
@@ -243,16 +249,29 @@ pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap)
     let now = crate::store::now_ms();
     // held while the registry takes the manifest; lapses if this process dies meanwhile
     let expires = now + q.lapse.as_millis() as i64;
-    let (p, wanted) = (project.clone(), blobs.clone());
     // (a reservation given up on still lands later, and lapses at `expires`)
-    match q
-        .store
-        .within(
-            q.store
-                .write(move |c| quota::reserve(c, &p, &wanted, limit, now, expires)),
-        )
-        .await
-    {
+    let mut tries = 0;
+    let reserved = loop {
+        let (p, wanted) = (project.clone(), blobs.clone());
+        let r = q
+            .store
+            .within(
+                q.store
+                    .write(move |c| quota::reserve(c, &p, &wanted, limit, now, expires)),
+            )
+            .await;
+        tries += 1;
+        match r {
+            // lost a deadlock to another transaction (a group commit holding another
+            // project's row, say): rolled back whole, and nothing was decided — decide again,
+            // rather than let the push in unchecked
+            Err(e) if e.is_conflict() && tries < RESERVE_TRIES => {
+                tracing::warn!(project, error = %e, tries, "quota reservation rolled back by a conflict with another transaction: made again");
+            }
+            r => break r,
+        }
+    };
+    match reserved {
         Ok(quota::Reservation::Reserved { id }) => Admission::Allowed {
             blobs,
             reservation: Some(id),

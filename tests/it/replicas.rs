@@ -404,6 +404,54 @@ async fn racing_pushes_through_two_replicas_cannot_exceed_the_quota() {
     }
 }
 
+/// A push's reservation that loses a deadlock to another transaction (here: a trigger raises
+/// PostgreSQL's `deadlock_detected` on its first try, as the chosen victim of a real one sees
+/// it — e.g. a group commit holding another project's row) is made again: a push that does not
+/// fit is still refused, not let in unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_that_loses_a_deadlock_is_made_again() {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let work = work_dir();
+    let x = oci::build_image(&work.path().join("x"), "v1", &[64 * 1024]);
+    let size: u64 = x.layer_and_config_blobs().iter().map(|b| b.size).sum();
+    let a = replica(&registry, &url)
+        .yaml(&format!(
+            "projects: {{prj: {{storage_limit: {}}}}}\n",
+            size / 2
+        ))
+        .start()
+        .await;
+    pgc::cluster()
+        .execute(
+            &pgc::db_name(&url),
+            "CREATE SEQUENCE reservation_tries;
+             CREATE FUNCTION lose_a_deadlock_once() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF nextval('reservation_tries') = 1 THEN
+                 RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER lose_a_deadlock_once BEFORE INSERT ON quota_projects
+               FOR EACH ROW EXECUTE FUNCTION lose_a_deadlock_once();",
+        )
+        .await;
+    upload_blobs(&a.url(), "prj/x", &x).await;
+    // before: the reservation's error let the push in unchecked (201), past the limit
+    assert_eq!(put(&a.url(), "prj/x", "v1", &x).await, 403);
+    let (client, task) = pgc::cluster().session(&pgc::db_name(&url)).await;
+    let tries: i64 = client
+        .query_one("SELECT last_value FROM reservation_tries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tries, 2, "rolled back once, made again");
+    drop(client);
+    let _ = task.await;
+    a.shutdown().await;
+}
+
 // 4 ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
