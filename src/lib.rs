@@ -97,14 +97,17 @@ pub enum StartError {
 /// How often a replica checks whether another one changed policies or the notification switch.
 pub const POLICY_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Every [`POLICY_WATCH`]: when the policy version moved on (a change on any replica), drop
-/// this process's cached policies and re-read the notification switch. Runs until `shutdown`.
+/// Every [`POLICY_WATCH`]: when the policy version moved on past `seen` (a change on any
+/// replica), drop this process's cached policies and re-read the notification switch. A
+/// version counts as seen only once the switch was read after it: a read that failed (the
+/// database busy or restarting) is made again at the next tick, not left to the next change.
+/// Runs until `shutdown`.
 async fn watch_policies(
     store: store::Store,
     enabled: Arc<std::sync::atomic::AtomicBool>,
+    mut seen: Option<i64>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut seen = store.policy_version().await.ok();
     loop {
         tokio::select! {
             () = tokio::time::sleep(POLICY_WATCH) => {}
@@ -116,13 +119,18 @@ async fn watch_policies(
         if seen == Some(now) {
             continue;
         }
-        seen = Some(now);
         store.policy_cache().invalidate();
-        if let Ok(on) = store.read(store::policies::notification_enabled).await {
-            let was = enabled.swap(on, std::sync::atomic::Ordering::Relaxed);
-            if on && !was {
-                // deliveries that waited for the switch may go now
-                store.outbox_wake().wake(store::db::Due::Anywhere);
+        match store.read(store::policies::notification_enabled).await {
+            Ok(on) => {
+                seen = Some(now);
+                let was = enabled.swap(on, std::sync::atomic::Ordering::Relaxed);
+                if on && !was {
+                    // deliveries that waited for the switch may go now
+                    store.outbox_wake().wake(store::db::Due::Anywhere);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the notification switch failed; read again in a second");
             }
         }
     }
@@ -177,19 +185,19 @@ impl Running {
         }
         app.store.warn_on_clock_skew().await;
         let background = tokio_util::sync::CancellationToken::new();
-        let enabled = {
-            let store = app.store.clone();
-            store
-                .read(store::policies::notification_enabled)
-                .await
-                .unwrap_or(true)
-        };
-        app.notifications_enabled
-            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        // the version first, then the switch: a change between the two moves the version on,
+        // and the watcher reads the switch again; a switch not read is read by the watcher
+        let version = app.store.policy_version().await.ok();
+        let enabled = app.store.read(store::policies::notification_enabled).await;
+        app.notifications_enabled.store(
+            *enabled.as_ref().unwrap_or(&true),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         tokio::spawn(app.events.clone().run_releaser(background.clone()));
         tokio::spawn(watch_policies(
             app.store.clone(),
             app.notifications_enabled.clone(),
+            version.filter(|_| enabled.is_ok()),
             background.clone(),
         ));
         tokio::spawn(store::run_housekeeping(

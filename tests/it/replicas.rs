@@ -241,6 +241,52 @@ async fn three_replicas_share_policies_events_and_the_switch() {
     }
 }
 
+/// The notification switch flipped by another replica while this one cannot read it (here:
+/// the settings table renamed away in the same transaction as the flip, for two ticks of the
+/// watch) is read again at the next tick, not left stale until the next policy change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_could_not_be_read_is_read_again() {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let c = replica(&registry, &url).start().await;
+    let switch = || async {
+        api(
+            reqwest::Method::GET,
+            &c.url(),
+            "/api/v2.0/configurations",
+            None,
+        )
+        .await
+        .expect(200)
+        .json()["notification_enable"]["value"]
+            .clone()
+    };
+    assert_eq!(switch().await, true);
+    let db = pgc::db_name(&url);
+    // another replica switches notifications off (as `set_notification_enabled` does); the
+    // switch cannot be read for a moment
+    pgc::cluster()
+        .execute(
+            &db,
+            "BEGIN;
+             INSERT INTO meta (key, n) VALUES ('policy_version', 1)
+               ON CONFLICT (key) DO UPDATE SET n = meta.n + 1;
+             INSERT INTO settings (key, value) VALUES ('notification_enable', 'false')
+               ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+             ALTER TABLE settings RENAME TO settings_away;
+             COMMIT;",
+        )
+        .await;
+    tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
+    pgc::cluster()
+        .execute(&db, "ALTER TABLE settings_away RENAME TO settings")
+        .await;
+    tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
+    // before: the version counted as seen although the read failed — on until the next change
+    assert_eq!(switch().await, false);
+    c.shutdown().await;
+}
+
 // 2 ------------------------------------------------------------------------------------------
 
 /// Push `manifest` of `image` (blobs uploaded first) as `repo:tag` through `base`; the status.
