@@ -146,7 +146,7 @@ impl outbox::Intake for Intake {
                 continue;
             };
             let claimed = Claimed { id, ..b.claimed };
-            d.launch(claimed, b.hold);
+            d.launch(claimed, b.hold, b.policies);
         }
     }
 }
@@ -324,6 +324,9 @@ impl Dispatcher {
                 let lease_ms = self.lease.as_millis() as i64;
                 let later = self.later.load(Ordering::Acquire);
                 let look_ahead = later != self.looked.load(Ordering::Relaxed);
+                // policies as of the claim (see `wanted`): taken before its statement reads
+                // them, so that a change committed before the claim is answered is rechecked
+                let policies = self.store.policy_cache().loading();
                 let claimed = self
                     .store
                     .write_relaxed(move |c| {
@@ -342,7 +345,7 @@ impl Dispatcher {
                         }
                         let full = job.batch.len() >= limit;
                         for d in job.batch {
-                            self.start(d);
+                            self.start(d, policies);
                         }
                         if full {
                             // Claim again once a good share of the slots is free (or a little
@@ -424,7 +427,8 @@ impl Dispatcher {
         })
     }
 
-    fn start(self: &Arc<Self>, d: Claimed) {
+    /// Start `d`, claimed when the policy cache was at generation `policies`.
+    fn start(self: &Arc<Self>, d: Claimed, policies: u64) {
         let Some(hold) = self.hold_if(&d.target.address, Admit::Always) else {
             // we claimed at most the free slots, but a delivery created claimed may have taken
             // one since: put it back, due now
@@ -432,16 +436,15 @@ impl Dispatcher {
             tokio::spawn(async move { me.put_back(d.id, d.token).await });
             return;
         };
-        self.launch(d, Box::new(hold));
+        self.launch(d, Box::new(hold), policies);
     }
 
     /// Attempt `d` in a task of its own when its target's turn comes, holding `hold` until the
-    /// attempt ends.
-    fn launch(self: &Arc<Self>, d: Claimed, hold: Box<dyn Send + Sync>) {
+    /// attempt ends; `policies`: the policy cache's generation before its policies were read
+    /// (see `wanted`).
+    fn launch(self: &Arc<Self>, d: Claimed, hold: Box<dyn Send + Sync>, policies: u64) {
         let sending = self.targets.sending(&d.target.address);
         let me = self.clone();
-        // policies as of the claim (see `wanted`)
-        let policies = self.store.policy_cache().loading();
         tokio::spawn(async move {
             // the target's turn (FIFO): at most per_target_concurrency attempts at once;
             // stopping ends the wait
@@ -691,6 +694,113 @@ mod tests {
             Arc::new(AtomicBool::new(true)),
             Duration::from_secs(60),
         )
+    }
+
+    /// A claim is rechecked against the policies as of its claim statement: a policy deleted
+    /// after the claim read it — before the claim was even answered — ends the delivery, which
+    /// is not sent. (Before, the generation was taken when the claim was started, after the
+    /// delete's invalidation, so no recheck was made.)
+    #[tokio::test]
+    async fn a_claim_is_rechecked_against_the_policies_as_of_its_claim() {
+        use crate::dispatch::policy::{Filters, Policy, Target};
+        use crate::events::{Event, EventKind};
+        use crate::store::{events, outbox::ClaimLimits, outbox::Lease, policies};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path(), store::Synchronous::Normal).unwrap();
+        let guard = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        let sender = Sender::new(Arc::new(guard), Duration::from_secs(1), None).unwrap();
+        let d = Arc::new(Dispatcher::new(
+            store.clone(),
+            Arc::new(sender),
+            NotificationConfig::default(),
+            Arc::new(Metrics::new()),
+            Arc::new(AtomicBool::new(true)),
+            Duration::from_secs(60),
+        ));
+        // a receiver that counts the requests it gets
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}/hook", listener.local_addr().unwrap());
+        let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        {
+            let got = got.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    got.fetch_add(1, Ordering::SeqCst);
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+        let policy = Policy {
+            id: 0,
+            project: "prj".into(),
+            project_id: 0,
+            name: "p".into(),
+            description: String::new(),
+            enabled: true,
+            event_types: vec![EventKind::PushArtifact],
+            targets: vec![Target::http(address.clone())],
+            filters: Filters::default(),
+            creator: "admin".into(),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let pid = store
+            .write(move |c| policies::insert(c, &policy))
+            .await
+            .unwrap();
+        let event = Event::new(
+            EventKind::PushArtifact,
+            &crate::route::Repository::parse("prj/app").unwrap(),
+            "admin",
+        );
+        store
+            .write(move |c| events::insert(c, &event, None))
+            .await
+            .unwrap();
+        let policies = store.policy_cache().loading();
+        let claimed = store
+            .write(|c| {
+                let limits = ClaimLimits {
+                    limit: 1,
+                    per_target: 1,
+                    ..ClaimLimits::default()
+                };
+                let lease = Lease {
+                    token: 7,
+                    until: store::now_ms() + 60_000,
+                };
+                outbox::claim(c, store::now_ms() + 1, &limits, lease)
+            })
+            .await
+            .unwrap()
+            .pop()
+            .expect("one delivery claimed");
+        let id = claimed.id;
+        store
+            .write(move |c| policies::delete(c, "prj", pid))
+            .await
+            .unwrap();
+        d.start(claimed, policies);
+        let state = || {
+            store.read(move |c| {
+                c.text(
+                    "SELECT state FROM deliveries WHERE id = ?1",
+                    &[store::db::Value::Int(id)],
+                )
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.targets.held(&address) > 0 {
+            assert!(Instant::now() < deadline, "the claim never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(state().await.unwrap().as_deref(), Some("dead"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(got.load(Ordering::SeqCst), 0, "sent to a deleted policy");
+        store.close().await;
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct Born {
     pub id: LaterId,
     pub claimed: Claimed,
     pub hold: Box<dyn Send + Sync>,
+    /// The policy cache's generation before the fan-out read its policies (0 without a
+    /// cache): a change since then has the claim rechecked before its attempt.
+    pub policies: u64,
 }
 
 impl std::fmt::Debug for Born {
@@ -146,6 +149,7 @@ fn sqlite_or_fail<'s>(db: &Db<'_>, sqlite: &'s str, postgres: &'s str) -> &'s st
 /// already claimed by this process ([`Effects::born`](super::db::Effects::born)); the others
 /// pending, and the dispatcher is woken for their addresses.
 pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
+    let generation = db.cache().map_or(0, |c| c.loading());
     if !policies::notification_enabled_cached(db)? {
         return Ok(0);
     }
@@ -201,6 +205,7 @@ pub fn fanout(db: &Db<'_>, event: &Event) -> Result<usize, StoreError> {
                             lease_until: lease.until,
                         },
                         hold,
+                        policies: generation,
                     });
                 }
                 None => {
