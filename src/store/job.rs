@@ -38,7 +38,15 @@ impl Job {
         Job {
             run: Box::new(move |db| {
                 let r = f(db).and_then(|v| db.end_job().map(|()| v));
-                let effects = r.is_ok().then(|| db.take_effects());
+                let effects = db.take_effects();
+                if r.is_err() && effects.policies {
+                    // rolled back: what it (or a job after it) loaded into the cache may hold
+                    // its change, which never happened
+                    if let Some(cache) = db.cache() {
+                        cache.invalidate();
+                    }
+                }
+                let effects = r.is_ok().then_some(effects);
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(r);
                 }

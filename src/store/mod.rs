@@ -301,6 +301,14 @@ pub(crate) enum Stage {
 }
 
 impl AfterCommit {
+    /// A commit failed: its jobs' changes never happened. Cached policies read after a job
+    /// changed them (by a job after it, in the same transaction) are dropped.
+    fn rolled_back(&self, effects: &db::Effects) {
+        if effects.policies {
+            self.cache.invalidate();
+        }
+    }
+
     /// `intake`: the one the batch's jobs ran with (the deliveries they created claimed are
     /// its to start).
     fn apply(&self, effects: &mut db::Effects, stage: Stage, intake: Option<&dyn outbox::Intake>) {

@@ -120,6 +120,7 @@ pub(super) fn pg_writer(
             Err(e) => {
                 tracing::error!(error = %e, jobs = n, "database: commit failed");
                 stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
+                after.rolled_back(&effects);
             }
         }
         for done in dones {

@@ -104,6 +104,7 @@ conformance!(
     quota_reservations_never_exceed_the_limit,
     quota_reservations_hold_counted_blobs_and_never_count_twice,
     policy_changes_move_the_version_and_the_cache_follows,
+    policies_read_by_a_job_that_failed_are_not_kept,
     events_list_filters,
     a_newer_schema_is_refused,
     project_and_user_ids_are_assigned_once,
@@ -1394,6 +1395,64 @@ async fn quota_reservations_hold_counted_blobs_and_never_count_twice(kind: Kind)
     assert!(matches!(y, quota::Reservation::Reserved { .. }), "{y:?}");
     o.store.close().await;
     o2.store.close().await;
+}
+
+/// A job that changed a policy, read it (as a fan-out does) and then failed was rolled back:
+/// the policy never existed, and the cache must not keep it.
+async fn policies_read_by_a_job_that_failed_are_not_kept(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    let p = policy("prj", vec![Target::http("http://a.example/")]);
+    let failed = s
+        .write(move |c| {
+            policies::insert(c, &p)?;
+            assert_eq!(policies::for_fanout(c, "prj")?.len(), 1);
+            Err::<(), _>(StoreError::Closed)
+        })
+        .await;
+    assert!(failed.is_err());
+    assert!(
+        s.policy_cache().policies("prj").is_none(),
+        "a policy that never existed is cached"
+    );
+    let listed = s.read(|c| policies::for_fanout(c, "prj")).await.unwrap();
+    assert!(listed.is_empty());
+    s.close().await;
+}
+
+/// The same when the job succeeded but its COMMIT failed (here: a deferred constraint trigger
+/// refuses it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_policies_read_in_a_transaction_whose_commit_failed_are_not_kept() {
+    let o = open(Kind::Postgres).await;
+    let s = &o.store;
+    s.write(|c| {
+        c.exec(
+            "CREATE FUNCTION refuse_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'refused at commit'; END $$",
+            &[],
+        )?;
+        c.exec(
+            "CREATE CONSTRAINT TRIGGER refuse_commit AFTER INSERT ON policies
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_commit()",
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let p = policy("prj", vec![Target::http("http://a.example/")]);
+    let failed = s
+        .write(move |c| {
+            policies::insert(c, &p)?;
+            Ok(policies::for_fanout(c, "prj")?.len())
+        })
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert!(
+        s.policy_cache().policies("prj").is_none(),
+        "a policy that never existed is cached"
+    );
+    s.close().await;
 }
 
 async fn policy_changes_move_the_version_and_the_cache_follows(kind: Kind) {
