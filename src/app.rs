@@ -80,7 +80,10 @@ impl App {
             blob_sizes: &self.blob_sizes,
             projects: &self.config.projects,
             settings: &self.config.quota,
-            lapse: self.config.upstream.response_timeout + std::time::Duration::from_secs(60),
+            lapse: crate::quota::reservation_lapse(
+                self.config.upstream.response_timeout,
+                self.config.store.statement_timeout,
+            ),
         }
     }
 

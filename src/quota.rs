@@ -56,8 +56,20 @@ pub struct Quota<'a> {
     /// `quota`.
     pub settings: &'a QuotaConfig,
     /// How long a reservation is held before it lapses by itself (a process that died while
-    /// the registry took the manifest): `upstream.response_timeout` and a minute.
+    /// the registry took the manifest): [`reservation_lapse`].
     pub lapse: Duration,
+}
+
+/// How long a push's reservation is held before it lapses by itself: longer than the push
+/// can be in flight — its waits for the database (the quota check, the reservation, its
+/// event's commit: `store.statement_timeout` each) and for the registry
+/// (`upstream.response_timeout`) — and a minute. (Before, the database's waits were left out:
+/// with a long `store.statement_timeout` a reservation could lapse under a push still
+/// waiting for its commit, and another push take its space.)
+pub fn reservation_lapse(response_timeout: Duration, statement_timeout: Duration) -> Duration {
+    response_timeout
+        .saturating_add(statement_timeout.saturating_mul(3))
+        .saturating_add(Duration::from_secs(60))
 }
 
 /// Harbor's wording of a refused push.
@@ -592,6 +604,17 @@ pub async fn rescan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reservation_outlives_every_wait_of_its_push() {
+        let s = Duration::from_secs;
+        // the defaults: 60 s upstream, 30 s per database wait
+        assert_eq!(reservation_lapse(s(60), s(30)), s(210));
+        // a long statement timeout lengthens it (before: 120 s whatever the timeout)
+        assert_eq!(reservation_lapse(s(60), s(300)), s(1020));
+        assert_eq!(reservation_lapse(s(60), s(0)), s(120));
+        assert_eq!(reservation_lapse(Duration::MAX, s(30)), Duration::MAX);
+    }
 
     #[test]
     fn messages_read_like_harbor() {
