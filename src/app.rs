@@ -65,10 +65,45 @@ pub struct App {
     pub sender: Arc<Sender>,
     /// The system switch `notification_enable`, cached (the database holds it).
     pub notifications_enabled: Arc<AtomicBool>,
+    /// The same flag with the policy version it was taken at ([`NotificationSwitch`]): how
+    /// the API and the policy watch change it.
+    pub notification_switch: Arc<NotificationSwitch>,
     /// [`Config::external_host`], computed once: every event's resource URL starts with it.
     pub external_host: String,
     /// Where access-log lines go ([`crate::accesslog`]).
     pub access_log: crate::accesslog::Sink,
+}
+
+/// The system switch `notification_enable` as this process knows it (the database holds it):
+/// the flag its readers load, and the policy version it was read or written at — so that a
+/// value read at an older version (the policy watch's read racing a change made through this
+/// replica's API) never replaces a newer one.
+pub struct NotificationSwitch {
+    on: Arc<AtomicBool>,
+    at: std::sync::Mutex<Option<i64>>,
+}
+
+impl NotificationSwitch {
+    pub fn new(on: Arc<AtomicBool>) -> Self {
+        Self {
+            on,
+            at: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Take `on`, read or written at policy version `version`, unless a later version's value
+    /// was taken already. Returns the value it replaced, when taken.
+    pub fn take(&self, version: i64, on: bool) -> Option<bool> {
+        let mut at = self
+            .at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if at.is_some_and(|a| version < a) {
+            return None;
+        }
+        *at = Some(version);
+        Some(self.on.swap(on, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl App {
@@ -162,9 +197,32 @@ impl App {
             users,
             login_throttle: LoginThrottle::new(config_throttle.0, config_throttle.1),
             sender,
+            notification_switch: Arc::new(NotificationSwitch::new(notifications_enabled.clone())),
             notifications_enabled,
             external_host,
             access_log,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// The API of replica A writes "on" at version 5; replica B writes "off" at 6, and A's
+    /// policy watch reads it before A's handler gets to take its own value: the watch's later
+    /// value stays (before, the handler's store came last and won, until the next change).
+    #[test]
+    fn a_switch_value_of_an_older_version_never_replaces_a_newer_one() {
+        let flag = Arc::new(AtomicBool::new(true));
+        let switch = NotificationSwitch::new(flag.clone());
+        assert_eq!(switch.take(6, false), Some(true), "the watch's read");
+        assert_eq!(switch.take(5, true), None, "the handler's older write");
+        assert!(!flag.load(Ordering::Relaxed));
+        // the same version again (a read after the write): taken, unchanged
+        assert_eq!(switch.take(6, false), Some(false));
+        assert_eq!(switch.take(7, true), Some(false));
+        assert!(flag.load(Ordering::Relaxed));
     }
 }

@@ -104,7 +104,7 @@ pub const POLICY_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Runs until `shutdown`.
 async fn watch_policies(
     store: store::Store,
-    enabled: Arc<std::sync::atomic::AtomicBool>,
+    switch: Arc<app::NotificationSwitch>,
     mut seen: Option<i64>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -120,11 +120,11 @@ async fn watch_policies(
             continue;
         }
         store.policy_cache().invalidate();
-        match store.read(store::policies::notification_enabled).await {
-            Ok(on) => {
+        match store.read(store::policies::notification_enabled_at).await {
+            Ok((at, on)) => {
                 seen = Some(now);
-                let was = enabled.swap(on, std::sync::atomic::Ordering::Relaxed);
-                if on && !was {
+                let was = switch.take(at, on);
+                if on && was == Some(false) {
                     // deliveries that waited for the switch may go now
                     store.outbox_wake().wake(store::db::Due::Anywhere);
                 }
@@ -185,19 +185,19 @@ impl Running {
         }
         app.store.warn_on_clock_skew().await;
         let background = tokio_util::sync::CancellationToken::new();
-        // the version first, then the switch: a change between the two moves the version on,
-        // and the watcher reads the switch again; a switch not read is read by the watcher
-        let version = app.store.policy_version().await.ok();
-        let enabled = app.store.read(store::policies::notification_enabled).await;
-        app.notifications_enabled.store(
-            *enabled.as_ref().unwrap_or(&true),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        // the switch with its version (a switch not read is read by the watcher)
+        let read = app
+            .store
+            .read(store::policies::notification_enabled_at)
+            .await;
+        if let Ok((at, on)) = read {
+            app.notification_switch.take(at, on);
+        }
         tokio::spawn(app.events.clone().run_releaser(background.clone()));
         tokio::spawn(watch_policies(
             app.store.clone(),
-            app.notifications_enabled.clone(),
-            version.filter(|_| enabled.is_ok()),
+            app.notification_switch.clone(),
+            read.ok().map(|(at, _)| at),
             background.clone(),
         ));
         tokio::spawn(store::run_housekeeping(

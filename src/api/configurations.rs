@@ -51,11 +51,13 @@ pub async fn put_configurations(
         }
     }
     if let Some(on) = switch {
-        app.store
+        let version = app
+            .store
             .write(move |c| policies::set_notification_enabled(c, on))
             .await
             .map_err(db_error)?;
-        app.notifications_enabled.store(on, Ordering::Relaxed);
+        // (unless the policy watch took a later change, through another replica, meanwhile)
+        app.notification_switch.take(version, on);
         app.store
             .outbox_wake()
             .wake(crate::store::db::Due::Anywhere);

@@ -666,14 +666,16 @@ impl<'a> Db<'a> {
 
     /// Record that this job changed policies or the notification switch: this process drops
     /// its cached policies after COMMIT, and the policy version every replica watches moves on.
-    pub fn note_policies(&self) -> Result<(), StoreError> {
+    /// Returns the new version.
+    pub fn note_policies(&self) -> Result<i64, StoreError> {
         self.effects.borrow_mut().policies = true;
-        self.exec(
-            "INSERT INTO meta (key, n) VALUES ('policy_version', 1)
-             ON CONFLICT (key) DO UPDATE SET n = meta.n + 1",
-            &[],
-        )?;
-        Ok(())
+        Ok(self
+            .int(
+                "INSERT INTO meta (key, n) VALUES ('policy_version', 1)
+                 ON CONFLICT (key) DO UPDATE SET n = meta.n + 1 RETURNING n",
+                &[],
+            )?
+            .unwrap_or(0))
     }
 
     /// The effects recorded so far (and forget them).

@@ -296,12 +296,26 @@ pub fn notification_enabled(db: &Db<'_>) -> Result<bool, StoreError> {
     Ok(v.as_deref() != Some("false"))
 }
 
-/// Switch notifications on or off for every project.
-pub fn set_notification_enabled(db: &Db<'_>, on: bool) -> Result<(), StoreError> {
-    db.note_policies()?;
+/// Switch notifications on or off for every project. Returns the policy version the change
+/// made.
+pub fn set_notification_enabled(db: &Db<'_>, on: bool) -> Result<i64, StoreError> {
+    let version = db.note_policies()?;
     db.exec(
         "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         args![NOTIFICATION_ENABLE, if on { "true" } else { "false" }],
     )?;
-    Ok(())
+    Ok(version)
+}
+
+/// The policy version and whether notifications are on, read together (one statement: one
+/// snapshot), so that the switch is known as of its version.
+pub fn notification_enabled_at(db: &Db<'_>) -> Result<(i64, bool), StoreError> {
+    Ok(db
+        .row(
+            "SELECT COALESCE((SELECT n FROM meta WHERE key = 'policy_version'), 0),
+                    (SELECT value FROM settings WHERE key = ?1)",
+            args![NOTIFICATION_ENABLE],
+            |r| Ok((r.i64(0)?, r.opt_text(1)?.as_deref() != Some("false"))),
+        )?
+        .unwrap_or((0, true)))
 }
