@@ -104,6 +104,15 @@ impl NotificationSwitch {
         *at = Some(version);
         Some(self.on.swap(on, std::sync::atomic::Ordering::Relaxed))
     }
+
+    /// The database's policy version went back (it lost its latest commits): the next value
+    /// is taken whatever its version.
+    pub fn forget_version(&self) {
+        *self
+            .at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
 }
 
 impl App {
@@ -224,5 +233,10 @@ mod tests {
         assert_eq!(switch.take(6, false), Some(false));
         assert_eq!(switch.take(7, true), Some(false));
         assert!(flag.load(Ordering::Relaxed));
+        // the database lost its latest commits (a failover): version 5 is the truth again
+        assert_eq!(switch.take(5, false), None);
+        switch.forget_version();
+        assert_eq!(switch.take(5, false), Some(true));
+        assert!(!flag.load(Ordering::Relaxed));
     }
 }

@@ -100,7 +100,10 @@ pub const POLICY_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Every [`POLICY_WATCH`]: when the policy version moved on past `seen` (a change on any
 /// replica), drop this process's cached policies and re-read the notification switch. A
 /// version counts as seen only once the switch was read after it: a read that failed (the
-/// database busy or restarting) is made again at the next tick, not left to the next change.
+/// database busy or restarting) is made again at the next tick, not left to the next change
+/// (the cache is dropped once per version, not at every such tick). A version lower than one
+/// seen (the database lost its latest commits: a failover to a standby behind, a restore)
+/// counts as new, and the switch read at it is taken.
 /// Runs until `shutdown`.
 async fn watch_policies(
     store: store::Store,
@@ -108,6 +111,7 @@ async fn watch_policies(
     mut seen: Option<i64>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let mut dropped = seen;
     loop {
         tokio::select! {
             () = tokio::time::sleep(POLICY_WATCH) => {}
@@ -119,10 +123,17 @@ async fn watch_policies(
         if seen == Some(now) {
             continue;
         }
-        store.policy_cache().invalidate();
+        if dropped != Some(now) {
+            store.policy_cache().invalidate();
+            dropped = Some(now);
+        }
+        let back = seen.is_some_and(|s| now < s);
         match store.read(store::policies::notification_enabled_at).await {
             Ok((at, on)) => {
                 seen = Some(now);
+                if back {
+                    switch.forget_version();
+                }
                 let was = switch.take(at, on);
                 if on && was == Some(false) {
                     // deliveries that waited for the switch may go now

@@ -258,10 +258,11 @@ pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap)
             b.1 = *size;
         }
     }
-    let now = crate::store::now_ms();
-    // held while the registry takes the manifest; lapses if this process dies meanwhile
-    let expires = now + q.lapse.as_millis() as i64;
-    // (a reservation given up on still lands later, and lapses at `expires`)
+    // held while the registry takes the manifest; lapses if this process dies meanwhile —
+    // counted from when the reservation is written (each try's own), so that a try that
+    // waited for the project's row, or followed tries that did, has its whole lapse ahead
+    let lapse = q.lapse.as_millis() as i64;
+    // (a reservation given up on still lands later, and lapses by itself)
     let mut tries = 0;
     let reserved = loop {
         let (p, wanted) = (project.clone(), blobs.clone());
@@ -269,7 +270,7 @@ pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap)
             .store
             .within(
                 q.store
-                    .write(move |c| quota::reserve(c, &p, &wanted, limit, now, expires)),
+                    .write(move |c| quota::reserve(c, &p, &wanted, limit, lapse)),
             )
             .await;
         tries += 1;
@@ -608,8 +609,8 @@ mod tests {
     #[test]
     fn a_reservation_outlives_every_wait_of_its_push() {
         let s = Duration::from_secs;
-        // the defaults: 60 s upstream, 30 s per database wait
-        assert_eq!(reservation_lapse(s(60), s(30)), s(210));
+        // the defaults: 120 s upstream, 30 s per database wait
+        assert_eq!(reservation_lapse(s(120), s(30)), s(270));
         // a long statement timeout lengthens it (before: 120 s whatever the timeout)
         assert_eq!(reservation_lapse(s(60), s(300)), s(1020));
         assert_eq!(reservation_lapse(s(60), s(0)), s(120));

@@ -702,7 +702,7 @@ mod tests {
     /// delete's invalidation, so no recheck was made.)
     #[tokio::test]
     async fn a_claim_is_rechecked_against_the_policies_as_of_its_claim() {
-        use crate::dispatch::policy::{Filters, Policy, Target};
+        use crate::dispatch::policy::{Policy, Target};
         use crate::events::{Event, EventKind};
         use crate::store::{events, outbox::ClaimLimits, outbox::Lease, policies};
         let dir = tempfile::tempdir().unwrap();
@@ -733,20 +733,11 @@ mod tests {
                 }
             });
         }
-        let policy = Policy {
-            id: 0,
-            project: "prj".into(),
-            project_id: 0,
-            name: "p".into(),
-            description: String::new(),
-            enabled: true,
-            event_types: vec![EventKind::PushArtifact],
-            targets: vec![Target::http(address.clone())],
-            filters: Filters::default(),
-            creator: "admin".into(),
-            created_at: 0,
-            updated_at: 0,
-        };
+        let policy = Policy::sample(
+            "prj",
+            vec![EventKind::PushArtifact],
+            vec![Target::http(address.clone())],
+        );
         let pid = store
             .write(move |c| policies::insert(c, &policy))
             .await

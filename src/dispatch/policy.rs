@@ -169,6 +169,26 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// An enabled policy of `project` for `event_types`, to `targets`, not stored yet (id 0),
+    /// created by `admin`: what tests start from.
+    #[cfg(test)]
+    pub fn sample(project: &str, event_types: Vec<EventKind>, targets: Vec<Target>) -> Policy {
+        Policy {
+            id: 0,
+            project: project.into(),
+            project_id: 0,
+            name: "p".into(),
+            description: String::new(),
+            enabled: true,
+            event_types,
+            targets,
+            filters: Filters::default(),
+            creator: "admin".into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
     /// Does this policy want `e`?
     pub fn wants(&self, e: &Event) -> bool {
         self.enabled

@@ -106,8 +106,10 @@ pub(super) fn pg_writer(
             conn = Some(c);
         }
         let Ok((dones, commit, mut effects, failed)) = ran else {
-            // the jobs' answers were dropped with the batch: their callers see the store closed
+            // the jobs' answers were dropped with the batch: their callers see the store
+            // closed; policies a job may have read after another changed them go too
             tracing::error!(jobs = n, "database: a writer failed");
+            after.cache.invalidate();
             continue;
         };
         match &commit {

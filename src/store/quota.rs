@@ -84,8 +84,8 @@ pub enum Reservation {
 /// Reserve the space a push of a manifest referencing `blobs` would add to `project`, before
 /// the registry sees the manifest: under the project's row lock, against the usage plus what
 /// other pushes in progress hold, so racing pushes — through one replica or several — can
-/// never take the project past `limit` together. A reservation lapses at `expires_at` (unix
-/// ms) if its push never comes back (the process died).
+/// never take the project past `limit` together. A reservation lapses `lapse_ms` after it is
+/// written (once it has the project's row) if its push never comes back (the process died).
 ///
 /// A reservation lists every blob of its push, also those the project counts already: a
 /// delete committed meanwhile may stop counting them, and the push then counts them again
@@ -97,14 +97,16 @@ pub fn reserve(
     project: &str,
     blobs: &[(String, u64)],
     limit: u64,
-    now: i64,
-    expires_at: i64,
+    lapse_ms: i64,
 ) -> Result<Reservation, StoreError> {
     let mine = unique(blobs);
     if mine.is_empty() {
         return Ok(Reservation::NothingNew);
     }
     let (usage, _) = lock_project(db, project)?;
+    // (after the lock, which another push's transaction may have held for a while)
+    let now = super::now_ms();
+    let expires_at = now.saturating_add(lapse_ms);
     // every blob held by a push in progress, once, with its size (a blob two pushes share is
     // listed by both: it stays held while either is in progress); rows written before sizes
     // were kept hold their total
@@ -176,8 +178,8 @@ fn counted_among(
 
 /// Give back a reservation (its push failed, or was committed).
 pub fn release(db: &Db<'_>, id: i64) -> Result<(), StoreError> {
-    db.exec("DELETE FROM quota_reservations WHERE id = ?1", args![id])?;
-    Ok(())
+    // (sent ahead on PostgreSQL: nothing waits for its answer, a failure fails the commit)
+    db.exec_later("DELETE FROM quota_reservations WHERE id = ?1", args![id])
 }
 
 /// Remove lapsed reservations.

@@ -176,16 +176,7 @@ async fn three_replicas_share_policies_events_and_the_switch() {
     .await
     .expect(200);
     tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
-    let conf = api(
-        reqwest::Method::GET,
-        &c.url(),
-        "/api/v2.0/configurations",
-        None,
-    )
-    .await
-    .expect(200)
-    .json();
-    assert_eq!(conf["notification_enable"]["value"], false, "{conf}");
+    assert_eq!(notification_switch(&c.url()).await, false);
     skopeo
         .copy_ok(
             &image.oci_ref(),
@@ -241,6 +232,15 @@ async fn three_replicas_share_policies_events_and_the_switch() {
     }
 }
 
+/// `notification_enable` as the replica at `base` reports it.
+async fn notification_switch(base: &str) -> serde_json::Value {
+    api(reqwest::Method::GET, base, "/api/v2.0/configurations", None)
+        .await
+        .expect(200)
+        .json()["notification_enable"]["value"]
+        .clone()
+}
+
 /// The notification switch flipped by another replica while this one cannot read it (here:
 /// the settings table renamed away in the same transaction as the flip, for two ticks of the
 /// watch) is read again at the next tick, not left stale until the next policy change.
@@ -249,20 +249,10 @@ async fn a_switch_that_could_not_be_read_is_read_again() {
     let registry = Registry::start().await;
     let url = pgc::database().await;
     let c = replica(&registry, &url).start().await;
-    let switch = || async {
-        api(
-            reqwest::Method::GET,
-            &c.url(),
-            "/api/v2.0/configurations",
-            None,
-        )
-        .await
-        .expect(200)
-        .json()["notification_enable"]["value"]
-            .clone()
-    };
-    assert_eq!(switch().await, true);
+    assert_eq!(notification_switch(&c.url()).await, true);
     let db = pgc::db_name(&url);
+    let generation = || c.app().store.policy_cache().loading();
+    let before = generation();
     // another replica switches notifications off (as `set_notification_enabled` does); the
     // switch cannot be read for a moment
     pgc::cluster()
@@ -278,12 +268,14 @@ async fn a_switch_that_could_not_be_read_is_read_again() {
         )
         .await;
     tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
+    // the cache was dropped once for the new version, not at every tick that failed to read
+    assert_eq!(generation(), before + 1);
     pgc::cluster()
         .execute(&db, "ALTER TABLE settings_away RENAME TO settings")
         .await;
     tokio::time::sleep(wharf::POLICY_WATCH * 2 + Duration::from_millis(200)).await;
     // before: the version counted as seen although the read failed — on until the next change
-    assert_eq!(switch().await, false);
+    assert_eq!(notification_switch(&c.url()).await, false);
     c.shutdown().await;
 }
 
@@ -494,6 +486,62 @@ async fn a_reservation_that_loses_a_deadlock_is_made_again() {
         .get(0);
     assert_eq!(tries, 2, "rolled back once, made again");
     drop(client);
+    let _ = task.await;
+    a.shutdown().await;
+}
+
+/// A reservation's lapse counts from when it is written, not from when its push asked for it:
+/// one that waited for the project's row (another push's transaction, here a session holding
+/// it for 2 s) still has its whole lapse ahead of it (`upstream.response_timeout` + 3 ×
+/// `store.statement_timeout` + 60 s: 270 s with the defaults).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_that_waited_has_its_whole_lapse() {
+    let registry = Registry::start().await;
+    let url = pgc::database().await;
+    let work = work_dir();
+    let x = oci::build_image(&work.path().join("x"), "v1", &[1024]);
+    let a = replica(&registry, &url)
+        .yaml("projects: {prj: {storage_limit: 1MiB}}\n")
+        .start()
+        .await;
+    let db = pgc::db_name(&url);
+    pgc::cluster()
+        .execute(
+            &db,
+            "CREATE TABLE lapses (ms BIGINT);
+             CREATE FUNCTION note_lapse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO lapses VALUES
+                 (NEW.expires_at - (extract(epoch FROM clock_timestamp()) * 1000)::bigint);
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER note_lapse BEFORE INSERT ON quota_reservations
+               FOR EACH ROW EXECUTE FUNCTION note_lapse();
+             INSERT INTO quota_projects (project, usage, warned) VALUES ('prj', 0, 0)
+               ON CONFLICT (project) DO NOTHING;",
+        )
+        .await;
+    upload_blobs(&a.url(), "prj/x", &x).await;
+    let (holder, task) = pgc::cluster().session(&db).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM quota_projects WHERE project = 'prj' FOR UPDATE")
+        .await
+        .unwrap();
+    let push = {
+        let (base, x) = (a.url(), x.clone());
+        tokio::spawn(async move { put(&base, "prj/x", "v1", &x).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(push.await.unwrap(), 201);
+    let lapse: i64 = holder
+        .query_one("SELECT ms FROM lapses", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // before: counted from before the wait, 2 s of it gone when written
+    assert!(lapse > 270_000 - 500, "{lapse} ms left");
+    drop(holder);
     let _ = task.await;
     a.shutdown().await;
 }

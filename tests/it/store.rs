@@ -1291,7 +1291,7 @@ async fn quota_reservations_never_exceed_the_limit(kind: Kind) {
     let s = &o.store;
     let blobs = |d: &str, n: u64| vec![(d.to_string(), n)];
     let reserve = |b: Vec<(String, u64)>, expires: i64| {
-        s.write(move |c| quota::reserve(c, "p", &b, 1000, store::now_ms(), expires))
+        s.write(move |c| quota::reserve(c, "p", &b, 1000, expires - store::now_ms()))
     };
     let later = store::now_ms() + 60_000;
     let a = reserve(blobs("a", 600), later).await.unwrap();
@@ -1348,7 +1348,7 @@ async fn quota_reservations_hold_counted_blobs_and_never_count_twice(kind: Kind)
     let later = store::now_ms() + 60_000;
     let reserve = |b: &[(&str, u64)]| {
         let b: Vec<(String, u64)> = b.iter().map(|(d, n)| (d.to_string(), *n)).collect();
-        s.write(move |c| quota::reserve(c, "p", &b, 100, store::now_ms(), later))
+        s.write(move |c| quota::reserve(c, "p", &b, 100, later - store::now_ms()))
     };
     let learn = |a: Artifact| s.write(move |c| knowledge::learn_manifest(c, &a, None).map(|_| ()));
     let usage = || s.read(|c| quota::usage(c, "p"));
@@ -1380,7 +1380,7 @@ async fn quota_reservations_hold_counted_blobs_and_never_count_twice(kind: Kind)
     let s = &o2.store;
     let reserve = |b: &[(&str, u64)]| {
         let b: Vec<(String, u64)> = b.iter().map(|(d, n)| (d.to_string(), *n)).collect();
-        s.write(move |c| quota::reserve(c, "p", &b, 100, store::now_ms(), later))
+        s.write(move |c| quota::reserve(c, "p", &b, 100, later - store::now_ms()))
     };
     for _ in 0..2 {
         let r = reserve(&[("z", 40)]).await.unwrap();
@@ -2216,7 +2216,7 @@ async fn postgres_racing_reservations_never_exceed_the_limit() {
         };
         tasks.push(tokio::spawn(async move {
             let b = vec![(format!("blob-{i}"), 300)];
-            s.write(move |c| quota::reserve(c, "p", &b, 1000, store::now_ms(), later))
+            s.write(move |c| quota::reserve(c, "p", &b, 1000, later - store::now_ms()))
                 .await
                 .unwrap()
         }));

@@ -508,7 +508,7 @@ pub const NEXT_DUE_OF_TARGET_PG: &str = "SELECT not_before FROM deliveries
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dispatch::policy::{Filters, Policy};
+    use crate::dispatch::policy::Policy;
     use crate::events::EventKind;
     use crate::store::policies;
 
@@ -522,20 +522,7 @@ mod tests {
         crate::store::sqlite::tune(&conn).unwrap();
         let db = Db::sqlite(&conn);
         let a = "http://a.example/";
-        let policy = Policy {
-            id: 0,
-            project: "prj".into(),
-            project_id: 0,
-            name: "p".into(),
-            description: String::new(),
-            enabled: true,
-            event_types: vec![EventKind::PushArtifact],
-            targets: vec![Target::http(a)],
-            filters: Filters::default(),
-            creator: "admin".into(),
-            created_at: 0,
-            updated_at: 0,
-        };
+        let policy = Policy::sample("prj", vec![EventKind::PushArtifact], vec![Target::http(a)]);
         policies::insert(&db, &policy).unwrap();
         let repo = crate::route::Repository::parse("prj/app").unwrap();
         for _ in 0..40 {
