@@ -339,9 +339,6 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
         (None, true) => Some(now),
         (c, false) => c,
     };
-    if let Some(t) = tag {
-        set_tag(db, &a.repository, t, &a.digest)?;
-    }
     let usage = if new {
         Some(super::quota::add_refs(
             db,
@@ -351,6 +348,12 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
     } else {
         None
     };
+    // the tag last: a delete takes the artifact's row, the project's row and then the tags,
+    // and a push moving a tag away from the deleted manifest takes them in the same order
+    // (the tag before the project's row, they could wait for each other: a deadlock)
+    if let Some(t) = tag {
+        set_tag(db, &a.repository, t, &a.digest)?;
+    }
     Ok(Learned {
         new,
         usage,
@@ -398,12 +401,19 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
            OR blobs IS DISTINCT FROM ?10)",
         &args[..10],
     )?;
+    if !a.blobs.is_empty() {
+        count_if_new(db, project, &columns.blobs)?;
+    }
+    // the tag last, as `learn_manifest` sets it
     if let Some(t) = tag {
         set_tag(db, &a.repository, t, &a.digest)?;
     }
-    if a.blobs.is_empty() {
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// [`learn_pushed`]'s quota statements: when the insert made the manifest new, its blobs
+/// (`blobs`: their JSON) counted in `project`'s usage under the project's row lock.
+fn count_if_new(db: &Db<'_>, project: &str, blobs: &str) -> Result<(), StoreError> {
     // the project's row first (as `quota::add_refs` and every other quota write lock it)
     db.exec_later(
         "INSERT INTO quota_projects (project, usage, warned)
@@ -424,7 +434,7 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
          UPDATE quota_projects SET usage = LEAST(usage::numeric
              + (SELECT COALESCE(SUM(size), 0) FROM refs WHERE refs = 1), 9223372036854775807)::bigint
          WHERE project = ?1 AND EXISTS (SELECT 1 FROM refs WHERE refs = 1)",
-        args![project, &columns.blobs],
+        args![project, blobs],
     )?;
     Ok(())
 }

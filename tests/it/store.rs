@@ -2232,6 +2232,66 @@ async fn postgres_racing_reservations_never_exceed_the_limit() {
     o.store.close().await;
 }
 
+/// A push moving a tag away from a manifest whose delete settles at the same moment, through
+/// two replicas: the delete takes the project's row and then the tags, so a push takes its tag
+/// after the project's row too. (Before, a push took the tag first and then waited for the
+/// project's row, which the delete held while it waited for the tag: a deadlock, and one of
+/// them rolled back.) Here a third session holds the project's row until both wait for it,
+/// the delete first. For both ways a push learns a manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_push_moving_a_tag_and_a_delete_of_its_old_manifest_do_not_deadlock() {
+    type Learn = fn(&wharf::store::Db<'_>, &Artifact, Option<&str>) -> Result<(), StoreError>;
+    let o = open(Kind::Postgres).await;
+    let (other, _dir) = replica_of(&o).await;
+    let ways: [(&str, Learn); 2] = [
+        ("p", |c, a, t| {
+            knowledge::learn_manifest(c, a, t).map(|_| ())
+        }),
+        ("q", knowledge::learn_pushed),
+    ];
+    for (project, learn) in ways {
+        let repository = format!("{project}/a");
+        let old = artifact(&repository, "m1", &[("x", 10)]);
+        o.store
+            .write(move |c| knowledge::learn_manifest(c, &old, Some("t")).map(|_| ()))
+            .await
+            .unwrap();
+        let holds = format!("SELECT 1 FROM quota_projects WHERE project = '{project}' FOR UPDATE");
+        let (go, holder) = held_write(&o.store, move |c| c.int(&holds, &[]).map(|_| ())).await;
+        let sent_at = store::now_ms();
+        let delete = {
+            let (other, r) = (other.clone(), repository.clone());
+            tokio::spawn(async move {
+                other
+                    .write(move |c| knowledge::forget_deleted(c, &r, "m1", sent_at))
+                    .await
+            })
+        };
+        until_sessions_wait_for_locks(&o.store, 1).await;
+        let new = artifact(&repository, "m2", &[("y", 20)]);
+        let push = {
+            let s = o.store.clone();
+            tokio::spawn(async move { s.write(move |c| learn(c, &new, Some("t"))).await })
+        };
+        until_sessions_wait_for_locks(&o.store, 2).await;
+        go.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        let deleted = delete.await.unwrap();
+        let pushed = push.await.unwrap();
+        assert!(deleted.is_ok() && pushed.is_ok(), "{deleted:?} {pushed:?}");
+        let (r, p) = (repository.clone(), project.to_string());
+        let (tags, usage) = o
+            .store
+            .read(move |c| Ok((knowledge::tags_of(c, &r, "m2")?, quota::usage(c, &p)?)))
+            .await
+            .unwrap();
+        assert_eq!(tags, ["t"]);
+        assert_eq!(usage, 20);
+    }
+    other.close().await;
+    o.store.close().await;
+}
+
 /// Another replica: a second store on `o`'s PostgreSQL database, and what keeps its files.
 async fn replica_of(o: &Opened) -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -2241,10 +2301,15 @@ async fn replica_of(o: &Opened) -> (Store, tempfile::TempDir) {
 
 /// Until another session of the test database waits for a lock.
 async fn until_a_session_waits_for_a_lock(watch: &Store) {
+    until_sessions_wait_for_locks(watch, 1).await;
+}
+
+/// Until `n` sessions of the test database wait for a lock.
+async fn until_sessions_wait_for_locks(watch: &Store, n: i64) {
     let waiting = "SELECT COUNT(*) FROM pg_stat_activity
                    WHERE wait_event_type = 'Lock' AND datname = current_database()";
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(watch, waiting).await == 0 {
+    while count(watch, waiting).await < n {
         assert!(
             std::time::Instant::now() < deadline,
             "no session waited for a lock"
