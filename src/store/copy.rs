@@ -98,13 +98,14 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     if to.backend() != super::Backend::Postgres {
         return Err(CopyError::TargetNotPostgres);
     }
-    let data: Vec<(&'static str, Option<&'static str>, Table)> = from
+    let (data, used): (Vec<(&'static str, Option<&'static str>, Table)>, Used) = from
         .read(|db| {
             let conn = db.as_sqlite().ok_or(StoreError::Closed)?;
-            TABLES
+            let data = TABLES
                 .iter()
                 .map(|(t, id)| Ok((*t, *id, read_table(conn, t)?)))
-                .collect()
+                .collect::<Result<_, StoreError>>()?;
+            Ok((data, ids_used(conn)?))
         })
         .await?;
     let holding: Vec<String> = to
@@ -136,11 +137,15 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
             for (table, id, (columns, rows)) in &data {
                 insert_rows(db, table, columns, rows)?;
                 if let Some(id) = id {
+                    // past every id SQLite ever gave (AUTOINCREMENT never reuses one, also of
+                    // rows deleted since: a new policy must not take a deleted one's id, and
+                    // with it the deliveries that still name it)
+                    let given = used.get(*table).copied().unwrap_or(0);
                     db.exec(
                         &format!(
-                            "SELECT setval(pg_get_serial_sequence('{table}', '{id}'), COALESCE((SELECT MAX({id}) FROM {table}), 0) + 1, false)"
+                            "SELECT setval(pg_get_serial_sequence('{table}', '{id}'), GREATEST(COALESCE((SELECT MAX({id}) FROM {table}), 0), ?1) + 1, false)"
                         ),
-                        &[],
+                        crate::args![given],
                     )?;
                 }
                 report.push((*table, rows.len() as u64));
@@ -152,6 +157,23 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
         })
         .await?;
     Ok(report)
+}
+
+/// The highest id SQLite's AUTOINCREMENT gave in each table (`sqlite_sequence`).
+type Used = std::collections::HashMap<String, i64>;
+
+fn ids_used(conn: &rusqlite::Connection) -> Result<Used, StoreError> {
+    let exists = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_sequence'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? > 0;
+    if !exists {
+        return Ok(Used::new());
+    }
+    let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 fn insert_rows(

@@ -4033,6 +4033,29 @@ async fn a_host_is_kept_once_and_only_committed_ids_are_reused(kind: Kind) {
     assert_eq!(n, Some(3), "a.example, b.example, filler");
 }
 
+/// `wharf store copy` moves PostgreSQL's id sequences past every id SQLite ever gave, also
+/// those of rows deleted since (AUTOINCREMENT never reuses one): a policy created after the
+/// copy does not take a deleted policy's id — and with it the deliveries that still name it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_never_reuses_the_id_of_a_deleted_row() {
+    let from = open(Kind::Sqlite).await;
+    let s = &from.store;
+    add_policy(s, policy("a", vec![Target::http("http://a.example/")])).await;
+    let gone = add_policy(s, policy("b", vec![Target::http("http://b.example/")])).await;
+    s.write(move |c| policies::delete(c, "b", gone))
+        .await
+        .unwrap();
+    let to = open(Kind::Postgres).await;
+    wharf::store::copy::copy(s, &to.store, false).await.unwrap();
+    let new = add_policy(
+        &to.store,
+        policy("c", vec![Target::http("http://c.example/")]),
+    )
+    .await;
+    // before: the deleted policy's id again
+    assert!(new > gone, "{new} after {gone}");
+}
+
 /// `wharf store copy` moves event bodies of both forms an embedded store holds — packed
 /// (schema 20, bytes) and JSON (written before, text) — into PostgreSQL's `bytea` column, and
 /// the hosts events name (schema 22); both read back there.
