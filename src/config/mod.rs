@@ -499,7 +499,7 @@ pub struct StoreConfig {
     /// database, shared by any number of wharf replicas. Absent: the embedded SQLite database
     /// `<data_dir>/wharf.db`. Query parameters: `sslmode` (`disable`, `prefer` — the default —,
     /// `require`, `verify-ca`, `verify-full`), `sslrootcert` (PEM file of the CA to trust),
-    /// `application_name`, `connect_timeout` (seconds).
+    /// `application_name`, `connect_timeout` (seconds, 1–3600).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<DatabaseUrl>,
     /// File holding the PostgreSQL password (a mounted secret; one trailing newline is
@@ -715,6 +715,13 @@ impl DatabaseUrl {
                     let secs: u64 = v
                         .parse()
                         .map_err(|_| format!("connect_timeout={v:?} is not a number of seconds"))?;
+                    // (0, libpq's "no limit", would here be no time at all: every connection
+                    // refused; and a huge value overflowed the answer timeout)
+                    if !(1..=3600).contains(&secs) {
+                        return Err(format!(
+                            "connect_timeout={secs} is not between 1 and 3600 seconds"
+                        ));
+                    }
                     t.connect_timeout = Some(Duration::from_secs(secs));
                 }
                 other => {

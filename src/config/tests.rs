@@ -62,6 +62,12 @@ fn store_url_is_checked_and_its_password_masked() {
         ("postgres://u@h", "one database"),
         ("postgres://u@h/db?sslmode=maybe", "sslmode"),
         ("postgres://u@h/db?pool=3", "unknown parameter"),
+        // before: 0 refused every connection; the largest number panicked at start
+        ("postgres://u@h/db?connect_timeout=0", "between 1 and 3600"),
+        (
+            "postgres://u@h/db?connect_timeout=18446744073709551615",
+            "between 1 and 3600",
+        ),
         ("postgres://u:hunter2@h:99999/db", "not a URL"),
         ("not a url", "not a URL"),
     ] {

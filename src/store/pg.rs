@@ -113,7 +113,7 @@ impl PgSettings {
                 "-c statement_timeout={}",
                 statement_timeout.as_millis()
             ));
-            statement_timeout + connect_timeout
+            statement_timeout.saturating_add(connect_timeout)
         });
         config.ssl_mode(match t.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
