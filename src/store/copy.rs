@@ -98,7 +98,7 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     if to.backend() != super::Backend::Postgres {
         return Err(CopyError::TargetNotPostgres);
     }
-    let (data, used): (Vec<(&'static str, Option<&'static str>, Table)>, Used) = from
+    let (data, used): (Vec<Copied>, Used) = from
         .read(|db| {
             let conn = db.as_sqlite().ok_or(StoreError::Closed)?;
             let data = TABLES
@@ -158,6 +158,9 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
         .await?;
     Ok(report)
 }
+
+/// A table read from SQLite: its name, its identity column, its rows.
+type Copied = (&'static str, Option<&'static str>, Table);
 
 /// The highest id SQLite's AUTOINCREMENT gave in each table (`sqlite_sequence`).
 type Used = std::collections::HashMap<String, i64>;
