@@ -222,13 +222,15 @@ pub async fn admit(q: Quota<'_>, repo: &str, facts: &Facts, headers: &HeaderMap)
     let new: Vec<(String, u64)> = match q
         .store
         .within(q.store.read(move |c| {
-            let mut new = Vec::new();
-            for b in all {
-                if quota::adding(c, &p, std::slice::from_ref(&b))? > 0 {
-                    new.push(b);
-                }
-            }
-            Ok(new)
+            // in the manifest's order; a blob declared empty adds nothing, and is not measured
+            let not_counted: std::collections::BTreeSet<String> = quota::not_counted(c, &p, &all)?
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            Ok(all
+                .into_iter()
+                .filter(|(d, size)| *size > 0 && not_counted.contains(d))
+                .collect())
         }))
         .await
     {

@@ -57,17 +57,24 @@ fn set_usage(db: &Db<'_>, project: &str, usage: u64) -> Result<(), StoreError> {
 
 /// Bytes that referencing `blobs` would add to the project (those it does not reference yet).
 pub fn adding(db: &Db<'_>, project: &str, blobs: &[(String, u64)]) -> Result<u64, StoreError> {
-    let mut sum = 0u64;
-    for (d, size) in unique(blobs) {
-        let refs = db.int(
-            "SELECT refs FROM project_blobs WHERE project = ?1 AND digest = ?2",
-            args![project, &d],
-        )?;
-        if refs.unwrap_or(0) <= 0 {
-            sum = sum.saturating_add(size);
-        }
-    }
-    Ok(sum)
+    Ok(not_counted(db, project, blobs)?
+        .iter()
+        .fold(0u64, |sum, (_, size)| sum.saturating_add(*size)))
+}
+
+/// Which of `blobs` (once each) the project does not count yet: one statement.
+pub fn not_counted(
+    db: &Db<'_>,
+    project: &str,
+    blobs: &[(String, u64)],
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mine = unique(blobs);
+    let asked: BTreeSet<&str> = mine.iter().map(|(d, _)| d.as_str()).collect();
+    let counted = counted_among(db, project, &asked)?;
+    Ok(mine
+        .into_iter()
+        .filter(|(d, _)| !counted.contains(d))
+        .collect())
 }
 
 /// The outcome of [`reserve`].
