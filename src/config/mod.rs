@@ -588,7 +588,8 @@ pub enum SslMode {
     Disable,
     /// TLS when the server offers it, certificate not checked (libpq's default).
     Prefer,
-    /// TLS required, certificate not checked.
+    /// TLS required, certificate not checked — unless `sslrootcert` is given: then as
+    /// `verify-ca` (libpq's meaning).
     Require,
     /// TLS required, certificate chain checked against `sslrootcert` (or the system roots).
     VerifyCa,

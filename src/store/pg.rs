@@ -162,7 +162,8 @@ async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>
 
 /// rustls settings for `sslmode`: `prefer`/`require` encrypt without checking the
 /// certificate (libpq's meaning), `verify-ca` checks the chain against `sslrootcert` (else the
-/// system roots), `verify-full` also the host name.
+/// system roots), `verify-full` also the host name. `require` with an `sslrootcert` is
+/// `verify-ca`, as libpq does when a root CA file is given.
 fn tls_config(
     mode: SslMode,
     root_cert: Option<&std::path::Path>,
@@ -182,6 +183,10 @@ fn tls_config(
             }
         }
         Ok(Arc::new(store))
+    };
+    let mode = match (mode, root_cert) {
+        (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        (mode, _) => mode,
     };
     Ok(match mode {
         SslMode::VerifyFull => builder
