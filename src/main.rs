@@ -68,10 +68,13 @@ enum StoreCommand {
         /// The YAML config file (the one the embedded store runs with).
         #[arg(long, env = CONFIG_ENV)]
         config: PathBuf,
-        /// The target: postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=…]. The password may also
-        /// come from store.password_file or WHARF_STORE__PASSWORD_FILE.
+        /// The target: postgres://USER[:PASS]@HOST[:PORT]/DB[?sslmode=…].
         #[arg(long)]
         to: String,
+        /// A file with the target's password (a mounted secret), instead of a password in
+        /// --to. Wins over one in --to, as store.password_file does.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
         /// Empty a target that already holds data instead of refusing it.
         #[arg(long)]
         replace: bool,
@@ -114,9 +117,10 @@ fn main() -> std::process::ExitCode {
                 StoreCommand::Copy {
                     config,
                     to,
+                    password_file,
                     replace,
                 },
-        } => store_copy(config, to, replace),
+        } => store_copy(config, to, password_file, replace),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -187,7 +191,12 @@ fn migrate(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-fn store_copy(path: PathBuf, to: String, replace: bool) -> anyhow::Result<()> {
+fn store_copy(
+    path: PathBuf,
+    to: String,
+    password_file: Option<PathBuf>,
+    replace: bool,
+) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let _log = init_logging(&config);
     if config.store.url.is_some() {
@@ -201,6 +210,12 @@ fn store_copy(path: PathBuf, to: String, replace: bool) -> anyhow::Result<()> {
     url.parse()
         .map_err(|reason| anyhow::anyhow!("--to: {reason}"))?;
     target.url = Some(url.clone());
+    if let Some(file) = &password_file
+        && !file.is_file()
+    {
+        anyhow::bail!("--password-file: {} is not a readable file", file.display());
+    }
+    target.password_file = password_file;
     // one transaction of a whole store: no statement limit (see store.statement_timeout)
     target.statement_timeout = std::time::Duration::ZERO;
     runtime()?.block_on(async move {

@@ -234,7 +234,7 @@ impl Config {
         } else if self.store.password_file.is_some() {
             return Err(invalid(
                 "store.password_file",
-                "is only used with store.url (PostgreSQL)",
+                "is only used with store.url (PostgreSQL); for `wharf store copy`, pass --password-file",
             ));
         }
         if let Some(p) = &self.store.password_file {

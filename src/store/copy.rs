@@ -4,9 +4,11 @@
 //! last triggers), knowledge, chart facts, quota usage and the side endpoint's idempotency keys. Reservations of pushes in progress
 //! and the short-lived attribution memory are not copied (they lapse within minutes anyway).
 //!
-//! Rows keep their ids; PostgreSQL's identity sequences are moved past them. The copy is one
-//! transaction: it lands whole or not at all. A target that already holds data is refused
-//! unless `replace` is set, which first empties every table of the target.
+//! Rows keep their ids; PostgreSQL's identity sequences are moved past them. The source is read
+//! in one SQLite read transaction (one snapshot of every table, even if a wharf still writes
+//! it); the copy into the target is one transaction: it lands whole or not at all. A target
+//! that already holds data is refused unless `replace` is set, which first empties every table
+//! of the target, also those not copied.
 
 use super::db::{Db, OwnedValue, Value, sha256_text};
 use super::{Store, StoreError};
@@ -31,6 +33,10 @@ pub const TABLES: &[(&str, Option<&str>)] = &[
     ("users", Some("id")),
     ("idempotency_keys", None),
 ];
+
+/// Tables not copied (see the module doc) that `replace` empties too: a reservation or an
+/// attribution of the target's earlier content would otherwise weigh on, or name, the copy's.
+const NOT_COPIED: &[&str] = &["quota_reservations", "recent"];
 
 /// Tables a freshly migrated database already fills (with the same rows the source has):
 /// replaced by the copy, not a reason to refuse it.
@@ -98,16 +104,7 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     if to.backend() != super::Backend::Postgres {
         return Err(CopyError::TargetNotPostgres);
     }
-    let (data, used): (Vec<Copied>, Used) = from
-        .read(|db| {
-            let conn = db.as_sqlite().ok_or(StoreError::Closed)?;
-            let data = TABLES
-                .iter()
-                .map(|(t, id)| Ok((*t, *id, read_table(conn, t)?)))
-                .collect::<Result<_, StoreError>>()?;
-            Ok((data, ids_used(conn)?))
-        })
-        .await?;
+    let (data, used) = read_source(from).await?;
     let holding: Vec<String> = to
         .read(|db| {
             let mut holding = Vec::new();
@@ -128,7 +125,8 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     }
     let report = to
         .write(move |db| {
-            for (t, _) in TABLES.iter().rev() {
+            let emptied = NOT_COPIED.iter().filter(|_| replace);
+            for t in TABLES.iter().rev().map(|(t, _)| t).chain(emptied) {
                 if replace || SEEDED.contains(t) {
                     db.exec(&format!("DELETE FROM {t}"), &[])?;
                 }
@@ -157,6 +155,21 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
         })
         .await?;
     Ok(report)
+}
+
+/// Every copied table of the SQLite store, in one snapshot, and the ids it gave.
+async fn read_source(from: &Store) -> Result<(Vec<Copied>, Used), StoreError> {
+    from.read(|db| {
+        let conn = db.as_sqlite().ok_or(StoreError::Closed)?;
+        // one snapshot: every table as of the same moment (read only, rolled back on drop)
+        let snapshot = conn.unchecked_transaction()?;
+        let data = TABLES
+            .iter()
+            .map(|(t, id)| Ok((*t, *id, read_table(&snapshot, t)?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok((data, ids_used(&snapshot)?))
+    })
+    .await
 }
 
 /// A table read from SQLite: its name, its identity column, its rows.
@@ -199,4 +212,57 @@ fn insert_rows(
         db.exec(&sql, &args)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tables are read as of one moment: rows a writer adds to two tables in one
+    /// transaction while the copy reads are either in both or in neither.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_source_is_read_in_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::config::StoreConfig::default(), dir.path())
+            .await
+            .unwrap();
+        let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = tokio::spawn({
+            let (store, writing) = (store.clone(), writing.clone());
+            async move {
+                let mut i = 0u64;
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    store
+                        .write(move |db| {
+                            let key = format!("copy-test-{i}");
+                            db.exec(
+                                "INSERT INTO settings (key, value) VALUES (?1, 'x')",
+                                crate::args![key.as_str()],
+                            )?;
+                            db.exec(
+                                "INSERT INTO tags (repository, tag, digest, updated_at) VALUES ('p/r', ?1, 'sha256:0', 0)",
+                                crate::args![key.as_str()],
+                            )?;
+                            Ok(())
+                        })
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        // the rows of `table` whose `column` the writer set
+        let written = |data: &[Copied], table: &str, column: usize| -> usize {
+            let (_, _, (_, rows)) = data.iter().find(|(t, _, _)| *t == table).unwrap();
+            let ours = |r: &&Vec<OwnedValue>| matches!(&r[column], OwnedValue::Text(k) if k.starts_with("copy-test-"));
+            rows.iter().filter(ours).count()
+        };
+        for _ in 0..200 {
+            let (data, _) = read_source(&store).await.unwrap();
+            assert_eq!(written(&data, "settings", 0), written(&data, "tags", 1));
+        }
+        writing.store(false, std::sync::atomic::Ordering::Relaxed);
+        writer.await.unwrap();
+        store.close().await;
+    }
 }

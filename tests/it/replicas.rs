@@ -870,7 +870,15 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
     )
     .unwrap();
     let path = config.to_str().unwrap();
-    let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url]).await;
+    // the password from a file (a mounted secret), not in --to
+    let pw = pgc::write_file(work.path(), "pw", &format!("{}\n", pgc::PASSWORD));
+    let no_pw = url.replace(&format!(":{}@", pgc::PASSWORD), "@");
+    assert_ne!(no_pw, url);
+    let (to, file) = (
+        ["--to", no_pw.as_str()],
+        ["--password-file", pw.to_str().unwrap()],
+    );
+    let out = wharf_cmd(&[&["store", "copy", "--config", path][..], &to, &file].concat()).await;
     assert!(out.success(), "{out}");
     assert!(out.stdout.contains("deliveries: 1"), "{out}");
     assert!(!out.stdout.contains(pgc::PASSWORD), "{out}");
@@ -878,8 +886,29 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
     let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url]).await;
     assert!(!out.success());
     assert!(out.stderr.contains("--replace"), "{out}");
+    // what the target held and the copy does not bring (a reservation, an attribution) goes
+    // too: it would weigh on the copied project's quota or name a client's tag
+    let db = pgc::db_name(&url);
+    pgc::cluster()
+        .execute(
+            &db,
+            "INSERT INTO quota_reservations (project, bytes, blobs, expires_at) VALUES ('prj', 9999999, '[]', 9999999999999);
+             INSERT INTO recent (client, repository, digest, kind, value, at) VALUES ('c', 'prj/app', 'sha256:x', 'tag', 'old', 0);",
+        )
+        .await;
     let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url, "--replace"]).await;
     assert!(out.success(), "{out}");
+    let (client, task) = pgc::cluster().session(&db).await;
+    for table in ["quota_reservations", "recent"] {
+        let n: i64 = client
+            .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{table} after --replace");
+    }
+    drop(client);
+    let _ = task.await;
 
     // a replica on PostgreSQL: same policy id, same usage, and the undelivered event goes out
     let pg = replica(&registry, &url)
@@ -979,21 +1008,32 @@ async fn tls_to_postgres_as_sslmode_asks() {
         .await
         .unwrap()
     );
-    // verify-full: a name mismatch and an unknown CA are refused
-    for (host, root) in [("127.0.0.1", &ca), ("localhost", &other)] {
-        let err = open(cluster.url_with(
-            host,
-            &db,
-            &format!("sslmode=verify-full&sslrootcert={root}"),
-        ))
-        .await
-        .unwrap_err();
+    // verify-full: a name mismatch and an unknown CA are refused; require with an
+    // sslrootcert is verify-ca (libpq's meaning): an unknown CA is refused
+    for (host, mode, root) in [
+        ("127.0.0.1", "verify-full", &ca),
+        ("localhost", "verify-full", &other),
+        ("127.0.0.1", "require", &other),
+    ] {
+        let err = open(cluster.url_with(host, &db, &format!("sslmode={mode}&sslrootcert={root}")))
+            .await
+            .unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("certificate") || msg.contains("Certificate"),
-            "{host} {root}: {msg}"
+            "{host} {mode} {root}: {msg}"
         );
     }
+    // require with the right CA: the chain is checked, not the name
+    assert!(
+        open(cluster.url_with(
+            "127.0.0.1",
+            &db,
+            &format!("sslmode=require&sslrootcert={ca}")
+        ))
+        .await
+        .unwrap()
+    );
     // disable: plain TCP
     assert!(
         !open(cluster.url_with("127.0.0.1", &db, "sslmode=disable"))
