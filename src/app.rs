@@ -63,10 +63,8 @@ pub struct App {
     pub login_throttle: LoginThrottle,
     /// The webhook HTTP client (also used by the test endpoint).
     pub sender: Arc<Sender>,
-    /// The system switch `notification_enable`, cached (the database holds it).
-    pub notifications_enabled: Arc<AtomicBool>,
-    /// The same flag with the policy version it was taken at ([`NotificationSwitch`]): how
-    /// the API and the policy watch change it.
+    /// The system switch `notification_enable`, cached (the database holds it), with the
+    /// policy version it was taken at ([`NotificationSwitch`]).
     pub notification_switch: Arc<NotificationSwitch>,
     /// [`Config::external_host`], computed once: every event's resource URL starts with it.
     pub external_host: String,
@@ -83,14 +81,17 @@ pub struct NotificationSwitch {
     at: std::sync::Mutex<Option<i64>>,
 }
 
-impl NotificationSwitch {
-    pub fn new(on: Arc<AtomicBool>) -> Self {
+impl Default for NotificationSwitch {
+    /// On (the default of `notification_enable`), no version yet.
+    fn default() -> Self {
         Self {
-            on,
+            on: Arc::new(AtomicBool::new(true)),
             at: std::sync::Mutex::new(None),
         }
     }
+}
 
+impl NotificationSwitch {
     /// Take `on`, read or written at policy version `version`, unless a later version's value
     /// was taken already. Returns the value it replaced, when taken.
     pub fn take(&self, version: i64, on: bool) -> Option<bool> {
@@ -103,6 +104,16 @@ impl NotificationSwitch {
         }
         *at = Some(version);
         Some(self.on.swap(on, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Whether notifications are on.
+    pub fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The flag itself, for a reader that only loads it (the dispatcher).
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.on.clone()
     }
 
     /// The database's policy version went back (it lost its latest commits): the next value
@@ -181,7 +192,6 @@ impl App {
             config.users.failed_login_burst,
             config.users.failed_login_interval,
         );
-        let notifications_enabled = Arc::new(AtomicBool::new(true));
         let recent = Recent::new(
             config.events.attribution_window.max(Duration::from_secs(1)),
             50_000,
@@ -206,8 +216,7 @@ impl App {
             users,
             login_throttle: LoginThrottle::new(config_throttle.0, config_throttle.1),
             sender,
-            notification_switch: Arc::new(NotificationSwitch::new(notifications_enabled.clone())),
-            notifications_enabled,
+            notification_switch: Arc::new(NotificationSwitch::default()),
             external_host,
             access_log,
         }))
@@ -224,8 +233,8 @@ mod tests {
     /// value stays (before, the handler's store came last and won, until the next change).
     #[test]
     fn a_switch_value_of_an_older_version_never_replaces_a_newer_one() {
-        let flag = Arc::new(AtomicBool::new(true));
-        let switch = NotificationSwitch::new(flag.clone());
+        let switch = NotificationSwitch::default();
+        let flag = switch.flag();
         assert_eq!(switch.take(6, false), Some(true), "the watch's read");
         assert_eq!(switch.take(5, true), None, "the handler's older write");
         assert!(!flag.load(Ordering::Relaxed));

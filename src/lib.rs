@@ -227,7 +227,7 @@ impl Running {
                 app.sender.clone(),
                 app.config.notification.clone(),
                 app.metrics.clone(),
-                app.notifications_enabled.clone(),
+                app.notification_switch.flag(),
                 app.config.store.claim_lease,
             )
             .with_external_url(app.config.external_url.clone()),

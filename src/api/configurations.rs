@@ -1,7 +1,5 @@
 //! The system switch under `/api/v2.0/configurations`: `notification_enable`.
 
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::extract::State;
 use http::HeaderMap;
@@ -19,7 +17,7 @@ pub async fn get_configurations(
 ) -> Result<Json<Value>, ApiError> {
     let app = s.app()?;
     auth::require_admin(&app, &headers).await?;
-    let on = app.notifications_enabled.load(Ordering::Relaxed);
+    let on = app.notification_switch.is_on();
     Ok(Json(
         json!({"notification_enable": {"value": on, "editable": true}}),
     ))
@@ -63,7 +61,7 @@ pub async fn put_configurations(
             .wake(crate::store::db::Due::Anywhere);
         tracing::info!(notification_enable = on, by = %caller.name(), "system notification switch changed");
     }
-    let on = app.notifications_enabled.load(Ordering::Relaxed);
+    let on = app.notification_switch.is_on();
     Ok(Json(
         json!({"notification_enable": {"value": on, "editable": true}}),
     ))

@@ -8,8 +8,6 @@
 //! - `health`: always 200; `status` is `healthy` when every component is: `registry` (answers
 //!   `GET /v2/` at all), `chartmuseum` (when configured, `GET /health`), `store` (reachable).
 
-use std::sync::atomic::Ordering;
-
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -51,7 +49,7 @@ pub async fn systeminfo(
         v.insert("registry_storage_provider_name".into(), json!(""));
         v.insert(
             "notification_enable".into(),
-            json!(app.notifications_enabled.load(Ordering::Relaxed)),
+            json!(app.notification_switch.is_on()),
         );
         v.insert("with_chartmuseum".into(), json!(app.chartmuseum.is_some()));
     }

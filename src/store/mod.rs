@@ -298,44 +298,47 @@ pub(crate) enum Stage {
     /// The dispatcher is woken, and handed the deliveries created claimed, after the callers
     /// (a push waits for its answer; the delivery's attempt may start a moment later).
     AfterAnswers,
+    /// The commit failed: its jobs' changes never happened. Cached policies read after a job
+    /// changed them (by a job after it, in the same transaction) are dropped; nothing else.
+    RolledBack,
 }
 
 impl AfterCommit {
-    /// A commit failed: its jobs' changes never happened. Cached policies read after a job
-    /// changed them (by a job after it, in the same transaction) are dropped.
-    fn rolled_back(&self, effects: &db::Effects) {
-        if effects.policies {
-            self.cache.invalidate();
-        }
-    }
-
     /// `intake`: the one the batch's jobs ran with (the deliveries they created claimed are
     /// its to start).
     fn apply(&self, effects: &mut db::Effects, stage: Stage, intake: Option<&dyn outbox::Intake>) {
-        if stage == Stage::AfterAnswers {
-            let born = std::mem::take(&mut effects.born);
-            if !born.is_empty()
-                && let Some(intake) = intake
-            {
-                intake.start(born);
+        match stage {
+            Stage::RolledBack => {
+                if effects.policies {
+                    self.cache.invalidate();
+                }
             }
-            if effects.deliveries != db::Due::Nothing {
-                self.outbox.wake(std::mem::take(&mut effects.deliveries));
+            Stage::BeforeAnswers => {
+                if effects.policies {
+                    self.cache.invalidate();
+                }
+                for (host, id) in effects.hosts.drain(..) {
+                    self.cache.put_host_id(host, id);
+                }
+                if !effects.triggers.is_empty()
+                    && let Ok(mut t) = self.triggers.lock()
+                {
+                    for (policy, kind, at) in &effects.triggers {
+                        let e = t.entry((*policy, *kind)).or_insert(*at);
+                        *e = (*e).max(*at);
+                    }
+                }
             }
-            return;
-        }
-        if effects.policies {
-            self.cache.invalidate();
-        }
-        for (host, id) in effects.hosts.drain(..) {
-            self.cache.put_host_id(host, id);
-        }
-        if !effects.triggers.is_empty()
-            && let Ok(mut t) = self.triggers.lock()
-        {
-            for (policy, kind, at) in &effects.triggers {
-                let e = t.entry((*policy, *kind)).or_insert(*at);
-                *e = (*e).max(*at);
+            Stage::AfterAnswers => {
+                let born = std::mem::take(&mut effects.born);
+                if !born.is_empty()
+                    && let Some(intake) = intake
+                {
+                    intake.start(born);
+                }
+                if effects.deliveries != db::Due::Nothing {
+                    self.outbox.wake(std::mem::take(&mut effects.deliveries));
+                }
             }
         }
     }

@@ -122,7 +122,7 @@ pub(super) fn pg_writer(
             Err(e) => {
                 tracing::error!(error = %e, jobs = n, "database: commit failed");
                 stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-                after.rolled_back(&effects);
+                after.apply(&mut effects, Stage::RolledBack, None);
             }
         }
         for done in dones {

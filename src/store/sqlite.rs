@@ -268,11 +268,7 @@ fn writer_loop(
             tracing::error!(error = %e, jobs = n, "database: commit failed");
             let _ = conn.execute_batch("ROLLBACK");
             stats.failed_jobs.fetch_add(n as u64, Ordering::Relaxed);
-            // its jobs' changes never happened: policies a job read after another changed
-            // them are dropped
-            if effects.policies {
-                cache.invalidate();
-            }
+            after_commit(&mut effects, super::Stage::RolledBack, None);
         } else {
             after_commit(
                 &mut effects,

@@ -34,7 +34,6 @@ pub mod test_endpoint;
 pub mod webhooks;
 
 use std::sync::Weak;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -63,7 +62,7 @@ pub async fn session(s: &ApiState, headers: &HeaderMap) -> Result<(Ctx, Api), Ui
         .ok_or(UiError::Unauthorized)?;
     let ctx = Ctx {
         caller,
-        notifications_on: app.notifications_enabled.load(Ordering::Relaxed),
+        notifications_on: app.notification_switch.is_on(),
     };
     Ok((
         ctx,
