@@ -362,12 +362,15 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
 }
 
 /// Learn a pushed manifest as [`learn_manifest`] does, without reading anything back: on
-/// PostgreSQL every statement is sent ahead and none is waited for, so a push's transaction
-/// is one round trip (its COMMIT) instead of two. The database decides what the client would
+/// PostgreSQL it is one statement, sent ahead and not waited for, so a push's transaction is
+/// one round trip (its COMMIT) instead of two. The database decides what the client would
 /// have: the artifact is inserted, or rewritten only when it changed (a retag writes nothing
 /// and locks nothing); when the insert made it new, its blobs are counted in the project's
 /// usage under the project's row lock, in the order [`learn_manifest`] takes its locks.
-/// Two pushes of one new manifest, through one replica or two, count it once.
+/// Two pushes of one new manifest, through one replica or two, count it once. The statement
+/// calls the function `wharf_learn_pushed` (schema 24), which runs what were six statements
+/// one after the other: each statement sent costs the server more than most of them take
+/// to run.
 ///
 /// For a push that needs neither the usage before and after (its project has no storage
 /// limit) nor the repository's first-seen time (the caller has it). SQLite:
@@ -376,65 +379,40 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
     if db.backend() == Backend::Sqlite {
         return learn_manifest(db, a, tag).map(|_| ());
     }
-    hold_manifest(db, &a.repository, &a.digest, Hold::Push)?;
     let columns = Columns::of(a)?;
-    let args = columns.args(a, now_ms());
-    let project = project_of(&a.repository);
-    // whether this insert made the manifest new is kept in a setting local to the
-    // transaction (a savepoint rolled back takes it along), read by the quota statements
+    let [
+        repository,
+        digest,
+        kind,
+        media_type,
+        size,
+        config_digest,
+        chart,
+        platforms,
+        children,
+        blobs,
+        now,
+    ] = columns.args(a, now_ms());
+    let key = super::advisory_key(&["wharf manifest", &a.repository, &a.digest]);
     db.exec_later(
-        concat!(
-            "WITH ins AS (",
-            insert_artifact!(),
-            " ON CONFLICT (repository, digest) DO NOTHING RETURNING 1)
-             SELECT set_config('wharf.new_artifact', CASE WHEN EXISTS (SELECT 1 FROM ins) THEN '1' ELSE '0' END, true)"
-        ),
-        &args,
-    )?;
-    db.exec_later(
-        "UPDATE artifacts SET kind = ?3, media_type = ?4, size = ?5, config_digest = ?6, chart = ?7,
-           platforms = ?8, children = ?9, blobs = ?10
-         WHERE repository = ?1 AND digest = ?2 AND (kind IS DISTINCT FROM ?3
-           OR media_type IS DISTINCT FROM ?4 OR size IS DISTINCT FROM ?5
-           OR config_digest IS DISTINCT FROM ?6 OR chart IS DISTINCT FROM ?7
-           OR platforms IS DISTINCT FROM ?8 OR children IS DISTINCT FROM ?9
-           OR blobs IS DISTINCT FROM ?10)",
-        &args[..10],
-    )?;
-    if !a.blobs.is_empty() {
-        count_if_new(db, project, &columns.blobs)?;
-    }
-    // the tag last, as `learn_manifest` sets it
-    if let Some(t) = tag {
-        set_tag(db, &a.repository, t, &a.digest)?;
-    }
-    Ok(())
-}
-
-/// [`learn_pushed`]'s quota statements: when the insert made the manifest new, its blobs
-/// (`blobs`: their JSON) counted in `project`'s usage under the project's row lock.
-fn count_if_new(db: &Db<'_>, project: &str, blobs: &str) -> Result<(), StoreError> {
-    // the project's row first (as `quota::add_refs` and every other quota write lock it)
-    db.exec_later(
-        "INSERT INTO quota_projects (project, usage, warned)
-         SELECT ?1, 0, 0 WHERE current_setting('wharf.new_artifact', true) = '1'
-         ON CONFLICT (project) DO UPDATE SET usage = quota_projects.usage",
-        args![project],
-    )?;
-    db.exec_later(
-        "WITH refs AS (
-           INSERT INTO project_blobs (project, digest, size, refs)
-           SELECT ?1, b.digest, b.size, 1 FROM (
-             SELECT DISTINCT ON (e->>0) e->>0 AS digest,
-               LEAST((e->>1)::numeric, 9223372036854775807)::bigint AS size
-             FROM jsonb_array_elements(CAST(?2 AS jsonb)) e ORDER BY e->>0, (e->>1)::numeric) b
-           WHERE current_setting('wharf.new_artifact', true) = '1'
-           ON CONFLICT (project, digest) DO UPDATE SET refs = project_blobs.refs + 1
-           RETURNING refs, size)
-         UPDATE quota_projects SET usage = LEAST(usage::numeric
-             + (SELECT COALESCE(SUM(size), 0) FROM refs WHERE refs = 1), 9223372036854775807)::bigint
-         WHERE project = ?1 AND EXISTS (SELECT 1 FROM refs WHERE refs = 1)",
-        args![project, blobs],
+        "SELECT wharf_learn_pushed(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        &[
+            Value::from(key),
+            repository,
+            digest,
+            kind,
+            media_type,
+            size,
+            config_digest,
+            chart,
+            platforms,
+            children,
+            blobs,
+            now,
+            Value::from(project_of(&a.repository)),
+            Value::from(i64::try_from(a.blobs.len()).unwrap_or(i64::MAX)),
+            Value::from(tag),
+        ],
     )?;
     Ok(())
 }

@@ -816,6 +816,67 @@ pub static MIGRATIONS: &[Migration] = &[
     "#,
         then: None,
     },
+    // 24 (PostgreSQL only): a pushed manifest is learned by one call of a function
+    // (`knowledge::learn_pushed`) instead of six statements: each statement sent costs the
+    // server more (its own Bind/Execute/Sync, executor start and answer) than most of them
+    // take to run. The function runs them in the same order, each with its own snapshot, and
+    // takes the same locks in the same order.
+    Migration {
+        sqlite: "",
+        postgres: r#"
+    CREATE FUNCTION wharf_learn_pushed(lock_key BIGINT, repo TEXT, dig TEXT, a_kind TEXT,
+        a_media_type TEXT, a_size BIGINT, a_config_digest TEXT, a_chart TEXT, a_platforms TEXT,
+        a_children TEXT, a_blobs TEXT, now_ms BIGINT, proj TEXT, blob_count BIGINT, a_tag TEXT)
+    RETURNS void LANGUAGE plpgsql VOLATILE AS $f$
+    BEGIN
+        -- the manifest's lock, shared with other pushes of it (a delete takes it alone)
+        PERFORM pg_advisory_xact_lock_shared(lock_key);
+        INSERT INTO artifacts (repository, digest, kind, media_type, size, config_digest, chart,
+            platforms, children, blobs, created_at)
+        VALUES (repo, dig, a_kind, a_media_type, a_size, a_config_digest, a_chart, a_platforms,
+            a_children, a_blobs, now_ms)
+        ON CONFLICT (repository, digest) DO NOTHING;
+        IF FOUND THEN
+            -- new: its blobs counted under the project's row lock, taken first
+            IF blob_count > 0 THEN
+                INSERT INTO quota_projects (project, usage, warned) VALUES (proj, 0, 0)
+                ON CONFLICT (project) DO UPDATE SET usage = quota_projects.usage;
+                WITH refs AS (
+                    INSERT INTO project_blobs (project, digest, size, refs)
+                    SELECT proj, b.digest, b.size, 1 FROM (
+                        SELECT DISTINCT ON (e->>0) e->>0 AS digest,
+                            LEAST((e->>1)::numeric, 9223372036854775807)::bigint AS size
+                        FROM jsonb_array_elements(CAST(a_blobs AS jsonb)) e
+                        ORDER BY e->>0, (e->>1)::numeric) b
+                    ON CONFLICT (project, digest) DO UPDATE SET refs = project_blobs.refs + 1
+                    RETURNING refs, size)
+                UPDATE quota_projects SET usage = LEAST(usage::numeric
+                    + (SELECT COALESCE(SUM(size), 0) FROM refs WHERE refs = 1),
+                    9223372036854775807)::bigint
+                WHERE project = proj AND EXISTS (SELECT 1 FROM refs WHERE refs = 1);
+            END IF;
+        ELSE
+            -- known: rewritten only when it changed (a retag writes and locks nothing)
+            UPDATE artifacts SET kind = a_kind, media_type = a_media_type, size = a_size,
+                config_digest = a_config_digest, chart = a_chart, platforms = a_platforms,
+                children = a_children, blobs = a_blobs
+            WHERE repository = repo AND digest = dig AND (kind IS DISTINCT FROM a_kind
+                OR media_type IS DISTINCT FROM a_media_type OR size IS DISTINCT FROM a_size
+                OR config_digest IS DISTINCT FROM a_config_digest
+                OR chart IS DISTINCT FROM a_chart OR platforms IS DISTINCT FROM a_platforms
+                OR children IS DISTINCT FROM a_children OR blobs IS DISTINCT FROM a_blobs);
+        END IF;
+        -- the tag last (see knowledge::learn_manifest)
+        IF a_tag IS NOT NULL THEN
+            INSERT INTO tags (repository, tag, digest, updated_at) VALUES (repo, a_tag, dig, now_ms)
+            ON CONFLICT (repository, tag) DO UPDATE
+                SET digest = excluded.digest, updated_at = excluded.updated_at;
+        END IF;
+    END
+    $f$;
+    "#,
+        then: None,
+    },
 ];
 
 /// A database newer than this binary, or one the migration cannot handle.

@@ -4279,6 +4279,7 @@ async fn deliveries_of_a_schema_13_database_keep_their_events(kind: Kind) {
              ALTER TABLE events DROP COLUMN host_id;
              DROP TABLE hosts;
              DROP TABLE idempotency_keys;
+             DROP FUNCTION wharf_learn_pushed;
              DROP INDEX events_held;
              DROP INDEX events_held_digest;
              ALTER TABLE events ALTER COLUMN type TYPE text USING wharf_event_type(type),
