@@ -87,6 +87,7 @@ macro_rules! conformance {
 
 conformance!(
     events_are_published_with_deliveries_and_pruned_when_done,
+    an_event_and_its_deliveries_land_together_and_a_second_insert_is_refused,
     held_events_are_published_absorbed_or_released_once,
     chart_facts_are_remembered_and_forgotten,
     knowledge_counts_shared_blobs_once_and_gives_them_back,
@@ -288,6 +289,57 @@ async fn events_are_published_with_deliveries_and_pruned_when_done(kind: Kind) {
     assert_eq!(digests, ["sha256:fresh", "sha256:waiting"]);
     assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 2);
     assert_eq!(count(s, "SELECT COUNT(*) FROM attempts").await, 2);
+    s.close().await;
+}
+
+/// A published event and its deliveries (on PostgreSQL the event's insert goes with its first
+/// delivery's, as one statement): every delivery names the event, an event without one is
+/// written alone, and the same event inserted again is refused by the events table — what a
+/// retried push's write counts as "already recorded" — without a delivery more.
+async fn an_event_and_its_deliveries_land_together_and_a_second_insert_is_refused(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    add_policy(
+        s,
+        policy(
+            "prj",
+            vec![
+                Target::http("http://b.example/"),
+                Target::http("http://c.example/"),
+            ],
+        ),
+    )
+    .await;
+    let e = push("prj/a", "sha256:1");
+    let (e1, e2) = (e.clone(), e.clone());
+    s.write(move |c| {
+        events::insert(c, &e1, None)?;
+        events::insert(c, &push("other/a", "sha256:2"), None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 2);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 3);
+    assert_eq!(
+        count(
+            s,
+            "SELECT COUNT(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.digest = 'sha256:1'"
+        )
+        .await,
+        3,
+        "each delivery names its event"
+    );
+    let again = s
+        .write(move |c| events::insert(c, &e2, None))
+        .await
+        .unwrap_err();
+    assert!(again.is_unique_violation(), "{again}");
+    if let Kind::Postgres = kind {
+        assert_eq!(again.table(), Some("events"), "{again}");
+    }
+    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 2);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 3);
     s.close().await;
 }
 

@@ -149,9 +149,24 @@ pub fn read(r: &Row<'_>, at: usize) -> Result<Option<Event>, StoreError> {
     }
 }
 
+/// The event's insert: ?1 id, ?2 type, ?3 project, ?4 repository, ?5 digest, ?6 occurred at,
+/// ?7 state, ?8 release at, ?9 body, ?10 host id.
+macro_rules! insert_event {
+    () => {
+        "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body, host_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    };
+}
+pub(crate) use insert_event;
+
+/// [`insert_event!`] as a statement.
+pub(crate) const INSERT_EVENT_SQL: &str = insert_event!();
+
 /// Record `event`. With `hold_until` (unix ms) it waits, durably, for [`publish_due`] or
 /// [`cancel_held`]; otherwise it is published now (its deliveries are created in this
-/// transaction, and the job's [`Db`] notes it as published).
+/// transaction, and the job's [`Db`] notes it as published). On PostgreSQL a published
+/// event's insert is sent with its first delivery's, as one statement
+/// ([`outbox::fanout`](super::outbox::fanout)).
 pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(), StoreError> {
     let host = body::host_of(event);
     let host_id = match host {
@@ -159,31 +174,35 @@ pub fn insert(db: &Db<'_>, event: &Event, hold_until: Option<i64>) -> Result<(),
         None => None,
     };
     let body = body::encode(event, host, host_id.is_some())?;
-    db.exec_later(
-        "INSERT INTO events (id, type, project, repository, digest, occurred_at, state, release_at, body, host_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        args![
-            &event.id,
-            type_code(event.kind),
-            &event.project,
-            &event.repository,
-            event.digest.as_deref().map_or(Value::Null, Value::Digest),
-            event.occurred_at.timestamp_millis(),
-            if hold_until.is_some() {
-                EventState::Held
-            } else {
-                EventState::Published
-            }
-            .code(),
-            hold_until,
-            Value::Bytes(&body),
-            host_id,
-        ],
-    )?;
-    if hold_until.is_none() {
-        super::outbox::fanout(db, event)?;
-        db.note_published(event.kind);
+    let args = args![
+        &event.id,
+        type_code(event.kind),
+        &event.project,
+        &event.repository,
+        event.digest.as_deref().map_or(Value::Null, Value::Digest),
+        event.occurred_at.timestamp_millis(),
+        if hold_until.is_some() {
+            EventState::Held
+        } else {
+            EventState::Published
+        }
+        .code(),
+        hold_until,
+        Value::Bytes(&body),
+        host_id,
+    ];
+    if hold_until.is_some() {
+        return db.exec_later(INSERT_EVENT_SQL, args);
     }
+    let unsent = match db.backend() {
+        Backend::Postgres => Some(args),
+        Backend::Sqlite => {
+            db.exec_later(INSERT_EVENT_SQL, args)?;
+            None
+        }
+    };
+    super::outbox::fanout(db, event, unsent)?;
+    db.note_published(event.kind);
     Ok(())
 }
 
@@ -292,7 +311,7 @@ fn publish_rows(db: &Db<'_>, rows: Vec<(i64, Option<Event>)>) -> Result<Vec<Even
         }
         match event {
             Some(e) => {
-                super::outbox::fanout(db, &e)?;
+                super::outbox::fanout(db, &e, None)?;
                 db.note_published(e.kind);
                 out.push(e);
             }
