@@ -380,39 +380,19 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
         return learn_manifest(db, a, tag).map(|_| ());
     }
     let columns = Columns::of(a)?;
-    let [
-        repository,
-        digest,
-        kind,
-        media_type,
-        size,
-        config_digest,
-        chart,
-        platforms,
-        children,
-        blobs,
-        now,
-    ] = columns.args(a, now_ms());
     let key = super::advisory_key(&["wharf manifest", &a.repository, &a.digest]);
+    // the manifest's lock, the artifact's columns (?2–?12), its project, its blob count, the tag
+    let mut args = Vec::with_capacity(15);
+    args.push(Value::from(key));
+    args.extend(columns.args(a, now_ms()));
+    args.extend([
+        Value::from(project_of(&a.repository)),
+        Value::from(i64::try_from(a.blobs.len()).unwrap_or(i64::MAX)),
+        Value::from(tag),
+    ]);
     db.exec_later(
         "SELECT wharf_learn_pushed(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        &[
-            Value::from(key),
-            repository,
-            digest,
-            kind,
-            media_type,
-            size,
-            config_digest,
-            chart,
-            platforms,
-            children,
-            blobs,
-            now,
-            Value::from(project_of(&a.repository)),
-            Value::from(i64::try_from(a.blobs.len()).unwrap_or(i64::MAX)),
-            Value::from(tag),
-        ],
+        &args,
     )?;
     Ok(())
 }

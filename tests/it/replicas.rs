@@ -478,15 +478,13 @@ async fn a_reservation_that_loses_a_deadlock_is_made_again() {
     upload_blobs(&a.url(), "prj/x", &x).await;
     // before: the reservation's error let the push in unchecked (201), past the limit
     assert_eq!(put(&a.url(), "prj/x", "v1", &x).await, 403);
-    let (client, task) = pgc::cluster().session(&pgc::db_name(&url)).await;
-    let tries: i64 = client
-        .query_one("SELECT last_value FROM reservation_tries", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let tries = pgc::cluster()
+        .int(
+            &pgc::db_name(&url),
+            "SELECT last_value FROM reservation_tries",
+        )
+        .await;
     assert_eq!(tries, 2, "rolled back once, made again");
-    drop(client);
-    let _ = task.await;
     a.shutdown().await;
 }
 
@@ -898,17 +896,12 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
         .await;
     let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url, "--replace"]).await;
     assert!(out.success(), "{out}");
-    let (client, task) = pgc::cluster().session(&db).await;
     for table in ["quota_reservations", "recent"] {
-        let n: i64 = client
-            .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
-            .await
-            .unwrap()
-            .get(0);
+        let n = pgc::cluster()
+            .int(&db, &format!("SELECT COUNT(*) FROM {table}"))
+            .await;
         assert_eq!(n, 0, "{table} after --replace");
     }
-    drop(client);
-    let _ = task.await;
 
     // a replica on PostgreSQL: same policy id, same usage, and the undelivered event goes out
     let pg = replica(&registry, &url)

@@ -276,6 +276,19 @@ impl Cluster {
         (client, tokio::spawn(conn))
     }
 
+    /// The one integer that `sql` returns on database `db` (e.g. a count).
+    pub async fn int(&self, db: &str, sql: &str) -> i64 {
+        let (client, task) = self.session(db).await;
+        let n = client
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0);
+        drop(client);
+        let _ = task.await;
+        n
+    }
+
     /// Run SQL as the superuser on database `db`.
     pub async fn execute(&self, db: &str, sql: &str) {
         let (client, task) = self.session(db).await;
