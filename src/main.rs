@@ -210,8 +210,9 @@ fn store_copy(
     url.parse()
         .map_err(|reason| anyhow::anyhow!("--to: {reason}"))?;
     target.url = Some(url.clone());
+    // (a pipe or /dev/stdin will do: what it holds is read once, when connecting)
     if let Some(file) = &password_file
-        && !file.is_file()
+        && (!file.exists() || file.is_dir())
     {
         anyhow::bail!("--password-file: {} is not a readable file", file.display());
     }

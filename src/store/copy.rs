@@ -34,8 +34,9 @@ pub const TABLES: &[(&str, Option<&str>)] = &[
     ("idempotency_keys", None),
 ];
 
-/// Tables not copied (see the module doc) that `replace` empties too: a reservation or an
-/// attribution of the target's earlier content would otherwise weigh on, or name, the copy's.
+/// Tables not copied (see the module doc): a target holding rows in them is refused too, and
+/// `replace` empties them — a reservation or an attribution of the target's earlier content
+/// would otherwise weigh on, or name, the copy's.
 const NOT_COPIED: &[&str] = &["quota_reservations", "recent"];
 
 /// Tables a freshly migrated database already fills (with the same rows the source has):
@@ -108,7 +109,8 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     let holding: Vec<String> = to
         .read(|db| {
             let mut holding = Vec::new();
-            for (t, _) in TABLES.iter().filter(|(t, _)| !SEEDED.contains(t)) {
+            let tables = TABLES.iter().map(|(t, _)| t).chain(NOT_COPIED);
+            for t in tables.filter(|t| !SEEDED.contains(t)) {
                 if db
                     .int(&format!("SELECT COUNT(*) FROM {t}"), &[])?
                     .unwrap_or(0)

@@ -896,6 +896,27 @@ async fn store_copy_moves_an_embedded_store_into_postgres() {
         .await;
     let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &url, "--replace"]).await;
     assert!(out.success(), "{out}");
+    // a target holding only such rows (a replica started on it once) is not empty either
+    let fresh = pgc::database().await;
+    let migrated = wharf::store::Store::open(
+        &wharf::config::StoreConfig {
+            url: Some(wharf::config::DatabaseUrl::new(fresh.clone())),
+            ..Default::default()
+        },
+        work.path(),
+    )
+    .await
+    .unwrap();
+    migrated.close().await;
+    pgc::cluster()
+        .execute(
+            &pgc::db_name(&fresh),
+            "INSERT INTO quota_reservations (project, bytes, blobs, expires_at) VALUES ('prj', 1, '[]', 9999999999999)",
+        )
+        .await;
+    let out = wharf_cmd(&["store", "copy", "--config", path, "--to", &fresh]).await;
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("quota_reservations"), "{out}");
     for table in ["quota_reservations", "recent"] {
         let n = pgc::cluster()
             .int(&db, &format!("SELECT COUNT(*) FROM {table}"))
