@@ -127,8 +127,7 @@ pub async fn copy(from: &Store, to: &Store, replace: bool) -> Result<CopyReport,
     }
     let report = to
         .write(move |db| {
-            let emptied = NOT_COPIED.iter().filter(|_| replace);
-            for t in TABLES.iter().rev().map(|(t, _)| t).chain(emptied) {
+            for t in TABLES.iter().rev().map(|(t, _)| t).chain(NOT_COPIED) {
                 if replace || SEEDED.contains(t) {
                     db.exec(&format!("DELETE FROM {t}"), &[])?;
                 }

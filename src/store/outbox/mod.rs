@@ -167,9 +167,8 @@ fn sqlite_or_fail<'s>(db: &Db<'_>, sqlite: &'s str, postgres: &'s str) -> &'s st
 pub fn fanout(
     db: &Db<'_>,
     event: &Event,
-    unsent: Option<&[Value<'_>]>,
+    mut unsent: Option<&[Value<'_>]>,
 ) -> Result<usize, StoreError> {
-    let mut unsent = unsent;
     let created = fanout_sending(db, event, &mut unsent)?;
     if let Some(args) = unsent {
         db.exec_later(super::events::INSERT_EVENT_SQL, args)?;
