@@ -427,6 +427,41 @@ enum Conn<'a> {
     Postgres(&'a PgConn),
 }
 
+/// A function call a job holds back so that it travels inside the job's next statement (see
+/// [`Db::carry`]).
+pub struct Carried {
+    /// The call, `name(?1, …)`, its arguments numbered from 1.
+    pub call: &'static str,
+    pub args: Vec<OwnedValue>,
+}
+
+impl Carried {
+    /// The call with its arguments numbered from `first` (after a statement's own `first - 1`).
+    pub fn call_from(&self, first: usize) -> String {
+        let mut out = String::with_capacity(self.call.len() + 16);
+        let mut rest = self.call;
+        while let Some(at) = rest.find('?') {
+            out.push_str(&rest[..at + 1]);
+            rest = &rest[at + 1..];
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            match rest[..digits].parse::<usize>() {
+                Ok(n) => out.push_str(&(n + first - 1).to_string()),
+                Err(_) => out.push_str(&rest[..digits]),
+            }
+            rest = &rest[digits..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The arguments, to follow a statement's own.
+    pub fn values(&self) -> impl Iterator<Item = Value<'_>> {
+        self.args.iter().map(OwnedValue::value)
+    }
+}
+
 /// The connection of one store job; see the module doc.
 pub struct Db<'a> {
     conn: Conn<'a>,
@@ -436,6 +471,8 @@ pub struct Db<'a> {
     /// Statements sent ahead are waited for at the end of each job (it shares its transaction
     /// with others, each in a savepoint), not only at COMMIT.
     settle_each_job: bool,
+    /// A call held back for the job's next statement ([`Db::carry`]).
+    carried: RefCell<Option<Carried>>,
 }
 
 impl<'a> Db<'a> {
@@ -446,6 +483,7 @@ impl<'a> Db<'a> {
             cache: None,
             intake: None,
             settle_each_job: false,
+            carried: RefCell::default(),
         }
     }
 
@@ -456,6 +494,7 @@ impl<'a> Db<'a> {
             cache: None,
             intake: None,
             settle_each_job: false,
+            carried: RefCell::default(),
         }
     }
 
@@ -469,6 +508,7 @@ impl<'a> Db<'a> {
     /// A job's work is done: on PostgreSQL in a shared transaction, wait for the statements it
     /// sent ahead (their first error is the job's). Alone in its transaction, COMMIT does.
     pub fn end_job(&self) -> Result<(), StoreError> {
+        self.release_carried()?;
         match self.conn {
             Conn::Postgres(c) if self.settle_each_job => c.settle(),
             _ => Ok(()),
@@ -512,8 +552,53 @@ impl<'a> Db<'a> {
         }
     }
 
+    /// Run `SELECT call`, a function call whose answer the job does not need. On PostgreSQL
+    /// it is held back, so that the job's next statement can run it as part of itself when
+    /// that statement knows how ([`Db::take_carried`]: an event's insert, with a `WITH`
+    /// clause). Each statement costs the server a message to read, run and answer beyond its
+    /// work, and a push's learning and event so become one statement (and with a lazily begun
+    /// transaction, see [`PgConn::begin_lazily`], no `BEGIN` or `COMMIT` either). Any other
+    /// statement, or the job's end, sends the call first, as a statement of its own: the
+    /// job's statements run in the order it gave them either way.
+    pub fn carry(&self, call: &'static str, args: &[Value<'_>]) -> Result<(), StoreError> {
+        self.release_carried()?;
+        *self.carried.borrow_mut() = Some(Carried {
+            call,
+            args: args.iter().map(OwnedValue::of).collect(),
+        });
+        self.release_carried_unless_postgres()
+    }
+
+    /// The call held back by [`Db::carry`], for the statement that runs it as part of itself
+    /// (its arguments after the statement's own: [`Carried::call_from`]).
+    pub fn take_carried(&self) -> Option<Carried> {
+        self.carried.borrow_mut().take()
+    }
+
+    /// Send the call held back, as a statement of its own.
+    fn release_carried(&self) -> Result<(), StoreError> {
+        let Some(c) = self.carried.borrow_mut().take() else {
+            return Ok(());
+        };
+        let args: Vec<Value<'_>> = c.values().collect();
+        let sql = format!("SELECT {}", c.call);
+        match self.conn {
+            Conn::Sqlite(_) => self.exec(&sql, &args).map(|_| ()),
+            Conn::Postgres(p) => p.execute_later(&sql, &args),
+        }
+    }
+
+    /// SQLite runs each statement on its own thread at once: nothing to gain by holding one.
+    fn release_carried_unless_postgres(&self) -> Result<(), StoreError> {
+        match self.conn {
+            Conn::Sqlite(_) => self.release_carried(),
+            Conn::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Run a statement; the number of rows it changed.
     pub fn exec(&self, sql: &str, args: &[Value<'_>]) -> Result<u64, StoreError> {
+        self.release_carried()?;
         match self.conn {
             Conn::Sqlite(c) => {
                 Ok(c.prepare_cached(sql)?
@@ -527,6 +612,7 @@ impl<'a> Db<'a> {
     /// waiting for its answer, pipelined with what follows (see [`super::pg`]): its error, if
     /// any, is that of the next statement waited for, or of the job's end.
     pub fn exec_later(&self, sql: &str, args: &[Value<'_>]) -> Result<(), StoreError> {
+        self.release_carried()?;
         match self.conn {
             Conn::Sqlite(_) => self.exec(sql, args).map(|_| ()),
             Conn::Postgres(c) => c.execute_later(sql, args),
@@ -537,6 +623,7 @@ impl<'a> Db<'a> {
     /// they travel as one simple-protocol message sent without waiting, as
     /// [`Db::exec_later`]'s.
     pub fn batch_later(&self, sql: &'static str) -> Result<(), StoreError> {
+        self.release_carried()?;
         match self.conn {
             Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
             Conn::Postgres(c) => {
@@ -553,6 +640,7 @@ impl<'a> Db<'a> {
     /// are waited for (the job's end in a shared transaction, or COMMIT).
     pub fn insert_id_later(&self, sql: &str, args: &[Value<'_>]) -> Result<LaterId, StoreError> {
         let id = LaterId::default();
+        self.release_carried()?;
         match self.conn {
             Conn::Sqlite(c) => {
                 self.exec(sql, args)?;
@@ -572,6 +660,7 @@ impl<'a> Db<'a> {
         args: &[Value<'_>],
         mut f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
+        self.release_carried()?;
         match self.conn {
             Conn::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
@@ -597,6 +686,7 @@ impl<'a> Db<'a> {
         args: &[Value<'_>],
         mut f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
+        self.release_carried()?;
         match self.conn {
             Conn::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
@@ -763,6 +853,19 @@ pub fn json_without_nul(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A carried call's arguments are numbered after the statement's own, whatever their
+    /// number of digits.
+    #[test]
+    fn a_carried_call_is_numbered_after_the_statement() {
+        let c = Carried {
+            call: "f(?1, ?2, ?9, ?10)",
+            args: Vec::new(),
+        };
+        assert_eq!(c.call_from(1), "f(?1, ?2, ?9, ?10)");
+        assert_eq!(c.call_from(19), "f(?19, ?20, ?27, ?28)");
+        assert_eq!(c.call_from(11), "f(?11, ?12, ?19, ?20)");
+    }
 
     /// NUL characters become U+FFFD in text and in JSON strings and keys, at any depth; a
     /// backslash followed by `u0000` is text, not a NUL, and stays.

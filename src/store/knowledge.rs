@@ -362,8 +362,9 @@ pub fn learn_manifest(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<Le
 }
 
 /// Learn a pushed manifest as [`learn_manifest`] does, without reading anything back: on
-/// PostgreSQL it is one statement, sent ahead and not waited for, so a push's transaction is
-/// one round trip (its COMMIT) instead of two. The database decides what the client would
+/// PostgreSQL it is one function call, carried into the job's next statement ([`Db::carry`]:
+/// the push's event insert runs it) and not waited for, so a push's transaction is one round
+/// trip instead of two, and usually one statement. The database decides what the client would
 /// have: the artifact is inserted, or rewritten only when it changed (a retag writes nothing
 /// and locks nothing); when the insert made it new, its blobs are counted in the project's
 /// usage under the project's row lock, in the order [`learn_manifest`] takes its locks.
@@ -390,11 +391,10 @@ pub fn learn_pushed(db: &Db<'_>, a: &Artifact, tag: Option<&str>) -> Result<(), 
         Value::from(i64::try_from(a.blobs.len()).unwrap_or(i64::MAX)),
         Value::from(tag),
     ]);
-    db.exec_later(
-        "SELECT wharf_learn_pushed(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    db.carry(
+        "wharf_learn_pushed(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         &args,
-    )?;
-    Ok(())
+    )
 }
 
 /// Who takes a manifest's lock ([`hold_manifest`]).

@@ -15,7 +15,10 @@
 //! travels behind it and waits for every answer in order. A transaction is then a few round
 //! trips instead of one per statement. The error of a statement sent ahead is the error of the
 //! next wait, and fails the job as its own error would (the transaction, or the job's
-//! savepoint, is rolled back).
+//! savepoint, is rolled back). A durable job alone in its transaction begins it lazily
+//! ([`PgConn::begin_lazily`]): when it sends one statement and waits for nothing (a push, whose
+//! learning its event's insert carries: [`super::db::Db::carry`]), that statement goes alone,
+//! in autocommit, without `BEGIN` and `COMMIT`.
 //!
 //! The pool is bounded (`store.pool_size`, one connection kept for the schema-version watch)
 //! and waits at most `store.connect_timeout` for a free connection or a new one. A connection
@@ -287,8 +290,11 @@ pub struct PgConn {
     client: Arc<tokio_postgres::Client>,
     handle: Driver,
     statements: RefCell<HashMap<String, tokio_postgres::Statement>>,
-    /// Statements sent, answers not yet read (in the order sent).
+    /// Statements sent, answers not yet read (in the order sent). While `lazy_begin` holds a
+    /// `BEGIN`, its one statement is held here unsent (not polled yet).
     sent: RefCell<Vec<Sent>>,
+    /// A transaction's `BEGIN` not sent yet ([`PgConn::begin_lazily`]).
+    lazy_begin: std::cell::Cell<Option<&'static str>>,
     broken: std::cell::Cell<bool>,
     /// See [`PgSettings`]'s `answer_timeout`.
     answer_timeout: std::cell::Cell<Option<Duration>>,
@@ -322,6 +328,7 @@ impl PgConn {
             handle,
             statements: RefCell::new(HashMap::new()),
             sent: RefCell::new(Vec::new()),
+            lazy_begin: std::cell::Cell::new(None),
             broken: std::cell::Cell::new(false),
             answer_timeout: std::cell::Cell::new(answer_timeout),
             gave_up: std::cell::Cell::new(None),
@@ -363,8 +370,16 @@ impl PgConn {
     }
 
     /// Send `request` now (its first poll writes it to the connection's queue) and keep it
-    /// for the next wait.
+    /// for the next wait — or, as a transaction's first statement after
+    /// [`PgConn::begin_lazily`], keep it unsent until the transaction needs its `BEGIN`.
     fn send(&self, mut request: Sent) {
+        if self.lazy_begin.get().is_some() {
+            if self.sent.borrow().is_empty() {
+                self.sent.borrow_mut().push(request);
+                return;
+            }
+            self.open_transaction();
+        }
         let mut cx = Context::from_waker(Waker::noop());
         let request = match request.as_mut().poll(&mut cx) {
             Poll::Pending => request,
@@ -372,6 +387,38 @@ impl PgConn {
             Poll::Ready(r) => Box::pin(std::future::ready(r)),
         };
         self.sent.borrow_mut().push(request);
+    }
+
+    /// A transaction begun lazily needs its `BEGIN` now (a second statement, or a wait):
+    /// send it, then the statement held.
+    fn open_transaction(&self) {
+        if let Some(begin) = self.lazy_begin.take() {
+            let held = std::mem::take(&mut *self.sent.borrow_mut());
+            self.batch_later(begin);
+            for request in held {
+                self.send(request);
+            }
+        }
+    }
+
+    /// Begin a transaction with `begin` (`BEGIN`, its default `synchronous_commit`) lazily:
+    /// one whose job sends a single statement and waits for nothing sends that statement
+    /// alone at [`PgConn::commit`], in autocommit: it is then its own transaction, committed
+    /// by the server as it ends, and the `BEGIN` and `COMMIT` messages (two more for the server
+    /// to read, run and answer, a push's most frequent case) are never sent. A second
+    /// statement, or any wait, sends the `BEGIN` first, then the statement held.
+    pub fn begin_lazily(&self, begin: &'static str) {
+        self.open_transaction();
+        self.lazy_begin.set(Some(begin));
+    }
+
+    /// Commit the transaction: `COMMIT`, or, when it was begun lazily and never opened,
+    /// its one statement (if any) sent alone and waited for.
+    pub fn commit(&self) -> Result<(), StoreError> {
+        if self.lazy_begin.take().is_some() {
+            return self.settle();
+        }
+        self.batch("COMMIT")
     }
 
     /// Wait for `request` and for every statement sent before it, all polled together (the
@@ -382,6 +429,7 @@ impl PgConn {
         request: impl Future<Output = Result<T, tokio_postgres::Error>>,
         discard: bool,
     ) -> Result<T, StoreError> {
+        self.open_transaction();
         let sent = std::mem::take(&mut *self.sent.borrow_mut());
         if sent.is_empty() {
             let r = self.block_on(request)?;
@@ -470,7 +518,15 @@ impl PgConn {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let st = self.wait(self.client.prepare(&to_postgres(sql)), false)?;
+        let text = to_postgres(sql);
+        let prepare = self.client.prepare(&text);
+        let st = if self.lazy_begin.get().is_some() && self.sent.borrow().is_empty() {
+            // a transaction begun lazily's first statement: preparing needs no transaction
+            let r = self.block_on(prepare)?;
+            self.check(r)?
+        } else {
+            self.wait(prepare, false)?
+        };
         let mut cache = self.statements.borrow_mut();
         if cache.len() >= MAX_STATEMENTS {
             cache.clear();
@@ -507,6 +563,11 @@ impl PgConn {
     /// A rollback (`ROLLBACK`, `ROLLBACK TO SAVEPOINT …`): waits for what was sent ahead, whose
     /// errors it makes moot.
     pub fn rollback(&self, sql: &str) -> Result<(), StoreError> {
+        if self.lazy_begin.take().is_some() {
+            // never opened: its statement (if any) was never sent
+            self.sent.borrow_mut().clear();
+            return Ok(());
+        }
         self.wait(self.client.batch_execute(sql), true)
     }
 
@@ -527,7 +588,10 @@ impl PgConn {
     /// Fit to hand out again: not failed, and no statement sent ahead left unread (a job
     /// that ended half-way; closing the connection rolls its transaction back).
     pub fn usable(&self) -> bool {
-        !self.broken.get() && !self.client.is_closed() && self.sent.borrow().is_empty()
+        !self.broken.get()
+            && !self.client.is_closed()
+            && self.sent.borrow().is_empty()
+            && self.lazy_begin.get().is_none()
     }
 }
 

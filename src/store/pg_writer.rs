@@ -153,8 +153,13 @@ fn run_pg_batch(
     } else {
         "BEGIN; SET LOCAL synchronous_commit = off"
     };
-    // BEGIN and each SAVEPOINT travel with the job's first statement (see `pg`)
-    conn.batch_later(begin);
+    // BEGIN and each SAVEPOINT travel with the job's first statement (see `pg`); a durable
+    // job alone in its transaction sends BEGIN only if it needs one (a push: one statement)
+    if single && batch.iter().all(|j| j.durable) {
+        conn.begin_lazily(begin);
+    } else {
+        conn.batch_later(begin);
+    }
     let mut broken: Option<StoreError> = None;
     for j in batch {
         dones.push(j.done);
@@ -186,7 +191,7 @@ fn run_pg_batch(
         // a single job that failed: its transaction is rolled back, its own error answers it
         None if single && failed == 1 => conn.rollback("ROLLBACK"),
         // waits for everything sent ahead: a failed statement fails the commit
-        None => conn.batch("COMMIT"),
+        None => conn.commit(),
     };
     (dones, commit, effects, failed)
 }

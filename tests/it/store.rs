@@ -92,6 +92,7 @@ conformance!(
     chart_facts_are_remembered_and_forgotten,
     knowledge_counts_shared_blobs_once_and_gives_them_back,
     a_push_learned_blind_counts_as_learn_manifest_does,
+    a_push_learned_with_its_event_lands_with_it_or_not_at_all,
     recount_follows_the_known_manifests,
     claims_respect_per_target_limits_and_skips,
     a_claim_that_is_not_full_says_when_the_next_delivery_is_due,
@@ -531,6 +532,66 @@ async fn knowledge_counts_shared_blobs_once_and_gives_them_back(kind: Kind) {
         .unwrap();
     assert_eq!(learned.usage, Some((0, u64::MAX)));
     assert_eq!(usage("q").await.unwrap(), i64::MAX as u64, "stored clamped");
+    s.close().await;
+}
+
+/// A push's learning and its event in one job (PostgreSQL: the learning carried into the
+/// event's statement, with a delivery or alone, in autocommit): both land, or — the event
+/// refused as a second insert of its id — neither. A statement the job sends after the
+/// learning sees it.
+async fn a_push_learned_with_its_event_lands_with_it_or_not_at_all(kind: Kind) {
+    let o = open(kind).await;
+    let s = &o.store;
+    add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    let tags = |r: &'static str| s.read(move |c| knowledge::tags_of(c, r, "m1"));
+    let e = push("prj/a", "m1");
+    let (e1, e2) = (e.clone(), e.clone());
+    // (twice without a delivery: the first reads the policies, which sends the call first)
+    let pushes = [
+        ("prj/a", e1),
+        ("none/a", push("none/a", "m1")),
+        ("none/b", push("none/b", "m1")),
+    ];
+    for (r, e) in pushes {
+        let a = artifact(r, "m1", &[("l1", 100)]);
+        s.write(move |c| {
+            knowledge::learn_pushed(c, &a, Some("v1"))?;
+            events::insert(c, &e, None)
+        })
+        .await
+        .unwrap();
+        assert_eq!(tags(r).await.unwrap(), ["v1"], "{r}");
+    }
+    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 3);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 1);
+    assert_eq!(
+        s.read(|c| quota::usage(c, "none")).await.unwrap(),
+        100,
+        "learned with an event that has no delivery"
+    );
+    // the event refused: the tag learned with it is not kept
+    let a = artifact("prj/a", "m1", &[("l1", 100)]);
+    let again = s
+        .write(move |c| {
+            knowledge::learn_pushed(c, &a, Some("v2"))?;
+            events::insert(c, &e2, None)
+        })
+        .await
+        .unwrap_err();
+    assert!(again.is_unique_violation(), "{again}");
+    assert_eq!(tags("prj/a").await.unwrap(), ["v1"]);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 3);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 1);
+    // what the job reads after its learning sees it (the call goes first)
+    let a = artifact("prj/a", "m1", &[("l1", 100)]);
+    let seen = s
+        .write(move |c| {
+            knowledge::learn_pushed(c, &a, Some("v3"))?;
+            knowledge::tags_of(c, "prj/a", "m1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, ["v1", "v3"]);
     s.close().await;
 }
 

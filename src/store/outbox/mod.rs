@@ -27,7 +27,9 @@ pub use outcome::*;
 pub use redeliver::*;
 pub use view::*;
 
-use super::db::{Backend, Db, LaterId, Value};
+use std::borrow::Cow;
+
+use super::db::{Backend, Carried, Db, LaterId, Value};
 use super::{StoreError, now_ms, policies};
 use crate::args;
 use crate::events::Event;
@@ -125,17 +127,56 @@ macro_rules! insert_delivery {
 /// as its `seq`; its type and project are read from the event (schema 19).
 const INSERT_DELIVERY_SQL: &str = concat!("INSERT INTO", insert_delivery!());
 
+/// [`INSERT_EVENT_AND_DELIVERY_SQL_PG`], after `$lead` (`WITH `, and any query of its own
+/// before the event's), the delivery's event `seq` read `FROM $from`.
+macro_rules! event_and_delivery_pg {
+    ($lead:expr, $from:expr) => {
+        concat!(
+            $lead,
+            "e AS (",
+            super::events::insert_event!(),
+            " RETURNING seq) INSERT INTO deliveries (event_seq, policy_id, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
+     VALUES ((SELECT seq FROM ",
+            $from,
+            "), ?11, ?12, ?13, '', ?14, ?16, ?15, ?15, ?15, ?17, ?18)"
+        )
+    };
+}
+
 /// PostgreSQL: an event's insert ([`INSERT_EVENT_SQL`](super::events::INSERT_EVENT_SQL), its
 /// arguments ?1–?10) and its first delivery's ([`INSERT_DELIVERY_SQL`]'s arguments but the
 /// event's id, as ?11–?18) in one statement: one statement less per published event with a
 /// delivery (each statement costs the server a Bind/Execute/Sync and an answer of its own).
 /// The delivery takes the `seq` the event's insert returns.
-const INSERT_EVENT_AND_DELIVERY_SQL_PG: &str = concat!(
-    "WITH e AS (",
-    super::events::insert_event!(),
-    " RETURNING seq) INSERT INTO deliveries (event_seq, policy_id, target_index, target_address, target, target_id, state, not_before, created_at, updated_at, claim_token, lease_until)
-     VALUES ((SELECT seq FROM e), ?11, ?12, ?13, '', ?14, ?16, ?15, ?15, ?15, ?17, ?18)"
-);
+const INSERT_EVENT_AND_DELIVERY_SQL_PG: &str = event_and_delivery_pg!("WITH ", "e");
+
+/// Arguments of [`INSERT_EVENT_AND_DELIVERY_SQL_PG`].
+const EVENT_AND_DELIVERY_ARGS: usize = 18;
+
+/// Arguments of [`INSERT_EVENT_SQL`](super::events::INSERT_EVENT_SQL).
+const EVENT_ARGS: usize = 10;
+
+/// PostgreSQL: the event's statement (with its first delivery, or alone) that also runs the
+/// call the job carried ([`Db::carry`]; a push's learning), as a query of its `WITH` clause
+/// that the statement reads (a `SELECT` in `WITH` runs only when read): one statement instead
+/// of two. The call's arguments follow the statement's own.
+fn carrying(call: &Carried, with_delivery: bool) -> String {
+    if with_delivery {
+        format!(
+            event_and_delivery_pg!("WITH l AS (SELECT {call}), ", "e, l"),
+            call = call.call_from(EVENT_AND_DELIVERY_ARGS + 1)
+        )
+    } else {
+        format!(
+            concat!(
+                "WITH l AS (SELECT {call}), e AS (",
+                super::events::insert_event!(),
+                ") SELECT 1 FROM l"
+            ),
+            call = call.call_from(EVENT_ARGS + 1)
+        )
+    }
+}
 
 /// SQLite: [`INSERT_DELIVERY_SQL`] as `INSERT OR FAIL` (see [`sqlite_or_fail`]).
 const INSERT_DELIVERY_SQL_SQLITE: &str = concat!("INSERT OR FAIL INTO", insert_delivery!());
@@ -171,7 +212,13 @@ pub fn fanout(
 ) -> Result<usize, StoreError> {
     let created = fanout_sending(db, event, &mut unsent)?;
     if let Some(args) = unsent {
-        db.exec_later(super::events::INSERT_EVENT_SQL, args)?;
+        match db.take_carried() {
+            Some(call) => {
+                let args: Vec<Value<'_>> = args.iter().copied().chain(call.values()).collect();
+                db.exec_later(&carrying(&call, false), &args)?;
+            }
+            None => db.exec_later(super::events::INSERT_EVENT_SQL, args)?,
+        }
     }
     Ok(created)
 }
@@ -221,15 +268,29 @@ fn fanout_sending(
                 lease.map(|l| l.token),
                 lease.map(|l| l.until)
             ];
-            // with the event's insert, when it is still to be sent
+            // with the event's insert, when it is still to be sent (and the call the job
+            // carried, if any)
             let with_event: Vec<Value<'_>>;
+            let carried: Option<Carried>;
             let (insert, args) = match unsent.take() {
                 Some(event_args) => {
-                    with_event = event_args.iter().chain(&args[1..]).copied().collect();
-                    (INSERT_EVENT_AND_DELIVERY_SQL_PG, with_event.as_slice())
+                    carried = db.take_carried();
+                    let call = carried.iter().flat_map(Carried::values);
+                    with_event = event_args
+                        .iter()
+                        .chain(&args[1..])
+                        .copied()
+                        .chain(call)
+                        .collect();
+                    let sql = match &carried {
+                        Some(call) => Cow::Owned(carrying(call, true)),
+                        None => Cow::Borrowed(INSERT_EVENT_AND_DELIVERY_SQL_PG),
+                    };
+                    (sql, with_event.as_slice())
                 }
-                None => (insert, args),
+                None => (Cow::Borrowed(insert), args),
             };
+            let insert = insert.as_ref();
             match admitted {
                 Some(Admission { lease, hold }) => {
                     let id = db.insert_id_later(insert, args)?;
