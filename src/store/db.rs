@@ -505,8 +505,10 @@ impl<'a> Db<'a> {
         self
     }
 
-    /// A job's work is done: on PostgreSQL in a shared transaction, wait for the statements it
-    /// sent ahead (their first error is the job's). Alone in its transaction, COMMIT does.
+    /// A job's work is done: send the call it carried, if any ([`Db::carry`]); on PostgreSQL
+    /// in a shared transaction, wait for the statements it sent ahead (their first error is
+    /// the job's). Alone in its transaction, the commit does (`COMMIT`, or its one statement
+    /// in autocommit: [`PgConn::begin_lazily`]).
     pub fn end_job(&self) -> Result<(), StoreError> {
         self.release_carried()?;
         match self.conn {
@@ -559,7 +561,8 @@ impl<'a> Db<'a> {
     /// work, and a push's learning and event so become one statement (and with a lazily begun
     /// transaction, see [`PgConn::begin_lazily`], no `BEGIN` or `COMMIT` either). Any other
     /// statement, or the job's end, sends the call first, as a statement of its own: the
-    /// job's statements run in the order it gave them either way.
+    /// job's statements run in the order it gave them either way. For write jobs only: a job
+    /// that fails before its end drops the call with the rest of its transaction.
     pub fn carry(&self, call: &'static str, args: &[Value<'_>]) -> Result<(), StoreError> {
         self.release_carried()?;
         *self.carried.borrow_mut() = Some(Carried {

@@ -564,7 +564,9 @@ impl PgConn {
     /// errors it makes moot.
     pub fn rollback(&self, sql: &str) -> Result<(), StoreError> {
         if self.lazy_begin.take().is_some() {
-            // never opened: its statement (if any) was never sent
+            // never opened: its statement (if any) was never sent (a transaction begun lazily
+            // has one job, and no savepoint to roll back to)
+            debug_assert_eq!(sql, "ROLLBACK");
             self.sent.borrow_mut().clear();
             return Ok(());
         }

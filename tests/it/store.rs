@@ -536,24 +536,34 @@ async fn knowledge_counts_shared_blobs_once_and_gives_them_back(kind: Kind) {
 }
 
 /// A push's learning and its event in one job (PostgreSQL: the learning carried into the
-/// event's statement, with a delivery or alone, in autocommit): both land, or — the event
-/// refused as a second insert of its id — neither. A statement the job sends after the
-/// learning sees it.
+/// event's statement — with a delivery created claimed, whose id it returns, or without a
+/// delivery — run alone in autocommit): both land, or — the event refused as a second insert
+/// of its id — neither. A statement the job sends after the learning sees it.
 async fn a_push_learned_with_its_event_lands_with_it_or_not_at_all(kind: Kind) {
     let o = open(kind).await;
     let s = &o.store;
-    add_policy(s, policy("prj", vec![Target::http("http://a.example/")])).await;
+    let target = "http://a.example/";
+    add_policy(s, policy("prj", vec![Target::http(target)])).await;
+    let intake = Arc::new(TestIntake {
+        admits: target.to_string(),
+        ..TestIntake::default()
+    });
+    let dynamic: Arc<dyn outbox::Intake> = intake.clone();
+    s.set_intake(Arc::downgrade(&dynamic));
+    // events without learning first: the policies are then cached, and the pushes' jobs read
+    // nothing before their event (a read would send the carried call first, on its own)
+    for e in [push("prj/z", "m0"), push("none/z", "m0")] {
+        s.write(move |c| events::insert(c, &e, None)).await.unwrap();
+    }
     let tags = |r: &'static str| s.read(move |c| knowledge::tags_of(c, r, "m1"));
+    let usage = |p: &'static str| s.read(move |c| quota::usage(c, p));
     let e = push("prj/a", "m1");
     let (e1, e2) = (e.clone(), e.clone());
-    // (twice without a delivery: the first reads the policies, which sends the call first)
-    let pushes = [
-        ("prj/a", e1),
-        ("none/a", push("none/a", "m1")),
-        ("none/b", push("none/b", "m1")),
-    ];
-    for (r, e) in pushes {
-        let a = artifact(r, "m1", &[("l1", 100)]);
+    for (r, e, blob) in [
+        ("prj/a", e1, ("l1", 100)),
+        ("none/a", push("none/a", "m1"), ("l2", 200)),
+    ] {
+        let a = artifact(r, "m1", &[blob]);
         s.write(move |c| {
             knowledge::learn_pushed(c, &a, Some("v1"))?;
             events::insert(c, &e, None)
@@ -562,13 +572,39 @@ async fn a_push_learned_with_its_event_lands_with_it_or_not_at_all(kind: Kind) {
         .unwrap();
         assert_eq!(tags(r).await.unwrap(), ["v1"], "{r}");
     }
-    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 3);
-    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 1);
     assert_eq!(
-        s.read(|c| quota::usage(c, "none")).await.unwrap(),
+        usage("prj").await.unwrap(),
         100,
-        "learned with an event that has no delivery"
+        "learned with its delivery"
     );
+    assert_eq!(
+        usage("none").await.unwrap(),
+        200,
+        "learned without a delivery"
+    );
+    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 4);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 2);
+    // the push's delivery was created claimed, and its id came back with the statement
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while intake.started.lock().unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "not handed over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let id = {
+        let started = intake.started.lock().unwrap();
+        assert_eq!(started[1].claimed.event.id, e.id);
+        started[1].id.get().expect("id after commit")
+    };
+    let of = s
+        .read(move |c| {
+            c.text(
+                "SELECT e.repository FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.id = ?1",
+                wharf::args![id],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(of.as_deref(), Some("prj/a"));
     // the event refused: the tag learned with it is not kept
     let a = artifact("prj/a", "m1", &[("l1", 100)]);
     let again = s
@@ -580,8 +616,8 @@ async fn a_push_learned_with_its_event_lands_with_it_or_not_at_all(kind: Kind) {
         .unwrap_err();
     assert!(again.is_unique_violation(), "{again}");
     assert_eq!(tags("prj/a").await.unwrap(), ["v1"]);
-    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 3);
-    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 1);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM events").await, 4);
+    assert_eq!(count(s, "SELECT COUNT(*) FROM deliveries").await, 2);
     // what the job reads after its learning sees it (the call goes first)
     let a = artifact("prj/a", "m1", &[("l1", 100)]);
     let seen = s
