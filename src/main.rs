@@ -191,6 +191,19 @@ fn migrate(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
+/// `store copy`'s password file is `--password-file`, not the config's key: its read error
+/// names the flag.
+fn password_file_flag(e: wharf::store::StoreError) -> anyhow::Error {
+    use wharf::config::ConfigError;
+    use wharf::store::{StoreError, pg::PgSetupError};
+    if let StoreError::Setup(setup) = &e
+        && let PgSetupError::Password(ConfigError::SecretFile { path, source, .. }) = &**setup
+    {
+        return anyhow::anyhow!("--password-file: cannot read {}: {source}", path.display());
+    }
+    e.into()
+}
+
 fn store_copy(
     path: PathBuf,
     to: String,
@@ -225,6 +238,7 @@ fn store_copy(
             .with_context(|| format!("data_dir ({})", config.data_dir.display()))?;
         let into = wharf::store::Store::open(&target, &config.data_dir)
             .await
+            .map_err(password_file_flag)
             .with_context(|| format!("--to ({})", url.masked()))?;
         let report = wharf::store::copy::copy(&from, &into, replace).await;
         from.close().await;

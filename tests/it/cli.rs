@@ -147,3 +147,26 @@ fn serve_refuses_an_invalid_config_before_listening() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin_password"));
 }
+
+/// `store copy --password-file`: a file it cannot read is named as the flag, not as the
+/// config's key `store.password_file` (which that command refuses).
+#[test]
+fn store_copy_names_its_password_file_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let path = write_config(&dir, &format!("{GOOD}data_dir: {}\n", data.display()));
+    // not UTF-8: the read fails, as an unreadable file's does
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, [0xff, 0xfe, b'\n']).unwrap();
+    let out = wharf()
+        .args(["store", "copy", "--config"])
+        .arg(&path)
+        .args(["--to", "postgres://u@127.0.0.1:1/db", "--password-file"])
+        .arg(&pw)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--password-file: cannot read"), "{err}");
+    assert!(!err.contains("store.password_file"), "{err}");
+}
