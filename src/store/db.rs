@@ -569,7 +569,11 @@ impl<'a> Db<'a> {
             call,
             args: args.iter().map(OwnedValue::of).collect(),
         });
-        self.release_carried_unless_postgres()
+        match self.conn {
+            // SQLite runs each statement at once, on its own thread: nothing to gain by holding
+            Conn::Sqlite(_) => self.release_carried(),
+            Conn::Postgres(_) => Ok(()),
+        }
     }
 
     /// The call held back by [`Db::carry`], for the statement that runs it as part of itself
@@ -588,14 +592,6 @@ impl<'a> Db<'a> {
         match self.conn {
             Conn::Sqlite(_) => self.exec(&sql, &args).map(|_| ()),
             Conn::Postgres(p) => p.execute_later(&sql, &args),
-        }
-    }
-
-    /// SQLite runs each statement on its own thread at once: nothing to gain by holding one.
-    fn release_carried_unless_postgres(&self) -> Result<(), StoreError> {
-        match self.conn {
-            Conn::Sqlite(_) => self.release_carried(),
-            Conn::Postgres(_) => Ok(()),
         }
     }
 

@@ -148,14 +148,15 @@ fn run_pg_batch(
     let mut dones: Vec<Done> = Vec::with_capacity(batch.len());
     let mut effects = db::Effects::default();
     let mut failed = 0u64;
-    let begin = if batch.iter().any(|j| j.durable) {
+    let durable = batch.iter().any(|j| j.durable);
+    let begin = if durable {
         "BEGIN"
     } else {
         "BEGIN; SET LOCAL synchronous_commit = off"
     };
     // BEGIN and each SAVEPOINT travel with the job's first statement (see `pg`); a durable
     // job alone in its transaction sends BEGIN only if it needs one (a push: one statement)
-    if single && batch.iter().all(|j| j.durable) {
+    if single && durable {
         conn.begin_lazily(begin);
     } else {
         conn.batch_later(begin);
